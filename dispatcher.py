@@ -1,0 +1,175 @@
+"""fetchq dispatch: submit URL-fetch tasks to the queue server.
+
+URLs come from arguments, files, stdin (``-``) or a template, are checked
+line by line as they stream in, and reach the server in batches.  The job
+name alone goes to stdout, so ``JOB=$(fetchq dispatch -f urls.txt)`` works;
+everything else goes to stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from typing import Annotated, BinaryIO
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fetchq import config, defaults
+from fetchq.commandline import AuthkeyFileOption, ServerOption, reports_errors, run_alone, say
+from fetchq.errors import ConfigError, ExitCode, UsageError
+from fetchq.protocol import ResilientClient
+from fetchq.submit import Submitter, check_job_name, new_job_name
+from fetchq.urls import Rejected, argument_urls, check_template, read_urls, template_urls
+
+HELP = "Submit URLs to fetch: as arguments, from files or stdin (-), or from a template."
+
+MAX_REPORTED = 100
+"""Rejected lines reported one by one; past this only the count is given."""
+
+
+def open_input(path: str) -> BinaryIO:
+    if path == "-":
+        return sys.stdin.buffer
+    try:
+        return open(path, "rb")  # closed by the caller's ExitStack
+    except FileNotFoundError:
+        raise ConfigError(f"input file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"input file {path} is a directory") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read input file {path}: {exc.strerror}") from None
+
+
+def input_urls(
+    urls: list[str], files: list[str], stack: contextlib.ExitStack
+) -> Iterator[str | Rejected]:
+    """Every URL of the arguments and files, in order; ``-`` reads stdin."""
+    plain = [url for url in urls if url != "-"]
+    yield from argument_urls(plain)
+    sources = [*files, *(["-"] if "-" in urls else [])]
+    for path in sources:
+        stream = stack.enter_context(open_input(path)) if path != "-" else open_input(path)
+        yield from read_urls(stream, "stdin" if path == "-" else path)
+
+
+class DispatchProgress:
+    """A progress bar on stderr when it is a terminal; silence otherwise."""
+
+    def __init__(self, total: int | None) -> None:
+        console = Console(stderr=True)
+        self.enabled = console.is_terminal
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+            disable=not self.enabled,
+        )
+        self._task = self._progress.add_task("submitting", total=total)
+
+    def __enter__(self) -> DispatchProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def update(self, accepted: int) -> None:
+        self._progress.update(self._task, completed=accepted, description="submitting")
+
+    def waiting(self, queued: int) -> None:
+        self._progress.update(self._task, description=f"queue full ({queued} queued), waiting")
+
+
+@reports_errors
+def dispatch(
+    urls: Annotated[
+        list[str] | None, typer.Argument(help="URLs to fetch; - reads them from stdin")
+    ] = None,
+    file: Annotated[
+        list[str] | None,
+        typer.Option("--file", "-f", help="File of URLs, one a line (- for stdin); repeatable"),
+    ] = None,
+    template: Annotated[
+        str | None,
+        typer.Option(help="URL with {i} replaced by 0 .. count-1, e.g. 'http://h/?q={i}'"),
+    ] = None,
+    count: Annotated[int | None, typer.Option(min=0, help="URLs the template makes")] = None,
+    job: Annotated[
+        str | None, typer.Option("--job", "-j", help="Job name (default: a new unique one)")
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option(min=0.001, help="Seconds one fetch may take in all")
+    ] = defaults.TASK_TIMEOUT,
+    attempts: Annotated[
+        int | None,
+        typer.Option(min=1, max=100, help="Tries per task (default: the server's --max-attempts)"),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=100_000, help="URLs per submit call")
+    ] = defaults.SUBMIT_BATCH,
+    server: ServerOption = None,
+    authkey_file: AuthkeyFileOption = None,
+) -> None:
+    """Submit URLs as tasks of one job and print the job's name."""
+    urls, files = urls or [], file or []
+    if (template is None) != (count is None):
+        raise UsageError("--template and --count go together")
+    if not urls and not files and template is None:
+        raise UsageError("nothing to dispatch: give URLs, --file PATH (or -), or --template")
+    if template is not None and count is not None:
+        try:
+            check_template(template, count)
+        except ValueError as exc:
+            raise UsageError(f"--template: {exc}") from None
+    job_name = check_job_name(job) if job else new_job_name()
+    address = config.server_address(server)
+    key = config.client_authkey(authkey_file)
+    client = ResilientClient(address, key.key)
+    client.connect()
+
+    submitter = Submitter(
+        client, job_name, timeout=timeout, attempts=attempts, batch_size=batch_size
+    )
+    skipped = 0
+    with contextlib.ExitStack() as stack, DispatchProgress(count) as progress:
+        submitter.on_full = progress.waiting
+        items: Iterator[str | Rejected] = input_urls(urls, files, stack)
+        if template is not None and count is not None:
+            items = _chain(items, template_urls(template, count))
+        try:
+            for item in items:
+                if isinstance(item, Rejected):
+                    skipped += 1
+                    if skipped <= MAX_REPORTED:
+                        say(f"skipped {item}")
+                    continue
+                submitter.add(item)
+                if progress.enabled and submitter.accepted % 1000 == 0:
+                    progress.update(submitter.accepted)
+        except ValueError as exc:  # raised by template_urls on its first URL
+            raise UsageError(f"--template: {exc}") from None
+        submitter.finish()
+    print(job_name, flush=True)
+    message = f"dispatched {submitter.accepted} tasks as job {job_name} to {address}"
+    if skipped:
+        say(f"{message}; skipped {skipped} invalid lines")
+        raise typer.Exit(ExitCode.SKIPPED_INPUT)
+    if not submitter.accepted:
+        say(f"{message}: the input held no URLs")
+    else:
+        say(message)
+
+
+def _chain(*parts: Iterator[str | Rejected] | Iterator[str]) -> Iterator[str | Rejected]:
+    for part in parts:
+        yield from part
+
+
+if __name__ == "__main__":
+    run_alone(dispatch, HELP)

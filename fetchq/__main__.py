@@ -1,0 +1,5 @@
+"""``python -m fetchq``: the same as the ``fetchq`` command."""
+
+from fetchq.cli import main
+
+main()

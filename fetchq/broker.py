@@ -1,0 +1,574 @@
+"""The queue state machine the server holds: jobs, leases, attempts, results.
+
+A task is in exactly one place: queued, leased to one worker, or done.  A
+lease that is not renewed in time puts its task back (or, after the last
+attempt, turns it into a failed result), so a worker that vanishes loses
+nothing.  Completions are deduplicated by task id: the first result that
+arrives for a task is the one that counts, later ones are dropped.
+
+Every public method takes and returns plain data (dicts, lists, str, int,
+float, bool, None) and signals a bad call with ``BadRequest``, so the
+transport underneath could change without changing this API.  All methods
+are thread-safe: the server runs one thread per client connection.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from fetchq import __version__, defaults
+from fetchq.errors import BadRequest, VersionMismatch
+from fetchq.records import is_retryable, make_error, make_result, make_task
+
+PROTOCOL = 1
+"""Version of the broker API; clients and servers must agree on it."""
+
+MAX_SUBMIT = 100_000
+MAX_LEASE = 10_000
+MAX_WAIT = 30.0
+MAX_JOB_NAME = 200
+REMEMBERED_BATCHES = 10_000
+RATE_WINDOW = 10.0
+
+
+class Queued(NamedTuple):
+    """A task as the server keeps it: a tuple is the smallest thing that reads well."""
+
+    id: int
+    job: str
+    url: str
+    attempt: int
+    attempts: int
+    timeout: float
+    submitted: float
+
+
+class Lease(NamedTuple):
+    task: Queued
+    worker: str
+    deadline: float
+
+
+@dataclass
+class Job:
+    name: str
+    created: float
+    submitted: int = 0
+    queued: int = 0
+    leased: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    delivered: int = 0
+    sealed: bool = False
+    results: deque[dict[str, Any]] = field(default_factory=deque)
+
+    @property
+    def finished(self) -> int:
+        return self.succeeded + self.failed
+
+    def counts(self) -> dict[str, Any]:
+        return {
+            "submitted": self.submitted,
+            "queued": self.queued,
+            "leased": self.leased,
+            "done": self.succeeded,
+            "failed": self.failed,
+            "undelivered": len(self.results),
+            "delivered": self.delivered,
+            "sealed": self.sealed,
+            "complete": self.sealed and self.delivered == self.submitted,
+        }
+
+
+@dataclass
+class WorkerSeen:
+    first_seen: float
+    last_seen: float
+    completed: int = 0
+    recent: deque[tuple[float, int]] = field(default_factory=deque)
+
+    def record(self, now: float, count: int) -> None:
+        self.completed += count
+        self.recent.append((now, count))
+        while self.recent and self.recent[0][0] < now - RATE_WINDOW:
+            self.recent.popleft()
+
+    def rate(self, now: float) -> float:
+        span = min(RATE_WINDOW, max(now - self.first_seen, 1e-9))
+        return sum(n for t, n in self.recent if t >= now - RATE_WINDOW) / span
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise BadRequest(message)
+
+
+def _number(value: Any, name: str, low: float, high: float) -> float:
+    _require(
+        isinstance(value, (int, float)) and not isinstance(value, bool),
+        f"{name} must be a number",
+    )
+    _require(low <= value <= high, f"{name} must be between {low} and {high}")
+    return float(value)
+
+
+def _integer(value: Any, name: str, low: int, high: int) -> int:
+    _require(isinstance(value, int) and not isinstance(value, bool), f"{name} must be an integer")
+    _require(low <= value <= high, f"{name} must be between {low} and {high}")
+    return int(value)
+
+
+def _job_name(value: Any) -> str:
+    _require(isinstance(value, str) and 0 < len(value) <= MAX_JOB_NAME, "job must be a short name")
+    return str(value)
+
+
+class Broker:
+    def __init__(
+        self,
+        *,
+        lease_timeout: float = defaults.LEASE_TIMEOUT,
+        max_attempts: int = defaults.MAX_ATTEMPTS,
+        max_pending: int = defaults.MAX_PENDING,
+        max_results: int = defaults.MAX_RESULTS,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.lease_timeout = lease_timeout
+        self.max_attempts = max_attempts
+        self.max_pending = max_pending
+        self.max_results = max_results
+        self._clock = clock
+        self._wall = wall_clock
+        self._lock = threading.Lock()
+        self._tasks_ready = threading.Condition(self._lock)
+        self._room = threading.Condition(self._lock)
+        self._results_ready = threading.Condition(self._lock)
+        # Ids start at a random base, so a result held across a server restart
+        # (without a journal) can never be mistaken for a new task's.
+        self._id_base = random.randrange(1, 1 << 20) << 32
+        self._next_id = self._id_base + 1
+        self._queue: deque[Queued] = deque()
+        self._leases: dict[int, Lease] = {}
+        self._expiry: list[tuple[float, int, int]] = []
+        self._done = bytearray(1)
+        self._jobs: dict[str, Job] = {}
+        self._workers: dict[str, WorkerSeen] = {}
+        self._batches: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._undelivered = 0
+
+    # -- the wire API ---------------------------------------------------
+
+    def hello(self, client: dict[str, Any]) -> dict[str, Any]:
+        """Handshake: refuse clients of another protocol, tell them our settings."""
+        _require(isinstance(client, dict), "hello takes a dict")
+        theirs = client.get("protocol")
+        if theirs != PROTOCOL:
+            raise VersionMismatch(
+                f"client speaks fetchq protocol {theirs}, server speaks {PROTOCOL} "
+                f"(server version {__version__}): install the same fetchq version on both"
+            )
+        return {
+            "protocol": PROTOCOL,
+            "version": __version__,
+            "lease_timeout": self.lease_timeout,
+            "max_attempts": self.max_attempts,
+        }
+
+    def submit(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Queue a batch of URLs for a job; wait up to ``wait`` s for room.
+
+        Replies ``{"accepted": n, "first_id": id}`` (ids are consecutive), or
+        ``{"accepted": 0, "full": True}`` when the queue stayed full.  A batch
+        id seen before gets its first reply again, so a retried submit after a
+        lost reply never queues the same URLs twice."""
+        _require(isinstance(batch, dict), "submit takes a dict")
+        job_name = _job_name(batch.get("job"))
+        urls = batch.get("urls")
+        _require(isinstance(urls, list), "urls must be a list")
+        _require(len(urls) <= MAX_SUBMIT, f"at most {MAX_SUBMIT} urls per submit")
+        _require(all(isinstance(u, str) for u in urls), "urls must be strings")
+        timeout = _number(batch.get("timeout", defaults.TASK_TIMEOUT), "timeout", 0.001, 86400)
+        attempts = batch.get("attempts")
+        attempts = self.max_attempts if attempts is None else _integer(attempts, "attempts", 1, 100)
+        wait = _number(batch.get("wait", 0.0), "wait", 0, MAX_WAIT)
+        batch_id = batch.get("batch_id")
+        _require(batch_id is None or isinstance(batch_id, str), "batch_id must be a string")
+        with self._lock:
+            if batch_id is not None and batch_id in self._batches:
+                return dict(self._batches[batch_id], duplicate=True)
+            deadline = self._clock() + wait
+            while not self._has_room(len(urls)):
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    return {"accepted": 0, "full": True, "queued": len(self._queue)}
+                self._room.wait(remaining)
+            job = self._job(job_name)
+            job.sealed = False
+            first_id = self._next_id
+            self._next_id += len(urls)
+            self._grow_done_bitmap()
+            now = self._wall()
+            task_id = first_id
+            for url in urls:
+                self._queue.append(Queued(task_id, job.name, url, 1, attempts, timeout, now))
+                task_id += 1
+            job.submitted += len(urls)
+            job.queued += len(urls)
+            reply = {"accepted": len(urls), "first_id": first_id}
+            if batch_id is not None:
+                self._remember_batch(batch_id, reply)
+            self._tasks_ready.notify_all()
+            return reply
+
+    def finish(self, job_name: str) -> dict[str, Any]:
+        """Mark a job's submission complete, so outputs know when it is done."""
+        name = _job_name(job_name)
+        with self._lock:
+            job = self._job(name)
+            job.sealed = True
+            self._results_ready.notify_all()
+            return job.counts()
+
+    def lease(self, worker: str, max_tasks: int, wait: float) -> list[dict[str, Any]]:
+        """Hand up to ``max_tasks`` tasks to ``worker``, waiting up to ``wait`` s for any."""
+        _require(isinstance(worker, str) and worker, "worker must be a name")
+        count = _integer(max_tasks, "max_tasks", 1, MAX_LEASE)
+        wait = _number(wait, "wait", 0, MAX_WAIT)
+        with self._lock:
+            self._seen(worker)
+            deadline = self._clock() + wait
+            while True:
+                self._expire_locked()
+                if self._queue and self._undelivered < self.max_results:
+                    return self._lease_locked(worker, count)
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    return []
+                self._tasks_ready.wait(min(remaining, self._until_next_expiry()))
+
+    def complete(self, worker: str, results: list[dict[str, Any]]) -> dict[str, int]:
+        """Record results; the first result for a task wins, repeats are dropped.
+
+        A connection-level failure with attempts left puts the task back
+        instead; one from an attempt that is no longer current is dropped."""
+        _require(isinstance(worker, str) and worker, "worker must be a name")
+        _require(isinstance(results, list), "results must be a list")
+        _require(len(results) <= MAX_SUBMIT, f"at most {MAX_SUBMIT} results per call")
+        accepted = dropped = retried = 0
+        with self._lock:
+            now = self._clock()
+            for result in results:
+                outcome = self._complete_one(result)
+                if outcome == "accepted":
+                    accepted += 1
+                elif outcome == "retried":
+                    retried += 1
+                else:
+                    dropped += 1
+            self._seen(worker, now).record(now, accepted + retried)
+            if accepted:
+                self._results_ready.notify_all()
+            if retried:
+                self._tasks_ready.notify_all()
+        return {"accepted": accepted, "dropped": dropped, "retried": retried}
+
+    def release(self, worker: str, leases: list[list[int]]) -> int:
+        """Put back tasks a worker holds but will not run; their attempt is not used up."""
+        pairs = self._lease_pairs(worker, leases)
+        released = 0
+        with self._lock:
+            self._seen(worker)
+            for task_id, attempt in reversed(pairs):
+                lease = self._leases.get(task_id)
+                if lease is None or lease.task.attempt != attempt:
+                    continue
+                self._drop_lease(task_id)
+                self._requeue(lease.task, lease.task.attempt)
+                released += 1
+            if released:
+                self._tasks_ready.notify_all()
+        return released
+
+    def renew(self, worker: str, leases: list[list[int]]) -> int:
+        """Extend the leases a worker still holds; returns how many were still its own."""
+        pairs = self._lease_pairs(worker, leases)
+        renewed = 0
+        with self._lock:
+            now = self._seen(worker).last_seen
+            deadline = now + self.lease_timeout
+            for task_id, attempt in pairs:
+                lease = self._leases.get(task_id)
+                if lease is None or lease.task.attempt != attempt or lease.worker != worker:
+                    continue
+                self._leases[task_id] = lease._replace(deadline=deadline)
+                heapq.heappush(self._expiry, (deadline, task_id, attempt))
+                renewed += 1
+        return renewed
+
+    def results(self, job_name: str | None, max_results: int, wait: float) -> dict[str, Any]:
+        """Take up to ``max_results`` results of a job (or of all jobs when None).
+
+        ``done`` is true once the job is sealed and every one of its tasks has
+        had its result handed out: an output following the job can stop."""
+        name = None if job_name is None else _job_name(job_name)
+        count = _integer(max_results, "max_results", 1, MAX_SUBMIT)
+        wait = _number(wait, "wait", 0, MAX_WAIT)
+        with self._lock:
+            deadline = self._clock() + wait
+            while True:
+                self._expire_locked()
+                taken = self._take_results(name, count)
+                if taken:
+                    self._tasks_ready.notify_all()
+                    return {"results": taken, "done": self._all_delivered(name)}
+                if self._all_delivered(name):
+                    return {"results": [], "done": True}
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    return {"results": [], "done": False}
+                self._results_ready.wait(min(remaining, self._until_next_expiry()))
+
+    def status(self) -> dict[str, Any]:
+        """Counts per job and the workers seen, for ``fetchq status``."""
+        with self._lock:
+            self._expire_locked()
+            now = self._clock()
+            workers = [
+                {
+                    "worker": name,
+                    "last_seen_ago": round(now - seen.last_seen, 3),
+                    "completed": seen.completed,
+                    "rate": round(seen.rate(now), 1),
+                    "leased": sum(1 for lease in self._leases.values() if lease.worker == name),
+                }
+                for name, seen in sorted(self._workers.items())
+            ]
+            return {
+                "version": __version__,
+                "queued": len(self._queue),
+                "leased": len(self._leases),
+                "undelivered": self._undelivered,
+                "jobs": {name: job.counts() for name, job in self._jobs.items()},
+                "workers": workers,
+            }
+
+    def job(self, job_name: str) -> dict[str, Any]:
+        """One job's counts (an unknown job reads as empty and unsealed)."""
+        name = _job_name(job_name)
+        with self._lock:
+            self._expire_locked()
+            job = self._jobs.get(name)
+            return job.counts() if job else Job(name, 0.0).counts()
+
+    # -- housekeeping the server calls -----------------------------------
+
+    def expire_leases(self) -> int:
+        """Return overdue leases to the queue (or fail them); returns how many."""
+        with self._lock:
+            return self._expire_locked()
+
+    # -- internals (lock held) --------------------------------------------
+
+    def _has_room(self, incoming: int) -> bool:
+        queued = len(self._queue)
+        return queued == 0 or queued + incoming <= self.max_pending
+
+    def _job(self, name: str) -> Job:
+        job = self._jobs.get(name)
+        if job is None:
+            job = self._jobs[name] = Job(name, self._wall())
+        return job
+
+    def _seen(self, worker: str, now: float | None = None) -> WorkerSeen:
+        now = self._clock() if now is None else now
+        seen = self._workers.get(worker)
+        if seen is None:
+            seen = self._workers[worker] = WorkerSeen(now, now)
+        seen.last_seen = now
+        return seen
+
+    def _remember_batch(self, batch_id: str, reply: dict[str, Any]) -> None:
+        self._batches[batch_id] = reply
+        while len(self._batches) > REMEMBERED_BATCHES:
+            self._batches.popitem(last=False)
+
+    def _grow_done_bitmap(self) -> None:
+        needed = (self._next_id - self._id_base) // 8 + 1
+        if needed > len(self._done):
+            self._done.extend(bytes(needed - len(self._done)))
+
+    def _is_done(self, task_id: int) -> bool:
+        offset = task_id - self._id_base
+        return bool(self._done[offset >> 3] & (1 << (offset & 7)))
+
+    def _mark_done(self, task_id: int) -> None:
+        offset = task_id - self._id_base
+        self._done[offset >> 3] |= 1 << (offset & 7)
+
+    def _known(self, task_id: int) -> bool:
+        return self._id_base < task_id < self._next_id
+
+    def _lease_locked(self, worker: str, count: int) -> list[dict[str, Any]]:
+        deadline = self._clock() + self.lease_timeout
+        leased: list[dict[str, Any]] = []
+        while self._queue and len(leased) < count:
+            task = self._queue.popleft()
+            job = self._jobs[task.job]
+            job.queued -= 1
+            if self._is_done(task.id) or task.id in self._leases:
+                continue  # finished (or re-leased) while this copy waited in the queue
+            job.leased += 1
+            self._leases[task.id] = Lease(task, worker, deadline)
+            heapq.heappush(self._expiry, (deadline, task.id, task.attempt))
+            leased.append(
+                make_task(task.id, task.job, task.url, task.attempt, task.timeout, task.submitted)
+            )
+        if not self._has_room(0) or len(self._queue) < self.max_pending:
+            self._room.notify_all()
+        return leased
+
+    def _drop_lease(self, task_id: int) -> Lease | None:
+        lease = self._leases.pop(task_id, None)
+        if lease is not None:
+            self._jobs[lease.task.job].leased -= 1
+        return lease
+
+    def _requeue(self, task: Queued, attempt: int) -> None:
+        """Retries go to the front: a job's stragglers should not wait behind new jobs."""
+        self._queue.appendleft(task._replace(attempt=attempt))
+        self._jobs[task.job].queued += 1
+
+    def _complete_one(self, result: Any) -> str:
+        _require(isinstance(result, dict), "each result must be a dict")
+        task_id = result.get("id")
+        _require(
+            isinstance(task_id, int) and not isinstance(task_id, bool), "id must be an integer"
+        )
+        if not self._known(task_id):
+            return "dropped"  # leased from an earlier server run
+        attempt = result.get("attempt", 1)
+        lease = self._leases.get(task_id)
+        if self._is_done(task_id):
+            if lease is not None and lease.task.attempt == attempt:
+                self._drop_lease(task_id)
+            return "dropped"
+        current = lease is not None and lease.task.attempt == attempt
+        if is_retryable(result):
+            if lease is None or not current:
+                return "dropped"  # a stale attempt failed; the task is queued or running again
+            if attempt < lease.task.attempts:
+                self._drop_lease(task_id)
+                self._requeue(lease.task, attempt + 1)
+                return "retried"
+        job_name = lease.task.job if lease is not None else result.get("job")
+        job = self._jobs.get(job_name) if isinstance(job_name, str) else None
+        _require(job is not None, f"result for unknown job {job_name!r}")
+        self._drop_lease(task_id)
+        self._finish(job, task_id, result)
+        return "accepted"
+
+    def _finish(self, job: Job, task_id: int, result: dict[str, Any]) -> None:
+        self._mark_done(task_id)
+        if result.get("ok"):
+            job.succeeded += 1
+        else:
+            job.failed += 1
+        job.results.append(result)
+        self._undelivered += 1
+
+    def _until_next_expiry(self) -> float:
+        if not self._expiry:
+            return MAX_WAIT
+        return max(0.0, self._expiry[0][0] - self._clock()) + 0.001
+
+    def _expire_locked(self) -> int:
+        now = self._clock()
+        expired = 0
+        while self._expiry and self._expiry[0][0] <= now:
+            deadline, task_id, attempt = heapq.heappop(self._expiry)
+            lease = self._leases.get(task_id)
+            if lease is None or lease.task.attempt != attempt or lease.deadline != deadline:
+                continue  # completed, released or renewed since
+            self._drop_lease(task_id)
+            expired += 1
+            task = lease.task
+            if task.attempt < task.attempts:
+                self._requeue(task, task.attempt + 1)
+                continue
+            message = (
+                f"lease expired on worker {lease.worker} "
+                f"(attempt {task.attempt} of {task.attempts}); giving up"
+            )
+            record = make_task(task.id, task.job, task.url, task.attempt, task.timeout, 0.0)
+            self._finish(
+                self._jobs[task.job],
+                task.id,
+                make_result(
+                    record,
+                    worker=lease.worker,
+                    started=self._wall(),
+                    elapsed=0.0,
+                    error=make_error("lease_expired", message),
+                ),
+            )
+        if expired:
+            self._tasks_ready.notify_all()
+            self._results_ready.notify_all()
+        return expired
+
+    def _take_results(self, name: str | None, count: int) -> list[dict[str, Any]]:
+        jobs = [self._jobs[name]] if name in self._jobs else []
+        if name is None:
+            jobs = [job for job in self._jobs.values() if job.results]
+        taken: list[dict[str, Any]] = []
+        for job in jobs:
+            while job.results and len(taken) < count:
+                taken.append(job.results.popleft())
+                job.delivered += 1
+        self._undelivered -= len(taken)
+        return taken
+
+    def _all_delivered(self, name: str | None) -> bool:
+        if name is None:
+            jobs = list(self._jobs.values())
+            return bool(jobs) and all(job.counts()["complete"] for job in jobs)
+        job = self._jobs.get(name)
+        return job is not None and job.sealed and job.delivered == job.submitted
+
+    def _lease_pairs(self, worker: Any, leases: Any) -> list[tuple[int, int]]:
+        _require(isinstance(worker, str) and worker, "worker must be a name")
+        _require(isinstance(leases, list), "leases must be a list of [id, attempt]")
+        _require(len(leases) <= MAX_SUBMIT, f"at most {MAX_SUBMIT} leases per call")
+        pairs = []
+        for item in leases:
+            _require(
+                isinstance(item, (list, tuple))
+                and len(item) == 2
+                and all(isinstance(x, int) and not isinstance(x, bool) for x in item),
+                "each lease must be [id, attempt]",
+            )
+            pairs.append((int(item[0]), int(item[1])))
+        return pairs
+
+
+BROKER_METHODS = (
+    "hello",
+    "submit",
+    "finish",
+    "lease",
+    "complete",
+    "release",
+    "renew",
+    "results",
+    "status",
+    "job",
+)
+"""What clients may call on the broker: the whole wire API."""

@@ -1,0 +1,78 @@
+"""What every command shares: connection options, error reporting, messages.
+
+Commands print one line per problem on stderr and exit with the code of the
+fetchq error that ended them; a user's mistake never shows a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from fetchq import config
+from fetchq.errors import ExitCode, FetchqError
+from fetchq.messages import say
+
+__all__ = ["AuthkeyFileOption", "ServerOption", "make_app", "reports_errors", "run_alone", "say"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ServerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--server",
+        "-s",
+        help=f"Server address HOST:PORT [env: {config.ENV_SERVER}; default: 127.0.0.1:7439]",
+        show_default=False,
+    ),
+]
+AuthkeyFileOption = Annotated[
+    str | None,
+    typer.Option(
+        "--authkey-file",
+        help=(
+            f"File holding the server's key [else ${config.ENV_AUTHKEY}, "
+            f"then ${config.ENV_AUTHKEY_FILE}, then {config.default_key_path()}]"
+        ),
+        show_default=False,
+    ),
+]
+
+
+def reports_errors(command: F) -> F:
+    """Turn fetchq errors into one line on stderr and their exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except FetchqError as exc:
+            print(f"fetchq: error: {exc.message}", file=sys.stderr, flush=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            print("fetchq: interrupted", file=sys.stderr, flush=True)
+            raise typer.Exit(ExitCode.INTERRUPTED) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def make_app(help_text: str) -> typer.Typer:
+    """A Typer app with settings every fetchq command wants (no locals in tracebacks)."""
+    return typer.Typer(
+        help=help_text,
+        add_completion=False,
+        no_args_is_help=False,
+        pretty_exceptions_show_locals=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+
+
+def run_alone(command: Callable[..., Any], help_text: str) -> None:
+    """``python worker.py ...``: the same command as ``fetchq worker ...``."""
+    app = make_app(help_text)
+    app.command()(command)
+    app()

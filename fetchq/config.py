@@ -1,0 +1,166 @@
+"""Where the server is and which key to use: options, environment, files.
+
+A flag beats the environment; the key is never a built-in default and never
+printed.  Keys are bytes on the wire; in files and variables they are text
+(UTF-8), so any BaseManager client given the same text can log in.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import stat
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from fetchq import defaults
+from fetchq.errors import ConfigError, NoAuthkey
+
+ENV_SERVER = "FETCHQ_SERVER"
+ENV_AUTHKEY = "FETCHQ_AUTHKEY"
+ENV_AUTHKEY_FILE = "FETCHQ_AUTHKEY_FILE"
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def as_tuple(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+
+def parse_port(text: str | int) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise ConfigError(f"invalid port {text!r}: expected a number from 0 to 65535") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"invalid port {port}: expected a number from 0 to 65535")
+    return port
+
+
+def parse_address(text: str) -> Address:
+    """``HOST:PORT``, ``HOST`` (default port) or ``:PORT`` (loopback)."""
+    text = text.strip()
+    if not text:
+        raise ConfigError("empty server address: expected HOST:PORT")
+    if text.startswith("[") or text.count(":") > 1:
+        raise ConfigError(
+            f"invalid server address {text!r}: IPv6 is not supported yet, use an IPv4 address "
+            "or a host name"
+        )
+    host, sep, port_text = text.partition(":")
+    port = parse_port(port_text) if sep else defaults.PORT
+    return Address(host or defaults.HOST, port)
+
+
+def server_address(option: str | None) -> Address:
+    """The address a client connects to: ``--server``, then FETCHQ_SERVER, then loopback."""
+    text = option or os.environ.get(ENV_SERVER)
+    if not text:
+        return Address(defaults.HOST, defaults.PORT)
+    return parse_address(text)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def default_key_path() -> Path:
+    """Where a server that was given no key keeps the one it generated."""
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "fetchq" / "authkey"
+
+
+def read_key_file(path: str | os.PathLike[str]) -> bytes:
+    """A key file's content as bytes, one trailing newline stripped."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"authkey file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"authkey file {path} is a directory") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read authkey file {path}: {exc.strerror}") from None
+    if data.endswith(b"\r\n"):
+        data = data[:-2]
+    elif data.endswith(b"\n"):
+        data = data[:-1]
+    if not data:
+        raise ConfigError(f"authkey file {path} is empty")
+    warn_if_readable_by_others(path)
+    return data
+
+
+def warn_if_readable_by_others(path: str | os.PathLike[str]) -> None:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        print(
+            f"fetchq: warning: authkey file {path} is readable by other users (chmod 600 {path})",
+            file=sys.stderr,
+        )
+
+
+@dataclass(frozen=True)
+class Authkey:
+    key: bytes
+    source: str
+    """Where the key came from, for messages: never the key itself."""
+
+    def __repr__(self) -> str:
+        return f"Authkey(source={self.source!r})"
+
+
+def find_authkey(key_file: str | None) -> Authkey | None:
+    """``--authkey-file``, then FETCHQ_AUTHKEY, then FETCHQ_AUTHKEY_FILE, then the default file."""
+    if key_file:
+        return Authkey(read_key_file(key_file), f"file {key_file}")
+    env_key = os.environ.get(ENV_AUTHKEY)
+    if env_key:
+        return Authkey(env_key.encode("utf-8"), f"${ENV_AUTHKEY}")
+    env_file = os.environ.get(ENV_AUTHKEY_FILE)
+    if env_file:
+        return Authkey(read_key_file(env_file), f"file {env_file} (${ENV_AUTHKEY_FILE})")
+    path = default_key_path()
+    if path.exists():
+        return Authkey(read_key_file(path), f"file {path}")
+    return None
+
+
+def client_authkey(key_file: str | None) -> Authkey:
+    found = find_authkey(key_file)
+    if found is None:
+        raise NoAuthkey(
+            f"no authkey given: set {ENV_AUTHKEY} or {ENV_AUTHKEY_FILE}, or pass --authkey-file "
+            f"(a server started without a key writes one to {default_key_path()})"
+        )
+    return found
+
+
+def generate_key_file(path: Path) -> Authkey:
+    """A fresh random key written to ``path`` with mode 0600, never overwriting."""
+    key = secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return Authkey(read_key_file(path), f"file {path}")
+    except OSError as exc:
+        raise ConfigError(f"cannot write a new authkey to {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key + "\n")
+    return Authkey(key.encode("ascii"), f"file {path} (generated)")

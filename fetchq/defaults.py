@@ -1,0 +1,72 @@
+"""Every default in one place, each with the reason for its value."""
+
+from __future__ import annotations
+
+HOST = "127.0.0.1"
+"""Loopback: a server is reachable from other hosts only when asked to be."""
+
+PORT = 7439
+"""The server's TCP port when none is given."""
+
+LEASE_TIMEOUT = 30.0
+"""Seconds a worker holds a task before it goes back to the queue.
+
+Workers renew the leases of tasks they still hold, so this only bounds how
+long a dead worker's tasks wait before someone else runs them."""
+
+MAX_ATTEMPTS = 3
+"""Tries per task (lost leases and connection-level failures) before it ends
+as a failed result."""
+
+MAX_PENDING = 2_000_000
+"""Queued tasks the server holds before submits wait for room."""
+
+MAX_RESULTS = 1_000_000
+"""Undelivered results the server holds before it stops leasing new tasks."""
+
+TASK_TIMEOUT = 30.0
+"""Seconds one fetch may take in all, connect and body included."""
+
+CONNECT_TIMEOUT = 5.0
+"""Seconds to open a TCP connection to a fetched URL (capped by the task's)."""
+
+SUBMIT_BATCH = 10_000
+"""URLs per submit call: large enough that the round trip is noise."""
+
+RESULT_BATCH = 500
+"""Results a worker sends per call (also sent when they are FLUSH_INTERVAL old)."""
+
+FLUSH_INTERVAL = 0.05
+"""Seconds a finished result may wait in a worker before it is sent."""
+
+READ_BATCH = 5_000
+"""Results an output takes per call."""
+
+POLL_WAIT = 1.0
+"""Seconds a blocking broker call waits on the server before returning empty.
+
+Short enough that clients notice signals and shutdowns promptly."""
+
+CONCURRENCY = 16
+"""Fetch threads per worker process."""
+
+GIVE_UP_AFTER = 30.0
+"""Seconds dispatch, output and status try to reach a server before failing."""
+
+NET_CONNECT_TIMEOUT = 5.0
+"""Seconds to open the TCP connection to the fetchq server."""
+
+HANDSHAKE_TIMEOUT = 10.0
+"""Seconds either side waits for the authkey handshake before hanging up."""
+
+CALL_TIMEOUT = 60.0
+"""Seconds a client waits for any reply; longer than any server-side wait."""
+
+BACKLOG = 1024
+"""Listen backlog: the stdlib's 16 leaves a burst of connecting workers hung."""
+
+BACKOFF_START = 0.2
+"""First pause, in seconds, between reconnect attempts."""
+
+BACKOFF_MAX = 10.0
+"""Longest pause between reconnect attempts."""

@@ -1,0 +1,288 @@
+"""One worker process: lease tasks, fetch them on threads, report results in batches.
+
+The main thread leases (keeping a small prefetch queue full so fetch threads
+never wait on the broker), fetch threads each own a ``Fetcher`` and its
+keep-alive session, and a reporter thread sends finished results in batches
+and renews the leases of everything this process still holds.  Nothing
+between the broker and the fetch threads is on a request's critical path.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fetchq import defaults
+from fetchq.config import Address
+from fetchq.errors import FetchqError, ServerUnreachable
+from fetchq.fetch import Fetcher
+from fetchq.messages import say
+from fetchq.protocol import BrokerClient, ResilientClient, Stopper
+from fetchq.records import worker_identity
+from fetchq.signals import StopRequest
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    concurrency: int = defaults.CONCURRENCY
+    prefetch: int = 0
+    """Tasks leased ahead of the fetch threads (0: twice the concurrency)."""
+    connect_timeout: float = defaults.CONNECT_TIMEOUT
+    follow_redirects: bool = False
+    burst: bool = False
+    """Exit once the server has no task left to hand out."""
+    grace: float = 30.0
+    """Seconds in-flight requests may take to finish after a stop request."""
+
+    @property
+    def queue_size(self) -> int:
+        return self.prefetch or 2 * self.concurrency
+
+
+class _EitherStop:
+    """Stops reconnect waits on a stop request or once the grace period is over."""
+
+    def __init__(self, request: StopRequest, abandon: threading.Event) -> None:
+        self.request = request
+        self.abandon = abandon
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not (self.request.requested or self.abandon.is_set()):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self.abandon.wait(min(remaining, 0.1))
+        return True
+
+
+class WorkerEngine:
+    def __init__(
+        self,
+        make_client: Callable[[Stopper], BrokerClient],
+        settings: WorkerSettings,
+        stop: StopRequest,
+        identity: str,
+    ) -> None:
+        self.settings = settings
+        self.stop = stop
+        self.identity = identity
+        self._abandon = threading.Event()
+        """Set when the grace period is over: calls stop waiting for the server."""
+        # Leasing gives up waiting for the server as soon as a stop is asked for;
+        # reporting keeps trying through the grace period, so results get home.
+        self._lease_client = make_client(_EitherStop(stop, self._abandon))
+        self._report_client = make_client(self._abandon)
+        self._inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._outbox: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._held: dict[int, int] = {}
+        """Task id -> attempt of every task leased and not yet reported."""
+        self._held_lock = threading.Lock()
+        self._taken = threading.Condition()
+        self._reporting_done = threading.Event()
+        self.fetched = 0
+
+    def run(self) -> int:
+        """Work until stopped (or, in burst mode, until no work is left)."""
+        try:
+            info = self._lease_client.connect()
+        except ServerUnreachable:
+            if self.stop.requested:
+                return 0  # asked to stop while still waiting for the server
+            raise
+        lease_timeout = float(info.get("lease_timeout", defaults.LEASE_TIMEOUT))
+        fetchers = [
+            threading.Thread(target=self._fetch_loop, name=f"fetch-{n}", daemon=True)
+            for n in range(self.settings.concurrency)
+        ]
+        reporter = threading.Thread(
+            target=self._report_loop, args=(lease_timeout,), name="reporter", daemon=True
+        )
+        for thread in [*fetchers, reporter]:
+            thread.start()
+        # A second signal raises KeyboardInterrupt out of here: no draining then,
+        # the leases of whatever was held simply expire on the server.
+        self._lease_loop()
+        self._shut_down(fetchers, reporter)
+        return self.fetched
+
+    # -- main thread: leasing ---------------------------------------------
+
+    def _lease_loop(self) -> None:
+        size = self.settings.queue_size
+        low_water = max(1, size // 2)
+        while not self.stop.requested:
+            with self._taken:
+                if self._inbox.qsize() > size - low_water:
+                    self._taken.wait(0.1)
+                    continue
+            want = size - self._inbox.qsize()
+            tasks = self._lease_client.call("lease", self.identity, want, defaults.POLL_WAIT)
+            if not tasks:
+                if self.settings.burst and self._idle():
+                    return
+                continue
+            with self._held_lock:
+                for task in tasks:
+                    self._held[task["id"]] = task["attempt"]
+            for task in tasks:
+                self._inbox.put(task)
+
+    def _idle(self) -> bool:
+        with self._held_lock:
+            return not self._held
+
+    # -- fetch threads ----------------------------------------------------
+
+    def _fetch_loop(self) -> None:
+        fetcher = Fetcher(
+            self.identity,
+            connect_timeout=self.settings.connect_timeout,
+            follow_redirects=self.settings.follow_redirects,
+        )
+        try:
+            while True:
+                task = self._inbox.get()
+                with self._taken:
+                    self._taken.notify()
+                if task is None:
+                    return
+                self._outbox.put(fetcher.fetch(task))
+        finally:
+            fetcher.close()
+
+    # -- reporter thread --------------------------------------------------
+
+    def _report_loop(self, lease_timeout: float) -> None:
+        renew_every = max(lease_timeout / 3, 0.2)
+        next_renewal = time.monotonic() + renew_every
+        while True:
+            batch = self._next_batch()
+            if batch:
+                self._report(batch)
+            elif self._reporting_done.is_set():
+                return
+            if time.monotonic() >= next_renewal:
+                self._renew()
+                next_renewal = time.monotonic() + renew_every
+
+    def _next_batch(self) -> list[dict[str, Any]]:
+        """Up to RESULT_BATCH results, waiting at most FLUSH_INTERVAL after the first."""
+        try:
+            batch = [self._outbox.get(timeout=0.1)]
+        except queue.Empty:
+            return []
+        deadline = time.monotonic() + defaults.FLUSH_INTERVAL
+        while len(batch) < defaults.RESULT_BATCH:
+            remaining = deadline - time.monotonic()
+            try:
+                batch.append(self._outbox.get(timeout=max(remaining, 0)))
+            except queue.Empty:
+                break
+        return batch
+
+    def _report(self, batch: list[dict[str, Any]]) -> None:
+        try:
+            self._report_client.call("complete", self.identity, batch)
+        except FetchqError as exc:
+            if self._abandon.is_set():
+                return  # shutting down past the grace period; the leases will expire
+            say(f"worker {self.identity}: could not report {len(batch)} results: {exc}")
+        with self._held_lock:
+            for result in batch:
+                self._held.pop(result["id"], None)
+        self.fetched += len(batch)
+
+    def _renew(self) -> None:
+        with self._held_lock:
+            held = [[task_id, attempt] for task_id, attempt in self._held.items()]
+        if held:
+            try:
+                self._report_client.call("renew", self.identity, held)
+            except FetchqError as exc:
+                if not self._abandon.is_set():
+                    say(f"worker {self.identity}: could not renew leases: {exc}")
+
+    # -- stopping ---------------------------------------------------------
+
+    def _shut_down(self, fetchers: list[threading.Thread], reporter: threading.Thread) -> None:
+        """Hand back what has not started, let what has finish, report it all."""
+        give_up = threading.Timer(self.settings.grace, self._abandon.set)
+        give_up.daemon = True
+        give_up.start()
+        unstarted = []
+        while True:
+            try:
+                task = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if task is not None:
+                unstarted.append(task)
+        for _ in fetchers:
+            self._inbox.put(None)
+        if unstarted:
+            self._release(unstarted)
+        deadline = time.monotonic() + self.settings.grace
+        for thread in fetchers:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if any(thread.is_alive() for thread in fetchers):
+            say(f"worker {self.identity}: requests still running after the grace period")
+        self._reporting_done.set()
+        reporter.join(max(0.0, deadline - time.monotonic()))
+        self._abandon.set()
+        give_up.cancel()
+        reporter.join(5.0)
+
+    def _release(self, tasks: list[dict[str, Any]]) -> None:
+        pairs = [[task["id"], task["attempt"]] for task in tasks]
+        try:
+            self._lease_client.call("release", self.identity, pairs)
+        except FetchqError as exc:
+            say(
+                f"worker {self.identity}: could not hand back {len(tasks)} tasks ({exc}); "
+                "their leases will expire"
+            )
+        with self._held_lock:
+            for task in tasks:
+                self._held.pop(task["id"], None)
+
+
+def run_worker_process(address: Address, authkey: bytes, settings: WorkerSettings) -> int:
+    """One worker process from start to exit: connect, work, drain, report."""
+    stop = StopRequest().install()
+    identity = worker_identity()
+
+    def make_client(stopper: Stopper) -> BrokerClient:
+        return ResilientClient(address, authkey, give_up_after=None, stop=stopper)
+
+    engine = WorkerEngine(make_client, settings, stop, identity)
+    say(f"worker {identity}: {settings.concurrency} fetch threads, server {address}")
+    fetched = engine.run()
+    reason = f" on {stop.signal_name}" if stop.signal_name else ""
+    say(f"worker {identity}: stopped{reason} after {fetched} tasks")
+    return 0
+
+
+def child_worker_process(address: Address, authkey: bytes, settings: WorkerSettings) -> None:
+    """Entry point of a worker started by ``--processes``: a spawned child.
+
+    It leaves the terminal's process group (the parent forwards signals, so a
+    Ctrl-C is counted once) and stops by itself if the parent disappears."""
+    os.setpgrp()
+    parent = os.getppid()
+    watcher = threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True)
+    watcher.start()
+    sys.exit(run_worker_process(address, authkey, settings))
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGTERM)

@@ -1,0 +1,345 @@
+"""One HTTP GET and its timing result: the only module that imports ``requests``.
+
+Keeping ``requests`` behind this wall means one place decides how a fetch is
+timed, how its body is counted and how every way it can fail is named, so a
+result from any worker reads the same.
+"""
+
+from __future__ import annotations
+
+import http.client
+import math
+import socket
+import ssl
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import requests
+import requests.adapters
+import urllib3.exceptions
+
+from fetchq import __version__, defaults, records
+
+CHUNK = 65536
+"""Bytes asked of the socket per body read."""
+
+MAX_MESSAGE = 200
+"""Error messages are cut to this many characters: results stay small."""
+
+
+class DeadlineExceeded(Exception):
+    """The task's total time ran out while the body was still arriving."""
+
+
+class _Partial(Exception):
+    """A failure after the answer started: keeps its status and bytes so far."""
+
+    def __init__(self, status: int, nbytes: int, cause: Exception) -> None:
+        super().__init__(status, nbytes)
+        self.status = status
+        self.nbytes = nbytes
+        self.cause = cause
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and every exception it wraps, outermost first.
+
+    requests and urllib3 wrap the real cause in several ways: ``raise ... from``,
+    an exception passed as an argument (requests' ConnectionError holds urllib3's
+    MaxRetryError, whose ``reason`` holds the socket error), so all are followed.
+    """
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo and len(seen) < 64:
+        cur = todo.pop(0)
+        if id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        yield cur
+        nxt: list[Any] = [cur.__cause__, getattr(cur, "reason", None), *cur.args]
+        if not cur.__suppress_context__:
+            nxt.append(cur.__context__)
+        todo.extend(e for e in nxt if isinstance(e, BaseException))
+
+
+def _first(chain: list[BaseException], *kinds: type[BaseException]) -> BaseException | None:
+    return next((e for e in chain if isinstance(e, kinds)), None)
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
+def _describe(exc: BaseException) -> str:
+    """A readable line for ``exc``: its text, or its class name when it has none."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc)
+    return text if text else type(exc).__name__
+
+
+def _root(chain: list[BaseException]) -> BaseException:
+    """The innermost cause: usually the socket error that says what happened."""
+    return chain[-1]
+
+
+def classify(exc: BaseException) -> tuple[str, str]:
+    """Map an exception from a fetch to ``(error type, short message)``.
+
+    The type names what happened on the network, whatever layer noticed it,
+    so the order of the checks matters: urllib3's NewConnectionError is a
+    subclass of ConnectTimeoutError, and RemoteDisconnected is both a
+    ConnectionResetError and a BadStatusLine.
+    """
+    chain = list(_chain(exc))
+
+    if isinstance(exc, DeadlineExceeded):
+        return "timeout", _short(str(exc) or "total time exceeded")
+
+    if isinstance(exc, requests.TooManyRedirects):
+        return "too_many_redirects", _short(str(exc))
+
+    bad_url = _first(
+        chain,
+        requests.exceptions.InvalidURL,
+        requests.exceptions.MissingSchema,
+        requests.exceptions.InvalidSchema,
+        requests.exceptions.URLRequired,
+        urllib3.exceptions.LocationValueError,
+    )
+    if bad_url is not None:
+        return "invalid_url", _short(_describe(bad_url))
+
+    tls = _first(chain, ssl.SSLError, ssl.CertificateError)
+    if tls is None:
+        tls = _first(chain, requests.exceptions.SSLError, urllib3.exceptions.SSLError)
+    if tls is not None:
+        return "tls", _short(f"TLS error: {_describe(tls)}")
+
+    dns = _first(chain, socket.gaierror)
+    if dns is not None:
+        return "dns", _short(f"name resolution failed: {_describe(dns)}")
+    if _first(chain, urllib3.exceptions.NameResolutionError) is not None:
+        return "dns", "name resolution failed"
+
+    if _first(chain, ConnectionRefusedError) is not None:
+        return "refused", "connection refused"
+
+    connect_timeout = isinstance(exc, requests.ConnectTimeout) or any(
+        isinstance(e, urllib3.exceptions.ConnectTimeoutError)
+        and not isinstance(e, urllib3.exceptions.NewConnectionError)
+        for e in chain
+    )
+    if connect_timeout:
+        return "connect_timeout", "connect timed out"
+
+    if any(
+        isinstance(e, requests.Timeout | urllib3.exceptions.TimeoutError | TimeoutError)
+        and not isinstance(e, urllib3.exceptions.NewConnectionError)
+        for e in chain
+    ):
+        return "timeout", "read timed out"
+
+    if _first(chain, http.client.RemoteDisconnected) is not None:
+        return "reset", "server closed the connection without a response"
+    if _first(chain, ConnectionResetError) is not None:
+        return "reset", "connection reset by peer"
+    if _first(chain, BrokenPipeError, ConnectionAbortedError) is not None:
+        return "reset", "connection broken: the server stopped reading"
+    incomplete = next(
+        (
+            e
+            for e in chain
+            if isinstance(e, http.client.IncompleteRead)
+            and not isinstance(e, urllib3.exceptions.InvalidChunkLength)
+        ),
+        None,
+    )
+    if isinstance(incomplete, http.client.IncompleteRead):
+        # http.client keeps the bytes read so far, urllib3 only their count.
+        part = incomplete.partial
+        got = part if isinstance(part, int) else len(part)
+        return "reset", _short(
+            f"connection closed before the body was complete ({got} bytes read, "
+            f"{incomplete.expected} more expected)"
+        )
+
+    malformed = _first(
+        chain,
+        requests.exceptions.ChunkedEncodingError,
+        requests.exceptions.ContentDecodingError,
+        urllib3.exceptions.InvalidChunkLength,
+        urllib3.exceptions.DecodeError,
+        urllib3.exceptions.InvalidHeader,
+        urllib3.exceptions.ResponseNotChunked,
+        http.client.HTTPException,
+    )
+    if malformed is not None:
+        cause = _root(chain)
+        text = _describe(cause) if isinstance(cause, http.client.HTTPException) else ""
+        name = type(cause).__name__
+        return "protocol", _short(f"malformed HTTP answer: {name} {text}".strip())
+
+    if _first(chain, urllib3.exceptions.ProtocolError) is not None:
+        return "reset", _short(f"connection broken: {_describe(_root(chain))}")
+
+    network = _first(chain, requests.ConnectionError, urllib3.exceptions.HTTPError) or next(
+        (
+            e
+            for e in chain
+            if isinstance(e, OSError) and not isinstance(e, requests.RequestException)
+        ),
+        None,
+    )
+    if network is not None:
+        return "connection", _short(f"connection failed: {_describe(_root(chain))}")
+
+    return "internal", _short(f"{type(exc).__name__}: {exc}")
+
+
+def _task_timeout(task: Mapping[str, Any]) -> float:
+    """The task's total seconds, or the default when it is missing or unusable."""
+    value = task.get("timeout")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return defaults.TASK_TIMEOUT
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        return defaults.TASK_TIMEOUT
+    return value
+
+
+def _result(task: Any, **fields: Any) -> dict[str, Any]:
+    """``records.make_result``, even for a task that lacks fields or is no dict."""
+    try:
+        return records.make_result(task, **fields)
+    except Exception:
+        get = task.get if isinstance(task, Mapping) else (lambda _key, default=None: default)
+        safe = {
+            "id": get("id"),
+            "job": get("job"),
+            "url": get("url"),
+            "attempt": get("attempt", 1),
+        }
+        return records.make_result(safe, **fields)
+
+
+class Fetcher:
+    """One per fetch thread: owns its own requests.Session (keep-alive).
+
+    A session is not safe to share between threads, and one per thread lets
+    each thread keep its own connections alive across tasks.
+    """
+
+    def __init__(
+        self,
+        worker: str,
+        *,
+        connect_timeout: float = defaults.CONNECT_TIMEOUT,
+        follow_redirects: bool = False,
+        user_agent: str = f"fetchq/{__version__}",
+    ) -> None:
+        self.worker = worker
+        self.connect_timeout = connect_timeout
+        self.follow_redirects = follow_redirects
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = user_agent
+        # One thread uses this session, so small pools suffice; no retries:
+        # attempts are counted and retried by the queue, not hidden in here.
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=2, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    def fetch(self, task: dict[str, Any]) -> dict[str, Any]:
+        """GET ``task['url']`` and return its result; never raises."""
+        started = time.time()
+        t0 = time.perf_counter()
+        status: int | None = None
+        nbytes = 0
+        error: dict[str, str] | None = None
+        timeout = defaults.TASK_TIMEOUT
+        try:
+            timeout = _task_timeout(task)
+            status, nbytes = self._get(task["url"], timeout, t0)
+        except _Partial as part:
+            status, nbytes = part.status, part.nbytes
+            error = self._error(part.cause, timeout)
+        except Exception as exc:
+            error = self._error(exc, timeout)
+        return _result(
+            task,
+            worker=self.worker,
+            started=started,
+            elapsed=time.perf_counter() - t0,
+            status=status,
+            nbytes=nbytes,
+            error=error,
+        )
+
+    def _error(self, exc: BaseException, timeout: float) -> dict[str, str]:
+        try:
+            kind, message = classify(exc)
+            if kind == "timeout" and not isinstance(exc, DeadlineExceeded):
+                message = f"{message} (task timeout {timeout:g}s)"
+            elif kind == "connect_timeout":
+                limit = min(self.connect_timeout, timeout)
+                message = f"{message} after {limit:g}s"
+        except Exception as bug:  # classify must not turn a result into a crash
+            kind, message = "internal", _short(f"{type(bug).__name__}: {bug}")
+        return records.make_error(kind, message)
+
+    def _send(self, url: Any, timeout: tuple[float, float]) -> requests.Response:
+        """Send the GET and return once the headers are in (the body is left unread)."""
+        session = self.session
+        if self.follow_redirects:
+            return session.get(url, stream=True, timeout=timeout, allow_redirects=True)
+        # Session.send reads the whole body of a 3xx answer even when told not
+        # to follow it (to offer Response.next), outside any deadline and with
+        # the body decoded; sending through the adapter leaves the body to us.
+        prepared = session.prepare_request(requests.Request("GET", url))
+        assert prepared.url is not None
+        env = session.merge_environment_settings(prepared.url, {}, True, None, None)
+        adapter = session.get_adapter(prepared.url)
+        verify = env["verify"]
+        return adapter.send(
+            prepared,
+            stream=True,
+            timeout=timeout,
+            verify=True if verify is None else verify,
+            cert=env["cert"],
+            proxies=env["proxies"],
+        )
+
+    def _get(self, url: Any, timeout: float, t0: float) -> tuple[int, int]:
+        """Send the GET and read the body within the deadline: (status, bytes)."""
+        deadline = t0 + timeout
+        resp = self._send(url, (min(self.connect_timeout, timeout), timeout))
+        nbytes = 0
+        try:
+            raw = resp.raw
+            conn = getattr(raw, "connection", None)
+            sock = getattr(conn, "sock", None)
+            while True:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    raise DeadlineExceeded(
+                        f"total timeout of {timeout:g}s exceeded after {nbytes} body bytes"
+                    )
+                # read1 makes at most one socket read, so a server that trickles
+                # its body cannot stretch one read past the deadline.
+                if sock is not None:
+                    sock.settimeout(remaining)
+                data = raw.read1(CHUNK, decode_content=False)
+                if not data:
+                    break
+                nbytes += len(data)
+        except Exception as exc:
+            raise _Partial(resp.status_code, nbytes, exc) from exc
+        finally:
+            resp.close()
+        return resp.status_code, nbytes
+
+    def close(self) -> None:
+        """Close the session's pooled connections."""
+        self.session.close()

@@ -1,0 +1,139 @@
+"""Result writers: how ``output`` turns result dicts into lines of text, JSONL or CSV.
+
+Every writer writes each result as it comes (nothing is held back beyond the
+stream's own buffer), so a follower of ``output`` sees results as they land and a
+killed ``output`` loses nothing it already printed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from typing import Any, TextIO
+
+from fetchq.records import RESULT_FIELDS
+from fetchq.stats import format_bytes, format_duration
+
+FORMATS = ("text", "jsonl", "csv")
+
+CSV_FIELDS = (
+    "id",
+    "job",
+    "url",
+    "ok",
+    "status",
+    "elapsed",
+    "bytes",
+    "error_type",
+    "error_message",
+    "attempt",
+    "worker",
+    "started",
+)
+"""CSV columns: the result fields flattened (``error`` split in two, no record version)."""
+
+TEXT_LABEL_WIDTH = 16
+"""Width of the status / error column, wide enough for ``ERR connect-timeout``-like labels."""
+
+
+class ResultWriter:
+    """Base of the writers: ``write`` one result dict, ``flush`` the stream."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, result: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+class JsonlWriter(ResultWriter):
+    """One compact JSON object a line, fields in the documented order then any extras."""
+
+    def write(self, result: dict[str, Any]) -> None:
+        ordered = {k: result[k] for k in RESULT_FIELDS if k in result}
+        ordered.update((k, v) for k, v in result.items() if k not in ordered)
+        self.stream.write(json.dumps(ordered, separators=(",", ":")) + "\n")
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value
+
+
+class CsvWriter(ResultWriter):
+    """A header row, then one row a result; ``None`` is an empty cell, booleans true/false.
+
+    The header is written at once so that even a run with no results yields a valid
+    file.  Rows end in ``\\n`` rather than the csv module's ``\\r\\n`` because the
+    stream is usually a text-mode stdout, where ``\\r\\n`` would be translated again.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._writer = csv.writer(stream, lineterminator="\n")
+        self._writer.writerow(CSV_FIELDS)
+
+    def write(self, result: dict[str, Any]) -> None:
+        error = result.get("error") or {}
+        row = {
+            **{k: result.get(k) for k in CSV_FIELDS},
+            "error_type": error.get("type"),
+            "error_message": error.get("message"),
+        }
+        self._writer.writerow([_csv_cell(row[k]) for k in CSV_FIELDS])
+
+
+def _one_line(text: Any) -> str:
+    """Collapse whitespace so that a multi-line message cannot break the one-line-a-result rule."""
+    return " ".join(str(text).split())
+
+
+def text_line(result: dict[str, Any]) -> str:
+    """The human line for one result: status or error, latency, size, URL, error message."""
+    status = result.get("status")
+    error = result.get("error")
+    if error is None:
+        label = "???" if status is None else str(status)
+    else:
+        kind = _one_line(error.get("type") or "error")
+        label = f"ERR {kind}" if status is None else f"{status} ERR {kind}"
+    line = (
+        f"{label:<{TEXT_LABEL_WIDTH}} "
+        f"{format_duration(float(result.get('elapsed') or 0.0)):>8} "
+        f"{format_bytes(int(result.get('bytes') or 0)):>7}  "
+        f"{_one_line(result.get('url', ''))}"
+    )
+    if error is not None and error.get("message"):
+        line += f" ({_one_line(error['message'])})"
+    return line
+
+
+class TextWriter(ResultWriter):
+    """Aligned, colourless lines for people reading a terminal or a log."""
+
+    def write(self, result: dict[str, Any]) -> None:
+        self.stream.write(text_line(result) + "\n")
+
+
+_WRITERS: dict[str, type[ResultWriter]] = {
+    "text": TextWriter,
+    "jsonl": JsonlWriter,
+    "csv": CsvWriter,
+}
+
+
+def open_writer(fmt: str, stream: TextIO) -> ResultWriter:
+    """The writer for ``fmt`` (one of :data:`FORMATS`) on ``stream``."""
+    try:
+        cls = _WRITERS[fmt]
+    except KeyError:
+        raise ValueError(
+            f"unknown output format {fmt!r} (choose from {', '.join(FORMATS)})"
+        ) from None
+    return cls(stream)

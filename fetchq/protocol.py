@@ -1,0 +1,356 @@
+"""The wire: manager classes, connecting, and transport failures as fetchq errors.
+
+This is the only module that touches ``multiprocessing.managers`` and
+``multiprocessing.connection``.  The server is a stock manager ``Server`` with
+a few hardening changes: a large listen backlog, TCP_NODELAY and keepalive on
+every connection, a timeout on the authkey handshake, and no ``shutdown`` or
+``debug_info`` for clients.  Clients are stock ``BaseManager`` proxies whose
+connections get the same socket options and timeouts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import random
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing import connection, managers
+from typing import Any, ClassVar, Protocol
+
+from fetchq import __version__, defaults
+from fetchq.broker import BROKER_METHODS, PROTOCOL, Broker
+from fetchq.config import Address
+from fetchq.errors import (
+    AddressInUse,
+    AuthFailed,
+    ConfigError,
+    FetchqError,
+    ServerUnreachable,
+)
+from fetchq.messages import say
+from fetchq.signals import StopRequest
+
+SERIALIZER = "fetchq"
+"""Our name for the stock pickle wire with tuned sockets: the bytes are the same,
+so classic BaseManager clients still talk to a fetchq server."""
+
+
+def _set_recv_timeout(sock: socket.socket, seconds: float | None) -> None:
+    """A kernel-level receive timeout: the fd stays blocking, as Connection expects."""
+    whole = int(seconds or 0)
+    micro = int(((seconds or 0) - whole) * 1_000_000)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, micro))
+
+
+def _tune(sock: socket.socket, recv_timeout: float | None) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, option):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+    _set_recv_timeout(sock, recv_timeout)
+
+
+def _tune_connection(conn: connection.Connection, recv_timeout: float | None) -> None:
+    # fromfd() duplicates the descriptor; options set on it apply to the shared socket.
+    with socket.fromfd(conn.fileno(), socket.AF_INET, socket.SOCK_STREAM) as sock:
+        _tune(sock, recv_timeout)
+
+
+class _Listener(connection.Listener):
+    """The stock listener with a backlog big enough for a fleet connecting at once."""
+
+    def __init__(
+        self,
+        address: Any = None,
+        family: Any = None,
+        backlog: int = 1,
+        authkey: bytes | None = None,
+    ) -> None:
+        super().__init__(address, family, defaults.BACKLOG, authkey)
+
+    def accept(self) -> connection.Connection:
+        conn = super().accept()
+        # A peer already gone fails the handshake on its own.
+        with contextlib.suppress(OSError):
+            _tune_connection(conn, defaults.HANDSHAKE_TIMEOUT)
+        return conn
+
+
+def _client(
+    address: tuple[str, int], family: Any = None, authkey: bytes | None = None
+) -> connection.Connection:
+    """Like ``connection.Client``, but every step has a timeout."""
+    sock = socket.create_connection(address, timeout=defaults.NET_CONNECT_TIMEOUT)
+    sock.settimeout(None)
+    _tune(sock, defaults.HANDSHAKE_TIMEOUT)
+    conn = connection.Connection(sock.detach())
+    try:
+        if authkey is not None:
+            connection.answer_challenge(conn, authkey)
+            connection.deliver_challenge(conn, authkey)
+        _tune_connection(conn, defaults.CALL_TIMEOUT)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+managers.listener_client[SERIALIZER] = (_Listener, _client)
+
+
+class _Server(managers.Server):
+    """A manager server that clients cannot shut down or inspect."""
+
+    public: ClassVar[list[str]] = [
+        name for name in managers.Server.public if name not in ("shutdown", "debug_info")
+    ]
+
+    def serve_client(self, conn: connection.Connection) -> None:
+        # Logged in: from now on a client may stay quiet as long as it likes.
+        _tune_connection(conn, None)
+        super().serve_client(conn)
+
+
+_served_broker: Broker | None = None
+
+
+def _get_broker() -> Broker:
+    """Module-level, so the registration survives the spawn start method."""
+    assert _served_broker is not None, "no broker is being served"
+    return _served_broker
+
+
+class _ServerManager(managers.BaseManager):
+    pass
+
+
+class _ClientManager(managers.BaseManager):
+    pass
+
+
+_ServerManager.register("broker", callable=_get_broker, exposed=BROKER_METHODS)
+_ClientManager.register("broker", exposed=BROKER_METHODS)
+
+
+class QueueServer:
+    """A bound manager server that serves one broker until told to stop."""
+
+    def __init__(self, broker: Broker, address: Address, authkey: bytes) -> None:
+        global _served_broker
+        _served_broker = broker
+        self.broker = broker
+        try:
+            self._server = _Server(
+                _ServerManager._registry, address.as_tuple(), authkey, SERIALIZER
+            )
+        except OSError as exc:
+            raise _bind_error(address, exc) from None
+        host, port = self._server.address[:2]
+        self.address = Address(host, port)
+
+    def serve(self, stop: StopRequest, housekeeping_interval: float = 0.5) -> None:
+        """Accept clients in the background and expire leases until asked to stop."""
+        self._server.stop_event = threading.Event()
+        accepter = threading.Thread(target=self._server.accepter, name="accepter", daemon=True)
+        accepter.start()
+        while not stop.wait(housekeeping_interval):
+            self.broker.expire_leases()
+        self._server.stop_event.set()
+        self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._server.listener.close()
+
+
+def _bind_error(address: Address, exc: OSError) -> FetchqError:
+    if exc.errno == errno.EADDRINUSE:
+        return AddressInUse(
+            f"cannot listen on {address}: the port is already in use "
+            "(another fetchq server? pick another --port)"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return ConfigError(f"cannot listen on {address}: {address.host} is not an address here")
+    if exc.errno == errno.EACCES:
+        return ConfigError(f"cannot listen on {address}: permission denied (ports below 1024?)")
+    if isinstance(exc, socket.gaierror):
+        return ConfigError(f"cannot listen on {address}: unknown host {address.host!r}")
+    return ConfigError(f"cannot listen on {address}: {exc.strerror or exc}")
+
+
+def _transport_error(address: Address, exc: BaseException) -> FetchqError:
+    """One line that names the address and what to check."""
+    if isinstance(exc, FetchqError):
+        return exc
+    if isinstance(exc, connection.AuthenticationError):
+        return AuthFailed(
+            f"server at {address} rejected the authkey: check FETCHQ_AUTHKEY / "
+            "FETCHQ_AUTHKEY_FILE match the server's key"
+        )
+    if isinstance(exc, AssertionError):
+        return AuthFailed(f"{address} answered, but not like a fetchq server (wrong port?)")
+    if isinstance(exc, socket.gaierror):
+        return ServerUnreachable(f"cannot resolve server host {address.host!r}")
+    if isinstance(exc, ConnectionRefusedError):
+        return ServerUnreachable(
+            f"cannot reach fetchq server at {address}: connection refused "
+            "(is `fetchq server` running there, on that port?)"
+        )
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        return ServerUnreachable(
+            f"cannot reach fetchq server at {address}: timed out "
+            "(check the host, the port and any firewall)"
+        )
+    if isinstance(exc, BlockingIOError):
+        return ServerUnreachable(
+            f"server at {address} stopped answering (is it a fetchq server, and is it alive?)"
+        )
+    if isinstance(exc, (EOFError, ConnectionError)):
+        return ServerUnreachable(f"lost the connection to the server at {address}")
+    if isinstance(exc, OSError):
+        return ServerUnreachable(
+            f"cannot talk to the server at {address}: {exc.strerror or exc.__class__.__name__}"
+        )
+    if isinstance(exc, managers.RemoteError):
+        lines = [line for line in str(exc).strip().splitlines() if line.strip("- ")]
+        return FetchqError(f"server at {address} failed: {lines[-1] if lines else 'unknown error'}")
+    return FetchqError(f"unexpected reply from the server at {address}: {exc!r}")
+
+
+_TRANSPORT_ERRORS = (
+    OSError,
+    EOFError,
+    AssertionError,
+    connection.AuthenticationError,
+    managers.RemoteError,
+)
+
+
+class BrokerClient:
+    """The broker's API for one process, connected lazily and again after a failure.
+
+    Calls are safe from several threads: the manager machinery gives each
+    thread its own connection to the server."""
+
+    def __init__(self, address: Address, authkey: bytes) -> None:
+        self.address = address
+        self._authkey = authkey
+        self._proxy: Any = None
+        self.server_info: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def connect(self) -> dict[str, Any]:
+        """Log in and check versions; returns what the server said about itself."""
+        try:
+            manager = _ClientManager(
+                address=self.address.as_tuple(), authkey=self._authkey, serializer=SERIALIZER
+            )
+            manager.connect()
+            proxy = manager.broker()
+            info = proxy.hello({"protocol": PROTOCOL, "version": __version__})
+        except _TRANSPORT_ERRORS as exc:
+            raise _transport_error(self.address, exc) from None
+        with self._lock:
+            self._proxy = proxy
+            self.server_info = info
+        return info
+
+    def call(self, method: str, *args: Any) -> Any:
+        proxy = self._proxy
+        if proxy is None:
+            self.connect()
+            proxy = self._proxy
+        try:
+            return getattr(proxy, method)(*args)
+        except FetchqError:
+            raise
+        except _TRANSPORT_ERRORS as exc:
+            self._forget_thread_connection(proxy)
+            raise _transport_error(self.address, exc) from None
+
+    @staticmethod
+    def _forget_thread_connection(proxy: Any) -> None:
+        """After a failed call the connection may hold a stale reply: never reuse it."""
+        tls = getattr(proxy, "_tls", None)
+        conn = getattr(tls, "connection", None)
+        if conn is not None:
+            with contextlib.suppress(OSError):
+                conn.close()
+            del tls.connection
+
+    def close(self) -> None:
+        with self._lock:
+            proxy, self._proxy = self._proxy, None
+        if proxy is not None:
+            self._forget_thread_connection(proxy)
+
+
+def backoff_delays(start: float = defaults.BACKOFF_START, cap: float = defaults.BACKOFF_MAX) -> Any:
+    """Exponential pauses with full jitter, so a fleet does not reconnect in step."""
+    delay = start
+    while True:
+        yield random.uniform(delay / 2, delay)
+        delay = min(cap, delay * 2)
+
+
+class Stopper(Protocol):
+    """Anything with ``wait(timeout) -> bool`` that returns True once we should give up."""
+
+    def wait(self, timeout: float) -> bool: ...
+
+
+class ResilientClient(BrokerClient):
+    """A client that waits for the server through restarts and network cuts.
+
+    ``give_up_after`` bounds each outage (None: wait for ever, as workers
+    do); a wrong key or version is never retried.  Re-sending a call after a
+    reconnect is safe for the broker's API: submits carry batch ids,
+    completions are deduplicated, renew and release are idempotent."""
+
+    def __init__(
+        self,
+        address: Address,
+        authkey: bytes,
+        *,
+        give_up_after: float | None = defaults.GIVE_UP_AFTER,
+        stop: Stopper | None = None,
+        notify: Callable[[str], None] = say,
+    ) -> None:
+        super().__init__(address, authkey)
+        self.give_up_after = give_up_after
+        self.stop: Stopper = stop or threading.Event()
+        self._notify = notify
+
+    def connect(self) -> dict[str, Any]:
+        return self._retrying(super().connect)
+
+    def call(self, method: str, *args: Any) -> Any:
+        return self._retrying(lambda: BrokerClient.call(self, method, *args))
+
+    def _retrying(self, action: Callable[[], Any]) -> Any:
+        started = time.monotonic()
+        delays = backoff_delays()
+        attempt = 0
+        while True:
+            try:
+                return action()
+            except ServerUnreachable as exc:
+                attempt += 1
+                waited = time.monotonic() - started
+                if self.give_up_after is not None and waited >= self.give_up_after:
+                    raise ServerUnreachable(
+                        f"{exc} (gave up after {waited:.0f}s and {attempt} attempts)"
+                    ) from None
+                self._notify(f"waiting for server at {self.address} (attempt {attempt}): {exc}")
+                pause = next(delays)
+                if self.give_up_after is not None:
+                    pause = min(pause, max(0.0, self.give_up_after - waited))
+                if self.stop.wait(pause):
+                    raise
+                with self._lock:
+                    self._proxy = None

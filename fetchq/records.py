@@ -1,0 +1,124 @@
+"""The task and result records: plain JSON-typed dicts with a version field.
+
+These dicts are all that crosses the wire or reaches a file, so another
+language only needs this page (and the README) to speak fetchq.  Readers
+fill in defaults for missing fields so that older records still decode.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+RECORD_VERSION = 1
+"""Bumped when a field changes meaning; new optional fields do not bump it."""
+
+TASK_FIELDS = ("v", "id", "job", "url", "attempt", "timeout", "submitted")
+RESULT_FIELDS = (
+    "v",
+    "id",
+    "job",
+    "url",
+    "ok",
+    "status",
+    "elapsed",
+    "bytes",
+    "error",
+    "attempt",
+    "worker",
+    "started",
+)
+
+
+def make_task(
+    task_id: int,
+    job: str,
+    url: str,
+    attempt: int,
+    timeout: float,
+    submitted: float,
+) -> dict[str, Any]:
+    """A task as a worker receives it: ``attempt`` counts from 1."""
+    return {
+        "v": RECORD_VERSION,
+        "id": task_id,
+        "job": job,
+        "url": url,
+        "attempt": attempt,
+        "timeout": timeout,
+        "submitted": submitted,
+    }
+
+
+def make_error(kind: str, message: str) -> dict[str, str]:
+    """The ``error`` field: a short machine-readable type and a readable line."""
+    return {"type": kind, "message": message}
+
+
+def is_ok_status(status: int | None) -> bool:
+    """2xx and 3xx are answers the server meant; anything else is not ok."""
+    return status is not None and 200 <= status < 400
+
+
+def make_result(
+    task: dict[str, Any],
+    *,
+    worker: str,
+    started: float,
+    elapsed: float,
+    status: int | None = None,
+    nbytes: int = 0,
+    error: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The result of one attempt at ``task``."""
+    return {
+        "v": RECORD_VERSION,
+        "id": task["id"],
+        "job": task["job"],
+        "url": task["url"],
+        "ok": error is None and is_ok_status(status),
+        "status": status,
+        "elapsed": elapsed,
+        "bytes": nbytes,
+        "error": error,
+        "attempt": task.get("attempt", 1),
+        "worker": worker,
+        "started": started,
+    }
+
+
+def read_result(record: dict[str, Any]) -> dict[str, Any]:
+    """A result with every documented field present (defaults for absent ones)."""
+    result: dict[str, Any] = {
+        "v": RECORD_VERSION,
+        "ok": False,
+        "status": None,
+        "elapsed": 0.0,
+        "bytes": 0,
+        "error": None,
+        "attempt": 1,
+        "worker": "",
+        "started": 0.0,
+    }
+    result.update(record)
+    return result
+
+
+def worker_identity() -> str:
+    """``hostname:pid``: how results and status name a worker process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+RETRYABLE_ERRORS = frozenset(
+    {"refused", "connect_timeout", "timeout", "reset", "connection", "protocol"}
+)
+"""Error types worth another attempt: the request may well succeed next time.
+
+An HTTP status, even 500, is the server's answer and ends the task; so do
+errors that another try cannot fix (``dns``, ``tls``, ``invalid_url``)."""
+
+
+def is_retryable(result: dict[str, Any]) -> bool:
+    error = result.get("error")
+    return isinstance(error, dict) and error.get("type") in RETRYABLE_ERRORS

@@ -1,0 +1,92 @@
+"""Batched, idempotent submission with backpressure: the dispatcher's engine."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Callable
+
+from fetchq import defaults
+from fetchq.errors import UsageError
+from fetchq.protocol import BrokerClient
+from fetchq.signals import StopRequest
+
+_JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,199}$")
+
+
+def check_job_name(name: str) -> str:
+    if not _JOB_NAME.match(name):
+        raise UsageError(
+            f"invalid job name {name!r}: use letters, digits and . _ : @ + - (at most 200)"
+        )
+    return name
+
+
+def new_job_name() -> str:
+    return time.strftime("job-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+class Submitter:
+    """Collects URLs into batches and submits each exactly once.
+
+    Every batch carries an id made of a per-run random part and a sequence
+    number, so a batch re-sent after a lost reply is recognised by the server.
+    A full server queue makes ``add`` wait (calling ``on_full``) instead of
+    growing the server without bound."""
+
+    def __init__(
+        self,
+        client: BrokerClient,
+        job: str,
+        *,
+        timeout: float = defaults.TASK_TIMEOUT,
+        attempts: int | None = None,
+        batch_size: int = defaults.SUBMIT_BATCH,
+        stop: StopRequest | None = None,
+        on_full: Callable[[int], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.job = job
+        self.timeout = timeout
+        self.attempts = attempts
+        self.batch_size = batch_size
+        self.stop = stop
+        self.on_full = on_full
+        self.accepted = 0
+        self._batch: list[str] = []
+        self._run_id = uuid.uuid4().hex
+        self._sequence = 0
+
+    def add(self, url: str) -> None:
+        self._batch.append(url)
+        if len(self._batch) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._batch:
+            return
+        self._sequence += 1
+        request = {
+            "job": self.job,
+            "urls": self._batch,
+            "timeout": self.timeout,
+            "attempts": self.attempts,
+            "batch_id": f"{self._run_id}:{self._sequence}",
+            "wait": defaults.POLL_WAIT,
+        }
+        while True:
+            reply = self.client.call("submit", request)
+            if reply.get("accepted") or not reply.get("full"):
+                break
+            if self.on_full is not None:
+                self.on_full(int(reply.get("queued", 0)))
+            if self.stop is not None and self.stop.requested:
+                raise KeyboardInterrupt
+        self.accepted += int(reply.get("accepted", 0))
+        self._batch = []
+
+    def finish(self) -> None:
+        """Send what is left and tell the server the job is complete."""
+        self.flush()
+        self.client.call("finish", self.job)

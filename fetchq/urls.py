@@ -1,0 +1,120 @@
+"""Reading and checking URLs: from arguments, files, stdin or a template.
+
+Input is streamed line by line in bytes, so a file of millions of URLs takes
+constant memory, and a bad line (too long, not UTF-8, not an http(s) URL)
+is reported with its line number and skipped without touching the others.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+from urllib.parse import urlsplit
+
+MAX_URL_LENGTH = 8192
+"""Longer than any URL a real server accepts (most stop at 8 KiB)."""
+
+_BAD_CHARS = re.compile(r"[\x00-\x20\x7f]")
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An input line that is not a URL we can fetch, and why."""
+
+    source: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.line}: {self.reason}"
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be fetched, or None when it can."""
+    if len(url) > MAX_URL_LENGTH:
+        return f"URL longer than {MAX_URL_LENGTH} characters"
+    bad = _BAD_CHARS.search(url)
+    if bad:
+        return f"URL contains a space or control character at column {bad.start() + 1}"
+    scheme, sep, _ = url.partition("://")
+    if not sep:
+        return "not a URL: expected http://HOST/... or https://HOST/..."
+    if scheme.lower() not in ("http", "https"):
+        return f"unsupported scheme {scheme!r}: only http and https are fetched"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return f"malformed URL: {exc}"
+    if not parts.hostname:
+        return "URL has no host"
+    if port == 0:
+        return "URL has port 0"
+    return None
+
+
+def read_urls(stream: BinaryIO, source: str) -> Iterator[str | Rejected]:
+    """URLs of a text stream, one a line; blank lines and ``#`` comments are skipped."""
+    number = 0
+    limit = MAX_URL_LENGTH + 2
+    while True:
+        chunk = stream.readline(limit)
+        if not chunk:
+            return
+        number += 1
+        if len(chunk) == limit and not chunk.endswith(b"\n"):
+            while chunk and not chunk.endswith(b"\n"):  # drop the rest of an overlong line
+                chunk = stream.readline(1 << 16)
+            yield Rejected(source, number, f"line longer than {MAX_URL_LENGTH} bytes")
+            continue
+        try:
+            text = chunk.decode("utf-8").strip()
+        except UnicodeDecodeError as exc:
+            yield Rejected(source, number, f"not valid UTF-8 (byte {exc.start + 1})")
+            continue
+        if not text or text.startswith("#"):
+            continue
+        problem = url_problem(text)
+        yield Rejected(source, number, problem) if problem else text
+
+
+def argument_urls(urls: Iterable[str]) -> Iterator[str | Rejected]:
+    for number, url in enumerate(urls, 1):
+        problem = url_problem(url)
+        yield Rejected("argument", number, problem) if problem else url
+
+
+PLACEHOLDER = "{i}"
+
+
+def check_template(template: str, count: int, start: int = 0) -> None:
+    """Raise ValueError, before anything is sent, if the template cannot work."""
+    if PLACEHOLDER not in template:
+        raise ValueError(f"template has no {PLACEHOLDER} placeholder")
+    if count < 0:
+        raise ValueError("count must be zero or more")
+    for sample in (start, start + max(count - 1, 0)):
+        problem = url_problem(template.replace(PLACEHOLDER, str(sample)))
+        if problem:
+            raise ValueError(f"template gives an invalid URL: {problem}")
+
+
+def template_urls(template: str, count: int, start: int = 0) -> Iterator[str]:
+    """``count`` URLs with ``{i}`` replaced by ``start``, ``start + 1``, ...
+
+    The template is checked once up front; each URL is checked again only if
+    the number lands in the host or port, where it could make it invalid."""
+    check_template(template, count, start)
+    authority = template.partition("://")[2].split("/", 1)[0].split("?", 1)[0]
+    check_each = PLACEHOLDER in authority
+    prefix, _, suffix = template.partition(PLACEHOLDER)
+    simple = PLACEHOLDER not in suffix
+    for i in range(start, start + count):
+        url = prefix + str(i) + suffix if simple else template.replace(PLACEHOLDER, str(i))
+        if check_each:
+            problem = url_problem(url)
+            if problem:
+                raise ValueError(f"template gives an invalid URL for i={i}: {problem}")
+        yield url

@@ -1,0 +1,92 @@
+"""fetchq output: collect results and write them as text, JSONL or CSV.
+
+Results stream to stdout (or ``--out``) as they arrive.  ``--until-done``
+stops once every task of the job has its result; ``--summary`` ends with a
+report: rates, success ratio, latency percentiles and histogram, status and
+error counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import sys
+from typing import Annotated, TextIO
+
+import typer
+
+from fetchq import config
+from fetchq.collect import collect
+from fetchq.commandline import AuthkeyFileOption, ServerOption, reports_errors, run_alone, say
+from fetchq.errors import ConfigError
+from fetchq.formats import open_writer
+from fetchq.protocol import ResilientClient
+from fetchq.signals import StopRequest
+from fetchq.stats import Summary
+from fetchq.submit import check_job_name
+
+HELP = "Collect results from the queue server as text, JSONL or CSV, with a summary."
+
+
+class Format(enum.StrEnum):
+    text = "text"
+    jsonl = "jsonl"
+    csv = "csv"
+    none = "none"
+
+
+def open_output(path: str | None) -> TextIO:
+    if path is None or path == "-":
+        return sys.stdout
+    try:
+        return open(path, "w", encoding="utf-8", newline="")  # closed by the ExitStack
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
+
+
+@reports_errors
+def output(
+    job: Annotated[
+        str | None, typer.Option("--job", "-j", help="Job to collect (default: every job)")
+    ] = None,
+    fmt: Annotated[
+        Format, typer.Option("--format", "-F", help="How each result is written")
+    ] = Format.text,
+    out: Annotated[
+        str | None, typer.Option("--out", "-o", help="Write results to this file, not stdout")
+    ] = None,
+    summary: Annotated[bool, typer.Option(help="End with a summary report")] = False,
+    until_done: Annotated[
+        bool, typer.Option(help="Exit once every task of the job has its result")
+    ] = False,
+    server: ServerOption = None,
+    authkey_file: AuthkeyFileOption = None,
+) -> None:
+    """Write results as they arrive; with --until-done, stop when the job is complete."""
+    if job is not None:
+        check_job_name(job)
+    address = config.server_address(server)
+    key = config.client_authkey(authkey_file)
+    stop = StopRequest().install()
+    client = ResilientClient(address, key.key, stop=stop)
+    client.connect()
+    report = Summary() if summary else None
+    with contextlib.ExitStack() as stack:
+        writer = None
+        if fmt is not Format.none:
+            stream = open_output(out)
+            if stream is not sys.stdout:
+                stack.enter_context(stream)
+            writer = open_writer(fmt.value, stream)
+        written = collect(
+            client, job, writer=writer, summary=report, until_done=until_done, stop=stop
+        )
+    if stop.requested:
+        say(f"output stopped on {stop.signal_name} after {written} results")
+    if report is not None:
+        to_stdout = fmt is Format.none or out not in (None, "-")
+        print(report.render(), file=sys.stdout if to_stdout else sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    run_alone(output, HELP)

@@ -1,0 +1,77 @@
+"""fetchq server: hold the task and result queues and serve them to workers.
+
+Binds (loopback unless told otherwise), resolves or generates the authkey,
+and serves the broker until SIGINT or SIGTERM.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from fetchq import config, defaults
+from fetchq.broker import Broker
+from fetchq.commandline import AuthkeyFileOption, reports_errors, run_alone, say
+from fetchq.protocol import QueueServer
+from fetchq.signals import StopRequest
+
+HELP = "Run the queue server that dispatchers, workers and outputs connect to."
+
+
+def resolve_server_key(key_file: str | None) -> config.Authkey:
+    """The configured key, else the one in the default file, else a new one there."""
+    found = config.find_authkey(key_file)
+    if found is not None:
+        return found
+    path = config.default_key_path()
+    key = config.generate_key_file(path)
+    say(f"no authkey given: generated a new one in {path} (mode 0600)")
+    say(f"give it to workers and dispatchers: FETCHQ_AUTHKEY_FILE={path}")
+    return key
+
+
+@reports_errors
+def server(
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; anything but loopback is reachable by others")
+    ] = defaults.HOST,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="TCP port (0: any free port)")
+    ] = defaults.PORT,
+    authkey_file: AuthkeyFileOption = None,
+    lease_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds before an unrenewed lease returns its task")
+    ] = defaults.LEASE_TIMEOUT,
+    max_attempts: Annotated[
+        int, typer.Option(min=1, max=100, help="Default tries per task before it fails")
+    ] = defaults.MAX_ATTEMPTS,
+    max_pending: Annotated[
+        int, typer.Option(min=1, help="Queued tasks before submits wait for room")
+    ] = defaults.MAX_PENDING,
+    max_results: Annotated[
+        int, typer.Option(min=1, help="Undelivered results before workers are paused")
+    ] = defaults.MAX_RESULTS,
+) -> None:
+    """Run the queue server until SIGINT or SIGTERM."""
+    key = resolve_server_key(authkey_file)
+    broker = Broker(
+        lease_timeout=lease_timeout,
+        max_attempts=max_attempts,
+        max_pending=max_pending,
+        max_results=max_results,
+    )
+    queue_server = QueueServer(broker, config.Address(host, port), key.key)
+    if not config.is_loopback(host):
+        say(
+            f"warning: listening on {host}, reachable from other hosts. Traffic is not "
+            "encrypted and the authkey is the only guard: anyone holding it can run code here"
+        )
+    say(f"server listening on {queue_server.address} (authkey from {key.source})")
+    stop = StopRequest().install()
+    queue_server.serve(stop)
+    say(f"server stopped ({stop.signal_name or 'asked to'})")
+
+
+if __name__ == "__main__":
+    run_alone(server, HELP)
