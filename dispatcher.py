@@ -18,7 +18,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fetchq import config, defaults
-from fetchq.commandline import AuthkeyFileOption, ServerOption, reports_errors, run_alone, say
+from fetchq.commandline import (
+    AuthkeyFileOption,
+    GiveUpOption,
+    ServerOption,
+    reports_errors,
+    run_alone,
+    say,
+)
 from fetchq.errors import ConfigError, ExitCode, UsageError
 from fetchq.protocol import ResilientClient
 from fetchq.submit import Submitter, check_job_name, new_job_name
@@ -115,6 +122,7 @@ def dispatch(
     ] = defaults.SUBMIT_BATCH,
     server: ServerOption = None,
     authkey_file: AuthkeyFileOption = None,
+    give_up_after: GiveUpOption = defaults.GIVE_UP_AFTER,
 ) -> None:
     """Submit URLs as tasks of one job and print the job's name."""
     urls, files = urls or [], file or []
@@ -130,7 +138,7 @@ def dispatch(
     job_name = check_job_name(job) if job else new_job_name()
     address = config.server_address(server)
     key = config.client_authkey(authkey_file)
-    client = ResilientClient(address, key.key)
+    client = ResilientClient(address, key.key, give_up_after=give_up_after)
     client.connect()
 
     submitter = Submitter(

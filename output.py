@@ -15,9 +15,16 @@ from typing import Annotated, TextIO
 
 import typer
 
-from fetchq import config
+from fetchq import config, defaults
 from fetchq.collect import collect
-from fetchq.commandline import AuthkeyFileOption, ServerOption, reports_errors, run_alone, say
+from fetchq.commandline import (
+    AuthkeyFileOption,
+    GiveUpOption,
+    ServerOption,
+    reports_errors,
+    run_alone,
+    say,
+)
 from fetchq.errors import ConfigError
 from fetchq.formats import open_writer
 from fetchq.protocol import ResilientClient
@@ -61,6 +68,7 @@ def output(
     ] = False,
     server: ServerOption = None,
     authkey_file: AuthkeyFileOption = None,
+    give_up_after: GiveUpOption = defaults.GIVE_UP_AFTER,
 ) -> None:
     """Write results as they arrive; with --until-done, stop when the job is complete."""
     if job is not None:
@@ -68,7 +76,7 @@ def output(
     address = config.server_address(server)
     key = config.client_authkey(authkey_file)
     stop = StopRequest().install()
-    client = ResilientClient(address, key.key, stop=stop)
+    client = ResilientClient(address, key.key, give_up_after=give_up_after, stop=stop)
     client.connect()
     report = Summary() if summary else None
     with contextlib.ExitStack() as stack:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+from collections.abc import Sequence
 from typing import Annotated
 
 import typer
@@ -55,7 +56,7 @@ def supervise(address: config.Address, authkey: bytes, settings: WorkerSettings,
     return 0
 
 
-def _signal_all(children: list[multiprocessing.process.BaseProcess]) -> int:
+def _signal_all(children: Sequence[multiprocessing.process.BaseProcess]) -> int:
     for child in children:
         if child.is_alive() and child.pid is not None:
             os.kill(child.pid, signal.SIGTERM)

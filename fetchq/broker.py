@@ -14,6 +14,7 @@ are thread-safe: the server runs one thread per client connection.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import random
 import threading
@@ -105,7 +106,7 @@ class WorkerSeen:
         return sum(n for t, n in self.recent if t >= now - RATE_WINDOW) / span
 
 
-def _require(condition: bool, message: str) -> None:
+def _require(condition: object, message: str) -> None:
     if not condition:
         raise BadRequest(message)
 
@@ -159,6 +160,8 @@ class Broker:
         self._leases: dict[int, Lease] = {}
         self._expiry: list[tuple[float, int, int]] = []
         self._done = bytearray(1)
+        self._batch_starts: list[int] = []
+        self._batch_jobs: list[str] = []
         self._jobs: dict[str, Job] = {}
         self._workers: dict[str, WorkerSeen] = {}
         self._batches: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -192,7 +195,8 @@ class Broker:
         _require(isinstance(batch, dict), "submit takes a dict")
         job_name = _job_name(batch.get("job"))
         urls = batch.get("urls")
-        _require(isinstance(urls, list), "urls must be a list")
+        if not isinstance(urls, list):
+            raise BadRequest("urls must be a list")
         _require(len(urls) <= MAX_SUBMIT, f"at most {MAX_SUBMIT} urls per submit")
         _require(all(isinstance(u, str) for u in urls), "urls must be strings")
         timeout = _number(batch.get("timeout", defaults.TASK_TIMEOUT), "timeout", 0.001, 86400)
@@ -202,10 +206,14 @@ class Broker:
         batch_id = batch.get("batch_id")
         _require(batch_id is None or isinstance(batch_id, str), "batch_id must be a string")
         with self._lock:
-            if batch_id is not None and batch_id in self._batches:
-                return dict(self._batches[batch_id], duplicate=True)
             deadline = self._clock() + wait
-            while not self._has_room(len(urls)):
+            while True:
+                # Checked again after every wait: a re-sent batch may arrive while
+                # the first copy (whose reply was lost) still waits for room here.
+                if batch_id is not None and batch_id in self._batches:
+                    return dict(self._batches[batch_id], duplicate=True)
+                if self._has_room(len(urls)):
+                    break
                 remaining = deadline - self._clock()
                 if remaining <= 0:
                     return {"accepted": 0, "full": True, "queued": len(self._queue)}
@@ -214,6 +222,9 @@ class Broker:
             job.sealed = False
             first_id = self._next_id
             self._next_id += len(urls)
+            if urls:
+                self._batch_starts.append(first_id)
+                self._batch_jobs.append(job.name)
             self._grow_done_bitmap()
             now = self._wall()
             task_id = first_id
@@ -262,6 +273,10 @@ class Broker:
         _require(isinstance(worker, str) and worker, "worker must be a name")
         _require(isinstance(results, list), "results must be a list")
         _require(len(results) <= MAX_SUBMIT, f"at most {MAX_SUBMIT} results per call")
+        for result in results:  # all checked before any is applied: a bad call changes nothing
+            _require(isinstance(result, dict), "each result must be a dict")
+            _require(type(result.get("id")) is int, "each result needs an integer id")
+            _require(type(result.get("attempt", 1)) is int, "attempt must be an integer")
         accepted = dropped = retried = 0
         with self._lock:
             now = self._clock()
@@ -288,7 +303,7 @@ class Broker:
             self._seen(worker)
             for task_id, attempt in reversed(pairs):
                 lease = self._leases.get(task_id)
-                if lease is None or lease.task.attempt != attempt:
+                if lease is None or lease.task.attempt != attempt or lease.worker != worker:
                     continue
                 self._drop_lease(task_id)
                 self._requeue(lease.task, lease.task.attempt)
@@ -416,6 +431,10 @@ class Broker:
     def _known(self, task_id: int) -> bool:
         return self._id_base < task_id < self._next_id
 
+    def _job_of(self, task_id: int) -> str:
+        """Ids are handed out in contiguous batches, so a bisect finds any task's job."""
+        return self._batch_jobs[bisect.bisect_right(self._batch_starts, task_id) - 1]
+
     def _lease_locked(self, worker: str, count: int) -> list[dict[str, Any]]:
         deadline = self._clock() + self.lease_timeout
         leased: list[dict[str, Any]] = []
@@ -446,12 +465,8 @@ class Broker:
         self._queue.appendleft(task._replace(attempt=attempt))
         self._jobs[task.job].queued += 1
 
-    def _complete_one(self, result: Any) -> str:
-        _require(isinstance(result, dict), "each result must be a dict")
-        task_id = result.get("id")
-        _require(
-            isinstance(task_id, int) and not isinstance(task_id, bool), "id must be an integer"
-        )
+    def _complete_one(self, result: dict[str, Any]) -> str:
+        task_id = result["id"]
         if not self._known(task_id):
             return "dropped"  # leased from an earlier server run
         attempt = result.get("attempt", 1)
@@ -468,9 +483,8 @@ class Broker:
                 self._drop_lease(task_id)
                 self._requeue(lease.task, attempt + 1)
                 return "retried"
-        job_name = lease.task.job if lease is not None else result.get("job")
-        job = self._jobs.get(job_name) if isinstance(job_name, str) else None
-        _require(job is not None, f"result for unknown job {job_name!r}")
+        job = self._jobs[self._job_of(task_id)]
+        result["job"] = job.name  # the server's record of the task is the authority
         self._drop_lease(task_id)
         self._finish(job, task_id, result)
         return "accepted"

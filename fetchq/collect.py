@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from fetchq import defaults
 from fetchq.formats import ResultWriter
 from fetchq.protocol import BrokerClient
-from fetchq.signals import StopRequest
 from fetchq.stats import Summary
+
+
+class StopCheck(Protocol):
+    @property
+    def requested(self) -> bool: ...
 
 
 def collect(
@@ -19,7 +23,7 @@ def collect(
     writer: ResultWriter | None = None,
     summary: Summary | None = None,
     until_done: bool = False,
-    stop: StopRequest | None = None,
+    stop: StopCheck | None = None,
     on_batch: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> int:
     """Write results as they arrive; returns how many were written.

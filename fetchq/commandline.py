@@ -17,7 +17,15 @@ from fetchq import config
 from fetchq.errors import ExitCode, FetchqError
 from fetchq.messages import say
 
-__all__ = ["AuthkeyFileOption", "ServerOption", "make_app", "reports_errors", "run_alone", "say"]
+__all__ = [
+    "AuthkeyFileOption",
+    "GiveUpOption",
+    "ServerOption",
+    "make_app",
+    "reports_errors",
+    "run_alone",
+    "say",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,6 +47,15 @@ AuthkeyFileOption = Annotated[
             f"then ${config.ENV_AUTHKEY_FILE}, then {config.default_key_path()}]"
         ),
         show_default=False,
+    ),
+]
+
+GiveUpOption = Annotated[
+    float,
+    typer.Option(
+        "--give-up-after",
+        min=0,
+        help="Seconds to keep trying to reach the server before failing",
     ),
 ]
 

@@ -154,7 +154,12 @@ def client_authkey(key_file: str | None) -> Authkey:
 def generate_key_file(path: Path) -> Authkey:
     """A fresh random key written to ``path`` with mode 0600, never overwriting."""
     key = secrets.token_urlsafe(32)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create {path.parent} for a new authkey: {exc.strerror}"
+        ) from None
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

@@ -18,7 +18,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from multiprocessing import connection, managers
+from multiprocessing import AuthenticationError, connection, managers
 from typing import Any, ClassVar, Protocol
 
 from fetchq import __version__, defaults
@@ -100,15 +100,38 @@ def _client(
     return conn
 
 
-managers.listener_client[SERIALIZER] = (_Listener, _client)
+managers.listener_client[SERIALIZER] = (_Listener, _client)  # type: ignore[attr-defined]
+
+
+_OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+ACCEPT_BACKOFF = 0.5
+"""Seconds the server waits before accepting again when out of descriptors."""
 
 
 class _Server(managers.Server):
     """A manager server that clients cannot shut down or inspect."""
 
-    public: ClassVar[list[str]] = [
+    stop_event: threading.Event
+    listener: Any
+    public: ClassVar[list[str]] = [  # type: ignore[misc]
         name for name in managers.Server.public if name not in ("shutdown", "debug_info")
     ]
+
+    def accepter(self) -> None:
+        """The stock loop retries every OSError at once: a closed listener or a
+        lack of file descriptors would spin it at full speed.  This one stops
+        when the server stops and backs off while descriptors are short."""
+        while not self.stop_event.is_set():
+            try:
+                conn = self.listener.accept()
+            except OSError as exc:
+                if self.stop_event.is_set():
+                    return
+                if exc.errno in _OUT_OF_RESOURCES:
+                    say(f"server: cannot accept connections: {exc.strerror}; retrying")
+                    self.stop_event.wait(ACCEPT_BACKOFF)
+                continue
+            threading.Thread(target=self.handle_request, args=(conn,), daemon=True).start()
 
     def serve_client(self, conn: connection.Connection) -> None:
         # Logged in: from now on a client may stay quiet as long as it likes.
@@ -145,13 +168,12 @@ class QueueServer:
         _served_broker = broker
         self.broker = broker
         try:
-            self._server = _Server(
-                _ServerManager._registry, address.as_tuple(), authkey, SERIALIZER
-            )
+            registry = _ServerManager._registry  # type: ignore[attr-defined]
+            self._server: Any = _Server(registry, address.as_tuple(), authkey, SERIALIZER)
         except OSError as exc:
             raise _bind_error(address, exc) from None
-        host, port = self._server.address[:2]
-        self.address = Address(host, port)
+        bound: Any = self._server.address
+        self.address = Address(str(bound[0]), int(bound[1]))
 
     def serve(self, stop: StopRequest, housekeeping_interval: float = 0.5) -> None:
         """Accept clients in the background and expire leases until asked to stop."""
@@ -164,6 +186,11 @@ class QueueServer:
         self.close()
 
     def close(self) -> None:
+        """Stop listening; shutdown() wakes an accept() blocked in another thread."""
+        sock = getattr(getattr(self._server.listener, "_listener", None), "_socket", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
             self._server.listener.close()
 
@@ -187,7 +214,7 @@ def _transport_error(address: Address, exc: BaseException) -> FetchqError:
     """One line that names the address and what to check."""
     if isinstance(exc, FetchqError):
         return exc
-    if isinstance(exc, connection.AuthenticationError):
+    if isinstance(exc, AuthenticationError):
         return AuthFailed(
             f"server at {address} rejected the authkey: check FETCHQ_AUTHKEY / "
             "FETCHQ_AUTHKEY_FILE match the server's key"
@@ -226,7 +253,7 @@ _TRANSPORT_ERRORS = (
     OSError,
     EOFError,
     AssertionError,
-    connection.AuthenticationError,
+    AuthenticationError,
     managers.RemoteError,
 )
 
@@ -247,7 +274,7 @@ class BrokerClient:
     def connect(self) -> dict[str, Any]:
         """Log in and check versions; returns what the server said about itself."""
         try:
-            manager = _ClientManager(
+            manager: Any = _ClientManager(
                 address=self.address.as_tuple(), authkey=self._authkey, serializer=SERIALIZER
             )
             manager.connect()
@@ -278,7 +305,7 @@ class BrokerClient:
         """After a failed call the connection may hold a stale reply: never reuse it."""
         tls = getattr(proxy, "_tls", None)
         conn = getattr(tls, "connection", None)
-        if conn is not None:
+        if tls is not None and conn is not None:
             with contextlib.suppress(OSError):
                 conn.close()
             del tls.connection

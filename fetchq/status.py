@@ -7,8 +7,13 @@ from typing import Annotated, Any
 
 import typer
 
-from fetchq import config
-from fetchq.commandline import AuthkeyFileOption, ServerOption, reports_errors
+from fetchq import config, defaults
+from fetchq.commandline import (
+    AuthkeyFileOption,
+    GiveUpOption,
+    ServerOption,
+    reports_errors,
+)
 from fetchq.protocol import ResilientClient
 
 WORKER_GONE_AFTER = 60.0
@@ -57,11 +62,12 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON")] = False,
     server: ServerOption = None,
     authkey_file: AuthkeyFileOption = None,
+    give_up_after: GiveUpOption = defaults.GIVE_UP_AFTER,
 ) -> None:
     """Show queue depths per job, leased tasks and the workers seen."""
     address = config.server_address(server)
     key = config.client_authkey(authkey_file)
-    client = ResilientClient(address, key.key)
+    client = ResilientClient(address, key.key, give_up_after=give_up_after)
     client.connect()
     reply = client.call("status")
     if as_json:

@@ -1,0 +1,54 @@
+"""Shared fixtures: a local HTTP target, a clean environment and a real server."""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fetchq_procs import ServerProcess, clean_env
+
+from fetchq.target import Target
+
+_real_getaddrinfo = socket.getaddrinfo
+LOCAL_NAMES = {"127.0.0.1", "localhost", "::1", None, ""}
+
+
+def _loopback_only_getaddrinfo(host, *args, **kwargs):  # type: ignore[no-untyped-def]
+    """No test asks a real DNS server anything: names other than loopback fail here."""
+    name = host.decode() if isinstance(host, bytes) else host
+    if name not in LOCAL_NAMES and not str(name).startswith("127."):
+        raise socket.gaierror(socket.EAI_NONAME, f"test guard: no DNS lookups ({name})")
+    return _real_getaddrinfo(host, *args, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def _no_dns(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(socket, "getaddrinfo", _loopback_only_getaddrinfo)
+
+
+@pytest.fixture(scope="session")
+def target() -> Iterator[Target]:
+    with Target() as running:
+        yield running
+
+
+@pytest.fixture
+def authkey() -> str:
+    return secrets.token_urlsafe(24)
+
+
+@pytest.fixture
+def env(tmp_path: Path, authkey: str) -> dict[str, str]:
+    return clean_env(tmp_path, authkey)
+
+
+@pytest.fixture
+def server(env: dict[str, str]) -> Iterator[ServerProcess]:
+    """A real ``fetchq server`` on a free loopback port with a short lease."""
+    running = ServerProcess(env, "--lease-timeout", "3")
+    env["FETCHQ_SERVER"] = running.address
+    yield running
+    running.stop()

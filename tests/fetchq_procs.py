@@ -1,0 +1,135 @@
+"""Real fetchq processes for tests: a server, workers and one-shot commands.
+
+Everything runs as a subprocess of the installed code, the way a user runs
+it, and every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+COMMAND_TIMEOUT = 120.0
+
+
+def fetchq_command(*args: str) -> list[str]:
+    return [PYTHON, "-m", "fetchq", *args]
+
+
+class StderrLog:
+    """Collects a process's stderr lines on a thread, so waits can poll it."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(process,), daemon=True)
+        self._thread.start()
+
+    def _read(self, process: subprocess.Popen[str]) -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for line in self.lines:
+                    match = regex.search(line)
+                    if match:
+                        return match
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._thread.is_alive():
+                    raise AssertionError(f"no stderr line matched {pattern!r}: {self.lines}")
+                self._changed.wait(min(remaining, 0.5))
+
+    @property
+    def text(self) -> str:
+        with self._changed:
+            return "\n".join(self.lines)
+
+
+class ServerProcess:
+    def __init__(self, env: dict[str, str], *args: str) -> None:
+        self.process = subprocess.Popen(
+            [PYTHON, str(REPO / "queueserver.py"), "--port", "0", *args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.log = StderrLog(self.process)
+        match = self.log.wait_for(r"listening on (\S+):(\d+)")
+        self.address = f"{match.group(1)}:{match.group(2)}"
+        self.port = int(match.group(2))
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+        return self.process.wait(15)
+
+
+def start_worker(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[str], StderrLog]:
+    process = subprocess.Popen(
+        fetchq_command("worker", *args),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return process, StderrLog(process)
+
+
+def run(
+    env: dict[str, str], *args: str, stdin: str | None = None, timeout: float = COMMAND_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        fetchq_command(*args),
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
+    )
+
+
+def jsonl(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def stop_all(processes: list[subprocess.Popen[str]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+    for process in processes:
+        process.wait(15)
+
+
+def clean_env(tmp_path: Path, authkey: str) -> dict[str, str]:
+    """A clean environment: our key, a private config dir, no proxies."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("FETCHQ_") and "proxy" not in name.lower()
+    }
+    env["FETCHQ_AUTHKEY"] = authkey
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env

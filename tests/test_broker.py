@@ -1,0 +1,793 @@
+"""Unit tests of the broker state machine, driven by a hand-advanced clock."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from fetchq.broker import MAX_LEASE, MAX_SUBMIT, MAX_WAIT, PROTOCOL, Broker
+from fetchq.errors import BadRequest, VersionMismatch
+from fetchq.records import RECORD_VERSION, RESULT_FIELDS, TASK_FIELDS, make_error, make_result
+
+WALL = 1_700_000_000.0
+LEASE = 10.0
+
+
+class FakeClock:
+    """A clock that only moves when told to; it counts its callers per thread."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+        self.calls: Counter[str] = Counter()
+        self.called = threading.Condition()
+
+    def __call__(self) -> float:
+        with self.called:
+            self.calls[threading.current_thread().name] += 1
+            self.called.notify_all()
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def make_broker(clock: FakeClock) -> Callable[..., Broker]:
+    def make(**settings: Any) -> Broker:
+        settings.setdefault("lease_timeout", LEASE)
+        return Broker(clock=clock, wall_clock=lambda: WALL, **settings)
+
+    return make
+
+
+@pytest.fixture
+def broker(make_broker: Callable[..., Broker]) -> Broker:
+    return make_broker()
+
+
+def urls(count: int, prefix: str = "http://127.0.0.1/") -> list[str]:
+    return [f"{prefix}{n}" for n in range(count)]
+
+
+def submit(broker: Broker, job: str, count: int, **extra: Any) -> dict[str, Any]:
+    return broker.submit({"job": job, "urls": urls(count), **extra})
+
+
+def ok(task: dict[str, Any], worker: str = "w1") -> dict[str, Any]:
+    return make_result(task, worker=worker, started=WALL, elapsed=0.01, status=200, nbytes=5)
+
+
+def failed(task: dict[str, Any], kind: str, worker: str = "w1") -> dict[str, Any]:
+    return make_result(
+        task, worker=worker, started=WALL, elapsed=0.01, error=make_error(kind, "it broke")
+    )
+
+
+def http(task: dict[str, Any], status: int, worker: str = "w1") -> dict[str, Any]:
+    return make_result(task, worker=worker, started=WALL, elapsed=0.01, status=status)
+
+
+def drain(broker: Broker, job: str | None) -> list[dict[str, Any]]:
+    return broker.results(job, MAX_SUBMIT, 0)["results"]
+
+
+# -- submit, lease, complete, results -------------------------------------
+
+
+def test_hello_reports_settings_and_refuses_other_protocols(broker: Broker) -> None:
+    reply = broker.hello({"protocol": PROTOCOL})
+    assert reply["protocol"] == PROTOCOL
+    assert reply["lease_timeout"] == LEASE
+    with pytest.raises(VersionMismatch, match="protocol"):
+        broker.hello({"protocol": PROTOCOL + 1})
+    with pytest.raises(VersionMismatch):
+        broker.hello({})
+    assert broker.hello({"protocol": PROTOCOL})["protocol"] == PROTOCOL
+
+
+def test_submit_returns_consecutive_ids_and_counts(broker: Broker) -> None:
+    first = submit(broker, "a", 3)
+    second = submit(broker, "b", 2)
+    third = submit(broker, "a", 4)
+    assert first["accepted"] == 3
+    assert second == {"accepted": 2, "first_id": first["first_id"] + 3}
+    assert third == {"accepted": 4, "first_id": first["first_id"] + 5}
+    counts = broker.job("a")
+    assert counts["submitted"] == 7
+    assert counts["queued"] == 7
+    assert counts["leased"] == 0
+    assert counts["sealed"] is False
+    assert counts["complete"] is False
+    assert broker.job("b")["submitted"] == 2
+
+
+def test_empty_submit_creates_the_job(broker: Broker) -> None:
+    reply = submit(broker, "a", 0)
+    assert reply["accepted"] == 0
+    assert broker.job("a")["submitted"] == 0
+    assert "a" in broker.status()["jobs"]
+
+
+def test_lease_hands_out_at_most_max_tasks_in_order(broker: Broker) -> None:
+    first_id = submit(broker, "a", 5, timeout=7.5)["first_id"]
+    tasks = broker.lease("w1", 3, 0)
+    assert [t["id"] for t in tasks] == [first_id, first_id + 1, first_id + 2]
+    assert [t["url"] for t in tasks] == urls(3)
+    for task in tasks:
+        assert tuple(task) == TASK_FIELDS
+        assert task["v"] == RECORD_VERSION
+        assert task["job"] == "a"
+        assert task["attempt"] == 1
+        assert task["timeout"] == 7.5
+        assert task["submitted"] == WALL
+    rest = broker.lease("w2", 10, 0)
+    assert [t["id"] for t in rest] == [first_id + 3, first_id + 4]
+    assert broker.lease("w1", 10, 0) == []
+    counts = broker.job("a")
+    assert counts["queued"] == 0
+    assert counts["leased"] == 5
+
+
+def test_results_and_done_only_after_finish(broker: Broker) -> None:
+    submit(broker, "a", 2)
+    first, second = broker.lease("w1", 2, 0)
+    reply = broker.complete("w1", [ok(first), http(second, 500)])
+    assert reply == {"accepted": 2, "dropped": 0, "retried": 0}
+    counts = broker.job("a")
+    assert (counts["done"], counts["failed"], counts["undelivered"]) == (1, 1, 2)
+
+    taken = broker.results("a", 10, 0)
+    assert taken["done"] is False  # not sealed: more tasks may come
+    assert sorted(r["id"] for r in taken["results"]) == sorted([first["id"], second["id"]])
+    assert {r["ok"] for r in taken["results"]} == {True, False}
+    assert broker.results("a", 10, 0) == {"results": [], "done": False}
+
+    sealed = broker.finish("a")
+    assert sealed["sealed"] is True
+    assert sealed["complete"] is True
+    assert broker.results("a", 10, 0) == {"results": [], "done": True}
+
+
+def test_sealed_job_is_done_only_when_every_result_is_delivered(broker: Broker) -> None:
+    submit(broker, "a", 2)
+    broker.finish("a")
+    tasks = broker.lease("w1", 2, 0)
+    assert broker.results("a", 10, 0) == {"results": [], "done": False}
+    broker.complete("w1", [ok(t) for t in tasks])
+    assert broker.job("a")["complete"] is False
+    one = broker.results("a", 1, 0)
+    assert len(one["results"]) == 1
+    assert one["done"] is False
+    two = broker.results("a", 1, 0)
+    assert len(two["results"]) == 1
+    assert two["done"] is True
+    assert broker.job("a")["complete"] is True
+
+
+def test_job_with_no_tasks_reads_done_once_finished(broker: Broker) -> None:
+    assert broker.results("empty", 1, 0) == {"results": [], "done": False}
+    broker.finish("empty")
+    assert broker.results("empty", 1, 0) == {"results": [], "done": True}
+    assert broker.results(None, 1, 0) == {"results": [], "done": True}
+
+
+def test_submitting_more_unseals_a_job(broker: Broker) -> None:
+    broker.finish("a")
+    submit(broker, "a", 1)
+    assert broker.job("a")["sealed"] is False
+    assert broker.results("a", 1, 0)["done"] is False
+
+
+def test_results_of_all_jobs(broker: Broker) -> None:
+    submit(broker, "a", 1)
+    submit(broker, "b", 1)
+    tasks = broker.lease("w1", 2, 0)
+    broker.complete("w1", [ok(t) for t in tasks])
+    taken = broker.results(None, 10, 0)
+    assert sorted(r["job"] for r in taken["results"]) == ["a", "b"]
+    assert taken["done"] is False
+    broker.finish("a")
+    broker.finish("b")
+    assert broker.results(None, 10, 0)["done"] is True
+
+
+def test_unknown_job_reads_empty_and_is_not_created(broker: Broker) -> None:
+    counts = broker.job("nobody")
+    assert counts["submitted"] == 0
+    assert counts["sealed"] is False
+    assert "nobody" not in broker.status()["jobs"]
+
+
+# -- leases that expire ----------------------------------------------------
+
+
+def test_expired_lease_goes_back_with_the_next_attempt(broker: Broker, clock: FakeClock) -> None:
+    first_id = submit(broker, "a", 1)["first_id"]
+    (task,) = broker.lease("w1", 1, 0)
+    clock.advance(LEASE - 0.1)
+    assert broker.expire_leases() == 0
+    assert broker.job("a")["leased"] == 1
+    clock.advance(0.2)
+    assert broker.expire_leases() == 1
+    counts = broker.job("a")
+    assert (counts["queued"], counts["leased"]) == (1, 0)
+    (again,) = broker.lease("w2", 1, 0)
+    assert again["id"] == first_id == task["id"]
+    assert again["attempt"] == 2
+    assert broker.expire_leases() == 0
+
+
+def test_lease_call_itself_expires_overdue_leases(broker: Broker, clock: FakeClock) -> None:
+    submit(broker, "a", 1)
+    broker.lease("w1", 1, 0)
+    clock.advance(LEASE + 1)
+    (again,) = broker.lease("w2", 1, 0)
+    assert again["attempt"] == 2
+
+
+def test_last_attempt_expiring_gives_one_failed_result(broker: Broker, clock: FakeClock) -> None:
+    first_id = submit(broker, "a", 1, attempts=2)["first_id"]
+    broker.finish("a")
+    broker.lease("w1", 1, 0)
+    clock.advance(LEASE + 1)
+    assert broker.expire_leases() == 1
+    (second,) = broker.lease("w2", 1, 0)
+    assert second["attempt"] == 2
+    clock.advance(LEASE + 1)
+    assert broker.expire_leases() == 1
+    assert broker.lease("w3", 1, 0) == []
+    clock.advance(LEASE + 1)
+    assert broker.expire_leases() == 0
+
+    taken = broker.results("a", 10, 0)
+    assert taken["done"] is True
+    (result,) = taken["results"]
+    assert tuple(result) == RESULT_FIELDS
+    assert result["id"] == first_id
+    assert result["job"] == "a"
+    assert result["url"] == urls(1)[0]
+    assert result["ok"] is False
+    assert result["status"] is None
+    assert result["error"]["type"] == "lease_expired"
+    assert "attempt 2 of 2" in result["error"]["message"]
+    assert result["attempt"] == 2
+    assert result["worker"] == "w2"
+    counts = broker.job("a")
+    assert (counts["failed"], counts["done"], counts["delivered"]) == (1, 0, 1)
+
+
+def test_broker_max_attempts_applies_when_the_batch_gives_none(
+    make_broker: Callable[..., Broker], clock: FakeClock
+) -> None:
+    broker = make_broker(max_attempts=1)
+    submit(broker, "a", 1)
+    broker.lease("w1", 1, 0)
+    clock.advance(LEASE + 1)
+    assert broker.expire_leases() == 1
+    (result,) = drain(broker, "a")
+    assert result["error"]["type"] == "lease_expired"
+    assert result["attempt"] == 1
+
+
+def test_renew_before_the_deadline_prevents_expiry(broker: Broker, clock: FakeClock) -> None:
+    submit(broker, "a", 1)
+    (task,) = broker.lease("w1", 1, 0)
+    clock.advance(LEASE - 2)
+    assert broker.renew("w1", [[task["id"], 1]]) == 1
+    clock.advance(5)  # past the first deadline, within the renewed one
+    assert broker.expire_leases() == 0
+    assert broker.job("a")["leased"] == 1
+    assert broker.complete("w1", [ok(task)])["accepted"] == 1
+    clock.advance(LEASE * 3)
+    assert broker.expire_leases() == 0
+    assert len(drain(broker, "a")) == 1
+
+
+def test_renewed_lease_still_expires_later(broker: Broker, clock: FakeClock) -> None:
+    submit(broker, "a", 1)
+    (task,) = broker.lease("w1", 1, 0)
+    clock.advance(LEASE - 2)
+    broker.renew("w1", [[task["id"], 1]])
+    clock.advance(LEASE + 1)
+    assert broker.expire_leases() == 1
+
+
+def test_renew_by_another_worker_or_attempt_does_nothing(broker: Broker, clock: FakeClock) -> None:
+    submit(broker, "a", 1)
+    (task,) = broker.lease("w1", 1, 0)
+    clock.advance(LEASE - 2)
+    assert broker.renew("w2", [[task["id"], 1]]) == 0
+    assert broker.renew("w1", [[task["id"], 2]]) == 0
+    assert broker.renew("w1", [[task["id"] + 1, 1]]) == 0
+    clock.advance(3)
+    assert broker.expire_leases() == 1
+
+
+# -- failures and retries --------------------------------------------------
+
+
+def test_retryable_failure_requeues_and_later_success_is_the_result(broker: Broker) -> None:
+    submit(broker, "a", 1)
+    (task,) = broker.lease("w1", 1, 0)
+    assert broker.complete("w1", [failed(task, "refused")]) == {
+        "accepted": 0,
+        "dropped": 0,
+        "retried": 1,
+    }
+    assert drain(broker, "a") == []
+    counts = broker.job("a")
+    assert (counts["queued"], counts["leased"], counts["failed"]) == (1, 0, 0)
+    (again,) = broker.lease("w2", 1, 0)
+    assert again["attempt"] == 2
+    assert broker.complete("w2", [ok(again, "w2")])["accepted"] == 1
+    (result,) = drain(broker, "a")
+    assert result["ok"] is True
+    assert result["attempt"] == 2
+    assert result["worker"] == "w2"
+    assert broker.lease("w1", 1, 0) == []
+
+
+def test_retryable_failure_on_the_last_attempt_is_the_result(broker: Broker) -> None:
+    submit(broker, "a", 1, attempts=2)
+    (task,) = broker.lease("w1", 1, 0)
+    assert broker.complete("w1", [failed(task, "timeout")])["retried"] == 1
+    (again,) = broker.lease("w1", 1, 0)
+    reply = broker.complete("w1", [failed(again, "refused")])
+    assert reply == {"accepted": 1, "dropped": 0, "retried": 0}
+    (result,) = drain(broker, "a")
+    assert result["error"]["type"] == "refused"
+    assert result["attempt"] == 2
+    assert broker.job("a")["failed"] == 1
+    assert broker.lease("w1", 1, 0) == []
+
+
+def test_single_attempt_retryable_failure_ends_at_once(broker: Broker) -> None:
+    submit(broker, "a", 1, attempts=1)
+    (task,) = broker.lease("w1", 1, 0)
+    assert broker.complete("w1", [failed(task, "refused")])["accepted"] == 1
+    assert len(drain(broker, "a")) == 1
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda task: http(task, 404),
+        lambda task: http(task, 500),
+        lambda task: failed(task, "dns"),
+        lambda task: failed(task, "tls"),
+    ],
+    ids=["404", "500", "dns", "tls"],
+)
+def test_non_retryable_errors_end_the_task_at_once(
+    broker: Broker, make: Callable[[dict[str, Any]], dict[str, Any]]
+) -> None:
+    submit(broker, "a", 1, attempts=5)
+    (task,) = broker.lease("w1", 1, 0)
+    assert broker.complete("w1", [make(task)]) == {"accepted": 1, "dropped": 0, "retried": 0}
+    assert broker.lease("w1", 1, 0) == []
+    (result,) = drain(broker, "a")
+    assert result["ok"] is False
+    assert result["attempt"] == 1
+    assert broker.job("a")["failed"] == 1
+
+
+# -- exactly once ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("late_first", [True, False])
+def test_first_completion_wins_after_a_lease_moved(
+    broker: Broker, clock: FakeClock, late_first: bool
+) -> None:
+    submit(broker, "a", 1)
+    (task_a,) = broker.lease("A", 1, 0)
+    clock.advance(LEASE + 1)
+    (task_b,) = broker.lease("B", 1, 0)
+    assert task_b["id"] == task_a["id"]
+    assert task_b["attempt"] == 2
+    late, current = ok(task_a, "A"), ok(task_b, "B")
+    first, second = (late, current) if late_first else (current, late)
+    assert broker.complete(first["worker"], [first])["accepted"] == 1
+    assert broker.complete(second["worker"], [second]) == {
+        "accepted": 0,
+        "dropped": 1,
+        "retried": 0,
+    }
+    (result,) = drain(broker, "a")
+    assert result["worker"] == first["worker"]
+    assert drain(broker, "a") == []
+    counts = broker.job("a")
+    assert (counts["done"], counts["leased"], counts["queued"]) == (1, 0, 0)
+    clock.advance(LEASE * 3)
+    assert broker.expire_leases() == 0
+    assert drain(broker, "a") == []
+
+
+def test_completion_of_a_requeued_task_is_accepted_and_never_leased_again(
+    broker: Broker, clock: FakeClock
+) -> None:
+    submit(broker, "a", 2)
+    task, other = broker.lease("A", 2, 0)
+    clock.advance(LEASE + 1)
+    assert broker.expire_leases() == 2  # both queued again as attempt 2
+    assert broker.complete("A", [ok(task, "A")])["accepted"] == 1
+    leased = broker.lease("B", 10, 0)
+    assert [t["id"] for t in leased] == [other["id"]]
+    assert broker.lease("B", 10, 0) == []
+    counts = broker.job("a")
+    assert (counts["queued"], counts["leased"], counts["done"]) == (0, 1, 1)
+    (result,) = drain(broker, "a")
+    assert result["id"] == task["id"]
+    assert result["worker"] == "A"
+
+
+def test_stale_retryable_failure_is_dropped(broker: Broker, clock: FakeClock) -> None:
+    submit(broker, "a", 1)
+    (task_a,) = broker.lease("A", 1, 0)
+    clock.advance(LEASE + 1)
+    (task_b,) = broker.lease("B", 1, 0)
+    assert broker.complete("A", [failed(task_a, "refused", "A")])["dropped"] == 1
+    assert broker.renew("B", [[task_b["id"], 2]]) == 1  # B still holds it
+    assert broker.lease("C", 1, 0) == []
+    assert broker.complete("B", [ok(task_b, "B")])["accepted"] == 1
+    assert len(drain(broker, "a")) == 1
+
+
+def test_repeated_completion_is_dropped(broker: Broker) -> None:
+    submit(broker, "a", 2)
+    tasks = broker.lease("w1", 2, 0)
+    results = [ok(t) for t in tasks]
+    assert broker.complete("w1", results)["accepted"] == 2
+    assert broker.complete("w1", results) == {"accepted": 0, "dropped": 2, "retried": 0}
+    assert broker.complete("w1", [failed(tasks[0], "refused")])["dropped"] == 1
+    assert len(drain(broker, "a")) == 2
+    assert broker.job("a")["done"] == 2
+
+
+def test_completion_from_another_server_run_is_dropped(broker: Broker) -> None:
+    first_id = submit(broker, "a", 2)["first_id"]
+    foreign = [
+        {"id": first_id - 1, "job": "a", "url": "http://127.0.0.1/", "ok": True},
+        {"id": first_id + 2, "job": "a", "url": "http://127.0.0.1/", "ok": True},
+        {"id": 7, "job": "a", "url": "http://127.0.0.1/", "ok": True},
+        {"id": -1, "job": "nope", "url": "http://127.0.0.1/", "ok": True},
+    ]
+    assert broker.complete("w1", foreign) == {"accepted": 0, "dropped": 4, "retried": 0}
+    assert drain(broker, None) == []
+    assert len(broker.lease("w1", 10, 0)) == 2
+
+
+# -- release ---------------------------------------------------------------
+
+
+def test_release_puts_tasks_back_without_using_an_attempt(broker: Broker) -> None:
+    first_id = submit(broker, "a", 3)["first_id"]
+    tasks = broker.lease("w1", 3, 0)
+    pairs = [[t["id"], t["attempt"]] for t in tasks[:2]]
+    assert broker.release("w1", pairs) == 2
+    counts = broker.job("a")
+    assert (counts["queued"], counts["leased"]) == (2, 1)
+    again = broker.lease("w2", 10, 0)
+    assert [(t["id"], t["attempt"]) for t in again] == [(first_id, 1), (first_id + 1, 1)]
+
+
+def test_release_needs_the_matching_id_attempt_and_worker(broker: Broker) -> None:
+    submit(broker, "a", 1)
+    (task,) = broker.lease("w1", 1, 0)
+    assert broker.release("w1", [[task["id"], 2]]) == 0
+    assert broker.release("w1", [[task["id"] + 1, 1]]) == 0
+    assert broker.release("w2", [[task["id"], 1]]) == 0
+    assert broker.lease("w2", 1, 0) == []
+    assert broker.release("w1", [[task["id"], 1]]) == 1
+    assert broker.release("w1", [[task["id"], 1]]) == 0
+
+
+def test_release_resent_after_the_task_moved_on_does_nothing(broker: Broker) -> None:
+    """A release re-sent after a lost reply must not take the task from its new holder."""
+    submit(broker, "a", 1)
+    (task,) = broker.lease("A", 1, 0)
+    assert broker.release("A", [[task["id"], 1]]) == 1
+    (again,) = broker.lease("B", 1, 0)
+    assert again["attempt"] == 1
+    assert broker.release("A", [[task["id"], 1]]) == 0
+    assert broker.renew("B", [[task["id"], 1]]) == 1
+    assert broker.lease("C", 1, 0) == []
+
+
+def test_released_last_attempt_is_still_run(broker: Broker) -> None:
+    submit(broker, "a", 1, attempts=1)
+    (task,) = broker.lease("w1", 1, 0)
+    broker.release("w1", [[task["id"], 1]])
+    (again,) = broker.lease("w2", 1, 0)
+    assert again["attempt"] == 1
+    assert broker.complete("w2", [ok(again, "w2")])["accepted"] == 1
+
+
+# -- batch ids and backpressure ----------------------------------------------
+
+
+def test_same_batch_id_is_queued_once(broker: Broker) -> None:
+    batch = {"job": "a", "urls": urls(3), "batch_id": "run:1"}
+    first = broker.submit(batch)
+    again = broker.submit(batch)
+    assert first["accepted"] == 3
+    assert "duplicate" not in first
+    assert again == {**first, "duplicate": True}
+    assert broker.job("a")["submitted"] == 3
+    assert len(broker.lease("w1", 10, 0)) == 3
+    other = broker.submit({**batch, "batch_id": "run:2"})
+    assert other["first_id"] == first["first_id"] + 3
+
+
+def test_full_reply_is_not_remembered_for_the_batch_id(make_broker: Callable[..., Broker]) -> None:
+    broker = make_broker(max_pending=2)
+    submit(broker, "a", 2)
+    batch = {"job": "a", "urls": urls(1), "batch_id": "b"}
+    assert broker.submit(batch)["full"] is True
+    broker.lease("w1", 2, 0)
+    reply = broker.submit(batch)
+    assert reply["accepted"] == 1
+    assert "duplicate" not in reply
+
+
+def test_batch_resent_while_the_first_copy_waits_for_room_is_queued_once(
+    make_broker: Callable[..., Broker], clock: FakeClock
+) -> None:
+    broker = make_broker(max_pending=2)
+    submit(broker, "fill", 2)
+    batch = {"job": "a", "urls": urls(2), "batch_id": "run:1", "wait": 5.0}
+    replies: list[dict[str, Any]] = []
+    names = ["submit-1", "submit-2"]
+    threads = [
+        threading.Thread(target=lambda: replies.append(broker.submit(batch)), name=n, daemon=True)
+        for n in names
+    ]
+    for thread in threads:
+        thread.start()
+    # Each submit reads the clock twice under the broker's lock right before it
+    # waits for room, so once both have, both are waiting (the fake clock stands still).
+    with clock.called:
+        assert clock.called.wait_for(lambda: all(clock.calls[n] >= 2 for n in names), 5)
+    assert len(broker.lease("w1", 2, 0)) == 2  # makes room and wakes both
+    for thread in threads:
+        thread.join(5)
+    assert not any(thread.is_alive() for thread in threads)
+    assert len(replies) == 2
+    assert sorted(bool(r.get("duplicate")) for r in replies) == [False, True]
+    assert replies[0]["first_id"] == replies[1]["first_id"]
+    assert broker.job("a")["submitted"] == 2
+    assert len(broker.lease("w1", 10, 0)) == 2
+
+
+def test_full_queue_pushes_back_until_tasks_are_leased(
+    make_broker: Callable[..., Broker],
+) -> None:
+    broker = make_broker(max_pending=10)
+    assert submit(broker, "a", 10)["accepted"] == 10
+    assert submit(broker, "a", 5, wait=0) == {"accepted": 0, "full": True, "queued": 10}
+    assert broker.job("a")["submitted"] == 10
+    broker.lease("w1", 4, 0)
+    assert submit(broker, "a", 5)["full"] is True  # 6 + 5 > 10
+    broker.lease("w1", 1, 0)
+    assert submit(broker, "a", 5)["accepted"] == 5  # 5 + 5 fits
+    assert broker.job("a")["submitted"] == 15
+    assert submit(broker, "a", 1)["full"] is True
+
+
+def test_oversized_batch_into_an_empty_queue_is_accepted(
+    make_broker: Callable[..., Broker],
+) -> None:
+    broker = make_broker(max_pending=10)
+    assert submit(broker, "a", 25)["accepted"] == 25
+    assert submit(broker, "a", 1)["full"] is True
+    assert len(broker.lease("w1", 100, 0)) == 25
+    assert submit(broker, "a", 1)["accepted"] == 1
+
+
+def test_undelivered_results_stop_leasing(make_broker: Callable[..., Broker]) -> None:
+    broker = make_broker(max_results=2)
+    submit(broker, "a", 4)
+    tasks = broker.lease("w1", 2, 0)
+    broker.complete("w1", [ok(t) for t in tasks])
+    assert broker.lease("w1", 2, 0) == []
+    assert broker.job("a")["queued"] == 2
+    assert len(broker.results("a", 1, 0)["results"]) == 1
+    (one,) = broker.lease("w1", 1, 0)  # below the limit again: leasing resumes
+    broker.complete("w1", [ok(one)])
+    assert broker.lease("w1", 2, 0) == []
+    assert len(drain(broker, "a")) == 2
+    assert len(broker.lease("w1", 2, 0)) == 1
+
+
+# -- bad calls ---------------------------------------------------------------
+
+BAD_CALLS: dict[str, Callable[[Broker], Any]] = {
+    "hello-not-dict": lambda b: b.hello("hi"),
+    "submit-not-dict": lambda b: b.submit(["http://127.0.0.1/"]),
+    "submit-empty-job": lambda b: b.submit({"job": "", "urls": urls(1)}),
+    "submit-job-not-str": lambda b: b.submit({"job": 5, "urls": urls(1)}),
+    "submit-long-job": lambda b: b.submit({"job": "j" * 201, "urls": urls(1)}),
+    "submit-urls-str": lambda b: b.submit({"job": "j", "urls": "http://127.0.0.1/"}),
+    "submit-url-int": lambda b: b.submit({"job": "j", "urls": ["http://127.0.0.1/", 5]}),
+    "submit-too-many": lambda b: b.submit({"job": "j", "urls": ["http://h/"] * (MAX_SUBMIT + 1)}),
+    "submit-timeout-str": lambda b: b.submit({"job": "j", "urls": [], "timeout": "5"}),
+    "submit-timeout-zero": lambda b: b.submit({"job": "j", "urls": [], "timeout": 0}),
+    "submit-attempts-zero": lambda b: b.submit({"job": "j", "urls": [], "attempts": 0}),
+    "submit-attempts-bool": lambda b: b.submit({"job": "j", "urls": [], "attempts": True}),
+    "submit-attempts-float": lambda b: b.submit({"job": "j", "urls": [], "attempts": 2.0}),
+    "submit-wait-negative": lambda b: b.submit({"job": "j", "urls": [], "wait": -1}),
+    "submit-wait-long": lambda b: b.submit({"job": "j", "urls": [], "wait": MAX_WAIT + 1}),
+    "submit-batch-id-int": lambda b: b.submit({"job": "j", "urls": [], "batch_id": 3}),
+    "finish-empty": lambda b: b.finish(""),
+    "finish-none": lambda b: b.finish(None),  # type: ignore[arg-type]
+    "job-empty": lambda b: b.job(""),
+    "lease-no-worker": lambda b: b.lease("", 1, 0),
+    "lease-worker-int": lambda b: b.lease(3, 1, 0),  # type: ignore[arg-type]
+    "lease-zero": lambda b: b.lease("w", 0, 0),
+    "lease-too-many": lambda b: b.lease("w", MAX_LEASE + 1, 0),
+    "lease-float-count": lambda b: b.lease("w", 1.5, 0),  # type: ignore[arg-type]
+    "lease-bool-count": lambda b: b.lease("w", True, 0),
+    "lease-wait-str": lambda b: b.lease("w", 1, "0"),  # type: ignore[arg-type]
+    "lease-wait-long": lambda b: b.lease("w", 1, MAX_WAIT + 1),
+    "complete-not-list": lambda b: b.complete("w", {"id": 1}),  # type: ignore[arg-type]
+    "complete-item-str": lambda b: b.complete("w", ["result"]),
+    "complete-id-str": lambda b: b.complete("w", [{"id": "1"}]),
+    "complete-id-bool": lambda b: b.complete("w", [{"id": True}]),
+    "complete-no-worker": lambda b: b.complete("", []),
+    "release-not-list": lambda b: b.release("w", "x"),  # type: ignore[arg-type]
+    "release-short-pair": lambda b: b.release("w", [[1]]),
+    "release-str-id": lambda b: b.release("w", [["1", 1]]),
+    "release-bool-attempt": lambda b: b.release("w", [[1, True]]),
+    "renew-long-pair": lambda b: b.renew("w", [[1, 2, 3]]),
+    "renew-not-pair": lambda b: b.renew("w", [5]),
+    "renew-no-worker": lambda b: b.renew("", []),
+    "results-empty-job": lambda b: b.results("", 1, 0),
+    "results-zero": lambda b: b.results("j", 0, 0),
+    "results-wait-negative": lambda b: b.results("j", 1, -0.5),
+}
+
+
+@pytest.mark.parametrize("call", BAD_CALLS.values(), ids=BAD_CALLS.keys())
+def test_bad_calls_raise_bad_request_and_change_nothing(
+    broker: Broker, call: Callable[[Broker], Any]
+) -> None:
+    first_id = submit(broker, "a", 2)["first_id"]
+    (held,) = broker.lease("w0", 1, 0)
+    before = broker.status()
+    with pytest.raises(BadRequest):
+        call(broker)
+    assert broker.status()["jobs"] == before["jobs"]
+    assert broker.status()["queued"] == 1
+    assert broker.submit({"job": "a", "urls": urls(1)})["first_id"] == first_id + 2
+    tasks = broker.lease("w0", 10, 0)
+    assert [t["id"] for t in tasks] == [first_id + 1, first_id + 2]
+    reply = broker.complete("w0", [ok(t) for t in [held, *tasks]])
+    assert reply["accepted"] == 3
+    broker.finish("a")
+    assert broker.results("a", 10, 0)["done"] is True
+
+
+def test_version_mismatch_leaves_the_broker_working(broker: Broker) -> None:
+    with pytest.raises(VersionMismatch):
+        broker.hello({"protocol": "1"})
+    assert submit(broker, "a", 1)["accepted"] == 1
+
+
+# -- status ----------------------------------------------------------------
+
+
+def test_status_lists_jobs_and_workers_with_leased_counts(broker: Broker, clock: FakeClock) -> None:
+    submit(broker, "a", 3)
+    submit(broker, "b", 2)
+    held = broker.lease("w1", 2, 0)
+    broker.lease("w2", 1, 0)
+    clock.advance(1.0)
+    broker.complete("w1", [ok(held[0])])
+    status = broker.status()
+    assert status["queued"] == 2
+    assert status["leased"] == 2
+    assert status["undelivered"] == 1
+    assert set(status["jobs"]) == {"a", "b"}
+    assert status["jobs"]["a"]["leased"] == 2
+    assert status["jobs"]["a"]["done"] == 1
+    assert status["jobs"]["b"]["queued"] == 2
+    workers = {w["worker"]: w for w in status["workers"]}
+    assert [w["worker"] for w in status["workers"]] == ["w1", "w2"]
+    assert workers["w1"]["leased"] == 1
+    assert workers["w1"]["completed"] == 1
+    assert workers["w2"]["leased"] == 1
+    assert workers["w2"]["completed"] == 0
+    assert workers["w2"]["last_seen_ago"] == 1.0
+    assert workers["w1"]["last_seen_ago"] == 0.0
+
+
+# -- many threads ------------------------------------------------------------
+
+
+def test_concurrent_workers_give_exactly_one_result_per_task() -> None:
+    total, per_batch = 5000, 1000
+    broker = Broker(lease_timeout=30.0, max_pending=10_000)
+    first_id = None
+    for start in range(0, total, per_batch):
+        reply = broker.submit({"job": "load", "urls": urls(per_batch), "batch_id": str(start)})
+        first_id = reply["first_id"] if first_id is None else first_id
+    broker.finish("load")
+    assert first_id is not None
+    expected_ids = set(range(first_id, first_id + total))
+    totals: Counter[str] = Counter()
+    totals_lock = threading.Lock()
+    collected: list[dict[str, Any]] = []
+    errors: list[BaseException] = []
+
+    def work(name: str) -> None:
+        try:
+            for _ in range(10_000):  # bounded; ends far sooner
+                tasks = broker.lease(name, 37, 0.01)
+                if not tasks:
+                    counts = broker.job("load")
+                    if counts["done"] + counts["failed"] == total:
+                        return
+                    continue
+                results = []
+                for task in tasks:
+                    if task["id"] % 7 == 0 and task["attempt"] == 1:
+                        results.append(failed(task, "reset", name))
+                    elif task["id"] % 11 == 0:
+                        results.append(http(task, 404, name))
+                    else:
+                        results.append(ok(task, name))
+                reply = broker.complete(name, results)
+                again = broker.complete(name, results)  # a re-sent batch changes nothing
+                with totals_lock:
+                    totals.update(reply)
+                    totals["dropped_again"] += again["dropped"]
+                    totals["accepted_again"] += again["accepted"]
+        except BaseException as exc:
+            errors.append(exc)
+
+    def read() -> None:
+        try:
+            for _ in range(10_000):
+                reply = broker.results("load", 300, 0.01)
+                collected.extend(reply["results"])
+                if reply["done"]:
+                    return
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(f"w{n}",), daemon=True) for n in range(8)]
+    threads.append(threading.Thread(target=read, daemon=True))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert not errors
+    assert not any(thread.is_alive() for thread in threads)
+
+    ids = [r["id"] for r in collected]
+    assert len(ids) == total
+    assert set(ids) == expected_ids
+    retried = sum(1 for i in expected_ids if i % 7 == 0)
+    not_found = sum(1 for i in expected_ids if i % 11 == 0)
+    assert totals["retried"] == retried
+    assert totals["accepted"] == total
+    assert totals["accepted_again"] == 0
+    assert totals["dropped"] == 0
+    counts = broker.job("load")
+    assert counts["submitted"] == total
+    assert counts["done"] + counts["failed"] == total
+    assert counts["delivered"] == total
+    assert counts["failed"] == not_found
+    assert counts["complete"] is True
+    assert sum(1 for r in collected if r["attempt"] == 2) == retried
+    status = broker.status()
+    assert (status["queued"], status["leased"], status["undelivered"]) == (0, 0, 0)
+    assert sum(w["completed"] for w in status["workers"]) == total + retried

@@ -1,0 +1,226 @@
+"""End to end: a real server, real worker processes, dispatch and output as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+
+from fetchq_procs import fetchq_command, jsonl, run, start_worker, stop_all
+
+from fetchq.config import parse_address
+from fetchq.protocol import BrokerClient
+from fetchq.records import RESULT_FIELDS
+
+
+def start_output(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        fetchq_command("output", *args),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def broker(env: dict[str, str]) -> BrokerClient:
+    client = BrokerClient(parse_address(env["FETCHQ_SERVER"]), env["FETCHQ_AUTHKEY"].encode())
+    client.connect()
+    return client
+
+
+def poll(condition, timeout: float, what: str):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_ten_thousand_tasks_give_exactly_one_result_each(server, env, target):
+    workers = [start_worker(env, "--concurrency", "8") for _ in range(2)]
+    output = start_output(env, "--job", "big", "--until-done", "--format", "jsonl")
+    try:
+        dispatched = run(
+            env, "dispatch", "--template", f"{target.url}/?q={{i}}", "--count", "10000", "-j", "big"
+        )
+        assert dispatched.returncode == 0, dispatched.stderr
+        assert dispatched.stdout == "big\n"
+        assert "dispatched 10000 tasks" in dispatched.stderr
+        stdout, stderr = output.communicate(timeout=120)
+        assert output.returncode == 0, stderr
+    finally:
+        stop_all([output])
+        for process, _ in workers:
+            process.terminate()
+        codes = [process.wait(30) for process, _ in workers]
+    results = jsonl(stdout)
+    assert len(results) == 10_000
+    assert len({r["id"] for r in results}) == 10_000
+    assert {r["url"] for r in results} == {f"{target.url}/?q={i}" for i in range(10_000)}
+    assert all(r["ok"] and r["status"] == 200 and r["error"] is None for r in results)
+    assert all(set(RESULT_FIELDS) <= set(r) for r in results)
+    assert len({r["worker"] for r in results}) == 2, "both workers should have taken tasks"
+    assert codes == [0, 0], "workers drain and exit 0 on SIGTERM"
+
+
+def test_worker_killed_mid_job_loses_nothing(server, env, target):
+    """SIGKILL one worker while it holds leases: they expire and run elsewhere."""
+    count = 3000
+    victim, _ = start_worker(env, "--concurrency", "4")
+    survivor, _ = start_worker(env, "--concurrency", "4")
+    output = start_output(env, "--job", "kill", "--until-done", "--format", "jsonl")
+    try:
+        dispatched = run(
+            env,
+            "dispatch",
+            "--template",
+            f"{target.url}/slow?s=0.004&i={{i}}",
+            "--count",
+            str(count),
+            "-j",
+            "kill",
+        )
+        assert dispatched.returncode == 0, dispatched.stderr
+        client = broker(env)
+        victim_name = f"{socket.gethostname()}:{victim.pid}"
+
+        def victim_busy() -> bool:
+            workers = {w["worker"]: w for w in client.call("status")["workers"]}
+            seen = workers.get(victim_name)
+            return bool(seen and seen["completed"] >= 100 and seen["leased"] > 0)
+
+        poll(victim_busy, 60, "the victim worker to hold leases mid-job")
+        os.kill(victim.pid, signal.SIGKILL)
+        stdout, stderr = output.communicate(timeout=120)
+        assert output.returncode == 0, stderr
+    finally:
+        stop_all([output, victim, survivor])
+    results = jsonl(stdout)
+    ids = [r["id"] for r in results]
+    assert len(ids) == count and len(set(ids)) == count
+    assert all(r["ok"] for r in results)
+    assert any(r["attempt"] >= 2 for r in results), "the victim's leased tasks ran again"
+
+
+def test_every_kind_of_failure_becomes_a_result(server, env, target):
+    refused = f"http://127.0.0.1:{closed_port()}/"
+    expected = {
+        f"{target.url}/fine": (True, 200, None),
+        f"{target.url}/status/404": (False, 404, None),
+        f"{target.url}/status/500": (False, 500, None),
+        f"{target.url}/status/302": (True, 302, None),
+        f"{target.url}/bytes/2000000": (True, 200, None),
+        f"{target.url}/slow?s=5": (False, None, "timeout"),
+        f"{target.url}/drop": (False, None, "reset"),
+        f"{target.url}/reset": (False, None, "reset"),
+        refused: (False, None, "refused"),
+        f"https://127.0.0.1:{target.port}/": (False, None, "tls"),
+    }
+    stdin = "\n".join(expected) + "\n"
+    dispatched = run(
+        env, "dispatch", "-", "-j", "errors", "--timeout", "1", "--attempts", "2", stdin=stdin
+    )
+    assert dispatched.returncode == 0, dispatched.stderr
+    worker = run(env, "worker", "--burst", "--concurrency", "4")
+    assert worker.returncode == 0, worker.stderr
+    output = run(env, "output", "-j", "errors", "--until-done", "--format", "jsonl")
+    assert output.returncode == 0, output.stderr
+    results = {r["url"]: r for r in jsonl(output.stdout)}
+    assert set(results) == set(expected)
+    for url, (ok, status, error_type) in expected.items():
+        result = results[url]
+        assert (result["ok"], result["status"]) == (ok, status), result
+        assert (result["error"] or {}).get("type") == error_type, result
+        if error_type:
+            assert result["error"]["message"], result
+    assert results[f"{target.url}/bytes/2000000"]["bytes"] == 2_000_000
+    assert results[refused]["attempt"] == 2, "connection failures use their attempts"
+    assert results[f"{target.url}/status/500"]["attempt"] == 1, "an HTTP answer is final"
+    assert results[f"https://127.0.0.1:{target.port}/"]["attempt"] == 1, "TLS errors are final"
+
+
+def test_sigterm_drains_a_worker_and_hands_back_unstarted_tasks(server, env, target):
+    """Running requests finish and report; prefetched ones go back without using an attempt."""
+    worker, log = start_worker(env, "--concurrency", "2", "--prefetch", "20")
+    try:
+        dispatched = run(
+            env,
+            "dispatch",
+            "--template",
+            f"{target.url}/slow?s=0.5&i={{i}}",
+            "--count",
+            "40",
+            "-j",
+            "drain",
+        )
+        assert dispatched.returncode == 0, dispatched.stderr
+        client = broker(env)
+        poll(lambda: client.call("job", "drain")["leased"] >= 10, 30, "the worker to prefetch")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0, log.text
+        counts = client.call("job", "drain")
+        assert counts["leased"] == 0, "nothing is left leased to the stopped worker"
+        assert counts["done"] >= 2, "requests in flight were finished and reported"
+        assert counts["done"] + counts["queued"] == 40
+        rest = run(env, "worker", "--burst", "--concurrency", "20")
+        assert rest.returncode == 0, rest.stderr
+        output = run(env, "output", "-j", "drain", "--until-done", "--format", "jsonl")
+        results = jsonl(output.stdout)
+    finally:
+        stop_all([worker])
+    assert len({r["id"] for r in results}) == 40
+    assert all(r["attempt"] == 1 for r in results), "handed-back tasks kept their attempt"
+
+
+def test_output_formats_summary_and_status(server, env, target):
+    urls = [f"{target.url}/?n={i}" for i in range(50)] + [f"{target.url}/status/404"] * 5
+    dispatched = run(env, "dispatch", *urls, "-j", "report")
+    assert dispatched.returncode == 0, dispatched.stderr
+    assert run(env, "worker", "--burst").returncode == 0
+    status = run(env, "status")
+    assert status.returncode == 0, status.stderr
+    assert "report" in status.stdout and "complete" not in status.stdout
+    output = run(env, "output", "-j", "report", "--until-done", "--format", "csv", "--summary")
+    assert output.returncode == 0, output.stderr
+    rows = output.stdout.splitlines()
+    assert rows[0].startswith("id,job,url,ok,status")
+    assert len(rows) == 56
+    assert "Requests:     55" in output.stderr
+    assert "[404]  5" in output.stderr
+    status = run(env, "status", "--json")
+    job = __import__("json").loads(status.stdout)["jobs"]["report"]
+    assert job["submitted"] == job["delivered"] == 55 and job["complete"]
+
+
+def test_worker_started_before_its_server_waits_for_it(env, target, tmp_path):
+    from fetchq_procs import ServerProcess
+
+    port = closed_port()
+    env["FETCHQ_SERVER"] = f"127.0.0.1:{port}"
+    worker, log = start_worker(env, "--concurrency", "2")
+    try:
+        log.wait_for(rf"waiting for server at 127\.0\.0\.1:{port} \(attempt 1\)")
+        server = ServerProcess(env, "--port", str(port))
+        try:
+            dispatched = run(env, "dispatch", f"{target.url}/late", "-j", "late")
+            assert dispatched.returncode == 0, dispatched.stderr
+            output = run(env, "output", "-j", "late", "--until-done", "--format", "jsonl")
+            assert [r["url"] for r in jsonl(output.stdout)] == [f"{target.url}/late"]
+            worker.terminate()
+            assert worker.wait(30) == 0
+        finally:
+            server.stop()
+    finally:
+        stop_all([worker])

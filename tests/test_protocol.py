@@ -1,0 +1,127 @@
+"""The transport: logging in, error mapping, and a server that stays up for everyone."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from multiprocessing.managers import BaseManager
+
+import pytest
+
+from fetchq import defaults
+from fetchq.broker import BROKER_METHODS, Broker
+from fetchq.config import Address
+from fetchq.errors import AuthFailed, BadRequest, ServerUnreachable
+from fetchq.protocol import BrokerClient, QueueServer, ResilientClient
+from fetchq.signals import StopRequest
+
+KEY = b"protocol-test-key"
+
+
+@pytest.fixture
+def served() -> Iterator[QueueServer]:
+    server = QueueServer(Broker(lease_timeout=5), Address("127.0.0.1", 0), KEY)
+    stop = StopRequest()
+    thread = threading.Thread(target=server.serve, args=(stop,), daemon=True)
+    thread.start()
+    yield server
+    stop.request()
+    thread.join(5)
+
+
+def test_round_trip_and_remote_errors(served):
+    client = BrokerClient(served.address, KEY)
+    info = client.connect()
+    assert info["protocol"] == 1 and info["lease_timeout"] == 5
+    reply = client.call("submit", {"job": "p", "urls": ["http://127.0.0.1/"]})
+    assert reply["accepted"] == 1
+    with pytest.raises(BadRequest, match="urls must be a list"):
+        client.call("submit", {"job": "p", "urls": "http://127.0.0.1/"})
+    # The bad call did not break this connection or the server.
+    assert client.call("job", "p")["submitted"] == 1
+
+
+def test_wrong_key_is_reported_as_such(served):
+    with pytest.raises(AuthFailed, match="rejected the authkey"):
+        BrokerClient(served.address, b"wrong").connect()
+
+
+def test_refused_and_gave_up(served):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = ResilientClient(Address("127.0.0.1", port), KEY, give_up_after=0.3, notify=print)
+    with pytest.raises(ServerUnreachable, match=r"connection refused.*gave up"):
+        client.connect()
+
+
+def test_a_peer_that_is_not_fetchq(target, monkeypatch):
+    """An HTTP server says nothing first: the handshake times out with a clear error."""
+    monkeypatch.setattr(defaults, "HANDSHAKE_TIMEOUT", 0.5)
+    client = BrokerClient(Address("127.0.0.1", target.port), KEY)
+    with pytest.raises((AuthFailed, ServerUnreachable), match="fetchq server"):
+        client.connect()
+
+
+def test_a_peer_that_never_logs_in_is_dropped(served, monkeypatch):
+    monkeypatch.setattr(defaults, "HANDSHAKE_TIMEOUT", 0.5)
+    with socket.create_connection(served.address.as_tuple(), timeout=10) as sock:
+        started = time.monotonic()
+        while sock.recv(4096):  # the challenge, then nothing until the server hangs up
+            pass
+        assert time.monotonic() - started < 5
+    assert BrokerClient(served.address, KEY).connect()["protocol"] == 1
+
+
+def test_clients_cannot_shut_the_server_down(served):
+    from multiprocessing.connection import Client
+    from multiprocessing.managers import dispatch
+
+    for method in ("shutdown", "debug_info"):
+        conn = Client(served.address.as_tuple(), authkey=KEY)
+        with pytest.raises(Exception, match=f"'{method}' unrecognized"):
+            dispatch(conn, None, method)
+        conn.close()
+    assert BrokerClient(served.address, KEY).connect()["protocol"] == 1
+
+
+def test_a_classic_manager_client_speaks_to_the_broker(served):
+    """A stock BaseManager (pickle serializer, no fetchq code) can use the API."""
+
+    class Classic(BaseManager):
+        pass
+
+    Classic.register("broker", exposed=BROKER_METHODS)
+    manager = Classic(address=served.address.as_tuple(), authkey=KEY)
+    manager.connect()
+    broker = manager.broker()
+    assert broker.submit({"job": "classic", "urls": ["http://127.0.0.1/x"]})["accepted"] == 1
+    assert broker.lease("classic-worker", 10, 0.0)[0]["url"] == "http://127.0.0.1/x"
+
+
+def test_two_hundred_clients_connecting_at_once(served):
+    """The stdlib's backlog of 16 leaves a burst hung; ours takes them all."""
+    count = 200
+    barrier = threading.Barrier(count)
+    errors: list[BaseException] = []
+    done = []
+
+    def connect_and_call() -> None:
+        try:
+            client = BrokerClient(served.address, KEY)
+            barrier.wait(30)
+            client.connect()
+            client.call("status")
+            done.append(1)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=connect_and_call) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors[:3]
+    assert len(done) == count
