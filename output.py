@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import os
 import sys
 from typing import Annotated, TextIO
 
@@ -25,8 +26,8 @@ from fetchq.commandline import (
     run_alone,
     say,
 )
-from fetchq.errors import ConfigError
-from fetchq.formats import open_writer
+from fetchq.errors import ConfigError, UsageError
+from fetchq.formats import ids_in_file, open_writer
 from fetchq.protocol import ResilientClient
 from fetchq.signals import StopRequest
 from fetchq.stats import Summary
@@ -42,13 +43,25 @@ class Format(enum.StrEnum):
     none = "none"
 
 
-def open_output(path: str | None) -> TextIO:
+def open_output(path: str | None, append: bool) -> TextIO:
     if path is None or path == "-":
         return sys.stdout
     try:
-        return open(path, "w", encoding="utf-8", newline="")  # closed by the ExitStack
+        return open(path, "a" if append else "w", encoding="utf-8", newline="")
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def already_written(path: str | None, fmt: Format) -> set[int]:
+    """Ids an earlier, interrupted run of output left in ``path``."""
+    if path is None or path == "-" or fmt not in (Format.jsonl, Format.csv):
+        raise UsageError("--append needs --out FILE and --format jsonl or csv")
+    if not os.path.exists(path):
+        return set()
+    try:
+        return ids_in_file(path, fmt.value)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot resume {path}: {exc}") from None
 
 
 @reports_errors
@@ -66,6 +79,12 @@ def output(
     until_done: Annotated[
         bool, typer.Option(help="Exit once every task of the job has its result")
     ] = False,
+    append: Annotated[
+        bool,
+        typer.Option(
+            help="Continue an --out file an earlier run left: skip results it already holds"
+        ),
+    ] = False,
     server: ServerOption = None,
     authkey_file: AuthkeyFileOption = None,
     give_up_after: GiveUpOption = defaults.GIVE_UP_AFTER,
@@ -73,6 +92,7 @@ def output(
     """Write results as they arrive; with --until-done, stop when the job is complete."""
     if job is not None:
         check_job_name(job)
+    skip = already_written(out, fmt) if append else set()
     address = config.server_address(server)
     key = config.client_authkey(authkey_file)
     stop = StopRequest().install()
@@ -82,12 +102,18 @@ def output(
     with contextlib.ExitStack() as stack:
         writer = None
         if fmt is not Format.none:
-            stream = open_output(out)
+            stream = open_output(out, append)
             if stream is not sys.stdout:
                 stack.enter_context(stream)
-            writer = open_writer(fmt.value, stream)
+            writer = open_writer(fmt.value, stream, continuing=append and stream.tell() > 0)
         written = collect(
-            client, job, writer=writer, summary=report, until_done=until_done, stop=stop
+            client,
+            job,
+            writer=writer,
+            summary=report,
+            until_done=until_done,
+            stop=stop,
+            skip_ids=skip,
         )
     if stop.requested:
         say(f"output stopped on {stop.signal_name} after {written} results")

@@ -15,17 +15,21 @@ are thread-safe: the server runs one thread per client connection.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import heapq
+import os
 import random
 import threading
 import time
+import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from fetchq import __version__, defaults
 from fetchq.errors import BadRequest, VersionMismatch
+from fetchq.journal import Journal
 from fetchq.records import is_retryable, make_error, make_result, make_task
 
 PROTOCOL = 1
@@ -57,7 +61,14 @@ class Lease(NamedTuple):
     deadline: float
 
 
-@dataclass
+class Delivery(NamedTuple):
+    """Results handed to an output, kept until it confirms it wrote them."""
+
+    results: list[dict[str, Any]]
+    deadline: float
+
+
+@dataclass(eq=False)
 class Job:
     name: str
     created: float
@@ -66,7 +77,10 @@ class Job:
     leased: int = 0
     succeeded: int = 0
     failed: int = 0
+    handed_out: int = 0
+    """Results handed to an output that has not confirmed them yet."""
     delivered: int = 0
+    """Results an output confirmed it wrote: these are gone from the server."""
     sealed: bool = False
     results: deque[dict[str, Any]] = field(default_factory=deque)
 
@@ -82,6 +96,7 @@ class Job:
             "done": self.succeeded,
             "failed": self.failed,
             "undelivered": len(self.results),
+            "handed_out": self.handed_out,
             "delivered": self.delivered,
             "sealed": self.sealed,
             "complete": self.sealed and self.delivered == self.submitted,
@@ -104,6 +119,15 @@ class WorkerSeen:
     def rate(self, now: float) -> float:
         span = min(RATE_WINDOW, max(now - self.first_seen, 1e-9))
         return sum(n for t, n in self.recent if t >= now - RATE_WINDOW) / span
+
+
+def _process_usage() -> dict[str, int]:
+    """Threads and open descriptors of the server: a leak shows here first."""
+    try:
+        descriptors = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        descriptors = -1
+    return {"threads": threading.active_count(), "fds": descriptors}
 
 
 def _require(condition: object, message: str) -> None:
@@ -141,6 +165,7 @@ class Broker:
         max_results: int = defaults.MAX_RESULTS,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        journal: Journal | None = None,
     ) -> None:
         self.lease_timeout = lease_timeout
         self.max_attempts = max_attempts
@@ -166,6 +191,12 @@ class Broker:
         self._workers: dict[str, WorkerSeen] = {}
         self._batches: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._undelivered = 0
+        self._deliveries: dict[str, Delivery] = {}
+        self._delivery_expiry: list[tuple[float, int, str]] = []
+        self._deliveries_made = 0
+        self._journal = journal
+        if journal is not None:
+            self._restore(journal)
 
     # -- the wire API ---------------------------------------------------
 
@@ -205,7 +236,7 @@ class Broker:
         wait = _number(batch.get("wait", 0.0), "wait", 0, MAX_WAIT)
         batch_id = batch.get("batch_id")
         _require(batch_id is None or isinstance(batch_id, str), "batch_id must be a string")
-        with self._lock:
+        with self._locked():
             deadline = self._clock() + wait
             while True:
                 # Checked again after every wait: a re-sent batch may arrive while
@@ -236,24 +267,38 @@ class Broker:
             reply = {"accepted": len(urls), "first_id": first_id}
             if batch_id is not None:
                 self._remember_batch(batch_id, reply)
+            self._log(
+                "submit",
+                job=job.name,
+                first=first_id,
+                urls=urls,
+                attempts=attempts,
+                timeout=timeout,
+                at=now,
+                batch=batch_id,
+            )
             self._tasks_ready.notify_all()
-            return reply
+        self._sync()
+        return reply
 
     def finish(self, job_name: str) -> dict[str, Any]:
         """Mark a job's submission complete, so outputs know when it is done."""
         name = _job_name(job_name)
-        with self._lock:
+        with self._locked():
             job = self._job(name)
             job.sealed = True
+            self._log("finish", job=name)
             self._results_ready.notify_all()
-            return job.counts()
+            counts = job.counts()
+        self._sync()
+        return counts
 
     def lease(self, worker: str, max_tasks: int, wait: float) -> list[dict[str, Any]]:
         """Hand up to ``max_tasks`` tasks to ``worker``, waiting up to ``wait`` s for any."""
         _require(isinstance(worker, str) and worker, "worker must be a name")
         count = _integer(max_tasks, "max_tasks", 1, MAX_LEASE)
         wait = _number(wait, "wait", 0, MAX_WAIT)
-        with self._lock:
+        with self._locked():
             self._seen(worker)
             deadline = self._clock() + wait
             while True:
@@ -278,7 +323,7 @@ class Broker:
             _require(type(result.get("id")) is int, "each result needs an integer id")
             _require(type(result.get("attempt", 1)) is int, "attempt must be an integer")
         accepted = dropped = retried = 0
-        with self._lock:
+        with self._locked():
             now = self._clock()
             for result in results:
                 outcome = self._complete_one(result)
@@ -299,7 +344,7 @@ class Broker:
         """Put back tasks a worker holds but will not run; their attempt is not used up."""
         pairs = self._lease_pairs(worker, leases)
         released = 0
-        with self._lock:
+        with self._locked():
             self._seen(worker)
             for task_id, attempt in reversed(pairs):
                 lease = self._leases.get(task_id)
@@ -316,7 +361,7 @@ class Broker:
         """Extend the leases a worker still holds; returns how many were still its own."""
         pairs = self._lease_pairs(worker, leases)
         renewed = 0
-        with self._lock:
+        with self._locked():
             now = self._seen(worker).last_seen
             deadline = now + self.lease_timeout
             for task_id, attempt in pairs:
@@ -328,32 +373,47 @@ class Broker:
                 renewed += 1
         return renewed
 
-    def results(self, job_name: str | None, max_results: int, wait: float) -> dict[str, Any]:
-        """Take up to ``max_results`` results of a job (or of all jobs when None).
+    def results(
+        self, job_name: str | None, max_results: int, wait: float, ack: str | None = None
+    ) -> dict[str, Any]:
+        """Hand out up to ``max_results`` results of a job (of all jobs when None).
 
-        ``done`` is true once the job is sealed and every one of its tasks has
-        had its result handed out: an output following the job can stop."""
+        The reply's ``token`` names this delivery: the output confirms it
+        (``ack``, or the ``ack`` argument of its next call) once it has
+        written the results.  Unconfirmed results go back to the queue after
+        the lease timeout, so an output that dies loses nothing.  ``done`` is
+        true once the job is sealed and every task's result is confirmed."""
         name = None if job_name is None else _job_name(job_name)
         count = _integer(max_results, "max_results", 1, MAX_SUBMIT)
         wait = _number(wait, "wait", 0, MAX_WAIT)
-        with self._lock:
+        _require(ack is None or isinstance(ack, str), "ack must be a delivery token")
+        with self._locked():
+            if ack is not None:
+                self._ack_locked(ack)
             deadline = self._clock() + wait
             while True:
                 self._expire_locked()
                 taken = self._take_results(name, count)
                 if taken:
                     self._tasks_ready.notify_all()
-                    return {"results": taken, "done": self._all_delivered(name)}
+                    token = self._hand_out(taken)
+                    return {"results": taken, "done": False, "token": token}
                 if self._all_delivered(name):
-                    return {"results": [], "done": True}
+                    return {"results": [], "done": True, "token": None}
                 remaining = deadline - self._clock()
                 if remaining <= 0:
-                    return {"results": [], "done": False}
+                    return {"results": [], "done": False, "token": None}
                 self._results_ready.wait(min(remaining, self._until_next_expiry()))
+
+    def ack(self, token: str) -> int:
+        """Confirm a delivery: its results are written and can be forgotten."""
+        _require(isinstance(token, str), "ack takes a delivery token")
+        with self._locked():
+            return self._ack_locked(token)
 
     def status(self) -> dict[str, Any]:
         """Counts per job and the workers seen, for ``fetchq status``."""
-        with self._lock:
+        with self._locked():
             self._expire_locked()
             now = self._clock()
             workers = [
@@ -368,6 +428,7 @@ class Broker:
             ]
             return {
                 "version": __version__,
+                "process": _process_usage(),
                 "queued": len(self._queue),
                 "leased": len(self._leases),
                 "undelivered": self._undelivered,
@@ -378,7 +439,7 @@ class Broker:
     def job(self, job_name: str) -> dict[str, Any]:
         """One job's counts (an unknown job reads as empty and unsealed)."""
         name = _job_name(job_name)
-        with self._lock:
+        with self._locked():
             self._expire_locked()
             job = self._jobs.get(name)
             return job.counts() if job else Job(name, 0.0).counts()
@@ -387,8 +448,169 @@ class Broker:
 
     def expire_leases(self) -> int:
         """Return overdue leases to the queue (or fail them); returns how many."""
-        with self._lock:
+        with self._locked():
             return self._expire_locked()
+
+    def compact(self) -> None:
+        """Rewrite the journal as the live state, when it has grown large."""
+        if self._journal is None:
+            return
+        with self._locked():
+            self._journal.rewrite(self._snapshot(), self._journal_header())
+
+    def maintain_journal(self) -> None:
+        """Housekeeping: fsync what was written, compact when the log has grown."""
+        if self._journal is None:
+            return
+        self._journal.sync()
+        if self._journal.wants_compaction():
+            self.compact()
+
+    def close(self) -> None:
+        if self._journal is not None:
+            with self._locked():
+                pass
+            self._journal.close()
+
+    # -- the journal ------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The broker lock; on the way out, events go to the OS before any reply."""
+        with self._lock:
+            try:
+                yield
+            finally:
+                if self._journal is not None:
+                    self._journal.flush()
+
+    def _log(self, kind: str, **fields: Any) -> None:
+        if self._journal is not None:
+            self._journal.append({"k": kind, **fields})
+
+    def _sync(self) -> None:
+        """Acknowledged submissions survive a power cut: fsync before the reply."""
+        if self._journal is not None:
+            self._journal.sync()
+
+    def _journal_header(self) -> dict[str, Any]:
+        return {"id_base": self._id_base, "next_id": self._next_id, "written": self._wall()}
+
+    def _snapshot(self) -> Iterator[dict[str, Any]]:
+        """The live state as events: what a replay needs and nothing more."""
+        for job in self._jobs.values():
+            yield {
+                "k": "job",
+                "job": job.name,
+                "created": job.created,
+                "submitted": job.submitted,
+                "succeeded": job.succeeded,
+                "failed": job.failed,
+                "delivered": job.delivered,
+                "sealed": job.sealed,
+            }
+        for first, job_name in zip(self._batch_starts, self._batch_jobs, strict=True):
+            yield {"k": "range", "first": first, "job": job_name}
+        for batch_id, reply in self._batches.items():
+            yield {"k": "batch", "batch": batch_id, "reply": reply}
+        live = [lease.task for lease in self._leases.values()]
+        live.extend(task for task in self._queue if not self._is_done(task.id))
+        for task in sorted({task.id: task for task in live}.values()):
+            yield {"k": "task", **task._asdict()}
+        for delivery in self._deliveries.values():
+            for result in delivery.results:
+                yield {"k": "unconfirmed", "r": result}
+        for job in self._jobs.values():
+            for result in job.results:
+                yield {"k": "unconfirmed", "r": result}
+
+    def _restore(self, journal: Journal) -> None:
+        """Replay the journal into this (new) broker, then compact it."""
+        events = journal.read()
+        header = next(events, None)
+        if header is not None:
+            self._id_base = int(header["id_base"])
+            self._next_id = int(header.get("next_id", self._id_base + 1))
+            tasks: dict[int, Queued] = {}
+            results: dict[int, dict[str, Any]] = {}
+            for event in events:
+                self._replay(event, tasks, results)
+            self._rebuild(tasks, results)
+        journal.rewrite(self._snapshot(), self._journal_header())
+
+    def _replay(
+        self, event: dict[str, Any], tasks: dict[int, Queued], results: dict[int, dict[str, Any]]
+    ) -> None:
+        kind = event["k"]
+        if kind == "submit":
+            job = self._job(event["job"])
+            job.sealed = False
+            first = int(event["first"])
+            for offset, url in enumerate(event["urls"]):
+                task_id = first + offset
+                tasks[task_id] = Queued(
+                    task_id, job.name, url, 1, event["attempts"], event["timeout"], event["at"]
+                )
+            job.submitted += len(event["urls"])
+            self._next_id = max(self._next_id, first + len(event["urls"]))
+            if event["urls"]:
+                self._batch_starts.append(first)
+                self._batch_jobs.append(job.name)
+            if event.get("batch"):
+                self._remember_batch(
+                    event["batch"], {"accepted": len(event["urls"]), "first_id": first}
+                )
+        elif kind == "task":
+            task = Queued(**{name: event[name] for name in Queued._fields})
+            tasks[task.id] = task
+        elif kind == "job":
+            job = self._job(event["job"])
+            job.created = event["created"]
+            job.submitted = event["submitted"]
+            job.succeeded = event["succeeded"]
+            job.failed = event["failed"]
+            job.delivered = event["delivered"]
+            job.sealed = event["sealed"]
+        elif kind == "range":
+            self._batch_starts.append(event["first"])
+            self._batch_jobs.append(event["job"])
+        elif kind == "batch":
+            self._remember_batch(event["batch"], event["reply"])
+        elif kind == "finish":
+            self._job(event["job"]).sealed = True
+        elif kind == "retry":
+            retried = tasks.get(event["id"])
+            if retried is not None:
+                tasks[retried.id] = retried._replace(attempt=event["attempt"])
+        elif kind in ("result", "unconfirmed"):
+            result = event["r"]
+            tasks.pop(result["id"], None)
+            results[result["id"]] = result
+            if kind == "result":
+                job = self._job(result["job"])
+                if result.get("ok"):
+                    job.succeeded += 1
+                else:
+                    job.failed += 1
+        elif kind == "ack":
+            for task_id in event["ids"]:
+                result = results.pop(task_id, None)
+                if result is not None:
+                    self._job(result["job"]).delivered += 1
+
+    def _rebuild(self, tasks: dict[int, Queued], results: dict[int, dict[str, Any]]) -> None:
+        """Queue what was not done (leases were lost with the old process) and
+        count every other id as done, so late reports of them are dropped."""
+        self._done = bytearray(b"\xff" * ((self._next_id - self._id_base) // 8 + 1))
+        for task_id in sorted(tasks):
+            task = tasks[task_id]
+            offset = task_id - self._id_base
+            self._done[offset >> 3] &= ~(1 << (offset & 7)) & 0xFF
+            self._queue.append(task)
+            self._jobs[task.job].queued += 1
+        for result in results.values():
+            self._jobs[result["job"]].results.append(result)
+        self._undelivered = len(results)
 
     # -- internals (lock held) --------------------------------------------
 
@@ -464,6 +686,8 @@ class Broker:
         """Retries go to the front: a job's stragglers should not wait behind new jobs."""
         self._queue.appendleft(task._replace(attempt=attempt))
         self._jobs[task.job].queued += 1
+        if attempt != task.attempt:
+            self._log("retry", id=task.id, attempt=attempt)
 
     def _complete_one(self, result: dict[str, Any]) -> str:
         task_id = result["id"]
@@ -490,6 +714,7 @@ class Broker:
         return "accepted"
 
     def _finish(self, job: Job, task_id: int, result: dict[str, Any]) -> None:
+        self._log("result", r=result)
         self._mark_done(task_id)
         if result.get("ok"):
             job.succeeded += 1
@@ -499,13 +724,24 @@ class Broker:
         self._undelivered += 1
 
     def _until_next_expiry(self) -> float:
-        if not self._expiry:
+        deadlines = [heap[0][0] for heap in (self._expiry, self._delivery_expiry) if heap]
+        if not deadlines:
             return MAX_WAIT
-        return max(0.0, self._expiry[0][0] - self._clock()) + 0.001
+        return max(0.0, min(deadlines) - self._clock()) + 0.001
 
     def _expire_locked(self) -> int:
         now = self._clock()
         expired = 0
+        lapsed = []
+        while self._delivery_expiry and self._delivery_expiry[0][0] <= now:
+            _, _, token = heapq.heappop(self._delivery_expiry)
+            delivery = self._deliveries.pop(token, None)
+            if delivery is not None:
+                lapsed.append(delivery)
+        for delivery in reversed(lapsed):  # the first handed out ends up first again
+            self._return_delivery(delivery)
+        if lapsed:
+            self._results_ready.notify_all()
         while self._expiry and self._expiry[0][0] <= now:
             deadline, task_id, attempt = heapq.heappop(self._expiry)
             lease = self._leases.get(task_id)
@@ -544,11 +780,46 @@ class Broker:
             jobs = [job for job in self._jobs.values() if job.results]
         taken: list[dict[str, Any]] = []
         for job in jobs:
+            before = len(taken)
             while job.results and len(taken) < count:
                 taken.append(job.results.popleft())
-                job.delivered += 1
-        self._undelivered -= len(taken)
+            job.handed_out += len(taken) - before
         return taken
+
+    def _hand_out(self, results: list[dict[str, Any]]) -> str:
+        token = uuid.uuid4().hex
+        deadline = self._clock() + self.lease_timeout
+        self._deliveries[token] = Delivery(results, deadline)
+        self._deliveries_made += 1  # breaks ties in hand-out order, not token order
+        heapq.heappush(self._delivery_expiry, (deadline, self._deliveries_made, token))
+        return token
+
+    def _ack_locked(self, token: str) -> int:
+        delivery = self._deliveries.pop(token, None)
+        if delivery is None:
+            return 0  # already confirmed, or expired and queued again
+        self._log("ack", ids=[result["id"] for result in delivery.results])
+        for job, count in self._count_by_job(delivery.results).items():
+            job.handed_out -= count
+            job.delivered += count
+        self._undelivered -= len(delivery.results)
+        self._tasks_ready.notify_all()
+        self._results_ready.notify_all()
+        return len(delivery.results)
+
+    def _return_delivery(self, delivery: Delivery) -> None:
+        """An output did not confirm in time: its results go back, in order, to the front."""
+        for result in reversed(delivery.results):
+            self._jobs[result["job"]].results.appendleft(result)
+        for job, count in self._count_by_job(delivery.results).items():
+            job.handed_out -= count
+
+    def _count_by_job(self, results: list[dict[str, Any]]) -> dict[Job, int]:
+        counts: dict[Job, int] = {}
+        for result in results:
+            job = self._jobs[result["job"]]
+            counts[job] = counts.get(job, 0) + 1
+        return counts
 
     def _all_delivered(self, name: str | None) -> bool:
         if name is None:
@@ -582,6 +853,7 @@ BROKER_METHODS = (
     "release",
     "renew",
     "results",
+    "ack",
     "status",
     "job",
 )

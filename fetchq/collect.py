@@ -25,26 +25,39 @@ def collect(
     until_done: bool = False,
     stop: StopCheck | None = None,
     on_batch: Callable[[list[dict[str, Any]]], None] | None = None,
+    skip_ids: set[int] | frozenset[int] = frozenset(),
 ) -> int:
     """Write results as they arrive; returns how many were written.
 
-    With ``until_done`` it returns once the job is sealed and every task has
-    had its result handed out; otherwise it follows until stopped."""
+    Each batch is confirmed to the server only after it has been written and
+    flushed (with the next request, or on the way out), so results an
+    output never wrote are handed out again, to this run or the next.
+    With ``until_done`` it returns once the job is sealed and every task's
+    result is confirmed; otherwise it follows until stopped."""
     written = 0
-    while stop is None or not stop.requested:
-        reply = client.call("results", job, defaults.READ_BATCH, defaults.POLL_WAIT)
-        results = reply["results"]
-        for result in results:
-            if writer is not None:
-                writer.write(result)
-            if summary is not None:
-                summary.add(result)
-        if results:
-            written += len(results)
-            if writer is not None:
-                writer.flush()
-            if on_batch is not None:
-                on_batch(results)
-        if until_done and reply["done"]:
-            break
+    token: str | None = None
+    try:
+        while stop is None or not stop.requested:
+            reply = client.call("results", job, defaults.READ_BATCH, defaults.POLL_WAIT, token)
+            token = None
+            results = reply["results"]
+            if skip_ids:  # already in the file an interrupted run left: confirm, don't repeat
+                results = [result for result in results if result["id"] not in skip_ids]
+            for result in results:
+                if writer is not None:
+                    writer.write(result)
+                if summary is not None:
+                    summary.add(result)
+            if results:
+                written += len(results)
+                if writer is not None:
+                    writer.flush()
+                if on_batch is not None:
+                    on_batch(results)
+            token = reply.get("token")
+            if until_done and reply["done"]:
+                break
+    finally:
+        if token is not None:
+            client.call("ack", token)
     return written

@@ -59,8 +59,11 @@ NET_CONNECT_TIMEOUT = 5.0
 HANDSHAKE_TIMEOUT = 10.0
 """Seconds either side waits for the authkey handshake before hanging up."""
 
-CALL_TIMEOUT = 60.0
-"""Seconds a client waits for any reply; longer than any server-side wait."""
+CALL_TIMEOUT = 35.0
+"""Seconds a client waits for any reply before it treats the connection as dead.
+
+Longer than any wait the server makes on a client's behalf (30 s at most), so
+only a dead server or a cut network trips it."""
 
 BACKLOG = 1024
 """Listen backlog: the stdlib's 16 leaves a burst of connecting workers hung."""
@@ -70,3 +73,6 @@ BACKOFF_START = 0.2
 
 BACKOFF_MAX = 10.0
 """Longest pause between reconnect attempts."""
+
+MAX_CONNECTIONS = 4096
+"""Client connections the server holds at once (each costs a thread)."""

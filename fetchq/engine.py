@@ -24,7 +24,7 @@ from fetchq.config import Address
 from fetchq.errors import FetchqError, ServerUnreachable
 from fetchq.fetch import Fetcher
 from fetchq.messages import say
-from fetchq.protocol import BrokerClient, ResilientClient, Stopper
+from fetchq.protocol import BrokerClient, ResilientClient, Stopper, set_call_timeout
 from fetchq.records import worker_identity
 from fetchq.signals import StopRequest
 
@@ -40,6 +40,8 @@ class WorkerSettings:
     """Exit once the server has no task left to hand out."""
     grace: float = 30.0
     """Seconds in-flight requests may take to finish after a stop request."""
+    call_timeout: float = defaults.CALL_TIMEOUT
+    """Seconds to wait for the server's reply before reconnecting."""
 
     @property
     def queue_size(self) -> int:
@@ -258,6 +260,7 @@ def run_worker_process(address: Address, authkey: bytes, settings: WorkerSetting
     """One worker process from start to exit: connect, work, drain, report."""
     stop = StopRequest().install()
     identity = worker_identity()
+    set_call_timeout(settings.call_timeout)
 
     def make_client(stopper: Stopper) -> BrokerClient:
         return ResilientClient(address, authkey, give_up_after=None, stop=stopper)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from typing import Any, TextIO
 
 from fetchq.records import RESULT_FIELDS
@@ -39,8 +40,10 @@ TEXT_LABEL_WIDTH = 16
 class ResultWriter:
     """Base of the writers: ``write`` one result dict, ``flush`` the stream."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, *, continuing: bool = False) -> None:
         self.stream = stream
+        self.continuing = continuing
+        """True when appending to a file that already holds results (no new header)."""
 
     def write(self, result: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -74,10 +77,11 @@ class CsvWriter(ResultWriter):
     stream is usually a text-mode stdout, where ``\\r\\n`` would be translated again.
     """
 
-    def __init__(self, stream: TextIO) -> None:
-        super().__init__(stream)
+    def __init__(self, stream: TextIO, *, continuing: bool = False) -> None:
+        super().__init__(stream, continuing=continuing)
         self._writer = csv.writer(stream, lineterminator="\n")
-        self._writer.writerow(CSV_FIELDS)
+        if not continuing:
+            self._writer.writerow(CSV_FIELDS)
 
     def write(self, result: dict[str, Any]) -> None:
         error = result.get("error") or {}
@@ -128,7 +132,7 @@ _WRITERS: dict[str, type[ResultWriter]] = {
 }
 
 
-def open_writer(fmt: str, stream: TextIO) -> ResultWriter:
+def open_writer(fmt: str, stream: TextIO, *, continuing: bool = False) -> ResultWriter:
     """The writer for ``fmt`` (one of :data:`FORMATS`) on ``stream``."""
     try:
         cls = _WRITERS[fmt]
@@ -136,4 +140,34 @@ def open_writer(fmt: str, stream: TextIO) -> ResultWriter:
         raise ValueError(
             f"unknown output format {fmt!r} (choose from {', '.join(FORMATS)})"
         ) from None
-    return cls(stream)
+    return cls(stream, continuing=continuing)
+
+
+def ids_in_file(path: str | os.PathLike[str], fmt: str) -> set[int]:
+    """The result ids a JSONL or CSV file already holds, for an output that resumes it.
+
+    A last line without its newline was torn by a crash mid-write: it is cut
+    off, and its result will be written again."""
+    if fmt not in ("jsonl", "csv"):
+        raise ValueError(f"cannot resume a {fmt} file: only jsonl and csv keep ids")
+    ids: set[int] = set()
+    complete = 0
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle):
+            if not line.endswith(b"\n"):
+                break
+            complete += len(line)
+            if fmt == "csv":
+                if number == 0:
+                    continue
+                cell = next(csv.reader([line.decode("utf-8")]), [""])[0]
+                if cell.isdigit():
+                    ids.add(int(cell))
+            elif line.strip():
+                value = json.loads(line).get("id")
+                if isinstance(value, int):
+                    ids.add(value)
+    if complete < os.path.getsize(path):
+        with open(path, "r+b") as handle:
+            handle.truncate(complete)
+    return ids

@@ -77,7 +77,40 @@ def http(task: dict[str, Any], status: int, worker: str = "w1") -> dict[str, Any
 
 
 def drain(broker: Broker, job: str | None) -> list[dict[str, Any]]:
-    return broker.results(job, MAX_SUBMIT, 0)["results"]
+    """Take every result waiting and confirm it, as an output that wrote them would."""
+    reply = broker.results(job, MAX_SUBMIT, 0)
+    if reply["results"]:
+        assert broker.ack(reply["token"]) == len(reply["results"])
+    else:
+        assert reply["token"] is None
+    return reply["results"]
+
+
+def ready(broker: Broker, job: str, count: int, worker: str = "w1") -> list[int]:
+    """Submit ``count`` tasks, run them all; returns their ids in result order."""
+    submit(broker, job, count)
+    tasks = broker.lease(worker, count, 0)
+    assert broker.complete(worker, [ok(t, worker) for t in tasks])["accepted"] == count
+    return [t["id"] for t in tasks]
+
+
+def ids_of(reply: dict[str, Any]) -> list[int]:
+    return [r["id"] for r in reply["results"]]
+
+
+def where(broker: Broker, job: str) -> tuple[int, int, int]:
+    """A job's results as (waiting, handed out, confirmed), checking that they add up."""
+    counts = broker.job(job)
+    finished = counts["done"] + counts["failed"]
+    assert counts["undelivered"] + counts["handed_out"] + counts["delivered"] == finished
+    status = broker.status()
+    unconfirmed = sum(j["undelivered"] + j["handed_out"] for j in status["jobs"].values())
+    assert status["undelivered"] == unconfirmed
+    return counts["undelivered"], counts["handed_out"], counts["delivered"]
+
+
+EMPTY = {"results": [], "done": False, "token": None}
+DONE = {"results": [], "done": True, "token": None}
 
 
 # -- submit, lease, complete, results -------------------------------------
@@ -149,35 +182,38 @@ def test_results_and_done_only_after_finish(broker: Broker) -> None:
     assert taken["done"] is False  # not sealed: more tasks may come
     assert sorted(r["id"] for r in taken["results"]) == sorted([first["id"], second["id"]])
     assert {r["ok"] for r in taken["results"]} == {True, False}
-    assert broker.results("a", 10, 0) == {"results": [], "done": False}
+    assert broker.results("a", 10, 0) == EMPTY
+    assert broker.ack(taken["token"]) == 2
 
     sealed = broker.finish("a")
     assert sealed["sealed"] is True
     assert sealed["complete"] is True
-    assert broker.results("a", 10, 0) == {"results": [], "done": True}
+    assert broker.results("a", 10, 0) == DONE
 
 
 def test_sealed_job_is_done_only_when_every_result_is_delivered(broker: Broker) -> None:
     submit(broker, "a", 2)
     broker.finish("a")
     tasks = broker.lease("w1", 2, 0)
-    assert broker.results("a", 10, 0) == {"results": [], "done": False}
+    assert broker.results("a", 10, 0) == EMPTY
     broker.complete("w1", [ok(t) for t in tasks])
     assert broker.job("a")["complete"] is False
     one = broker.results("a", 1, 0)
     assert len(one["results"]) == 1
     assert one["done"] is False
-    two = broker.results("a", 1, 0)
+    two = broker.results("a", 1, 0, ack=one["token"])
     assert len(two["results"]) == 1
-    assert two["done"] is True
+    assert two["done"] is False  # handed out, not yet confirmed
+    assert broker.job("a")["complete"] is False
+    assert broker.results("a", 1, 0, ack=two["token"]) == DONE
     assert broker.job("a")["complete"] is True
 
 
 def test_job_with_no_tasks_reads_done_once_finished(broker: Broker) -> None:
-    assert broker.results("empty", 1, 0) == {"results": [], "done": False}
+    assert broker.results("empty", 1, 0) == EMPTY
     broker.finish("empty")
-    assert broker.results("empty", 1, 0) == {"results": [], "done": True}
-    assert broker.results(None, 1, 0) == {"results": [], "done": True}
+    assert broker.results("empty", 1, 0) == DONE
+    assert broker.results(None, 1, 0) == DONE
 
 
 def test_submitting_more_unseals_a_job(broker: Broker) -> None:
@@ -197,7 +233,8 @@ def test_results_of_all_jobs(broker: Broker) -> None:
     assert taken["done"] is False
     broker.finish("a")
     broker.finish("b")
-    assert broker.results(None, 10, 0)["done"] is True
+    assert broker.results(None, 10, 0) == EMPTY  # handed out, not yet confirmed
+    assert broker.results(None, 10, 0, ack=taken["token"]) == DONE
 
 
 def test_unknown_job_reads_empty_and_is_not_created(broker: Broker) -> None:
@@ -249,7 +286,8 @@ def test_last_attempt_expiring_gives_one_failed_result(broker: Broker, clock: Fa
     assert broker.expire_leases() == 0
 
     taken = broker.results("a", 10, 0)
-    assert taken["done"] is True
+    assert taken["done"] is False  # until the output confirms it
+    assert broker.results("a", 10, 0, ack=taken["token"]) == DONE
     (result,) = taken["results"]
     assert tuple(result) == RESULT_FIELDS
     assert result["id"] == first_id
@@ -599,12 +637,297 @@ def test_undelivered_results_stop_leasing(make_broker: Callable[..., Broker]) ->
     broker.complete("w1", [ok(t) for t in tasks])
     assert broker.lease("w1", 2, 0) == []
     assert broker.job("a")["queued"] == 2
-    assert len(broker.results("a", 1, 0)["results"]) == 1
+    taken = broker.results("a", 1, 0)
+    assert len(taken["results"]) == 1
+    assert broker.lease("w1", 2, 0) == []  # handed out but not confirmed: still counts
+    assert broker.ack(taken["token"]) == 1
     (one,) = broker.lease("w1", 1, 0)  # below the limit again: leasing resumes
     broker.complete("w1", [ok(one)])
     assert broker.lease("w1", 2, 0) == []
     assert len(drain(broker, "a")) == 2
     assert len(broker.lease("w1", 2, 0)) == 1
+
+
+# -- acknowledgements ----------------------------------------------------------
+
+
+def test_ack_confirms_a_delivery(broker: Broker) -> None:
+    ids = ready(broker, "a", 3)
+    broker.finish("a")
+    assert where(broker, "a") == (3, 0, 0)
+    reply = broker.results("a", 10, 0)
+    assert ids_of(reply) == ids
+    assert isinstance(reply["token"], str) and reply["token"]
+    assert reply["done"] is False
+    assert where(broker, "a") == (0, 3, 0)
+    assert broker.job("a")["complete"] is False
+    assert broker.results("a", 10, 0) == EMPTY  # nothing waits, yet not done
+    assert broker.ack(reply["token"]) == 3
+    assert where(broker, "a") == (0, 0, 3)
+    assert broker.job("a")["complete"] is True
+    assert broker.results("a", 10, 0) == DONE
+
+
+def test_next_results_call_confirms_the_previous_delivery(broker: Broker) -> None:
+    ids = ready(broker, "a", 3)
+    broker.finish("a")
+    first = broker.results("a", 2, 0)
+    assert ids_of(first) == ids[:2]
+    assert where(broker, "a") == (1, 2, 0)
+    second = broker.results("a", 2, 0, ack=first["token"])
+    assert ids_of(second) == ids[2:]
+    assert second["done"] is False
+    assert second["token"] not in (None, first["token"])
+    assert where(broker, "a") == (0, 1, 2)
+    assert broker.results("a", 2, 0, ack=second["token"]) == DONE
+    assert where(broker, "a") == (0, 0, 3)
+
+
+def test_ack_in_a_call_for_another_job_still_confirms(broker: Broker) -> None:
+    ready(broker, "a", 1)
+    reply = broker.results("a", 10, 0)
+    assert broker.results("b", 10, 0, ack=reply["token"]) == EMPTY
+    assert where(broker, "a") == (0, 0, 1)
+    assert broker.ack(reply["token"]) == 0
+
+
+def test_acking_twice_or_an_unknown_token_returns_zero_and_changes_nothing(
+    broker: Broker,
+) -> None:
+    ready(broker, "a", 2)
+    reply = broker.results("a", 1, 0)
+    before = broker.status()
+    assert where(broker, "a") == (1, 1, 0)
+    assert broker.ack("nope") == 0
+    assert broker.ack("") == 0
+    assert broker.ack("0" * 32) == 0
+    assert broker.results("other", 1, 0, ack="nope") == EMPTY
+    assert broker.status()["jobs"] == before["jobs"]
+    assert broker.status()["undelivered"] == before["undelivered"] == 2
+
+    assert broker.ack(reply["token"]) == 1
+    after = broker.status()
+    assert where(broker, "a") == (1, 0, 1)
+    assert broker.ack(reply["token"]) == 0
+    assert broker.results("other", 1, 0, ack=reply["token"]) == EMPTY
+    assert broker.status()["jobs"] == after["jobs"]
+    assert broker.status()["undelivered"] == after["undelivered"] == 1
+    assert where(broker, "a") == (1, 0, 1)
+
+
+def test_bad_results_call_does_not_apply_its_ack(broker: Broker) -> None:
+    ready(broker, "a", 1)
+    reply = broker.results("a", 10, 0)
+    with pytest.raises(BadRequest):
+        broker.results("a", 0, 0, ack=reply["token"])
+    with pytest.raises(BadRequest):
+        broker.results("", 1, 0, ack=reply["token"])
+    assert where(broker, "a") == (0, 1, 0)
+    assert broker.ack(reply["token"]) == 1
+
+
+def test_unconfirmed_delivery_expires_and_comes_back_in_order(
+    broker: Broker, clock: FakeClock
+) -> None:
+    ids = ready(broker, "a", 5)
+    broker.finish("a")
+    first = broker.results("a", 3, 0)
+    assert ids_of(first) == ids[:3]
+    clock.advance(LEASE - 0.1)
+    assert where(broker, "a") == (2, 3, 0)  # not yet due
+    clock.advance(0.2)
+    assert where(broker, "a") == (5, 0, 0)  # back, and not counted as delivered
+    assert broker.job("a")["complete"] is False
+    again = broker.results("a", 10, 0)
+    assert ids_of(again) == ids  # back at the front, in their order, ahead of the rest
+    assert again["results"][:3] == first["results"]
+    assert again["token"] != first["token"]
+    assert again["done"] is False
+    assert broker.ack(first["token"]) == 0  # the lapsed delivery cannot be confirmed
+    assert where(broker, "a") == (0, 5, 0)
+    assert broker.ack(again["token"]) == 5
+    assert where(broker, "a") == (0, 0, 5)
+    assert broker.results("a", 10, 0) == DONE
+
+
+def test_expired_delivery_is_handed_out_whole_even_in_smaller_calls(
+    broker: Broker, clock: FakeClock
+) -> None:
+    ids = ready(broker, "a", 4)
+    first = broker.results("a", 3, 0)
+    clock.advance(LEASE + 1)
+    parts = [broker.results("a", 2, 0), broker.results("a", 2, 0)]
+    assert [ids_of(p) for p in parts] == [ids[:2], ids[2:]]
+    assert broker.ack(first["token"]) == 0
+    assert [broker.ack(p["token"]) for p in parts] == [2, 2]
+    assert where(broker, "a") == (0, 0, 4)
+
+
+def test_confirmed_delivery_never_comes_back(broker: Broker, clock: FakeClock) -> None:
+    ids = ready(broker, "a", 2)
+    reply = broker.results("a", 10, 0)
+    assert ids_of(reply) == ids
+    clock.advance(LEASE - 1)
+    assert broker.ack(reply["token"]) == 2
+    for _ in range(3):
+        clock.advance(LEASE)
+        assert broker.expire_leases() == 0
+        assert broker.results("a", 10, 0) == EMPTY
+        assert broker.results(None, 10, 0) == EMPTY
+        assert where(broker, "a") == (0, 0, 2)
+    broker.finish("a")
+    assert broker.results("a", 10, 0) == DONE
+
+
+def test_done_waits_for_the_last_confirmation(broker: Broker, clock: FakeClock) -> None:
+    ids = ready(broker, "a", 2)
+    broker.finish("a")
+    first = broker.results("a", 1, 0)
+    second = broker.results("a", 1, 0)
+    assert ids_of(first) + ids_of(second) == ids
+    for _ in range(3):
+        assert broker.results("a", 10, 0) == EMPTY
+        assert broker.results(None, 10, 0) == EMPTY
+        assert broker.job("a")["complete"] is False
+    assert broker.ack(second["token"]) == 1
+    assert where(broker, "a") == (0, 1, 1)
+    assert broker.results("a", 10, 0) == EMPTY  # the first is still unconfirmed
+    assert broker.job("a")["complete"] is False
+    assert broker.ack(first["token"]) == 1
+    assert broker.job("a")["complete"] is True
+    assert broker.results("a", 10, 0) == DONE
+    assert broker.results(None, 10, 0) == DONE
+
+
+def test_counts_add_up_through_hand_out_expiry_and_ack(broker: Broker, clock: FakeClock) -> None:
+    submit(broker, "a", 6)
+    tasks = broker.lease("w1", 6, 0)
+    assert where(broker, "a") == (0, 0, 0)
+    broker.complete("w1", [ok(t) for t in tasks[:4]])
+    assert where(broker, "a") == (4, 0, 0)
+    early = broker.results("a", 2, 0)
+    assert where(broker, "a") == (2, 2, 0)
+    clock.advance(LEASE / 2)
+    late = broker.results("a", 1, 0)
+    assert where(broker, "a") == (1, 3, 0)
+    broker.complete("w1", [ok(t) for t in tasks[4:]])  # their leases are still current
+    assert where(broker, "a") == (3, 3, 0)
+    assert broker.ack(late["token"]) == 1
+    assert where(broker, "a") == (3, 2, 1)
+    clock.advance(LEASE / 2)  # the early delivery lapses
+    assert where(broker, "a") == (5, 0, 1)
+    assert broker.status()["undelivered"] == 5
+    assert broker.ack(early["token"]) == 0
+    assert len(drain(broker, "a")) == 5
+    assert where(broker, "a") == (0, 0, 6)
+    assert broker.status()["undelivered"] == 0
+
+
+def test_unconfirmed_results_count_against_max_results(
+    make_broker: Callable[..., Broker], clock: FakeClock
+) -> None:
+    broker = make_broker(max_results=2)
+    submit(broker, "a", 4)
+    tasks = broker.lease("w1", 4, 0)
+    assert len(tasks) == 4  # nothing waits for output yet
+    broker.complete("w1", [ok(t) for t in tasks[:2]])
+    broker.release("w1", [[t["id"], 1] for t in tasks[2:]])
+    assert broker.lease("w1", 2, 0) == []
+    reply = broker.results("a", 10, 0)
+    assert len(reply["results"]) == 2
+    assert broker.lease("w1", 2, 0) == []  # handed out, not confirmed
+    clock.advance(LEASE + 1)
+    assert where(broker, "a") == (2, 0, 0)
+    assert broker.lease("w1", 2, 0) == []  # lapsed and waiting again: still counts
+    again = broker.results("a", 1, 0)
+    assert broker.ack(again["token"]) == 1
+    assert len(broker.lease("w1", 2, 0)) == 2  # one confirmed: below the limit
+    assert broker.lease("w1", 2, 0) == []
+
+
+def test_ack_wakes_a_lease_waiting_for_output_room(
+    make_broker: Callable[..., Broker], clock: FakeClock
+) -> None:
+    broker = make_broker(max_results=1)
+    ready(broker, "a", 1)
+    submit(broker, "a", 1)
+    reply = broker.results("a", 1, 0)
+    leased: list[list[dict[str, Any]]] = []
+    waiter = threading.Thread(
+        target=lambda: leased.append(broker.lease("w2", 1, 20.0)), name="lease-wait", daemon=True
+    )
+    waiter.start()
+    # The waiter reads the clock only under the broker's lock and, with the fake
+    # clock standing still, leaves that lock only to wait: once it has read the
+    # clock, the ack below (which needs the lock) runs while it waits.
+    with clock.called:
+        assert clock.called.wait_for(lambda: clock.calls["lease-wait"] >= 1, 5)
+    assert broker.ack(reply["token"]) == 1
+    waiter.join(5)
+    assert not waiter.is_alive()
+    assert [len(batch) for batch in leased] == [1]
+
+
+def test_results_of_all_jobs_lapse_back_each_to_its_own_job(
+    broker: Broker, clock: FakeClock
+) -> None:
+    a_ids = ready(broker, "a", 2)
+    b_ids = ready(broker, "b", 2)
+    broker.finish("a")
+    broker.finish("b")
+    first = broker.results(None, 3, 0)
+    assert [(r["job"], r["id"]) for r in first["results"]] == [
+        ("a", a_ids[0]),
+        ("a", a_ids[1]),
+        ("b", b_ids[0]),
+    ]
+    assert where(broker, "a") == (0, 2, 0)
+    assert where(broker, "b") == (1, 1, 0)
+    clock.advance(LEASE + 1)
+    assert where(broker, "a") == (2, 0, 0)
+    assert where(broker, "b") == (2, 0, 0)
+    from_b = broker.results("b", 10, 0)
+    assert ids_of(from_b) == b_ids  # b's lapsed result is back ahead of b's other one
+    from_a = broker.results("a", 10, 0)
+    assert ids_of(from_a) == a_ids
+    assert broker.ack(first["token"]) == 0
+    assert broker.results(None, 10, 0, ack=from_a["token"]) == EMPTY
+    assert where(broker, "a") == (0, 0, 2)
+    assert broker.results(None, 10, 0, ack=from_b["token"]) == DONE
+    assert where(broker, "b") == (0, 0, 2)
+
+
+def test_lapsed_delivery_goes_to_another_output_exactly_once(
+    broker: Broker, clock: FakeClock
+) -> None:
+    ids = ready(broker, "a", 3)
+    broker.finish("a")
+    to_first = broker.results("a", 10, 0)  # this output then dies
+    assert ids_of(to_first) == ids
+    clock.advance(LEASE + 1)
+    to_second = broker.results("a", 10, 0)  # another output
+    assert ids_of(to_second) == ids
+    assert broker.results("a", 10, 0) == EMPTY  # a third output gets none of them
+    assert broker.results(None, 10, 0) == EMPTY
+    assert broker.ack(to_first["token"]) == 0  # the dead output's late word counts for nothing
+    assert where(broker, "a") == (0, 3, 0)
+    assert broker.ack(to_second["token"]) == 3
+    assert where(broker, "a") == (0, 0, 3)
+    clock.advance(LEASE * 3)
+    assert broker.results("a", 10, 0) == DONE
+    assert broker.job("a")["delivered"] == 3
+
+
+def test_several_lapsed_deliveries_come_back_in_their_first_order(
+    broker: Broker, clock: FakeClock
+) -> None:
+    ids = ready(broker, "a", 4)
+    first = broker.results("a", 2, 0)
+    clock.advance(1.0)
+    second = broker.results("a", 2, 0)
+    assert ids_of(first) + ids_of(second) == ids
+    clock.advance(LEASE)  # both lapse in one sweep
+    assert ids_of(broker.results("a", 10, 0)) == ids  # comes back as ids[2:] + ids[:2]
 
 
 # -- bad calls ---------------------------------------------------------------
@@ -652,6 +975,11 @@ BAD_CALLS: dict[str, Callable[[Broker], Any]] = {
     "results-empty-job": lambda b: b.results("", 1, 0),
     "results-zero": lambda b: b.results("j", 0, 0),
     "results-wait-negative": lambda b: b.results("j", 1, -0.5),
+    "results-ack-int": lambda b: b.results("j", 1, 0, ack=5),  # type: ignore[arg-type]
+    "results-ack-bytes": lambda b: b.results("j", 1, 0, ack=b"t"),  # type: ignore[arg-type]
+    "ack-int": lambda b: b.ack(5),  # type: ignore[arg-type]
+    "ack-none": lambda b: b.ack(None),  # type: ignore[arg-type]
+    "ack-list": lambda b: b.ack(["t"]),  # type: ignore[arg-type]
 }
 
 
@@ -672,7 +1000,8 @@ def test_bad_calls_raise_bad_request_and_change_nothing(
     reply = broker.complete("w0", [ok(t) for t in [held, *tasks]])
     assert reply["accepted"] == 3
     broker.finish("a")
-    assert broker.results("a", 10, 0)["done"] is True
+    assert sorted(r["id"] for r in drain(broker, "a")) == [first_id, first_id + 1, first_id + 2]
+    assert broker.results("a", 10, 0) == DONE
 
 
 def test_version_mismatch_leaves_the_broker_working(broker: Broker) -> None:
@@ -755,11 +1084,13 @@ def test_concurrent_workers_give_exactly_one_result_per_task() -> None:
 
     def read() -> None:
         try:
+            token = None
             for _ in range(10_000):
-                reply = broker.results("load", 300, 0.01)
+                reply = broker.results("load", 300, 0.01, ack=token)
                 collected.extend(reply["results"])
                 if reply["done"]:
                     return
+                token = reply["token"]
         except BaseException as exc:
             errors.append(exc)
 
@@ -785,6 +1116,7 @@ def test_concurrent_workers_give_exactly_one_result_per_task() -> None:
     assert counts["submitted"] == total
     assert counts["done"] + counts["failed"] == total
     assert counts["delivered"] == total
+    assert counts["handed_out"] == counts["undelivered"] == 0
     assert counts["failed"] == not_found
     assert counts["complete"] is True
     assert sum(1 for r in collected if r["attempt"] == 2) == retried
