@@ -13,6 +13,7 @@ import typer
 from fetchq import config, defaults
 from fetchq.broker import Broker
 from fetchq.commandline import AuthkeyFileOption, reports_errors, run_alone, say
+from fetchq.journal import Journal
 from fetchq.protocol import QueueServer
 from fetchq.signals import StopRequest
 
@@ -52,16 +53,31 @@ def server(
     max_results: Annotated[
         int, typer.Option(min=1, help="Undelivered results before workers are paused")
     ] = defaults.MAX_RESULTS,
+    max_connections: Annotated[
+        int, typer.Option(min=1, help="Client connections held at once (one thread each)")
+    ] = defaults.MAX_CONNECTIONS,
+    journal: Annotated[
+        str | None,
+        typer.Option(help="Keep the queues in this file, so a restart loses nothing"),
+    ] = None,
 ) -> None:
     """Run the queue server until SIGINT or SIGTERM."""
     key = resolve_server_key(authkey_file)
+    log = Journal(journal) if journal else None
     broker = Broker(
         lease_timeout=lease_timeout,
         max_attempts=max_attempts,
         max_pending=max_pending,
         max_results=max_results,
+        journal=log,
     )
-    queue_server = QueueServer(broker, config.Address(host, port), key.key)
+    if log is not None:
+        state = broker.status()
+        say(
+            f"journal {journal}: {state['queued']} tasks queued, "
+            f"{state['undelivered']} results waiting for output"
+        )
+    queue_server = QueueServer(broker, config.Address(host, port), key.key, max_connections)
     if not config.is_loopback(host):
         say(
             f"warning: listening on {host}, reachable from other hosts. Traffic is not "
