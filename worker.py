@@ -84,6 +84,10 @@ def worker(
     grace: Annotated[
         float, typer.Option(min=0, help="Seconds running requests get to finish on stop")
     ] = 30.0,
+    call_timeout: Annotated[
+        float,
+        typer.Option(min=1, help="Seconds without a reply before the server link counts as cut"),
+    ] = defaults.CALL_TIMEOUT,
     server: ServerOption = None,
     authkey_file: AuthkeyFileOption = None,
 ) -> None:
@@ -97,6 +101,7 @@ def worker(
         follow_redirects=follow_redirects,
         burst=burst,
         grace=grace,
+        call_timeout=call_timeout,
     )
     if processes == 1:
         code = run_worker_process(address, key.key, settings)

@@ -17,12 +17,14 @@ import socket
 import struct
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from multiprocessing import AuthenticationError, connection, managers
 from typing import Any, ClassVar, Protocol
 
 from fetchq import __version__, defaults
 from fetchq.broker import BROKER_METHODS, PROTOCOL, Broker
+from fetchq.classic import QUEUE_METHODS, ClassicResultQueue, ClassicTaskQueue
 from fetchq.config import Address
 from fetchq.errors import (
     AddressInUse,
@@ -49,7 +51,8 @@ def _set_recv_timeout(sock: socket.socket, seconds: float | None) -> None:
 def _tune(sock: socket.socket, recv_timeout: float | None) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for option, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+    # An idle connection to a vanished peer is noticed within about 25 seconds.
+    for option, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)):
         if hasattr(socket, option):
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
     _set_recv_timeout(sock, recv_timeout)
@@ -81,6 +84,15 @@ class _Listener(connection.Listener):
         return conn
 
 
+_call_timeout = defaults.CALL_TIMEOUT
+
+
+def set_call_timeout(seconds: float) -> None:
+    """How long this process waits for any reply before it treats the connection as dead."""
+    global _call_timeout
+    _call_timeout = seconds
+
+
 def _client(
     address: tuple[str, int], family: Any = None, authkey: bytes | None = None
 ) -> connection.Connection:
@@ -93,7 +105,7 @@ def _client(
         if authkey is not None:
             connection.answer_challenge(conn, authkey)
             connection.deliver_challenge(conn, authkey)
-        _tune_connection(conn, defaults.CALL_TIMEOUT)
+        _tune_connection(conn, _call_timeout)
     except BaseException:
         conn.close()
         raise
@@ -113,14 +125,21 @@ class _Server(managers.Server):
 
     stop_event: threading.Event
     listener: Any
+    authkey: bytes
     public: ClassVar[list[str]] = [  # type: ignore[misc]
         name for name in managers.Server.public if name not in ("shutdown", "debug_info")
     ]
 
+    max_connections = defaults.MAX_CONNECTIONS
+    _active = 0
+    _active_lock = threading.Lock()
+    _last_refusal = 0.0
+
     def accepter(self) -> None:
         """The stock loop retries every OSError at once: a closed listener or a
         lack of file descriptors would spin it at full speed.  This one stops
-        when the server stops and backs off while descriptors are short."""
+        when the server stops, backs off while descriptors are short, and
+        turns away connections beyond ``max_connections``."""
         while not self.stop_event.is_set():
             try:
                 conn = self.listener.accept()
@@ -131,7 +150,47 @@ class _Server(managers.Server):
                     say(f"server: cannot accept connections: {exc.strerror}; retrying")
                     self.stop_event.wait(ACCEPT_BACKOFF)
                 continue
-            threading.Thread(target=self.handle_request, args=(conn,), daemon=True).start()
+            with self._active_lock:
+                full = self._active >= self.max_connections
+                if not full:
+                    self._active += 1
+            if full:
+                conn.close()
+                self._warn_full()
+                continue
+            threading.Thread(target=self._handle_counted, args=(conn,), daemon=True).start()
+
+    def _handle_counted(self, conn: connection.Connection) -> None:
+        try:
+            self.handle_request(conn)
+        finally:
+            with self._active_lock:
+                self._active -= 1
+
+    def _warn_full(self) -> None:
+        now = time.monotonic()
+        if now - self._last_refusal > 10:
+            self._last_refusal = now
+            say(f"server: {self.max_connections} connections open, turning new ones away")
+
+    def _handle_request(self, c: connection.Connection) -> None:
+        """Log in, then answer one request.  Unlike the stock version, a peer
+        that fails the handshake is hung up on without a word: it gets no
+        traceback of the server's internals."""
+        try:
+            connection.deliver_challenge(c, self.authkey)
+            connection.answer_challenge(c, self.authkey)
+        except (AuthenticationError, AssertionError, EOFError, OSError, ValueError):
+            return
+        try:
+            _, name, args, kwds = c.recv()
+            if name not in self.public:
+                raise ValueError(f"{name!r} unrecognized")
+            reply = ("#RETURN", getattr(self, name)(c, *args, **kwds))
+        except Exception:
+            reply = ("#TRACEBACK", traceback.format_exc())
+        with contextlib.suppress(Exception):
+            c.send(reply)
 
     def serve_client(self, conn: connection.Connection) -> None:
         # Logged in: from now on a client may stay quiet as long as it likes.
@@ -148,6 +207,14 @@ def _get_broker() -> Broker:
     return _served_broker
 
 
+def _get_task_queue() -> ClassicTaskQueue:
+    return ClassicTaskQueue(_get_broker())
+
+
+def _get_result_queue() -> ClassicResultQueue:
+    return ClassicResultQueue(_get_broker())
+
+
 class _ServerManager(managers.BaseManager):
     pass
 
@@ -157,13 +224,21 @@ class _ClientManager(managers.BaseManager):
 
 
 _ServerManager.register("broker", callable=_get_broker, exposed=BROKER_METHODS)
+_ServerManager.register("get_task_queue", callable=_get_task_queue, exposed=QUEUE_METHODS)
+_ServerManager.register("get_result_queue", callable=_get_result_queue, exposed=QUEUE_METHODS)
 _ClientManager.register("broker", exposed=BROKER_METHODS)
 
 
 class QueueServer:
     """A bound manager server that serves one broker until told to stop."""
 
-    def __init__(self, broker: Broker, address: Address, authkey: bytes) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        address: Address,
+        authkey: bytes,
+        max_connections: int = defaults.MAX_CONNECTIONS,
+    ) -> None:
         global _served_broker
         _served_broker = broker
         self.broker = broker
@@ -172,6 +247,7 @@ class QueueServer:
             self._server: Any = _Server(registry, address.as_tuple(), authkey, SERIALIZER)
         except OSError as exc:
             raise _bind_error(address, exc) from None
+        self._server.max_connections = max_connections
         bound: Any = self._server.address
         self.address = Address(str(bound[0]), int(bound[1]))
 
@@ -182,8 +258,10 @@ class QueueServer:
         accepter.start()
         while not stop.wait(housekeeping_interval):
             self.broker.expire_leases()
+            self.broker.maintain_journal()
         self._server.stop_event.set()
         self.close()
+        self.broker.close()
 
     def close(self) -> None:
         """Stop listening; shutdown() wakes an accept() blocked in another thread."""

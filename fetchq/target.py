@@ -19,6 +19,7 @@ Endpoints (GET; query strings are ignored unless named):
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import http.server
 import socket
@@ -71,6 +72,7 @@ class _Server(http.server.ThreadingHTTPServer):
         self.address_family = family
         self.stopping = threading.Event()
         self.connections: set[socket.socket] = set()
+        self.hits: collections.Counter[str] = collections.Counter()
         self.lock = threading.Lock()
         super().__init__(address, _Handler)
 
@@ -139,6 +141,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(head + body)
 
     def do_GET(self) -> None:
+        with self.server.lock:
+            self.server.hits[self.path] += 1
         parts = urlsplit(self.path)
         path = parts.path
         if path.startswith("/status/"):
@@ -223,6 +227,13 @@ class Target:
         self.port = port
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+
+    def hits(self) -> collections.Counter[str]:
+        """Requests seen per path and query: how tests tell a task was fetched once."""
+        if self._server is None:
+            return collections.Counter()
+        with self._server.lock:
+            return collections.Counter(self._server.hits)
 
     @property
     def url(self) -> str:

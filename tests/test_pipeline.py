@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 from fetchq_procs import fetchq_command, jsonl, run, start_worker, stop_all
@@ -224,3 +225,75 @@ def test_worker_started_before_its_server_waits_for_it(env, target, tmp_path):
             server.stop()
     finally:
         stop_all([worker])
+
+
+CLASSIC_CLIENT = """
+import sys
+from multiprocessing.managers import BaseManager
+
+class QueueManager(BaseManager):
+    pass
+
+QueueManager.register("get_task_queue")
+QueueManager.register("get_result_queue")
+host, port, key, base = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode(), sys.argv[4]
+manager = QueueManager(address=(host, port), authkey=key)
+manager.connect()
+task, result = manager.get_task_queue(), manager.get_result_queue()
+for n in range(20):
+    task.put(f"{base}/classic?n={n}")
+for _ in range(20):
+    r = result.get(timeout=30)
+    print(r["url"], r["status"])
+"""
+
+
+def test_a_classic_tutorial_client_works_against_the_server(server, env, target, tmp_path):
+    """put() URL strings on get_task_queue(), get() results from get_result_queue()."""
+    worker, _ = start_worker(env, "--concurrency", "4")
+    try:
+        script = tmp_path / "classic_client.py"
+        script.write_text(CLASSIC_CLIENT)
+        host, port = server.address.split(":")
+        client = subprocess.run(
+            [sys.executable, str(script), host, port, env["FETCHQ_AUTHKEY"], target.url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert client.returncode == 0, client.stderr
+        lines = sorted(client.stdout.split("\n")[:-1])
+        assert lines == sorted(f"{target.url}/classic?n={n} 200" for n in range(20))
+    finally:
+        stop_all([worker])
+
+
+def test_output_append_resumes_a_file_without_repeating(server, env, target, tmp_path):
+    out = tmp_path / "results.jsonl"
+    dispatched = run(env, "dispatch", *[f"{target.url}/a?n={n}" for n in range(30)], "-j", "ap")
+    assert dispatched.returncode == 0, dispatched.stderr
+    assert run(env, "worker", "--burst").returncode == 0
+    first = run(env, "output", "-j", "ap", "--until-done", "--format", "jsonl", "--out", str(out))
+    assert first.returncode == 0, first.stderr
+    kept = out.read_text().splitlines()
+    # As if a run had been killed after writing 10 results and half of an 11th.
+    out.write_text("\n".join(kept[:10]) + "\n" + kept[10][:15])
+    redone = run(env, "dispatch", *[f"{target.url}/a?n={n}" for n in range(30)], "-j", "ap2")
+    assert redone.returncode == 0
+    assert run(env, "worker", "--burst").returncode == 0
+    # Results of "ap" were all confirmed already; resuming reads the new job into the same file.
+    second = run(
+        env,
+        "output",
+        "-j",
+        "ap2",
+        "--until-done",
+        "--format",
+        "jsonl",
+        "--out",
+        str(out),
+        "--append",
+    )
+    assert second.returncode == 0, second.stderr
+    results = jsonl(out.read_text())
+    assert len(results) == 40 and len({r["id"] for r in results}) == 40
