@@ -523,6 +523,12 @@ class Broker:
         for job in self._jobs.values():
             for result in job.results:
                 yield {"k": "unconfirmed", "r": result}
+        for token, delivery in self._deliveries.items():
+            yield {
+                "k": "hand",
+                "token": token,
+                "ids": [result["id"] for result in delivery.results],
+            }
 
     def _restore(self, journal: Journal) -> None:
         """Replay the journal into this (new) broker, then compact it."""
@@ -533,13 +539,18 @@ class Broker:
             self._next_id = int(header.get("next_id", self._id_base + 1))
             tasks: dict[int, Queued] = {}
             results: dict[int, dict[str, Any]] = {}
+            deliveries: dict[str, list[int]] = {}
             for event in events:
-                self._replay(event, tasks, results)
-            self._rebuild(tasks, results)
+                self._replay(event, tasks, results, deliveries)
+            self._rebuild(tasks, results, deliveries)
         journal.rewrite(self._snapshot(), self._journal_header())
 
     def _replay(
-        self, event: dict[str, Any], tasks: dict[int, Queued], results: dict[int, dict[str, Any]]
+        self,
+        event: dict[str, Any],
+        tasks: dict[int, Queued],
+        results: dict[int, dict[str, Any]],
+        deliveries: dict[str, list[int]],
     ) -> None:
         kind = event["k"]
         if kind == "submit":
@@ -592,15 +603,27 @@ class Broker:
                     job.succeeded += 1
                 else:
                     job.failed += 1
+        elif kind == "hand":
+            deliveries[event["token"]] = event["ids"]
+        elif kind == "return":
+            deliveries.pop(event["token"], None)
         elif kind == "ack":
+            deliveries.pop(event.get("token", ""), None)
             for task_id in event["ids"]:
                 result = results.pop(task_id, None)
                 if result is not None:
                     self._job(result["job"]).delivered += 1
 
-    def _rebuild(self, tasks: dict[int, Queued], results: dict[int, dict[str, Any]]) -> None:
+    def _rebuild(
+        self,
+        tasks: dict[int, Queued],
+        results: dict[int, dict[str, Any]],
+        deliveries: dict[str, list[int]],
+    ) -> None:
         """Queue what was not done (leases were lost with the old process) and
-        count every other id as done, so late reports of them are dropped."""
+        count every other id as done, so late reports of them are dropped.
+        Deliveries an output has not confirmed keep their tokens and get a
+        fresh deadline: the output may still confirm them after the restart."""
         self._done = bytearray(b"\xff" * ((self._next_id - self._id_base) // 8 + 1))
         for task_id in sorted(tasks):
             task = tasks[task_id]
@@ -608,9 +631,15 @@ class Broker:
             self._done[offset >> 3] &= ~(1 << (offset & 7)) & 0xFF
             self._queue.append(task)
             self._jobs[task.job].queued += 1
+        self._undelivered = len(results)
+        for token, ids in deliveries.items():
+            handed = [results.pop(task_id) for task_id in ids if task_id in results]
+            if handed:
+                self._track_delivery(token, handed)
+                for job, count in self._count_by_job(handed).items():
+                    job.handed_out += count
         for result in results.values():
             self._jobs[result["job"]].results.append(result)
-        self._undelivered = len(results)
 
     # -- internals (lock held) --------------------------------------------
 
@@ -737,6 +766,7 @@ class Broker:
             _, _, token = heapq.heappop(self._delivery_expiry)
             delivery = self._deliveries.pop(token, None)
             if delivery is not None:
+                self._log("return", token=token)
                 lapsed.append(delivery)
         for delivery in reversed(lapsed):  # the first handed out ends up first again
             self._return_delivery(delivery)
@@ -788,17 +818,21 @@ class Broker:
 
     def _hand_out(self, results: list[dict[str, Any]]) -> str:
         token = uuid.uuid4().hex
+        self._log("hand", token=token, ids=[result["id"] for result in results])
+        self._track_delivery(token, results)
+        return token
+
+    def _track_delivery(self, token: str, results: list[dict[str, Any]]) -> None:
         deadline = self._clock() + self.lease_timeout
         self._deliveries[token] = Delivery(results, deadline)
         self._deliveries_made += 1  # breaks ties in hand-out order, not token order
         heapq.heappush(self._delivery_expiry, (deadline, self._deliveries_made, token))
-        return token
 
     def _ack_locked(self, token: str) -> int:
         delivery = self._deliveries.pop(token, None)
         if delivery is None:
             return 0  # already confirmed, or expired and queued again
-        self._log("ack", ids=[result["id"] for result in delivery.results])
+        self._log("ack", token=token, ids=[result["id"] for result in delivery.results])
         for job, count in self._count_by_job(delivery.results).items():
             job.handed_out -= count
             job.delivered += count

@@ -128,7 +128,7 @@ class WorkerEngine:
             want = size - self._inbox.qsize()
             tasks = self._lease_client.call("lease", self.identity, want, defaults.POLL_WAIT)
             if not tasks:
-                if self.settings.burst and self._idle():
+                if self.settings.burst and self._idle() and self._nothing_queued():
                     return
                 continue
             with self._held_lock:
@@ -136,6 +136,10 @@ class WorkerEngine:
                     self._held[task["id"]] = task["attempt"]
             for task in tasks:
                 self._inbox.put(task)
+
+    def _nothing_queued(self) -> bool:
+        """An empty lease can also mean "paused": too many results wait for an output."""
+        return int(self._lease_client.call("status")["queued"]) == 0
 
     def _idle(self) -> bool:
         with self._held_lock:
