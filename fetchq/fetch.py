@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import http.client
 import math
+import os
 import socket
 import ssl
 import time
+import urllib.request
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import requests
 import requests.adapters
+import requests.utils
 import urllib3.exceptions
 
 from fetchq import __version__, defaults, records
@@ -250,6 +253,22 @@ class Fetcher:
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=2, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
+        self._adapter = adapter
+        # requests reads the environment (proxy variables, no_proxy, ~/.netrc, CA
+        # bundle) again on every call, which costs more CPU than the request
+        # itself; it is read once here instead.  Cookies are not carried from one
+        # task to the next: each task is a fetch of its own.
+        self.session.trust_env = False
+        self._verify: bool | str = (
+            os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        )
+        self._uses_proxies = bool(urllib.request.getproxies())
+
+    def _proxies_for(self, url: str) -> dict[str, str]:
+        """Proxy variables are honoured; looked up per URL only when any is set."""
+        if not self._uses_proxies:
+            return {}
+        return dict(requests.utils.get_environ_proxies(url))
 
     def fetch(self, task: dict[str, Any]) -> dict[str, Any]:
         """GET ``task['url']`` and return its result; never raises."""
@@ -291,24 +310,23 @@ class Fetcher:
 
     def _send(self, url: Any, timeout: tuple[float, float]) -> requests.Response:
         """Send the GET and return once the headers are in (the body is left unread)."""
-        session = self.session
+        proxies = self._proxies_for(url) if isinstance(url, str) else {}
         if self.follow_redirects:
-            return session.get(url, stream=True, timeout=timeout, allow_redirects=True)
+            return self.session.get(
+                url,
+                stream=True,
+                timeout=timeout,
+                allow_redirects=True,
+                proxies=proxies,
+                verify=self._verify,
+            )
         # Session.send reads the whole body of a 3xx answer even when told not
         # to follow it (to offer Response.next), outside any deadline and with
         # the body decoded; sending through the adapter leaves the body to us.
-        prepared = session.prepare_request(requests.Request("GET", url))
-        assert prepared.url is not None
-        env = session.merge_environment_settings(prepared.url, {}, True, None, None)
-        adapter = session.get_adapter(prepared.url)
-        verify = env["verify"]
-        return adapter.send(
-            prepared,
-            stream=True,
-            timeout=timeout,
-            verify=True if verify is None else verify,
-            cert=env["cert"],
-            proxies=env["proxies"],
+        prepared = requests.PreparedRequest()
+        prepared.prepare(method="GET", url=url, headers=self.session.headers)
+        return self._adapter.send(
+            prepared, stream=True, timeout=timeout, verify=self._verify, proxies=proxies
         )
 
     def _get(self, url: Any, timeout: float, t0: float) -> tuple[int, int]:

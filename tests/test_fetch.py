@@ -270,3 +270,16 @@ def test_classify_redirects_and_internal() -> None:
     kind, message = classify(ZeroDivisionError("x" * 1000))
     assert kind == "internal"
     assert len(message) <= 200
+
+
+def test_proxy_variables_are_honoured(target: Target, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environment is read once per Fetcher, but http_proxy still routes requests."""
+    monkeypatch.setenv("http_proxy", target.url)
+    fetcher = Fetcher("test-host:1")
+    try:
+        # The name never resolves: only the proxy (our target on 127.0.0.1) is contacted.
+        result = fetcher.fetch(task("http://through-proxy.invalid/proxied?x=1"))
+    finally:
+        fetcher.close()
+    assert result["status"] == 200, result
+    assert target.hits()["http://through-proxy.invalid/proxied?x=1"] == 1
