@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import heapq
+import json
 import os
 import random
 import threading
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from fetchq import __version__, defaults
-from fetchq.errors import BadRequest, VersionMismatch
+from fetchq.errors import BadRequest, ConfigError, VersionMismatch
 from fetchq.journal import Journal
 from fetchq.records import is_retryable, make_error, make_result, make_task
 
@@ -182,6 +183,8 @@ class Broker:
         self._id_base = random.randrange(1, 1 << 20) << 32
         self._next_id = self._id_base + 1
         self._queue: deque[Queued] = deque()
+        self._queued = 0
+        """Tasks waiting to be leased; the deque may also hold stale copies of done ones."""
         self._leases: dict[int, Lease] = {}
         self._expiry: list[tuple[float, int, int]] = []
         self._done = bytearray(1)
@@ -230,6 +233,10 @@ class Broker:
             raise BadRequest("urls must be a list")
         _require(len(urls) <= MAX_SUBMIT, f"at most {MAX_SUBMIT} urls per submit")
         _require(all(isinstance(u, str) for u in urls), "urls must be strings")
+        try:
+            "".join(urls).encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequest("urls must be valid Unicode text (no lone surrogates)") from None
         timeout = _number(batch.get("timeout", defaults.TASK_TIMEOUT), "timeout", 0.001, 86400)
         attempts = batch.get("attempts")
         attempts = self.max_attempts if attempts is None else _integer(attempts, "attempts", 1, 100)
@@ -247,7 +254,7 @@ class Broker:
                     break
                 remaining = deadline - self._clock()
                 if remaining <= 0:
-                    return {"accepted": 0, "full": True, "queued": len(self._queue)}
+                    return {"accepted": 0, "full": True, "queued": self._queued}
                 self._room.wait(remaining)
             job = self._job(job_name)
             job.sealed = False
@@ -264,6 +271,7 @@ class Broker:
                 task_id += 1
             job.submitted += len(urls)
             job.queued += len(urls)
+            self._queued += len(urls)
             reply = {"accepted": len(urls), "first_id": first_id}
             if batch_id is not None:
                 self._remember_batch(batch_id, reply)
@@ -303,7 +311,7 @@ class Broker:
             deadline = self._clock() + wait
             while True:
                 self._expire_locked()
-                if self._queue and self._undelivered < self.max_results:
+                if self._queued and self._undelivered < self.max_results:
                     return self._lease_locked(worker, count)
                 remaining = deadline - self._clock()
                 if remaining <= 0:
@@ -322,6 +330,11 @@ class Broker:
             _require(isinstance(result, dict), "each result must be a dict")
             _require(type(result.get("id")) is int, "each result needs an integer id")
             _require(type(result.get("attempt", 1)) is int, "attempt must be an integer")
+        if self._journal is not None:  # checked up front: the journal must take every result
+            try:
+                json.dumps(results, ensure_ascii=False).encode("utf-8")
+            except (TypeError, ValueError, UnicodeEncodeError) as exc:
+                raise BadRequest(f"results must hold JSON values only: {exc}") from None
         accepted = dropped = retried = 0
         with self._locked():
             now = self._clock()
@@ -429,7 +442,7 @@ class Broker:
             return {
                 "version": __version__,
                 "process": _process_usage(),
-                "queued": len(self._queue),
+                "queued": self._queued,
                 "leased": len(self._leases),
                 "undelivered": self._undelivered,
                 "jobs": {name: job.counts() for name, job in self._jobs.items()},
@@ -532,6 +545,16 @@ class Broker:
 
     def _restore(self, journal: Journal) -> None:
         """Replay the journal into this (new) broker, then compact it."""
+        try:
+            self._replay_all(journal)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise ConfigError(
+                f"journal {journal.path} is damaged ({type(exc).__name__}: {exc}); "
+                "move it aside to start empty"
+            ) from None
+        journal.rewrite(self._snapshot(), self._journal_header())
+
+    def _replay_all(self, journal: Journal) -> None:
         events = journal.read()
         header = next(events, None)
         if header is not None:
@@ -543,7 +566,6 @@ class Broker:
             for event in events:
                 self._replay(event, tasks, results, deliveries)
             self._rebuild(tasks, results, deliveries)
-        journal.rewrite(self._snapshot(), self._journal_header())
 
     def _replay(
         self,
@@ -625,12 +647,15 @@ class Broker:
         Deliveries an output has not confirmed keep their tokens and get a
         fresh deadline: the output may still confirm them after the restart."""
         self._done = bytearray(b"\xff" * ((self._next_id - self._id_base) // 8 + 1))
+        for offset in range(self._next_id - self._id_base, len(self._done) * 8):
+            self._done[offset >> 3] &= ~(1 << (offset & 7)) & 0xFF  # ids not handed out yet
         for task_id in sorted(tasks):
             task = tasks[task_id]
             offset = task_id - self._id_base
             self._done[offset >> 3] &= ~(1 << (offset & 7)) & 0xFF
             self._queue.append(task)
             self._jobs[task.job].queued += 1
+            self._queued += 1
         self._undelivered = len(results)
         for token, ids in deliveries.items():
             handed = [results.pop(task_id) for task_id in ids if task_id in results]
@@ -644,8 +669,7 @@ class Broker:
     # -- internals (lock held) --------------------------------------------
 
     def _has_room(self, incoming: int) -> bool:
-        queued = len(self._queue)
-        return queued == 0 or queued + incoming <= self.max_pending
+        return self._queued == 0 or self._queued + incoming <= self.max_pending
 
     def _job(self, name: str) -> Job:
         job = self._jobs.get(name)
@@ -691,17 +715,18 @@ class Broker:
         leased: list[dict[str, Any]] = []
         while self._queue and len(leased) < count:
             task = self._queue.popleft()
+            if self._is_done(task.id):
+                continue  # finished late by an earlier attempt: no longer counted as queued
             job = self._jobs[task.job]
             job.queued -= 1
-            if self._is_done(task.id) or task.id in self._leases:
-                continue  # finished (or re-leased) while this copy waited in the queue
+            self._queued -= 1
             job.leased += 1
             self._leases[task.id] = Lease(task, worker, deadline)
             heapq.heappush(self._expiry, (deadline, task.id, task.attempt))
             leased.append(
                 make_task(task.id, task.job, task.url, task.attempt, task.timeout, task.submitted)
             )
-        if not self._has_room(0) or len(self._queue) < self.max_pending:
+        if self._queued < self.max_pending:
             self._room.notify_all()
         return leased
 
@@ -715,6 +740,7 @@ class Broker:
         """Retries go to the front: a job's stragglers should not wait behind new jobs."""
         self._queue.appendleft(task._replace(attempt=attempt))
         self._jobs[task.job].queued += 1
+        self._queued += 1
         if attempt != task.attempt:
             self._log("retry", id=task.id, attempt=attempt)
 
@@ -738,6 +764,9 @@ class Broker:
                 return "retried"
         job = self._jobs[self._job_of(task_id)]
         result["job"] = job.name  # the server's record of the task is the authority
+        if lease is None:  # its lease had expired: the task waits in the queue, now stale
+            job.queued -= 1
+            self._queued -= 1
         self._drop_lease(task_id)
         self._finish(job, task_id, result)
         return "accepted"

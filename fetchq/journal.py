@@ -60,6 +60,8 @@ class Journal:
             with open(self.path, "rb") as handle:
                 for number, line in enumerate(handle, 1):
                     if not line.endswith(b"\n"):
+                        if number == 1:  # journals start with a whole header line, always
+                            raise ConfigError(f"{self.path} is not a fetchq journal")
                         break
                     try:
                         event = json.loads(line)

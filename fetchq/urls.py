@@ -35,6 +35,10 @@ def url_problem(url: str) -> str | None:
     """Why ``url`` cannot be fetched, or None when it can."""
     if len(url) > MAX_URL_LENGTH:
         return f"URL longer than {MAX_URL_LENGTH} characters"
+    try:
+        url.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"not valid UTF-8 (character {exc.start + 1})"
     bad = _BAD_CHARS.search(url)
     if bad:
         return f"URL contains a space or control character at column {bad.start() + 1}"

@@ -1,0 +1,672 @@
+"""The broker's journal: restart after a crash, compaction, damage, locking, modes.
+
+Every test drives a Broker with a hand-advanced clock and a journal in
+``tmp_path``.  A "crash" is simulated in-process by ``crash()``: every broker
+call has already handed its events to the OS on the way out of the broker
+lock, so all a killed process leaves behind is the file as it is, and the
+kernel closing its descriptors, which drops the ``flock`` on ``PATH.lock``.
+``crash()`` does exactly that, without ``close()`` (no final flush or fsync).
+``test_restart_after_kill_9`` checks the same with a real SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fetchq import journal as journal_module
+from fetchq.broker import Broker
+from fetchq.errors import BadRequest, ConfigError
+from fetchq.journal import FORMAT, FORMAT_VERSION, Journal
+from fetchq.records import make_error, make_result
+
+LEASE = 10.0
+WALL = 1_700_000_000.0
+
+
+class FakeClock:
+    """Monotonic and wall clock at once; moves only when told to."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "fetchq.journal"
+
+
+def open_broker(path: Path, clock: FakeClock, **settings: Any) -> Broker:
+    settings.setdefault("lease_timeout", LEASE)
+    settings.setdefault("max_attempts", 3)
+    return Broker(
+        clock=clock, wall_clock=lambda: WALL + clock.now, journal=Journal(path), **settings
+    )
+
+
+def crash(broker: Broker) -> None:
+    """What kill -9 leaves: the file as written so far, and the lock released."""
+    journal = broker._journal
+    assert journal is not None
+    assert journal._pending == [], "a broker call returned with events not yet written"
+    if journal._file is not None:
+        journal._file.close()  # its buffer is empty (flushed above): nothing more is written
+        journal._file = None
+    os.close(journal._guard)  # the kernel does this for a dead process, dropping the flock
+
+
+def urls(count: int, prefix: str = "http://127.0.0.1/") -> list[str]:
+    return [f"{prefix}{n}" for n in range(count)]
+
+
+def ok(task: dict[str, Any], worker: str = "w") -> dict[str, Any]:
+    return make_result(task, worker=worker, started=WALL, elapsed=0.01, status=200, nbytes=5)
+
+
+def http_error(task: dict[str, Any], worker: str = "w") -> dict[str, Any]:
+    return make_result(task, worker=worker, started=WALL, elapsed=0.01, status=404)
+
+
+def refused(task: dict[str, Any], worker: str = "w") -> dict[str, Any]:
+    return make_result(
+        task, worker=worker, started=WALL, elapsed=0.01, error=make_error("refused", "refused")
+    )
+
+
+def late(task_id: int, attempt: int, job: str = "a") -> dict[str, Any]:
+    """A result sent under a lease the broker no longer knows about."""
+    task = {"id": task_id, "job": job, "url": "http://127.0.0.1/late", "attempt": attempt}
+    return ok(task, worker="old")
+
+
+def lease_all(broker: Broker, worker: str = "drain") -> list[dict[str, Any]]:
+    leased: list[dict[str, Any]] = []
+    while batch := broker.lease(worker, 1000, 0):
+        leased.extend(batch)
+    return leased
+
+
+def take_all(broker: Broker, job: str | None = None, *, ack: bool) -> list[dict[str, Any]]:
+    taken: list[dict[str, Any]] = []
+    while True:
+        reply = broker.results(job, 1000, 0)
+        if not reply["results"]:
+            return taken
+        taken.extend(reply["results"])
+        if ack:
+            assert broker.ack(reply["token"]) == len(reply["results"])
+
+
+def counts(broker: Broker, job: str) -> dict[str, Any]:
+    return broker.job(job)
+
+
+# -- restart after a crash ---------------------------------------------------
+
+
+def test_restart_after_crash_restores_everything(path: Path, clock: FakeClock) -> None:
+    broker = open_broker(path, clock)
+    first_a = broker.submit({"job": "a", "urls": urls(6, "http://127.0.0.1/a"), "batch_id": "a-1"})
+    first_b = broker.submit({"job": "b", "urls": urls(3, "http://127.0.0.1/b"), "batch_id": "b-1"})
+    a = [first_a["first_id"] + n for n in range(6)]
+    b = [first_b["first_id"] + n for n in range(3)]
+    assert b[0] == a[-1] + 1
+
+    held_1 = broker.lease("w1", 4, 0)  # a0..a3
+    held_2 = broker.lease("w2", 3, 0)  # a4, a5, b0
+    assert [t["id"] for t in held_1 + held_2] == [*a[:4], *a[4:], b[0]]
+    reply = broker.complete("w1", [ok(held_1[0]), http_error(held_1[1]), refused(held_1[2])])
+    assert reply == {"accepted": 2, "dropped": 0, "retried": 1}  # a2 goes back at attempt 2
+
+    # w1 keeps a3 alive; w2 vanishes and its leases (a4, a5, b0) expire.
+    clock.advance(6)
+    assert broker.renew("w1", [[a[3], 1]]) == 1
+    clock.advance(5)
+    assert broker.expire_leases() == 3
+
+    # The expired b0 runs again (attempt 2) and succeeds; a5 fails for good.
+    by_id = {t["id"]: t for t in broker.lease("w3", 4, 0)}
+    assert {i: t["attempt"] for i, t in by_id.items()} == {a[2]: 2, a[4]: 2, a[5]: 2, b[0]: 2}
+    assert broker.complete("w3", [ok(by_id[b[0]]), http_error(by_id[a[5]])])["accepted"] == 2
+    # a2 and a4 are held by w3 at the crash; w3 gives a4 back untouched (attempt kept).
+    assert broker.release("w3", [[a[4], 2]]) == 1
+
+    # Outputs: a0 confirmed, a1 handed out and never confirmed, b0 confirmed,
+    # a5 never handed out at all.
+    first = broker.results("a", 1, 0)
+    assert [r["id"] for r in first["results"]] == [a[0]]
+    second = broker.results("a", 1, 0, ack=first["token"])
+    assert [r["id"] for r in second["results"]] == [a[1]]
+    third = broker.results("b", 10, 0)
+    assert [r["id"] for r in third["results"]] == [b[0]]
+    assert broker.ack(third["token"]) == 1
+    assert broker.finish("b")["sealed"] is True
+    before_a, before_b = counts(broker, "a"), counts(broker, "b")
+    assert before_a["handed_out"] == 1 and before_a["undelivered"] == 1
+
+    crash(broker)
+    del broker
+    restarted = open_broker(path, clock)
+
+    after_a, after_b = counts(restarted, "a"), counts(restarted, "b")
+    # Counters survive; the leases (a2, a3) came back to the queue; the unconfirmed
+    # delivery (a1) is still out under its token, with a fresh deadline.
+    for key in ("submitted", "done", "failed", "delivered", "sealed"):
+        assert after_a[key] == before_a[key], key
+        assert after_b[key] == before_b[key], key
+    assert after_a == {
+        "submitted": 6,
+        "queued": 3,  # a2 (was leased), a3 (was leased), a4 (released)
+        "leased": 0,
+        "done": 1,
+        "failed": 2,
+        "undelivered": 1,  # a5, never handed out
+        "handed_out": 1,  # a1, handed out and not confirmed
+        "delivered": 1,
+        "sealed": False,
+        "complete": False,
+    }
+    assert after_b == {
+        "submitted": 3,
+        "queued": 2,
+        "leased": 0,
+        "done": 1,
+        "failed": 0,
+        "undelivered": 0,
+        "handed_out": 0,
+        "delivered": 1,
+        "sealed": True,
+        "complete": False,
+    }
+
+    # The same batches sent again are recognised: same ids, nothing queued twice.
+    assert restarted.submit({"job": "a", "urls": urls(6), "batch_id": "a-1"}) == {
+        **first_a,
+        "duplicate": True,
+    }
+    assert restarted.submit({"job": "b", "urls": urls(3), "batch_id": "b-1"}) == {
+        **first_b,
+        "duplicate": True,
+    }
+    assert counts(restarted, "a")["submitted"] == 6
+
+    # Same id base: a late result of the old run for a pending task counts once;
+    # one for a task already done, or an id never handed out, is dropped.
+    assert restarted.complete("w1", [late(a[3], 1)]) == {"accepted": 1, "dropped": 0, "retried": 0}
+    assert restarted.complete("w1", [late(a[3], 1)])["dropped"] == 1
+    assert restarted.complete("w1", [late(a[0], 1), late(b[0], 2, "b")])["dropped"] == 2
+    assert restarted.complete("w1", [late(a[5], 2), late(a[1], 1)])["dropped"] == 2
+    assert restarted.complete("w1", [late(b[-1] + 1, 1), late(a[0] - 1, 1)])["dropped"] == 2
+
+    # Results not confirmed before the crash come again (the one handed out once
+    # its deadline passes); confirmed ones never.
+    again = take_all(restarted, ack=True)
+    assert sorted(r["id"] for r in again) == sorted([a[5], a[3]])
+    clock.advance(LEASE)
+    returned = take_all(restarted, ack=True)
+    assert [r["id"] for r in returned] == [a[1]]
+    again += returned
+
+    # What is left runs again with the attempt it had last.
+    leased = lease_all(restarted)
+    assert {t["id"]: t["attempt"] for t in leased} == {a[2]: 2, a[4]: 2, b[1]: 1, b[2]: 1}
+
+    # Everything ends as exactly one confirmed result per task.
+    assert restarted.complete("w4", [ok(t) for t in leased])["accepted"] == 4
+    restarted.finish("a")
+    rest = take_all(restarted, ack=True)
+    confirmed = [a[0], b[0], *(r["id"] for r in again), *(r["id"] for r in rest)]
+    assert sorted(confirmed) == sorted(a + b)
+    assert counts(restarted, "a")["complete"] and counts(restarted, "b")["complete"]
+    assert restarted.results(None, 10, 0)["done"] is True
+    restarted.close()
+
+
+def test_restart_after_a_clean_close(path: Path, clock: FakeClock) -> None:
+    broker = open_broker(path, clock)
+    first = broker.submit({"job": "a", "urls": urls(3)})["first_id"]
+    [task] = broker.lease("w", 1, 0)
+    broker.complete("w", [ok(task)])
+    broker.close()
+
+    restarted = open_broker(path, clock)
+    assert counts(restarted, "a")["queued"] == 2
+    assert [t["id"] for t in lease_all(restarted)] == [first + 1, first + 2]
+    assert [r["id"] for r in take_all(restarted, ack=True)] == [first]
+    restarted.close()
+
+
+def test_restart_after_kill_9(path: Path) -> None:
+    """A real SIGKILL: the child never flushes, fsyncs or closes anything itself."""
+    child = textwrap.dedent(
+        """
+        import json, os, signal, sys
+        from fetchq.broker import Broker
+        from fetchq.journal import Journal
+        from fetchq.records import make_result
+
+        broker = Broker(journal=Journal(sys.argv[1]), lease_timeout=30)
+        reply = broker.submit(
+            {"job": "k", "urls": [f"http://127.0.0.1/{i}" for i in range(5)], "batch_id": "k1"}
+        )
+        held = broker.lease("w", 3, 0)
+        done = make_result(held[0], worker="w", started=0.0, elapsed=0.1, status=200)
+        broker.complete("w", [done])
+        assert broker.results("k", 10, 0)["results"]  # handed out, never confirmed
+        print(json.dumps(reply), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", child, str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == -signal.SIGKILL, run.stderr
+    reply = json.loads(run.stdout)
+    first = reply["first_id"]
+
+    clock = FakeClock()
+    restarted = open_broker(path, clock)  # the dead process's lock is gone
+    state = counts(restarted, "k")
+    assert (state["submitted"], state["queued"], state["handed_out"]) == (5, 4, 1)
+    assert [t["id"] for t in lease_all(restarted)] == [first + n for n in range(1, 5)]
+    assert take_all(restarted, ack=True) == []  # still out with the (dead) output
+    clock.advance(LEASE)
+    assert [r["id"] for r in take_all(restarted, ack=True)] == [first]
+    assert restarted.submit({"job": "k", "urls": [], "batch_id": "k1"}) == {
+        **reply,
+        "duplicate": True,
+    }
+    restarted.close()
+
+
+def test_a_retry_and_a_final_expiry_are_journaled(path: Path, clock: FakeClock) -> None:
+    broker = open_broker(path, clock, max_attempts=2)
+    first = broker.submit({"job": "a", "urls": urls(2)})["first_id"]
+    broker.lease("w", 2, 0)
+    clock.advance(LEASE)
+    assert broker.expire_leases() == 2  # both back at attempt 2
+    [gives_up] = broker.lease("w", 1, 0)
+    assert gives_up["attempt"] == 2
+    clock.advance(LEASE)
+    assert broker.expire_leases() == 1  # its last attempt: a failed result
+    crash(broker)
+
+    restarted = open_broker(path, clock, max_attempts=2)
+    assert counts(restarted, "a")["failed"] == 1
+    [other] = {first, first + 1} - {gives_up["id"]}
+    assert [(t["id"], t["attempt"]) for t in lease_all(restarted)] == [(other, 2)]
+    [result] = take_all(restarted, ack=True)
+    assert result["id"] == gives_up["id"] and result["error"]["type"] == "lease_expired"
+    restarted.close()
+
+
+def test_unconfirmed_deliveries_survive_a_restart_and_a_compaction(
+    path: Path, clock: FakeClock
+) -> None:
+    broker = open_broker(path, clock)
+    first = broker.submit({"job": "a", "urls": urls(3)})["first_id"]
+    broker.complete("w", [ok(t) for t in broker.lease("w", 3, 0)])
+    lapsed = broker.results("a", 1, 0)  # r0, deadline 1010
+    clock.advance(5)
+    kept = broker.results("a", 1, 0)  # r1, deadline 1015
+    clock.advance(6)
+    broker.expire_leases()  # r0 comes back
+    broker.compact()  # what is still out is in the snapshot
+    again = broker.results("a", 1, 0)
+    assert [r["id"] for r in again["results"]] == [first]
+    crash(broker)
+
+    restarted = open_broker(path, clock)
+    state = counts(restarted, "a")
+    assert (state["undelivered"], state["handed_out"], state["delivered"]) == (1, 2, 0)
+    assert restarted.ack(lapsed["token"]) == 0  # it had lapsed before the crash
+    assert restarted.ack(kept["token"]) == 1  # an output may confirm after the restart
+    assert [r["id"] for r in take_all(restarted, ack=True)] == [first + 2]
+    clock.advance(LEASE - 1)
+    assert take_all(restarted, ack=True) == []  # still out: a fresh deadline
+    clock.advance(1)
+    assert [r["id"] for r in take_all(restarted, ack=True)] == [first]
+    assert restarted.ack(again["token"]) == 0
+    restarted.finish("a")
+    assert counts(restarted, "a")["complete"] is True
+    restarted.close()
+
+
+def test_tasks_submitted_after_a_restart_are_leased(path: Path, clock: FakeClock) -> None:
+    broker = open_broker(path, clock)
+    broker.submit({"job": "a", "urls": urls(3)})
+    crash(broker)
+
+    restarted = open_broker(path, clock)
+    first = restarted.submit({"job": "a", "urls": urls(2, "http://127.0.0.1/new")})["first_id"]
+    leased = [t["id"] for t in lease_all(restarted)]
+    assert leased[-2:] == [first, first + 1]
+    assert restarted.complete("w", [ok({"id": first, "job": "a", "url": "u"})])["accepted"] == 1
+    restarted.close()
+
+
+# -- compaction --------------------------------------------------------------
+
+
+def busy_broker(path: Path, clock: FakeClock) -> tuple[Broker, list[int]]:
+    """Many results confirmed, a few left in every other state."""
+    broker = open_broker(path, clock)
+    first = broker.submit({"job": "big", "urls": urls(300), "batch_id": "big-1"})["first_id"]
+    broker.submit({"job": "small", "urls": urls(4), "batch_id": "small-1"})
+    held = broker.lease("w", 297, 0)
+    assert broker.complete("w", [ok(t) for t in held[:290]])["accepted"] == 290
+    assert broker.complete("w", [refused(t) for t in held[290:293]])["retried"] == 3
+    for _ in range(28):
+        reply = broker.results("big", 10, 0)
+        assert broker.ack(reply["token"]) == 10
+    broker.results("big", 5, 0)  # handed out, never confirmed
+    broker.finish("small")
+    return broker, [first + n for n in range(300)]
+
+
+def restored_state(path: Path) -> dict[str, Any]:
+    """Everything a restarted broker holds, read through its API (this uses it up)."""
+    clock = FakeClock()
+    broker = open_broker(path, clock)
+    jobs = {job: counts(broker, job) for job in ("big", "small")}
+    clock.advance(LEASE)  # deliveries still out come back
+    state = {
+        "jobs": jobs,
+        "tasks": sorted(
+            (t["id"], t["job"], t["url"], t["attempt"], t["timeout"]) for t in lease_all(broker)
+        ),
+        "results": sorted((r["id"], r["ok"]) for r in take_all(broker, ack=False)),
+        "batch": broker.submit({"job": "big", "urls": [], "batch_id": "big-1"}),
+    }
+    broker.close()
+    return state
+
+
+def test_compaction_shrinks_the_file_and_replays_the_same_state(
+    path: Path, clock: FakeClock, tmp_path: Path
+) -> None:
+    broker, ids = busy_broker(path, clock)
+    uncompacted = tmp_path / "copy" / "fetchq.journal"
+    uncompacted.parent.mkdir()
+    shutil.copyfile(path, uncompacted)
+    size = path.stat().st_size
+
+    broker.compact()
+    assert path.stat().st_size < size / 10
+
+    # Appends after a compaction go to the new file.
+    [task] = broker.lease("w", 1, 0)
+    broker.complete("w", [ok(task)])
+    shutil.copyfile(path, tmp_path / "compacted-then-more")
+    crash(broker)
+
+    from_log = restored_state(uncompacted)
+    from_compacted = restored_state(path)
+    # Before compaction: 290 done, 280 confirmed, 4 leased, 3 retried, 3 never leased.
+    assert from_log["jobs"]["big"] == {
+        "submitted": 300,
+        "queued": 10,
+        "leased": 0,
+        "done": 290,
+        "failed": 0,
+        "undelivered": 5,
+        "handed_out": 5,
+        "delivered": 280,
+        "sealed": False,
+        "complete": False,
+    }
+    assert from_log["jobs"]["small"]["queued"] == 4 and from_log["jobs"]["small"]["sealed"]
+    assert len(from_log["tasks"]) == 14 and len(from_log["results"]) == 10
+    # After it, one more task completed (and nothing else changed).
+    assert from_compacted["jobs"] == {
+        **from_log["jobs"],
+        "big": {**from_log["jobs"]["big"], "queued": 9, "done": 291, "undelivered": 6},
+    }
+    assert from_compacted["tasks"] == [t for t in from_log["tasks"] if t[0] != task["id"]]
+    assert from_compacted["results"] == sorted([*from_log["results"], (task["id"], True)])
+    assert (
+        from_compacted["batch"]
+        == from_log["batch"]
+        == {
+            "accepted": 300,
+            "first_id": ids[0],
+            "duplicate": True,
+        }
+    )
+
+
+def test_housekeeping_compacts_once_the_log_has_grown(
+    path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journal_module, "COMPACT_MIN_BYTES", 0)
+    broker, _ = busy_broker(path, clock)
+    grown = path.stat().st_size
+    broker.maintain_journal()
+    compacted = path.stat().st_size
+    assert compacted < grown / 10
+    broker.maintain_journal()  # not grown since: left alone
+    assert path.stat().st_size == compacted
+    broker.close()
+
+
+def test_a_torn_last_line_is_cut_off_and_the_rest_kept(path: Path, clock: FakeClock) -> None:
+    broker = open_broker(path, clock)
+    first = broker.submit({"job": "a", "urls": urls(3)})["first_id"]
+    held = broker.lease("w", 2, 0)
+    broker.complete("w", [ok(held[0])])
+    token = broker.results("a", 10, 0)["token"]  # its ack is what gets torn below
+    crash(broker)
+    whole = path.read_bytes()
+    torn = json.dumps({"k": "ack", "token": token, "ids": [first]}).encode()[:-3]
+    with open(path, "ab") as handle:
+        handle.write(torn)
+
+    journal = Journal(path)
+    events = list(journal.read())
+    assert events[0]["k"] == FORMAT
+    assert [e["k"] for e in events[-2:]] == ["result", "hand"]
+    assert path.read_bytes() == whole  # the torn bytes are gone, the rest is intact
+    journal.close()
+
+    with open(path, "ab") as handle:
+        handle.write(torn)
+    restarted = open_broker(path, clock)
+    assert counts(restarted, "a")["done"] == 1
+    assert [t["id"] for t in lease_all(restarted)] == [first + 1, first + 2]
+    assert restarted.ack(token) == 1  # the torn ack never landed: the delivery is still out
+    clock.advance(LEASE)
+    assert take_all(restarted, ack=True) == []
+    restarted.close()
+
+
+# -- what is not a journal ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"hello world\n",
+        b'{"hello": "world"}\n',
+        b"[1, 2, 3]\n",
+        json.dumps({"k": FORMAT, "v": FORMAT_VERSION + 1, "id_base": 1 << 32}).encode() + b"\n",
+        json.dumps({"k": FORMAT, "v": 0, "id_base": 1 << 32}).encode() + b"\n",
+    ],
+    ids=["text", "other-json", "json-list", "newer-version", "older-version"],
+)
+def test_what_is_not_a_journal_is_refused_and_left_alone(
+    path: Path, clock: FakeClock, content: bytes
+) -> None:
+    path.write_bytes(content)
+    journal = Journal(path)
+    with pytest.raises(ConfigError) as caught:
+        Broker(clock=clock, wall_clock=clock, journal=journal)
+    journal.close()
+    assert str(path) in str(caught.value)
+    if b"fetchq-journal" in content:
+        assert "version" in str(caught.value)
+    assert path.read_bytes() == content
+
+
+def test_a_file_without_a_newline_is_refused_and_left_alone(path: Path, clock: FakeClock) -> None:
+    content = b"s3cr3t-authkey-with-no-newline"
+    path.write_bytes(content)
+    journal = Journal(path)
+    try:
+        with pytest.raises(ConfigError):
+            Broker(clock=clock, wall_clock=clock, journal=journal)
+    finally:
+        journal.close()
+        assert path.read_bytes() == content
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        [{"k": FORMAT, "v": FORMAT_VERSION}],
+        [{"k": FORMAT, "v": FORMAT_VERSION, "id_base": 1 << 32}, [1]],
+        [{"k": FORMAT, "v": FORMAT_VERSION, "id_base": 1 << 32}, {"x": 1}],
+    ],
+    ids=["header-without-id-base", "event-not-an-object", "event-without-kind"],
+)
+def test_a_damaged_journal_is_a_config_error(
+    path: Path, clock: FakeClock, lines: list[Any]
+) -> None:
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    journal = Journal(path)
+    try:
+        with pytest.raises(ConfigError):
+            Broker(clock=clock, wall_clock=clock, journal=journal)
+    finally:
+        journal.close()
+
+
+def test_an_empty_or_missing_file_starts_a_new_journal(path: Path, clock: FakeClock) -> None:
+    path.write_bytes(b"")
+    broker = open_broker(path, clock)
+    first = broker.submit({"job": "a", "urls": urls(1)})["first_id"]
+    crash(broker)
+    header = json.loads(path.read_bytes().splitlines()[0])
+    assert header["k"] == FORMAT and header["v"] == FORMAT_VERSION
+    assert header["id_base"] < first
+    restarted = open_broker(path, clock)
+    assert [t["id"] for t in lease_all(restarted)] == [first]
+    restarted.close()
+
+
+# -- one server per journal ---------------------------------------------------
+
+
+def test_a_second_journal_on_the_same_path_is_refused(path: Path, clock: FakeClock) -> None:
+    broker = open_broker(path, clock)
+    with pytest.raises(ConfigError, match="in use"):
+        Journal(path)
+    with pytest.raises(ConfigError, match="in use"):
+        open_broker(path, clock)
+    broker.close()
+    again = Journal(path)  # free once the first one is closed
+    again.close()
+
+
+# -- file modes and fsync -------------------------------------------------------
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_journal_files_are_private(
+    path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    replaced: list[tuple[str, int]] = []
+    real_replace = os.replace
+
+    def spy(source: Any, target: Any) -> None:
+        replaced.append((str(source), mode(Path(source))))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", spy)
+    old_umask = os.umask(0)  # the modes below come from fetchq, not from the umask
+    try:
+        broker = open_broker(path, clock)
+        broker.submit({"job": "a", "urls": urls(2)})
+        broker.compact()
+    finally:
+        os.umask(old_umask)
+    assert mode(path) == 0o600
+    assert mode(path.with_name(path.name + ".lock")) == 0o600
+    assert replaced == [(str(path) + ".compacting", 0o600)] * 2  # at start and on compact()
+    broker.close()
+
+    path.chmod(0o644)  # a journal made readable by hand is private again after a restart
+    restarted = open_broker(path, clock)
+    assert mode(path) == 0o600
+    restarted.close()
+
+
+def test_submits_and_finishes_are_fsynced_before_the_reply(path: Path, clock: FakeClock) -> None:
+    broker = open_broker(path, clock)
+    journal = broker._journal
+    assert journal is not None
+    syncs = journal.syncs
+    broker.submit({"job": "a", "urls": urls(2)})
+    assert journal.syncs == syncs + 1
+    broker.finish("a")
+    assert journal.syncs == syncs + 2
+    [task] = broker.lease("w", 1, 0)
+    broker.complete("w", [ok(task)])
+    assert journal.syncs == syncs + 2  # left to housekeeping
+    broker.maintain_journal()
+    assert journal.syncs == syncs + 3
+    broker.close()
+
+
+# -- what the journal cannot encode ----------------------------------------------
+
+
+def test_a_url_the_journal_cannot_encode_is_all_or_nothing(path: Path, clock: FakeClock) -> None:
+    broker = open_broker(path, clock)
+    batch = {"job": "s", "urls": ["http://127.0.0.1/\udcff"], "batch_id": "s-1"}
+    try:
+        reply = broker.submit(batch)
+    except BadRequest:
+        assert counts(broker, "s")["submitted"] == 0
+        assert "duplicate" not in broker.submit({**batch, "urls": ["http://127.0.0.1/"]})
+        broker.close()
+        return
+    assert reply["accepted"] == 1
+    crash(broker)
+    restarted = open_broker(path, clock)
+    assert counts(restarted, "s")["submitted"] == 1
+    restarted.close()
+
+
+def test_a_result_the_journal_cannot_encode_loses_nothing(path: Path, clock: FakeClock) -> None:
+    broker = open_broker(path, clock)
+    broker.submit({"job": "a", "urls": urls(1)})
+    [task] = broker.lease("w", 1, 0)
+    with pytest.raises((BadRequest, TypeError, ValueError)):
+        broker.complete("w", [{**ok(task), "worker": b"not json"}])
+    state = counts(broker, "a")
+    assert state["queued"] + state["leased"] + state["done"] + state["failed"] == 1
+    broker.close()
