@@ -325,8 +325,10 @@ class Fetcher:
         # the body decoded; sending through the adapter leaves the body to us.
         prepared = requests.PreparedRequest()
         prepared.prepare(method="GET", url=url, headers=self.session.headers)
+        # A CA bundle path costs a stat() per request inside requests: only https needs it.
+        verify = self._verify if prepared.url and prepared.url[:6].lower() == "https:" else True
         return self._adapter.send(
-            prepared, stream=True, timeout=timeout, verify=self._verify, proxies=proxies
+            prepared, stream=True, timeout=timeout, verify=verify, proxies=proxies
         )
 
     def _get(self, url: Any, timeout: float, t0: float) -> tuple[int, int]:
