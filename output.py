@@ -28,6 +28,7 @@ from fetchq.commandline import (
 )
 from fetchq.errors import ConfigError, UsageError
 from fetchq.formats import ids_in_file, open_writer
+from fetchq.idset import IdSet
 from fetchq.protocol import ResilientClient
 from fetchq.signals import StopRequest
 from fetchq.stats import Summary
@@ -52,14 +53,14 @@ def open_output(path: str | None, append: bool) -> TextIO:
         raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
 
 
-def already_written(path: str | None, fmt: Format) -> set[int]:
+def already_written(path: str | None, fmt: Format) -> IdSet:
     """Ids an earlier, interrupted run of output left in ``path``."""
     if path is None or path == "-" or fmt not in (Format.jsonl, Format.csv):
         raise UsageError("--append needs --out FILE and --format jsonl or csv")
     if not os.path.exists(path):
-        return set()
+        return IdSet()
     try:
-        return ids_in_file(path, fmt.value)
+        return IdSet(ids_in_file(path, fmt.value))
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot resume {path}: {exc}") from None
 
@@ -92,7 +93,7 @@ def output(
     """Write results as they arrive; with --until-done, stop when the job is complete."""
     if job is not None:
         check_job_name(job)
-    skip = already_written(out, fmt) if append else set()
+    written_ids = already_written(out, fmt) if append else IdSet()
     address = config.server_address(server)
     key = config.client_authkey(authkey_file)
     stop = StopRequest().install()
@@ -113,7 +114,7 @@ def output(
             summary=report,
             until_done=until_done,
             stop=stop,
-            skip_ids=skip,
+            written_ids=written_ids,
         )
     if stop.requested:
         say(f"output stopped on {stop.signal_name} after {written} results")

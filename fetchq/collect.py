@@ -7,6 +7,7 @@ from typing import Any, Protocol
 
 from fetchq import defaults
 from fetchq.formats import ResultWriter
+from fetchq.idset import IdSet
 from fetchq.protocol import BrokerClient
 from fetchq.stats import Summary
 
@@ -25,7 +26,7 @@ def collect(
     until_done: bool = False,
     stop: StopCheck | None = None,
     on_batch: Callable[[list[dict[str, Any]]], None] | None = None,
-    skip_ids: set[int] | frozenset[int] = frozenset(),
+    written_ids: IdSet | None = None,
 ) -> int:
     """Write results as they arrive; returns how many were written.
 
@@ -36,13 +37,15 @@ def collect(
     result is confirmed; otherwise it follows until stopped."""
     written = 0
     token: str | None = None
+    seen = written_ids if written_ids is not None else IdSet()
     try:
         while stop is None or not stop.requested:
             reply = client.call("results", job, defaults.READ_BATCH, defaults.POLL_WAIT, token)
             token = None
             results = reply["results"]
-            if skip_ids:  # already in the file an interrupted run left: confirm, don't repeat
-                results = [result for result in results if result["id"] not in skip_ids]
+            # A result handed out again (this output stalled past the lease, or an
+            # interrupted run left it in the file) is confirmed but not repeated.
+            results = [result for result in results if seen.add(result["id"])]
             for result in results:
                 if writer is not None:
                     writer.write(result)

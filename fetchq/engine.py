@@ -111,7 +111,13 @@ class WorkerEngine:
             thread.start()
         # A second signal raises KeyboardInterrupt out of here: no draining then,
         # the leases of whatever was held simply expire on the server.
-        self._lease_loop()
+        try:
+            self._lease_loop()
+        except ServerUnreachable:
+            if not self.stop.requested:
+                raise
+            # Asked to stop while the server was away: still drain, and keep trying
+            # to report what was fetched for as long as the grace period lasts.
         self._shut_down(fetchers, reporter)
         return self.fetched
 
