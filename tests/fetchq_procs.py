@@ -133,3 +133,105 @@ def clean_env(tmp_path: Path, authkey: str) -> dict[str, str]:
     env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+# -- helpers for fault-injection tests (tests/faults) -------------------------
+#
+# Everything below only adds to what is above: a registry that kills every
+# process a test started, a server that can be SIGKILLed and restarted on the
+# same port, a launcher for any fetchq command with its stderr collected, a
+# connected in-process BrokerClient, and a bounded poll.
+
+
+class Processes:
+    """Every process a test starts, so teardown can kill whatever is left."""
+
+    def __init__(self) -> None:
+        self._all: list[subprocess.Popen[str]] = []
+
+    def add(self, process: subprocess.Popen[str]) -> subprocess.Popen[str]:
+        self._all.append(process)
+        return process
+
+    def kill_all(self) -> None:
+        stop_all(self._all)
+
+
+class KillableServer(ServerProcess):
+    """A ``fetchq server`` that can be started on a given port and SIGKILLed.
+
+    Unlike ``ServerProcess`` it hands its process to ``on_start`` before it
+    waits for the ``listening on`` line, so a server that never gets that far
+    is still killed at teardown."""
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        *args: str,
+        port: int = 0,
+        on_start: Any = None,
+    ) -> None:
+        self.process = subprocess.Popen(
+            [PYTHON, str(REPO / "queueserver.py"), "--port", str(port), *args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        if on_start is not None:
+            on_start(self.process)
+        self.log = StderrLog(self.process)
+        match = self.log.wait_for(r"listening on (\S+):(\d+)")
+        self.address = f"{match.group(1)}:{match.group(2)}"
+        self.port = int(match.group(2))
+
+    def kill(self) -> int:
+        """SIGKILL: no handler runs, nothing is flushed or closed by the server itself."""
+        if self.process.poll() is None:
+            self.process.kill()
+        return self.process.wait(15)
+
+
+def start_fetchq(
+    env: dict[str, str], *args: str, stdout: Any = subprocess.DEVNULL
+) -> tuple[subprocess.Popen[str], StderrLog]:
+    """Any ``fetchq`` subcommand as a background process, its stderr collected."""
+    process = subprocess.Popen(
+        fetchq_command(*args),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return process, StderrLog(process)
+
+
+def connect_broker(address: str, authkey: str) -> Any:
+    """A connected in-process ``BrokerClient``: how tests watch the server's status."""
+    from fetchq.config import parse_address
+    from fetchq.protocol import BrokerClient
+
+    client = BrokerClient(parse_address(address), authkey.encode())
+    client.connect()
+    return client
+
+
+def poll_until(condition: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Call ``condition`` until it returns something true, or fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def worker_name(pid: int) -> str:
+    """How the server names a single-process worker: ``hostname:pid``."""
+    import socket
+
+    return f"{socket.gethostname()}:{pid}"

@@ -1,0 +1,194 @@
+"""A TCP proxy on 127.0.0.1 that can black-hole its traffic: a network cut for one client.
+
+Put it between one client and the server (point the client's FETCHQ_SERVER at
+``proxy.address``).  ``cut()`` stops forwarding in both directions without
+closing anything, like a network path that silently drops packets: bytes
+already sent wait in the proxy (as unacknowledged segments would wait in the
+sender's retransmit queue), new connections are accepted but not connected
+upstream, and nobody sees a reset or an EOF.  ``heal()`` resumes forwarding,
+delivering what waited, connecting what was accepted, and passing on any
+close that happened during the cut, as TCP would once the path is back.
+
+Why a proxy rather than a real cut: as root, network namespaces joined by a
+veth pair with an nftables ``drop`` rule would cut a real path, but that
+needs privileges and a Linux kernel.  This proxy needs neither, runs on any
+machine the tests run on, and cuts exactly one client's traffic while the
+others talk to the server directly.
+
+Bounded: at most ``max_connections`` connections at a time (more are closed
+at once), two threads per connection plus one accepting; every blocking
+wait has a short timeout so each thread notices ``close()`` within about
+0.2 s, and ``close()`` joins them all against a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import threading
+import time
+
+TICK = 0.2
+"""Seconds between checks of the cut and stop flags in every loop."""
+
+UPSTREAM_CONNECT_TIMEOUT = 5.0
+
+
+class NetProxy:
+    def __init__(self, upstream: str, *, max_connections: int = 64) -> None:
+        host, port = upstream.rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.max_connections = max_connections
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(128)
+        self._listener.settimeout(TICK)
+        self.port = self._listener.getsockname()[1]
+        self.address = f"127.0.0.1:{self.port}"
+        self._forwarding = threading.Event()
+        self._forwarding.set()
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+        self._threads: list[threading.Thread] = []
+        self._open = 0
+        self.accepted = 0
+        self.refused = 0
+        self._accepter = threading.Thread(target=self._accept_loop, name="netproxy-accept")
+        self._accepter.daemon = True
+        self._accepter.start()
+
+    # -- control ----------------------------------------------------------
+
+    def cut(self) -> None:
+        """Black-hole both directions of every connection, old and new."""
+        self._forwarding.clear()
+
+    def heal(self) -> None:
+        """Forward again: what waited is delivered, what was accepted is connected."""
+        self._forwarding.set()
+
+    @property
+    def is_cut(self) -> bool:
+        return not self._forwarding.is_set()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Close every connection and join every thread (bounded by ``timeout``)."""
+        self._closed.set()
+        self._forwarding.set()  # wake anything waiting for a heal
+        with contextlib.suppress(OSError):
+            self._listener.close()
+        with self._lock:
+            sockets = list(self._sockets)
+            threads = [self._accepter, *self._threads]
+        for sock in sockets:
+            _shut(sock)
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        alive = [thread.name for thread in threads if thread.is_alive()]
+        assert not alive, f"netproxy threads still running after close: {alive}"
+
+    def __enter__(self) -> NetProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- threads ----------------------------------------------------------
+
+    def _wait_forwarding(self) -> bool:
+        """Block while cut; False once the proxy is closing."""
+        while not self._forwarding.wait(TICK):
+            if self._closed.is_set():
+                return False
+        return not self._closed.is_set()
+
+    def _accept_loop(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                full = self._open >= self.max_connections
+                if not full:
+                    self._open += 1
+                    self.accepted += 1
+                    self._sockets.add(client)
+                    self._threads = [t for t in self._threads if t.is_alive()]
+                    handler = threading.Thread(
+                        target=self._connection, args=(client,), name="netproxy-conn"
+                    )
+                    handler.daemon = True
+                    self._threads.append(handler)
+            if full:
+                self.refused += 1
+                client.close()
+                continue
+            handler.start()
+
+    def _connection(self, client: socket.socket) -> None:
+        upstream: socket.socket | None = None
+        try:
+            # Accepted during a cut: the SYN "got through" to us, but nothing goes on.
+            if not self._wait_forwarding():
+                return
+            try:
+                upstream = socket.create_connection(self.upstream, UPSTREAM_CONNECT_TIMEOUT)
+            except OSError:
+                return
+            with self._lock:
+                self._sockets.add(upstream)
+            back = threading.Thread(
+                target=self._pump, args=(upstream, client), name="netproxy-back"
+            )
+            back.daemon = True
+            back.start()
+            self._pump(client, upstream)
+            back.join()
+        finally:
+            for sock in (client, upstream):
+                if sock is not None:
+                    _shut(sock)
+                    sock.close()
+                    with self._lock:
+                        self._sockets.discard(sock)
+            with self._lock:
+                self._open -= 1
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        """Copy source to sink while forwarding; hold bytes (and EOF) during a cut."""
+        while self._wait_forwarding():
+            try:
+                readable, _, _ = select.select([source], [], [], TICK)
+            except (OSError, ValueError):
+                break
+            if not readable:
+                continue
+            try:
+                data = source.recv(65536)
+            except OSError:
+                break
+            if not self._wait_forwarding():  # read just before a cut: hold it until healed
+                break
+            if not data:
+                with contextlib.suppress(OSError):
+                    sink.shutdown(socket.SHUT_WR)
+                return
+            try:
+                sink.sendall(data)
+            except OSError:
+                break
+        # An error or close on one side ends both directions.
+        _shut(source)
+        _shut(sink)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)

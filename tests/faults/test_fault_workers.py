@@ -1,0 +1,104 @@
+"""Workers that die, are told to stop, or hold a URL longer than a lease."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from checker import assert_exactly_once, assert_quiet, check_file
+from faultkit import exit_code
+from fetchq_procs import run, worker_name
+
+LEASE = "2"
+GRACE = 10
+
+
+def test_worker_killed_mid_batch_loses_nothing(cluster):
+    """kill -9 a worker while it holds leases: they expire, run again, one result each."""
+    fq = cluster("--lease-timeout", LEASE)
+    job = fq.job(2000, slow=0.005)
+    out = fq.tmp / "results.jsonl"
+    victim, _ = fq.worker("--concurrency", "4")
+    survivor, survivor_log = fq.worker("--concurrency", "4")
+    fq.wait_workers(victim.pid, survivor.pid)
+    output, output_log = fq.output(job, out, "--until-done")
+    dispatch, dispatch_log = fq.dispatch(job)
+    assert exit_code(dispatch, dispatch_log, 60) == 0, dispatch_log.text
+
+    fq.wait_busy(victim.pid, completed=50)
+    fault_at = time.time()
+    os.kill(victim.pid, signal.SIGKILL)
+    assert victim.wait(10) == -signal.SIGKILL
+
+    assert exit_code(output, output_log, 60) == 0, output_log.text
+    survivor.terminate()
+    assert exit_code(survivor, survivor_log, 30) == 0, survivor_log.text
+    report = check_file(job.urls, out, fault_at=fault_at)
+    assert_exactly_once(report)
+    retried = [r for r in report.recovered if r["attempt"] >= 2]
+    assert retried, "the killed worker's leases should have expired and run again"
+    assert {r["worker"] for r in retried} == {worker_name(survivor.pid)}
+    assert_quiet(fq.client, job.name, job.count, fq.baseline)
+
+
+def test_worker_sigterm_mid_batch_drains_and_reruns_nothing(cluster, target):
+    """SIGTERM: running requests finish and report, prefetched ones go back unused.
+
+    With ``--attempts 1`` and fast URLs there is no legitimate retry, so the
+    target must see every URL exactly once and every result has attempt 1.
+    (A longer lease here: nothing waits for one to expire, and a worker starved
+    of CPU for a moment must not lose a lease and re-run a task legitimately.)"""
+    fq = cluster("--lease-timeout", "5")
+    job = fq.job(2000)
+    out = fq.tmp / "results.jsonl"
+    victim, victim_log = fq.worker("--concurrency", "4", "--grace", str(GRACE))
+    survivor, survivor_log = fq.worker("--concurrency", "4")
+    fq.wait_workers(victim.pid, survivor.pid)
+    output, output_log = fq.output(job, out, "--until-done")
+    dispatch, dispatch_log = fq.dispatch(job, "--attempts", "1")
+    assert exit_code(dispatch, dispatch_log, 60) == 0, dispatch_log.text
+
+    fq.wait_busy(victim.pid, completed=20)
+    victim.send_signal(signal.SIGTERM)
+    assert exit_code(victim, victim_log, GRACE) == 0, victim_log.text  # within its grace
+    assert "stopped on SIGTERM" in victim_log.text, victim_log.text
+    assert fq.worker_seen(victim.pid)["leased"] == 0, "the stopped worker still holds leases"
+
+    assert exit_code(output, output_log, 60) == 0, output_log.text
+    survivor.terminate()
+    assert exit_code(survivor, survivor_log, 30) == 0, survivor_log.text
+    report = check_file(job.urls, out)
+    assert_exactly_once(report)
+    assert not report.recovered, f"no task should need a retry: {report.recovered[:3]}"
+    hits = target.hits()
+    again = {path: hits[path] for path in job.paths if hits[path] != 1}
+    assert not again, f"URLs not requested exactly once: {list(again.items())[:5]}"
+    assert_quiet(fq.client, job.name, job.count, fq.baseline)
+
+
+def test_slow_url_outlives_its_lease_by_heartbeats(cluster, target):
+    """A 5 s URL under a 2 s lease stays with one worker: renewals keep its lease."""
+    fq = cluster("--lease-timeout", LEASE)
+    job = fq.job(2000)
+    slow = f"{target.url}/slow?s=5&t={job.name}"
+    job.urls.append(slow)
+    out = fq.tmp / "results.jsonl"
+    workers = [fq.worker("--concurrency", "4") for _ in range(2)]
+    output, output_log = fq.output(job, out, "--until-done")
+    stdin = "\n".join([slow, *job.urls[:-1]]) + "\n"
+    dispatched = run(fq.env, "dispatch", "-", "--job", job.name, stdin=stdin, timeout=60)
+    assert dispatched.returncode == 0, dispatched.stderr
+
+    assert exit_code(output, output_log, 60) == 0, output_log.text
+    for process, log in workers:
+        process.terminate()
+        assert exit_code(process, log, 30) == 0, log.text
+    report = check_file(job.urls, out)
+    assert_exactly_once(report)
+    result = report.by_url[slow][0]
+    assert result["attempt"] == 1, result
+    assert result["elapsed"] >= 4.5, result
+    assert target.hits()[slow[len(target.url) :]] == 1, "the slow URL was requested again"
+    assert not report.recovered, f"no task should need a retry: {report.recovered[:3]}"
+    assert_quiet(fq.client, job.name, job.count + 1, fq.baseline)
