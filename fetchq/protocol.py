@@ -133,7 +133,7 @@ class _Server(managers.Server):
     max_connections = defaults.MAX_CONNECTIONS
     _active = 0
     _active_lock = threading.Lock()
-    _last_refusal = 0.0
+    _last_warning = -10.0
 
     def accepter(self) -> None:
         """The stock loop retries every OSError at once: a closed listener or a
@@ -147,7 +147,7 @@ class _Server(managers.Server):
                 if self.stop_event.is_set():
                     return
                 if exc.errno in _OUT_OF_RESOURCES:
-                    say(f"server: cannot accept connections: {exc.strerror}; retrying")
+                    self._warn(f"cannot accept connections: {exc.strerror}; retrying")
                     self.stop_event.wait(ACCEPT_BACKOFF)
                 continue
             with self._active_lock:
@@ -156,7 +156,7 @@ class _Server(managers.Server):
                     self._active += 1
             if full:
                 conn.close()
-                self._warn_full()
+                self._warn(f"{self.max_connections} connections open, turning new ones away")
                 continue
             threading.Thread(target=self._handle_counted, args=(conn,), daemon=True).start()
 
@@ -167,11 +167,12 @@ class _Server(managers.Server):
             with self._active_lock:
                 self._active -= 1
 
-    def _warn_full(self) -> None:
+    def _warn(self, message: str) -> None:
+        """At most one line every ten seconds: a flood of refusals must not flood the log."""
         now = time.monotonic()
-        if now - self._last_refusal > 10:
-            self._last_refusal = now
-            say(f"server: {self.max_connections} connections open, turning new ones away")
+        if now - self._last_warning > 10:
+            self._last_warning = now
+            say(f"server: {message}")
 
     def _handle_request(self, c: connection.Connection) -> None:
         """Log in, then answer one request.  Unlike the stock version, a peer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -125,3 +126,74 @@ def test_two_hundred_clients_connecting_at_once(served):
         thread.join(60)
     assert not errors, errors[:3]
     assert len(done) == count
+
+
+def test_connections_beyond_the_cap_are_turned_away_and_the_server_recovers():
+    server = QueueServer(Broker(), Address("127.0.0.1", 0), KEY, max_connections=3)
+    stop = StopRequest()
+    thread = threading.Thread(target=server.serve, args=(stop,), daemon=True)
+    thread.start()
+    held = []
+    try:
+        for _ in range(3):  # each holds one server connection open
+            raw = socket.create_connection(server.address.as_tuple(), timeout=5)
+            held.append(raw)
+            raw.recv(64)  # the challenge: the server counted this connection
+        with pytest.raises(ServerUnreachable):
+            BrokerClient(server.address, KEY).connect()
+        for raw in held:
+            raw.close()
+        client = ResilientClient(server.address, KEY, give_up_after=10, notify=lambda _: None)
+        assert client.connect()["protocol"] == 1
+    finally:
+        stop.request()
+        thread.join(5)
+
+
+def test_out_of_descriptors_the_server_backs_off_and_recovers(env, tmp_path):
+    """With a tiny descriptor limit the accept loop waits instead of spinning."""
+    import resource
+    import subprocess
+    import sys
+
+    from fetchq_procs import REPO, StderrLog
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40))
+
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "queueserver.py"), "--port", "0"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=low_limit,
+    )
+    log = StderrLog(process)
+    sockets = []
+    try:
+        match = log.wait_for(r"listening on (\S+):(\d+)")
+        address = (match.group(1), int(match.group(2)))
+        for _ in range(60):
+            sockets.append(socket.create_connection(address, timeout=5))
+        log.wait_for("cannot accept connections: Too many open files")
+        cpu_before = _cpu_seconds(process.pid)
+        time.sleep(1.0)  # measuring the idle cost of waiting: nothing to poll for
+        assert _cpu_seconds(process.pid) - cpu_before < 0.5, "the accept loop spun"
+        for sock in sockets:
+            sock.close()
+        sockets.clear()
+        client = ResilientClient(
+            Address(*address), env["FETCHQ_AUTHKEY"].encode(), give_up_after=20
+        )
+        assert client.connect()["protocol"] == 1
+    finally:
+        for sock in sockets:
+            sock.close()
+        process.terminate()
+        process.wait(10)
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
