@@ -104,9 +104,15 @@ def test_server_killed_and_restarted_from_its_journal(cluster, tmp_path, mid_dis
 
 
 def test_five_hundred_clients_connecting_at_once(cluster):
-    """500 clients connect and call at the same moment: none hangs, and once they
-    have closed the server's threads and fds are back to the baseline."""
+    """500 clients connect and call at the same moment while a job of 2,000 tasks
+    runs: none hangs, the job completes exactly once, and once they have closed
+    the server's threads and fds are back to the baseline."""
     fq = cluster("--lease-timeout", LEASE)
+    job = fq.job(2000, slow=0.002)
+    out = fq.tmp / "results.jsonl"
+    worker, worker_log = fq.worker("--concurrency", "4")
+    output, output_log = fq.output(job, out, "--until-done")
+    dispatch, dispatch_log = fq.dispatch(job)
     address, key = parse_address(fq.server.address), fq.env["FETCHQ_AUTHKEY"].encode()
     count = 500
     start = threading.Barrier(count, timeout=30)
@@ -158,6 +164,12 @@ def test_five_hundred_clients_connecting_at_once(cluster):
     # One server thread per open connection: all 500 were connected at once.
     # (The baseline itself may include a side connection still closing.)
     assert usage["threads"] >= fq.baseline["threads"] + count - QUIET_SLACK, usage
+    assert exit_code(dispatch, dispatch_log, 60) == 0, dispatch_log.text
+    assert exit_code(output, output_log, 60) == 0, output_log.text
+    worker.send_signal(signal.SIGTERM)
+    assert exit_code(worker, worker_log, 30) == 0, worker_log.text
+    assert_exactly_once(check_file(job.urls, out))
+    assert_quiet(fq.client, job.name, job.count, fq.baseline)
     wait_for_baseline(fq.client, fq.baseline)
 
 
