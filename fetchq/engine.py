@@ -9,6 +9,7 @@ between the broker and the fetch threads is on a request's critical path.
 
 from __future__ import annotations
 
+import collections
 import os
 import queue
 import signal
@@ -82,12 +83,16 @@ class WorkerEngine:
         # reporting keeps trying through the grace period, so results get home.
         self._lease_client = make_client(_EitherStop(stop, self._abandon))
         self._report_client = make_client(self._abandon)
-        self._inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self._outbox: queue.Queue[dict[str, Any]] = queue.Queue()
+        # Hand-offs cost no thread wake-up per task: fetch threads block on a C
+        # SimpleQueue only when it is empty, wake the leaser only when it runs low,
+        # and append results to a deque the reporter empties on a timer.
+        self._inbox: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self._outbox: collections.deque[dict[str, Any]] = collections.deque()
+        self._low_water = max(1, settings.queue_size // 2)
+        self._hungry = threading.Event()
         self._held: dict[int, int] = {}
         """Task id -> attempt of every task leased and not yet reported."""
         self._held_lock = threading.Lock()
-        self._taken = threading.Condition()
         self._reporting_done = threading.Event()
         self.fetched = 0
 
@@ -125,12 +130,11 @@ class WorkerEngine:
 
     def _lease_loop(self) -> None:
         size = self.settings.queue_size
-        low_water = max(1, size // 2)
         while not self.stop.requested:
-            with self._taken:
-                if self._inbox.qsize() > size - low_water:
-                    self._taken.wait(0.1)
-                    continue
+            if self._inbox.qsize() > self._low_water:
+                self._hungry.wait(0.1)  # set by a fetch thread once the queue runs low
+                self._hungry.clear()
+                continue
             want = size - self._inbox.qsize()
             tasks = self._lease_client.call("lease", self.identity, want, defaults.POLL_WAIT)
             if not tasks:
@@ -162,43 +166,33 @@ class WorkerEngine:
         try:
             while True:
                 task = self._inbox.get()
-                with self._taken:
-                    self._taken.notify()
                 if task is None:
                     return
-                self._outbox.put(fetcher.fetch(task))
+                if not self._hungry.is_set() and self._inbox.qsize() <= self._low_water:
+                    self._hungry.set()
+                self._outbox.append(fetcher.fetch(task))
         finally:
             fetcher.close()
 
     # -- reporter thread --------------------------------------------------
 
     def _report_loop(self, lease_timeout: float) -> None:
+        """Send results in batches every FLUSH_INTERVAL (at once when a batch is full)."""
         renew_every = max(lease_timeout / 3, 0.2)
         next_renewal = time.monotonic() + renew_every
         while True:
-            batch = self._next_batch()
+            batch: list[dict[str, Any]] = []
+            while self._outbox and len(batch) < defaults.RESULT_BATCH:
+                batch.append(self._outbox.popleft())
             if batch:
                 self._report(batch)
-            elif self._reporting_done.is_set():
-                return
+            if len(batch) < defaults.RESULT_BATCH:  # caught up: let results gather
+                if self._reporting_done.is_set() and not self._outbox:
+                    return
+                self._reporting_done.wait(defaults.FLUSH_INTERVAL)
             if time.monotonic() >= next_renewal:
                 self._renew()
                 next_renewal = time.monotonic() + renew_every
-
-    def _next_batch(self) -> list[dict[str, Any]]:
-        """Up to RESULT_BATCH results, waiting at most FLUSH_INTERVAL after the first."""
-        try:
-            batch = [self._outbox.get(timeout=0.1)]
-        except queue.Empty:
-            return []
-        deadline = time.monotonic() + defaults.FLUSH_INTERVAL
-        while len(batch) < defaults.RESULT_BATCH:
-            remaining = deadline - time.monotonic()
-            try:
-                batch.append(self._outbox.get(timeout=max(remaining, 0)))
-            except queue.Empty:
-                break
-        return batch
 
     def _report(self, batch: list[dict[str, Any]]) -> None:
         try:
