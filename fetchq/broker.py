@@ -56,6 +56,50 @@ class Queued(NamedTuple):
     submitted: float
 
 
+class Span:
+    """A submitted batch not yet handed out, kept as the list that came off the wire.
+
+    Queued tasks cost their URL string and a list slot (about 90 bytes for a
+    short URL) instead of a tuple and an id object each; a task becomes a
+    ``Queued`` only when it is leased."""
+
+    __slots__ = ("attempts", "first", "job", "next", "submitted", "timeout", "urls")
+
+    def __init__(
+        self, job: str, first: int, urls: list[str], attempts: int, timeout: float, at: float
+    ) -> None:
+        self.job = job
+        self.first = first
+        self.urls = urls
+        self.attempts = attempts
+        self.timeout = timeout
+        self.submitted = at
+        self.next = 0
+
+    def take(self) -> Queued:
+        index = self.next
+        self.next += 1
+        return Queued(
+            self.first + index,
+            self.job,
+            self.urls[index],
+            1,
+            self.attempts,
+            self.timeout,
+            self.submitted,
+        )
+
+    def remaining(self) -> list[Queued]:
+        return [
+            Queued(self.first + i, self.job, url, 1, self.attempts, self.timeout, self.submitted)
+            for i, url in enumerate(self.urls[self.next :], self.next)
+        ]
+
+    @property
+    def exhausted(self) -> bool:
+        return self.next >= len(self.urls)
+
+
 class Lease(NamedTuple):
     task: Queued
     worker: str
@@ -182,7 +226,7 @@ class Broker:
         # (without a journal) can never be mistaken for a new task's.
         self._id_base = random.randrange(1, 1 << 20) << 32
         self._next_id = self._id_base + 1
-        self._queue: deque[Queued] = deque()
+        self._queue: deque[Queued | Span] = deque()
         self._queued = 0
         """Tasks waiting to be leased; the deque may also hold stale copies of done ones."""
         self._leases: dict[int, Lease] = {}
@@ -265,10 +309,8 @@ class Broker:
                 self._batch_jobs.append(job.name)
             self._grow_done_bitmap()
             now = self._wall()
-            task_id = first_id
-            for url in urls:
-                self._queue.append(Queued(task_id, job.name, url, 1, attempts, timeout, now))
-                task_id += 1
+            if urls:
+                self._queue.append(Span(job.name, first_id, urls, attempts, timeout, now))
             job.submitted += len(urls)
             job.queued += len(urls)
             self._queued += len(urls)
@@ -527,7 +569,7 @@ class Broker:
         for batch_id, reply in self._batches.items():
             yield {"k": "batch", "batch": batch_id, "reply": reply}
         live = [lease.task for lease in self._leases.values()]
-        live.extend(task for task in self._queue if not self._is_done(task.id))
+        live.extend(task for task in self._queued_tasks() if not self._is_done(task.id))
         for task in sorted({task.id: task for task in live}.values()):
             yield {"k": "task", **task._asdict()}
         for delivery in self._deliveries.values():
@@ -710,11 +752,26 @@ class Broker:
         """Ids are handed out in contiguous batches, so a bisect finds any task's job."""
         return self._batch_jobs[bisect.bisect_right(self._batch_starts, task_id) - 1]
 
+    def _queued_tasks(self) -> Iterator[Queued]:
+        """Every entry of the queue as a task (stale copies of done tasks included)."""
+        for entry in self._queue:
+            if isinstance(entry, Span):
+                yield from entry.remaining()
+            else:
+                yield entry
+
     def _lease_locked(self, worker: str, count: int) -> list[dict[str, Any]]:
         deadline = self._clock() + self.lease_timeout
         leased: list[dict[str, Any]] = []
         while self._queue and len(leased) < count:
-            task = self._queue.popleft()
+            head = self._queue[0]
+            if isinstance(head, Span):
+                task = head.take()
+                if head.exhausted:
+                    self._queue.popleft()
+            else:
+                task = head
+                self._queue.popleft()
             if self._is_done(task.id):
                 continue  # finished late by an earlier attempt: no longer counted as queued
             job = self._jobs[task.job]

@@ -462,7 +462,7 @@ class BrokerMachine(RuleBasedStateMachine):
         broker = self.broker
         live: Counter[int] = Counter()
         attempts: dict[int, int] = {}
-        for queued in broker._queue:
+        for queued in broker._queued_tasks():
             if not broker._is_done(queued.id) and queued.id not in broker._leases:
                 live[queued.id] += 1
                 attempts[queued.id] = queued.attempt
