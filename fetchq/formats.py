@@ -17,19 +17,11 @@ from fetchq.stats import format_bytes, format_duration
 
 FORMATS = ("text", "jsonl", "csv")
 
-CSV_FIELDS = (
-    "id",
-    "job",
-    "url",
-    "ok",
-    "status",
-    "elapsed",
-    "bytes",
-    "error_type",
-    "error_message",
-    "attempt",
-    "worker",
-    "started",
+CSV_FIELDS = tuple(
+    column
+    for name in RESULT_FIELDS
+    if name != "v"
+    for column in (("error_type", "error_message") if name == "error" else (name,))
 )
 """CSV columns: the result fields flattened (``error`` split in two, no record version)."""
 

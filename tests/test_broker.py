@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from fakeclock import FakeClock
 
 from fetchq.broker import MAX_LEASE, MAX_SUBMIT, MAX_WAIT, PROTOCOL, Broker
 from fetchq.errors import BadRequest, VersionMismatch
@@ -15,24 +16,6 @@ from fetchq.records import RECORD_VERSION, RESULT_FIELDS, TASK_FIELDS, make_erro
 
 WALL = 1_700_000_000.0
 LEASE = 10.0
-
-
-class FakeClock:
-    """A clock that only moves when told to; it counts its callers per thread."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-        self.calls: Counter[str] = Counter()
-        self.called = threading.Condition()
-
-    def __call__(self) -> float:
-        with self.called:
-            self.calls[threading.current_thread().name] += 1
-            self.called.notify_all()
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

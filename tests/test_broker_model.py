@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fakeclock import FakeClock
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -40,17 +41,6 @@ LEASE = 10.0
 JOBS = ("j0", "j1", "j2")
 WORKERS = ("w0", "w1", "w2")
 BATCH_IDS = ("b0", "b1", "b2", "b3")
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def crash(broker: Broker) -> None:

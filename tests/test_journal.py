@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakeclock import FakeClock
 
 from fetchq import journal as journal_module
 from fetchq.broker import Broker
@@ -32,19 +33,6 @@ from fetchq.records import make_error, make_result
 
 LEASE = 10.0
 WALL = 1_700_000_000.0
-
-
-class FakeClock:
-    """Monotonic and wall clock at once; moves only when told to."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture
