@@ -30,7 +30,7 @@ def supervise(address: config.Address, authkey: bytes, settings: WorkerSettings,
     children = [
         context.Process(
             target=child_worker_process,
-            args=(address, authkey, settings),
+            args=(address, authkey, settings, n),
             name=f"fetchq-worker-{n}",
         )
         for n in range(count)
@@ -84,6 +84,10 @@ def worker(
     grace: Annotated[
         float, typer.Option(min=0, help="Seconds running requests get to finish on stop")
     ] = 30.0,
+    pin: Annotated[
+        bool,
+        typer.Option(help="Keep each process on one CPU (faster; see README)"),
+    ] = True,
     call_timeout: Annotated[
         float,
         typer.Option(min=1, help="Seconds without a reply before the server link counts as cut"),
@@ -102,6 +106,7 @@ def worker(
         burst=burst,
         grace=grace,
         call_timeout=call_timeout,
+        pin=pin,
     )
     if processes == 1:
         code = run_worker_process(address, key.key, settings)
