@@ -1,0 +1,93 @@
+"""Where a worker's CPU goes: CPU per GET, one thread, for each layer of the HTTP stack.
+
+Runs the same keep-alive GETs through fetchq's ``Fetcher``, through
+``requests.Session.get`` (what Locust's ``HttpUser`` calls), through the
+urllib3 pool that requests' own adapter holds, and through bare
+``http.client``, one thread and no queue, so the figure is the client's CPU
+alone and hardly moved by other load on the machine.
+
+    python bench/fetch_cpu.py URL COUNT [--profile]
+
+prints one JSON object: CPU microseconds per request for each client;
+``--profile`` also prints cProfile's top functions for ``Fetcher.fetch``.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import http.client
+import json
+import pstats
+import sys
+import time
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import requests
+
+from fetchq.fetch import Fetcher
+from fetchq.records import make_task
+
+WARM_UP = 200
+
+
+def cpu_per_call(call: Callable[[int], None], count: int) -> float:
+    """CPU microseconds per call, after a warm-up that opens the connections."""
+    for i in range(WARM_UP):
+        call(i)
+    started = time.process_time()
+    for i in range(count):
+        call(i)
+    return (time.process_time() - started) / count * 1e6
+
+
+def clients(base: str) -> dict[str, Callable[[int], None]]:
+    fetcher = Fetcher("bench:0")
+    session = requests.Session()
+    session.get(base + "/").close()
+    pool = session.get_adapter(base).poolmanager.connection_from_url(base)
+    parts = urlsplit(base)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port)
+
+    def fetchq_fetcher(i: int) -> None:
+        result = fetcher.fetch(make_task(i, "cpu", f"{base}/?q={i}", 1, 30.0, 0.0))
+        assert result["ok"], result
+
+    def requests_session(i: int) -> None:
+        reply = session.get(f"{base}/?q={i}")
+        assert reply.ok and reply.content
+
+    def urllib3_pool(i: int) -> None:
+        reply = pool.urlopen(
+            "GET", f"/?q={i}", preload_content=False, retries=False, redirect=False
+        )
+        while reply.read1(65536):
+            pass
+        reply.release_conn()
+
+    def bare_http_client(i: int) -> None:
+        conn.request("GET", f"/?q={i}")
+        reply = conn.getresponse()
+        assert reply.status == 200 and reply.read()
+
+    return {
+        "fetchq Fetcher.fetch": fetchq_fetcher,
+        "requests Session.get": requests_session,
+        "urllib3 pool of requests' adapter": urllib3_pool,
+        "http.client": bare_http_client,
+    }
+
+
+def main() -> None:
+    base, count = sys.argv[1], int(sys.argv[2])
+    calls = clients(base)
+    if "--profile" in sys.argv[3:]:
+        profile = cProfile.Profile()
+        profile.runcall(cpu_per_call, calls["fetchq Fetcher.fetch"], count)
+        stats = pstats.Stats(profile, stream=sys.stderr)
+        stats.sort_stats("cumulative").print_stats(30)
+    print(json.dumps({name: cpu_per_call(call, count) for name, call in calls.items()}))
+
+
+if __name__ == "__main__":
+    main()
