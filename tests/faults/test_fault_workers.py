@@ -50,7 +50,7 @@ def test_worker_sigterm_mid_batch_drains_and_reruns_nothing(cluster, target):
     (A longer lease here: nothing waits for one to expire, and a worker starved
     of CPU for a moment must not lose a lease and re-run a task legitimately.)"""
     fq = cluster("--lease-timeout", "5")
-    job = fq.job(2000)
+    job = fq.job(2000, slow=0.005)  # long enough a job to catch the victim mid-batch
     out = fq.tmp / "results.jsonl"
     victim, victim_log = fq.worker("--concurrency", "4", "--grace", str(GRACE))
     survivor, survivor_log = fq.worker("--concurrency", "4")
