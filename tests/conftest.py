@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fakeclock import FakeClock
 from fetchq_procs import ServerProcess, clean_env
 
 from fetchq.target import Target
@@ -27,6 +28,12 @@ def _loopback_only_getaddrinfo(host, *args, **kwargs):  # type: ignore[no-untype
 @pytest.fixture(autouse=True)
 def _no_dns(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket, "getaddrinfo", _loopback_only_getaddrinfo)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A broker clock that moves only when a test advances it."""
+    return FakeClock()
 
 
 @pytest.fixture(scope="session")

@@ -96,6 +96,18 @@ def start_worker(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[str]
     return process, StderrLog(process)
 
 
+def start_output(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    """``fetchq output`` with its stdout piped back to the test."""
+    return subprocess.Popen(
+        fetchq_command("output", *args),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def run(
     env: dict[str, str], *args: str, stdin: str | None = None, timeout: float = COMMAND_TIMEOUT
 ) -> subprocess.CompletedProcess[str]:

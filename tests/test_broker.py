@@ -19,11 +19,6 @@ LEASE = 10.0
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 def make_broker(clock: FakeClock) -> Callable[..., Broker]:
     def make(**settings: Any) -> Broker:
         settings.setdefault("lease_timeout", LEASE)

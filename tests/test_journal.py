@@ -36,11 +36,6 @@ WALL = 1_700_000_000.0
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 def path(tmp_path: Path) -> Path:
     return tmp_path / "fetchq.journal"
 

@@ -9,22 +9,11 @@ import subprocess
 import sys
 import time
 
-from fetchq_procs import fetchq_command, jsonl, run, start_worker, stop_all
+from fetchq_procs import jsonl, run, start_output, start_worker, stop_all
 
 from fetchq.config import parse_address
 from fetchq.protocol import BrokerClient
 from fetchq.records import RESULT_FIELDS
-
-
-def start_output(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        fetchq_command("output", *args),
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def broker(env: dict[str, str]) -> BrokerClient:
