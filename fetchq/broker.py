@@ -129,10 +129,6 @@ class Job:
     sealed: bool = False
     results: deque[dict[str, Any]] = field(default_factory=deque)
 
-    @property
-    def finished(self) -> int:
-        return self.succeeded + self.failed
-
     def counts(self) -> dict[str, Any]:
         return {
             "submitted": self.submitted,
