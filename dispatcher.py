@@ -9,6 +9,7 @@ everything else goes to stderr.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import sys
 from collections.abc import Iterator
 from typing import Annotated, BinaryIO
@@ -149,7 +150,7 @@ def dispatch(
         submitter.on_full = progress.waiting
         items: Iterator[str | Rejected] = input_urls(urls, files, stack)
         if template is not None and count is not None:
-            items = _chain(items, template_urls(template, count))
+            items = itertools.chain(items, template_urls(template, count))
         try:
             for item in items:
                 if isinstance(item, Rejected):
@@ -172,11 +173,6 @@ def dispatch(
         say(f"{message}: the input held no URLs")
     else:
         say(message)
-
-
-def _chain(*parts: Iterator[str | Rejected] | Iterator[str]) -> Iterator[str | Rejected]:
-    for part in parts:
-        yield from part
 
 
 if __name__ == "__main__":

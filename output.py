@@ -60,7 +60,7 @@ def already_written(path: str | None, fmt: Format) -> IdSet:
     if not os.path.exists(path):
         return IdSet()
     try:
-        return IdSet(ids_in_file(path, fmt.value))
+        return ids_in_file(path, fmt.value)
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot resume {path}: {exc}") from None
 

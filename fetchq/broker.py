@@ -17,20 +17,19 @@ from __future__ import annotations
 import bisect
 import contextlib
 import heapq
-import json
 import os
 import random
 import threading
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from fetchq import __version__, defaults
 from fetchq.errors import BadRequest, ConfigError, VersionMismatch
-from fetchq.journal import Journal
+from fetchq.journal import Journal, encode_event
 from fetchq.records import is_retryable, make_error, make_result, make_task
 
 PROTOCOL = 1
@@ -368,16 +367,17 @@ class Broker:
             _require(isinstance(result, dict), "each result must be a dict")
             _require(type(result.get("id")) is int, "each result needs an integer id")
             _require(type(result.get("attempt", 1)) is int, "attempt must be an integer")
-        if self._journal is not None:  # checked up front: the journal must take every result
+        lines: list[bytes | None] = [None] * len(results)
+        if self._journal is not None:  # encoded up front: the journal must take every result
             try:
-                json.dumps(results, ensure_ascii=False).encode("utf-8")
+                lines = [encode_event({"k": "result", "r": result}) for result in results]
             except (TypeError, ValueError, UnicodeEncodeError) as exc:
                 raise BadRequest(f"results must hold JSON values only: {exc}") from None
         accepted = dropped = retried = 0
         with self._locked():
             now = self._clock()
-            for result in results:
-                outcome = self._complete_one(result)
+            for result, line in zip(results, lines, strict=True):
+                outcome = self._complete_one(result, line)
                 if outcome == "accepted":
                     accepted += 1
                 elif outcome == "retried":
@@ -467,13 +467,14 @@ class Broker:
         with self._locked():
             self._expire_locked()
             now = self._clock()
+            holding = Counter(lease.worker for lease in self._leases.values())
             workers = [
                 {
                     "worker": name,
                     "last_seen_ago": round(now - seen.last_seen, 3),
                     "completed": seen.completed,
                     "rate": round(seen.rate(now), 1),
-                    "leased": sum(1 for lease in self._leases.values() if lease.worker == name),
+                    "leased": holding[name],
                 }
                 for name, seen in sorted(self._workers.items())
             ]
@@ -797,7 +798,8 @@ class Broker:
         if attempt != task.attempt:
             self._log("retry", id=task.id, attempt=attempt)
 
-    def _complete_one(self, result: dict[str, Any]) -> str:
+    def _complete_one(self, result: dict[str, Any], line: bytes | None) -> str:
+        """``line``: the result's journal event, already encoded (None without a journal)."""
         task_id = result["id"]
         if not self._known(task_id):
             return "dropped"  # leased from an earlier server run
@@ -816,16 +818,23 @@ class Broker:
                 self._requeue(lease.task, attempt + 1)
                 return "retried"
         job = self._jobs[self._job_of(task_id)]
-        result["job"] = job.name  # the server's record of the task is the authority
+        if result.get("job") != job.name:  # the server's record of the task is the authority
+            result["job"] = job.name
+            line = None
         if lease is None:  # its lease had expired: the task waits in the queue, now stale
             job.queued -= 1
             self._queued -= 1
         self._drop_lease(task_id)
-        self._finish(job, task_id, result)
+        self._finish(job, task_id, result, line)
         return "accepted"
 
-    def _finish(self, job: Job, task_id: int, result: dict[str, Any]) -> None:
-        self._log("result", r=result)
+    def _finish(
+        self, job: Job, task_id: int, result: dict[str, Any], line: bytes | None = None
+    ) -> None:
+        if line is not None and self._journal is not None:
+            self._journal.append_encoded(line)
+        else:
+            self._log("result", r=result)
         self._mark_done(task_id)
         if result.get("ok"):
             job.succeeded += 1

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from fetchq import __version__
-from fetchq.commandline import make_app
+from fetchq.commandline import make_app, run_alone
 
 COMMANDS: dict[str, tuple[str, str, str | None]] = {
     "server": ("queueserver", "server", "HELP"),
@@ -63,9 +63,7 @@ def main() -> None:
     args = sys.argv[1:]
     if args and args[0] in COMMANDS:
         command, help_text = _load(args[0])
-        app = make_app(help_text or "")
-        app.command(help=help_text)(command)
-        app(args=args[1:], prog_name=f"fetchq {args[0]}")
+        run_alone(command, help_text or "", args=args[1:], prog_name=f"fetchq {args[0]}")
     else:
         build_app()()
 

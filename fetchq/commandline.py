@@ -88,8 +88,14 @@ def make_app(help_text: str) -> typer.Typer:
     )
 
 
-def run_alone(command: Callable[..., Any], help_text: str) -> None:
-    """``python worker.py ...``: the same command as ``fetchq worker ...``."""
+def run_alone(
+    command: Callable[..., Any],
+    help_text: str,
+    *,
+    args: list[str] | None = None,
+    prog_name: str | None = None,
+) -> None:
+    """One program as a command of its own: ``python worker.py`` or ``fetchq worker``."""
     app = make_app(help_text)
-    app.command()(command)
-    app()
+    app.command(help=help_text or None)(command)
+    app(args=args, prog_name=prog_name)

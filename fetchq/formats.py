@@ -12,6 +12,7 @@ import json
 import os
 from typing import Any, TextIO
 
+from fetchq.idset import IdSet
 from fetchq.records import RESULT_FIELDS
 from fetchq.stats import format_bytes, format_duration
 
@@ -135,14 +136,14 @@ def open_writer(fmt: str, stream: TextIO, *, continuing: bool = False) -> Result
     return cls(stream, continuing=continuing)
 
 
-def ids_in_file(path: str | os.PathLike[str], fmt: str) -> set[int]:
+def ids_in_file(path: str | os.PathLike[str], fmt: str) -> IdSet:
     """The result ids a JSONL or CSV file already holds, for an output that resumes it.
 
     A last line without its newline was torn by a crash mid-write: it is cut
     off, and its result will be written again."""
     if fmt not in ("jsonl", "csv"):
         raise ValueError(f"cannot resume a {fmt} file: only jsonl and csv keep ids")
-    ids: set[int] = set()
+    ids = IdSet()
     complete = 0
     with open(path, "rb") as handle:
         for number, line in enumerate(handle):

@@ -97,9 +97,9 @@ class Journal:
             try:
                 fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 with os.fdopen(fd, "wb") as handle:
-                    handle.write(_line({"k": FORMAT, "v": FORMAT_VERSION, **header}))
+                    handle.write(encode_event({"k": FORMAT, "v": FORMAT_VERSION, **header}))
                     for event in events:
-                        handle.write(_line(event))
+                        handle.write(encode_event(event))
                     handle.flush()
                     os.fsync(handle.fileno())
                 os.replace(temporary, self.path)
@@ -115,7 +115,11 @@ class Journal:
 
     def append(self, event: dict[str, Any]) -> None:
         """Queue an event; the broker calls ``flush`` before it replies."""
-        self._pending.append(_line(event))
+        self._pending.append(encode_event(event))
+
+    def append_encoded(self, line: bytes) -> None:
+        """Queue a line made by ``encode_event`` (the broker encodes results up front)."""
+        self._pending.append(line)
 
     def flush(self) -> None:
         """Write queued events to the OS: from here a killed process loses nothing."""
@@ -173,7 +177,8 @@ def _lock_exclusively(path: Path) -> int:
     return fd
 
 
-def _line(event: dict[str, Any]) -> bytes:
+def encode_event(event: dict[str, Any]) -> bytes:
+    """One journal line; raises TypeError, ValueError or UnicodeEncodeError for non-JSON."""
     return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
 
 
