@@ -7,29 +7,23 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
-from fetchq_procs import jsonl, run, start_output, start_worker, stop_all
+from fetchq_procs import (
+    connect_broker,
+    jsonl,
+    poll_until,
+    run,
+    start_output,
+    start_worker,
+    stop_all,
+)
 
-from fetchq.config import parse_address
 from fetchq.protocol import BrokerClient
 from fetchq.records import RESULT_FIELDS
 
 
 def broker(env: dict[str, str]) -> BrokerClient:
-    client = BrokerClient(parse_address(env["FETCHQ_SERVER"]), env["FETCHQ_AUTHKEY"].encode())
-    client.connect()
-    return client
-
-
-def poll(condition, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    return connect_broker(env["FETCHQ_SERVER"], env["FETCHQ_AUTHKEY"])
 
 
 def closed_port() -> int:
@@ -91,7 +85,7 @@ def test_worker_killed_mid_job_loses_nothing(server, env, target):
             seen = workers.get(victim_name)
             return bool(seen and seen["completed"] >= 100 and seen["leased"] > 0)
 
-        poll(victim_busy, 60, "the victim worker to hold leases mid-job")
+        poll_until(victim_busy, 60, "the victim worker to hold leases mid-job")
         os.kill(victim.pid, signal.SIGKILL)
         stdout, stderr = output.communicate(timeout=120)
         assert output.returncode == 0, stderr
@@ -157,7 +151,9 @@ def test_sigterm_drains_a_worker_and_hands_back_unstarted_tasks(server, env, tar
         )
         assert dispatched.returncode == 0, dispatched.stderr
         client = broker(env)
-        poll(lambda: client.call("job", "drain")["leased"] >= 10, 30, "the worker to prefetch")
+        poll_until(
+            lambda: client.call("job", "drain")["leased"] >= 10, 30, "the worker to prefetch"
+        )
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(30) == 0, log.text
         counts = client.call("job", "drain")
