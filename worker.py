@@ -30,7 +30,7 @@ def supervise(address: config.Address, authkey: bytes, settings: WorkerSettings,
     children = [
         context.Process(
             target=child_worker_process,
-            args=(address, authkey, settings, n),
+            args=(address, authkey, settings),
             name=f"fetchq-worker-{n}",
         )
         for n in range(count)
@@ -83,10 +83,10 @@ def worker(
     burst: Annotated[bool, typer.Option(help="Exit once the server has no task left")] = False,
     grace: Annotated[
         float, typer.Option(min=0, help="Seconds running requests get to finish on stop")
-    ] = 30.0,
+    ] = defaults.GRACE,
     pin: Annotated[
         bool,
-        typer.Option(help="Keep each process on one CPU (faster; see README)"),
+        typer.Option(help="Keep each process on a CPU no other worker here holds (faster)"),
     ] = True,
     call_timeout: Annotated[
         float,

@@ -6,9 +6,9 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from fetchq import defaults
+from fetchq.client import BrokerClient
 from fetchq.formats import ResultWriter
-from fetchq.idset import IdSet
-from fetchq.protocol import BrokerClient
+from fetchq.ids import IdSet
 from fetchq.stats import Summary
 
 
@@ -58,7 +58,7 @@ def collect(
                 if on_batch is not None:
                     on_batch(results)
             token = reply.get("token")
-            if until_done and reply["done"]:
+            if until_done and reply["complete"]:
                 break
     finally:
         if token is not None:

@@ -222,8 +222,8 @@ def start_fetchq(
 
 def connect_broker(address: str, authkey: str) -> Any:
     """A connected in-process ``BrokerClient``: how tests watch the server's status."""
+    from fetchq.client import BrokerClient
     from fetchq.config import parse_address
-    from fetchq.protocol import BrokerClient
 
     client = BrokerClient(parse_address(address), authkey.encode())
     client.connect()

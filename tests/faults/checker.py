@@ -177,7 +177,7 @@ def unaccounted(counts: dict[str, Any]) -> int:
     The broker updates a job's counts under one lock, so every snapshot has
     queued + leased + done + failed >= submitted (more only while a stale copy
     of a finished task still waits in the queue); anything short was lost."""
-    held = counts["queued"] + counts["leased"] + counts["done"] + counts["failed"]
+    held = counts["queued"] + counts["leased"] + counts["succeeded"] + counts["failed"]
     return max(0, counts["submitted"] - held)
 
 
@@ -193,7 +193,7 @@ def wait_for_job(client: Any, job: str, *, timeout: float = 60.0) -> dict[str, A
                 f"{lost} acknowledged tasks of job {job} are in no state (not queued, "
                 f"leased or finished): {counts}"
             )
-        if counts["sealed"] and counts["done"] + counts["failed"] == counts["submitted"]:
+        if counts["sealed"] and counts["succeeded"] + counts["failed"] == counts["submitted"]:
             return counts
         if time.monotonic() >= deadline:
             raise AssertionError(f"job {job} not finished after {timeout:g}s: {counts}")
@@ -248,9 +248,9 @@ def assert_quiet(
         settled = (
             counts
             and counts["queued"] + counts["leased"] == 0
-            and counts["done"] + counts["failed"] == counts["submitted"] == accepted
-            and counts["delivered"] == counts["submitted"]
-            and counts["undelivered"] == counts["handed_out"] == 0
+            and counts["succeeded"] + counts["failed"] == counts["submitted"] == accepted
+            and counts["confirmed"] == counts["submitted"]
+            and counts["waiting"] == counts["handed_out"] == 0
         )
         if settled and all(usage[k] <= baseline[k] + slack for k in ("threads", "fds")):
             return status

@@ -39,7 +39,7 @@ def test_output_killed_mid_stream_then_appended_gives_each_result_once(cluster):
 
     def mid_stream() -> bool:
         counts = fq.counts(job)
-        return complete_lines(out) >= 200 and counts["done"] + counts["failed"] < job.count
+        return complete_lines(out) >= 200 and counts["succeeded"] + counts["failed"] < job.count
 
     poll_until(mid_stream, 30, "output to be writing results mid-job")
     os.kill(first.pid, signal.SIGKILL)
@@ -127,7 +127,7 @@ def test_output_stalled_longer_than_the_lease_writes_nothing_twice(cluster):
     poll_until(
         lambda: (
             fq.counts(job)["handed_out"] == 0
-            and fq.counts(job)["delivered"] == stalled["delivered"]
+            and fq.counts(job)["confirmed"] == stalled["confirmed"]
             and output.poll() is None
         ),
         15,
