@@ -176,5 +176,9 @@ class ResilientClient(BrokerClient):
                         self._proxy = None
                 continue
             if attempt:
-                self._notice.show(f"server at {self.address} is back", final=True)
+                waited = time.monotonic() - started
+                self._notice.show(
+                    f"server at {self.address} is back after {waited:.0f}s and {attempt} attempts",
+                    final=True,
+                )
             return result
