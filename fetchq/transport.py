@@ -60,8 +60,15 @@ def tune_connection(conn: connection.Connection, recv_timeout: float | None) -> 
 class Listener(connection.Listener):
     """The stock listener with a backlog big enough for a fleet connecting at once."""
 
-    def __init__(self, address: Any = None, family: Any = None, *_: Any, **kw: Any) -> None:
-        super().__init__(address, family, defaults.BACKLOG, kw.get("authkey"))
+    def __init__(
+        self,
+        address: Any = None,
+        family: Any = None,
+        backlog: int = 1,
+        authkey: bytes | None = None,
+    ) -> None:
+        # The stock manager server asks for 16: a fleet connecting at once needs more.
+        super().__init__(address, family, max(backlog, defaults.BACKLOG), authkey)
 
     def accept(self) -> connection.Connection:
         conn = super().accept()
