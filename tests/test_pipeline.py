@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 from fetchq_procs import (
+    ServerProcess,
     connect_broker,
     jsonl,
     poll_until,
@@ -191,7 +192,6 @@ def test_output_formats_summary_and_status(server, env, target):
 
 
 def test_worker_started_before_its_server_waits_for_it(env, target, tmp_path):
-    from fetchq_procs import ServerProcess
 
     port = closed_port()
     env["FETCHQ_SERVER"] = f"127.0.0.1:{port}"
@@ -233,24 +233,43 @@ for _ in range(20):
 """
 
 
-def test_a_classic_tutorial_client_works_against_the_server(server, env, target, tmp_path):
-    """put() URL strings on get_task_queue(), get() results from get_result_queue()."""
+def run_classic_client(server: ServerProcess, env: dict[str, str], base: str, tmp_path):
+    script = tmp_path / "classic_client.py"
+    script.write_text(CLASSIC_CLIENT)
+    host, port = server.address.split(":")
+    return subprocess.run(
+        [sys.executable, str(script), host, port, env["FETCHQ_AUTHKEY"], base],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_classic_tutorial_client_works_against_allow_pickle(env, target, tmp_path):
+    """put() URL strings on get_task_queue(), get() results from get_result_queue(),
+    against ``fetchq server --allow-pickle``, which warns about it at start."""
+    server = ServerProcess(env, "--allow-pickle")
+    env["FETCHQ_SERVER"] = server.address
     worker, _ = start_worker(env, "--concurrency", "4")
     try:
-        script = tmp_path / "classic_client.py"
-        script.write_text(CLASSIC_CLIENT)
-        host, port = server.address.split(":")
-        client = subprocess.run(
-            [sys.executable, str(script), host, port, env["FETCHQ_AUTHKEY"], target.url],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        assert "--allow-pickle" in server.log.text and "run code" in server.log.text
+        client = run_classic_client(server, env, target.url, tmp_path)
         assert client.returncode == 0, client.stderr
         lines = sorted(client.stdout.split("\n")[:-1])
         assert lines == sorted(f"{target.url}/classic?n={n} 200" for n in range(20))
     finally:
         stop_all([worker])
+        server.stop()
+
+
+def test_without_allow_pickle_a_classic_client_is_refused_and_the_server_says_so(
+    server, env, target, tmp_path
+):
+    client = run_classic_client(server, env, target.url, tmp_path)
+    assert client.returncode != 0
+    server.log.wait_for(r"refused a pickle from 127\.0\.0\.1:\d+: .*--allow-pickle")
+    assert "allow-pickle" not in server.log.lines[0], "no warning without the flag"
+    assert broker(env).call("job", "classic")["submitted"] == 0, "nothing was queued"
 
 
 def test_output_append_resumes_a_file_without_repeating(server, env, target, tmp_path):

@@ -85,29 +85,46 @@ def test_a_peer_that_never_logs_in_is_dropped(served, monkeypatch):
 
 
 def test_clients_cannot_shut_the_server_down(served):
-    from multiprocessing.connection import Client
     from multiprocessing.managers import dispatch
 
+    from fetchq.transport import open_connection
+
     for method in ("shutdown", "debug_info"):
-        conn = Client(served.address.as_tuple(), authkey=KEY)
-        with pytest.raises(Exception, match=f"'{method}' unrecognized"):
+        conn = open_connection(served.address.as_tuple(), authkey=KEY)
+        with pytest.raises(BadRequest, match=f"'{method}' unrecognized"):
             dispatch(conn, None, method)
         conn.close()
     assert BrokerClient(served.address, KEY).connect()["protocol"] == PROTOCOL
 
 
-def test_a_classic_manager_client_speaks_to_the_broker(served):
-    """A stock BaseManager (pickle serializer, no fetchq code) can use the API."""
+@pytest.fixture
+def served_with_pickle() -> Iterator[QueueServer]:
+    broker = Broker(lease_timeout=5)
+    server = QueueServer(broker, Address("127.0.0.1", 0), KEY, allow_pickle=True)
+    stop = StopRequest()
+    thread = threading.Thread(target=run_until_stopped, args=(broker, server, stop), daemon=True)
+    thread.start()
+    yield server
+    stop.request()
+    thread.join(5)
+
+
+def test_a_classic_manager_client_speaks_to_the_broker(served_with_pickle):
+    """With --allow-pickle a stock BaseManager (pickle serializer, no fetchq code) can use
+    the API, and a JSON client of the same server still gets JSON."""
 
     class Classic(BaseManager):
         pass
 
     Classic.register("broker", exposed=METHODS)
-    manager = Classic(address=served.address.as_tuple(), authkey=KEY)
+    manager = Classic(address=served_with_pickle.address.as_tuple(), authkey=KEY)
     manager.connect()
     broker = manager.broker()
     assert broker.submit({"job": "classic", "urls": ["http://127.0.0.1/x"]})["accepted"] == 1
     assert broker.lease("classic-worker", 10, 0.0)[0]["url"] == "http://127.0.0.1/x"
+    client = BrokerClient(served_with_pickle.address, KEY)
+    client.connect()
+    assert client.call("job", "classic")["submitted"] == 1
 
 
 def test_two_hundred_clients_connecting_at_once(served):
