@@ -16,7 +16,7 @@ from typing import Annotated, TextIO
 
 import typer
 
-from fetchq import config, defaults
+from fetchq import config, defaults, tls
 from fetchq.api import check_job_name
 from fetchq.client import ResilientClient
 from fetchq.collect import collect
@@ -24,6 +24,9 @@ from fetchq.commandline import (
     AuthkeyFileOption,
     GiveUpOption,
     ServerOption,
+    TlsCaOption,
+    TlsCertOption,
+    TlsKeyOption,
     reports_errors,
     run_alone,
     say,
@@ -88,6 +91,9 @@ def output(
     ] = False,
     server: ServerOption = None,
     authkey_file: AuthkeyFileOption = None,
+    tls_ca: TlsCaOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
     give_up_after: GiveUpOption = defaults.GIVE_UP_AFTER,
 ) -> None:
     """Write results as they arrive; with --until-done, stop when the job is complete."""
@@ -97,7 +103,8 @@ def output(
     address = config.server_address(server)
     key = config.client_authkey(authkey_file)
     stop = StopRequest().install()
-    client = ResilientClient(address, key.key, give_up_after=give_up_after, stop=stop)
+    settings = tls.client_tls(tls_ca, tls_cert, tls_key)
+    client = ResilientClient(address, key.key, settings, give_up_after=give_up_after, stop=stop)
     client.connect()
     report = Summary() if summary else None
     with contextlib.ExitStack() as stack:

@@ -16,21 +16,36 @@ from typing import Annotated
 
 import typer
 
-from fetchq import config, defaults
-from fetchq.commandline import AuthkeyFileOption, ServerOption, reports_errors, run_alone, say
+from fetchq import config, defaults, tls
+from fetchq.commandline import (
+    AuthkeyFileOption,
+    ServerOption,
+    TlsCaOption,
+    TlsCertOption,
+    TlsKeyOption,
+    reports_errors,
+    run_alone,
+    say,
+)
 from fetchq.engine import WorkerSettings, child_worker_process, run_worker_process
 from fetchq.signals import StopRequest
 
 HELP = "Fetch tasks from the queue server and send back their results."
 
 
-def supervise(address: config.Address, authkey: bytes, settings: WorkerSettings, count: int) -> int:
+def supervise(
+    address: config.Address,
+    authkey: bytes,
+    settings: WorkerSettings,
+    count: int,
+    tls_settings: tls.ClientTLS | None,
+) -> int:
     """Run ``count`` worker processes; pass signals on; exit when all have."""
     context = multiprocessing.get_context("spawn")
     children = [
         context.Process(
             target=child_worker_process,
-            args=(address, authkey, settings),
+            args=(address, authkey, settings, tls_settings),
             name=f"fetchq-worker-{n}",
         )
         for n in range(count)
@@ -94,10 +109,14 @@ def worker(
     ] = defaults.CALL_TIMEOUT,
     server: ServerOption = None,
     authkey_file: AuthkeyFileOption = None,
+    tls_ca: TlsCaOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
 ) -> None:
     """Fetch tasks until stopped (or, with --burst, until the queue is empty)."""
     address = config.server_address(server)
     key = config.client_authkey(authkey_file)
+    tls_settings = tls.client_tls(tls_ca, tls_cert, tls_key)
     settings = WorkerSettings(
         concurrency=concurrency,
         prefetch=prefetch,
@@ -109,9 +128,9 @@ def worker(
         pin=pin,
     )
     if processes == 1:
-        code = run_worker_process(address, key.key, settings)
+        code = run_worker_process(address, key.key, settings, tls_settings)
     else:
-        code = supervise(address, key.key, settings, processes)
+        code = supervise(address, key.key, settings, processes, tls_settings)
     raise typer.Exit(code)
 
 

@@ -7,9 +7,16 @@ from typing import Annotated, Any
 
 import typer
 
-from fetchq import config
+from fetchq import config, tls
 from fetchq.client import BrokerClient
-from fetchq.commandline import AuthkeyFileOption, ServerOption, reports_errors
+from fetchq.commandline import (
+    AuthkeyFileOption,
+    ServerOption,
+    TlsCaOption,
+    TlsCertOption,
+    TlsKeyOption,
+    reports_errors,
+)
 
 WORKER_GONE_AFTER = 60.0
 """Seconds without contact after which a worker is shown as gone."""
@@ -75,6 +82,9 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON")] = False,
     server: ServerOption = None,
     authkey_file: AuthkeyFileOption = None,
+    tls_ca: TlsCaOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
 ) -> None:
     """Show queue depths per job, leased tasks and the workers seen.
 
@@ -82,7 +92,7 @@ def status(
     should not wait for a server that is not there."""
     address = config.server_address(server)
     key = config.client_authkey(authkey_file)
-    client = BrokerClient(address, key.key)
+    client = BrokerClient(address, key.key, tls.client_tls(tls_ca, tls_cert, tls_key))
     client.connect()
     reply = client.call("status")
     if as_json:
