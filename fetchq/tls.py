@@ -177,4 +177,8 @@ def server_failure(exc: ssl.SSLError) -> str:
         return "it sent no client certificate"
     if reason in _NOT_TLS:
         return "it does not speak TLS"
+    if reason == "TLSV1_ALERT_UNKNOWN_CA":
+        return "it does not trust this server's certificate (its --tls-ca is another CA)"
+    if reason in ("SSLV3_ALERT_BAD_CERTIFICATE", "SSLV3_ALERT_CERTIFICATE_UNKNOWN"):
+        return "it refused this server's certificate (does it name the host clients use?)"
     return _reason(exc)

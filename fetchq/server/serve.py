@@ -178,11 +178,13 @@ class _Server(managers.Server):
             c.start_tls()
         except PlaintextPeer:
             self.warnings.say(
-                "tls", f"a client from {c.peer} does not speak TLS; this server requires it"
+                "tls plaintext",
+                f"a client from {c.peer} does not speak TLS; this server requires it",
             )
             return False
         except ssl.SSLError as exc:
-            self.warnings.say("tls", f"TLS handshake with {c.peer} failed: {server_failure(exc)}")
+            why = server_failure(exc)
+            self.warnings.say(f"tls {why}", f"TLS handshake with {c.peer} failed: {why}")
             return False
         except (EOFError, OSError, ValueError):
             return False
@@ -192,7 +194,7 @@ class _Server(managers.Server):
         except FrameRefused as exc:
             if exc.header[:1] and exc.header[0] in TLS_RECORD_TYPES:
                 self.warnings.say(
-                    "tls", f"a TLS client from {c.peer}: this server was started without TLS"
+                    "tls client", f"a TLS client from {c.peer}: this server was started without TLS"
                 )
             return False
         except (AuthenticationError, AssertionError, EOFError, OSError, ValueError, BadFrame):
