@@ -37,10 +37,8 @@ def test_init_makes_the_files_and_refuses_to_overwrite_them(env, tmp_path):
     before = (folder / "ca.pem").read_bytes()
     again = run(env, "tls", "init", str(folder))
     assert again.returncode == ExitCode.USAGE, again.stderr
-    assert lines_of(again.stderr) == [
-        f"fetchq: error: {folder} already holds ca.pem, server.pem, server.key, client.pem, "
-        "client.key: choose an empty folder"
-    ]
+    said = f"fetchq: error: {folder} already holds ca.pem, server.pem, server.key, client.pem, "
+    assert lines_of(again.stderr) == [said + "client.key: choose an empty folder"]
     assert (folder / "ca.pem").read_bytes() == before
 
 
@@ -63,7 +61,14 @@ def test_a_whole_job_over_mutual_tls(env, target, tmp_path):
     output = start_output(env, "--job", "tls", "--until-done", "--format", "jsonl")
     try:
         dispatched = run(
-            env, "dispatch", "--template", f"{target.url}/tls?i={{i}}", "--count", "300", "-j", "tls"
+            env,
+            "dispatch",
+            "--template",
+            f"{target.url}/tls?i={{i}}",
+            "--count",
+            "300",
+            "-j",
+            "tls",
         )
         assert dispatched.returncode == 0, dispatched.stderr
         stdout, stderr = output.communicate(timeout=120)
@@ -76,7 +81,9 @@ def test_a_whole_job_over_mutual_tls(env, target, tmp_path):
         stop_all([worker, output])
         server.stop()
     results = jsonl(stdout)
-    assert sorted(r["url"] for r in results) == sorted(f"{target.url}/tls?i={i}" for i in range(300))
+    assert sorted(r["url"] for r in results) == sorted(
+        f"{target.url}/tls?i={i}" for i in range(300)
+    )
     assert all(r["ok"] for r in results)
     job = json.loads(status.stdout)["jobs"]["tls"]
     assert job["submitted"] == job["confirmed"] == 300 and job["complete"]
@@ -99,7 +106,7 @@ def pki(tmp_path: Path) -> Pki:
     """A CA with a server pair for 127.0.0.1, a good client, an expired one, and a client
     (and a CA file) from a second CA."""
     ca, other = trustme.CA(), trustme.CA()
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
 
     def write(cert: trustme.LeafCert, name: str) -> tuple[Path, Path]:
         pem, key = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
@@ -190,9 +197,9 @@ def test_a_tls_client_against_a_plaintext_server(env, server, pki):
     for command in (["status"], ["dispatch", "http://127.0.0.1/", "--give-up-after", "20"]):
         result = run(env, *command, *tls_options(pki.ca, pki.client), timeout=60)
         assert result.returncode == ExitCode.TLS_FAILED, result.stderr
+        said = f"fetchq: error: the server at {server.address} does not speak TLS (start it "
         assert lines_of(result.stderr) == [
-            f"fetchq: error: the server at {server.address} does not speak TLS (start it "
-            "with --tls-cert and --tls-key, or leave out --tls-ca here)"
+            said + "with --tls-cert and --tls-key, or leave out --tls-ca here)"
         ]
     server.log.wait_for("a TLS client from 127.0.0.1:\\d+: this server was started without TLS")
     assert run(env, "status").returncode == 0

@@ -168,10 +168,12 @@ class _Server(managers.Server):
             _, name, args, kwds = _request(request)
             if name not in self.public:
                 raise BadRequest(f"{name!r} unrecognized")
-            reply = ("#RETURN", getattr(self, name)(c, *args, **kwds))
+            result = getattr(self, name)(c, *args, **kwds)
         except Exception as exc:
-            reply = ("#ERROR", exc)
-        self._send(c, reply)
+            self._send(c, ("#ERROR", exc))
+            return
+        if name != "accept_connection":  # it replied itself, then served the session
+            self._send(c, ("#RETURN", result))
 
     def _log_in(self, c: ServerConnection) -> bool:
         try:
@@ -266,18 +268,16 @@ class _Server(managers.Server):
         return ident, exposed
 
     def incref(self, c: Any, ident: Any) -> None:
-        if ident in self.pinned:
-            return
-        if ident not in self.id_to_refcount:
+        if not isinstance(ident, str) or ident not in self.id_to_refcount:
             raise BadRequest(f"no object {str(ident)[:40]!r} here")
-        super().incref(c, ident)
+        if ident not in self.pinned:
+            super().incref(c, ident)
 
     def decref(self, c: Any, ident: Any) -> None:
-        if ident in self.pinned:
-            return
         if not isinstance(ident, str) or self.id_to_refcount.get(ident, 0) <= 0:
             raise BadRequest(f"no object {str(ident)[:40]!r} here")
-        super().decref(c, ident)
+        if ident not in self.pinned:
+            super().decref(c, ident)
 
     def get_methods(self, c: Any, token: Any) -> Any:
         ident = token.get("id") if isinstance(token, dict) else getattr(token, "id", None)
