@@ -51,8 +51,9 @@ MAX_FRAME = 64 << 20
 A submit of 10,000 URLs is about 0.4 MB; the dispatcher also cuts its batches
 at ``MAX_SUBMIT_BYTES`` so that the longest URLs still fit."""
 
-MAX_SUBMIT_BYTES = 16 << 20
-"""URL bytes a dispatcher puts in one submit, well inside ``MAX_FRAME``."""
+MAX_SUBMIT_BYTES = 8 << 20
+"""URL characters a dispatcher puts in one submit: even at four UTF-8 bytes each,
+well inside ``MAX_FRAME``."""
 
 MAX_DEPTH = 32
 """Deepest nesting of arrays and objects a frame may have (a request needs 4)."""

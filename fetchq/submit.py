@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Callable
 
 from fetchq import defaults
+from fetchq.api import MAX_SUBMIT_BYTES
 from fetchq.client import BrokerClient
 from fetchq.signals import StopRequest
 
@@ -21,7 +22,9 @@ class Submitter:
     Every batch carries an id made of a per-run random part and a sequence
     number, so a batch re-sent after a lost reply is recognised by the server.
     A full server queue makes ``add`` wait (calling ``on_full``) instead of
-    growing the server without bound."""
+    growing the server without bound.  A batch is also sent early once its
+    URLs reach MAX_SUBMIT_BYTES, so that long URLs never make a frame the
+    server refuses."""
 
     def __init__(
         self,
@@ -43,12 +46,14 @@ class Submitter:
         self.on_full = on_full
         self.accepted = 0
         self._batch: list[str] = []
+        self._size = 0
         self._run_id = uuid.uuid4().hex
         self._sequence = 0
 
     def add(self, url: str) -> None:
         self._batch.append(url)
-        if len(self._batch) >= self.batch_size:
+        self._size += len(url)
+        if len(self._batch) >= self.batch_size or self._size >= MAX_SUBMIT_BYTES:
             self.flush()
 
     def flush(self) -> None:
@@ -73,6 +78,7 @@ class Submitter:
                 raise KeyboardInterrupt
         self.accepted += int(reply.get("accepted", 0))
         self._batch = []
+        self._size = 0
 
     def finish(self) -> None:
         """Send what is left and tell the server the job is complete."""

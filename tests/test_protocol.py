@@ -224,3 +224,21 @@ def _cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_long_urls_are_sent_in_batches_the_server_reads(served, monkeypatch):
+    """The dispatcher cuts a batch by bytes as well as by count, so no submit makes a
+    frame larger than the server reads (here both limits made small)."""
+    from fetchq import submit, transport
+
+    monkeypatch.setattr(transport, "MAX_FRAME", 1 << 20)
+    monkeypatch.setattr(submit, "MAX_SUBMIT_BYTES", 256 << 10)
+    client = BrokerClient(served.address, KEY)
+    client.connect()
+    submitter = submit.Submitter(client, "long", batch_size=10_000)
+    long_url = "http://127.0.0.1/" + "x" * 4000
+    for n in range(1000):  # 4 MB of URLs: four times what one frame may hold
+        submitter.add(f"{long_url}?{n}")
+    submitter.finish()
+    assert submitter.accepted == 1000
+    assert client.call("job", "long")["submitted"] == 1000
