@@ -64,7 +64,7 @@ def test_parse_address_port_alone_means_loopback() -> None:
     ("text", "message"),
     [
         ("h:99999", "invalid port 99999"),
-        ("h:-1", "invalid port -1"),
+        ("h:-1", "invalid port '-1'"),
         ("h:http", "invalid port 'http'"),
         ("h:", "invalid port ''"),
         (":", "invalid port ''"),
@@ -88,6 +88,15 @@ def test_parse_port_bounds() -> None:
     assert parse_port(65535) == 65535
     with pytest.raises(ConfigError):
         parse_port(65536)
+
+
+@pytest.mark.parametrize("text", ["8_0", "+80", "-0", " 80", "0x50", "\u0668\u0660", "８０"])
+def test_parse_port_takes_ascii_digits_only(text: str) -> None:
+    """int() reads all of these as a number; a port is written in plain digits."""
+    with pytest.raises(ConfigError, match="invalid port"):
+        parse_port(text)
+    with pytest.raises(ConfigError, match="invalid port"):
+        parse_address(f"h:{text}")
 
 
 def test_server_address_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
