@@ -8,6 +8,7 @@ is reported with its line number and skipped without touching the others.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -16,7 +17,12 @@ from urllib.parse import urlsplit
 MAX_URL_LENGTH = 8192
 """Longer than any URL a real server accepts (most stop at 8 KiB)."""
 
-_BAD_CHARS = re.compile(r"[\x00-\x20\x7f]")
+_BAD_ASCII = re.compile(r"[\x00-\x20\x7f]")
+
+_BAD_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+"""Unicode controls, invisible format characters and every kind of space or
+line separator (U+00A0, U+2028, U+200B, ...): a URL never holds them
+unencoded, and in a file they hide where one URL ends."""
 
 
 @dataclass(frozen=True)
@@ -39,9 +45,12 @@ def url_problem(url: str) -> str | None:
         url.encode("utf-8")
     except UnicodeEncodeError as exc:
         return f"not valid UTF-8 (character {exc.start + 1})"
-    bad = _BAD_CHARS.search(url)
-    if bad:
-        return f"URL contains a space or control character at column {bad.start() + 1}"
+    bad = _bad_character(url)
+    if bad is not None:
+        return (
+            f"URL contains a space or control character (U+{ord(url[bad]):04X}) "
+            f"at column {bad + 1}"
+        )
     scheme, sep, _ = url.partition("://")
     if not sep:
         return "not a URL: expected http://HOST/... or https://HOST/..."
@@ -57,6 +66,20 @@ def url_problem(url: str) -> str | None:
     if port == 0:
         return "URL has port 0"
     return None
+
+
+def _bad_character(url: str) -> int | None:
+    """Where the first space, control or separator character is, if any.
+
+    Most URLs are ASCII, where one regex answers; only the others are looked
+    at a character at a time."""
+    ascii_bad = _BAD_ASCII.search(url)
+    end = ascii_bad.start() if ascii_bad else len(url)
+    if not url.isascii():
+        for index in range(end):
+            if unicodedata.category(url[index]) in _BAD_CATEGORIES:
+                return index
+    return end if ascii_bad else None
 
 
 def read_urls(stream: BinaryIO, source: str) -> Iterator[str | Rejected]:
