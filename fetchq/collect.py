@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from fetchq import defaults
 from fetchq.formats import ResultWriter
@@ -25,7 +24,6 @@ def collect(
     summary: Summary | None = None,
     until_done: bool = False,
     stop: StopCheck | None = None,
-    on_batch: Callable[[list[dict[str, Any]]], None] | None = None,
     written_ids: IdSet | None = None,
 ) -> int:
     """Write results as they arrive; returns how many were written.
@@ -55,8 +53,6 @@ def collect(
                 written += len(results)
                 if writer is not None:
                     writer.flush()
-                if on_batch is not None:
-                    on_batch(results)
             token = reply.get("token")
             if until_done and reply["done"]:
                 break
