@@ -48,8 +48,7 @@ def url_problem(url: str) -> str | None:
     bad = _bad_character(url)
     if bad is not None:
         return (
-            f"URL contains a space or control character (U+{ord(url[bad]):04X}) "
-            f"at column {bad + 1}"
+            f"URL contains a space or control character (U+{ord(url[bad]):04X}) at column {bad + 1}"
         )
     scheme, sep, _ = url.partition("://")
     if not sep:
@@ -117,31 +116,34 @@ PLACEHOLDER = "{i}"
 
 
 def check_template(template: str, count: int, start: int = 0) -> None:
-    """Raise ValueError, before anything is sent, if the template cannot work."""
+    """Raise ValueError, before anything is sent, if the template cannot work.
+
+    The first and the last URL decide for all of them: the number is written
+    in plain digits, and more digits only make a port, an address or the URL
+    larger or longer, so a URL in between is never invalid when both ends are
+    valid."""
     if PLACEHOLDER not in template:
         raise ValueError(f"template has no {PLACEHOLDER} placeholder")
     if count < 0:
         raise ValueError("count must be zero or more")
+    if start < 0:
+        raise ValueError("the first number must be zero or more")
     for sample in (start, start + max(count - 1, 0)):
         problem = url_problem(template.replace(PLACEHOLDER, str(sample)))
         if problem:
-            raise ValueError(f"template gives an invalid URL: {problem}")
+            raise ValueError(f"template gives an invalid URL for i={sample}: {problem}")
 
 
 def template_urls(template: str, count: int, start: int = 0) -> Iterator[str]:
     """``count`` URLs with ``{i}`` replaced by ``start``, ``start + 1``, ...
 
-    The template is checked once up front; each URL is checked again only if
-    the number lands in the host or port, where it could make it invalid."""
+    The template is checked once, when the first URL is asked for (see
+    :func:`check_template`); the URLs themselves are not checked again."""
     check_template(template, count, start)
-    authority = template.partition("://")[2].split("/", 1)[0].split("?", 1)[0]
-    check_each = PLACEHOLDER in authority
     prefix, _, suffix = template.partition(PLACEHOLDER)
-    simple = PLACEHOLDER not in suffix
-    for i in range(start, start + count):
-        url = prefix + str(i) + suffix if simple else template.replace(PLACEHOLDER, str(i))
-        if check_each:
-            problem = url_problem(url)
-            if problem:
-                raise ValueError(f"template gives an invalid URL for i={i}: {problem}")
-        yield url
+    if PLACEHOLDER not in suffix:
+        for i in range(start, start + count):
+            yield prefix + str(i) + suffix
+    else:
+        for i in range(start, start + count):
+            yield template.replace(PLACEHOLDER, str(i))
