@@ -137,8 +137,17 @@ def test_binding_beyond_loopback_warns(env):
         server.stop()
 
 
-@pytest.mark.parametrize("program", ["queueserver.py", "dispatcher.py", "worker.py", "output.py"])
-def test_each_program_runs_on_its_own(program, env):
+@pytest.mark.parametrize(
+    ("program", "option"),
+    [
+        ("queueserver.py", "--max-pending"),
+        ("dispatcher.py", "--template"),
+        ("worker.py", "--concurrency"),
+        ("output.py", "--until-done"),
+    ],
+)
+def test_each_program_runs_on_its_own(program, option, env):
+    """Each file is its own program: its own usage line and its own options."""
     result = subprocess.run(
         [sys.executable, str(REPO / program), "--help"],
         env=env,
@@ -147,7 +156,8 @@ def test_each_program_runs_on_its_own(program, env):
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert ("Usage" in result.stdout and "--server" in result.stdout) or "--port" in result.stdout
+    assert f"Usage: {program}" in result.stdout, result.stdout
+    assert option in result.stdout, result.stdout
 
 
 def test_version(env):
