@@ -170,3 +170,28 @@ def test_demo_runs_to_its_summary(env):
     assert result.returncode == 0, result.stderr
     assert "Requests:     400" in result.stdout
     assert "Status codes:" in result.stdout and "[200]" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["status"],
+        ["dispatch", "http://127.0.0.1/"],
+        ["output", "--until-done"],
+        ["worker", "--burst"],
+        ["worker", "--burst", "--processes", "2"],
+    ],
+    ids=lambda args: " ".join(args[:3:2]) if "--processes" in args else args[0],
+)
+def test_a_server_of_another_protocol_version_is_exit_8(env, args):
+    """A real server whose protocol number differs: every command says so in one
+    line and exits 8, at once (another version is never waited out)."""
+    other = ServerProcess(env, protocol=99)
+    try:
+        env["FETCHQ_SERVER"] = other.address
+        result = run(env, *args, timeout=30)
+    finally:
+        other.stop()
+    assert_clean_error(result, ExitCode.VERSION_MISMATCH, "server speaks 99")
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1, result.stderr  # said once, not once per worker process
