@@ -323,3 +323,99 @@ def test_output_append_skips_results_the_file_already_holds(server, env, target,
     assert len(ids) == count and len(set(ids)) == count, "a result was written twice"
     assert sorted(got) == sorted(urls)
     assert broker(env).call("job", job)["complete"]
+
+
+def test_follow_redirects_from_the_command_line(server, env, target):
+    """A 302 is the answer by default; with --follow-redirects it is followed."""
+    redirect = f"{target.url}/status/302"
+    results = {}
+    for job, flags in (("plain", []), ("follow", ["--follow-redirects"])):
+        assert run(env, "dispatch", redirect, "-j", job).returncode == 0
+        assert run(env, "worker", "--burst", *flags).returncode == 0
+        output = run(env, "output", "-j", job, "--until-done", "--format", "jsonl")
+        [results[job]] = jsonl(output.stdout)
+    assert (results["plain"]["status"], results["plain"]["ok"]) == (302, True)
+    assert (results["follow"]["status"], results["follow"]["ok"]) == (200, True)
+    assert results["follow"]["url"] == redirect, "the result names the URL asked for"
+
+
+CLASSIC_LIMITS_CLIENT = """
+import queue
+import sys
+from multiprocessing.managers import BaseManager
+
+class QueueManager(BaseManager):
+    pass
+
+QueueManager.register("get_task_queue")
+QueueManager.register("get_result_queue")
+host, port, key, base = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode(), sys.argv[4]
+manager = QueueManager(address=(host, port), authkey=key)
+manager.connect()
+task, result = manager.get_task_queue(), manager.get_result_queue()
+print("tasks", task.qsize(), task.empty())
+for n in range(5):
+    task.put(f"{base}/limits?n={n}")
+print("tasks", task.qsize(), task.empty())
+for attempt in (lambda: task.put_nowait(f"{base}/limits?n=5"),
+                lambda: task.put(f"{base}/limits?n=5", timeout=0.2)):
+    try:
+        attempt()
+        print("put past the limit")
+    except queue.Full:
+        print("full")
+for attempt in (result.get_nowait, lambda: result.get(timeout=0.2)):
+    try:
+        attempt()
+        print("got a result from nowhere")
+    except queue.Empty:
+        print("empty")
+print("results", result.qsize(), result.empty())
+sys.stdout.flush()
+sys.stdin.readline()  # the test runs a worker here
+print("results", result.qsize(), result.empty())
+print(sorted(result.get(timeout=10)["url"] for _ in range(5)))
+try:
+    result.get(timeout=0.2)
+except queue.Empty:
+    print("empty")
+"""
+
+
+def test_classic_queues_full_empty_and_qsize(env, target, tmp_path):
+    """A tutorial-style client sees a Queue: qsize and empty, Full when the server's
+    --max-pending is reached, Empty when no result comes in time."""
+    from fetchq_procs import ServerProcess
+
+    limited = ServerProcess(env, "--max-pending", "5")
+    env["FETCHQ_SERVER"] = limited.address
+    script = tmp_path / "classic_limits.py"
+    script.write_text(CLASSIC_LIMITS_CLIENT)
+    host, port = limited.address.split(":")
+    client = subprocess.Popen(
+        [sys.executable, str(script), host, port, env["FETCHQ_AUTHKEY"], target.url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert client.stdout is not None and client.stdin is not None
+        before = [client.stdout.readline().strip() for _ in range(7)]
+        assert before == [
+            "tasks 0 True",
+            "tasks 5 False",
+            "full",
+            "full",
+            "empty",
+            "empty",
+            "results 0 True",
+        ], before
+        assert run(env, "worker", "--burst").returncode == 0
+        stdout, stderr = client.communicate("go\n", timeout=60)
+        assert client.returncode == 0, stderr
+    finally:
+        stop_all([client])
+        limited.stop()
+    urls = sorted(f"{target.url}/limits?n={n}" for n in range(5))
+    assert stdout.splitlines() == ["results 5 False", repr(urls), "empty"]
