@@ -220,7 +220,7 @@ def test_worker_started_before_its_server_waits_for_it(env, target, tmp_path):
         stop_all([worker])
 
 
-CLASSIC_CLIENT = """
+CLASSIC_CONNECT = """
 import sys
 from multiprocessing.managers import BaseManager
 
@@ -233,12 +233,19 @@ host, port, key, base = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode(), sys
 manager = QueueManager(address=(host, port), authkey=key)
 manager.connect()
 task, result = manager.get_task_queue(), manager.get_result_queue()
+"""
+"""The classic tutorial's client: connect, then use ``task`` and ``result`` (URLs from ``base``)."""
+
+CLASSIC_CLIENT = (
+    CLASSIC_CONNECT
+    + """
 for n in range(20):
     task.put(f"{base}/classic?n={n}")
 for _ in range(20):
     r = result.get(timeout=30)
     print(r["url"], r["status"])
 """
+)
 
 
 def test_a_classic_tutorial_client_works_against_the_server(server, env, target, tmp_path):
@@ -339,20 +346,11 @@ def test_follow_redirects_from_the_command_line(server, env, target):
     assert results["follow"]["url"] == redirect, "the result names the URL asked for"
 
 
-CLASSIC_LIMITS_CLIENT = """
+CLASSIC_LIMITS_CLIENT = (
+    CLASSIC_CONNECT
+    + """
 import queue
-import sys
-from multiprocessing.managers import BaseManager
 
-class QueueManager(BaseManager):
-    pass
-
-QueueManager.register("get_task_queue")
-QueueManager.register("get_result_queue")
-host, port, key, base = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode(), sys.argv[4]
-manager = QueueManager(address=(host, port), authkey=key)
-manager.connect()
-task, result = manager.get_task_queue(), manager.get_result_queue()
 print("tasks", task.qsize(), task.empty())
 for n in range(5):
     task.put(f"{base}/limits?n={n}")
@@ -380,6 +378,7 @@ try:
 except queue.Empty:
     print("empty")
 """
+)
 
 
 def test_classic_queues_full_empty_and_qsize(env, target, tmp_path):
