@@ -19,6 +19,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fetchq import config, defaults
+from fetchq.api import check_job_name
+from fetchq.client import ResilientClient
 from fetchq.commandline import (
     AuthkeyFileOption,
     GiveUpOption,
@@ -28,8 +30,7 @@ from fetchq.commandline import (
     say,
 )
 from fetchq.errors import ConfigError, ExitCode, UsageError
-from fetchq.protocol import ResilientClient
-from fetchq.submit import Submitter, check_job_name, new_job_name
+from fetchq.submit import Submitter, new_job_name
 from fetchq.urls import Rejected, argument_urls, check_template, read_urls, template_urls
 
 HELP = "Submit URLs to fetch: as arguments, from files or stdin (-), or from a template."

@@ -17,6 +17,8 @@ from typing import Annotated, TextIO
 import typer
 
 from fetchq import config, defaults
+from fetchq.api import check_job_name
+from fetchq.client import ResilientClient
 from fetchq.collect import collect
 from fetchq.commandline import (
     AuthkeyFileOption,
@@ -28,11 +30,9 @@ from fetchq.commandline import (
 )
 from fetchq.errors import ConfigError, FetchqError, UsageError
 from fetchq.formats import ids_in_file, open_writer
-from fetchq.idset import IdSet
-from fetchq.protocol import ResilientClient
+from fetchq.ids import IdSet
 from fetchq.signals import StopRequest
 from fetchq.stats import Summary
-from fetchq.submit import check_job_name
 
 HELP = "Collect results from the queue server as text, JSONL or CSV, with a summary."
 

@@ -6,15 +6,16 @@ and serves the broker until SIGINT or SIGTERM.
 
 from __future__ import annotations
 
+import signal
 from typing import Annotated
 
 import typer
 
 from fetchq import config, defaults
-from fetchq.broker import Broker
 from fetchq.commandline import AuthkeyFileOption, reports_errors, run_alone, say
-from fetchq.journal import Journal
-from fetchq.protocol import QueueServer
+from fetchq.server.broker import Broker
+from fetchq.server.journal import Journal
+from fetchq.server.serve import QueueServer, run_until_stopped
 from fetchq.signals import StopRequest
 
 HELP = "Run the queue server that dispatchers, workers and outputs connect to."
@@ -51,7 +52,7 @@ def server(
         int, typer.Option(min=1, help="Queued tasks before submits wait for room")
     ] = defaults.MAX_PENDING,
     max_results: Annotated[
-        int, typer.Option(min=1, help="Undelivered results before workers are paused")
+        int, typer.Option(min=1, help="Unconfirmed results before workers are paused")
     ] = defaults.MAX_RESULTS,
     max_connections: Annotated[
         int, typer.Option(min=1, help="Client connections held at once (one thread each)")
@@ -63,6 +64,8 @@ def server(
 ) -> None:
     """Run the queue server until SIGINT or SIGTERM."""
     key = resolve_server_key(authkey_file)
+    # A file size limit must fail a journal write (EFBIG), not kill the server.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     log = Journal(journal) if journal else None
     broker = Broker(
         lease_timeout=lease_timeout,
@@ -75,7 +78,7 @@ def server(
         state = broker.status()
         say(
             f"journal {journal}: {state['queued']} tasks queued, "
-            f"{state['undelivered']} results waiting for output"
+            f"{state['unconfirmed']} results not yet confirmed by an output"
         )
     queue_server = QueueServer(broker, config.Address(host, port), key.key, max_connections)
     if not config.is_loopback(host):
@@ -85,7 +88,7 @@ def server(
         )
     say(f"server listening on {queue_server.address} (authkey from {key.source})")
     stop = StopRequest().install()
-    queue_server.serve(stop)
+    run_until_stopped(broker, queue_server, stop)
     say(f"server stopped ({stop.signal_name or 'asked to'})")
 
 

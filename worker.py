@@ -22,11 +22,11 @@ from typing import Annotated
 import typer
 
 from fetchq import config, defaults
+from fetchq.client import ResilientClient
 from fetchq.commandline import AuthkeyFileOption, ServerOption, reports_errors, run_alone, say
 from fetchq.engine import WorkerSettings, child_worker_process, run_worker_process
 from fetchq.errors import ExitCode, FetchqError, ServerUnreachable
 from fetchq.messages import error
-from fetchq.protocol import ResilientClient
 from fetchq.signals import StopRequest
 
 HELP = "Fetch tasks from the queue server and send back their results."
@@ -96,7 +96,7 @@ class Supervisor:
     def _start(self, slot: int) -> multiprocessing.process.BaseProcess:
         child = self._context.Process(
             target=_child_main,
-            args=(self.address, self.authkey, self.settings, slot),
+            args=(self.address, self.authkey, self.settings),
             name=f"fetchq-worker-{slot}",
         )
         child.start()
@@ -144,13 +144,11 @@ def _death(child: multiprocessing.process.BaseProcess) -> str:
     return f"exited with code {code}"
 
 
-def _child_main(
-    address: config.Address, authkey: bytes, settings: WorkerSettings, index: int
-) -> None:
+def _child_main(address: config.Address, authkey: bytes, settings: WorkerSettings) -> None:
     """A child's entry point: a fetchq error is one line and its exit code, as in
     a lone worker, not the traceback multiprocessing would print."""
     try:
-        child_worker_process(address, authkey, settings, index)
+        child_worker_process(address, authkey, settings)
     except FetchqError as exc:
         error(exc.message)
         sys.exit(exc.exit_code)
@@ -170,7 +168,7 @@ def check_server(address: config.Address, authkey: bytes) -> None:
     """Log in once before starting children: a wrong key or another version is
     said once, not once per process.  Waits for a server that is not up yet."""
     stop = StopRequest().install()
-    client = ResilientClient(address, authkey, give_up_after=None, stop=stop)
+    client = ResilientClient(address, authkey, give_up_after=None, first_give_up=None, stop=stop)
     try:
         client.connect()
     except ServerUnreachable:
@@ -201,10 +199,10 @@ def worker(
     burst: Annotated[bool, typer.Option(help="Exit once the server has no task left")] = False,
     grace: Annotated[
         float, typer.Option(min=0, help="Seconds running requests get to finish on stop")
-    ] = 30.0,
+    ] = defaults.GRACE,
     pin: Annotated[
         bool,
-        typer.Option(help="Keep each process on one CPU (faster; see README)"),
+        typer.Option(help="Keep each process on a CPU no other worker here holds (faster)"),
     ] = True,
     call_timeout: Annotated[
         float,

@@ -19,8 +19,8 @@ from harness import (
     rss_bytes,
 )
 
+from fetchq.client import BrokerClient
 from fetchq.config import parse_address
-from fetchq.protocol import BrokerClient
 
 MEMORY_TEMPLATE = "http://127.0.0.1:9/item?id={i}"
 """URLs of about 33 characters, as bench/server_memory.py uses; nothing fetches them."""
@@ -100,7 +100,7 @@ def workers(
         procs.stop(output)
         procs.stop(worker)
         job = _status(fq, address)["jobs"]["w"]
-    if job["done"] != count or job["failed"]:
+    if job["succeeded"] != count or job["failed"]:
         raise BenchError(f"fetchq job ended with {job['done']} ok and {job['failed']} failed")
     return {
         "count": count,
@@ -151,7 +151,7 @@ def _watch(output: Child, address: str, fq: Fetchq, timeout: float) -> Progress:
             now = time.perf_counter()
             if now >= next_sample:
                 counts = client.call("job", "w")
-                samples.append((now, counts["done"] + counts["failed"]))
+                samples.append((now, counts["succeeded"] + counts["failed"]))
                 next_sample = now + SAMPLE_EVERY
             if time.monotonic() > deadline:
                 raise BenchError(f"fetchq output not done after {timeout:g}s\n{output.tail()}")

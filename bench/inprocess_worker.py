@@ -3,7 +3,7 @@
 Everything a worker process does on its side (prefetch queue, fetch threads
 with one ``Fetcher`` each, the reporter's batches) runs unchanged; only the
 ``BrokerClient`` is replaced by ``ListBroker``, which answers lease, complete,
-renew, release and status from memory.  Compared with a real server, worker
+release and queued from memory.  Compared with a real server, worker
 and output, it gives the broker's cost.
 
     python bench/inprocess_worker.py URL COUNT CONCURRENCY
@@ -22,7 +22,8 @@ import time
 from collections import deque
 from typing import Any
 
-from fetchq.engine import WorkerEngine, WorkerSettings, pin_to_one_cpu
+from fetchq.cpus import claim_a_cpu
+from fetchq.engine import WorkerEngine, WorkerSettings
 from fetchq.records import make_task, worker_identity
 from fetchq.signals import StopRequest
 
@@ -65,7 +66,9 @@ class ListBroker:
             self.all_reported.wait(wait)
         return leased
 
-    def complete(self, worker: str, results: list[dict[str, Any]]) -> dict[str, int]:
+    def complete(
+        self, worker: str, results: list[dict[str, Any]], renew: list[list[int]]
+    ) -> dict[str, int]:
         with self.lock:
             self.reported += len(results)
             self.ok += sum(1 for result in results if result["ok"])
@@ -73,19 +76,16 @@ class ListBroker:
             if self.reported >= self.total and not self.all_reported.is_set():
                 self.finished_at = time.time()
                 self.all_reported.set()
-        return {"accepted": len(results)}
-
-    def renew(self, worker: str, leases: list[list[int]]) -> int:
-        return len(leases)
+        return {"accepted": len(results), "renewed": len(renew)}
 
     def release(self, worker: str, leases: list[list[int]]) -> int:
         with self.lock:
             self.total -= len(leases)
         return len(leases)
 
-    def status(self) -> dict[str, Any]:
+    def queued(self) -> int:
         with self.lock:
-            return {"queued": len(self.urls)}
+            return len(self.urls)
 
 
 def steady_rate(progress: list[tuple[float, int]], count: int) -> float:
@@ -107,7 +107,7 @@ def main() -> None:
         return broker  # stands in for every BrokerClient the engine makes
 
     if settings.pin:  # as a real worker process does
-        pin_to_one_cpu(None)
+        claim_a_cpu()
     engine = WorkerEngine(make_client, settings, stop, worker_identity())
     cpu_before = sum(os.times()[:2])
     engine.run()

@@ -17,9 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from fetchq.broker import Broker
-from fetchq.journal import Journal
 from fetchq.records import make_result
+from fetchq.server.broker import Broker
+from fetchq.server.journal import Journal
 
 BATCH = 10_000
 LEASE = 500
@@ -41,7 +41,7 @@ def run_job(broker: Broker, tasks: int, sync_every_call: bool) -> float:
         ]
         broker.complete("bench-worker", results)
         if sync_every_call:
-            broker.maintain_journal()
+            broker.housekeeping()
         reply = broker.results("bench", LEASE, 0)
         if reply["token"]:
             broker.ack(reply["token"])

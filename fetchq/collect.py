@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from fetchq import defaults
+from fetchq.client import BrokerClient
 from fetchq.formats import ResultWriter
-from fetchq.idset import IdSet
-from fetchq.protocol import BrokerClient
+from fetchq.ids import IdSet
 from fetchq.stats import Summary
 
 
@@ -65,7 +65,7 @@ def collect(
                 if writer is not None:
                     writer.flush()
             token = reply.get("token")
-            if until_done and reply["done"]:
+            if until_done and reply["complete"]:
                 break
     finally:
         if token is not None:

@@ -22,7 +22,7 @@ MAX_PENDING = 2_000_000
 """Queued tasks the server holds before submits wait for room."""
 
 MAX_RESULTS = 1_000_000
-"""Undelivered results the server holds before it stops leasing new tasks."""
+"""Unconfirmed results the server holds before it stops leasing new tasks."""
 
 TASK_TIMEOUT = 30.0
 """Seconds one fetch may take in all, connect and body included."""
@@ -51,7 +51,17 @@ CONCURRENCY = 16
 """Fetch threads per worker process."""
 
 GIVE_UP_AFTER = 30.0
-"""Seconds dispatch, output and status try to reach a server before failing."""
+"""Seconds dispatch and output keep trying to reach a server they were connected to."""
+
+FIRST_CONNECT_GIVE_UP = 10.0
+"""Seconds dispatch and output try to reach a server they never reached: a mistyped
+address or a server not started yet should fail fast."""
+
+HOUSEKEEPING_INTERVAL = 0.5
+"""Seconds between the server's rounds of lease expiry and journal fsync."""
+
+GRACE = 30.0
+"""Seconds running requests get to finish when a worker is asked to stop."""
 
 NET_CONNECT_TIMEOUT = 5.0
 """Seconds to open the TCP connection to the fetchq server."""

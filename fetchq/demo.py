@@ -17,11 +17,12 @@ from typing import Annotated
 import typer
 
 from fetchq import config
-from fetchq.broker import Broker
+from fetchq.client import BrokerClient
 from fetchq.collect import collect
 from fetchq.commandline import reports_errors, say
 from fetchq.errors import FetchqError
-from fetchq.protocol import BrokerClient, QueueServer
+from fetchq.server.broker import Broker
+from fetchq.server.serve import QueueServer, run_until_stopped
 from fetchq.signals import StopRequest
 from fetchq.stats import Summary
 from fetchq.submit import Submitter
@@ -81,7 +82,9 @@ def demo(
     with Target() as target:
         broker = Broker(lease_timeout=10.0)
         server = QueueServer(broker, config.Address("127.0.0.1", 0), key.encode())
-        serving = threading.Thread(target=server.serve, args=(stop_server,), daemon=True)
+        serving = threading.Thread(
+            target=run_until_stopped, args=(broker, server, stop_server), daemon=True
+        )
         serving.start()
         say(f"demo: HTTP target at {target.url}, server at {server.address} (fresh key)")
         processes = start_workers(workers, concurrency, server.address, key)

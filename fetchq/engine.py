@@ -21,13 +21,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from fetchq import defaults
+from fetchq.client import BrokerClient, ResilientClient, Stopper
 from fetchq.config import Address
+from fetchq.cpus import claim_a_cpu
 from fetchq.errors import FetchqError, ServerUnreachable
 from fetchq.fetch import Fetcher
 from fetchq.messages import say
-from fetchq.protocol import BrokerClient, ResilientClient, Stopper, set_call_timeout
 from fetchq.records import worker_identity
 from fetchq.signals import StopRequest
+from fetchq.transport import set_call_timeout
 
 
 @dataclass(frozen=True)
@@ -39,12 +41,12 @@ class WorkerSettings:
     follow_redirects: bool = False
     burst: bool = False
     """Exit once the server has no task left to hand out."""
-    grace: float = 30.0
+    grace: float = defaults.GRACE
     """Seconds in-flight requests may take to finish after a stop request."""
     call_timeout: float = defaults.CALL_TIMEOUT
     """Seconds to wait for the server's reply before reconnecting."""
     pin: bool = True
-    """Keep each worker process on one CPU (see ``pin_to_one_cpu``)."""
+    """Keep each worker process on a CPU of its own (see ``claim_a_cpu``)."""
 
     @property
     def queue_size(self) -> int:
@@ -97,6 +99,9 @@ class WorkerEngine:
         self._held_lock = threading.Lock()
         self._reporting_done = threading.Event()
         self.fetched = 0
+        """Results the server took."""
+        self.failure: FetchqError | None = None
+        """An error that stopped this worker: the server refused what it reported."""
 
     def run(self) -> int:
         """Work until stopped (or, in burst mode, until no work is left)."""
@@ -126,6 +131,8 @@ class WorkerEngine:
             # Asked to stop while the server was away: still drain, and keep trying
             # to report what was fetched for as long as the grace period lasts.
         self._shut_down(fetchers, reporter)
+        if self.failure is not None:
+            raise self.failure
         return self.fetched
 
     # -- main thread: leasing ---------------------------------------------
@@ -151,7 +158,7 @@ class WorkerEngine:
 
     def _nothing_queued(self) -> bool:
         """An empty lease can also mean "paused": too many results wait for an output."""
-        return int(self._lease_client.call("status")["queued"]) == 0
+        return int(self._lease_client.call("queued")) == 0
 
     def _idle(self) -> bool:
         with self._held_lock:
@@ -179,44 +186,46 @@ class WorkerEngine:
     # -- reporter thread --------------------------------------------------
 
     def _report_loop(self, lease_timeout: float) -> None:
-        """Send results in batches every FLUSH_INTERVAL (at once when a batch is full)."""
+        """Send results in batches every FLUSH_INTERVAL (at once when a batch is full);
+        every third of the lease timeout the same call renews the leases still held."""
         renew_every = max(lease_timeout / 3, 0.2)
         next_renewal = time.monotonic() + renew_every
         while True:
             batch: list[dict[str, Any]] = []
             while self._outbox and len(batch) < defaults.RESULT_BATCH:
                 batch.append(self._outbox.popleft())
-            if batch:
-                self._report(batch)
+            renewal_due = time.monotonic() >= next_renewal
+            if batch or renewal_due:
+                self._report(batch, renew=renewal_due)
+                if renewal_due:
+                    next_renewal = time.monotonic() + renew_every
             if len(batch) < defaults.RESULT_BATCH:  # caught up: let results gather
                 if self._reporting_done.is_set() and not self._outbox:
                     return
                 self._reporting_done.wait(defaults.FLUSH_INTERVAL)
-            if time.monotonic() >= next_renewal:
-                self._renew()
-                next_renewal = time.monotonic() + renew_every
 
-    def _report(self, batch: list[dict[str, Any]]) -> None:
-        try:
-            self._report_client.call("complete", self.identity, batch)
-        except FetchqError as exc:
-            if self._abandon.is_set():
-                return  # shutting down past the grace period; the leases will expire
-            say(f"worker {self.identity}: could not report {len(batch)} results: {exc}")
+    def _report(self, batch: list[dict[str, Any]], *, renew: bool) -> None:
+        """Report ``batch`` (with the leases still held, when ``renew``); the reporter
+        retries through outages, so only a refusal or giving up lands here."""
         with self._held_lock:
             for result in batch:
                 self._held.pop(result["id"], None)
+            held = [[task_id, attempt] for task_id, attempt in self._held.items()] if renew else []
+        if not batch and not held:
+            return
+        try:
+            self._report_client.call("complete", self.identity, batch, held)
+        except FetchqError as exc:
+            if self._abandon.is_set():
+                return  # shutting down past the grace period; the leases will expire
+            # Refused (another key or version after a server restart, say): these
+            # tasks were not recorded; their leases lapse and they run again.
+            say(f"worker {self.identity}: the server refused {len(batch)} results: {exc}")
+            if self.failure is None and not isinstance(exc, ServerUnreachable):
+                self.failure = exc
+                self.stop.request()
+            return
         self.fetched += len(batch)
-
-    def _renew(self) -> None:
-        with self._held_lock:
-            held = [[task_id, attempt] for task_id, attempt in self._held.items()]
-        if held:
-            try:
-                self._report_client.call("renew", self.identity, held)
-            except FetchqError as exc:
-                if not self._abandon.is_set():
-                    say(f"worker {self.identity}: could not renew leases: {exc}")
 
     # -- stopping ---------------------------------------------------------
 
@@ -262,45 +271,12 @@ class WorkerEngine:
                 self._held.pop(task["id"], None)
 
 
-def pin_to_one_cpu(index: int | None) -> int | None:
-    """Bind this process to one CPU; returns it, or None where that is not possible.
-
-    A process of many fetch threads hands Python's global lock back and forth
-    between cores, and every hand-over across cores costs: measured here, one
-    worker pinned to a core served 55% more requests than the same worker free
-    to move.  Processes of one ``--processes N`` command take cores in turn;
-    a lone process stays on the core it started on, where the scheduler put
-    it when it was launched."""
-    if not hasattr(os, "sched_setaffinity"):
-        return None
-    allowed = sorted(os.sched_getaffinity(0))
-    if len(allowed) < 2:
-        return None
-    cpu = allowed[index % len(allowed)] if index is not None else _current_cpu(allowed)
-    try:
-        os.sched_setaffinity(0, {cpu})
-    except OSError:
-        return None
-    return cpu
-
-
-def _current_cpu(allowed: list[int]) -> int:
-    try:
-        with open("/proc/self/stat") as stat:
-            cpu = int(stat.read().rsplit(")", 1)[1].split()[36])
-    except (OSError, ValueError, IndexError):
-        return allowed[0]
-    return cpu if cpu in allowed else allowed[0]
-
-
-def run_worker_process(
-    address: Address, authkey: bytes, settings: WorkerSettings, index: int | None = None
-) -> int:
+def run_worker_process(address: Address, authkey: bytes, settings: WorkerSettings) -> int:
     """One worker process from start to exit: connect, work, drain, report."""
     stop = StopRequest().install()
     identity = worker_identity()
     set_call_timeout(settings.call_timeout)
-    cpu = pin_to_one_cpu(index) if settings.pin else None
+    cpu = claim_a_cpu() if settings.pin else None
 
     def make_client(stopper: Stopper) -> BrokerClient:
         return ResilientClient(address, authkey, give_up_after=None, stop=stopper)
@@ -314,9 +290,7 @@ def run_worker_process(
     return 0
 
 
-def child_worker_process(
-    address: Address, authkey: bytes, settings: WorkerSettings, index: int
-) -> None:
+def child_worker_process(address: Address, authkey: bytes, settings: WorkerSettings) -> None:
     """Entry point of a worker started by ``--processes``: a spawned child.
 
     It leaves the terminal's process group (the parent forwards signals, so a
@@ -325,7 +299,7 @@ def child_worker_process(
     parent = os.getppid()
     watcher = threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True)
     watcher.start()
-    sys.exit(run_worker_process(address, authkey, settings, index))
+    sys.exit(run_worker_process(address, authkey, settings))
 
 
 def _exit_with_parent(parent: int) -> None:

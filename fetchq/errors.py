@@ -61,6 +61,13 @@ class ServerUnreachable(FetchqError):
     exit_code = ExitCode.UNREACHABLE
 
 
+class StorageFailed(ServerUnreachable):
+    """The server is up but cannot write its journal (a full disk, say).
+
+    The call changed nothing; clients wait and retry as they do for a server
+    that cannot be reached."""
+
+
 class AuthFailed(FetchqError):
     """The server refused our key, or the peer is not a fetchq server."""
 

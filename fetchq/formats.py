@@ -12,7 +12,7 @@ import json
 import os
 from typing import Any, TextIO
 
-from fetchq.idset import IdSet
+from fetchq.ids import IdSet
 from fetchq.records import RESULT_FIELDS
 from fetchq.stats import format_bytes, format_duration
 

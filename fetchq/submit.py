@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from collections.abc import Callable
 
 from fetchq import defaults
-from fetchq.errors import UsageError
-from fetchq.protocol import BrokerClient
-
-_JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,199}$")
-
-
-def check_job_name(name: str) -> str:
-    if not _JOB_NAME.match(name):
-        raise UsageError(
-            f"invalid job name {name!r}: use letters, digits and . _ : @ + - (at most 200)"
-        )
-    return name
+from fetchq.client import BrokerClient
 
 
 def new_job_name() -> str:

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 from fakeclock import FakeClock
 
-from fetchq.broker import MAX_LEASE, MAX_SUBMIT, MAX_WAIT, PROTOCOL, Broker
+from fetchq.api import MAX_LEASE, MAX_SUBMIT, MAX_WAIT, PROTOCOL
 from fetchq.errors import BadRequest, VersionMismatch
 from fetchq.records import RECORD_VERSION, RESULT_FIELDS, TASK_FIELDS, make_error, make_result
+from fetchq.server.broker import Broker
 
 WALL = 1_700_000_000.0
 LEASE = 10.0
@@ -72,6 +73,11 @@ def ready(broker: Broker, job: str, count: int, worker: str = "w1") -> list[int]
     return [t["id"] for t in tasks]
 
 
+def renew(broker: Broker, worker: str, leases: list[list[int]]) -> int:
+    """Renew leases as a worker does: in a report, here one with no results."""
+    return int(broker.complete(worker, [], leases)["renewed"])
+
+
 def ids_of(reply: dict[str, Any]) -> list[int]:
     return [r["id"] for r in reply["results"]]
 
@@ -79,16 +85,16 @@ def ids_of(reply: dict[str, Any]) -> list[int]:
 def where(broker: Broker, job: str) -> tuple[int, int, int]:
     """A job's results as (waiting, handed out, confirmed), checking that they add up."""
     counts = broker.job(job)
-    finished = counts["done"] + counts["failed"]
-    assert counts["undelivered"] + counts["handed_out"] + counts["delivered"] == finished
+    finished = counts["succeeded"] + counts["failed"]
+    assert counts["waiting"] + counts["handed_out"] + counts["confirmed"] == finished
     status = broker.status()
-    unconfirmed = sum(j["undelivered"] + j["handed_out"] for j in status["jobs"].values())
-    assert status["undelivered"] == unconfirmed
-    return counts["undelivered"], counts["handed_out"], counts["delivered"]
+    unconfirmed = sum(j["waiting"] + j["handed_out"] for j in status["jobs"].values())
+    assert status["unconfirmed"] == unconfirmed
+    return counts["waiting"], counts["handed_out"], counts["confirmed"]
 
 
-EMPTY = {"results": [], "done": False, "token": None}
-DONE = {"results": [], "done": True, "token": None}
+EMPTY = {"results": [], "complete": False, "token": None}
+DONE = {"results": [], "complete": True, "token": None}
 
 
 # -- submit, lease, complete, results -------------------------------------
@@ -152,12 +158,12 @@ def test_results_and_done_only_after_finish(broker: Broker) -> None:
     submit(broker, "a", 2)
     first, second = broker.lease("w1", 2, 0)
     reply = broker.complete("w1", [ok(first), http(second, 500)])
-    assert reply == {"accepted": 2, "dropped": 0, "retried": 0}
+    assert reply == {"accepted": 2, "dropped": 0, "retried": 0, "renewed": 0}
     counts = broker.job("a")
-    assert (counts["done"], counts["failed"], counts["undelivered"]) == (1, 1, 2)
+    assert (counts["succeeded"], counts["failed"], counts["waiting"]) == (1, 1, 2)
 
     taken = broker.results("a", 10, 0)
-    assert taken["done"] is False  # not sealed: more tasks may come
+    assert taken["complete"] is False  # not sealed: more tasks may come
     assert sorted(r["id"] for r in taken["results"]) == sorted([first["id"], second["id"]])
     assert {r["ok"] for r in taken["results"]} == {True, False}
     assert broker.results("a", 10, 0) == EMPTY
@@ -178,10 +184,10 @@ def test_sealed_job_is_done_only_when_every_result_is_delivered(broker: Broker) 
     assert broker.job("a")["complete"] is False
     one = broker.results("a", 1, 0)
     assert len(one["results"]) == 1
-    assert one["done"] is False
+    assert one["complete"] is False
     two = broker.results("a", 1, 0, ack=one["token"])
     assert len(two["results"]) == 1
-    assert two["done"] is False  # handed out, not yet confirmed
+    assert two["complete"] is False  # handed out, not yet confirmed
     assert broker.job("a")["complete"] is False
     assert broker.results("a", 1, 0, ack=two["token"]) == DONE
     assert broker.job("a")["complete"] is True
@@ -198,7 +204,7 @@ def test_submitting_more_unseals_a_job(broker: Broker) -> None:
     broker.finish("a")
     submit(broker, "a", 1)
     assert broker.job("a")["sealed"] is False
-    assert broker.results("a", 1, 0)["done"] is False
+    assert broker.results("a", 1, 0)["complete"] is False
 
 
 def test_results_of_all_jobs(broker: Broker) -> None:
@@ -208,7 +214,7 @@ def test_results_of_all_jobs(broker: Broker) -> None:
     broker.complete("w1", [ok(t) for t in tasks])
     taken = broker.results(None, 10, 0)
     assert sorted(r["job"] for r in taken["results"]) == ["a", "b"]
-    assert taken["done"] is False
+    assert taken["complete"] is False
     broker.finish("a")
     broker.finish("b")
     assert broker.results(None, 10, 0) == EMPTY  # handed out, not yet confirmed
@@ -264,7 +270,7 @@ def test_last_attempt_expiring_gives_one_failed_result(broker: Broker, clock: Fa
     assert broker.expire_leases() == 0
 
     taken = broker.results("a", 10, 0)
-    assert taken["done"] is False  # until the output confirms it
+    assert taken["complete"] is False  # until the output confirms it
     assert broker.results("a", 10, 0, ack=taken["token"]) == DONE
     (result,) = taken["results"]
     assert tuple(result) == RESULT_FIELDS
@@ -278,7 +284,7 @@ def test_last_attempt_expiring_gives_one_failed_result(broker: Broker, clock: Fa
     assert result["attempt"] == 2
     assert result["worker"] == "w2"
     counts = broker.job("a")
-    assert (counts["failed"], counts["done"], counts["delivered"]) == (1, 0, 1)
+    assert (counts["failed"], counts["succeeded"], counts["confirmed"]) == (1, 0, 1)
 
 
 def test_broker_max_attempts_applies_when_the_batch_gives_none(
@@ -298,7 +304,7 @@ def test_renew_before_the_deadline_prevents_expiry(broker: Broker, clock: FakeCl
     submit(broker, "a", 1)
     (task,) = broker.lease("w1", 1, 0)
     clock.advance(LEASE - 2)
-    assert broker.renew("w1", [[task["id"], 1]]) == 1
+    assert renew(broker, "w1", [[task["id"], 1]]) == 1
     clock.advance(5)  # past the first deadline, within the renewed one
     assert broker.expire_leases() == 0
     assert broker.job("a")["leased"] == 1
@@ -312,7 +318,7 @@ def test_renewed_lease_still_expires_later(broker: Broker, clock: FakeClock) -> 
     submit(broker, "a", 1)
     (task,) = broker.lease("w1", 1, 0)
     clock.advance(LEASE - 2)
-    broker.renew("w1", [[task["id"], 1]])
+    renew(broker, "w1", [[task["id"], 1]])
     clock.advance(LEASE + 1)
     assert broker.expire_leases() == 1
 
@@ -321,9 +327,9 @@ def test_renew_by_another_worker_or_attempt_does_nothing(broker: Broker, clock: 
     submit(broker, "a", 1)
     (task,) = broker.lease("w1", 1, 0)
     clock.advance(LEASE - 2)
-    assert broker.renew("w2", [[task["id"], 1]]) == 0
-    assert broker.renew("w1", [[task["id"], 2]]) == 0
-    assert broker.renew("w1", [[task["id"] + 1, 1]]) == 0
+    assert renew(broker, "w2", [[task["id"], 1]]) == 0
+    assert renew(broker, "w1", [[task["id"], 2]]) == 0
+    assert renew(broker, "w1", [[task["id"] + 1, 1]]) == 0
     clock.advance(3)
     assert broker.expire_leases() == 1
 
@@ -338,6 +344,7 @@ def test_retryable_failure_requeues_and_later_success_is_the_result(broker: Brok
         "accepted": 0,
         "dropped": 0,
         "retried": 1,
+        "renewed": 0,
     }
     assert drain(broker, "a") == []
     counts = broker.job("a")
@@ -358,7 +365,7 @@ def test_retryable_failure_on_the_last_attempt_is_the_result(broker: Broker) -> 
     assert broker.complete("w1", [failed(task, "timeout")])["retried"] == 1
     (again,) = broker.lease("w1", 1, 0)
     reply = broker.complete("w1", [failed(again, "refused")])
-    assert reply == {"accepted": 1, "dropped": 0, "retried": 0}
+    assert reply == {"accepted": 1, "dropped": 0, "retried": 0, "renewed": 0}
     (result,) = drain(broker, "a")
     assert result["error"]["type"] == "refused"
     assert result["attempt"] == 2
@@ -388,7 +395,12 @@ def test_non_retryable_errors_end_the_task_at_once(
 ) -> None:
     submit(broker, "a", 1, attempts=5)
     (task,) = broker.lease("w1", 1, 0)
-    assert broker.complete("w1", [make(task)]) == {"accepted": 1, "dropped": 0, "retried": 0}
+    assert broker.complete("w1", [make(task)]) == {
+        "accepted": 1,
+        "dropped": 0,
+        "retried": 0,
+        "renewed": 0,
+    }
     assert broker.lease("w1", 1, 0) == []
     (result,) = drain(broker, "a")
     assert result["ok"] is False
@@ -416,12 +428,13 @@ def test_first_completion_wins_after_a_lease_moved(
         "accepted": 0,
         "dropped": 1,
         "retried": 0,
+        "renewed": 0,
     }
     (result,) = drain(broker, "a")
     assert result["worker"] == first["worker"]
     assert drain(broker, "a") == []
     counts = broker.job("a")
-    assert (counts["done"], counts["leased"], counts["queued"]) == (1, 0, 0)
+    assert (counts["succeeded"], counts["leased"], counts["queued"]) == (1, 0, 0)
     clock.advance(LEASE * 3)
     assert broker.expire_leases() == 0
     assert drain(broker, "a") == []
@@ -439,7 +452,7 @@ def test_completion_of_a_requeued_task_is_accepted_and_never_leased_again(
     assert [t["id"] for t in leased] == [other["id"]]
     assert broker.lease("B", 10, 0) == []
     counts = broker.job("a")
-    assert (counts["queued"], counts["leased"], counts["done"]) == (0, 1, 1)
+    assert (counts["queued"], counts["leased"], counts["succeeded"]) == (0, 1, 1)
     (result,) = drain(broker, "a")
     assert result["id"] == task["id"]
     assert result["worker"] == "A"
@@ -451,7 +464,7 @@ def test_stale_retryable_failure_is_dropped(broker: Broker, clock: FakeClock) ->
     clock.advance(LEASE + 1)
     (task_b,) = broker.lease("B", 1, 0)
     assert broker.complete("A", [failed(task_a, "refused", "A")])["dropped"] == 1
-    assert broker.renew("B", [[task_b["id"], 2]]) == 1  # B still holds it
+    assert renew(broker, "B", [[task_b["id"], 2]]) == 1  # B still holds it
     assert broker.lease("C", 1, 0) == []
     assert broker.complete("B", [ok(task_b, "B")])["accepted"] == 1
     assert len(drain(broker, "a")) == 1
@@ -462,10 +475,15 @@ def test_repeated_completion_is_dropped(broker: Broker) -> None:
     tasks = broker.lease("w1", 2, 0)
     results = [ok(t) for t in tasks]
     assert broker.complete("w1", results)["accepted"] == 2
-    assert broker.complete("w1", results) == {"accepted": 0, "dropped": 2, "retried": 0}
+    assert broker.complete("w1", results) == {
+        "accepted": 0,
+        "dropped": 2,
+        "retried": 0,
+        "renewed": 0,
+    }
     assert broker.complete("w1", [failed(tasks[0], "refused")])["dropped"] == 1
     assert len(drain(broker, "a")) == 2
-    assert broker.job("a")["done"] == 2
+    assert broker.job("a")["succeeded"] == 2
 
 
 def test_completion_from_another_server_run_is_dropped(broker: Broker) -> None:
@@ -476,7 +494,12 @@ def test_completion_from_another_server_run_is_dropped(broker: Broker) -> None:
         {"id": 7, "job": "a", "url": "http://127.0.0.1/", "ok": True},
         {"id": -1, "job": "nope", "url": "http://127.0.0.1/", "ok": True},
     ]
-    assert broker.complete("w1", foreign) == {"accepted": 0, "dropped": 4, "retried": 0}
+    assert broker.complete("w1", foreign) == {
+        "accepted": 0,
+        "dropped": 4,
+        "retried": 0,
+        "renewed": 0,
+    }
     assert drain(broker, None) == []
     assert len(broker.lease("w1", 10, 0)) == 2
 
@@ -514,7 +537,7 @@ def test_release_resent_after_the_task_moved_on_does_nothing(broker: Broker) -> 
     (again,) = broker.lease("B", 1, 0)
     assert again["attempt"] == 1
     assert broker.release("A", [[task["id"], 1]]) == 0
-    assert broker.renew("B", [[task["id"], 1]]) == 1
+    assert renew(broker, "B", [[task["id"], 1]]) == 1
     assert broker.lease("C", 1, 0) == []
 
 
@@ -636,7 +659,7 @@ def test_ack_confirms_a_delivery(broker: Broker) -> None:
     reply = broker.results("a", 10, 0)
     assert ids_of(reply) == ids
     assert isinstance(reply["token"], str) and reply["token"]
-    assert reply["done"] is False
+    assert reply["complete"] is False
     assert where(broker, "a") == (0, 3, 0)
     assert broker.job("a")["complete"] is False
     assert broker.results("a", 10, 0) == EMPTY  # nothing waits, yet not done
@@ -654,7 +677,7 @@ def test_next_results_call_confirms_the_previous_delivery(broker: Broker) -> Non
     assert where(broker, "a") == (1, 2, 0)
     second = broker.results("a", 2, 0, ack=first["token"])
     assert ids_of(second) == ids[2:]
-    assert second["done"] is False
+    assert second["complete"] is False
     assert second["token"] not in (None, first["token"])
     assert where(broker, "a") == (0, 1, 2)
     assert broker.results("a", 2, 0, ack=second["token"]) == DONE
@@ -681,7 +704,7 @@ def test_acking_twice_or_an_unknown_token_returns_zero_and_changes_nothing(
     assert broker.ack("0" * 32) == 0
     assert broker.results("other", 1, 0, ack="nope") == EMPTY
     assert broker.status()["jobs"] == before["jobs"]
-    assert broker.status()["undelivered"] == before["undelivered"] == 2
+    assert broker.status()["unconfirmed"] == before["unconfirmed"] == 2
 
     assert broker.ack(reply["token"]) == 1
     after = broker.status()
@@ -689,7 +712,7 @@ def test_acking_twice_or_an_unknown_token_returns_zero_and_changes_nothing(
     assert broker.ack(reply["token"]) == 0
     assert broker.results("other", 1, 0, ack=reply["token"]) == EMPTY
     assert broker.status()["jobs"] == after["jobs"]
-    assert broker.status()["undelivered"] == after["undelivered"] == 1
+    assert broker.status()["unconfirmed"] == after["unconfirmed"] == 1
     assert where(broker, "a") == (1, 0, 1)
 
 
@@ -720,7 +743,7 @@ def test_unconfirmed_delivery_expires_and_comes_back_in_order(
     assert ids_of(again) == ids  # back at the front, in their order, ahead of the rest
     assert again["results"][:3] == first["results"]
     assert again["token"] != first["token"]
-    assert again["done"] is False
+    assert again["complete"] is False
     assert broker.ack(first["token"]) == 0  # the lapsed delivery cannot be confirmed
     assert where(broker, "a") == (0, 5, 0)
     assert broker.ack(again["token"]) == 5
@@ -794,11 +817,11 @@ def test_counts_add_up_through_hand_out_expiry_and_ack(broker: Broker, clock: Fa
     assert where(broker, "a") == (3, 2, 1)
     clock.advance(LEASE / 2)  # the early delivery lapses
     assert where(broker, "a") == (5, 0, 1)
-    assert broker.status()["undelivered"] == 5
+    assert broker.status()["unconfirmed"] == 5
     assert broker.ack(early["token"]) == 0
     assert len(drain(broker, "a")) == 5
     assert where(broker, "a") == (0, 0, 6)
-    assert broker.status()["undelivered"] == 0
+    assert broker.status()["unconfirmed"] == 0
 
 
 def test_unconfirmed_results_count_against_max_results(
@@ -893,7 +916,7 @@ def test_lapsed_delivery_goes_to_another_output_exactly_once(
     assert where(broker, "a") == (0, 0, 3)
     clock.advance(LEASE * 3)
     assert broker.results("a", 10, 0) == DONE
-    assert broker.job("a")["delivered"] == 3
+    assert broker.job("a")["confirmed"] == 3
 
 
 def test_several_lapsed_deliveries_come_back_in_their_first_order(
@@ -947,9 +970,9 @@ BAD_CALLS: dict[str, Callable[[Broker], Any]] = {
     "release-short-pair": lambda b: b.release("w", [[1]]),
     "release-str-id": lambda b: b.release("w", [["1", 1]]),
     "release-bool-attempt": lambda b: b.release("w", [[1, True]]),
-    "renew-long-pair": lambda b: b.renew("w", [[1, 2, 3]]),
-    "renew-not-pair": lambda b: b.renew("w", [5]),
-    "renew-no-worker": lambda b: b.renew("", []),
+    "renew-long-pair": lambda b: b.complete("w", [], [[1, 2, 3]]),
+    "renew-not-pair": lambda b: b.complete("w", [], [5]),
+    "renew-no-worker": lambda b: b.complete("", [], []),
     "results-empty-job": lambda b: b.results("", 1, 0),
     "results-zero": lambda b: b.results("j", 0, 0),
     "results-wait-negative": lambda b: b.results("j", 1, -0.5),
@@ -1001,17 +1024,17 @@ def test_status_lists_jobs_and_workers_with_leased_counts(broker: Broker, clock:
     status = broker.status()
     assert status["queued"] == 2
     assert status["leased"] == 2
-    assert status["undelivered"] == 1
+    assert status["unconfirmed"] == 1
     assert set(status["jobs"]) == {"a", "b"}
     assert status["jobs"]["a"]["leased"] == 2
-    assert status["jobs"]["a"]["done"] == 1
+    assert status["jobs"]["a"]["succeeded"] == 1
     assert status["jobs"]["b"]["queued"] == 2
     workers = {w["worker"]: w for w in status["workers"]}
     assert [w["worker"] for w in status["workers"]] == ["w1", "w2"]
     assert workers["w1"]["leased"] == 1
-    assert workers["w1"]["completed"] == 1
+    assert workers["w1"]["reported"] == 1
     assert workers["w2"]["leased"] == 1
-    assert workers["w2"]["completed"] == 0
+    assert workers["w2"]["reported"] == 0
     assert workers["w2"]["last_seen_ago"] == 1.0
     assert workers["w1"]["last_seen_ago"] == 0.0
 
@@ -1040,7 +1063,7 @@ def test_concurrent_workers_give_exactly_one_result_per_task() -> None:
                 tasks = broker.lease(name, 37, 0.01)
                 if not tasks:
                     counts = broker.job("load")
-                    if counts["done"] + counts["failed"] == total:
+                    if counts["succeeded"] + counts["failed"] == total:
                         return
                     continue
                 results = []
@@ -1066,7 +1089,7 @@ def test_concurrent_workers_give_exactly_one_result_per_task() -> None:
             for _ in range(10_000):
                 reply = broker.results("load", 300, 0.01, ack=token)
                 collected.extend(reply["results"])
-                if reply["done"]:
+                if reply["complete"]:
                     return
                 token = reply["token"]
         except BaseException as exc:
@@ -1092,12 +1115,12 @@ def test_concurrent_workers_give_exactly_one_result_per_task() -> None:
     assert totals["dropped"] == 0
     counts = broker.job("load")
     assert counts["submitted"] == total
-    assert counts["done"] + counts["failed"] == total
-    assert counts["delivered"] == total
-    assert counts["handed_out"] == counts["undelivered"] == 0
+    assert counts["succeeded"] + counts["failed"] == total
+    assert counts["confirmed"] == total
+    assert counts["handed_out"] == counts["waiting"] == 0
     assert counts["failed"] == not_found
     assert counts["complete"] is True
     assert sum(1 for r in collected if r["attempt"] == 2) == retried
     status = broker.status()
-    assert (status["queued"], status["leased"], status["undelivered"]) == (0, 0, 0)
-    assert sum(w["completed"] for w in status["workers"]) == total + retried
+    assert (status["queued"], status["leased"], status["unconfirmed"]) == (0, 0, 0)
+    assert sum(w["reported"] for w in status["workers"]) == total + retried

@@ -13,7 +13,6 @@ each submitted task must have exactly one confirmed result, across restarts.
 from __future__ import annotations
 
 import functools
-import os
 import shutil
 import tempfile
 from collections import Counter
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from brokerkit import crash, renew
 from fakeclock import FakeClock
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -33,25 +33,14 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from fetchq.broker import Broker
-from fetchq.journal import Journal
 from fetchq.records import is_retryable, make_error, make_result
+from fetchq.server.broker import Broker
+from fetchq.server.journal import Journal
 
 LEASE = 10.0
 JOBS = ("j0", "j1", "j2")
 WORKERS = ("w0", "w1", "w2")
 BATCH_IDS = ("b0", "b1", "b2", "b3")
-
-
-def crash(broker: Broker) -> None:
-    """What kill -9 leaves: the file as written so far, and the lock released."""
-    journal = broker._journal
-    assert journal is not None
-    assert journal._pending == [], "a broker call returned with events not yet written"
-    if journal._file is not None:
-        journal._file.close()  # its buffer is empty: nothing more reaches the file
-        journal._file = None
-    os.close(journal._guard)  # the kernel does this for a dead process, dropping the flock
 
 
 @dataclass
@@ -208,7 +197,7 @@ class BrokerMachine(RuleBasedStateMachine):
         return "accepted"
 
     def complete_all(self, worker: str, results: list[dict[str, Any]]) -> None:
-        expected = {"accepted": 0, "dropped": 0, "retried": 0}
+        expected = {"accepted": 0, "dropped": 0, "retried": 0, "renewed": 0}
         for result in results:
             expected[self.predict_complete(result)] += 1
         assert self.broker.complete(worker, results) == expected
@@ -242,9 +231,9 @@ class BrokerMachine(RuleBasedStateMachine):
             assert result["ok"] == self.ok[task_id]
         if not results:
             assert reply["token"] is None
-            assert reply["done"] is self.done_flag(job)
+            assert reply["complete"] is self.done_flag(job)
             return
-        assert reply["done"] is False
+        assert reply["complete"] is False
         token = reply["token"]
         assert token not in self.deliveries and token not in self.tokens
         self.undelivered.difference_update(ids)
@@ -338,7 +327,7 @@ class BrokerMachine(RuleBasedStateMachine):
             if task.state == "leased" and task.attempt == attempt and task.worker == worker:
                 task.deadline = self.clock.now + LEASE
                 expected += 1
-        assert self.broker.renew(worker, pairs) == expected
+        assert renew(self.broker, worker, pairs) == expected
 
     @rule(seconds=st.sampled_from([1, 3, 5, 9, 10, 11, 25]), expire=st.booleans())
     @step
@@ -415,11 +404,11 @@ class BrokerMachine(RuleBasedStateMachine):
         expected = {
             "submitted": len(tasks),
             "leased": states["leased"],
-            "done": model.succeeded,
+            "succeeded": model.succeeded,
             "failed": model.failed,
-            "undelivered": sum(1 for i in self.undelivered if self.tasks[i].job == name),
+            "waiting": sum(1 for i in self.undelivered if self.tasks[i].job == name),
             "handed_out": handed,
-            "delivered": model.delivered,
+            "confirmed": model.delivered,
             "sealed": model.sealed,
             "complete": model.complete,
         }
@@ -427,9 +416,9 @@ class BrokerMachine(RuleBasedStateMachine):
         assert model.delivered == sum(1 for i in self.confirmed if self.tasks[i].job == name)
         assert {key: got[key] for key in expected} == expected, name
         assert got["queued"] == states["queued"], name
-        assert got["queued"] + got["leased"] + got["done"] + got["failed"] == got["submitted"]
-        assert got["done"] + got["failed"] == (
-            got["undelivered"] + got["handed_out"] + got["delivered"]
+        assert got["queued"] + got["leased"] + got["succeeded"] + got["failed"] == got["submitted"]
+        assert got["succeeded"] + got["failed"] == (
+            got["waiting"] + got["handed_out"] + got["confirmed"]
         )
 
     @invariant()
@@ -441,7 +430,7 @@ class BrokerMachine(RuleBasedStateMachine):
         for name in self.jobs:
             self.check_job(name, status["jobs"][name])
         assert status["leased"] == sum(1 for t in self.tasks.values() if t.state == "leased")
-        assert status["undelivered"] == len(self.undelivered) + sum(
+        assert status["unconfirmed"] == len(self.undelivered) + sum(
             len(d.ids) for d in self.deliveries.values()
         )
 
@@ -449,23 +438,25 @@ class BrokerMachine(RuleBasedStateMachine):
     @step
     def each_task_in_exactly_one_place(self) -> None:
         """White box: the broker's queue, leases and done bitmap against the model."""
-        broker = self.broker
+        state = self.broker._state
+        done = state.ledger.done
+        leases = {lease.id: lease for lease in state.leases}
         live: Counter[int] = Counter()
         attempts: dict[int, int] = {}
-        for queued in broker._queued_tasks():
-            if not broker._is_done(queued.id) and queued.id not in broker._leases:
+        for queued in state.queue:
+            if queued.id not in done and queued.id not in leases:
                 live[queued.id] += 1
                 attempts[queued.id] = queued.attempt
         assert set(live) <= set(self.tasks)
-        assert set(broker._leases) <= set(self.tasks)
+        assert set(leases) <= set(self.tasks)
         for task_id, task in self.tasks.items():
-            places = (live[task_id], task_id in broker._leases, broker._is_done(task_id))
+            places = (live[task_id], task_id in leases, task_id in done)
             if task.state == "queued":
                 assert places == (1, False, False), (task, places)
                 assert attempts[task_id] == task.attempt, task
             elif task.state == "leased":
                 assert places == (0, True, False), (task, places)
-                lease = broker._leases[task_id]
+                lease = leases[task_id]
                 assert (lease.worker, lease.task.attempt, lease.deadline) == (
                     task.worker,
                     task.attempt,
@@ -514,7 +505,11 @@ class BrokerMachine(RuleBasedStateMachine):
         self.counts_agree()
         for job in JOBS:
             assert self.broker.job(job)["complete"] is True, self.broker.job(job)
-            assert self.broker.results(job, 1, 0) == {"results": [], "done": True, "token": None}
+            assert self.broker.results(job, 1, 0) == {
+                "results": [],
+                "complete": True,
+                "token": None,
+            }
         # Exactly one confirmed result per task, across every restart.
         assert self.confirmed == set(self.tasks)
         assert all(task.state == "done" for task in self.tasks.values())
@@ -552,5 +547,5 @@ def test_queued_counts_only_tasks_still_to_run() -> None:
     late = make_result(task, worker="slow", started=0.0, elapsed=1.0, status=200)
     assert broker.complete("slow", [late])["accepted"] == 1  # the first result wins
     counts = broker.job("a")
-    assert counts["queued"] + counts["leased"] + counts["done"] + counts["failed"] == 1
+    assert counts["queued"] + counts["leased"] + counts["succeeded"] + counts["failed"] == 1
     assert broker.status()["queued"] == 0

@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from brokerkit import crash, renew
 from fakeclock import FakeClock
 
-from fetchq import journal as journal_module
-from fetchq.broker import Broker
 from fetchq.errors import BadRequest, ConfigError
-from fetchq.journal import FORMAT, FORMAT_VERSION, Journal
 from fetchq.records import make_error, make_result
+from fetchq.server import journal as journal_module
+from fetchq.server.broker import Broker
+from fetchq.server.journal import FORMAT, FORMAT_VERSION, Journal
 
 LEASE = 10.0
 WALL = 1_700_000_000.0
@@ -46,17 +47,6 @@ def open_broker(path: Path, clock: FakeClock, **settings: Any) -> Broker:
     return Broker(
         clock=clock, wall_clock=lambda: WALL + clock.now, journal=Journal(path), **settings
     )
-
-
-def crash(broker: Broker) -> None:
-    """What kill -9 leaves: the file as written so far, and the lock released."""
-    journal = broker._journal
-    assert journal is not None
-    assert journal._pending == [], "a broker call returned with events not yet written"
-    if journal._file is not None:
-        journal._file.close()  # its buffer is empty (flushed above): nothing more is written
-        journal._file = None
-    os.close(journal._guard)  # the kernel does this for a dead process, dropping the flock
 
 
 def urls(count: int, prefix: str = "http://127.0.0.1/") -> list[str]:
@@ -120,11 +110,16 @@ def test_restart_after_crash_restores_everything(path: Path, clock: FakeClock) -
     held_2 = broker.lease("w2", 3, 0)  # a4, a5, b0
     assert [t["id"] for t in held_1 + held_2] == [*a[:4], *a[4:], b[0]]
     reply = broker.complete("w1", [ok(held_1[0]), http_error(held_1[1]), refused(held_1[2])])
-    assert reply == {"accepted": 2, "dropped": 0, "retried": 1}  # a2 goes back at attempt 2
+    assert reply == {
+        "accepted": 2,
+        "dropped": 0,
+        "retried": 1,
+        "renewed": 0,
+    }  # a2 goes back at attempt 2
 
     # w1 keeps a3 alive; w2 vanishes and its leases (a4, a5, b0) expire.
     clock.advance(6)
-    assert broker.renew("w1", [[a[3], 1]]) == 1
+    assert renew(broker, "w1", [[a[3], 1]]) == 1
     clock.advance(5)
     assert broker.expire_leases() == 3
 
@@ -146,7 +141,7 @@ def test_restart_after_crash_restores_everything(path: Path, clock: FakeClock) -
     assert broker.ack(third["token"]) == 1
     assert broker.finish("b")["sealed"] is True
     before_a, before_b = counts(broker, "a"), counts(broker, "b")
-    assert before_a["handed_out"] == 1 and before_a["undelivered"] == 1
+    assert before_a["handed_out"] == 1 and before_a["waiting"] == 1
 
     crash(broker)
     del broker
@@ -155,18 +150,19 @@ def test_restart_after_crash_restores_everything(path: Path, clock: FakeClock) -
     after_a, after_b = counts(restarted, "a"), counts(restarted, "b")
     # Counters survive; the leases (a2, a3) came back to the queue; the unconfirmed
     # delivery (a1) is still out under its token, with a fresh deadline.
-    for key in ("submitted", "done", "failed", "delivered", "sealed"):
+    for key in ("submitted", "succeeded", "failed", "expired", "confirmed", "sealed"):
         assert after_a[key] == before_a[key], key
         assert after_b[key] == before_b[key], key
     assert after_a == {
         "submitted": 6,
         "queued": 3,  # a2 (was leased), a3 (was leased), a4 (released)
         "leased": 0,
-        "done": 1,
+        "succeeded": 1,
         "failed": 2,
-        "undelivered": 1,  # a5, never handed out
+        "expired": 2,  # a4 and a5, held by w2 when it vanished
+        "waiting": 1,  # a5, never handed out
         "handed_out": 1,  # a1, handed out and not confirmed
-        "delivered": 1,
+        "confirmed": 1,
         "sealed": False,
         "complete": False,
     }
@@ -174,11 +170,12 @@ def test_restart_after_crash_restores_everything(path: Path, clock: FakeClock) -
         "submitted": 3,
         "queued": 2,
         "leased": 0,
-        "done": 1,
+        "succeeded": 1,
         "failed": 0,
-        "undelivered": 0,
+        "expired": 1,  # b0, held by w2 too
+        "waiting": 0,
         "handed_out": 0,
-        "delivered": 1,
+        "confirmed": 1,
         "sealed": True,
         "complete": False,
     }
@@ -196,7 +193,12 @@ def test_restart_after_crash_restores_everything(path: Path, clock: FakeClock) -
 
     # Same id base: a late result of the old run for a pending task counts once;
     # one for a task already done, or an id never handed out, is dropped.
-    assert restarted.complete("w1", [late(a[3], 1)]) == {"accepted": 1, "dropped": 0, "retried": 0}
+    assert restarted.complete("w1", [late(a[3], 1)]) == {
+        "accepted": 1,
+        "dropped": 0,
+        "retried": 0,
+        "renewed": 0,
+    }
     assert restarted.complete("w1", [late(a[3], 1)])["dropped"] == 1
     assert restarted.complete("w1", [late(a[0], 1), late(b[0], 2, "b")])["dropped"] == 2
     assert restarted.complete("w1", [late(a[5], 2), late(a[1], 1)])["dropped"] == 2
@@ -222,7 +224,7 @@ def test_restart_after_crash_restores_everything(path: Path, clock: FakeClock) -
     confirmed = [a[0], b[0], *(r["id"] for r in again), *(r["id"] for r in rest)]
     assert sorted(confirmed) == sorted(a + b)
     assert counts(restarted, "a")["complete"] and counts(restarted, "b")["complete"]
-    assert restarted.results(None, 10, 0)["done"] is True
+    assert restarted.results(None, 10, 0)["complete"] is True
     restarted.close()
 
 
@@ -245,8 +247,8 @@ def test_restart_after_kill_9(path: Path) -> None:
     child = textwrap.dedent(
         """
         import json, os, signal, sys
-        from fetchq.broker import Broker
-        from fetchq.journal import Journal
+        from fetchq.server.broker import Broker
+        from fetchq.server.journal import Journal
         from fetchq.records import make_result
 
         broker = Broker(journal=Journal(sys.argv[1]), lease_timeout=30)
@@ -322,7 +324,7 @@ def test_unconfirmed_deliveries_survive_a_restart_and_a_compaction(
 
     restarted = open_broker(path, clock)
     state = counts(restarted, "a")
-    assert (state["undelivered"], state["handed_out"], state["delivered"]) == (1, 2, 0)
+    assert (state["waiting"], state["handed_out"], state["confirmed"]) == (1, 2, 0)
     assert restarted.ack(lapsed["token"]) == 0  # it had lapsed before the crash
     assert restarted.ack(kept["token"]) == 1  # an output may confirm after the restart
     assert [r["id"] for r in take_all(restarted, ack=True)] == [first + 2]
@@ -411,11 +413,12 @@ def test_compaction_shrinks_the_file_and_replays_the_same_state(
         "submitted": 300,
         "queued": 10,
         "leased": 0,
-        "done": 290,
+        "succeeded": 290,
         "failed": 0,
-        "undelivered": 5,
+        "expired": 0,
+        "waiting": 5,
         "handed_out": 5,
-        "delivered": 280,
+        "confirmed": 280,
         "sealed": False,
         "complete": False,
     }
@@ -424,7 +427,7 @@ def test_compaction_shrinks_the_file_and_replays_the_same_state(
     # After it, one more task completed (and nothing else changed).
     assert from_compacted["jobs"] == {
         **from_log["jobs"],
-        "big": {**from_log["jobs"]["big"], "queued": 9, "done": 291, "undelivered": 6},
+        "big": {**from_log["jobs"]["big"], "queued": 9, "succeeded": 291, "waiting": 6},
     }
     assert from_compacted["tasks"] == [t for t in from_log["tasks"] if t[0] != task["id"]]
     assert from_compacted["results"] == sorted([*from_log["results"], (task["id"], True)])
@@ -445,10 +448,10 @@ def test_housekeeping_compacts_once_the_log_has_grown(
     monkeypatch.setattr(journal_module, "COMPACT_MIN_BYTES", 0)
     broker, _ = busy_broker(path, clock)
     grown = path.stat().st_size
-    broker.maintain_journal()
+    broker.housekeeping()
     compacted = path.stat().st_size
     assert compacted < grown / 10
-    broker.maintain_journal()  # not grown since: left alone
+    broker.housekeeping()  # not grown since: left alone
     assert path.stat().st_size == compacted
     broker.close()
 
@@ -475,7 +478,7 @@ def test_a_torn_last_line_is_cut_off_and_the_rest_kept(path: Path, clock: FakeCl
     with open(path, "ab") as handle:
         handle.write(torn)
     restarted = open_broker(path, clock)
-    assert counts(restarted, "a")["done"] == 1
+    assert counts(restarted, "a")["succeeded"] == 1
     assert [t["id"] for t in lease_all(restarted)] == [first + 1, first + 2]
     assert restarted.ack(token) == 1  # the torn ack never landed: the delivery is still out
     clock.advance(LEASE)
@@ -619,7 +622,7 @@ def test_submits_and_finishes_are_fsynced_before_the_reply(path: Path, clock: Fa
     [task] = broker.lease("w", 1, 0)
     broker.complete("w", [ok(task)])
     assert journal.syncs == syncs + 2  # left to housekeeping
-    broker.maintain_journal()
+    broker.housekeeping()
     assert journal.syncs == syncs + 3
     broker.close()
 
@@ -660,10 +663,10 @@ def test_a_result_the_journal_cannot_encode_is_refused_and_changes_nothing(
     with pytest.raises(BadRequest, match="JSON values only"):
         broker.complete("w", [ok(first), {**ok(second), "worker": b"not json"}])
     state = counts(broker, "a")
-    assert (state["queued"], state["leased"], state["done"], state["failed"]) == (0, 2, 0, 0)
+    assert (state["queued"], state["leased"], state["succeeded"], state["failed"]) == (0, 2, 0, 0)
     assert broker.complete("w", [ok(first), ok(second)])["accepted"] == 2
     crash(broker)
     restarted = open_broker(path, clock)
     state = counts(restarted, "a")
-    assert (state["queued"], state["leased"], state["done"], state["failed"]) == (0, 0, 2, 0)
+    assert (state["queued"], state["leased"], state["succeeded"], state["failed"]) == (0, 0, 2, 0)
     restarted.close()

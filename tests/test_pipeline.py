@@ -25,8 +25,8 @@ from fetchq_procs import (
     stop_all,
 )
 
+from fetchq.client import BrokerClient
 from fetchq.errors import ExitCode
-from fetchq.protocol import BrokerClient
 from fetchq.records import RESULT_FIELDS
 
 
@@ -91,7 +91,7 @@ def test_worker_killed_mid_job_loses_nothing(server, env, target):
         def victim_busy() -> bool:
             workers = {w["worker"]: w for w in client.call("status")["workers"]}
             seen = workers.get(victim_name)
-            return bool(seen and seen["completed"] >= 100 and seen["leased"] > 0)
+            return bool(seen and seen["reported"] >= 100 and seen["leased"] > 0)
 
         poll_until(victim_busy, 60, "the victim worker to hold leases mid-job")
         os.kill(victim.pid, signal.SIGKILL)
@@ -166,8 +166,8 @@ def test_sigterm_drains_a_worker_and_hands_back_unstarted_tasks(server, env, tar
         assert worker.wait(30) == 0, log.text
         counts = client.call("job", "drain")
         assert counts["leased"] == 0, "nothing is left leased to the stopped worker"
-        assert counts["done"] >= 2, "requests in flight were finished and reported"
-        assert counts["done"] + counts["queued"] == 40
+        assert counts["succeeded"] >= 2, "requests in flight were finished and reported"
+        assert counts["succeeded"] + counts["queued"] == 40
         rest = run(env, "worker", "--burst", "--concurrency", "20")
         assert rest.returncode == 0, rest.stderr
         output = run(env, "output", "-j", "drain", "--until-done", "--format", "jsonl")
@@ -195,7 +195,7 @@ def test_output_formats_summary_and_status(server, env, target):
     assert "[404]  5" in output.stderr
     status = run(env, "status", "--json")
     job = __import__("json").loads(status.stdout)["jobs"]["report"]
-    assert job["submitted"] == job["delivered"] == 55 and job["complete"]
+    assert job["submitted"] == job["confirmed"] == 55 and job["complete"]
 
 
 def test_worker_started_before_its_server_waits_for_it(env, target, tmp_path):
@@ -312,7 +312,7 @@ def test_output_append_skips_results_the_file_already_holds(server, env, target,
     header = 1 if fmt == "csv" else 0
     assert 0 < len(kept) - header < count, kept
     counts = broker(env).call("job", job)
-    assert counts["delivered"] == 0, f"the cut-off batch must not have been confirmed: {counts}"
+    assert counts["confirmed"] == 0, f"the cut-off batch must not have been confirmed: {counts}"
 
     second = run(env, *args, "--append")
     assert second.returncode == 0, second.stderr

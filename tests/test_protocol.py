@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import socket
 import struct
@@ -14,10 +15,13 @@ from multiprocessing.managers import BaseManager
 import pytest
 
 from fetchq import defaults
-from fetchq.broker import BROKER_METHODS, Broker
+from fetchq.api import METHODS, PROTOCOL
+from fetchq.client import BrokerClient, ResilientClient
 from fetchq.config import Address
 from fetchq.errors import AuthFailed, BadRequest, ServerUnreachable
-from fetchq.protocol import BrokerClient, QueueServer, ResilientClient
+from fetchq.messages import StatusLine
+from fetchq.server.broker import Broker
+from fetchq.server.serve import QueueServer, run_until_stopped
 from fetchq.signals import StopRequest
 
 KEY = b"protocol-test-key"
@@ -25,9 +29,10 @@ KEY = b"protocol-test-key"
 
 @pytest.fixture
 def served() -> Iterator[QueueServer]:
-    server = QueueServer(Broker(lease_timeout=5), Address("127.0.0.1", 0), KEY)
+    broker = Broker(lease_timeout=5)
+    server = QueueServer(broker, Address("127.0.0.1", 0), KEY)
     stop = StopRequest()
-    thread = threading.Thread(target=server.serve, args=(stop,), daemon=True)
+    thread = threading.Thread(target=run_until_stopped, args=(broker, server, stop), daemon=True)
     thread.start()
     yield server
     stop.request()
@@ -37,7 +42,7 @@ def served() -> Iterator[QueueServer]:
 def test_round_trip_and_remote_errors(served):
     client = BrokerClient(served.address, KEY)
     info = client.connect()
-    assert info["protocol"] == 1 and info["lease_timeout"] == 5
+    assert info["protocol"] == PROTOCOL and info["lease_timeout"] == 5
     reply = client.call("submit", {"job": "p", "urls": ["http://127.0.0.1/"]})
     assert reply["accepted"] == 1
     with pytest.raises(BadRequest, match="urls must be a list"):
@@ -55,7 +60,7 @@ def test_refused_and_gave_up(served):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    client = ResilientClient(Address("127.0.0.1", port), KEY, give_up_after=0.3, notify=print)
+    client = ResilientClient(Address("127.0.0.1", port), KEY, first_give_up=0.3)
     with pytest.raises(ServerUnreachable, match=r"connection refused.*gave up"):
         client.connect()
 
@@ -71,8 +76,8 @@ def test_a_silent_peer_is_reported_as_not_answering(target, monkeypatch):
 
 
 BANNER_NEEDS = (
-    "product change in fetchq/protocol.py: multiprocessing raises OSError('bad message "
-    "length') when a peer's first bytes are not a frame; _transport_error maps it to "
+    "product change in fetchq/transport.py: multiprocessing raises OSError('bad message "
+    "length') when a peer's first bytes are not a frame; transport_error maps it to "
     "ServerUnreachable ('cannot talk to the server: OSError') instead of AuthFailed"
 )
 
@@ -116,7 +121,7 @@ def test_a_peer_that_never_logs_in_is_dropped(served, monkeypatch):
         while sock.recv(4096):  # the challenge, then nothing until the server hangs up
             pass
         assert time.monotonic() - started < 5
-    assert BrokerClient(served.address, KEY).connect()["protocol"] == 1
+    assert BrokerClient(served.address, KEY).connect()["protocol"] == PROTOCOL
 
 
 def test_clients_cannot_shut_the_server_down(served):
@@ -128,7 +133,7 @@ def test_clients_cannot_shut_the_server_down(served):
         with pytest.raises(Exception, match=f"'{method}' unrecognized"):
             dispatch(conn, None, method)
         conn.close()
-    assert BrokerClient(served.address, KEY).connect()["protocol"] == 1
+    assert BrokerClient(served.address, KEY).connect()["protocol"] == PROTOCOL
 
 
 def test_a_classic_manager_client_speaks_to_the_broker(served):
@@ -137,7 +142,7 @@ def test_a_classic_manager_client_speaks_to_the_broker(served):
     class Classic(BaseManager):
         pass
 
-    Classic.register("broker", exposed=BROKER_METHODS)
+    Classic.register("broker", exposed=METHODS)
     manager = Classic(address=served.address.as_tuple(), authkey=KEY)
     manager.connect()
     broker = manager.broker()
@@ -172,9 +177,10 @@ def test_two_hundred_clients_connecting_at_once(served):
 
 
 def test_connections_beyond_the_cap_are_turned_away_and_the_server_recovers():
-    server = QueueServer(Broker(), Address("127.0.0.1", 0), KEY, max_connections=3)
+    broker = Broker()
+    server = QueueServer(broker, Address("127.0.0.1", 0), KEY, max_connections=3)
     stop = StopRequest()
-    thread = threading.Thread(target=server.serve, args=(stop,), daemon=True)
+    thread = threading.Thread(target=run_until_stopped, args=(broker, server, stop), daemon=True)
     thread.start()
     held = []
     try:
@@ -186,8 +192,9 @@ def test_connections_beyond_the_cap_are_turned_away_and_the_server_recovers():
             BrokerClient(server.address, KEY).connect()
         for raw in held:
             raw.close()
-        client = ResilientClient(server.address, KEY, give_up_after=10, notify=lambda _: None)
-        assert client.connect()["protocol"] == 1
+        quiet = StatusLine(io.StringIO())
+        client = ResilientClient(server.address, KEY, first_give_up=10, notice=quiet)
+        assert client.connect()["protocol"] == PROTOCOL
     finally:
         stop.request()
         thread.join(5)
@@ -226,9 +233,9 @@ def test_out_of_descriptors_the_server_backs_off_and_recovers(env, tmp_path):
             sock.close()
         sockets.clear()
         client = ResilientClient(
-            Address(*address), env["FETCHQ_AUTHKEY"].encode(), give_up_after=20
+            Address(*address), env["FETCHQ_AUTHKEY"].encode(), first_give_up=20
         )
-        assert client.connect()["protocol"] == 1
+        assert client.connect()["protocol"] == PROTOCOL
     finally:
         for sock in sockets:
             sock.close()

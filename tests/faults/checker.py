@@ -176,9 +176,9 @@ def miscounted(counts: dict[str, Any]) -> int:
     are in no state at all (lost), negative when some are counted twice.
 
     The broker updates a job's counts under one lock and a task is in exactly
-    one state, so every snapshot must read queued + leased + done + failed ==
-    submitted."""
-    held = counts["queued"] + counts["leased"] + counts["done"] + counts["failed"]
+    one state, so every snapshot must read queued + leased + succeeded + failed
+    == submitted."""
+    held = counts["queued"] + counts["leased"] + counts["succeeded"] + counts["failed"]
     return int(counts["submitted"] - held)
 
 
@@ -197,9 +197,9 @@ def wait_for_job(client: Any, job: str, *, timeout: float = 60.0) -> dict[str, A
         if off < 0:
             raise AssertionError(
                 f"job {job} counts {-off} tasks more than were submitted "
-                f"(queued + leased + done + failed > submitted): {counts}"
+                f"(queued + leased + succeeded + failed > submitted): {counts}"
             )
-        if counts["sealed"] and counts["done"] + counts["failed"] == counts["submitted"]:
+        if counts["sealed"] and counts["succeeded"] + counts["failed"] == counts["submitted"]:
             return counts
         if time.monotonic() >= deadline:
             raise AssertionError(f"job {job} not finished after {timeout:g}s: {counts}")
@@ -254,9 +254,9 @@ def assert_quiet(
         settled = (
             counts
             and counts["queued"] + counts["leased"] == 0
-            and counts["done"] + counts["failed"] == counts["submitted"] == accepted
-            and counts["delivered"] == counts["submitted"]
-            and counts["undelivered"] == counts["handed_out"] == 0
+            and counts["succeeded"] + counts["failed"] == counts["submitted"] == accepted
+            and counts["confirmed"] == counts["submitted"]
+            and counts["waiting"] == counts["handed_out"] == 0
         )
         if settled and all(usage[k] <= baseline[k] + slack for k in ("threads", "fds")):
             return status

@@ -138,12 +138,12 @@ class Cluster:
             f"workers {sorted(names)} to connect",
         )
 
-    def wait_busy(self, pid: int, *, completed: int = 1, timeout: float = 30.0) -> dict[str, Any]:
-        """Until the worker has reported ``completed`` results and holds leases now."""
+    def wait_busy(self, pid: int, *, reported: int = 1, timeout: float = 30.0) -> dict[str, Any]:
+        """Until the worker has reported ``reported`` results and holds leases now."""
 
         def busy() -> dict[str, Any] | None:
             seen = self.worker_seen(pid)
-            if seen and seen["completed"] >= completed and seen["leased"] > 0:
+            if seen and seen["reported"] >= reported and seen["leased"] > 0:
                 return seen
             return None
 

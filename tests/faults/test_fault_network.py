@@ -30,7 +30,7 @@ def test_worker_cut_off_longer_than_its_lease(cluster, target):
         dispatch, dispatch_log = fq.dispatch(job)
         assert exit_code(dispatch, dispatch_log, 60) == 0, dispatch_log.text
 
-        fq.wait_busy(a.pid, completed=50)
+        fq.wait_busy(a.pid, reported=50)
         proxy.cut()
         cut_at = time.time()
         # A's leases run out (nothing it sends gets through, renewals included)
@@ -39,7 +39,7 @@ def test_worker_cut_off_longer_than_its_lease(cluster, target):
         assert exit_code(output, output_log, 60) == 0, output_log.text
         a_log.wait_for(r"waiting for server at 127\.0\.0\.1:\d+", 15)
         assert a.poll() is None, a_log.text
-        completed_by_a = fq.worker_seen(a.pid)["completed"]
+        reported_by_a = fq.worker_seen(a.pid)["reported"]
         b.send_signal(signal.SIGTERM)
         assert exit_code(b, b_log, 30) == 0, b_log.text
 
@@ -56,13 +56,13 @@ def test_worker_cut_off_longer_than_its_lease(cluster, target):
         assert exit_code(output2, output2_log, 60) == 0, output2_log.text
         a.send_signal(signal.SIGTERM)
         assert exit_code(a, a_log, 30) == 0, a_log.text
-        a_after = fq.worker_seen(a.pid)["completed"]
+        a_after = fq.worker_seen(a.pid)["reported"]
         assert proxy.accepted > 1, "A should have reconnected through the proxy"
 
     report = check_file(job.urls, out, fault_at=cut_at)
     assert_exactly_once(report)
-    assert a_after == completed_by_a + second.count, (
-        f"A's late results were counted: {completed_by_a} before the heal, "
+    assert a_after == reported_by_a + second.count, (
+        f"A's late results were counted: {reported_by_a} before the heal, "
         f"{a_after} after doing all {second.count} tasks of the second job"
     )
     hits = target.hits()

@@ -37,7 +37,7 @@ def hold_until_unconfirmed(proxy: NetProxy, fq: Any, job: Any, out: Path) -> tup
     Returns (complete lines, delivered), frozen while requests are held."""
 
     def unconfirmed() -> tuple[int, int] | None:
-        lines, delivered = complete_lines(out), fq.counts(job)["delivered"]
+        lines, delivered = complete_lines(out), fq.counts(job)["confirmed"]
         return (lines, delivered) if lines > delivered else None
 
     for _ in range(5):
@@ -68,7 +68,7 @@ def test_output_killed_mid_stream_then_appended_gives_each_result_once(cluster):
 
         def mid_stream() -> bool:
             counts = fq.counts(job)
-            return complete_lines(out) >= 200 and counts["done"] + counts["failed"] < job.count
+            return complete_lines(out) >= 200 and counts["succeeded"] + counts["failed"] < job.count
 
         poll_until(mid_stream, 30, "output to be writing results mid-job")
         lines_at_kill, delivered_at_kill = hold_until_unconfirmed(proxy, fq, job, out)
@@ -158,7 +158,7 @@ def test_output_stalled_longer_than_the_lease_writes_nothing_twice(cluster):
     poll_until(
         lambda: (
             fq.counts(job)["handed_out"] == 0
-            and fq.counts(job)["delivered"] == stalled["delivered"]
+            and fq.counts(job)["confirmed"] == stalled["confirmed"]
             and output.poll() is None
         ),
         15,

@@ -18,8 +18,8 @@ from checker import (
 from faultkit import exit_code
 from fetchq_procs import connect_broker, poll_until
 
+from fetchq.client import BrokerClient
 from fetchq.config import parse_address
-from fetchq.protocol import BrokerClient
 
 LEASE = "3"
 HANG = 60.0
@@ -53,7 +53,9 @@ class ServerRestart:
             def half_way() -> bool:
                 counts = fq.counts(job)
                 return (
-                    counts["submitted"] >= 1000 and counts["done"] >= 300 and not counts["sealed"]
+                    counts["submitted"] >= 1000
+                    and counts["succeeded"] >= 300
+                    and not counts["sealed"]
                 )
 
             poll_until(half_way, 30, "dispatch to be half-way, with results coming")
@@ -61,7 +63,7 @@ class ServerRestart:
         else:
             assert exit_code(self.dispatch, self.dispatch_log, 60) == 0, self.dispatch_log.text
             poll_until(
-                lambda: 300 <= fq.counts(job)["done"] <= job.count - 500,
+                lambda: 300 <= fq.counts(job)["succeeded"] <= job.count - 500,
                 30,
                 "the job to be running",
             )
@@ -232,7 +234,7 @@ def test_worker_stopped_while_the_server_is_down_drains_when_it_returns(cluster,
     fq.wait_workers(worker.pid)
     dispatch, dispatch_log = fq.dispatch(job)
     assert exit_code(dispatch, dispatch_log, 60) == 0, dispatch_log.text
-    fq.wait_busy(worker.pid, completed=50)
+    fq.wait_busy(worker.pid, reported=50)
     fq.server.kill()
     # Its fetch threads finish what they hold; the results wait for the server.
     worker_log.wait_for(WAITING, 20)
@@ -241,7 +243,7 @@ def test_worker_stopped_while_the_server_is_down_drains_when_it_returns(cluster,
     assert exit_code(worker, worker_log, 15) == 0, worker_log.text
     assert "stopped on SIGTERM" in worker_log.text, worker_log.text
     seen = fq.worker_seen(worker.pid)
-    assert seen.get("completed", 0) > 0, f"no result reached the restarted server: {seen}"
+    assert seen.get("reported", 0) > 0, f"no result reached the restarted server: {seen}"
     assert seen["leased"] == 0, seen
 
     rest, rest_log = fq.worker("--concurrency", "8")

@@ -26,7 +26,7 @@ def test_worker_killed_mid_batch_loses_nothing(cluster):
     dispatch, dispatch_log = fq.dispatch(job)
     assert exit_code(dispatch, dispatch_log, 60) == 0, dispatch_log.text
 
-    fq.wait_busy(victim.pid, completed=50)
+    fq.wait_busy(victim.pid, reported=50)
     fault_at = time.time()
     os.kill(victim.pid, signal.SIGKILL)
     assert victim.wait(10) == -signal.SIGKILL
@@ -62,7 +62,7 @@ def test_worker_sigterm_mid_batch_drains_and_reruns_nothing(cluster, target):
     dispatch, dispatch_log = fq.dispatch(job, "--attempts", "1")
     assert exit_code(dispatch, dispatch_log, 60) == 0, dispatch_log.text
 
-    fq.wait_busy(victim.pid, completed=20)
+    fq.wait_busy(victim.pid, reported=20)
     victim.send_signal(signal.SIGTERM)
     assert exit_code(victim, victim_log, GRACE) == 0, victim_log.text  # within its grace
     assert "stopped on SIGTERM" in victim_log.text, victim_log.text

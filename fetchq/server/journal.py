@@ -4,32 +4,42 @@ Why a log of JSON lines rather than SQLite: every change the broker makes is
 already a batch (a submit of 10,000 URLs, a report of 500 results), so one
 appended line per batch is the cheapest durable write there is, replay is a
 single sequential read, and the file can be read with ``jq`` when something
-looks wrong.  What the log does not need — queries, updates in place — is
+looks wrong.  What the log does not need (queries, updates in place) is
 what a database would add.  Compaction rewrites the live state (tasks not yet
 done, results not yet confirmed, job counters) to a new file and renames it
 over the old one, so the log stays proportional to what the server holds.
 
-Durability: every event is written to the operating system before the broker
-replies to the call that caused it, so a killed server process loses nothing.
+The broker writes a call's events before it changes anything (write-ahead):
+when a write fails (a full disk, EIO, a file size limit) the bytes that did
+reach the file are cut off again and the call fails with nothing changed, so
+a client that retries is never told "duplicate" about a batch the disk never
+got.  The server says once what is wrong, and once when writes work again.
+
+Durability: events reach the operating system before the broker replies to
+the call that caused them, so a killed server process loses nothing.
 Submissions are also fsynced before their reply (an acknowledged task
-survives a power cut too); everything else is fsynced by the server's housekeeping
-twice a second.
+survives a power cut too); everything else is fsynced by the server's
+housekeeping twice a second.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-from fetchq.errors import ConfigError
+from fetchq.errors import ConfigError, StorageFailed
+from fetchq.messages import say
 
 FORMAT = "fetchq-journal"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: job counters renamed (``delivered`` is now ``confirmed``); version 1 still reads."""
+READABLE_VERSIONS = (1, 2)
 COMPACT_MIN_BYTES = 64 << 20
 """A journal smaller than this is never compacted while running."""
 COMPACT_GROWTH = 4
@@ -37,16 +47,20 @@ COMPACT_GROWTH = 4
 
 
 class Journal:
-    """Appends events; ``flush`` hands them to the OS, ``sync`` to the disk."""
+    """``write`` hands events to the OS (all or none of them), ``sync`` to the disk."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._guard = _lock_exclusively(self.path.with_name(self.path.name + ".lock"))
-        self._file: BinaryIO | None = None
-        self._pending: list[bytes] = []
+        self._fd: int | None = None
+        self._size = 0
+        """Bytes of whole events in the file: where a failed write is cut back to."""
+        self._torn = False
+        """A failed write left bytes that could not be cut off yet."""
         self._lock = threading.Lock()
         self._dirty = False
         self._compacted_size = 0
+        self._failing: str | None = None
         self.syncs = 0
 
     # -- reading ------------------------------------------------------------
@@ -82,16 +96,17 @@ class Journal:
     def _check_header(self, event: Any) -> None:
         if not isinstance(event, dict) or event.get("k") != FORMAT:
             raise ConfigError(f"{self.path} is not a fetchq journal")
-        if event.get("v") != FORMAT_VERSION:
+        if event.get("v") not in READABLE_VERSIONS:
             raise ConfigError(
                 f"journal {self.path} has format version {event.get('v')}, "
-                f"this server reads version {FORMAT_VERSION}"
+                f"this server reads versions {', '.join(map(str, READABLE_VERSIONS))}"
             )
 
     # -- writing ------------------------------------------------------------
 
-    def rewrite(self, events: Iterator[dict[str, Any]], header: dict[str, Any]) -> None:
-        """Replace the journal by ``events`` atomically: a crash leaves the old or the new."""
+    def rewrite(self, events: Iterable[dict[str, Any]], header: dict[str, Any]) -> None:
+        """Replace the journal by ``events`` atomically: a crash or a failure leaves the
+        old file or the new one, never a mix."""
         temporary = self.path.with_name(self.path.name + ".compacting")
         with self._lock:
             try:
@@ -105,59 +120,87 @@ class Journal:
                 os.replace(temporary, self.path)
                 _sync_directory(self.path.parent)
             except OSError as exc:
-                raise ConfigError(f"cannot write journal {self.path}: {exc.strerror}") from None
-            if self._file is not None:
-                self._file.close()
-            self._file = open(self.path, "ab")  # noqa: SIM115 - kept open for appends
-            self._compacted_size = self.path.stat().st_size
-            self._pending.clear()
+                _remove_quietly(temporary)
+                raise self._failure("rewrite", exc) from None
+            if self._fd is not None:
+                os.close(self._fd)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+            self._size = self._compacted_size = os.fstat(self._fd).st_size
+            self._torn = False
             self._dirty = False
+            self._recovered()
 
-    def append(self, event: dict[str, Any]) -> None:
-        """Queue an event; the broker calls ``flush`` before it replies."""
-        self._pending.append(encode_event(event))
+    def write(self, lines: list[bytes], *, sync: bool = False) -> None:
+        """Append whole events made by ``encode_event``, and fsync them if asked.
 
-    def append_encoded(self, line: bytes) -> None:
-        """Queue a line made by ``encode_event`` (the broker encodes results up front)."""
-        self._pending.append(line)
-
-    def flush(self) -> None:
-        """Write queued events to the OS: from here a killed process loses nothing."""
-        if not self._pending:
+        All or nothing: on failure the file is cut back to where it was and
+        ``StorageFailed`` is raised, so the caller can fail its call unchanged."""
+        if not lines:
             return
-        assert self._file is not None, "journal not opened: call rewrite() first"
-        data = b"".join(self._pending)
-        self._pending.clear()
-        self._file.write(data)
-        self._file.flush()
-        self._dirty = True
+        data = lines[0] if len(lines) == 1 else b"".join(lines)
+        with self._lock:
+            assert self._fd is not None, "journal not opened: call rewrite() first"
+            try:
+                if self._torn:
+                    os.ftruncate(self._fd, self._size)
+                    self._torn = False
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self._fd, view) :]
+                if sync:
+                    os.fsync(self._fd)
+                    self.syncs += 1
+            except OSError as exc:
+                self._cut_back()
+                raise self._failure("write", exc) from None
+            self._size += len(data)
+            self._dirty = not sync
+            self._recovered()
+
+    def _cut_back(self) -> None:
+        """Remove what a failed write left: a torn event would end the journal there."""
+        assert self._fd is not None
+        try:
+            os.ftruncate(self._fd, self._size)
+        except OSError:
+            self._torn = True  # tried again before the next write
 
     def sync(self) -> None:
-        """fsync what was flushed: from here a power cut loses nothing either."""
+        """fsync what was written: from here a power cut loses nothing either."""
         with self._lock:
-            if self._file is None or not self._dirty:
+            if self._fd is None or not self._dirty:
                 return
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                raise self._failure("sync", exc) from None
             self._dirty = False
-            os.fsync(self._file.fileno())
             self.syncs += 1
 
+    def _failure(self, action: str, exc: OSError) -> StorageFailed:
+        reason = exc.strerror or type(exc).__name__
+        message = f"cannot {action} journal {self.path}: {reason}"
+        if self._failing != message:
+            self._failing = message
+            say(f"server: {message}; calls that need the journal fail until it works again")
+        return StorageFailed(f"the server cannot write its journal ({reason}); try again later")
+
+    def _recovered(self) -> None:
+        if self._failing is not None:
+            self._failing = None
+            say(f"server: journal {self.path} is being written again")
+
     def wants_compaction(self) -> bool:
-        size = self.size()
+        size = self._size
         return size > COMPACT_MIN_BYTES and size > COMPACT_GROWTH * self._compacted_size
 
-    def size(self) -> int:
-        try:
-            return self.path.stat().st_size
-        except OSError:
-            return 0
-
     def close(self) -> None:
-        self.flush()
-        self.sync()
+        with contextlib.suppress(StorageFailed):  # said already; the OS may still write it
+            self.sync()
         with self._lock:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
         os.close(self._guard)
 
 
@@ -194,3 +237,8 @@ def _sync_directory(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _remove_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)

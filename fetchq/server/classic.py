@@ -17,7 +17,8 @@ import queue
 import time
 from typing import Any
 
-from fetchq.broker import MAX_WAIT, Broker
+from fetchq.api import MAX_WAIT
+from fetchq.server.broker import Broker
 from fetchq.urls import url_problem
 
 CLASSIC_JOB = "classic"
@@ -84,7 +85,7 @@ class ClassicResultQueue:
         self.put(item)
 
     def qsize(self) -> int:
-        return int(self._broker.job(CLASSIC_JOB)["undelivered"])
+        return int(self._broker.job(CLASSIC_JOB)["waiting"])
 
     def empty(self) -> bool:
         return self.qsize() == 0

@@ -1,0 +1,110 @@
+"""The broker's API as both sides see it: version, methods, limits, names.
+
+Clients import this module and nothing of the server: a worker, dispatcher
+or output process never loads the broker, the journal or the classic
+queues.  The server checks every call against the same limits and the same
+job-name rule that clients check before sending.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import TypedDict
+
+from fetchq.errors import UsageError
+
+PROTOCOL = 2
+"""Version of the broker API; a client and a server must speak the same one.
+
+2: counters renamed (one meaning per name), leases renewed with the results
+that report them, ``results`` replies ``complete``."""
+
+METHODS = (
+    "hello",
+    "submit",
+    "finish",
+    "lease",
+    "complete",
+    "release",
+    "results",
+    "ack",
+    "queued",
+    "status",
+    "job",
+)
+"""What clients may call on the broker: the whole wire API."""
+
+MAX_SUBMIT = 100_000
+"""URLs per submit, results per complete, and leases per renewal list."""
+
+MAX_LEASE = 10_000
+"""Tasks one lease call may take."""
+
+MAX_WAIT = 30.0
+"""Longest a call may wait on the server (clients wait a little longer for a reply)."""
+
+MAX_JOB_NAME = 200
+
+_JOB_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._:@+-]{{0,{MAX_JOB_NAME - 1}}}")
+
+JOB_NAME_RULE = (
+    f"letters, digits and . _ : @ + -, starting with a letter or digit, at most {MAX_JOB_NAME}"
+)
+
+
+def job_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot name a job, or None when it can: one rule for both sides."""
+    if not isinstance(name, str) or not _JOB_NAME.fullmatch(name):
+        return f"invalid job name {name!r}: use {JOB_NAME_RULE}"
+    return None
+
+
+def check_job_name(name: str) -> str:
+    """A job name from a user: returned as is, or a usage error."""
+    problem = job_name_problem(name)
+    if problem:
+        raise UsageError(problem)
+    return name
+
+
+class Outcome(enum.StrEnum):
+    """What ``complete`` did with one reported result."""
+
+    ACCEPTED = "accepted"
+    """The task's first result: it is done and waits for an output."""
+    RETRIED = "retried"
+    """A connection-level failure with attempts left: the task is queued again."""
+    DROPPED = "dropped"
+    """A repeat, a stale attempt, or a task this server never handed out."""
+
+
+class JobCounts(TypedDict):
+    """One job's counters, as ``job`` and ``status`` report them, each under one name.
+
+    A submitted task is in exactly one of queued, leased, succeeded, failed;
+    a finished task's result is in exactly one of waiting, handed_out,
+    confirmed."""
+
+    submitted: int
+    """Tasks the server accepted."""
+    queued: int
+    """Tasks waiting for a worker."""
+    leased: int
+    """Tasks a worker holds now."""
+    succeeded: int
+    """Tasks whose result is ok."""
+    failed: int
+    """Tasks whose result is not ok, after their last attempt."""
+    expired: int
+    """Leases that lapsed because their worker went quiet; the task moved on."""
+    waiting: int
+    """Results not yet handed to any output."""
+    handed_out: int
+    """Results handed to an output that has not confirmed writing them."""
+    confirmed: int
+    """Results an output confirmed it wrote: gone from the server."""
+    sealed: bool
+    """The dispatcher said the job's submission is finished."""
+    complete: bool
+    """Sealed, and every task's result confirmed."""

@@ -1,0 +1,184 @@
+"""Calling the broker from a client process, and waiting for it through outages.
+
+Clients use a stock ``BaseManager`` proxy over fetchq's transport; nothing
+here loads server code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from multiprocessing import managers
+from typing import Any, Protocol
+
+from fetchq import __version__, defaults
+from fetchq.api import METHODS, PROTOCOL
+from fetchq.config import Address
+from fetchq.errors import FetchqError, ServerUnreachable, StorageFailed
+from fetchq.messages import StatusLine
+from fetchq.transport import SERIALIZER, TRANSPORT_ERRORS, transport_error
+
+
+class _ClientManager(managers.BaseManager):
+    pass
+
+
+_ClientManager.register("broker", exposed=METHODS)
+
+
+class BrokerClient:
+    """The broker's API for one process, connected lazily and again after a failure.
+
+    Calls are safe from several threads: the manager machinery gives each
+    thread its own connection to the server."""
+
+    def __init__(self, address: Address, authkey: bytes) -> None:
+        self.address = address
+        self._authkey = authkey
+        self._proxy: Any = None
+        self._lock = threading.Lock()
+
+    def connect(self) -> dict[str, Any]:
+        """Log in and check versions; returns what the server said about itself."""
+        try:
+            manager: Any = _ClientManager(
+                address=self.address.as_tuple(), authkey=self._authkey, serializer=SERIALIZER
+            )
+            manager.connect()
+            proxy = manager.broker()
+            info: dict[str, Any] = proxy.hello({"protocol": PROTOCOL, "version": __version__})
+        except TRANSPORT_ERRORS as exc:
+            raise transport_error(self.address, exc) from None
+        with self._lock:
+            self._proxy = proxy
+        return info
+
+    def call(self, method: str, *args: Any) -> Any:
+        proxy = self._proxy
+        if proxy is None:
+            self.connect()
+            proxy = self._proxy
+        try:
+            return getattr(proxy, method)(*args)
+        except FetchqError:
+            raise
+        except TRANSPORT_ERRORS as exc:
+            self._forget_thread_connection(proxy)
+            raise transport_error(self.address, exc) from None
+
+    @staticmethod
+    def _forget_thread_connection(proxy: Any) -> None:
+        """After a failed call the connection may hold a stale reply: never reuse it."""
+        tls = getattr(proxy, "_tls", None)
+        conn = getattr(tls, "connection", None)
+        if tls is not None and conn is not None:
+            with contextlib.suppress(OSError):
+                conn.close()
+            del tls.connection
+
+    def close(self) -> None:
+        with self._lock:
+            proxy, self._proxy = self._proxy, None
+        if proxy is not None:
+            self._forget_thread_connection(proxy)
+
+
+def backoff_delays(
+    start: float = defaults.BACKOFF_START, cap: float = defaults.BACKOFF_MAX
+) -> Iterator[float]:
+    """Exponential pauses with full jitter, so a fleet does not reconnect in step."""
+    delay = start
+    while True:
+        yield random.uniform(delay / 2, delay)
+        delay = min(cap, delay * 2)
+
+
+class Stopper(Protocol):
+    """Anything with ``wait(timeout) -> bool`` that returns True once we should give up."""
+
+    def wait(self, timeout: float) -> bool: ...
+
+
+class ResilientClient(BrokerClient):
+    """A client that waits for the server through restarts, network cuts and a server
+    that cannot write its journal.
+
+    A server never reached is given ``first_give_up`` seconds (a mistyped
+    address should fail fast); once connected, each outage is given
+    ``give_up_after`` (None: wait for ever, as workers do).  A wrong key or
+    version is never retried.  Re-sending a call after a reconnect is safe
+    for the broker's API: submits carry batch ids, completions are
+    deduplicated, release is idempotent."""
+
+    def __init__(
+        self,
+        address: Address,
+        authkey: bytes,
+        *,
+        give_up_after: float | None = defaults.GIVE_UP_AFTER,
+        first_give_up: float | None = defaults.FIRST_CONNECT_GIVE_UP,
+        stop: Stopper | None = None,
+        notice: StatusLine | None = None,
+    ) -> None:
+        super().__init__(address, authkey)
+        self.give_up_after = give_up_after
+        self.first_give_up = first_give_up
+        self.stop: Stopper = stop or threading.Event()
+        self._notice = notice or StatusLine()
+        self._reached = False
+
+    def connect(self) -> dict[str, Any]:
+        info: dict[str, Any] = self._retrying(super().connect)
+        self._reached = True
+        return info
+
+    def call(self, method: str, *args: Any) -> Any:
+        return self._retrying(lambda: BrokerClient.call(self, method, *args))
+
+    def _limit(self) -> float | None:
+        """How long this outage may last: a server never reached gets the shorter while."""
+        if self._reached or self.first_give_up is None:
+            return self.give_up_after
+        if self.give_up_after is None:
+            return self.first_give_up
+        return min(self.first_give_up, self.give_up_after)
+
+    def _retrying(self, action: Callable[[], Any]) -> Any:
+        started = time.monotonic()
+        delays = backoff_delays()
+        attempt = 0
+        while True:
+            try:
+                result = action()
+            except ServerUnreachable as exc:
+                attempt += 1
+                waited = time.monotonic() - started
+                limit = self._limit()
+                if limit is not None and waited >= limit:
+                    self._notice.clear()
+                    raise ServerUnreachable(
+                        f"{exc} (gave up after {waited:.0f}s and {attempt} attempts)"
+                    ) from None
+                self._notice.show(
+                    f"waiting for server at {self.address} (attempt {attempt}): {exc}"
+                )
+                pause = next(delays)
+                if limit is not None:
+                    pause = min(pause, max(0.0, limit - waited))
+                if self.stop.wait(pause):
+                    self._notice.clear()
+                    raise
+                if not isinstance(exc, StorageFailed):  # the connection itself is fine then
+                    with self._lock:
+                        self._proxy = None
+                continue
+            if attempt:
+                waited = time.monotonic() - started
+                self._notice.show(
+                    f"server at {self.address} is back after {waited:.0f}s and {attempt} attempts",
+                    final=True,
+                )
+            return result

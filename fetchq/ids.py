@@ -1,0 +1,85 @@
+"""A set of task ids in one bit each.
+
+Task ids are a random base plus a sequence number, so the ids of one server
+are dense: a bitmap per base holds a million of them in 125 kB, where a
+Python set would take some 60 MB.  The server keeps the ids of finished
+tasks in one; outputs keep the ids they wrote in another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+_LOW_BITS = 32
+_LOW_MASK = (1 << _LOW_BITS) - 1
+
+
+class IdSet:
+    def __init__(self, ids: Iterable[int] = ()) -> None:
+        self._maps: dict[int, bytearray] = {}
+        self._count = 0
+        for task_id in ids:
+            self.add(task_id)
+
+    def _bitmap(self, task_id: int, size: int) -> bytearray:
+        """The bitmap holding ``task_id``, grown (at least doubling) to ``size`` bytes."""
+        bitmap = self._maps.setdefault(task_id >> _LOW_BITS, bytearray())
+        if size > len(bitmap):
+            bitmap.extend(bytes(max(size - len(bitmap), len(bitmap))))
+        return bitmap
+
+    def add(self, task_id: int) -> bool:
+        """Add ``task_id``; returns False when it was already there."""
+        low = task_id & _LOW_MASK
+        index, bit = low >> 3, 1 << (low & 7)
+        bitmap = self._bitmap(task_id, index + 1)
+        if bitmap[index] & bit:
+            return False
+        bitmap[index] |= bit
+        self._count += 1
+        return True
+
+    def add_range(self, start: int, stop: int) -> None:
+        """Add ``start`` .. ``stop - 1`` (all under one base): a restart marks millions at once."""
+        if stop <= start:
+            return
+        if start >> _LOW_BITS != (stop - 1) >> _LOW_BITS:
+            raise ValueError("a range of ids must not cross a server's base")
+        low, high = start & _LOW_MASK, (stop - 1) & _LOW_MASK
+        bitmap = self._bitmap(start, (high >> 3) + 1)
+        before = _ones(bitmap, low >> 3, (high >> 3) + 1)
+        first_full, last_full = (low + 7) >> 3, (high + 1) >> 3
+        if first_full < last_full:
+            bitmap[first_full:last_full] = b"\xff" * (last_full - first_full)
+            edges = [*range(low, first_full << 3), *range(last_full << 3, high + 1)]
+        else:
+            edges = list(range(low, high + 1))
+        for bit in edges:
+            bitmap[bit >> 3] |= 1 << (bit & 7)
+        after = _ones(bitmap, low >> 3, (high >> 3) + 1)
+        self._count += after - before
+
+    def discard(self, task_id: int) -> None:
+        bitmap = self._maps.get(task_id >> _LOW_BITS)
+        low = task_id & _LOW_MASK
+        if bitmap is not None and low >> 3 < len(bitmap) and bitmap[low >> 3] & (1 << (low & 7)):
+            bitmap[low >> 3] &= ~(1 << (low & 7)) & 0xFF
+            self._count -= 1
+
+    def __contains__(self, task_id: object) -> bool:
+        if not isinstance(task_id, int):
+            return False
+        bitmap = self._maps.get(task_id >> _LOW_BITS)
+        low = task_id & _LOW_MASK
+        return (
+            bitmap is not None
+            and low >> 3 < len(bitmap)
+            and bool(bitmap[low >> 3] & (1 << (low & 7)))
+        )
+
+    def __len__(self) -> int:
+        return self._count
+
+
+def _ones(bitmap: bytearray, start: int, stop: int) -> int:
+    return int.from_bytes(bitmap[start:stop], "little").bit_count()

@@ -1,0 +1,86 @@
+"""What happens when time runs out: lapsed leases and lapsed deliveries.
+
+A lease not renewed in time puts its task back as its next attempt, or,
+after the last attempt, ends it as a failed result of type
+``lease_expired``.  A delivery not confirmed in time goes back to the front
+of its job's results.  As everywhere, the change is planned, journaled, and
+only then applied; a plan the journal cannot take is filed away again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fetchq.records import make_error, make_result, make_task
+from fetchq.server.completion import finish_task
+from fetchq.server.leases import Lease
+from fetchq.server.outbox import Delivery
+from fetchq.server.state import BrokerState
+
+LEASE_EXPIRED = "lease_expired"
+"""The error type of a task whose worker vanished on its last attempt."""
+
+
+class Expiry:
+    def __init__(self, state: BrokerState, now: float, wall: float) -> None:
+        self.lapsed: list[Delivery] = state.outbox.lapsed(now)
+        self.overdue: list[Lease] = state.leases.overdue(now)
+        self.failures: dict[int, dict[str, Any]] = {
+            lease.id: _lease_expired_result(lease, wall)
+            for lease in self.overdue
+            if lease.task.attempt >= lease.task.attempts
+        }
+
+    def __bool__(self) -> bool:
+        return bool(self.lapsed or self.overdue)
+
+    def events(self) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = [{"k": "return", "token": d.token} for d in self.lapsed]
+        for lease in self.overdue:
+            failure = self.failures.get(lease.id)
+            if failure is None:
+                retry = {"k": "retry", "id": lease.id, "attempt": lease.attempt + 1}
+                events.append({**retry, "expired": True})
+            else:
+                events.append({"k": "result", "r": failure})
+        return events
+
+    def apply(self, state: BrokerState) -> set[str]:
+        """Make the change; returns the jobs whose outputs have new results to read."""
+        state.outbox.give_back(self.lapsed)
+        touched = {result["job"] for delivery in self.lapsed for result in delivery.results}
+        for lease in self.overdue:
+            state.leases.drop(lease.id)
+            job = state.jobs.find(lease.task.job)
+            assert job is not None
+            job.expired += 1
+            failure = self.failures.get(lease.id)
+            if failure is None:
+                state.queue.add_retry(lease.task._replace(attempt=lease.attempt + 1))
+            else:
+                finish_task(state, failure)
+                touched.add(failure["job"])
+        return touched
+
+    def refile(self, state: BrokerState) -> None:
+        """Put everything back as it was: the next call tries again."""
+        for delivery in self.lapsed:
+            state.outbox.refile(delivery)
+        for lease in self.overdue:
+            state.leases.refile(lease)
+
+
+def _lease_expired_result(lease: Lease, wall: float) -> dict[str, Any]:
+    task = lease.task
+    message = (
+        f"lease expired on worker {lease.worker} "
+        f"(attempt {task.attempt} of {task.attempts}); giving up"
+    )
+    record = make_task(task.id, task.job, task.url, task.attempt, task.timeout, 0.0)
+    return make_result(
+        record,
+        worker=lease.worker,
+        started=wall,
+        elapsed=0.0,
+        error=make_error(LEASE_EXPIRED, message),
+    )

@@ -1,0 +1,125 @@
+"""Tasks held by workers, and when each lease lapses.
+
+A lease is one object: the task, its worker and its deadline.  The expiry
+heap holds the lease objects themselves, one entry per lease however often
+it is renewed: a renewal only moves the deadline, and a lease met at the top
+of the heap with a later deadline than the one it was filed under is filed
+again.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+from fetchq.records import make_task
+from fetchq.server.taskqueue import Queued
+
+HEAP_SLACK = 1024
+"""Ended leases the expiry heap may hold beyond twice the live ones before a sweep."""
+
+
+class Lease:
+    __slots__ = ("_filed_under", "deadline", "task", "worker")
+
+    def __init__(self, task: Queued, worker: str, deadline: float) -> None:
+        self.task = task
+        self.worker = worker
+        self.deadline = deadline
+        self._filed_under = deadline
+
+    def __lt__(self, other: Lease) -> bool:
+        return self._filed_under < other._filed_under
+
+    @property
+    def id(self) -> int:
+        return self.task.id
+
+    @property
+    def attempt(self) -> int:
+        return self.task.attempt
+
+    def record(self) -> dict[str, Any]:
+        """The task as the worker receives it."""
+        task = self.task
+        return make_task(task.id, task.job, task.url, task.attempt, task.timeout, task.submitted)
+
+    def held_as(self, attempt: int, worker: str | None = None) -> bool:
+        """Is this the lease a worker refers to by ``[id, attempt]``?"""
+        return self.task.attempt == attempt and (worker is None or self.worker == worker)
+
+
+class LeaseTable:
+    def __init__(self) -> None:
+        self._leases: dict[int, Lease] = {}
+        self._expiry: list[Lease] = []
+        self._per_job: Counter[str] = Counter()
+
+    def grant(self, task: Queued, worker: str, deadline: float) -> Lease:
+        lease = Lease(task, worker, deadline)
+        self._leases[task.id] = lease
+        self._per_job[task.job] += 1
+        heapq.heappush(self._expiry, lease)
+        return lease
+
+    def get(self, task_id: int) -> Lease | None:
+        return self._leases.get(task_id)
+
+    def drop(self, task_id: int) -> Lease | None:
+        """End a lease (its task finished, went back, or lapsed)."""
+        lease = self._leases.pop(task_id, None)
+        if lease is not None:
+            self._per_job[lease.task.job] -= 1
+            if len(self._expiry) > 2 * len(self._leases) + HEAP_SLACK:
+                self._sweep()
+        return lease
+
+    def _sweep(self) -> None:
+        """Ended leases wait in the heap until their deadline; past the slack they are
+        swept out at once, so the heap stays within twice the live leases."""
+        self._expiry = [lease for lease in self._expiry if self._leases.get(lease.id) is lease]
+        heapq.heapify(self._expiry)
+
+    def renew(self, task_id: int, attempt: int, worker: str, deadline: float) -> bool:
+        lease = self._leases.get(task_id)
+        if lease is None or not lease.held_as(attempt, worker):
+            return False
+        lease.deadline = max(lease.deadline, deadline)
+        return True
+
+    def overdue(self, now: float) -> list[Lease]:
+        """Leases past their deadline, taken off the heap; the caller drops each one
+        or, if it cannot act on them now, hands them back with ``refile``."""
+        lapsed = []
+        heap = self._expiry
+        while heap and heap[0]._filed_under <= now:
+            lease = heapq.heappop(heap)
+            if self._leases.get(lease.id) is not lease:
+                continue  # ended since it was filed
+            if lease.deadline > now:
+                self.refile(lease)  # renewed since it was filed
+            else:
+                lapsed.append(lease)
+        return lapsed
+
+    def refile(self, lease: Lease) -> None:
+        lease._filed_under = lease.deadline
+        heapq.heappush(self._expiry, lease)
+
+    def next_deadline(self) -> float | None:
+        """When the next lease may lapse (possibly earlier than it will, if renewed)."""
+        return self._expiry[0]._filed_under if self._expiry else None
+
+    def held_by(self) -> Counter[str]:
+        return Counter(lease.worker for lease in self._leases.values())
+
+    def count(self, job: str) -> int:
+        return self._per_job[job]
+
+    def __len__(self) -> int:
+        return len(self._leases)
+
+    def __iter__(self) -> Iterator[Lease]:
+        return iter(list(self._leases.values()))

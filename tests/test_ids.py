@@ -1,0 +1,66 @@
+"""The compact id set: the server's finished tasks and the results an output wrote."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fetchq.ids import IdSet
+
+BASE = 77 << 32
+
+
+def test_behaves_like_a_set_for_server_ids() -> None:
+    base = random.randrange(1, 1 << 20) << 32
+    ids = random.sample(range(base + 1, base + 200_000), 5_000)
+    seen = IdSet()
+    reference: set[int] = set()
+    for task_id in ids + ids[:100]:
+        assert seen.add(task_id) == (task_id not in reference)
+        reference.add(task_id)
+    assert len(seen) == len(reference) == 5_000
+    assert all(task_id in seen for task_id in ids)
+    assert base + 200_001 not in seen and base not in seen and "x" not in seen
+
+
+def test_ids_of_two_servers_do_not_collide() -> None:
+    first, second = (7 << 32) + 5, (8 << 32) + 5
+    seen = IdSet([first])
+    assert first in seen and second not in seen
+    assert seen.add(second) and len(seen) == 2
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["add", "range", "discard"]),
+            st.integers(0, 300),
+            st.integers(0, 40),
+        ),
+        max_size=40,
+    )
+)
+def test_ranges_and_discards_match_a_plain_set(steps: list[tuple[str, int, int]]) -> None:
+    ids = IdSet()
+    reference: set[int] = set()
+    for action, offset, length in steps:
+        task_id = BASE + offset
+        if action == "add":
+            assert ids.add(task_id) == (task_id not in reference)
+            reference.add(task_id)
+        elif action == "range":
+            ids.add_range(task_id, task_id + length)
+            reference.update(range(task_id, task_id + length))
+        else:
+            ids.discard(task_id)
+            reference.discard(task_id)
+        assert len(ids) == len(reference)
+    assert {BASE + n for n in range(400) if BASE + n in ids} == reference
+
+
+def test_a_range_may_not_cross_a_base() -> None:
+    with pytest.raises(ValueError, match="base"):
+        IdSet().add_range(BASE + (1 << 32) - 2, BASE + (1 << 32) + 2)

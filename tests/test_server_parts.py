@@ -1,0 +1,196 @@
+"""The broker's parts, each alone: ledger, queue, leases, outbox, validation, journal."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from fetchq.api import MAX_JOB_NAME, job_name_problem
+from fetchq.errors import BadRequest, StorageFailed, UsageError
+from fetchq.server import validate
+from fetchq.server.journal import Journal, encode_event
+from fetchq.server.leases import HEAP_SLACK, LeaseTable
+from fetchq.server.ledger import REMEMBERED_BATCHES, Ledger
+from fetchq.server.outbox import Outbox
+from fetchq.server.taskqueue import Queued, Span, TaskQueue
+
+BASE = 5 << 32
+
+
+def task(task_id: int, job: str = "a", attempt: int = 1) -> Queued:
+    return Queued(task_id, job, f"http://127.0.0.1/{task_id}", attempt, 3, 5.0, 0.0)
+
+
+def result(task_id: int, job: str = "a") -> dict[str, object]:
+    return {"id": task_id, "job": job, "ok": True}
+
+
+# -- ledger -------------------------------------------------------------------
+
+
+def test_ledger_knows_the_job_of_every_id_it_allocated() -> None:
+    ledger = Ledger(BASE)
+    first_a = ledger.allocate("a", 3)
+    assert ledger.allocate("b", 0) == first_a + 3  # an empty batch takes no ids
+    first_b = ledger.allocate("b", 2)
+    first_c = ledger.allocate("a", 1)
+    assert (first_a, first_b, first_c) == (BASE + 1, BASE + 4, BASE + 6)
+    assert [ledger.job_of(i) for i in range(BASE + 1, BASE + 7)] == ["a"] * 3 + ["b"] * 2 + ["a"]
+    assert ledger.known(BASE + 6) and not ledger.known(BASE + 7) and not ledger.known(BASE)
+
+
+def test_ledger_remembers_the_newest_batches_only() -> None:
+    ledger = Ledger(BASE)
+    for n in range(REMEMBERED_BATCHES + 5):
+        ledger.remember_batch(f"b{n}", {"accepted": n})
+    assert ledger.batch_reply("b4") is None
+    assert ledger.batch_reply("b5") == {"accepted": 5}
+    assert ledger.batch_reply(None) is None
+
+
+# -- queue --------------------------------------------------------------------
+
+
+def test_queue_is_first_in_first_out_with_retries_in_front() -> None:
+    queue = TaskQueue()
+    queue.add_batch(Span("a", BASE + 1, ["u1", "u2", "u3"], 3, 5.0, 0.0))
+    queue.add_batch(Span("b", BASE + 4, ["u4"], 3, 5.0, 0.0))
+    assert (len(queue), queue.count("a"), queue.count("b")) == (4, 3, 1)
+    first = queue.take(1, lambda _: False)
+    queue.add_retry(first[0]._replace(attempt=2))
+    taken = queue.take(10, lambda _: False)
+    assert [(t.id, t.attempt) for t in taken] == [
+        (BASE + 1, 2),
+        (BASE + 2, 1),
+        (BASE + 3, 1),
+        (BASE + 4, 1),
+    ]
+    assert len(queue) == 0 and queue.count("a") == 0
+
+
+def test_a_stale_copy_is_forgotten_and_skipped() -> None:
+    queue = TaskQueue()
+    queue.add_batch(Span("a", BASE + 1, ["u1", "u2"], 3, 5.0, 0.0))
+    queue.forget("a")  # BASE + 1 finished elsewhere while queued
+    assert len(queue) == 1
+    assert [t.id for t in queue.take(5, lambda i: i == BASE + 1)] == [BASE + 2]
+    assert len(queue) == 0
+
+
+# -- leases -------------------------------------------------------------------
+
+
+def test_a_lease_is_one_heap_entry_however_often_renewed() -> None:
+    leases = LeaseTable()
+    leases.grant(task(1), "w", deadline=10.0)
+    for n in range(100):
+        assert leases.renew(1, 1, "w", deadline=11.0 + n)
+    assert len(leases._expiry) == 1
+    assert leases.overdue(50.0) == []  # filed under 10, renewed to 110: filed again
+    assert len(leases._expiry) == 1
+    (lapsed,) = leases.overdue(110.0)
+    assert lapsed.id == 1
+
+
+def test_only_the_holder_renews_and_ended_leases_are_swept() -> None:
+    leases = LeaseTable()
+    leases.grant(task(1), "w", deadline=10.0)
+    assert not leases.renew(1, 1, "other", 20.0)
+    assert not leases.renew(1, 2, "w", 20.0)
+    assert [lease.id for lease in leases.overdue(10.0)] == [1]
+    for n in range(2, 3 * HEAP_SLACK):
+        leases.grant(task(n), "w", deadline=float(n))
+        leases.drop(n)
+    assert len(leases._expiry) <= 2 * len(leases) + HEAP_SLACK + 1
+
+
+def test_an_overdue_lease_refiled_is_found_again() -> None:
+    leases = LeaseTable()
+    leases.grant(task(1, "j"), "w", deadline=10.0)
+    (lease,) = leases.overdue(11.0)
+    assert leases.overdue(11.0) == []
+    leases.refile(lease)
+    assert leases.overdue(11.0) == [lease]
+    assert (len(leases), leases.count("j"), leases.held_by()["w"]) == (1, 1, 1)
+
+
+# -- outbox -------------------------------------------------------------------
+
+
+def test_outbox_hands_out_confirms_and_takes_back_in_order() -> None:
+    outbox = Outbox()
+    for n in range(1, 6):
+        outbox.add(result(n, "a" if n < 4 else "b"))
+    assert [r["id"] for r in outbox.select(None, 4)] == [1, 2, 3, 4]
+    outbox.hand_out("t1", outbox.select("a", 2), deadline=10.0)
+    outbox.hand_out("t2", outbox.select("a", 5), deadline=11.0)
+    assert outbox.counts("a") == (0, 3, 0) and outbox.unconfirmed == 5
+    assert outbox.confirm("t2") is not None and outbox.confirm("t2") is None
+    assert outbox.counts("a") == (0, 2, 1) and outbox.unconfirmed == 4
+    lapsed = outbox.lapsed(10.5)
+    assert [d.token for d in lapsed] == ["t1"]
+    outbox.give_back(lapsed)
+    assert [r["id"] for r in outbox.select("a", 5)] == [1, 2]
+    assert outbox.counts("a") == (2, 0, 1)
+
+
+# -- validation ---------------------------------------------------------------
+
+
+def test_one_job_name_rule_for_server_and_client() -> None:
+    good = ["a", "job-2026.11:x@y+z_1", "A" * MAX_JOB_NAME]
+    bad = ["", "-a", "a b", "é", "A" * (MAX_JOB_NAME + 1), 7, None]
+    for name in good:
+        assert job_name_problem(name) is None
+        assert validate.job_name(name) == name
+    for name in bad:
+        assert job_name_problem(name) is not None
+        with pytest.raises(BadRequest, match="invalid job name"):
+            validate.job_name(name)
+    from fetchq.api import check_job_name
+
+    with pytest.raises(UsageError, match="invalid job name"):
+        check_job_name("a b")
+
+
+def test_a_lone_surrogate_url_is_refused() -> None:
+    with pytest.raises(BadRequest, match="lone surrogates"):
+        validate.submit_request({"job": "a", "urls": ["http://127.0.0.1/\ud800"]})
+    assert validate.submit_request({"job": "a", "urls": ["http://127.0.0.1/é"]}).urls
+
+
+# -- journal ------------------------------------------------------------------
+
+
+def test_a_failed_write_leaves_the_file_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The OS accepts part of a write and then reports a full disk."""
+    journal = Journal(tmp_path / "j")
+    journal.rewrite([], {"id_base": BASE, "next_id": BASE + 1})
+    journal.write([encode_event({"k": "finish", "job": "a"})])
+    before = (tmp_path / "j").read_bytes()
+    real_write = os.write
+    calls = {"n": 0}
+
+    def full_disk(fd: int, data: bytes | memoryview) -> int:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return real_write(fd, bytes(data)[:5])  # a short write...
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # ...then the disk is full
+
+    monkeypatch.setattr(os, "write", full_disk)
+    for _ in range(2):
+        with pytest.raises(StorageFailed, match="No space left on device"):
+            journal.write([encode_event({"k": "finish", "job": "b"})])
+        calls["n"] = 0
+    assert (tmp_path / "j").read_bytes() == before
+    assert capsys.readouterr().err.count("cannot write journal") == 1  # said once
+    monkeypatch.setattr(os, "write", real_write)
+    journal.write([encode_event({"k": "finish", "job": "c"})])
+    assert "being written again" in capsys.readouterr().err
+    assert [e.get("job") for e in journal.read()] == [None, "a", "c"]
+    journal.close()

@@ -1,0 +1,122 @@
+"""A server that is not there: an answer in seconds, in one line; waiting, quietly."""
+
+from __future__ import annotations
+
+import os
+import pty
+import subprocess
+import time
+
+from fetchq_procs import ServerProcess, fetchq_command, run, start_worker, stop_all
+from test_pipeline import closed_port
+
+from fetchq.errors import ExitCode
+
+
+def lines_of(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def test_status_says_at_once_that_the_server_is_not_there(env):
+    port = closed_port()
+    started = time.monotonic()
+    result = run(env, "status", "--server", f"127.0.0.1:{port}")
+    took = time.monotonic() - started
+    assert result.returncode == ExitCode.UNREACHABLE, result.stderr
+    assert lines_of(result.stderr) == [
+        (
+            f"fetchq: error: cannot reach fetchq server at 127.0.0.1:{port}: connection refused "
+            "(is `fetchq server` running there, on that port?)"
+        )
+    ]
+    assert took < 2.0, f"status took {took:.1f}s"
+
+
+def test_dispatch_and_output_give_up_on_a_server_never_reached(env):
+    """By default: within about 10 seconds, in at most three lines each."""
+    port = closed_port()
+    env["FETCHQ_SERVER"] = f"127.0.0.1:{port}"
+    commands = {
+        "dispatch": fetchq_command("dispatch", "http://127.0.0.1/"),
+        "output": fetchq_command("output", "--until-done"),
+    }
+    started = time.monotonic()
+    running = {
+        name: subprocess.Popen(
+            command,
+            env=env,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for name, command in commands.items()
+    }
+    try:
+        for name, process in running.items():
+            out, err = process.communicate(timeout=30)
+            took = time.monotonic() - started
+            assert process.returncode == ExitCode.UNREACHABLE, (name, err)
+            assert 9.0 <= took <= 12.0 + 1.5, (name, took)
+            assert 2 <= len(lines_of(err)) <= 3, (name, err)
+            assert "gave up after 10s" in lines_of(err)[-1], (name, err)
+            assert "Traceback" not in err and out == ""
+    finally:
+        stop_all(list(running.values()))
+
+
+def test_on_a_terminal_the_waiting_line_is_rewritten_in_place(env):
+    port = closed_port()
+    env["FETCHQ_SERVER"] = f"127.0.0.1:{port}"
+    primary, secondary = pty.openpty()
+    process = subprocess.Popen(
+        fetchq_command("dispatch", "http://127.0.0.1/", "--give-up-after", "3"),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=secondary,
+    )
+    os.close(secondary)
+    seen = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:  # the terminal closed: the command has exited
+                break
+            if not chunk:
+                break
+            seen += chunk
+        assert process.wait(30) == ExitCode.UNREACHABLE
+    finally:
+        os.close(primary)
+        stop_all([process])
+    text = seen.decode()
+    rewrites = text.count("\r\x1b[K")
+    assert rewrites >= 3, text  # one line, rewritten at each attempt
+    assert f"waiting for server at 127.0.0.1:{port} (attempt 3)" in text
+    finished_lines = [line for line in text.replace("\r\n", "\n").split("\n") if line.strip()]
+    assert len(finished_lines) == 1, text  # what stays on screen: the final error only
+    assert "gave up after" in finished_lines[0]
+
+
+def test_a_worker_waits_for_its_server_quietly(env, target):
+    port = closed_port()
+    env["FETCHQ_SERVER"] = f"127.0.0.1:{port}"
+    worker, log = start_worker(env, "--concurrency", "2")
+    try:
+        log.wait_for(rf"waiting for server at 127\.0\.0\.1:{port} \(attempt 1\)")
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline and worker.poll() is None:
+            time.sleep(0.1)  # the worker retries meanwhile; nothing to poll for but time
+        server = ServerProcess(env, "--port", str(port))
+        try:
+            back = log.wait_for(r"is back after \d+s and (\d+) attempts")
+            assert int(back.group(1)) >= 3, log.text
+            assert log.text.count("waiting for server") == 1, log.text
+            worker.terminate()
+            assert worker.wait(30) == 0
+        finally:
+            server.stop()
+    finally:
+        stop_all([worker])
