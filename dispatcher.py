@@ -55,7 +55,8 @@ def open_input(path: str) -> BinaryIO:
 def input_urls(
     urls: list[str], files: list[str], stack: contextlib.ExitStack
 ) -> Iterator[str | Rejected]:
-    """Every URL of the arguments and files, in order; ``-`` reads stdin."""
+    """The argument URLs first, then each ``--file`` in turn, then stdin if ``-``
+    was among the arguments (``--file -`` reads stdin in its place among the files)."""
     plain = [url for url in urls if url != "-"]
     yield from argument_urls(plain)
     sources = [*files, *(["-"] if "-" in urls else [])]
@@ -149,21 +150,17 @@ def dispatch(
     skipped = 0
     with contextlib.ExitStack() as stack, DispatchProgress(count) as progress:
         submitter.on_full = progress.waiting
+        submitter.on_accepted = progress.update
         items: Iterator[str | Rejected] = input_urls(urls, files, stack)
         if template is not None and count is not None:
             items = itertools.chain(items, template_urls(template, count))
-        try:
-            for item in items:
-                if isinstance(item, Rejected):
-                    skipped += 1
-                    if skipped <= MAX_REPORTED:
-                        say(f"skipped {item}")
-                    continue
-                submitter.add(item)
-                if progress.enabled and submitter.accepted % 1000 == 0:
-                    progress.update(submitter.accepted)
-        except ValueError as exc:  # raised by template_urls on its first URL
-            raise UsageError(f"--template: {exc}") from None
+        for item in items:
+            if isinstance(item, Rejected):
+                skipped += 1
+                if skipped <= MAX_REPORTED:
+                    say(f"skipped {item}")
+                continue
+            submitter.add(item)
         submitter.finish()
     print(job_name, flush=True)
     message = f"dispatched {submitter.accepted} tasks as job {job_name} to {address}"

@@ -85,7 +85,11 @@ def _describe(exc: BaseException) -> str:
 
 
 def _root(chain: list[BaseException]) -> BaseException:
-    """The innermost cause: usually the socket error that says what happened."""
+    """The exception the walk of :func:`_chain` reached last.
+
+    The walk is breadth-first, so this is one of the most deeply wrapped,
+    usually the socket error that says what happened; it may be an argument
+    or a ``__context__`` rather than a ``__cause__``."""
     return chain[-1]
 
 

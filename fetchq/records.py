@@ -2,7 +2,8 @@
 
 These dicts are all that crosses the wire or reaches a file, so another
 language only needs this page (and the README) to speak fetchq.  Readers
-fill in defaults for missing fields so that older records still decode.
+take every field with ``.get`` and a default, so that older records still
+decode.
 """
 
 from __future__ import annotations
@@ -86,23 +87,6 @@ def make_result(
         "worker": worker,
         "started": started,
     }
-
-
-def read_result(record: dict[str, Any]) -> dict[str, Any]:
-    """A result with every documented field present (defaults for absent ones)."""
-    result: dict[str, Any] = {
-        "v": RECORD_VERSION,
-        "ok": False,
-        "status": None,
-        "elapsed": 0.0,
-        "bytes": 0,
-        "error": None,
-        "attempt": 1,
-        "worker": "",
-        "started": 0.0,
-    }
-    result.update(record)
-    return result
 
 
 def worker_identity() -> str:

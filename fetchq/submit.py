@@ -8,7 +8,6 @@ from collections.abc import Callable
 
 from fetchq import defaults
 from fetchq.client import BrokerClient
-from fetchq.signals import StopRequest
 
 
 def new_job_name() -> str:
@@ -21,7 +20,8 @@ class Submitter:
     Every batch carries an id made of a per-run random part and a sequence
     number, so a batch re-sent after a lost reply is recognised by the server.
     A full server queue makes ``add`` wait (calling ``on_full``) instead of
-    growing the server without bound."""
+    growing the server without bound; ``on_accepted`` hears of each batch the
+    server took, so a progress display moves once a batch, not once a URL."""
 
     def __init__(
         self,
@@ -31,16 +31,17 @@ class Submitter:
         timeout: float = defaults.TASK_TIMEOUT,
         attempts: int | None = None,
         batch_size: int = defaults.SUBMIT_BATCH,
-        stop: StopRequest | None = None,
         on_full: Callable[[int], None] | None = None,
+        on_accepted: Callable[[int], None] | None = None,
     ) -> None:
         self.client = client
         self.job = job
         self.timeout = timeout
         self.attempts = attempts
         self.batch_size = batch_size
-        self.stop = stop
         self.on_full = on_full
+        self.on_accepted = on_accepted
+        """Called with the running total after each batch the server accepts."""
         self.accepted = 0
         self._batch: list[str] = []
         self._run_id = uuid.uuid4().hex
@@ -69,10 +70,10 @@ class Submitter:
                 break
             if self.on_full is not None:
                 self.on_full(int(reply.get("queued", 0)))
-            if self.stop is not None and self.stop.requested:
-                raise KeyboardInterrupt
         self.accepted += int(reply.get("accepted", 0))
         self._batch = []
+        if self.on_accepted is not None:
+            self.on_accepted(self.accepted)
 
     def finish(self) -> None:
         """Send what is left and tell the server the job is complete."""

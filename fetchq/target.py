@@ -27,7 +27,7 @@ import socketserver
 import struct
 import threading
 from http import HTTPStatus
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 MAX_SLOW = 30.0
@@ -38,6 +38,10 @@ MAX_BYTES = 100 * 1024 * 1024
 
 MAX_DRIP = 1024 * 1024
 """Largest /drip body: it is written a piece at a time."""
+
+SEEN_KEPT = 10_000
+"""Requests whose details the target remembers (the latest ones): enough for a
+test, bounded for a benchmark that sends millions."""
 
 CHUNK = 65536
 _ZEROS = memoryview(bytes(CHUNK))
@@ -62,6 +66,16 @@ def _number(text: str | None, cap: float) -> float | None:
     return min(value, cap)
 
 
+class Seen(NamedTuple):
+    """One request as the target saw it on the wire."""
+
+    path: str
+    """Path and query, as in :meth:`Target.hits`."""
+    user_agent: str | None
+    client_port: int
+    """The client's end of the TCP connection: one port, one connection."""
+
+
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     # Threads are not tracked or joined: stop() closes their connections instead.
@@ -73,6 +87,7 @@ class _Server(http.server.ThreadingHTTPServer):
         self.stopping = threading.Event()
         self.connections: set[socket.socket] = set()
         self.hits: collections.Counter[str] = collections.Counter()
+        self.seen: collections.deque[Seen] = collections.deque(maxlen=SEEN_KEPT)
         self.lock = threading.Lock()
         super().__init__(address, _Handler)
 
@@ -141,8 +156,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(head + body)
 
     def do_GET(self) -> None:
+        seen = Seen(self.path, self.headers.get("User-Agent"), int(self.client_address[1]))
         with self.server.lock:
             self.server.hits[self.path] += 1
+            self.server.seen.append(seen)
         parts = urlsplit(self.path)
         path = parts.path
         if path.startswith("/status/"):
@@ -234,6 +251,13 @@ class Target:
             return collections.Counter()
         with self._server.lock:
             return collections.Counter(self._server.hits)
+
+    def requests(self, path_prefix: str = "/") -> list[Seen]:
+        """The latest requests (at most ``SEEN_KEPT``) whose path starts with ``path_prefix``."""
+        if self._server is None:
+            return []
+        with self._server.lock:
+            return [seen for seen in self._server.seen if seen.path.startswith(path_prefix)]
 
     @property
     def url(self) -> str:

@@ -630,29 +630,43 @@ def test_submits_and_finishes_are_fsynced_before_the_reply(path: Path, clock: Fa
 # -- what the journal cannot encode ----------------------------------------------
 
 
-def test_a_url_the_journal_cannot_encode_is_all_or_nothing(path: Path, clock: FakeClock) -> None:
+def test_a_url_the_journal_cannot_encode_is_refused_whole(path: Path, clock: FakeClock) -> None:
+    """A lone surrogate cannot be written as UTF-8: the batch is refused before
+    anything changes, so a corrected retry with the same batch id is queued."""
     broker = open_broker(path, clock)
-    batch = {"job": "s", "urls": ["http://127.0.0.1/\udcff"], "batch_id": "s-1"}
-    try:
-        reply = broker.submit(batch)
-    except BadRequest:
-        assert counts(broker, "s")["submitted"] == 0
-        assert "duplicate" not in broker.submit({**batch, "urls": ["http://127.0.0.1/"]})
-        broker.close()
-        return
-    assert reply["accepted"] == 1
+    batch = {
+        "job": "s",
+        "urls": ["http://127.0.0.1/ok", "http://127.0.0.1/\udcff"],
+        "batch_id": "s-1",
+    }
+    with pytest.raises(BadRequest, match="valid Unicode"):
+        broker.submit(batch)
+    assert counts(broker, "s")["submitted"] == 0
+    assert broker.lease("w", 10, 0) == []
+    retried = broker.submit({**batch, "urls": ["http://127.0.0.1/ok"]})
+    assert retried == {"accepted": 1, "first_id": retried["first_id"]}
     crash(broker)
     restarted = open_broker(path, clock)
     assert counts(restarted, "s")["submitted"] == 1
+    assert [t["url"] for t in restarted.lease("w", 10, 0)] == ["http://127.0.0.1/ok"]
     restarted.close()
 
 
-def test_a_result_the_journal_cannot_encode_loses_nothing(path: Path, clock: FakeClock) -> None:
+def test_a_result_the_journal_cannot_encode_is_refused_and_changes_nothing(
+    path: Path, clock: FakeClock
+) -> None:
+    """The whole call is refused; the task stays leased to its worker, which can
+    still report it properly, and a restart sees no trace of the bad call."""
     broker = open_broker(path, clock)
-    broker.submit({"job": "a", "urls": urls(1)})
-    [task] = broker.lease("w", 1, 0)
-    with pytest.raises((BadRequest, TypeError, ValueError)):
-        broker.complete("w", [{**ok(task), "worker": b"not json"}])
+    broker.submit({"job": "a", "urls": urls(2)})
+    first, second = broker.lease("w", 2, 0)
+    with pytest.raises(BadRequest, match="JSON values only"):
+        broker.complete("w", [ok(first), {**ok(second), "worker": b"not json"}])
     state = counts(broker, "a")
-    assert state["queued"] + state["leased"] + state["succeeded"] + state["failed"] == 1
-    broker.close()
+    assert (state["queued"], state["leased"], state["succeeded"], state["failed"]) == (0, 2, 0, 0)
+    assert broker.complete("w", [ok(first), ok(second)])["accepted"] == 2
+    crash(broker)
+    restarted = open_broker(path, clock)
+    state = counts(restarted, "a")
+    assert (state["queued"], state["leased"], state["succeeded"], state["failed"]) == (0, 0, 2, 0)
+    restarted.close()
