@@ -279,7 +279,10 @@ def run_worker_process(address: Address, authkey: bytes, settings: WorkerSetting
     cpu = claim_a_cpu() if settings.pin else None
 
     def make_client(stopper: Stopper) -> BrokerClient:
-        return ResilientClient(address, authkey, give_up_after=None, stop=stopper)
+        # A worker waits for its server for ever, whether it was ever reached or not.
+        return ResilientClient(
+            address, authkey, give_up_after=None, first_give_up=None, stop=stopper
+        )
 
     engine = WorkerEngine(make_client, settings, stop, identity)
     where = f", on CPU {cpu}" if cpu is not None else ""

@@ -109,6 +109,12 @@ def open_connection(
 managers.listener_client[SERIALIZER] = (Listener, open_connection)  # type: ignore[attr-defined]
 
 
+def _not_a_frame(exc: BaseException) -> bool:
+    """The login reads a short message; a peer that greets with something else (an SSH
+    banner, say) reads as a length far too large, which the stdlib reports this way."""
+    return isinstance(exc, OSError) and exc.args == ("bad message length",)
+
+
 def transport_error(address: Address, exc: BaseException) -> FetchqError:
     """One line that names the address and what to check."""
     if isinstance(exc, FetchqError):
@@ -118,7 +124,7 @@ def transport_error(address: Address, exc: BaseException) -> FetchqError:
             f"server at {address} rejected the authkey: check FETCHQ_AUTHKEY / "
             "FETCHQ_AUTHKEY_FILE match the server's key"
         )
-    if isinstance(exc, AssertionError):
+    if isinstance(exc, AssertionError) or _not_a_frame(exc):
         return AuthFailed(f"{address} answered, but not like a fetchq server (wrong port?)")
     if isinstance(exc, socket.gaierror):
         return ServerUnreachable(f"cannot resolve server host {address.host!r}")

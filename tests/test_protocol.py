@@ -75,22 +75,11 @@ def test_a_silent_peer_is_reported_as_not_answering(target, monkeypatch):
         client.connect()
 
 
-BANNER_NEEDS = (
-    "product change in fetchq/transport.py: multiprocessing raises OSError('bad message "
-    "length') when a peer's first bytes are not a frame; transport_error maps it to "
-    "ServerUnreachable ('cannot talk to the server: OSError') instead of AuthFailed"
-)
-
-
 @pytest.mark.parametrize(
     "greeting",
     [
         pytest.param(struct.pack("!i", 11) + b"hello there", id="framed"),
-        pytest.param(
-            b"SSH-2.0-OpenSSH_9.2\r\n",
-            id="banner",
-            marks=pytest.mark.xfail(strict=True, raises=ServerUnreachable, reason=BANNER_NEEDS),
-        ),
+        pytest.param(b"SSH-2.0-OpenSSH_9.2\r\n", id="banner"),
     ],
 )
 def test_a_peer_that_speaks_first_but_not_fetchq_is_said_as_such(greeting: bytes) -> None:
