@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import sys
 from collections.abc import Iterator
-from typing import Annotated, BinaryIO
+from typing import Annotated, Any, BinaryIO
 
 import typer
 from rich.console import Console
@@ -30,6 +31,7 @@ from fetchq.commandline import (
     say,
 )
 from fetchq.errors import ConfigError, ExitCode, UsageError
+from fetchq.pace import parse_duration, parse_rate
 from fetchq.submit import Submitter, new_job_name
 from fetchq.urls import Rejected, argument_urls, check_template, read_urls, template_urls
 
@@ -96,6 +98,28 @@ class DispatchProgress:
         self._progress.update(self._task, description=f"queue full ({queued} queued), waiting")
 
 
+def job_policy(
+    rate: str | None,
+    per_host: int | None,
+    host_delay: str | None,
+    obey_robots: bool,
+    retry_after: bool,
+) -> dict[str, Any]:
+    """The job's pace and politeness, as the server takes them (only what was given)."""
+    policy: dict[str, Any] = {}
+    if rate is not None:
+        policy["rate"] = parse_rate(rate)
+    if per_host is not None:
+        policy["per_host"] = per_host
+    if host_delay is not None:
+        policy["host_delay"] = parse_duration(host_delay)
+    if obey_robots:
+        policy["obey_robots"] = True
+    if retry_after:
+        policy["retry_after"] = True
+    return policy
+
+
 @reports_errors
 def dispatch(
     urls: Annotated[
@@ -123,12 +147,40 @@ def dispatch(
     batch_size: Annotated[
         int, typer.Option(min=1, max=100_000, help="URLs per submit call")
     ] = defaults.SUBMIT_BATCH,
+    rate: Annotated[
+        str | None,
+        typer.Option(help="Requests per second for the whole fleet: 200, 200/s, 12000/m, 60/h"),
+    ] = None,
+    duration: Annotated[
+        str | None,
+        typer.Option(help="With --template and --rate: run for this long (30s, 5m, 1h)"),
+    ] = None,
+    per_host: Annotated[
+        int | None,
+        typer.Option(min=1, help="Requests in flight to one host at once, across all workers"),
+    ] = None,
+    host_delay: Annotated[
+        str | None,
+        typer.Option(help="Time between two request starts on one host (0.5, 500ms)"),
+    ] = None,
+    obey_robots: Annotated[
+        bool,
+        typer.Option(help="Fetch robots.txt first; skip what it disallows, honour Crawl-delay"),
+    ] = False,
+    retry_after: Annotated[
+        bool, typer.Option(help="On 429/503 with Retry-After, hold the host and try again later")
+    ] = False,
     server: ServerOption = None,
     authkey_file: AuthkeyFileOption = None,
     give_up_after: GiveUpOption = defaults.GIVE_UP_AFTER,
 ) -> None:
     """Submit URLs as tasks of one job and print the job's name."""
     urls, files = urls or [], file or []
+    policy = job_policy(rate, per_host, host_delay, obey_robots, retry_after)
+    if duration is not None:
+        if template is None or rate is None or count is not None:
+            raise UsageError("--duration goes with --template and --rate, instead of --count")
+        count = math.ceil(policy["rate"] * parse_duration(duration))
     if (template is None) != (count is None):
         raise UsageError("--template and --count go together")
     if not urls and not files and template is None:
@@ -145,7 +197,12 @@ def dispatch(
     client.connect()
 
     submitter = Submitter(
-        client, job_name, timeout=timeout, attempts=attempts, batch_size=batch_size
+        client,
+        job_name,
+        timeout=timeout,
+        attempts=attempts,
+        batch_size=batch_size,
+        policy=policy,
     )
     skipped = 0
     with contextlib.ExitStack() as stack, DispatchProgress(count) as progress:

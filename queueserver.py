@@ -13,6 +13,7 @@ import typer
 
 from fetchq import config, defaults
 from fetchq.commandline import AuthkeyFileOption, reports_errors, run_alone, say
+from fetchq.pace import parse_duration
 from fetchq.server.broker import Broker
 from fetchq.server.journal import Journal
 from fetchq.server.serve import QueueServer, run_until_stopped
@@ -61,8 +62,17 @@ def server(
         str | None,
         typer.Option(help="Keep the queues in this file, so a restart loses nothing"),
     ] = None,
+    per_host: Annotated[
+        int | None,
+        typer.Option(min=1, help="Requests in flight to one host at once, across all jobs"),
+    ] = None,
+    host_delay: Annotated[
+        str | None,
+        typer.Option(help="Time between two request starts on one host, across all jobs"),
+    ] = None,
 ) -> None:
     """Run the queue server until SIGINT or SIGTERM."""
+    delay = parse_duration(host_delay) if host_delay else 0.0
     key = resolve_server_key(authkey_file)
     # A file size limit must fail a journal write (EFBIG), not kill the server.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -73,6 +83,8 @@ def server(
         max_pending=max_pending,
         max_results=max_results,
         journal=log,
+        per_host=per_host,
+        host_delay=delay,
     )
     if log is not None:
         state = broker.status()

@@ -23,9 +23,11 @@ COMMANDS: dict[str, tuple[str, str, str | None]] = {
     "worker": ("worker", "worker", "HELP"),
     "output": ("output", "output", "HELP"),
     "status": ("fetchq.status", "status", None),
+    "job": ("fetchq.steer", "app", "HELP"),
     "demo": ("fetchq.demo", "demo", None),
 }
-"""Subcommand -> (module, function, the module's help text or None for the docstring)."""
+"""Subcommand -> (module, function or Typer group, the module's help text or None for the
+docstring)."""
 
 
 def _load(name: str) -> tuple[Callable[..., Any], str | None]:
@@ -39,7 +41,10 @@ def build_app() -> typer.Typer:
     app = make_app("fetchq: a distributed URL-fetch queue.")
     for name in COMMANDS:
         command, help_text = _load(name)
-        app.command(name, help=help_text)(command)
+        if isinstance(command, typer.Typer):
+            app.add_typer(command, name=name, help=help_text)
+        else:
+            app.command(name, help=help_text)(command)
     app.callback()(_root)
     return app
 
@@ -63,7 +68,10 @@ def main() -> None:
     args = sys.argv[1:]
     if args and args[0] in COMMANDS:
         command, help_text = _load(args[0])
-        run_alone(command, help_text or "", args=args[1:], prog_name=f"fetchq {args[0]}")
+        if isinstance(command, typer.Typer):
+            command(args=args[1:], prog_name=f"fetchq {args[0]}")
+        else:
+            run_alone(command, help_text or "", args=args[1:], prog_name=f"fetchq {args[0]}")
     else:
         build_app()()
 

@@ -15,7 +15,7 @@ from typing import Any
 RECORD_VERSION = 1
 """Bumped when a field changes meaning; new optional fields do not bump it."""
 
-TASK_FIELDS = ("v", "id", "job", "url", "attempt", "timeout", "submitted")
+TASK_FIELDS = ("v", "id", "job", "url", "attempt", "timeout", "submitted", "scheduled")
 RESULT_FIELDS = (
     "v",
     "id",
@@ -29,7 +29,12 @@ RESULT_FIELDS = (
     "attempt",
     "worker",
     "started",
+    "scheduled",
+    "retry_after",
 )
+
+ROBOTS = "robots"
+"""The ``kind`` of a task that asks a worker to fetch a host's robots.txt for a job."""
 
 
 def make_task(
@@ -39,8 +44,10 @@ def make_task(
     attempt: int,
     timeout: float,
     submitted: float,
+    scheduled: float | None = None,
 ) -> dict[str, Any]:
-    """A task as a worker receives it: ``attempt`` counts from 1."""
+    """A task as a worker receives it: ``attempt`` counts from 1; ``scheduled`` is the
+    server's Unix time before which the request must not start (None: at once)."""
     return {
         "v": RECORD_VERSION,
         "id": task_id,
@@ -49,6 +56,7 @@ def make_task(
         "attempt": attempt,
         "timeout": timeout,
         "submitted": submitted,
+        "scheduled": scheduled,
     }
 
 
@@ -71,8 +79,13 @@ def make_result(
     status: int | None = None,
     nbytes: int = 0,
     error: dict[str, str] | None = None,
+    scheduled: float | None = None,
+    retry_after: float | None = None,
 ) -> dict[str, Any]:
-    """The result of one attempt at ``task``."""
+    """The result of one attempt at ``task``.
+
+    ``scheduled`` is when the request was due, on the same clock as ``started``
+    (the worker's); ``retry_after`` the seconds a 429 or 503 answer asked for."""
     return {
         "v": RECORD_VERSION,
         "id": task["id"],
@@ -86,6 +99,8 @@ def make_result(
         "attempt": task.get("attempt", 1),
         "worker": worker,
         "started": started,
+        "scheduled": scheduled,
+        "retry_after": retry_after,
     }
 
 

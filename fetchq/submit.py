@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from fetchq import defaults
 from fetchq.client import BrokerClient
@@ -33,6 +34,7 @@ class Submitter:
         batch_size: int = defaults.SUBMIT_BATCH,
         on_full: Callable[[int], None] | None = None,
         on_accepted: Callable[[int], None] | None = None,
+        policy: dict[str, Any] | None = None,
     ) -> None:
         self.client = client
         self.job = job
@@ -43,6 +45,9 @@ class Submitter:
         self.on_accepted = on_accepted
         """Called with the running total after each batch the server accepts."""
         self.accepted = 0
+        self._policy = dict(policy or {})
+        """The job's pace and politeness (rate, per_host, ...): sent with the first batch
+        only, so that a later ``fetchq job set`` is not undone by this run."""
         self._batch: list[str] = []
         self._run_id = uuid.uuid4().hex
         self._sequence = 0
@@ -53,17 +58,19 @@ class Submitter:
             self.flush()
 
     def flush(self) -> None:
-        if not self._batch:
+        if not self._batch and not self._policy:
             return
         self._sequence += 1
-        request = {
+        request: dict[str, Any] = {
             "job": self.job,
             "urls": self._batch,
             "timeout": self.timeout,
             "attempts": self.attempts,
             "batch_id": f"{self._run_id}:{self._sequence}",
             "wait": defaults.POLL_WAIT,
+            **self._policy,
         }
+        self._policy = {}
         while True:
             reply = self.client.call("submit", request)
             if reply.get("accepted") or not reply.get("full"):
@@ -76,6 +83,7 @@ class Submitter:
             self.on_accepted(self.accepted)
 
     def finish(self) -> None:
-        """Send what is left and tell the server the job is complete."""
+        """Send what is left (the policy too, for a job with no URLs) and tell the server
+        the job is complete."""
         self.flush()
         self.client.call("finish", self.job)
