@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import sys
 from collections.abc import Iterator
-from typing import Annotated, BinaryIO
+from typing import Annotated, Any, BinaryIO
 
 import typer
 from rich.console import Console
@@ -33,6 +34,7 @@ from fetchq.commandline import (
     say,
 )
 from fetchq.errors import ConfigError, ExitCode, UsageError
+from fetchq.pace import parse_duration, parse_rate
 from fetchq.submit import Submitter, new_job_name
 from fetchq.urls import Rejected, argument_urls, check_template, read_urls, template_urls
 
@@ -58,7 +60,8 @@ def open_input(path: str) -> BinaryIO:
 def input_urls(
     urls: list[str], files: list[str], stack: contextlib.ExitStack
 ) -> Iterator[str | Rejected]:
-    """Every URL of the arguments and files, in order; ``-`` reads stdin."""
+    """The argument URLs first, then each ``--file`` in turn, then stdin if ``-``
+    was among the arguments (``--file -`` reads stdin in its place among the files)."""
     plain = [url for url in urls if url != "-"]
     yield from argument_urls(plain)
     sources = [*files, *(["-"] if "-" in urls else [])]
@@ -98,6 +101,28 @@ class DispatchProgress:
         self._progress.update(self._task, description=f"queue full ({queued} queued), waiting")
 
 
+def job_policy(
+    rate: str | None,
+    per_host: int | None,
+    host_delay: str | None,
+    obey_robots: bool,
+    retry_after: bool,
+) -> dict[str, Any]:
+    """The job's pace and politeness, as the server takes them (only what was given)."""
+    policy: dict[str, Any] = {}
+    if rate is not None:
+        policy["rate"] = parse_rate(rate)
+    if per_host is not None:
+        policy["per_host"] = per_host
+    if host_delay is not None:
+        policy["host_delay"] = parse_duration(host_delay)
+    if obey_robots:
+        policy["obey_robots"] = True
+    if retry_after:
+        policy["retry_after"] = True
+    return policy
+
+
 @reports_errors
 def dispatch(
     urls: Annotated[
@@ -125,6 +150,29 @@ def dispatch(
     batch_size: Annotated[
         int, typer.Option(min=1, max=100_000, help="URLs per submit call")
     ] = defaults.SUBMIT_BATCH,
+    rate: Annotated[
+        str | None,
+        typer.Option(help="Requests per second for the whole fleet: 200, 200/s, 12000/m, 60/h"),
+    ] = None,
+    duration: Annotated[
+        str | None,
+        typer.Option(help="With --template and --rate: run for this long (30s, 5m, 1h)"),
+    ] = None,
+    per_host: Annotated[
+        int | None,
+        typer.Option(min=1, help="Requests in flight to one host at once, across all workers"),
+    ] = None,
+    host_delay: Annotated[
+        str | None,
+        typer.Option(help="Time between two request starts on one host (0.5, 500ms)"),
+    ] = None,
+    obey_robots: Annotated[
+        bool,
+        typer.Option(help="Fetch robots.txt first; skip what it disallows, honour Crawl-delay"),
+    ] = False,
+    retry_after: Annotated[
+        bool, typer.Option(help="On 429/503 with Retry-After, hold the host and try again later")
+    ] = False,
     server: ServerOption = None,
     authkey_file: AuthkeyFileOption = None,
     tls_ca: TlsCaOption = None,
@@ -134,6 +182,11 @@ def dispatch(
 ) -> None:
     """Submit URLs as tasks of one job and print the job's name."""
     urls, files = urls or [], file or []
+    policy = job_policy(rate, per_host, host_delay, obey_robots, retry_after)
+    if duration is not None:
+        if template is None or rate is None or count is not None:
+            raise UsageError("--duration goes with --template and --rate, instead of --count")
+        count = math.ceil(policy["rate"] * parse_duration(duration))
     if (template is None) != (count is None):
         raise UsageError("--template and --count go together")
     if not urls and not files and template is None:
@@ -151,26 +204,27 @@ def dispatch(
     client.connect()
 
     submitter = Submitter(
-        client, job_name, timeout=timeout, attempts=attempts, batch_size=batch_size
+        client,
+        job_name,
+        timeout=timeout,
+        attempts=attempts,
+        batch_size=batch_size,
+        policy=policy,
     )
     skipped = 0
     with contextlib.ExitStack() as stack, DispatchProgress(count) as progress:
         submitter.on_full = progress.waiting
+        submitter.on_accepted = progress.update
         items: Iterator[str | Rejected] = input_urls(urls, files, stack)
         if template is not None and count is not None:
             items = itertools.chain(items, template_urls(template, count))
-        try:
-            for item in items:
-                if isinstance(item, Rejected):
-                    skipped += 1
-                    if skipped <= MAX_REPORTED:
-                        say(f"skipped {item}")
-                    continue
-                submitter.add(item)
-                if progress.enabled and submitter.accepted % 1000 == 0:
-                    progress.update(submitter.accepted)
-        except ValueError as exc:  # raised by template_urls on its first URL
-            raise UsageError(f"--template: {exc}") from None
+        for item in items:
+            if isinstance(item, Rejected):
+                skipped += 1
+                if skipped <= MAX_REPORTED:
+                    say(f"skipped {item}")
+                continue
+            submitter.add(item)
         submitter.finish()
     print(job_name, flush=True)
     message = f"dispatched {submitter.accepted} tasks as job {job_name} to {address}"

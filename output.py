@@ -31,7 +31,7 @@ from fetchq.commandline import (
     run_alone,
     say,
 )
-from fetchq.errors import ConfigError, UsageError
+from fetchq.errors import ConfigError, FetchqError, UsageError
 from fetchq.formats import ids_in_file, open_writer
 from fetchq.ids import IdSet
 from fetchq.signals import StopRequest
@@ -107,24 +107,34 @@ def output(
     client = ResilientClient(address, key.key, settings, give_up_after=give_up_after, stop=stop)
     client.connect()
     report = Summary() if summary else None
-    with contextlib.ExitStack() as stack:
-        writer = None
-        if fmt is not Format.none:
-            stream = open_output(out, append)
-            if stream is not sys.stdout:
-                stack.enter_context(stream)
-            writer = open_writer(fmt.value, stream, continuing=append and stream.tell() > 0)
-        written = collect(
-            client,
-            job,
-            writer=writer,
-            summary=report,
-            until_done=until_done,
-            stop=stop,
-            written_ids=written_ids,
-        )
+    try:
+        with contextlib.ExitStack() as stack:
+            writer = None
+            if fmt is not Format.none:
+                stream = open_output(out, append)
+                if stream is not sys.stdout:
+                    stack.enter_context(stream)
+                writer = open_writer(fmt.value, stream, continuing=append and stream.tell() > 0)
+            done = collect(
+                client,
+                job,
+                writer=writer,
+                summary=report,
+                until_done=until_done,
+                stop=stop,
+                written_ids=written_ids,
+            )
+    except OSError as exc:  # the client's own errors are FetchqErrors: this is the writing
+        where = out if out not in (None, "-") else "stdout"
+        resume = " (run again with --append to resume it)" if where != "stdout" else ""
+        raise FetchqError(
+            f"cannot write {where}: {exc.strerror or exc}; results not written stay on "
+            f"the server{resume}"
+        ) from None
+    if done.repeated:
+        say(f"skipped {done.repeated} results handed out again that were already written")
     if stop.requested:
-        say(f"output stopped on {stop.signal_name} after {written} results")
+        say(f"output stopped on {stop.signal_name} after {done.written} results")
     if report is not None:
         to_stdout = fmt is Format.none or out not in (None, "-")
         print(report.render(), file=sys.stdout if to_stdout else sys.stderr, flush=True)

@@ -13,6 +13,7 @@ import typer
 
 from fetchq import config, defaults, tls
 from fetchq.commandline import AuthkeyFileOption, reports_errors, run_alone, say
+from fetchq.pace import parse_duration
 from fetchq.server.broker import Broker
 from fetchq.server.journal import Journal
 from fetchq.server.serve import QueueServer, run_until_stopped
@@ -61,6 +62,14 @@ def server(
         str | None,
         typer.Option(help="Keep the queues in this file, so a restart loses nothing"),
     ] = None,
+    per_host: Annotated[
+        int | None,
+        typer.Option(min=1, help="Requests in flight to one host at once, across all jobs"),
+    ] = None,
+    host_delay: Annotated[
+        str | None,
+        typer.Option(help="Time between two request starts on one host, across all jobs"),
+    ] = None,
     tls_cert: Annotated[
         str | None, typer.Option(help="Serve TLS with this certificate (PEM)", show_default=False)
     ] = None,
@@ -83,6 +92,7 @@ def server(
     ] = False,
 ) -> None:
     """Run the queue server until SIGINT or SIGTERM."""
+    delay = parse_duration(host_delay) if host_delay else 0.0
     tls_settings = tls.server_tls(tls_cert, tls_key, tls_ca)
     key = resolve_server_key(authkey_file)
     # A file size limit must fail a journal write (EFBIG), not kill the server.
@@ -94,6 +104,8 @@ def server(
         max_pending=max_pending,
         max_results=max_results,
         journal=log,
+        per_host=per_host,
+        host_delay=delay,
     )
     if log is not None:
         state = broker.status()

@@ -12,6 +12,7 @@ import enum
 import re
 from typing import TypedDict
 
+from fetchq import __version__
 from fetchq.errors import UsageError
 
 PROTOCOL = 3
@@ -33,6 +34,8 @@ METHODS = (
     "queued",
     "status",
     "job",
+    "robots",
+    "control",
 )
 """What clients may call on the broker: the whole wire API."""
 
@@ -63,6 +66,14 @@ MAX_INTEGER = (1 << 63) - 1
 every language's JSON."""
 
 MAX_JOB_NAME = 200
+
+USER_AGENT = f"fetchq/{__version__}"
+"""What every request says it is, robots.txt fetches included, and whom robots.txt
+rules are read for."""
+
+ROBOTS_MAX_BYTES = 512 * 1024
+"""The most of a robots.txt a worker reads (RFC 9309 asks parsers to take at least
+500 KiB)."""
 
 _JOB_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._:@+-]{{0,{MAX_JOB_NAME - 1}}}")
 

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str, str | None]] = {
     "worker": ("worker", "worker", "HELP"),
     "output": ("output", "output", "HELP"),
     "status": ("fetchq.status", "status", None),
+    "job": ("fetchq.steer", "app", "HELP"),
     "demo": ("fetchq.demo", "demo", None),
     "tls": ("fetchq.tlsinit", "app", None),
 }
@@ -42,7 +43,7 @@ def build_app() -> typer.Typer:
     for name in COMMANDS:
         command, help_text = _load(name)
         if isinstance(command, typer.Typer):
-            app.add_typer(command, name=name)
+            app.add_typer(command, name=name, help=help_text)
         else:
             app.command(name, help=help_text)(command)
     app.callback()(_root)

@@ -36,12 +36,24 @@ class BrokerClient:
     Calls are safe from several threads: the manager machinery gives each
     thread its own connection to the server."""
 
-    def __init__(self, address: Address, authkey: bytes, tls: ClientTLS | None = None) -> None:
+    def __init__(
+        self,
+        address: Address,
+        authkey: bytes,
+        tls: ClientTLS | None = None,
+        *,
+        introduce: dict[str, Any] | None = None,
+    ) -> None:
         self.address = address
         self._authkey = authkey
         self.tls = tls
+        self._introduce = introduce or {}
+        """What this client tells the server about itself (a worker: its name and threads)."""
         self._proxy: Any = None
         self._lock = threading.Lock()
+        self.clock_offset = 0.0
+        """The server's clock minus ours, measured at the last login (within half a round
+        trip): a start time the server gives minus this is one on our clock."""
 
     def connect(self) -> dict[str, Any]:
         """Log in and check versions; returns what the server said about itself."""
@@ -52,11 +64,17 @@ class BrokerClient:
             )
             manager.connect()
             proxy = manager.broker()
-            info: dict[str, Any] = proxy.hello({"protocol": PROTOCOL, "version": __version__})
+            sent = time.time()
+            info: dict[str, Any] = proxy.hello(
+                {"protocol": PROTOCOL, "version": __version__, **self._introduce}
+            )
+            received = time.time()
         except TRANSPORT_ERRORS as exc:
             raise transport_error(self.address, exc) from None
         with self._lock:
             self._proxy = proxy
+            if isinstance(info.get("time"), int | float):
+                self.clock_offset = float(info["time"]) - (sent + received) / 2
         return info
 
     def call(self, method: str, *args: Any) -> Any:
@@ -126,8 +144,9 @@ class ResilientClient(BrokerClient):
         first_give_up: float | None = defaults.FIRST_CONNECT_GIVE_UP,
         stop: Stopper | None = None,
         notice: StatusLine | None = None,
+        introduce: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(address, authkey, tls)
+        super().__init__(address, authkey, tls, introduce=introduce)
         self.give_up_after = give_up_after
         self.first_give_up = first_give_up
         self.stop: Stopper = stop or threading.Event()

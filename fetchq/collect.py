@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
 from fetchq import defaults
 from fetchq.client import BrokerClient
 from fetchq.formats import ResultWriter
 from fetchq.ids import IdSet
 from fetchq.stats import Summary
+
+
+@dataclass
+class Collected:
+    """What one run of :func:`collect` did."""
+
+    written: int = 0
+    repeated: int = 0
+    """Results handed out again that were already written: confirmed, not repeated."""
 
 
 class StopCheck(Protocol):
@@ -25,42 +34,40 @@ def collect(
     summary: Summary | None = None,
     until_done: bool = False,
     stop: StopCheck | None = None,
-    on_batch: Callable[[list[dict[str, Any]]], None] | None = None,
     written_ids: IdSet | None = None,
-) -> int:
-    """Write results as they arrive; returns how many were written.
+) -> Collected:
+    """Write results as they arrive; returns how many were written and skipped.
 
     Each batch is confirmed to the server only after it has been written and
     flushed (with the next request, or on the way out), so results an
     output never wrote are handed out again, to this run or the next.
     With ``until_done`` it returns once the job is sealed and every task's
     result is confirmed; otherwise it follows until stopped."""
-    written = 0
+    done = Collected()
     token: str | None = None
     seen = written_ids if written_ids is not None else IdSet()
     try:
         while stop is None or not stop.requested:
             reply = client.call("results", job, defaults.READ_BATCH, defaults.POLL_WAIT, token)
             token = None
-            results = reply["results"]
+            handed = reply["results"]
             # A result handed out again (this output stalled past the lease, or an
             # interrupted run left it in the file) is confirmed but not repeated.
-            results = [result for result in results if seen.add(result["id"])]
+            results = [result for result in handed if seen.add(result["id"])]
+            done.repeated += len(handed) - len(results)
             for result in results:
                 if writer is not None:
                     writer.write(result)
                 if summary is not None:
                     summary.add(result)
             if results:
-                written += len(results)
+                done.written += len(results)
                 if writer is not None:
                     writer.flush()
-                if on_batch is not None:
-                    on_batch(results)
             token = reply.get("token")
             if until_done and reply["complete"]:
                 break
     finally:
         if token is not None:
             client.call("ack", token)
-    return written
+    return done

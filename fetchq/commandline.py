@@ -7,7 +7,6 @@ fetchq error that ended them; a user's mistake never shows a traceback.
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
@@ -15,7 +14,7 @@ import typer
 
 from fetchq import config, tls
 from fetchq.errors import ExitCode, FetchqError
-from fetchq.messages import say
+from fetchq.messages import error, say
 
 __all__ = [
     "AuthkeyFileOption",
@@ -96,10 +95,10 @@ def reports_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except FetchqError as exc:
-            print(f"fetchq: error: {exc.message}", file=sys.stderr, flush=True)
+            error(exc.message)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            print("fetchq: interrupted", file=sys.stderr, flush=True)
+            say("interrupted")
             raise typer.Exit(ExitCode.INTERRUPTED) from None
 
     return wrapper  # type: ignore[return-value]

@@ -11,12 +11,12 @@ import ipaddress
 import os
 import secrets
 import stat
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from fetchq import defaults
 from fetchq.errors import ConfigError, NoAuthkey
+from fetchq.messages import warn
 
 ENV_SERVER = "FETCHQ_SERVER"
 ENV_AUTHKEY = "FETCHQ_AUTHKEY"
@@ -36,10 +36,16 @@ class Address:
 
 
 def parse_port(text: str | int) -> int:
-    try:
+    """A port from ``0`` to ``65535``, written in ASCII digits only.
+
+    ``int()`` alone would also take ``+80``, ``8_0``, `` 80`` and non-ASCII
+    digits: forms no other tool accepts in an address, so neither do we."""
+    if isinstance(text, str):
+        if not (text.isascii() and text.isdigit()):
+            raise ConfigError(f"invalid port {text!r}: expected a number from 0 to 65535")
         port = int(text)
-    except ValueError:
-        raise ConfigError(f"invalid port {text!r}: expected a number from 0 to 65535") from None
+    else:
+        port = text
     if not 0 <= port <= 65535:
         raise ConfigError(f"invalid port {port}: expected a number from 0 to 65535")
     return port
@@ -109,10 +115,7 @@ def warn_if_readable_by_others(path: str | os.PathLike[str]) -> None:
     except OSError:
         return
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        print(
-            f"fetchq: warning: authkey file {path} is readable by other users (chmod 600 {path})",
-            file=sys.stderr,
-        )
+        warn(f"authkey file {path} is readable by other users (chmod 600 {path})")
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from fetchq.cpus import claim_a_cpu
 from fetchq.errors import FetchqError, ServerUnreachable
 from fetchq.fetch import Fetcher
 from fetchq.messages import say
-from fetchq.records import worker_identity
+from fetchq.records import ROBOTS, worker_identity
 from fetchq.signals import StopRequest
 from fetchq.tls import ClientTLS
 from fetchq.transport import set_call_timeout
@@ -98,6 +98,9 @@ class WorkerEngine:
         self._held: dict[int, int] = {}
         """Task id -> attempt of every task leased and not yet reported."""
         self._held_lock = threading.Lock()
+        self._robots_reports: collections.deque[dict[str, Any]] = collections.deque()
+        self._returned: list[dict[str, Any]] = []
+        """Tasks a fetch thread was waiting to start when a stop came: they go back."""
         self._reporting_done = threading.Event()
         self.fetched = 0
         """Results the server took."""
@@ -180,9 +183,28 @@ class WorkerEngine:
                     return
                 if not self._hungry.is_set() and self._inbox.qsize() <= self._low_water:
                     self._hungry.set()
-                self._outbox.append(fetcher.fetch(task))
+                if task.get("kind") == ROBOTS:
+                    self._robots_reports.append(fetcher.fetch_robots(task))
+                    continue
+                due = self._when_due(task)
+                if due is not None and self._wait_until(due):
+                    self._returned.append(task)  # asked to stop before it was due
+                    continue
+                self._outbox.append(fetcher.fetch(task, scheduled=due))
         finally:
             fetcher.close()
+
+    def _when_due(self, task: dict[str, Any]) -> float | None:
+        """A task's scheduled start on this machine's clock (None: start at once)."""
+        scheduled = task.get("scheduled")
+        if not isinstance(scheduled, int | float):
+            return None
+        return float(scheduled) - self._lease_client.clock_offset
+
+    def _wait_until(self, due: float) -> bool:
+        """Sleep until ``due``, never past it on purpose; True if asked to stop first."""
+        delay = due - time.time()
+        return delay > 0 and self.stop.event.wait(delay)
 
     # -- reporter thread --------------------------------------------------
 
@@ -195,6 +217,8 @@ class WorkerEngine:
             batch: list[dict[str, Any]] = []
             while self._outbox and len(batch) < defaults.RESULT_BATCH:
                 batch.append(self._outbox.popleft())
+            while self._robots_reports:
+                self._report_robots(self._robots_reports.popleft())
             renewal_due = time.monotonic() >= next_renewal
             if batch or renewal_due:
                 self._report(batch, renew=renewal_due)
@@ -204,6 +228,15 @@ class WorkerEngine:
                 if self._reporting_done.is_set() and not self._outbox:
                     return
                 self._reporting_done.wait(defaults.FLUSH_INTERVAL)
+
+    def _report_robots(self, report: dict[str, Any]) -> None:
+        with self._held_lock:
+            self._held.pop(report["id"], None)
+        try:
+            self._report_client.call("robots", self.identity, report)
+        except FetchqError as exc:
+            if not self._abandon.is_set():
+                say(f"worker {self.identity}: could not report a robots.txt: {exc}")
 
     def _report(self, batch: list[dict[str, Any]], *, renew: bool) -> None:
         """Report ``batch`` (with the leases still held, when ``renew``); the reporter
@@ -250,6 +283,8 @@ class WorkerEngine:
         deadline = time.monotonic() + self.settings.grace
         for thread in fetchers:
             thread.join(max(0.0, deadline - time.monotonic()))
+        if self._returned:
+            self._release(self._returned)
         if any(thread.is_alive() for thread in fetchers):
             say(f"worker {self.identity}: requests still running after the grace period")
         self._reporting_done.set()
@@ -282,7 +317,16 @@ def run_worker_process(
     cpu = claim_a_cpu() if settings.pin else None
 
     def make_client(stopper: Stopper) -> BrokerClient:
-        return ResilientClient(address, authkey, tls, give_up_after=None, stop=stopper)
+        # A worker waits for its server for ever, whether it was ever reached or not.
+        return ResilientClient(
+            address,
+            authkey,
+            tls,
+            give_up_after=None,
+            first_give_up=None,
+            stop=stopper,
+            introduce={"worker": identity, "threads": settings.concurrency},
+        )
 
     engine = WorkerEngine(make_client, settings, stop, identity)
     where = f", on CPU {cpu}" if cpu is not None else ""

@@ -7,6 +7,7 @@ result from any worker reads the same.
 
 from __future__ import annotations
 
+import email.utils
 import http.client
 import math
 import os
@@ -15,7 +16,7 @@ import ssl
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import requests
 import requests.adapters
@@ -23,7 +24,7 @@ import requests.structures
 import requests.utils
 import urllib3.exceptions
 
-from fetchq import __version__, defaults, records
+from fetchq import api, defaults, records
 
 CHUNK = 65536
 """Bytes asked of the socket per body read."""
@@ -85,7 +86,11 @@ def _describe(exc: BaseException) -> str:
 
 
 def _root(chain: list[BaseException]) -> BaseException:
-    """The innermost cause: usually the socket error that says what happened."""
+    """The exception the walk of :func:`_chain` reached last.
+
+    The walk is breadth-first, so this is one of the most deeply wrapped,
+    usually the socket error that says what happened; it may be an argument
+    or a ``__context__`` rather than a ``__cause__``."""
     return chain[-1]
 
 
@@ -203,6 +208,34 @@ def classify(exc: BaseException) -> tuple[str, str]:
     return "internal", _short(f"{type(exc).__name__}: {exc}")
 
 
+RETRY_AFTER_STATUSES = (429, 503)
+"""The answers whose Retry-After header a result reports."""
+
+
+class _Answer(NamedTuple):
+    status: int | None = None
+    nbytes: int = 0
+    retry_after: float | None = None
+    body: bytes = b""
+
+
+def retry_after_seconds(value: str | None, now: float) -> float | None:
+    """Seconds a Retry-After header asks for: delta-seconds or an HTTP date (RFC 9110);
+    None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
 def _task_timeout(task: Mapping[str, Any]) -> float:
     """The task's total seconds, or the default when it is missing or unusable."""
     value = task.get("timeout")
@@ -295,7 +328,7 @@ class Fetcher:
         *,
         connect_timeout: float = defaults.CONNECT_TIMEOUT,
         follow_redirects: bool = False,
-        user_agent: str = f"fetchq/{__version__}",
+        user_agent: str = api.USER_AGENT,
     ) -> None:
         self.worker = worker
         self.connect_timeout = connect_timeout
@@ -325,19 +358,20 @@ class Fetcher:
             return {}
         return dict(requests.utils.get_environ_proxies(url))
 
-    def fetch(self, task: dict[str, Any]) -> dict[str, Any]:
-        """GET ``task['url']`` and return its result; never raises."""
+    def fetch(self, task: dict[str, Any], scheduled: float | None = None) -> dict[str, Any]:
+        """GET ``task['url']`` and return its result; never raises.
+
+        ``scheduled``: when the request was due, on this machine's clock."""
         started = time.time()
         t0 = time.perf_counter()
-        status: int | None = None
-        nbytes = 0
+        answer = _Answer()
         error: dict[str, str] | None = None
         timeout = defaults.TASK_TIMEOUT
         try:
             timeout = _task_timeout(task)
-            status, nbytes = self._get(task["url"], timeout, t0)
+            answer = self._get(task["url"], timeout, t0)
         except _Partial as part:
-            status, nbytes = part.status, part.nbytes
+            answer = _Answer(part.status, part.nbytes)
             error = self._error(part.cause, timeout)
         except Exception as exc:
             error = self._error(exc, timeout)
@@ -346,10 +380,36 @@ class Fetcher:
             worker=self.worker,
             started=started,
             elapsed=time.perf_counter() - t0,
-            status=status,
-            nbytes=nbytes,
+            status=answer.status,
+            nbytes=answer.nbytes,
             error=error,
+            scheduled=scheduled,
+            retry_after=answer.retry_after,
         )
+
+    def fetch_robots(self, task: dict[str, Any]) -> dict[str, Any]:
+        """GET a robots.txt for a task of kind ``robots``: what ``robots`` reports."""
+        t0 = time.perf_counter()
+        report: dict[str, Any] = {
+            "id": task.get("id"),
+            "attempt": task.get("attempt", 1),
+            "job": task.get("job"),
+            "host": task.get("host"),
+            "status": None,
+            "body": None,
+            "error": None,
+        }
+        timeout = _task_timeout(task)
+        try:
+            answer = self._get(task["url"], timeout, t0, keep=api.ROBOTS_MAX_BYTES)
+            report["status"] = answer.status
+            report["body"] = answer.body.decode("utf-8", errors="replace")
+        except _Partial as part:
+            report["status"] = part.status
+            report["error"] = self._error(part.cause, timeout)
+        except Exception as exc:
+            report["error"] = self._error(exc, timeout)
+        return report
 
     def _error(self, exc: BaseException, timeout: float) -> dict[str, str]:
         try:
@@ -390,11 +450,13 @@ class Fetcher:
             prepared, stream=True, timeout=timeout, verify=verify, proxies=proxies
         )
 
-    def _get(self, url: Any, timeout: float, t0: float) -> tuple[int, int]:
-        """Send the GET and read the body within the deadline: (status, bytes)."""
+    def _get(self, url: Any, timeout: float, t0: float, keep: int = 0) -> _Answer:
+        """Send the GET and read the body within the deadline (keeping the first
+        ``keep`` bytes of it, decoded, only when asked: a robots.txt)."""
         deadline = t0 + timeout
         resp = self._send(url, (min(self.connect_timeout, timeout), timeout))
         nbytes = 0
+        kept = bytearray()
         try:
             raw = resp.raw
             conn = getattr(raw, "connection", None)
@@ -409,15 +471,20 @@ class Fetcher:
                 # its body cannot stretch one read past the deadline.
                 if sock is not None:
                     sock.settimeout(remaining)
-                data = raw.read1(CHUNK, decode_content=False)
+                data = raw.read1(CHUNK, decode_content=bool(keep))
                 if not data:
                     break
                 nbytes += len(data)
+                if len(kept) < keep:
+                    kept += data[: keep - len(kept)]
         except Exception as exc:
             raise _Partial(resp.status_code, nbytes, exc) from exc
         finally:
             resp.close()
-        return resp.status_code, nbytes
+        wait = None
+        if resp.status_code in RETRY_AFTER_STATUSES:
+            wait = retry_after_seconds(resp.headers.get("Retry-After"), time.time())
+        return _Answer(resp.status_code, nbytes, wait, bytes(kept))
 
     def close(self) -> None:
         """Close the session's pooled connections."""

@@ -27,7 +27,9 @@ CSV_FIELDS = tuple(
 """CSV columns: the result fields flattened (``error`` split in two, no record version)."""
 
 TEXT_LABEL_WIDTH = 16
-"""Width of the status / error column, wide enough for ``ERR connect-timeout``-like labels."""
+"""Width of the status / error column: it fits ``ERR invalid_url`` (15) and every
+shorter label; the three longer ones (``ERR lease_expired``, ``ERR connect_timeout``,
+``ERR too_many_redirects``) push the rest of their line to the right."""
 
 
 class ResultWriter:

@@ -1,4 +1,8 @@
-"""Messages for people: one line each, on stderr, so stdout stays a program's output."""
+"""Messages for people: one line each, on stderr, so stdout stays a program's output.
+
+Every line a fetchq program writes for a person goes through here, so they all
+start the same way and a script can tell them from results.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,22 @@ import sys
 import time
 from typing import TextIO
 
+PREFIX = "fetchq: "
+
 
 def say(message: str) -> None:
-    print(f"fetchq: {message}", file=sys.stderr, flush=True)
+    """A line of news: what a program is doing or has done."""
+    print(f"{PREFIX}{message}", file=sys.stderr, flush=True)
+
+
+def warn(message: str) -> None:
+    """Something works, but not as the user probably wants it to."""
+    say(f"warning: {message}")
+
+
+def error(message: str) -> None:
+    """Why a command is about to stop (its exit code says what kind of failure)."""
+    say(f"error: {message}")
 
 
 class StatusLine:
@@ -33,7 +50,7 @@ class StatusLine:
 
     def show(self, text: str, *, final: bool = False) -> None:
         """Say ``text``; ``final`` ends the line (on a terminal) and always shows."""
-        line = f"fetchq: {text}"
+        line = f"{PREFIX}{text}"
         if self._on_terminal():
             self.stream.write(f"\r\x1b[K{line}" + ("\n" if final else ""))
             self.stream.flush()

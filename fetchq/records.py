@@ -2,7 +2,8 @@
 
 These dicts are all that crosses the wire or reaches a file, so another
 language only needs this page (and the README) to speak fetchq.  Readers
-fill in defaults for missing fields so that older records still decode.
+take every field with ``.get`` and a default, so that older records still
+decode.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 RECORD_VERSION = 1
 """Bumped when a field changes meaning; new optional fields do not bump it."""
 
-TASK_FIELDS = ("v", "id", "job", "url", "attempt", "timeout", "submitted")
+TASK_FIELDS = ("v", "id", "job", "url", "attempt", "timeout", "submitted", "scheduled")
 RESULT_FIELDS = (
     "v",
     "id",
@@ -28,7 +29,12 @@ RESULT_FIELDS = (
     "attempt",
     "worker",
     "started",
+    "scheduled",
+    "retry_after",
 )
+
+ROBOTS = "robots"
+"""The ``kind`` of a task that asks a worker to fetch a host's robots.txt for a job."""
 
 
 def make_task(
@@ -38,8 +44,10 @@ def make_task(
     attempt: int,
     timeout: float,
     submitted: float,
+    scheduled: float | None = None,
 ) -> dict[str, Any]:
-    """A task as a worker receives it: ``attempt`` counts from 1."""
+    """A task as a worker receives it: ``attempt`` counts from 1; ``scheduled`` is the
+    server's Unix time before which the request must not start (None: at once)."""
     return {
         "v": RECORD_VERSION,
         "id": task_id,
@@ -48,6 +56,7 @@ def make_task(
         "attempt": attempt,
         "timeout": timeout,
         "submitted": submitted,
+        "scheduled": scheduled,
     }
 
 
@@ -70,8 +79,13 @@ def make_result(
     status: int | None = None,
     nbytes: int = 0,
     error: dict[str, str] | None = None,
+    scheduled: float | None = None,
+    retry_after: float | None = None,
 ) -> dict[str, Any]:
-    """The result of one attempt at ``task``."""
+    """The result of one attempt at ``task``.
+
+    ``scheduled`` is when the request was due, on the same clock as ``started``
+    (the worker's); ``retry_after`` the seconds a 429 or 503 answer asked for."""
     return {
         "v": RECORD_VERSION,
         "id": task["id"],
@@ -85,24 +99,9 @@ def make_result(
         "attempt": task.get("attempt", 1),
         "worker": worker,
         "started": started,
+        "scheduled": scheduled,
+        "retry_after": retry_after,
     }
-
-
-def read_result(record: dict[str, Any]) -> dict[str, Any]:
-    """A result with every documented field present (defaults for absent ones)."""
-    result: dict[str, Any] = {
-        "v": RECORD_VERSION,
-        "ok": False,
-        "status": None,
-        "elapsed": 0.0,
-        "bytes": 0,
-        "error": None,
-        "attempt": 1,
-        "worker": "",
-        "started": 0.0,
-    }
-    result.update(record)
-    return result
 
 
 def worker_identity() -> str:

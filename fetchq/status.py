@@ -17,6 +17,8 @@ from fetchq.commandline import (
     TlsKeyOption,
     reports_errors,
 )
+from fetchq.pace import format_rate
+from fetchq.stats import format_duration
 
 WORKER_GONE_AFTER = 60.0
 """Seconds without contact after which a worker is shown as gone."""
@@ -36,8 +38,38 @@ JOB_COLUMNS = (
 """The job counters shown, under the names ``status --json`` gives them."""
 
 
-def job_state(counts: dict[str, Any]) -> str:
-    return "complete" if counts["complete"] else "sealed" if counts["sealed"] else "open"
+BEHIND = 0.95
+"""A job achieving less than this share of its target rate, with work queued, is behind."""
+
+
+def pace_lines(name: str, job: dict[str, Any], threads: int) -> list[str]:
+    """A job's target and achieved rate, late starts, and, when the fleet cannot keep up,
+    how many requests the rate needs in flight (Little's law) against the threads there are."""
+    pace = job["pace"]
+    if not pace["target"]:
+        return []
+    late = f", {pace['late']} late starts (worst {format_duration(pace['worst_late'])})"
+    line = (
+        f"  {name}: target {format_rate(pace['target'])}, achieved "
+        f"{format_rate(pace['achieved'])}{late if pace['late'] else ''}"
+    )
+    lines = [line]
+    needed = pace["needed_in_flight"]
+    behind = job["queued"] and pace["achieved"] < BEHIND * pace["target"]
+    if needed is not None and (behind or needed > threads):
+        lines.append(
+            f"    cannot keep up: the rate needs about {needed:g} requests in flight "
+            f"(rate x mean response time) and the fleet has {threads} fetch threads"
+            + (f": add about {needed - threads:.0f}" if needed > threads else "")
+        )
+    return lines
+
+
+def host_lines(name: str, job: dict[str, Any]) -> list[str]:
+    return [
+        f"  {name}: {host['host']} {host['queued']} queued, {host['in_flight']} in flight"
+        for host in job["hosts"]
+    ]
 
 
 def render_status(status: dict[str, Any], address: config.Address) -> str:
@@ -52,7 +84,13 @@ def render_status(status: dict[str, Any], address: config.Address) -> str:
         lines.append(f"{'job':<{width}}  " + "  ".join(f"{c:>10}" for c in JOB_COLUMNS) + "  state")
         for name, counts in jobs.items():
             cells = "  ".join(f"{counts[c]:>10}" for c in JOB_COLUMNS)
-            lines.append(f"{name:<{width}}  {cells}  {job_state(counts)}")
+            lines.append(f"{name:<{width}}  {cells}  {counts['state']}")
+        paced = [line for n, job in jobs.items() for line in pace_lines(n, job, status["threads"])]
+        if paced:
+            lines += ["", "pace:", *paced]
+        hosts = [line for n, job in jobs.items() for line in host_lines(n, job)]
+        if hosts:
+            lines += ["", "hosts with the longest queues:", *hosts]
     else:
         lines.append("no jobs")
     lines.append("")

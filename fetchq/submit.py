@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from fetchq import defaults
 from fetchq.api import MAX_SUBMIT_BYTES
 from fetchq.client import BrokerClient
-from fetchq.signals import StopRequest
 
 
 def new_job_name() -> str:
@@ -22,9 +22,10 @@ class Submitter:
     Every batch carries an id made of a per-run random part and a sequence
     number, so a batch re-sent after a lost reply is recognised by the server.
     A full server queue makes ``add`` wait (calling ``on_full``) instead of
-    growing the server without bound.  A batch is also sent early once its
-    URLs reach MAX_SUBMIT_BYTES, so that long URLs never make a frame the
-    server refuses."""
+    growing the server without bound; ``on_accepted`` hears of each batch the
+    server took, so a progress display moves once a batch, not once a URL.  A
+    batch is also sent early once its URLs reach MAX_SUBMIT_BYTES, so that long
+    URLs never make a frame the server refuses."""
 
     def __init__(
         self,
@@ -34,17 +35,22 @@ class Submitter:
         timeout: float = defaults.TASK_TIMEOUT,
         attempts: int | None = None,
         batch_size: int = defaults.SUBMIT_BATCH,
-        stop: StopRequest | None = None,
         on_full: Callable[[int], None] | None = None,
+        on_accepted: Callable[[int], None] | None = None,
+        policy: dict[str, Any] | None = None,
     ) -> None:
         self.client = client
         self.job = job
         self.timeout = timeout
         self.attempts = attempts
         self.batch_size = batch_size
-        self.stop = stop
         self.on_full = on_full
+        self.on_accepted = on_accepted
+        """Called with the running total after each batch the server accepts."""
         self.accepted = 0
+        self._policy = dict(policy or {})
+        """The job's pace and politeness (rate, per_host, ...): sent with the first batch
+        only, so that a later ``fetchq job set`` is not undone by this run."""
         self._batch: list[str] = []
         self._size = 0
         self._run_id = uuid.uuid4().hex
@@ -57,30 +63,33 @@ class Submitter:
             self.flush()
 
     def flush(self) -> None:
-        if not self._batch:
+        if not self._batch and not self._policy:
             return
         self._sequence += 1
-        request = {
+        request: dict[str, Any] = {
             "job": self.job,
             "urls": self._batch,
             "timeout": self.timeout,
             "attempts": self.attempts,
             "batch_id": f"{self._run_id}:{self._sequence}",
             "wait": defaults.POLL_WAIT,
+            **self._policy,
         }
+        self._policy = {}
         while True:
             reply = self.client.call("submit", request)
             if reply.get("accepted") or not reply.get("full"):
                 break
             if self.on_full is not None:
                 self.on_full(int(reply.get("queued", 0)))
-            if self.stop is not None and self.stop.requested:
-                raise KeyboardInterrupt
         self.accepted += int(reply.get("accepted", 0))
         self._batch = []
         self._size = 0
+        if self.on_accepted is not None:
+            self.on_accepted(self.accepted)
 
     def finish(self) -> None:
-        """Send what is left and tell the server the job is complete."""
+        """Send what is left (the policy too, for a job with no URLs) and tell the server
+        the job is complete."""
         self.flush()
         self.client.call("finish", self.job)

@@ -13,6 +13,9 @@ Endpoints (GET; query strings are ignored unless named):
   out over that many seconds (at most 30): a body slower than any read timeout
 - ``/drop``: closes the connection without an answer
 - ``/reset``: sends half a status line, then resets the connection (TCP RST)
+- ``/busy?after=<seconds>``: the first request for this exact path and query gets
+  429 with ``Retry-After: <seconds>``; later ones get 200
+- ``/robots.txt``: the target's ``robots`` text when it has one, else 404
 - anything else (``/``, ``/?q=1``, ``/any/path``): 200 with ``ok``
 """
 
@@ -26,8 +29,9 @@ import socket
 import socketserver
 import struct
 import threading
+import time
 from http import HTTPStatus
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 MAX_SLOW = 30.0
@@ -38,6 +42,10 @@ MAX_BYTES = 100 * 1024 * 1024
 
 MAX_DRIP = 1024 * 1024
 """Largest /drip body: it is written a piece at a time."""
+
+SEEN_KEPT = 10_000
+"""Requests whose details the target remembers (the latest ones): enough for a
+test, bounded for a benchmark that sends millions."""
 
 CHUNK = 65536
 _ZEROS = memoryview(bytes(CHUNK))
@@ -62,6 +70,22 @@ def _number(text: str | None, cap: float) -> float | None:
     return min(value, cap)
 
 
+class Seen(NamedTuple):
+    """One request as the target saw it on the wire."""
+
+    path: str
+    """Path and query, as in :meth:`Target.hits`."""
+    user_agent: str | None
+    client_port: int
+    """The client's end of the TCP connection: one port, one connection."""
+    arrived: float = 0.0
+    """Unix time the request line was read."""
+    host: str | None = None
+    """The Host header."""
+    in_flight: int = 0
+    """Requests this target was answering at that moment, this one included."""
+
+
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     # Threads are not tracked or joined: stop() closes their connections instead.
@@ -73,6 +97,9 @@ class _Server(http.server.ThreadingHTTPServer):
         self.stopping = threading.Event()
         self.connections: set[socket.socket] = set()
         self.hits: collections.Counter[str] = collections.Counter()
+        self.seen: collections.deque[Seen] = collections.deque(maxlen=SEEN_KEPT)
+        self.in_flight = 0
+        self.robots: str | None = None
         self.lock = threading.Lock()
         super().__init__(address, _Handler)
 
@@ -141,8 +168,27 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(head + body)
 
     def do_GET(self) -> None:
+        arrived = time.time()
         with self.server.lock:
+            self.server.in_flight += 1
             self.server.hits[self.path] += 1
+            self.server.seen.append(
+                Seen(
+                    self.path,
+                    self.headers.get("User-Agent"),
+                    int(self.client_address[1]),
+                    arrived,
+                    self.headers.get("Host"),
+                    self.server.in_flight,
+                )
+            )
+        try:
+            self._answer()
+        finally:
+            with self.server.lock:
+                self.server.in_flight -= 1
+
+    def _answer(self) -> None:
         parts = urlsplit(self.path)
         path = parts.path
         if path.startswith("/status/"):
@@ -157,6 +203,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
         elif path == "/reset":
             self._reset()
+        elif path == "/busy":
+            self._busy(parse_qs(parts.query))
+        elif path == "/robots.txt" and self.server.robots is not None:
+            self._send(200, self.server.robots.encode(), headers=(("Content-Type", "text/plain"),))
+        elif path == "/robots.txt":
+            self._send(404, b"no robots.txt here\n")
+        else:
+            self._send(200, _OK_BODY)
+
+    def _busy(self, query: dict[str, list[str]]) -> None:
+        with self.server.lock:
+            first = self.server.hits[self.path] == 1
+        if first:
+            after = query.get("after", ["1"])[0]
+            self._send(429, b"slow down\n", headers=(("Retry-After", after),))
         else:
             self._send(200, _OK_BODY)
 
@@ -225,6 +286,7 @@ class Target:
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.host = host
         self.port = port
+        self._robots: str | None = None
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -234,6 +296,24 @@ class Target:
             return collections.Counter()
         with self._server.lock:
             return collections.Counter(self._server.hits)
+
+    @property
+    def robots(self) -> str | None:
+        """The robots.txt this target serves (None: 404)."""
+        return self._robots
+
+    @robots.setter
+    def robots(self, text: str | None) -> None:
+        self._robots = text
+        if self._server is not None:
+            self._server.robots = text
+
+    def requests(self, path_prefix: str = "/") -> list[Seen]:
+        """The latest requests (at most ``SEEN_KEPT``) whose path starts with ``path_prefix``."""
+        if self._server is None:
+            return []
+        with self._server.lock:
+            return [seen for seen in self._server.seen if seen.path.startswith(path_prefix)]
 
     @property
     def url(self) -> str:
@@ -247,6 +327,7 @@ class Target:
             return self
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         server = _Server((self.host, self.port), family)
+        server.robots = self._robots
         self.port = int(server.server_address[1])
         self._server = server
         self._thread = threading.Thread(

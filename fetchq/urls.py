@@ -8,6 +8,7 @@ is reported with its line number and skipped without touching the others.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -16,7 +17,12 @@ from urllib.parse import urlsplit
 MAX_URL_LENGTH = 8192
 """Longer than any URL a real server accepts (most stop at 8 KiB)."""
 
-_BAD_CHARS = re.compile(r"[\x00-\x20\x7f]")
+_BAD_ASCII = re.compile(r"[\x00-\x20\x7f]")
+
+_BAD_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+"""Unicode controls, invisible format characters and every kind of space or
+line separator (U+00A0, U+2028, U+200B, ...): a URL never holds them
+unencoded, and in a file they hide where one URL ends."""
 
 
 @dataclass(frozen=True)
@@ -39,9 +45,11 @@ def url_problem(url: str) -> str | None:
         url.encode("utf-8")
     except UnicodeEncodeError as exc:
         return f"not valid UTF-8 (character {exc.start + 1})"
-    bad = _BAD_CHARS.search(url)
-    if bad:
-        return f"URL contains a space or control character at column {bad.start() + 1}"
+    bad = _bad_character(url)
+    if bad is not None:
+        return (
+            f"URL contains a space or control character (U+{ord(url[bad]):04X}) at column {bad + 1}"
+        )
     scheme, sep, _ = url.partition("://")
     if not sep:
         return "not a URL: expected http://HOST/... or https://HOST/..."
@@ -57,6 +65,20 @@ def url_problem(url: str) -> str | None:
     if port == 0:
         return "URL has port 0"
     return None
+
+
+def _bad_character(url: str) -> int | None:
+    """Where the first space, control or separator character is, if any.
+
+    Most URLs are ASCII, where one regex answers; only the others are looked
+    at a character at a time."""
+    ascii_bad = _BAD_ASCII.search(url)
+    end = ascii_bad.start() if ascii_bad else len(url)
+    if not url.isascii():
+        for index in range(end):
+            if unicodedata.category(url[index]) in _BAD_CATEGORIES:
+                return index
+    return end if ascii_bad else None
 
 
 def read_urls(stream: BinaryIO, source: str) -> Iterator[str | Rejected]:
@@ -94,31 +116,34 @@ PLACEHOLDER = "{i}"
 
 
 def check_template(template: str, count: int, start: int = 0) -> None:
-    """Raise ValueError, before anything is sent, if the template cannot work."""
+    """Raise ValueError, before anything is sent, if the template cannot work.
+
+    The first and the last URL decide for all of them: the number is written
+    in plain digits, and more digits only make a port, an address or the URL
+    larger or longer, so a URL in between is never invalid when both ends are
+    valid."""
     if PLACEHOLDER not in template:
         raise ValueError(f"template has no {PLACEHOLDER} placeholder")
     if count < 0:
         raise ValueError("count must be zero or more")
+    if start < 0:
+        raise ValueError("the first number must be zero or more")
     for sample in (start, start + max(count - 1, 0)):
         problem = url_problem(template.replace(PLACEHOLDER, str(sample)))
         if problem:
-            raise ValueError(f"template gives an invalid URL: {problem}")
+            raise ValueError(f"template gives an invalid URL for i={sample}: {problem}")
 
 
 def template_urls(template: str, count: int, start: int = 0) -> Iterator[str]:
     """``count`` URLs with ``{i}`` replaced by ``start``, ``start + 1``, ...
 
-    The template is checked once up front; each URL is checked again only if
-    the number lands in the host or port, where it could make it invalid."""
+    The template is checked once, when the first URL is asked for (see
+    :func:`check_template`); the URLs themselves are not checked again."""
     check_template(template, count, start)
-    authority = template.partition("://")[2].split("/", 1)[0].split("?", 1)[0]
-    check_each = PLACEHOLDER in authority
     prefix, _, suffix = template.partition(PLACEHOLDER)
-    simple = PLACEHOLDER not in suffix
-    for i in range(start, start + count):
-        url = prefix + str(i) + suffix if simple else template.replace(PLACEHOLDER, str(i))
-        if check_each:
-            problem = url_problem(url)
-            if problem:
-                raise ValueError(f"template gives an invalid URL for i={i}: {problem}")
-        yield url
+    if PLACEHOLDER not in suffix:
+        for i in range(start, start + count):
+            yield prefix + str(i) + suffix
+    else:
+        for i in range(start, start + count):
+            yield template.replace(PLACEHOLDER, str(i))

@@ -63,10 +63,27 @@ class StderrLog:
             return "\n".join(self.lines)
 
 
+def server_command(protocol: int | None = None) -> list[str]:
+    """The server program; with ``protocol``, one that speaks that protocol version.
+
+    The version is patched into the real server before it starts, so every
+    other part is the product as shipped.  This is the one place that knows
+    where the protocol constant lives."""
+    if protocol is None:
+        return [PYTHON, str(REPO / "queueserver.py")]
+    code = (
+        "import runpy, sys\n"
+        "import fetchq.api as api\n"
+        "api.PROTOCOL = int(sys.argv.pop(1))\n"
+        f"runpy.run_path({str(REPO / 'queueserver.py')!r}, run_name='__main__')\n"
+    )
+    return [PYTHON, "-c", code, str(protocol)]
+
+
 class ServerProcess:
-    def __init__(self, env: dict[str, str], *args: str) -> None:
+    def __init__(self, env: dict[str, str], *args: str, protocol: int | None = None) -> None:
         self.process = subprocess.Popen(
-            [PYTHON, str(REPO / "queueserver.py"), "--port", "0", *args],
+            [*server_command(protocol), "--port", "0", *args],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -184,7 +201,7 @@ class KillableServer(ServerProcess):
         on_start: Any = None,
     ) -> None:
         self.process = subprocess.Popen(
-            [PYTHON, str(REPO / "queueserver.py"), "--port", str(port), *args],
+            [*server_command(), "--port", str(port), *args],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

@@ -443,7 +443,7 @@ class BrokerMachine(RuleBasedStateMachine):
         leases = {lease.id: lease for lease in state.leases}
         live: Counter[int] = Counter()
         attempts: dict[int, int] = {}
-        for queued in state.queue:
+        for queued in state.scheduler:
             if queued.id not in done and queued.id not in leases:
                 live[queued.id] += 1
                 attempts[queued.id] = queued.attempt

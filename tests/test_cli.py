@@ -137,8 +137,17 @@ def test_binding_beyond_loopback_warns(env):
         server.stop()
 
 
-@pytest.mark.parametrize("program", ["queueserver.py", "dispatcher.py", "worker.py", "output.py"])
-def test_each_program_runs_on_its_own(program, env):
+@pytest.mark.parametrize(
+    ("program", "option"),
+    [
+        ("queueserver.py", "--max-pending"),
+        ("dispatcher.py", "--template"),
+        ("worker.py", "--concurrency"),
+        ("output.py", "--until-done"),
+    ],
+)
+def test_each_program_runs_on_its_own(program, option, env):
+    """Each file is its own program: its own usage line and its own options."""
     result = subprocess.run(
         [sys.executable, str(REPO / program), "--help"],
         env=env,
@@ -147,7 +156,8 @@ def test_each_program_runs_on_its_own(program, env):
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert ("Usage" in result.stdout and "--server" in result.stdout) or "--port" in result.stdout
+    assert f"Usage: {program}" in result.stdout, result.stdout
+    assert option in result.stdout, result.stdout
 
 
 def test_version(env):
@@ -160,3 +170,28 @@ def test_demo_runs_to_its_summary(env):
     assert result.returncode == 0, result.stderr
     assert "Requests:     400" in result.stdout
     assert "Status codes:" in result.stdout and "[200]" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["status"],
+        ["dispatch", "http://127.0.0.1/"],
+        ["output", "--until-done"],
+        ["worker", "--burst"],
+        ["worker", "--burst", "--processes", "2"],
+    ],
+    ids=lambda args: " ".join(args[:3:2]) if "--processes" in args else args[0],
+)
+def test_a_server_of_another_protocol_version_is_exit_8(env, args):
+    """A real server whose protocol number differs: every command says so in one
+    line and exits 8, at once (another version is never waited out)."""
+    other = ServerProcess(env, protocol=99)
+    try:
+        env["FETCHQ_SERVER"] = other.address
+        result = run(env, *args, timeout=30)
+    finally:
+        other.stop()
+    assert_clean_error(result, ExitCode.VERSION_MISMATCH, "server speaks 99")
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1, result.stderr  # said once, not once per worker process

@@ -6,6 +6,7 @@ import http.client
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 import requests
 import urllib3.exceptions
 
+import fetchq
 from fetchq import records
 from fetchq.fetch import Fetcher, classify
 from fetchq.target import Target
@@ -217,13 +219,29 @@ def test_unusable_timeouts_fall_back_to_the_default(
 
 
 def test_user_agent_and_keep_alive(target: Target) -> None:
+    """The target sees our User-Agent on every request, and all twenty requests
+    to one origin on one TCP connection (one client port)."""
+    tag = f"/ua-{uuid.uuid4().hex[:8]}"
     f = Fetcher("w", user_agent="probe/1")
     try:
-        assert f.session.headers["User-Agent"] == "probe/1"
-        results = [f.fetch(task(f"{target.url}/?i={i}")) for i in range(20)]
+        results = [f.fetch(task(f"{target.url}{tag}?i={i}")) for i in range(20)]
     finally:
         f.close()
     assert all(r["ok"] for r in results)
+    seen = target.requests(tag)
+    assert sorted(s.path for s in seen) == sorted(f"{tag}?i={i}" for i in range(20))
+    assert {s.user_agent for s in seen} == {"probe/1"}
+    assert len({s.client_port for s in seen}) == 1, "each request opened its own connection"
+
+
+def test_default_user_agent_names_fetchq_and_its_version(target: Target) -> None:
+    tag = f"/ua-{uuid.uuid4().hex[:8]}"
+    f = Fetcher("w")
+    try:
+        assert f.fetch(task(f"{target.url}{tag}"))["ok"]
+    finally:
+        f.close()
+    assert [s.user_agent for s in target.requests(tag)] == [f"fetchq/{fetchq.__version__}"]
 
 
 # classify on exceptions built the way requests and urllib3 raise them, for

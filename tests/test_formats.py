@@ -86,6 +86,8 @@ def test_csv_parses_back() -> None:
         "attempt": "1",
         "worker": "host:42",
         "started": repr(T0 + 0.5),
+        "scheduled": "",
+        "retry_after": "",
     }
     assert bad["ok"] == "false"
     assert bad["status"] == ""

@@ -101,13 +101,13 @@ def counts(broker: Broker, job: str) -> dict[str, Any]:
 def test_restart_after_crash_restores_everything(path: Path, clock: FakeClock) -> None:
     broker = open_broker(path, clock)
     first_a = broker.submit({"job": "a", "urls": urls(6, "http://127.0.0.1/a"), "batch_id": "a-1"})
+    held_1 = broker.lease("w1", 4, 0)  # a0..a3
     first_b = broker.submit({"job": "b", "urls": urls(3, "http://127.0.0.1/b"), "batch_id": "b-1"})
     a = [first_a["first_id"] + n for n in range(6)]
     b = [first_b["first_id"] + n for n in range(3)]
     assert b[0] == a[-1] + 1
 
-    held_1 = broker.lease("w1", 4, 0)  # a0..a3
-    held_2 = broker.lease("w2", 3, 0)  # a4, a5, b0
+    held_2 = broker.lease("w2", 3, 0)  # a4, a5, b0: the jobs take turns
     assert [t["id"] for t in held_1 + held_2] == [*a[:4], *a[4:], b[0]]
     reply = broker.complete("w1", [ok(held_1[0]), http_error(held_1[1]), refused(held_1[2])])
     assert reply == {
@@ -124,8 +124,14 @@ def test_restart_after_crash_restores_everything(path: Path, clock: FakeClock) -
     assert broker.expire_leases() == 3
 
     # The expired b0 runs again (attempt 2) and succeeds; a5 fails for good.
-    by_id = {t["id"]: t for t in broker.lease("w3", 4, 0)}
-    assert {i: t["attempt"] for i, t in by_id.items()} == {a[2]: 2, a[4]: 2, a[5]: 2, b[0]: 2}
+    by_id = {t["id"]: t for t in broker.lease("w3", 5, 0)}  # three of a, two of b
+    assert {i: t["attempt"] for i, t in by_id.items()} == {
+        a[2]: 2,
+        a[4]: 2,
+        a[5]: 2,
+        b[0]: 2,
+        b[1]: 1,
+    }
     assert broker.complete("w3", [ok(by_id[b[0]]), http_error(by_id[a[5]])])["accepted"] == 2
     # a2 and a4 are held by w3 at the crash; w3 gives a4 back untouched (attempt kept).
     assert broker.release("w3", [[a[4], 2]]) == 1
@@ -358,8 +364,8 @@ def busy_broker(path: Path, clock: FakeClock) -> tuple[Broker, list[int]]:
     """Many results confirmed, a few left in every other state."""
     broker = open_broker(path, clock)
     first = broker.submit({"job": "big", "urls": urls(300), "batch_id": "big-1"})["first_id"]
-    broker.submit({"job": "small", "urls": urls(4), "batch_id": "small-1"})
     held = broker.lease("w", 297, 0)
+    broker.submit({"job": "small", "urls": urls(4), "batch_id": "small-1"})
     assert broker.complete("w", [ok(t) for t in held[:290]])["accepted"] == 290
     assert broker.complete("w", [refused(t) for t in held[290:293]])["retried"] == 3
     for _ in range(28):
@@ -630,29 +636,43 @@ def test_submits_and_finishes_are_fsynced_before_the_reply(path: Path, clock: Fa
 # -- what the journal cannot encode ----------------------------------------------
 
 
-def test_a_url_the_journal_cannot_encode_is_all_or_nothing(path: Path, clock: FakeClock) -> None:
+def test_a_url_the_journal_cannot_encode_is_refused_whole(path: Path, clock: FakeClock) -> None:
+    """A lone surrogate cannot be written as UTF-8: the batch is refused before
+    anything changes, so a corrected retry with the same batch id is queued."""
     broker = open_broker(path, clock)
-    batch = {"job": "s", "urls": ["http://127.0.0.1/\udcff"], "batch_id": "s-1"}
-    try:
-        reply = broker.submit(batch)
-    except BadRequest:
-        assert counts(broker, "s")["submitted"] == 0
-        assert "duplicate" not in broker.submit({**batch, "urls": ["http://127.0.0.1/"]})
-        broker.close()
-        return
-    assert reply["accepted"] == 1
+    batch = {
+        "job": "s",
+        "urls": ["http://127.0.0.1/ok", "http://127.0.0.1/\udcff"],
+        "batch_id": "s-1",
+    }
+    with pytest.raises(BadRequest, match="valid Unicode"):
+        broker.submit(batch)
+    assert counts(broker, "s")["submitted"] == 0
+    assert broker.lease("w", 10, 0) == []
+    retried = broker.submit({**batch, "urls": ["http://127.0.0.1/ok"]})
+    assert retried == {"accepted": 1, "first_id": retried["first_id"]}
     crash(broker)
     restarted = open_broker(path, clock)
     assert counts(restarted, "s")["submitted"] == 1
+    assert [t["url"] for t in restarted.lease("w", 10, 0)] == ["http://127.0.0.1/ok"]
     restarted.close()
 
 
-def test_a_result_the_journal_cannot_encode_loses_nothing(path: Path, clock: FakeClock) -> None:
+def test_a_result_the_journal_cannot_encode_is_refused_and_changes_nothing(
+    path: Path, clock: FakeClock
+) -> None:
+    """The whole call is refused; the task stays leased to its worker, which can
+    still report it properly, and a restart sees no trace of the bad call."""
     broker = open_broker(path, clock)
-    broker.submit({"job": "a", "urls": urls(1)})
-    [task] = broker.lease("w", 1, 0)
-    with pytest.raises((BadRequest, TypeError, ValueError)):
-        broker.complete("w", [{**ok(task), "worker": b"not json"}])
+    broker.submit({"job": "a", "urls": urls(2)})
+    first, second = broker.lease("w", 2, 0)
+    with pytest.raises(BadRequest, match="JSON values only"):
+        broker.complete("w", [ok(first), {**ok(second), "worker": b"not json"}])
     state = counts(broker, "a")
-    assert state["queued"] + state["leased"] + state["succeeded"] + state["failed"] == 1
-    broker.close()
+    assert (state["queued"], state["leased"], state["succeeded"], state["failed"]) == (0, 2, 0, 0)
+    assert broker.complete("w", [ok(first), ok(second)])["accepted"] == 2
+    crash(broker)
+    restarted = open_broker(path, clock)
+    state = counts(restarted, "a")
+    assert (state["queued"], state["leased"], state["succeeded"], state["failed"]) == (0, 0, 2, 0)
+    restarted.close()

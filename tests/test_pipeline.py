@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import os
+import resource
 import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
+import pytest
 from fetchq_procs import (
     ServerProcess,
     connect_broker,
+    fetchq_command,
     jsonl,
     poll_until,
     run,
@@ -20,6 +27,7 @@ from fetchq_procs import (
 )
 
 from fetchq.client import BrokerClient
+from fetchq.errors import ExitCode
 from fetchq.records import RESULT_FIELDS
 
 
@@ -212,7 +220,7 @@ def test_worker_started_before_its_server_waits_for_it(env, target, tmp_path):
         stop_all([worker])
 
 
-CLASSIC_CLIENT = """
+CLASSIC_CONNECT = """
 import sys
 from multiprocessing.managers import BaseManager
 
@@ -225,12 +233,19 @@ host, port, key, base = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode(), sys
 manager = QueueManager(address=(host, port), authkey=key)
 manager.connect()
 task, result = manager.get_task_queue(), manager.get_result_queue()
+"""
+"""The classic tutorial's client: connect, then use ``task`` and ``result`` (URLs from ``base``)."""
+
+CLASSIC_CLIENT = (
+    CLASSIC_CONNECT
+    + """
 for n in range(20):
     task.put(f"{base}/classic?n={n}")
 for _ in range(20):
     r = result.get(timeout=30)
     print(r["url"], r["status"])
 """
+)
 
 
 def run_classic_client(server: ServerProcess, env: dict[str, str], base: str, tmp_path):
@@ -272,32 +287,153 @@ def test_without_allow_pickle_a_classic_client_is_refused_and_the_server_says_so
     assert broker(env).call("job", "classic")["submitted"] == 0, "nothing was queued"
 
 
-def test_output_append_resumes_a_file_without_repeating(server, env, target, tmp_path):
-    out = tmp_path / "results.jsonl"
-    dispatched = run(env, "dispatch", *[f"{target.url}/a?n={n}" for n in range(30)], "-j", "ap")
-    assert dispatched.returncode == 0, dispatched.stderr
+def file_size_limit(limit: int) -> Callable[[], None]:
+    """For ``preexec_fn``: the child may write no file past ``limit`` bytes, as on a
+    full disk.  Python ignores SIGXFSZ, so the write that crosses it fails with
+    EFBIG after the kernel has written up to the limit: a torn last line."""
+
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def complete_lines(path: Path) -> list[str]:
+    data = path.read_text()
+    return data.splitlines()[: data.count("\n")]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_output_append_skips_results_the_file_already_holds(server, env, target, tmp_path, fmt):
+    """An output that fails mid-batch (the disk is full) never confirmed that batch,
+    so the server hands all of it out again; the resumed output meets the results
+    the file already holds, cuts the torn line, and writes each of the rest once."""
+    count, job = 30, f"resume-{fmt}"
+    out = tmp_path / f"results.{fmt}"
+    urls = [f"{target.url}/resume?f={fmt}&n={n}" for n in range(count)]
+    assert run(env, "dispatch", *urls, "-j", job).returncode == 0
     assert run(env, "worker", "--burst").returncode == 0
-    first = run(env, "output", "-j", "ap", "--until-done", "--format", "jsonl", "--out", str(out))
-    assert first.returncode == 0, first.stderr
-    kept = out.read_text().splitlines()
-    # As if a run had been killed after writing 10 results and half of an 11th.
-    out.write_text("\n".join(kept[:10]) + "\n" + kept[10][:15])
-    redone = run(env, "dispatch", *[f"{target.url}/a?n={n}" for n in range(30)], "-j", "ap2")
-    assert redone.returncode == 0
-    assert run(env, "worker", "--burst").returncode == 0
-    # Results of "ap" were all confirmed already; resuming reads the new job into the same file.
-    second = run(
-        env,
-        "output",
-        "-j",
-        "ap2",
-        "--until-done",
-        "--format",
-        "jsonl",
-        "--out",
-        str(out),
-        "--append",
+    args = ["output", "-j", job, "--until-done", "--format", fmt, "--out", str(out)]
+    first = subprocess.run(
+        fetchq_command(*args),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=file_size_limit(2000),
     )
+    assert first.returncode == ExitCode.FAILURE, first.stderr
+    assert f"cannot write {out}: File too large" in first.stderr, first.stderr
+    assert "Traceback" not in first.stderr, first.stderr
+    assert out.stat().st_size == 2000, "the first output should have been cut off mid-line"
+    kept = complete_lines(out)
+    header = 1 if fmt == "csv" else 0
+    assert 0 < len(kept) - header < count, kept
+    counts = broker(env).call("job", job)
+    assert counts["confirmed"] == 0, f"the cut-off batch must not have been confirmed: {counts}"
+
+    second = run(env, *args, "--append")
     assert second.returncode == 0, second.stderr
-    results = jsonl(out.read_text())
-    assert len(results) == 40 and len({r["id"] for r in results}) == 40
+    already = len(kept) - header
+    assert f"skipped {already} results handed out again" in second.stderr, second.stderr
+    lines = complete_lines(out)
+    assert lines[: len(kept)] == kept, "the resumed output rewrote what was there"
+    if fmt == "csv":
+        rows = list(csv.DictReader(io.StringIO(out.read_text())))
+        assert lines[0].startswith("id,job,url,")
+        ids, got = [int(row["id"]) for row in rows], [row["url"] for row in rows]
+    else:
+        records = jsonl(out.read_text())
+        ids, got = [r["id"] for r in records], [r["url"] for r in records]
+    assert len(ids) == count and len(set(ids)) == count, "a result was written twice"
+    assert sorted(got) == sorted(urls)
+    assert broker(env).call("job", job)["complete"]
+
+
+def test_follow_redirects_from_the_command_line(server, env, target):
+    """A 302 is the answer by default; with --follow-redirects it is followed."""
+    redirect = f"{target.url}/status/302"
+    results = {}
+    for job, flags in (("plain", []), ("follow", ["--follow-redirects"])):
+        assert run(env, "dispatch", redirect, "-j", job).returncode == 0
+        assert run(env, "worker", "--burst", *flags).returncode == 0
+        output = run(env, "output", "-j", job, "--until-done", "--format", "jsonl")
+        [results[job]] = jsonl(output.stdout)
+    assert (results["plain"]["status"], results["plain"]["ok"]) == (302, True)
+    assert (results["follow"]["status"], results["follow"]["ok"]) == (200, True)
+    assert results["follow"]["url"] == redirect, "the result names the URL asked for"
+
+
+CLASSIC_LIMITS_CLIENT = (
+    CLASSIC_CONNECT
+    + """
+import queue
+
+print("tasks", task.qsize(), task.empty())
+for n in range(5):
+    task.put(f"{base}/limits?n={n}")
+print("tasks", task.qsize(), task.empty())
+for attempt in (lambda: task.put_nowait(f"{base}/limits?n=5"),
+                lambda: task.put(f"{base}/limits?n=5", timeout=0.2)):
+    try:
+        attempt()
+        print("put past the limit")
+    except queue.Full:
+        print("full")
+for attempt in (result.get_nowait, lambda: result.get(timeout=0.2)):
+    try:
+        attempt()
+        print("got a result from nowhere")
+    except queue.Empty:
+        print("empty")
+print("results", result.qsize(), result.empty())
+sys.stdout.flush()
+sys.stdin.readline()  # the test runs a worker here
+print("results", result.qsize(), result.empty())
+print(sorted(result.get(timeout=10)["url"] for _ in range(5)))
+try:
+    result.get(timeout=0.2)
+except queue.Empty:
+    print("empty")
+"""
+)
+
+
+def test_classic_queues_full_empty_and_qsize(env, target, tmp_path):
+    """A tutorial-style client sees a Queue: qsize and empty, Full when the server's
+    --max-pending is reached, Empty when no result comes in time."""
+    from fetchq_procs import ServerProcess
+
+    limited = ServerProcess(env, "--max-pending", "5")
+    env["FETCHQ_SERVER"] = limited.address
+    script = tmp_path / "classic_limits.py"
+    script.write_text(CLASSIC_LIMITS_CLIENT)
+    host, port = limited.address.split(":")
+    client = subprocess.Popen(
+        [sys.executable, str(script), host, port, env["FETCHQ_AUTHKEY"], target.url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert client.stdout is not None and client.stdin is not None
+        before = [client.stdout.readline().strip() for _ in range(7)]
+        assert before == [
+            "tasks 0 True",
+            "tasks 5 False",
+            "full",
+            "full",
+            "empty",
+            "empty",
+            "results 0 True",
+        ], before
+        assert run(env, "worker", "--burst").returncode == 0
+        stdout, stderr = client.communicate("go\n", timeout=60)
+        assert client.returncode == 0, stderr
+    finally:
+        stop_all([client])
+        limited.stop()
+    urls = sorted(f"{target.url}/limits?n={n}" for n in range(5))
+    assert stdout.splitlines() == ["results 5 False", repr(urls), "empty"]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -63,15 +65,42 @@ def test_refused_and_gave_up(served):
         client.connect()
 
 
-def test_a_peer_that_is_not_fetchq(target, monkeypatch):
-    """An HTTP server says nothing first: the handshake times out with a clear error.
-
-    A fetchq server that is slow to log a client in looks the same from here,
-    so this is "unreachable" (clients wait and retry), not "refused"."""
+def test_a_silent_peer_is_reported_as_not_answering(target, monkeypatch):
+    """An HTTP server says nothing first: the handshake times out.  A fetchq
+    server that is alive but busy looks the same, so it is "unreachable" (which
+    clients retry), not a refused key."""
     monkeypatch.setattr(defaults, "HANDSHAKE_TIMEOUT", 0.5)
     client = BrokerClient(Address("127.0.0.1", target.port), KEY)
-    with pytest.raises(ServerUnreachable, match=r"stopped answering.*is it a fetchq server"):
+    with pytest.raises(ServerUnreachable, match=r"stopped answering \(is it a fetchq server"):
         client.connect()
+
+
+@pytest.mark.parametrize(
+    "greeting",
+    [
+        pytest.param(struct.pack("!i", 11) + b"hello there", id="framed"),
+        pytest.param(b"SSH-2.0-OpenSSH_9.2\r\n", id="banner"),
+    ],
+)
+def test_a_peer_that_speaks_first_but_not_fetchq_is_said_as_such(greeting: bytes) -> None:
+    """A peer that greets with something else (an SSH banner, another protocol's
+    hello) is no fetchq server: said at once, as such, and not retried."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+
+        def greet() -> None:
+            conn, _ = listener.accept()
+            with conn, contextlib.suppress(OSError):  # a reset is how some clients hang up
+                conn.sendall(greeting)
+                conn.recv(1)  # until the client hangs up
+
+        greeter = threading.Thread(target=greet, daemon=True)
+        greeter.start()
+        with pytest.raises(AuthFailed, match=r"answered, but not like a fetchq server"):
+            BrokerClient(Address("127.0.0.1", port), KEY).connect()
+        greeter.join(5)
 
 
 def test_a_peer_that_never_logs_in_is_dropped(served, monkeypatch):

@@ -15,7 +15,8 @@ from fetchq.server.journal import Journal, encode_event
 from fetchq.server.leases import HEAP_SLACK, LeaseTable
 from fetchq.server.ledger import REMEMBERED_BATCHES, Ledger
 from fetchq.server.outbox import Outbox
-from fetchq.server.taskqueue import Queued, Span, TaskQueue
+from fetchq.server.scheduler import Scheduler
+from fetchq.server.tasks import Queued, Span
 
 BASE = 5 << 32
 
@@ -54,29 +55,41 @@ def test_ledger_remembers_the_newest_batches_only() -> None:
 # -- queue --------------------------------------------------------------------
 
 
-def test_queue_is_first_in_first_out_with_retries_in_front() -> None:
-    queue = TaskQueue()
-    queue.add_batch(Span("a", BASE + 1, ["u1", "u2", "u3"], 3, 5.0, 0.0))
-    queue.add_batch(Span("b", BASE + 4, ["u4"], 3, 5.0, 0.0))
-    assert (len(queue), queue.count("a"), queue.count("b")) == (4, 3, 1)
-    first = queue.take(1, lambda _: False)
-    queue.add_retry(first[0]._replace(attempt=2))
-    taken = queue.take(10, lambda _: False)
-    assert [(t.id, t.attempt) for t in taken] == [
-        (BASE + 1, 2),
-        (BASE + 2, 1),
-        (BASE + 3, 1),
-        (BASE + 4, 1),
+def never(_: int) -> bool:
+    return False
+
+
+def test_a_job_is_first_in_first_out_with_retries_in_front() -> None:
+    queue = Scheduler()
+    queue.add_batch(Span("a", BASE + 1, ["u1", "u2", "u3"], 3, 5.0, 0.0), now=0.0)
+    queue.add_batch(Span("a", BASE + 4, ["u4"], 3, 5.0, 0.0), now=0.0)
+    assert (len(queue), queue.count("a"), queue.count("b")) == (4, 4, 0)
+    (first,) = queue.take(1, 0.0, never)
+    queue.add_retry(first.task._replace(attempt=2))
+    taken = queue.take(10, 0.0, never)
+    assert [(p.task.id, p.task.attempt, p.start) for p in taken] == [
+        (BASE + 1, 2, None),
+        (BASE + 2, 1, None),
+        (BASE + 3, 1, None),
+        (BASE + 4, 1, None),
     ]
     assert len(queue) == 0 and queue.count("a") == 0
 
 
+def test_jobs_take_turns() -> None:
+    queue = Scheduler()
+    queue.add_batch(Span("a", BASE + 1, ["a1", "a2", "a3", "a4"], 3, 5.0, 0.0), now=0.0)
+    queue.add_batch(Span("b", BASE + 5, ["b1", "b2"], 3, 5.0, 0.0), now=0.0)
+    urls = [pick.task.url for pick in queue.take(4, 0.0, never)]
+    assert sorted(urls) == ["a1", "a2", "b1", "b2"]
+
+
 def test_a_stale_copy_is_forgotten_and_skipped() -> None:
-    queue = TaskQueue()
-    queue.add_batch(Span("a", BASE + 1, ["u1", "u2"], 3, 5.0, 0.0))
+    queue = Scheduler()
+    queue.add_batch(Span("a", BASE + 1, ["u1", "u2"], 3, 5.0, 0.0), now=0.0)
     queue.forget("a")  # BASE + 1 finished elsewhere while queued
     assert len(queue) == 1
-    assert [t.id for t in queue.take(5, lambda i: i == BASE + 1)] == [BASE + 2]
+    assert [p.task.id for p in queue.take(5, 0.0, lambda i: i == BASE + 1)] == [BASE + 2]
     assert len(queue) == 0
 
 

@@ -32,10 +32,12 @@ def test_status_says_at_once_that_the_server_is_not_there(env):
     assert took < 2.0, f"status took {took:.1f}s"
 
 
-def test_dispatch_and_output_give_up_on_a_server_never_reached(env):
-    """By default: within about 10 seconds, in at most three lines each."""
+def test_dispatch_and_output_give_up_but_a_worker_waits_on(env):
+    """By default dispatch and output give up on a server never reached within about
+    10 seconds, in at most three lines each; a worker waits for ever, as quietly."""
     port = closed_port()
     env["FETCHQ_SERVER"] = f"127.0.0.1:{port}"
+    worker, worker_log = start_worker(env, "--concurrency", "2")
     commands = {
         "dispatch": fetchq_command("dispatch", "http://127.0.0.1/"),
         "output": fetchq_command("output", "--until-done"),
@@ -61,8 +63,18 @@ def test_dispatch_and_output_give_up_on_a_server_never_reached(env):
             assert 2 <= len(lines_of(err)) <= 3, (name, err)
             assert "gave up after 10s" in lines_of(err)[-1], (name, err)
             assert "Traceback" not in err and out == ""
+        assert worker.poll() is None, worker_log.text  # still waiting, past 10 seconds
+        server = ServerProcess(env, "--port", str(port))
+        try:
+            back = worker_log.wait_for(r"is back after (\d+)s and (\d+) attempts")
+            assert int(back.group(1)) >= 10 and int(back.group(2)) >= 5, worker_log.text
+            assert worker_log.text.count("waiting for server") <= 2, worker_log.text
+            worker.terminate()
+            assert worker.wait(30) == 0
+        finally:
+            server.stop()
     finally:
-        stop_all(list(running.values()))
+        stop_all([*running.values(), worker])
 
 
 def test_on_a_terminal_the_waiting_line_is_rewritten_in_place(env):
@@ -98,25 +110,3 @@ def test_on_a_terminal_the_waiting_line_is_rewritten_in_place(env):
     finished_lines = [line for line in text.replace("\r\n", "\n").split("\n") if line.strip()]
     assert len(finished_lines) == 1, text  # what stays on screen: the final error only
     assert "gave up after" in finished_lines[0]
-
-
-def test_a_worker_waits_for_its_server_quietly(env, target):
-    port = closed_port()
-    env["FETCHQ_SERVER"] = f"127.0.0.1:{port}"
-    worker, log = start_worker(env, "--concurrency", "2")
-    try:
-        log.wait_for(rf"waiting for server at 127\.0\.0\.1:{port} \(attempt 1\)")
-        deadline = time.monotonic() + 1.5
-        while time.monotonic() < deadline and worker.poll() is None:
-            time.sleep(0.1)  # the worker retries meanwhile; nothing to poll for but time
-        server = ServerProcess(env, "--port", str(port))
-        try:
-            back = log.wait_for(r"is back after \d+s and (\d+) attempts")
-            assert int(back.group(1)) >= 3, log.text
-            assert log.text.count("waiting for server") == 1, log.text
-            worker.terminate()
-            assert worker.wait(30) == 0
-        finally:
-            server.stop()
-    finally:
-        stop_all([worker])

@@ -6,7 +6,6 @@ import io
 
 import pytest
 
-from fetchq import urls as urls_module
 from fetchq.urls import (
     MAX_URL_LENGTH,
     Rejected,
@@ -60,6 +59,14 @@ def test_url_problem_accepts_fetchable_urls(url: str) -> None:
         ("http://h/\x00", "control character"),
         ("http://h/\x7f", "control character"),
         ("http://h/\r\n", "control character"),
+        ("http://h/a\u00a0b", "(U+00A0) at column 11"),
+        ("http://h/a\u2028b", "(U+2028) at column 11"),
+        ("http://h/a\u2029b", "(U+2029) at column 11"),
+        ("http://h/a\u3000b", "(U+3000) at column 11"),
+        ("http://h/\u200bx", "(U+200B) at column 10"),
+        ("http://h/\u0085x", "(U+0085) at column 10"),
+        ("http://ü/\u202ex", "(U+202E) at column 10"),
+        ("http://ü/\u00a0 x", "(U+00A0) at column 10"),
         ("http://h/" + "a" * MAX_URL_LENGTH, "longer than 8192"),
     ],
 )
@@ -197,10 +204,14 @@ def test_port_placeholder_that_stays_in_range_works() -> None:
     assert list(template_urls("http://h:6553{i}/", 6))[-1] == "http://h:65535/"
 
 
-def test_port_overflow_raises_when_reached(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each URL with the number in its authority is checked as it is made."""
-    monkeypatch.setattr(urls_module, "check_template", lambda *args: None)
+def test_a_template_that_overflows_is_refused_before_any_url_is_made() -> None:
+    """The last URL is checked before the first is made: nothing is sent of a job
+    that could not be sent whole."""
     made = template_urls("http://h:6553{i}/", 10)
-    assert [next(made) for _ in range(6)][-1] == "http://h:65535/"
-    with pytest.raises(ValueError, match="i=6"):
+    with pytest.raises(ValueError, match=r"for i=9: malformed URL"):
         next(made)
+
+
+def test_a_negative_first_number_is_refused() -> None:
+    with pytest.raises(ValueError, match="zero or more"):
+        check_template("http://h/{i}", 3, start=-1)

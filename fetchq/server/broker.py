@@ -6,7 +6,7 @@ attempt, turns it into a failed result), so a worker that vanishes loses
 nothing.  Completions are deduplicated by task id: the first result that
 arrives for a task is the one that counts, later ones are dropped.
 
-Each part (ledger, queue, leases, outbox, jobs, workers) keeps its own state
+Each part (ledger, scheduler, leases, outbox, jobs, workers) keeps its own state
 and is tested alone; this class checks the arguments, takes the lock, writes
 the journal and then tells the parts what changed.  Writing first means a
 call the journal cannot record changes nothing.  Every method takes and
@@ -15,24 +15,26 @@ returns plain data and signals a bad call with ``BadRequest``.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from fetchq import __version__, defaults
 from fetchq.api import MAX_LEASE, MAX_SUBMIT, MAX_WAIT, PROTOCOL, JobCounts, Outcome
 from fetchq.errors import BadRequest, StorageFailed, VersionMismatch
-from fetchq.server import completion, recovery, validate
+from fetchq.server import completion, handout, recovery, steering, validate, views
 from fetchq.server.expiry import Expiry
+from fetchq.server.jobqueue import Policy
 from fetchq.server.jobs import Job
 from fetchq.server.journal import Journal, encode_event
 from fetchq.server.ledger import Ledger, random_id_base
 from fetchq.server.outbox import count_by_job
+from fetchq.server.scheduler import Scheduler
 from fetchq.server.state import BrokerState
-from fetchq.server.taskqueue import Span
+from fetchq.server.tasks import Queued, Span
+from fetchq.server.waiters import Waiters
 
 Result = dict[str, Any]
 
@@ -48,7 +50,10 @@ class Broker:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         journal: Journal | None = None,
+        per_host: int | None = None,
+        host_delay: float = 0.0,
     ) -> None:
+        """``per_host`` and ``host_delay`` limit every host across all jobs together."""
         self.lease_timeout = lease_timeout
         self.max_attempts = max_attempts
         self.max_pending = max_pending
@@ -56,11 +61,9 @@ class Broker:
         self._clock = clock
         self._wall = wall_clock
         self._lock = threading.Lock()
-        self._tasks_ready = threading.Condition(self._lock)
-        self._room = threading.Condition(self._lock)
-        self._results_ready: dict[str | None, threading.Condition] = {}
-        """Outputs waiting, by the job they read (None: every job)."""
-        self._state = BrokerState(Ledger(random_id_base()))
+        self._waiters = Waiters(self._lock)
+        server_policy = Policy(per_host=per_host, host_delay=host_delay)
+        self._state = BrokerState(Ledger(random_id_base()), scheduler=Scheduler(server_policy))
         self._journal = journal
         if journal is not None:
             recovery.replay(
@@ -78,11 +81,18 @@ class Broker:
         """Handshake: refuse clients of another protocol, tell them our settings."""
         validate.require(isinstance(client, dict), "hello takes a dict")
         theirs = client.get("protocol")
+        worker, threads = client.get("worker"), client.get("threads")
         if theirs != PROTOCOL:
             raise VersionMismatch(
                 f"client speaks fetchq protocol {theirs}, server speaks {PROTOCOL} "
                 f"(server version {__version__}): install the same fetchq version on both"
             )
+        if worker is not None:  # a worker says how many fetch threads it runs
+            threads = validate.integer(threads, "threads", 0, 100_000)
+            with self._lock:
+                self._state.workers.seen(
+                    validate.worker_name(worker), self._clock()
+                ).threads = threads
         return {
             "protocol": PROTOCOL,
             "version": __version__,
@@ -103,6 +113,8 @@ class Broker:
         count = len(request.urls)
         state = self._state
         with self._lock:
+            if self._state.scheduler.job(request.job).cancelled:
+                raise BadRequest(f"job {request.job} was cancelled: use another job name")
             deadline = self._clock() + request.wait
             while True:
                 # Checked again after every wait: a re-sent batch may arrive while
@@ -110,15 +122,18 @@ class Broker:
                 seen = state.ledger.batch_reply(request.batch_id)
                 if seen is not None:
                     return dict(seen, duplicate=True)
-                if len(state.queue) == 0 or len(state.queue) + count <= self.max_pending:
+                queued = len(state.scheduler)
+                if queued == 0 or queued + count <= self.max_pending:
                     break
                 remaining = deadline - self._clock()
                 if remaining <= 0:
-                    return {"accepted": 0, "full": True, "queued": len(state.queue)}
-                self._room.wait(remaining)
+                    return {"accepted": 0, "full": True, "queued": queued}
+                self._waiters.room.wait(remaining)
             first_id = state.ledger.next_id
             now = self._wall()
+            policy = steering.policy_event(state, request.job, request.policy)
             self._write(
+                *([policy] if policy else []),
                 {
                     "k": "submit",
                     "job": request.job,
@@ -128,19 +143,22 @@ class Broker:
                     "timeout": request.timeout,
                     "at": now,
                     "batch": request.batch_id,
-                }
+                },
             )
+            if policy:
+                steering.apply(state, policy, now=self._clock(), wall=now)
             job = state.jobs.get(request.job, now)
             job.sealed = False
             job.submitted += count
             state.ledger.allocate(job.name, count)
-            state.queue.add_batch(
-                Span(job.name, first_id, request.urls, attempts, request.timeout, now)
+            state.scheduler.add_batch(
+                Span(job.name, first_id, request.urls, attempts, request.timeout, now),
+                self._clock(),
             )
             reply = {"accepted": count, "first_id": first_id}
             if request.batch_id is not None:
                 state.ledger.remember_batch(request.batch_id, reply)
-            self._tasks_ready.notify(count)
+            self._waiters.tasks.notify(count)
         self._sync()
         return reply
 
@@ -151,7 +169,7 @@ class Broker:
             self._write({"k": "finish", "job": name})
             job = self._state.jobs.get(name, self._wall())
             job.sealed = True
-            self._wake_outputs([name])
+            self._waiters.wake_outputs([name])
             counts = self._state.counts(job)
         self._sync()
         return counts
@@ -167,12 +185,14 @@ class Broker:
             deadline = self._clock() + wait
             while True:
                 self._expire_locked()
-                if len(state.queue) and state.outbox.unconfirmed < self.max_results:
-                    return self._lease_locked(worker, count)
+                if len(state.scheduler) and state.outbox.unconfirmed < self.max_results:
+                    leased = self._lease_locked(worker, count)
+                    if leased:
+                        return leased
                 remaining = deadline - self._clock()
                 if remaining <= 0:
                     return []
-                self._tasks_ready.wait(min(remaining, self._until_next_expiry()))
+                self._waiters.tasks.wait(min(remaining, self._until_next_change()))
 
     def complete(
         self, worker: str, results: list[Result], renew: list[list[int]] | None = None
@@ -193,12 +213,13 @@ class Broker:
                 raise BadRequest(f"results must hold JSON values only: {exc}") from None
         with self._lock:
             now = self._clock()
-            verdicts = completion.judge(self._state, results, lines, self._encode)
-            self._write_lines([v.event for v in verdicts if v.event is not None])
+            verdicts = completion.judge(self._state, results, lines, self._encode, self._wall())
+            self._write_lines([line for v in verdicts for line in v.events])
             tally = dict.fromkeys(Outcome, 0)
             for verdict in verdicts:
-                completion.apply(self._state, verdict)
+                completion.apply(self._state, verdict, now)
                 tally[verdict.outcome] += 1
+            completion.record_pace(self._state, now, verdicts)
             renewed = sum(
                 self._state.leases.renew(task_id, attempt, worker, now + self.lease_timeout)
                 for task_id, attempt in held
@@ -206,12 +227,44 @@ class Broker:
             seen = self._state.workers.seen(worker, now)
             seen.record(now, tally[Outcome.ACCEPTED] + tally[Outcome.RETRIED])
             if tally[Outcome.ACCEPTED]:
-                self._wake_outputs(
+                self._waiters.wake_outputs(
                     {v.result["job"] for v in verdicts if v.outcome is Outcome.ACCEPTED}
                 )
-            if tally[Outcome.RETRIED]:
-                self._tasks_ready.notify(tally[Outcome.RETRIED])
+            self._waiters.tasks.notify(tally[Outcome.RETRIED] + self._freed())
         return {**{str(o): n for o, n in tally.items()}, "renewed": renewed}
+
+    def robots(self, worker: str, report: dict[str, Any]) -> dict[str, bool]:
+        """A worker's fetch of a host's robots.txt for a job (a task of kind ``robots``)."""
+        worker = validate.worker_name(worker)
+        report = validate.robots_report(report)
+        state = self._state
+        with self._lock:
+            state.workers.seen(worker, self._clock())
+            accepted = steering.robots_fetched(
+                state, report, self._write, now=self._clock(), wall=self._wall()
+            )
+            self._waiters.tasks.notify_all()
+        return {"accepted": accepted}
+
+    def control(self, job_name: str, change: dict[str, Any]) -> dict[str, Any]:
+        """Steer a job while it runs: pause, resume, cancel, or set its pace and limits."""
+        name = validate.job_name(job_name)
+        action, policy = validate.control(change)
+        state = self._state
+        with self._lock:
+            event = (
+                steering.policy_event(state, name, policy)
+                if action == "set"
+                else {"k": action, "job": name}
+            )
+            if event is not None:
+                self._write(event)
+                steering.apply(state, event, now=self._clock(), wall=self._wall())
+            self._waiters.tasks.notify_all()
+            self._waiters.wake_outputs([name])
+            view = views.job_view(state, state.jobs.get(name, self._wall()), self._clock())
+        self._sync()
+        return view
 
     def release(self, worker: str, leases: list[list[int]]) -> int:
         """Put back tasks a worker holds but will not run; their attempt is not used up."""
@@ -225,10 +278,14 @@ class Broker:
                 lease = state.leases.get(task_id)
                 if lease is None or not lease.held_as(attempt, worker):
                     continue
-                state.leases.drop(task_id)
-                state.queue.add_retry(lease.task)
+                state.end_lease(task_id)
+                if lease.robots:
+                    assert lease.host is not None
+                    state.scheduler.learn_robots(lease.task.job, lease.host, None)
+                else:
+                    state.scheduler.add_retry(lease.task)
                 released += 1
-            self._tasks_ready.notify(released)
+            self._waiters.tasks.notify(released + self._freed())
         return released
 
     def results(
@@ -253,6 +310,7 @@ class Broker:
             deadline = self._clock() + wait
             while True:
                 self._expire_locked()
+                self._end_cancelled()
                 selected = outbox.select(name, count)
                 if selected:
                     token = uuid.uuid4().hex
@@ -264,7 +322,7 @@ class Broker:
                 remaining = deadline - self._clock()
                 if remaining <= 0:
                     return {"results": [], "complete": False, "token": None}
-                self._output_waiters(name).wait(min(remaining, self._until_next_expiry()))
+                self._waiters.outputs(name).wait(min(remaining, self._until_next_change()))
 
     def ack(self, token: str) -> int:
         """Confirm a delivery: its results are written and can be forgotten."""
@@ -275,23 +333,15 @@ class Broker:
     def queued(self) -> int:
         """Tasks waiting for a worker: the cheap question a ``--burst`` worker asks."""
         with self._lock:
-            return len(self._state.queue)
+            return len(self._state.scheduler)
 
     def status(self) -> dict[str, Any]:
         """Counts per job and the workers seen, for ``fetchq status``."""
         state = self._state
         with self._lock:
             self._expire_locked()
-            now = self._clock()
-            reply = {
-                "version": __version__,
-                "queued": len(state.queue),
-                "leased": len(state.leases),
-                "unconfirmed": state.outbox.unconfirmed,
-                "jobs": {job.name: self._state.counts(job) for job in state.jobs},
-                "workers": state.workers.rows(now, state.leases.held_by()),
-            }
-        reply["process"] = _process_usage()  # a directory listing: not under the lock
+            reply = {"version": __version__, **views.status(state, self._clock())}
+        reply["process"] = views.process_usage()  # a directory listing: not under the lock
         return reply
 
     def job(self, job_name: str) -> JobCounts:
@@ -307,6 +357,7 @@ class Broker:
         """Expire overdue leases and deliveries, fsync the journal, compact it if grown."""
         with self._lock:
             self._expire_locked()
+            self._end_cancelled()
         if self._journal is None:
             return
         try:
@@ -353,32 +404,36 @@ class Broker:
         if self._journal is not None:
             ledger = self._state.ledger
             self._journal.rewrite(
-                recovery.snapshot(self._state), recovery.header(ledger, self._wall())
+                recovery.snapshot(self._state, self._wall()),
+                recovery.header(ledger, self._wall()),
             )
 
     # -- internals (lock held) --------------------------------------------
 
-    def _output_waiters(self, name: str | None) -> threading.Condition:
-        waiters = self._results_ready.get(name)
-        if waiters is None:
-            waiters = self._results_ready[name] = threading.Condition(self._lock)
-        return waiters
-
-    def _wake_outputs(self, jobs: Iterable[str]) -> None:
-        """Wake the outputs that read these jobs, and those that read every job."""
-        for name in (*jobs, None):
-            waiters = self._results_ready.get(name)
-            if waiters is not None:
-                waiters.notify_all()
-
     def _lease_locked(self, worker: str, count: int) -> list[dict[str, Any]]:
-        state = self._state
-        deadline = self._clock() + self.lease_timeout
-        tasks = state.queue.take(count, state.ledger.done.__contains__)
-        leased = [state.leases.grant(task, worker, deadline).record() for task in tasks]
-        if len(state.queue) < self.max_pending:
-            self._room.notify_all()
+        state, wall = self._state, self._wall()
+        leased = handout.lease(
+            state, worker, count, now=self._clock(), wall=wall, lease_timeout=self.lease_timeout
+        )
+        self._end_without_request(*handout.refused_by_robots(state, wall))
+        if len(state.scheduler) < self.max_pending:
+            self._waiters.room.notify_all()
         return leased
+
+    def _end_cancelled(self) -> None:
+        room = self.max_results - self._state.outbox.unconfirmed
+        if room > 0:
+            self._end_without_request(*handout.cancelled(self._state, room, self._wall()))
+
+    def _end_without_request(self, tasks: list[Queued], results: list[Result]) -> None:
+        """Tasks that end here as results (cancelled, or forbidden by robots.txt)."""
+        ended = handout.end_without_request(self._state, tasks, results, self._write)
+        self._waiters.wake_outputs(ended)
+
+    def _freed(self) -> int:
+        """Leases on limited hosts that ended: each may let a waiting task go."""
+        freed, self._state.scheduler.freed = self._state.scheduler.freed, 0
+        return freed
 
     def _encode(self, event: dict[str, Any]) -> bytes | None:
         return encode_event(event) if self._journal is not None else None
@@ -391,20 +446,26 @@ class Broker:
         self._write({"k": "ack", "token": token, "ids": delivery.ids()})
         was_full = outbox.unconfirmed >= self.max_results
         outbox.confirm(token)
-        self._wake_outputs(count_by_job(delivery.results))
+        self._waiters.wake_outputs(count_by_job(delivery.results))
         if was_full and outbox.unconfirmed < self.max_results:
-            self._tasks_ready.notify_all()  # leasing was paused for room: it may resume
+            self._waiters.tasks.notify_all()  # leasing was paused for room: it may resume
         return len(delivery.results)
 
-    def _until_next_expiry(self) -> float:
-        deadlines = [
-            d
-            for d in (self._state.leases.next_deadline(), self._state.outbox.next_deadline())
-            if d is not None
+    def _until_next_change(self) -> float:
+        """Seconds until a lease or delivery may lapse or a paced task may go."""
+        state, now = self._state, self._clock()
+        times = [
+            t
+            for t in (
+                state.leases.next_deadline(),
+                state.outbox.next_deadline(),
+                state.scheduler.next_change(now),
+            )
+            if t is not None
         ]
-        if not deadlines:
+        if not times:
             return MAX_WAIT
-        return max(0.0, min(deadlines) - self._clock()) + 0.001
+        return max(0.0, min(times) - now) + 0.001
 
     def _expire_locked(self) -> int:
         """Lapsed leases and deliveries (see ``expiry``); returns how many leases lapsed."""
@@ -416,15 +477,6 @@ class Broker:
         except StorageFailed:
             expiry.refile(self._state)  # nothing changed; the next call tries again
             return 0
-        self._wake_outputs(expiry.apply(self._state))
-        self._tasks_ready.notify(len(expiry.overdue))
-        return len(expiry.overdue)
-
-
-def _process_usage() -> dict[str, int]:
-    """Threads and open descriptors of the server: a leak shows here first."""
-    try:
-        descriptors = len(os.listdir("/proc/self/fd"))
-    except OSError:
-        descriptors = -1
-    return {"threads": threading.active_count(), "fds": descriptors}
+        self._waiters.wake_outputs(expiry.apply(self._state))
+        self._waiters.tasks.notify(len(expiry.overdue) + self._freed())
+        return expiry.tasks

@@ -2,7 +2,9 @@
 
 The first result for a task wins and later ones are dropped.  A
 connection-level failure with attempts left queues the task again instead;
-one from an attempt that is no longer current is dropped.  Results of one
+one from an attempt that is no longer current is dropped.  For a job that
+obeys Retry-After, a 429 or 503 answer that names a wait holds the host for
+that long and queues the task again too.  A cancelled job retries nothing.  Results of one
 call are judged as if they came one by one, but nothing changes until the
 journal has taken the whole call (``judge`` first, then ``apply`` each).
 """
@@ -19,11 +21,18 @@ from fetchq.server.state import BrokerState
 Result = dict[str, Any]
 
 
+RETRY_AFTER_STATUSES = (429, 503)
+MAX_HOLD = 3600.0
+"""Longest a Retry-After may hold a host: a site asking for a day is asking to stop."""
+
+
 class Verdict(NamedTuple):
     result: Result
     outcome: Outcome
-    event: bytes | None
-    """The journal line to write for it (None: nothing to write)."""
+    events: list[bytes]
+    """The journal lines to write for it."""
+    hold: float = 0.0
+    """Seconds its host is held (Retry-After)."""
 
 
 def judge(
@@ -31,6 +40,7 @@ def judge(
     results: list[Result],
     lines: list[bytes | None],
     encode: Callable[[dict[str, Any]], bytes | None],
+    wall: float,
 ) -> list[Verdict]:
     """Decide each result's outcome without changing anything.
 
@@ -40,50 +50,76 @@ def judge(
     settled: set[int] = set()
     """Tasks an earlier result of this call finished or queued again: no lease now."""
     finished: set[int] = set()
+
+    def events(*made: bytes | None) -> list[bytes]:
+        return [line for line in made if line is not None]
+
     for result, line in zip(results, lines, strict=True):
         task_id = result["id"]
         if not state.ledger.known(task_id):
-            verdicts.append(Verdict(result, Outcome.DROPPED, None))  # an earlier server run's
+            verdicts.append(Verdict(result, Outcome.DROPPED, []))  # an earlier server run's
             continue
         attempt = result.get("attempt", 1)
         lease = None if task_id in settled else state.leases.get(task_id)
         current = lease is not None and lease.held_as(attempt)
+        job = state.ledger.job_of(task_id)
+        hold = _asked_to_wait(state, job, result)
         if task_id in state.ledger.done or task_id in finished:
-            verdicts.append(Verdict(result, Outcome.DROPPED, None))
+            verdicts.append(Verdict(result, Outcome.DROPPED, []))
         elif is_retryable(result) and not current:
-            verdicts.append(Verdict(result, Outcome.DROPPED, None))  # a stale attempt failed
-        elif is_retryable(result) and lease is not None and attempt < lease.task.attempts:
+            verdicts.append(Verdict(result, Outcome.DROPPED, []))  # a stale attempt failed
+        elif (
+            (is_retryable(result) or hold)
+            and lease is not None
+            and current
+            and attempt < lease.task.attempts
+            and not state.scheduler.job(job).cancelled
+        ):
             retry = encode({"k": "retry", "id": task_id, "attempt": attempt + 1})
-            verdicts.append(Verdict(result, Outcome.RETRIED, retry))
+            held = encode({"k": "hold", "job": job, "url": result["url"], "until": wall + hold})
+            verdicts.append(
+                Verdict(result, Outcome.RETRIED, events(retry, held if hold else None), hold)
+            )
             settled.add(task_id)
         else:
-            job = state.ledger.job_of(task_id)
             if result.get("job") != job:  # the server's record of the task is the authority
                 result["job"] = job
                 line = None
             event = encode({"k": "result", "r": result}) if line is None else line
-            verdicts.append(Verdict(result, Outcome.ACCEPTED, event))
+            verdicts.append(Verdict(result, Outcome.ACCEPTED, events(event)))
             settled.add(task_id)
             finished.add(task_id)
     return verdicts
 
 
-def apply(state: BrokerState, verdict: Verdict) -> None:
+def _asked_to_wait(state: BrokerState, job: str, result: Result) -> float:
+    """Seconds a 429 or 503 answer asked this job to leave its host alone (0: none)."""
+    if result.get("status") not in RETRY_AFTER_STATUSES:
+        return 0.0
+    seconds = result.get("retry_after")
+    if not isinstance(seconds, int | float) or not state.scheduler.job(job).policy.retry_after:
+        return 0.0
+    return min(max(float(seconds), 0.001), MAX_HOLD)
+
+
+def apply(state: BrokerState, verdict: Verdict, now: float) -> None:
     result, outcome = verdict.result, verdict.outcome
     task_id = result["id"]
     lease = state.leases.get(task_id)
     if outcome is Outcome.DROPPED:
         if lease is not None and task_id in state.ledger.done:
-            state.leases.drop(task_id)  # a lease left on a finished task ends with it
+            state.end_lease(task_id)  # a lease left on a finished task ends with it
     elif outcome is Outcome.RETRIED:
         assert lease is not None
-        state.leases.drop(task_id)
-        state.queue.add_retry(lease.task._replace(attempt=lease.task.attempt + 1))
+        state.end_lease(task_id)
+        if verdict.hold:
+            state.scheduler.hold(lease.task.job, lease.task.url, now + verdict.hold)
+        state.scheduler.add_retry(lease.task._replace(attempt=lease.task.attempt + 1))
     else:
         if lease is None:  # its lease had expired: the queued copy is stale now
-            state.queue.forget(result["job"])
+            state.scheduler.forget(result["job"])
         else:
-            state.leases.drop(task_id)
+            state.end_lease(task_id)
         finish_task(state, result)
 
 
@@ -94,3 +130,15 @@ def finish_task(state: BrokerState, result: Result) -> None:
     assert job is not None, result["job"]
     job.count_result(bool(result.get("ok")))
     state.outbox.add(result)
+
+
+def record_pace(state: BrokerState, now: float, verdicts: list[Verdict]) -> None:
+    """Accepted results tell each job how fast it really runs and how late it starts."""
+    by_job: dict[str, list[Result]] = {}
+    for verdict in verdicts:
+        if verdict.outcome is Outcome.ACCEPTED:
+            by_job.setdefault(verdict.result["job"], []).append(verdict.result)
+    for name, results in by_job.items():
+        job = state.jobs.find(name)
+        if job is not None:
+            job.pace.record(now, results)

@@ -1,10 +1,11 @@
 """What happens when time runs out: lapsed leases and lapsed deliveries.
 
 A lease not renewed in time puts its task back as its next attempt, or,
-after the last attempt, ends it as a failed result of type
-``lease_expired``.  A delivery not confirmed in time goes back to the front
-of its job's results.  As everywhere, the change is planned, journaled, and
-only then applied; a plan the journal cannot take is filed away again.
+after the last attempt (or in a cancelled job), ends it as a failed result
+of type ``lease_expired``.  A robots.txt fetch that lapses is asked again.
+A delivery not confirmed in time goes back to the front of its job's
+results.  As everywhere, the change is planned, journaled, and only then
+applied; a plan the journal cannot take is filed away again.
 """
 
 from __future__ import annotations
@@ -28,16 +29,27 @@ class Expiry:
         self.failures: dict[int, dict[str, Any]] = {
             lease.id: _lease_expired_result(lease, wall)
             for lease in self.overdue
-            if lease.task.attempt >= lease.task.attempts
+            if not lease.robots
+            and (
+                lease.task.attempt >= lease.task.attempts
+                or state.scheduler.job(lease.task.job).cancelled
+            )
         }
 
     def __bool__(self) -> bool:
         return bool(self.lapsed or self.overdue)
 
+    @property
+    def tasks(self) -> int:
+        """Leases of tasks that lapsed (robots.txt fetches not counted)."""
+        return sum(1 for lease in self.overdue if not lease.robots)
+
     def events(self) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = [{"k": "return", "token": d.token} for d in self.lapsed]
         for lease in self.overdue:
             failure = self.failures.get(lease.id)
+            if lease.robots:
+                continue  # nothing to keep: the fetch is simply asked again
             if failure is None:
                 retry = {"k": "retry", "id": lease.id, "attempt": lease.attempt + 1}
                 events.append({**retry, "expired": True})
@@ -50,13 +62,17 @@ class Expiry:
         state.outbox.give_back(self.lapsed)
         touched = {result["job"] for delivery in self.lapsed for result in delivery.results}
         for lease in self.overdue:
-            state.leases.drop(lease.id)
+            state.end_lease(lease.id)
+            if lease.robots:
+                assert lease.host is not None
+                state.scheduler.learn_robots(lease.task.job, lease.host, None)
+                continue
             job = state.jobs.find(lease.task.job)
             assert job is not None
             job.expired += 1
             failure = self.failures.get(lease.id)
             if failure is None:
-                state.queue.add_retry(lease.task._replace(attempt=lease.attempt + 1))
+                state.scheduler.add_retry(lease.task._replace(attempt=lease.attempt + 1))
             else:
                 finish_task(state, failure)
                 touched.add(failure["job"])

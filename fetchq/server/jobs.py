@@ -7,8 +7,16 @@ holds: how many were submitted and how their tasks ended.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+RECENT = 10.0
+"""Seconds of results a job's achieved rate and mean response time are measured over."""
+
+LATE = 0.010
+"""A request that started more than this after its scheduled time started late."""
 
 
 @dataclass(eq=False)
@@ -21,12 +29,54 @@ class Job:
     expired: int = 0
     sealed: bool = False
     """The dispatcher said the submission is finished; a later submit unseals it."""
+    pace: PaceSeen = field(default_factory=lambda: PaceSeen())
 
     def count_result(self, ok: bool) -> None:
         if ok:
             self.succeeded += 1
         else:
             self.failed += 1
+
+
+class PaceSeen:
+    """How a job really runs, from the results workers report: the rate achieved, the
+    mean service time, and how many requests started late and by how much."""
+
+    def __init__(self) -> None:
+        self._recent: deque[list[float]] = deque()
+        """[second, results, elapsed summed], one entry per second with results."""
+        self.late = 0
+        self.worst_late = 0.0
+
+    def record(self, now: float, results: Iterable[dict[str, Any]]) -> None:
+        second = float(int(now))
+        if not self._recent or self._recent[-1][0] != second:
+            self._recent.append([second, 0, 0.0])
+        entry = self._recent[-1]
+        for result in results:
+            entry[1] += 1
+            entry[2] += float(result.get("elapsed") or 0.0)
+            scheduled, started = result.get("scheduled"), result.get("started")
+            if isinstance(scheduled, int | float) and isinstance(started, int | float):
+                lateness = started - scheduled
+                if lateness > LATE:
+                    self.late += 1
+                    self.worst_late = max(self.worst_late, lateness)
+        while self._recent and self._recent[0][0] < now - RECENT:
+            self._recent.popleft()
+
+    def rate(self, now: float) -> float:
+        """Results per second over the last ``RECENT`` seconds."""
+        recent = [entry for entry in self._recent if entry[0] >= now - RECENT]
+        if not recent:
+            return 0.0
+        span = max(1.0, min(RECENT, now - recent[0][0]))
+        return sum(entry[1] for entry in recent) / span
+
+    def mean_elapsed(self, now: float) -> float | None:
+        recent = [entry for entry in self._recent if entry[0] >= now - RECENT]
+        count = sum(entry[1] for entry in recent)
+        return sum(entry[2] for entry in recent) / count if count else None
 
 
 class JobTable:

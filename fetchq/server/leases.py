@@ -14,20 +14,35 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-from fetchq.records import make_task
-from fetchq.server.taskqueue import Queued
+from fetchq.records import ROBOTS, make_task
+from fetchq.server.tasks import Queued
 
 HEAP_SLACK = 1024
 """Ended leases the expiry heap may hold beyond twice the live ones before a sweep."""
 
 
 class Lease:
-    __slots__ = ("_filed_under", "deadline", "task", "worker")
+    __slots__ = ("_filed_under", "deadline", "host", "robots", "start", "task", "worker")
 
-    def __init__(self, task: Queued, worker: str, deadline: float) -> None:
+    def __init__(
+        self,
+        task: Queued,
+        worker: str,
+        deadline: float,
+        *,
+        start: float | None = None,
+        host: str | None = None,
+        robots: bool = False,
+    ) -> None:
         self.task = task
         self.worker = worker
         self.deadline = deadline
+        self.start = start
+        """When the request may start, in the server's Unix time (None: at once)."""
+        self.host = host
+        """The host whose limits count this lease (None: no host limit applies)."""
+        self.robots = robots
+        """A robots.txt fetch for the job, not a task."""
         self._filed_under = deadline
 
     def __lt__(self, other: Lease) -> bool:
@@ -44,7 +59,12 @@ class Lease:
     def record(self) -> dict[str, Any]:
         """The task as the worker receives it."""
         task = self.task
-        return make_task(task.id, task.job, task.url, task.attempt, task.timeout, task.submitted)
+        record = make_task(
+            task.id, task.job, task.url, task.attempt, task.timeout, task.submitted, self.start
+        )
+        if self.robots:
+            record.update(kind=ROBOTS, host=self.host)
+        return record
 
     def held_as(self, attempt: int, worker: str | None = None) -> bool:
         """Is this the lease a worker refers to by ``[id, attempt]``?"""
@@ -57,8 +77,9 @@ class LeaseTable:
         self._expiry: list[Lease] = []
         self._per_job: Counter[str] = Counter()
 
-    def grant(self, task: Queued, worker: str, deadline: float) -> Lease:
-        lease = Lease(task, worker, deadline)
+    def grant(self, task: Queued, worker: str, deadline: float, **where: Any) -> Lease:
+        """``where``: ``start``, ``host`` and ``robots``, as ``Lease`` takes them."""
+        lease = Lease(task, worker, deadline, **where)
         self._leases[task.id] = lease
         self._per_job[task.job] += 1
         heapq.heappush(self._expiry, lease)

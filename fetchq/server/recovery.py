@@ -15,14 +15,15 @@ from collections.abc import Iterator
 from typing import Any
 
 from fetchq.errors import ConfigError
+from fetchq.server import steering
 from fetchq.server.expiry import LEASE_EXPIRED
 from fetchq.server.journal import Journal
 from fetchq.server.ledger import Ledger
 from fetchq.server.state import BrokerState
-from fetchq.server.taskqueue import Queued
+from fetchq.server.tasks import Queued
 
 
-def snapshot(state: BrokerState) -> Iterator[dict[str, Any]]:
+def snapshot(state: BrokerState, wall: float) -> Iterator[dict[str, Any]]:
     """The live state as events: what a replay needs and nothing more."""
     for job in state.jobs:
         yield {
@@ -42,7 +43,7 @@ def snapshot(state: BrokerState) -> Iterator[dict[str, Any]]:
         yield {"k": "batch", "batch": batch_id, "reply": reply}
     done = state.ledger.done
     live = [lease.task for lease in state.leases]
-    live.extend(task for task in state.queue if task.id not in done)
+    live.extend(task for task in state.scheduler if task.id not in done)
     for task in sorted({task.id: task for task in live}.values()):
         yield {"k": "task", **task._asdict()}
     deliveries = list(state.outbox.deliveries())
@@ -53,6 +54,7 @@ def snapshot(state: BrokerState) -> Iterator[dict[str, Any]]:
         yield {"k": "unconfirmed", "r": result}
     for delivery in deliveries:
         yield {"k": "hand", "token": delivery.token, "ids": delivery.ids()}
+    yield from steering.snapshot(state, wall)
 
 
 def header(ledger: Ledger, written: float) -> dict[str, Any]:
@@ -64,7 +66,7 @@ def replay(
 ) -> None:
     """Replay ``journal`` into a new, empty ``state``; a damaged journal is a config error."""
     try:
-        _Replay(state, wall).run(journal, now + lease_timeout)
+        _Replay(state, now, wall).run(journal, now + lease_timeout)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise ConfigError(
             f"journal {journal.path} is damaged ({type(exc).__name__}: {exc}); "
@@ -73,8 +75,9 @@ def replay(
 
 
 class _Replay:
-    def __init__(self, state: BrokerState, wall: float) -> None:
+    def __init__(self, state: BrokerState, now: float, wall: float) -> None:
         self.state = state
+        self.now = now
         self.wall = wall
         self.tasks: dict[int, Queued] = {}
         self.results: dict[int, dict[str, Any]] = {}
@@ -102,6 +105,7 @@ class _Replay:
             "hand": self._hand,
             "return": self._return,
             "ack": self._ack,
+            **dict.fromkeys(steering.STEERING_EVENTS, self._steer),
         }
         for event in events:
             handlers[event["k"]](event)
@@ -175,6 +179,9 @@ class _Replay:
         self.results[result["id"]] = result
         return result
 
+    def _steer(self, event: dict[str, Any]) -> None:
+        steering.apply(self.state, event, now=self.now, wall=self.wall)
+
     def _hand(self, event: dict[str, Any]) -> None:
         self.deliveries[event["token"]] = event["ids"]
 
@@ -198,7 +205,7 @@ class _Replay:
         ledger.done.add_range(ledger.id_base + 1, ledger.next_id)
         for task_id in sorted(self.tasks):
             ledger.done.discard(task_id)
-            state.queue.add_task(self.tasks[task_id])
+            state.scheduler.add_task(self.tasks[task_id])
         for name, count in self.confirmed.items():
             state.outbox.restore_confirmed(name, count)
         for token, ids in self.deliveries.items():

@@ -4,31 +4,34 @@ journal replay rebuilds."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from fetchq.api import JobCounts
 from fetchq.server.jobs import Job, JobTable
-from fetchq.server.leases import LeaseTable
+from fetchq.server.leases import Lease, LeaseTable
 from fetchq.server.ledger import Ledger
 from fetchq.server.outbox import Outbox
-from fetchq.server.taskqueue import TaskQueue
+from fetchq.server.scheduler import Scheduler
 from fetchq.server.workers import WorkerTable
 
 
 @dataclass
 class BrokerState:
     ledger: Ledger
-    queue: TaskQueue = field(default_factory=TaskQueue)
+    scheduler: Scheduler = field(default_factory=Scheduler)
     leases: LeaseTable = field(default_factory=LeaseTable)
     outbox: Outbox = field(default_factory=Outbox)
     jobs: JobTable = field(default_factory=JobTable)
     workers: WorkerTable = field(default_factory=WorkerTable)
+    steering: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    """The latest robots.txt and hold event per job and host, for snapshots."""
 
     def counts(self, job: Job) -> JobCounts:
         """A job's counters, gathered from the parts that hold its tasks and results."""
         waiting, handed_out, confirmed = self.outbox.counts(job.name)
         return {
             "submitted": job.submitted,
-            "queued": self.queue.count(job.name),
+            "queued": self.scheduler.count(job.name),
             "leased": self.leases.count(job.name),
             "succeeded": job.succeeded,
             "failed": job.failed,
@@ -39,6 +42,13 @@ class BrokerState:
             "sealed": job.sealed,
             "complete": job.sealed and confirmed == job.submitted,
         }
+
+    def end_lease(self, task_id: int) -> Lease | None:
+        """A lease is over (its task finished, went back or lapsed): its host has room."""
+        lease = self.leases.drop(task_id)
+        if lease is not None:
+            self.scheduler.lease_ended(lease.task.job, lease.host)
+        return lease
 
     def all_confirmed(self, name: str | None) -> bool:
         """The job (every job, for None) is sealed and each of its results confirmed."""

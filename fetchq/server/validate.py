@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fetchq import defaults
-from fetchq.api import MAX_SUBMIT, MAX_WAIT, job_name_problem
+from fetchq.api import MAX_SUBMIT, MAX_WAIT, ROBOTS_MAX_BYTES, job_name_problem
 from fetchq.errors import BadRequest
 
 MAX_ATTEMPTS = 100
@@ -68,6 +68,34 @@ def _encodable(url: str) -> bool:
     return True
 
 
+MAX_RATE = 1_000_000.0
+MAX_PER_HOST = 100_000
+MAX_HOST_DELAY = 3600.0
+POLICY_FIELDS = ("rate", "per_host", "host_delay", "obey_robots", "retry_after")
+"""How a job is paced and how polite it is (see ``fetchq.server.scheduler.Policy``)."""
+
+
+def policy_change(fields: dict[str, Any]) -> dict[str, Any]:
+    """The policy fields present in ``fields``, checked (rate and per_host may be None:
+    no limit)."""
+    change: dict[str, Any] = {}
+    if fields.get("rate") is not None:
+        change["rate"] = number(fields["rate"], "rate", 1e-6, MAX_RATE)
+    elif "rate" in fields:
+        change["rate"] = None
+    if fields.get("per_host") is not None:
+        change["per_host"] = integer(fields["per_host"], "per_host", 1, MAX_PER_HOST)
+    elif "per_host" in fields:
+        change["per_host"] = None
+    if "host_delay" in fields:
+        change["host_delay"] = number(fields["host_delay"] or 0, "host_delay", 0, MAX_HOST_DELAY)
+    for flag in ("obey_robots", "retry_after"):
+        if flag in fields:
+            require(isinstance(fields[flag], bool), f"{flag} must be true or false")
+            change[flag] = fields[flag]
+    return change
+
+
 @dataclass(frozen=True)
 class SubmitRequest:
     job: str
@@ -77,6 +105,8 @@ class SubmitRequest:
     """None: the server's default."""
     wait: float
     batch_id: str | None
+    policy: dict[str, Any]
+    """Pacing and politeness the batch sets for its job (empty: unchanged)."""
 
 
 def submit_request(batch: Any) -> SubmitRequest:
@@ -100,7 +130,36 @@ def submit_request(batch: Any) -> SubmitRequest:
         attempts=None if attempts is None else integer(attempts, "attempts", 1, MAX_ATTEMPTS),
         wait=wait(batch.get("wait", 0.0)),
         batch_id=batch_id,
+        policy=policy_change(batch),
     )
+
+
+CONTROL_ACTIONS = ("pause", "resume", "cancel", "set")
+
+
+def control(change: Any) -> tuple[str, dict[str, Any]]:
+    """``{"action": ..., and for "set" the policy fields}``."""
+    require(isinstance(change, dict), "control takes a dict")
+    action = change.get("action")
+    require(action in CONTROL_ACTIONS, f"action must be one of {', '.join(CONTROL_ACTIONS)}")
+    policy = policy_change(change) if action == "set" else {}
+    require(action != "set" or policy, "set needs at least one of " + ", ".join(POLICY_FIELDS))
+    return str(action), policy
+
+
+def robots_report(report: Any) -> dict[str, Any]:
+    """A worker's robots.txt fetch: ``{id, attempt, job, host, status, body, error}``."""
+    require(isinstance(report, dict), "robots takes a dict")
+    require(type(report.get("id")) is int, "robots needs the probe's integer id")
+    require(type(report.get("attempt", 1)) is int, "attempt must be an integer")
+    status = report.get("status")
+    require(status is None or type(status) is int, "status must be an integer or null")
+    body = report.get("body")
+    require(body is None or isinstance(body, str), "body must be text or null")
+    require(body is None or len(body) <= 4 * ROBOTS_MAX_BYTES, "robots.txt body too large")
+    error = report.get("error")
+    require(error is None or isinstance(error, dict), "error must be an object or null")
+    return report
 
 
 def results_list(results: Any) -> list[dict[str, Any]]:

@@ -16,6 +16,8 @@ class WorkerSeen:
     last_seen: float
     reported: int = 0
     """Results the server took from this worker (accepted, or queued again to retry)."""
+    threads: int = 0
+    """Fetch threads the worker said it runs (0: not said)."""
     recent: deque[tuple[float, int]] = field(default_factory=deque)
 
     def record(self, now: float, count: int) -> None:
@@ -41,6 +43,10 @@ class WorkerTable:
         seen.last_seen = now
         return seen
 
+    def threads(self, now: float, alive: float) -> int:
+        """Fetch threads of the workers heard from in the last ``alive`` seconds."""
+        return sum(s.threads for s in self._workers.values() if now - s.last_seen <= alive)
+
     def rows(self, now: float, holding: Counter[str]) -> list[dict[str, Any]]:
         """One row per worker for ``status``: last contact, tasks finished, rate, leases."""
         return [
@@ -48,6 +54,7 @@ class WorkerTable:
                 "worker": name,
                 "last_seen_ago": round(now - seen.last_seen, 3),
                 "reported": seen.reported,
+                "threads": seen.threads,
                 "rate": round(seen.rate(now), 1),
                 "leased": holding[name],
             }

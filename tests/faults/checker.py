@@ -171,14 +171,15 @@ def assert_exactly_once(report: Report, *, allow_failed: bool = False) -> None:
     raise AssertionError("\n".join(lines))
 
 
-def unaccounted(counts: dict[str, Any]) -> int:
-    """Tasks of a job in no state at all: not queued, not leased, not finished.
+def miscounted(counts: dict[str, Any]) -> int:
+    """Tasks of a job the counts do not place exactly once: positive when some
+    are in no state at all (lost), negative when some are counted twice.
 
-    The broker updates a job's counts under one lock, so every snapshot has
-    queued + leased + done + failed >= submitted (more only while a stale copy
-    of a finished task still waits in the queue); anything short was lost."""
+    The broker updates a job's counts under one lock and a task is in exactly
+    one state, so every snapshot must read queued + leased + succeeded + failed
+    == submitted."""
     held = counts["queued"] + counts["leased"] + counts["succeeded"] + counts["failed"]
-    return max(0, counts["submitted"] - held)
+    return int(counts["submitted"] - held)
 
 
 def wait_for_job(client: Any, job: str, *, timeout: float = 60.0) -> dict[str, Any]:
@@ -187,11 +188,16 @@ def wait_for_job(client: Any, job: str, *, timeout: float = 60.0) -> dict[str, A
     deadline = time.monotonic() + timeout
     while True:
         counts = client.call("job", job)
-        lost = unaccounted(counts)
-        if lost:
+        off = miscounted(counts)
+        if off > 0:
             raise AssertionError(
-                f"{lost} acknowledged tasks of job {job} are in no state (not queued, "
+                f"{off} acknowledged tasks of job {job} are in no state (not queued, "
                 f"leased or finished): {counts}"
+            )
+        if off < 0:
+            raise AssertionError(
+                f"job {job} counts {-off} tasks more than were submitted "
+                f"(queued + leased + succeeded + failed > submitted): {counts}"
             )
         if counts["sealed"] and counts["succeeded"] + counts["failed"] == counts["submitted"]:
             return counts

@@ -74,9 +74,11 @@ class Cluster:
     def worker(self, *args: str, env: dict[str, str] | None = None) -> tuple[Any, StderrLog]:
         return self.launch(env or self.env, "worker", *args)
 
-    def output(self, job: Job, out: Path, *args: str, **kwargs: Any) -> tuple[Any, StderrLog]:
+    def output(
+        self, job: Job, out: Path, *args: str, env: dict[str, str] | None = None, **kwargs: Any
+    ) -> tuple[Any, StderrLog]:
         return self.launch(
-            self.env,
+            env or self.env,
             "output",
             "--job",
             job.name,

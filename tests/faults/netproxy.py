@@ -5,7 +5,8 @@ Put it between one client and the server (point the client's FETCHQ_SERVER at
 closing anything, like a network path that silently drops packets: bytes
 already sent wait in the proxy (as unacknowledged segments would wait in the
 sender's retransmit queue), new connections are accepted but not connected
-upstream, and nobody sees a reset or an EOF.  ``heal()`` resumes forwarding,
+upstream, and nobody sees a reset or an EOF.  ``hold_requests()`` cuts one
+direction only, what clients send.  ``heal()`` resumes forwarding,
 delivering what waited, connecting what was accepted, and passing on any
 close that happened during the cut, as TCP would once the path is back.
 
@@ -52,6 +53,8 @@ class NetProxy:
         self.address = f"127.0.0.1:{self.port}"
         self._forwarding = threading.Event()
         self._forwarding.set()
+        self._requests_flow = threading.Event()
+        self._requests_flow.set()
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
@@ -72,9 +75,16 @@ class NetProxy:
         """Black-hole both directions of every connection, old and new."""
         self._forwarding.clear()
 
+    def hold_requests(self) -> None:
+        """Hold what clients send, while the server's replies still flow: a client
+        gets the answer to a call already made, and its next call (and any
+        confirmation it carries) never reaches the server."""
+        self._requests_flow.clear()
+
     def heal(self) -> None:
         """Forward again: what waited is delivered, what was accepted is connected."""
         self._forwarding.set()
+        self._requests_flow.set()
 
     @property
     def is_cut(self) -> bool:
@@ -105,11 +115,12 @@ class NetProxy:
 
     # -- threads ----------------------------------------------------------
 
-    def _wait_forwarding(self) -> bool:
-        """Block while cut; False once the proxy is closing."""
-        while not self._forwarding.wait(TICK):
-            if self._closed.is_set():
-                return False
+    def _wait_forwarding(self, gate: threading.Event | None = None) -> bool:
+        """Block while cut (or while ``gate`` is closed); False once the proxy is closing."""
+        for event in (self._forwarding, gate):
+            while event is not None and not event.wait(TICK):
+                if self._closed.is_set():
+                    return False
         return not self._closed.is_set()
 
     def _accept_loop(self) -> None:
@@ -155,13 +166,11 @@ class NetProxy:
                 with self._lock:
                     self.recordings.append(recording)
             back = threading.Thread(
-                target=self._pump,
-                args=(upstream, client, recording.down),
-                name="netproxy-back",
+                target=self._pump, args=(upstream, client, recording.down), name="netproxy-back"
             )
             back.daemon = True
             back.start()
-            self._pump(client, upstream, recording.up)
+            self._pump(client, upstream, recording.up, self._requests_flow)
             back.join()
         finally:
             for sock in (client, upstream):
@@ -173,9 +182,15 @@ class NetProxy:
             with self._lock:
                 self._open -= 1
 
-    def _pump(self, source: socket.socket, sink: socket.socket, tape: bytearray) -> None:
+    def _pump(
+        self,
+        source: socket.socket,
+        sink: socket.socket,
+        tape: bytearray,
+        gate: threading.Event | None = None,
+    ) -> None:
         """Copy source to sink while forwarding; hold bytes (and EOF) during a cut."""
-        while self._wait_forwarding():
+        while self._wait_forwarding(gate):
             try:
                 readable, _, _ = select.select([source], [], [], TICK)
             except (OSError, ValueError):
@@ -186,7 +201,7 @@ class NetProxy:
                 data = source.recv(65536)
             except OSError:
                 break
-            if not self._wait_forwarding():  # read just before a cut: hold it until healed
+            if not self._wait_forwarding(gate):  # read just before a cut: hold it until healed
                 break
             if not data:
                 with contextlib.suppress(OSError):

@@ -8,10 +8,13 @@ import signal
 import subprocess
 import termios
 import threading
+from pathlib import Path
+from typing import Any
 
 from checker import assert_exactly_once, assert_quiet, check, check_file
 from faultkit import exit_code
 from fetchq_procs import jsonl, poll_until
+from netproxy import NetProxy
 
 LEASE = "2"
 
@@ -24,27 +27,54 @@ def complete_lines(path) -> int:
         return 0
 
 
-def test_output_killed_mid_stream_then_appended_gives_each_result_once(cluster):
-    """kill -9 output while it writes; ``--append`` finishes the file without repeats.
+def hold_until_unconfirmed(proxy: NetProxy, fq: Any, job: Any, out: Path) -> tuple[int, int]:
+    """Hold what the output sends until its file holds results it never confirmed.
 
-    The killed run's unconfirmed delivery comes back after the lease timeout;
+    The output gets the answer to the call it already made, writes that batch,
+    and its confirmation (carried by its next call) stays in the proxy, so the
+    file holds more complete lines than the server counts as delivered.  If the
+    call itself was caught in the proxy, nothing more arrives: heal and retry.
+    Returns (complete lines, delivered), frozen while requests are held."""
+
+    def unconfirmed() -> tuple[int, int] | None:
+        lines, delivered = complete_lines(out), fq.counts(job)["confirmed"]
+        return (lines, delivered) if lines > delivered else None
+
+    for _ in range(5):
+        proxy.hold_requests()
+        try:
+            return poll_until(unconfirmed, 3, "the output to write a batch it cannot confirm")
+        except AssertionError:
+            proxy.heal()
+    raise AssertionError("the output never wrote a batch it had not confirmed")
+
+
+def test_output_killed_mid_stream_then_appended_gives_each_result_once(cluster):
+    """kill -9 output with results in its file that the server never saw confirmed;
+    ``--append`` finishes the file: it meets those results again and skips them.
+
+    The killed run's unconfirmed deliveries come back after the lease timeout;
     the resumed run cuts a torn last line and skips ids the file holds."""
     fq = cluster("--lease-timeout", LEASE)
     job = fq.job(2000, slow=0.005)
     out = fq.tmp / "results.jsonl"
     workers = [fq.worker("--concurrency", "4") for _ in range(2)]
-    first, _ = fq.output(job, out, "--until-done")
-    dispatch, dispatch_log = fq.dispatch(job)
-    assert exit_code(dispatch, dispatch_log, 60) == 0, dispatch_log.text
+    with NetProxy(fq.server.address) as proxy:
+        first, _ = fq.output(
+            job, out, "--until-done", env=dict(fq.env, FETCHQ_SERVER=proxy.address)
+        )
+        dispatch, dispatch_log = fq.dispatch(job)
+        assert exit_code(dispatch, dispatch_log, 60) == 0, dispatch_log.text
 
-    def mid_stream() -> bool:
-        counts = fq.counts(job)
-        return complete_lines(out) >= 200 and counts["succeeded"] + counts["failed"] < job.count
+        def mid_stream() -> bool:
+            counts = fq.counts(job)
+            return complete_lines(out) >= 200 and counts["succeeded"] + counts["failed"] < job.count
 
-    poll_until(mid_stream, 30, "output to be writing results mid-job")
-    os.kill(first.pid, signal.SIGKILL)
-    assert first.wait(10) == -signal.SIGKILL
-    lines_at_kill = complete_lines(out)
+        poll_until(mid_stream, 30, "output to be writing results mid-job")
+        lines_at_kill, delivered_at_kill = hold_until_unconfirmed(proxy, fq, job, out)
+        os.kill(first.pid, signal.SIGKILL)
+        assert first.wait(10) == -signal.SIGKILL
+    assert lines_at_kill < job.count, "the first output should have died mid-stream"
 
     second, second_log = fq.output(job, out, "--until-done", "--append")
     assert exit_code(second, second_log, 60) == 0, second_log.text
@@ -53,7 +83,8 @@ def test_output_killed_mid_stream_then_appended_gives_each_result_once(cluster):
         assert exit_code(process, log, 30) == 0, log.text
     report = check_file(job.urls, out)
     assert_exactly_once(report)
-    assert lines_at_kill < job.count, "the first output should have died mid-stream"
+    repeated = lines_at_kill - delivered_at_kill
+    assert f"skipped {repeated} results handed out again" in second_log.text, second_log.text
     assert_quiet(fq.client, job.name, job.count, fq.baseline)
 
 

@@ -22,6 +22,8 @@ from fetchq.client import BrokerClient
 from fetchq.config import parse_address
 
 LEASE = "3"
+HANG = 60.0
+"""Seconds after which a client that has not connected counts as hung."""
 WAITING = r"waiting for server at "
 
 
@@ -107,8 +109,11 @@ def test_server_killed_and_restarted_from_its_journal(cluster, tmp_path, mid_dis
 
 def test_five_hundred_clients_connecting_at_once(cluster):
     """500 clients connect and call at the same moment while a job of 2,000 tasks
-    runs: none hangs, the job completes exactly once, and once they have closed
-    the server's threads and fds are back to the baseline."""
+    runs: every one is served and holds its connection at the same time as all
+    the others, none hangs, the job completes exactly once, and once they have
+    closed the server's threads and fds are back to the baseline.  How fast
+    they connect depends on the machine's load: only a hang fails (the
+    barriers' deadline), never a slow start."""
     fq = cluster("--lease-timeout", LEASE)
     job = fq.job(2000, slow=0.002)
     out = fq.tmp / "results.jsonl"
@@ -117,8 +122,8 @@ def test_five_hundred_clients_connecting_at_once(cluster):
     dispatch, dispatch_log = fq.dispatch(job)
     address, key = parse_address(fq.server.address), fq.env["FETCHQ_AUTHKEY"].encode()
     count = 500
-    start = threading.Barrier(count, timeout=30)
-    connected = threading.Barrier(count + 1, timeout=30)
+    start = threading.Barrier(count, timeout=HANG)
+    connected = threading.Barrier(count + 1, timeout=HANG)
     may_close = threading.Event()
     errors: list[BaseException] = []
     answers: list[int] = []
@@ -134,7 +139,7 @@ def test_five_hundred_clients_connecting_at_once(cluster):
                 with lock:
                     answers.append(counts["submitted"])
                 connected.wait()
-                may_close.wait(30)
+                may_close.wait(HANG)
             finally:
                 broker.close()
         except BaseException as exc:  # reported below, with the others
@@ -143,26 +148,23 @@ def test_five_hundred_clients_connecting_at_once(cluster):
             connected.abort()
 
     threads = [threading.Thread(target=client, daemon=True) for _ in range(count)]
-    started = time.monotonic()
     for thread in threads:
         thread.start()
     usage: dict[str, int] = {}
     try:
         connected.wait()
-        elapsed = time.monotonic() - started
         usage = fq.status()["process"]
     except threading.BrokenBarrierError:
-        elapsed = time.monotonic() - started  # a client failed: its error is reported below
+        pass  # a client failed or hung: reported below
     finally:
         may_close.set()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + HANG
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
     hung = sum(thread.is_alive() for thread in threads)
     assert not hung, f"{hung} clients still running after the deadline"
     assert not errors, f"{len(errors)} clients failed, e.g. {errors[:3]!r}"
     assert answers == [0] * count
-    assert elapsed < 20, f"500 clients took {elapsed:.1f}s to connect"
     # One server thread per open connection: all 500 were connected at once.
     # (The baseline itself may include a side connection still closing.)
     assert usage["threads"] >= fq.baseline["threads"] + count - QUIET_SLACK, usage

@@ -47,9 +47,12 @@ def test_worker_sigterm_mid_batch_drains_and_reruns_nothing(cluster, target):
 
     With ``--attempts 1`` and fast URLs there is no legitimate retry, so the
     target must see every URL exactly once and every result has attempt 1.
-    (A longer lease here: nothing waits for one to expire, and a worker starved
-    of CPU for a moment must not lose a lease and re-run a task legitimately.)"""
-    fq = cluster("--lease-timeout", "5")
+    Nothing here waits for a lease to expire, so the lease is the default 30 s:
+    a worker starved of CPU on a loaded machine for a few seconds must not lose
+    a lease and re-run a task legitimately.  The handed-back tasks are checked
+    from the server's record as the victim exits, long before any lease could
+    lapse."""
+    fq = cluster("--lease-timeout", "30")
     job = fq.job(2000, slow=0.005)  # long enough a job to catch the victim mid-batch
     out = fq.tmp / "results.jsonl"
     victim, victim_log = fq.worker("--concurrency", "4", "--grace", str(GRACE))
@@ -78,7 +81,14 @@ def test_worker_sigterm_mid_batch_drains_and_reruns_nothing(cluster, target):
 
 
 def test_slow_url_outlives_its_lease_by_heartbeats(cluster, target):
-    """A 5 s URL under a 2 s lease stays with one worker: renewals keep its lease."""
+    """A 5 s URL under a 2 s lease stays with one worker: renewals keep its lease.
+
+    Without renewals the lease lapses at 2 s and at 4 s and the URL is fetched
+    three times (the first result still wins).  A renewal comes every 2/3 s, so
+    the lease lapses only if the worker is starved of CPU for 1.3 s, which a
+    loaded machine can do once; twice within 5 s is not a load this suite
+    survives anyway.  So: at most one re-run, each re-run on a lapsed lease
+    only, and exactly one result for the slow URL as for every other."""
     fq = cluster("--lease-timeout", LEASE)
     job = fq.job(2000)
     slow = f"{target.url}/slow?s=5&t={job.name}"
@@ -97,8 +107,7 @@ def test_slow_url_outlives_its_lease_by_heartbeats(cluster, target):
     report = check_file(job.urls, out)
     assert_exactly_once(report)
     result = report.by_url[slow][0]
-    assert result["attempt"] == 1, result
-    assert result["elapsed"] >= 4.5, result
-    assert target.hits()[slow[len(target.url) :]] == 1, "the slow URL was requested again"
-    assert not report.recovered, f"no task should need a retry: {report.recovered[:3]}"
+    assert result["ok"] and result["elapsed"] >= 4.5, result
+    fetched = target.hits()[slow[len(target.url) :]]
+    assert fetched <= 2, f"the slow URL was fetched {fetched} times: its lease was not renewed"
     assert_quiet(fq.client, job.name, job.count + 1, fq.baseline)

@@ -1,0 +1,97 @@
+"""Handing tasks to workers: leases with their start times, and tasks that end here.
+
+The scheduler says which tasks go and when they may start (on the broker's
+monotonic clock); a lease tells the worker that start in Unix time, and
+lasts from the start, not from the hand-out.  Tasks robots.txt forbids and
+the tasks of a cancelled job end as results without a request.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+from fetchq.errors import StorageFailed
+from fetchq.server import robots
+from fetchq.server.completion import finish_task
+from fetchq.server.state import BrokerState
+from fetchq.server.steering import CANCELLED, ROBOTS_REFUSED, ended_without_request
+from fetchq.server.tasks import Queued
+
+CANCEL_BATCH = 10_000
+"""Queued tasks of a cancelled job turned into results per round (each is journaled)."""
+
+_probe_ids = itertools.count(-1, -1)
+"""robots.txt fetches are leased under negative ids: never a task's."""
+
+
+def lease(
+    state: BrokerState,
+    worker: str,
+    count: int,
+    *,
+    now: float,
+    wall: float,
+    lease_timeout: float,
+) -> list[dict[str, Any]]:
+    """Up to ``count`` task records for ``worker``, leased to it."""
+    records = []
+    for pick in state.scheduler.take(count, now, state.ledger.done.__contains__):
+        task = pick.task
+        if pick.robots:
+            task = task._replace(id=next(_probe_ids), submitted=wall)
+        start = None if pick.start is None else wall + (pick.start - now)
+        deadline = max(now, pick.start or now) + lease_timeout
+        granted = state.leases.grant(
+            task, worker, deadline, start=start, host=pick.host, robots=pick.robots
+        )
+        records.append(granted.record())
+    return records
+
+
+def refused_by_robots(state: BrokerState, wall: float) -> tuple[list[Queued], list[dict[str, Any]]]:
+    """The tasks the last hand-out found forbidden, with the results they end as."""
+    denied, state.scheduler.denied = state.scheduler.denied, []
+    tasks = [task for task, _ in denied]
+    results = [
+        ended_without_request(task, ROBOTS_REFUSED, robots.refusal(rules), wall)
+        for task, rules in denied
+    ]
+    return tasks, results
+
+
+def cancelled(
+    state: BrokerState, room: int, wall: float
+) -> tuple[list[Queued], list[dict[str, Any]]]:
+    """Queued tasks of cancelled jobs, at most ``room``, with the results they end as."""
+    tasks: list[Queued] = []
+    done = state.ledger.done.__contains__
+    for name, queue in state.scheduler.jobs.items():
+        if queue.cancelled and queue.count and len(tasks) < room:
+            tasks.extend(state.scheduler.drain(name, min(room, CANCEL_BATCH) - len(tasks), done))
+    results = [
+        ended_without_request(task, CANCELLED, f"job {task.job} was cancelled", wall)
+        for task in tasks
+    ]
+    return tasks, results
+
+
+def end_without_request(
+    state: BrokerState,
+    tasks: list[Queued],
+    results: list[dict[str, Any]],
+    write: Callable[..., None],
+) -> set[str]:
+    """Journal and record results of tasks that end here; returns their jobs.  A journal
+    that cannot take them puts the tasks back: they come round again."""
+    if not tasks:
+        return set()
+    try:
+        write(*({"k": "result", "r": result} for result in results))
+    except StorageFailed:
+        state.scheduler.put_back(tasks)
+        return set()
+    for result in results:
+        finish_task(state, result)
+    return {result["job"] for result in results}

@@ -1,0 +1,133 @@
+"""Steering jobs while they run, as journal events: each change is one event, and
+one function applies an event both live and when a restart replays it, so a
+restart keeps every rate, limit, pause, cancel, robots.txt and hold.
+
+- ``policy``: a job's rate, per-host cap, host delay, robots and Retry-After.
+- ``pause`` / ``resume``: no task of a paused job is handed out; running ones finish.
+- ``cancel``: queued tasks end as ``cancelled`` results, nothing new is accepted.
+- ``robots``: what a worker fetched as a host's robots.txt for a job.
+- ``hold``: a site's Retry-After; no request to the host before ``until``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from fetchq.records import make_error, make_result, make_task
+from fetchq.server import robots
+from fetchq.server.hosts import host_key
+from fetchq.server.jobqueue import Policy
+from fetchq.server.state import BrokerState
+from fetchq.server.tasks import Queued
+
+CANCELLED = "cancelled"
+"""The error type of a task that ended because its job was cancelled."""
+
+ROBOTS_REFUSED = "robots"
+"""The error type of a task robots.txt forbids: it is never requested."""
+
+STEERING_EVENTS = ("policy", "pause", "resume", "cancel", "robots", "hold")
+
+
+def policy_event(state: BrokerState, job: str, change: dict[str, Any]) -> dict[str, Any] | None:
+    """The event that sets ``change`` on the job's policy; None when nothing changes."""
+    current = state.scheduler.job(job).policy
+    updated = dataclasses.replace(current, **change)
+    if updated == current:
+        return None
+    return {"k": "policy", "job": job, **dataclasses.asdict(updated)}
+
+
+def apply(state: BrokerState, event: dict[str, Any], *, now: float, wall: float) -> None:
+    """Make a steering event so (live, or replayed after a restart)."""
+    kind, job = event["k"], event["job"]
+    scheduler = state.scheduler
+    if kind == "policy":
+        fields = {name: event[name] for name in Policy.__dataclass_fields__ if name in event}
+        scheduler.set_policy(job, Policy(**fields))
+    elif kind in ("pause", "resume"):
+        scheduler.pause(job, kind == "pause", now)
+    elif kind == "cancel":
+        scheduler.cancel(job)
+        state.jobs.get(job, wall).sealed = True
+    elif kind == "robots":
+        rules = robots.rules_from(event, last_attempt=event.get("last", True))
+        scheduler.learn_robots(job, event["host"], rules)
+        state.steering[("robots", job, event["host"])] = event
+    elif kind == "hold":
+        scheduler.hold(job, event["url"], now + (event["until"] - wall))
+        state.steering[("hold", job, host_key(event["url"]))] = event
+    else:
+        raise KeyError(kind)
+
+
+def robots_fetched(
+    state: BrokerState,
+    report: dict[str, Any],
+    write: Callable[..., None],
+    *,
+    now: float,
+    wall: float,
+) -> bool:
+    """A worker fetched a host's robots.txt: learn it (journaled), or, when the site
+    could not say, ask again.  False for a fetch whose lease had lapsed."""
+    lease = state.leases.get(report["id"])
+    if lease is None or not lease.robots or not lease.held_as(report.get("attempt", 1)):
+        return False  # lapsed, and asked again of someone else
+    assert lease.host is not None
+    last = lease.task.attempt >= lease.task.attempts
+    event = {
+        "k": "robots",
+        "job": lease.task.job,
+        "host": lease.host,
+        **{field: report.get(field) for field in ("status", "body", "error")},
+        "last": last,
+    }
+    if robots.rules_from(event, last) is None:
+        state.end_lease(lease.id)
+        state.scheduler.learn_robots(lease.task.job, lease.host, None)
+        return True
+    write(event)
+    state.end_lease(lease.id)
+    apply(state, event, now=now, wall=wall)
+    return True
+
+
+def ended_without_request(task: Queued, kind: str, message: str, wall: float) -> dict[str, Any]:
+    """The result of a task that ends here: cancelled, or forbidden by robots.txt."""
+    record = make_task(task.id, task.job, task.url, task.attempt, task.timeout, task.submitted)
+    return make_result(
+        record, worker="server", started=wall, elapsed=0.0, error=make_error(kind, message)
+    )
+
+
+def snapshot(state: BrokerState, wall: float) -> list[dict[str, Any]]:
+    """The steering events a replay needs to steer every job as now."""
+    events: list[dict[str, Any]] = []
+    for name, queue in state.scheduler.jobs.items():
+        if queue.policy != Policy():
+            events.append({"k": "policy", "job": name, **dataclasses.asdict(queue.policy)})
+        if queue.paused:
+            events.append({"k": "pause", "job": name})
+        if queue.cancelled:
+            events.append({"k": "cancel", "job": name})
+    for (kind, _, _), event in state.steering.items():
+        if kind == "robots" or event["until"] > wall:
+            events.append(event)
+    return events
+
+
+def job_state(state: BrokerState, job: str) -> str:
+    """open, sealed, complete, paused or cancelled: what ``job list`` shows."""
+    queue = state.scheduler.job(job)
+    found = state.jobs.find(job)
+    counts = state.counts(found) if found is not None else None
+    if queue.cancelled:
+        return "cancelled" if not (counts and counts["complete"]) else "complete"
+    if counts is not None and counts["complete"]:
+        return "complete"
+    if queue.paused:
+        return "paused"
+    return "sealed" if counts is not None and counts["sealed"] else "open"

@@ -1,0 +1,68 @@
+"""Tasks as the server keeps them while they wait: as compactly as they arrived."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import NamedTuple
+
+
+class Queued(NamedTuple):
+    """A task as the server keeps it between leases: a tuple is the smallest thing that
+    reads well."""
+
+    id: int
+    job: str
+    url: str
+    attempt: int
+    attempts: int
+    timeout: float
+    submitted: float
+
+
+class Span:
+    """A submitted batch not yet handed out, kept as the list that came off the wire.
+
+    Queued tasks cost their URL string and a list slot (about 90 bytes for a
+    short URL) instead of a tuple and an id object each; a task becomes a
+    ``Queued`` only when it is taken."""
+
+    __slots__ = ("attempts", "first", "job", "left", "next", "submitted", "timeout", "urls")
+
+    def __init__(
+        self, job: str, first: int, urls: list[str], attempts: int, timeout: float, at: float
+    ) -> None:
+        self.job = job
+        self.first = first
+        self.urls = urls
+        self.attempts = attempts
+        self.timeout = timeout
+        self.submitted = at
+        self.next = 0
+        """The next task first in, first out."""
+        self.left = -1
+        """Tasks not yet handed out, once the batch goes out by host (-1 until then)."""
+
+    def take(self) -> Queued:
+        index = self.next
+        self.next += 1
+        if self.left > 0:
+            self.left -= 1
+        return self.task(index)
+
+    def task(self, index: int) -> Queued:
+        return Queued(
+            self.first + index,
+            self.job,
+            self.urls[index],
+            1,
+            self.attempts,
+            self.timeout,
+            self.submitted,
+        )
+
+    def remaining(self) -> Iterator[Queued]:
+        return (self.task(index) for index in range(self.next, len(self.urls)))
+
+    @property
+    def exhausted(self) -> bool:
+        return self.next >= len(self.urls)

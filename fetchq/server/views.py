@@ -1,0 +1,72 @@
+"""What ``status`` shows: counts, state, pace and hosts of every job, and the fleet.
+
+Pace, per job: the target rate, the rate achieved over the last seconds, the
+requests that started late and the worst lateness, and, from Little's law,
+how many requests must be in flight to hold the rate (rate x mean response
+time) against the fetch threads the fleet has.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from typing import Any
+
+from fetchq.server.jobs import Job
+from fetchq.server.state import BrokerState
+from fetchq.server.steering import job_state
+
+BUSIEST_HOSTS = 5
+"""Hosts shown per job: those with the longest queues."""
+
+WORKER_ALIVE = 60.0
+"""Seconds since its last call after which a worker's threads no longer count."""
+
+
+def fleet_threads(state: BrokerState, now: float) -> int:
+    return state.workers.threads(now, WORKER_ALIVE)
+
+
+def job_view(state: BrokerState, job: Job, now: float) -> dict[str, Any]:
+    queue = state.scheduler.job(job.name)
+    target = queue.policy.rate
+    mean = job.pace.mean_elapsed(now)
+    needed = round(target * mean, 1) if target and mean is not None else None
+    return {
+        **state.counts(job),
+        "state": job_state(state, job.name),
+        "policy": dataclasses.asdict(queue.policy),
+        "pace": {
+            "target": target,
+            "achieved": round(job.pace.rate(now), 1),
+            "late": job.pace.late,
+            "worst_late": round(job.pace.worst_late, 4),
+            "mean_elapsed": mean,
+            "needed_in_flight": needed,
+        },
+        "hosts": [
+            {"host": host, "queued": queued, "in_flight": in_flight}
+            for host, queued, in_flight in state.scheduler.busiest_hosts(job.name, BUSIEST_HOSTS)
+        ],
+    }
+
+
+def status(state: BrokerState, now: float) -> dict[str, Any]:
+    return {
+        "queued": len(state.scheduler),
+        "leased": len(state.leases),
+        "unconfirmed": state.outbox.unconfirmed,
+        "threads": fleet_threads(state, now),
+        "jobs": {job.name: job_view(state, job, now) for job in state.jobs},
+        "workers": state.workers.rows(now, state.leases.held_by()),
+    }
+
+
+def process_usage() -> dict[str, int]:
+    """Threads and open descriptors of the server: a leak shows here first."""
+    try:
+        descriptors = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        descriptors = -1
+    return {"threads": threading.active_count(), "fds": descriptors}
