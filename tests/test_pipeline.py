@@ -405,7 +405,7 @@ def test_classic_queues_full_empty_and_qsize(env, target, tmp_path):
     --max-pending is reached, Empty when no result comes in time."""
     from fetchq_procs import ServerProcess
 
-    limited = ServerProcess(env, "--max-pending", "5")
+    limited = ServerProcess(env, "--max-pending", "5", "--allow-pickle")
     env["FETCHQ_SERVER"] = limited.address
     script = tmp_path / "classic_limits.py"
     script.write_text(CLASSIC_LIMITS_CLIENT)
