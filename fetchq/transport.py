@@ -65,7 +65,10 @@ plaintext client waiting for a challenge (which would otherwise wait for ever)."
 
 _LARGE = -1
 _SMALL_FRAME = 16384
+_RECEIVE = 65536
+"""Bytes asked of the socket per read: a small frame arrives, header and all, in one."""
 _CHUNK = 1 << 20
+"""Most bytes asked per read of a large frame: a length alone reserves nothing."""
 
 
 class WireError(Exception):
@@ -165,21 +168,45 @@ def too_deep(frame: bytes) -> bool:
 
 
 class JsonCodec:
-    """UTF-8 JSON, compact; numbers bounded, no NaN, nesting at most MAX_DEPTH."""
+    """JSON in UTF-8 (sent as ASCII), compact; numbers bounded, no NaN, nesting at most
+    MAX_DEPTH.
+
+    Both directions call the json module's C encoder and scanner directly: a
+    broker call is a few dozen bytes, and building a Python encoder (or
+    matching whitespace) for each one would cost more than the encoding."""
 
     name = "json"
 
     def __init__(self) -> None:
-        self._encoder = json.JSONEncoder(
-            ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_encode_other
+        # ASCII out (other characters as \u escapes): any string can be sent, even one
+        # holding a lone surrogate that arrived as an escape, so no reply is unsendable.
+        encoder = json.JSONEncoder(
+            ensure_ascii=True, allow_nan=False, separators=(",", ":"), default=_encode_other
         )
         self._decoder = json.JSONDecoder(
             parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant
         )
+        make = getattr(json.encoder, "c_make_encoder", None)
+        self._encode_chunks: Any = None
+        if make is not None:  # the arguments of iterencode(_one_shot=True), made once
+            self._encode_chunks = make(
+                {},
+                _encode_other,
+                json.encoder.c_encode_basestring_ascii,  # type: ignore[attr-defined]
+                None,
+                ":",
+                ",",
+                False,
+                False,
+                False,
+            )
+        self._encoder = encoder
 
     def dumps(self, obj: Any) -> bytes:
         try:
-            return self._encoder.encode(obj).encode("utf-8")
+            if self._encode_chunks is None:
+                return self._encoder.encode(obj).encode("ascii")
+            return "".join(self._encode_chunks(obj, 0)).encode("ascii")
         except (TypeError, ValueError, RecursionError) as exc:
             raise Unencodable(f"cannot send as JSON: {exc}") from None
 
@@ -193,7 +220,13 @@ class JsonCodec:
         except UnicodeDecodeError as exc:
             raise BadFrame(f"not UTF-8 text (byte {exc.start})") from None
         try:
-            return self._decoder.decode(text)
+            try:
+                value, end = self._decoder.scan_once(text, 0)
+            except StopIteration:  # not a value at its first byte (leading space?)
+                return self._decoder.decode(text)
+            if end != len(text) and text[end:].strip():
+                raise ValueError(f"extra data at character {end}")
+            return value
         except (ValueError, RecursionError) as exc:
             raise BadFrame(f"not JSON: {str(exc)[:200]}") from None
 
@@ -237,14 +270,18 @@ class Connection:
 
     It offers what the manager machinery uses of ``connection.Connection``:
     ``send``/``recv`` for messages, ``send_bytes``/``recv_bytes`` for the
-    login, ``fileno`` and ``close``.  Waits are socket timeouts
-    (``settimeout``), which bound reads on TLS sockets too."""
+    login, ``fileno`` and ``close``.  Reads are buffered, so a small frame
+    costs one read.  Every wait has a limit (``settimeout``): on a TLS socket
+    a socket timeout, since a kernel receive timeout does not bound an SSL
+    read; on a plain one the kernel's own send and receive timeouts, which
+    spare a poll() before every read and write."""
 
     def __init__(self, sock: socket.socket, codec: Codec | None, peer: str = "") -> None:
         self._sock = sock
         self.codec = codec
         """None until a server has seen the first frame after the login."""
         self.peer = peer
+        self._buffer = bytearray()
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -254,21 +291,31 @@ class Connection:
         return self._sock.fileno() < 0
 
     def settimeout(self, seconds: float | None) -> None:
-        self._sock.settimeout(seconds)
+        if isinstance(self._sock, ssl.SSLSocket):
+            self._sock.settimeout(seconds)
+            return
+        self._sock.settimeout(None)
+        whole = int(seconds or 0)
+        limit = struct.pack("ll", whole, int(((seconds or 0) - whole) * 1_000_000))
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
 
     def close(self) -> None:
         self._sock.close()
 
     def send_bytes(self, data: bytes) -> None:
         size = len(data)
-        if size > 0x7FFFFFFF:
-            self._sock.sendall(struct.pack("!iQ", _LARGE, size))
-            self._sock.sendall(data)
-        elif size > _SMALL_FRAME:
-            self._sock.sendall(struct.pack("!i", size))
-            self._sock.sendall(data)
-        else:  # one write, so Nagle's algorithm never holds a small frame back
-            self._sock.sendall(struct.pack("!i", size) + data)
+        try:
+            if size > 0x7FFFFFFF:
+                self._sock.sendall(struct.pack("!iQ", _LARGE, size))
+                self._sock.sendall(data)
+            elif size > _SMALL_FRAME:
+                self._sock.sendall(struct.pack("!i", size))
+                self._sock.sendall(data)
+            else:  # one write, so Nagle's algorithm never holds a small frame back
+                self._sock.sendall(struct.pack("!i", size) + data)
+        except (TimeoutError, BlockingIOError):
+            raise NoReply("the peer took nothing within the connection's timeout") from None
 
     def recv_bytes(self, maxlength: int | None = None) -> bytes:
         header = self._read(4)
@@ -281,30 +328,26 @@ class Connection:
         return self._read(size)
 
     def _read(self, size: int) -> bytes:
+        """``size`` bytes; the buffer grows only as bytes arrive."""
+        buffer = self._buffer
         try:
-            if size <= _CHUNK:
-                buffer = bytearray(size)
-                view = memoryview(buffer)
-                got = 0
-                while got < size:
-                    count = self._sock.recv_into(view[got:])
-                    if not count:
-                        raise EOFError
-                    got += count
-                return bytes(buffer)
-            # A large frame grows as its bytes arrive: a length alone reserves nothing.
-            parts = []
-            while size:
-                chunk = self._sock.recv(min(size, _CHUNK))
+            while len(buffer) < size:
+                chunk = self._sock.recv(min(max(_RECEIVE, size - len(buffer)), _CHUNK))
                 if not chunk:
                     raise EOFError
-                parts.append(chunk)
-                size -= len(chunk)
-            return b"".join(parts)
+                buffer += chunk
         except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
             raise EOFError from None
-        except TimeoutError:
+        except (TimeoutError, BlockingIOError):
             raise NoReply("no reply within the connection's timeout") from None
+        if len(buffer) == size:
+            data = bytes(buffer)
+            buffer.clear()
+            return data
+        with memoryview(buffer) as view:
+            data = bytes(view[:size])
+        del buffer[:size]
+        return data
 
     def send(self, obj: Any) -> None:
         self.send_bytes((self.codec or JSON).dumps(obj))
