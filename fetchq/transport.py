@@ -221,7 +221,7 @@ class JsonCodec:
             raise BadFrame(f"not UTF-8 text (byte {exc.start})") from None
         try:
             try:
-                value, end = self._decoder.scan_once(text, 0)
+                value, end = self._decoder.scan_once(text, 0)  # type: ignore[attr-defined]
             except StopIteration:  # not a value at its first byte (leading space?)
                 return self._decoder.decode(text)
             if end != len(text) and text[end:].strip():
