@@ -168,8 +168,13 @@ def too_deep(frame: bytes) -> bool:
 
 
 class JsonCodec:
-    """JSON in UTF-8 (sent as ASCII), compact; numbers bounded, no NaN, nesting at most
-    MAX_DEPTH.
+    """JSON in UTF-8 (sent as ASCII), compact, no NaN; when ``strict``, as the server
+    reads what clients send, numbers bounded and nesting at most MAX_DEPTH.
+
+    A client reads the server's replies without those checks: the server sends
+    back only what it accepted, and the checks cost an output reading a
+    million results more than the decoding itself.  Deep nesting still ends
+    in RecursionError, refused like any unreadable frame.
 
     Both directions call the json module's C encoder and scanner directly: a
     broker call is a few dozen bytes, and building a Python encoder (or
@@ -177,15 +182,19 @@ class JsonCodec:
 
     name = "json"
 
-    def __init__(self) -> None:
+    def __init__(self, *, strict: bool = True) -> None:
+        self.strict = strict
         # ASCII out (other characters as \u escapes): any string can be sent, even one
         # holding a lone surrogate that arrived as an escape, so no reply is unsendable.
         encoder = json.JSONEncoder(
             ensure_ascii=True, allow_nan=False, separators=(",", ":"), default=_encode_other
         )
-        self._decoder = json.JSONDecoder(
-            parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant
-        )
+        if strict:
+            self._decoder = json.JSONDecoder(
+                parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant
+            )
+        else:
+            self._decoder = json.JSONDecoder(parse_constant=_no_constant)
         make = getattr(json.encoder, "c_make_encoder", None)
         self._encode_chunks: Any = None
         if make is not None:  # the arguments of iterencode(_one_shot=True), made once
@@ -213,7 +222,7 @@ class JsonCodec:
     def loads(self, frame: bytes) -> Any:
         if frame[:1] == bytes([PICKLE_OPCODE]):
             raise BadFrame("a pickle: this connection reads JSON only, and nothing is unpickled")
-        if too_deep(frame):
+        if self.strict and too_deep(frame):
             raise BadFrame(f"nested deeper than {MAX_DEPTH} levels")
         try:
             text = frame.decode("utf-8")
@@ -250,6 +259,9 @@ class PickleCodec:
 
 
 JSON = JsonCodec()
+"""What the server reads (and what every side writes)."""
+JSON_REPLIES = JsonCodec(strict=False)
+"""How a client reads the server's replies."""
 PICKLE = PickleCodec()
 
 
@@ -429,7 +441,7 @@ class ClientConnection(Connection):
                 "(protocol 2 or before) or not fetchq at all; install the same fetchq version "
                 "on both sides"
             )
-        reply = JSON.loads(frame)
+        reply = JSON_REPLIES.loads(frame)
         if not (isinstance(reply, list) and len(reply) == 2 and isinstance(reply[0], str)):
             raise BadFrame("a reply is [kind, result]")
         kind, result = reply
