@@ -214,6 +214,9 @@ def test_nesting_is_bounded_and_brackets_in_strings_do_not_count():
     assert JSON.loads(nested(MAX_DEPTH)) is not None
     with pytest.raises(BadFrame, match="nested deeper"):
         JSON.loads(nested(MAX_DEPTH + 1))
+    deep_with_text = b"[" * MAX_DEPTH + b'{"k": "v"}' + b"]" * MAX_DEPTH
+    assert too_deep(deep_with_text), "strings inside must not hide the depth"
+    assert not too_deep(b"[" * (MAX_DEPTH - 1) + b'{"k": "v"}' + b"]" * (MAX_DEPTH - 1))
     text = json.dumps(["[" * 500 + '\\"{' * 300, {"k": "]]]}}}" * 100}]).encode()
     assert JSON.loads(text)[0].startswith("[[[")
     many = json.dumps([{"id": n, "error": {"type": "x"}} for n in range(2000)]).encode()
