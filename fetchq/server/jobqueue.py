@@ -127,10 +127,11 @@ class JobQueue:
     def eligible(self) -> bool:
         return self.count > 0 and not self.paused and not self.cancelled
 
-    def host(self, key: str) -> HostQueue:
+    def host(self, key: str, epoch: float = float("-inf")) -> HostQueue:
         queue = self.hosts.get(key)
         if queue is None:
             queue = self.hosts[key] = HostQueue(key)
+            queue.slot.last_start = epoch
         return queue
 
     def span_of(self, task_id: int) -> Span:

@@ -8,8 +8,8 @@ shows it as late starts (no coordinated omission) and catches up.
 
 A job with host limits (a per-host cap, a host delay, robots.txt, Retry-After
 holds, or the server's own per-host limits) sorts its tasks into one queue
-per host as it needs them, and hosts that are ready take turns, so a host
-with a long queue never starves the others.  A host held back by a limit is
+per host as they arrive, and hosts that are ready take turns, so a host with
+a long queue never starves the others.  A host held back by a limit is
 not handed out at all: no lease runs out while it waits.  Tasks are handed
 out up to ``LOOKAHEAD`` seconds before their start, so that workers start
 them on time.
@@ -49,6 +49,9 @@ class Scheduler:
         """Leases on limited hosts that ended since the broker last looked: room to wake for."""
         self._count = 0
         self._order = itertools.count()
+        self.epoch = float("-inf")
+        """Before this no start counts; a restart sets it to the moment it came back, as
+        the old process may have started requests on any host until it died."""
 
     # -- what waits -------------------------------------------------------
 
@@ -63,7 +66,7 @@ class Scheduler:
         queue = self.job(name)
         queue.policy = policy
         if policy.limits_hosts:
-            queue.by_host = True  # once sorted by host, a job stays so
+            self._sort_by_host(queue)
 
     def add_batch(self, span: Span, now: float) -> None:
         queue = self.job(span.job)
@@ -73,12 +76,14 @@ class Scheduler:
             queue.fresh = True  # a rate starts when work does, not when it was queued
         queue.fifo.append(span)
         self._added(queue, len(span.urls))
+        if queue.by_host:
+            self._sort_fifo(queue)
 
     def add_retry(self, task: Queued) -> None:
         """Back in front of its job (or its host): a job's stragglers go first."""
         queue = self.job(task.job)
         if queue.by_host:
-            host = queue.host(host_key(task.url))
+            host = queue.host(host_key(task.url), self.epoch)
             host.front.appendleft(task)
             self._list_host(queue, host)
         else:
@@ -90,6 +95,8 @@ class Scheduler:
         queue = self.job(task.job)
         queue.fifo.append(task)
         self._added(queue, 1)
+        if queue.by_host:
+            self._sort_fifo(queue)
 
     def _added(self, queue: JobQueue, count: int) -> None:
         queue.count += count
@@ -147,14 +154,14 @@ class Scheduler:
     def hold(self, job: str, url: str, until: float) -> None:
         """A site asked this job to wait (Retry-After): no start on the host before then."""
         queue = self.job(job)
-        queue.by_host = True
-        slot = queue.host(host_key(url)).slot
+        self._sort_by_host(queue)
+        slot = queue.host(host_key(url), self.epoch).slot
         slot.held_until = max(slot.held_until, until)
 
     def learn_robots(self, job: str, host: str, robots: Robots | None) -> None:
         """robots.txt is known for the host (None: ask again)."""
         queue = self.job(job)
-        bucket = queue.host(host)
+        bucket = queue.host(host, self.epoch)
         bucket.probing = False
         bucket.robots = robots
         if len(bucket):
@@ -296,17 +303,15 @@ class Scheduler:
             _, _, bucket = heapq.heappop(queue.waiting)
             bucket.waiting = False
             self._list_host(queue, bucket)
-        while True:
-            for _ in range(len(queue.ring)):
-                bucket = queue.ring.popleft()
-                bucket.listed = False
-                pick = self._try_host(queue, bucket, now, horizon, is_done)
-                if pick is not None:
-                    if len(bucket) and not (bucket.parked or bucket.waiting):
-                        self._list_host(queue, bucket)
-                    return pick
-            if not self._sort_more(queue):
-                return None
+        for _ in range(len(queue.ring)):
+            bucket = queue.ring.popleft()
+            bucket.listed = False
+            pick = self._try_host(queue, bucket, now, horizon, is_done)
+            if pick is not None:
+                if len(bucket) and not (bucket.parked or bucket.waiting):
+                    self._list_host(queue, bucket)  # to the back: hosts take turns
+                return pick
+        return None
 
     def _try_host(
         self,
@@ -372,6 +377,7 @@ class Scheduler:
         slot = self.host_slots.get(key)
         if slot is None:
             slot = self.host_slots[key] = HostSlot()
+            slot.last_start = self.epoch
         return slot
 
     def _delay(self, queue: JobQueue, bucket: HostQueue) -> float:
@@ -399,29 +405,29 @@ class Scheduler:
             if len(bucket):
                 self._list_host(queue, bucket)
 
-    def _sort_more(self, queue: JobQueue) -> bool:
-        """Sort waiting tasks into their hosts until one lands on a host that may be
-        ready; False once none is left to sort."""
+    def _sort_by_host(self, queue: JobQueue) -> None:
+        """From now on the job's tasks wait per host (once so, a job stays so)."""
+        if not queue.by_host:
+            queue.by_host = True
+            self._sort_fifo(queue)
+
+    def _sort_fifo(self, queue: JobQueue) -> None:
+        """Sort what waits first in, first out into the queues of its hosts."""
         fifo = queue.fifo
         while fifo:
-            head = fifo[0]
+            head = fifo.popleft()
             if isinstance(head, Span):
                 if head.left < 0:
                     self._index_span(queue, head)
-                index = head.next
-                head.next += 1
-                if head.exhausted:
-                    fifo.popleft()
-                bucket = queue.host(host_key(head.urls[index]))
-                bucket.ids.append(head.first + index)
+                for index in range(head.next, len(head.urls)):
+                    bucket = queue.host(host_key(head.urls[index]), self.epoch)
+                    bucket.ids.append(head.first + index)
+                    self._list_host(queue, bucket)
+                head.next = len(head.urls)
             else:
-                fifo.popleft()
-                bucket = queue.host(host_key(head.url))
+                bucket = queue.host(host_key(head.url), self.epoch)
                 bucket.front.append(head)
-            if not (bucket.listed or bucket.parked or bucket.waiting):
                 self._list_host(queue, bucket)
-                return True
-        return False
 
     def _index_span(self, queue: JobQueue, span: Span) -> None:
         """A batch whose tasks go out by host: found again by id, not by position."""
