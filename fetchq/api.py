@@ -15,11 +15,12 @@ from typing import TypedDict
 from fetchq import __version__
 from fetchq.errors import UsageError
 
-PROTOCOL = 2
+PROTOCOL = 3
 """Version of the broker API; a client and a server must speak the same one.
 
 2: counters renamed (one meaning per name), leases renewed with the results
-that report them, ``results`` replies ``complete``."""
+that report them, ``results`` replies ``complete``.
+3: scheduled starts, robots.txt tasks, Retry-After, steering jobs."""
 
 METHODS = (
     "hello",
@@ -27,12 +28,14 @@ METHODS = (
     "finish",
     "lease",
     "complete",
+    "robots",
     "release",
     "results",
     "ack",
     "queued",
     "status",
     "job",
+    "control",
 )
 """What clients may call on the broker: the whole wire API."""
 
