@@ -84,7 +84,7 @@ class Scheduler:
         queue = self.job(task.job)
         if queue.by_host:
             host = queue.host(host_key(task.url), self.epoch)
-            host.front.appendleft(task)
+            host.push_front(task)
             self._list_host(queue, host)
         else:
             queue.fifo.appendleft(task)
@@ -155,7 +155,7 @@ class Scheduler:
         """A site asked this job to wait (Retry-After): no start on the host before then."""
         queue = self.job(job)
         self._sort_by_host(queue)
-        slot = queue.host(host_key(url), self.epoch).slot
+        slot = queue.host(host_key(url), self.epoch)
         slot.held_until = max(slot.held_until, until)
 
     def learn_robots(self, job: str, host: str, robots: Robots | None) -> None:
@@ -215,7 +215,7 @@ class Scheduler:
         queue = self.jobs.get(job)
         if queue is not None and host in queue.hosts:
             bucket = queue.hosts[host]
-            bucket.slot.in_flight -= 1
+            bucket.in_flight -= 1
             self._unpark(queue, bucket)
         server_slot = self.host_slots.get(host)
         if server_slot is not None:
@@ -230,7 +230,7 @@ class Scheduler:
         queue = self.jobs.get(job)
         if queue is None:
             return []
-        rows = [(host.key, len(host), host.slot.in_flight) for host in queue.hosts.values()]
+        rows = [(host.key, len(host), host.in_flight) for host in queue.hosts.values()]
         rows = [row for row in rows if row[1] or row[2]]
         return sorted(rows, key=lambda row: (-row[1], row[0]))[:count]
 
@@ -331,12 +331,15 @@ class Scheduler:
             bucket.probing = True
             bucket.parked = True
             return self._robots_probe(queue, bucket, now)
-        ready = self._ready_at(queue, bucket)
+        delay = self._delay(queue, bucket)
+        server_slot = self._server_slot(bucket.key)
+        ready = self._ready_at(queue, bucket, delay, server_slot)
         if ready is None:
             bucket.parked = True
             return None
-        base = queue.next_slot if policy.rate else now
-        start = max(base, ready)
+        start = queue.next_slot if policy.rate else now
+        if ready > start:
+            start = ready
         if start > horizon:
             bucket.waiting = True
             heapq.heappush(queue.waiting, (start, next(self._order), bucket))
@@ -349,10 +352,10 @@ class Scheduler:
             if bucket.robots is not None and not bucket.robots.allowed(task.url):
                 self.denied.append((task, bucket.robots))
                 continue
-            timed = bool(policy.rate) or start > now or self._delay(queue, bucket) > 0
+            timed = bool(policy.rate) or start > now or delay > 0
             if policy.rate:
                 queue.next_slot += 1.0 / policy.rate
-            self._started(bucket, start)
+            self._started(bucket, start, server_slot)
             return Pick(task, start if timed else None, bucket.key)
         return None
 
@@ -360,13 +363,13 @@ class Scheduler:
         url = origin(queue.first_url(bucket)) + "/robots.txt"
         bucket.probes += 1
         probe = Queued(0, queue.name, url, bucket.probes, ROBOTS_ATTEMPTS, ROBOTS_TIMEOUT, now)
-        self._started(bucket, now)
+        self._started(bucket, now, self._server_slot(bucket.key))
         return Pick(probe, None, bucket.key, robots=True)
 
-    def _started(self, bucket: HostQueue, start: float) -> None:
-        bucket.slot.in_flight += 1
-        bucket.slot.last_start = max(bucket.slot.last_start, start)
-        server_slot = self._server_slot(bucket.key)
+    def _started(self, bucket: HostQueue, start: float, server_slot: HostSlot | None) -> None:
+        bucket.in_flight += 1
+        if start > bucket.last_start:
+            bucket.last_start = start
         if server_slot is not None:
             server_slot.in_flight += 1
             server_slot.last_start = max(server_slot.last_start, start)
@@ -381,12 +384,16 @@ class Scheduler:
         return slot
 
     def _delay(self, queue: JobQueue, bucket: HostQueue) -> float:
-        crawl = bucket.robots.crawl_delay if bucket.robots is not None else None
-        return max(queue.policy.host_delay, crawl or 0.0)
+        delay = queue.policy.host_delay
+        robots = bucket.robots
+        if robots is not None and robots.crawl_delay and robots.crawl_delay > delay:
+            return robots.crawl_delay
+        return delay
 
-    def _ready_at(self, queue: JobQueue, bucket: HostQueue) -> float | None:
-        ready = bucket.slot.ready_at(queue.policy.per_host, self._delay(queue, bucket))
-        server_slot = self._server_slot(bucket.key)
+    def _ready_at(
+        self, queue: JobQueue, bucket: HostQueue, delay: float, server_slot: HostSlot | None
+    ) -> float | None:
+        ready = bucket.ready_at(queue.policy.per_host, delay)
         if ready is None or server_slot is None:
             return ready
         server = self.server_policy
@@ -419,14 +426,19 @@ class Scheduler:
             if isinstance(head, Span):
                 if head.left < 0:
                     self._index_span(queue, head)
+                first, hosts, epoch = head.first, queue.hosts, self.epoch
                 for index in range(head.next, len(head.urls)):
-                    bucket = queue.host(host_key(head.urls[index]), self.epoch)
-                    bucket.ids.append(head.first + index)
-                    self._list_host(queue, bucket)
+                    key = host_key(head.urls[index])
+                    bucket = hosts.get(key) or queue.host(key, epoch)
+                    bucket.ids.append(first + index)
+                    if not (bucket.listed or bucket.parked or bucket.waiting):
+                        bucket.listed = True
+                        queue.ring.append(bucket)
                 head.next = len(head.urls)
+                self._list_job(queue)
             else:
                 bucket = queue.host(host_key(head.url), self.epoch)
-                bucket.front.append(head)
+                bucket.push_back(head)
                 self._list_host(queue, bucket)
 
     def _index_span(self, queue: JobQueue, span: Span) -> None:
