@@ -206,6 +206,7 @@ class Summary:
             "ok": self.ok,
             "failed": self.count - self.ok,
             "retried": self.retried,
+            "started": self._first_start,
             "duration": self.duration,
             "rate": self._per_second(self.count),
             "throughput": self._per_second(self.ok),

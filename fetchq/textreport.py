@@ -76,8 +76,8 @@ def _latency(d: dict[str, Any]) -> list[str]:
             for key in LATENCY_KEYS
         ),
         (
-            f"  (service time is elapsed; from schedule is started + elapsed - scheduled, "
-            f"{schedule['requests']} of {d['requests']} results had a schedule)"
+            f"  (from schedule: started + elapsed - scheduled; {schedule['requests']} of "
+            f"{d['requests']} results had a schedule)"
         ),
         "",
         late_starts_line(schedule),
