@@ -11,6 +11,7 @@ as a run of ten thousand.
 from __future__ import annotations
 
 import html
+import json
 import os
 import tempfile
 from datetime import UTC, datetime
@@ -80,6 +81,7 @@ def render_summary(summary: Summary, title: str) -> str:
 
 def render(figures: dict[str, Any], histogram: list[dict[str, Any]], title: str) -> str:
     """The whole page from ``Summary.as_dict()`` figures and latency buckets."""
+    charts = Charts()
     parts = [
         f"<h1>{html.escape(title)}</h1>",
         f'<p class="meta">{html.escape(_when(figures))}</p>',
@@ -87,13 +89,14 @@ def render(figures: dict[str, Any], histogram: list[dict[str, Any]], title: str)
     if not figures["requests"]:
         parts.append("<p>No results.</p>")
     else:
-        parts += _body(figures, histogram)
+        parts += _body(figures, histogram, charts)
+    # plotly.js (a few MB) and the charts come last, so figures and tables show first.
     return (
         "<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n"
         f'<meta http-equiv="Content-Security-Policy" content="{CONTENT_POLICY}">\n'
-        f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n"
-        f"<script>{plotly.offline.get_plotlyjs()}</script>\n</head>\n<body>\n"
+        f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
         + "\n".join(parts)
+        + f"\n<script>{plotly.offline.get_plotlyjs()}</script>\n{charts.script()}"
         + "\n</body>\n</html>\n"
     )
 
@@ -128,7 +131,7 @@ def _section(title: str, intro: str, *content: str) -> str:
     return f"<h2>{html.escape(title)}</h2>{lead}" + "".join(content)
 
 
-def _body(d: dict[str, Any], histogram: list[dict[str, Any]]) -> list[str]:
+def _body(d: dict[str, Any], histogram: list[dict[str, Any]], charts: Charts) -> list[str]:
     schedule = d["schedule"]
     points = d["timeline"]["points"]
     width = d["timeline"]["width"]
@@ -144,12 +147,12 @@ def _body(d: dict[str, Any], histogram: list[dict[str, Any]]) -> list[str]:
         _section(
             "Throughput and errors over time",
             f"Requests started per second, in buckets of {format_duration(width)}.",
-            _chart("throughput", _throughput_chart(points, width)),
+            charts.place("throughput", _throughput_chart(points, width)),
         ),
         _section(
             "Latency over time",
             f"Percentiles of the requests started in each bucket{dashed}.",
-            _chart("latency", _latency_chart(points, width, schedule is not None)),
+            charts.place("latency", _latency_chart(points, width, schedule is not None)),
         ),
     ]
     if schedule is not None:
@@ -158,14 +161,14 @@ def _body(d: dict[str, Any], histogram: list[dict[str, Any]]) -> list[str]:
                 "Target and achieved rate",
                 "Requests due per second (target), started per second (achieved), "
                 "and late starts per second.",
-                _chart("rate", _rate_chart(points, width)),
+                charts.place("rate", _rate_chart(points, width)),
             )
         )
     parts += [
         _section(
             "Latency histogram",
             "Service time, in log-spaced buckets from min to max.",
-            _chart("histogram", _histogram_chart(histogram)),
+            charts.place("histogram", _histogram_chart(histogram)),
         ),
         _section("Status codes", "", _status_table(d)),
         _section("Errors by type", "", _errors_table(d)),
@@ -263,21 +266,36 @@ def _places_table(breakdown: dict[str, Any]) -> str:
     )
 
 
-def _chart(name: str, figure: go.Figure) -> str:
-    figure.update_layout(
-        height=CHART_HEIGHT,
-        margin={"l": 60, "r": 20, "t": 40, "b": 50},
-        legend={"orientation": "h", "x": 0, "y": 1.02, "yanchor": "bottom"},
-        template="plotly_white",
-    )
-    div = plotly.io.to_html(
-        figure,
-        full_html=False,
-        include_plotlyjs=False,
-        config=CHART_CONFIG,
-        div_id=f"chart-{name}",
-    )
-    return f'<div class="chart" data-chart="{name}">{div}</div>'
+class Charts:
+    """The page's charts: a placeholder where each goes, one script that draws them all."""
+
+    def __init__(self) -> None:
+        self._figures: dict[str, str] = {}
+
+    def place(self, name: str, figure: go.Figure) -> str:
+        figure.update_layout(
+            height=CHART_HEIGHT,
+            margin={"l": 60, "r": 20, "t": 40, "b": 50},
+            legend={"orientation": "h", "x": 0, "y": 1.02, "yanchor": "bottom"},
+            template="plotly_white",
+        )
+        element = f"chart-{name}"
+        self._figures[element] = plotly.io.to_json(figure, validate=False)
+        return (
+            f'<div class="chart" data-chart="{name}">'
+            f'<div id="{element}" style="height:{CHART_HEIGHT}px"></div></div>'
+        )
+
+    def script(self) -> str:
+        figures = ",".join(f'"{element}":{spec}' for element, spec in self._figures.items())
+        code = (
+            f"const figures = {{{figures}}};\n"
+            f"const config = {json.dumps(CHART_CONFIG)};\n"
+            "for (const [element, figure] of Object.entries(figures)) {\n"
+            "  Plotly.newPlot(element, figure.data, figure.layout, config);\n"
+            "}"
+        )
+        return "<script>" + code.replace("</", "<\\/") + "</script>"
 
 
 def _times(points: list[dict[str, Any]], width: float) -> list[str]:
