@@ -3,7 +3,7 @@
 Buckets start one second wide, aligned on multiples of their width in Unix
 time.  When the run spans more than :data:`MAX_BUCKETS` of them, the width
 doubles and each pair of neighbours merges into one, so a run of a minute
-keeps one-second buckets and a run of a week keeps about 500 of 30 minutes
+keeps one-second buckets and a run of a week about 300 of 34 minutes
 (figures are exact counts and mergeable sketches, so nothing is lost but
 resolution).
 """
