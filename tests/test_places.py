@@ -27,7 +27,13 @@ def test_target_host_is_host_and_port(url: str, host: str) -> None:
 
 @pytest.mark.parametrize(
     ("worker", "host"),
-    [("box-a:1234", "box-a"), ("10.0.0.5:77", "10.0.0.5"), ("lonely", "lonely"), ("", "unknown")],
+    [
+        ("box-a:1234", "box-a"),
+        ("10.0.0.5:77", "10.0.0.5"),
+        ("fe80::1:4242", "fe80::1"),
+        ("lonely", "lonely"),
+        ("", "unknown"),
+    ],
 )
 def test_worker_host_is_before_the_last_colon(worker: str, host: str) -> None:
     assert worker_host(worker) == host
