@@ -314,8 +314,8 @@ def test_response_time_is_measured_from_the_schedule() -> None:
 
 def test_a_start_within_ten_ms_is_not_late() -> None:
     summary = Summary()
-    summary.add(scheduled_result(1, due=T0, started=T0 + 0.009, elapsed=0.01))
-    summary.add(scheduled_result(2, due=T0 + 1, started=T0 + 1.011, elapsed=0.01))
+    summary.add(scheduled_result(1, due=T0, started=T0 + 0.011, elapsed=0.01))
+    summary.add(scheduled_result(2, due=T0 + 1, started=T0 + 1.009, elapsed=0.01))
     late = summary.as_dict()["schedule"]["late"]
     assert late["count"] == 1
     assert late["worst"] == pytest.approx(0.011, abs=1e-6)

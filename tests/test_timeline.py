@@ -38,7 +38,7 @@ def test_a_long_run_doubles_the_width_and_keeps_every_count() -> None:
     assert sketch.quantile(whole, 50) == pytest.approx(0.005, rel=0.01)
 
 
-def test_a_result_far_in_the_past_coarsens_at_once() -> None:
+def test_a_result_far_in_the_past_keeps_the_timeline_bounded() -> None:
     timeline = Timeline(max_buckets=50)
     timeline.at(T0).requests += 1
     timeline.at(T0 - 86_400).requests += 1  # a worker whose clock is a day behind
