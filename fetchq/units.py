@@ -42,5 +42,15 @@ def format_share(ratio: float | None) -> str:
     return "n/a" if ratio is None else f"{100.0 * ratio:.2f}%"
 
 
+def format_eta(seconds: float) -> str:
+    """Time left, to the second: ``45s``, ``3m07s``, ``2h05m``."""
+    whole = max(0, round(seconds))
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
 def format_maybe_duration(seconds: float | None) -> str:
     return "n/a" if seconds is None else format_duration(seconds)
