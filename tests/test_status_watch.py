@@ -196,3 +196,13 @@ def test_the_view_survives_a_server_that_goes_away_and_redraws_each_second() -> 
     assert "unreachable (connection refused); asking again every second" in frames
     assert frames.index("2/10") < frames.index("unreachable") < frames.index("6/10")
     assert pauses == [0.75, 0.75, 0.75], "one snapshot a second, whatever a snapshot costs"
+
+
+def test_rate_now_is_over_the_last_five_seconds() -> None:
+    meter = RateMeter(window=5.0)
+    address = Address("127.0.0.1", 7439)
+    for second in range(11):  # stalled for five seconds, then 20 a second
+        finished = max(0, second - 5) * 20
+        view = drawn(render_watch(status_with(counts(300, finished)), address, meter, second))
+    # over the last five seconds: 100 in 5 s, not 100 in 10 s; 200 left take 10 s
+    assert re.search(r"│ watched .*│ +100/300 │ +10s │ +20\.0/s │", view), view
