@@ -66,7 +66,7 @@ class FakeBroker:
         count = min(BATCH, self.total - self.made)
         batch = [self._result(self.made + i) for i in range(count)]
         self.made += count
-        return {"results": batch, "token": f"t{self.made}", "done": self.made >= self.total}
+        return {"results": batch, "token": f"t{self.made}", "complete": self.made >= self.total}
 
     def _result(self, i: int) -> dict[str, Any]:
         rng = self.rng
@@ -92,9 +92,9 @@ def child(total: int, html_path: str) -> None:
     with open(os.devnull, "w") as sink:
         started = time.perf_counter()
         writer = JsonlWriter(sink)
-        written = collect(broker, "bench", writer=writer, summary=summary, until_done=True)  # type: ignore[arg-type]
+        done = collect(broker, "bench", writer=writer, summary=summary, until_done=True)  # type: ignore[arg-type]
         collected = time.perf_counter() - started
-    assert written == total, (written, total)
+    assert done.written == total, (done.written, total)
     started = time.perf_counter()
     page.write(summary, f"fetchq report: {total} results")
     html_seconds = time.perf_counter() - started
