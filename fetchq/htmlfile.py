@@ -8,6 +8,7 @@ reading ten million results.
 from __future__ import annotations
 
 import os
+import tempfile
 from types import ModuleType
 
 from fetchq.errors import ConfigError, UsageError
@@ -35,10 +36,33 @@ class HtmlReportFile:
         """Write the report; returns what to tell the user."""
         page = self._module.render_summary(summary, title)
         try:
-            self._module.write(self.path, page)
+            write_whole(self.path, page)
         except OSError as exc:
             raise ConfigError(f"cannot write the HTML report to {self.path}: {exc}") from None
         return f"wrote the HTML report to {self.path} ({format_bytes(len(page.encode()))})"
+
+
+def write_whole(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all: a temporary file renamed over it.
+
+    A report half written by a stopped run is never left where the last good one was."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temporary = tempfile.mkstemp(prefix=".fetchq-report-", suffix=".html", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(temporary, 0o666 & ~_umask())
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def _umask() -> int:
+    """The process's umask (only readable by setting it), for a file mode like open()'s."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _html_report_module() -> ModuleType:

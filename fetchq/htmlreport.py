@@ -1,27 +1,27 @@
-"""The summary as one self-contained HTML file: figures, charts over time, tables by place.
+"""The summary as one self-contained HTML page: figures, charts over time, tables by place.
 
-The only module that imports ``plotly`` (the ``report`` extra).  plotly.js is
-inlined once from the copy the plotly package ships, and a Content Security
-Policy forbids every fetch, so the file opens offline and asks the network for
-nothing.  Charts are drawn from the summary's time buckets (at most 500
-points a series), so a run of ten million results makes the same small page
-as a run of ten thousand.
+plotly.js is inlined once (see :mod:`fetchq.htmlcharts`), and a Content
+Security Policy forbids every fetch, so the page opens offline and asks the
+network for nothing.  Charts are drawn from the summary's time buckets (at
+most 500 points a series), so a run of ten million results makes the same
+page as a run of ten thousand.  Every figure is also text, in a table.
 """
 
 from __future__ import annotations
 
 import html
-import json
-import os
-import tempfile
 from datetime import UTC, datetime
 from typing import Any
 
-import plotly.graph_objects as go
-import plotly.io
-import plotly.offline
-
 from fetchq import __version__, textreport
+from fetchq.htmlcharts import (
+    Charts,
+    histogram_chart,
+    latency_chart,
+    library_script,
+    rate_chart,
+    throughput_chart,
+)
 from fetchq.stats import Summary
 from fetchq.units import (
     format_bytes,
@@ -36,10 +36,6 @@ PLACE_ROWS = 50
 
 HISTOGRAM_BUCKETS = 40
 """Log-spaced latency buckets in the histogram chart."""
-
-CHART_HEIGHT = 320
-
-CHART_CONFIG = {"displaylogo": False, "responsive": True}
 
 CONTENT_POLICY = (
     "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
@@ -66,8 +62,6 @@ td.message { text-align: left; font-family: ui-monospace, monospace; font-size: 
 .chart { margin: 0.5em 0 1.5em 0; }
 .late { font-weight: 600; }
 """
-
-SERVICE_COLOURS = {"p50": "#1f77b4", "p90": "#ff7f0e", "p99": "#d62728"}
 
 
 def render_summary(summary: Summary, title: str) -> str:
@@ -96,23 +90,9 @@ def render(figures: dict[str, Any], histogram: list[dict[str, Any]], title: str)
         f'<meta http-equiv="Content-Security-Policy" content="{CONTENT_POLICY}">\n'
         f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
         + "\n".join(parts)
-        + f"\n<script>{plotly.offline.get_plotlyjs()}</script>\n{charts.script()}"
+        + f"\n{library_script()}\n{charts.script()}"
         + "\n</body>\n</html>\n"
     )
-
-
-def write(path: str, page: str) -> None:
-    """Write ``page`` to ``path`` whole or not at all (a temporary file renamed over it)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, temporary = tempfile.mkstemp(prefix=".fetchq-report-", suffix=".html", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(page)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
 
 
 def _when(d: dict[str, Any]) -> str:
@@ -147,12 +127,12 @@ def _body(d: dict[str, Any], histogram: list[dict[str, Any]], charts: Charts) ->
         _section(
             "Throughput and errors over time",
             f"Requests started per second, in buckets of {format_duration(width)}.",
-            charts.place("throughput", _throughput_chart(points, width)),
+            charts.place("throughput", throughput_chart(points, width)),
         ),
         _section(
             "Latency over time",
             f"Percentiles of the requests started in each bucket{dashed}.",
-            charts.place("latency", _latency_chart(points, width, schedule is not None)),
+            charts.place("latency", latency_chart(points, width, schedule is not None)),
         ),
     ]
     if schedule is not None:
@@ -161,14 +141,14 @@ def _body(d: dict[str, Any], histogram: list[dict[str, Any]], charts: Charts) ->
                 "Target and achieved rate",
                 "Requests due per second (target), started per second (achieved), "
                 "and late starts per second.",
-                charts.place("rate", _rate_chart(points, width)),
+                charts.place("rate", rate_chart(points, width)),
             )
         )
     parts += [
         _section(
             "Latency histogram",
             "Service time, in log-spaced buckets from min to max.",
-            charts.place("histogram", _histogram_chart(histogram)),
+            charts.place("histogram", histogram_chart(histogram)),
         ),
         _section("Status codes", "", _status_table(d)),
         _section("Errors by type", "", _errors_table(d)),
@@ -264,123 +244,3 @@ def _places_table(breakdown: dict[str, Any]) -> str:
             for row in rows
         ],
     )
-
-
-class Charts:
-    """The page's charts: a placeholder where each goes, one script that draws them all."""
-
-    def __init__(self) -> None:
-        self._figures: dict[str, str] = {}
-
-    def place(self, name: str, figure: go.Figure) -> str:
-        figure.update_layout(
-            height=CHART_HEIGHT,
-            margin={"l": 60, "r": 20, "t": 40, "b": 50},
-            legend={"orientation": "h", "x": 0, "y": 1.02, "yanchor": "bottom"},
-            template="plotly_white",
-        )
-        element = f"chart-{name}"
-        self._figures[element] = plotly.io.to_json(figure, validate=False)
-        return (
-            f'<div class="chart" data-chart="{name}">'
-            f'<div id="{element}" style="height:{CHART_HEIGHT}px"></div></div>'
-        )
-
-    def script(self) -> str:
-        figures = ",".join(f'"{element}":{spec}' for element, spec in self._figures.items())
-        code = (
-            f"const figures = {{{figures}}};\n"
-            f"const config = {json.dumps(CHART_CONFIG)};\n"
-            "for (const [element, figure] of Object.entries(figures)) {\n"
-            "  Plotly.newPlot(element, figure.data, figure.layout, config);\n"
-            "}"
-        )
-        return "<script>" + code.replace("</", "<\\/") + "</script>"
-
-
-def _times(points: list[dict[str, Any]], width: float) -> list[str]:
-    """Bucket middles as UTC date strings, which plotly puts on a time axis."""
-    return [
-        datetime.fromtimestamp(p["start"] + width / 2, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-        for p in points
-    ]
-
-
-def _throughput_chart(points: list[dict[str, Any]], width: float) -> go.Figure:
-    x = _times(points, width)
-    figure = go.Figure()
-    figure.add_bar(
-        x=x,
-        y=[(p["requests"] - p["failed"]) / width for p in points],
-        name="ok /s",
-        marker_color="#2ca02c",
-    )
-    figure.add_bar(
-        x=x, y=[p["failed"] / width for p in points], name="failed /s", marker_color="#d62728"
-    )
-    figure.update_layout(barmode="stack", bargap=0.05, xaxis_title="time (UTC)")
-    figure.update_yaxes(title_text="requests per second", rangemode="tozero")
-    return figure
-
-
-def _latency_chart(points: list[dict[str, Any]], width: float, scheduled: bool) -> go.Figure:
-    x = _times(points, width)
-    figure = go.Figure()
-    for p, colour in SERVICE_COLOURS.items():
-        figure.add_scatter(
-            x=x,
-            y=[_ms(point[p]) for point in points],
-            name=f"{p} service time",
-            mode="lines",
-            line={"color": colour},
-        )
-        if scheduled:
-            figure.add_scatter(
-                x=x,
-                y=[_ms(point[f"response_{p}"]) for point in points],
-                name=f"{p} from schedule",
-                mode="lines",
-                line={"color": colour, "dash": "dash"},
-            )
-    figure.update_layout(xaxis_title="time (UTC)")
-    figure.update_yaxes(title_text="milliseconds", rangemode="tozero")
-    return figure
-
-
-def _rate_chart(points: list[dict[str, Any]], width: float) -> go.Figure:
-    x = _times(points, width)
-    figure = go.Figure()
-    figure.add_bar(
-        x=x, y=[p["late"] / width for p in points], name="late starts /s", marker_color="#d62728"
-    )
-    figure.add_scatter(
-        x=x, y=[p["scheduled"] / width for p in points], name="target /s", mode="lines"
-    )
-    figure.add_scatter(
-        x=x, y=[p["requests"] / width for p in points], name="achieved /s", mode="lines"
-    )
-    figure.update_layout(xaxis_title="time (UTC)")
-    figure.update_yaxes(title_text="requests per second", rangemode="tozero")
-    return figure
-
-
-def _histogram_chart(histogram: list[dict[str, Any]]) -> go.Figure:
-    figure = go.Figure()
-    figure.add_bar(
-        x=[format_duration(b["high"]) for b in histogram],
-        y=[b["count"] for b in histogram],
-        hovertext=[
-            f"{format_duration(b['low'])} to {format_duration(b['high'])}: {b['count']}"
-            for b in histogram
-        ],
-        hoverinfo="text",
-        name="requests",
-        marker_color="#1f77b4",
-    )
-    figure.update_xaxes(title_text="service time, up to", type="category")
-    figure.update_yaxes(title_text="requests")
-    return figure
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else seconds * 1000.0

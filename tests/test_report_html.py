@@ -19,6 +19,7 @@ from playwright.sync_api import BrowserContext
 from test_pipeline import closed_port
 
 from fetchq import htmlreport
+from fetchq.htmlfile import write_whole
 from fetchq.records import make_result, make_task
 from fetchq.stats import Summary
 from fetchq.target import Target
@@ -150,7 +151,7 @@ def test_report_of_a_job_with_a_rate_shows_schedule_and_late_starts(
     for result in scheduled_results(1000):
         summary.add(result)
     path = tmp_path / "rated.html"
-    htmlreport.write(str(path), htmlreport.render_summary(summary, "rated"))
+    write_whole(str(path), htmlreport.render_summary(summary, "rated"))
     with open_report(browser, path) as opened:
         assert_offline_and_clean(opened)
         assert drawn(opened, "#chart-rate .scatterlayer .trace") == 2  # target and achieved
