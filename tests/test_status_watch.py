@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import secrets
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -54,8 +56,9 @@ class Tmux:
 
 
 @pytest.fixture
-def tmux(tmp_path) -> Iterator[Tmux]:
-    terminal = Tmux(f"fetchq-test-{tmp_path.name}")
+def tmux() -> Iterator[Tmux]:
+    # A socket of its own: another test run on this machine may be using tmux too.
+    terminal = Tmux(f"fetchq-test-{os.getpid()}-{secrets.token_hex(4)}")
     yield terminal
     terminal.stop()
 
