@@ -2,7 +2,8 @@
 
 Starts two HTTP targets (127.0.0.1 and 127.0.0.2), a server on a free
 loopback port with a fresh key, two workers, and dispatches a job of slow
-pages, error statuses and refused connections; ``fetchq output --html``
+pages, error statuses and refused connections at a rate close to what the
+workers can do; ``fetchq output --html``
 writes the report, and Debian's Chromium (through tests/browser.py) takes a
 full-page screenshot.  Everything stays on this machine.
 
@@ -27,6 +28,9 @@ DOCS = Path(__file__).resolve().parent
 sys.path.insert(0, str(DOCS.parent / "tests"))
 
 from browser import chromium, open_report  # noqa: E402
+
+RATE = "180/s"
+"""About what two workers of four threads can do with these pages: some starts run late."""
 
 
 def fetchq(*args: str) -> list[str]:
@@ -80,7 +84,7 @@ def main() -> None:
             ]
             urls = "\n".join(job_urls(first, second)) + "\n"
             subprocess.run(
-                fetchq("dispatch", "-", "-j", "docs", "--attempts", "1"),
+                fetchq("dispatch", "-", "-j", "docs", "--attempts", "1", "--rate", RATE),
                 env=env,
                 input=urls,
                 text=True,

@@ -17,7 +17,7 @@ from test_cli import assert_clean_error
 
 from fetchq.config import Address
 from fetchq.errors import ExitCode, ServerUnreachable
-from fetchq.watch import RateMeter, render_watch, watch
+from fetchq.watch import render_watch, watch
 
 JOB_ROW = re.compile(r"│ watched\s+│.*│\s+(\d+)/(\d+) │")
 
@@ -73,9 +73,11 @@ def test_watch_redraws_a_running_job_and_quits_on_ctrl_c(server, env, target, tm
         env,
         "dispatch",
         "--template",
-        f"{target.url}/slow?s=0.05&i={{i}}",
+        f"{target.url}/slow?s=0.02&i={{i}}",
         "--count",
         "300",
+        "--rate",
+        "40/s",
         "-j",
         "watched",
     )
@@ -98,10 +100,10 @@ def test_watch_redraws_a_running_job_and_quits_on_ctrl_c(server, env, target, tm
         row = next(line for line in screen.splitlines() if "│ watched" in line)
         assert "━" in row, "a progress bar"
         cells = [cell.strip() for cell in row.split("│")[1:-1]]
-        # job, progress, finished, ETA, rate now, target rate, failed, leased, state
-        assert re.fullmatch(r"\d+m\d\ds|\d+s|-", cells[3]), cells
-        assert re.fullmatch(r"\d+\.\d/s", cells[4]), cells
-        assert cells[5:7] == ["-", "0"] and cells[8] == "sealed", cells
+        # job, progress, finished, ETA, achieved, target, late, failed, leased, state
+        assert re.fullmatch(r"\d+s|\?", cells[3]), cells
+        assert re.fullmatch(r"[\d.]+/[sm]", cells[4]), cells
+        assert cells[5] == "40/s" and cells[7] == "0" and cells[9] == "sealed", cells
         worker_row = re.search(rf"│ \S+:{worker.pid} +│ +\d+\.\d/s │ +\d+s ago │", screen)
         assert worker_row, screen
         tmux.keys("C-c")
@@ -116,7 +118,9 @@ def test_watch_and_json_do_not_mix(env) -> None:
     assert_clean_error(result, ExitCode.USAGE, "--watch", "--json")
 
 
-def counts(submitted: int, succeeded: int, failed: int = 0, **extra: Any) -> dict[str, Any]:
+def counts(
+    submitted: int, succeeded: int, failed: int = 0, *, achieved: float = 0.0, **pace: Any
+) -> dict[str, Any]:
     return {
         "submitted": submitted,
         "queued": submitted - succeeded - failed,
@@ -129,7 +133,8 @@ def counts(submitted: int, succeeded: int, failed: int = 0, **extra: Any) -> dic
         "confirmed": succeeded + failed,
         "sealed": True,
         "complete": False,
-        **extra,
+        "state": "sealed",
+        "pace": {"target": None, "achieved": achieved, "late": 0, **pace},
     }
 
 
@@ -139,6 +144,7 @@ def status_with(job: dict[str, Any], seen_ago: float = 0.4) -> dict[str, Any]:
         "queued": job["queued"],
         "leased": job["leased"],
         "unconfirmed": 0,
+        "threads": 16,
         "jobs": {"watched": job},
         "workers": [
             {"worker": "box:7", "last_seen_ago": seen_ago, "reported": 9, "rate": 12.5, "leased": 3}
@@ -152,17 +158,19 @@ def drawn(renderable: Any) -> str:
     return console.export_text()
 
 
-def test_rate_now_and_eta_come_from_successive_snapshots() -> None:
-    meter = RateMeter(window=5.0)
+def test_a_job_row_shows_progress_eta_and_pace() -> None:
     address = Address("127.0.0.1", 7439)
-    first = drawn(render_watch(status_with(counts(100, 18, 2)), address, meter, now=10.0))
-    assert re.search(r"│ watched .*│ +20/100 │ +\? │ +n/a │", first), first
-    later = drawn(
-        render_watch(status_with(counts(100, 55, 5, rate=25.0), 75.0), address, meter, 12.0)
+    stalled = drawn(render_watch(status_with(counts(100, 18, 2)), address))
+    assert re.search(r"│ watched .*│ +20/100 │ +\? │ +0/m │ +- │ +0 │ +2 │ +3 │ sealed", stalled)
+    view = drawn(
+        render_watch(
+            status_with(counts(100, 55, 5, achieved=20.0, target=25.0, late=7), 75.0), address
+        )
     )
-    # 40 more finished in 2 s: 20/s, and 40 left take 2 s; the target rate as the server gives it
-    assert re.search(r"│ watched .*│ +60/100 │ +2s │ +20\.0/s │ +25\.0/s │ +5 │ +3 │ sealed", later)
-    assert re.search(r"│ box:7 +│ +12\.5/s │ +gone │ +3 │ +9 │", later), later
+    # 40 left at 20/s take 2 s
+    assert re.search(r"│ watched .*│ +60/100 │ +2s │ +20/s │ +25/s │ +7 │ +5 │ +3 │ sealed", view)
+    assert re.search(r"│ box:7 +│ +12\.5/s │ +gone │ +3 │ +9 │", view), view
+    assert "16 fetch threads" in view
 
 
 def test_the_view_survives_a_server_that_goes_away_and_redraws_each_second() -> None:
@@ -199,13 +207,3 @@ def test_the_view_survives_a_server_that_goes_away_and_redraws_each_second() -> 
     assert "unreachable (connection refused); asking again every second" in frames
     assert frames.index("2/10") < frames.index("unreachable") < frames.index("6/10")
     assert pauses == [0.75, 0.75, 0.75], "one snapshot a second, whatever a snapshot costs"
-
-
-def test_rate_now_is_over_the_last_five_seconds() -> None:
-    meter = RateMeter(window=5.0)
-    address = Address("127.0.0.1", 7439)
-    for second in range(11):  # stalled for five seconds, then 20 a second
-        finished = max(0, second - 5) * 20
-        view = drawn(render_watch(status_with(counts(300, finished)), address, meter, second))
-    # over the last five seconds: 100 in 5 s, not 100 in 10 s; 200 left take 10 s
-    assert re.search(r"│ watched .*│ +100/300 │ +10s │ +20\.0/s │", view), view
