@@ -1,4 +1,7 @@
-"""fetchq status: what the server holds, per job, and which workers it has seen."""
+"""fetchq status: what the server holds, per job, and which workers it has seen.
+
+``--watch`` redraws it once a second on a terminal (see :mod:`fetchq.watch`).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +13,9 @@ import typer
 from fetchq import config
 from fetchq.client import BrokerClient
 from fetchq.commandline import AuthkeyFileOption, ServerOption, reports_errors
+from fetchq.errors import UsageError
 from fetchq.pace import format_rate
-from fetchq.stats import format_duration
+from fetchq.units import format_duration
 
 WORKER_GONE_AFTER = 60.0
 """Seconds without contact after which a worker is shown as gone."""
@@ -111,6 +115,9 @@ def render_status(status: dict[str, Any], address: config.Address) -> str:
 @reports_errors
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON")] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="Redraw once a second until Ctrl-C")
+    ] = False,
     server: ServerOption = None,
     authkey_file: AuthkeyFileOption = None,
 ) -> None:
@@ -118,10 +125,17 @@ def status(
 
     An unreachable server is said at once (exit 4): a look at the queue
     should not wait for a server that is not there."""
+    if watch and as_json:
+        raise UsageError("--watch draws for a person; --json gives one snapshot for scripts")
     address = config.server_address(server)
     key = config.client_authkey(authkey_file)
     client = BrokerClient(address, key.key)
     client.connect()
+    if watch:
+        from fetchq.watch import watch as watch_status  # rich's Live only when watching
+
+        watch_status(client, address)
+        return
     reply = client.call("status")
     if as_json:
         print(json.dumps(reply, indent=2))
