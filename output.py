@@ -19,7 +19,7 @@ import typer
 
 from fetchq import config, defaults
 from fetchq.api import check_job_name
-from fetchq.client import ResilientClient
+from fetchq.client import BrokerClient, ResilientClient
 from fetchq.collect import collect
 from fetchq.commandline import (
     AuthkeyFileOption,
@@ -65,6 +65,16 @@ def already_written(path: str | None, fmt: Format) -> IdSet:
         return ids_in_file(path, fmt.value)
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot resume {path}: {exc}") from None
+
+
+def fleet_threads(client: BrokerClient) -> int | None:
+    """The fetch threads of the workers the server has heard from lately: what a rate's
+    concurrency is weighed against (None when the server cannot say now)."""
+    try:
+        threads = client.call("status").get("threads")
+    except FetchqError:
+        return None
+    return int(threads) if isinstance(threads, int) and threads > 0 else None
 
 
 @reports_errors
@@ -139,6 +149,8 @@ def output(
         say(f"skipped {done.repeated} results handed out again that were already written")
     if stop.requested:
         say(f"output stopped on {stop.signal_name} after {done.written} results")
+    if report is not None:
+        report.fetch_threads = fleet_threads(client)
     if report is not None and summary:
         to_stdout = fmt is Format.none or out not in (None, "-")
         print(report.render(), file=sys.stdout if to_stdout else sys.stderr, flush=True)

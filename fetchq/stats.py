@@ -246,9 +246,12 @@ class Summary:
         due_span = self._last_due - self._first_due
         target_rate = (self.scheduled - 1) / due_span if due_span > 0 else None
         mean_response = sketch.mean(responses)
+        # Little's law: to hold a rate, that many requests must be in flight for as long
+        # as each one holds a fetch thread: its service time, not its wait before it.
+        mean_service = self._elapsed_sum / self.count if self.count else None
         needed = (
-            math.ceil(target_rate * mean_response)
-            if target_rate is not None and mean_response is not None
+            max(1, round(target_rate * mean_service))
+            if target_rate is not None and mean_service is not None
             else None
         )
         return {
@@ -260,6 +263,7 @@ class Summary:
             "late": {"after": LATE_AFTER, "count": self.late, "worst": self.worst_lateness},
             "fetch_threads": self.fetch_threads,
             "threads_needed": needed,
+            "service_mean": mean_service,
         }
 
     def _timeline_figures(self) -> dict[str, Any]:

@@ -14,8 +14,7 @@ from fetchq import config
 from fetchq.client import BrokerClient
 from fetchq.commandline import AuthkeyFileOption, ServerOption, reports_errors
 from fetchq.errors import UsageError
-from fetchq.pace import format_rate
-from fetchq.units import format_duration
+from fetchq.units import format_duration, format_rate
 
 WORKER_GONE_AFTER = 60.0
 """Seconds without contact after which a worker is shown as gone."""
@@ -56,7 +55,7 @@ def pace_lines(name: str, job: dict[str, Any], threads: int) -> list[str]:
     if needed is not None and (behind or needed > threads):
         lines.append(
             f"    cannot keep up: the rate needs about {needed:g} requests in flight "
-            f"(rate x mean response time) and the fleet has {threads} fetch threads"
+            f"(rate x mean service time) and the fleet has {threads} fetch threads"
             + (f": add about {needed - threads:.0f}" if needed > threads else "")
         )
     return lines

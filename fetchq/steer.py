@@ -14,7 +14,8 @@ from fetchq import config
 from fetchq.client import BrokerClient
 from fetchq.commandline import AuthkeyFileOption, ServerOption, make_app, reports_errors
 from fetchq.errors import UsageError
-from fetchq.pace import format_rate, parse_duration, parse_rate
+from fetchq.pace import parse_duration, parse_rate
+from fetchq.units import format_rate
 
 HELP = "List jobs; pause, resume or cancel one; change its rate and host limits while it runs."
 

@@ -104,8 +104,9 @@ def concurrency_line(schedule: dict[str, Any]) -> str | None:
         return None
     return (
         f"Concurrency: the target rate {format_rate(schedule['target_rate'])} times the mean "
-        f"response time {format_duration(schedule['response_time']['mean'])} needs about "
+        f"service time {format_duration(schedule['service_mean'])} needs about "
         f"{needed} fetch threads; the fleet has {threads}"
+        + (f": add about {needed - threads}" if needed > threads else "")
     )
 
 

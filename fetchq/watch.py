@@ -22,9 +22,8 @@ from rich.text import Text
 from fetchq.client import BrokerClient
 from fetchq.config import Address
 from fetchq.errors import ServerUnreachable
-from fetchq.pace import format_rate
 from fetchq.status import WORKER_GONE_AFTER
-from fetchq.units import format_eta
+from fetchq.units import format_eta, format_rate
 
 REFRESH_EVERY = 1.0
 """Seconds between two snapshots: once a second, as top does."""

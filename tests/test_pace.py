@@ -25,14 +25,21 @@ def hosts() -> Iterator[list[Target]]:
         yield [one, two, three]
 
 
-def collect(env: dict[str, str], job: str, timeout: float = 120) -> list[dict]:
-    output = start_output(env, "-j", job, "--until-done", "--format", "jsonl")
+def collect(env: dict[str, str], job: str, *args: str, timeout: float = 120) -> list[dict]:
+    return collect_with_summary(env, job, *args, timeout=timeout)[0]
+
+
+def collect_with_summary(
+    env: dict[str, str], job: str, *args: str, timeout: float = 120
+) -> tuple[list[dict], str]:
+    """The job's results, and what output said on stderr (its summary, when asked)."""
+    output = start_output(env, "-j", job, "--until-done", "--format", "jsonl", *args)
     try:
         out, err = output.communicate(timeout=timeout)
     finally:
         stop_all([output])
     assert output.returncode == 0, err
-    return jsonl(out)
+    return jsonl(out), err
 
 
 def arrivals(target: Target, tag: str) -> list[Seen]:
@@ -98,10 +105,19 @@ def test_a_rate_the_fleet_cannot_hold_shows_as_late_starts(server, env, target):
         said = poll_until(
             lambda: behind_line(run(env, "status").stdout), 30, "status to say it falls behind"
         )
-        results = collect(env, "behind")
+        results, summary = collect_with_summary(env, "behind", "--summary")
     finally:
         stop_all([worker])
     assert "fleet has 2 fetch threads" in said and "the rate needs about" in said
+    late = next(line for line in summary.splitlines() if line.startswith("Late starts:"))
+    assert "the worst" in late
+    concurrency = next(line for line in summary.splitlines() if line.startswith("Concurrency:"))
+    dues = sorted(r["scheduled"] for r in results)
+    rate = (len(dues) - 1) / (dues[-1] - dues[0])  # the rate the schedule shows
+    needed = round(rate * sum(r["elapsed"] for r in results) / len(results))
+    assert f"needs about {needed} fetch threads; the fleet has 2: add about {needed - 2}" in (
+        concurrency
+    )
     lateness = sorted(r["started"] - r["scheduled"] for r in results)
     assert sum(1 for late in lateness if late > 0.010) > len(results) // 2
     assert lateness[-1] > 1.5  # the last ones started seconds after their slot

@@ -322,15 +322,17 @@ def test_a_start_within_ten_ms_is_not_late() -> None:
 
 
 def test_fleet_fetch_threads_are_set_against_littles_law() -> None:
+    """100/s of requests that hold a thread 0.4 s each need 40 threads, however late
+    they started: the wait before a request holds no thread."""
     summary = Summary()
-    for i in range(101):  # 100/s for one second, each answered 0.5 s after its due time
+    for i in range(101):  # 100/s for one second, each started 0.1 s after its due time
         due = T0 + i * 0.01
         summary.add(scheduled_result(i, due=due, started=due + 0.1, elapsed=0.4))
-    assert summary.as_dict()["schedule"]["threads_needed"] == 50
+    assert summary.as_dict()["schedule"]["threads_needed"] == 40
     assert "Concurrency:" not in summary.render()
     summary.fetch_threads = 8
     line = next(x for x in summary.render().splitlines() if x.startswith("Concurrency:"))
-    assert "needs about 50 fetch threads; the fleet has 8" in line
+    assert "needs about 40 fetch threads; the fleet has 8: add about 32" in line
 
 
 # -- breakdowns by place -------------------------------------------------------
