@@ -102,8 +102,8 @@ def test_watch_redraws_a_running_job_and_quits_on_ctrl_c(server, env, target, tm
         cells = [cell.strip() for cell in row.split("│")[1:-1]]
         # job, progress, finished, ETA, achieved, target, late, failed, leased, state
         assert re.fullmatch(r"\d+s|\?", cells[3]), cells
-        assert re.fullmatch(r"[\d.]+/[sm]", cells[4]), cells
-        assert cells[5] == "40/s" and cells[7] == "0" and cells[9] == "sealed", cells
+        assert re.fullmatch(r"\d+\.\d/s", cells[4]), cells
+        assert cells[5] == "40.0/s" and cells[7] == "0" and cells[9] == "sealed", cells
         worker_row = re.search(rf"│ \S+:{worker.pid} +│ +\d+\.\d/s │ +\d+s ago │", screen)
         assert worker_row, screen
         tmux.keys("C-c")
@@ -161,14 +161,18 @@ def drawn(renderable: Any) -> str:
 def test_a_job_row_shows_progress_eta_and_pace() -> None:
     address = Address("127.0.0.1", 7439)
     stalled = drawn(render_watch(status_with(counts(100, 18, 2)), address))
-    assert re.search(r"│ watched .*│ +20/100 │ +\? │ +0/m │ +- │ +0 │ +2 │ +3 │ sealed", stalled)
+    assert re.search(
+        r"│ watched .*│ +20/100 │ +\? │ +0\.0/s │ +n/a │ +0 │ +2 │ +3 │ sealed", stalled
+    )
     view = drawn(
         render_watch(
             status_with(counts(100, 55, 5, achieved=20.0, target=25.0, late=7), 75.0), address
         )
     )
     # 40 left at 20/s take 2 s
-    assert re.search(r"│ watched .*│ +60/100 │ +2s │ +20/s │ +25/s │ +7 │ +5 │ +3 │ sealed", view)
+    assert re.search(
+        r"│ watched .*│ +60/100 │ +2s │ +20\.0/s │ +25\.0/s │ +7 │ +5 │ +3 │ sealed", view
+    )
     assert re.search(r"│ box:7 +│ +12\.5/s │ +gone │ +3 │ +9 │", view), view
     assert "16 fetch threads" in view
 
