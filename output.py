@@ -3,7 +3,8 @@
 Results stream to stdout (or ``--out``) as they arrive.  ``--until-done``
 stops once every task of the job has its result; ``--summary`` ends with a
 report: rates, success ratio, latency percentiles and histogram, status and
-error counts.
+error counts, breakdowns by worker host and target host.  ``--html FILE``
+writes the same report as one self-contained HTML page with charts.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import typer
 
 from fetchq import config, defaults, tls
 from fetchq.api import check_job_name
-from fetchq.client import ResilientClient
+from fetchq.client import BrokerClient, ResilientClient
 from fetchq.collect import collect
 from fetchq.commandline import (
     AuthkeyFileOption,
@@ -33,6 +34,7 @@ from fetchq.commandline import (
 )
 from fetchq.errors import ConfigError, FetchqError, UsageError
 from fetchq.formats import ids_in_file, open_writer
+from fetchq.htmlfile import HtmlReportFile
 from fetchq.ids import IdSet
 from fetchq.signals import StopRequest
 from fetchq.stats import Summary
@@ -68,6 +70,16 @@ def already_written(path: str | None, fmt: Format) -> IdSet:
         raise ConfigError(f"cannot resume {path}: {exc}") from None
 
 
+def fleet_threads(client: BrokerClient) -> int | None:
+    """The fetch threads of the workers the server has heard from lately: what a rate's
+    concurrency is weighed against (None when the server cannot say now)."""
+    try:
+        threads = client.call("status").get("threads")
+    except FetchqError:
+        return None
+    return int(threads) if isinstance(threads, int) and threads > 0 else None
+
+
 @reports_errors
 def output(
     job: Annotated[
@@ -80,6 +92,14 @@ def output(
         str | None, typer.Option("--out", "-o", help="Write results to this file, not stdout")
     ] = None,
     summary: Annotated[bool, typer.Option(help="End with a summary report")] = False,
+    html: Annotated[
+        str | None,
+        typer.Option(
+            "--html",
+            metavar="FILE",
+            help="At the end, write the report as one self-contained HTML file",
+        ),
+    ] = None,
     until_done: Annotated[
         bool, typer.Option(help="Exit once every task of the job has its result")
     ] = False,
@@ -100,13 +120,14 @@ def output(
     if job is not None:
         check_job_name(job)
     written_ids = already_written(out, fmt) if append else IdSet()
+    page = HtmlReportFile(html) if html is not None else None
     address = config.server_address(server)
     key = config.client_authkey(authkey_file)
     stop = StopRequest().install()
     settings = tls.client_tls(tls_ca, tls_cert, tls_key)
     client = ResilientClient(address, key.key, settings, give_up_after=give_up_after, stop=stop)
     client.connect()
-    report = Summary() if summary else None
+    report = Summary() if summary or page is not None else None
     try:
         with contextlib.ExitStack() as stack:
             writer = None
@@ -136,8 +157,12 @@ def output(
     if stop.requested:
         say(f"output stopped on {stop.signal_name} after {done.written} results")
     if report is not None:
+        report.fetch_threads = fleet_threads(client)
+    if report is not None and summary:
         to_stdout = fmt is Format.none or out not in (None, "-")
         print(report.render(), file=sys.stdout if to_stdout else sys.stderr, flush=True)
+    if report is not None and page is not None:
+        say(page.write(report, f"fetchq report: {'job ' + job if job else 'every job'}"))
 
 
 if __name__ == "__main__":

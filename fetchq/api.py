@@ -20,7 +20,8 @@ PROTOCOL = 3
 
 2: counters renamed (one meaning per name), leases renewed with the results
 that report them, ``results`` replies ``complete``.
-3: JSON on the wire instead of pickle (docs/PROTOCOL.md), errors as data."""
+3: scheduled starts, robots.txt tasks, Retry-After, steering jobs; JSON on the wire
+instead of pickle (docs/PROTOCOL.md), errors as data."""
 
 METHODS = (
     "hello",
@@ -28,13 +29,13 @@ METHODS = (
     "finish",
     "lease",
     "complete",
+    "robots",
     "release",
     "results",
     "ack",
     "queued",
     "status",
     "job",
-    "robots",
     "control",
 )
 """What clients may call on the broker: the whole wire API."""

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str, str | None]] = {
     "output": ("output", "output", "HELP"),
     "status": ("fetchq.status", "status", None),
     "job": ("fetchq.steer", "app", "HELP"),
+    "report": ("fetchq.report", "report", None),
     "demo": ("fetchq.demo", "demo", None),
     "tls": ("fetchq.tlsinit", "app", None),
 }

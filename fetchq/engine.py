@@ -121,7 +121,7 @@ class WorkerEngine:
             for n in range(self.settings.concurrency)
         ]
         reporter = threading.Thread(
-            target=self._report_loop, args=(lease_timeout,), name="reporter", daemon=True
+            target=self._report_or_stop, args=(lease_timeout,), name="reporter", daemon=True
         )
         for thread in [*fetchers, reporter]:
             thread.start()
@@ -207,6 +207,15 @@ class WorkerEngine:
         return delay > 0 and self.stop.event.wait(delay)
 
     # -- reporter thread --------------------------------------------------
+
+    def _report_or_stop(self, lease_timeout: float) -> None:
+        """A reporter that fails for a reason of its own stops the worker, loudly:
+        fetching on without reporting would only let every lease lapse."""
+        try:
+            self._report_loop(lease_timeout)
+        except Exception as exc:
+            self.failure = FetchqError(f"worker {self.identity}: reporting failed: {exc!r}")
+            self.stop.request()
 
     def _report_loop(self, lease_timeout: float) -> None:
         """Send results in batches every FLUSH_INTERVAL (at once when a batch is full);

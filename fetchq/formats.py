@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 from fetchq.ids import IdSet
 from fetchq.records import RESULT_FIELDS
-from fetchq.stats import format_bytes, format_duration
+from fetchq.units import format_bytes, format_duration
 
 FORMATS = ("text", "jsonl", "csv")
 

@@ -1,4 +1,6 @@
-"""Rates and durations as people write them: ``200/s``, ``12000/m``, ``60/h``, ``5m``."""
+"""Rates and durations as people write them: ``200/s``, ``12000/m``, ``60/h``, ``5m``.
+
+(How fetchq shows them is in ``fetchq.units``.)"""
 
 from __future__ import annotations
 
@@ -33,9 +35,3 @@ def parse_duration(text: str) -> float:
     if not math.isfinite(seconds) or seconds <= 0:
         raise UsageError(f"invalid duration {text!r}: it must be more than zero")
     return seconds
-
-
-def format_rate(per_second: float | None) -> str:
-    if per_second is None:
-        return "-"
-    return f"{per_second:g}/s" if per_second >= 1 else f"{per_second * 60:g}/m"

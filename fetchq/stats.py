@@ -1,109 +1,123 @@
-"""The summary report over a stream of results, in the spirit of vegeta report and hey.
+"""The summary of a stream of results, in the spirit of vegeta report, hey and wrk2.
 
 A run may produce millions of results and ``output`` must not hold them all, so
-:class:`Summary` keeps counters plus one float per result (its latency, needed for
-exact percentiles) and nothing else.
+:class:`Summary` keeps counters and mergeable latency sketches (per time bucket
+and per place, each bounded) and nothing per result: its memory stays flat
+however long the run.  :meth:`Summary.as_dict` gives the figures as JSON types;
+the text and HTML reports are drawn from them.
 """
 
 from __future__ import annotations
 
 import math
-from array import array
 from typing import Any
+
+from ddsketch import DDSketch
+
+from fetchq import sketch, textreport
+from fetchq.places import PlaceFigures, PlaceTable, target_host, worker_host
+from fetchq.timeline import Timeline
 
 HISTOGRAM_BUCKETS = 10
 """Linear latency buckets between min and max: enough to see a shape, short enough to read."""
 
-HISTOGRAM_WIDTH = 40
-"""Characters of the longest histogram bar."""
-
 PERCENTILES = (50, 90, 95, 99)
+
+TIMELINE_PERCENTILES = (50, 90, 99)
+
+LATE_AFTER = 0.010
+"""Seconds after its scheduled time at which a request's start counts as late."""
+
+PLACE_ROWS = 10
+"""Places listed by name in a breakdown; the rest are summed as ``other``."""
 
 NO_ERROR_TYPE = "unknown"
 """Error type for a result with neither a status nor an error (a malformed record)."""
 
 
-def format_duration(seconds: float) -> str:
-    """Seconds as a person reads them: ``850µs``, ``12.3ms``, ``1.204s``, ``2m03.5s``."""
-    if seconds < 0.001:
-        return f"{seconds * 1e6:.0f}µs"
-    if seconds < 1.0:
-        return f"{seconds * 1e3:.1f}ms"
-    if seconds < 60.0:
-        return f"{seconds:.3f}s"
-    minutes, rest = divmod(seconds, 60.0)
-    return f"{int(minutes)}m{rest:04.1f}s"
-
-
-def format_bytes(n: float) -> str:
-    """A byte count in SI units (``512B``, ``1.2kB``, ``3.4MB``), as curl and hey print them."""
-    if n < 1000:
-        return f"{n:.0f}B"
-    for unit in ("kB", "MB", "GB", "TB"):
-        n /= 1000.0
-        if n < 1000 or unit == "TB":
-            return f"{n:.1f}{unit}"
-    raise AssertionError("unreachable")
-
-
-def format_rate(rate: float | None) -> str:
-    """Requests per second, or ``n/a`` when the run took no measurable time."""
-    return "n/a" if rate is None else f"{rate:.1f}/s"
-
-
-def percentile(sorted_values: Any, p: float) -> float:
-    """The nearest-rank ``p``-th percentile of an ascending, non-empty sequence.
-
-    Nearest-rank returns a latency that some request really had, never an
-    interpolated one: the value at 1-based rank ``ceil(p / 100 * n)``.
-    """
-    n = len(sorted_values)
-    rank = max(1, math.ceil(p / 100.0 * n))
-    return float(sorted_values[min(rank, n) - 1])
-
-
 class Summary:
-    """Accumulates results as they stream by; memory grows only by one float per result.
+    """Accumulates results as they stream by, in memory that does not grow with their number.
 
     Figures (see :meth:`as_dict`): latencies come from ``elapsed`` of every result,
-    failed ones included, and percentiles are exact nearest-rank over all of them.
-    Status codes count every result that has a status; a result without a status is
-    counted under its error type instead.  Error counts cover every result with an
-    error (a response whose body failed to arrive shows under both).
+    failed ones included.  Count, min, mean and max are exact; percentiles come
+    from sketches and are within 1% of the exact nearest-rank value.  Status
+    codes count every result that has a status; a result without a status is
+    counted under its error type instead.  Error counts cover every result with
+    an error (a response whose body failed to arrive shows under both).
+
+    Results that carry ``scheduled`` (a job with a rate) are also measured from
+    their schedule, as wrk2 does: response time = ``started + elapsed -
+    scheduled``, and a start more than :data:`LATE_AFTER` behind it is late.
+
+    ``fetch_threads`` is the fleet's fetch threads, when the caller knows it: the
+    report then sets it against the concurrency the rate needs (Little's law).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, fetch_threads: int | None = None) -> None:
+        self.fetch_threads = fetch_threads
         self.count = 0
         self.ok = 0
         self.retried = 0
         self.bytes = 0
-        self._latencies = array("d")
-        self._sorted = True
         self._elapsed_sum = 0.0
+        self._min = math.inf
+        self._max = -math.inf
         self._first_start: float | None = None
         self._last_end: float | None = None
         self._statuses: dict[int, int] = {}
         self._errors: dict[str, list[Any]] = {}  # type -> [count, example message]
+        self.timeline = Timeline()
+        self.worker_hosts = PlaceTable()
+        self.target_hosts = PlaceTable()
+        self.scheduled = 0
+        """Results that carried a schedule."""
+        self.late = 0
+        self.worst_lateness = -math.inf
+        self._response_min = math.inf
+        self._response_max = -math.inf
+        self._first_due = math.inf
+        self._last_due = -math.inf
 
     def add(self, result: dict[str, Any]) -> None:
         """Count one result (a dict as made by ``records.make_result``)."""
         elapsed = float(result.get("elapsed") or 0.0)
         started = float(result.get("started") or 0.0)
+        ok = bool(result.get("ok"))
         self.count += 1
-        if result.get("ok"):
+        if ok:
             self.ok += 1
         if int(result.get("attempt") or 1) > 1:
             self.retried += 1
         self.bytes += int(result.get("bytes") or 0)
-        if self._latencies and elapsed < self._latencies[-1]:
-            self._sorted = False
-        self._latencies.append(elapsed)
         self._elapsed_sum += elapsed
+        if elapsed < self._min:
+            self._min = elapsed
+        if elapsed > self._max:
+            self._max = elapsed
         end = started + elapsed
         if self._first_start is None or started < self._first_start:
             self._first_start = started
         if self._last_end is None or end > self._last_end:
             self._last_end = end
+
+        scheduled = result.get("scheduled")
+        if scheduled is not None:
+            # Its own call to at(): a later one may merge buckets that an earlier one returned.
+            self.timeline.at(float(scheduled)).scheduled += 1
+        bucket = self.timeline.at(started)
+        bucket.requests += 1
+        if not ok:
+            bucket.failed += 1
+        bucket.latency.add(elapsed)
+        if scheduled is not None:
+            lateness = started - float(scheduled)
+            response = elapsed + lateness
+            bucket.response_sketch().add(response)
+            if lateness > LATE_AFTER:
+                bucket.late += 1
+            self._count_schedule(float(scheduled), lateness, response)
+        self.worker_hosts.add(worker_host(str(result.get("worker") or "")), started, elapsed, ok)
+        self.target_hosts.add(target_host(str(result.get("url") or "")), started, elapsed, ok)
 
         status = result.get("status")
         if status is not None:
@@ -116,19 +130,22 @@ class Summary:
         elif status is None:
             self._count_error(NO_ERROR_TYPE, "result has neither a status nor an error")
 
+    def _count_schedule(self, due: float, lateness: float, response: float) -> None:
+        self.scheduled += 1
+        if lateness > LATE_AFTER:
+            self.late += 1
+        self.worst_lateness = max(self.worst_lateness, lateness)
+        self._response_min = min(self._response_min, response)
+        self._response_max = max(self._response_max, response)
+        self._first_due = min(self._first_due, due)
+        self._last_due = max(self._last_due, due)
+
     def _count_error(self, kind: str, message: str) -> None:
         entry = self._errors.get(kind)
         if entry is None:
             self._errors[kind] = [1, message]
         else:
             entry[0] += 1
-
-    def _sorted_latencies(self) -> array[float]:
-        # Sorting replaces the array once per report; adds after it append as before.
-        if not self._sorted:
-            self._latencies = array("d", sorted(self._latencies))
-            self._sorted = True
-        return self._latencies
 
     @property
     def duration(self) -> float:
@@ -141,53 +158,65 @@ class Summary:
         duration = self.duration
         return n / duration if duration > 0 else None
 
-    def histogram(self) -> list[tuple[float, float, int]]:
-        """Linear buckets ``(low, high, count)`` from min to max latency; one if they are equal.
+    def latencies(self) -> DDSketch:
+        """Every result's service time in one sketch (merged from the time buckets)."""
+        return sketch.merged(bucket.latency for bucket in self.timeline.all_buckets())
 
-        A latency on an inner edge falls in the upper bucket; the report labels each
-        bucket with its ``high`` edge, so the last label is the max latency.
-        """
-        values = self._sorted_latencies()
-        if not values:
+    def response_times(self) -> DDSketch:
+        """Response times from the schedule, of the results that had one."""
+        return sketch.merged(
+            bucket.response for bucket in self.timeline.all_buckets() if bucket.response is not None
+        )
+
+    def histogram(
+        self, buckets: int = HISTOGRAM_BUCKETS, *, log: bool = False
+    ) -> list[tuple[float, float, int]]:
+        """Buckets ``(low, high, count)`` from min to max latency; one if they are equal.
+
+        Edges are linear, or evenly spaced on a log scale with ``log`` (when the
+        min is above zero).  A latency on an inner edge falls in the upper bucket;
+        counts come from the sketch, so a latency within 0.5% of an edge may fall
+        on either side of it."""
+        if not self.count:
             return []
-        low, high = values[0], values[-1]
+        low, high = self._min, self._max
         if high <= low:
-            return [(low, high, len(values))]
-        width = (high - low) / HISTOGRAM_BUCKETS
-        counts = [0] * HISTOGRAM_BUCKETS
-        for value in values:
-            counts[min(int((value - low) / width), HISTOGRAM_BUCKETS - 1)] += 1
-        return [
-            (low + i * width, high if i == HISTOGRAM_BUCKETS - 1 else low + (i + 1) * width, c)
-            for i, c in enumerate(counts)
-        ]
+            return [(low, high, self.count)]
+        if log and low > 0:
+            ratio = (high / low) ** (1 / buckets)
+            edges = [low * ratio**i for i in range(buckets)] + [high]
+        else:
+            width = (high - low) / buckets
+            edges = [low + i * width for i in range(buckets)] + [high]
+        latencies = self.latencies()
+        below = [0] + [sketch.count_below(latencies, edge) for edge in edges[1:-1]] + [self.count]
+        return [(edges[i], edges[i + 1], below[i + 1] - below[i]) for i in range(buckets)]
 
-    def as_dict(self) -> dict[str, Any]:
-        """The report's figures as JSON types: seconds, counts, and a 0..1 success ratio.
+    def as_dict(self, place_rows: int = PLACE_ROWS) -> dict[str, Any]:
+        """The report's figures as JSON types: seconds, counts, and 0..1 ratios.
 
         Rates are ``None`` when the duration is zero; latency figures are ``None``
         with no results.  Status codes are keyed by their string form for JSON.
+        ``schedule`` is ``None`` unless some result carried a schedule.  Breakdowns
+        list the ``place_rows`` places with the most results and sum the rest.
         """
-        values = self._sorted_latencies()
-        latency: dict[str, float | None] = {"min": None, "mean": None}
-        latency.update({f"p{p}": None for p in PERCENTILES})
-        latency["max"] = None
-        if values:
-            latency["min"] = values[0]
-            latency["mean"] = self._elapsed_sum / self.count
-            for p in PERCENTILES:
-                latency[f"p{p}"] = percentile(values, p)
-            latency["max"] = values[-1]
+        latencies = self.latencies()
         return {
             "requests": self.count,
             "ok": self.ok,
             "failed": self.count - self.ok,
             "retried": self.retried,
+            "started": self._first_start,
             "duration": self.duration,
             "rate": self._per_second(self.count),
             "throughput": self._per_second(self.ok),
             "success_ratio": self.ok / self.count if self.count else None,
-            "latency": latency,
+            "latency": _latency_figures(
+                latencies,
+                self._min,
+                self._max,
+                self._elapsed_sum / self.count if self.count else None,
+            ),
             "bytes": {
                 "total": self.bytes,
                 "mean": self.bytes / self.count if self.count else None,
@@ -200,51 +229,89 @@ class Summary:
             "histogram": [
                 {"low": low, "high": high, "count": c} for low, high, c in self.histogram()
             ],
+            "schedule": self._schedule_figures(),
+            "worker_hosts": _breakdown(self.worker_hosts, place_rows),
+            "target_hosts": _breakdown(self.target_hosts, place_rows),
+            "timeline": self._timeline_figures(),
         }
 
     def render(self) -> str:
-        """The multi-line plain-text report (no colour, so it pipes and diffs cleanly)."""
-        if not self.count:
-            return "Summary:\n  no results\n"
-        d = self.as_dict()
-        lat = d["latency"]
-        lines = [
-            "Summary:",
-            f"  Requests:     {self.count}",
-            f"  Duration:     {format_duration(d['duration'])}",
-            f"  Rate:         {format_rate(d['rate'])}",
-            f"  Throughput:   {format_rate(d['throughput'])} (ok only)",
-            (
-                f"  Success:      {100.0 * d['success_ratio']:.2f}% "
-                f"({self.ok} ok, {self.count - self.ok} failed)"
+        """The plain-text report (see :mod:`fetchq.textreport`)."""
+        return textreport.render(self.as_dict())
+
+    def _schedule_figures(self) -> dict[str, Any] | None:
+        if not self.scheduled:
+            return None
+        responses = self.response_times()
+        due_span = self._last_due - self._first_due
+        target_rate = (self.scheduled - 1) / due_span if due_span > 0 else None
+        mean_response = sketch.mean(responses)
+        # Little's law: to hold a rate, that many requests must be in flight for as long
+        # as each one holds a fetch thread: its service time, not its wait before it.
+        mean_service = self._elapsed_sum / self.count if self.count else None
+        needed = (
+            max(1, round(target_rate * mean_service))
+            if target_rate is not None and mean_service is not None
+            else None
+        )
+        return {
+            "requests": self.scheduled,
+            "target_rate": target_rate,
+            "response_time": _latency_figures(
+                responses, self._response_min, self._response_max, mean_response
             ),
-            f"  Retried:      {self.retried}",
-            (
-                f"  Bytes:        {format_bytes(self.bytes)} total, "
-                f"{format_bytes(d['bytes']['mean'])} mean"
-            ),
-            "",
-            "Latency:",
-        ]
-        for key in ("min", "mean", *(f"p{p}" for p in PERCENTILES), "max"):
-            lines.append(f"  {key + ':':<6}{format_duration(lat[key]):>10}")
-        lines += ["", "Histogram:"]
-        buckets = [(b["low"], b["high"], b["count"]) for b in d["histogram"]]
-        tallest = max(c for _, _, c in buckets)
-        labels = [format_duration(high) for _, high, _ in buckets]
-        label_width = max(len(label) for label in labels)
-        count_width = max(len(str(tallest)), 5)
-        for label, (_, _, c) in zip(labels, buckets, strict=True):
-            bar = "■" * round(HISTOGRAM_WIDTH * c / tallest) if tallest else ""
-            lines.append(f"  {label:>{label_width}} [{c:>{count_width}}] |{bar}")
-        if self._statuses:
-            lines += ["", "Status codes:"]
-            for code, n in sorted(self._statuses.items()):
-                lines.append(f"  [{code}]  {n}")
-        if self._errors:
-            lines += ["", "Errors:"]
-            kind_width = max(len(kind) for kind in self._errors)
-            for kind, (n, example) in sorted(self._errors.items()):
-                example = " ".join(example.split())  # one line even for multi-line messages
-                lines.append(f"  {kind:<{kind_width}}  {n:>6}  e.g. {example}")
-        return "\n".join(lines) + "\n"
+            "late": {"after": LATE_AFTER, "count": self.late, "worst": self.worst_lateness},
+            "fetch_threads": self.fetch_threads,
+            "threads_needed": needed,
+            "service_mean": mean_service,
+        }
+
+    def _timeline_figures(self) -> dict[str, Any]:
+        width = self.timeline.width
+        points = []
+        for start, bucket in self.timeline.buckets():
+            point: dict[str, Any] = {
+                "start": start,
+                "requests": bucket.requests,
+                "failed": bucket.failed,
+                "scheduled": bucket.scheduled,
+                "late": bucket.late,
+            }
+            for p in TIMELINE_PERCENTILES:
+                point[f"p{p}"] = sketch.quantile(bucket.latency, p)
+            for p in TIMELINE_PERCENTILES:
+                point[f"response_p{p}"] = (
+                    None if bucket.response is None else sketch.quantile(bucket.response, p)
+                )
+            points.append(point)
+        return {"width": width, "points": points}
+
+
+def _latency_figures(
+    latencies: DDSketch, low: float, high: float, mean: float | None
+) -> dict[str, float | None]:
+    figures: dict[str, float | None] = {"min": None, "mean": mean}
+    figures.update({f"p{p}": sketch.quantile(latencies, p) for p in PERCENTILES})
+    figures["max"] = None
+    if latencies.count:
+        figures["min"], figures["max"] = low, high
+    return figures
+
+
+def _place_figures(name: str, row: PlaceFigures) -> dict[str, Any]:
+    return {
+        "host": name,
+        "requests": row.count,
+        "rate": row.rate,
+        "success_ratio": row.ok / row.count if row.count else None,
+        "p50": sketch.quantile(row.latency, 50),
+        "p99": sketch.quantile(row.latency, 99),
+    }
+
+
+def _breakdown(table: PlaceTable, rows: int) -> dict[str, Any]:
+    rest = table.rest(rows)
+    return {
+        "rows": [_place_figures(name, row) for name, row in table.top(rows)],
+        "other": _place_figures("other", rest) if rest.count else None,
+    }

@@ -1,4 +1,7 @@
-"""fetchq status: what the server holds, per job, and which workers it has seen."""
+"""fetchq status: what the server holds, per job, and which workers it has seen.
+
+``--watch`` redraws it once a second on a terminal (see :mod:`fetchq.watch`).
+"""
 
 from __future__ import annotations
 
@@ -17,8 +20,8 @@ from fetchq.commandline import (
     TlsKeyOption,
     reports_errors,
 )
-from fetchq.pace import format_rate
-from fetchq.stats import format_duration
+from fetchq.errors import UsageError
+from fetchq.units import format_duration, format_rate
 
 WORKER_GONE_AFTER = 60.0
 """Seconds without contact after which a worker is shown as gone."""
@@ -59,7 +62,7 @@ def pace_lines(name: str, job: dict[str, Any], threads: int) -> list[str]:
     if needed is not None and (behind or needed > threads):
         lines.append(
             f"    cannot keep up: the rate needs about {needed:g} requests in flight "
-            f"(rate x mean response time) and the fleet has {threads} fetch threads"
+            f"(rate x mean service time) and the fleet has {threads} fetch threads"
             + (f": add about {needed - threads:.0f}" if needed > threads else "")
         )
     return lines
@@ -118,6 +121,9 @@ def render_status(status: dict[str, Any], address: config.Address) -> str:
 @reports_errors
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON")] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="Redraw once a second until Ctrl-C")
+    ] = False,
     server: ServerOption = None,
     authkey_file: AuthkeyFileOption = None,
     tls_ca: TlsCaOption = None,
@@ -128,10 +134,17 @@ def status(
 
     An unreachable server is said at once (exit 4): a look at the queue
     should not wait for a server that is not there."""
+    if watch and as_json:
+        raise UsageError("--watch draws for a person; --json gives one snapshot for scripts")
     address = config.server_address(server)
     key = config.client_authkey(authkey_file)
     client = BrokerClient(address, key.key, tls.client_tls(tls_ca, tls_cert, tls_key))
     client.connect()
+    if watch:
+        from fetchq.watch import watch as watch_status  # rich's Live only when watching
+
+        watch_status(client, address)
+        return
     reply = client.call("status")
     if as_json:
         print(json.dumps(reply, indent=2))

@@ -22,7 +22,8 @@ from fetchq.commandline import (
     reports_errors,
 )
 from fetchq.errors import UsageError
-from fetchq.pace import format_rate, parse_duration, parse_rate
+from fetchq.pace import parse_duration, parse_rate
+from fetchq.units import format_rate
 
 HELP = "List jobs; pause, resume or cancel one; change its rate and host limits while it runs."
 

@@ -618,7 +618,7 @@ def test_journal_files_are_private(
 
 def test_submits_and_finishes_are_fsynced_before_the_reply(path: Path, clock: FakeClock) -> None:
     broker = open_broker(path, clock)
-    journal = broker._journal
+    journal = broker._journal.journal
     assert journal is not None
     syncs = journal.syncs
     broker.submit({"job": "a", "urls": urls(2)})

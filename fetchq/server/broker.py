@@ -15,6 +15,7 @@ returns plain data and signals a bad call with ``BadRequest``.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -28,9 +29,10 @@ from fetchq.server import completion, handout, recovery, steering, validate, vie
 from fetchq.server.expiry import Expiry
 from fetchq.server.jobqueue import Policy
 from fetchq.server.jobs import Job
-from fetchq.server.journal import Journal, encode_event
+from fetchq.server.journal import Journal
 from fetchq.server.ledger import Ledger, random_id_base
 from fetchq.server.outbox import count_by_job
+from fetchq.server.recorder import Recorder
 from fetchq.server.scheduler import Scheduler
 from fetchq.server.state import BrokerState
 from fetchq.server.tasks import Queued, Span
@@ -64,7 +66,7 @@ class Broker:
         self._waiters = Waiters(self._lock)
         server_policy = Policy(per_host=per_host, host_delay=host_delay)
         self._state = BrokerState(Ledger(random_id_base()), scheduler=Scheduler(server_policy))
-        self._journal = journal
+        self._journal = Recorder(journal)
         if journal is not None:
             recovery.replay(
                 journal,
@@ -73,7 +75,7 @@ class Broker:
                 wall=wall_clock(),
                 lease_timeout=lease_timeout,
             )
-            self._compact()
+            self._journal.compact(self._state, self._wall())
 
     # -- the wire API ---------------------------------------------------
 
@@ -132,7 +134,7 @@ class Broker:
             first_id = state.ledger.next_id
             now = self._wall()
             policy = steering.policy_event(state, request.job, request.policy)
-            self._write(
+            self._journal.write(
                 *([policy] if policy else []),
                 {
                     "k": "submit",
@@ -159,19 +161,19 @@ class Broker:
             if request.batch_id is not None:
                 state.ledger.remember_batch(request.batch_id, reply)
             self._waiters.tasks.notify(count)
-        self._sync()
+        self._journal.sync()
         return reply
 
     def finish(self, job_name: str) -> JobCounts:
         """Mark a job's submission complete, so outputs know when it is done."""
         name = validate.job_name(job_name)
         with self._lock:
-            self._write({"k": "finish", "job": name})
+            self._journal.write({"k": "finish", "job": name})
             job = self._state.jobs.get(name, self._wall())
             job.sealed = True
             self._waiters.wake_outputs([name])
             counts = self._state.counts(job)
-        self._sync()
+        self._journal.sync()
         return counts
 
     def lease(self, worker: str, max_tasks: int, wait: float) -> list[dict[str, Any]]:
@@ -205,16 +207,13 @@ class Broker:
         worker = validate.worker_name(worker)
         results = validate.results_list(results)
         held = validate.lease_pairs(renew or [])
-        lines: list[bytes | None] = [None] * len(results)
-        if self._journal is not None:  # encoded outside the lock: the journal must take each
-            try:
-                lines = [encode_event({"k": "result", "r": result}) for result in results]
-            except (TypeError, ValueError, UnicodeEncodeError) as exc:
-                raise BadRequest(f"results must hold JSON values only: {exc}") from None
+        lines = self._journal.result_lines(results)
         with self._lock:
             now = self._clock()
-            verdicts = completion.judge(self._state, results, lines, self._encode, self._wall())
-            self._write_lines([line for v in verdicts for line in v.events])
+            verdicts = completion.judge(
+                self._state, results, lines, self._journal.encode, self._wall()
+            )
+            self._journal.write_lines([line for v in verdicts for line in v.events])
             tally = dict.fromkeys(Outcome, 0)
             for verdict in verdicts:
                 completion.apply(self._state, verdict, now)
@@ -241,7 +240,7 @@ class Broker:
         with self._lock:
             state.workers.seen(worker, self._clock())
             accepted = steering.robots_fetched(
-                state, report, self._write, now=self._clock(), wall=self._wall()
+                state, report, self._journal.write, now=self._clock(), wall=self._wall()
             )
             self._waiters.tasks.notify_all()
         return {"accepted": accepted}
@@ -258,12 +257,12 @@ class Broker:
                 else {"k": action, "job": name}
             )
             if event is not None:
-                self._write(event)
+                self._journal.write(event)
                 steering.apply(state, event, now=self._clock(), wall=self._wall())
             self._waiters.tasks.notify_all()
             self._waiters.wake_outputs([name])
             view = views.job_view(state, state.jobs.get(name, self._wall()), self._clock())
-        self._sync()
+        self._journal.sync()
         return view
 
     def release(self, worker: str, leases: list[list[int]]) -> int:
@@ -314,7 +313,9 @@ class Broker:
                 selected = outbox.select(name, count)
                 if selected:
                     token = uuid.uuid4().hex
-                    self._write({"k": "hand", "token": token, "ids": [r["id"] for r in selected]})
+                    self._journal.write(
+                        {"k": "hand", "token": token, "ids": [r["id"] for r in selected]}
+                    )
                     outbox.hand_out(token, selected, self._clock() + self.lease_timeout)
                     return {"results": selected, "complete": False, "token": token}
                 if self._state.all_confirmed(name):
@@ -358,15 +359,10 @@ class Broker:
         with self._lock:
             self._expire_locked()
             self._end_cancelled()
-        if self._journal is None:
-            return
-        try:
-            self._journal.sync()
-            if self._journal.wants_compaction():
-                with self._lock:
-                    self._compact()
-        except StorageFailed:
-            pass  # the journal said what is wrong; the next round tries again
+        self._journal.sync_quietly()
+        if self._journal.wants_compaction():
+            with self._lock, contextlib.suppress(StorageFailed):  # said; tried again later
+                self._journal.compact(self._state, self._wall())
 
     def expire_leases(self) -> int:
         """Return overdue leases to the queue (or fail them); returns how many."""
@@ -376,37 +372,11 @@ class Broker:
     def compact(self) -> None:
         """Rewrite the journal as the live state."""
         with self._lock:
-            self._compact()
+            self._journal.compact(self._state, self._wall())
 
     def close(self) -> None:
-        if self._journal is not None:
-            with self._lock:
-                self._journal.close()
-
-    # -- the journal (lock held) ------------------------------------------
-
-    def _write(self, *events: dict[str, Any]) -> None:
-        """Journal events before the change they describe; raises StorageFailed."""
-        if self._journal is not None:
-            self._journal.write([encode_event(event) for event in events])
-
-    def _write_lines(self, lines: list[bytes]) -> None:
-        if self._journal is not None:
-            self._journal.write(lines)
-
-    def _sync(self) -> None:
-        """Acknowledged submissions survive a power cut: fsync before the reply (outside
-        the lock, so other calls go on meanwhile)."""
-        if self._journal is not None:
-            self._journal.sync()
-
-    def _compact(self) -> None:
-        if self._journal is not None:
-            ledger = self._state.ledger
-            self._journal.rewrite(
-                recovery.snapshot(self._state, self._wall()),
-                recovery.header(ledger, self._wall()),
-            )
+        with self._lock:
+            self._journal.close()
 
     # -- internals (lock held) --------------------------------------------
 
@@ -427,7 +397,7 @@ class Broker:
 
     def _end_without_request(self, tasks: list[Queued], results: list[Result]) -> None:
         """Tasks that end here as results (cancelled, or forbidden by robots.txt)."""
-        ended = handout.end_without_request(self._state, tasks, results, self._write)
+        ended = handout.end_without_request(self._state, tasks, results, self._journal.write)
         self._waiters.wake_outputs(ended)
 
     def _freed(self) -> int:
@@ -435,15 +405,12 @@ class Broker:
         freed, self._state.scheduler.freed = self._state.scheduler.freed, 0
         return freed
 
-    def _encode(self, event: dict[str, Any]) -> bytes | None:
-        return encode_event(event) if self._journal is not None else None
-
     def _ack_locked(self, token: str) -> int:
         outbox = self._state.outbox
         delivery = outbox.delivery(token)
         if delivery is None:
             return 0  # already confirmed, or lapsed and handed out again
-        self._write({"k": "ack", "token": token, "ids": delivery.ids()})
+        self._journal.write({"k": "ack", "token": token, "ids": delivery.ids()})
         was_full = outbox.unconfirmed >= self.max_results
         outbox.confirm(token)
         self._waiters.wake_outputs(count_by_job(delivery.results))
@@ -473,7 +440,7 @@ class Broker:
         if not expiry:
             return 0
         try:
-            self._write(*expiry.events())
+            self._journal.write(*expiry.events())
         except StorageFailed:
             expiry.refile(self._state)  # nothing changed; the next call tries again
             return 0

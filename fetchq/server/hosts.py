@@ -6,28 +6,25 @@ A host is the URL's host and port, the port filled in from the scheme, so
 
 from __future__ import annotations
 
+import re
+
 DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
+_AUTHORITY = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(?:[^/?#@]*@)?([^/?#]*)")
+"""Scheme, then host and port, of a URL (user info skipped): one match, in C."""
 
 
 def host_key(url: str) -> str:
     """``host:port`` of an http(s) URL, lower-cased, without user info."""
-    scheme, _, rest = url.partition("://")
-    end = len(rest)
-    for mark in "/?#":
-        found = rest.find(mark, 0, end)
-        if found >= 0:
-            end = found
-    authority = rest[:end]
-    at = authority.rfind("@")
-    if at >= 0:
-        authority = authority[at + 1 :]
+    match = _AUTHORITY.match(url)
+    if match is None:
+        return url.lower()
+    scheme, authority = match.groups()
     authority = authority.lower()
-    if authority.startswith("["):  # an IPv6 literal: [::1]:8080
-        close = authority.find("]")
-        host, port = authority[: close + 1], authority[close + 2 :]
-    else:
-        host, _, port = authority.partition(":")
-    return f"{host}:{port or DEFAULT_PORTS.get(scheme.lower(), '80')}"
+    if authority.endswith("]") or ":" not in authority.rpartition("]")[2]:
+        return f"{authority}:{DEFAULT_PORTS.get(scheme.lower(), '80')}"
+    return authority
 
 
 def origin(url: str) -> str:

@@ -58,9 +58,10 @@ class Robots:
         raise NotImplementedError
 
 
-class HostQueue:
-    """One job's tasks for one host: ids of submitted tasks (in a compact array, their
-    URLs stay in the batches they came in) and, in front, tasks queued again."""
+class HostQueue(HostSlot):
+    """One job's tasks for one host, and how busy the host is for the job: ids of
+    submitted tasks (in a compact array, their URLs stay in the batches they came in)
+    and, in front, tasks queued again.  Kept small: a crawl may see 100,000 hosts."""
 
     __slots__ = (
         "front",
@@ -72,16 +73,16 @@ class HostQueue:
         "probes",
         "probing",
         "robots",
-        "slot",
         "waiting",
     )
 
     def __init__(self, key: str) -> None:
+        super().__init__()
         self.key = key
         self.ids = array("q")
         self.head = 0
-        self.front: deque[Queued] = deque()
-        self.slot = HostSlot()
+        self.front: deque[Queued] | None = None
+        """Tasks queued again, in front of the others (made when first needed)."""
         self.listed = False
         self.parked = False
         self.waiting = False
@@ -90,7 +91,17 @@ class HostQueue:
         self.probes = 0
 
     def __len__(self) -> int:
-        return len(self.ids) - self.head + len(self.front)
+        return len(self.ids) - self.head + (len(self.front) if self.front else 0)
+
+    def push_front(self, task: Queued) -> None:
+        if self.front is None:
+            self.front = deque()
+        self.front.appendleft(task)
+
+    def push_back(self, task: Queued) -> None:
+        if self.front is None:
+            self.front = deque()
+        self.front.append(task)
 
     def pop_id(self) -> int:
         task_id = self.ids[self.head]
@@ -127,10 +138,11 @@ class JobQueue:
     def eligible(self) -> bool:
         return self.count > 0 and not self.paused and not self.cancelled
 
-    def host(self, key: str) -> HostQueue:
+    def host(self, key: str, epoch: float = float("-inf")) -> HostQueue:
         queue = self.hosts.get(key)
         if queue is None:
             queue = self.hosts[key] = HostQueue(key)
+            queue.last_start = epoch
         return queue
 
     def span_of(self, task_id: int) -> Span:
@@ -158,7 +170,7 @@ class JobQueue:
             else:
                 yield entry
         for queue in self.hosts.values():
-            yield from queue.front
+            yield from queue.front or ()
             for task_id in queue.ids[queue.head :]:
                 span = self.span_of(task_id)
                 yield span.task(task_id - span.first)

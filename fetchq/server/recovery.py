@@ -19,6 +19,7 @@ from fetchq.server import steering
 from fetchq.server.expiry import LEASE_EXPIRED
 from fetchq.server.journal import Journal
 from fetchq.server.ledger import Ledger
+from fetchq.server.scheduler import LOOKAHEAD
 from fetchq.server.state import BrokerState
 from fetchq.server.tasks import Queued
 
@@ -90,6 +91,9 @@ class _Replay:
         if first is None:
             return
         ledger = self.state.ledger
+        # The old process may have handed out starts up to a lookahead ahead of its
+        # death: host delays count from there.
+        self.state.scheduler.epoch = self.now + LOOKAHEAD
         ledger.id_base = int(first["id_base"])
         ledger.next_id = int(first.get("next_id", ledger.id_base + 1))
         handlers = {

@@ -8,8 +8,8 @@ shows it as late starts (no coordinated omission) and catches up.
 
 A job with host limits (a per-host cap, a host delay, robots.txt, Retry-After
 holds, or the server's own per-host limits) sorts its tasks into one queue
-per host as it needs them, and hosts that are ready take turns, so a host
-with a long queue never starves the others.  A host held back by a limit is
+per host as they arrive, and hosts that are ready take turns, so a host with
+a long queue never starves the others.  A host held back by a limit is
 not handed out at all: no lease runs out while it waits.  Tasks are handed
 out up to ``LOOKAHEAD`` seconds before their start, so that workers start
 them on time.
@@ -49,6 +49,9 @@ class Scheduler:
         """Leases on limited hosts that ended since the broker last looked: room to wake for."""
         self._count = 0
         self._order = itertools.count()
+        self.epoch = float("-inf")
+        """Before this no start counts; a restart sets it to the moment it came back, as
+        the old process may have started requests on any host until it died."""
 
     # -- what waits -------------------------------------------------------
 
@@ -63,7 +66,7 @@ class Scheduler:
         queue = self.job(name)
         queue.policy = policy
         if policy.limits_hosts:
-            queue.by_host = True  # once sorted by host, a job stays so
+            self._sort_by_host(queue)
 
     def add_batch(self, span: Span, now: float) -> None:
         queue = self.job(span.job)
@@ -73,13 +76,15 @@ class Scheduler:
             queue.fresh = True  # a rate starts when work does, not when it was queued
         queue.fifo.append(span)
         self._added(queue, len(span.urls))
+        if queue.by_host:
+            self._sort_fifo(queue)
 
     def add_retry(self, task: Queued) -> None:
         """Back in front of its job (or its host): a job's stragglers go first."""
         queue = self.job(task.job)
         if queue.by_host:
-            host = queue.host(host_key(task.url))
-            host.front.appendleft(task)
+            host = queue.host(host_key(task.url), self.epoch)
+            host.push_front(task)
             self._list_host(queue, host)
         else:
             queue.fifo.appendleft(task)
@@ -90,6 +95,8 @@ class Scheduler:
         queue = self.job(task.job)
         queue.fifo.append(task)
         self._added(queue, 1)
+        if queue.by_host:
+            self._sort_fifo(queue)
 
     def _added(self, queue: JobQueue, count: int) -> None:
         queue.count += count
@@ -147,14 +154,14 @@ class Scheduler:
     def hold(self, job: str, url: str, until: float) -> None:
         """A site asked this job to wait (Retry-After): no start on the host before then."""
         queue = self.job(job)
-        queue.by_host = True
-        slot = queue.host(host_key(url)).slot
+        self._sort_by_host(queue)
+        slot = queue.host(host_key(url), self.epoch)
         slot.held_until = max(slot.held_until, until)
 
     def learn_robots(self, job: str, host: str, robots: Robots | None) -> None:
         """robots.txt is known for the host (None: ask again)."""
         queue = self.job(job)
-        bucket = queue.host(host)
+        bucket = queue.host(host, self.epoch)
         bucket.probing = False
         bucket.robots = robots
         if len(bucket):
@@ -208,7 +215,7 @@ class Scheduler:
         queue = self.jobs.get(job)
         if queue is not None and host in queue.hosts:
             bucket = queue.hosts[host]
-            bucket.slot.in_flight -= 1
+            bucket.in_flight -= 1
             self._unpark(queue, bucket)
         server_slot = self.host_slots.get(host)
         if server_slot is not None:
@@ -223,7 +230,7 @@ class Scheduler:
         queue = self.jobs.get(job)
         if queue is None:
             return []
-        rows = [(host.key, len(host), host.slot.in_flight) for host in queue.hosts.values()]
+        rows = [(host.key, len(host), host.in_flight) for host in queue.hosts.values()]
         rows = [row for row in rows if row[1] or row[2]]
         return sorted(rows, key=lambda row: (-row[1], row[0]))[:count]
 
@@ -296,17 +303,15 @@ class Scheduler:
             _, _, bucket = heapq.heappop(queue.waiting)
             bucket.waiting = False
             self._list_host(queue, bucket)
-        while True:
-            for _ in range(len(queue.ring)):
-                bucket = queue.ring.popleft()
-                bucket.listed = False
-                pick = self._try_host(queue, bucket, now, horizon, is_done)
-                if pick is not None:
-                    if len(bucket) and not (bucket.parked or bucket.waiting):
-                        self._list_host(queue, bucket)
-                    return pick
-            if not self._sort_more(queue):
-                return None
+        for _ in range(len(queue.ring)):
+            bucket = queue.ring.popleft()
+            bucket.listed = False
+            pick = self._try_host(queue, bucket, now, horizon, is_done)
+            if pick is not None:
+                if len(bucket) and not (bucket.parked or bucket.waiting):
+                    self._list_host(queue, bucket)  # to the back: hosts take turns
+                return pick
+        return None
 
     def _try_host(
         self,
@@ -326,12 +331,15 @@ class Scheduler:
             bucket.probing = True
             bucket.parked = True
             return self._robots_probe(queue, bucket, now)
-        ready = self._ready_at(queue, bucket)
+        delay = self._delay(queue, bucket)
+        server_slot = self._server_slot(bucket.key)
+        ready = self._ready_at(queue, bucket, delay, server_slot)
         if ready is None:
             bucket.parked = True
             return None
-        base = queue.next_slot if policy.rate else now
-        start = max(base, ready)
+        start = queue.next_slot if policy.rate else now
+        if ready > start:
+            start = ready
         if start > horizon:
             bucket.waiting = True
             heapq.heappush(queue.waiting, (start, next(self._order), bucket))
@@ -344,10 +352,10 @@ class Scheduler:
             if bucket.robots is not None and not bucket.robots.allowed(task.url):
                 self.denied.append((task, bucket.robots))
                 continue
-            timed = bool(policy.rate) or start > now or self._delay(queue, bucket) > 0
+            timed = bool(policy.rate) or start > now or delay > 0
             if policy.rate:
                 queue.next_slot += 1.0 / policy.rate
-            self._started(bucket, start)
+            self._started(bucket, start, server_slot)
             return Pick(task, start if timed else None, bucket.key)
         return None
 
@@ -355,13 +363,13 @@ class Scheduler:
         url = origin(queue.first_url(bucket)) + "/robots.txt"
         bucket.probes += 1
         probe = Queued(0, queue.name, url, bucket.probes, ROBOTS_ATTEMPTS, ROBOTS_TIMEOUT, now)
-        self._started(bucket, now)
+        self._started(bucket, now, self._server_slot(bucket.key))
         return Pick(probe, None, bucket.key, robots=True)
 
-    def _started(self, bucket: HostQueue, start: float) -> None:
-        bucket.slot.in_flight += 1
-        bucket.slot.last_start = max(bucket.slot.last_start, start)
-        server_slot = self._server_slot(bucket.key)
+    def _started(self, bucket: HostQueue, start: float, server_slot: HostSlot | None) -> None:
+        bucket.in_flight += 1
+        if start > bucket.last_start:
+            bucket.last_start = start
         if server_slot is not None:
             server_slot.in_flight += 1
             server_slot.last_start = max(server_slot.last_start, start)
@@ -372,15 +380,20 @@ class Scheduler:
         slot = self.host_slots.get(key)
         if slot is None:
             slot = self.host_slots[key] = HostSlot()
+            slot.last_start = self.epoch
         return slot
 
     def _delay(self, queue: JobQueue, bucket: HostQueue) -> float:
-        crawl = bucket.robots.crawl_delay if bucket.robots is not None else None
-        return max(queue.policy.host_delay, crawl or 0.0)
+        delay = queue.policy.host_delay
+        robots = bucket.robots
+        if robots is not None and robots.crawl_delay and robots.crawl_delay > delay:
+            return robots.crawl_delay
+        return delay
 
-    def _ready_at(self, queue: JobQueue, bucket: HostQueue) -> float | None:
-        ready = bucket.slot.ready_at(queue.policy.per_host, self._delay(queue, bucket))
-        server_slot = self._server_slot(bucket.key)
+    def _ready_at(
+        self, queue: JobQueue, bucket: HostQueue, delay: float, server_slot: HostSlot | None
+    ) -> float | None:
+        ready = bucket.ready_at(queue.policy.per_host, delay)
         if ready is None or server_slot is None:
             return ready
         server = self.server_policy
@@ -399,29 +412,34 @@ class Scheduler:
             if len(bucket):
                 self._list_host(queue, bucket)
 
-    def _sort_more(self, queue: JobQueue) -> bool:
-        """Sort waiting tasks into their hosts until one lands on a host that may be
-        ready; False once none is left to sort."""
+    def _sort_by_host(self, queue: JobQueue) -> None:
+        """From now on the job's tasks wait per host (once so, a job stays so)."""
+        if not queue.by_host:
+            queue.by_host = True
+            self._sort_fifo(queue)
+
+    def _sort_fifo(self, queue: JobQueue) -> None:
+        """Sort what waits first in, first out into the queues of its hosts."""
         fifo = queue.fifo
         while fifo:
-            head = fifo[0]
+            head = fifo.popleft()
             if isinstance(head, Span):
                 if head.left < 0:
                     self._index_span(queue, head)
-                index = head.next
-                head.next += 1
-                if head.exhausted:
-                    fifo.popleft()
-                bucket = queue.host(host_key(head.urls[index]))
-                bucket.ids.append(head.first + index)
+                first, hosts, epoch = head.first, queue.hosts, self.epoch
+                for index in range(head.next, len(head.urls)):
+                    key = host_key(head.urls[index])
+                    bucket = hosts.get(key) or queue.host(key, epoch)
+                    bucket.ids.append(first + index)
+                    if not (bucket.listed or bucket.parked or bucket.waiting):
+                        bucket.listed = True
+                        queue.ring.append(bucket)
+                head.next = len(head.urls)
+                self._list_job(queue)
             else:
-                fifo.popleft()
-                bucket = queue.host(host_key(head.url))
-                bucket.front.append(head)
-            if not (bucket.listed or bucket.parked or bucket.waiting):
+                bucket = queue.host(host_key(head.url), self.epoch)
+                bucket.push_back(head)
                 self._list_host(queue, bucket)
-                return True
-        return False
 
     def _index_span(self, queue: JobQueue, span: Span) -> None:
         """A batch whose tasks go out by host: found again by id, not by position."""

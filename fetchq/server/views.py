@@ -2,8 +2,9 @@
 
 Pace, per job: the target rate, the rate achieved over the last seconds, the
 requests that started late and the worst lateness, and, from Little's law,
-how many requests must be in flight to hold the rate (rate x mean response
-time) against the fetch threads the fleet has.
+how many requests must be in flight to hold the rate (rate x mean service
+time: how long each request holds a fetch thread) against the fetch threads
+the fleet has.
 """
 
 from __future__ import annotations

@@ -1,0 +1,142 @@
+"""Figures by place (worker host, target host) in bounded memory, for the busiest places.
+
+A crawl may touch a hundred thousand hosts, so a table keeps at most
+``2 * kept`` rows and folds the rest into one ``other`` row.  Which rows stay
+is decided the way DataSketches' frequent-items sketch does it (a batched
+Misra-Gries): each row carries a weight, its count since it entered the table;
+when the table is full, the median weight is subtracted from every row and the
+rows left at zero or below are folded into ``other``.  Every purge takes at
+least ``kept`` times the subtracted amount out of the total weight, so in all
+at most ``n / kept`` is subtracted from any row.  For ``n`` results that gives:
+
+- a place with more than ``n / kept`` results is in the table at the end;
+- a row's count is exact since the row entered the table and falls short of
+  the place's true count by at most ``n / kept`` (the results from before
+  are in ``other``);
+- the totals over all rows and ``other`` are exact.
+"""
+
+from __future__ import annotations
+
+from ddsketch import DDSketch
+
+from fetchq.sketch import new_sketch
+
+PLACES_KEPT = 200
+"""``kept``: a place with more than 1/200 of the results always has its own row."""
+
+UNKNOWN_PLACE = "unknown"
+"""The place of a result whose worker or URL does not say."""
+
+DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
+def worker_host(worker: str) -> str:
+    """The host part of a result's ``worker`` field (``hostname:pid``)."""
+    host = worker.rpartition(":")[0] if ":" in worker else worker
+    return host or UNKNOWN_PLACE
+
+
+def target_host(url: str) -> str:
+    """``host:port`` of a URL, the port filled in from the scheme when the URL has none.
+
+    String slicing rather than ``urlsplit``: this runs for every result, and the
+    URL is already known to be a valid http(s) URL."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return UNKNOWN_PLACE
+    end = len(rest)
+    for mark in "/?#":
+        found = rest.find(mark)
+        if 0 <= found < end:
+            end = found
+    netloc = rest[:end].rpartition("@")[2].lower()
+    if not netloc:
+        return UNKNOWN_PLACE
+    bracket = netloc.rfind("]")
+    if netloc.rfind(":") > bracket:
+        return netloc
+    return f"{netloc}:{DEFAULT_PORTS.get(scheme.lower(), '')}"
+
+
+class PlaceFigures:
+    """One place's results: counts, active span and service-time sketch."""
+
+    __slots__ = ("count", "first_start", "last_end", "latency", "ok", "weight")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.ok = 0
+        self.weight = 0
+        self.first_start = float("inf")
+        self.last_end = float("-inf")
+        self.latency: DDSketch = new_sketch()
+
+    def merge(self, other: PlaceFigures) -> None:
+        self.count += other.count
+        self.ok += other.ok
+        self.first_start = min(self.first_start, other.first_start)
+        self.last_end = max(self.last_end, other.last_end)
+        self.latency.merge(other.latency)
+
+    @property
+    def rate(self) -> float | None:
+        """Results per second over this place's own span, first start to last finish."""
+        span = self.last_end - self.first_start
+        return self.count / span if span > 0 else None
+
+
+class PlaceTable:
+    """Rows for the busiest places, at most ``2 * kept`` of them, and ``other`` for the rest."""
+
+    def __init__(self, kept: int = PLACES_KEPT) -> None:
+        if kept < 1:
+            raise ValueError("a place table keeps at least one row")
+        self.kept = kept
+        self._rows: dict[str, PlaceFigures] = {}
+        self.other = PlaceFigures()
+        self.total = 0
+
+    def add(self, place: str, started: float, elapsed: float, ok: bool) -> None:
+        row = self._rows.get(place)
+        if row is None:
+            if len(self._rows) >= 2 * self.kept:
+                self._purge()
+            row = self._rows[place] = PlaceFigures()
+        row.count += 1
+        row.weight += 1
+        if ok:
+            row.ok += 1
+        if started < row.first_start:
+            row.first_start = started
+        end = started + elapsed
+        if end > row.last_end:
+            row.last_end = end
+        row.latency.add(elapsed)
+        self.total += 1
+
+    def _purge(self) -> None:
+        weights = sorted(row.weight for row in self._rows.values())
+        cut = weights[len(weights) // 2]
+        for place in list(self._rows):
+            row = self._rows[place]
+            row.weight -= cut
+            if row.weight <= 0:
+                self.other.merge(row)
+                del self._rows[place]
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def top(self, limit: int) -> list[tuple[str, PlaceFigures]]:
+        """The ``limit`` rows with the most results, most first (ties by name)."""
+        ranked = sorted(self._rows.items(), key=lambda item: (-item[1].count, item[0]))
+        return ranked[:limit]
+
+    def rest(self, limit: int) -> PlaceFigures:
+        """Everything outside ``top(limit)``: the folded ``other`` row plus the rows not shown."""
+        rest = PlaceFigures()
+        rest.merge(self.other)
+        for _, row in self.top(len(self._rows))[limit:]:
+            rest.merge(row)
+        return rest

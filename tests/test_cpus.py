@@ -1,0 +1,24 @@
+"""Separate worker commands on one host keep to separate CPUs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from fetchq_procs import start_worker, stop_all
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to spread over")
+def test_two_worker_commands_do_not_share_a_cpu(server, env, tmp_path):
+    env["TMPDIR"] = str(tmp_path)  # CPU claims of this test's workers only
+    first, first_log = start_worker(env, "--concurrency", "2")
+    try:
+        one = first_log.wait_for(r"on CPU (\d+)")
+        second, second_log = start_worker(env, "--concurrency", "2")
+        try:
+            other = second_log.wait_for(r"on CPU (\d+)")
+        finally:
+            stop_all([second])
+    finally:
+        stop_all([first])
+    assert one.group(1) != other.group(1)

@@ -1,0 +1,221 @@
+"""Pace and politeness with real processes: a fleet-wide rate, per-host caps and delays,
+robots.txt and Retry-After, seen from the HTTP targets' side.
+
+127.0.0.2 and 127.0.0.3 stand in for other hosts: each runs a target of its own.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections.abc import Iterator
+
+import pytest
+from fetchq_procs import jsonl, poll_until, run, start_output, start_worker, stop_all
+
+from fetchq.target import Seen, Target
+
+RATE = 100
+
+
+@pytest.fixture(scope="module")
+def hosts() -> Iterator[list[Target]]:
+    """Three hosts: 127.0.0.1, 127.0.0.2 and 127.0.0.3, a target each."""
+    with Target("127.0.0.1") as one, Target("127.0.0.2") as two, Target("127.0.0.3") as three:
+        yield [one, two, three]
+
+
+def collect(env: dict[str, str], job: str, *args: str, timeout: float = 120) -> list[dict]:
+    return collect_with_summary(env, job, *args, timeout=timeout)[0]
+
+
+def collect_with_summary(
+    env: dict[str, str], job: str, *args: str, timeout: float = 120
+) -> tuple[list[dict], str]:
+    """The job's results, and what output said on stderr (its summary, when asked)."""
+    output = start_output(env, "-j", job, "--until-done", "--format", "jsonl", *args)
+    try:
+        out, err = output.communicate(timeout=timeout)
+    finally:
+        stop_all([output])
+    assert output.returncode == 0, err
+    return jsonl(out), err
+
+
+def arrivals(target: Target, tag: str) -> list[Seen]:
+    return sorted((seen for seen in target.requests() if tag in seen.path), key=lambda s: s.arrived)
+
+
+def test_a_rate_holds_across_the_fleet(server, env, target):
+    """100/s for 15 s through two workers: even, on rate in the middle, both working."""
+    workers = [start_worker(env, "--concurrency", "8") for _ in range(2)]
+    try:
+        dispatched = run(
+            env,
+            "dispatch",
+            "--template",
+            f"{target.url}/rated?i={{i}}",
+            "--rate",
+            f"{RATE}/s",
+            "--duration",
+            "15s",
+            "-j",
+            "rated",
+        )
+        assert dispatched.returncode == 0, dispatched.stderr
+        results = collect(env, "rated")
+    finally:
+        stop_all([process for process, _ in workers])
+    assert len(results) == 15 * RATE
+    assert len({r["worker"] for r in results}) == 2, "both workers take part"
+    times = [seen.arrived for seen in arrivals(target, "/rated?")]
+    assert len(times) == 15 * RATE
+    low, high = times[0] + 2.5, times[-1] - 2.5
+    middle = [t for t in times if low <= t <= high]
+    achieved = len(middle) / (high - low)
+    assert RATE * 0.95 <= achieved <= RATE * 1.05, achieved
+    busiest = max(bisect.bisect_left(times, t + 1.0) - n for n, t in enumerate(times))
+    assert busiest <= RATE * 1.2, busiest
+    assert all(r["scheduled"] is not None for r in results)
+
+
+def behind_line(text: str) -> str | None:
+    return next((line for line in text.splitlines() if "cannot keep up" in line), None)
+
+
+def test_a_rate_the_fleet_cannot_hold_shows_as_late_starts(server, env, target):
+    """20/s of 0.2 s requests on two threads (10/s at most): the schedule stays, the
+    starts come late, latency from the schedule exceeds service time, and status
+    says how much concurrency the rate needs."""
+    worker, _ = start_worker(env, "--concurrency", "2")
+    try:
+        dispatched = run(
+            env,
+            "dispatch",
+            "--template",
+            f"{target.url}/slow?s=0.2&behind={{i}}",
+            "--rate",
+            "20",
+            "--count",
+            "60",
+            "-j",
+            "behind",
+        )
+        assert dispatched.returncode == 0, dispatched.stderr
+        said = poll_until(
+            lambda: behind_line(run(env, "status").stdout), 30, "status to say it falls behind"
+        )
+        results, summary = collect_with_summary(env, "behind", "--summary")
+    finally:
+        stop_all([worker])
+    assert "fleet has 2 fetch threads" in said and "the rate needs about" in said
+    late = next(line for line in summary.splitlines() if line.startswith("Late starts:"))
+    assert "the worst" in late
+    concurrency = next(line for line in summary.splitlines() if line.startswith("Concurrency:"))
+    dues = sorted(r["scheduled"] for r in results)
+    rate = (len(dues) - 1) / (dues[-1] - dues[0])  # the rate the schedule shows
+    needed = round(rate * sum(r["elapsed"] for r in results) / len(results))
+    assert f"needs about {needed} fetch threads; the fleet has 2: add about {needed - 2}" in (
+        concurrency
+    )
+    lateness = sorted(r["started"] - r["scheduled"] for r in results)
+    assert sum(1 for late in lateness if late > 0.010) > len(results) // 2
+    assert lateness[-1] > 1.5  # the last ones started seconds after their slot
+    corrected = sorted(r["started"] + r["elapsed"] - r["scheduled"] for r in results)
+    service = sorted(r["elapsed"] for r in results)
+    assert corrected[len(corrected) // 2] > service[len(service) // 2] + 0.5
+
+
+def test_per_host_cap_holds_across_threads_and_hosts_run_side_by_side(server, env, hosts):
+    urls = [f"{host.url}/slow?s=0.2&cap={n}" for host in hosts for n in range(12)]
+    worker, _ = start_worker(env, "--concurrency", "32")
+    try:
+        dispatched = run(env, "dispatch", *urls, "--per-host", "2", "-j", "capped")
+        assert dispatched.returncode == 0, dispatched.stderr
+        results = collect(env, "capped")
+    finally:
+        stop_all([worker])
+    assert len(results) == len(urls) and all(r["ok"] for r in results)
+    seen = {host.host: arrivals(host, "cap=") for host in hosts}
+    for host, requests in seen.items():
+        assert len(requests) == 12
+        assert max(r.in_flight for r in requests) == 2, host  # the cap, and used
+    # Side by side: each host has a request arriving while another host's runs.
+    for one, other in itertools.permutations(seen.values(), 2):
+        assert any(a.arrived <= b.arrived < a.arrived + 0.2 for a in one for b in other), (
+            "hosts took turns one after another instead of running together"
+        )
+
+
+def test_host_delay_spaces_starts_across_workers(server, env, hosts):
+    one = hosts[1]
+    urls = [f"{one.url}/?spaced={n}" for n in range(20)]
+    workers = [start_worker(env, "--concurrency", "4") for _ in range(2)]
+    try:
+        dispatched = run(env, "dispatch", *urls, "--host-delay", "0.1", "-j", "spaced")
+        assert dispatched.returncode == 0, dispatched.stderr
+        results = collect(env, "spaced")
+    finally:
+        stop_all([process for process, _ in workers])
+    assert len({r["worker"] for r in results}) == 2, "both workers take part"
+    times = [seen.arrived for seen in arrivals(one, "spaced=")]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert len(times) == 20 and min(gaps) >= 0.1 - 0.005, min(gaps)
+
+
+def test_robots_txt_is_fetched_once_and_obeyed(server, env, hosts):
+    site = hosts[2]
+    site.robots = "User-agent: *\nDisallow: /private\nCrawl-delay: 0.3\n"
+    before = site.hits()["/robots.txt"]
+    allowed = [f"{site.url}/public/{n}?polite" for n in range(4)]
+    forbidden = [f"{site.url}/private/{n}?polite" for n in range(2)]
+    worker, _ = start_worker(env, "--concurrency", "8")
+    try:
+        dispatched = run(env, "dispatch", *allowed, *forbidden, "--obey-robots", "-j", "polite")
+        assert dispatched.returncode == 0, dispatched.stderr
+        results = {r["url"]: r for r in collect(env, "polite")}
+    finally:
+        stop_all([worker])
+        site.robots = None
+    assert site.hits()["/robots.txt"] == before + 1
+    (robots_fetch,) = [s for s in site.requests("/robots.txt")][-1:]
+    assert robots_fetch.user_agent and robots_fetch.user_agent.startswith("fetchq/")
+    assert all(results[url]["ok"] for url in allowed)
+    for url in forbidden:
+        assert results[url]["error"]["type"] == "robots"
+        assert results[url]["status"] is None
+    assert not any("/private/" in seen.path for seen in site.requests())
+    times = [robots_fetch.arrived] + [s.arrived for s in arrivals(site, "polite")]
+    assert len(times) == 5
+    assert min(b - a for a, b in itertools.pairwise(times)) >= 0.3 - 0.005  # Crawl-delay
+
+
+def test_retry_after_holds_the_host_and_tries_again(server, env, target):
+    worker, _ = start_worker(env, "--concurrency", "2")
+    try:
+        obeying = run(
+            env, "dispatch", f"{target.url}/busy?after=1&obey", "--retry-after", "-j", "obeying"
+        )
+        plain = run(env, "dispatch", f"{target.url}/busy?after=1&plain", "-j", "plain")
+        assert obeying.returncode == plain.returncode == 0
+        (held,) = collect(env, "obeying")
+        (shown,) = collect(env, "plain")
+    finally:
+        stop_all([worker])
+    assert (held["status"], held["attempt"], held["ok"]) == (200, 2, True)
+    first, second = arrivals(target, "obey")
+    assert second.arrived - first.arrived >= 1.0 - 0.005
+    assert (shown["status"], shown["attempt"], shown["retry_after"]) == (429, 1, 1.0)
+
+
+def test_rates_and_durations_are_checked(env):
+    for args in (
+        ["--rate", "fast"],
+        ["--rate", "0"],
+        ["--duration", "5m"],
+        ["--rate", "5", "--duration", "soon"],
+        ["--host-delay", "-1"],
+    ):
+        result = run(env, "dispatch", "--template", "http://127.0.0.1/{i}", *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1, result.stderr

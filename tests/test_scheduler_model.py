@@ -1,0 +1,215 @@
+"""A model of pacing and politeness: hypothesis drives a journaled broker through any
+interleaving of submit, lease, complete, expiry, pause, resume, cancel, policy changes
+and crash-restarts, with tasks spread over many hosts.
+
+After every step: no host has more leases than its cap (the job's and the server's),
+and the starts handed out on each host are never closer than its delay, restarts
+included.  At the end everything is drained and every submitted task has exactly one
+result, cancelled ones included.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import tempfile
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from brokerkit import crash
+from fakeclock import FakeClock
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from fetchq.records import make_error, make_result
+from fetchq.server.broker import Broker
+from fetchq.server.hosts import host_key
+from fetchq.server.journal import Journal
+
+WALL = 1_700_000_000.0
+LEASE = 10.0
+JOBS = ("j0", "j1")
+HOSTS = tuple(f"h{n}.test" for n in range(6))
+SERVER_CAP = 3
+JITTER = 1e-6
+
+
+class SchedulerMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="fetchq-scheduler-model-"))
+        self.clock = FakeClock()
+        self.broker = self.start()
+        self.submitted: set[int] = set()
+        self.held: dict[int, dict[str, Any]] = {}
+        self.starts: dict[tuple[str, str], list[float]] = defaultdict(list)
+        self.delay = {job: 0.0 for job in JOBS}
+        self.cap: dict[str, int | None] = dict.fromkeys(JOBS)
+        self.results: Counter[int] = Counter()
+        self.grandfathered: Counter[tuple[str, str]] = Counter()
+        """Leases a host held when its cap was lowered: they run on; no new one starts."""
+        self.n = 0
+
+    def start(self) -> Broker:
+        return Broker(
+            clock=self.clock,
+            wall_clock=lambda: WALL + self.clock.now,
+            journal=Journal(self.dir / "journal"),
+            lease_timeout=LEASE,
+            max_attempts=2,
+            per_host=SERVER_CAP,
+        )
+
+    def teardown(self) -> None:
+        try:
+            self.drain()
+        finally:
+            self.broker.close()
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    # -- steps --------------------------------------------------------------
+
+    @rule(job=st.sampled_from(JOBS), hosts=st.lists(st.sampled_from(HOSTS), max_size=12))
+    def submit(self, job: str, hosts: list[str]) -> None:
+        urls = []
+        for host in hosts:
+            self.n += 1
+            urls.append(f"http://{host}/{self.n}")
+        change: dict[str, Any] = {}
+        if self.cap[job] is None and self.delay[job] == 0.0:  # the job's first limits
+            change = {"per_host": 2, "host_delay": 0.5}
+            self.cap[job], self.delay[job] = 2, 0.5
+        try:
+            reply = self.broker.submit({"job": job, "urls": urls, **change})
+        except Exception as exc:  # a cancelled job refuses new work
+            assert "cancelled" in str(exc)
+            return
+        self.submitted.update(range(reply["first_id"], reply["first_id"] + len(urls)))
+
+    @rule(worker=st.sampled_from(["w0", "w1"]), count=st.integers(1, 20))
+    def lease(self, worker: str, count: int) -> None:
+        for task in self.broker.lease(worker, count, 0):
+            assert task["id"] not in self.held or self.held[task["id"]]["attempt"] < task["attempt"]
+            self.held[task["id"]] = {**task, "worker": worker}
+            if task.get("scheduled") is not None:
+                self.starts[(task["job"], host_key(task["url"]))].append(task["scheduled"])
+
+    @precondition(lambda self: self.held)
+    @rule(data=st.data())
+    def complete(self, data: st.DataObject) -> None:
+        chosen = data.draw(st.lists(st.sampled_from(sorted(self.held)), max_size=6, unique=True))
+        by_worker: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for task_id in chosen:
+            task = self.held.pop(task_id)
+            retry = data.draw(st.booleans(), label="retryable failure")
+            error = make_error("reset", "cut") if retry else None
+            result = make_result(
+                task,
+                worker=task["worker"],
+                started=WALL,
+                elapsed=0.01,
+                error=error,
+                status=None if retry else 200,
+            )
+            by_worker[task["worker"]].append(result)
+        for worker, results in by_worker.items():
+            self.broker.complete(worker, results)
+
+    @rule(seconds=st.sampled_from([0.1, 0.5, 1.0, 3.0, 11.0]))
+    def advance(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        self.broker.expire_leases()
+
+    @rule(job=st.sampled_from(JOBS), action=st.sampled_from(["pause", "resume", "cancel"]))
+    def steer(self, job: str, action: str) -> None:
+        self.broker.control(job, {"action": action})
+
+    @rule(job=st.sampled_from(JOBS), cap=st.integers(1, 3), delay=st.sampled_from([0.2, 1.0]))
+    def set_limits(self, job: str, cap: int, delay: float) -> None:
+        self.broker.control(job, {"action": "set", "per_host": cap, "host_delay": delay})
+        # Leases already out run on, starts already handed out keep their spacing;
+        # new ones keep the new limits.
+        self.cap[job] = cap
+        self.grandfathered = self.lease_counts()[0]
+        for key in [k for k in self.starts if k[0] == job]:
+            self.starts[key] = [self.starts[key][-1]]
+        self.delay[job] = delay
+
+    @rule()
+    def restart(self) -> None:
+        crash(self.broker)
+        self.broker = self.start()
+        self.held.clear()  # leases die with the old process
+
+    # -- what must always hold ------------------------------------------------
+
+    def lease_counts(self) -> tuple[Counter[tuple[str, str]], Counter[str]]:
+        per_job: Counter[tuple[str, str]] = Counter()
+        per_host: Counter[str] = Counter()
+        for lease in self.broker._state.leases:
+            if lease.host is not None:
+                per_job[(lease.task.job, lease.host)] += 1
+                per_host[lease.host] += 1
+        return per_job, per_host
+
+    @invariant()
+    def caps_hold(self) -> None:
+        per_job, per_host = self.lease_counts()
+        for key, count in per_job.items():
+            cap = self.cap[key[0]]
+            allowed = max(cap, self.grandfathered[key]) if cap is not None else count
+            assert count <= allowed, (per_job, self.grandfathered)
+            self.grandfathered[key] = min(self.grandfathered[key], count)
+        assert all(count <= SERVER_CAP for count in per_host.values()), per_host
+
+    @invariant()
+    def delays_hold(self) -> None:
+        for (job, host), starts in self.starts.items():
+            ordered = sorted(starts)
+            gaps = [b - a for a, b in itertools.pairwise(ordered)]
+            assert all(gap >= self.delay[job] - JITTER for gap in gaps), (job, host, ordered)
+
+    # -- the end ----------------------------------------------------------------
+
+    def drain(self) -> None:
+        for job in JOBS:
+            self.broker.control(job, {"action": "resume"})
+        self.broker.complete("w0", [])
+        for _ in range(2000):
+            self.clock.advance(1.0)
+            self.broker.expire_leases()
+            tasks = self.broker.lease("drainer", 100, 0)
+            results = [
+                make_result(t, worker="drainer", started=WALL, elapsed=0.01, status=200)
+                for t in tasks
+            ]
+            self.broker.complete("drainer", results)
+            reply = self.broker.results(None, 10_000, 0)
+            for result in reply["results"]:
+                self.results[result["id"]] += 1
+            if reply["token"]:
+                self.broker.ack(reply["token"])
+            if set(self.results) >= self.submitted and not len(self.broker._state.scheduler):
+                break
+        assert set(self.results) == self.submitted
+        assert all(count == 1 for count in self.results.values()), self.results.most_common(3)
+
+
+def test_scheduler_model() -> None:
+    run_state_machine_as_test(
+        SchedulerMachine,
+        settings=settings(
+            max_examples=60,
+            stateful_step_count=30,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        ),
+    )
