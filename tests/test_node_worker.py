@@ -24,10 +24,12 @@ from fetchq_procs import (
     poll_until,
     run,
     start_output,
+    start_program,
     start_worker,
     stop_all,
     worker_name,
 )
+from worker_scenarios import every_kind_of_failure, sigterm_drains
 
 from fetchq import __version__
 from fetchq.errors import ExitCode
@@ -39,15 +41,7 @@ NODE = shutil.which("node") or "node"
 
 
 def start_node_worker(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[str], StderrLog]:
-    process = subprocess.Popen(
-        [NODE, str(NODE_DIR / "fetchq-worker.js"), *args],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    return process, StderrLog(process)
+    return start_program([NODE, str(NODE_DIR / "fetchq-worker.js"), *args], env)
 
 
 def run_node_worker(
@@ -124,52 +118,11 @@ def test_a_mixed_fleet_runs_one_job_exactly_once(server, env, target, tmp_path):
     assert "stopped on SIGTERM" in node_log.text
 
 
-def closed_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_every_kind_of_failure_becomes_a_node_result(server, env, target):
-    """The same table as the Python worker's test, where undici tells the cases apart."""
-    refused = f"http://127.0.0.1:{closed_port()}/"
-    expected = {
-        f"{target.url}/fine": (True, 200, None),
-        f"{target.url}/status/404": (False, 404, None),
-        f"{target.url}/status/500": (False, 500, None),
-        f"{target.url}/status/302": (True, 302, None),
-        f"{target.url}/bytes/2000000": (True, 200, None),
-        f"{target.url}/slow?s=5": (False, None, "timeout"),
-        f"{target.url}/reset": (False, None, "reset"),
-        refused: (False, None, "refused"),
-        f"https://127.0.0.1:{target.port}/": (False, None, "tls"),
-        f"{target.url}/busy?after=7&n=node": (False, 429, None),
-    }
-    stdin = "\n".join(expected) + "\n"
-    dispatched = run(
-        env, "dispatch", "-", "-j", "errors", "--timeout", "1", "--attempts", "2", stdin=stdin
+    """The same table as the Python worker's, where undici tells the cases apart."""
+    every_kind_of_failure(
+        env, target, lambda: run_node_worker(env, "--burst", "--concurrency", "4")
     )
-    assert dispatched.returncode == 0, dispatched.stderr
-    worker = run_node_worker(env, "--burst", "--concurrency", "4")
-    assert worker.returncode == 0, worker.stderr
-    output = run(env, "output", "-j", "errors", "--until-done", "--format", "jsonl")
-    assert output.returncode == 0, output.stderr
-    results = {r["url"]: r for r in jsonl(output.stdout)}
-    assert set(results) == set(expected)
-    for url, (ok, status, error_type) in expected.items():
-        result = results[url]
-        assert (result["ok"], result["status"]) == (ok, status), result
-        assert (result["error"] or {}).get("type") == error_type, result
-        if error_type:
-            assert result["error"]["message"], result
-    assert results[f"{target.url}/bytes/2000000"]["bytes"] == 2_000_000
-    assert results[refused]["attempt"] == 2, "connection failures use their attempts"
-    assert results[f"{target.url}/status/500"]["attempt"] == 1, "an HTTP answer is final"
-    assert results[f"https://127.0.0.1:{target.port}/"]["attempt"] == 1, "TLS errors are final"
-    assert results[f"{target.url}/busy?after=7&n=node"]["retry_after"] == 7
-    assert results[f"{target.url}/fine"]["retry_after"] is None
     agents = {seen.user_agent for seen in target.requests("/fine")}
     assert agents == {f"fetchq/{__version__}"}
 
@@ -237,29 +190,9 @@ def test_a_node_worker_keeps_the_pace_and_obeys_robots_txt(env, tmp_path):
 
 
 def test_sigterm_drains_a_node_worker_and_hands_back_unstarted_tasks(server, env, target):
-    worker, log = start_node_worker(env, "--concurrency", "2", "--prefetch", "20")
-    client = connect_broker(server.address, env["FETCHQ_AUTHKEY"])
-    try:
-        template = f"{target.url}/slow?s=0.5&t=drain&i={{i}}"
-        dispatched = run(env, "dispatch", "--template", template, "--count", "40", "-j", "drain")
-        assert dispatched.returncode == 0, dispatched.stderr
-        poll_until(
-            lambda: client.call("job", "drain")["leased"] >= 10, 30, "the worker to prefetch"
-        )
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(30) == 0, log.text
-        counts = client.call("job", "drain")
-        assert counts["leased"] == 0, "nothing is left leased to the stopped worker"
-        assert counts["succeeded"] >= 2, "requests in flight were finished and reported"
-        assert counts["succeeded"] + counts["queued"] == 40
-        rest = run(env, "worker", "--burst", "--concurrency", "20")
-        assert rest.returncode == 0, rest.stderr
-        output = run(env, "output", "-j", "drain", "--until-done", "--format", "jsonl")
-        results = jsonl(output.stdout)
-    finally:
-        stop_all([worker])
-    assert len({r["id"] for r in results}) == 40
-    assert all(r["attempt"] == 1 for r in results), "handed-back tasks kept their attempt"
+    sigterm_drains(
+        env, target, lambda: start_node_worker(env, "--concurrency", "2", "--prefetch", "20")
+    )
 
 
 def test_a_node_worker_over_mutual_tls_and_each_mistake_in_one_line(env, target, tmp_path):

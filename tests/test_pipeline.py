@@ -25,6 +25,7 @@ from fetchq_procs import (
     start_worker,
     stop_all,
 )
+from worker_scenarios import closed_port, every_kind_of_failure, sigterm_drains
 
 from fetchq.client import BrokerClient
 from fetchq.errors import ExitCode
@@ -33,12 +34,6 @@ from fetchq.records import RESULT_FIELDS
 
 def broker(env: dict[str, str]) -> BrokerClient:
     return connect_broker(env["FETCHQ_SERVER"], env["FETCHQ_AUTHKEY"])
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_ten_thousand_tasks_give_exactly_one_result_each(server, env, target):
@@ -108,75 +103,12 @@ def test_worker_killed_mid_job_loses_nothing(server, env, target):
 
 
 def test_every_kind_of_failure_becomes_a_result(server, env, target):
-    refused = f"http://127.0.0.1:{closed_port()}/"
-    expected = {
-        f"{target.url}/fine": (True, 200, None),
-        f"{target.url}/status/404": (False, 404, None),
-        f"{target.url}/status/500": (False, 500, None),
-        f"{target.url}/status/302": (True, 302, None),
-        f"{target.url}/bytes/2000000": (True, 200, None),
-        f"{target.url}/slow?s=5": (False, None, "timeout"),
-        f"{target.url}/drop": (False, None, "reset"),
-        f"{target.url}/reset": (False, None, "reset"),
-        refused: (False, None, "refused"),
-        f"https://127.0.0.1:{target.port}/": (False, None, "tls"),
-    }
-    stdin = "\n".join(expected) + "\n"
-    dispatched = run(
-        env, "dispatch", "-", "-j", "errors", "--timeout", "1", "--attempts", "2", stdin=stdin
-    )
-    assert dispatched.returncode == 0, dispatched.stderr
-    worker = run(env, "worker", "--burst", "--concurrency", "4")
-    assert worker.returncode == 0, worker.stderr
-    output = run(env, "output", "-j", "errors", "--until-done", "--format", "jsonl")
-    assert output.returncode == 0, output.stderr
-    results = {r["url"]: r for r in jsonl(output.stdout)}
-    assert set(results) == set(expected)
-    for url, (ok, status, error_type) in expected.items():
-        result = results[url]
-        assert (result["ok"], result["status"]) == (ok, status), result
-        assert (result["error"] or {}).get("type") == error_type, result
-        if error_type:
-            assert result["error"]["message"], result
-    assert results[f"{target.url}/bytes/2000000"]["bytes"] == 2_000_000
-    assert results[refused]["attempt"] == 2, "connection failures use their attempts"
-    assert results[f"{target.url}/status/500"]["attempt"] == 1, "an HTTP answer is final"
-    assert results[f"https://127.0.0.1:{target.port}/"]["attempt"] == 1, "TLS errors are final"
+    every_kind_of_failure(env, target, lambda: run(env, "worker", "--burst", "--concurrency", "4"))
 
 
 def test_sigterm_drains_a_worker_and_hands_back_unstarted_tasks(server, env, target):
     """Running requests finish and report; prefetched ones go back without using an attempt."""
-    worker, log = start_worker(env, "--concurrency", "2", "--prefetch", "20")
-    try:
-        dispatched = run(
-            env,
-            "dispatch",
-            "--template",
-            f"{target.url}/slow?s=0.5&i={{i}}",
-            "--count",
-            "40",
-            "-j",
-            "drain",
-        )
-        assert dispatched.returncode == 0, dispatched.stderr
-        client = broker(env)
-        poll_until(
-            lambda: client.call("job", "drain")["leased"] >= 10, 30, "the worker to prefetch"
-        )
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(30) == 0, log.text
-        counts = client.call("job", "drain")
-        assert counts["leased"] == 0, "nothing is left leased to the stopped worker"
-        assert counts["succeeded"] >= 2, "requests in flight were finished and reported"
-        assert counts["succeeded"] + counts["queued"] == 40
-        rest = run(env, "worker", "--burst", "--concurrency", "20")
-        assert rest.returncode == 0, rest.stderr
-        output = run(env, "output", "-j", "drain", "--until-done", "--format", "jsonl")
-        results = jsonl(output.stdout)
-    finally:
-        stop_all([worker])
-    assert len({r["id"] for r in results}) == 40
-    assert all(r["attempt"] == 1 for r in results), "handed-back tasks kept their attempt"
+    sigterm_drains(env, target, lambda: start_worker(env, "--concurrency", "2", "--prefetch", "20"))
 
 
 def test_output_formats_summary_and_status(server, env, target):

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from multiprocessing.managers import BaseManager
+from typing import Any
 
 import pytest
 
@@ -27,16 +28,21 @@ from fetchq.signals import StopRequest
 KEY = b"protocol-test-key"
 
 
-@pytest.fixture
-def served() -> Iterator[QueueServer]:
+def serving(**options: Any) -> Iterator[QueueServer]:
+    """A server in this process, on a free port, until the test ends."""
     broker = Broker(lease_timeout=5)
-    server = QueueServer(broker, Address("127.0.0.1", 0), KEY)
+    server = QueueServer(broker, Address("127.0.0.1", 0), KEY, **options)
     stop = StopRequest()
     thread = threading.Thread(target=run_until_stopped, args=(broker, server, stop), daemon=True)
     thread.start()
     yield server
     stop.request()
     thread.join(5)
+
+
+@pytest.fixture
+def served() -> Iterator[QueueServer]:
+    yield from serving()
 
 
 def test_round_trip_and_remote_errors(served):
@@ -128,14 +134,7 @@ def test_clients_cannot_shut_the_server_down(served):
 
 @pytest.fixture
 def served_with_pickle() -> Iterator[QueueServer]:
-    broker = Broker(lease_timeout=5)
-    server = QueueServer(broker, Address("127.0.0.1", 0), KEY, allow_pickle=True)
-    stop = StopRequest()
-    thread = threading.Thread(target=run_until_stopped, args=(broker, server, stop), daemon=True)
-    thread.start()
-    yield server
-    stop.request()
-    thread.join(5)
+    yield from serving(allow_pickle=True)
 
 
 def test_a_classic_manager_client_speaks_to_the_broker(served_with_pickle):
