@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import signal
 import time
@@ -12,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import trustme
-from fetchq_procs import ServerProcess, jsonl, run, start_output, start_worker, stop_all
+from fetchq_procs import ServerProcess, run
+from worker_scenarios import whole_job
 
 from fetchq import transport
 from fetchq.client import BrokerClient
@@ -57,35 +57,11 @@ def test_a_whole_job_over_mutual_tls(env, target, tmp_path):
     env["FETCHQ_TLS_CA"] = str(folder / "ca.pem")
     env["FETCHQ_TLS_CERT"] = str(folder / "client.pem")
     env["FETCHQ_TLS_KEY"] = str(folder / "client.key")
-    worker, worker_log = start_worker(env, "--concurrency", "4")
-    output = start_output(env, "--job", "tls", "--until-done", "--format", "jsonl")
     try:
-        dispatched = run(
-            env,
-            "dispatch",
-            "--template",
-            f"{target.url}/tls?i={{i}}",
-            "--count",
-            "300",
-            "-j",
-            "tls",
-        )
-        assert dispatched.returncode == 0, dispatched.stderr
-        stdout, stderr = output.communicate(timeout=120)
-        assert output.returncode == 0, stderr
-        status = run(env, "status", "--json")
-        assert status.returncode == 0, status.stderr
-        worker.terminate()
-        assert worker.wait(30) == 0, worker_log.text
+        _, status = whole_job(env, target, "tls", 300)
     finally:
-        stop_all([worker, output])
         server.stop()
-    results = jsonl(stdout)
-    assert sorted(r["url"] for r in results) == sorted(
-        f"{target.url}/tls?i={i}" for i in range(300)
-    )
-    assert all(r["ok"] for r in results)
-    job = json.loads(status.stdout)["jobs"]["tls"]
+    job = status["jobs"]["tls"]
     assert job["submitted"] == job["confirmed"] == 300 and job["complete"]
     assert "TLS handshake" not in server.log.text, server.log.text
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 from faults.netproxy import NetProxy
-from fetchq_procs import ServerProcess, jsonl, run, start_output, start_worker, stop_all
+from fetchq_procs import ServerProcess, run
+from worker_scenarios import whole_job
 
 from fetchq.api import MAX_DEPTH, MAX_INTEGER
 from fetchq.client import BrokerClient
@@ -47,29 +48,8 @@ def test_every_frame_of_a_whole_job_after_login_is_json(server, env, target):
     connection's login, every frame either way must be a JSON array."""
     with NetProxy(server.address, record=True) as proxy:
         env["FETCHQ_SERVER"] = proxy.address
-        worker, worker_log = start_worker(env, "--concurrency", "4")
-        output = start_output(env, "--job", "wire", "--until-done", "--format", "jsonl")
-        try:
-            dispatched = run(
-                env,
-                "dispatch",
-                "--template",
-                f"{target.url}/w?i={{i}}",
-                "--count",
-                "500",
-                "-j",
-                "wire",
-            )
-            assert dispatched.returncode == 0, dispatched.stderr
-            stdout, stderr = output.communicate(timeout=120)
-            assert output.returncode == 0, stderr
-            assert run(env, "status").returncode == 0
-            worker.terminate()
-            assert worker.wait(30) == 0, worker_log.text
-        finally:
-            stop_all([worker, output])
+        whole_job(env, target, "wire", 500)
         recordings = list(proxy.recordings)
-    assert len(jsonl(stdout)) == 500
     methods: set[str] = set()
     counted = 0
     for recording in recordings:

@@ -6,13 +6,24 @@ through it, and checks what a user would see.
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
 from collections.abc import Callable
 from typing import Any
 
-from fetchq_procs import StderrLog, connect_broker, jsonl, poll_until, run, stop_all
+from fetchq_procs import (
+    StderrLog,
+    connect_broker,
+    fetchq_command,
+    jsonl,
+    poll_until,
+    run,
+    start_output,
+    start_program,
+    stop_all,
+)
 
 from fetchq.target import Target
 
@@ -101,3 +112,28 @@ def sigterm_drains(
         client.close()
     assert len({r["id"] for r in results}) == 40
     assert all(r["attempt"] == 1 for r in results), "handed-back tasks kept their attempt"
+
+
+def whole_job(
+    env: dict[str, str], target: Target, job: str, count: int
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A Python worker, an output, a dispatch and a status, as a user runs them, with
+    whatever settings ``env`` holds: the results (each URL once, all ok) and the status."""
+    worker, worker_log = start_program(fetchq_command("worker", "--concurrency", "4"), env)
+    output = start_output(env, "--job", job, "--until-done", "--format", "jsonl")
+    template = f"{target.url}/{job}?i={{i}}"
+    try:
+        dispatched = run(env, "dispatch", "--template", template, "--count", str(count), "-j", job)
+        assert dispatched.returncode == 0, dispatched.stderr
+        stdout, stderr = output.communicate(timeout=120)
+        assert output.returncode == 0, stderr
+        status = run(env, "status", "--json")
+        assert status.returncode == 0, status.stderr
+        worker.terminate()
+        assert worker.wait(30) == 0, worker_log.text
+    finally:
+        stop_all([worker, output])
+    results = jsonl(stdout)
+    assert sorted(r["url"] for r in results) == sorted(template.format(i=i) for i in range(count))
+    assert all(r["ok"] for r in results)
+    return results, json.loads(status.stdout)
