@@ -144,9 +144,8 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
-_STRUCTURE = b'[]{}"\\'
+_STRUCTURE = b'[]{}"'
 _NOT_STRUCTURE = bytes(b for b in range(256) if b not in _STRUCTURE)
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _EMPTY_PAIR = re.compile(rb"\[\]|\{\}")
 
 
@@ -154,12 +153,16 @@ def too_deep(frame: bytes) -> bool:
     """Whether ``frame`` nests arrays and objects deeper than MAX_DEPTH.
 
     Checked on the bytes before parsing, in C-speed passes: a frame with few
-    brackets (a submit of 10,000 URLs has five) is never scanned; otherwise
-    strings are cut out and innermost ``[]``/``{}`` pairs removed, one level
-    per pass."""
+    brackets (a submit of 10,000 URLs has five) is never scanned.  Otherwise
+    escaped backslashes and quotes are dropped (so the quotes left alternate,
+    opening and closing strings), only brackets and quotes are kept, and
+    splitting at the quotes leaves the brackets outside strings at the even
+    places; then innermost ``[]`` and ``{}`` pairs are removed, one level per
+    pass."""
     if frame.count(b"[") + frame.count(b"{") <= MAX_DEPTH:
         return False
-    skeleton = _STRING.sub(b"", frame.translate(None, _NOT_STRUCTURE))
+    unescaped = frame.replace(b"\\\\", b"").replace(b'\\"', b"")
+    skeleton = b"".join(unescaped.translate(None, _NOT_STRUCTURE).split(b'"')[::2])
     for _ in range(MAX_DEPTH):
         skeleton, removed = _EMPTY_PAIR.subn(b"", skeleton)
         if not skeleton or not removed:

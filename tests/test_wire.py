@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 from faults.netproxy import NetProxy
 from fetchq_procs import ServerProcess, run
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from worker_scenarios import whole_job
 
 from fetchq.api import MAX_DEPTH, MAX_INTEGER
@@ -233,3 +235,35 @@ def test_errors_cross_as_a_name_and_a_message():
     assert type(from_wire({"name": "StorageFailed", "message": "disk full"})) is StorageFailed
     unknown = from_wire({"name": "KeyError", "message": "'x'"})
     assert type(unknown) is FetchqError and "KeyError" in str(unknown)
+
+
+def depth_of(value: Any) -> int:
+    if isinstance(value, list):
+        return 1 + max((depth_of(item) for item in value), default=0)
+    if isinstance(value, dict):
+        return 1 + max((depth_of(item) for item in value.values()), default=0)
+    return 0
+
+
+TRICKY_TEXT = st.text(alphabet=st.sampled_from(["[", "]", "{", "}", '"', "\\", "\n", "a", "é"]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    value=st.recursive(
+        TRICKY_TEXT | st.integers() | st.none(),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TRICKY_TEXT, inner, max_size=3),
+        max_leaves=60,
+    ),
+    ascii_only=st.booleans(),
+    wrappers=st.lists(TRICKY_TEXT | st.none(), max_size=40),
+)
+def test_the_depth_check_agrees_with_the_parsed_depth(value, ascii_only, wrappers):
+    """Brackets, quotes and backslashes inside strings never fool the byte-level check.
+
+    ``wrappers`` nests the value further: an array for None, else an object under
+    that key, so depths on both sides of the limit come up."""
+    for key in wrappers:
+        value = [value] if key is None else {key: value}
+    frame = json.dumps(value, ensure_ascii=ascii_only).encode()
+    assert too_deep(frame) == (depth_of(value) > MAX_DEPTH)
