@@ -248,7 +248,7 @@ def depth_of(value: Any) -> int:
 TRICKY_TEXT = st.text(alphabet=st.sampled_from(["[", "]", "{", "}", '"', "\\", "\n", "a", "é"]))
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
     value=st.recursive(
         TRICKY_TEXT | st.integers() | st.none(),
@@ -256,14 +256,15 @@ TRICKY_TEXT = st.text(alphabet=st.sampled_from(["[", "]", "{", "}", '"', "\\", "
         max_leaves=60,
     ),
     ascii_only=st.booleans(),
-    wrappers=st.lists(TRICKY_TEXT | st.none(), max_size=40),
+    keys=st.lists(TRICKY_TEXT | st.none(), min_size=MAX_DEPTH + 2, max_size=MAX_DEPTH + 2),
+    offset=st.integers(-2, 2),
 )
-def test_the_depth_check_agrees_with_the_parsed_depth(value, ascii_only, wrappers):
+def test_the_depth_check_agrees_with_the_parsed_depth(value, ascii_only, keys, offset):
     """Brackets, quotes and backslashes inside strings never fool the byte-level check.
 
-    ``wrappers`` nests the value further: an array for None, else an object under
-    that key, so depths on both sides of the limit come up."""
-    for key in wrappers:
+    The value is nested further to a depth right around the limit: in an array for
+    each None in ``keys``, else in an object under that (tricky) key."""
+    for key in keys[: max(0, MAX_DEPTH - depth_of(value) + offset)]:
         value = [value] if key is None else {key: value}
     frame = json.dumps(value, ensure_ascii=ascii_only).encode()
     assert too_deep(frame) == (depth_of(value) > MAX_DEPTH)
