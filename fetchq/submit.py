@@ -11,6 +11,11 @@ from fetchq import defaults
 from fetchq.api import MAX_SUBMIT_BYTES
 from fetchq.client import BrokerClient
 
+SIZE_CHECK_EVERY = 256
+"""URLs added between two looks at a batch's size: a look per URL would cost the
+dispatcher a tenth of its time, and 256 URLs of at most 8,192 characters stay
+far inside the gap between MAX_SUBMIT_BYTES and the frame limit."""
+
 
 def new_job_name() -> str:
     return time.strftime("job-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
@@ -53,14 +58,22 @@ class Submitter:
         only, so that a later ``fetchq job set`` is not undone by this run."""
         self._batch: list[str] = []
         self._size = 0
+        """Characters in the batch's URLs, up to ``self._measured`` of them."""
+        self._measured = 0
+        self._next_look = min(batch_size, SIZE_CHECK_EVERY)
         self._run_id = uuid.uuid4().hex
         self._sequence = 0
 
     def add(self, url: str) -> None:
-        self._batch.append(url)
-        self._size += len(url)
-        if len(self._batch) >= self.batch_size or self._size >= MAX_SUBMIT_BYTES:
-            self.flush()
+        batch = self._batch
+        batch.append(url)
+        if len(batch) >= self._next_look:
+            self._size += sum(map(len, batch[self._measured :]))
+            self._measured = len(batch)
+            if len(batch) >= self.batch_size or self._size >= MAX_SUBMIT_BYTES:
+                self.flush()
+            else:
+                self._next_look = min(self.batch_size, len(batch) + SIZE_CHECK_EVERY)
 
     def flush(self) -> None:
         if not self._batch and not self._policy:
@@ -84,7 +97,8 @@ class Submitter:
                 self.on_full(int(reply.get("queued", 0)))
         self.accepted += int(reply.get("accepted", 0))
         self._batch = []
-        self._size = 0
+        self._size = self._measured = 0
+        self._next_look = min(self.batch_size, SIZE_CHECK_EVERY)
         if self.on_accepted is not None:
             self.on_accepted(self.accepted)
 
