@@ -170,6 +170,15 @@ def too_deep(frame: bytes) -> bool:
     return bool(skeleton)
 
 
+_DIGITS_ONLY = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_LONG_DIGITS = b"0" * len(str(MAX_INTEGER))
+
+
+def _has_long_digits(frame: bytes) -> bool:
+    """A run of digits as long as the largest integer allowed, anywhere (in C)."""
+    return _LONG_DIGITS in frame.translate(_DIGITS_ONLY)
+
+
 class JsonCodec:
     """JSON in UTF-8 (sent as ASCII), compact, no NaN; when ``strict``, as the server
     reads what clients send, numbers bounded and nesting at most MAX_DEPTH.
@@ -193,11 +202,12 @@ class JsonCodec:
             ensure_ascii=True, allow_nan=False, separators=(",", ":"), default=_encode_other
         )
         if strict:
-            self._decoder = json.JSONDecoder(
+            self._decoder = json.JSONDecoder(parse_float=_finite_float, parse_constant=_no_constant)
+            self._bounded = json.JSONDecoder(
                 parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant
             )
         else:
-            self._decoder = json.JSONDecoder(parse_constant=_no_constant)
+            self._decoder = self._bounded = json.JSONDecoder(parse_constant=_no_constant)
         make = getattr(json.encoder, "c_make_encoder", None)
         self._encode_chunks: Any = None
         if make is not None:  # the arguments of iterencode(_one_shot=True), made once
@@ -231,11 +241,14 @@ class JsonCodec:
             text = frame.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise BadFrame(f"not UTF-8 text (byte {exc.start})") from None
+        # Integers are bounded by a hook per integer, so the hook runs only where a
+        # run of digits as long as 2**63 appears (results hold five integers each).
+        decoder = self._bounded if self.strict and _has_long_digits(frame) else self._decoder
         try:
             try:
-                value, end = self._decoder.scan_once(text, 0)  # type: ignore[attr-defined]
+                value, end = decoder.scan_once(text, 0)  # type: ignore[attr-defined]
             except StopIteration:  # not a value at its first byte (leading space?)
-                return self._decoder.decode(text)
+                return decoder.decode(text)
             if end != len(text) and text[end:].strip():
                 raise ValueError(f"extra data at character {end}")
             return value
