@@ -19,13 +19,16 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fetchq import config, defaults
+from fetchq import config, defaults, tls
 from fetchq.api import check_job_name
 from fetchq.client import ResilientClient
 from fetchq.commandline import (
     AuthkeyFileOption,
     GiveUpOption,
     ServerOption,
+    TlsCaOption,
+    TlsCertOption,
+    TlsKeyOption,
     reports_errors,
     run_alone,
     say,
@@ -172,6 +175,9 @@ def dispatch(
     ] = False,
     server: ServerOption = None,
     authkey_file: AuthkeyFileOption = None,
+    tls_ca: TlsCaOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
     give_up_after: GiveUpOption = defaults.GIVE_UP_AFTER,
 ) -> None:
     """Submit URLs as tasks of one job and print the job's name."""
@@ -193,7 +199,8 @@ def dispatch(
     job_name = check_job_name(job) if job else new_job_name()
     address = config.server_address(server)
     key = config.client_authkey(authkey_file)
-    client = ResilientClient(address, key.key, give_up_after=give_up_after)
+    settings = tls.client_tls(tls_ca, tls_cert, tls_key)
+    client = ResilientClient(address, key.key, settings, give_up_after=give_up_after)
     client.connect()
 
     submitter = Submitter(

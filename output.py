@@ -17,7 +17,7 @@ from typing import Annotated, TextIO
 
 import typer
 
-from fetchq import config, defaults
+from fetchq import config, defaults, tls
 from fetchq.api import check_job_name
 from fetchq.client import BrokerClient, ResilientClient
 from fetchq.collect import collect
@@ -25,6 +25,9 @@ from fetchq.commandline import (
     AuthkeyFileOption,
     GiveUpOption,
     ServerOption,
+    TlsCaOption,
+    TlsCertOption,
+    TlsKeyOption,
     reports_errors,
     run_alone,
     say,
@@ -108,6 +111,9 @@ def output(
     ] = False,
     server: ServerOption = None,
     authkey_file: AuthkeyFileOption = None,
+    tls_ca: TlsCaOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
     give_up_after: GiveUpOption = defaults.GIVE_UP_AFTER,
 ) -> None:
     """Write results as they arrive; with --until-done, stop when the job is complete."""
@@ -118,7 +124,8 @@ def output(
     address = config.server_address(server)
     key = config.client_authkey(authkey_file)
     stop = StopRequest().install()
-    client = ResilientClient(address, key.key, give_up_after=give_up_after, stop=stop)
+    settings = tls.client_tls(tls_ca, tls_cert, tls_key)
+    client = ResilientClient(address, key.key, settings, give_up_after=give_up_after, stop=stop)
     client.connect()
     report = Summary() if summary or page is not None else None
     try:

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from fetchq import config, defaults
+from fetchq import config, defaults, tls
 from fetchq.commandline import AuthkeyFileOption, reports_errors, run_alone, say
 from fetchq.pace import parse_duration
 from fetchq.server.broker import Broker
@@ -70,9 +70,30 @@ def server(
         str | None,
         typer.Option(help="Time between two request starts on one host, across all jobs"),
     ] = None,
+    tls_cert: Annotated[
+        str | None, typer.Option(help="Serve TLS with this certificate (PEM)", show_default=False)
+    ] = None,
+    tls_key: Annotated[
+        str | None, typer.Option(help="The certificate's private key (PEM)", show_default=False)
+    ] = None,
+    tls_ca: Annotated[
+        str | None,
+        typer.Option(
+            help="Require every client to show a certificate signed by this CA",
+            show_default=False,
+        ),
+    ] = None,
+    allow_pickle: Annotated[
+        bool,
+        typer.Option(
+            help="Also serve classic BaseManager clients, which speak pickle: anyone with the "
+            "key can then run code on this machine"
+        ),
+    ] = False,
 ) -> None:
     """Run the queue server until SIGINT or SIGTERM."""
     delay = parse_duration(host_delay) if host_delay else 0.0
+    tls_settings = tls.server_tls(tls_cert, tls_key, tls_ca)
     key = resolve_server_key(authkey_file)
     # A file size limit must fail a journal write (EFBIG), not kill the server.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -92,13 +113,29 @@ def server(
             f"journal {journal}: {state['queued']} tasks queued, "
             f"{state['unconfirmed']} results not yet confirmed by an output"
         )
-    queue_server = QueueServer(broker, config.Address(host, port), key.key, max_connections)
-    if not config.is_loopback(host):
+    queue_server = QueueServer(
+        broker,
+        config.Address(host, port),
+        key.key,
+        max_connections,
+        tls_context=tls_settings.context() if tls_settings else None,
+        allow_pickle=allow_pickle,
+    )
+    if allow_pickle:
         say(
-            f"warning: listening on {host}, reachable from other hosts. Traffic is not "
-            "encrypted and the authkey is the only guard: anyone holding it can run code here"
+            "warning: --allow-pickle: classic clients are served with pickle, and unpickling "
+            "runs code. Anyone holding the authkey (or able to inject bytes into a plaintext "
+            "connection) can run code on this machine"
         )
-    say(f"server listening on {queue_server.address} (authkey from {key.source})")
+    if not config.is_loopback(host) and tls_settings is None:
+        say(
+            f"warning: listening on {host}, reachable from other hosts, without TLS: traffic "
+            "is not encrypted and the authkey is the only guard (see --tls-cert)"
+        )
+    wire = "plaintext"
+    if tls_settings is not None:
+        wire = "TLS, client certificates required" if tls_settings.ca else "TLS"
+    say(f"server listening on {queue_server.address} ({wire}; authkey from {key.source})")
     stop = StopRequest().install()
     run_until_stopped(broker, queue_server, stop)
     say(f"server stopped ({stop.signal_name or 'asked to'})")

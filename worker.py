@@ -21,9 +21,18 @@ from typing import Annotated
 
 import typer
 
-from fetchq import config, defaults
+from fetchq import config, defaults, tls
 from fetchq.client import ResilientClient
-from fetchq.commandline import AuthkeyFileOption, ServerOption, reports_errors, run_alone, say
+from fetchq.commandline import (
+    AuthkeyFileOption,
+    ServerOption,
+    TlsCaOption,
+    TlsCertOption,
+    TlsKeyOption,
+    reports_errors,
+    run_alone,
+    say,
+)
 from fetchq.engine import WorkerSettings, child_worker_process, run_worker_process
 from fetchq.errors import ExitCode, FetchqError, ServerUnreachable
 from fetchq.messages import error
@@ -54,10 +63,16 @@ class Supervisor:
     error is not.  Children stop by themselves if this process dies."""
 
     def __init__(
-        self, address: config.Address, authkey: bytes, settings: WorkerSettings, count: int
+        self,
+        address: config.Address,
+        authkey: bytes,
+        settings: WorkerSettings,
+        count: int,
+        tls_settings: tls.ClientTLS | None = None,
     ) -> None:
         self.address = address
         self.authkey = authkey
+        self.tls = tls_settings
         self.settings = settings
         self.count = count
         self._context = multiprocessing.get_context("spawn")
@@ -96,7 +111,7 @@ class Supervisor:
     def _start(self, slot: int) -> multiprocessing.process.BaseProcess:
         child = self._context.Process(
             target=_child_main,
-            args=(self.address, self.authkey, self.settings),
+            args=(self.address, self.authkey, self.settings, self.tls),
             name=f"fetchq-worker-{slot}",
         )
         child.start()
@@ -144,11 +159,16 @@ def _death(child: multiprocessing.process.BaseProcess) -> str:
     return f"exited with code {code}"
 
 
-def _child_main(address: config.Address, authkey: bytes, settings: WorkerSettings) -> None:
+def _child_main(
+    address: config.Address,
+    authkey: bytes,
+    settings: WorkerSettings,
+    tls_settings: tls.ClientTLS | None = None,
+) -> None:
     """A child's entry point: a fetchq error is one line and its exit code, as in
     a lone worker, not the traceback multiprocessing would print."""
     try:
-        child_worker_process(address, authkey, settings)
+        child_worker_process(address, authkey, settings, tls_settings)
     except FetchqError as exc:
         error(exc.message)
         sys.exit(exc.exit_code)
@@ -164,11 +184,15 @@ def _signal_all(children: Sequence[multiprocessing.process.BaseProcess]) -> bool
     return True
 
 
-def check_server(address: config.Address, authkey: bytes) -> None:
+def check_server(
+    address: config.Address, authkey: bytes, tls_settings: tls.ClientTLS | None = None
+) -> None:
     """Log in once before starting children: a wrong key or another version is
     said once, not once per process.  Waits for a server that is not up yet."""
     stop = StopRequest().install()
-    client = ResilientClient(address, authkey, give_up_after=None, first_give_up=None, stop=stop)
+    client = ResilientClient(
+        address, authkey, tls_settings, give_up_after=None, first_give_up=None, stop=stop
+    )
     try:
         client.connect()
     except ServerUnreachable:
@@ -210,10 +234,14 @@ def worker(
     ] = defaults.CALL_TIMEOUT,
     server: ServerOption = None,
     authkey_file: AuthkeyFileOption = None,
+    tls_ca: TlsCaOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
 ) -> None:
     """Fetch tasks until stopped (or, with --burst, until the queue is empty)."""
     address = config.server_address(server)
     key = config.client_authkey(authkey_file)
+    tls_settings = tls.client_tls(tls_ca, tls_cert, tls_key)
     settings = WorkerSettings(
         concurrency=concurrency,
         prefetch=prefetch,
@@ -225,10 +253,10 @@ def worker(
         pin=pin,
     )
     if processes == 1:
-        code = run_worker_process(address, key.key, settings)
+        code = run_worker_process(address, key.key, settings, tls_settings)
     else:
-        check_server(address, key.key)
-        code = Supervisor(address, key.key, settings, processes).run()
+        check_server(address, key.key, tls_settings)
+        code = Supervisor(address, key.key, settings, processes, tls_settings).run()
     raise typer.Exit(code)
 
 

@@ -26,12 +26,12 @@ MEMORY_TEMPLATE = "http://127.0.0.1:9/item?id={i}"
 """URLs of about 33 characters, as bench/server_memory.py uses; nothing fetches them."""
 
 
-def dispatch(procs: Processes, count: int) -> dict[str, Any]:
+def dispatch(procs: Processes, count: int, wire: str = "json") -> dict[str, Any]:
     """``fetchq dispatch --template --count`` into a fresh server with no workers.
 
     Also gives the server's memory per queued task (RSS after minus before)
     and the dispatcher's start-up time (a one-URL dispatch after it)."""
-    fq = Fetchq(procs)
+    fq = Fetchq(procs, wire)
     with fq.server() as (address, server):
         time.sleep(0.2)  # let the server settle before its empty size is read
         before = rss_bytes(server.pid)
@@ -62,12 +62,12 @@ def dispatch(procs: Processes, count: int) -> dict[str, Any]:
 
 
 def workers(
-    procs: Processes, url: str, count: int, *, processes: int, concurrency: int
+    procs: Processes, url: str, count: int, *, processes: int, concurrency: int, wire: str = "json"
 ) -> dict[str, Any]:
     """``count`` tasks queued in a real server, then ``fetchq worker --burst`` and
     ``fetchq output --until-done --format none``: from the worker's launch to
     the moment output has collected every result."""
-    fq = Fetchq(procs)
+    fq = Fetchq(procs, wire)
     with fq.server() as (address, server):
         template = url + "/?q={i}"
         fq.run(address, "dispatch", "--template", template, "--count", str(count), "--job", "w")
@@ -142,7 +142,9 @@ SAMPLE_EVERY = 0.05
 
 def _watch(output: Child, address: str, fq: Fetchq, timeout: float) -> Progress:
     """Wait for ``output`` to exit, sampling the job's progress on the server."""
-    client = BrokerClient(parse_address(address), fq.env["FETCHQ_AUTHKEY"].encode())
+    client = BrokerClient(
+        parse_address(address), fq.env["FETCHQ_AUTHKEY"].encode(), fq.client_tls()
+    )
     samples: list[tuple[float, int]] = []
     deadline = time.monotonic() + timeout
     next_sample = 0.0
@@ -183,6 +185,21 @@ def inprocess(procs: Processes, url: str, count: int, *, concurrency: int) -> di
         "first_result_s": report["first_result_at"] - launched,
         "worker_cpu_per_request_us": report["cpu"] / count * 1e6,
     }
+
+
+def calls(procs: Processes, wire: str, seconds: float) -> dict[str, Any]:
+    """Logins/s and calls/s of one client (bench/call_rate.py) against a fresh server."""
+    fq = Fetchq(procs, wire)
+    with fq.server() as (address, _):
+        env = dict(fq.env, FETCHQ_SERVER=address)
+        command = [PYTHON, str(BENCH_DIR / "call_rate.py"), address, str(seconds)]
+        child = procs.start(f"call-rate-{wire}", command, env=env)
+        try:
+            child.wait_ok(timeout=2 * seconds + 60)
+            figures = json.loads(child.log.read_text().strip().splitlines()[-1])
+        finally:
+            procs.stop(child)
+    return {**figures, "rate": figures["calls_per_s"]}
 
 
 def _status(fq: Fetchq, address: str) -> dict[str, Any]:

@@ -208,16 +208,55 @@ def wait_for_log(child: Child, pattern: str, timeout: float = 20.0) -> re.Match[
     raise BenchError(f"{child.name}: no {pattern!r} in its output\n{child.tail()}")
 
 
-class Fetchq:
-    """Runs fetchq's programs as a user would: ``python -m fetchq ...`` with a fresh key."""
+WIRES = ("json", "pickle", "tls")
+"""How a variant's clients talk to its server: fetchq's JSON wire; the classic pickle
+wire through the stdlib's own Connection, as before protocol 3 (the baseline); or
+JSON inside mutual TLS."""
 
-    def __init__(self, procs: Processes) -> None:
+
+class Fetchq:
+    """Runs fetchq's programs as a user would: ``python -m fetchq ...`` with a fresh key,
+    over the given ``wire``."""
+
+    def __init__(self, procs: Processes, wire: str = "json") -> None:
+        assert wire in WIRES, wire
         self.procs = procs
+        self.wire = wire
         config_home = procs.folder / "config"
         config_home.mkdir(exist_ok=True)
         self.env = child_env(
             FETCHQ_AUTHKEY=secrets.token_urlsafe(24), XDG_CONFIG_HOME=str(config_home)
         )
+        self.server_args: list[str] = []
+        if wire == "pickle":
+            self.env["PYTHONPATH"] = str(BENCH_DIR / "pickle_wire")
+            self.server_args = ["--allow-pickle"]
+        elif wire == "tls":
+            folder = procs.folder / "tls"
+            if not folder.exists():
+                init = subprocess.run(
+                    [PYTHON, "-m", "fetchq", "tls", "init", str(folder), "--host", "127.0.0.1"],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    env=self.env,
+                )
+                if init.returncode:
+                    raise BenchError(f"fetchq tls init failed: {init.stderr.strip()}")
+            self.env.update(
+                FETCHQ_TLS_CA=str(folder / "ca.pem"),
+                FETCHQ_TLS_CERT=str(folder / "client.pem"),
+                FETCHQ_TLS_KEY=str(folder / "client.key"),
+            )
+            self.server_args = [
+                *(
+                    "--tls-cert",
+                    str(folder / "server.pem"),
+                    "--tls-key",
+                    str(folder / "server.key"),
+                ),
+                *("--tls-ca", str(folder / "ca.pem")),
+            ]
 
     def command(self, *args: str) -> list[str]:
         return [PYTHON, "-m", "fetchq", *args]
@@ -231,7 +270,7 @@ class Fetchq:
     @contextlib.contextmanager
     def server(self, *args: str) -> Iterator[tuple[str, Child]]:
         """A running ``fetchq server`` on a free loopback port: (address, process)."""
-        child = self.start("fetchq-server", "server", "--port", "0", *args)
+        child = self.start("fetchq-server", "server", "--port", "0", *self.server_args, *args)
         try:
             address = wait_for_log(child, r"listening on (\S+)").group(1)
             yield address, child
@@ -245,6 +284,16 @@ class Fetchq:
             return child.wait_ok(timeout)
         finally:
             self.procs.stop(child)
+
+    def client_tls(self) -> Any:
+        """The TLS settings for an in-process client of this variant's server."""
+        from fetchq.tls import ClientTLS
+
+        if self.wire != "tls":
+            return None
+        return ClientTLS(
+            self.env["FETCHQ_TLS_CA"], self.env["FETCHQ_TLS_CERT"], self.env["FETCHQ_TLS_KEY"]
+        )
 
 
 def tool_version(command: Sequence[str], pattern: str = r"(\d+(?:\.\d+)+)") -> str | None:

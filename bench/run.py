@@ -11,15 +11,20 @@ included.
 
 - target: nginx with the bench's own config when ``nginx`` is installed,
   else ``python -m fetchq.target`` in its own process
-- dispatch: ``fetchq dispatch --template --count N`` into a running server
-  vs the classic tutorial transport (one ``put()`` per URL); the server's
-  memory per queued task is read from the same runs
-- workers: N tasks queued, then ``fetchq worker --burst`` (1 and 2 processes)
-  and ``fetchq output --until-done --format none``, launch to last result;
+- dispatch: ``fetchq dispatch --template --count N`` into a running server,
+  over the JSON wire, over the pickle wire fetchq spoke before protocol 3
+  (the baseline: bench/pickle_wire/), and inside mutual TLS; vs the classic
+  tutorial transport (one ``put()`` per URL); the server's memory per queued
+  task is read from the same runs
+- workers: N tasks queued, then ``fetchq worker --burst`` (1 and 2 processes,
+  JSON and pickle wire) and ``fetchq output --until-done --format none``,
+  launch to last result;
   the same engine fed from an in-process list (the broker's cost); Locust
   ``HttpUser`` (1 and 2 processes) and ``FastHttpUser``; wrk and hey
 - peers: the same GET job through RQ (``SimpleWorker``) and Celery (threads
   pool) on a redis-server of the bench's own
+- wire: one client's logins/s and calls/s (``queued()``, one round trip
+  each) over JSON, pickle and mutual TLS (bench/call_rate.py)
 - cpu: CPU per GET on one thread through fetchq's ``Fetcher``, requests'
   ``Session.get`` (Locust's ``HttpUser``), requests' urllib3 pool and bare
   ``http.client`` (bench/fetch_cpu.py): where a worker's CPU goes
@@ -49,7 +54,7 @@ import peer_queues
 import report
 from harness import BENCH_DIR, PYTHON, BenchError, Processes, say
 
-CASES = ("dispatch", "workers", "peers", "cpu")
+CASES = ("dispatch", "workers", "wire", "peers", "cpu")
 
 
 @dataclass(frozen=True)
@@ -66,13 +71,15 @@ class Sizes:
     """GETs per client in the one-thread CPU case."""
     locust_seconds: float
     tool_seconds: float
+    call_seconds: float
+    """Seconds of logins, then of calls, per wire in the wire case."""
     concurrency: int
     """Fetch threads per fetchq worker process, Locust users per process,
     Celery threads; wrk/hey connections are twice this."""
 
 
-FULL = Sizes(1_000_000, 20_000, 30_000, 5_000, 10_000, 10.0, 5.0, 16)
-QUICK = Sizes(200_000, 5_000, 5_000, 500, 2_000, 3.0, 2.0, 16)
+FULL = Sizes(1_000_000, 20_000, 30_000, 5_000, 10_000, 10.0, 5.0, 3.0, 16)
+QUICK = Sizes(200_000, 5_000, 5_000, 500, 2_000, 3.0, 2.0, 1.0, 16)
 
 
 class Bench:
@@ -116,6 +123,11 @@ class Bench:
         variants = [
             ("fetchq dispatch", lambda: fetchq_runs.dispatch(self.procs, s.dispatch)),
             (
+                "fetchq dispatch, pickle wire",
+                lambda: fetchq_runs.dispatch(self.procs, s.dispatch, "pickle"),
+            ),
+            ("fetchq dispatch, TLS", lambda: fetchq_runs.dispatch(self.procs, s.dispatch, "tls")),
+            (
                 "classic put()",
                 lambda: peer_classic.put_rate(self.procs, fetchq_runs.MEMORY_TEMPLATE, s.classic),
             ),
@@ -135,6 +147,18 @@ class Bench:
                 "fetchq 2 processes",
                 lambda: fetchq_runs.workers(
                     self.procs, url, s.worker, processes=2, concurrency=s.concurrency
+                ),
+            ),
+            (
+                "fetchq 1 process, pickle wire",
+                lambda: fetchq_runs.workers(
+                    self.procs, url, s.worker, processes=1, concurrency=s.concurrency, wire="pickle"
+                ),
+            ),
+            (
+                "fetchq 2 processes, pickle wire",
+                lambda: fetchq_runs.workers(
+                    self.procs, url, s.worker, processes=2, concurrency=s.concurrency, wire="pickle"
                 ),
             ),
             (
@@ -177,6 +201,14 @@ class Bench:
             connections=2 * s.concurrency,
             seconds=s.tool_seconds,
         )
+
+    def wire(self, repeat: int) -> None:
+        seconds = self.sizes.call_seconds
+        variants = [
+            (f"calls, {wire}", lambda wire=wire: fetchq_runs.calls(self.procs, wire, seconds))
+            for wire in ("json", "pickle", "tls")
+        ]
+        self.measure("wire", variants, repeat)
 
     def peers(self, repeat: int) -> None:
         s, url = self.sizes, self.target.url

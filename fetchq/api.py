@@ -20,7 +20,8 @@ PROTOCOL = 3
 
 2: counters renamed (one meaning per name), leases renewed with the results
 that report them, ``results`` replies ``complete``.
-3: scheduled starts, robots.txt tasks, Retry-After, steering jobs."""
+3: scheduled starts, robots.txt tasks, Retry-After, steering jobs; JSON on the wire
+instead of pickle (docs/PROTOCOL.md), errors as data."""
 
 METHODS = (
     "hello",
@@ -47,6 +48,23 @@ MAX_LEASE = 10_000
 
 MAX_WAIT = 30.0
 """Longest a call may wait on the server (clients wait a little longer for a reply)."""
+
+MAX_FRAME = 64 << 20
+"""Bytes in one frame either side will read: larger ones are refused unread.
+
+A submit of 10,000 URLs is about 0.4 MB; the dispatcher also cuts its batches
+at ``MAX_SUBMIT_BYTES`` so that the longest URLs still fit."""
+
+MAX_SUBMIT_BYTES = 8 << 20
+"""URL characters a dispatcher puts in one submit: even at four UTF-8 bytes each,
+well inside ``MAX_FRAME``."""
+
+MAX_DEPTH = 32
+"""Deepest nesting of arrays and objects a frame may have (a request needs 4)."""
+
+MAX_INTEGER = (1 << 63) - 1
+"""Largest integer magnitude on the wire; task ids stay below 2**53, exact in
+every language's JSON."""
 
 MAX_JOB_NAME = 200
 

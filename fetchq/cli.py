@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str, str | None]] = {
     "job": ("fetchq.steer", "app", "HELP"),
     "report": ("fetchq.report", "report", None),
     "demo": ("fetchq.demo", "demo", None),
+    "tls": ("fetchq.tlsinit", "app", None),
 }
 """Subcommand -> (module, function or Typer group, the module's help text or None for the
 docstring)."""

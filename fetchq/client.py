@@ -1,7 +1,7 @@
 """Calling the broker from a client process, and waiting for it through outages.
 
-Clients use a stock ``BaseManager`` proxy over fetchq's transport; nothing
-here loads server code.
+Clients use a stock ``BaseManager`` proxy over fetchq's transport (JSON
+frames, TLS when configured); nothing here loads server code.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from fetchq.api import METHODS, PROTOCOL
 from fetchq.config import Address
 from fetchq.errors import FetchqError, ServerUnreachable, StorageFailed
 from fetchq.messages import StatusLine
-from fetchq.transport import SERIALIZER, TRANSPORT_ERRORS, transport_error
+from fetchq.tls import ClientTLS
+from fetchq.transport import TRANSPORT_ERRORS, client_serializer, transport_error
 
 
 class _ClientManager(managers.BaseManager):
@@ -36,10 +37,16 @@ class BrokerClient:
     thread its own connection to the server."""
 
     def __init__(
-        self, address: Address, authkey: bytes, *, introduce: dict[str, Any] | None = None
+        self,
+        address: Address,
+        authkey: bytes,
+        tls: ClientTLS | None = None,
+        *,
+        introduce: dict[str, Any] | None = None,
     ) -> None:
         self.address = address
         self._authkey = authkey
+        self.tls = tls
         self._introduce = introduce or {}
         """What this client tells the server about itself (a worker: its name and threads)."""
         self._proxy: Any = None
@@ -51,8 +58,9 @@ class BrokerClient:
     def connect(self) -> dict[str, Any]:
         """Log in and check versions; returns what the server said about itself."""
         try:
+            serializer = client_serializer(self.tls.context() if self.tls else None)
             manager: Any = _ClientManager(
-                address=self.address.as_tuple(), authkey=self._authkey, serializer=SERIALIZER
+                address=self.address.as_tuple(), authkey=self._authkey, serializer=serializer
             )
             manager.connect()
             proxy = manager.broker()
@@ -130,6 +138,7 @@ class ResilientClient(BrokerClient):
         self,
         address: Address,
         authkey: bytes,
+        tls: ClientTLS | None = None,
         *,
         give_up_after: float | None = defaults.GIVE_UP_AFTER,
         first_give_up: float | None = defaults.FIRST_CONNECT_GIVE_UP,
@@ -137,7 +146,7 @@ class ResilientClient(BrokerClient):
         notice: StatusLine | None = None,
         introduce: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(address, authkey, introduce=introduce)
+        super().__init__(address, authkey, tls, introduce=introduce)
         self.give_up_after = give_up_after
         self.first_give_up = first_give_up
         self.stop: Stopper = stop or threading.Event()

@@ -12,7 +12,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from fetchq import config
+from fetchq import config, tls
 from fetchq.errors import ExitCode, FetchqError
 from fetchq.messages import error, say
 
@@ -20,6 +20,9 @@ __all__ = [
     "AuthkeyFileOption",
     "GiveUpOption",
     "ServerOption",
+    "TlsCaOption",
+    "TlsCertOption",
+    "TlsKeyOption",
     "make_app",
     "reports_errors",
     "run_alone",
@@ -45,6 +48,31 @@ AuthkeyFileOption = Annotated[
             f"File holding the server's key [else ${config.ENV_AUTHKEY}, "
             f"then ${config.ENV_AUTHKEY_FILE}, then {config.default_key_path()}]"
         ),
+        show_default=False,
+    ),
+]
+
+TlsCaOption = Annotated[
+    str | None,
+    typer.Option(
+        "--tls-ca",
+        help=f"Use TLS, trusting a server certificate this CA signed [env: {tls.ENV_TLS_CA}]",
+        show_default=False,
+    ),
+]
+TlsCertOption = Annotated[
+    str | None,
+    typer.Option(
+        "--tls-cert",
+        help=f"Client certificate, for a server that asks for one [env: {tls.ENV_TLS_CERT}]",
+        show_default=False,
+    ),
+]
+TlsKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--tls-key",
+        help=f"The client certificate's private key [env: {tls.ENV_TLS_KEY}]",
         show_default=False,
     ),
 ]

@@ -29,6 +29,7 @@ from fetchq.fetch import Fetcher
 from fetchq.messages import say
 from fetchq.records import ROBOTS, worker_identity
 from fetchq.signals import StopRequest
+from fetchq.tls import ClientTLS
 from fetchq.transport import set_call_timeout
 
 
@@ -315,7 +316,9 @@ class WorkerEngine:
                 self._held.pop(task["id"], None)
 
 
-def run_worker_process(address: Address, authkey: bytes, settings: WorkerSettings) -> int:
+def run_worker_process(
+    address: Address, authkey: bytes, settings: WorkerSettings, tls: ClientTLS | None = None
+) -> int:
     """One worker process from start to exit: connect, work, drain, report."""
     stop = StopRequest().install()
     identity = worker_identity()
@@ -327,6 +330,7 @@ def run_worker_process(address: Address, authkey: bytes, settings: WorkerSetting
         return ResilientClient(
             address,
             authkey,
+            tls,
             give_up_after=None,
             first_give_up=None,
             stop=stopper,
@@ -342,7 +346,9 @@ def run_worker_process(address: Address, authkey: bytes, settings: WorkerSetting
     return 0
 
 
-def child_worker_process(address: Address, authkey: bytes, settings: WorkerSettings) -> None:
+def child_worker_process(
+    address: Address, authkey: bytes, settings: WorkerSettings, tls: ClientTLS | None = None
+) -> None:
     """Entry point of a worker started by ``--processes``: a spawned child.
 
     It leaves the terminal's process group (the parent forwards signals, so a
@@ -351,7 +357,7 @@ def child_worker_process(address: Address, authkey: bytes, settings: WorkerSetti
     parent = os.getppid()
     watcher = threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True)
     watcher.start()
-    sys.exit(run_worker_process(address, authkey, settings))
+    sys.exit(run_worker_process(address, authkey, settings, tls))
 
 
 def _exit_with_parent(parent: int) -> None:

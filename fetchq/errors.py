@@ -1,8 +1,9 @@
 """fetchq's own errors, each with the exit code a script can rely on.
 
 Everything a user can cause ends as one of these; the command line prints the
-message on one line and exits with ``exit_code``.  They pickle cleanly, so the
-broker may raise them across the wire.
+message on one line and exits with ``exit_code``.  On the wire an error is data,
+a name and a message (``to_wire``); the receiving side turns a known name back
+into its class and any other into a plain ``FetchqError`` (``from_wire``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ class ExitCode:
     NO_AUTHKEY = 6
     ADDRESS_IN_USE = 7
     VERSION_MISMATCH = 8
+    TLS_FAILED = 9
     INTERRUPTED = 130
 
 
@@ -88,3 +90,42 @@ class AddressInUse(FetchqError):
 
 class BadRequest(FetchqError):
     """A broker call with malformed arguments; the server keeps serving."""
+
+
+class TLSFailed(FetchqError):
+    """TLS on one side only, or a certificate the other side does not accept."""
+
+    exit_code = ExitCode.TLS_FAILED
+
+
+MAX_WIRE_MESSAGE = 1000
+"""Characters of an error message sent over the wire: a reply stays small."""
+
+
+def to_wire(exc: BaseException) -> dict[str, str]:
+    """An error as it crosses the wire: ``{"name": ..., "message": ...}``."""
+    message = exc.message if isinstance(exc, FetchqError) else str(exc)
+    if len(message) > MAX_WIRE_MESSAGE:
+        message = message[: MAX_WIRE_MESSAGE - 3] + "..."
+    return {"name": type(exc).__name__, "message": message}
+
+
+def _known() -> dict[str, type[FetchqError]]:
+    found: dict[str, type[FetchqError]] = {}
+    todo: list[type[FetchqError]] = [FetchqError]
+    while todo:
+        cls = todo.pop()
+        found[cls.__name__] = cls
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+def from_wire(data: object) -> FetchqError:
+    """The error a reply carried: fetchq's own class for a name it knows, else FetchqError."""
+    if not isinstance(data, dict):
+        return FetchqError(f"the server failed without saying why: {str(data)[:200]}")
+    name, message = str(data.get("name", "")), str(data.get("message", ""))
+    cls = _known().get(name)
+    if cls is None:
+        return FetchqError(f"the server failed: {name}: {message}" if name else message)
+    return cls(message)

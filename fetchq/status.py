@@ -10,9 +10,16 @@ from typing import Annotated, Any
 
 import typer
 
-from fetchq import config
+from fetchq import config, tls
 from fetchq.client import BrokerClient
-from fetchq.commandline import AuthkeyFileOption, ServerOption, reports_errors
+from fetchq.commandline import (
+    AuthkeyFileOption,
+    ServerOption,
+    TlsCaOption,
+    TlsCertOption,
+    TlsKeyOption,
+    reports_errors,
+)
 from fetchq.errors import UsageError
 from fetchq.units import format_duration, format_rate
 
@@ -119,6 +126,9 @@ def status(
     ] = False,
     server: ServerOption = None,
     authkey_file: AuthkeyFileOption = None,
+    tls_ca: TlsCaOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
 ) -> None:
     """Show queue depths per job, leased tasks and the workers seen.
 
@@ -128,7 +138,7 @@ def status(
         raise UsageError("--watch draws for a person; --json gives one snapshot for scripts")
     address = config.server_address(server)
     key = config.client_authkey(authkey_file)
-    client = BrokerClient(address, key.key)
+    client = BrokerClient(address, key.key, tls.client_tls(tls_ca, tls_cert, tls_key))
     client.connect()
     if watch:
         from fetchq.watch import watch as watch_status  # rich's Live only when watching

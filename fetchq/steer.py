@@ -10,9 +10,17 @@ from typing import Annotated, Any
 
 import typer
 
-from fetchq import config
+from fetchq import config, tls
 from fetchq.client import BrokerClient
-from fetchq.commandline import AuthkeyFileOption, ServerOption, make_app, reports_errors
+from fetchq.commandline import (
+    AuthkeyFileOption,
+    ServerOption,
+    TlsCaOption,
+    TlsCertOption,
+    TlsKeyOption,
+    make_app,
+    reports_errors,
+)
 from fetchq.errors import UsageError
 from fetchq.pace import parse_duration, parse_rate
 from fetchq.units import format_rate
@@ -24,9 +32,18 @@ app = make_app(HELP)
 JobArgument = Annotated[str, typer.Argument(help="The job's name")]
 
 
-def _connect(server: str | None, authkey_file: str | None) -> BrokerClient:
+Link = tuple[str | None, str | None, str | None, str | None, str | None]
+"""The connection options every subcommand takes: server, key file, TLS CA, cert, key."""
+
+
+def _connect(link: Link) -> BrokerClient:
     """Like ``status``: a server that is not there is said at once."""
-    client = BrokerClient(config.server_address(server), config.client_authkey(authkey_file).key)
+    server, authkey_file, tls_ca, tls_cert, tls_key = link
+    client = BrokerClient(
+        config.server_address(server),
+        config.client_authkey(authkey_file).key,
+        tls.client_tls(tls_ca, tls_cert, tls_key),
+    )
     client.connect()
     return client
 
@@ -92,14 +109,18 @@ def list_jobs(
     as_json: Annotated[bool, typer.Option("--json", help="Print the jobs as JSON")] = False,
     server: ServerOption = None,
     authkey_file: AuthkeyFileOption = None,
+    tls_ca: TlsCaOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
 ) -> None:
     """Each job's state, counts, target and achieved rate, and limits."""
-    jobs = _connect(server, authkey_file).call("status")["jobs"]
+    link = (server, authkey_file, tls_ca, tls_cert, tls_key)
+    jobs = _connect(link).call("status")["jobs"]
     print(json.dumps(jobs, indent=2) if as_json else render_jobs(jobs))
 
 
-def _steer(server: str | None, authkey_file: str | None, job: str, change: dict[str, Any]) -> None:
-    view = _connect(server, authkey_file).call("control", job, change)
+def _steer(link: Link, job: str, change: dict[str, Any]) -> None:
+    view = _connect(link).call("control", job, change)
     print(
         f"job {job}: {view['state']}, rate {format_rate(view['policy']['rate'])}, "
         f"limits {limits_text(view['policy'])}"
@@ -109,28 +130,43 @@ def _steer(server: str | None, authkey_file: str | None, job: str, change: dict[
 @app.command()
 @reports_errors
 def pause(
-    job: JobArgument, server: ServerOption = None, authkey_file: AuthkeyFileOption = None
+    job: JobArgument,
+    server: ServerOption = None,
+    authkey_file: AuthkeyFileOption = None,
+    tls_ca: TlsCaOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
 ) -> None:
     """Hand out no more tasks of the job; requests already running finish."""
-    _steer(server, authkey_file, job, {"action": "pause"})
+    _steer((server, authkey_file, tls_ca, tls_cert, tls_key), job, {"action": "pause"})
 
 
 @app.command()
 @reports_errors
 def resume(
-    job: JobArgument, server: ServerOption = None, authkey_file: AuthkeyFileOption = None
+    job: JobArgument,
+    server: ServerOption = None,
+    authkey_file: AuthkeyFileOption = None,
+    tls_ca: TlsCaOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
 ) -> None:
     """Hand out the job's tasks again (its rate starts afresh)."""
-    _steer(server, authkey_file, job, {"action": "resume"})
+    _steer((server, authkey_file, tls_ca, tls_cert, tls_key), job, {"action": "resume"})
 
 
 @app.command()
 @reports_errors
 def cancel(
-    job: JobArgument, server: ServerOption = None, authkey_file: AuthkeyFileOption = None
+    job: JobArgument,
+    server: ServerOption = None,
+    authkey_file: AuthkeyFileOption = None,
+    tls_ca: TlsCaOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
 ) -> None:
     """End the job's queued tasks as results of type cancelled; running ones finish."""
-    _steer(server, authkey_file, job, {"action": "cancel"})
+    _steer((server, authkey_file, tls_ca, tls_cert, tls_key), job, {"action": "cancel"})
 
 
 @app.command("set")
@@ -148,6 +184,9 @@ def set_limits(
     ] = None,
     server: ServerOption = None,
     authkey_file: AuthkeyFileOption = None,
+    tls_ca: TlsCaOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
 ) -> None:
     """Change the job's rate and host limits while it runs."""
     change: dict[str, Any] = {"action": "set"}
@@ -159,7 +198,7 @@ def set_limits(
         change["host_delay"] = 0.0 if host_delay.strip() == "0" else parse_duration(host_delay)
     if len(change) == 1:
         raise UsageError("nothing to set: give --rate, --per-host or --host-delay")
-    _steer(server, authkey_file, job, change)
+    _steer((server, authkey_file, tls_ca, tls_cert, tls_key), job, change)
 
 
 if __name__ == "__main__":

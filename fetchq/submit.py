@@ -2,17 +2,63 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from fetchq import defaults
+from fetchq.api import MAX_SUBMIT_BYTES
 from fetchq.client import BrokerClient
+
+SIZE_CHECK_EVERY = 256
+"""URLs added between two looks at a batch's size: a look per URL would cost the
+dispatcher a tenth of its time, and 256 URLs of at most 8,192 characters stay
+far inside the gap between MAX_SUBMIT_BYTES and the frame limit."""
 
 
 def new_job_name() -> str:
     return time.strftime("job-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+class _Sender(threading.Thread):
+    """Sends one batch at a time on a thread of its own, so that the dispatcher builds
+    the next batch (reading, checking, encoding URLs) while the server takes this one."""
+
+    def __init__(self, send: Callable[[dict[str, Any]], None]) -> None:
+        super().__init__(name="fetchq-submit", daemon=True)
+        self._send = send
+        self._requests: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._failure: BaseException | None = None
+
+    def run(self) -> None:
+        while (request := self._requests.get()) is not None:
+            try:
+                self._send(request)
+            except BaseException as exc:  # handed to the caller at its next wait
+                self._failure = exc
+            finally:
+                self._idle.set()
+
+    def send(self, request: dict[str, Any]) -> None:
+        self.wait()
+        self._idle.clear()
+        self._requests.put(request)
+
+    def wait(self) -> None:
+        """Until the batch in flight is taken; its failure, if any, is raised here."""
+        while not self._idle.wait(0.1):  # short waits: a Ctrl-C is seen at once
+            pass
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
+
+    def close(self) -> None:
+        self._requests.put(None)
 
 
 class Submitter:
@@ -20,9 +66,14 @@ class Submitter:
 
     Every batch carries an id made of a per-run random part and a sequence
     number, so a batch re-sent after a lost reply is recognised by the server.
-    A full server queue makes ``add`` wait (calling ``on_full``) instead of
-    growing the server without bound; ``on_accepted`` hears of each batch the
-    server took, so a progress display moves once a batch, not once a URL."""
+    One batch is in flight while the next is built (``_Sender``); the caller
+    hears of a batch's failure when it hands over the next one, or at
+    ``finish``.  A full server queue makes the sending wait (calling
+    ``on_full``) instead of growing the server without bound; ``on_accepted``
+    hears of each batch the server took, so a progress display moves once a
+    batch, not once a URL.  A batch is also sent early once its URLs reach
+    MAX_SUBMIT_BYTES, so that long URLs never make a frame the server
+    refuses."""
 
     def __init__(
         self,
@@ -49,13 +100,24 @@ class Submitter:
         """The job's pace and politeness (rate, per_host, ...): sent with the first batch
         only, so that a later ``fetchq job set`` is not undone by this run."""
         self._batch: list[str] = []
+        self._size = 0
+        """Characters in the batch's URLs, up to ``self._measured`` of them."""
+        self._measured = 0
+        self._next_look = min(batch_size, SIZE_CHECK_EVERY)
         self._run_id = uuid.uuid4().hex
         self._sequence = 0
+        self._sender: _Sender | None = None
 
     def add(self, url: str) -> None:
-        self._batch.append(url)
-        if len(self._batch) >= self.batch_size:
-            self.flush()
+        batch = self._batch
+        batch.append(url)
+        if len(batch) >= self._next_look:
+            self._size += sum(map(len, batch[self._measured :]))
+            self._measured = len(batch)
+            if len(batch) >= self.batch_size or self._size >= MAX_SUBMIT_BYTES:
+                self.flush()
+            else:
+                self._next_look = min(self.batch_size, len(batch) + SIZE_CHECK_EVERY)
 
     def flush(self) -> None:
         if not self._batch and not self._policy:
@@ -71,6 +133,15 @@ class Submitter:
             **self._policy,
         }
         self._policy = {}
+        self._batch = []
+        self._size = self._measured = 0
+        self._next_look = min(self.batch_size, SIZE_CHECK_EVERY)
+        if self._sender is None:
+            self._sender = _Sender(self._send)
+            self._sender.start()
+        self._sender.send(request)
+
+    def _send(self, request: dict[str, Any]) -> None:
         while True:
             reply = self.client.call("submit", request)
             if reply.get("accepted") or not reply.get("full"):
@@ -78,7 +149,6 @@ class Submitter:
             if self.on_full is not None:
                 self.on_full(int(reply.get("queued", 0)))
         self.accepted += int(reply.get("accepted", 0))
-        self._batch = []
         if self.on_accepted is not None:
             self.on_accepted(self.accepted)
 
@@ -86,4 +156,8 @@ class Submitter:
         """Send what is left (the policy too, for a job with no URLs) and tell the server
         the job is complete."""
         self.flush()
+        if self._sender is not None:
+            self._sender.wait()
+            self._sender.close()
+            self._sender = None
         self.client.call("finish", self.job)

@@ -1,82 +1,540 @@
 """The connection under the manager protocol, as both sides open it.
 
 The stdlib's ``multiprocessing.managers`` picks its listener and client by
-serializer name; fetchq registers its own under ``SERIALIZER``: the stock
-pickle frames over sockets with TCP_NODELAY, keepalive, a timeout on every
-step of opening a connection, and a listen backlog big enough for a fleet
-connecting at once.  Failures of the transport become fetchq's own errors
-here, one line each naming the address and what to check.
+serializer name (``listener_client``); fetchq registers its own, in the way
+the stdlib's ``xmlrpclib`` entry does: the manager's messages keep their
+shapes, a request ``[ident, method, args, kwargs]`` and a reply ``[kind,
+result]``, but each frame is JSON, so nothing that arrives is ever unpickled
+and any language can take part (docs/PROTOCOL.md describes every byte).
+
+A ``Connection`` carries the stdlib's frames (a 4-byte big-endian length,
+or -1 and an 8-byte length for large ones) over a plain or a TLS socket;
+every wait on it is a socket timeout, which bounds TLS reads too.  The
+server decides each connection's codec from its first frame after the
+login: JSON (``[`` or ``{``), or pickle (byte 0x80), which it reads only
+when started with ``--allow-pickle``.  Failures of the transport become
+fetchq's own errors here, one line each naming the address and what to check.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
+import json
+import math
+import pickle
+import re
 import socket
+import ssl
 import struct
-from multiprocessing import AuthenticationError, connection, managers
-from typing import Any
+from multiprocessing import AuthenticationError, managers
+from multiprocessing.reduction import ForkingPickler
+from typing import Any, Protocol
 
-from fetchq import defaults
+from fetchq import defaults, login, tls
+from fetchq.api import MAX_DEPTH, MAX_FRAME, MAX_INTEGER
 from fetchq.config import Address
-from fetchq.errors import AuthFailed, FetchqError, ServerUnreachable
+from fetchq.errors import (
+    AuthFailed,
+    FetchqError,
+    ServerUnreachable,
+    TLSFailed,
+    VersionMismatch,
+    from_wire,
+    to_wire,
+)
 
 SERIALIZER = "fetchq"
-"""Our name for the stock pickle wire with tuned sockets: the bytes are the same,
-so classic BaseManager clients still talk to a fetchq server."""
+"""The serializer name a plain (non-TLS) fetchq client uses."""
 
-TRANSPORT_ERRORS = (
-    OSError,
-    EOFError,
-    AssertionError,
-    AuthenticationError,
-    managers.RemoteError,
-)
-"""What the manager machinery raises when the connection, not the call, went wrong."""
+PICKLE_OPCODE = 0x80
+"""The first byte of every pickle since protocol 2: how a pickle frame is told apart."""
+
+TLS_RECORD_TYPES = (0x15, 0x16)
+"""First bytes of a TLS alert or handshake record: how TLS is told from a frame length."""
+
+TLS_ALERT_NO_HELLO = b"\x15\x03\x03\x00\x02\x02\x0a"
+"""A fatal TLS alert (unexpected_message): what a TLS server sends a client that
+said nothing.  A plaintext fetchq client reads its first byte as a frame length
+no login allows, and so knows the server wants TLS."""
+
+TLS_HELLO_WAIT = 3.0
+"""Seconds a TLS server waits for a client's hello before taking it for a
+plaintext client waiting for a challenge (which would otherwise wait for ever)."""
+
+_LARGE = -1
+_SMALL_FRAME = 16384
+_RECEIVE = 65536
+"""Bytes asked of the socket per read: a small frame arrives, header and all, in one."""
+_CHUNK = 1 << 20
+"""Most bytes asked per read of a large frame: a length alone reserves nothing."""
 
 
-def set_recv_timeout(sock: socket.socket, seconds: float | None) -> None:
-    """A kernel-level receive timeout: the fd stays blocking, as Connection expects."""
-    whole = int(seconds or 0)
-    micro = int(((seconds or 0) - whole) * 1_000_000)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, micro))
+class WireError(Exception):
+    """A frame this side will not read."""
 
 
-def tune(sock: socket.socket, recv_timeout: float | None) -> None:
+class FrameRefused(WireError):
+    """A frame refused before its body was read: the stream cannot go on."""
+
+    def __init__(self, message: str, header: bytes = b"") -> None:
+        super().__init__(message)
+        self.header = header
+
+
+class BadFrame(WireError):
+    """A whole frame that is not a message this side reads: the stream can go on."""
+
+
+class PickleRefused(WireError):
+    """A pickle arrived and pickle is not allowed here: it was not unpickled."""
+
+
+class Unencodable(WireError):
+    """A reply that cannot be put on the wire as JSON."""
+
+
+class NoReply(TimeoutError):
+    """The peer sent nothing within the connection's timeout."""
+
+
+class PlaintextPeer(WireError):
+    """A client that does not speak TLS connected to a TLS server."""
+
+
+class Codec(Protocol):
+    name: str
+
+    def dumps(self, obj: Any) -> bytes: ...
+
+    def loads(self, frame: bytes) -> Any: ...
+
+
+# -- the JSON codec -------------------------------------------------------------
+
+
+def _encode_other(obj: Any) -> Any:
+    """What JSON has no type for: errors become data, a manager Token a small object."""
+    if isinstance(obj, BaseException):
+        return to_wire(obj)
+    if isinstance(obj, managers.Token):
+        address = list(obj.address) if isinstance(obj.address, tuple) else obj.address
+        return {"typeid": obj.typeid, "address": address, "id": obj.id}
+    if isinstance(obj, set | frozenset):
+        return sorted(obj)
+    raise TypeError(f"a {type(obj).__name__} cannot cross the wire")
+
+
+def _bounded_int(text: str) -> int:
+    value = int(text)
+    if not -MAX_INTEGER <= value <= MAX_INTEGER:
+        raise ValueError(f"integer {text[:20]}... out of range (at most 2**63 - 1)")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} out of range")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+_STRUCTURE = b'[]{}"'
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in _STRUCTURE)
+_EMPTY_PAIR = re.compile(rb"\[\]|\{\}")
+
+
+def too_deep(frame: bytes) -> bool:
+    """Whether ``frame`` nests arrays and objects deeper than MAX_DEPTH.
+
+    Checked on the bytes before parsing, in C-speed passes: a frame with few
+    brackets (a submit of 10,000 URLs has five) is never scanned.  Otherwise
+    escaped backslashes and quotes are dropped (so the quotes left alternate,
+    opening and closing strings), only brackets and quotes are kept, and
+    splitting at the quotes leaves the brackets outside strings at the even
+    places; then innermost ``[]`` and ``{}`` pairs are removed, one level per
+    pass."""
+    if frame.count(b"[") + frame.count(b"{") <= MAX_DEPTH:
+        return False
+    unescaped = frame.replace(b"\\\\", b"").replace(b'\\"', b"")
+    skeleton = b"".join(unescaped.translate(None, _NOT_STRUCTURE).split(b'"')[::2])
+    for _ in range(MAX_DEPTH):
+        skeleton, removed = _EMPTY_PAIR.subn(b"", skeleton)
+        if not skeleton or not removed:
+            return False  # balanced within the limit, or malformed: the parser says so
+    return bool(skeleton)
+
+
+_DIGITS_ONLY = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_LONG_DIGITS = b"0" * len(str(MAX_INTEGER))
+
+
+def _has_long_digits(frame: bytes) -> bool:
+    """A run of digits as long as the largest integer allowed, anywhere (in C)."""
+    return _LONG_DIGITS in frame.translate(_DIGITS_ONLY)
+
+
+class JsonCodec:
+    """JSON in UTF-8 (sent as ASCII), compact, no NaN; when ``strict``, as the server
+    reads what clients send, numbers bounded and nesting at most MAX_DEPTH.
+
+    A client reads the server's replies without those checks: the server sends
+    back only what it accepted, and the checks cost an output reading a
+    million results more than the decoding itself.  Deep nesting still ends
+    in RecursionError, refused like any unreadable frame.
+
+    Both directions call the json module's C encoder and scanner directly: a
+    broker call is a few dozen bytes, and building a Python encoder (or
+    matching whitespace) for each one would cost more than the encoding."""
+
+    name = "json"
+
+    def __init__(self, *, strict: bool = True) -> None:
+        self.strict = strict
+        # ASCII out (other characters as \u escapes): any string can be sent, even one
+        # holding a lone surrogate that arrived as an escape, so no reply is unsendable.
+        encoder = json.JSONEncoder(
+            ensure_ascii=True, allow_nan=False, separators=(",", ":"), default=_encode_other
+        )
+        if strict:
+            self._decoder = json.JSONDecoder(parse_float=_finite_float, parse_constant=_no_constant)
+            self._bounded = json.JSONDecoder(
+                parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant
+            )
+        else:
+            self._decoder = self._bounded = json.JSONDecoder(parse_constant=_no_constant)
+        make = getattr(json.encoder, "c_make_encoder", None)
+        self._encode_chunks: Any = None
+        if make is not None:  # the arguments of iterencode(_one_shot=True), made once
+            self._encode_chunks = make(
+                {},
+                _encode_other,
+                json.encoder.c_encode_basestring_ascii,  # type: ignore[attr-defined]
+                None,
+                ":",
+                ",",
+                False,
+                False,
+                False,
+            )
+        self._encoder = encoder
+
+    def dumps(self, obj: Any) -> bytes:
+        try:
+            if self._encode_chunks is None:
+                return self._encoder.encode(obj).encode("ascii")
+            return "".join(self._encode_chunks(obj, 0)).encode("ascii")
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise Unencodable(f"cannot send as JSON: {exc}") from None
+
+    def loads(self, frame: bytes) -> Any:
+        if frame[:1] == bytes([PICKLE_OPCODE]):
+            raise BadFrame("a pickle: this connection reads JSON only, and nothing is unpickled")
+        if self.strict and too_deep(frame):
+            raise BadFrame(f"nested deeper than {MAX_DEPTH} levels")
+        try:
+            text = frame.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadFrame(f"not UTF-8 text (byte {exc.start})") from None
+        # Integers are bounded by a hook per integer, so the hook runs only where a
+        # run of digits as long as 2**63 appears (results hold five integers each).
+        decoder = self._bounded if self.strict and _has_long_digits(frame) else self._decoder
+        try:
+            try:
+                value, end = decoder.scan_once(text, 0)  # type: ignore[attr-defined]
+            except StopIteration:  # not a value at its first byte (leading space?)
+                return decoder.decode(text)
+            if end != len(text) and text[end:].strip():
+                raise ValueError(f"extra data at character {end}")
+            return value
+        except (ValueError, RecursionError) as exc:
+            raise BadFrame(f"not JSON: {str(exc)[:200]}") from None
+
+
+class PickleCodec:
+    """The stock manager wire, for classic clients of a server run with ``--allow-pickle``."""
+
+    name = "pickle"
+
+    def dumps(self, obj: Any) -> bytes:
+        try:
+            return bytes(ForkingPickler.dumps(obj))
+        except Exception as exc:
+            raise Unencodable(f"cannot pickle the reply: {exc}") from None
+
+    def loads(self, frame: bytes) -> Any:
+        try:
+            return pickle.loads(frame)
+        except Exception as exc:
+            raise BadFrame(f"not a pickle: {str(exc)[:200]}") from None
+
+
+JSON = JsonCodec()
+"""What the server reads (and what every side writes)."""
+JSON_REPLIES = JsonCodec(strict=False)
+"""How a client reads the server's replies."""
+PICKLE = PickleCodec()
+
+
+# -- connections ----------------------------------------------------------------
+
+
+def tune(sock: socket.socket) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     # An idle connection to a vanished peer is noticed within about 25 seconds.
     for option, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)):
         if hasattr(socket, option):
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
-    set_recv_timeout(sock, recv_timeout)
 
 
-def tune_connection(conn: connection.Connection, recv_timeout: float | None) -> None:
-    # fromfd() duplicates the descriptor; options set on it apply to the shared socket.
-    with socket.fromfd(conn.fileno(), socket.AF_INET, socket.SOCK_STREAM) as sock:
-        tune(sock, recv_timeout)
+class Connection:
+    """The stdlib's frames over a socket, plain or TLS, with one codec for messages.
+
+    It offers what the manager machinery uses of ``connection.Connection``:
+    ``send``/``recv`` for messages, ``send_bytes``/``recv_bytes`` for the
+    login, ``fileno`` and ``close``.  Reads are buffered, so a small frame
+    costs one read.  Every wait has a limit (``settimeout``): on a TLS socket
+    a socket timeout, since a kernel receive timeout does not bound an SSL
+    read; on a plain one the kernel's own send and receive timeouts, which
+    spare a poll() before every read and write."""
+
+    def __init__(self, sock: socket.socket, codec: Codec | None, peer: str = "") -> None:
+        self._sock = sock
+        self.codec = codec
+        """None until a server has seen the first frame after the login."""
+        self.peer = peer
+        self._buffer = bytearray()
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    @property
+    def closed(self) -> bool:
+        return self._sock.fileno() < 0
+
+    def settimeout(self, seconds: float | None) -> None:
+        if isinstance(self._sock, ssl.SSLSocket):
+            self._sock.settimeout(seconds)
+            return
+        self._sock.settimeout(None)
+        whole = int(seconds or 0)
+        limit = struct.pack("ll", whole, int(((seconds or 0) - whole) * 1_000_000))
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def send_bytes(self, data: bytes) -> None:
+        size = len(data)
+        try:
+            if size > 0x7FFFFFFF:
+                self._sock.sendall(struct.pack("!iQ", _LARGE, size))
+                self._sock.sendall(data)
+            elif size > _SMALL_FRAME:
+                self._sock.sendall(struct.pack("!i", size))
+                self._sock.sendall(data)
+            else:  # one write, so Nagle's algorithm never holds a small frame back
+                self._sock.sendall(struct.pack("!i", size) + data)
+        except (TimeoutError, BlockingIOError):
+            raise NoReply("the peer took nothing within the connection's timeout") from None
+
+    def recv_bytes(self, maxlength: int | None = None) -> bytes:
+        header = self._read(4)
+        (size,) = struct.unpack("!i", header)
+        if size == _LARGE:
+            (size,) = struct.unpack("!Q", self._read(8))
+        limit = MAX_FRAME if maxlength is None else min(maxlength, MAX_FRAME)
+        if size < 0 or size > limit:
+            raise FrameRefused(f"a frame of {size} bytes, more than the {limit} allowed", header)
+        return self._read(size)
+
+    def _read(self, size: int) -> bytes:
+        """``size`` bytes; the buffer grows only as bytes arrive."""
+        buffer = self._buffer
+        try:
+            while len(buffer) < size:
+                chunk = self._sock.recv(min(max(_RECEIVE, size - len(buffer)), _CHUNK))
+                if not chunk:
+                    raise EOFError
+                buffer += chunk
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+            raise EOFError from None
+        except (TimeoutError, BlockingIOError):
+            raise NoReply("no reply within the connection's timeout") from None
+        if len(buffer) == size:
+            data = bytes(buffer)
+            buffer.clear()
+            return data
+        with memoryview(buffer) as view:
+            data = bytes(view[:size])
+        del buffer[:size]
+        return data
+
+    def send(self, obj: Any) -> None:
+        self.send_bytes((self.codec or JSON).dumps(obj))
+
+    def recv(self) -> Any:
+        frame = self.recv_bytes()
+        return (self.codec or JSON).loads(frame)
 
 
-class Listener(connection.Listener):
-    """The stock listener with a backlog big enough for a fleet connecting at once."""
+class ServerConnection(Connection):
+    """A connection as the server accepted it: TLS and codec still to settle."""
 
     def __init__(
         self,
-        address: Any = None,
+        sock: socket.socket,
+        peer: str,
+        tls_context: ssl.SSLContext | None,
+        allow_pickle: bool,
+    ) -> None:
+        super().__init__(sock, None, peer)
+        self._tls_context = tls_context
+        self.allow_pickle = allow_pickle
+
+    def start_tls(self) -> None:
+        """The TLS handshake, run in the connection's own thread (never the accept loop).
+
+        A TLS client speaks first; a plaintext fetchq client waits for the
+        login challenge.  Silence for TLS_HELLO_WAIT seconds, or a first byte
+        that starts no TLS record, is answered with a TLS alert that such a
+        client can recognise, and the connection ends (PlaintextPeer)."""
+        if self._tls_context is None:
+            return
+        raw = self._sock
+        raw.settimeout(TLS_HELLO_WAIT)
+        try:
+            first = raw.recv(1, socket.MSG_PEEK)
+        except TimeoutError:
+            first = b""
+            silent = True
+        else:
+            silent = False
+            if not first:
+                raise EOFError
+        if silent or first[0] != TLS_RECORD_TYPES[1]:
+            with contextlib.suppress(OSError):
+                raw.sendall(TLS_ALERT_NO_HELLO)
+            raise PlaintextPeer("a client that does not speak TLS")
+        raw.settimeout(defaults.HANDSHAKE_TIMEOUT)
+        self._sock = self._tls_context.wrap_socket(raw, server_side=True)
+
+    def recv(self) -> Any:
+        frame = self.recv_bytes()
+        if self.codec is None:
+            self.codec = self._choose_codec(frame)
+        return self.codec.loads(frame)
+
+    def _choose_codec(self, frame: bytes) -> Codec:
+        if frame[:1] != bytes([PICKLE_OPCODE]):
+            return JSON
+        if not self.allow_pickle:
+            raise PickleRefused(
+                "this fetchq server reads JSON and refuses pickle (a classic BaseManager "
+                "client needs a server started with --allow-pickle)"
+            )
+        return PICKLE
+
+
+class ClientConnection(Connection):
+    """A client's connection: JSON, and error replies turned into fetchq's own errors."""
+
+    def __init__(self, sock: socket.socket, peer: str) -> None:
+        super().__init__(sock, JSON, peer)
+
+    def recv(self) -> Any:
+        frame = self.recv_bytes()
+        if frame[:1] == bytes([PICKLE_OPCODE]):
+            raise VersionMismatch(
+                f"the server at {self.peer} speaks pickle, not JSON: it is an older fetchq "
+                "(protocol 2 or before) or not fetchq at all; install the same fetchq version "
+                "on both sides"
+            )
+        reply = JSON_REPLIES.loads(frame)
+        if not (isinstance(reply, list) and len(reply) == 2 and isinstance(reply[0], str)):
+            raise BadFrame("a reply is [kind, result]")
+        kind, result = reply
+        if kind == "#ERROR":
+            return kind, from_wire(result)
+        if kind == "#PROXY" and isinstance(result, list) and len(result) == 2:
+            exposed, token = result
+            if isinstance(token, dict):
+                address = token.get("address")
+                token = managers.Token(
+                    token.get("typeid"),
+                    tuple(address) if isinstance(address, list) else address,
+                    token.get("id"),
+                )
+            return kind, (exposed, token)
+        return kind, result
+
+
+# -- the server's listener --------------------------------------------------------
+
+
+class Listener:
+    """Accepts connections for the manager server; logging in is left to its threads.
+
+    The backlog is big enough for a fleet connecting at once (the stock
+    server asks for 16), and nothing slow happens here: the TLS handshake and
+    the login run in each connection's own thread."""
+
+    def __init__(
+        self,
+        address: tuple[str, int],
         family: Any = None,
         backlog: int = 1,
         authkey: bytes | None = None,
+        *,
+        tls_context: ssl.SSLContext | None = None,
+        allow_pickle: bool = False,
     ) -> None:
-        # The stock manager server asks for 16: a fleet connecting at once needs more.
-        super().__init__(address, family, max(backlog, defaults.BACKLOG), authkey)
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._socket.bind(address)
+            self._socket.listen(max(backlog, defaults.BACKLOG))
+        except OSError:
+            self._socket.close()
+            raise
+        bound = self._socket.getsockname()
+        self.address = (str(bound[0]), int(bound[1]))
+        self._tls_context = tls_context
+        self._allow_pickle = allow_pickle
 
-    def accept(self) -> connection.Connection:
-        conn = super().accept()
-        # A peer already gone fails the handshake on its own.
+    def accept(self) -> ServerConnection:
+        sock, peer = self._socket.accept()
+        with contextlib.suppress(OSError):  # a peer already gone fails its login on its own
+            tune(sock)
+            sock.settimeout(defaults.HANDSHAKE_TIMEOUT)
+        return ServerConnection(sock, f"{peer[0]}:{peer[1]}", self._tls_context, self._allow_pickle)
+
+    def close(self) -> None:
+        """Stop listening; also wakes an ``accept`` blocked in another thread."""
         with contextlib.suppress(OSError):
-            tune_connection(conn, defaults.HANDSHAKE_TIMEOUT)
-        return conn
+            self._socket.shutdown(socket.SHUT_RDWR)
+        self._socket.close()
 
+
+_server_names = itertools.count(1)
+
+
+def server_serializer(tls_context: ssl.SSLContext | None, allow_pickle: bool) -> str:
+    """A serializer name whose listener has these settings, for one manager server."""
+    name = f"fetchq-server-{next(_server_names)}"
+    listener = functools.partial(Listener, tls_context=tls_context, allow_pickle=allow_pickle)
+    managers.listener_client[name] = (listener, open_connection)  # type: ignore[attr-defined]
+    return name
+
+
+# -- the client's side ------------------------------------------------------------
 
 _call_timeout = defaults.CALL_TIMEOUT
 
@@ -88,31 +546,68 @@ def set_call_timeout(seconds: float) -> None:
 
 
 def open_connection(
-    address: tuple[str, int], family: Any = None, authkey: bytes | None = None
-) -> connection.Connection:
-    """Like ``connection.Client``, but every step has a timeout."""
+    address: tuple[str, int],
+    family: Any = None,
+    authkey: bytes | None = None,
+    *,
+    tls_context: ssl.SSLContext | None = None,
+) -> ClientConnection:
+    """Like ``connection.Client``: connect, (TLS,) log in; every step has a timeout."""
+    where = f"{address[0]}:{address[1]}"
     sock = socket.create_connection(address, timeout=defaults.NET_CONNECT_TIMEOUT)
-    sock.settimeout(None)
-    tune(sock, defaults.HANDSHAKE_TIMEOUT)
-    conn = connection.Connection(sock.detach())
     try:
+        tune(sock)
+        sock.settimeout(defaults.HANDSHAKE_TIMEOUT)
+        if tls_context is not None:
+            sock = tls_context.wrap_socket(sock, server_hostname=address[0])
+        conn = ClientConnection(sock, where)
         if authkey is not None:
-            connection.answer_challenge(conn, authkey)
-            connection.deliver_challenge(conn, authkey)
-        tune_connection(conn, _call_timeout)
+            login.answer_challenge(conn, authkey)
+            login.deliver_challenge(conn, authkey)
+        conn.settimeout(_call_timeout)
+    except ssl.SSLError as exc:
+        sock.close()
+        raise tls.client_failure(where, exc) from None
+    except TimeoutError:
+        sock.close()
+        raise NoReply(f"no answer from {where} while logging in") from None
+    except FrameRefused as exc:
+        sock.close()
+        if exc.header[:1] and exc.header[0] in TLS_RECORD_TYPES:
+            raise TLSFailed(
+                f"the server at {where} uses TLS: give --tls-ca (or FETCHQ_TLS_CA), and "
+                "--tls-cert/--tls-key if it asks for a client certificate"
+            ) from None
+        raise AuthFailed(f"{where} answered, but not like a fetchq server (wrong port?)") from None
     except BaseException:
-        conn.close()
+        sock.close()
         raise
     return conn
+
+
+def client_serializer(tls_context: ssl.SSLContext | None) -> str:
+    """The serializer name for clients with these TLS settings (plain: ``SERIALIZER``)."""
+    if tls_context is None:
+        return SERIALIZER
+    name = f"fetchq-tls-{id(tls_context):x}"
+    if name not in managers.listener_client:  # type: ignore[attr-defined]
+        client = functools.partial(open_connection, tls_context=tls_context)
+        managers.listener_client[name] = (Listener, client)  # type: ignore[attr-defined]
+    return name
 
 
 managers.listener_client[SERIALIZER] = (Listener, open_connection)  # type: ignore[attr-defined]
 
 
-def _not_a_frame(exc: BaseException) -> bool:
-    """The login reads a short message; a peer that greets with something else (an SSH
-    banner, say) reads as a length far too large, which the stdlib reports this way."""
-    return isinstance(exc, OSError) and exc.args == ("bad message length",)
+TRANSPORT_ERRORS = (
+    OSError,
+    EOFError,
+    AssertionError,
+    AuthenticationError,
+    WireError,
+    managers.RemoteError,
+)
+"""What the manager machinery raises when the connection, not the call, went wrong."""
 
 
 def transport_error(address: Address, exc: BaseException) -> FetchqError:
@@ -124,8 +619,10 @@ def transport_error(address: Address, exc: BaseException) -> FetchqError:
             f"server at {address} rejected the authkey: check FETCHQ_AUTHKEY / "
             "FETCHQ_AUTHKEY_FILE match the server's key"
         )
-    if isinstance(exc, AssertionError) or _not_a_frame(exc):
+    if isinstance(exc, AssertionError):
         return AuthFailed(f"{address} answered, but not like a fetchq server (wrong port?)")
+    if isinstance(exc, WireError):
+        return ServerUnreachable(f"the server at {address} sent a frame fetchq cannot read: {exc}")
     if isinstance(exc, socket.gaierror):
         return ServerUnreachable(f"cannot resolve server host {address.host!r}")
     if isinstance(exc, ConnectionRefusedError):
@@ -133,15 +630,18 @@ def transport_error(address: Address, exc: BaseException) -> FetchqError:
             f"cannot reach fetchq server at {address}: connection refused "
             "(is `fetchq server` running there, on that port?)"
         )
+    if isinstance(exc, NoReply):
+        return ServerUnreachable(
+            f"server at {address} stopped answering (is it a fetchq server, and is it alive? "
+            "a server using TLS needs --tls-ca here)"
+        )
     if isinstance(exc, TimeoutError):
         return ServerUnreachable(
             f"cannot reach fetchq server at {address}: timed out "
             "(check the host, the port and any firewall)"
         )
-    if isinstance(exc, BlockingIOError):
-        return ServerUnreachable(
-            f"server at {address} stopped answering (is it a fetchq server, and is it alive?)"
-        )
+    if isinstance(exc, ssl.SSLError):
+        return ServerUnreachable(f"lost the TLS connection to the server at {address}: {exc}")
     if isinstance(exc, EOFError | ConnectionError):
         return ServerUnreachable(f"lost the connection to the server at {address}")
     if isinstance(exc, OSError):

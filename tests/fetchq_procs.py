@@ -101,9 +101,12 @@ class ServerProcess:
         return self.process.wait(15)
 
 
-def start_worker(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[str], StderrLog]:
+def start_program(
+    command: list[str], env: dict[str, str]
+) -> tuple[subprocess.Popen[str], StderrLog]:
+    """Any program in the background, its stderr collected (stdout discarded)."""
     process = subprocess.Popen(
-        fetchq_command("worker", *args),
+        command,
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -111,6 +114,10 @@ def start_worker(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[str]
         text=True,
     )
     return process, StderrLog(process)
+
+
+def start_worker(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[str], StderrLog]:
+    return start_program(fetchq_command("worker", *args), env)
 
 
 def start_output(env: dict[str, str], *args: str) -> subprocess.Popen[str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from fetchq_procs import (
+    ServerProcess,
     connect_broker,
     fetchq_command,
     jsonl,
@@ -24,6 +25,7 @@ from fetchq_procs import (
     start_worker,
     stop_all,
 )
+from worker_scenarios import closed_port, every_kind_of_failure, sigterm_drains
 
 from fetchq.client import BrokerClient
 from fetchq.errors import ExitCode
@@ -32,12 +34,6 @@ from fetchq.records import RESULT_FIELDS
 
 def broker(env: dict[str, str]) -> BrokerClient:
     return connect_broker(env["FETCHQ_SERVER"], env["FETCHQ_AUTHKEY"])
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_ten_thousand_tasks_give_exactly_one_result_each(server, env, target):
@@ -107,75 +103,12 @@ def test_worker_killed_mid_job_loses_nothing(server, env, target):
 
 
 def test_every_kind_of_failure_becomes_a_result(server, env, target):
-    refused = f"http://127.0.0.1:{closed_port()}/"
-    expected = {
-        f"{target.url}/fine": (True, 200, None),
-        f"{target.url}/status/404": (False, 404, None),
-        f"{target.url}/status/500": (False, 500, None),
-        f"{target.url}/status/302": (True, 302, None),
-        f"{target.url}/bytes/2000000": (True, 200, None),
-        f"{target.url}/slow?s=5": (False, None, "timeout"),
-        f"{target.url}/drop": (False, None, "reset"),
-        f"{target.url}/reset": (False, None, "reset"),
-        refused: (False, None, "refused"),
-        f"https://127.0.0.1:{target.port}/": (False, None, "tls"),
-    }
-    stdin = "\n".join(expected) + "\n"
-    dispatched = run(
-        env, "dispatch", "-", "-j", "errors", "--timeout", "1", "--attempts", "2", stdin=stdin
-    )
-    assert dispatched.returncode == 0, dispatched.stderr
-    worker = run(env, "worker", "--burst", "--concurrency", "4")
-    assert worker.returncode == 0, worker.stderr
-    output = run(env, "output", "-j", "errors", "--until-done", "--format", "jsonl")
-    assert output.returncode == 0, output.stderr
-    results = {r["url"]: r for r in jsonl(output.stdout)}
-    assert set(results) == set(expected)
-    for url, (ok, status, error_type) in expected.items():
-        result = results[url]
-        assert (result["ok"], result["status"]) == (ok, status), result
-        assert (result["error"] or {}).get("type") == error_type, result
-        if error_type:
-            assert result["error"]["message"], result
-    assert results[f"{target.url}/bytes/2000000"]["bytes"] == 2_000_000
-    assert results[refused]["attempt"] == 2, "connection failures use their attempts"
-    assert results[f"{target.url}/status/500"]["attempt"] == 1, "an HTTP answer is final"
-    assert results[f"https://127.0.0.1:{target.port}/"]["attempt"] == 1, "TLS errors are final"
+    every_kind_of_failure(env, target, lambda: run(env, "worker", "--burst", "--concurrency", "4"))
 
 
 def test_sigterm_drains_a_worker_and_hands_back_unstarted_tasks(server, env, target):
     """Running requests finish and report; prefetched ones go back without using an attempt."""
-    worker, log = start_worker(env, "--concurrency", "2", "--prefetch", "20")
-    try:
-        dispatched = run(
-            env,
-            "dispatch",
-            "--template",
-            f"{target.url}/slow?s=0.5&i={{i}}",
-            "--count",
-            "40",
-            "-j",
-            "drain",
-        )
-        assert dispatched.returncode == 0, dispatched.stderr
-        client = broker(env)
-        poll_until(
-            lambda: client.call("job", "drain")["leased"] >= 10, 30, "the worker to prefetch"
-        )
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(30) == 0, log.text
-        counts = client.call("job", "drain")
-        assert counts["leased"] == 0, "nothing is left leased to the stopped worker"
-        assert counts["succeeded"] >= 2, "requests in flight were finished and reported"
-        assert counts["succeeded"] + counts["queued"] == 40
-        rest = run(env, "worker", "--burst", "--concurrency", "20")
-        assert rest.returncode == 0, rest.stderr
-        output = run(env, "output", "-j", "drain", "--until-done", "--format", "jsonl")
-        results = jsonl(output.stdout)
-    finally:
-        stop_all([worker])
-    assert len({r["id"] for r in results}) == 40
-    assert all(r["attempt"] == 1 for r in results), "handed-back tasks kept their attempt"
+    sigterm_drains(env, target, lambda: start_worker(env, "--concurrency", "2", "--prefetch", "20"))
 
 
 def test_output_formats_summary_and_status(server, env, target):
@@ -199,7 +132,6 @@ def test_output_formats_summary_and_status(server, env, target):
 
 
 def test_worker_started_before_its_server_waits_for_it(env, target, tmp_path):
-    from fetchq_procs import ServerProcess
 
     port = closed_port()
     env["FETCHQ_SERVER"] = f"127.0.0.1:{port}"
@@ -248,24 +180,43 @@ for _ in range(20):
 )
 
 
-def test_a_classic_tutorial_client_works_against_the_server(server, env, target, tmp_path):
-    """put() URL strings on get_task_queue(), get() results from get_result_queue()."""
+def run_classic_client(server: ServerProcess, env: dict[str, str], base: str, tmp_path):
+    script = tmp_path / "classic_client.py"
+    script.write_text(CLASSIC_CLIENT)
+    host, port = server.address.split(":")
+    return subprocess.run(
+        [sys.executable, str(script), host, port, env["FETCHQ_AUTHKEY"], base],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_classic_tutorial_client_works_against_allow_pickle(env, target, tmp_path):
+    """put() URL strings on get_task_queue(), get() results from get_result_queue(),
+    against ``fetchq server --allow-pickle``, which warns about it at start."""
+    server = ServerProcess(env, "--allow-pickle")
+    env["FETCHQ_SERVER"] = server.address
     worker, _ = start_worker(env, "--concurrency", "4")
     try:
-        script = tmp_path / "classic_client.py"
-        script.write_text(CLASSIC_CLIENT)
-        host, port = server.address.split(":")
-        client = subprocess.run(
-            [sys.executable, str(script), host, port, env["FETCHQ_AUTHKEY"], target.url],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        assert "--allow-pickle" in server.log.text and "run code" in server.log.text
+        client = run_classic_client(server, env, target.url, tmp_path)
         assert client.returncode == 0, client.stderr
         lines = sorted(client.stdout.split("\n")[:-1])
         assert lines == sorted(f"{target.url}/classic?n={n} 200" for n in range(20))
     finally:
         stop_all([worker])
+        server.stop()
+
+
+def test_without_allow_pickle_a_classic_client_is_refused_and_the_server_says_so(
+    server, env, target, tmp_path
+):
+    client = run_classic_client(server, env, target.url, tmp_path)
+    assert client.returncode != 0
+    server.log.wait_for(r"refused a pickle from 127\.0\.0\.1:\d+: .*--allow-pickle")
+    assert "allow-pickle" not in server.log.lines[0], "no warning without the flag"
+    assert broker(env).call("job", "classic")["submitted"] == 0, "nothing was queued"
 
 
 def file_size_limit(limit: int) -> Callable[[], None]:
@@ -386,7 +337,7 @@ def test_classic_queues_full_empty_and_qsize(env, target, tmp_path):
     --max-pending is reached, Empty when no result comes in time."""
     from fetchq_procs import ServerProcess
 
-    limited = ServerProcess(env, "--max-pending", "5")
+    limited = ServerProcess(env, "--max-pending", "5", "--allow-pickle")
     env["FETCHQ_SERVER"] = limited.address
     script = tmp_path / "classic_limits.py"
     script.write_text(CLASSIC_LIMITS_CLIENT)

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from multiprocessing.managers import BaseManager
+from typing import Any
 
 import pytest
 
@@ -27,16 +28,21 @@ from fetchq.signals import StopRequest
 KEY = b"protocol-test-key"
 
 
-@pytest.fixture
-def served() -> Iterator[QueueServer]:
+def serving(**options: Any) -> Iterator[QueueServer]:
+    """A server in this process, on a free port, until the test ends."""
     broker = Broker(lease_timeout=5)
-    server = QueueServer(broker, Address("127.0.0.1", 0), KEY)
+    server = QueueServer(broker, Address("127.0.0.1", 0), KEY, **options)
     stop = StopRequest()
     thread = threading.Thread(target=run_until_stopped, args=(broker, server, stop), daemon=True)
     thread.start()
     yield server
     stop.request()
     thread.join(5)
+
+
+@pytest.fixture
+def served() -> Iterator[QueueServer]:
+    yield from serving()
 
 
 def test_round_trip_and_remote_errors(served):
@@ -114,29 +120,39 @@ def test_a_peer_that_never_logs_in_is_dropped(served, monkeypatch):
 
 
 def test_clients_cannot_shut_the_server_down(served):
-    from multiprocessing.connection import Client
     from multiprocessing.managers import dispatch
 
+    from fetchq.transport import open_connection
+
     for method in ("shutdown", "debug_info"):
-        conn = Client(served.address.as_tuple(), authkey=KEY)
-        with pytest.raises(Exception, match=f"'{method}' unrecognized"):
+        conn = open_connection(served.address.as_tuple(), authkey=KEY)
+        with pytest.raises(BadRequest, match=f"'{method}' unrecognized"):
             dispatch(conn, None, method)
         conn.close()
     assert BrokerClient(served.address, KEY).connect()["protocol"] == PROTOCOL
 
 
-def test_a_classic_manager_client_speaks_to_the_broker(served):
-    """A stock BaseManager (pickle serializer, no fetchq code) can use the API."""
+@pytest.fixture
+def served_with_pickle() -> Iterator[QueueServer]:
+    yield from serving(allow_pickle=True)
+
+
+def test_a_classic_manager_client_speaks_to_the_broker(served_with_pickle):
+    """With --allow-pickle a stock BaseManager (pickle serializer, no fetchq code) can use
+    the API, and a JSON client of the same server still gets JSON."""
 
     class Classic(BaseManager):
         pass
 
     Classic.register("broker", exposed=METHODS)
-    manager = Classic(address=served.address.as_tuple(), authkey=KEY)
+    manager = Classic(address=served_with_pickle.address.as_tuple(), authkey=KEY)
     manager.connect()
     broker = manager.broker()
     assert broker.submit({"job": "classic", "urls": ["http://127.0.0.1/x"]})["accepted"] == 1
     assert broker.lease("classic-worker", 10, 0.0)[0]["url"] == "http://127.0.0.1/x"
+    client = BrokerClient(served_with_pickle.address, KEY)
+    client.connect()
+    assert client.call("job", "classic")["submitted"] == 1
 
 
 def test_two_hundred_clients_connecting_at_once(served):
@@ -236,3 +252,21 @@ def _cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_long_urls_are_sent_in_batches_the_server_reads(served, monkeypatch):
+    """The dispatcher cuts a batch by bytes as well as by count, so no submit makes a
+    frame larger than the server reads (here both limits made small)."""
+    from fetchq import submit, transport
+
+    monkeypatch.setattr(transport, "MAX_FRAME", 1 << 20)
+    monkeypatch.setattr(submit, "MAX_SUBMIT_BYTES", 256 << 10)
+    client = BrokerClient(served.address, KEY)
+    client.connect()
+    submitter = submit.Submitter(client, "long", batch_size=10_000)
+    long_url = "http://127.0.0.1/" + "x" * 4000
+    for n in range(1000):  # 4 MB of URLs: four times what one frame may hold
+        submitter.add(f"{long_url}?{n}")
+    submitter.finish()
+    assert submitter.accepted == 1000
+    assert client.call("job", "long")["submitted"] == 1000

@@ -2,10 +2,15 @@
 
 The server is the stdlib's manager ``Server`` with a few changes: clients
 cannot shut it down or read its debug information, a peer that fails the
-login is hung up on without a traceback, the accept loop backs off when file
-descriptors run out instead of spinning, and connections beyond a limit are
-turned away.  It serves; the program that owns the broker runs the broker's
-housekeeping and decides when to stop (``run_until_stopped``).
+login (or the TLS handshake) is hung up on without a traceback, the accept
+loop backs off when file descriptors run out instead of spinning, and
+connections beyond a limit are turned away.  Each connection's codec is
+settled by its first frame after the login: JSON, or pickle only when the
+server was started with ``--allow-pickle``.  Replies never carry a server
+traceback: an error is a name and a message.  The broker object is pinned,
+so no client can release it from under the others.  It serves; the program
+that owns the broker runs the broker's housekeeping and decides when to stop
+(``run_until_stopped``).
 """
 
 from __future__ import annotations
@@ -13,25 +18,77 @@ from __future__ import annotations
 import contextlib
 import errno
 import socket
+import ssl
 import threading
 import time
-import traceback
-from multiprocessing import AuthenticationError, connection, managers
+from collections.abc import Callable
+from multiprocessing import AuthenticationError, managers
 from typing import Any, ClassVar
 
-from fetchq import defaults
+from fetchq import defaults, login
 from fetchq.api import METHODS
 from fetchq.config import Address
-from fetchq.errors import AddressInUse, ConfigError, FetchqError
+from fetchq.errors import AddressInUse, BadRequest, ConfigError, FetchqError
 from fetchq.messages import say
 from fetchq.server.broker import Broker
 from fetchq.server.classic import QUEUE_METHODS, ClassicResultQueue, ClassicTaskQueue
 from fetchq.signals import StopRequest
-from fetchq.transport import SERIALIZER, tune_connection
+from fetchq.tls import server_failure
+from fetchq.transport import (
+    TLS_RECORD_TYPES,
+    BadFrame,
+    FrameRefused,
+    PickleRefused,
+    PlaintextPeer,
+    ServerConnection,
+    Unencodable,
+    server_serializer,
+)
 
 _OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 ACCEPT_BACKOFF = 0.5
 """Seconds the server waits before accepting again when out of descriptors."""
+
+WARNING_INTERVAL = 10.0
+"""Seconds between two warnings of the same kind: a flood must not flood the log."""
+
+PINNED_TYPES = frozenset({"broker"})
+"""Objects every client shares: no client's decref may drop them."""
+
+FALLBACKS: dict[str, Callable[[object], str]] = {"__str__": str, "__repr__": repr}
+"""Methods the stock server answers for any object (a proxy's ``str()``)."""
+
+
+class Warnings:
+    """One line per kind at most every WARNING_INTERVAL, counting what it held back."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def say(self, kind: str, message: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(kind, -WARNING_INTERVAL) < WARNING_INTERVAL:
+                self._held[kind] = self._held.get(kind, 0) + 1
+                return
+            self._last[kind] = now
+            held = self._held.pop(kind, 0)
+        more = f" ({held} more like it since the last such line)" if held else ""
+        say(f"server: {message}{more}")
+
+
+def _request(message: Any) -> tuple[Any, str, list[Any] | tuple[Any, ...], dict[str, Any]]:
+    """``[ident, method, args, kwargs]``, checked before anything looks it up."""
+    if not (isinstance(message, list | tuple) and len(message) == 4):
+        raise BadRequest("a request is [ident, method, args, kwargs]")
+    ident, method, args, kwds = message
+    if not isinstance(method, str):
+        raise BadRequest("a request's method is a string")
+    if not isinstance(args, list | tuple) or not isinstance(kwds, dict):
+        raise BadRequest("a request's args are an array and its kwargs an object")
+    return ident, method, args, kwds
 
 
 class _Server(managers.Server):
@@ -40,6 +97,9 @@ class _Server(managers.Server):
     stop_event: threading.Event
     listener: Any
     authkey: bytes
+    registry: dict[str, Any]
+    id_to_obj: dict[str, Any]
+    id_to_refcount: dict[str, int]
     public: ClassVar[list[str]] = [  # type: ignore[misc]
         name for name in managers.Server.public if name not in ("shutdown", "debug_info")
     ]
@@ -47,7 +107,11 @@ class _Server(managers.Server):
     max_connections = defaults.MAX_CONNECTIONS
     _active = 0
     _active_lock = threading.Lock()
-    _last_warning = -10.0
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.warnings = Warnings()
+        self.pinned: set[str] = set()
 
     def accepter(self) -> None:
         """The stock loop retries every OSError at once: a closed listener or a
@@ -61,7 +125,7 @@ class _Server(managers.Server):
                 if self.stop_event.is_set():
                     return
                 if exc.errno in _OUT_OF_RESOURCES:
-                    self._warn(f"cannot accept connections: {exc.strerror}; retrying")
+                    self.warnings.say("fds", f"cannot accept connections: {exc.strerror}; retrying")
                     self.stop_event.wait(ACCEPT_BACKOFF)
                 continue
             with self._active_lock:
@@ -70,47 +134,157 @@ class _Server(managers.Server):
                     self._active += 1
             if full:
                 conn.close()
-                self._warn(f"{self.max_connections} connections open, turning new ones away")
+                self.warnings.say(
+                    "full", f"{self.max_connections} connections open, turning new ones away"
+                )
                 continue
             threading.Thread(target=self._handle_counted, args=(conn,), daemon=True).start()
 
-    def _handle_counted(self, conn: connection.Connection) -> None:
+    def _handle_counted(self, conn: ServerConnection) -> None:
         try:
-            self.handle_request(conn)
+            self.handle_request(conn)  # type: ignore[arg-type]
         finally:
             with self._active_lock:
                 self._active -= 1
 
-    def _warn(self, message: str) -> None:
-        """At most one line every ten seconds: a flood of refusals must not flood the log."""
-        now = time.monotonic()
-        if now - self._last_warning > 10:
-            self._last_warning = now
-            say(f"server: {message}")
-
-    def _handle_request(self, c: connection.Connection) -> None:
-        """Log in, then answer one request.  Unlike the stock version, a peer
-        that fails the handshake is hung up on without a word: it gets no
-        traceback of the server's internals."""
-        try:
-            connection.deliver_challenge(c, self.authkey)
-            connection.answer_challenge(c, self.authkey)
-        except (AuthenticationError, AssertionError, EOFError, OSError, ValueError):
+    def _handle_request(self, c: ServerConnection) -> None:
+        """TLS, log in, then answer one request.  Unlike the stock version, a
+        peer that fails the handshake is hung up on without a word, and no
+        reply carries a traceback of the server's internals."""
+        if not self._log_in(c):
             return
         try:
-            _, name, args, kwds = c.recv()
+            request = c.recv()
+        except PickleRefused as exc:
+            self.warnings.say("pickle", f"refused a pickle from {c.peer}: {exc}")
+            self._send(c, ("#ERROR", BadRequest(str(exc))))
+            return
+        except (BadFrame, FrameRefused) as exc:
+            self._send(c, ("#ERROR", BadRequest(f"unreadable request: {exc}")))
+            return
+        except (EOFError, OSError):
+            return
+        try:
+            _, name, args, kwds = _request(request)
             if name not in self.public:
-                raise ValueError(f"{name!r} unrecognized")
-            reply = ("#RETURN", getattr(self, name)(c, *args, **kwds))
-        except Exception:
-            reply = ("#TRACEBACK", traceback.format_exc())
-        with contextlib.suppress(Exception):
-            c.send(reply)
+                raise BadRequest(f"{name!r} unrecognized")
+            result = getattr(self, name)(c, *args, **kwds)
+        except Exception as exc:
+            self._send(c, ("#ERROR", exc))
+            return
+        if name != "accept_connection":  # it replied itself, then served the session
+            self._send(c, ("#RETURN", result))
 
-    def serve_client(self, conn: connection.Connection) -> None:
-        # Logged in: from now on a client may stay quiet as long as it likes.
-        tune_connection(conn, None)
-        super().serve_client(conn)
+    def _log_in(self, c: ServerConnection) -> bool:
+        try:
+            c.start_tls()
+        except PlaintextPeer:
+            self.warnings.say(
+                "tls plaintext",
+                f"a client from {c.peer} does not speak TLS; this server requires it",
+            )
+            return False
+        except ssl.SSLError as exc:
+            why = server_failure(exc)
+            self.warnings.say(f"tls {why}", f"TLS handshake with {c.peer} failed: {why}")
+            return False
+        except (EOFError, OSError, ValueError):
+            return False
+        try:
+            login.deliver_challenge(c, self.authkey)
+            login.answer_challenge(c, self.authkey)
+        except FrameRefused as exc:
+            if exc.header[:1] and exc.header[0] in TLS_RECORD_TYPES:
+                self.warnings.say(
+                    "tls client", f"a TLS client from {c.peer}: this server was started without TLS"
+                )
+            return False
+        except (AuthenticationError, AssertionError, EOFError, OSError, ValueError, BadFrame):
+            return False
+        return True
+
+    @staticmethod
+    def _send(c: ServerConnection, reply: tuple[str, Any]) -> bool:
+        """Send a reply; one that cannot be encoded becomes an error reply."""
+        try:
+            try:
+                c.send(reply)
+            except Unencodable as exc:
+                c.send(("#ERROR", FetchqError(str(exc))))
+        except Exception:
+            return False
+        return True
+
+    def serve_client(self, conn: Any) -> None:
+        """Answer a logged-in client's calls until it leaves.
+
+        A frame that cannot be read as a request gets an error reply and the
+        connection goes on; a frame refused unread (too large) or a pickle
+        where none is allowed ends the connection after the error reply."""
+        conn.settimeout(None)  # logged in: a client may stay quiet as long as it likes
+        while not self.stop_event.is_set():
+            try:
+                request = conn.recv()
+            except (EOFError, OSError):
+                return
+            except (FrameRefused, PickleRefused) as exc:
+                self._send(conn, ("#ERROR", BadRequest(f"unreadable request: {exc}")))
+                return
+            except BadFrame as exc:
+                reply: tuple[str, Any] = ("#ERROR", BadRequest(f"unreadable request: {exc}"))
+            else:
+                reply = self._call(request)
+            if not self._send(conn, reply):
+                return
+
+    def _call(self, message: Any) -> tuple[str, Any]:
+        try:
+            ident, method, args, kwds = _request(message)
+            entry = self.id_to_obj.get(ident) if isinstance(ident, str) else None
+            if entry is None or entry[0] is None:
+                raise BadRequest(f"no object {str(ident)[:40]!r} here: create it first")
+            obj, exposed, _ = entry
+            if method not in exposed:
+                fallback = FALLBACKS.get(method)
+                if fallback is None:
+                    raise BadRequest(f"{method[:80]!r} is not a method of this object")
+                return "#RETURN", fallback(obj)
+            function = getattr(obj, method)
+        except BadRequest as exc:
+            return "#ERROR", exc
+        try:
+            return "#RETURN", function(*args, **kwds)
+        except Exception as exc:
+            return "#ERROR", exc
+
+    # -- the manager's own calls, as clients reach them --------------------
+
+    def create(self, c: Any, typeid: Any, /, *args: Any, **kwds: Any) -> tuple[str, Any]:
+        if not isinstance(typeid, str) or typeid not in self.registry:
+            raise BadRequest(f"no type {str(typeid)[:40]!r} is served here")
+        ident, exposed = super().create(c, typeid, *args, **kwds)
+        if typeid in PINNED_TYPES:
+            self.pinned.add(ident)
+        return ident, exposed
+
+    def incref(self, c: Any, ident: Any) -> None:
+        if not isinstance(ident, str) or ident not in self.id_to_refcount:
+            raise BadRequest(f"no object {str(ident)[:40]!r} here")
+        if ident not in self.pinned:
+            super().incref(c, ident)
+
+    def decref(self, c: Any, ident: Any) -> None:
+        if not isinstance(ident, str) or self.id_to_refcount.get(ident, 0) <= 0:
+            raise BadRequest(f"no object {str(ident)[:40]!r} here")
+        if ident not in self.pinned:
+            super().decref(c, ident)
+
+    def get_methods(self, c: Any, token: Any) -> Any:
+        ident = token.get("id") if isinstance(token, dict) else getattr(token, "id", None)
+        entry = self.id_to_obj.get(ident) if isinstance(ident, str) else None
+        if entry is None:
+            raise BadRequest(f"no object {str(ident)[:40]!r} here")
+        return tuple(sorted(entry[1]))
 
 
 _served_broker: Broker | None = None
@@ -148,12 +322,16 @@ class QueueServer:
         address: Address,
         authkey: bytes,
         max_connections: int = defaults.MAX_CONNECTIONS,
+        *,
+        tls_context: ssl.SSLContext | None = None,
+        allow_pickle: bool = False,
     ) -> None:
         global _served_broker
         _served_broker = broker
+        serializer = server_serializer(tls_context, allow_pickle)
         try:
             registry = _ServerManager._registry  # type: ignore[attr-defined]
-            self._server: Any = _Server(registry, address.as_tuple(), authkey, SERIALIZER)
+            self._server: Any = _Server(registry, address.as_tuple(), authkey, serializer)
         except OSError as exc:
             raise _bind_error(address, exc) from None
         self._server.max_connections = max_connections
@@ -167,12 +345,8 @@ class QueueServer:
         accepter.start()
 
     def close(self) -> None:
-        """Stop listening; shutdown() wakes an accept() blocked in another thread."""
+        """Stop listening; closing the listener wakes an accept() blocked in another thread."""
         self._server.stop_event.set()
-        sock = getattr(getattr(self._server.listener, "_listener", None), "_socket", None)
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
             self._server.listener.close()
 

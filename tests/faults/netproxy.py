@@ -16,6 +16,9 @@ needs privileges and a Linux kernel.  This proxy needs neither, runs on any
 machine the tests run on, and cuts exactly one client's traffic while the
 others talk to the server directly.
 
+With ``record=True`` it also keeps every byte of every connection, each
+direction apart (``recordings``): what a wire test reads frame by frame.
+
 Bounded: at most ``max_connections`` connections at a time (more are closed
 at once), two threads per connection plus one accepting; every blocking
 wait has a short timeout so each thread notices ``close()`` within about
@@ -37,7 +40,7 @@ UPSTREAM_CONNECT_TIMEOUT = 5.0
 
 
 class NetProxy:
-    def __init__(self, upstream: str, *, max_connections: int = 64) -> None:
+    def __init__(self, upstream: str, *, max_connections: int = 64, record: bool = False) -> None:
         host, port = upstream.rsplit(":", 1)
         self.upstream = (host, int(port))
         self.max_connections = max_connections
@@ -59,6 +62,9 @@ class NetProxy:
         self._open = 0
         self.accepted = 0
         self.refused = 0
+        self.record = record
+        self.recordings: list[Recording] = []
+        """Per connection, in the order accepted: the bytes each way (``record=True``)."""
         self._accepter = threading.Thread(target=self._accept_loop, name="netproxy-accept")
         self._accepter.daemon = True
         self._accepter.start()
@@ -155,12 +161,16 @@ class NetProxy:
                 return
             with self._lock:
                 self._sockets.add(upstream)
+            recording = Recording()
+            if self.record:
+                with self._lock:
+                    self.recordings.append(recording)
             back = threading.Thread(
-                target=self._pump, args=(upstream, client), name="netproxy-back"
+                target=self._pump, args=(upstream, client, recording.down), name="netproxy-back"
             )
             back.daemon = True
             back.start()
-            self._pump(client, upstream, self._requests_flow)
+            self._pump(client, upstream, recording.up, self._requests_flow)
             back.join()
         finally:
             for sock in (client, upstream):
@@ -173,7 +183,11 @@ class NetProxy:
                 self._open -= 1
 
     def _pump(
-        self, source: socket.socket, sink: socket.socket, gate: threading.Event | None = None
+        self,
+        source: socket.socket,
+        sink: socket.socket,
+        tape: bytearray,
+        gate: threading.Event | None = None,
     ) -> None:
         """Copy source to sink while forwarding; hold bytes (and EOF) during a cut."""
         while self._wait_forwarding(gate):
@@ -193,6 +207,8 @@ class NetProxy:
                 with contextlib.suppress(OSError):
                     sink.shutdown(socket.SHUT_WR)
                 return
+            if self.record:
+                tape += data
             try:
                 sink.sendall(data)
             except OSError:
@@ -200,6 +216,14 @@ class NetProxy:
         # An error or close on one side ends both directions.
         _shut(source)
         _shut(sink)
+
+
+class Recording:
+    """One connection's bytes: ``up`` from the client, ``down`` from the server."""
+
+    def __init__(self) -> None:
+        self.up = bytearray()
+        self.down = bytearray()
 
 
 def _shut(sock: socket.socket) -> None:

@@ -1,0 +1,139 @@
+"""Scenarios every worker implementation must pass: the Python worker and the Node one.
+
+Each takes a way to run or start the worker under test, drives a real server
+through it, and checks what a user would see.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+from collections.abc import Callable
+from typing import Any
+
+from fetchq_procs import (
+    StderrLog,
+    connect_broker,
+    fetchq_command,
+    jsonl,
+    poll_until,
+    run,
+    start_output,
+    start_program,
+    stop_all,
+)
+
+from fetchq.target import Target
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def every_kind_of_failure(
+    env: dict[str, str], target: Target, run_worker: Callable[[], subprocess.CompletedProcess[str]]
+) -> dict[str, dict[str, Any]]:
+    """A job of URLs that fail in every way a fetch can: each one ends as a result with
+    the right type, and connection failures use their attempts.  Returns the results."""
+    refused = f"http://127.0.0.1:{closed_port()}/"
+    tls = f"https://127.0.0.1:{target.port}/"
+    busy = f"{target.url}/busy?after=7&w={closed_port()}"
+    expected = {
+        f"{target.url}/fine": (True, 200, None),
+        f"{target.url}/status/404": (False, 404, None),
+        f"{target.url}/status/500": (False, 500, None),
+        f"{target.url}/status/302": (True, 302, None),
+        f"{target.url}/bytes/2000000": (True, 200, None),
+        f"{target.url}/slow?s=5": (False, None, "timeout"),
+        f"{target.url}/drop": (False, None, "reset"),
+        f"{target.url}/reset": (False, None, "reset"),
+        refused: (False, None, "refused"),
+        tls: (False, None, "tls"),
+        busy: (False, 429, None),
+    }
+    stdin = "\n".join(expected) + "\n"
+    dispatched = run(
+        env, "dispatch", "-", "-j", "errors", "--timeout", "1", "--attempts", "2", stdin=stdin
+    )
+    assert dispatched.returncode == 0, dispatched.stderr
+    worker = run_worker()
+    assert worker.returncode == 0, worker.stderr
+    output = run(env, "output", "-j", "errors", "--until-done", "--format", "jsonl")
+    assert output.returncode == 0, output.stderr
+    results = {r["url"]: r for r in jsonl(output.stdout)}
+    assert set(results) == set(expected)
+    for url, (ok, status, error_type) in expected.items():
+        result = results[url]
+        assert (result["ok"], result["status"]) == (ok, status), result
+        assert (result["error"] or {}).get("type") == error_type, result
+        if error_type:
+            assert result["error"]["message"], result
+    assert results[f"{target.url}/bytes/2000000"]["bytes"] == 2_000_000
+    assert results[refused]["attempt"] == 2, "connection failures use their attempts"
+    assert results[f"{target.url}/status/500"]["attempt"] == 1, "an HTTP answer is final"
+    assert results[tls]["attempt"] == 1, "TLS errors are final"
+    assert results[busy]["retry_after"] == 7, "a 429's Retry-After is reported"
+    assert results[f"{target.url}/fine"]["retry_after"] is None
+    return results
+
+
+def sigterm_drains(
+    env: dict[str, str],
+    target: Target,
+    start_worker: Callable[[], tuple[subprocess.Popen[str], StderrLog]],
+) -> None:
+    """Running requests finish and report; prefetched ones go back without using an
+    attempt (the worker is started with concurrency 2 and prefetch 20)."""
+    worker, log = start_worker()
+    client = connect_broker(env["FETCHQ_SERVER"], env["FETCHQ_AUTHKEY"])
+    try:
+        template = f"{target.url}/slow?s=0.5&i={{i}}"
+        dispatched = run(env, "dispatch", "--template", template, "--count", "40", "-j", "drain")
+        assert dispatched.returncode == 0, dispatched.stderr
+        poll_until(
+            lambda: client.call("job", "drain")["leased"] >= 10, 30, "the worker to prefetch"
+        )
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0, log.text
+        counts = client.call("job", "drain")
+        assert counts["leased"] == 0, "nothing is left leased to the stopped worker"
+        assert counts["succeeded"] >= 2, "requests in flight were finished and reported"
+        assert counts["succeeded"] + counts["queued"] == 40
+        rest = run(env, "worker", "--burst", "--concurrency", "20")
+        assert rest.returncode == 0, rest.stderr
+        output = run(env, "output", "-j", "drain", "--until-done", "--format", "jsonl")
+        results = jsonl(output.stdout)
+    finally:
+        stop_all([worker])
+        client.close()
+    assert len({r["id"] for r in results}) == 40
+    assert all(r["attempt"] == 1 for r in results), "handed-back tasks kept their attempt"
+
+
+def whole_job(
+    env: dict[str, str], target: Target, job: str, count: int
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A Python worker, an output, a dispatch and a status, as a user runs them, with
+    whatever settings ``env`` holds: the results (each URL once, all ok) and the status."""
+    worker, worker_log = start_program(fetchq_command("worker", "--concurrency", "4"), env)
+    output = start_output(env, "--job", job, "--until-done", "--format", "jsonl")
+    template = f"{target.url}/{job}?i={{i}}"
+    try:
+        dispatched = run(env, "dispatch", "--template", template, "--count", str(count), "-j", job)
+        assert dispatched.returncode == 0, dispatched.stderr
+        stdout, stderr = output.communicate(timeout=120)
+        assert output.returncode == 0, stderr
+        status = run(env, "status", "--json")
+        assert status.returncode == 0, status.stderr
+        worker.terminate()
+        assert worker.wait(30) == 0, worker_log.text
+    finally:
+        stop_all([worker, output])
+    results = jsonl(stdout)
+    assert sorted(r["url"] for r in results) == sorted(template.format(i=i) for i in range(count))
+    assert all(r["ok"] for r in results)
+    return results, json.loads(status.stdout)
