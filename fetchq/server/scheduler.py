@@ -158,12 +158,17 @@ class Scheduler:
         slot = queue.host(host_key(url), self.epoch)
         slot.held_until = max(slot.held_until, until)
 
-    def learn_robots(self, job: str, host: str, robots: Robots | None) -> None:
-        """robots.txt is known for the host (None: ask again)."""
+    def learn_robots(
+        self, job: str, host: str, robots: Robots | None, now: float = float("-inf")
+    ) -> None:
+        """robots.txt is known for the host (None: ask again).  ``now``: when its fetch
+        was over, from which the host's delay counts (the fetch was a request too, and it
+        began later than it was handed out)."""
         queue = self.job(job)
         bucket = queue.host(host, self.epoch)
         bucket.probing = False
         bucket.robots = robots
+        bucket.last_start = max(bucket.last_start, now)
         if len(bucket):
             self._unpark(queue, bucket)
 

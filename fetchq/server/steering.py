@@ -54,7 +54,7 @@ def apply(state: BrokerState, event: dict[str, Any], *, now: float, wall: float)
         state.jobs.get(job, wall).sealed = True
     elif kind == "robots":
         rules = robots.rules_from(event, last_attempt=event.get("last", True))
-        scheduler.learn_robots(job, event["host"], rules)
+        scheduler.learn_robots(job, event["host"], rules, now)
         state.steering[("robots", job, event["host"])] = event
     elif kind == "hold":
         scheduler.hold(job, event["url"], now + (event["until"] - wall))
