@@ -29,6 +29,7 @@ class StderrLog:
     """Collects a process's stderr lines on a thread, so waits can poll it."""
 
     def __init__(self, process: subprocess.Popen[str]) -> None:
+        self._process = process
         self.lines: list[str] = []
         self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._read, args=(process,), daemon=True)
@@ -57,8 +58,16 @@ class StderrLog:
                     raise AssertionError(f"no stderr line matched {pattern!r}: {self.lines}")
                 self._changed.wait(min(remaining, 0.5))
 
+    def closed(self, timeout: float = 10.0) -> None:
+        """Wait until the process's stderr is read to its end: after the process has
+        exited, its last lines may still be on their way to ``lines``."""
+        self._thread.join(timeout)
+
     @property
     def text(self) -> str:
+        """What the process said so far; all of it once the process has exited."""
+        if self._process.poll() is not None:
+            self.closed()
         with self._changed:
             return "\n".join(self.lines)
 

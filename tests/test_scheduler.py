@@ -47,6 +47,16 @@ def test_a_late_fleet_keeps_the_schedule() -> None:
     assert len(behind) == 20 and behind[-1].start < 1003.0 + LOOKAHEAD
 
 
+def test_a_host_limit_moves_the_rate_on_instead_of_bunching_starts() -> None:
+    scheduler = Scheduler()
+    scheduler.set_policy("a", Policy(rate=10.0, retry_after=True))
+    submit(scheduler, "a", [f"http://a.test/{n}" for n in range(20)])
+    scheduler.take(1, 1000.0, never)
+    scheduler.hold("a", "http://a.test/0", until=1002.0)  # the site asked for two seconds
+    starts = [pick.start for pick in scheduler.take(20, 1001.5, never)]
+    assert starts[:3] == [1002.0, 1002.1, 1002.2]
+
+
 def test_a_pause_is_not_lateness() -> None:
     scheduler = Scheduler()
     scheduler.set_policy("a", Policy(rate=10.0))

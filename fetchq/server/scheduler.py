@@ -359,7 +359,9 @@ class Scheduler:
                 continue
             timed = bool(policy.rate) or start > now or delay > 0
             if policy.rate:
-                queue.next_slot += 1.0 / policy.rate
+                # A host limit that held the start back moves the schedule on with it:
+                # the rate is kept from there, not made up for in a burst.
+                queue.next_slot = max(queue.next_slot, start) + 1.0 / policy.rate
             self._started(bucket, start, server_slot)
             return Pick(task, start if timed else None, bucket.key)
         return None

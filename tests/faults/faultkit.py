@@ -153,6 +153,8 @@ class Cluster:
 def exit_code(process: Any, log: StderrLog, timeout: float) -> int:
     """Wait for ``process`` to exit, with its stderr in the failure message if it does not."""
     try:
-        return process.wait(timeout)
+        code = process.wait(timeout)
     except subprocess.TimeoutExpired:
         raise AssertionError(f"process {process.args} still running: {log.text}") from None
+    log.closed()
+    return code
