@@ -169,6 +169,19 @@ def test_one_job_name_rule_for_server_and_client() -> None:
         check_job_name("a b")
 
 
+def test_results_are_bounded_in_shape_and_size() -> None:
+    good = {"id": 1, "attempt": 1, "url": "http://h/" + "a" * 8000, "error": {"type": "x"}}
+    assert validate.results_list([good]) == [good]
+    for bad, why in [
+        ({**good, "url": "x" * (validate.MAX_RESULT_TEXT + 1)}, "characters of text"),
+        ({**good, "extra": [1, 2]}, "plain values"),
+        ({**good, "error": {"nested": {"deep": 1}}}, "error must be"),
+        ({**good, **{f"f{n}": 0 for n in range(40)}}, "fields a result"),
+    ]:
+        with pytest.raises(BadRequest, match=why):
+            validate.results_list([good, bad])
+
+
 def test_a_lone_surrogate_url_is_refused() -> None:
     with pytest.raises(BadRequest, match="lone surrogates"):
         validate.submit_request({"job": "a", "urls": ["http://127.0.0.1/\ud800"]})

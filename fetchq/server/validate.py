@@ -162,14 +162,38 @@ def robots_report(report: Any) -> dict[str, Any]:
     return report
 
 
+MAX_RESULT_FIELDS = 32
+MAX_RESULT_TEXT = 12_288
+"""Characters of text one result may carry in all: a URL of the longest kind fetchq takes
+(8 KiB) and its error message fit, and an output's read of 5,000 results stays well
+inside a frame."""
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
 def results_list(results: Any) -> list[dict[str, Any]]:
-    """Every result is checked before any is applied: a bad call changes nothing."""
+    """Every result is checked before any is applied: a bad call changes nothing.
+
+    Results are stored and handed out as they come, so their size is bounded here:
+    plain values only (``error`` an object of them), a few dozen fields, and a bounded
+    amount of text."""
     require(isinstance(results, list), "results must be a list")
     require(len(results) <= MAX_SUBMIT, f"at most {MAX_SUBMIT} results per call")
     for result in results:
         require(isinstance(result, dict), "each result must be a dict")
         require(type(result.get("id")) is int, "each result needs an integer id")
         require(type(result.get("attempt", 1)) is int, "attempt must be an integer")
+        require(len(result) <= MAX_RESULT_FIELDS, f"at most {MAX_RESULT_FIELDS} fields a result")
+        error = result.get("error")
+        require(
+            error is None
+            or (isinstance(error, dict) and all(isinstance(v, _SCALARS) for v in error.values())),
+            "error must be null or an object of plain values",
+        )
+        values = [v for k, v in result.items() if k != "error"]
+        require(all(isinstance(v, _SCALARS) for v in values), "result fields must be plain values")
+        text = sum(len(v) for v in [*values, *(error or {}).values()] if isinstance(v, str))
+        require(text <= MAX_RESULT_TEXT, f"a result may carry {MAX_RESULT_TEXT} characters of text")
     return results
 
 
