@@ -9,7 +9,6 @@ everything else goes to stderr.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
 import sys
 from collections.abc import Iterator
@@ -36,7 +35,7 @@ from fetchq.commandline import (
 from fetchq.errors import ConfigError, ExitCode, UsageError
 from fetchq.pace import parse_duration, parse_rate
 from fetchq.submit import Submitter, new_job_name
-from fetchq.urls import Rejected, argument_urls, check_template, read_urls, template_urls
+from fetchq.urls import Rejected, argument_urls, check_template, read_urls, template_batches
 
 HELP = "Submit URLs to fetch: as arguments, from files or stdin (-), or from a template."
 
@@ -215,16 +214,16 @@ def dispatch(
     with contextlib.ExitStack() as stack, DispatchProgress(count) as progress:
         submitter.on_full = progress.waiting
         submitter.on_accepted = progress.update
-        items: Iterator[str | Rejected] = input_urls(urls, files, stack)
-        if template is not None and count is not None:
-            items = itertools.chain(items, template_urls(template, count))
-        for item in items:
+        for item in input_urls(urls, files, stack):
             if isinstance(item, Rejected):
                 skipped += 1
                 if skipped <= MAX_REPORTED:
                     say(f"skipped {item}")
                 continue
             submitter.add(item)
+        if template is not None and count is not None:
+            for batch in template_batches(template, count, size=batch_size):
+                submitter.add_many(batch)
         submitter.finish()
     print(job_name, flush=True)
     message = f"dispatched {submitter.accepted} tasks as job {job_name} to {address}"

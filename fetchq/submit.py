@@ -119,6 +119,24 @@ class Submitter:
             else:
                 self._next_look = min(self.batch_size, len(batch) + SIZE_CHECK_EVERY)
 
+    def add_many(self, urls: list[str]) -> None:
+        """``add`` for each URL, a piece of up to SIZE_CHECK_EVERY at a time."""
+        step = SIZE_CHECK_EVERY
+        for start in range(0, len(urls), step):
+            piece = urls[start : start + step]
+            room = self.batch_size - len(self._batch)
+            if len(piece) > room:  # the batch fills mid-piece: the rest starts the next
+                self.add_many(piece[:room])
+                self.add_many(piece[room:])
+                continue
+            self._batch.extend(piece)
+            self._size += sum(map(len, piece))
+            self._measured = len(self._batch)
+            if len(self._batch) >= self.batch_size or self._size >= MAX_SUBMIT_BYTES:
+                self.flush()
+            else:
+                self._next_look = min(self.batch_size, len(self._batch) + SIZE_CHECK_EVERY)
+
     def flush(self) -> None:
         if not self._batch and not self._policy:
             return

@@ -57,6 +57,19 @@ def token(value: Any) -> str:
     return str(value)
 
 
+def _not_all_text(urls: list[Any]) -> str | None:
+    """Why ``urls`` are not all strings of valid Unicode, or None.  All ASCII, the usual
+    case, is one pass in C (a non-string makes ``str.isascii`` raise)."""
+    try:
+        if all(map(str.isascii, urls)):
+            return None
+    except TypeError:
+        return "urls must be strings"
+    if not all(_encodable(url) for url in urls):
+        return "urls must be valid Unicode text (no lone surrogates)"
+    return None
+
+
 def _encodable(url: str) -> bool:
     """Valid Unicode text: no lone surrogates (ASCII, the usual case, costs no copy)."""
     if url.isascii():
@@ -115,11 +128,8 @@ def submit_request(batch: Any) -> SubmitRequest:
     urls = batch.get("urls")
     require(isinstance(urls, list), "urls must be a list")
     require(len(urls) <= MAX_SUBMIT, f"at most {MAX_SUBMIT} urls per submit")
-    require(all(isinstance(url, str) for url in urls), "urls must be strings")
-    require(
-        all(_encodable(url) for url in urls),
-        "urls must be valid Unicode text (no lone surrogates)",
-    )
+    problem = _not_all_text(urls)
+    require(problem is None, str(problem))
     attempts = batch.get("attempts")
     batch_id = batch.get("batch_id")
     require(batch_id is None or isinstance(batch_id, str), "batch_id must be a string")
