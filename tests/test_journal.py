@@ -667,7 +667,7 @@ def test_a_result_the_journal_cannot_encode_is_refused_and_changes_nothing(
     broker.submit({"job": "a", "urls": urls(2)})
     first, second = broker.lease("w", 2, 0)
     with pytest.raises(BadRequest, match="JSON values only"):
-        broker.complete("w", [ok(first), {**ok(second), "worker": b"not json"}])
+        broker.complete("w", [ok(first), {**ok(second), "worker": "lone \ud800 surrogate"}])
     state = counts(broker, "a")
     assert (state["queued"], state["leased"], state["succeeded"], state["failed"]) == (0, 2, 0, 0)
     assert broker.complete("w", [ok(first), ok(second)])["accepted"] == 2

@@ -22,6 +22,9 @@ Result = dict[str, Any]
 
 
 RETRY_AFTER_STATUSES = (429, 503)
+WAIT_STATUSES = frozenset(RETRY_AFTER_STATUSES)
+NO_EVENTS: list[bytes] = []
+"""Shared by every verdict that writes nothing: never appended to."""
 MAX_HOLD = 3600.0
 """Longest a Retry-After may hold a host: a site asking for a day is asking to stop."""
 
@@ -50,45 +53,48 @@ def judge(
     settled: set[int] = set()
     """Tasks an earlier result of this call finished or queued again: no lease now."""
     finished: set[int] = set()
-
-    def events(*made: bytes | None) -> list[bytes]:
-        return [line for line in made if line is not None]
-
+    known, done, leases, job_of = (
+        state.ledger.known,
+        state.ledger.done,
+        state.leases.get,
+        state.ledger.job_of,
+    )
     for result, line in zip(results, lines, strict=True):
         task_id = result["id"]
-        if not state.ledger.known(task_id):
-            verdicts.append(Verdict(result, Outcome.DROPPED, []))  # an earlier server run's
+        if not known(task_id) or task_id in finished or task_id in done:
+            verdicts.append(Verdict(result, Outcome.DROPPED, NO_EVENTS))  # repeat, or unknown
             continue
         attempt = result.get("attempt", 1)
-        lease = None if task_id in settled else state.leases.get(task_id)
-        current = lease is not None and lease.held_as(attempt)
-        job = state.ledger.job_of(task_id)
-        hold = _asked_to_wait(state, job, result)
-        if task_id in state.ledger.done or task_id in finished:
-            verdicts.append(Verdict(result, Outcome.DROPPED, []))
-        elif is_retryable(result) and not current:
-            verdicts.append(Verdict(result, Outcome.DROPPED, []))  # a stale attempt failed
-        elif (
-            (is_retryable(result) or hold)
+        lease = None if task_id in settled else leases(task_id)
+        current = lease is not None and lease.task.attempt == attempt
+        retryable = is_retryable(result)
+        if retryable and not current:
+            verdicts.append(Verdict(result, Outcome.DROPPED, NO_EVENTS))  # a stale attempt
+            continue
+        job = job_of(task_id)
+        hold = _asked_to_wait(state, job, result) if result.get("status") in WAIT_STATUSES else 0
+        if (
+            (retryable or hold)
             and lease is not None
             and current
             and attempt < lease.task.attempts
             and not state.scheduler.job(job).cancelled
         ):
-            retry = encode({"k": "retry", "id": task_id, "attempt": attempt + 1})
-            held = encode({"k": "hold", "job": job, "url": result["url"], "until": wall + hold})
-            verdicts.append(
-                Verdict(result, Outcome.RETRIED, events(retry, held if hold else None), hold)
-            )
+            events = [encode({"k": "retry", "id": task_id, "attempt": attempt + 1})]
+            if hold:
+                events.append(encode({"k": "hold", "job": job, "url": result["url"],
+                                      "until": wall + hold}))  # fmt: skip
+            written = [event for event in events if event is not None]
+            verdicts.append(Verdict(result, Outcome.RETRIED, written, hold))
             settled.add(task_id)
-        else:
-            if result.get("job") != job:  # the server's record of the task is the authority
-                result["job"] = job
-                line = None
-            event = encode({"k": "result", "r": result}) if line is None else line
-            verdicts.append(Verdict(result, Outcome.ACCEPTED, events(event)))
-            settled.add(task_id)
-            finished.add(task_id)
+            continue
+        if result.get("job") != job:  # the server's record of the task is the authority
+            result["job"] = job
+            line = None
+        event = encode({"k": "result", "r": result}) if line is None else line
+        verdicts.append(Verdict(result, Outcome.ACCEPTED, NO_EVENTS if event is None else [event]))
+        settled.add(task_id)
+        finished.add(task_id)
     return verdicts
 
 

@@ -178,7 +178,7 @@ MAX_RESULT_TEXT = 12_288
 (8 KiB) and its error message fit, and an output's read of 5,000 results stays well
 inside a frame."""
 
-_SCALARS = (str, int, float, bool, type(None))
+_PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
 def results_list(results: Any) -> list[dict[str, Any]]:
@@ -186,25 +186,40 @@ def results_list(results: Any) -> list[dict[str, Any]]:
 
     Results are stored and handed out as they come, so their size is bounded here:
     plain values only (``error`` an object of them), a few dozen fields, and a bounded
-    amount of text."""
+    amount of text.  This runs for every result a worker reports: one pass over its
+    values, no more."""
     require(isinstance(results, list), "results must be a list")
     require(len(results) <= MAX_SUBMIT, f"at most {MAX_SUBMIT} results per call")
     for result in results:
-        require(isinstance(result, dict), "each result must be a dict")
+        require(type(result) is dict, "each result must be a dict")
         require(type(result.get("id")) is int, "each result needs an integer id")
         require(type(result.get("attempt", 1)) is int, "attempt must be an integer")
         require(len(result) <= MAX_RESULT_FIELDS, f"at most {MAX_RESULT_FIELDS} fields a result")
-        error = result.get("error")
         require(
-            error is None
-            or (isinstance(error, dict) and all(isinstance(v, _SCALARS) for v in error.values())),
-            "error must be null or an object of plain values",
+            _text_in(result) <= MAX_RESULT_TEXT,
+            f"a result may carry {MAX_RESULT_TEXT} "
+            "characters of text, in plain values (error an object of them)",
         )
-        values = [v for k, v in result.items() if k != "error"]
-        require(all(isinstance(v, _SCALARS) for v in values), "result fields must be plain values")
-        text = sum(len(v) for v in [*values, *(error or {}).values()] if isinstance(v, str))
-        require(text <= MAX_RESULT_TEXT, f"a result may carry {MAX_RESULT_TEXT} characters of text")
     return results
+
+
+def _text_in(result: dict[str, Any]) -> int:
+    """Characters of text in a result's values; more than any limit if a value is not
+    plain (or ``error`` not an object of plain values)."""
+    text = 0
+    for key, value in result.items():
+        kind = type(value)
+        if kind is str:
+            text += len(value)
+        elif kind not in _PLAIN:
+            if key != "error" or kind is not dict:
+                return MAX_RESULT_TEXT + 1
+            for inner in value.values():
+                if type(inner) is str:
+                    text += len(inner)
+                elif type(inner) not in _PLAIN:
+                    return MAX_RESULT_TEXT + 1
+    return text
 
 
 def lease_pairs(leases: Any) -> list[tuple[int, int]]:
