@@ -21,19 +21,24 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-import json
-import math
-import pickle
-import re
 import socket
 import ssl
 import struct
 from multiprocessing import AuthenticationError, managers
-from multiprocessing.reduction import ForkingPickler
-from typing import Any, Protocol
+from typing import Any
 
 from fetchq import defaults, login, tls
-from fetchq.api import MAX_DEPTH, MAX_FRAME, MAX_INTEGER
+from fetchq.api import MAX_FRAME
+from fetchq.codec import (
+    JSON,
+    JSON_REPLIES,
+    PICKLE,
+    PICKLE_OPCODE,
+    BadFrame,
+    Codec,
+    PickleRefused,
+    WireError,
+)
 from fetchq.config import Address
 from fetchq.errors import (
     AuthFailed,
@@ -42,14 +47,10 @@ from fetchq.errors import (
     TLSFailed,
     VersionMismatch,
     from_wire,
-    to_wire,
 )
 
 SERIALIZER = "fetchq"
 """The serializer name a plain (non-TLS) fetchq client uses."""
-
-PICKLE_OPCODE = 0x80
-"""The first byte of every pickle since protocol 2: how a pickle frame is told apart."""
 
 TLS_RECORD_TYPES = (0x15, 0x16)
 """First bytes of a TLS alert or handshake record: how TLS is told from a frame length."""
@@ -71,10 +72,6 @@ _CHUNK = 1 << 20
 """Most bytes asked per read of a large frame: a length alone reserves nothing."""
 
 
-class WireError(Exception):
-    """A frame this side will not read."""
-
-
 class FrameRefused(WireError):
     """A frame refused before its body was read: the stream cannot go on."""
 
@@ -83,202 +80,12 @@ class FrameRefused(WireError):
         self.header = header
 
 
-class BadFrame(WireError):
-    """A whole frame that is not a message this side reads: the stream can go on."""
-
-
-class PickleRefused(WireError):
-    """A pickle arrived and pickle is not allowed here: it was not unpickled."""
-
-
-class Unencodable(WireError):
-    """A reply that cannot be put on the wire as JSON."""
-
-
 class NoReply(TimeoutError):
     """The peer sent nothing within the connection's timeout."""
 
 
 class PlaintextPeer(WireError):
     """A client that does not speak TLS connected to a TLS server."""
-
-
-class Codec(Protocol):
-    name: str
-
-    def dumps(self, obj: Any) -> bytes: ...
-
-    def loads(self, frame: bytes) -> Any: ...
-
-
-# -- the JSON codec -------------------------------------------------------------
-
-
-def _encode_other(obj: Any) -> Any:
-    """What JSON has no type for: errors become data, a manager Token a small object."""
-    if isinstance(obj, BaseException):
-        return to_wire(obj)
-    if isinstance(obj, managers.Token):
-        address = list(obj.address) if isinstance(obj.address, tuple) else obj.address
-        return {"typeid": obj.typeid, "address": address, "id": obj.id}
-    if isinstance(obj, set | frozenset):
-        return sorted(obj)
-    raise TypeError(f"a {type(obj).__name__} cannot cross the wire")
-
-
-def _bounded_int(text: str) -> int:
-    value = int(text)
-    if not -MAX_INTEGER <= value <= MAX_INTEGER:
-        raise ValueError(f"integer {text[:20]}... out of range (at most 2**63 - 1)")
-    return value
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text[:20]} out of range")
-    return value
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value")
-
-
-_STRUCTURE = b'[]{}"'
-_NOT_STRUCTURE = bytes(b for b in range(256) if b not in _STRUCTURE)
-_EMPTY_PAIR = re.compile(rb"\[\]|\{\}")
-
-
-def too_deep(frame: bytes) -> bool:
-    """Whether ``frame`` nests arrays and objects deeper than MAX_DEPTH.
-
-    Checked on the bytes before parsing, in C-speed passes: a frame with few
-    brackets (a submit of 10,000 URLs has five) is never scanned.  Otherwise
-    escaped backslashes and quotes are dropped (so the quotes left alternate,
-    opening and closing strings), only brackets and quotes are kept, and
-    splitting at the quotes leaves the brackets outside strings at the even
-    places; then innermost ``[]`` and ``{}`` pairs are removed, one level per
-    pass."""
-    if frame.count(b"[") + frame.count(b"{") <= MAX_DEPTH:
-        return False
-    unescaped = frame.replace(b"\\\\", b"").replace(b'\\"', b"")
-    skeleton = b"".join(unescaped.translate(None, _NOT_STRUCTURE).split(b'"')[::2])
-    for _ in range(MAX_DEPTH):
-        skeleton, removed = _EMPTY_PAIR.subn(b"", skeleton)
-        if not skeleton or not removed:
-            return False  # balanced within the limit, or malformed: the parser says so
-    return bool(skeleton)
-
-
-_DIGITS_ONLY = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
-_LONG_DIGITS = b"0" * len(str(MAX_INTEGER))
-
-
-def _has_long_digits(frame: bytes) -> bool:
-    """A run of digits as long as the largest integer allowed, anywhere (in C)."""
-    return _LONG_DIGITS in frame.translate(_DIGITS_ONLY)
-
-
-class JsonCodec:
-    """JSON in UTF-8 (sent as ASCII), compact, no NaN; when ``strict``, as the server
-    reads what clients send, numbers bounded and nesting at most MAX_DEPTH.
-
-    A client reads the server's replies without those checks: the server sends
-    back only what it accepted, and the checks cost an output reading a
-    million results more than the decoding itself.  Deep nesting still ends
-    in RecursionError, refused like any unreadable frame.
-
-    Both directions call the json module's C encoder and scanner directly: a
-    broker call is a few dozen bytes, and building a Python encoder (or
-    matching whitespace) for each one would cost more than the encoding."""
-
-    name = "json"
-
-    def __init__(self, *, strict: bool = True) -> None:
-        self.strict = strict
-        # ASCII out (other characters as \u escapes): any string can be sent, even one
-        # holding a lone surrogate that arrived as an escape, so no reply is unsendable.
-        encoder = json.JSONEncoder(
-            ensure_ascii=True, allow_nan=False, separators=(",", ":"), default=_encode_other
-        )
-        if strict:
-            self._decoder = json.JSONDecoder(parse_float=_finite_float, parse_constant=_no_constant)
-            self._bounded = json.JSONDecoder(
-                parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant
-            )
-        else:
-            self._decoder = self._bounded = json.JSONDecoder(parse_constant=_no_constant)
-        make = getattr(json.encoder, "c_make_encoder", None)
-        self._encode_chunks: Any = None
-        if make is not None:  # the arguments of iterencode(_one_shot=True), made once
-            self._encode_chunks = make(
-                {},
-                _encode_other,
-                json.encoder.c_encode_basestring_ascii,  # type: ignore[attr-defined]
-                None,
-                ":",
-                ",",
-                False,
-                False,
-                False,
-            )
-        self._encoder = encoder
-
-    def dumps(self, obj: Any) -> bytes:
-        try:
-            if self._encode_chunks is None:
-                return self._encoder.encode(obj).encode("ascii")
-            return "".join(self._encode_chunks(obj, 0)).encode("ascii")
-        except (TypeError, ValueError, RecursionError) as exc:
-            raise Unencodable(f"cannot send as JSON: {exc}") from None
-
-    def loads(self, frame: bytes) -> Any:
-        if frame[:1] == bytes([PICKLE_OPCODE]):
-            raise BadFrame("a pickle: this connection reads JSON only, and nothing is unpickled")
-        if self.strict and too_deep(frame):
-            raise BadFrame(f"nested deeper than {MAX_DEPTH} levels")
-        try:
-            text = frame.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise BadFrame(f"not UTF-8 text (byte {exc.start})") from None
-        # Integers are bounded by a hook per integer, so the hook runs only where a
-        # run of digits as long as 2**63 appears (results hold five integers each).
-        decoder = self._bounded if self.strict and _has_long_digits(frame) else self._decoder
-        try:
-            try:
-                value, end = decoder.scan_once(text, 0)  # type: ignore[attr-defined]
-            except StopIteration:  # not a value at its first byte (leading space?)
-                return decoder.decode(text)
-            if end != len(text) and text[end:].strip():
-                raise ValueError(f"extra data at character {end}")
-            return value
-        except (ValueError, RecursionError) as exc:
-            raise BadFrame(f"not JSON: {str(exc)[:200]}") from None
-
-
-class PickleCodec:
-    """The stock manager wire, for classic clients of a server run with ``--allow-pickle``."""
-
-    name = "pickle"
-
-    def dumps(self, obj: Any) -> bytes:
-        try:
-            return bytes(ForkingPickler.dumps(obj))
-        except Exception as exc:
-            raise Unencodable(f"cannot pickle the reply: {exc}") from None
-
-    def loads(self, frame: bytes) -> Any:
-        try:
-            return pickle.loads(frame)
-        except Exception as exc:
-            raise BadFrame(f"not a pickle: {str(exc)[:200]}") from None
-
-
-JSON = JsonCodec()
-"""What the server reads (and what every side writes)."""
-JSON_REPLIES = JsonCodec(strict=False)
-"""How a client reads the server's replies."""
-PICKLE = PickleCodec()
 
 
 # -- connections ----------------------------------------------------------------

@@ -23,9 +23,9 @@ from worker_scenarios import whole_job
 
 from fetchq.api import MAX_DEPTH, MAX_INTEGER
 from fetchq.client import BrokerClient
+from fetchq.codec import JSON, BadFrame, Unencodable, too_deep
 from fetchq.config import Address, parse_address
 from fetchq.errors import BadRequest, ExitCode, FetchqError, StorageFailed, VersionMismatch
-from fetchq.transport import JSON, BadFrame, Unencodable, too_deep
 
 LOGIN_FRAMES = 3
 """Frames each side sends to log in: a challenge, an answer, and a welcome."""

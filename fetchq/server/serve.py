@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 
 from fetchq import defaults, login
 from fetchq.api import METHODS
+from fetchq.codec import BadFrame, PickleRefused, Unencodable
 from fetchq.config import Address
 from fetchq.errors import AddressInUse, BadRequest, ConfigError, FetchqError
 from fetchq.messages import say
@@ -36,12 +37,9 @@ from fetchq.signals import StopRequest
 from fetchq.tls import server_failure
 from fetchq.transport import (
     TLS_RECORD_TYPES,
-    BadFrame,
     FrameRefused,
-    PickleRefused,
     PlaintextPeer,
     ServerConnection,
-    Unencodable,
     server_serializer,
 )
 
