@@ -91,14 +91,19 @@ def too_deep(frame: bytes) -> bool:
     Checked on the bytes before parsing, in C-speed passes: a frame with few
     brackets (a submit of 10,000 URLs has five) is never scanned.  Otherwise
     escaped backslashes and quotes are dropped (so the quotes left alternate,
-    opening and closing strings), only brackets and quotes are kept, and
-    splitting at the quotes leaves the brackets outside strings at the even
-    places; then innermost ``[]`` and ``{}`` pairs are removed, one level per
-    pass."""
+    opening and closing strings) and only brackets and quotes are kept.  Where
+    no string holds a bracket, dropping each ``""`` leaves just the brackets
+    outside strings; where one does, a quote is left over, and splitting at
+    the quotes leaves those brackets at the even places instead.  Then
+    innermost ``[]`` and ``{}`` pairs are removed, one level per pass."""
     if frame.count(b"[") + frame.count(b"{") <= MAX_DEPTH:
         return False
-    unescaped = frame.replace(b"\\\\", b"").replace(b'\\"', b"")
-    skeleton = b"".join(unescaped.translate(None, _NOT_STRUCTURE).split(b'"')[::2])
+    if b"\\" in frame:
+        frame = frame.replace(b"\\\\", b"").replace(b'\\"', b"")
+    shape = frame.translate(None, _NOT_STRUCTURE)
+    skeleton = shape.replace(b'""', b"")  # strings with no brackets in them, the usual case
+    if b'"' in skeleton:  # some string holds brackets: drop every string's inside
+        skeleton = b"".join(shape.split(b'"')[::2])
     for _ in range(MAX_DEPTH):
         skeleton, removed = _EMPTY_PAIR.subn(b"", skeleton)
         if not skeleton or not removed:
@@ -106,13 +111,30 @@ def too_deep(frame: bytes) -> bool:
     return bool(skeleton)
 
 
-_DIGITS_ONLY = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
-_LONG_DIGITS = b"0" * len(str(MAX_INTEGER))
+def _number_shape(byte: int) -> int:
+    if 0x30 <= byte <= 0x39:
+        return 0x30  # every digit as 0
+    if byte in b".eE":
+        return byte | 0x20  # "." stays, the exponent's E as e
+    return 0x20  # everything else as a space
 
 
-def _has_long_digits(frame: bytes) -> bool:
-    """A run of digits as long as the largest integer allowed, anywhere (in C)."""
-    return _LONG_DIGITS in frame.translate(_DIGITS_ONLY)
+_NUMBER_SHAPES = bytes(_number_shape(byte) for byte in range(256))
+_LONG_INTEGER = b" " + b"0" * len(str(MAX_INTEGER))
+"""A run of digits as long as 2**63 that is not a fraction: an integer to check."""
+_EXPONENT = b"0e"
+"""A digit before an exponent: a float that may overflow to infinity."""
+
+
+def _needs_number_checks(frame: bytes) -> bool:
+    """Whether ``frame`` may hold an integer past MAX_INTEGER or a float past a double.
+
+    Found in C, on the frame's digits: a result's floats (whose fractions run to
+    19 digits) and 16-digit ids need no check, and the hooks that do the check
+    cost more than the rest of the decoding.  A string that merely looks like
+    such a number only costs the slower, checked decoding."""
+    shapes = frame.translate(_NUMBER_SHAPES)
+    return _LONG_INTEGER in shapes or _EXPONENT in shapes
 
 
 class JsonCodec:
@@ -137,13 +159,10 @@ class JsonCodec:
         encoder = json.JSONEncoder(
             ensure_ascii=True, allow_nan=False, separators=(",", ":"), default=_encode_other
         )
-        if strict:
-            self._decoder = json.JSONDecoder(parse_float=_finite_float, parse_constant=_no_constant)
-            self._bounded = json.JSONDecoder(
-                parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant
-            )
-        else:
-            self._decoder = self._bounded = json.JSONDecoder(parse_constant=_no_constant)
+        self._decoder = json.JSONDecoder(parse_constant=_no_constant)
+        self._checked = json.JSONDecoder(
+            parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant
+        )
         make = getattr(json.encoder, "c_make_encoder", None)
         self._encode_chunks: Any = None
         if make is not None:  # the arguments of iterencode(_one_shot=True), made once
@@ -177,9 +196,10 @@ class JsonCodec:
             text = frame.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise BadFrame(f"not UTF-8 text (byte {exc.start})") from None
-        # Integers are bounded by a hook per integer, so the hook runs only where a
-        # run of digits as long as 2**63 appears (results hold five integers each).
-        decoder = self._bounded if self.strict and _has_long_digits(frame) else self._decoder
+        # Numbers are checked by a hook per number, so the hooks run only on a frame
+        # that may hold a number out of range.
+        checked = self.strict and _needs_number_checks(frame)
+        decoder = self._checked if checked else self._decoder
         try:
             try:
                 value, end = decoder.scan_once(text, 0)  # type: ignore[attr-defined]

@@ -27,6 +27,7 @@ from fetchq.codec import JSON, BadFrame, Unencodable, too_deep
 from fetchq.config import Address, parse_address
 from fetchq.errors import BadRequest, ExitCode, FetchqError, StorageFailed, VersionMismatch
 
+INF = float("inf")
 LOGIN_FRAMES = 3
 """Frames each side sends to log in: a challenge, an answer, and a welcome."""
 
@@ -203,6 +204,28 @@ def test_nesting_is_bounded_and_brackets_in_strings_do_not_count():
     assert JSON.loads(text)[0].startswith("[[[")
     many = json.dumps([{"id": n, "error": {"type": "x"}} for n in range(2000)]).encode()
     assert len(JSON.loads(many)) == 2000, "wide is fine: only depth is bounded"
+
+
+NUMBERS = st.one_of(
+    st.integers(-(2**70), 2**70).map(str),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.builds("{}e{}".format, st.integers(1, 99), st.integers(-400, 400)),
+)
+"""Numbers as JSON text: integers past 2**63 and exponents past a double included."""
+
+
+@settings(max_examples=300, deadline=None)
+@given(number=NUMBERS, text=st.text(alphabet="0123456789.eE-", max_size=30))
+def test_numbers_are_refused_exactly_when_out_of_range(number, text):
+    """Beside a result's usual fields, and a string that looks like a number."""
+    fields = json.dumps({"id": 2**52, "elapsed": 0.0011479129989311332, "url": text})
+    frame = f"[{fields}, {number}]".encode()
+    value = json.loads(number)
+    if (isinstance(value, int) and abs(value) > MAX_INTEGER) or value in (INF, -INF):
+        with pytest.raises(BadFrame, match="out of range"):
+            JSON.loads(frame)
+    else:
+        assert JSON.loads(frame)[1] == value
 
 
 @pytest.mark.parametrize(
