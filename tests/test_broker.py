@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -1125,3 +1126,21 @@ def test_concurrent_workers_give_exactly_one_result_per_task() -> None:
     status = broker.status()
     assert (status["queued"], status["leased"], status["unconfirmed"]) == (0, 0, 0)
     assert sum(w["reported"] for w in status["workers"]) == total + retried
+
+
+def test_scheduled_starts_keep_the_schedule_though_the_wall_clock_wobbles(clock):
+    """Read a moment apart, the wall clock and the monotonic one differ by a little more
+    or less each time; the starts must still be exactly 1/rate apart in Unix time,
+    and a wall clock that is set (a step) must show in them."""
+    wobble = iter([0.0, 0.003, -0.002, 0.004, -0.001] * 40)
+    wall = {"offset": WALL - clock.now}
+    broker = Broker(clock=clock, wall_clock=lambda: clock.now + wall["offset"] + next(wobble))
+    broker.submit({"job": "paced", "urls": urls(20), "rate": 10.0})
+    starts = []
+    for _ in range(10):
+        starts += [task["scheduled"] for task in broker.lease("w1", 1, 0)]
+        clock.advance(0.1)
+    assert [round(b - a, 6) for a, b in itertools.pairwise(starts)] == [0.1] * 9
+    wall["offset"] += 30.0  # the wall clock is set half a minute on
+    (later,) = [task["scheduled"] for task in broker.lease("w1", 1, 0)]
+    assert later - starts[-1] == pytest.approx(30.1, abs=0.01)

@@ -40,6 +40,10 @@ from fetchq.server.waiters import Waiters
 
 Result = dict[str, Any]
 
+CLOCK_STEP = 0.1
+"""Seconds the wall clock must move against the monotonic one to count as set (NTP
+steps at 0.128 s); below that, scheduled starts keep one offset to Unix time."""
+
 
 class Broker:
     def __init__(
@@ -62,6 +66,7 @@ class Broker:
         self.max_results = max_results
         self._clock = clock
         self._wall = wall_clock
+        self._wall_offset = wall_clock() - clock()
         self._lock = threading.Lock()
         self._waiters = Waiters(self._lock)
         server_policy = Policy(per_host=per_host, host_delay=host_delay)
@@ -383,12 +388,29 @@ class Broker:
     def _lease_locked(self, worker: str, count: int) -> list[dict[str, Any]]:
         state, wall = self._state, self._wall()
         leased = handout.lease(
-            state, worker, count, now=self._clock(), wall=wall, lease_timeout=self.lease_timeout
+            state,
+            worker,
+            count,
+            now=self._clock(),
+            wall=wall,
+            wall_offset=self._steady_wall_offset(),
+            lease_timeout=self.lease_timeout,
         )
         self._end_without_request(*handout.refused_by_robots(state, wall))
         if len(state.scheduler) < self.max_pending:
             self._waiters.room.notify_all()
         return leased
+
+    def _steady_wall_offset(self) -> float:
+        """Unix time minus the monotonic clock, kept while it moves less than CLOCK_STEP.
+
+        Read afresh, the two clocks are read a moment apart (another thread may run
+        between them), so the offset wobbles by a millisecond or more; a start
+        converted with a wobbling offset would show late or early by that much."""
+        offset = self._wall() - self._clock()
+        if abs(offset - self._wall_offset) > CLOCK_STEP:
+            self._wall_offset = offset  # the wall clock was set
+        return self._wall_offset
 
     def _end_cancelled(self) -> None:
         room = self.max_results - self._state.outbox.unconfirmed

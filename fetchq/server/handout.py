@@ -33,15 +33,19 @@ def lease(
     *,
     now: float,
     wall: float,
+    wall_offset: float,
     lease_timeout: float,
 ) -> list[dict[str, Any]]:
-    """Up to ``count`` task records for ``worker``, leased to it."""
+    """Up to ``count`` task records for ``worker``, leased to it.
+
+    A start goes out in Unix time as ``start + wall_offset``: one offset for every
+    call, so that starts keep the schedule's exact spacing in Unix time too."""
     records = []
     for pick in state.scheduler.take(count, now, state.ledger.done.__contains__):
         task = pick.task
         if pick.robots:
             task = task._replace(id=next(_probe_ids), submitted=wall)
-        start = None if pick.start is None else wall + (pick.start - now)
+        start = None if pick.start is None else pick.start + wall_offset
         deadline = max(now, pick.start or now) + lease_timeout
         granted = state.leases.grant(
             task, worker, deadline, start=start, host=pick.host, robots=pick.robots
