@@ -18,6 +18,8 @@ others talk to the server directly.
 
 With ``record=True`` it also keeps every byte of every connection, each
 direction apart (``recordings``): what a wire test reads frame by frame.
+With ``rewrite`` each frame a client sends passes through that function
+first: a server that answers one kind of call with an error, for real.
 
 Bounded: at most ``max_connections`` connections at a time (more are closed
 at once), two threads per connection plus one accepting; every blocking
@@ -30,8 +32,10 @@ from __future__ import annotations
 import contextlib
 import select
 import socket
+import struct
 import threading
 import time
+from collections.abc import Callable
 
 TICK = 0.2
 """Seconds between checks of the cut and stop flags in every loop."""
@@ -40,7 +44,14 @@ UPSTREAM_CONNECT_TIMEOUT = 5.0
 
 
 class NetProxy:
-    def __init__(self, upstream: str, *, max_connections: int = 64, record: bool = False) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        max_connections: int = 64,
+        record: bool = False,
+        rewrite: Callable[[bytes], bytes] | None = None,
+    ) -> None:
         host, port = upstream.rsplit(":", 1)
         self.upstream = (host, int(port))
         self.max_connections = max_connections
@@ -63,6 +74,7 @@ class NetProxy:
         self.accepted = 0
         self.refused = 0
         self.record = record
+        self.rewrite = rewrite
         self.recordings: list[Recording] = []
         """Per connection, in the order accepted: the bytes each way (``record=True``)."""
         self._accepter = threading.Thread(target=self._accept_loop, name="netproxy-accept")
@@ -170,7 +182,7 @@ class NetProxy:
             )
             back.daemon = True
             back.start()
-            self._pump(client, upstream, recording.up, self._requests_flow)
+            self._pump(client, upstream, recording.up, self._requests_flow, self.rewrite)
             back.join()
         finally:
             for sock in (client, upstream):
@@ -188,8 +200,11 @@ class NetProxy:
         sink: socket.socket,
         tape: bytearray,
         gate: threading.Event | None = None,
+        rewrite: Callable[[bytes], bytes] | None = None,
     ) -> None:
-        """Copy source to sink while forwarding; hold bytes (and EOF) during a cut."""
+        """Copy source to sink while forwarding; hold bytes (and EOF) during a cut.
+        With ``rewrite``, whole frames only, each rewritten on its way."""
+        frames = Frames(rewrite) if rewrite is not None else None
         while self._wait_forwarding(gate):
             try:
                 readable, _, _ = select.select([source], [], [], TICK)
@@ -209,6 +224,8 @@ class NetProxy:
                 return
             if self.record:
                 tape += data
+            if frames is not None:
+                data = frames.feed(data)
             try:
                 sink.sendall(data)
             except OSError:
@@ -216,6 +233,35 @@ class NetProxy:
         # An error or close on one side ends both directions.
         _shut(source)
         _shut(sink)
+
+
+class Frames:
+    """Cuts a byte stream into the manager protocol's frames (a 4-byte big-endian
+    length, or -1 and an 8-byte length) and rewrites each whole one."""
+
+    def __init__(self, rewrite: Callable[[bytes], bytes]) -> None:
+        self.rewrite = rewrite
+        self.pending = b""
+
+    def feed(self, data: bytes) -> bytes:
+        self.pending += data
+        out = []
+        while len(self.pending) >= 4:
+            (size,) = struct.unpack_from("!i", self.pending)
+            header = 4
+            if size == -1:
+                if len(self.pending) < 12:
+                    break
+                (size,) = struct.unpack_from("!Q", self.pending, 4)
+                header = 12
+            if len(self.pending) < header + size:
+                break
+            frame = self.rewrite(self.pending[header : header + size])
+            large = header == 12
+            head = struct.pack("!iQ", -1, len(frame)) if large else struct.pack("!i", len(frame))
+            out.append(head + frame)
+            self.pending = self.pending[header + size :]
+        return b"".join(out)
 
 
 class Recording:

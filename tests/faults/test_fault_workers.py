@@ -9,6 +9,9 @@ import time
 from checker import assert_exactly_once, assert_quiet, check_file
 from faultkit import exit_code
 from fetchq_procs import run, worker_name
+from netproxy import NetProxy
+
+from fetchq.errors import ExitCode
 
 LEASE = "2"
 GRACE = 10
@@ -121,3 +124,38 @@ def test_slow_url_outlives_its_lease_by_heartbeats(cluster, target):
         "a task was handed out again while its lease was live"
     )
     assert_quiet(fq.client, job.name, job.count + 1, fq.baseline)
+
+
+def test_a_worker_whose_results_are_refused_stops_and_loses_nothing(cluster):
+    """The server refuses a worker's results (a proxy spoils the method name of its
+    ``complete`` calls, so the real server answers each with an error): the worker
+    must not count them as fetched, says why and stops with exit 1, and the tasks
+    it held run again on another worker once their leases lapse."""
+    fq = cluster("--lease-timeout", LEASE)
+    job = fq.job(300)
+    out = fq.tmp / "results.jsonl"
+
+    def spoil(frame: bytes) -> bytes:
+        return frame.replace(b'"complete"', b'"complote"', 1)
+
+    with NetProxy(fq.server.address, rewrite=spoil) as proxy:
+        refused = {**fq.env, "FETCHQ_SERVER": proxy.address}
+        victim, victim_log = fq.worker("--concurrency", "4", env=refused)
+        fq.wait_workers(victim.pid)
+        dispatch, dispatch_log = fq.dispatch(job)
+        assert exit_code(dispatch, dispatch_log, 60) == 0, dispatch_log.text
+        assert exit_code(victim, victim_log, 30) == ExitCode.FAILURE, victim_log.text
+    assert "the server refused" in victim_log.text and "complote" in victim_log.text
+    assert "stopped after" not in victim_log.text, victim_log.text
+    assert fq.worker_seen(victim.pid)["reported"] == 0
+
+    survivor, survivor_log = fq.worker("--concurrency", "4")
+    output, output_log = fq.output(job, out, "--until-done")
+    assert exit_code(output, output_log, 60) == 0, output_log.text
+    survivor.terminate()
+    assert exit_code(survivor, survivor_log, 30) == 0, survivor_log.text
+    report = check_file(job.urls, out)
+    assert_exactly_once(report)
+    assert worker_name(victim.pid) not in {r["worker"] for r in report.all_results}
+    assert any(r["attempt"] >= 2 for r in report.all_results), "the refused tasks ran again"
+    assert_quiet(fq.client, job.name, job.count, fq.baseline)
