@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 
-import pytest
 from fetchq_procs import start_worker, stop_all
 
 
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to spread over")
 def test_two_worker_commands_do_not_share_a_cpu(server, env, tmp_path):
+    assert len(os.sched_getaffinity(0)) >= 2, "this test needs two CPUs to spread over"
     env["TMPDIR"] = str(tmp_path)  # CPU claims of this test's workers only
     first, first_log = start_worker(env, "--concurrency", "2")
     try:

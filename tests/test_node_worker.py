@@ -128,19 +128,20 @@ def test_every_kind_of_failure_becomes_a_node_result(server, env, target):
 
 
 def test_a_node_worker_renews_a_lease_it_holds_longer_than_the_lease(env, target):
-    """A URL that takes three lease timeouts: the worker's reports renew the lease, so
-    the task is not handed out again."""
-    server = ServerProcess(env, "--lease-timeout", "1")
+    """A URL that takes over two lease timeouts: the worker's reports renew the lease
+    (every third of it), so the task is not handed out again.  The lease is long
+    enough that a pause of a second on a loaded box cannot lapse it."""
+    server = ServerProcess(env, "--lease-timeout", "3")
     env["FETCHQ_SERVER"] = server.address
     try:
-        url = f"{target.url}/slow?s=3.5&t=renew"
-        assert run(env, "dispatch", url, "-j", "renew", "--timeout", "10").returncode == 0
+        url = f"{target.url}/slow?s=7&t=renew"
+        assert run(env, "dispatch", url, "-j", "renew", "--timeout", "15").returncode == 0
         worker = run_node_worker(env, "--burst")
         assert worker.returncode == 0, worker.stderr
         output = run(env, "output", "-j", "renew", "--until-done", "--format", "jsonl")
         [result] = jsonl(output.stdout)
         assert (result["ok"], result["attempt"]) == (True, 1), result
-        assert len(target.requests("/slow?s=3.5&t=renew")) == 1
+        assert len(target.requests("/slow?s=7&t=renew")) == 1
         counts = connect_broker(server.address, env["FETCHQ_AUTHKEY"]).call("job", "renew")
         assert counts["expired"] == 0, counts
     finally:

@@ -114,8 +114,9 @@ def test_histogram_counts_sum_to_count() -> None:
     buckets = summary.as_dict()["histogram"]
     assert len(buckets) == 10
     assert sum(b["count"] for b in buckets) == 100
-    # Ten latencies a bucket; one on the edge of its bucket may land next door.
-    assert all(9 <= b["count"] <= 11 for b in buckets), buckets
+    # Ten latencies a bucket; 0.090 sits on an edge, and the sketch (1% accurate)
+    # puts it in the last bucket.
+    assert [b["count"] for b in buckets] == [10] * 8 + [9, 11], buckets
     assert buckets[0]["low"] == pytest.approx(0.001)
     assert buckets[-1]["high"] == pytest.approx(0.100)
     uneven = mixed()

@@ -49,7 +49,6 @@ def test_a_full_disk_loses_nothing(cluster, tmp_path):
     assert 0 < stuck["submitted"] < job.count, stuck
     assert journal.read_bytes().endswith(b"\n"), "a failed write left a torn line behind"
 
-    assert fq.counts(job)["submitted"] == stuck["submitted"], "a failed submit changed state"
     limit_file_size(server_pid, None)
     fq.server.log.wait_for(r"journal .* is being written again", 30)
     assert exit_code(dispatch, dispatch_log, 60) == 0, dispatch_log.text
