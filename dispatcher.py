@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fetchq import config, defaults, tls
-from fetchq.api import check_job_name
+from fetchq.api import MAX_HOST_DELAY, MAX_PER_HOST, MAX_TASK_TIMEOUT, check_job_name
 from fetchq.client import ResilientClient
 from fetchq.commandline import (
     AuthkeyFileOption,
@@ -114,7 +114,7 @@ def job_policy(
     if per_host is not None:
         policy["per_host"] = per_host
     if host_delay is not None:
-        policy["host_delay"] = parse_duration(host_delay)
+        policy["host_delay"] = parse_duration(host_delay, MAX_HOST_DELAY)
     if obey_robots:
         policy["obey_robots"] = True
     if retry_after:
@@ -140,7 +140,8 @@ def dispatch(
         str | None, typer.Option("--job", "-j", help="Job name (default: a new unique one)")
     ] = None,
     timeout: Annotated[
-        float, typer.Option(min=0.001, help="Seconds one fetch may take in all")
+        float,
+        typer.Option(min=0.001, max=MAX_TASK_TIMEOUT, help="Seconds one fetch may take in all"),
     ] = defaults.TASK_TIMEOUT,
     attempts: Annotated[
         int | None,
@@ -159,7 +160,9 @@ def dispatch(
     ] = None,
     per_host: Annotated[
         int | None,
-        typer.Option(min=1, help="Requests in flight to one host at once, across all workers"),
+        typer.Option(
+            min=1, max=MAX_PER_HOST, help="Requests in flight to one host, across all workers"
+        ),
     ] = None,
     host_delay: Annotated[
         str | None,

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from fetchq import config, defaults, tls
+from fetchq.api import MAX_HOST_DELAY, MAX_PER_HOST
 from fetchq.commandline import AuthkeyFileOption, reports_errors, run_alone, say
 from fetchq.pace import parse_duration
 from fetchq.server.broker import Broker
@@ -64,7 +65,9 @@ def server(
     ] = None,
     per_host: Annotated[
         int | None,
-        typer.Option(min=1, help="Requests in flight to one host at once, across all jobs"),
+        typer.Option(
+            min=1, max=MAX_PER_HOST, help="Requests in flight to one host at once, across all jobs"
+        ),
     ] = None,
     host_delay: Annotated[
         str | None,
@@ -92,7 +95,7 @@ def server(
     ] = False,
 ) -> None:
     """Run the queue server until SIGINT or SIGTERM."""
-    delay = parse_duration(host_delay) if host_delay else 0.0
+    delay = parse_duration(host_delay, MAX_HOST_DELAY) if host_delay else 0.0
     tls_settings = tls.server_tls(tls_cert, tls_key, tls_ca)
     key = resolve_server_key(authkey_file)
     # A file size limit must fail a journal write (EFBIG), not kill the server.

@@ -49,6 +49,18 @@ MAX_LEASE = 10_000
 MAX_WAIT = 30.0
 """Longest a call may wait on the server (clients wait a little longer for a reply)."""
 
+MAX_TASK_TIMEOUT = 86_400.0
+"""Longest a task's fetch may be given, in seconds: a day."""
+
+MAX_RATE = 1_000_000.0
+"""Highest rate a job may ask for, per second."""
+
+MAX_PER_HOST = 100_000
+"""Highest per-host cap."""
+
+MAX_HOST_DELAY = 3600.0
+"""Longest delay between two starts on one host, in seconds."""
+
 MAX_FRAME = 64 << 20
 """Bytes in one frame either side will read: larger ones are refused unread.
 
@@ -104,7 +116,8 @@ class Outcome(enum.StrEnum):
     ACCEPTED = "accepted"
     """The task's first result: it is done and waits for an output."""
     RETRIED = "retried"
-    """A connection-level failure with attempts left: the task is queued again."""
+    """A connection-level failure with attempts left, or a 429/503 with Retry-After in
+    a job that obeys it: the task is queued again."""
     DROPPED = "dropped"
     """A repeat, a stale attempt, or a task this server never handed out."""
 

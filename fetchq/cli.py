@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from fetchq import __version__
-from fetchq.commandline import make_app, run_alone
+from fetchq.commandline import invoke, make_app, run_alone
 
 COMMANDS: dict[str, tuple[str, str, str | None]] = {
     "server": ("queueserver", "server", "HELP"),
@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str, str | None]] = {
     "job": ("fetchq.steer", "app", "HELP"),
     "report": ("fetchq.report", "report", None),
     "demo": ("fetchq.demo", "demo", None),
-    "tls": ("fetchq.tlsinit", "app", None),
+    "tls": ("fetchq.tlsinit", "app", "HELP"),
 }
 """Subcommand -> (module, function or Typer group, the module's help text or None for the
 docstring)."""
@@ -71,11 +71,11 @@ def main() -> None:
     if args and args[0] in COMMANDS:
         command, help_text = _load(args[0])
         if isinstance(command, typer.Typer):
-            command(args=args[1:], prog_name=f"fetchq {args[0]}")
+            invoke(command, args=args[1:], prog_name=f"fetchq {args[0]}")
         else:
             run_alone(command, help_text or "", args=args[1:], prog_name=f"fetchq {args[0]}")
     else:
-        build_app()()
+        invoke(build_app(), prog_name="fetchq")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ fetchq error that ended them; a user's mistake never shows a traceback.
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
@@ -125,4 +126,27 @@ def run_alone(
     """One program as a command of its own: ``python worker.py`` or ``fetchq worker``."""
     app = make_app(help_text)
     app.command(help=help_text or None)(command)
-    app(args=args, prog_name=prog_name)
+    invoke(app, args=args, prog_name=prog_name)
+
+
+def invoke(
+    app: typer.Typer, *, args: list[str] | None = None, prog_name: str | None = None
+) -> None:
+    """Run ``app`` to the end: a mistake on the command line is said in one line with
+    exit 2, like every other error, rather than in typer's five-line box."""
+    command = typer.main.get_command(app)
+    try:
+        outcome = command.main(args=args, prog_name=prog_name, standalone_mode=False)
+    except typer.Abort:
+        sys.exit(ExitCode.INTERRUPTED)
+    except Exception as exc:
+        # typer's command-line errors (click's, vendored; no public name to catch them
+        # by) carry the message and the exit code to use.
+        code, describe = getattr(exc, "exit_code", None), getattr(exc, "format_message", None)
+        if not isinstance(code, int) or describe is None:
+            raise
+        context = getattr(exc, "ctx", None)
+        hint = f" (see {context.command_path} -h)" if code == ExitCode.USAGE and context else ""
+        error(f"{describe()}{hint}")
+        sys.exit(code)
+    sys.exit(outcome if isinstance(outcome, int) else ExitCode.OK)

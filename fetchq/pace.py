@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import re
 
+from fetchq.api import MAX_RATE
 from fetchq.errors import UsageError
 
 _PER = {"s": 1.0, "m": 60.0, "h": 3600.0}
@@ -23,15 +24,19 @@ def parse_rate(text: str) -> float:
     rate = float(match.group(1)) / _PER[match.group(2) or "s"]
     if not math.isfinite(rate) or rate <= 0:
         raise UsageError(f"invalid rate {text!r}: it must be more than zero")
+    if rate > MAX_RATE:
+        raise UsageError(f"invalid rate {text!r}: at most {MAX_RATE:,.0f}/s")
     return rate
 
 
-def parse_duration(text: str) -> float:
-    """Seconds from ``90``, ``90s``, ``1.5m``, ``2h`` or ``250ms``."""
+def parse_duration(text: str, most: float | None = None) -> float:
+    """Seconds from ``90``, ``90s``, ``1.5m``, ``2h`` or ``250ms`` (at most ``most``)."""
     match = _DURATION.fullmatch(text)
     if not match:
         raise UsageError(f"invalid duration {text!r}: use seconds, or 30s, 5m, 1h")
     seconds = float(match.group(1)) * _SECONDS[match.group(2) or "s"]
     if not math.isfinite(seconds) or seconds <= 0:
         raise UsageError(f"invalid duration {text!r}: it must be more than zero")
+    if most is not None and seconds > most:
+        raise UsageError(f"invalid duration {text!r}: at most {most:g}s")
     return seconds

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from fetchq import config, tls
+from fetchq.api import MAX_HOST_DELAY, MAX_PER_HOST
 from fetchq.client import BrokerClient
 from fetchq.commandline import (
     AuthkeyFileOption,
@@ -67,7 +68,7 @@ def render_jobs(jobs: dict[str, dict[str, Any]]) -> str:
     head = (
         "job",
         "state",
-        "done",
+        "finished",
         "of",
         "queued",
         "leased",
@@ -177,7 +178,8 @@ def set_limits(
         str | None, typer.Option(help="Requests per second for the fleet (200, 12000/m; 0: none)")
     ] = None,
     per_host: Annotated[
-        int | None, typer.Option(min=0, help="Requests in flight per host (0: no cap)")
+        int | None,
+        typer.Option(min=0, max=MAX_PER_HOST, help="Requests in flight per host (0: no cap)"),
     ] = None,
     host_delay: Annotated[
         str | None, typer.Option(help="Time between starts on one host (0.5, 500ms; 0: none)")
@@ -195,7 +197,8 @@ def set_limits(
     if per_host is not None:
         change["per_host"] = per_host or None
     if host_delay is not None:
-        change["host_delay"] = 0.0 if host_delay.strip() == "0" else parse_duration(host_delay)
+        no_delay = host_delay.strip() == "0"
+        change["host_delay"] = 0.0 if no_delay else parse_duration(host_delay, MAX_HOST_DELAY)
     if len(change) == 1:
         raise UsageError("nothing to set: give --rate, --per-host or --host-delay")
     _steer((server, authkey_file, tls_ca, tls_cert, tls_key), job, change)

@@ -27,7 +27,8 @@ from fetchq.errors import ConfigError, FetchqError
 
 FILES = ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")
 
-app = make_app("Make the files for mutual TLS between a server and its clients.")
+HELP = "Make the files for mutual TLS between a server and its clients."
+app = make_app(HELP)
 
 
 @app.callback()

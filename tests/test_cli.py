@@ -72,6 +72,7 @@ def test_port_in_use(server, env):
 def test_invalid_options_are_usage_errors(env, args):
     result = run(env, *args)
     assert_clean_error(result, ExitCode.USAGE)
+    assert len(result.stderr.splitlines()) == 1, result.stderr
 
 
 def test_invalid_input_lines_are_reported_by_number_and_skipped(server, env, target, tmp_path):

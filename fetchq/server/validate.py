@@ -10,7 +10,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from fetchq import defaults
-from fetchq.api import MAX_SUBMIT, MAX_WAIT, ROBOTS_MAX_BYTES, job_name_problem
+from fetchq.api import (
+    MAX_HOST_DELAY,
+    MAX_PER_HOST,
+    MAX_RATE,
+    MAX_SUBMIT,
+    MAX_TASK_TIMEOUT,
+    MAX_WAIT,
+    ROBOTS_MAX_BYTES,
+    job_name_problem,
+)
 from fetchq.errors import BadRequest
 
 MAX_ATTEMPTS = 100
@@ -81,9 +90,6 @@ def _encodable(url: str) -> bool:
     return True
 
 
-MAX_RATE = 1_000_000.0
-MAX_PER_HOST = 100_000
-MAX_HOST_DELAY = 3600.0
 POLICY_FIELDS = ("rate", "per_host", "host_delay", "obey_robots", "retry_after")
 """How a job is paced and how polite it is (see ``fetchq.server.scheduler.Policy``)."""
 
@@ -136,7 +142,9 @@ def submit_request(batch: Any) -> SubmitRequest:
     return SubmitRequest(
         job=name,
         urls=urls,
-        timeout=number(batch.get("timeout", defaults.TASK_TIMEOUT), "timeout", 0.001, 86400),
+        timeout=number(
+            batch.get("timeout", defaults.TASK_TIMEOUT), "timeout", 0.001, MAX_TASK_TIMEOUT
+        ),
         attempts=None if attempts is None else integer(attempts, "attempts", 1, MAX_ATTEMPTS),
         wait=wait(batch.get("wait", 0.0)),
         batch_id=batch_id,

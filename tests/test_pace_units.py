@@ -1,0 +1,61 @@
+"""Rates and durations as people write them, and the limits the command line holds them to."""
+
+from __future__ import annotations
+
+import pytest
+from fetchq_procs import run
+
+from fetchq.api import MAX_HOST_DELAY, MAX_RATE
+from fetchq.errors import ExitCode, UsageError
+from fetchq.pace import parse_duration, parse_rate
+
+
+@pytest.mark.parametrize(
+    ("text", "per_second"),
+    [("200", 200.0), ("200/s", 200.0), ("12000/m", 200.0), ("60/h", 1 / 60), (" .5 / s ", 0.5)],
+)
+def test_rates(text, per_second):
+    assert parse_rate(text) == pytest.approx(per_second)
+
+
+@pytest.mark.parametrize("text", ["", "fast", "0", "0/s", "-5", "5/d", "1e3", "2000001"])
+def test_rates_that_are_refused(text):
+    with pytest.raises(UsageError, match="invalid rate"):
+        parse_rate(text)
+    assert parse_rate(f"{MAX_RATE:.0f}") == MAX_RATE
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90", 90.0), ("90s", 90.0), ("1.5m", 90.0), ("2h", 7200.0), ("250ms", 0.25)],
+)
+def test_durations(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+def test_durations_that_are_refused():
+    for text in ("", "soon", "0", "0ms", "5d", "-1s"):
+        with pytest.raises(UsageError, match="invalid duration"):
+            parse_duration(text)
+    with pytest.raises(UsageError, match="at most 3600s"):
+        parse_duration("61m", MAX_HOST_DELAY)
+    assert parse_duration("1h", MAX_HOST_DELAY) == MAX_HOST_DELAY
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "said"),
+    [
+        ("--rate", "2000000", "at most 1,000,000/s"),
+        ("--host-delay", "2h", "at most 3600s"),
+        ("--per-host", "100001", "less than or equal to 100000"),
+        ("--timeout", "90000", "less than or equal to 86400"),
+    ],
+)
+def test_dispatch_refuses_a_limit_the_server_would_refuse_before_it_connects(
+    env, option, value, said
+):
+    """Exit 2 (usage) at once in one line, not exit 1 from the server's BadRequest."""
+    env["FETCHQ_SERVER"] = "127.0.0.1:9"  # nothing listens: the check must come first
+    done = run(env, "dispatch", option, value, "http://127.0.0.1:9/x", timeout=20)
+    assert done.returncode == ExitCode.USAGE, done.stderr
+    assert said in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
