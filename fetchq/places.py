@@ -18,9 +18,7 @@ at most ``n / kept`` is subtracted from any row.  For ``n`` results that gives:
 
 from __future__ import annotations
 
-from ddsketch import DDSketch
-
-from fetchq.sketch import new_sketch
+from fetchq.sketch import Sketch, new_sketch
 
 PLACES_KEPT = 200
 """``kept``: a place with more than 1/200 of the results always has its own row."""
@@ -70,7 +68,7 @@ class PlaceFigures:
         self.weight = 0
         self.first_start = float("inf")
         self.last_end = float("-inf")
-        self.latency: DDSketch = new_sketch()
+        self.latency: Sketch = new_sketch()
 
     def merge(self, other: PlaceFigures) -> None:
         self.count += other.count

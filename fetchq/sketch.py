@@ -14,6 +14,9 @@ from collections.abc import Iterable
 
 from ddsketch import DDSketch
 
+Sketch = DDSketch
+"""The type every other module names: they need not import ``ddsketch`` themselves."""
+
 RELATIVE_ACCURACY = 0.005
 """Half the 1% the report promises: DDSketch ranks a quantile at ``q * (n - 1)``
 while the report's exact reference is nearest-rank, and half leaves room for

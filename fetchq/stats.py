@@ -12,10 +12,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ddsketch import DDSketch
-
 from fetchq import sketch, textreport
 from fetchq.places import PlaceFigures, PlaceTable, target_host, worker_host
+from fetchq.sketch import Sketch
 from fetchq.timeline import Timeline
 
 HISTOGRAM_BUCKETS = 10
@@ -158,11 +157,11 @@ class Summary:
         duration = self.duration
         return n / duration if duration > 0 else None
 
-    def latencies(self) -> DDSketch:
+    def latencies(self) -> Sketch:
         """Every result's service time in one sketch (merged from the time buckets)."""
         return sketch.merged(bucket.latency for bucket in self.timeline.all_buckets())
 
-    def response_times(self) -> DDSketch:
+    def response_times(self) -> Sketch:
         """Response times from the schedule, of the results that had one."""
         return sketch.merged(
             bucket.response for bucket in self.timeline.all_buckets() if bucket.response is not None
@@ -288,7 +287,7 @@ class Summary:
 
 
 def _latency_figures(
-    latencies: DDSketch, low: float, high: float, mean: float | None
+    latencies: Sketch, low: float, high: float, mean: float | None
 ) -> dict[str, float | None]:
     figures: dict[str, float | None] = {"min": None, "mean": mean}
     figures.update({f"p{p}": sketch.quantile(latencies, p) for p in PERCENTILES})

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ddsketch import DDSketch
-
-from fetchq.sketch import new_sketch
+from fetchq.sketch import Sketch, new_sketch
 
 FIRST_WIDTH = 1.0
 """Seconds per bucket at the start: the resolution rates are read at."""
@@ -38,10 +36,10 @@ class Bucket:
         """Requests started in this slice that started late."""
         self.latency = new_sketch()
         """Service time (``elapsed``) of the requests started in this slice."""
-        self.response: DDSketch | None = None
+        self.response: Sketch | None = None
         """Response time from the schedule, once a request with a schedule started here."""
 
-    def response_sketch(self) -> DDSketch:
+    def response_sketch(self) -> Sketch:
         if self.response is None:
             self.response = new_sketch()
         return self.response

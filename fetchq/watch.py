@@ -3,7 +3,7 @@
 Per job: a progress bar (finished out of submitted) with its ETA at the
 achieved rate, the achieved and target rates, the late starts, the failed
 tasks and the leased ones (in flight at workers).  Per worker: its rate and
-when it was last heard from.  Every figure is the one ``status`` gives,
+when it was last seen.  Every figure is the one ``status`` gives,
 under the same name; "finished" is succeeded plus failed.
 """
 
@@ -89,7 +89,7 @@ def _workers_table(status: dict[str, Any]) -> RenderableType:
         return Text("no workers seen")
     table = Table(title="workers", title_justify="left", expand=False)
     table.add_column("worker")
-    for heading in ("rate", "last contact", "leased", "reported"):
+    for heading in ("rate", "last seen", "leased", "reported"):
         table.add_column(heading, justify="right")
     for worker in workers:
         ago = float(worker["last_seen_ago"])

@@ -217,8 +217,9 @@ class _Server(managers.Server):
         """Answer a logged-in client's calls until it leaves.
 
         A frame that cannot be read as a request gets an error reply and the
-        connection goes on; a frame refused unread (too large) or a pickle
-        where none is allowed ends the connection after the error reply."""
+        connection goes on; a frame refused unread (too large), or a first
+        frame that is a pickle where none is allowed, ends the connection
+        after the error reply."""
         conn.settimeout(None)  # logged in: a client may stay quiet as long as it likes
         while not self.stop_event.is_set():
             try:
