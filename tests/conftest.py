@@ -8,26 +8,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from dnsguard import loopback_only_getaddrinfo
 from fakeclock import FakeClock
 from fetchq_procs import ServerProcess, clean_env
 
 from fetchq.target import Target
 
-_real_getaddrinfo = socket.getaddrinfo
-LOCAL_NAMES = {"127.0.0.1", "localhost", "::1", None, ""}
-
-
-def _loopback_only_getaddrinfo(host, *args, **kwargs):  # type: ignore[no-untyped-def]
-    """No test asks a real DNS server anything: names other than loopback fail here."""
-    name = host.decode() if isinstance(host, bytes) else host
-    if name not in LOCAL_NAMES and not str(name).startswith("127."):
-        raise socket.gaierror(socket.EAI_NONAME, f"test guard: no DNS lookups ({name})")
-    return _real_getaddrinfo(host, *args, **kwargs)
-
 
 @pytest.fixture(autouse=True)
 def _no_dns(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(socket, "getaddrinfo", _loopback_only_getaddrinfo)
+    monkeypatch.setattr(socket, "getaddrinfo", loopback_only_getaddrinfo)
 
 
 @pytest.fixture

@@ -177,6 +177,8 @@ def clean_env(tmp_path: Path, authkey: str) -> dict[str, str]:
     env["FETCHQ_AUTHKEY"] = authkey
     env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
     env["PYTHONUNBUFFERED"] = "1"
+    guard = str(Path(__file__).resolve().parent / "childguard")  # the DNS guard, in children
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [guard, env.get("PYTHONPATH")]))
     return env
 
 

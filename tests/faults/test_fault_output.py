@@ -143,8 +143,6 @@ def test_output_stalled_longer_than_the_lease_writes_nothing_twice(cluster):
     dispatch, dispatch_log = fq.dispatch(job)
     assert exit_code(dispatch, dispatch_log, 60) == 0, dispatch_log.text
 
-    # Blocked mid-batch: the pipe is full and the server has a
-    # delivery out that the output cannot confirm until its write returns.
     # Blocked mid-batch: the pipe is (all but a write's worth) full and the
     # server has a delivery out that the output cannot confirm until its
     # write returns.
