@@ -6,6 +6,7 @@ Every change is journaled on the server, so a restart keeps it.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -128,46 +129,31 @@ def _steer(link: Link, job: str, change: dict[str, Any]) -> None:
     )
 
 
-@app.command()
-@reports_errors
-def pause(
-    job: JobArgument,
-    server: ServerOption = None,
-    authkey_file: AuthkeyFileOption = None,
-    tls_ca: TlsCaOption = None,
-    tls_cert: TlsCertOption = None,
-    tls_key: TlsKeyOption = None,
-) -> None:
-    """Hand out no more tasks of the job; requests already running finish."""
-    _steer((server, authkey_file, tls_ca, tls_cert, tls_key), job, {"action": "pause"})
+ACTIONS = {
+    "pause": "Hand out no more tasks of the job; requests already running finish.",
+    "resume": "Hand out the job's tasks again (its rate starts afresh).",
+    "cancel": "End the job's queued tasks as results of type cancelled; running ones finish.",
+}
+"""The steering commands that take nothing but the job: each one a journaled action."""
 
 
-@app.command()
-@reports_errors
-def resume(
-    job: JobArgument,
-    server: ServerOption = None,
-    authkey_file: AuthkeyFileOption = None,
-    tls_ca: TlsCaOption = None,
-    tls_cert: TlsCertOption = None,
-    tls_key: TlsKeyOption = None,
-) -> None:
-    """Hand out the job's tasks again (its rate starts afresh)."""
-    _steer((server, authkey_file, tls_ca, tls_cert, tls_key), job, {"action": "resume"})
+def _action_command(action: str) -> Callable[..., None]:
+    def command(
+        job: JobArgument,
+        server: ServerOption = None,
+        authkey_file: AuthkeyFileOption = None,
+        tls_ca: TlsCaOption = None,
+        tls_cert: TlsCertOption = None,
+        tls_key: TlsKeyOption = None,
+    ) -> None:
+        _steer((server, authkey_file, tls_ca, tls_cert, tls_key), job, {"action": action})
+
+    command.__doc__ = ACTIONS[action]
+    return command
 
 
-@app.command()
-@reports_errors
-def cancel(
-    job: JobArgument,
-    server: ServerOption = None,
-    authkey_file: AuthkeyFileOption = None,
-    tls_ca: TlsCaOption = None,
-    tls_cert: TlsCertOption = None,
-    tls_key: TlsKeyOption = None,
-) -> None:
-    """End the job's queued tasks as results of type cancelled; running ones finish."""
-    _steer((server, authkey_file, tls_ca, tls_cert, tls_key), job, {"action": "cancel"})
+for _action in ACTIONS:
+    app.command(_action)(reports_errors(_action_command(_action)))
 
 
 @app.command("set")
