@@ -67,6 +67,10 @@ def test_port_in_use(server, env):
         ["dispatch", "--template", "ftp://h/{i}", "--count", "3"],
         ["dispatch", "http://127.0.0.1/", "--job", "has space"],
         ["status", "--server", "host:notaport"],
+        ["nosuch"],
+        ["job", "pause"],
+        ["job", "set", "j", "--per-host", "-1"],
+        ["tls"],
     ],
 )
 def test_invalid_options_are_usage_errors(env, args):
