@@ -156,6 +156,8 @@ CLASSIC_CONNECT = """
 import sys
 from multiprocessing.managers import BaseManager
 
+sys.modules["fetchq"] = None  # a tutorial client runs where fetchq is not installed
+
 class QueueManager(BaseManager):
     pass
 
@@ -320,6 +322,10 @@ for attempt in (result.get_nowait, lambda: result.get(timeout=0.2)):
     except queue.Empty:
         print("empty")
 print("results", result.qsize(), result.empty())
+try:
+    task._callmethod("shutdown")
+except ValueError as exc:
+    print("refused", exc)
 sys.stdout.flush()
 sys.stdin.readline()  # the test runs a worker here
 print("results", result.qsize(), result.empty())
@@ -334,7 +340,8 @@ except queue.Empty:
 
 def test_classic_queues_full_empty_and_qsize(env, target, tmp_path):
     """A tutorial-style client sees a Queue: qsize and empty, Full when the server's
-    --max-pending is reached, Empty when no result comes in time."""
+    --max-pending is reached, Empty when no result comes in time, and a refused call
+    as a ValueError it can unpickle without fetchq installed."""
     from fetchq_procs import ServerProcess
 
     limited = ServerProcess(env, "--max-pending", "5", "--allow-pickle")
@@ -351,7 +358,7 @@ def test_classic_queues_full_empty_and_qsize(env, target, tmp_path):
     )
     try:
         assert client.stdout is not None and client.stdin is not None
-        before = [client.stdout.readline().strip() for _ in range(7)]
+        before = [client.stdout.readline().strip() for _ in range(8)]
         assert before == [
             "tasks 0 True",
             "tasks 5 False",
@@ -360,6 +367,7 @@ def test_classic_queues_full_empty_and_qsize(env, target, tmp_path):
             "empty",
             "empty",
             "results 0 True",
+            "refused BadRequest: 'shutdown' is not a method of this object",
         ], before
         assert run(env, "worker", "--burst").returncode == 0
         stdout, stderr = client.communicate("go\n", timeout=60)

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 from fetchq import defaults, login
 from fetchq.api import METHODS
-from fetchq.codec import BadFrame, PickleRefused, Unencodable
+from fetchq.codec import PICKLE, BadFrame, PickleRefused, Unencodable
 from fetchq.config import Address
 from fetchq.errors import AddressInUse, BadRequest, ConfigError, FetchqError
 from fetchq.messages import say
@@ -204,6 +204,9 @@ class _Server(managers.Server):
     @staticmethod
     def _send(c: ServerConnection, reply: tuple[str, Any]) -> bool:
         """Send a reply; one that cannot be encoded becomes an error reply."""
+        kind, value = reply
+        if kind == "#ERROR" and c.codec is PICKLE and isinstance(value, FetchqError):
+            reply = kind, _builtin_error(value)
         try:
             try:
                 c.send(reply)
@@ -287,6 +290,13 @@ class _Server(managers.Server):
 
 
 _served_broker: Broker | None = None
+
+
+def _builtin_error(exc: FetchqError) -> Exception:
+    """A fetchq error as a pickle client can read it where fetchq is not installed:
+    a tutorial-style client unpickles only what its standard library knows."""
+    kind = ValueError if isinstance(exc, BadRequest) else RuntimeError
+    return kind(f"{type(exc).__name__}: {exc}")
 
 
 def _get_broker() -> Broker:
