@@ -84,6 +84,13 @@ USER_AGENT = f"fetchq/{__version__}"
 """What every request says it is, robots.txt fetches included, and whom robots.txt
 rules are read for."""
 
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+"""The answers whose Retry-After a result reports, and a job with retry_after obeys."""
+
+LATE_AFTER = 0.010
+"""Seconds after its scheduled time at which a request's start counts as late: the same
+for the server's status and for the reports."""
+
 ROBOTS_MAX_BYTES = 512 * 1024
 """The most of a robots.txt a worker reads (RFC 9309 asks parsers to take at least
 500 KiB)."""

@@ -19,14 +19,13 @@ at most ``n / kept`` is subtracted from any row.  For ``n`` results that gives:
 from __future__ import annotations
 
 from fetchq.sketch import Sketch, new_sketch
+from fetchq.urls import host_key
 
 PLACES_KEPT = 200
 """``kept``: a place with more than 1/200 of the results always has its own row."""
 
 UNKNOWN_PLACE = "unknown"
 """The place of a result whose worker or URL does not say."""
-
-DEFAULT_PORTS = {"http": "80", "https": "443"}
 
 
 def worker_host(worker: str) -> str:
@@ -36,25 +35,11 @@ def worker_host(worker: str) -> str:
 
 
 def target_host(url: str) -> str:
-    """``host:port`` of a URL, the port filled in from the scheme when the URL has none.
-
-    String slicing rather than ``urlsplit``: this runs for every result, and the
-    URL is already known to be a valid http(s) URL."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
+    """The result's target host, as per-host limits count it (``unknown`` if none)."""
+    if "://" not in url:
         return UNKNOWN_PLACE
-    end = len(rest)
-    for mark in "/?#":
-        found = rest.find(mark)
-        if 0 <= found < end:
-            end = found
-    netloc = rest[:end].rpartition("@")[2].lower()
-    if not netloc:
-        return UNKNOWN_PLACE
-    bracket = netloc.rfind("]")
-    if netloc.rfind(":") > bracket:
-        return netloc
-    return f"{netloc}:{DEFAULT_PORTS.get(scheme.lower(), '')}"
+    host = host_key(url)
+    return UNKNOWN_PLACE if host.startswith(":") else host
 
 
 class PlaceFigures:

@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 from fetchq import sketch, textreport
+from fetchq.api import LATE_AFTER
 from fetchq.places import PlaceFigures, PlaceTable, target_host, worker_host
 from fetchq.sketch import Sketch
 from fetchq.timeline import Timeline
@@ -24,8 +25,6 @@ PERCENTILES = (50, 90, 95, 99)
 
 TIMELINE_PERCENTILES = (50, 90, 99)
 
-LATE_AFTER = 0.010
-"""Seconds after its scheduled time at which a request's start counts as late."""
 
 PLACE_ROWS = 10
 """Places listed by name in a breakdown; the rest are summed as ``other``."""

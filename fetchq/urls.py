@@ -112,6 +112,28 @@ def argument_urls(urls: Iterable[str]) -> Iterator[str | Rejected]:
         yield Rejected("argument", number, problem) if problem else url
 
 
+DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
+_AUTHORITY = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(?:[^/?#@]*@)?([^/?#]*)")
+"""Scheme, then host and port, of a URL (user info skipped): one match, in C."""
+
+
+def host_key(url: str) -> str:
+    """``host:port`` of an http(s) URL, lower-cased, without user info: the host that
+    politeness limits and the report's target-host rows both count by.  The port
+    is filled in from the scheme, so ``http://a/`` and ``http://a:80/x`` are one
+    host and ``https://a/`` another."""
+    match = _AUTHORITY.match(url)
+    if match is None:
+        return url.lower()
+    scheme, authority = match.groups()
+    authority = authority.lower()
+    if authority.endswith("]") or ":" not in authority.rpartition("]")[2]:
+        return f"{authority}:{DEFAULT_PORTS.get(scheme.lower(), '80')}"
+    return authority
+
+
 PLACEHOLDER = "{i}"
 
 

@@ -31,8 +31,8 @@ from hypothesis.stateful import (
 
 from fetchq.records import make_error, make_result
 from fetchq.server.broker import Broker
-from fetchq.server.hosts import host_key
 from fetchq.server.journal import Journal
+from fetchq.urls import host_key
 
 WALL = 1_700_000_000.0
 LEASE = 10.0

@@ -26,9 +26,6 @@ from fetchq.fetch.failures import DeadlineExceeded, PartialAnswer, classify, sho
 CHUNK = 65536
 """Bytes asked of the socket per body read."""
 
-RETRY_AFTER_STATUSES = (429, 503)
-"""The answers whose Retry-After header a result reports."""
-
 
 class _Answer(NamedTuple):
     status: int | None = None
@@ -300,7 +297,7 @@ class Fetcher:
         finally:
             resp.close()
         wait = None
-        if resp.status_code in RETRY_AFTER_STATUSES:
+        if resp.status_code in api.RETRY_AFTER_STATUSES:
             wait = retry_after_seconds(resp.headers.get("Retry-After"), time.time())
         return _Answer(resp.status_code, nbytes, wait, bytes(kept))
 

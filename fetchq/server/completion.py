@@ -14,15 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from fetchq.api import Outcome
+from fetchq.api import RETRY_AFTER_STATUSES, Outcome
 from fetchq.records import is_retryable
 from fetchq.server.state import BrokerState
 
 Result = dict[str, Any]
 
 
-RETRY_AFTER_STATUSES = (429, 503)
-WAIT_STATUSES = frozenset(RETRY_AFTER_STATUSES)
 NO_EVENTS: list[bytes] = []
 """Shared by every verdict that writes nothing: never appended to."""
 MAX_HOLD = 3600.0
@@ -72,7 +70,11 @@ def judge(
             verdicts.append(Verdict(result, Outcome.DROPPED, NO_EVENTS))  # a stale attempt
             continue
         job = job_of(task_id)
-        hold = _asked_to_wait(state, job, result) if result.get("status") in WAIT_STATUSES else 0
+        hold = (
+            _asked_to_wait(state, job, result)
+            if result.get("status") in RETRY_AFTER_STATUSES
+            else 0
+        )
         if (
             (retryable or hold)
             and lease is not None
@@ -100,8 +102,6 @@ def judge(
 
 def _asked_to_wait(state: BrokerState, job: str, result: Result) -> float:
     """Seconds a 429 or 503 answer asked this job to leave its host alone (0: none)."""
-    if result.get("status") not in RETRY_AFTER_STATUSES:
-        return 0.0
     seconds = result.get("retry_after")
     if not isinstance(seconds, int | float) or not state.scheduler.job(job).policy.retry_after:
         return 0.0

@@ -1,30 +1,10 @@
-"""Hosts as politeness sees them: ``host:port`` of a URL, and a host's slot.
+"""Hosts as politeness sees them: a URL's origin, and a host's slot.
 
-A host is the URL's host and port, the port filled in from the scheme, so
-``http://a/`` and ``http://a:80/x`` are one host and ``https://a/`` another.
+A host is ``fetchq.urls.host_key`` of a URL: its host and port, the port filled
+in from the scheme.
 """
 
 from __future__ import annotations
-
-import re
-
-DEFAULT_PORTS = {"http": "80", "https": "443"}
-
-
-_AUTHORITY = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(?:[^/?#@]*@)?([^/?#]*)")
-"""Scheme, then host and port, of a URL (user info skipped): one match, in C."""
-
-
-def host_key(url: str) -> str:
-    """``host:port`` of an http(s) URL, lower-cased, without user info."""
-    match = _AUTHORITY.match(url)
-    if match is None:
-        return url.lower()
-    scheme, authority = match.groups()
-    authority = authority.lower()
-    if authority.endswith("]") or ":" not in authority.rpartition("]")[2]:
-        return f"{authority}:{DEFAULT_PORTS.get(scheme.lower(), '80')}"
-    return authority
 
 
 def origin(url: str) -> str:

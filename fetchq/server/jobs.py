@@ -12,11 +12,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from fetchq.api import LATE_AFTER
+
 RECENT = 10.0
 """Seconds of results a job's achieved rate and mean response time are measured over."""
-
-LATE = 0.010
-"""A request that started more than this after its scheduled time started late."""
 
 
 @dataclass(eq=False)
@@ -59,7 +58,7 @@ class PaceSeen:
             scheduled, started = result.get("scheduled"), result.get("started")
             if isinstance(scheduled, int | float) and isinstance(started, int | float):
                 lateness = started - scheduled
-                if lateness > LATE:
+                if lateness > LATE_AFTER:
                     self.late += 1
                     self.worst_late = max(self.worst_late, lateness)
         while self._recent and self._recent[0][0] < now - RECENT:

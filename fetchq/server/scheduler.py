@@ -22,9 +22,10 @@ import itertools
 from collections import deque
 from collections.abc import Callable, Iterator
 
-from fetchq.server.hosts import HostSlot, host_key, origin
+from fetchq.server.hosts import HostSlot, origin
 from fetchq.server.jobqueue import HostQueue, JobQueue, Pick, Policy, Robots
 from fetchq.server.tasks import Queued, Span
+from fetchq.urls import host_key
 
 LOOKAHEAD = 1.0
 """Seconds before its start a task may be handed to a worker."""

@@ -17,10 +17,10 @@ from typing import Any
 
 from fetchq.records import make_error, make_result, make_task
 from fetchq.server import robots
-from fetchq.server.hosts import host_key
 from fetchq.server.jobqueue import Policy
 from fetchq.server.state import BrokerState
 from fetchq.server.tasks import Queued
+from fetchq.urls import host_key
 
 CANCELLED = "cancelled"
 """The error type of a task that ended because its job was cancelled."""
