@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from fetchq import __version__, defaults
 from fetchq.api import METHODS, PROTOCOL
 from fetchq.config import Address
-from fetchq.errors import FetchqError, ServerUnreachable, StorageFailed
+from fetchq.errors import FetchqError, ServerUnreachable
 from fetchq.messages import StatusLine
 from fetchq.tls import ClientTLS
 from fetchq.transport import TRANSPORT_ERRORS, client_serializer, transport_error
@@ -88,6 +88,9 @@ class BrokerClient:
             raise
         except TRANSPORT_ERRORS as exc:
             self._forget_thread_connection(proxy)
+            with self._lock:  # a server that restarted has none of the old one's objects
+                if self._proxy is proxy:
+                    self._proxy = None
             raise transport_error(self.address, exc) from None
 
     @staticmethod
@@ -194,9 +197,6 @@ class ResilientClient(BrokerClient):
                 if self.stop.wait(pause):
                     self._notice.clear()
                     raise
-                if not isinstance(exc, StorageFailed):  # the connection itself is fine then
-                    with self._lock:
-                        self._proxy = None
                 continue
             if attempt:
                 waited = time.monotonic() - started

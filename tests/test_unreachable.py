@@ -7,10 +7,11 @@ import pty
 import subprocess
 import time
 
-from fetchq_procs import ServerProcess, fetchq_command, run, start_worker, stop_all
+import pytest
+from fetchq_procs import ServerProcess, connect_broker, fetchq_command, run, start_worker, stop_all
 from test_pipeline import closed_port
 
-from fetchq.errors import ExitCode
+from fetchq.errors import ExitCode, ServerUnreachable
 
 
 def lines_of(text: str) -> list[str]:
@@ -110,3 +111,23 @@ def test_on_a_terminal_the_waiting_line_is_rewritten_in_place(env):
     finished_lines = [line for line in text.replace("\r\n", "\n").split("\n") if line.strip()]
     assert len(finished_lines) == 1, text  # what stays on screen: the final error only
     assert "gave up after" in finished_lines[0]
+
+
+def test_a_client_finds_a_restarted_server_again(env):
+    """A plain client (status --watch, job steering) that met a server going away
+    logs in afresh once one is back: the old server's objects are gone with it."""
+    first = ServerProcess(env)
+    client = connect_broker(first.address, env["FETCHQ_AUTHKEY"])
+    try:
+        assert client.call("queued") == 0
+        first.stop()
+        with pytest.raises(ServerUnreachable):
+            client.call("queued")
+        second = ServerProcess(env, "--port", str(first.port))
+        try:
+            assert client.call("queued") == 0
+        finally:
+            second.stop()
+    finally:
+        client.close()
+        first.stop()

@@ -52,5 +52,9 @@ class BrokerState:
 
     def all_confirmed(self, name: str | None) -> bool:
         """The job (every job, for None) is sealed and each of its results confirmed."""
-        jobs = [job for job in self.jobs if name is None or job.name == name]
+        if name is None:
+            jobs = list(self.jobs)
+        else:
+            found = self.jobs.find(name)
+            jobs = [found] if found is not None else []
         return bool(jobs) and all(self.counts(job)["complete"] for job in jobs)

@@ -15,6 +15,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from fetchq.api import JobCounts
 from fetchq.records import make_error, make_result, make_task
 from fetchq.server import robots
 from fetchq.server.jobqueue import Policy
@@ -119,15 +120,13 @@ def snapshot(state: BrokerState, wall: float) -> list[dict[str, Any]]:
     return events
 
 
-def job_state(state: BrokerState, job: str) -> str:
+def job_state(state: BrokerState, job: str, counts: JobCounts) -> str:
     """open, sealed, complete, paused or cancelled: what ``job list`` shows."""
     queue = state.scheduler.job(job)
-    found = state.jobs.find(job)
-    counts = state.counts(found) if found is not None else None
-    if queue.cancelled:
-        return "cancelled" if not (counts and counts["complete"]) else "complete"
-    if counts is not None and counts["complete"]:
+    if counts["complete"]:
         return "complete"
+    if queue.cancelled:
+        return "cancelled"
     if queue.paused:
         return "paused"
-    return "sealed" if counts is not None and counts["sealed"] else "open"
+    return "sealed" if counts["sealed"] else "open"

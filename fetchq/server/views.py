@@ -34,9 +34,10 @@ def job_view(state: BrokerState, job: Job, now: float) -> dict[str, Any]:
     target = queue.policy.rate
     mean = job.pace.mean_elapsed(now)
     needed = round(target * mean, 1) if target and mean is not None else None
+    counts = state.counts(job)
     return {
-        **state.counts(job),
-        "state": job_state(state, job.name),
+        **counts,
+        "state": job_state(state, job.name, counts),
         "policy": dataclasses.asdict(queue.policy),
         "pace": {
             "target": target,
