@@ -101,7 +101,7 @@ def workers(
         procs.stop(worker)
         job = _status(fq, address)["jobs"]["w"]
     if job["succeeded"] != count or job["failed"]:
-        raise BenchError(f"fetchq job ended with {job['done']} ok and {job['failed']} failed")
+        raise BenchError(f"fetchq job ended with {job['succeeded']} ok and {job['failed']} failed")
     return {
         "count": count,
         "seconds": seconds,

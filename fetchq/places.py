@@ -78,7 +78,6 @@ class PlaceTable:
         self.kept = kept
         self._rows: dict[str, PlaceFigures] = {}
         self.other = PlaceFigures()
-        self.total = 0
 
     def add(self, place: str, started: float, elapsed: float, ok: bool) -> None:
         row = self._rows.get(place)
@@ -96,7 +95,6 @@ class PlaceTable:
         if end > row.last_end:
             row.last_end = end
         row.latency.add(elapsed)
-        self.total += 1
 
     def _purge(self) -> None:
         weights = sorted(row.weight for row in self._rows.values())

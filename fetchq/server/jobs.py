@@ -94,6 +94,3 @@ class JobTable:
 
     def __iter__(self) -> Iterator[Job]:
         return iter(list(self._jobs.values()))
-
-    def __bool__(self) -> bool:
-        return bool(self._jobs)

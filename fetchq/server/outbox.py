@@ -56,11 +56,6 @@ class Outbox:
         self._waiting.setdefault(result["job"], deque()).append(result)
         self.unconfirmed += 1
 
-    def has_waiting(self, job: str | None) -> bool:
-        if job is None:
-            return any(self._waiting.values())
-        return bool(self._waiting.get(job))
-
     def select(self, job: str | None, count: int) -> list[Result]:
         """The results ``hand_out`` would take: up to ``count``, oldest first, per job."""
         queues = [self._waiting[job]] if job in self._waiting else []
