@@ -10,6 +10,8 @@ from checker import assert_exactly_once, check_file, wait_for_job
 from faultkit import exit_code
 from fetchq_procs import poll_until, run
 
+from fetchq.errors import ExitCode
+
 LEASE = "3"
 
 
@@ -50,7 +52,7 @@ def test_pause_resume_set_and_cancel_survive_restarts(cluster, tmp_path):
     paused = job_view(fq, job.name)
     assert paused["state"] == "paused" and paused["pace"]["target"] == 40
     still = arrivals(fq, job)
-    worker_log.wait_for("is back after", 20)  # the worker reconnected and asks for work
+    fq.wait_workers(worker.pid)  # the new server has heard the worker ask for work
     assert fq.client.call("lease", "probe-worker", 10, 1.0) == []  # a paused job hands out none
     assert arrivals(fq, job) == still
 
@@ -68,7 +70,7 @@ def test_pause_resume_set_and_cancel_survive_restarts(cluster, tmp_path):
     poll_until(lambda: arrivals(fq, job) >= still + 200, 30, "the job to run on")
     steer(fq, "cancel", job.name)
     refused = run(fq.env, "dispatch", f"{fq.target.url}/x", "-j", job.name)
-    assert refused.returncode != 0 and "cancelled" in refused.stderr
+    assert refused.returncode == ExitCode.FAILURE and "cancelled" in refused.stderr
     wait_for_job(fq.client, job.name)
     assert exit_code(output, output_log, 60) == 0, output_log.text
     worker.terminate()
