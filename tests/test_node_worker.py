@@ -6,7 +6,6 @@ everywhere the suite runs.
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 import shutil
@@ -30,7 +29,12 @@ from fetchq_procs import (
     stop_all,
     worker_name,
 )
-from worker_scenarios import every_kind_of_failure, sigterm_drains
+from worker_scenarios import (
+    assert_none_before_its_slot,
+    assert_slots_apart,
+    every_kind_of_failure,
+    sigterm_drains,
+)
 
 from fetchq import __version__
 from fetchq.errors import ExitCode
@@ -180,16 +184,13 @@ def test_a_node_worker_keeps_the_pace_and_obeys_robots_txt(env, tmp_path):
             stop_all([node])
             server.stop()
         robots_fetches = site.requests("/robots.txt")
+        pages = site.requests("/page")
     results = {r["url"]: r for r in jsonl(output.stdout)}
     assert len(results) == 35
     fetched = [results[url] for url in urls[:30]]
     assert all(r["ok"] for r in fetched)
-    assert all(r["scheduled"] is not None for r in fetched), "a paced task reports when it was due"
-    early = [r for r in fetched if r["started"] < r["scheduled"] - 0.002]
-    assert not early, f"started before they were due: {early[:3]}"
-    starts = sorted(r["scheduled"] for r in fetched)
-    spacing = [b - a for a, b in itertools.pairwise(starts)]
-    assert min(spacing) > 0.03, f"20/s means one start every 50 ms: {spacing}"
+    assert_slots_apart(fetched, 1 / 20)
+    assert_none_before_its_slot(fetched, pages)
     forbidden = [results[url] for url in urls[30:]]
     assert all((r["error"] or {}).get("type") == "robots" for r in forbidden), forbidden
     assert not site.requests("/private"), "a disallowed URL was requested"

@@ -6,6 +6,7 @@ through it, and checks what a user would see.
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import socket
@@ -25,7 +26,7 @@ from fetchq_procs import (
     stop_all,
 )
 
-from fetchq.target import Target
+from fetchq.target import Seen, Target
 
 
 def closed_port() -> int:
@@ -137,3 +138,34 @@ def whole_job(
     assert sorted(r["url"] for r in results) == sorted(template.format(i=i) for i in range(count))
     assert all(r["ok"] for r in results)
     return results, json.loads(status.stdout)
+
+
+# -- pace: what a paced job promises, checked the same way for every worker --
+
+CLOCK_SLACK = 0.005
+"""Seconds a start may seem early: the worker's estimate of the server's clock (one host here)."""
+
+
+def assert_none_before_its_slot(results: list[dict], seen: list[Seen]) -> None:
+    """No worker started a request before its scheduled start, and no request reached
+    its host before then: the schedule is the server's, the starts the fleet's."""
+    assert all(r["scheduled"] is not None for r in results)
+    early = [r for r in results if r["started"] < r["scheduled"] - CLOCK_SLACK]
+    assert not early, f"{len(early)} started before their slot, e.g. {early[0]}"
+    due = {r["url"].split("/", 3)[3]: r["scheduled"] for r in results}
+    arrived_early = [s for s in seen if s.arrived < due[s.path.lstrip("/")] - CLOCK_SLACK]
+    assert not arrived_early, f"{len(arrived_early)} reached the host before their slot"
+
+
+def slot_gaps(results: list[dict]) -> list[float]:
+    return [b - a for a, b in itertools.pairwise(sorted(r["scheduled"] for r in results))]
+
+
+def assert_slots_apart(results: list[dict], seconds: float) -> None:
+    """Scheduled starts at least ``seconds`` apart: exactly, on each worker's clock (a
+    result's ``scheduled`` is on its worker's clock), and across workers to within
+    how well each worker knows the server's clock."""
+    for worker in {r["worker"] for r in results}:
+        mine = [r for r in results if r["worker"] == worker]
+        assert min(slot_gaps(mine), default=seconds) >= seconds - 1e-6, worker
+    assert min(slot_gaps(results)) >= seconds - CLOCK_SLACK
