@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from brokerkit import renew
 from fakeclock import FakeClock
 
 from fetchq.api import MAX_LEASE, MAX_SUBMIT, MAX_WAIT, PROTOCOL
@@ -72,11 +73,6 @@ def ready(broker: Broker, job: str, count: int, worker: str = "w1") -> list[int]
     tasks = broker.lease(worker, count, 0)
     assert broker.complete(worker, [ok(t, worker) for t in tasks])["accepted"] == count
     return [t["id"] for t in tasks]
-
-
-def renew(broker: Broker, worker: str, leases: list[list[int]]) -> int:
-    """Renew leases as a worker does: in a report, here one with no results."""
-    return int(broker.complete(worker, [], leases)["renewed"])
 
 
 def ids_of(reply: dict[str, Any]) -> list[int]:

@@ -13,9 +13,11 @@ def test_two_worker_commands_do_not_share_a_cpu(server, env, tmp_path):
     first, first_log = start_worker(env, "--concurrency", "2")
     try:
         one = first_log.wait_for(r"on CPU (\d+)")
+        assert os.sched_getaffinity(first.pid) == {int(one.group(1))}, "said, and done"
         second, second_log = start_worker(env, "--concurrency", "2")
         try:
             other = second_log.wait_for(r"on CPU (\d+)")
+            assert os.sched_getaffinity(second.pid) == {int(other.group(1))}
         finally:
             stop_all([second])
     finally:
