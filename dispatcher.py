@@ -19,7 +19,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fetchq import config, defaults, tls
-from fetchq.api import MAX_HOST_DELAY, MAX_PER_HOST, MAX_TASK_TIMEOUT, check_job_name
+from fetchq.api import (
+    MAX_HOST_DELAY,
+    MAX_PER_HOST,
+    MAX_SUBMIT,
+    MAX_TASK_TIMEOUT,
+    check_job_name,
+)
 from fetchq.client import ResilientClient
 from fetchq.commandline import (
     AuthkeyFileOption,
@@ -148,7 +154,7 @@ def dispatch(
         typer.Option(min=1, max=100, help="Tries per task (default: the server's --max-attempts)"),
     ] = None,
     batch_size: Annotated[
-        int, typer.Option(min=1, max=100_000, help="URLs per submit call")
+        int, typer.Option(min=1, max=MAX_SUBMIT, help="URLs per submit call")
     ] = defaults.SUBMIT_BATCH,
     rate: Annotated[
         str | None,

@@ -156,7 +156,7 @@ def output(
         say(f"skipped {done.repeated} results handed out again that were already written")
     if stop.requested:
         say(f"output stopped on {stop.signal_name} after {done.written} results")
-    if report is not None:
+    if report is not None and report.scheduled:  # only a rate weighs the fleet's threads
         report.fetch_threads = fleet_threads(client)
     if report is not None and summary:
         to_stdout = fmt is Format.none or out not in (None, "-")

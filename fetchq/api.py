@@ -84,6 +84,10 @@ USER_AGENT = f"fetchq/{__version__}"
 """What every request says it is, robots.txt fetches included, and whom robots.txt
 rules are read for."""
 
+WORKER_GONE_AFTER = 60.0
+"""Seconds since a worker's last call after which it shows as gone and its fetch
+threads no longer count in the fleet's."""
+
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 """The answers whose Retry-After a result reports, and a job with retry_after obeys."""
 

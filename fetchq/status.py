@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from fetchq import config, tls
+from fetchq.api import WORKER_GONE_AFTER
 from fetchq.client import BrokerClient
 from fetchq.commandline import (
     AuthkeyFileOption,
@@ -22,10 +23,6 @@ from fetchq.commandline import (
 )
 from fetchq.errors import UsageError
 from fetchq.units import format_duration, format_rate
-
-WORKER_GONE_AFTER = 60.0
-"""Seconds without contact after which a worker is shown as gone."""
-
 
 JOB_COLUMNS = (
     "submitted",

@@ -19,10 +19,10 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from fetchq.api import WORKER_GONE_AFTER
 from fetchq.client import BrokerClient
 from fetchq.config import Address
 from fetchq.errors import ServerUnreachable
-from fetchq.status import WORKER_GONE_AFTER
 from fetchq.units import format_eta, format_rate
 
 REFRESH_EVERY = 1.0

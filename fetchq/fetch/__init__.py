@@ -6,6 +6,6 @@ result from any worker reads the same.
 """
 
 from fetchq.fetch.failures import classify
-from fetchq.fetch.fetcher import Fetcher, retry_after_seconds
+from fetchq.fetch.fetcher import Fetcher
 
-__all__ = ["Fetcher", "classify", "retry_after_seconds"]
+__all__ = ["Fetcher", "classify"]

@@ -14,6 +14,7 @@ import os
 import threading
 from typing import Any
 
+from fetchq.api import WORKER_GONE_AFTER
 from fetchq.server.jobs import Job
 from fetchq.server.state import BrokerState
 from fetchq.server.steering import job_state
@@ -21,12 +22,9 @@ from fetchq.server.steering import job_state
 BUSIEST_HOSTS = 5
 """Hosts shown per job: those with the longest queues."""
 
-WORKER_ALIVE = 60.0
-"""Seconds since its last call after which a worker's threads no longer count."""
-
 
 def fleet_threads(state: BrokerState, now: float) -> int:
-    return state.workers.threads(now, WORKER_ALIVE)
+    return state.workers.threads(now, WORKER_GONE_AFTER)
 
 
 def job_view(state: BrokerState, job: Job, now: float) -> dict[str, Any]:
