@@ -179,12 +179,11 @@ def set_limits(
     """Change the job's rate and host limits while it runs."""
     change: dict[str, Any] = {"action": "set"}
     if rate is not None:
-        change["rate"] = None if rate.strip() == "0" else parse_rate(rate)
+        change["rate"] = parse_rate(rate, allow_zero=True) or None
     if per_host is not None:
         change["per_host"] = per_host or None
     if host_delay is not None:
-        no_delay = host_delay.strip() == "0"
-        change["host_delay"] = 0.0 if no_delay else parse_duration(host_delay, MAX_HOST_DELAY)
+        change["host_delay"] = parse_duration(host_delay, MAX_HOST_DELAY, allow_zero=True)
     if len(change) == 1:
         raise UsageError("nothing to set: give --rate, --per-host or --host-delay")
     _steer((server, authkey_file, tls_ca, tls_cert, tls_key), job, change)

@@ -59,3 +59,13 @@ def test_dispatch_refuses_a_limit_the_server_would_refuse_before_it_connects(
     done = run(env, "dispatch", option, value, "http://127.0.0.1:9/x", timeout=20)
     assert done.returncode == ExitCode.USAGE, done.stderr
     assert said in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
+
+
+def test_zero_means_none_only_where_asked():
+    """``fetchq job set --rate 0`` removes the rate, however zero is written."""
+    for text in ("0", "0.0", "0/m", " 0 / h "):
+        assert parse_rate(text, allow_zero=True) == 0.0
+    for text in ("0", "0s", "0ms", "0.0m"):
+        assert parse_duration(text, allow_zero=True) == 0.0
+    with pytest.raises(UsageError, match="more than zero"):
+        parse_rate("0/m")
