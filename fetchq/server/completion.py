@@ -15,8 +15,9 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from fetchq.api import RETRY_AFTER_STATUSES, Outcome
-from fetchq.records import is_retryable
+from fetchq.records import is_retryable, make_error, make_result, make_task
 from fetchq.server.state import BrokerState
+from fetchq.server.tasks import Queued
 
 Result = dict[str, Any]
 
@@ -127,6 +128,17 @@ def apply(state: BrokerState, verdict: Verdict, now: float) -> None:
         else:
             state.end_lease(task_id)
         finish_task(state, result)
+
+
+def ended_without_request(
+    task: Queued, kind: str, message: str, wall: float, worker: str = "server"
+) -> Result:
+    """The result of a task the server ends: cancelled, forbidden by robots.txt, or
+    out of attempts when its last lease lapsed on ``worker``."""
+    record = make_task(task.id, task.job, task.url, task.attempt, task.timeout, task.submitted)
+    return make_result(
+        record, worker=worker, started=wall, elapsed=0.0, error=make_error(kind, message)
+    )
 
 
 def finish_task(state: BrokerState, result: Result) -> None:

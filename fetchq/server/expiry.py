@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fetchq.records import make_error, make_result, make_task
-from fetchq.server.completion import finish_task
+from fetchq.server.completion import ended_without_request, finish_task
 from fetchq.server.leases import Lease
 from fetchq.server.outbox import Delivery
 from fetchq.server.state import BrokerState
@@ -92,11 +91,4 @@ def _lease_expired_result(lease: Lease, wall: float) -> dict[str, Any]:
         f"lease expired on worker {lease.worker} "
         f"(attempt {task.attempt} of {task.attempts}); giving up"
     )
-    record = make_task(task.id, task.job, task.url, task.attempt, task.timeout, 0.0)
-    return make_result(
-        record,
-        worker=lease.worker,
-        started=wall,
-        elapsed=0.0,
-        error=make_error(LEASE_EXPIRED, message),
-    )
+    return ended_without_request(task, LEASE_EXPIRED, message, wall, worker=lease.worker)

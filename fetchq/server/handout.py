@@ -14,9 +14,9 @@ from typing import Any
 
 from fetchq.errors import StorageFailed
 from fetchq.server import robots
-from fetchq.server.completion import finish_task
+from fetchq.server.completion import ended_without_request, finish_task
 from fetchq.server.state import BrokerState
-from fetchq.server.steering import CANCELLED, ROBOTS_REFUSED, ended_without_request
+from fetchq.server.steering import CANCELLED, ROBOTS_REFUSED
 from fetchq.server.tasks import Queued
 
 CANCEL_BATCH = 10_000

@@ -16,11 +16,9 @@ from collections.abc import Callable
 from typing import Any
 
 from fetchq.api import JobCounts
-from fetchq.records import make_error, make_result, make_task
 from fetchq.server import robots
 from fetchq.server.jobqueue import Policy
 from fetchq.server.state import BrokerState
-from fetchq.server.tasks import Queued
 from fetchq.urls import host_key
 
 CANCELLED = "cancelled"
@@ -94,14 +92,6 @@ def robots_fetched(
     state.end_lease(lease.id)
     apply(state, event, now=now, wall=wall)
     return True
-
-
-def ended_without_request(task: Queued, kind: str, message: str, wall: float) -> dict[str, Any]:
-    """The result of a task that ends here: cancelled, or forbidden by robots.txt."""
-    record = make_task(task.id, task.job, task.url, task.attempt, task.timeout, task.submitted)
-    return make_result(
-        record, worker="server", started=wall, elapsed=0.0, error=make_error(kind, message)
-    )
 
 
 def snapshot(state: BrokerState, wall: float) -> list[dict[str, Any]]:
