@@ -282,12 +282,7 @@ class Broker:
                 lease = state.leases.get(task_id)
                 if lease is None or not lease.held_as(attempt, worker):
                     continue
-                state.end_lease(task_id)
-                if lease.robots:
-                    assert lease.host is not None
-                    state.scheduler.learn_robots(lease.task.job, lease.host, None)
-                else:
-                    state.scheduler.add_retry(lease.task)
+                state.give_back(lease)
                 released += 1
             self._waiters.tasks.notify(released + self._freed())
         return released

@@ -61,18 +61,17 @@ class Expiry:
         state.outbox.give_back(self.lapsed)
         touched = {result["job"] for delivery in self.lapsed for result in delivery.results}
         for lease in self.overdue:
-            state.end_lease(lease.id)
             if lease.robots:
-                assert lease.host is not None
-                state.scheduler.learn_robots(lease.task.job, lease.host, None)
+                state.give_back(lease)
                 continue
             job = state.jobs.find(lease.task.job)
             assert job is not None
             job.expired += 1
             failure = self.failures.get(lease.id)
             if failure is None:
-                state.scheduler.add_retry(lease.task._replace(attempt=lease.attempt + 1))
+                state.give_back(lease, lease.attempt + 1)
             else:
+                state.end_lease(lease.id)
                 finish_task(state, failure)
                 touched.add(failure["job"])
         return touched

@@ -50,6 +50,17 @@ class BrokerState:
             self.scheduler.lease_ended(lease.task.job, lease.host)
         return lease
 
+    def give_back(self, lease: Lease, attempt: int | None = None) -> None:
+        """End a lease and queue its work again: a robots.txt fetch is asked for anew,
+        a task goes back in front (as ``attempt`` when given)."""
+        self.end_lease(lease.id)
+        if lease.robots:
+            assert lease.host is not None
+            self.scheduler.learn_robots(lease.task.job, lease.host, None)
+        else:
+            task = lease.task if attempt is None else lease.task._replace(attempt=attempt)
+            self.scheduler.add_retry(task)
+
     def all_confirmed(self, name: str | None) -> bool:
         """The job (every job, for None) is sealed and each of its results confirmed."""
         if name is None:

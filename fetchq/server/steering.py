@@ -85,8 +85,7 @@ def robots_fetched(
         "last": last,
     }
     if robots.rules_from(event, last) is None:
-        state.end_lease(lease.id)
-        state.scheduler.learn_robots(lease.task.job, lease.host, None)
+        state.give_back(lease)  # asked again
         return True
     write(event)
     state.end_lease(lease.id)
