@@ -13,10 +13,7 @@ full-page screenshot.  Everything stays on this machine.
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,20 +24,13 @@ from fetchq.target import Target
 DOCS = Path(__file__).resolve().parent
 sys.path.insert(0, str(DOCS.parent / "tests"))
 
+# The tests' own helpers: a server whose log is drained, processes stopped for sure.
 from browser import chromium, open_report  # noqa: E402
+from fetchq_procs import ServerProcess, clean_env, fetchq_command, start_worker, stop_all  # noqa: E402
+from worker_scenarios import closed_port  # noqa: E402
 
 RATE = "180/s"
 """About what two workers of four threads can do with these pages: some starts run late."""
-
-
-def fetchq(*args: str) -> list[str]:
-    return [sys.executable, "-m", "fetchq", *args]
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def job_urls(first: Target, second: Target) -> list[str]:
@@ -65,51 +55,22 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DOCS / "report.png")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="fetchq-docs-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FETCHQ_")}
-    env.update(FETCHQ_AUTHKEY=secrets.token_urlsafe(24), XDG_CONFIG_HOME=str(scratch))
+    env = clean_env(scratch, secrets.token_urlsafe(24))
+    report = scratch / "report.html"
     with Target() as first, Target(host="127.0.0.2") as second:
-        server = subprocess.Popen(
-            fetchq("server", "--port", "0"), env=env, stderr=subprocess.PIPE, text=True
-        )
+        server = ServerProcess(env)
+        env["FETCHQ_SERVER"] = server.address
         workers: list[subprocess.Popen[str]] = []
         try:
-            assert server.stderr is not None
-            for line in server.stderr:
-                match = re.search(r"listening on (\S+)", line)
-                if match:
-                    env["FETCHQ_SERVER"] = match.group(1)
-                    break
-            workers = [
-                subprocess.Popen(fetchq("worker", "--concurrency", "4"), env=env) for _ in range(2)
-            ]
+            workers = [start_worker(env, "--concurrency", "4")[0] for _ in range(2)]
             urls = "\n".join(job_urls(first, second)) + "\n"
-            subprocess.run(
-                fetchq("dispatch", "-", "-j", "docs", "--attempts", "1", "--rate", RATE),
-                env=env,
-                input=urls,
-                text=True,
-                check=True,
-            )
-            report = scratch / "report.html"
-            subprocess.run(
-                fetchq(
-                    "output",
-                    "-j",
-                    "docs",
-                    "--until-done",
-                    "--format",
-                    "none",
-                    "--summary",
-                    "--html",
-                    str(report),
-                ),
-                env=env,
-                check=True,
-            )
+            dispatch = ["dispatch", "-", "-j", "docs", "--attempts", "1", "--rate", RATE]
+            subprocess.run(fetchq_command(*dispatch), env=env, input=urls, text=True, check=True)
+            output = ["output", "-j", "docs", "--until-done", "--format", "none", "--summary"]
+            subprocess.run(fetchq_command(*output, "--html", str(report)), env=env, check=True)
         finally:
-            for process in [*workers, server]:
-                process.terminate()
-                process.wait(30)
+            stop_all(workers)
+            server.stop()
     with chromium() as browser, open_report(browser, report) as opened:
         opened.page.wait_for_selector("#chart-histogram .main-svg")
         opened.page.screenshot(path=str(args.out), full_page=True)
