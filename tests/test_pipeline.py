@@ -215,7 +215,9 @@ def test_without_allow_pickle_a_classic_client_is_refused_and_the_server_says_so
     server, env, target, tmp_path
 ):
     client = run_classic_client(server, env, target.url, tmp_path)
-    assert client.returncode != 0
+    # No pickle crosses the wire by default, not even a refusal: the client cannot read
+    # the JSON one (its error is an UnpicklingError), and the server's log says why.
+    assert client.returncode == 1 and "UnpicklingError" in client.stderr, client.stderr[-600:]
     server.log.wait_for(r"refused a pickle from 127\.0\.0\.1:\d+: .*--allow-pickle")
     assert "allow-pickle" not in server.log.lines[0], "no warning without the flag"
     assert broker(env).call("job", "classic")["submitted"] == 0, "nothing was queued"
