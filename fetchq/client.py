@@ -91,6 +91,7 @@ class BrokerClient:
             with self._lock:  # a server that restarted has none of the old one's objects
                 if self._proxy is proxy:
                     self._proxy = None
+                    _no_decref(proxy)
             raise transport_error(self.address, exc) from None
 
     @staticmethod
@@ -107,7 +108,17 @@ class BrokerClient:
         with self._lock:
             proxy, self._proxy = self._proxy, None
         if proxy is not None:
+            _no_decref(proxy)
             self._forget_thread_connection(proxy)
+
+
+def _no_decref(proxy: Any) -> None:
+    """A dropped proxy would tell the server it let go, over a new connection of its
+    own: a wait of seconds when the server hangs, and for nothing, since the server
+    pins its broker (no client's decref can release it)."""
+    finalizer = getattr(proxy, "_close", None)
+    if finalizer is not None:
+        finalizer.cancel()
 
 
 def backoff_delays(
