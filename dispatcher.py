@@ -18,16 +18,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fetchq import config, defaults, tls
-from fetchq.api import (
-    MAX_HOST_DELAY,
-    MAX_PER_HOST,
-    MAX_SUBMIT,
-    MAX_TASK_TIMEOUT,
-    check_job_name,
-)
-from fetchq.client import ResilientClient
-from fetchq.commandline import (
+from fetchq import config, defaults
+from fetchq.commands.options import (
     AuthkeyFileOption,
     GiveUpOption,
     ServerOption,
@@ -38,10 +30,19 @@ from fetchq.commandline import (
     run_alone,
     say,
 )
+from fetchq.commands.submit import Submitter, new_job_name
 from fetchq.errors import ConfigError, ExitCode, UsageError
-from fetchq.pace import parse_duration, parse_rate
-from fetchq.submit import Submitter, new_job_name
+from fetchq.units import parse_duration, parse_rate
 from fetchq.urls import Rejected, argument_urls, check_template, read_urls, template_batches
+from fetchq.wire import tls
+from fetchq.wire.api import (
+    MAX_HOST_DELAY,
+    MAX_PER_HOST,
+    MAX_SUBMIT,
+    MAX_TASK_TIMEOUT,
+    check_job_name,
+)
+from fetchq.wire.client import ResilientClient
 
 HELP = "Submit URLs to fetch: as arguments, from files or stdin (-), or from a template."
 

@@ -17,11 +17,9 @@ from typing import Annotated, TextIO
 
 import typer
 
-from fetchq import config, defaults, tls
-from fetchq.api import check_job_name
-from fetchq.client import BrokerClient, ResilientClient
-from fetchq.collect import collect
-from fetchq.commandline import (
+from fetchq import config, defaults
+from fetchq.commands.collect import collect
+from fetchq.commands.options import (
     AuthkeyFileOption,
     GiveUpOption,
     ServerOption,
@@ -33,11 +31,14 @@ from fetchq.commandline import (
     say,
 )
 from fetchq.errors import ConfigError, FetchqError, UsageError
-from fetchq.formats import ids_in_file, open_writer
-from fetchq.htmlfile import HtmlReportFile
 from fetchq.ids import IdSet
+from fetchq.report.formats import ids_in_file, open_writer
+from fetchq.report.htmlfile import HtmlReportFile
+from fetchq.report.summary import Summary
 from fetchq.signals import StopRequest
-from fetchq.stats import Summary
+from fetchq.wire import tls
+from fetchq.wire.api import check_job_name
+from fetchq.wire.client import BrokerClient, ResilientClient
 
 HELP = "Collect results from the queue server as text, JSONL or CSV, with a summary."
 

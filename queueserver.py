@@ -11,14 +11,15 @@ from typing import Annotated
 
 import typer
 
-from fetchq import config, defaults, tls
-from fetchq.api import MAX_HOST_DELAY, MAX_PER_HOST
-from fetchq.commandline import AuthkeyFileOption, reports_errors, run_alone, say
-from fetchq.pace import parse_duration
+from fetchq import config, defaults
+from fetchq.commands.options import AuthkeyFileOption, reports_errors, run_alone, say
 from fetchq.server.broker import Broker
 from fetchq.server.journal import Journal
 from fetchq.server.serve import QueueServer, run_until_stopped
 from fetchq.signals import StopRequest
+from fetchq.units import parse_duration
+from fetchq.wire import tls
+from fetchq.wire.api import MAX_HOST_DELAY, MAX_PER_HOST
 
 HELP = "Run the queue server that dispatchers, workers and outputs connect to."
 

@@ -21,9 +21,8 @@ from typing import Annotated
 
 import typer
 
-from fetchq import config, defaults, tls
-from fetchq.client import ResilientClient
-from fetchq.commandline import (
+from fetchq import config, defaults
+from fetchq.commands.options import (
     AuthkeyFileOption,
     ServerOption,
     TlsCaOption,
@@ -33,10 +32,12 @@ from fetchq.commandline import (
     run_alone,
     say,
 )
-from fetchq.engine import WorkerSettings, child_worker_process, run_worker_process
+from fetchq.commands.work import WorkerSettings, child_worker_process, run_worker_process
 from fetchq.errors import ExitCode, FetchqError, ServerUnreachable
 from fetchq.messages import error
 from fetchq.signals import StopRequest
+from fetchq.wire import tls
+from fetchq.wire.client import ResilientClient
 
 HELP = "Fetch tasks from the queue server and send back their results."
 

@@ -14,9 +14,9 @@ import os
 import sys
 import time
 
-from fetchq.client import BrokerClient
 from fetchq.config import parse_address
-from fetchq.tls import client_tls
+from fetchq.wire.client import BrokerClient
+from fetchq.wire.tls import client_tls
 
 
 def main() -> None:

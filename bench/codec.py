@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fetchq.codec import JSON, too_deep
+from fetchq.wire.codec import JSON, too_deep
 
 
 def results(count: int) -> list[dict[str, Any]]:

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import requests
 
 from fetchq.fetch import Fetcher
-from fetchq.records import make_task
+from fetchq.wire.records import make_task
 
 WARM_UP = 200
 

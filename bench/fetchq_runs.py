@@ -19,8 +19,8 @@ from harness import (
     rss_bytes,
 )
 
-from fetchq.client import BrokerClient
 from fetchq.config import parse_address
+from fetchq.wire.client import BrokerClient
 
 MEMORY_TEMPLATE = "http://127.0.0.1:9/item?id={i}"
 """URLs of about 33 characters, as bench/server_memory.py uses; nothing fetches them."""

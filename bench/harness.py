@@ -287,7 +287,7 @@ class Fetchq:
 
     def client_tls(self) -> Any:
         """The TLS settings for an in-process client of this variant's server."""
-        from fetchq.tls import ClientTLS
+        from fetchq.wire.tls import ClientTLS
 
         if self.wire != "tls":
             return None

@@ -21,8 +21,8 @@ import time
 import tracemalloc
 from typing import Any
 
-from fetchq.records import make_result
 from fetchq.server.broker import Broker
+from fetchq.wire.records import make_result
 
 BATCH = 10_000
 LEASE = 1_000

@@ -2,7 +2,7 @@
 
 nginx (one worker process, keep-alive, a 3-byte body, no access log) is fast
 enough that it is not what limits a Python client on this box.  Without it,
-``python -m fetchq.target`` runs in a process of its own: slower, so the
+``python -m fetchq.testing.target`` runs in a process of its own: slower, so the
 figures then say more about the target than about the clients.
 """
 
@@ -90,9 +90,11 @@ def _start_nginx(procs: Processes, nginx: str) -> HttpTarget:
 
 
 def _start_fetchq_target(procs: Processes) -> HttpTarget:
-    child = procs.start("fetchq-target", [PYTHON, "-u", "-m", "fetchq.target", "--port", "0"])
+    child = procs.start(
+        "fetchq-target", [PYTHON, "-u", "-m", "fetchq.testing.target", "--port", "0"]
+    )
     url = wait_for_log(child, r"(http://127\.0\.0\.1:\d+)").group(1)
-    return HttpTarget("fetchq.target (Python, threads)", None, url, child.pid)
+    return HttpTarget("fetchq.testing.target (Python, threads)", None, url, child.pid)
 
 
 def _check(url: str) -> None:

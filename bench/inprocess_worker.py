@@ -22,10 +22,10 @@ import time
 from collections import deque
 from typing import Any
 
-from fetchq.cpus import claim_a_cpu
-from fetchq.engine import WorkerEngine, WorkerSettings
-from fetchq.records import make_task, worker_identity
+from fetchq.commands.cpus import claim_a_cpu
+from fetchq.commands.work import WorkerEngine, WorkerSettings
 from fetchq.signals import StopRequest
+from fetchq.wire.records import make_task, worker_identity
 
 
 class ListBroker:

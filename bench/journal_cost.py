@@ -17,9 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from fetchq.records import make_result
 from fetchq.server.broker import Broker
 from fetchq.server.journal import Journal
+from fetchq.wire.records import make_result
 
 BATCH = 10_000
 LEASE = 500

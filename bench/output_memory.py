@@ -32,11 +32,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fetchq.collect import collect
-from fetchq.formats import JsonlWriter
-from fetchq.htmlfile import HtmlReportFile
-from fetchq.records import make_error, make_result, make_task
-from fetchq.stats import Summary
+from fetchq.commands.collect import collect
+from fetchq.report.formats import JsonlWriter
+from fetchq.report.htmlfile import HtmlReportFile
+from fetchq.report.summary import Summary
+from fetchq.wire.records import make_error, make_result, make_task
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent

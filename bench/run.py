@@ -10,7 +10,7 @@ says so.  Every process it starts is stopped before it exits, Ctrl-C
 included.
 
 - target: nginx with the bench's own config when ``nginx`` is installed,
-  else ``python -m fetchq.target`` in its own process
+  else ``python -m fetchq.testing.target`` in its own process
 - dispatch: ``fetchq dispatch --template --count N`` into a running server,
   over the JSON wire, over the pickle wire fetchq spoke before protocol 3
   (the baseline: bench/pickle_wire/), and inside mutual TLS; vs the classic
@@ -300,7 +300,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--target",
         choices=("auto", "python"),
         default="auto",
-        help="auto: nginx if installed, else fetchq.target; python: always fetchq.target",
+        help="auto: nginx if installed, else fetchq.testing.target; python: always that",
     )
     args = parser.parse_args(argv)
     cases = [case.strip() for case in args.cases.split(",") if case.strip()]
@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             target = httptarget.start_target(procs, prefer_nginx=args.target == "auto")
             if target.name != "nginx":
                 why = "not installed" if args.target == "auto" else "not asked for"
-                say(f"nginx {why}: the target is fetchq.target, itself a bottleneck")
+                say(f"nginx {why}: the target is fetchq.testing.target, itself a bottleneck")
             say(f"target: {target.name} {target.version or ''} at {target.url}")
             record["target"] = {"name": target.name, "version": target.version}
             bench = Bench(procs, target, sizes)

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fetchq.target import Target
+from fetchq.testing.target import Target
 
 DOCS = Path(__file__).resolve().parent
 sys.path.insert(0, str(DOCS.parent / "tests"))

@@ -15,18 +15,18 @@ from typing import Annotated, Any
 import typer
 
 from fetchq import __version__
-from fetchq.commandline import invoke, make_app, run_alone
+from fetchq.commands.options import invoke, make_app, run_alone
 
 COMMANDS: dict[str, tuple[str, str, str | None]] = {
-    "server": ("queueserver", "server", "HELP"),
-    "dispatch": ("dispatcher", "dispatch", "HELP"),
-    "worker": ("worker", "worker", "HELP"),
-    "output": ("output", "output", "HELP"),
-    "status": ("fetchq.status", "status", None),
-    "job": ("fetchq.steer", "app", "HELP"),
-    "report": ("fetchq.report", "report", None),
-    "demo": ("fetchq.demo", "demo", None),
-    "tls": ("fetchq.tlsinit", "app", "HELP"),
+    "server": ("fetchq.programs.queueserver", "server", "HELP"),
+    "dispatch": ("fetchq.programs.dispatcher", "dispatch", "HELP"),
+    "worker": ("fetchq.programs.worker", "worker", "HELP"),
+    "output": ("fetchq.programs.output", "output", "HELP"),
+    "status": ("fetchq.commands.status", "status", None),
+    "job": ("fetchq.commands.steer", "app", "HELP"),
+    "report": ("fetchq.commands.report", "report", None),
+    "demo": ("fetchq.commands.demo", "demo", None),
+    "tls": ("fetchq.commands.tlsinit", "app", "HELP"),
 }
 """Subcommand -> (module, function or Typer group, the module's help text or None for the
 docstring)."""

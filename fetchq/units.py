@@ -1,10 +1,17 @@
-"""Numbers as people read them: durations, byte counts, rates, shares.
+"""Numbers as people write and read them: durations, byte counts, rates, shares.
 
-One place for these so that the text report, the HTML report, the live view
-and the result lines all show a figure the same way.
+One place for these, so that a rate is read the same way by every command
+(``200/s``, ``12000/m``, ``5m``, ``250ms``) and every figure is shown the same
+way by the text report, the HTML report, the live view and the result lines.
 """
 
 from __future__ import annotations
+
+import math
+import re
+
+from fetchq.errors import UsageError
+from fetchq.wire.api import MAX_RATE
 
 
 def format_duration(seconds: float) -> str:
@@ -54,3 +61,43 @@ def format_eta(seconds: float) -> str:
 
 def format_maybe_duration(seconds: float | None) -> str:
     return "n/a" if seconds is None else format_duration(seconds)
+
+
+# -- as people write them ---------------------------------------------------------
+
+_PER = {"s": 1.0, "m": 60.0, "h": 3600.0}
+_RATE = re.compile(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*(?:/\s*([smh]))?\s*")
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h)?\s*")
+_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_rate(text: str, *, allow_zero: bool = False) -> float:
+    """Requests per second from ``R``, ``R/s``, ``R/m`` or ``R/h`` (``allow_zero``: where
+    0 means no rate)."""
+    match = _RATE.fullmatch(text)
+    if not match:
+        raise UsageError(f"invalid rate {text!r}: use a number per second, or 200/s, 12000/m, 60/h")
+    rate = float(match.group(1)) / _PER[match.group(2) or "s"]
+    if allow_zero and rate == 0:
+        return 0.0
+    if not math.isfinite(rate) or rate <= 0:
+        raise UsageError(f"invalid rate {text!r}: it must be more than zero")
+    if rate > MAX_RATE:
+        raise UsageError(f"invalid rate {text!r}: at most {MAX_RATE:,.0f}/s")
+    return rate
+
+
+def parse_duration(text: str, most: float | None = None, *, allow_zero: bool = False) -> float:
+    """Seconds from ``90``, ``90s``, ``1.5m``, ``2h`` or ``250ms`` (at most ``most``;
+    ``allow_zero``: where 0 means none)."""
+    match = _DURATION.fullmatch(text)
+    if not match:
+        raise UsageError(f"invalid duration {text!r}: use seconds, or 30s, 5m, 1h")
+    seconds = float(match.group(1)) * _SECONDS[match.group(2) or "s"]
+    if allow_zero and seconds == 0:
+        return 0.0
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise UsageError(f"invalid duration {text!r}: it must be more than zero")
+    if most is not None and seconds > most:
+        raise UsageError(f"invalid duration {text!r}: at most {most:g}s")
+    return seconds

@@ -134,6 +134,17 @@ def host_key(url: str) -> str:
     return authority
 
 
+def origin(url: str) -> str:
+    """``scheme://host[:port]`` of a URL: where its robots.txt lives."""
+    scheme, _, rest = url.partition("://")
+    end = len(rest)
+    for mark in "/?#":
+        found = rest.find(mark, 0, end)
+        if found >= 0:
+            end = found
+    return f"{scheme.lower()}://{rest[:end]}"
+
+
 PLACEHOLDER = "{i}"
 
 

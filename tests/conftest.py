@@ -12,7 +12,7 @@ from dnsguard import loopback_only_getaddrinfo
 from fakeclock import FakeClock
 from fetchq_procs import ServerProcess, clean_env
 
-from fetchq.target import Target
+from fetchq.testing.target import Target
 
 
 @pytest.fixture(autouse=True)

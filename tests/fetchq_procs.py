@@ -82,7 +82,7 @@ def server_command(protocol: int | None = None) -> list[str]:
         return [PYTHON, str(REPO / "queueserver.py")]
     code = (
         "import runpy, sys\n"
-        "import fetchq.api as api\n"
+        "import fetchq.wire.api as api\n"
         "api.PROTOCOL = int(sys.argv.pop(1))\n"
         f"runpy.run_path({str(REPO / 'queueserver.py')!r}, run_name='__main__')\n"
     )
@@ -257,8 +257,8 @@ def start_fetchq(
 
 def connect_broker(address: str, authkey: str) -> Any:
     """A connected in-process ``BrokerClient``: how tests watch the server's status."""
-    from fetchq.client import BrokerClient
     from fetchq.config import parse_address
+    from fetchq.wire.client import BrokerClient
 
     client = BrokerClient(parse_address(address), authkey.encode())
     client.connect()

@@ -12,10 +12,10 @@ import pytest
 from brokerkit import renew
 from fakeclock import FakeClock
 
-from fetchq.api import MAX_LEASE, MAX_SUBMIT, MAX_WAIT, PROTOCOL
 from fetchq.errors import BadRequest, VersionMismatch
-from fetchq.records import RECORD_VERSION, RESULT_FIELDS, TASK_FIELDS, make_error, make_result
 from fetchq.server.broker import Broker
+from fetchq.wire.api import MAX_LEASE, MAX_SUBMIT, MAX_WAIT, PROTOCOL
+from fetchq.wire.records import RECORD_VERSION, RESULT_FIELDS, TASK_FIELDS, make_error, make_result
 
 WALL = 1_700_000_000.0
 LEASE = 10.0

@@ -33,9 +33,9 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from fetchq.records import is_retryable, make_error, make_result
 from fetchq.server.broker import Broker
 from fetchq.server.journal import Journal
+from fetchq.wire.records import is_retryable, make_error, make_result
 
 LEASE = 10.0
 JOBS = ("j0", "j1", "j2")

@@ -40,6 +40,6 @@ def test_worker_dispatch_and_output_load_no_server_code(server, env, target):
     for name, args in runs.items():
         result, modules = imported_modules(env, *args)
         assert result.returncode == 0, (name, result.stderr[-2000:])
-        assert {"fetchq.client", "fetchq.api", "fetchq.transport"} <= modules, name
+        assert {"fetchq.wire.client", "fetchq.wire.api", "fetchq.wire.transport"} <= modules, name
         assert not {m for m in modules if SERVER_ONLY.search(m)}, (name, sorted(modules))
     assert '"imports"' in result.stdout  # the output really read the job's result

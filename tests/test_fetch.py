@@ -15,9 +15,9 @@ import requests
 import urllib3.exceptions
 
 import fetchq
-from fetchq import records
 from fetchq.fetch import Fetcher, classify
-from fetchq.target import Target
+from fetchq.testing.target import Target
+from fetchq.wire import records
 
 BAD_HOST = "no-such-host.invalid"
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from fetchq.formats import CSV_FIELDS, FORMATS, open_writer, text_line
-from fetchq.records import RESULT_FIELDS, make_error, make_result, make_task
+from fetchq.report.formats import CSV_FIELDS, FORMATS, open_writer, text_line
+from fetchq.wire.records import RESULT_FIELDS, make_error, make_result, make_task
 
 T0 = 1_700_000_000.0
 

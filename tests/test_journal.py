@@ -27,10 +27,10 @@ from brokerkit import crash, renew
 from fakeclock import FakeClock
 
 from fetchq.errors import BadRequest, ConfigError
-from fetchq.records import make_error, make_result
 from fetchq.server import journal as journal_module
 from fetchq.server.broker import Broker
 from fetchq.server.journal import FORMAT, FORMAT_VERSION, Journal
+from fetchq.wire.records import make_error, make_result
 
 LEASE = 10.0
 WALL = 1_700_000_000.0
@@ -255,7 +255,7 @@ def test_restart_after_kill_9(path: Path) -> None:
         import json, os, signal, sys
         from fetchq.server.broker import Broker
         from fetchq.server.journal import Journal
-        from fetchq.records import make_result
+        from fetchq.wire.records import make_result
 
         broker = Broker(journal=Journal(sys.argv[1]), lease_timeout=30)
         reply = broker.submit(

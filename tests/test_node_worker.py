@@ -38,8 +38,8 @@ from worker_scenarios import (
 
 from fetchq import __version__
 from fetchq.errors import ExitCode
-from fetchq.records import RESULT_FIELDS
-from fetchq.target import Target
+from fetchq.testing.target import Target
+from fetchq.wire.records import RESULT_FIELDS
 
 NODE_DIR = REPO / "clients" / "node"
 NODE = shutil.which("node") or "node"

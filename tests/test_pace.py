@@ -24,7 +24,7 @@ from fetchq_procs import (
 )
 from worker_scenarios import CLOCK_SLACK, assert_none_before_its_slot, assert_slots_apart
 
-from fetchq.target import Seen, Target
+from fetchq.testing.target import Seen, Target
 
 RATE = 100
 

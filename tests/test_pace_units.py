@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from fetchq_procs import run
 
-from fetchq.api import MAX_HOST_DELAY, MAX_RATE
 from fetchq.errors import ExitCode, UsageError
-from fetchq.pace import parse_duration, parse_rate
+from fetchq.units import parse_duration, parse_rate
+from fetchq.wire.api import MAX_HOST_DELAY, MAX_RATE
 
 
 @pytest.mark.parametrize(

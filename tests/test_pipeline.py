@@ -27,9 +27,9 @@ from fetchq_procs import (
 )
 from worker_scenarios import closed_port, every_kind_of_failure, sigterm_drains
 
-from fetchq.client import BrokerClient
 from fetchq.errors import ExitCode
-from fetchq.records import RESULT_FIELDS
+from fetchq.wire.client import BrokerClient
+from fetchq.wire.records import RESULT_FIELDS
 
 
 def broker(env: dict[str, str]) -> BrokerClient:

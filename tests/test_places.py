@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from fetchq.places import PlaceTable, target_host, worker_host
+from fetchq.report.places import PlaceTable, target_host, worker_host
 
 
 @pytest.mark.parametrize(

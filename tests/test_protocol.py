@@ -16,14 +16,14 @@ from typing import Any
 import pytest
 
 from fetchq import defaults
-from fetchq.api import METHODS, PROTOCOL
-from fetchq.client import BrokerClient, ResilientClient
 from fetchq.config import Address
 from fetchq.errors import AuthFailed, BadRequest, ServerUnreachable
 from fetchq.messages import StatusLine
 from fetchq.server.broker import Broker
 from fetchq.server.serve import QueueServer, run_until_stopped
 from fetchq.signals import StopRequest
+from fetchq.wire.api import METHODS, PROTOCOL
+from fetchq.wire.client import BrokerClient, ResilientClient
 
 KEY = b"protocol-test-key"
 
@@ -122,7 +122,7 @@ def test_a_peer_that_never_logs_in_is_dropped(served, monkeypatch):
 def test_clients_cannot_shut_the_server_down(served):
     from multiprocessing.managers import dispatch
 
-    from fetchq.transport import open_connection
+    from fetchq.wire.transport import open_connection
 
     for method in ("shutdown", "debug_info"):
         conn = open_connection(served.address.as_tuple(), authkey=KEY)
@@ -257,7 +257,8 @@ def _cpu_seconds(pid: int) -> float:
 def test_long_urls_are_sent_in_batches_the_server_reads(served, monkeypatch):
     """The dispatcher cuts a batch by bytes as well as by count, so no submit makes a
     frame larger than the server reads (here both limits made small)."""
-    from fetchq import submit, transport
+    from fetchq.commands import submit
+    from fetchq.wire import transport
 
     monkeypatch.setattr(transport, "MAX_FRAME", 1 << 20)
     monkeypatch.setattr(submit, "MAX_SUBMIT_BYTES", 256 << 10)

@@ -11,8 +11,8 @@ from test_cli import assert_clean_error
 from test_pipeline import closed_port
 
 from fetchq.errors import ExitCode
-from fetchq.formats import JsonlWriter
-from fetchq.records import make_error, make_result, make_task
+from fetchq.report.formats import JsonlWriter
+from fetchq.wire.records import make_error, make_result, make_task
 
 T0 = 1_700_000_000.0
 

@@ -17,7 +17,7 @@ from fetchq_procs import jsonl, run
 from playwright.sync_api import BrowserContext
 from test_pipeline import closed_port
 
-from fetchq.target import Target
+from fetchq.testing.target import Target
 
 
 @pytest.fixture(scope="module")

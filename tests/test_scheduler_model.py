@@ -32,10 +32,10 @@ from hypothesis.stateful import (
 )
 
 from fetchq.errors import BadRequest
-from fetchq.records import make_error, make_result
 from fetchq.server.broker import Broker
 from fetchq.server.journal import Journal
 from fetchq.urls import host_key
+from fetchq.wire.records import make_error, make_result
 
 WALL = 1_700_000_000.0
 LEASE = 10.0

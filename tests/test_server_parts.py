@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from fetchq.api import MAX_JOB_NAME, job_name_problem
 from fetchq.errors import BadRequest, StorageFailed, UsageError
 from fetchq.server import validate
 from fetchq.server.journal import Journal, encode_event
@@ -17,6 +16,7 @@ from fetchq.server.ledger import REMEMBERED_BATCHES, Ledger
 from fetchq.server.outbox import Outbox
 from fetchq.server.scheduler import Scheduler
 from fetchq.server.tasks import Queued, Span
+from fetchq.wire.api import MAX_JOB_NAME, job_name_problem
 
 BASE = 5 << 32
 
@@ -163,7 +163,7 @@ def test_one_job_name_rule_for_server_and_client() -> None:
         assert job_name_problem(name) is not None
         with pytest.raises(BadRequest, match="invalid job name"):
             validate.job_name(name)
-    from fetchq.api import check_job_name
+    from fetchq.wire.api import check_job_name
 
     with pytest.raises(UsageError, match="invalid job name"):
         check_job_name("a b")

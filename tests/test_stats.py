@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from fetchq.records import make_error, make_result, make_task
-from fetchq.stats import Summary
+from fetchq.report.summary import Summary
 from fetchq.units import format_bytes, format_duration
+from fetchq.wire.records import make_error, make_result, make_task
 
 T0 = 1_700_000_000.0
 

@@ -15,9 +15,9 @@ from fetchq_procs import PYTHON, REPO, poll_until, run, start_worker, stop_all
 from rich.console import Console
 from test_cli import assert_clean_error
 
+from fetchq.commands.watch import render_watch, watch
 from fetchq.config import Address
 from fetchq.errors import ExitCode, ServerUnreachable
-from fetchq.watch import render_watch, watch
 
 JOB_ROW = re.compile(r"│ watched\s+│.*│\s+(\d+)/(\d+) │")
 

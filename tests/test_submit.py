@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fetchq_procs import connect_broker
 
-from fetchq.submit import Submitter
+from fetchq.commands.submit import Submitter
 
 
 def test_progress_hears_of_each_accepted_batch_once(server, env):

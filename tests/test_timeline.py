@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fetchq import sketch
-from fetchq.timeline import Timeline
+from fetchq.report import sketch
+from fetchq.report.timeline import Timeline
 
 T0 = 1_700_000_000.0
 

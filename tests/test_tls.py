@@ -14,11 +14,11 @@ import trustme
 from fetchq_procs import ServerProcess, run
 from worker_scenarios import whole_job
 
-from fetchq import transport
-from fetchq.client import BrokerClient
 from fetchq.config import parse_address
 from fetchq.errors import ExitCode, ServerUnreachable
-from fetchq.tls import ClientTLS
+from fetchq.wire import transport
+from fetchq.wire.client import BrokerClient
+from fetchq.wire.tls import ClientTLS
 
 
 def lines_of(text: str) -> list[str]:

@@ -21,11 +21,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from worker_scenarios import whole_job
 
-from fetchq.api import MAX_DEPTH, MAX_INTEGER
-from fetchq.client import BrokerClient
-from fetchq.codec import JSON, BadFrame, Unencodable, too_deep
 from fetchq.config import Address, parse_address
 from fetchq.errors import BadRequest, ExitCode, FetchqError, StorageFailed, VersionMismatch
+from fetchq.wire.api import MAX_DEPTH, MAX_INTEGER
+from fetchq.wire.client import BrokerClient
+from fetchq.wire.codec import JSON, BadFrame, Unencodable, too_deep
 
 INF = float("inf")
 LOGIN_FRAMES = 3

@@ -26,7 +26,7 @@ from fetchq_procs import (
     stop_all,
 )
 
-from fetchq.target import Seen, Target
+from fetchq.testing.target import Seen, Target
 
 
 def closed_port() -> int:

@@ -14,7 +14,8 @@ import struct
 from multiprocessing import connection, managers
 from typing import Any
 
-from fetchq import defaults, transport
+from fetchq import defaults
+from fetchq.wire import transport
 
 
 def _receive_timeout(conn: connection.Connection, seconds: float) -> None:

@@ -20,8 +20,9 @@ import requests.adapters
 import requests.structures
 import requests.utils
 
-from fetchq import api, defaults, records
+from fetchq import defaults
 from fetchq.fetch.failures import DeadlineExceeded, PartialAnswer, classify, shorten
+from fetchq.wire import api, records
 
 CHUNK = 65536
 """Bytes asked of the socket per body read."""

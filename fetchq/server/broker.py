@@ -19,11 +19,10 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from fetchq import __version__, defaults
-from fetchq.api import MAX_LEASE, MAX_SUBMIT, MAX_WAIT, PROTOCOL, JobCounts, Outcome
 from fetchq.errors import BadRequest, StorageFailed, VersionMismatch
 from fetchq.server import completion, handout, recovery, steering, validate, views
 from fetchq.server.expiry import Expiry
@@ -36,13 +35,42 @@ from fetchq.server.recorder import Recorder
 from fetchq.server.scheduler import Scheduler
 from fetchq.server.state import BrokerState
 from fetchq.server.tasks import Queued, Span
-from fetchq.server.waiters import Waiters
+from fetchq.wire.api import MAX_LEASE, MAX_SUBMIT, MAX_WAIT, PROTOCOL, JobCounts, Outcome
 
 Result = dict[str, Any]
 
 CLOCK_STEP = 0.1
 """Seconds the wall clock must move against the monotonic one to count as set (NTP
 steps at 0.128 s); below that, scheduled starts keep one offset to Unix time."""
+
+
+class Waiters:
+    """Who waits inside the broker, and waking only those a change can help.
+
+    Workers wait for tasks, dispatchers for room in the queue, outputs for the
+    results of the job they read; all on the broker's one lock."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._lock = lock
+        self.tasks = threading.Condition(lock)
+        """Workers waiting for a task."""
+        self.room = threading.Condition(lock)
+        """Dispatchers waiting for room in a full queue."""
+        self._outputs: dict[str | None, threading.Condition] = {}
+        """Outputs waiting, by the job they read (None: every job)."""
+
+    def outputs(self, job: str | None) -> threading.Condition:
+        waiting = self._outputs.get(job)
+        if waiting is None:
+            waiting = self._outputs[job] = threading.Condition(self._lock)
+        return waiting
+
+    def wake_outputs(self, jobs: Iterable[str]) -> None:
+        """Wake the outputs that read these jobs, and those that read every job."""
+        for name in (*jobs, None):
+            waiting = self._outputs.get(name)
+            if waiting is not None:
+                waiting.notify_all()
 
 
 class Broker:

@@ -17,9 +17,9 @@ import queue
 import time
 from typing import Any
 
-from fetchq.api import MAX_WAIT
 from fetchq.server.broker import Broker
 from fetchq.urls import url_problem
+from fetchq.wire.api import MAX_WAIT
 
 CLASSIC_JOB = "classic"
 QUEUE_METHODS = ("put", "put_nowait", "get", "get_nowait", "qsize", "empty", "full")

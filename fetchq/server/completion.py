@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from fetchq.api import RETRY_AFTER_STATUSES, Outcome
-from fetchq.records import is_retryable, make_error, make_result, make_task
 from fetchq.server.state import BrokerState
 from fetchq.server.tasks import Queued
+from fetchq.wire.api import RETRY_AFTER_STATUSES, Outcome
+from fetchq.wire.records import is_retryable, make_error, make_result, make_task
 
 Result = dict[str, Any]
 

@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from fetchq.server.hosts import HostSlot
 from fetchq.server.tasks import Queued, Span
 
 
@@ -36,6 +35,24 @@ class Policy:
     @property
     def limits_hosts(self) -> bool:
         return bool(self.per_host or self.host_delay or self.obey_robots or self.retry_after)
+
+
+class HostSlot:
+    """How busy one host is, for one job or for the whole server: requests in flight
+    (leased), when the next may start, and a hold a site asked for (Retry-After)."""
+
+    __slots__ = ("held_until", "in_flight", "last_start")
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.last_start = float("-inf")
+        self.held_until = float("-inf")
+
+    def ready_at(self, cap: int | None, delay: float) -> float | None:
+        """When the next request may start; None while the cap is reached."""
+        if cap is not None and self.in_flight >= cap:
+            return None
+        return max(self.last_start + delay, self.held_until)
 
 
 class Pick(NamedTuple):

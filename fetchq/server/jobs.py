@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from fetchq.api import LATE_AFTER
+from fetchq.wire.api import LATE_AFTER
 
 RECENT = 10.0
 """Seconds of results a job's achieved rate and mean response time are measured over."""

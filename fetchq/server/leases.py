@@ -14,8 +14,8 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-from fetchq.records import ROBOTS, make_task
 from fetchq.server.tasks import Queued
+from fetchq.wire.records import ROBOTS, make_task
 
 HEAP_SLACK = 1024
 """Ended leases the expiry heap may hold beyond twice the live ones before a sweep."""

@@ -14,8 +14,8 @@ from typing import Any
 
 from protego import Protego
 
-from fetchq.api import USER_AGENT
 from fetchq.server.jobqueue import Robots
+from fetchq.wire.api import USER_AGENT
 
 
 class RobotsRules(Robots):

@@ -22,10 +22,9 @@ import itertools
 from collections import deque
 from collections.abc import Callable, Iterator
 
-from fetchq.server.hosts import HostSlot, origin
-from fetchq.server.jobqueue import HostQueue, JobQueue, Pick, Policy, Robots
+from fetchq.server.jobqueue import HostQueue, HostSlot, JobQueue, Pick, Policy, Robots
 from fetchq.server.tasks import Queued, Span
-from fetchq.urls import host_key
+from fetchq.urls import host_key, origin
 
 LOOKAHEAD = 1.0
 """Seconds before its start a task may be handed to a worker."""

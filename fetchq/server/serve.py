@@ -25,17 +25,18 @@ from collections.abc import Callable
 from multiprocessing import AuthenticationError, managers
 from typing import Any, ClassVar
 
-from fetchq import defaults, login
-from fetchq.api import METHODS
-from fetchq.codec import PICKLE, BadFrame, PickleRefused, Unencodable
+from fetchq import defaults
 from fetchq.config import Address
 from fetchq.errors import AddressInUse, BadRequest, ConfigError, FetchqError
 from fetchq.messages import say
 from fetchq.server.broker import Broker
 from fetchq.server.classic import QUEUE_METHODS, ClassicResultQueue, ClassicTaskQueue
 from fetchq.signals import StopRequest
-from fetchq.tls import server_failure
-from fetchq.transport import (
+from fetchq.wire import login
+from fetchq.wire.api import METHODS
+from fetchq.wire.codec import PICKLE, BadFrame, PickleRefused, Unencodable
+from fetchq.wire.tls import server_failure
+from fetchq.wire.transport import (
     TLS_RECORD_TYPES,
     FrameRefused,
     PlaintextPeer,

@@ -6,13 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from fetchq.api import JobCounts
 from fetchq.server.jobs import Job, JobTable
 from fetchq.server.leases import Lease, LeaseTable
 from fetchq.server.ledger import Ledger
 from fetchq.server.outbox import Outbox
 from fetchq.server.scheduler import Scheduler
 from fetchq.server.workers import WorkerTable
+from fetchq.wire.api import JobCounts
 
 
 @dataclass

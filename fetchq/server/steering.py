@@ -15,11 +15,11 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from fetchq.api import JobCounts
 from fetchq.server import robots
 from fetchq.server.jobqueue import Policy
 from fetchq.server.state import BrokerState
 from fetchq.urls import host_key
+from fetchq.wire.api import JobCounts
 
 CANCELLED = "cancelled"
 """The error type of a task that ended because its job was cancelled."""

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from fetchq import defaults
-from fetchq.api import (
+from fetchq.errors import BadRequest
+from fetchq.wire.api import (
     MAX_HOST_DELAY,
     MAX_PER_HOST,
     MAX_RATE,
@@ -20,7 +21,6 @@ from fetchq.api import (
     ROBOTS_MAX_BYTES,
     job_name_problem,
 )
-from fetchq.errors import BadRequest
 
 MAX_ATTEMPTS = 100
 

@@ -14,10 +14,10 @@ import os
 import threading
 from typing import Any
 
-from fetchq.api import WORKER_GONE_AFTER
 from fetchq.server.jobs import Job
 from fetchq.server.state import BrokerState
 from fetchq.server.steering import job_state
+from fetchq.wire.api import WORKER_GONE_AFTER
 
 BUSIEST_HOSTS = 5
 """Hosts shown per job: those with the longest queues."""

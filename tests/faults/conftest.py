@@ -15,7 +15,7 @@ import pytest
 from faultkit import Cluster
 from fetchq_procs import KillableServer, Processes, StderrLog, start_fetchq
 
-from fetchq.target import Target
+from fetchq.testing.target import Target
 
 HERE = Path(__file__).resolve().parent
 

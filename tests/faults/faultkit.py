@@ -20,7 +20,7 @@ from typing import Any
 from checker import process_baseline
 from fetchq_procs import KillableServer, StderrLog, connect_broker, poll_until, worker_name
 
-from fetchq.target import Target
+from fetchq.testing.target import Target
 
 Launch = Callable[..., tuple[subprocess.Popen[str], StderrLog]]
 

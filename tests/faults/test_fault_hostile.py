@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from checker import wait_for_baseline
 
-from fetchq.api import MAX_DEPTH, MAX_FRAME
 from fetchq.config import parse_address
-from fetchq.transport import NoReply, open_connection
+from fetchq.wire.api import MAX_DEPTH, MAX_FRAME
+from fetchq.wire.transport import NoReply, open_connection
 
 
 class FileMaker:

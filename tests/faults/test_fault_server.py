@@ -18,8 +18,8 @@ from checker import (
 from faultkit import exit_code
 from fetchq_procs import connect_broker, poll_until
 
-from fetchq.client import BrokerClient
 from fetchq.config import parse_address
+from fetchq.wire.client import BrokerClient
 
 LEASE = "3"
 HANG = 60.0

@@ -21,16 +21,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from fetchq import defaults
-from fetchq.client import BrokerClient, ResilientClient, Stopper
+from fetchq.commands.cpus import claim_a_cpu
 from fetchq.config import Address
-from fetchq.cpus import claim_a_cpu
 from fetchq.errors import FetchqError, ServerUnreachable
 from fetchq.fetch import Fetcher
 from fetchq.messages import say
-from fetchq.records import ROBOTS, worker_identity
 from fetchq.signals import StopRequest
-from fetchq.tls import ClientTLS
-from fetchq.transport import set_call_timeout
+from fetchq.wire.client import BrokerClient, ResilientClient, Stopper
+from fetchq.wire.records import ROBOTS, worker_identity
+from fetchq.wire.tls import ClientTLS
+from fetchq.wire.transport import set_call_timeout
 
 
 @dataclass(frozen=True)

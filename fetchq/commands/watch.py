@@ -19,11 +19,11 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from fetchq.api import WORKER_GONE_AFTER
-from fetchq.client import BrokerClient
 from fetchq.config import Address
 from fetchq.errors import ServerUnreachable
 from fetchq.units import format_eta, format_rate
+from fetchq.wire.api import WORKER_GONE_AFTER
+from fetchq.wire.client import BrokerClient
 
 REFRESH_EVERY = 1.0
 """Seconds between two snapshots: once a second, as top does."""

@@ -10,10 +10,10 @@ from typing import Annotated
 
 import typer
 
-from fetchq.commandline import reports_errors, say
-from fetchq.htmlfile import HtmlReportFile
-from fetchq.resultfiles import read_results
-from fetchq.stats import Summary
+from fetchq.commands.options import reports_errors, say
+from fetchq.report.htmlfile import HtmlReportFile
+from fetchq.report.resultfiles import read_results
+from fetchq.report.summary import Summary
 
 
 @reports_errors

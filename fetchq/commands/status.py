@@ -1,6 +1,6 @@
 """fetchq status: what the server holds, per job, and which workers it has seen.
 
-``--watch`` redraws it once a second on a terminal (see :mod:`fetchq.watch`).
+``--watch`` redraws it once a second on a terminal (see :mod:`fetchq.commands.watch`).
 """
 
 from __future__ import annotations
@@ -10,10 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
-from fetchq import config, tls
-from fetchq.api import WORKER_GONE_AFTER
-from fetchq.client import BrokerClient
-from fetchq.commandline import (
+from fetchq import config
+from fetchq.commands.options import (
     AuthkeyFileOption,
     ServerOption,
     TlsCaOption,
@@ -23,6 +21,9 @@ from fetchq.commandline import (
 )
 from fetchq.errors import UsageError
 from fetchq.units import format_duration, format_rate
+from fetchq.wire import tls
+from fetchq.wire.api import WORKER_GONE_AFTER
+from fetchq.wire.client import BrokerClient
 
 JOB_COLUMNS = (
     "submitted",
@@ -138,7 +139,7 @@ def status(
     client = BrokerClient(address, key.key, tls.client_tls(tls_ca, tls_cert, tls_key))
     client.connect()
     if watch:
-        from fetchq.watch import watch as watch_status  # rich's Live only when watching
+        from fetchq.commands.watch import watch as watch_status  # rich's Live only when watching
 
         watch_status(client, address)
         return

@@ -12,11 +12,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from fetchq import sketch, textreport
-from fetchq.api import LATE_AFTER
-from fetchq.places import PlaceFigures, PlaceTable, target_host, worker_host
-from fetchq.sketch import Sketch
-from fetchq.timeline import Timeline
+from fetchq.report import sketch
+from fetchq.report import text as textreport
+from fetchq.report.places import PlaceFigures, PlaceTable, target_host, worker_host
+from fetchq.report.sketch import Sketch
+from fetchq.report.timeline import Timeline
+from fetchq.wire.api import LATE_AFTER
 
 HISTOGRAM_BUCKETS = 10
 """Linear latency buckets between min and max: enough to see a shape, short enough to read."""
@@ -234,7 +235,7 @@ class Summary:
         }
 
     def render(self) -> str:
-        """The plain-text report (see :mod:`fetchq.textreport`)."""
+        """The plain-text report (see :mod:`fetchq.report.text`)."""
         return textreport.render(self.as_dict())
 
     def _schedule_figures(self) -> dict[str, Any] | None:

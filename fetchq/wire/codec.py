@@ -16,8 +16,8 @@ from multiprocessing import managers
 from multiprocessing.reduction import ForkingPickler
 from typing import Any, Protocol
 
-from fetchq.api import MAX_DEPTH, MAX_INTEGER
 from fetchq.errors import to_wire
+from fetchq.wire.api import MAX_DEPTH, MAX_INTEGER
 
 PICKLE_OPCODE = 0x80
 """The first byte of every pickle since protocol 2: how a pickle frame is told apart."""

@@ -18,7 +18,7 @@ at most ``n / kept`` is subtracted from any row.  For ``n`` results that gives:
 
 from __future__ import annotations
 
-from fetchq.sketch import Sketch, new_sketch
+from fetchq.report.sketch import Sketch, new_sketch
 from fetchq.urls import host_key
 
 PLACES_KEPT = 200

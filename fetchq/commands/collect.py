@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from fetchq import defaults
-from fetchq.client import BrokerClient
-from fetchq.formats import ResultWriter
 from fetchq.ids import IdSet
-from fetchq.stats import Summary
+from fetchq.report.formats import ResultWriter
+from fetchq.report.summary import Summary
+from fetchq.wire.client import BrokerClient
 
 
 @dataclass

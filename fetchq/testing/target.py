@@ -364,8 +364,8 @@ class Target:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m fetchq.target``: serve in the foreground until Ctrl-C."""
-    parser = argparse.ArgumentParser(prog="python -m fetchq.target", description=__doc__)
+    """``python -m fetchq.testing.target``: serve in the foreground until Ctrl-C."""
+    parser = argparse.ArgumentParser(prog="python -m fetchq.testing.target", description=__doc__)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=0, help="port (0: any free port)")

@@ -12,7 +12,7 @@ import tempfile
 from types import ModuleType
 
 from fetchq.errors import ConfigError, UsageError
-from fetchq.stats import Summary
+from fetchq.report.summary import Summary
 from fetchq.units import format_bytes
 
 EXTRA_MISSING = (
@@ -67,7 +67,7 @@ def _umask() -> int:
 
 def _html_report_module() -> ModuleType:
     try:
-        from fetchq import htmlreport
+        from fetchq.report import html as htmlreport
     except ImportError as exc:
         if (exc.name or "").split(".")[0] == "plotly":
             raise UsageError(EXTRA_MISSING) from None

@@ -1,6 +1,6 @@
 """The summary as one self-contained HTML page: figures, charts over time, tables by place.
 
-plotly.js is inlined once (see :mod:`fetchq.htmlcharts`), and a Content
+plotly.js is inlined once (see :mod:`fetchq.report.charts`), and a Content
 Security Policy forbids every fetch, so the page opens offline and asks the
 network for nothing.  Charts are drawn from the summary's time buckets (at
 most 500 points a series), so a run of ten million results makes the same
@@ -13,8 +13,9 @@ import html
 from datetime import UTC, datetime
 from typing import Any
 
-from fetchq import __version__, textreport
-from fetchq.htmlcharts import (
+from fetchq import __version__
+from fetchq.report import text as textreport
+from fetchq.report.charts import (
     Charts,
     histogram_chart,
     latency_chart,
@@ -22,7 +23,7 @@ from fetchq.htmlcharts import (
     rate_chart,
     throughput_chart,
 )
-from fetchq.stats import Summary
+from fetchq.report.summary import Summary
 from fetchq.units import (
     format_bytes,
     format_duration,

@@ -15,12 +15,12 @@ from multiprocessing import managers
 from typing import Any, Protocol
 
 from fetchq import __version__, defaults
-from fetchq.api import METHODS, PROTOCOL
 from fetchq.config import Address
 from fetchq.errors import FetchqError, ServerUnreachable
 from fetchq.messages import StatusLine
-from fetchq.tls import ClientTLS
-from fetchq.transport import TRANSPORT_ERRORS, client_serializer, transport_error
+from fetchq.wire.api import METHODS, PROTOCOL
+from fetchq.wire.tls import ClientTLS
+from fetchq.wire.transport import TRANSPORT_ERRORS, client_serializer, transport_error
 
 
 class _ClientManager(managers.BaseManager):

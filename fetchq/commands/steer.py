@@ -11,10 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
-from fetchq import config, tls
-from fetchq.api import MAX_HOST_DELAY, MAX_PER_HOST
-from fetchq.client import BrokerClient
-from fetchq.commandline import (
+from fetchq import config
+from fetchq.commands.options import (
     AuthkeyFileOption,
     ServerOption,
     TlsCaOption,
@@ -24,8 +22,10 @@ from fetchq.commandline import (
     reports_errors,
 )
 from fetchq.errors import UsageError
-from fetchq.pace import parse_duration, parse_rate
-from fetchq.units import format_rate
+from fetchq.units import format_rate, parse_duration, parse_rate
+from fetchq.wire import tls
+from fetchq.wire.api import MAX_HOST_DELAY, MAX_PER_HOST
+from fetchq.wire.client import BrokerClient
 
 HELP = "List jobs; pause, resume or cancel one; change its rate and host limits while it runs."
 

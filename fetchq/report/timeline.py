@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from fetchq.sketch import Sketch, new_sketch
+from fetchq.report.sketch import Sketch, new_sketch
 
 FIRST_WIDTH = 1.0
 """Seconds per bucket at the start: the resolution rates are read at."""

@@ -17,16 +17,16 @@ from typing import Annotated
 import typer
 
 from fetchq import config
-from fetchq.client import BrokerClient
-from fetchq.collect import collect
-from fetchq.commandline import reports_errors, say
+from fetchq.commands.collect import collect
+from fetchq.commands.options import reports_errors, say
+from fetchq.commands.submit import Submitter
 from fetchq.errors import FetchqError
+from fetchq.report.summary import Summary
 from fetchq.server.broker import Broker
 from fetchq.server.serve import QueueServer, run_until_stopped
 from fetchq.signals import StopRequest
-from fetchq.stats import Summary
-from fetchq.submit import Submitter
-from fetchq.target import Target
+from fetchq.testing.target import Target
+from fetchq.wire.client import BrokerClient
 
 WORKER_STOP_TIMEOUT = 15.0
 

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 from fetchq import defaults
-from fetchq.api import MAX_SUBMIT_BYTES
-from fetchq.client import BrokerClient
+from fetchq.wire.api import MAX_SUBMIT_BYTES
+from fetchq.wire.client import BrokerClient
 
 SIZE_CHECK_EVERY = 256
 """URLs added between two looks at a batch's size: a look per URL would cost the

@@ -13,8 +13,8 @@ import os
 from typing import Any, TextIO
 
 from fetchq.ids import IdSet
-from fetchq.records import RESULT_FIELDS
 from fetchq.units import format_bytes, format_duration
+from fetchq.wire.records import RESULT_FIELDS
 
 FORMATS = ("text", "jsonl", "csv")
 

@@ -27,18 +27,7 @@ import struct
 from multiprocessing import AuthenticationError, managers
 from typing import Any
 
-from fetchq import defaults, login, tls
-from fetchq.api import MAX_FRAME
-from fetchq.codec import (
-    JSON,
-    JSON_REPLIES,
-    PICKLE,
-    PICKLE_OPCODE,
-    BadFrame,
-    Codec,
-    PickleRefused,
-    WireError,
-)
+from fetchq import defaults
 from fetchq.config import Address
 from fetchq.errors import (
     AuthFailed,
@@ -47,6 +36,18 @@ from fetchq.errors import (
     TLSFailed,
     VersionMismatch,
     from_wire,
+)
+from fetchq.wire import login, tls
+from fetchq.wire.api import MAX_FRAME
+from fetchq.wire.codec import (
+    JSON,
+    JSON_REPLIES,
+    PICKLE,
+    PICKLE_OPCODE,
+    BadFrame,
+    Codec,
+    PickleRefused,
+    WireError,
 )
 
 SERIALIZER = "fetchq"

@@ -22,7 +22,7 @@ from typing import Annotated, Any
 
 import typer
 
-from fetchq.commandline import make_app, reports_errors, say
+from fetchq.commands.options import make_app, reports_errors, say
 from fetchq.errors import ConfigError, FetchqError
 
 FILES = ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")

@@ -13,9 +13,10 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from fetchq import config, tls
+from fetchq import config
 from fetchq.errors import ExitCode, FetchqError
 from fetchq.messages import error, say
+from fetchq.wire import tls
 
 __all__ = [
     "AuthkeyFileOption",

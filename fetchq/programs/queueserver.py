@@ -1,0 +1,1 @@
+../../queueserver.py

@@ -1,0 +1,1 @@
+"""What the tests, the benchmarks and ``fetchq demo`` fetch from: not used in production."""
