@@ -30,7 +30,7 @@ from fetchq.commands.options import (
     run_alone,
     say,
 )
-from fetchq.errors import ConfigError, FetchqError, UsageError
+from fetchq.errors import ConfigError, ExitCode, FetchqError, NoSuchJob, UsageError
 from fetchq.ids import IdSet
 from fetchq.report.formats import ids_in_file, open_writer
 from fetchq.report.htmlfile import HtmlReportFile
@@ -81,6 +81,15 @@ def fleet_threads(client: BrokerClient) -> int | None:
     return int(threads) if isinstance(threads, int) and threads > 0 else None
 
 
+def say_if_unknown(client: BrokerClient, job: str) -> None:
+    """Output may well start before its job is dispatched, so it waits for an unknown
+    job; but it says so, and names the jobs there are, in case the name is a typo."""
+    try:
+        client.call("job", job)
+    except NoSuchJob as exc:
+        say(f"waiting for job {job}: {exc}")
+
+
 @reports_errors
 def output(
     job: Annotated[
@@ -128,6 +137,8 @@ def output(
     settings = tls.client_tls(tls_ca, tls_cert, tls_key)
     client = ResilientClient(address, key.key, settings, give_up_after=give_up_after, stop=stop)
     client.connect()
+    if job is not None:
+        say_if_unknown(client, job)
     report = Summary() if summary or page is not None else None
     try:
         with contextlib.ExitStack() as stack:
@@ -164,6 +175,8 @@ def output(
         print(report.render(), file=sys.stdout if to_stdout else sys.stderr, flush=True)
     if report is not None and page is not None:
         say(page.write(report, f"fetchq report: {'job ' + job if job else 'every job'}"))
+    if stop.requested:
+        raise typer.Exit(ExitCode.INTERRUPTED)
 
 
 if __name__ == "__main__":

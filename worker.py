@@ -33,7 +33,7 @@ from fetchq.commands.options import (
     say,
 )
 from fetchq.commands.work import WorkerSettings, child_worker_process, run_worker_process
-from fetchq.errors import ExitCode, FetchqError, ServerUnreachable
+from fetchq.errors import ExitCode, FetchqError, ServerUnavailable
 from fetchq.messages import error
 from fetchq.signals import StopRequest
 from fetchq.wire import tls
@@ -196,7 +196,7 @@ def check_server(
     )
     try:
         client.connect()
-    except ServerUnreachable:
+    except ServerUnavailable:
         if not stop.requested:
             raise
         raise KeyboardInterrupt from None

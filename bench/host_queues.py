@@ -38,7 +38,7 @@ def submit_all(broker: Broker, tasks: int, hosts: int, policy: dict[str, Any]) -
         broker.submit(
             {"job": "bench", "urls": urls(first, min(BATCH, tasks - first), hosts), **policy}
         )
-    broker.finish("bench")
+    broker.seal("bench")
 
 
 def throughput(tasks: int, hosts: int, policy: dict[str, Any]) -> float:

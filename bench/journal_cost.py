@@ -31,7 +31,7 @@ def run_job(broker: Broker, tasks: int, sync_every_call: bool) -> float:
     for first in range(0, tasks, BATCH):
         urls = [f"http://127.0.0.1:9/?q={i}" for i in range(first, min(tasks, first + BATCH))]
         broker.submit({"job": "bench", "urls": urls})
-    broker.finish("bench")
+    broker.seal("bench")
     done = 0
     while done < tasks:
         leased = broker.lease("bench-worker", LEASE, 0)

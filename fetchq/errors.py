@@ -22,6 +22,7 @@ class ExitCode:
     ADDRESS_IN_USE = 7
     VERSION_MISMATCH = 8
     TLS_FAILED = 9
+    NO_SUCH_JOB = 10
     INTERRUPTED = 130
 
 
@@ -57,17 +58,19 @@ class NoAuthkey(FetchqError):
     exit_code = ExitCode.NO_AUTHKEY
 
 
-class ServerUnreachable(FetchqError):
-    """The server could not be reached, or the connection to it broke."""
+class ServerUnavailable(FetchqError):
+    """The server cannot serve the call now; the call changed nothing, and clients wait
+    and try again (up to their limit)."""
 
     exit_code = ExitCode.UNREACHABLE
 
 
-class StorageFailed(ServerUnreachable):
-    """The server is up but cannot write its journal (a full disk, say).
+class ServerUnreachable(ServerUnavailable):
+    """The server could not be reached, or the connection to it broke."""
 
-    The call changed nothing; clients wait and retry as they do for a server
-    that cannot be reached."""
+
+class StorageFailed(ServerUnavailable):
+    """The server is up but cannot write its journal (a full disk, say)."""
 
 
 class AuthFailed(FetchqError):
@@ -86,6 +89,12 @@ class AddressInUse(FetchqError):
     """The server's port is taken by another program."""
 
     exit_code = ExitCode.ADDRESS_IN_USE
+
+
+class NoSuchJob(FetchqError):
+    """A job name the server has never heard of (a typo, or another server's job)."""
+
+    exit_code = ExitCode.NO_SUCH_JOB
 
 
 class BadRequest(FetchqError):

@@ -13,7 +13,7 @@ def crash(broker: Broker) -> None:
     Every broker call writes its events before it returns (with no buffer in
     between), so closing the descriptors is all the kernel does for a dead
     process; closing the lock file drops its flock."""
-    journal = broker._journal.journal
+    journal = broker._recorder.journal
     assert journal is not None
     if journal._fd is not None:
         os.close(journal._fd)

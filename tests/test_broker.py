@@ -12,7 +12,7 @@ import pytest
 from brokerkit import renew
 from fakeclock import FakeClock
 
-from fetchq.errors import BadRequest, VersionMismatch
+from fetchq.errors import BadRequest, NoSuchJob, VersionMismatch
 from fetchq.server.broker import Broker
 from fetchq.wire.api import MAX_LEASE, MAX_SUBMIT, MAX_WAIT, PROTOCOL
 from fetchq.wire.records import RECORD_VERSION, RESULT_FIELDS, TASK_FIELDS, make_error, make_result
@@ -90,8 +90,8 @@ def where(broker: Broker, job: str) -> tuple[int, int, int]:
     return counts["waiting"], counts["handed_out"], counts["confirmed"]
 
 
-EMPTY = {"results": [], "complete": False, "token": None}
-DONE = {"results": [], "complete": True, "token": None}
+EMPTY = {"results": [], "done": False, "token": None}
+DONE = {"results": [], "done": True, "token": None}
 
 
 # -- submit, lease, complete, results -------------------------------------
@@ -120,7 +120,7 @@ def test_submit_returns_consecutive_ids_and_counts(broker: Broker) -> None:
     assert counts["queued"] == 7
     assert counts["leased"] == 0
     assert counts["sealed"] is False
-    assert counts["complete"] is False
+    assert counts["done"] is False
     assert broker.job("b")["submitted"] == 2
 
 
@@ -155,53 +155,53 @@ def test_results_and_done_only_after_finish(broker: Broker) -> None:
     submit(broker, "a", 2)
     first, second = broker.lease("w1", 2, 0)
     reply = broker.complete("w1", [ok(first), http(second, 500)])
-    assert reply == {"accepted": 2, "dropped": 0, "retried": 0, "renewed": 0}
+    assert reply == {"accepted": 2, "dropped": 0, "requeued": 0, "renewed": 0}
     counts = broker.job("a")
     assert (counts["succeeded"], counts["failed"], counts["waiting"]) == (1, 1, 2)
 
     taken = broker.results("a", 10, 0)
-    assert taken["complete"] is False  # not sealed: more tasks may come
+    assert taken["done"] is False  # not sealed: more tasks may come
     assert sorted(r["id"] for r in taken["results"]) == sorted([first["id"], second["id"]])
     assert {r["ok"] for r in taken["results"]} == {True, False}
     assert broker.results("a", 10, 0) == EMPTY
     assert broker.ack(taken["token"]) == 2
 
-    sealed = broker.finish("a")
+    sealed = broker.seal("a")
     assert sealed["sealed"] is True
-    assert sealed["complete"] is True
+    assert sealed["done"] is True
     assert broker.results("a", 10, 0) == DONE
 
 
 def test_sealed_job_is_done_only_when_every_result_is_delivered(broker: Broker) -> None:
     submit(broker, "a", 2)
-    broker.finish("a")
+    broker.seal("a")
     tasks = broker.lease("w1", 2, 0)
     assert broker.results("a", 10, 0) == EMPTY
     broker.complete("w1", [ok(t) for t in tasks])
-    assert broker.job("a")["complete"] is False
+    assert broker.job("a")["done"] is False
     one = broker.results("a", 1, 0)
     assert len(one["results"]) == 1
-    assert one["complete"] is False
+    assert one["done"] is False
     two = broker.results("a", 1, 0, ack=one["token"])
     assert len(two["results"]) == 1
-    assert two["complete"] is False  # handed out, not yet confirmed
-    assert broker.job("a")["complete"] is False
+    assert two["done"] is False  # handed out, not yet confirmed
+    assert broker.job("a")["done"] is False
     assert broker.results("a", 1, 0, ack=two["token"]) == DONE
-    assert broker.job("a")["complete"] is True
+    assert broker.job("a")["done"] is True
 
 
 def test_job_with_no_tasks_reads_done_once_finished(broker: Broker) -> None:
     assert broker.results("empty", 1, 0) == EMPTY
-    broker.finish("empty")
+    broker.seal("empty")
     assert broker.results("empty", 1, 0) == DONE
     assert broker.results(None, 1, 0) == DONE
 
 
 def test_submitting_more_unseals_a_job(broker: Broker) -> None:
-    broker.finish("a")
+    broker.seal("a")
     submit(broker, "a", 1)
     assert broker.job("a")["sealed"] is False
-    assert broker.results("a", 1, 0)["complete"] is False
+    assert broker.results("a", 1, 0)["done"] is False
 
 
 def test_results_of_all_jobs(broker: Broker) -> None:
@@ -211,18 +211,30 @@ def test_results_of_all_jobs(broker: Broker) -> None:
     broker.complete("w1", [ok(t) for t in tasks])
     taken = broker.results(None, 10, 0)
     assert sorted(r["job"] for r in taken["results"]) == ["a", "b"]
-    assert taken["complete"] is False
-    broker.finish("a")
-    broker.finish("b")
+    assert taken["done"] is False
+    broker.seal("a")
+    broker.seal("b")
     assert broker.results(None, 10, 0) == EMPTY  # handed out, not yet confirmed
     assert broker.results(None, 10, 0, ack=taken["token"]) == DONE
 
 
-def test_unknown_job_reads_empty_and_is_not_created(broker: Broker) -> None:
-    counts = broker.job("nobody")
-    assert counts["submitted"] == 0
-    assert counts["sealed"] is False
-    assert "nobody" not in broker.status()["jobs"]
+def test_a_job_never_submitted_is_an_error_and_no_read_or_steering_creates_it(
+    broker: Broker,
+) -> None:
+    submit(broker, "probes", 1)
+    with pytest.raises(NoSuchJob, match="no job 'probe' on this server: did you mean 'probes'"):
+        broker.job("probe")
+    for change in ({"action": "pause"}, {"action": "cancel"}, {"action": "set", "rate": 5.0}):
+        with pytest.raises(NoSuchJob, match="no job 'nosuch'"):
+            broker.steer("nosuch", change)
+    assert broker.results("nosuch", 10, 0)["done"] is False
+    assert set(broker.status()["jobs"]) == {"probes"}
+    broker.seal("probes")
+    (task,) = broker.lease("w1", 1, 0)
+    broker.complete("w1", [ok(task)])
+    taken = broker.results(None, 10, 0)
+    broker.ack(taken["token"])
+    assert broker.results(None, 10, 0)["done"] is True, "no phantom job holds --until-done"
 
 
 # -- leases that expire ----------------------------------------------------
@@ -254,7 +266,7 @@ def test_lease_call_itself_expires_overdue_leases(broker: Broker, clock: FakeClo
 
 def test_last_attempt_expiring_gives_one_failed_result(broker: Broker, clock: FakeClock) -> None:
     first_id = submit(broker, "a", 1, attempts=2)["first_id"]
-    broker.finish("a")
+    broker.seal("a")
     broker.lease("w1", 1, 0)
     clock.advance(LEASE + 1)
     assert broker.expire_leases() == 1
@@ -267,7 +279,7 @@ def test_last_attempt_expiring_gives_one_failed_result(broker: Broker, clock: Fa
     assert broker.expire_leases() == 0
 
     taken = broker.results("a", 10, 0)
-    assert taken["complete"] is False  # until the output confirms it
+    assert taken["done"] is False  # until the output confirms it
     assert broker.results("a", 10, 0, ack=taken["token"]) == DONE
     (result,) = taken["results"]
     assert tuple(result) == RESULT_FIELDS
@@ -340,7 +352,7 @@ def test_retryable_failure_requeues_and_later_success_is_the_result(broker: Brok
     assert broker.complete("w1", [failed(task, "refused")]) == {
         "accepted": 0,
         "dropped": 0,
-        "retried": 1,
+        "requeued": 1,
         "renewed": 0,
     }
     assert drain(broker, "a") == []
@@ -359,10 +371,10 @@ def test_retryable_failure_requeues_and_later_success_is_the_result(broker: Brok
 def test_retryable_failure_on_the_last_attempt_is_the_result(broker: Broker) -> None:
     submit(broker, "a", 1, attempts=2)
     (task,) = broker.lease("w1", 1, 0)
-    assert broker.complete("w1", [failed(task, "timeout")])["retried"] == 1
+    assert broker.complete("w1", [failed(task, "timeout")])["requeued"] == 1
     (again,) = broker.lease("w1", 1, 0)
     reply = broker.complete("w1", [failed(again, "refused")])
-    assert reply == {"accepted": 1, "dropped": 0, "retried": 0, "renewed": 0}
+    assert reply == {"accepted": 1, "dropped": 0, "requeued": 0, "renewed": 0}
     (result,) = drain(broker, "a")
     assert result["error"]["type"] == "refused"
     assert result["attempt"] == 2
@@ -395,7 +407,7 @@ def test_non_retryable_errors_end_the_task_at_once(
     assert broker.complete("w1", [make(task)]) == {
         "accepted": 1,
         "dropped": 0,
-        "retried": 0,
+        "requeued": 0,
         "renewed": 0,
     }
     assert broker.lease("w1", 1, 0) == []
@@ -424,7 +436,7 @@ def test_first_completion_wins_after_a_lease_moved(
     assert broker.complete(second["worker"], [second]) == {
         "accepted": 0,
         "dropped": 1,
-        "retried": 0,
+        "requeued": 0,
         "renewed": 0,
     }
     (result,) = drain(broker, "a")
@@ -475,7 +487,7 @@ def test_repeated_completion_is_dropped(broker: Broker) -> None:
     assert broker.complete("w1", results) == {
         "accepted": 0,
         "dropped": 2,
-        "retried": 0,
+        "requeued": 0,
         "renewed": 0,
     }
     assert broker.complete("w1", [failed(tasks[0], "refused")])["dropped"] == 1
@@ -494,7 +506,7 @@ def test_completion_from_another_server_run_is_dropped(broker: Broker) -> None:
     assert broker.complete("w1", foreign) == {
         "accepted": 0,
         "dropped": 4,
-        "retried": 0,
+        "requeued": 0,
         "renewed": 0,
     }
     assert drain(broker, None) == []
@@ -651,30 +663,30 @@ def test_undelivered_results_stop_leasing(make_broker: Callable[..., Broker]) ->
 
 def test_ack_confirms_a_delivery(broker: Broker) -> None:
     ids = ready(broker, "a", 3)
-    broker.finish("a")
+    broker.seal("a")
     assert where(broker, "a") == (3, 0, 0)
     reply = broker.results("a", 10, 0)
     assert ids_of(reply) == ids
     assert isinstance(reply["token"], str) and reply["token"]
-    assert reply["complete"] is False
+    assert reply["done"] is False
     assert where(broker, "a") == (0, 3, 0)
-    assert broker.job("a")["complete"] is False
+    assert broker.job("a")["done"] is False
     assert broker.results("a", 10, 0) == EMPTY  # nothing waits, yet not done
     assert broker.ack(reply["token"]) == 3
     assert where(broker, "a") == (0, 0, 3)
-    assert broker.job("a")["complete"] is True
+    assert broker.job("a")["done"] is True
     assert broker.results("a", 10, 0) == DONE
 
 
 def test_next_results_call_confirms_the_previous_delivery(broker: Broker) -> None:
     ids = ready(broker, "a", 3)
-    broker.finish("a")
+    broker.seal("a")
     first = broker.results("a", 2, 0)
     assert ids_of(first) == ids[:2]
     assert where(broker, "a") == (1, 2, 0)
     second = broker.results("a", 2, 0, ack=first["token"])
     assert ids_of(second) == ids[2:]
-    assert second["complete"] is False
+    assert second["done"] is False
     assert second["token"] not in (None, first["token"])
     assert where(broker, "a") == (0, 1, 2)
     assert broker.results("a", 2, 0, ack=second["token"]) == DONE
@@ -728,19 +740,19 @@ def test_unconfirmed_delivery_expires_and_comes_back_in_order(
     broker: Broker, clock: FakeClock
 ) -> None:
     ids = ready(broker, "a", 5)
-    broker.finish("a")
+    broker.seal("a")
     first = broker.results("a", 3, 0)
     assert ids_of(first) == ids[:3]
     clock.advance(LEASE - 0.1)
     assert where(broker, "a") == (2, 3, 0)  # not yet due
     clock.advance(0.2)
     assert where(broker, "a") == (5, 0, 0)  # back, and not counted as delivered
-    assert broker.job("a")["complete"] is False
+    assert broker.job("a")["done"] is False
     again = broker.results("a", 10, 0)
     assert ids_of(again) == ids  # back at the front, in their order, ahead of the rest
     assert again["results"][:3] == first["results"]
     assert again["token"] != first["token"]
-    assert again["complete"] is False
+    assert again["done"] is False
     assert broker.ack(first["token"]) == 0  # the lapsed delivery cannot be confirmed
     assert where(broker, "a") == (0, 5, 0)
     assert broker.ack(again["token"]) == 5
@@ -773,26 +785,26 @@ def test_confirmed_delivery_never_comes_back(broker: Broker, clock: FakeClock) -
         assert broker.results("a", 10, 0) == EMPTY
         assert broker.results(None, 10, 0) == EMPTY
         assert where(broker, "a") == (0, 0, 2)
-    broker.finish("a")
+    broker.seal("a")
     assert broker.results("a", 10, 0) == DONE
 
 
 def test_done_waits_for_the_last_confirmation(broker: Broker, clock: FakeClock) -> None:
     ids = ready(broker, "a", 2)
-    broker.finish("a")
+    broker.seal("a")
     first = broker.results("a", 1, 0)
     second = broker.results("a", 1, 0)
     assert ids_of(first) + ids_of(second) == ids
     for _ in range(3):
         assert broker.results("a", 10, 0) == EMPTY
         assert broker.results(None, 10, 0) == EMPTY
-        assert broker.job("a")["complete"] is False
+        assert broker.job("a")["done"] is False
     assert broker.ack(second["token"]) == 1
     assert where(broker, "a") == (0, 1, 1)
     assert broker.results("a", 10, 0) == EMPTY  # the first is still unconfirmed
-    assert broker.job("a")["complete"] is False
+    assert broker.job("a")["done"] is False
     assert broker.ack(first["token"]) == 1
-    assert broker.job("a")["complete"] is True
+    assert broker.job("a")["done"] is True
     assert broker.results("a", 10, 0) == DONE
     assert broker.results(None, 10, 0) == DONE
 
@@ -871,8 +883,8 @@ def test_results_of_all_jobs_lapse_back_each_to_its_own_job(
 ) -> None:
     a_ids = ready(broker, "a", 2)
     b_ids = ready(broker, "b", 2)
-    broker.finish("a")
-    broker.finish("b")
+    broker.seal("a")
+    broker.seal("b")
     first = broker.results(None, 3, 0)
     assert [(r["job"], r["id"]) for r in first["results"]] == [
         ("a", a_ids[0]),
@@ -899,7 +911,7 @@ def test_lapsed_delivery_goes_to_another_output_exactly_once(
     broker: Broker, clock: FakeClock
 ) -> None:
     ids = ready(broker, "a", 3)
-    broker.finish("a")
+    broker.seal("a")
     to_first = broker.results("a", 10, 0)  # this output then dies
     assert ids_of(to_first) == ids
     clock.advance(LEASE + 1)
@@ -947,8 +959,8 @@ BAD_CALLS: dict[str, Callable[[Broker], Any]] = {
     "submit-wait-negative": lambda b: b.submit({"job": "j", "urls": [], "wait": -1}),
     "submit-wait-long": lambda b: b.submit({"job": "j", "urls": [], "wait": MAX_WAIT + 1}),
     "submit-batch-id-int": lambda b: b.submit({"job": "j", "urls": [], "batch_id": 3}),
-    "finish-empty": lambda b: b.finish(""),
-    "finish-none": lambda b: b.finish(None),  # type: ignore[arg-type]
+    "seal-empty": lambda b: b.seal(""),
+    "seal-none": lambda b: b.seal(None),  # type: ignore[arg-type]
     "job-empty": lambda b: b.job(""),
     "lease-no-worker": lambda b: b.lease("", 1, 0),
     "lease-worker-int": lambda b: b.lease(3, 1, 0),  # type: ignore[arg-type]
@@ -997,7 +1009,7 @@ def test_bad_calls_raise_bad_request_and_change_nothing(
     assert [t["id"] for t in tasks] == [first_id + 1, first_id + 2]
     reply = broker.complete("w0", [ok(t) for t in [held, *tasks]])
     assert reply["accepted"] == 3
-    broker.finish("a")
+    broker.seal("a")
     assert sorted(r["id"] for r in drain(broker, "a")) == [first_id, first_id + 1, first_id + 2]
     assert broker.results("a", 10, 0) == DONE
 
@@ -1047,7 +1059,7 @@ def test_concurrent_workers_give_exactly_one_result_per_task() -> None:
     for start in range(0, total, per_batch):
         reply = broker.submit({"job": "load", "urls": urls(per_batch), "batch_id": str(start)})
         first_id = reply["first_id"] if first_id is None else first_id
-    broker.finish("load")
+    broker.seal("load")
     assert first_id is not None
     expected_ids = set(range(first_id, first_id + total))
     totals: Counter[str] = Counter()
@@ -1087,7 +1099,7 @@ def test_concurrent_workers_give_exactly_one_result_per_task() -> None:
             for _ in range(10_000):
                 reply = broker.results("load", 300, 0.01, ack=token)
                 collected.extend(reply["results"])
-                if reply["complete"]:
+                if reply["done"]:
                     return
                 token = reply["token"]
         except BaseException as exc:
@@ -1107,7 +1119,7 @@ def test_concurrent_workers_give_exactly_one_result_per_task() -> None:
     assert set(ids) == expected_ids
     retried = sum(1 for i in expected_ids if i % 7 == 0)
     not_found = sum(1 for i in expected_ids if i % 11 == 0)
-    assert totals["retried"] == retried
+    assert totals["requeued"] == retried
     assert totals["accepted"] == total
     assert totals["accepted_again"] == 0
     assert totals["dropped"] == 0
@@ -1117,7 +1129,7 @@ def test_concurrent_workers_give_exactly_one_result_per_task() -> None:
     assert counts["confirmed"] == total
     assert counts["handed_out"] == counts["waiting"] == 0
     assert counts["failed"] == not_found
-    assert counts["complete"] is True
+    assert counts["done"] is True
     assert sum(1 for r in collected if r["attempt"] == 2) == retried
     status = broker.status()
     assert (status["queued"], status["leased"], status["unconfirmed"]) == (0, 0, 0)

@@ -68,7 +68,7 @@ class JobModel:
     delivered: int = 0
 
     @property
-    def complete(self) -> bool:
+    def done(self) -> bool:
         return self.sealed and self.delivered == self.submitted
 
 
@@ -192,12 +192,12 @@ class BrokerMachine(RuleBasedStateMachine):
                 return "dropped"
             if task.attempt < task.attempts:
                 task.state, task.attempt = "queued", task.attempt + 1
-                return "retried"
+                return "requeued"
         self.finish_task(task, ok=bool(result["ok"]))
         return "accepted"
 
     def complete_all(self, worker: str, results: list[dict[str, Any]]) -> None:
-        expected = {"accepted": 0, "dropped": 0, "retried": 0, "renewed": 0}
+        expected = {"accepted": 0, "dropped": 0, "requeued": 0, "renewed": 0}
         for result in results:
             expected[self.predict_complete(result)] += 1
         assert self.broker.complete(worker, results) == expected
@@ -214,8 +214,8 @@ class BrokerMachine(RuleBasedStateMachine):
 
     def done_flag(self, job: str | None) -> bool:
         if job is None:
-            return bool(self.jobs) and all(model.complete for model in self.jobs.values())
-        return job in self.jobs and self.jobs[job].complete
+            return bool(self.jobs) and all(model.done for model in self.jobs.values())
+        return job in self.jobs and self.jobs[job].done
 
     def check_results(self, job: str | None, count: int, reply: dict[str, Any]) -> None:
         pool = [i for i in self.undelivered if job is None or self.tasks[i].job == job]
@@ -231,9 +231,9 @@ class BrokerMachine(RuleBasedStateMachine):
             assert result["ok"] == self.ok[task_id]
         if not results:
             assert reply["token"] is None
-            assert reply["complete"] is self.done_flag(job)
+            assert reply["done"] is self.done_flag(job)
             return
-        assert reply["complete"] is False
+        assert reply["done"] is False
         token = reply["token"]
         assert token not in self.deliveries and token not in self.tokens
         self.undelivered.difference_update(ids)
@@ -365,8 +365,8 @@ class BrokerMachine(RuleBasedStateMachine):
 
     @rule(job=st.sampled_from(JOBS))
     @step
-    def finish(self, job: str) -> None:
-        counts = self.broker.finish(job)
+    def seal(self, job: str) -> None:
+        counts = self.broker.seal(job)
         self.jobs.setdefault(job, JobModel()).sealed = True
         self.check_job(job, counts)
 
@@ -410,7 +410,7 @@ class BrokerMachine(RuleBasedStateMachine):
             "handed_out": handed,
             "confirmed": model.delivered,
             "sealed": model.sealed,
-            "complete": model.complete,
+            "done": model.done,
         }
         assert model.submitted == len(tasks)
         assert model.delivered == sum(1 for i in self.confirmed if self.tasks[i].job == name)
@@ -485,7 +485,7 @@ class BrokerMachine(RuleBasedStateMachine):
 
     def drain(self) -> None:
         for job in JOBS:
-            self.finish(job)
+            self.seal(job)
         for _ in range(10):
             self.clock.advance(LEASE)
             assert self.broker.expire_leases() == self.expire()
@@ -504,10 +504,10 @@ class BrokerMachine(RuleBasedStateMachine):
                 break
         self.counts_agree()
         for job in JOBS:
-            assert self.broker.job(job)["complete"] is True, self.broker.job(job)
+            assert self.broker.job(job)["done"] is True, self.broker.job(job)
             assert self.broker.results(job, 1, 0) == {
                 "results": [],
-                "complete": True,
+                "done": True,
                 "token": None,
             }
         # Exactly one confirmed result per task, across every restart.
@@ -518,7 +518,7 @@ class BrokerMachine(RuleBasedStateMachine):
         self.restart_broker(clean=False)
         assert self.broker.results(None, 1000, 0)["results"] == []
         for job in JOBS:
-            assert self.broker.job(job)["complete"] is True
+            assert self.broker.job(job)["done"] is True
 
 
 MODEL_SETTINGS = settings(

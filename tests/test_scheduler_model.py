@@ -31,7 +31,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from fetchq.errors import BadRequest
+from fetchq.errors import BadRequest, NoSuchJob
 from fetchq.server.broker import Broker
 from fetchq.server.journal import Journal
 from fetchq.urls import host_key
@@ -59,6 +59,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.delay = {job: 0.0 for job in JOBS}
         self.cap: dict[str, int | None] = dict.fromkeys(JOBS)
         self.cancelled: set[str] = set()
+        self.known: set[str] = set()
+        """Jobs a submit created: steering any other is an error, and creates nothing."""
         self.results: Counter[int] = Counter()
         self.grandfathered: Counter[tuple[str, str]] = Counter()
         """Leases a host held when its cap was lowered: they run on; no new one starts."""
@@ -104,6 +106,7 @@ class SchedulerMachine(RuleBasedStateMachine):
                 self.broker.submit({"job": job, "urls": urls, **change})
             return
         reply = self.broker.submit({"job": job, "urls": urls, **change})
+        self.known.add(job)
         if change:
             self.cap[job], self.delay[job] = 2, 0.5
         self.submitted.update(range(reply["first_id"], reply["first_id"] + len(urls)))
@@ -144,13 +147,21 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     @rule(job=st.sampled_from(JOBS), action=st.sampled_from(["pause", "resume", "cancel"]))
     def steer(self, job: str, action: str) -> None:
-        self.broker.control(job, {"action": action})
+        if job not in self.known:
+            with pytest.raises(NoSuchJob):
+                self.broker.steer(job, {"action": action})
+            return
+        self.broker.steer(job, {"action": action})
         if action == "cancel":
             self.cancelled.add(job)
 
     @rule(job=st.sampled_from(JOBS), cap=st.integers(1, 3), delay=st.sampled_from([0.2, 1.0]))
     def set_limits(self, job: str, cap: int, delay: float) -> None:
-        self.broker.control(job, {"action": "set", "per_host": cap, "host_delay": delay})
+        if job not in self.known:
+            with pytest.raises(NoSuchJob):
+                self.broker.steer(job, {"action": "set", "per_host": cap, "host_delay": delay})
+            return
+        self.broker.steer(job, {"action": "set", "per_host": cap, "host_delay": delay})
         # Leases already out run on, starts already handed out keep their spacing;
         # new ones keep the new limits.
         self.cap[job] = cap
@@ -197,8 +208,8 @@ class SchedulerMachine(RuleBasedStateMachine):
     # -- the end ----------------------------------------------------------------
 
     def drain(self) -> None:
-        for job in JOBS:
-            self.broker.control(job, {"action": "resume"})
+        for job in self.known:
+            self.broker.steer(job, {"action": "resume"})
         self.broker.complete("w0", [])
         for _ in range(2000):
             self.clock.advance(1.0)

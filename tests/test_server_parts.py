@@ -15,14 +15,14 @@ from fetchq.server.leases import HEAP_SLACK, LeaseTable
 from fetchq.server.ledger import REMEMBERED_BATCHES, Ledger
 from fetchq.server.outbox import Outbox
 from fetchq.server.scheduler import Scheduler
-from fetchq.server.tasks import Queued, Span
+from fetchq.server.tasks import Span, Task
 from fetchq.wire.api import MAX_JOB_NAME, job_name_problem
 
 BASE = 5 << 32
 
 
-def task(task_id: int, job: str = "a", attempt: int = 1) -> Queued:
-    return Queued(task_id, job, f"http://127.0.0.1/{task_id}", attempt, 3, 5.0, 0.0)
+def task(task_id: int, job: str = "a", attempt: int = 1) -> Task:
+    return Task(task_id, job, f"http://127.0.0.1/{task_id}", attempt, 3, 5.0, 0.0)
 
 
 def result(task_id: int, job: str = "a") -> dict[str, object]:

@@ -132,7 +132,7 @@ def counts(
         "handed_out": 0,
         "confirmed": succeeded + failed,
         "sealed": True,
-        "complete": False,
+        "done": False,
         "state": "sealed",
         "pace": {"target": None, "achieved": achieved, "late": 0, **pace},
     }

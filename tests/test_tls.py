@@ -62,7 +62,7 @@ def test_a_whole_job_over_mutual_tls(env, target, tmp_path):
     finally:
         server.stop()
     job = status["jobs"]["tls"]
-    assert job["submitted"] == job["confirmed"] == 300 and job["complete"]
+    assert job["submitted"] == job["confirmed"] == 300 and job["done"]
     assert "TLS handshake" not in server.log.text, server.log.text
 
 

@@ -71,7 +71,7 @@ def test_every_frame_of_a_whole_job_after_login_is_json(server, env, target):
         for frame in up[LOGIN_FRAMES:]:
             methods.add(json.loads(frame)[1])
     wanted = {"dummy", "create", "incref", "decref", "accept_connection", "hello"}
-    wanted |= {"submit", "finish", "lease", "complete", "results", "status"}
+    wanted |= {"submit", "seal", "lease", "complete", "results", "status"}
     assert wanted <= methods, sorted(wanted - methods)
     assert counted > 50, counted
 

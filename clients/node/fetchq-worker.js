@@ -27,7 +27,7 @@ async function main(argv) {
   };
   const identity = `${os.hostname()}:${process.pid}`;
   const concurrency = options.concurrency ?? 16;
-  const hello = { protocol: 3, version: VERSION, worker: identity, threads: concurrency };
+  const hello = { protocol: 4, version: VERSION, worker: identity, threads: concurrency };
   const worker = new Worker({
     makeLink: (name, giveUp) => new BrokerLink(settings, { name: `node-${name}`, hello, log: say, giveUp }),
     fetcher: new Fetcher(identity, { followRedirects: Boolean(options['follow-redirects']) }),

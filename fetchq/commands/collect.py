@@ -65,7 +65,7 @@ def collect(
                 if writer is not None:
                     writer.flush()
             token = reply.get("token")
-            if until_done and reply["complete"]:
+            if until_done and reply["done"]:
                 break
     finally:
         if token is not None:

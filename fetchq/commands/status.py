@@ -49,7 +49,7 @@ def pace_lines(name: str, job: dict[str, Any], threads: int) -> list[str]:
     pace = job["pace"]
     if not pace["target"]:
         return []
-    late = f", {pace['late']} late starts (worst {format_duration(pace['worst_late'])})"
+    late = f", {pace['late']} late starts (worst {format_duration(pace['worst_lateness'])})"
     line = (
         f"  {name}: target {format_rate(pace['target'])}, achieved "
         f"{format_rate(pace['achieved'])}{late if pace['late'] else ''}"

@@ -122,7 +122,7 @@ def list_jobs(
 
 
 def _steer(link: Link, job: str, change: dict[str, Any]) -> None:
-    view = _connect(link).call("control", job, change)
+    view = _connect(link).call("steer", job, change)
     print(
         f"job {job}: {view['state']}, rate {format_rate(view['policy']['rate'])}, "
         f"limits {limits_text(view['policy'])}"
@@ -130,8 +130,8 @@ def _steer(link: Link, job: str, change: dict[str, Any]) -> None:
 
 
 ACTIONS = {
-    "pause": "Hand out no more tasks of the job; requests already running finish.",
-    "resume": "Hand out the job's tasks again (its rate starts afresh).",
+    "pause": "Lease no more tasks of the job; requests already running finish.",
+    "resume": "Lease the job's tasks again (its rate starts afresh).",
     "cancel": "End the job's queued tasks as results of type cancelled; running ones finish.",
 }
 """The steering commands that take nothing but the job: each one a journaled action."""

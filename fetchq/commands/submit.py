@@ -178,4 +178,4 @@ class Submitter:
             self._sender.wait()
             self._sender.close()
             self._sender = None
-        self.client.call("finish", self.job)
+        self.client.call("seal", self.job)

@@ -23,7 +23,7 @@ from typing import Any
 from fetchq import defaults
 from fetchq.commands.cpus import claim_a_cpu
 from fetchq.config import Address
-from fetchq.errors import FetchqError, ServerUnreachable
+from fetchq.errors import FetchqError, ServerUnavailable
 from fetchq.fetch import Fetcher
 from fetchq.messages import say
 from fetchq.signals import StopRequest
@@ -41,7 +41,7 @@ class WorkerSettings:
     connect_timeout: float = defaults.CONNECT_TIMEOUT
     follow_redirects: bool = False
     burst: bool = False
-    """Exit once the server has no task left to hand out."""
+    """Exit once the server has no task left to lease."""
     grace: float = defaults.GRACE
     """Seconds in-flight requests may take to finish after a stop request."""
     call_timeout: float = defaults.CALL_TIMEOUT
@@ -111,7 +111,7 @@ class WorkerEngine:
         """Work until stopped (or, in burst mode, until no work is left)."""
         try:
             info = self._lease_client.connect()
-        except ServerUnreachable:
+        except ServerUnavailable:
             if self.stop.requested:
                 return 0  # asked to stop while still waiting for the server
             raise
@@ -129,7 +129,7 @@ class WorkerEngine:
         # the leases of whatever was held simply expire on the server.
         try:
             self._lease_loop()
-        except ServerUnreachable:
+        except ServerUnavailable:
             if not self.stop.requested:
                 raise
             # Asked to stop while the server was away: still drain, and keep trying
@@ -264,7 +264,7 @@ class WorkerEngine:
             # Refused (another key or version after a server restart, say): these
             # tasks were not recorded; their leases lapse and they run again.
             say(f"worker {self.identity}: the server refused {len(batch)} results: {exc}")
-            if self.failure is None and not isinstance(exc, ServerUnreachable):
+            if self.failure is None and not isinstance(exc, ServerUnavailable):
                 self.failure = exc
                 self.stop.request()
             return

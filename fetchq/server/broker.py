@@ -24,17 +24,16 @@ from typing import Any
 
 from fetchq import __version__, defaults
 from fetchq.errors import BadRequest, StorageFailed, VersionMismatch
-from fetchq.server import completion, handout, recovery, steering, validate, views
+from fetchq.server import completion, leasing, recovery, steering, validate, views
 from fetchq.server.expiry import Expiry
 from fetchq.server.jobqueue import Policy
-from fetchq.server.jobs import Job
 from fetchq.server.journal import Journal
 from fetchq.server.ledger import Ledger, random_id_base
 from fetchq.server.outbox import count_by_job
 from fetchq.server.recorder import Recorder
 from fetchq.server.scheduler import Scheduler
 from fetchq.server.state import BrokerState
-from fetchq.server.tasks import Queued, Span
+from fetchq.server.tasks import Span, Task
 from fetchq.wire.api import MAX_LEASE, MAX_SUBMIT, MAX_WAIT, PROTOCOL, JobCounts, Outcome
 
 Result = dict[str, Any]
@@ -99,7 +98,7 @@ class Broker:
         self._waiters = Waiters(self._lock)
         server_policy = Policy(per_host=per_host, host_delay=host_delay)
         self._state = BrokerState(Ledger(random_id_base()), scheduler=Scheduler(server_policy))
-        self._journal = Recorder(journal)
+        self._recorder = Recorder(journal)
         if journal is not None:
             recovery.replay(
                 journal,
@@ -108,7 +107,7 @@ class Broker:
                 wall=wall_clock(),
                 lease_timeout=lease_timeout,
             )
-            self._journal.compact(self._state, self._wall())
+            self._recorder.compact(self._state, self._wall())
 
     # -- the wire API ---------------------------------------------------
 
@@ -148,7 +147,7 @@ class Broker:
         count = len(request.urls)
         state = self._state
         with self._lock:
-            if self._state.scheduler.job(request.job).cancelled:
+            if state.scheduler.is_cancelled(request.job):
                 raise BadRequest(f"job {request.job} was cancelled: use another job name")
             deadline = self._clock() + request.wait
             while True:
@@ -167,7 +166,7 @@ class Broker:
             first_id = state.ledger.next_id
             now = self._wall()
             policy = steering.policy_event(state, request.job, request.policy)
-            self._journal.write(
+            self._recorder.write(
                 *([policy] if policy else []),
                 {
                     "k": "submit",
@@ -182,7 +181,7 @@ class Broker:
             )
             if policy:
                 steering.apply(state, policy, now=self._clock(), wall=now)
-            job = state.jobs.get(request.job, now)
+            job = state.jobs.get_or_create(request.job, now)
             job.sealed = False
             job.submitted += count
             state.ledger.allocate(job.name, count)
@@ -194,19 +193,19 @@ class Broker:
             if request.batch_id is not None:
                 state.ledger.remember_batch(request.batch_id, reply)
             self._waiters.tasks.notify(count)
-        self._journal.sync()
+        self._recorder.sync()
         return reply
 
-    def finish(self, job_name: str) -> JobCounts:
-        """Mark a job's submission complete, so outputs know when it is done."""
+    def seal(self, job_name: str) -> JobCounts:
+        """Mark a job's submission finished, so outputs know when it is done."""
         name = validate.job_name(job_name)
         with self._lock:
-            self._journal.write({"k": "finish", "job": name})
-            job = self._state.jobs.get(name, self._wall())
+            self._recorder.write({"k": "finish", "job": name})
+            job = self._state.jobs.get_or_create(name, self._wall())
             job.sealed = True
             self._waiters.wake_outputs([name])
             counts = self._state.counts(job)
-        self._journal.sync()
+        self._recorder.sync()
         return counts
 
     def lease(self, worker: str, max_tasks: int, wait: float) -> list[dict[str, Any]]:
@@ -240,13 +239,13 @@ class Broker:
         worker = validate.worker_name(worker)
         results = validate.results_list(results)
         held = validate.lease_pairs(renew or [])
-        lines = self._journal.result_lines(results)
+        lines = self._recorder.result_lines(results)
         with self._lock:
             now = self._clock()
             verdicts = completion.judge(
-                self._state, results, lines, self._journal.encode, self._wall()
+                self._state, results, lines, self._recorder.encode, self._wall()
             )
-            self._journal.write_lines([line for v in verdicts for line in v.events])
+            self._recorder.write_lines([line for v in verdicts for line in v.events])
             tally = dict.fromkeys(Outcome, 0)
             for verdict in verdicts:
                 completion.apply(self._state, verdict, now)
@@ -257,12 +256,12 @@ class Broker:
                 for task_id, attempt in held
             )
             seen = self._state.workers.seen(worker, now)
-            seen.record(now, tally[Outcome.ACCEPTED] + tally[Outcome.RETRIED])
+            seen.record(now, tally[Outcome.ACCEPTED] + tally[Outcome.REQUEUED])
             if tally[Outcome.ACCEPTED]:
                 self._waiters.wake_outputs(
                     {v.result["job"] for v in verdicts if v.outcome is Outcome.ACCEPTED}
                 )
-            self._waiters.tasks.notify(tally[Outcome.RETRIED] + self._freed())
+            self._waiters.tasks.notify(tally[Outcome.REQUEUED] + self._freed())
         return {**{str(o): n for o, n in tally.items()}, "renewed": renewed}
 
     def robots(self, worker: str, report: dict[str, Any]) -> dict[str, bool]:
@@ -273,29 +272,30 @@ class Broker:
         with self._lock:
             state.workers.seen(worker, self._clock())
             accepted = steering.robots_fetched(
-                state, report, self._journal.write, now=self._clock(), wall=self._wall()
+                state, report, self._recorder.write, now=self._clock(), wall=self._wall()
             )
             self._waiters.tasks.notify_all()
         return {"accepted": accepted}
 
-    def control(self, job_name: str, change: dict[str, Any]) -> dict[str, Any]:
+    def steer(self, job_name: str, change: dict[str, Any]) -> dict[str, Any]:
         """Steer a job while it runs: pause, resume, cancel, or set its pace and limits."""
         name = validate.job_name(job_name)
-        action, policy = validate.control(change)
+        action, policy = validate.steering(change)
         state = self._state
         with self._lock:
+            job = state.jobs.existing(name)
             event = (
                 steering.policy_event(state, name, policy)
                 if action == "set"
                 else {"k": action, "job": name}
             )
             if event is not None:
-                self._journal.write(event)
+                self._recorder.write(event)
                 steering.apply(state, event, now=self._clock(), wall=self._wall())
             self._waiters.tasks.notify_all()
             self._waiters.wake_outputs([name])
-            view = views.job_view(state, state.jobs.get(name, self._wall()), self._clock())
-        self._journal.sync()
+            view = views.job_view(state, job, self._clock())
+        self._recorder.sync()
         return view
 
     def release(self, worker: str, leases: list[list[int]]) -> int:
@@ -324,7 +324,7 @@ class Broker:
         (``ack``, or the ``ack`` argument of its next call) once it has
         written the results.  Unconfirmed results go back to the queue after
         the lease timeout, so an output that dies loses nothing.
-        ``complete`` is true once the job is sealed and every task's result
+        ``done`` is true once the job is sealed and every task's result
         is confirmed."""
         name = None if job_name is None else validate.job_name(job_name)
         count = validate.integer(max_results, "max_results", 1, MAX_SUBMIT)
@@ -341,16 +341,16 @@ class Broker:
                 selected = outbox.select(name, count)
                 if selected:
                     token = uuid.uuid4().hex
-                    self._journal.write(
+                    self._recorder.write(
                         {"k": "hand", "token": token, "ids": [r["id"] for r in selected]}
                     )
                     outbox.hand_out(token, selected, self._clock() + self.lease_timeout)
-                    return {"results": selected, "complete": False, "token": token}
+                    return {"results": selected, "done": False, "token": token}
                 if self._state.all_confirmed(name):
-                    return {"results": [], "complete": True, "token": None}
+                    return {"results": [], "done": True, "token": None}
                 remaining = deadline - self._clock()
                 if remaining <= 0:
-                    return {"results": [], "complete": False, "token": None}
+                    return {"results": [], "done": False, "token": None}
                 self._waiters.outputs(name).wait(min(remaining, self._until_next_change()))
 
     def ack(self, token: str) -> int:
@@ -374,11 +374,11 @@ class Broker:
         return reply
 
     def job(self, job_name: str) -> JobCounts:
-        """One job's counts (an unknown job reads as empty and unsealed)."""
+        """One job's counts (a job the server never heard of is ``NoSuchJob``)."""
         name = validate.job_name(job_name)
         with self._lock:
             self._expire_locked()
-            return self._state.counts(self._state.jobs.find(name) or Job(name, 0.0))
+            return self._state.counts(self._state.jobs.existing(name))
 
     # -- housekeeping the server program runs ----------------------------
 
@@ -387,10 +387,10 @@ class Broker:
         with self._lock:
             self._expire_locked()
             self._end_cancelled()
-        self._journal.sync_quietly()
-        if self._journal.wants_compaction():
+        self._recorder.sync_quietly()
+        if self._recorder.wants_compaction():
             with self._lock, contextlib.suppress(StorageFailed):  # said; tried again later
-                self._journal.compact(self._state, self._wall())
+                self._recorder.compact(self._state, self._wall())
 
     def expire_leases(self) -> int:
         """Return overdue leases to the queue (or fail them); returns how many."""
@@ -400,17 +400,17 @@ class Broker:
     def compact(self) -> None:
         """Rewrite the journal as the live state."""
         with self._lock:
-            self._journal.compact(self._state, self._wall())
+            self._recorder.compact(self._state, self._wall())
 
     def close(self) -> None:
         with self._lock:
-            self._journal.close()
+            self._recorder.close()
 
     # -- internals (lock held) --------------------------------------------
 
     def _lease_locked(self, worker: str, count: int) -> list[dict[str, Any]]:
         state, wall = self._state, self._wall()
-        leased = handout.lease(
+        leased = leasing.lease(
             state,
             worker,
             count,
@@ -419,7 +419,7 @@ class Broker:
             wall_offset=self._steady_wall_offset(),
             lease_timeout=self.lease_timeout,
         )
-        self._end_without_request(*handout.refused_by_robots(state, wall))
+        self._end_without_request(*leasing.refused_by_robots(state, wall))
         if len(state.scheduler) < self.max_pending:
             self._waiters.room.notify_all()
         return leased
@@ -438,11 +438,11 @@ class Broker:
     def _end_cancelled(self) -> None:
         room = self.max_results - self._state.outbox.unconfirmed
         if room > 0:
-            self._end_without_request(*handout.cancelled(self._state, room, self._wall()))
+            self._end_without_request(*leasing.cancelled(self._state, room, self._wall()))
 
-    def _end_without_request(self, tasks: list[Queued], results: list[Result]) -> None:
+    def _end_without_request(self, tasks: list[Task], results: list[Result]) -> None:
         """Tasks that end here as results (cancelled, or forbidden by robots.txt)."""
-        ended = handout.end_without_request(self._state, tasks, results, self._journal.write)
+        ended = leasing.end_without_request(self._state, tasks, results, self._recorder.write)
         self._waiters.wake_outputs(ended)
 
     def _freed(self) -> int:
@@ -455,7 +455,7 @@ class Broker:
         delivery = outbox.delivery(token)
         if delivery is None:
             return 0  # already confirmed, or lapsed and handed out again
-        self._journal.write({"k": "ack", "token": token, "ids": delivery.ids()})
+        self._recorder.write({"k": "ack", "token": token, "ids": delivery.ids()})
         was_full = outbox.unconfirmed >= self.max_results
         outbox.confirm(token)
         self._waiters.wake_outputs(count_by_job(delivery.results))
@@ -485,7 +485,7 @@ class Broker:
         if not expiry:
             return 0
         try:
-            self._journal.write(*expiry.events())
+            self._recorder.write(*expiry.events())
         except StorageFailed:
             expiry.refile(self._state)  # nothing changed; the next call tries again
             return 0

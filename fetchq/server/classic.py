@@ -17,12 +17,21 @@ import queue
 import time
 from typing import Any
 
+from fetchq.errors import NoSuchJob
 from fetchq.server.broker import Broker
 from fetchq.urls import url_problem
 from fetchq.wire.api import MAX_WAIT
 
 CLASSIC_JOB = "classic"
 QUEUE_METHODS = ("put", "put_nowait", "get", "get_nowait", "qsize", "empty", "full")
+
+
+def classic_count(broker: Broker, counter: str) -> int:
+    """One counter of the classic job: 0 before its first ``put`` makes the job."""
+    try:
+        return int(broker.job(CLASSIC_JOB)[counter])  # type: ignore[literal-required]
+    except NoSuchJob:
+        return 0
 
 
 class ClassicTaskQueue:
@@ -48,7 +57,7 @@ class ClassicTaskQueue:
         self.put(item, block=False)
 
     def qsize(self) -> int:
-        return int(self._broker.job(CLASSIC_JOB)["queued"])
+        return classic_count(self._broker, "queued")
 
     def empty(self) -> bool:
         return self.qsize() == 0
@@ -85,7 +94,7 @@ class ClassicResultQueue:
         self.put(item)
 
     def qsize(self) -> int:
-        return int(self._broker.job(CLASSIC_JOB)["waiting"])
+        return classic_count(self._broker, "waiting")
 
     def empty(self) -> bool:
         return self.qsize() == 0

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from fetchq.server.state import BrokerState
-from fetchq.server.tasks import Queued
+from fetchq.server.tasks import Task
 from fetchq.wire.api import RETRY_AFTER_STATUSES, Outcome
 from fetchq.wire.records import is_retryable, make_error, make_result, make_task
 
@@ -81,14 +81,14 @@ def judge(
             and lease is not None
             and current
             and attempt < lease.task.attempts
-            and not state.scheduler.job(job).cancelled
+            and not state.scheduler.is_cancelled(job)
         ):
             events = [encode({"k": "retry", "id": task_id, "attempt": attempt + 1})]
             if hold:
                 events.append(encode({"k": "hold", "job": job, "url": result["url"],
                                       "until": wall + hold}))  # fmt: skip
             written = [event for event in events if event is not None]
-            verdicts.append(Verdict(result, Outcome.RETRIED, written, hold))
+            verdicts.append(Verdict(result, Outcome.REQUEUED, written, hold))
             settled.add(task_id)
             continue
         if result.get("job") != job:  # the server's record of the task is the authority
@@ -104,7 +104,7 @@ def judge(
 def _asked_to_wait(state: BrokerState, job: str, result: Result) -> float:
     """Seconds a 429 or 503 answer asked this job to leave its host alone (0: none)."""
     seconds = result.get("retry_after")
-    if not isinstance(seconds, int | float) or not state.scheduler.job(job).policy.retry_after:
+    if not isinstance(seconds, int | float) or not state.scheduler.policy(job).retry_after:
         return 0.0
     return min(max(float(seconds), 0.001), MAX_HOLD)
 
@@ -116,7 +116,7 @@ def apply(state: BrokerState, verdict: Verdict, now: float) -> None:
     if outcome is Outcome.DROPPED:
         if lease is not None and task_id in state.ledger.done:
             state.end_lease(task_id)  # a lease left on a finished task ends with it
-    elif outcome is Outcome.RETRIED:
+    elif outcome is Outcome.REQUEUED:
         assert lease is not None
         state.end_lease(task_id)
         if verdict.hold:
@@ -131,7 +131,7 @@ def apply(state: BrokerState, verdict: Verdict, now: float) -> None:
 
 
 def ended_without_request(
-    task: Queued, kind: str, message: str, wall: float, worker: str = "server"
+    task: Task, kind: str, message: str, wall: float, worker: str = "server"
 ) -> Result:
     """The result of a task the server ends: cancelled, forbidden by robots.txt, or
     out of attempts when its last lease lapsed on ``worker``."""

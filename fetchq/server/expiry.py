@@ -31,7 +31,7 @@ class Expiry:
             if not lease.robots
             and (
                 lease.task.attempt >= lease.task.attempts
-                or state.scheduler.job(lease.task.job).cancelled
+                or state.scheduler.is_cancelled(lease.task.job)
             )
         }
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from fetchq.server.tasks import Queued, Span
+from fetchq.server.tasks import Span, Task
 
 
 @dataclass
@@ -59,7 +59,7 @@ class Pick(NamedTuple):
     """A task chosen for a worker: when it may start (None: at once) and its host (None
     when no host limit applies)."""
 
-    task: Queued
+    task: Task
     start: float | None
     host: str | None
     robots: bool = False
@@ -98,7 +98,7 @@ class HostQueue(HostSlot):
         self.key = key
         self.ids = array("q")
         self.head = 0
-        self.front: deque[Queued] | None = None
+        self.front: deque[Task] | None = None
         """Tasks queued again, in front of the others (made when first needed)."""
         self.listed = False
         self.parked = False
@@ -110,12 +110,12 @@ class HostQueue(HostSlot):
     def __len__(self) -> int:
         return len(self.ids) - self.head + (len(self.front) if self.front else 0)
 
-    def push_front(self, task: Queued) -> None:
+    def push_front(self, task: Task) -> None:
         if self.front is None:
             self.front = deque()
         self.front.appendleft(task)
 
-    def push_back(self, task: Queued) -> None:
+    def push_back(self, task: Task) -> None:
         if self.front is None:
             self.front = deque()
         self.front.append(task)
@@ -137,12 +137,12 @@ class JobQueue:
         self.policy = Policy()
         self.paused = False
         self.cancelled = False
-        self.fifo: deque[Queued | Span] = deque()
+        self.fifo: deque[Task | Span] = deque()
         self.count = 0
         """Tasks waiting, stale copies (finished elsewhere) not counted."""
         self.next_slot = float("-inf")
         self.fresh = True
-        """Nothing handed out since the job was idle: its rate starts at the next hand-out."""
+        """Nothing leased since the job was idle: its rate starts at the next lease."""
         self.by_host = False
         self.hosts: dict[str, HostQueue] = {}
         self.ring: deque[HostQueue] = deque()
@@ -165,7 +165,7 @@ class JobQueue:
     def span_of(self, task_id: int) -> Span:
         return self.spans[bisect.bisect_right(self.spans_first, task_id) - 1]
 
-    def task_of(self, task_id: int) -> Queued:
+    def task_of(self, task_id: int) -> Task:
         span = self.span_of(task_id)
         task = span.task(task_id - span.first)
         span.left -= 1
@@ -179,7 +179,7 @@ class JobQueue:
         span = self.span_of(bucket.ids[bucket.head])
         return span.urls[bucket.ids[bucket.head] - span.first]
 
-    def tasks(self) -> Iterator[Queued]:
+    def tasks(self) -> Iterator[Task]:
         """Every waiting task (stale copies included: the caller filters them)."""
         for entry in self.fifo:
             if isinstance(entry, Span):

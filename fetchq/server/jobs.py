@@ -7,11 +7,13 @@ holds: how many were submitted and how their tasks ended.
 
 from __future__ import annotations
 
+import difflib
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from fetchq.errors import NoSuchJob
 from fetchq.wire.api import LATE_AFTER
 
 RECENT = 10.0
@@ -45,7 +47,7 @@ class PaceSeen:
         self._recent: deque[list[float]] = deque()
         """[second, results, elapsed summed], one entry per second with results."""
         self.late = 0
-        self.worst_late = 0.0
+        self.worst_lateness = 0.0
 
     def record(self, now: float, results: Iterable[dict[str, Any]]) -> None:
         second = float(int(now))
@@ -60,7 +62,7 @@ class PaceSeen:
                 lateness = started - scheduled
                 if lateness > LATE_AFTER:
                     self.late += 1
-                    self.worst_late = max(self.worst_late, lateness)
+                    self.worst_lateness = max(self.worst_lateness, lateness)
         while self._recent and self._recent[0][0] < now - RECENT:
             self._recent.popleft()
 
@@ -82,8 +84,8 @@ class JobTable:
     def __init__(self) -> None:
         self._jobs: dict[str, Job] = {}
 
-    def get(self, name: str, now: float) -> Job:
-        """The job called ``name``, created on first mention."""
+    def get_or_create(self, name: str, now: float) -> Job:
+        """The job called ``name``, created if new: only submitting creates a job."""
         job = self._jobs.get(name)
         if job is None:
             job = self._jobs[name] = Job(name, now)
@@ -92,5 +94,30 @@ class JobTable:
     def find(self, name: str) -> Job | None:
         return self._jobs.get(name)
 
+    def existing(self, name: str) -> Job:
+        """The job called ``name``: reads and steering never create one, so a name the
+        server has never heard of (a typo, say) is an error that says what there is."""
+        job = self._jobs.get(name)
+        if job is None:
+            raise NoSuchJob(unknown_job(name, list(self._jobs)))
+        return job
+
     def __iter__(self) -> Iterator[Job]:
         return iter(list(self._jobs.values()))
+
+
+JOBS_NAMED = 5
+"""Jobs an unknown job's error lists, when none is close to the name given."""
+
+
+def unknown_job(name: str, names: list[str]) -> str:
+    """No job ``name``, and the closest name there is, or a few that there are."""
+    message = f"no job {name!r} on this server"
+    close = difflib.get_close_matches(name, names, n=1)
+    if close:
+        return f"{message}: did you mean {close[0]!r}?"
+    if not names:
+        return f"{message}: it has no jobs"
+    listed = ", ".join(names[-JOBS_NAMED:])
+    more = f" and {len(names) - JOBS_NAMED} more" if len(names) > JOBS_NAMED else ""
+    return f"{message}: its jobs are {listed}{more}"

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-from fetchq.server.tasks import Queued
+from fetchq.server.tasks import Task
 from fetchq.wire.records import ROBOTS, make_task
 
 HEAP_SLACK = 1024
@@ -26,7 +26,7 @@ class Lease:
 
     def __init__(
         self,
-        task: Queued,
+        task: Task,
         worker: str,
         deadline: float,
         *,
@@ -77,7 +77,7 @@ class LeaseTable:
         self._expiry: list[Lease] = []
         self._per_job: Counter[str] = Counter()
 
-    def grant(self, task: Queued, worker: str, deadline: float, **where: Any) -> Lease:
+    def grant(self, task: Task, worker: str, deadline: float, **where: Any) -> Lease:
         """``where``: ``start``, ``host`` and ``robots``, as ``Lease`` takes them."""
         lease = Lease(task, worker, deadline, **where)
         self._leases[task.id] = lease

@@ -21,7 +21,7 @@ def random_id_base() -> int:
 
 
 class Ledger:
-    """Ids are handed out in consecutive runs, one per submitted batch, so the job of
+    """Ids are given in consecutive runs, one per submitted batch, so the job of
     any id is a bisect away and the done set is one bit per id."""
 
     def __init__(self, id_base: int) -> None:
@@ -45,7 +45,7 @@ class Ledger:
         self._jobs.append(job)
 
     def known(self, task_id: int) -> bool:
-        """Handed out by this server (or by the run whose journal it replayed)."""
+        """Given by this server (or by the run whose journal it replayed)."""
         return self.id_base < task_id < self.next_id
 
     def job_of(self, task_id: int) -> str:

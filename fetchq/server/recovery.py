@@ -21,7 +21,7 @@ from fetchq.server.journal import Journal
 from fetchq.server.ledger import Ledger
 from fetchq.server.scheduler import LOOKAHEAD
 from fetchq.server.state import BrokerState
-from fetchq.server.tasks import Queued
+from fetchq.server.tasks import Task
 
 
 def snapshot(state: BrokerState, wall: float) -> Iterator[dict[str, Any]]:
@@ -80,7 +80,7 @@ class _Replay:
         self.state = state
         self.now = now
         self.wall = wall
-        self.tasks: dict[int, Queued] = {}
+        self.tasks: dict[int, Task] = {}
         self.results: dict[int, dict[str, Any]] = {}
         self.deliveries: dict[str, list[int]] = {}
         self.confirmed: Counter[str] = Counter()
@@ -91,7 +91,7 @@ class _Replay:
         if first is None:
             return
         ledger = self.state.ledger
-        # The old process may have handed out starts up to a lookahead ahead of its
+        # The old process may have leased starts up to a lookahead ahead of its
         # death: host delays count from there.
         self.state.scheduler.epoch = self.now + LOOKAHEAD
         ledger.id_base = int(first["id_base"])
@@ -116,7 +116,7 @@ class _Replay:
         self._rebuild(delivery_deadline)
 
     def _job(self, name: str) -> Any:
-        return self.state.jobs.get(name, self.wall)
+        return self.state.jobs.get_or_create(name, self.wall)
 
     # -- one method per event kind (see ``run``) ----------------------------
 
@@ -126,7 +126,7 @@ class _Replay:
         first, urls = int(event["first"]), event["urls"]
         for offset, url in enumerate(urls):
             task_id = first + offset
-            self.tasks[task_id] = Queued(
+            self.tasks[task_id] = Task(
                 task_id, job.name, url, 1, event["attempts"], event["timeout"], event["at"]
             )
         job.submitted += len(urls)
@@ -138,7 +138,7 @@ class _Replay:
             ledger.remember_batch(event["batch"], {"accepted": len(urls), "first_id": first})
 
     def _task(self, event: dict[str, Any]) -> None:
-        task = Queued(**{name: event[name] for name in Queued._fields})
+        task = Task(**{name: event[name] for name in Task._fields})
         self.tasks[task.id] = task
 
     def _job_counts(self, event: dict[str, Any]) -> None:

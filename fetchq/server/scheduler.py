@@ -1,6 +1,6 @@
 """Which waiting task goes to a worker next, and when its request may start.
 
-Tasks wait per job, and jobs with something to hand out take turns.  Within
+Tasks wait per job, and jobs with something to lease take turns.  Within
 a job, tasks go first in, first out (retries in front).  A job with a rate
 gives each task a start ``1 / rate`` after the previous one: the schedule is
 fixed when the task is leased and never moves, so a fleet that falls behind
@@ -10,8 +10,8 @@ A job with host limits (a per-host cap, a host delay, robots.txt, Retry-After
 holds, or the server's own per-host limits) sorts its tasks into one queue
 per host as they arrive, and hosts that are ready take turns, so a host with
 a long queue never starves the others.  A host held back by a limit is
-not handed out at all: no lease runs out while it waits.  Tasks are handed
-out up to ``LOOKAHEAD`` seconds before their start, so that workers start
+not leased at all: no lease runs out while it waits.  Tasks are leased
+up to ``LOOKAHEAD`` seconds before their start, so that workers start
 them on time.
 """
 
@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 
 from fetchq.server.jobqueue import HostQueue, HostSlot, JobQueue, Pick, Policy, Robots
-from fetchq.server.tasks import Queued, Span
+from fetchq.server.tasks import Span, Task
 from fetchq.urls import host_key, origin
 
 LOOKAHEAD = 1.0
@@ -43,7 +43,7 @@ class Scheduler:
         self.ring: deque[JobQueue] = deque()
         self.host_slots: dict[str, HostSlot] = {}
         """Per-host state across every job, for the server's own limits."""
-        self.denied: list[tuple[Queued, Robots]] = []
+        self.denied: list[tuple[Task, Robots]] = []
         """Tasks robots.txt forbids, taken out by ``take``: the broker ends them."""
         self.freed = 0
         """Leases on limited hosts that ended since the broker last looked: room to wake for."""
@@ -55,21 +55,33 @@ class Scheduler:
 
     # -- what waits -------------------------------------------------------
 
-    def job(self, name: str) -> JobQueue:
+    def find(self, name: str) -> JobQueue | None:
+        return self.jobs.get(name)
+
+    def get_or_create(self, name: str) -> JobQueue:
+        """The job's queue, made on first need: by a submit, a policy, or a replay."""
         queue = self.jobs.get(name)
         if queue is None:
             queue = self.jobs[name] = JobQueue(name)
             queue.by_host = self.server_policy.limits_hosts
         return queue
 
+    def is_cancelled(self, name: str) -> bool:
+        queue = self.jobs.get(name)
+        return queue is not None and queue.cancelled
+
+    def policy(self, name: str) -> Policy:
+        queue = self.jobs.get(name)
+        return queue.policy if queue is not None else Policy()
+
     def set_policy(self, name: str, policy: Policy) -> None:
-        queue = self.job(name)
+        queue = self.get_or_create(name)
         queue.policy = policy
         if policy.limits_hosts:
             self._sort_by_host(queue)
 
     def add_batch(self, span: Span, now: float) -> None:
-        queue = self.job(span.job)
+        queue = self.get_or_create(span.job)
         if not span.urls:
             return
         if queue.count == 0:
@@ -79,9 +91,9 @@ class Scheduler:
         if queue.by_host:
             self._sort_fifo(queue)
 
-    def add_retry(self, task: Queued) -> None:
+    def add_retry(self, task: Task) -> None:
         """Back in front of its job (or its host): a job's stragglers go first."""
-        queue = self.job(task.job)
+        queue = self.get_or_create(task.job)
         if queue.by_host:
             host = queue.host(host_key(task.url), self.epoch)
             host.push_front(task)
@@ -90,9 +102,9 @@ class Scheduler:
             queue.fifo.appendleft(task)
         self._added(queue, 1)
 
-    def add_task(self, task: Queued) -> None:
+    def add_task(self, task: Task) -> None:
         """At the back: a restart queues what was not done, in id order."""
-        queue = self.job(task.job)
+        queue = self.get_or_create(task.job)
         queue.fifo.append(task)
         self._added(queue, 1)
         if queue.by_host:
@@ -116,27 +128,27 @@ class Scheduler:
         queue = self.jobs.get(job)
         return queue.count if queue else 0
 
-    def __iter__(self) -> Iterator[Queued]:
+    def __iter__(self) -> Iterator[Task]:
         for queue in self.jobs.values():
             yield from queue.tasks()
 
     # -- steering ---------------------------------------------------------
 
     def pause(self, name: str, paused: bool, now: float) -> None:
-        queue = self.job(name)
+        queue = self.get_or_create(name)
         queue.paused = paused
         if not paused:
             queue.fresh = True  # a pause is not lateness
             self._list_job(queue)
 
     def cancel(self, name: str) -> None:
-        self.job(name).cancelled = True
+        self.get_or_create(name).cancelled = True
 
-    def drain(self, name: str, count: int, is_done: Callable[[int], bool]) -> list[Queued]:
+    def drain(self, name: str, count: int, is_done: Callable[[int], bool]) -> list[Task]:
         """Take up to ``count`` waiting tasks of a job, limits aside (a cancelled job's
         tasks end as results without a request)."""
-        queue = self.job(name)
-        taken: list[Queued] = []
+        queue = self.get_or_create(name)
+        taken: list[Task] = []
         for host in list(queue.hosts.values()):
             while len(host) and len(taken) < count:
                 task = host.front.popleft() if host.front else queue.task_of(host.pop_id())
@@ -146,14 +158,14 @@ class Scheduler:
         self._took(queue, len(taken))
         return taken
 
-    def put_back(self, tasks: list[Queued]) -> None:
+    def put_back(self, tasks: list[Task]) -> None:
         """Undo a ``take`` or ``drain`` whose journal write failed."""
         for task in reversed(tasks):
             self.add_retry(task)
 
     def hold(self, job: str, url: str, until: float) -> None:
         """A site asked this job to wait (Retry-After): no start on the host before then."""
-        queue = self.job(job)
+        queue = self.get_or_create(job)
         self._sort_by_host(queue)
         slot = queue.host(host_key(url), self.epoch)
         slot.held_until = max(slot.held_until, until)
@@ -163,8 +175,8 @@ class Scheduler:
     ) -> None:
         """robots.txt is known for the host (None: ask again).  ``now``: when its fetch
         was over, from which the host's delay counts (the fetch was a request too, and it
-        began later than it was handed out)."""
-        queue = self.job(job)
+        began later than it was leased)."""
+        queue = self.get_or_create(job)
         bucket = queue.host(host, self.epoch)
         bucket.probing = False
         bucket.robots = robots
@@ -282,10 +294,8 @@ class Scheduler:
             picks.append(pick)
         return picks
 
-    def _take_fifo(
-        self, queue: JobQueue, count: int, is_done: Callable[[int], bool]
-    ) -> list[Queued]:
-        taken: list[Queued] = []
+    def _take_fifo(self, queue: JobQueue, count: int, is_done: Callable[[int], bool]) -> list[Task]:
+        taken: list[Task] = []
         fifo = queue.fifo
         while fifo and len(taken) < count:
             head = fifo[0]
@@ -369,7 +379,7 @@ class Scheduler:
     def _robots_probe(self, queue: JobQueue, bucket: HostQueue, now: float) -> Pick:
         url = origin(queue.first_url(bucket)) + "/robots.txt"
         bucket.probes += 1
-        probe = Queued(0, queue.name, url, bucket.probes, ROBOTS_ATTEMPTS, ROBOTS_TIMEOUT, now)
+        probe = Task(0, queue.name, url, bucket.probes, ROBOTS_ATTEMPTS, ROBOTS_TIMEOUT, now)
         self._started(bucket, now, self._server_slot(bucket.key))
         return Pick(probe, None, bucket.key, robots=True)
 

@@ -40,7 +40,7 @@ class BrokerState:
             "handed_out": handed_out,
             "confirmed": confirmed,
             "sealed": job.sealed,
-            "complete": job.sealed and confirmed == job.submitted,
+            "done": job.sealed and confirmed == job.submitted,
         }
 
     def end_lease(self, task_id: int) -> Lease | None:
@@ -68,4 +68,4 @@ class BrokerState:
         else:
             found = self.jobs.find(name)
             jobs = [found] if found is not None else []
-        return bool(jobs) and all(self.counts(job)["complete"] for job in jobs)
+        return bool(jobs) and all(self.counts(job)["done"] for job in jobs)

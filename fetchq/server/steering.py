@@ -3,7 +3,7 @@ one function applies an event both live and when a restart replays it, so a
 restart keeps every rate, limit, pause, cancel, robots.txt and hold.
 
 - ``policy``: a job's rate, per-host cap, host delay, robots and Retry-After.
-- ``pause`` / ``resume``: no task of a paused job is handed out; running ones finish.
+- ``pause`` / ``resume``: no task of a paused job is leased; running ones finish.
 - ``cancel``: queued tasks end as ``cancelled`` results, nothing new is accepted.
 - ``robots``: what a worker fetched as a host's robots.txt for a job.
 - ``hold``: a site's Retry-After; no request to the host before ``until``.
@@ -32,7 +32,8 @@ STEERING_EVENTS = ("policy", "pause", "resume", "cancel", "robots", "hold")
 
 def policy_event(state: BrokerState, job: str, change: dict[str, Any]) -> dict[str, Any] | None:
     """The event that sets ``change`` on the job's policy; None when nothing changes."""
-    current = state.scheduler.job(job).policy
+    queue = state.scheduler.find(job)
+    current = queue.policy if queue is not None else Policy()
     updated = dataclasses.replace(current, **change)
     if updated == current:
         return None
@@ -50,7 +51,7 @@ def apply(state: BrokerState, event: dict[str, Any], *, now: float, wall: float)
         scheduler.pause(job, kind == "pause", now)
     elif kind == "cancel":
         scheduler.cancel(job)
-        state.jobs.get(job, wall).sealed = True
+        state.jobs.get_or_create(job, wall).sealed = True
     elif kind == "robots":
         rules = robots.rules_from(event, last_attempt=event.get("last", True))
         scheduler.learn_robots(job, event["host"], rules, now)
@@ -110,12 +111,12 @@ def snapshot(state: BrokerState, wall: float) -> list[dict[str, Any]]:
 
 
 def job_state(state: BrokerState, job: str, counts: JobCounts) -> str:
-    """open, sealed, complete, paused or cancelled: what ``job list`` shows."""
-    queue = state.scheduler.job(job)
-    if counts["complete"]:
-        return "complete"
-    if queue.cancelled:
+    """open, sealed, done, paused or cancelled: what ``job list`` shows."""
+    queue = state.scheduler.find(job)
+    if counts["done"]:
+        return "done"
+    if queue is not None and queue.cancelled:
         return "cancelled"
-    if queue.paused:
+    if queue is not None and queue.paused:
         return "paused"
     return "sealed" if counts["sealed"] else "open"

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 
-class Queued(NamedTuple):
+class Task(NamedTuple):
     """A task as the server keeps it between leases: a tuple is the smallest thing that
     reads well."""
 
@@ -20,11 +20,11 @@ class Queued(NamedTuple):
 
 
 class Span:
-    """A submitted batch not yet handed out, kept as the list that came off the wire.
+    """A submitted batch not yet leased, kept as the list that came off the wire.
 
     Queued tasks cost their URL string and a list slot (about 90 bytes for a
     short URL) instead of a tuple and an id object each; a task becomes a
-    ``Queued`` only when it is taken."""
+    ``Task`` only when it is taken."""
 
     __slots__ = ("attempts", "first", "job", "left", "next", "submitted", "timeout", "urls")
 
@@ -40,17 +40,17 @@ class Span:
         self.next = 0
         """The next task first in, first out."""
         self.left = -1
-        """Tasks not yet handed out, once the batch goes out by host (-1 until then)."""
+        """Tasks not yet leased, once the batch goes out by host (-1 until then)."""
 
-    def take(self) -> Queued:
+    def take(self) -> Task:
         index = self.next
         self.next += 1
         if self.left > 0:
             self.left -= 1
         return self.task(index)
 
-    def task(self, index: int) -> Queued:
-        return Queued(
+    def task(self, index: int) -> Task:
+        return Task(
             self.first + index,
             self.job,
             self.urls[index],
@@ -60,7 +60,7 @@ class Span:
             self.submitted,
         )
 
-    def remaining(self) -> Iterator[Queued]:
+    def remaining(self) -> Iterator[Task]:
         return (self.task(index) for index in range(self.next, len(self.urls)))
 
     @property

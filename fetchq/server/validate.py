@@ -152,14 +152,14 @@ def submit_request(batch: Any) -> SubmitRequest:
     )
 
 
-CONTROL_ACTIONS = ("pause", "resume", "cancel", "set")
+STEERING_ACTIONS = ("pause", "resume", "cancel", "set")
 
 
-def control(change: Any) -> tuple[str, dict[str, Any]]:
+def steering(change: Any) -> tuple[str, dict[str, Any]]:
     """``{"action": ..., and for "set" the policy fields}``."""
-    require(isinstance(change, dict), "control takes a dict")
+    require(isinstance(change, dict), "steer takes a dict")
     action = change.get("action")
-    require(action in CONTROL_ACTIONS, f"action must be one of {', '.join(CONTROL_ACTIONS)}")
+    require(action in STEERING_ACTIONS, f"action must be one of {', '.join(STEERING_ACTIONS)}")
     policy = policy_change(change) if action == "set" else {}
     require(action != "set" or policy, "set needs at least one of " + ", ".join(POLICY_FIELDS))
     return str(action), policy

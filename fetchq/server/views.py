@@ -14,6 +14,7 @@ import os
 import threading
 from typing import Any
 
+from fetchq.server.jobqueue import Policy
 from fetchq.server.jobs import Job
 from fetchq.server.state import BrokerState
 from fetchq.server.steering import job_state
@@ -28,20 +29,21 @@ def fleet_threads(state: BrokerState, now: float) -> int:
 
 
 def job_view(state: BrokerState, job: Job, now: float) -> dict[str, Any]:
-    queue = state.scheduler.job(job.name)
-    target = queue.policy.rate
+    queue = state.scheduler.find(job.name)
+    policy = queue.policy if queue is not None else Policy()
+    target = policy.rate
     mean = job.pace.mean_elapsed(now)
     needed = round(target * mean, 1) if target and mean is not None else None
     counts = state.counts(job)
     return {
         **counts,
         "state": job_state(state, job.name, counts),
-        "policy": dataclasses.asdict(queue.policy),
+        "policy": dataclasses.asdict(policy),
         "pace": {
             "target": target,
             "achieved": round(job.pace.rate(now), 1),
             "late": job.pace.late,
-            "worst_late": round(job.pace.worst_late, 4),
+            "worst_lateness": round(job.pace.worst_lateness, 4),
             "mean_elapsed": mean,
             "needed_in_flight": needed,
         },

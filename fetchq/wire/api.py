@@ -15,18 +15,21 @@ from typing import TypedDict
 from fetchq import __version__
 from fetchq.errors import UsageError
 
-PROTOCOL = 3
+PROTOCOL = 4
 """Version of the broker API; a client and a server must speak the same one.
 
 2: counters renamed (one meaning per name), leases renewed with the results
-that report them, ``results`` replies ``complete``.
+that report them, ``results`` replies whether the job is done.
 3: scheduled starts, robots.txt tasks, Retry-After, steering jobs; JSON on the wire
-instead of pickle (docs/PROTOCOL.md), errors as data."""
+instead of pickle (docs/PROTOCOL.md), errors as data.
+4: one word per meaning: ``finish`` is ``seal`` (as the counter ``sealed``),
+``control`` is ``steer``, the counter and reply field ``complete`` is ``done``
+(as ``--until-done``), and complete's outcome ``retried`` is ``requeued``."""
 
 METHODS = (
     "hello",
     "submit",
-    "finish",
+    "seal",
     "lease",
     "complete",
     "robots",
@@ -36,7 +39,7 @@ METHODS = (
     "queued",
     "status",
     "job",
-    "control",
+    "steer",
 )
 """What clients may call on the broker: the whole wire API."""
 
@@ -126,11 +129,11 @@ class Outcome(enum.StrEnum):
 
     ACCEPTED = "accepted"
     """The task's first result: it is done and waits for an output."""
-    RETRIED = "retried"
+    REQUEUED = "requeued"
     """A connection-level failure with attempts left, or a 429/503 with Retry-After in
     a job that obeys it: the task is queued again."""
     DROPPED = "dropped"
-    """A repeat, a stale attempt, or a task this server never handed out."""
+    """A repeat, a stale attempt, or a task this server never leased."""
 
 
 class JobCounts(TypedDict):
@@ -160,5 +163,5 @@ class JobCounts(TypedDict):
     """Results an output confirmed it wrote: gone from the server."""
     sealed: bool
     """The dispatcher said the job's submission is finished."""
-    complete: bool
+    done: bool
     """Sealed, and every task's result confirmed."""

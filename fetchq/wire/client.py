@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from fetchq import __version__, defaults
 from fetchq.config import Address
-from fetchq.errors import FetchqError, ServerUnreachable
+from fetchq.errors import FetchqError, ServerUnavailable
 from fetchq.messages import StatusLine
 from fetchq.wire.api import METHODS, PROTOCOL
 from fetchq.wire.tls import ClientTLS
@@ -190,13 +190,13 @@ class ResilientClient(BrokerClient):
         while True:
             try:
                 result = action()
-            except ServerUnreachable as exc:
+            except ServerUnavailable as exc:
                 attempt += 1
                 waited = time.monotonic() - started
                 limit = self._limit()
                 if limit is not None and waited >= limit:
                     self._notice.clear()
-                    raise ServerUnreachable(
+                    raise type(exc)(
                         f"{exc} (gave up after {waited:.0f}s and {attempt} attempts)"
                     ) from None
                 self._notice.show(

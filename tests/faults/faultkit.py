@@ -20,6 +20,7 @@ from typing import Any
 from checker import process_baseline
 from fetchq_procs import KillableServer, StderrLog, connect_broker, poll_until, worker_name
 
+from fetchq.errors import NoSuchJob
 from fetchq.testing.target import Target
 
 Launch = Callable[..., tuple[subprocess.Popen[str], StderrLog]]
@@ -117,6 +118,13 @@ class Cluster:
 
     def counts(self, job: Job) -> dict[str, Any]:
         return self.client.call("job", job.name)
+
+    def counts_once_dispatched(self, job: Job) -> dict[str, Any] | None:
+        """The job's counts, or None while its first batch has not reached the server."""
+        try:
+            return self.counts(job)
+        except NoSuchJob:
+            return None
 
     def worker_seen(self, pid: int) -> dict[str, Any]:
         """The server's status entry for a single-process worker (empty if unseen)."""

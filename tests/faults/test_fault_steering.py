@@ -85,4 +85,4 @@ def test_pause_resume_set_and_cancel_survive_restarts(cluster, tmp_path):
     hits = fq.target.hits()
     base = len(fq.target.url)
     assert not any(hits[r["url"][base:]] for r in cancelled), "a cancelled task was requested"
-    assert job_view(fq, job.name)["state"] == "complete"
+    assert job_view(fq, job.name)["state"] == "done"

@@ -2,7 +2,7 @@
 
 The scheduler says which tasks go and when they may start (on the broker's
 monotonic clock); a lease tells the worker that start in Unix time, and
-lasts from the start, not from the hand-out.  Tasks robots.txt forbids and
+lasts from the start, not from the moment it was leased.  Tasks robots.txt forbids and
 the tasks of a cancelled job end as results without a request.
 """
 
@@ -17,7 +17,7 @@ from fetchq.server import robots
 from fetchq.server.completion import ended_without_request, finish_task
 from fetchq.server.state import BrokerState
 from fetchq.server.steering import CANCELLED, ROBOTS_REFUSED
-from fetchq.server.tasks import Queued
+from fetchq.server.tasks import Task
 
 CANCEL_BATCH = 10_000
 """Queued tasks of a cancelled job turned into results per round (each is journaled)."""
@@ -54,8 +54,8 @@ def lease(
     return records
 
 
-def refused_by_robots(state: BrokerState, wall: float) -> tuple[list[Queued], list[dict[str, Any]]]:
-    """The tasks the last hand-out found forbidden, with the results they end as."""
+def refused_by_robots(state: BrokerState, wall: float) -> tuple[list[Task], list[dict[str, Any]]]:
+    """The tasks the last lease found forbidden, with the results they end as."""
     denied, state.scheduler.denied = state.scheduler.denied, []
     tasks = [task for task, _ in denied]
     results = [
@@ -67,9 +67,9 @@ def refused_by_robots(state: BrokerState, wall: float) -> tuple[list[Queued], li
 
 def cancelled(
     state: BrokerState, room: int, wall: float
-) -> tuple[list[Queued], list[dict[str, Any]]]:
+) -> tuple[list[Task], list[dict[str, Any]]]:
     """Queued tasks of cancelled jobs, at most ``room``, with the results they end as."""
-    tasks: list[Queued] = []
+    tasks: list[Task] = []
     done = state.ledger.done.__contains__
     for name, queue in state.scheduler.jobs.items():
         if queue.cancelled and queue.count and len(tasks) < room:
@@ -83,7 +83,7 @@ def cancelled(
 
 def end_without_request(
     state: BrokerState,
-    tasks: list[Queued],
+    tasks: list[Task],
     results: list[dict[str, Any]],
     write: Callable[..., None],
 ) -> set[str]:
