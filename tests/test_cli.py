@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -200,3 +201,16 @@ def test_a_server_of_another_protocol_version_is_exit_8(env, args):
     assert_clean_error(result, ExitCode.VERSION_MISMATCH, "server speaks 99")
     errors = [line for line in result.stderr.splitlines() if "error" in line]
     assert len(errors) == 1, result.stderr  # said once, not once per worker process
+
+
+def test_steering_a_job_that_does_not_exist_is_an_error_that_creates_nothing(server, env):
+    """A typo in a job name must not leave a phantom job behind (which would then keep
+    output --until-done waiting for ever): one line, exit 10, the closest name."""
+    assert run(env, "dispatch", "http://127.0.0.1:9/", "--job", "probes").returncode == 0
+    for args in (["cancel", "probe"], ["pause", "probe"], ["set", "probe", "--rate", "5"]):
+        result = run(env, "job", *args)
+        assert_clean_error(
+            result, ExitCode.NO_SUCH_JOB, "no job 'probe' on this server: did you mean 'probes'?"
+        )
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert set(json.loads(run(env, "job", "list", "--json").stdout)) == {"probes"}
