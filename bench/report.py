@@ -14,6 +14,7 @@ from importlib.metadata import version as dist_version
 from pathlib import Path
 from typing import Any
 
+from ceiling import BASELINE
 from harness import BENCH_DIR, median
 
 Runs = dict[str, list[dict[str, Any]]]
@@ -214,6 +215,51 @@ def build_rows(med: dict[str, dict[str, float]], skipped: dict[str, str]) -> lis
         compare(f"end to end vs the better peer ({better})", "fetchq (peer job)", better, 5)
     elif "rq SimpleWorker" in skipped or "celery threads" in skipped:
         rows.append(Row("end to end vs RQ / Celery", "-", "skipped", "-", "-", "-"))
+    rows.extend(ceiling_rows(med))
+    return rows
+
+
+def ceiling_rows(med: dict[str, dict[str, float]]) -> list[Row]:
+    """The server's ceiling (bench/ceiling.py): this checkout against the baseline
+    release, and a job with a rate and a per-host cap against a plain one."""
+    rows: list[Row] = []
+
+    def figure(name: str, key: str) -> float | None:
+        return med.get(name, {}).get(key)
+
+    for batch in (100, 500):
+        label = f"ceiling 2x8, batch {batch}"
+        ours, theirs = f"{label}: main", f"{label}: {BASELINE}"
+        for key, unit, goal in (("rate", "/s", 1.5), ("server_us_per_task", " us", 0.6)):
+            mine, base = figure(ours, key), figure(theirs, key)
+            if mine is None or base is None:
+                continue
+            ratio = mine / base
+            met = ratio >= goal if key == "rate" else ratio <= goal
+            what = "tasks/s" if key == "rate" else "server CPU per task"
+            rows.append(
+                Row(
+                    f"{label}, {what}: main vs {BASELINE}",
+                    _rate(mine, unit),
+                    _rate(base, unit),
+                    f"{ratio:.2f}x",
+                    f"{'>=' if key == 'rate' else '<='} {goal:g}x",
+                    "met" if met else "NOT met",
+                )
+            )
+        paced = figure(f"{label}, rate + per-host: main", "server_us_per_task")
+        plain = figure(ours, "server_us_per_task")
+        if paced is not None and plain is not None:
+            rows.append(
+                Row(
+                    f"{label}, server CPU per task: rate + per-host vs plain",
+                    f"{paced:.1f} us",
+                    f"{plain:.1f} us",
+                    f"{paced / plain:.2f}x",
+                    "<= 1.5x",
+                    "met" if paced / plain <= 1.5 else "NOT met",
+                )
+            )
     return rows
 
 

@@ -28,6 +28,10 @@ included.
 - cpu: CPU per GET on one thread through fetchq's ``Fetcher``, requests'
   ``Session.get`` (Locust's ``HttpUser``), requests' urllib3 pool and bare
   ``http.client`` (bench/fetch_cpu.py): where a worker's CPU goes
+- ceiling: a synthetic fleet (no HTTP) through one server on a core of its own,
+  this checkout against the release before pace and the JSON wire (073dcce,
+  unpacked from the repository's history) in the same run: tasks/s and the
+  server's CPU per task (bench/ceiling.py)
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import argparse
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +50,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import ceiling
 import fetchq_runs
 import httptarget
 import peer_classic
@@ -54,7 +60,7 @@ import peer_queues
 import report
 from harness import BENCH_DIR, PYTHON, BenchError, Processes, say
 
-CASES = ("dispatch", "workers", "wire", "peers", "cpu")
+CASES = ("dispatch", "workers", "wire", "peers", "cpu", "ceiling")
 
 
 @dataclass(frozen=True)
@@ -76,10 +82,12 @@ class Sizes:
     concurrency: int
     """Fetch threads per fetchq worker process, Locust users per process,
     Celery threads; wrk/hey connections are twice this."""
+    ceiling: int
+    """Tasks through the synthetic fleet, per ceiling run."""
 
 
-FULL = Sizes(1_000_000, 20_000, 30_000, 5_000, 10_000, 10.0, 5.0, 3.0, 16)
-QUICK = Sizes(200_000, 5_000, 5_000, 500, 2_000, 3.0, 2.0, 1.0, 16)
+FULL = Sizes(1_000_000, 20_000, 30_000, 5_000, 10_000, 10.0, 5.0, 3.0, 16, 300_000)
+QUICK = Sizes(200_000, 5_000, 5_000, 500, 2_000, 3.0, 2.0, 1.0, 16, 50_000)
 
 
 class Bench:
@@ -271,6 +279,18 @@ class Bench:
                 run = {"cpu_us": micros, "rate": 1e6 / micros}
                 self.runs.setdefault(f"1 thread: {name}", []).append(run)
             say("  " + ", ".join(f"{name} {micros:.0f} us" for name, micros in figures.items()))
+
+    def ceiling(self, repeat: int) -> None:
+        """The server's own cost per task, against the baseline release in the same run."""
+        try:
+            baseline = ceiling.unpack(ceiling.BASELINE, self.procs.folder)
+        except (BenchError, OSError, subprocess.SubprocessError) as exc:
+            self.skip(f"ceiling: {ceiling.BASELINE}", str(exc))
+            baseline = None
+        variants = ceiling.variants(
+            self.procs, ceiling.Release("main"), baseline, self.sizes.ceiling
+        )
+        self.measure("ceiling", variants, repeat)
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

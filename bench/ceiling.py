@@ -1,0 +1,259 @@
+"""The server's ceiling: how many tasks a second one server core gets through a
+synthetic fleet, and the server's CPU per task, this checkout against a baseline
+release built from the repository's history, measured in the same run.
+
+    python bench/ceiling.py [--count 300000] [--repeat 3] [--baseline 073dcce]
+
+The synthetic fleet (bench/synthetic_fleet.py) leases tasks and reports made-up
+results with no HTTP; ``fetchq output --format none --until-done`` drains the
+results.  On a machine with two cores or more the server runs on a core of its own
+(CPU 0) and everything else on the others, so the server's own work is what limits
+the rate.  Each variant runs ``--repeat`` times, interleaved with the others, and the
+medians are printed with their ratio to the baseline.  Also run by
+``bench/run.py --cases ceiling``.
+
+Variants: lease batches of 20, 100 and 500, with 2 processes x 8 threads and 4 x 32;
+and this checkout with a job that has a rate and per-host cap so high that neither
+ever holds a task back (what the scheduler's bookkeeping costs by itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness import (
+    BENCH_DIR,
+    PYTHON,
+    BenchError,
+    Processes,
+    child_env,
+    cpu_seconds,
+    median,
+    say,
+    wait_for_log,
+)
+
+REPO = BENCH_DIR.parent
+BASELINE = "073dcce"
+"""The release before pace and the JSON wire: the server the issue asks to beat."""
+
+TEMPLATE = "http://127.0.0.1:9/ceiling?q={i}"
+"""Nothing fetches these: the fleet makes its results up."""
+
+NEVER_HOLDS = ("--rate", "1000000", "--per-host", "100000")
+"""A rate and a per-host cap that a synthetic fleet on one machine never reaches."""
+
+
+@dataclass(frozen=True)
+class Release:
+    """A fetchq to run: this checkout (root None), or one unpacked from history."""
+
+    name: str
+    root: Path | None = None
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = child_env(**extra)
+        if self.root is not None:  # first on sys.path: before the installed fetchq
+            env["PYTHONPATH"] = str(self.root)
+        return env
+
+
+@dataclass(frozen=True)
+class Shape:
+    processes: int
+    threads: int
+    batch: int
+    policy: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        paced = ", rate + per-host" if self.policy else ""
+        return f"{self.processes}x{self.threads}, batch {self.batch}{paced}"
+
+
+SHAPES = (
+    Shape(2, 8, 20),
+    Shape(2, 8, 100),
+    Shape(2, 8, 500),
+    Shape(4, 32, 20),
+)
+
+
+def unpack(commit: str, folder: Path) -> Release:
+    """``commit``'s tree, unpacked into ``folder`` (``git archive``: the repository is
+    not touched)."""
+    target = folder / f"fetchq-{commit}"
+    target.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", "--format=tar", commit],
+        capture_output=True,
+        timeout=120,
+    )
+    if archive.returncode:
+        raise BenchError(f"git archive {commit} failed: {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    return Release(commit, target)
+
+
+def pinned(command: list[str], cpus: str | None) -> list[str]:
+    return ["taskset", "-c", cpus, *command] if cpus else command
+
+
+def cpu_plan() -> tuple[str | None, str | None]:
+    """(the server's CPUs, everyone else's): apart when there are two cores or more."""
+    count = os.cpu_count() or 1
+    if count < 2:
+        return None, None
+    return "0", f"1-{count - 1}"
+
+
+def fleet_run(procs: Processes, release: Release, shape: Shape, count: int) -> dict[str, Any]:
+    """One run: ``count`` tasks dispatched, then the fleet and an output let go at once;
+    from then until output has every result, the rate and the server's CPU."""
+    server_cpus, other_cpus = cpu_plan()
+    key = os.urandom(18).hex()
+    config_home = procs.folder / "config"
+    config_home.mkdir(exist_ok=True)
+    env = release.env(FETCHQ_AUTHKEY=key, XDG_CONFIG_HOME=str(config_home))
+    cwd = release.root
+    fetchq = [PYTHON, "-m", "fetchq"]
+    server = procs.start(
+        f"server-{release.name}",
+        pinned([*fetchq, "server", "--port", "0", "--max-pending", str(count + 1)], server_cpus),
+        env=env,
+        cwd=cwd,
+    )
+    started: list[Any] = []
+    try:
+        address = wait_for_log(server, r"listening on (\S+)").group(1)
+        env["FETCHQ_SERVER"] = address
+        job = ("--template", TEMPLATE, "--count", str(count), "--job", "ceiling", *shape.policy)
+        dispatch = procs.start(
+            "dispatch", pinned([*fetchq, "dispatch", *job], other_cpus), env=env, cwd=cwd
+        )
+        started.append(dispatch)
+        dispatch.wait_ok(300)
+        output_command = [*fetchq, "output", "--job", "ceiling", "--until-done", "--format", "none"]
+        cpu_before = cpu_seconds(server.pid)
+        began = time.perf_counter()
+        output = procs.start("output", pinned(output_command, other_cpus), env=env, cwd=cwd)
+        started.append(output)
+        member = (str(BENCH_DIR / "synthetic_fleet.py"), address)
+        sizes = ("--threads", str(shape.threads), "--batch", str(shape.batch))
+        fleet = [
+            procs.start(
+                f"fleet-{n}", pinned([PYTHON, *member, *sizes], other_cpus), env=env, cwd=cwd
+            )
+            for n in range(shape.processes)
+        ]
+        started.extend(fleet)
+        output.wait_ok(600)
+        seconds = time.perf_counter() - began
+        server_cpu = cpu_seconds(server.pid) - cpu_before
+        reported = 0
+        for member in fleet:
+            member.wait_ok(60)
+            reported += json.loads(member.log.read_text().strip().splitlines()[-1])["reported"]
+        if reported < count:
+            raise BenchError(f"the fleet reported {reported} of {count} tasks")
+    finally:
+        for child in [*started, server]:
+            procs.stop(child)
+    return {
+        "count": count,
+        "seconds": seconds,
+        "rate": count / seconds,
+        "server_cpu_s": server_cpu,
+        "server_us_per_task": server_cpu / count * 1e6,
+        "server_busy": server_cpu / seconds,
+    }
+
+
+def variants(
+    procs: Processes, main: Release, baseline: Release | None, count: int
+) -> list[tuple[str, Any]]:
+    """(name, run) for each shape, baseline first, and the never-holding policy."""
+    found: list[tuple[str, Any]] = []
+    for shape in SHAPES:
+        for release in (baseline, main):
+            if release is not None:
+                found.append(
+                    (
+                        f"ceiling {shape.label}: {release.name}",
+                        lambda r=release, s=shape: fleet_run(procs, r, s, count),
+                    )
+                )
+    for batch in (100, 500):
+        shape = Shape(2, 8, batch, NEVER_HOLDS)
+        found.append(
+            (
+                f"ceiling {shape.label}: {main.name}",
+                lambda s=shape: fleet_run(procs, main, s, count),
+            )
+        )
+    return found
+
+
+def summarise(runs: dict[str, list[dict[str, Any]]], baseline: str) -> list[str]:
+    """One line per variant: median rate and server CPU per task, and the ratios against
+    the baseline (or, for the policy variant, against the plain one of the same batch)."""
+    lines = []
+    medians = {
+        name: (median([r["rate"] for r in got]), median([r["server_us_per_task"] for r in got]))
+        for name, got in runs.items()
+        if got
+    }
+    for name, (rate, micros) in medians.items():
+        label, _, release = name.rpartition(": ")
+        if release == baseline:
+            compare = None
+        elif ", rate + per-host" in label:
+            compare = medians.get(f"{label.replace(', rate + per-host', '')}: {release}")
+        else:
+            compare = medians.get(f"{label}: {baseline}")
+        ratio = ""
+        if compare:
+            what = "plain" if ", rate + per-host" in label else baseline
+            ratio = f"   x{rate / compare[0]:.2f} rate, x{micros / compare[1]:.2f} CPU vs {what}"
+        lines.append(f"{name:<52} {rate:>10,.0f} tasks/s {micros:>7.1f} us/task{ratio}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=300_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--baseline", default=BASELINE, help="a commit ('' for none)")
+    parser.add_argument("--json", type=Path, help="also write the runs here")
+    args = parser.parse_args(argv)
+    runs: dict[str, list[dict[str, Any]]] = {}
+    with (
+        tempfile.TemporaryDirectory(prefix="fetchq-ceiling-") as folder,
+        Processes(Path(folder)) as procs,
+    ):
+        baseline = unpack(args.baseline, Path(folder)) if args.baseline else None
+        current = Release("main")
+        chosen = variants(procs, current, baseline, args.count)
+        for n in range(args.repeat):
+            for name, run in chosen:
+                say(f"{name} (run {n + 1} of {args.repeat})")
+                result = run()
+                runs.setdefault(name, []).append(result)
+                say(f"  {result['rate']:,.0f} tasks/s, {result['server_us_per_task']:.1f} us/task")
+    print("\n".join(summarise(runs, args.baseline)))
+    if args.json:
+        args.json.write_text(json.dumps(runs, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

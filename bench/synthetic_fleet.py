@@ -1,0 +1,105 @@
+"""One process of a synthetic fleet: threads that lease tasks and report made-up
+results, with no HTTP, so that the server's own cost per task is all that is measured.
+
+    FETCHQ_AUTHKEY=... python bench/synthetic_fleet.py HOST:PORT --threads 8 --batch 100
+
+It runs against whichever fetchq comes first on ``sys.path``: this checkout, or an
+older release that ``bench/ceiling.py`` unpacked from the repository's history, so
+that one script drives both sides of a comparison.  Each thread leases up to
+``--batch`` tasks, turns each into an ok result at once, and reports them in one
+call; it stops after ``--idle`` seconds without a task.  Prints one JSON line: the
+tasks this process reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+
+def broker_client(address: str, authkey: bytes) -> tuple[Any, bool]:
+    """A connected client of this fetchq, and whether ``complete`` takes renewals."""
+    from fetchq.config import parse_address
+
+    try:  # 2026-12 and later: packages by layer
+        from fetchq.wire.client import BrokerClient
+    except ImportError:
+        try:
+            from fetchq.client import BrokerClient  # type: ignore[no-redef]
+        except ImportError:  # 073dcce: the client lived beside the server
+            from fetchq.protocol import BrokerClient  # type: ignore[no-redef]
+    client = BrokerClient(parse_address(address), authkey)
+    info = client.connect()
+    return client, int(info.get("protocol", 0)) >= 3
+
+
+def made_up_result(task: dict[str, Any], worker: str, now: float) -> dict[str, Any]:
+    """What a worker would send for a quick 200: every field a result has."""
+    return {
+        "v": 1,
+        "id": task["id"],
+        "job": task["job"],
+        "url": task["url"],
+        "ok": True,
+        "status": 200,
+        "elapsed": 0.000321,
+        "bytes": 612,
+        "error": None,
+        "attempt": task.get("attempt", 1),
+        "worker": worker,
+        "started": now,
+    }
+
+
+def run_thread(
+    client: Any, worker: str, batch: int, idle: float, renews: bool, done: list[int]
+) -> None:
+    reported = 0
+    last_task = time.monotonic()
+    while time.monotonic() - last_task < idle:
+        tasks = client.call("lease", worker, batch, min(1.0, idle))
+        if not tasks:
+            continue
+        last_task = time.monotonic()
+        now = time.time()
+        results = [made_up_result(task, worker, now) for task in tasks]
+        if renews:
+            client.call("complete", worker, results, [])
+        else:
+            client.call("complete", worker, results)
+        reported += len(results)
+    done.append(reported)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("address")
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--idle", type=float, default=2.0, help="seconds without a task: stop")
+    args = parser.parse_args()
+    client, renews = broker_client(args.address, os.environ["FETCHQ_AUTHKEY"].encode())
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    done: list[int] = []
+    threads = [
+        threading.Thread(
+            target=run_thread, args=(client, worker, args.batch, args.idle, renews, done)
+        )
+        for _ in range(args.threads)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    print(json.dumps({"reported": sum(done)}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
