@@ -6,7 +6,7 @@ import os from 'node:os';
 
 import { USAGE, authkey, parseArgs, serverAddress, tlsFiles } from './lib/config.js';
 import { Fetcher, VERSION } from './lib/fetcher.js';
-import { ExitCode, FatalError } from './lib/wire.js';
+import { ExitCode, FatalError } from './lib/errors.js';
 import { BrokerLink, Worker } from './lib/worker.js';
 
 const say = (message) => process.stderr.write(`fetchq: ${message}\n`);

@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
-import { ExitCode, FatalError } from './wire.js';
+import { ExitCode, FatalError } from './errors.js';
 
 export const USAGE = `usage: node fetchq-worker.js [options]
 

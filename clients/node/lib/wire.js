@@ -6,6 +6,8 @@ import crypto from 'node:crypto';
 import net from 'node:net';
 import tls from 'node:tls';
 
+import { ExitCode, FatalError, RemoteError, WireError } from './errors.js';
+
 export const MAX_FRAME = 64 * 1024 * 1024;
 export const MAX_LOGIN_FRAME = 256;
 const CHALLENGE = Buffer.from('#CHALLENGE#');
@@ -18,31 +20,6 @@ const LEGACY_ANSWER = 16;
 const DIGESTS = { md5: 'md5', sha256: 'sha256', sha384: 'sha384', sha3_256: 'sha3-256', sha3_384: 'sha3-384' };
 const TLS_RECORD_TYPES = [0x15, 0x16];
 const PICKLE_OPCODE = 0x80;
-
-export const ExitCode = {
-  OK: 0, FAILURE: 1, USAGE: 2, UNREACHABLE: 4, AUTH_FAILED: 5, NO_AUTHKEY: 6,
-  VERSION_MISMATCH: 8, TLS_FAILED: 9, INTERRUPTED: 130,
-};
-
-/** Something the user must fix: never retried (wrong key, version, TLS). */
-export class FatalError extends Error {
-  constructor(message, exitCode = ExitCode.FAILURE) {
-    super(message);
-    this.exitCode = exitCode;
-  }
-}
-
-/** The connection, not the call, failed: close it, wait, and try again. */
-export class WireError extends Error {}
-
-/** An error reply: ``["#ERROR", {"name", "message"}]``. */
-export class RemoteError extends Error {
-  constructor(name, message) {
-    super(`${name}: ${message}`);
-    this.remoteName = name;
-    this.remoteMessage = message;
-  }
-}
 
 /** Frames from a byte stream: a 4-byte signed big-endian length, or -1 and 8 bytes. */
 class FrameReader {

@@ -2,7 +2,8 @@
 // start, report results in batches, renew held leases in the same call, give
 // back what was never started when asked to stop.
 
-import { FatalError, RemoteError, Session, WireError, createBroker } from './wire.js';
+import { ExitCode, FatalError, RemoteError, WireError } from './errors.js';
+import { Session, createBroker } from './wire.js';
 
 const FLUSH_MS = 50;
 const RESULT_BATCH = 500;
@@ -41,7 +42,7 @@ export class BrokerLink {
     } catch (error) {
       session.close();
       if (error instanceof RemoteError && error.remoteName === 'VersionMismatch') {
-        throw new FatalError(error.remoteMessage, 8);
+        throw new FatalError(error.remoteMessage, ExitCode.VERSION_MISMATCH);
       }
       throw error;
     }
