@@ -5,8 +5,9 @@
 import os from 'node:os';
 
 import { USAGE, authkey, parseArgs, serverAddress, tlsFiles } from './lib/config.js';
-import { Fetcher, VERSION } from './lib/fetcher.js';
+import { Fetcher } from './lib/fetcher.js';
 import { ExitCode, FatalError } from './lib/errors.js';
+import { PROTOCOL, VERSION } from './lib/version.js';
 import { BrokerLink, Worker } from './lib/worker.js';
 
 const say = (message) => process.stderr.write(`fetchq: ${message}\n`);
@@ -27,7 +28,7 @@ async function main(argv) {
   };
   const identity = `${os.hostname()}:${process.pid}`;
   const concurrency = options.concurrency ?? 16;
-  const hello = { protocol: 3, version: VERSION, worker: identity, threads: concurrency };
+  const hello = { protocol: PROTOCOL, version: VERSION, worker: identity, threads: concurrency };
   const worker = new Worker({
     makeLink: (name, giveUp) => new BrokerLink(settings, { name: `node-${name}`, hello, log: say, giveUp }),
     fetcher: new Fetcher(identity, { followRedirects: Boolean(options['follow-redirects']) }),

@@ -2,7 +2,8 @@
 // section 8): the same fields and error types as the Python worker, where Node
 // can tell them apart.
 
-export const VERSION = '0.1.0';
+import { VERSION } from './version.js';
+
 export const USER_AGENT = `fetchq/${VERSION}`;
 export const ROBOTS_MAX_BYTES = 512 * 1024;
 const MAX_MESSAGE = 200;
