@@ -30,7 +30,7 @@ async function main(argv) {
   const { concurrency } = options;
   const hello = { protocol: PROTOCOL, version: VERSION, worker: identity, threads: concurrency };
   const worker = new Worker({
-    makeLink: (name, giveUp) => new BrokerLink(settings, { name: `node-${name}`, hello, log: say, giveUp }),
+    makeLink: (name, signal) => new BrokerLink(settings, { name: `node-${name}`, hello, log: say, signal }),
     fetcher: new Fetcher(identity, { followRedirects: options['follow-redirects'] }),
     identity,
     concurrency,
