@@ -122,7 +122,7 @@ export class Connection {
       this.reader.push(chunk);
       this.wake();
     });
-    socket.on('error', (error) => this.fail(error));
+    socket.on('error', (error) => this.fail(connectionFailure(error, where)));
     socket.on('close', () => this.fail(new WireError(`lost the connection to the server at ${where}`)));
   }
 
@@ -238,7 +238,11 @@ const REFUSED_US = {
   SSLV3_ALERT_BAD_CERTIFICATE: 'it refused our client certificate as bad',
 };
 
-/** A TLS failure as one line (FatalError), or the error itself when it is not one. */
+/**
+ * What a socket error means: a TLS mistake the user must fix (a one-line
+ * FatalError), a TLS server that gave up on us (WireError), or, when it is
+ * neither, the error itself.
+ */
 export function tlsFailure(error, where) {
   const code = String(error?.code ?? '');
   const reason = String(error?.reason ?? error?.message ?? '');
@@ -256,6 +260,13 @@ export function tlsFailure(error, where) {
   }
   if (/^ERR_SSL_/.test(code)) return new FatalError(`TLS with the server at ${where} failed: ${error.message}`, ExitCode.TLS_FAILED);
   return error;
+}
+
+/** A socket error as the worker acts on it: a TLS FatalError, or a WireError (open the connection again). */
+function connectionFailure(error, where, what = 'lost the connection to') {
+  const failure = tlsFailure(error, where);
+  if (failure !== error) return failure;
+  return new WireError(`${what} the server at ${where}: ${error.message}`, { cause: error });
 }
 
 /** Connect (TLS when ``settings.tls``) and log in: a ready Connection. */
@@ -287,8 +298,7 @@ export async function openConnection(settings) {
       if (error.code === 'ECONNREFUSED') {
         reject(new WireError(`cannot reach fetchq server at ${where}: connection refused (is \`fetchq server\` running there, on that port?)`));
       } else {
-        const failure = tlsFailure(error, where);
-        reject(failure instanceof Error && failure !== error ? failure : new WireError(`cannot talk to the server at ${where}: ${error.message}`));
+        reject(connectionFailure(error, where, 'cannot talk to'));
       }
     });
   });
