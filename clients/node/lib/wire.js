@@ -20,9 +20,14 @@ const LEGACY_ANSWER = 16;
 const DIGESTS = { md5: 'md5', sha256: 'sha256', sha384: 'sha384', sha3_256: 'sha3-256', sha3_384: 'sha3-384' };
 const TLS_RECORD_TYPES = [0x15, 0x16];
 const PICKLE_OPCODE = 0x80;
+const LARGE_FORM = -1; // a frame length that says the real one follows, in 8 bytes
 
-/** Frames from a byte stream: a 4-byte signed big-endian length, or -1 and 8 bytes. */
-class FrameReader {
+/**
+ * Frames from a byte stream (section 2): a 4-byte signed big-endian length, or -1
+ * and an unsigned 8-byte one, then the payload. Bytes go in with `push` as they
+ * arrive, in pieces of any size; `next` takes out each whole frame.
+ */
+export class FrameReader {
   constructor() {
     this.chunks = [];
     this.size = 0;
@@ -33,19 +38,25 @@ class FrameReader {
     this.size += chunk.length;
   }
 
-  /** The next whole frame, null if more bytes are needed; throws on a refused length. */
+  /**
+   * The next whole frame's payload, or null while more bytes are needed. A length
+   * over `maxLength`, or negative but not -1, throws a WireError as soon as the
+   * length has come, before any of the body is read; its `firstByte` is the
+   * length's first byte (0x15 or 0x16 when a TLS record came instead).
+   */
   next(maxLength) {
     if (this.size < 4) return null;
     const head = this.peek(Math.min(this.size, 12));
     let length = head.readInt32BE(0);
     let headerLength = 4;
-    if (length === -1) {
+    if (length === LARGE_FORM) {
       if (head.length < 12) return null;
       length = Number(head.readBigUInt64BE(4));
       headerLength = 12;
     }
     if (length < 0 || length > maxLength) {
-      const error = new WireError(`a frame of ${length} bytes, more than the ${maxLength} allowed`);
+      const what = length < 0 ? `a frame length of ${length}` : `a frame of ${length} bytes, more than the ${maxLength} allowed`;
+      const error = new WireError(what);
       error.firstByte = head[0];
       throw error;
     }
