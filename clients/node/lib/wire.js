@@ -240,14 +240,27 @@ export class Connection {
   }
 }
 
+// What OpenSSL says (Node's code is ERR_SSL_ and the reason) when the peer's
+// bytes are no TLS records at all: a plaintext server.
 const NOT_TLS = ['WRONG_VERSION_NUMBER', 'RECORD_LAYER_FAILURE', 'PACKET_LENGTH_TOO_LONG', 'UNKNOWN_PROTOCOL', 'HTTP_REQUEST'];
+// The alerts a TLS server sends when it refuses our client certificate, and what
+// they mean to the user: the same table as fetchq/tls.py's.
 const REFUSED_US = {
   TLSV13_ALERT_CERTIFICATE_REQUIRED: 'it requires a client certificate: give --tls-cert and --tls-key (or FETCHQ_TLS_CERT and FETCHQ_TLS_KEY)',
   SSLV3_ALERT_HANDSHAKE_FAILURE: 'the handshake failed: it may require a client certificate (--tls-cert and --tls-key)',
   TLSV1_ALERT_UNKNOWN_CA: "it does not trust our client certificate, which is signed by another CA than the server's --tls-ca",
   SSLV3_ALERT_CERTIFICATE_EXPIRED: 'it refused our client certificate: it has expired',
   SSLV3_ALERT_BAD_CERTIFICATE: 'it refused our client certificate as bad',
+  SSLV3_ALERT_CERTIFICATE_UNKNOWN: 'it refused our client certificate',
+  TLSV1_ALERT_DECRYPT_ERROR: "it could not verify our client certificate's signature",
 };
+// Node's codes for a server certificate that the CA does not vouch for
+// (CERT_HAS_EXPIRED, DEPTH_ZERO_SELF_SIGNED_CERT, ERR_TLS_CERT_ALTNAME_INVALID, ...).
+// An ERR_SSL_ code with CERT in it is an alert about ours instead.
+const SERVER_CERTIFICATE = /CERT|SELF_SIGNED|UNABLE_TO|ERR_TLS|ALTNAME/;
+
+/** OpenSSL's reason (`wrong version number`) rather than its whole error string, on one line. */
+const reasonOf = (error) => String(error.reason || error.message).trim().split(/\s*\n\s*/).join(' ');
 
 /**
  * What a socket error means: a TLS mistake the user must fix (a one-line
@@ -266,10 +279,10 @@ export function tlsFailure(error, where) {
     );
   }
   if (code.includes('SSLV3_ALERT_UNEXPECTED_MESSAGE')) return new WireError(`the server at ${where} gave up waiting for our TLS hello`);
-  if (error?.code && /CERT|SELF_SIGNED|UNABLE_TO|ERR_TLS|ALTNAME/.test(code)) {
-    return new FatalError(`the server at ${where} showed a certificate that --tls-ca does not vouch for: ${error.message}`, ExitCode.TLS_FAILED);
+  if (!code.startsWith('ERR_SSL_') && SERVER_CERTIFICATE.test(code)) {
+    return new FatalError(`the server at ${where} showed a certificate that --tls-ca does not vouch for: ${reasonOf(error)}`, ExitCode.TLS_FAILED);
   }
-  if (/^ERR_SSL_/.test(code)) return new FatalError(`TLS with the server at ${where} failed: ${error.message}`, ExitCode.TLS_FAILED);
+  if (code.startsWith('ERR_SSL_')) return new FatalError(`TLS with the server at ${where} failed: ${reasonOf(error)}`, ExitCode.TLS_FAILED);
   return error;
 }
 
