@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // fetchq worker for Node.js: lease URL-fetch tasks from a fetchq server, GET them
-// with the built-in fetch, send back their results.  Standard library only.
+// with the built-in fetch, send back their results. Standard library only.
 
 import os from 'node:os';
 

@@ -1,5 +1,5 @@
 // Settings from options and the environment, as the Python programs read them:
-// a flag beats the environment; the key is never a default and never printed.
+// a flag beats the environment. There is no built-in key, and the key is never printed.
 
 import fs from 'node:fs';
 import os from 'node:os';

@@ -21,6 +21,9 @@ const DIGESTS = { md5: 'md5', sha256: 'sha256', sha384: 'sha384', sha3_256: 'sha
 const TLS_RECORD_TYPES = [0x15, 0x16];
 const PICKLE_OPCODE = 0x80;
 const LARGE_FORM = -1; // a frame length that says the real one follows, in 8 bytes
+const CONNECT_TIMEOUT_MS = 5000;
+const LOGIN_TIMEOUT_MS = 10000; // the server gives each login 10 s (section 6)
+const KEEPALIVE_MS = 10000;
 
 /**
  * Frames from a byte stream (section 2): a 4-byte signed big-endian length, or -1
@@ -87,7 +90,7 @@ function hmac(digest, key, message) {
   return crypto.createHmac(DIGESTS[digest], key).update(message).digest();
 }
 
-/** ``{name}`` prefix of a login message or answer, if it names an allowed hash. */
+/** The `{name}` prefix of a login message or answer and what follows it, if it names an allowed hash; else null. */
 function digestOf(message) {
   if (message[0] !== 0x7b) return null; // '{'
   const end = message.indexOf(0x7d, 1); // '}'
@@ -96,7 +99,7 @@ function digestOf(message) {
   return Object.hasOwn(DIGESTS, name) ? { name, rest: message.subarray(end + 1) } : null;
 }
 
-/** The answer to a challenge message (``#CHALLENGE#`` already stripped). */
+/** The answer to a challenge message (`#CHALLENGE#` already stripped); a FatalError for a form fetchq does not know. */
 export function answerTo(message, key) {
   const prefixed = digestOf(message);
   if (prefixed) return Buffer.concat([Buffer.from(`{${prefixed.name}}`), hmac(prefixed.name, key, message)]);
@@ -104,7 +107,7 @@ export function answerTo(message, key) {
   throw new FatalError('the server sent a login challenge fetchq cannot answer', ExitCode.AUTH_FAILED);
 }
 
-/** Whether ``answer`` proves the peer holds the key, in either form. */
+/** Whether `answer` proves the peer holds the key, in either form. */
 export function isValidAnswer(message, answer, key) {
   let name = 'md5';
   let mac = answer;
@@ -119,8 +122,9 @@ export function isValidAnswer(message, answer, key) {
 }
 
 /**
- * One logged-in connection: JSON messages, one call at a time.
- * Every wait has a timeout; a failure of the connection is a WireError.
+ * One connection to the server: the login (`logIn`), then JSON requests, one at a
+ * time. Every wait has a timeout. A failure of the connection is a WireError, or a
+ * FatalError when it is a TLS mistake the user must fix.
  */
 export class Connection {
   constructor(socket, where) {
@@ -150,7 +154,7 @@ export class Connection {
     }
   }
 
-  /** The next frame, within ``timeoutMs``. */
+  /** The next frame's payload, at most `maxLength` bytes, within `timeoutMs`. */
   async recvFrame(maxLength, timeoutMs) {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
@@ -176,6 +180,7 @@ export class Connection {
     this.socket.write(frame(payload));
   }
 
+  /** Both halves of the login (section 4); a wrong key or a TLS server is a FatalError. */
   async logIn(key, timeoutMs) {
     let challenge;
     try {
@@ -211,7 +216,11 @@ export class Connection {
     this.sendFrame(WELCOME);
   }
 
-  /** Send a request ``[ident, method, args, kwargs]``; the reply's result, or a RemoteError. */
+  /**
+   * Send a request `[ident, method, args, kwargs]` and resolve with its reply's
+   * result. Rejects with a RemoteError for an error reply, a FatalError for a
+   * pickle reply (an older server), and a WireError when the connection fails.
+   */
   async request(message, timeoutMs) {
     this.sendFrame(Buffer.from(JSON.stringify(message), 'utf8'));
     const reply = await this.recvFrame(MAX_FRAME, timeoutMs);
@@ -293,7 +302,11 @@ function connectionFailure(error, where, what = 'lost the connection to') {
   return new WireError(`${what} the server at ${where}: ${error.message}`, { cause: error });
 }
 
-/** Connect (TLS when ``settings.tls``) and log in: a ready Connection. */
+/**
+ * Connect (with TLS when `settings.tls` holds its files) and log in: a ready
+ * Connection. `settings` holds `host`, `port` and `key`, and may set
+ * `connectTimeoutMs` and `handshakeTimeoutMs` for the connect and the login.
+ */
 export async function openConnection(settings) {
   const { host, port, key, tls: tlsFiles } = settings;
   const where = `${host}:${port}`;
@@ -310,7 +323,7 @@ export async function openConnection(settings) {
     const timer = setTimeout(() => {
       sock.destroy();
       reject(new WireError(`cannot reach fetchq server at ${where}: timed out (check the host, the port and any firewall)`));
-    }, settings.connectTimeoutMs ?? 5000);
+    }, settings.connectTimeoutMs ?? CONNECT_TIMEOUT_MS);
     sock.once(tlsFiles ? 'secureConnect' : 'connect', () => {
       clearTimeout(timer);
       sock.removeAllListeners('error');
@@ -327,10 +340,10 @@ export async function openConnection(settings) {
     });
   });
   socket.setNoDelay(true);
-  socket.setKeepAlive(true, 10000);
+  socket.setKeepAlive(true, KEEPALIVE_MS);
   const connection = new Connection(socket, where);
   try {
-    await connection.logIn(key, settings.handshakeTimeoutMs ?? 10000);
+    await connection.logIn(key, settings.handshakeTimeoutMs ?? LOGIN_TIMEOUT_MS);
   } catch (error) {
     connection.close();
     throw tlsFailure(error, where);
@@ -338,7 +351,7 @@ export async function openConnection(settings) {
   return connection;
 }
 
-/** The broker's ident: a ``create`` call on a connection of its own (section 6). */
+/** The broker's ident: a `create` call on a connection of its own (section 6). */
 export async function createBroker(settings) {
   const connection = await openConnection(settings);
   try {
@@ -349,7 +362,7 @@ export async function createBroker(settings) {
   }
 }
 
-/** A session: ``accept_connection``, then broker calls on ``ident``. */
+/** A session: `accept_connection`, then broker calls on `ident`, one at a time. */
 export class Session {
   static async open(settings, ident, name) {
     const connection = await openConnection(settings);

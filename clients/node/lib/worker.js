@@ -61,9 +61,12 @@ export class Wakeup {
  */
 export class BrokerLink {
   /**
-   * @param {object} settings what openConnection takes: host, port, key, tls, callTimeoutMs
-   * @param {object} how `name` of the session, the `hello` to send, `log(line)`,
-   *   and `signal`, an AbortSignal that ends the waiting for the server
+   * @param {object} settings what openConnection takes (host, port, key, tls), and callTimeoutMs
+   * @param {object} options
+   * @param {string} options.name the session's name, which names the server's thread
+   * @param {object} options.hello what `hello` sends
+   * @param {(line: string) => void} options.log
+   * @param {AbortSignal} [options.signal] ends the waiting for the server
    */
   constructor(settings, { name, hello, log, signal }) {
     this.settings = settings;
@@ -76,6 +79,7 @@ export class BrokerLink {
     this.clockOffset = 0;
   }
 
+  /** Log in, open a session and say hello; a VersionMismatch reply is a FatalError. */
   async connect() {
     const ident = await createBroker(this.settings);
     const session = await Session.open(this.settings, ident, this.name);
@@ -96,7 +100,7 @@ export class BrokerLink {
     return this.info;
   }
 
-  /** ``method(...args)`` on the broker, waiting through outages. */
+  /** `method(...args)` on the broker, waiting through outages; resolves with its result. */
   async call(method, ...args) {
     let attempt = 0;
     let backoff = BACKOFF_START_MS;
@@ -188,7 +192,11 @@ export class Worker {
     this.stopper.abort();
   }
 
-  /** Run until stopped (or, with ``burst``, until no work is left); resolves with the count reported. */
+  /**
+   * Run until stopped (or, with `burst`, until no work is left), then drain.
+   * Resolves with the number of results reported; rejects with what ended the
+   * run otherwise (a FatalError, or a report the server refused).
+   */
   async run() {
     try {
       await this.lease.call('queued'); // logs in (hello), waiting for the server if need be
@@ -241,7 +249,7 @@ export class Worker {
     return this.held.size === 0 && this.inbox.length === 0 && this.running.size === 0;
   }
 
-  /** When a task is due on our clock (ms), or null for at once. */
+  /** When a task is due, in Unix milliseconds on our clock, or null for at once. */
   dueMs(task) {
     return typeof task.scheduled === 'number' ? (task.scheduled - this.lease.clockOffset) * 1000 : null;
   }
