@@ -1,19 +1,20 @@
 #!/usr/bin/env node
 // fetchq worker for Node.js: lease URL-fetch tasks from a fetchq server, GET them
-// with the built-in fetch, send back their results.  Standard library only.
+// with the built-in fetch, send back their results. Standard library only.
 
 import os from 'node:os';
 
-import { USAGE, authkey, parseArgs, serverAddress, tlsFiles } from './lib/config.js';
-import { Fetcher, VERSION } from './lib/fetcher.js';
-import { ExitCode, FatalError } from './lib/wire.js';
+import { USAGE, authkey, parseOptions, serverAddress, tlsFiles } from './lib/config.js';
+import { Fetcher } from './lib/fetcher.js';
+import { ExitCode, FatalError } from './lib/errors.js';
+import { PROTOCOL, VERSION } from './lib/version.js';
 import { BrokerLink, Worker } from './lib/worker.js';
 
 const say = (message) => process.stderr.write(`fetchq: ${message}\n`);
 
 async function main(argv) {
-  const options = parseArgs(argv);
-  if (options.help || options.h) {
+  const options = parseOptions(argv);
+  if (options.help) {
     process.stdout.write(`${USAGE}\n`);
     return ExitCode.OK;
   }
@@ -23,19 +24,19 @@ async function main(argv) {
     port,
     key: authkey(options['authkey-file']),
     tls: tlsFiles(options),
-    callTimeoutMs: (options['call-timeout'] ?? 35) * 1000,
+    callTimeoutMs: options['call-timeout'] * 1000,
   };
   const identity = `${os.hostname()}:${process.pid}`;
-  const concurrency = options.concurrency ?? 16;
-  const hello = { protocol: 4, version: VERSION, worker: identity, threads: concurrency };
+  const { concurrency } = options;
+  const hello = { protocol: PROTOCOL, version: VERSION, worker: identity, threads: concurrency };
   const worker = new Worker({
-    makeLink: (name, giveUp) => new BrokerLink(settings, { name: `node-${name}`, hello, log: say, giveUp }),
-    fetcher: new Fetcher(identity, { followRedirects: Boolean(options['follow-redirects']) }),
+    makeLink: (name, signal) => new BrokerLink(settings, { name: `node-${name}`, hello, log: say, signal }),
+    fetcher: new Fetcher(identity, { followRedirects: options['follow-redirects'] }),
     identity,
     concurrency,
     prefetch: options.prefetch ?? 0,
-    burst: Boolean(options.burst),
-    grace: options.grace ?? 30,
+    burst: options.burst,
+    grace: options.grace,
     log: say,
   });
   let signalName = null;

@@ -2,7 +2,8 @@
 // section 8): the same fields and error types as the Python worker, where Node
 // can tell them apart.
 
-export const VERSION = '0.1.0';
+import { VERSION } from './version.js';
+
 export const USER_AGENT = `fetchq/${VERSION}`;
 export const ROBOTS_MAX_BYTES = 512 * 1024;
 const MAX_MESSAGE = 200;
@@ -13,7 +14,7 @@ const short = (text) => {
   return flat.length <= MAX_MESSAGE ? flat : `${flat.slice(0, MAX_MESSAGE - 3)}...`;
 };
 
-/** Every error ``error`` wraps (``cause`` chains), outermost first. */
+/** `error` and every error it wraps (its `cause` chain), outermost first. */
 function chain(error) {
   const seen = [];
   for (let current = error; current && seen.length < 16 && !seen.includes(current); current = current.cause) {
@@ -24,7 +25,7 @@ function chain(error) {
 
 const TLS_CODES = /^(ERR_TLS_|ERR_SSL_|CERT_|DEPTH_ZERO|SELF_SIGNED|UNABLE_TO_|ERR_OSSL_|EPROTO$)/;
 
-/** ``[type, message]`` for a failed fetch; ``timedOut`` is true when our own deadline fired. */
+/** `[type, message]` for a failed fetch; pass `timedOut` when our own deadline fired, and the `timeout` it had. */
 export function classify(error, { timedOut = false, timeout = 30 } = {}) {
   const errors = chain(error);
   const codes = errors.map((e) => String(e?.code ?? ''));
@@ -66,7 +67,11 @@ export function retryAfterSeconds(value, nowMs = Date.now()) {
 
 const taskTimeout = (task) => (Number.isFinite(task.timeout) && task.timeout > 0 ? task.timeout : 30);
 
-/** GET ``url`` within ``timeout`` s; reads at most ``keep`` body bytes into ``body`` when asked. */
+/**
+ * GET `url` within `timeout` seconds: `{status, bytes, retryAfter, body, error}`,
+ * with `error` as `[type, message]` or null. With `keep`, at most that many body
+ * bytes are read, and kept as `body`.
+ */
 async function get(url, { timeout, followRedirects, keep = 0 }) {
   const controller = new AbortController();
   let timedOut = false;
@@ -117,7 +122,7 @@ export class Fetcher {
     this.followRedirects = followRedirects;
   }
 
-  /** The result of one attempt at ``task``; ``scheduled`` is when it was due, on our clock. */
+  /** The result record of one attempt at `task`; `scheduled` is when it was due, in Unix seconds on our clock. */
   async fetch(task, scheduled = null) {
     const t0 = performance.now();
     const started = (performance.timeOrigin + t0) / 1000;
@@ -147,7 +152,7 @@ export class Fetcher {
     };
   }
 
-  /** A task of kind ``robots``: what the ``robots`` method reports. */
+  /** Fetch a task of kind `robots`: the report the `robots` method takes. */
   async fetchRobots(task) {
     const answer = await get(task.url, { timeout: taskTimeout(task), followRedirects: true, keep: ROBOTS_MAX_BYTES });
     const failed = answer.error && answer.status === null;

@@ -6,6 +6,8 @@ import crypto from 'node:crypto';
 import net from 'node:net';
 import tls from 'node:tls';
 
+import { ExitCode, FatalError, RemoteError, WireError } from './errors.js';
+
 export const MAX_FRAME = 64 * 1024 * 1024;
 export const MAX_LOGIN_FRAME = 256;
 const CHALLENGE = Buffer.from('#CHALLENGE#');
@@ -18,34 +20,17 @@ const LEGACY_ANSWER = 16;
 const DIGESTS = { md5: 'md5', sha256: 'sha256', sha384: 'sha384', sha3_256: 'sha3-256', sha3_384: 'sha3-384' };
 const TLS_RECORD_TYPES = [0x15, 0x16];
 const PICKLE_OPCODE = 0x80;
+const LARGE_FORM = -1; // a frame length that says the real one follows, in 8 bytes
+const CONNECT_TIMEOUT_MS = 5000;
+const LOGIN_TIMEOUT_MS = 10000; // the server gives each login 10 s (section 6)
+const KEEPALIVE_MS = 10000;
 
-export const ExitCode = {
-  OK: 0, FAILURE: 1, USAGE: 2, UNREACHABLE: 4, AUTH_FAILED: 5, NO_AUTHKEY: 6,
-  VERSION_MISMATCH: 8, TLS_FAILED: 9, INTERRUPTED: 130,
-};
-
-/** Something the user must fix: never retried (wrong key, version, TLS). */
-export class FatalError extends Error {
-  constructor(message, exitCode = ExitCode.FAILURE) {
-    super(message);
-    this.exitCode = exitCode;
-  }
-}
-
-/** The connection, not the call, failed: close it, wait, and try again. */
-export class WireError extends Error {}
-
-/** An error reply: ``["#ERROR", {"name", "message"}]``. */
-export class RemoteError extends Error {
-  constructor(name, message) {
-    super(`${name}: ${message}`);
-    this.remoteName = name;
-    this.remoteMessage = message;
-  }
-}
-
-/** Frames from a byte stream: a 4-byte signed big-endian length, or -1 and 8 bytes. */
-class FrameReader {
+/**
+ * Frames from a byte stream (section 2): a 4-byte signed big-endian length, or -1
+ * and an unsigned 8-byte one, then the payload. Bytes go in with `push` as they
+ * arrive, in pieces of any size; `next` takes out each whole frame.
+ */
+export class FrameReader {
   constructor() {
     this.chunks = [];
     this.size = 0;
@@ -56,19 +41,25 @@ class FrameReader {
     this.size += chunk.length;
   }
 
-  /** The next whole frame, null if more bytes are needed; throws on a refused length. */
+  /**
+   * The next whole frame's payload, or null while more bytes are needed. A length
+   * over `maxLength`, or negative but not -1, throws a WireError as soon as the
+   * length has come, before any of the body is read; its `firstByte` is the
+   * length's first byte (0x15 or 0x16 when a TLS record came instead).
+   */
   next(maxLength) {
     if (this.size < 4) return null;
     const head = this.peek(Math.min(this.size, 12));
     let length = head.readInt32BE(0);
     let headerLength = 4;
-    if (length === -1) {
+    if (length === LARGE_FORM) {
       if (head.length < 12) return null;
       length = Number(head.readBigUInt64BE(4));
       headerLength = 12;
     }
     if (length < 0 || length > maxLength) {
-      const error = new WireError(`a frame of ${length} bytes, more than the ${maxLength} allowed`);
+      const what = length < 0 ? `a frame length of ${length}` : `a frame of ${length} bytes, more than the ${maxLength} allowed`;
+      const error = new WireError(what);
       error.firstByte = head[0];
       throw error;
     }
@@ -99,7 +90,7 @@ function hmac(digest, key, message) {
   return crypto.createHmac(DIGESTS[digest], key).update(message).digest();
 }
 
-/** ``{name}`` prefix of a login message or answer, if it names an allowed hash. */
+/** The `{name}` prefix of a login message or answer and what follows it, if it names an allowed hash; else null. */
 function digestOf(message) {
   if (message[0] !== 0x7b) return null; // '{'
   const end = message.indexOf(0x7d, 1); // '}'
@@ -108,7 +99,7 @@ function digestOf(message) {
   return Object.hasOwn(DIGESTS, name) ? { name, rest: message.subarray(end + 1) } : null;
 }
 
-/** The answer to a challenge message (``#CHALLENGE#`` already stripped). */
+/** The answer to a challenge message (`#CHALLENGE#` already stripped); a FatalError for a form fetchq does not know. */
 export function answerTo(message, key) {
   const prefixed = digestOf(message);
   if (prefixed) return Buffer.concat([Buffer.from(`{${prefixed.name}}`), hmac(prefixed.name, key, message)]);
@@ -116,7 +107,7 @@ export function answerTo(message, key) {
   throw new FatalError('the server sent a login challenge fetchq cannot answer', ExitCode.AUTH_FAILED);
 }
 
-/** Whether ``answer`` proves the peer holds the key, in either form. */
+/** Whether `answer` proves the peer holds the key, in either form. */
 export function isValidAnswer(message, answer, key) {
   let name = 'md5';
   let mac = answer;
@@ -131,8 +122,9 @@ export function isValidAnswer(message, answer, key) {
 }
 
 /**
- * One logged-in connection: JSON messages, one call at a time.
- * Every wait has a timeout; a failure of the connection is a WireError.
+ * One connection to the server: the login (`logIn`), then JSON requests, one at a
+ * time. Every wait has a timeout. A failure of the connection is a WireError, or a
+ * FatalError when it is a TLS mistake the user must fix.
  */
 export class Connection {
   constructor(socket, where) {
@@ -145,7 +137,7 @@ export class Connection {
       this.reader.push(chunk);
       this.wake();
     });
-    socket.on('error', (error) => this.fail(error));
+    socket.on('error', (error) => this.fail(connectionFailure(error, where)));
     socket.on('close', () => this.fail(new WireError(`lost the connection to the server at ${where}`)));
   }
 
@@ -162,7 +154,7 @@ export class Connection {
     }
   }
 
-  /** The next frame, within ``timeoutMs``. */
+  /** The next frame's payload, at most `maxLength` bytes, within `timeoutMs`. */
   async recvFrame(maxLength, timeoutMs) {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
@@ -188,6 +180,7 @@ export class Connection {
     this.socket.write(frame(payload));
   }
 
+  /** Both halves of the login (section 4); a wrong key or a TLS server is a FatalError. */
   async logIn(key, timeoutMs) {
     let challenge;
     try {
@@ -223,7 +216,11 @@ export class Connection {
     this.sendFrame(WELCOME);
   }
 
-  /** Send a request ``[ident, method, args, kwargs]``; the reply's result, or a RemoteError. */
+  /**
+   * Send a request `[ident, method, args, kwargs]` and resolve with its reply's
+   * result. Rejects with a RemoteError for an error reply, a FatalError for a
+   * pickle reply (an older server), and a WireError when the connection fails.
+   */
   async request(message, timeoutMs) {
     this.sendFrame(Buffer.from(JSON.stringify(message), 'utf8'));
     const reply = await this.recvFrame(MAX_FRAME, timeoutMs);
@@ -252,16 +249,33 @@ export class Connection {
   }
 }
 
+// What OpenSSL says (Node's code is ERR_SSL_ and the reason) when the peer's
+// bytes are no TLS records at all: a plaintext server.
 const NOT_TLS = ['WRONG_VERSION_NUMBER', 'RECORD_LAYER_FAILURE', 'PACKET_LENGTH_TOO_LONG', 'UNKNOWN_PROTOCOL', 'HTTP_REQUEST'];
+// The alerts a TLS server sends when it refuses our client certificate, and what
+// they mean to the user: the same table as fetchq/tls.py's.
 const REFUSED_US = {
   TLSV13_ALERT_CERTIFICATE_REQUIRED: 'it requires a client certificate: give --tls-cert and --tls-key (or FETCHQ_TLS_CERT and FETCHQ_TLS_KEY)',
   SSLV3_ALERT_HANDSHAKE_FAILURE: 'the handshake failed: it may require a client certificate (--tls-cert and --tls-key)',
   TLSV1_ALERT_UNKNOWN_CA: "it does not trust our client certificate, which is signed by another CA than the server's --tls-ca",
   SSLV3_ALERT_CERTIFICATE_EXPIRED: 'it refused our client certificate: it has expired',
   SSLV3_ALERT_BAD_CERTIFICATE: 'it refused our client certificate as bad',
+  SSLV3_ALERT_CERTIFICATE_UNKNOWN: 'it refused our client certificate',
+  TLSV1_ALERT_DECRYPT_ERROR: "it could not verify our client certificate's signature",
 };
+// Node's codes for a server certificate that the CA does not vouch for
+// (CERT_HAS_EXPIRED, DEPTH_ZERO_SELF_SIGNED_CERT, ERR_TLS_CERT_ALTNAME_INVALID, ...).
+// An ERR_SSL_ code with CERT in it is an alert about ours instead.
+const SERVER_CERTIFICATE = /CERT|SELF_SIGNED|UNABLE_TO|ERR_TLS|ALTNAME/;
 
-/** A TLS failure as one line (FatalError), or the error itself when it is not one. */
+/** OpenSSL's reason (`wrong version number`) rather than its whole error string, on one line. */
+const reasonOf = (error) => String(error.reason || error.message).trim().split(/\s*\n\s*/).join(' ');
+
+/**
+ * What a socket error means: a TLS mistake the user must fix (a one-line
+ * FatalError), a TLS server that gave up on us (WireError), or, when it is
+ * neither, the error itself.
+ */
 export function tlsFailure(error, where) {
   const code = String(error?.code ?? '');
   const reason = String(error?.reason ?? error?.message ?? '');
@@ -274,14 +288,25 @@ export function tlsFailure(error, where) {
     );
   }
   if (code.includes('SSLV3_ALERT_UNEXPECTED_MESSAGE')) return new WireError(`the server at ${where} gave up waiting for our TLS hello`);
-  if (error?.code && /CERT|SELF_SIGNED|UNABLE_TO|ERR_TLS|ALTNAME/.test(code)) {
-    return new FatalError(`the server at ${where} showed a certificate that --tls-ca does not vouch for: ${error.message}`, ExitCode.TLS_FAILED);
+  if (!code.startsWith('ERR_SSL_') && SERVER_CERTIFICATE.test(code)) {
+    return new FatalError(`the server at ${where} showed a certificate that --tls-ca does not vouch for: ${reasonOf(error)}`, ExitCode.TLS_FAILED);
   }
-  if (/^ERR_SSL_/.test(code)) return new FatalError(`TLS with the server at ${where} failed: ${error.message}`, ExitCode.TLS_FAILED);
+  if (code.startsWith('ERR_SSL_')) return new FatalError(`TLS with the server at ${where} failed: ${reasonOf(error)}`, ExitCode.TLS_FAILED);
   return error;
 }
 
-/** Connect (TLS when ``settings.tls``) and log in: a ready Connection. */
+/** A socket error as the worker acts on it: a TLS FatalError, or a WireError (open the connection again). */
+function connectionFailure(error, where, what = 'lost the connection to') {
+  const failure = tlsFailure(error, where);
+  if (failure !== error) return failure;
+  return new WireError(`${what} the server at ${where}: ${error.message}`, { cause: error });
+}
+
+/**
+ * Connect (with TLS when `settings.tls` holds its files) and log in: a ready
+ * Connection. `settings` holds `host`, `port` and `key`, and may set
+ * `connectTimeoutMs` and `handshakeTimeoutMs` for the connect and the login.
+ */
 export async function openConnection(settings) {
   const { host, port, key, tls: tlsFiles } = settings;
   const where = `${host}:${port}`;
@@ -298,7 +323,7 @@ export async function openConnection(settings) {
     const timer = setTimeout(() => {
       sock.destroy();
       reject(new WireError(`cannot reach fetchq server at ${where}: timed out (check the host, the port and any firewall)`));
-    }, settings.connectTimeoutMs ?? 5000);
+    }, settings.connectTimeoutMs ?? CONNECT_TIMEOUT_MS);
     sock.once(tlsFiles ? 'secureConnect' : 'connect', () => {
       clearTimeout(timer);
       sock.removeAllListeners('error');
@@ -310,16 +335,15 @@ export async function openConnection(settings) {
       if (error.code === 'ECONNREFUSED') {
         reject(new WireError(`cannot reach fetchq server at ${where}: connection refused (is \`fetchq server\` running there, on that port?)`));
       } else {
-        const failure = tlsFailure(error, where);
-        reject(failure instanceof Error && failure !== error ? failure : new WireError(`cannot talk to the server at ${where}: ${error.message}`));
+        reject(connectionFailure(error, where, 'cannot talk to'));
       }
     });
   });
   socket.setNoDelay(true);
-  socket.setKeepAlive(true, 10000);
+  socket.setKeepAlive(true, KEEPALIVE_MS);
   const connection = new Connection(socket, where);
   try {
-    await connection.logIn(key, settings.handshakeTimeoutMs ?? 10000);
+    await connection.logIn(key, settings.handshakeTimeoutMs ?? LOGIN_TIMEOUT_MS);
   } catch (error) {
     connection.close();
     throw tlsFailure(error, where);
@@ -327,7 +351,7 @@ export async function openConnection(settings) {
   return connection;
 }
 
-/** The broker's ident: a ``create`` call on a connection of its own (section 6). */
+/** The broker's ident: a `create` call on a connection of its own (section 6). */
 export async function createBroker(settings) {
   const connection = await openConnection(settings);
   try {
@@ -338,7 +362,7 @@ export async function createBroker(settings) {
   }
 }
 
-/** A session: ``accept_connection``, then broker calls on ``ident``. */
+/** A session: `accept_connection`, then broker calls on `ident`, one at a time. */
 export class Session {
   static async open(settings, ident, name) {
     const connection = await openConnection(settings);

@@ -2,33 +2,84 @@
 // start, report results in batches, renew held leases in the same call, give
 // back what was never started when asked to stop.
 
-import { FatalError, RemoteError, Session, WireError, createBroker } from './wire.js';
+import { setTimeout as delay } from 'node:timers/promises';
+
+import { ExitCode, FatalError, RemoteError, WireError } from './errors.js';
+import { Session, createBroker } from './wire.js';
 
 const FLUSH_MS = 50;
 const RESULT_BATCH = 500;
-const POLL_WAIT = 1.0;
+const LEASE_WAIT_SECONDS = 1.0;
 const BACKOFF_START_MS = 200;
 const BACKOFF_MAX_MS = 10000;
 const NOTICE_EVERY_MS = 10000;
+const MIN_RENEW_EVERY_MS = 200;
+const MAX_TIMER_MS = 2 ** 31 - 1; // a longer setTimeout fires at once
 
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, Math.max(0, ms)));
+/** Wait `ms`, or less when `signal` aborts first; it never rejects. */
+async function pause(ms, signal) {
+  try {
+    await delay(Math.min(Math.max(0, ms), MAX_TIMER_MS), undefined, { signal });
+  } catch (error) {
+    if (error.name !== 'AbortError') throw error;
+  }
+}
 
 /**
- * A broker session that reconnects: a failed call is retried (every broker call is
- * safe to send twice) until it succeeds, the call is fatal, or ``giveUp()`` says so.
+ * Something one part of the worker waits for and another makes happen. The waiter
+ * checks its condition and, if it does not hold yet, awaits `wait()`; whoever may
+ * have made it hold calls `wake()`. The check and the wait run in one synchronous
+ * step, so no wake falls between them.
+ */
+export class Wakeup {
+  #waiters = new Set();
+
+  /** Resolves at the next `wake()`, or after `timeoutMs` when a deadline is given. */
+  wait(timeoutMs = Infinity) {
+    return new Promise((resolve) => {
+      let timer;
+      const done = () => {
+        clearTimeout(timer);
+        this.#waiters.delete(done);
+        resolve();
+      };
+      if (Number.isFinite(timeoutMs)) timer = setTimeout(done, Math.min(Math.max(0, timeoutMs), MAX_TIMER_MS));
+      this.#waiters.add(done);
+    });
+  }
+
+  /** Resolve every wait now pending. */
+  wake() {
+    for (const done of [...this.#waiters]) done();
+  }
+}
+
+/**
+ * A broker session that reconnects: a call that fails on the connection (or with
+ * StorageFailed) is sent again after a backoff pause (every broker call is safe to
+ * send twice), until it succeeds, fails otherwise, or `signal` aborts.
  */
 export class BrokerLink {
-  constructor(settings, { name, hello, log, giveUp = () => false }) {
+  /**
+   * @param {object} settings what openConnection takes (host, port, key, tls), and callTimeoutMs
+   * @param {object} options
+   * @param {string} options.name the session's name, which names the server's thread
+   * @param {object} options.hello what `hello` sends
+   * @param {(line: string) => void} options.log
+   * @param {AbortSignal} [options.signal] ends the waiting for the server
+   */
+  constructor(settings, { name, hello, log, signal }) {
     this.settings = settings;
     this.name = name;
     this.hello = hello;
     this.log = log;
-    this.giveUp = giveUp;
+    this.signal = signal;
     this.session = null;
     this.info = null;
     this.clockOffset = 0;
   }
 
+  /** Log in, open a session and say hello; a VersionMismatch reply is a FatalError. */
   async connect() {
     const ident = await createBroker(this.settings);
     const session = await Session.open(this.settings, ident, this.name);
@@ -41,7 +92,7 @@ export class BrokerLink {
     } catch (error) {
       session.close();
       if (error instanceof RemoteError && error.remoteName === 'VersionMismatch') {
-        throw new FatalError(error.remoteMessage, 8);
+        throw new FatalError(error.remoteMessage, ExitCode.VERSION_MISMATCH);
       }
       throw error;
     }
@@ -49,10 +100,10 @@ export class BrokerLink {
     return this.info;
   }
 
-  /** ``method(...args)`` on the broker, waiting through outages. */
+  /** `method(...args)` on the broker, waiting through outages; resolves with its result. */
   async call(method, ...args) {
     let attempt = 0;
-    let delay = BACKOFF_START_MS;
+    let backoff = BACKOFF_START_MS;
     let lastNotice = 0;
     const began = Date.now();
     for (;;) {
@@ -66,18 +117,15 @@ export class BrokerLink {
         if (!retry) throw error;
         if (error instanceof WireError) this.drop();
         attempt += 1;
-        if (this.giveUp()) throw error;
+        if (this.signal?.aborted) throw error;
         if (Date.now() - lastNotice >= NOTICE_EVERY_MS) {
           lastNotice = Date.now();
           this.log(`waiting for server at ${this.settings.host}:${this.settings.port} (attempt ${attempt}): ${error.message}`);
         }
-        const pause = delay / 2 + (Math.random() * delay) / 2;
-        delay = Math.min(BACKOFF_MAX_MS, delay * 2);
-        const until = Date.now() + pause;
-        while (Date.now() < until) {
-          if (this.giveUp()) throw error;
-          await sleep(Math.min(100, until - Date.now()));
-        }
+        // Exponential backoff with jitter; an abort ends the pause at once.
+        await pause(backoff / 2 + (Math.random() * backoff) / 2, this.signal);
+        backoff = Math.min(BACKOFF_MAX_MS, backoff * 2);
+        if (this.signal?.aborted) throw error;
       }
     }
   }
@@ -90,8 +138,17 @@ export class BrokerLink {
 
 export class Worker {
   /**
-   * ``links`` makes a BrokerLink (one for leasing, one for reporting); ``fetcher``
-   * turns a task into a result.  ``stop`` is set on the first signal.
+   * @param {object} parts
+   * @param {(name: string, signal: AbortSignal) => BrokerLink} parts.makeLink makes the
+   *   link to lease on (`'lease'`, given the stop signal) and the one to report on
+   *   (`'report'`, given the signal that the grace period is over)
+   * @param {Fetcher} parts.fetcher turns a task into a result
+   * @param {string} parts.identity the worker's name, `hostname:pid`
+   * @param {number} parts.concurrency requests run at once
+   * @param {number} parts.prefetch tasks leased ahead; 0 for twice the concurrency
+   * @param {boolean} parts.burst end once no work is left
+   * @param {number} parts.grace seconds running requests get after `stop()`
+   * @param {(line: string) => void} parts.log
    */
   constructor({ makeLink, fetcher, identity, concurrency = 16, prefetch = 0, burst = false, grace = 30, log }) {
     this.fetcher = fetcher;
@@ -101,10 +158,10 @@ export class Worker {
     this.burst = burst;
     this.graceMs = grace * 1000;
     this.log = log;
-    this.stopping = false;
-    this.abandoned = false;
-    this.lease = makeLink('lease', () => this.stopping);
-    this.report = makeLink('report', () => this.abandoned);
+    this.stopper = new AbortController(); // stop(): no more leasing or starting
+    this.abandoner = new AbortController(); // the grace period is over: stop waiting for the server
+    this.lease = makeLink('lease', this.stopper.signal);
+    this.report = makeLink('report', this.abandoner.signal);
     this.inbox = []; // leased, not started: in scheduled order
     this.outbox = []; // results not yet reported
     this.robotsReports = [];
@@ -112,16 +169,34 @@ export class Worker {
     this.running = new Set();
     this.reported = 0;
     this.failure = null;
-    this.wakeStarter = null;
-    this.startedAll = false;
+    this.startedAll = false; // set once nothing more will start: the reporter ends when empty
+    this.taskTaken = new Wakeup(); // the starter took a task: room in the inbox to lease more
+    this.startable = new Wakeup(); // tasks came in, or a fetch slot came free
+    this.reportable = new Wakeup(); // a first report is waiting, a batch is full, or all has started
+    this.stopper.signal.addEventListener('abort', () => {
+      this.taskTaken.wake();
+      this.startable.wake();
+    });
   }
 
+  get stopping() {
+    return this.stopper.signal.aborted;
+  }
+
+  get abandoned() {
+    return this.abandoner.signal.aborted;
+  }
+
+  /** Stop leasing and starting tasks; `run()` then hands back the rest and drains. */
   stop() {
-    this.stopping = true;
-    if (this.wakeStarter) this.wakeStarter();
+    this.stopper.abort();
   }
 
-  /** Run until stopped (or, with ``burst``, until no work is left); resolves with the count reported. */
+  /**
+   * Run until stopped (or, with `burst`, until no work is left), then drain.
+   * Resolves with the number of results reported; rejects with what ended the
+   * run otherwise (a FatalError, or a report the server refused).
+   */
   async run() {
     try {
       await this.lease.call('queued'); // logs in (hello), waiting for the server if need be
@@ -130,7 +205,7 @@ export class Worker {
       throw error;
     }
     const info = this.lease.info;
-    const renewEveryMs = Math.max((info.lease_timeout * 1000) / 3, 200);
+    const renewEveryMs = Math.max((info.lease_timeout * 1000) / 3, MIN_RENEW_EVERY_MS);
     const reporter = this.reportLoop(renewEveryMs);
     const starter = this.startLoop();
     try {
@@ -138,7 +213,7 @@ export class Worker {
     } catch (error) {
       if (!(error instanceof WireError && this.stopping)) {
         this.failure = this.failure || error;
-        this.stopping = true;
+        this.stop();
       }
     }
     await this.shutDown(starter, reporter);
@@ -149,11 +224,11 @@ export class Worker {
   async leaseLoop() {
     while (!this.stopping) {
       if (this.inbox.length > this.size / 2) {
-        await sleep(20);
+        await this.taskTaken.wait(); // or a stop
         continue;
       }
       const want = Math.max(1, this.size - this.inbox.length);
-      const tasks = await this.lease.call('lease', this.identity, want, POLL_WAIT);
+      const tasks = await this.lease.call('lease', this.identity, want, LEASE_WAIT_SECONDS);
       if (this.stopping) {
         if (tasks.length) await this.giveBack(tasks);
         return;
@@ -166,7 +241,7 @@ export class Worker {
         this.held.set(task.id, task.attempt);
         this.inbox.push(task);
       }
-      if (this.wakeStarter) this.wakeStarter();
+      this.startable.wake();
     }
   }
 
@@ -174,7 +249,7 @@ export class Worker {
     return this.held.size === 0 && this.inbox.length === 0 && this.running.size === 0;
   }
 
-  /** When a task is due on our clock (ms), or null for at once. */
+  /** When a task is due, in Unix milliseconds on our clock, or null for at once. */
   dueMs(task) {
     return typeof task.scheduled === 'number' ? (task.scheduled - this.lease.clockOffset) * 1000 : null;
   }
@@ -182,30 +257,24 @@ export class Worker {
   async startLoop() {
     while (!this.stopping) {
       if (!this.inbox.length || this.running.size >= this.concurrency) {
-        await new Promise((resolve) => {
-          this.wakeStarter = resolve;
-          setTimeout(resolve, 100);
-        });
-        this.wakeStarter = null;
+        await this.startable.wait(); // or a stop
         continue;
       }
       const task = this.inbox[0];
       const due = this.dueMs(task);
       if (due !== null && due > Date.now()) {
-        // Never before its instant; a timer wakes us as close to it as Node can.
-        await new Promise((resolve) => {
-          this.wakeStarter = resolve;
-          setTimeout(resolve, Math.min(due - Date.now(), 1000));
-        });
-        this.wakeStarter = null;
+        // Never before its instant: a timer wakes us as close to it as Node can (or a
+        // stop does). Tasks come in scheduled order, so the first is the next due.
+        await pause(due - Date.now(), this.stopper.signal);
         continue;
       }
       this.inbox.shift();
+      this.taskTaken.wake();
       const run = this.runTask(task, due === null ? null : due / 1000);
       this.running.add(run);
       run.finally(() => {
         this.running.delete(run);
-        if (this.wakeStarter) this.wakeStarter();
+        this.startable.wake();
       });
     }
   }
@@ -216,21 +285,38 @@ export class Worker {
     } else {
       this.outbox.push(await this.fetcher.fetch(task, scheduled));
     }
+    // The reporter waits for a first report, then for the flush interval or a full batch.
+    if (this.waitingReports() === 1 || this.outbox.length >= RESULT_BATCH) this.reportable.wake();
   }
 
+  waitingReports() {
+    return this.outbox.length + this.robotsReports.length;
+  }
+
+  /**
+   * Send results in batches (up to RESULT_BATCH, FLUSH_MS after the first one
+   * came), robots reports as they come, and every `renewEveryMs` renew the leases
+   * held; end once everything has started and been reported.
+   */
   async reportLoop(renewEveryMs) {
     let nextRenewal = Date.now() + renewEveryMs;
     for (;;) {
+      if (!this.waitingReports()) {
+        if (this.startedAll) return;
+        await this.reportable.wait(nextRenewal - Date.now());
+      }
+      if (this.waitingReports() && !this.startedAll) {
+        const flushAt = Date.now() + FLUSH_MS;
+        while (this.outbox.length < RESULT_BATCH && !this.startedAll && Date.now() < flushAt) {
+          await this.reportable.wait(flushAt - Date.now());
+        }
+      }
       const batch = this.outbox.splice(0, RESULT_BATCH);
       while (this.robotsReports.length) await this.sendRobots(this.robotsReports.shift());
       const renewalDue = Date.now() >= nextRenewal;
       if (batch.length || renewalDue) {
         await this.sendResults(batch, renewalDue);
         if (renewalDue) nextRenewal = Date.now() + renewEveryMs;
-      }
-      if (batch.length < RESULT_BATCH) {
-        if (this.startedAll && !this.outbox.length && !this.robotsReports.length) return;
-        await sleep(FLUSH_MS);
       }
     }
   }
@@ -273,22 +359,25 @@ export class Worker {
 
   /** Hand back what has not started, let what has finish (within the grace), report it all. */
   async shutDown(starter, reporter) {
-    const abandon = setTimeout(() => {
-      this.abandoned = true;
-    }, this.graceMs);
-    this.stopping = true;
-    if (this.wakeStarter) this.wakeStarter();
+    // As the Python worker: the report link waits for the server for at most the
+    // grace period, and running requests and the last reports get the grace period
+    // from once the unstarted tasks are handed back.
+    const giveUp = setTimeout(() => this.abandoner.abort(), this.graceMs);
+    this.stop();
     await starter;
     const unstarted = this.inbox.splice(0);
     if (unstarted.length) await this.giveBack(unstarted);
-    const grace = sleep(this.graceMs).then(() => 'late');
-    if ((await Promise.race([Promise.all([...this.running]), grace])) === 'late') {
+    const graceTimer = new AbortController();
+    const graceOver = pause(this.graceMs, graceTimer.signal).then(() => 'late');
+    if ((await Promise.race([Promise.all([...this.running]), graceOver])) === 'late') {
       this.log(`worker ${this.identity}: requests still running after the grace period`);
     }
     this.startedAll = true;
-    await Promise.race([reporter, grace]);
-    this.abandoned = true;
-    clearTimeout(abandon);
+    this.reportable.wake();
+    await Promise.race([reporter, graceOver]);
+    graceTimer.abort();
+    clearTimeout(giveUp);
+    this.abandoner.abort();
     this.lease.drop();
     this.report.drop();
   }

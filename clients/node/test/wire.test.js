@@ -1,9 +1,13 @@
-// The wire against docs/PROTOCOL.md's own examples: frames, and the login in both forms.
+// The wire against docs/PROTOCOL.md's own examples: frames, and the login in both
+// forms; and a connection the server resets, as section 10 says to treat it.
 
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import net from 'node:net';
 import test from 'node:test';
 
-import { answerTo, frame, isValidAnswer } from '../lib/wire.js';
+import { WireError } from '../lib/errors.js';
+import { Connection, answerTo, frame, isValidAnswer, openConnection } from '../lib/wire.js';
 
 const KEY = Buffer.from('example-key');
 const NONCE = Buffer.from(Array.from({ length: 40 }, (_, i) => i));
@@ -35,4 +39,29 @@ test('answers are accepted in both forms and refused otherwise', () => {
   assert.ok(!isValidAnswer(MESSAGE, wrong, KEY));
   const sha1 = Buffer.concat([Buffer.from('{sha1}'), Buffer.alloc(20)]);
   assert.ok(!isValidAnswer(MESSAGE, sha1, KEY), 'sha1 is not an allowed hash');
+});
+
+/** A TCP server on 127.0.0.1 that does `onConnection(socket)`; closed when the test ends. */
+async function localServer(t, onConnection) {
+  const server = net.createServer(onConnection);
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  t.after(() => server.close());
+  return server.address().port;
+}
+
+test('a connection reset by the server is a WireError: the session is opened again', async (t) => {
+  const port = await localServer(t, (socket) => socket.once('data', () => socket.resetAndDestroy()));
+  const socket = net.connect(port, '127.0.0.1');
+  await once(socket, 'connect');
+  const connection = new Connection(socket, `127.0.0.1:${port}`);
+  await assert.rejects(connection.request([null, 'dummy', [], {}], 5000), (error) => {
+    assert.ok(error instanceof WireError, `${error.constructor.name}: ${error.message}`);
+    assert.match(error.message, /lost the connection to the server at 127\.0\.0\.1:\d+: .*ECONNRESET/);
+    return true;
+  });
+  connection.close();
+  const resetAtLogin = await localServer(t, (sock) => sock.resetAndDestroy());
+  const settings = { host: '127.0.0.1', port: resetAtLogin, key: Buffer.from('k'), tls: null };
+  await assert.rejects(openConnection(settings), WireError);
 });
