@@ -306,10 +306,10 @@ CLASSIC_LIMITS_CLIENT = (
     + """
 import queue
 
-print("tasks", task.qsize(), task.empty())
+print("tasks", task.qsize(), task.empty(), task.full())
 for n in range(5):
     task.put(f"{base}/limits?n={n}")
-print("tasks", task.qsize(), task.empty())
+print("tasks", task.qsize(), task.empty(), task.full())
 for attempt in (lambda: task.put_nowait(f"{base}/limits?n=5"),
                 lambda: task.put(f"{base}/limits?n=5", timeout=0.2)):
     try:
@@ -331,6 +331,7 @@ except ValueError as exc:
 sys.stdout.flush()
 sys.stdin.readline()  # the test runs a worker here
 print("results", result.qsize(), result.empty())
+print("tasks", task.qsize(), task.empty(), task.full())
 print(sorted(result.get(timeout=10)["url"] for _ in range(5)))
 try:
     result.get(timeout=0.2)
@@ -341,8 +342,9 @@ except queue.Empty:
 
 
 def test_classic_queues_full_empty_and_qsize(env, target, tmp_path):
-    """A tutorial-style client sees a Queue: qsize and empty, Full when the server's
-    --max-pending is reached, Empty when no result comes in time, and a refused call
+    """A tutorial-style client sees a Queue: qsize and empty; full() true, and Full
+    raised, when the server's --max-pending is reached, and full() false again once
+    workers took the tasks; Empty when no result comes in time; and a refused call
     as a ValueError it can unpickle without fetchq installed."""
     from fetchq_procs import ServerProcess
 
@@ -362,8 +364,8 @@ def test_classic_queues_full_empty_and_qsize(env, target, tmp_path):
         assert client.stdout is not None and client.stdin is not None
         before = [client.stdout.readline().strip() for _ in range(8)]
         assert before == [
-            "tasks 0 True",
-            "tasks 5 False",
+            "tasks 0 True False",
+            "tasks 5 False True",
             "full",
             "full",
             "empty",
@@ -378,4 +380,9 @@ def test_classic_queues_full_empty_and_qsize(env, target, tmp_path):
         stop_all([client])
         limited.stop()
     urls = sorted(f"{target.url}/limits?n={n}" for n in range(5))
-    assert stdout.splitlines() == ["results 5 False", repr(urls), "empty"]
+    assert stdout.splitlines() == [
+        "results 5 False",
+        "tasks 0 True False",
+        repr(urls),
+        "empty",
+    ]

@@ -63,7 +63,9 @@ class ClassicTaskQueue:
         return self.qsize() == 0
 
     def full(self) -> bool:
-        return False
+        """True when ``put_nowait`` would raise ``Full``: the server holds ``--max-pending``
+        queued tasks, over every job (the bound is the server's, not this queue's)."""
+        return self._broker.queued() >= self._broker.max_pending
 
 
 class ClassicResultQueue:
