@@ -10,7 +10,7 @@ from __future__ import annotations
 
 
 class ExitCode:
-    """Exit codes shared by every command (documented in the README)."""
+    """Exit codes shared by every command (documented in docs/fleet.md, "Exit codes")."""
 
     OK = 0
     FAILURE = 1

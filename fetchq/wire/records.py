@@ -1,7 +1,7 @@
 """The task and result records: plain JSON-typed dicts with a version field.
 
 These dicts are all that crosses the wire or reaches a file, so another
-language only needs this page (and the README) to speak fetchq.  Readers
+language only needs this page (and docs/records.md) to speak fetchq.  Readers
 take every field with ``.get`` and a default, so that older records still
 decode.
 """
