@@ -138,3 +138,17 @@ def from_wire(data: object) -> FetchqError:
     if cls is None:
         return FetchqError(f"the server failed: {name}: {message}" if name else message)
     return cls(message)
+
+
+def cannot_read(what: str, path: object, exc: OSError) -> ConfigError:
+    """A file that could not be opened, said the same way for every kind of file (an
+    input file, a key, a CA, saved results): ``cannot read WHAT PATH: why``."""
+    if isinstance(exc, FileNotFoundError):
+        why = "no such file"
+    elif isinstance(exc, IsADirectoryError):
+        why = "it is a directory"
+    elif isinstance(exc, PermissionError):
+        why = "permission denied"
+    else:
+        why = (exc.strerror or exc.__class__.__name__).lower()
+    return ConfigError(f"cannot read {what} {path}: {why}")
