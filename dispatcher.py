@@ -123,11 +123,17 @@ def job_policy(
 @connects
 def dispatch(
     urls: Annotated[
-        list[str] | None, typer.Argument(help="URLs to fetch; - reads them from stdin")
+        list[str] | None,
+        typer.Argument(metavar="URL", help="URLs to fetch; - reads them from stdin"),
     ] = None,
     file: Annotated[
         list[str] | None,
-        typer.Option("--file", "-f", help="File of URLs, one a line (- for stdin); repeatable"),
+        typer.Option(
+            "--file",
+            "-f",
+            metavar="FILE",
+            help="File of URLs, one a line (- for stdin); repeatable",
+        ),
     ] = None,
     template: Annotated[
         str | None,
@@ -139,22 +145,33 @@ def dispatch(
         int | None, typer.Option(min=0, metavar="N", help="URLs the template makes")
     ] = None,
     job: Annotated[
-        str | None, typer.Option("--job", "-j", help="Job name (default: a new unique one)")
+        str | None,
+        typer.Option("--job", "-j", metavar="NAME", help="Job name (else a new unique one)"),
     ] = None,
     timeout: Annotated[
         float,
-        typer.Option(min=0.001, max=MAX_TASK_TIMEOUT, help="Seconds one fetch may take in all"),
+        typer.Option(
+            min=0.001,
+            max=MAX_TASK_TIMEOUT,
+            metavar="SECONDS",
+            help="Seconds one fetch may take in all",
+        ),
     ] = defaults.TASK_TIMEOUT,
     attempts: Annotated[
         int | None,
-        typer.Option(min=1, max=100, help="Tries per task (default: the server's --max-attempts)"),
+        typer.Option(
+            min=1, max=100, metavar="N", help="Tries per task (else the server's --max-attempts)"
+        ),
     ] = None,
     batch_size: Annotated[
-        int, typer.Option(min=1, max=MAX_SUBMIT, help="URLs per submit call")
+        int, typer.Option(min=1, max=MAX_SUBMIT, metavar="N", help="URLs per submit call")
     ] = defaults.SUBMIT_BATCH,
     rate: Annotated[
         str | None,
-        typer.Option(help="Requests per second for the whole fleet: 200, 200/s, 12000/m, 60/h"),
+        typer.Option(
+            metavar="RATE",
+            help="Requests per second for the whole fleet: 200, 200/s, 12000/m, 60/h",
+        ),
     ] = None,
     duration: Annotated[
         str | None,

@@ -83,13 +83,15 @@ def say_if_unknown(client: BrokerClient, job: str) -> None:
 @connects
 def output(
     job: Annotated[
-        str | None, typer.Option("--job", "-j", help="Job to collect (default: every job)")
+        str | None,
+        typer.Option("--job", "-j", metavar="NAME", help="Job to collect (else every job)"),
     ] = None,
     fmt: Annotated[
         Format, typer.Option("--format", "-F", help="How each result is written")
     ] = Format.text,
     out: Annotated[
-        str | None, typer.Option("--out", "-o", help="Write results to this file, not stdout")
+        str | None,
+        typer.Option("--out", "-o", metavar="FILE", help="Write results to this file, not stdout"),
     ] = None,
     summary: Annotated[bool, typer.Option(help="End with a summary report")] = False,
     html: Annotated[

@@ -46,26 +46,36 @@ def resolve_server_key(key_file: str | None) -> config.Authkey:
 @reports_errors
 def server(
     host: Annotated[
-        str, typer.Option(help="Address to listen on; anything but loopback is reachable by others")
+        str,
+        typer.Option(
+            metavar="HOST",
+            help="Address to listen on; anything but loopback is reachable by others",
+        ),
     ] = defaults.HOST,
     port: Annotated[
-        int, typer.Option(min=0, max=65535, help="TCP port (0: any free port)")
+        int, typer.Option(min=0, max=65535, metavar="PORT", help="TCP port (0: any free port)")
     ] = defaults.PORT,
     authkey_file: AuthkeyFileOption = None,
     lease_timeout: Annotated[
-        float, typer.Option(min=0.1, help="Seconds before an unrenewed lease returns its task")
+        float,
+        typer.Option(
+            min=0.1, metavar="SECONDS", help="Seconds before an unrenewed lease returns its task"
+        ),
     ] = defaults.LEASE_TIMEOUT,
     max_attempts: Annotated[
-        int, typer.Option(min=1, max=100, help="Default tries per task before it fails")
+        int,
+        typer.Option(min=1, max=100, metavar="N", help="Default tries per task before it fails"),
     ] = defaults.MAX_ATTEMPTS,
     max_pending: Annotated[
-        int, typer.Option(min=1, help="Queued tasks before submits wait for room")
+        int, typer.Option(min=1, metavar="N", help="Queued tasks before submits wait for room")
     ] = defaults.MAX_PENDING,
     max_results: Annotated[
-        int, typer.Option(min=1, help="Unconfirmed results before workers are paused")
+        int,
+        typer.Option(min=1, metavar="N", help="Unconfirmed results before workers are paused"),
     ] = defaults.MAX_RESULTS,
     max_connections: Annotated[
-        int, typer.Option(min=1, help="Client connections held at once (one thread each)")
+        int,
+        typer.Option(min=1, metavar="N", help="Client connections held at once (one thread each)"),
     ] = defaults.MAX_CONNECTIONS,
     journal: Annotated[
         str | None,
@@ -76,16 +86,15 @@ def server(
     per_host: PerHostOption = None,
     host_delay: HostDelayOption = None,
     tls_cert: Annotated[
-        str | None, typer.Option(help="Serve TLS with this certificate (PEM)", show_default=False)
+        str | None, typer.Option(metavar="FILE", help="Serve TLS with this certificate (PEM)")
     ] = None,
     tls_key: Annotated[
-        str | None, typer.Option(help="The certificate's private key (PEM)", show_default=False)
+        str | None, typer.Option(metavar="FILE", help="The certificate's private key (PEM)")
     ] = None,
     tls_ca: Annotated[
         str | None,
         typer.Option(
-            help="Require every client to show a certificate signed by this CA",
-            show_default=False,
+            metavar="FILE", help="Require every client to show a certificate signed by this CA"
         ),
     ] = None,
     allow_pickle: Annotated[

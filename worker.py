@@ -181,23 +181,36 @@ def check_server(link: config.ServerLink) -> None:
 @connects
 def worker(
     concurrency: Annotated[
-        int, typer.Option("--concurrency", "-c", min=1, max=1000, help="Fetch threads per process")
+        int,
+        typer.Option(
+            "--concurrency", "-c", min=1, max=1000, metavar="N", help="Fetch threads per process"
+        ),
     ] = defaults.CONCURRENCY,
     processes: Annotated[
-        int, typer.Option("--processes", "-p", min=1, max=256, help="Worker processes")
+        int,
+        typer.Option("--processes", "-p", min=1, max=256, metavar="N", help="Worker processes"),
     ] = 1,
     prefetch: Annotated[
-        int, typer.Option(min=0, help="Tasks leased ahead per process (0: 2 x concurrency)")
+        int,
+        typer.Option(
+            min=0, metavar="N", help="Tasks leased ahead per process (0: 2 x concurrency)"
+        ),
     ] = 0,
     connect_timeout: Annotated[
-        float, typer.Option(min=0.001, help="Seconds to open a connection to a URL's host")
+        float,
+        typer.Option(
+            min=0.001, metavar="SECONDS", help="Seconds to open a connection to a URL's host"
+        ),
     ] = defaults.CONNECT_TIMEOUT,
     follow_redirects: Annotated[
         bool, typer.Option(help="Follow redirects instead of reporting the 3xx")
     ] = False,
     burst: Annotated[bool, typer.Option(help="Exit once the server has no task left")] = False,
     grace: Annotated[
-        float, typer.Option(min=0, help="Seconds running requests get to finish on stop")
+        float,
+        typer.Option(
+            min=0, metavar="SECONDS", help="Seconds running requests get to finish on stop"
+        ),
     ] = defaults.GRACE,
     pin: Annotated[
         bool,
@@ -205,7 +218,11 @@ def worker(
     ] = True,
     call_timeout: Annotated[
         float,
-        typer.Option(min=1, help="Seconds without a reply before the server link counts as cut"),
+        typer.Option(
+            min=1,
+            metavar="SECONDS",
+            help="Seconds without a reply before the server link counts as cut",
+        ),
     ] = defaults.CALL_TIMEOUT,
     *,
     link: config.ServerLink,

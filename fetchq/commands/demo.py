@@ -72,9 +72,13 @@ def stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
 
 @reports_errors
 def demo(
-    tasks: Annotated[int, typer.Option(min=1, max=1_000_000, help="URLs to fetch")] = 3000,
-    workers: Annotated[int, typer.Option(min=1, max=16, help="Worker processes")] = 2,
-    concurrency: Annotated[int, typer.Option(min=1, max=256, help="Threads per worker")] = 8,
+    tasks: Annotated[
+        int, typer.Option(min=1, max=1_000_000, metavar="N", help="URLs to fetch")
+    ] = 3000,
+    workers: Annotated[int, typer.Option(min=1, max=16, metavar="N", help="Worker processes")] = 2,
+    concurrency: Annotated[
+        int, typer.Option(min=1, max=256, metavar="N", help="Threads per worker")
+    ] = 8,
 ) -> None:
     """Run target, server, workers, a job and its summary, all on this machine."""
     key = secrets.token_urlsafe(32)

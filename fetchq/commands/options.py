@@ -157,12 +157,15 @@ def reports_errors(command: F) -> F:
 
 
 def make_app(help_text: str) -> typer.Typer:
-    """A Typer app with settings every fetchq command wants (no locals in tracebacks)."""
+    """A Typer app with settings every fetchq command wants: no locals in tracebacks,
+    and a plain help (click's layout) that gives every option its whole name and a
+    value's placeholder only to options that take one, at any terminal width."""
     return typer.Typer(
         help=help_text,
         add_completion=False,
         no_args_is_help=False,
         pretty_exceptions_show_locals=False,
+        rich_markup_mode=None,
         context_settings={"help_option_names": ["-h", "--help"]},
     )
 
@@ -186,6 +189,7 @@ def invoke(
     """Run ``app`` to the end: a mistake on the command line is said in one line with
     exit 2, like every other error, rather than in typer's five-line box."""
     command = typer.main.get_command(app)
+    _quiet_flag_defaults(command)
     try:
         outcome = command.main(args=args, prog_name=prog_name, standalone_mode=False)
     except typer.Abort:
@@ -201,3 +205,13 @@ def invoke(
         error(f"{describe()}{hint}")
         sys.exit(code)
     sys.exit(outcome if isinstance(outcome, int) else ExitCode.OK)
+
+
+def _quiet_flag_defaults(command: Any) -> None:
+    """A flag that is off unless given does not say ``[default: no-burst]``: its help
+    row is the flag and what it does."""
+    for param in getattr(command, "params", []):
+        if getattr(param, "is_flag", False) and param.default is False:
+            param.show_default = False
+    for sub in getattr(command, "commands", {}).values():
+        _quiet_flag_defaults(sub)
