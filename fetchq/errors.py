@@ -52,6 +52,10 @@ class ConfigError(UsageError):
     """A setting (address, key file, ...) that is malformed or unreadable."""
 
 
+class ExtraMissing(UsageError):
+    """A command needs an optional extra (``tls``, ``report``) that is not installed."""
+
+
 class NoAuthkey(FetchqError):
     """No key was given and none could be found."""
 
