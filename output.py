@@ -22,6 +22,7 @@ from fetchq.commands.collect import collect
 from fetchq.commands.options import GiveUpOption, connects, reports_errors, run_alone, say
 from fetchq.errors import ConfigError, ExitCode, FetchqError, NoSuchJob, UsageError
 from fetchq.ids import IdSet
+from fetchq.messages import plural
 from fetchq.report.formats import ids_in_file, open_writer
 from fetchq.report.htmlfile import HtmlReportFile
 from fetchq.report.summary import Summary
@@ -151,9 +152,9 @@ def output(
             f"the server{resume}"
         ) from None
     if done.repeated:
-        say(f"skipped {done.repeated} results handed out again that were already written")
+        say(f"skipped {plural(done.repeated, 'result')} handed out again, already written")
     if stop.requested:
-        say(f"output stopped on {stop.signal_name} after {done.written} results")
+        say(f"output stopped on {stop.signal_name} after {plural(done.written, 'result')}")
     if report is not None and report.scheduled:  # only a rate weighs the fleet's threads
         report.fetch_threads = fleet_threads(client)
     if report is not None and summary:

@@ -13,6 +13,7 @@ import typer
 from fetchq import config
 from fetchq.commands.options import connects, reports_errors
 from fetchq.errors import UsageError
+from fetchq.messages import plural
 from fetchq.units import format_duration, format_rate
 from fetchq.wire.api import WORKER_GONE_AFTER
 from fetchq.wire.client import BrokerClient
@@ -41,7 +42,9 @@ def pace_lines(name: str, job: dict[str, Any], threads: int) -> list[str]:
     pace = job["pace"]
     if not pace["target"]:
         return []
-    late = f", {pace['late']} late starts (worst {format_duration(pace['worst_lateness'])})"
+    late = (
+        f", {plural(pace['late'], 'late start')} (worst {format_duration(pace['worst_lateness'])})"
+    )
     line = (
         f"  {name}: target {format_rate(pace['target'])}, achieved "
         f"{format_rate(pace['achieved'])}{late if pace['late'] else ''}"
@@ -51,8 +54,8 @@ def pace_lines(name: str, job: dict[str, Any], threads: int) -> list[str]:
     behind = job["queued"] and pace["achieved"] < BEHIND * pace["target"]
     if needed is not None and (behind or needed > threads):
         lines.append(
-            f"    cannot keep up: the rate needs about {needed:g} requests in flight "
-            f"(rate x mean service time) and the fleet has {threads} fetch threads"
+            f"    cannot keep up: the rate needs about {plural(needed, 'request')} in flight "
+            f"(rate x mean service time) and the fleet has {plural(threads, 'fetch thread')}"
             + (f": add about {needed - threads:.0f}" if needed > threads else "")
         )
     return lines

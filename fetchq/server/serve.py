@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 from fetchq import defaults
 from fetchq.config import Address
 from fetchq.errors import AddressInUse, BadRequest, ConfigError, FetchqError
-from fetchq.messages import say
+from fetchq.messages import plural, say
 from fetchq.server.broker import Broker
 from fetchq.server.classic import QUEUE_METHODS, ClassicResultQueue, ClassicTaskQueue
 from fetchq.signals import StopRequest
@@ -134,7 +134,8 @@ class _Server(managers.Server):
             if full:
                 conn.close()
                 self.warnings.say(
-                    "full", f"{self.max_connections} connections open, turning new ones away"
+                    "full",
+                    f"{plural(self.max_connections, 'connection')} open, turning new ones away",
                 )
                 continue
             threading.Thread(target=self._handle_counted, args=(conn,), daemon=True).start()
