@@ -15,6 +15,14 @@ from fetchq import cli
 
 WIDTH = 80
 
+VARIABLES = {
+    "--server": "FETCHQ_SERVER",
+    "--tls-ca": "FETCHQ_TLS_CA",
+    "--tls-cert": "FETCHQ_TLS_CERT",
+    "--tls-key": "FETCHQ_TLS_KEY",
+}
+"""The options of connecting commands that read a variable, and the variable."""
+
 COMMAND_PATHS = [
     [],
     ["server"],
@@ -78,8 +86,9 @@ def test_help_at_80_columns_is_whole(path: list[str], env: dict[str, str]) -> No
             rows = [line for line in lines if row.fullmatch(line)]
             assert len(rows) == 1, (long, text)
             assert "<" not in rows[0] and "[default: no-" not in flat, rows[0]
-        if param.envvar:
-            assert f"[env var: {param.envvar}]" in flat, (param.envvar, text)
+        variable = VARIABLES.get(param.opts[0]) if path != ["server"] else None
+        if variable:
+            assert f"[env var: {variable}]" in flat, (variable, text)
     for row in _commands_section(lines):
         assert not row.rstrip().endswith("..."), row  # each command's summary whole
 
