@@ -20,28 +20,21 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fetchq import config, defaults
 from fetchq.commands.options import (
-    AuthkeyFileOption,
     GiveUpOption,
-    ServerOption,
-    TlsCaOption,
-    TlsCertOption,
-    TlsKeyOption,
+    HostDelayOption,
+    PerHostOption,
+    connects,
+    host_delay_seconds,
     reports_errors,
     run_alone,
     say,
 )
 from fetchq.commands.submit import Submitter, new_job_name
-from fetchq.errors import ConfigError, ExitCode, UsageError
+from fetchq.errors import ExitCode, UsageError, cannot_read
+from fetchq.messages import plural
 from fetchq.units import parse_duration, parse_rate
 from fetchq.urls import Rejected, argument_urls, check_template, read_urls, template_batches
-from fetchq.wire import tls
-from fetchq.wire.api import (
-    MAX_HOST_DELAY,
-    MAX_PER_HOST,
-    MAX_SUBMIT,
-    MAX_TASK_TIMEOUT,
-    check_job_name,
-)
+from fetchq.wire.api import MAX_SUBMIT, MAX_TASK_TIMEOUT, check_job_name
 from fetchq.wire.client import ResilientClient
 
 HELP = "Submit URLs to fetch: as arguments, from files or stdin (-), or from a template."
@@ -55,12 +48,8 @@ def open_input(path: str) -> BinaryIO:
         return sys.stdin.buffer
     try:
         return open(path, "rb")  # closed by the caller's ExitStack
-    except FileNotFoundError:
-        raise ConfigError(f"input file {path} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"input file {path} is a directory") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read input file {path}: {exc.strerror}") from None
+        raise cannot_read("input file", path, exc) from None
 
 
 def input_urls(
@@ -110,18 +99,19 @@ class DispatchProgress:
 def job_policy(
     rate: str | None,
     per_host: int | None,
-    host_delay: str | None,
+    host_delay: float | None,
     obey_robots: bool,
     retry_after: bool,
 ) -> dict[str, Any]:
-    """The job's pace and politeness, as the server takes them (only what was given)."""
+    """The job's pace and politeness, as the server takes them (only what was given;
+    0 for a host limit is none)."""
     policy: dict[str, Any] = {}
     if rate is not None:
         policy["rate"] = parse_rate(rate)
-    if per_host is not None:
+    if per_host:
         policy["per_host"] = per_host
-    if host_delay is not None:
-        policy["host_delay"] = parse_duration(host_delay, MAX_HOST_DELAY)
+    if host_delay:
+        policy["host_delay"] = host_delay
     if obey_robots:
         policy["obey_robots"] = True
     if retry_after:
@@ -130,51 +120,67 @@ def job_policy(
 
 
 @reports_errors
+@connects
 def dispatch(
     urls: Annotated[
-        list[str] | None, typer.Argument(help="URLs to fetch; - reads them from stdin")
+        list[str] | None,
+        typer.Argument(metavar="URL", help="URLs to fetch; - reads them from stdin"),
     ] = None,
     file: Annotated[
         list[str] | None,
-        typer.Option("--file", "-f", help="File of URLs, one a line (- for stdin); repeatable"),
+        typer.Option(
+            "--file",
+            "-f",
+            metavar="FILE",
+            help="File of URLs, one a line (- for stdin); repeatable",
+        ),
     ] = None,
     template: Annotated[
         str | None,
-        typer.Option(help="URL with {i} replaced by 0 .. count-1, e.g. 'http://h/?q={i}'"),
+        typer.Option(
+            metavar="URL", help="URL with {i} replaced by 0 .. count-1, e.g. 'http://h/?q={i}'"
+        ),
     ] = None,
-    count: Annotated[int | None, typer.Option(min=0, help="URLs the template makes")] = None,
+    count: Annotated[
+        int | None, typer.Option(min=0, metavar="N", help="URLs the template makes")
+    ] = None,
     job: Annotated[
-        str | None, typer.Option("--job", "-j", help="Job name (default: a new unique one)")
+        str | None,
+        typer.Option("--job", "-j", metavar="NAME", help="Job name (else a new unique one)"),
     ] = None,
     timeout: Annotated[
         float,
-        typer.Option(min=0.001, max=MAX_TASK_TIMEOUT, help="Seconds one fetch may take in all"),
+        typer.Option(
+            min=0.001,
+            max=MAX_TASK_TIMEOUT,
+            metavar="SECONDS",
+            help="Seconds one fetch may take in all",
+        ),
     ] = defaults.TASK_TIMEOUT,
     attempts: Annotated[
         int | None,
-        typer.Option(min=1, max=100, help="Tries per task (default: the server's --max-attempts)"),
+        typer.Option(
+            min=1, max=100, metavar="N", help="Tries per task (else the server's --max-attempts)"
+        ),
     ] = None,
     batch_size: Annotated[
-        int, typer.Option(min=1, max=MAX_SUBMIT, help="URLs per submit call")
+        int, typer.Option(min=1, max=MAX_SUBMIT, metavar="N", help="URLs per submit call")
     ] = defaults.SUBMIT_BATCH,
     rate: Annotated[
         str | None,
-        typer.Option(help="Requests per second for the whole fleet: 200, 200/s, 12000/m, 60/h"),
+        typer.Option(
+            metavar="RATE",
+            help="Requests per second for the whole fleet: 200, 200/s, 12000/m, 60/h",
+        ),
     ] = None,
     duration: Annotated[
         str | None,
-        typer.Option(help="With --template and --rate: run for this long (30s, 5m, 1h)"),
-    ] = None,
-    per_host: Annotated[
-        int | None,
         typer.Option(
-            min=1, max=MAX_PER_HOST, help="Requests in flight to one host, across all workers"
+            metavar="DURATION", help="With --template and --rate: run for this long (30s, 5m, 1h)"
         ),
     ] = None,
-    host_delay: Annotated[
-        str | None,
-        typer.Option(help="Time between two request starts on one host (0.5, 500ms)"),
-    ] = None,
+    per_host: PerHostOption = None,
+    host_delay: HostDelayOption = None,
     obey_robots: Annotated[
         bool,
         typer.Option(help="Fetch robots.txt first; skip what it disallows, honour Crawl-delay"),
@@ -182,16 +188,13 @@ def dispatch(
     retry_after: Annotated[
         bool, typer.Option(help="On 429/503 with Retry-After, hold the host and try again later")
     ] = False,
-    server: ServerOption = None,
-    authkey_file: AuthkeyFileOption = None,
-    tls_ca: TlsCaOption = None,
-    tls_cert: TlsCertOption = None,
-    tls_key: TlsKeyOption = None,
     give_up_after: GiveUpOption = defaults.GIVE_UP_AFTER,
+    *,
+    link: config.ServerLink,
 ) -> None:
     """Submit URLs as tasks of one job and print the job's name."""
     urls, files = urls or [], file or []
-    policy = job_policy(rate, per_host, host_delay, obey_robots, retry_after)
+    policy = job_policy(rate, per_host, host_delay_seconds(host_delay), obey_robots, retry_after)
     if duration is not None:
         if template is None or rate is None or count is not None:
             raise UsageError("--duration goes with --template and --rate, instead of --count")
@@ -206,10 +209,7 @@ def dispatch(
         except ValueError as exc:
             raise UsageError(f"--template: {exc}") from None
     job_name = check_job_name(job) if job else new_job_name()
-    address = config.server_address(server)
-    key = config.client_authkey(authkey_file)
-    settings = tls.client_tls(tls_ca, tls_cert, tls_key)
-    client = ResilientClient(address, key.key, settings, give_up_after=give_up_after)
+    client = ResilientClient(link, give_up_after=give_up_after)
     client.connect()
 
     submitter = Submitter(
@@ -236,9 +236,10 @@ def dispatch(
                 submitter.add_many(batch)
         submitter.finish()
     print(job_name, flush=True)
-    message = f"dispatched {submitter.accepted} tasks as job {job_name} to {address}"
+    tasks = plural(submitter.accepted, "task")
+    message = f"dispatched {tasks} as job {job_name} to {link.address}"
     if skipped:
-        say(f"{message}; skipped {skipped} invalid lines")
+        say(f"{message}; skipped {plural(skipped, 'invalid line')}")
         raise typer.Exit(ExitCode.SKIPPED_INPUT)
     if not submitter.accepted:
         say(f"{message}: the input held no URLs")

@@ -19,24 +19,14 @@ import typer
 
 from fetchq import config, defaults
 from fetchq.commands.collect import collect
-from fetchq.commands.options import (
-    AuthkeyFileOption,
-    GiveUpOption,
-    ServerOption,
-    TlsCaOption,
-    TlsCertOption,
-    TlsKeyOption,
-    reports_errors,
-    run_alone,
-    say,
-)
+from fetchq.commands.options import GiveUpOption, connects, reports_errors, run_alone, say
 from fetchq.errors import ConfigError, ExitCode, FetchqError, NoSuchJob, UsageError
 from fetchq.ids import IdSet
+from fetchq.messages import plural
 from fetchq.report.formats import ids_in_file, open_writer
 from fetchq.report.htmlfile import HtmlReportFile
 from fetchq.report.summary import Summary
 from fetchq.signals import StopRequest
-from fetchq.wire import tls
 from fetchq.wire.api import check_job_name
 from fetchq.wire.client import BrokerClient, ResilientClient
 
@@ -91,15 +81,18 @@ def say_if_unknown(client: BrokerClient, job: str) -> None:
 
 
 @reports_errors
+@connects
 def output(
     job: Annotated[
-        str | None, typer.Option("--job", "-j", help="Job to collect (default: every job)")
+        str | None,
+        typer.Option("--job", "-j", metavar="NAME", help="Job to collect (else every job)"),
     ] = None,
     fmt: Annotated[
         Format, typer.Option("--format", "-F", help="How each result is written")
     ] = Format.text,
     out: Annotated[
-        str | None, typer.Option("--out", "-o", help="Write results to this file, not stdout")
+        str | None,
+        typer.Option("--out", "-o", metavar="FILE", help="Write results to this file, not stdout"),
     ] = None,
     summary: Annotated[bool, typer.Option(help="End with a summary report")] = False,
     html: Annotated[
@@ -119,23 +112,17 @@ def output(
             help="Continue an --out file an earlier run left: skip results it already holds"
         ),
     ] = False,
-    server: ServerOption = None,
-    authkey_file: AuthkeyFileOption = None,
-    tls_ca: TlsCaOption = None,
-    tls_cert: TlsCertOption = None,
-    tls_key: TlsKeyOption = None,
     give_up_after: GiveUpOption = defaults.GIVE_UP_AFTER,
+    *,
+    link: config.ServerLink,
 ) -> None:
     """Write results as they arrive; with --until-done, stop when the job is complete."""
     if job is not None:
         check_job_name(job)
     written_ids = already_written(out, fmt) if append else IdSet()
     page = HtmlReportFile(html) if html is not None else None
-    address = config.server_address(server)
-    key = config.client_authkey(authkey_file)
     stop = StopRequest().install()
-    settings = tls.client_tls(tls_ca, tls_cert, tls_key)
-    client = ResilientClient(address, key.key, settings, give_up_after=give_up_after, stop=stop)
+    client = ResilientClient(link, give_up_after=give_up_after, stop=stop)
     client.connect()
     if job is not None:
         say_if_unknown(client, job)
@@ -165,9 +152,9 @@ def output(
             f"the server{resume}"
         ) from None
     if done.repeated:
-        say(f"skipped {done.repeated} results handed out again that were already written")
+        say(f"skipped {plural(done.repeated, 'result')} handed out again, already written")
     if stop.requested:
-        say(f"output stopped on {stop.signal_name} after {done.written} results")
+        say(f"output stopped on {stop.signal_name} after {plural(done.written, 'result')}")
     if report is not None and report.scheduled:  # only a rate weighs the fleet's threads
         report.fetch_threads = fleet_threads(client)
     if report is not None and summary:

@@ -12,14 +12,21 @@ from typing import Annotated
 import typer
 
 from fetchq import config, defaults
-from fetchq.commands.options import AuthkeyFileOption, reports_errors, run_alone, say
+from fetchq.commands.options import (
+    AuthkeyFileOption,
+    HostDelayOption,
+    PerHostOption,
+    host_delay_seconds,
+    reports_errors,
+    run_alone,
+    say,
+)
+from fetchq.messages import plural
 from fetchq.server.broker import Broker
 from fetchq.server.journal import Journal
 from fetchq.server.serve import QueueServer, run_until_stopped
 from fetchq.signals import StopRequest
-from fetchq.units import parse_duration
 from fetchq.wire import tls
-from fetchq.wire.api import MAX_HOST_DELAY, MAX_PER_HOST
 
 HELP = "Run the queue server that dispatchers, workers and outputs connect to."
 
@@ -39,52 +46,55 @@ def resolve_server_key(key_file: str | None) -> config.Authkey:
 @reports_errors
 def server(
     host: Annotated[
-        str, typer.Option(help="Address to listen on; anything but loopback is reachable by others")
+        str,
+        typer.Option(
+            metavar="HOST",
+            help="Address to listen on; anything but loopback is reachable by others",
+        ),
     ] = defaults.HOST,
     port: Annotated[
-        int, typer.Option(min=0, max=65535, help="TCP port (0: any free port)")
+        int, typer.Option(min=0, max=65535, metavar="PORT", help="TCP port (0: any free port)")
     ] = defaults.PORT,
     authkey_file: AuthkeyFileOption = None,
     lease_timeout: Annotated[
-        float, typer.Option(min=0.1, help="Seconds before an unrenewed lease returns its task")
+        float,
+        typer.Option(
+            min=0.1, metavar="SECONDS", help="Seconds before an unrenewed lease returns its task"
+        ),
     ] = defaults.LEASE_TIMEOUT,
     max_attempts: Annotated[
-        int, typer.Option(min=1, max=100, help="Default tries per task before it fails")
+        int,
+        typer.Option(min=1, max=100, metavar="N", help="Default tries per task before it fails"),
     ] = defaults.MAX_ATTEMPTS,
     max_pending: Annotated[
-        int, typer.Option(min=1, help="Queued tasks before submits wait for room")
+        int, typer.Option(min=1, metavar="N", help="Queued tasks before submits wait for room")
     ] = defaults.MAX_PENDING,
     max_results: Annotated[
-        int, typer.Option(min=1, help="Unconfirmed results before workers are paused")
+        int,
+        typer.Option(min=1, metavar="N", help="Unconfirmed results before workers are paused"),
     ] = defaults.MAX_RESULTS,
     max_connections: Annotated[
-        int, typer.Option(min=1, help="Client connections held at once (one thread each)")
+        int,
+        typer.Option(min=1, metavar="N", help="Client connections held at once (one thread each)"),
     ] = defaults.MAX_CONNECTIONS,
     journal: Annotated[
         str | None,
-        typer.Option(help="Keep the queues in this file, so a restart loses nothing"),
-    ] = None,
-    per_host: Annotated[
-        int | None,
         typer.Option(
-            min=1, max=MAX_PER_HOST, help="Requests in flight to one host at once, across all jobs"
+            metavar="FILE", help="Keep the queues in this file, so a restart loses nothing"
         ),
     ] = None,
-    host_delay: Annotated[
-        str | None,
-        typer.Option(help="Time between two request starts on one host, across all jobs"),
-    ] = None,
+    per_host: PerHostOption = None,
+    host_delay: HostDelayOption = None,
     tls_cert: Annotated[
-        str | None, typer.Option(help="Serve TLS with this certificate (PEM)", show_default=False)
+        str | None, typer.Option(metavar="FILE", help="Serve TLS with this certificate (PEM)")
     ] = None,
     tls_key: Annotated[
-        str | None, typer.Option(help="The certificate's private key (PEM)", show_default=False)
+        str | None, typer.Option(metavar="FILE", help="The certificate's private key (PEM)")
     ] = None,
     tls_ca: Annotated[
         str | None,
         typer.Option(
-            help="Require every client to show a certificate signed by this CA",
-            show_default=False,
+            metavar="FILE", help="Require every client to show a certificate signed by this CA"
         ),
     ] = None,
     allow_pickle: Annotated[
@@ -95,8 +105,10 @@ def server(
         ),
     ] = False,
 ) -> None:
-    """Run the queue server until SIGINT or SIGTERM."""
-    delay = parse_duration(host_delay, MAX_HOST_DELAY) if host_delay else 0.0
+    """Run the queue server until SIGINT or SIGTERM.
+
+    --per-host and --host-delay given here hold for every job together."""
+    delay = host_delay_seconds(host_delay) or 0.0
     tls_settings = tls.server_tls(tls_cert, tls_key, tls_ca)
     key = resolve_server_key(authkey_file)
     # A file size limit must fail a journal write (EFBIG), not kill the server.
@@ -108,14 +120,14 @@ def server(
         max_pending=max_pending,
         max_results=max_results,
         journal=log,
-        per_host=per_host,
+        per_host=per_host or None,
         host_delay=delay,
     )
     if log is not None:
         state = broker.status()
         say(
-            f"journal {journal}: {state['queued']} tasks queued, "
-            f"{state['unconfirmed']} results not yet confirmed by an output"
+            f"journal {journal}: {plural(state['queued'], 'task')} queued, "
+            f"{plural(state['unconfirmed'], 'result')} not yet confirmed by an output"
         )
     queue_server = QueueServer(
         broker,
@@ -139,7 +151,7 @@ def server(
     wire = "plaintext"
     if tls_settings is not None:
         wire = "TLS, client certificates required" if tls_settings.ca else "TLS"
-    say(f"server listening on {queue_server.address} ({wire}; authkey from {key.source})")
+    say(f"server listening on {queue_server.address} ({wire}); authkey from {key.source}")
     stop = StopRequest().install()
     run_until_stopped(broker, queue_server, stop)
     say(f"server stopped ({stop.signal_name or 'asked to'})")

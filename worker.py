@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import multiprocessing
 import os
 import signal
@@ -22,21 +23,11 @@ from typing import Annotated
 import typer
 
 from fetchq import config, defaults
-from fetchq.commands.options import (
-    AuthkeyFileOption,
-    ServerOption,
-    TlsCaOption,
-    TlsCertOption,
-    TlsKeyOption,
-    reports_errors,
-    run_alone,
-    say,
-)
+from fetchq.commands.options import connects, reports_errors, run_alone, say
 from fetchq.commands.work import WorkerSettings, child_worker_process, run_worker_process
 from fetchq.errors import ExitCode, FetchqError, ServerUnavailable
 from fetchq.messages import error
 from fetchq.signals import StopRequest
-from fetchq.wire import tls
 from fetchq.wire.client import ResilientClient
 
 HELP = "Fetch tasks from the queue server and send back their results."
@@ -63,17 +54,8 @@ class Supervisor:
     RESTARTS_ALLOWED times in RESTART_WINDOW seconds; one that exits on a fetchq
     error is not.  Children stop by themselves if this process dies."""
 
-    def __init__(
-        self,
-        address: config.Address,
-        authkey: bytes,
-        settings: WorkerSettings,
-        count: int,
-        tls_settings: tls.ClientTLS | None = None,
-    ) -> None:
-        self.address = address
-        self.authkey = authkey
-        self.tls = tls_settings
+    def __init__(self, link: config.ServerLink, settings: WorkerSettings, count: int) -> None:
+        self.link = link
         self.settings = settings
         self.count = count
         self._context = multiprocessing.get_context("spawn")
@@ -112,7 +94,7 @@ class Supervisor:
     def _start(self, slot: int) -> multiprocessing.process.BaseProcess:
         child = self._context.Process(
             target=_child_main,
-            args=(self.address, self.authkey, self.settings, self.tls),
+            args=(self.link, self.settings),
             name=f"fetchq-worker-{slot}",
         )
         child.start()
@@ -160,16 +142,11 @@ def _death(child: multiprocessing.process.BaseProcess) -> str:
     return f"exited with code {code}"
 
 
-def _child_main(
-    address: config.Address,
-    authkey: bytes,
-    settings: WorkerSettings,
-    tls_settings: tls.ClientTLS | None = None,
-) -> None:
+def _child_main(link: config.ServerLink, settings: WorkerSettings) -> None:
     """A child's entry point: a fetchq error is one line and its exit code, as in
     a lone worker, not the traceback multiprocessing would print."""
     try:
-        child_worker_process(address, authkey, settings, tls_settings)
+        child_worker_process(link, settings)
     except FetchqError as exc:
         error(exc.message)
         sys.exit(exc.exit_code)
@@ -185,15 +162,11 @@ def _signal_all(children: Sequence[multiprocessing.process.BaseProcess]) -> bool
     return True
 
 
-def check_server(
-    address: config.Address, authkey: bytes, tls_settings: tls.ClientTLS | None = None
-) -> None:
+def check_server(link: config.ServerLink) -> None:
     """Log in once before starting children: a wrong key or another version is
     said once, not once per process.  Waits for a server that is not up yet."""
     stop = StopRequest().install()
-    client = ResilientClient(
-        address, authkey, tls_settings, give_up_after=None, first_give_up=None, stop=stop
-    )
+    client = ResilientClient(link, give_up_after=None, first_give_up=None, stop=stop)
     try:
         client.connect()
     except ServerUnavailable:
@@ -205,25 +178,39 @@ def check_server(
 
 
 @reports_errors
+@connects
 def worker(
     concurrency: Annotated[
-        int, typer.Option("--concurrency", "-c", min=1, max=1000, help="Fetch threads per process")
+        int,
+        typer.Option(
+            "--concurrency", "-c", min=1, max=1000, metavar="N", help="Fetch threads per process"
+        ),
     ] = defaults.CONCURRENCY,
     processes: Annotated[
-        int, typer.Option("--processes", "-p", min=1, max=256, help="Worker processes")
+        int,
+        typer.Option("--processes", "-p", min=1, max=256, metavar="N", help="Worker processes"),
     ] = 1,
     prefetch: Annotated[
-        int, typer.Option(min=0, help="Tasks leased ahead per process (0: 2 x concurrency)")
+        int,
+        typer.Option(
+            min=0, metavar="N", help="Tasks leased ahead per process (0: 2 x concurrency)"
+        ),
     ] = 0,
     connect_timeout: Annotated[
-        float, typer.Option(min=0.001, help="Seconds to open a connection to a URL's host")
+        float,
+        typer.Option(
+            min=0.001, metavar="SECONDS", help="Seconds to open a connection to a URL's host"
+        ),
     ] = defaults.CONNECT_TIMEOUT,
     follow_redirects: Annotated[
         bool, typer.Option(help="Follow redirects instead of reporting the 3xx")
     ] = False,
     burst: Annotated[bool, typer.Option(help="Exit once the server has no task left")] = False,
     grace: Annotated[
-        float, typer.Option(min=0, help="Seconds running requests get to finish on stop")
+        float,
+        typer.Option(
+            min=0, metavar="SECONDS", help="Seconds running requests get to finish on stop"
+        ),
     ] = defaults.GRACE,
     pin: Annotated[
         bool,
@@ -231,18 +218,17 @@ def worker(
     ] = True,
     call_timeout: Annotated[
         float,
-        typer.Option(min=1, help="Seconds without a reply before the server link counts as cut"),
+        typer.Option(
+            min=1,
+            metavar="SECONDS",
+            help="Seconds without a reply before the server link counts as cut",
+        ),
     ] = defaults.CALL_TIMEOUT,
-    server: ServerOption = None,
-    authkey_file: AuthkeyFileOption = None,
-    tls_ca: TlsCaOption = None,
-    tls_cert: TlsCertOption = None,
-    tls_key: TlsKeyOption = None,
+    *,
+    link: config.ServerLink,
 ) -> None:
     """Fetch tasks until stopped (or, with --burst, until the queue is empty)."""
-    address = config.server_address(server)
-    key = config.client_authkey(authkey_file)
-    tls_settings = tls.client_tls(tls_ca, tls_cert, tls_key)
+    link = dataclasses.replace(link, call_timeout=call_timeout)
     settings = WorkerSettings(
         concurrency=concurrency,
         prefetch=prefetch,
@@ -250,14 +236,13 @@ def worker(
         follow_redirects=follow_redirects,
         burst=burst,
         grace=grace,
-        call_timeout=call_timeout,
         pin=pin,
     )
     if processes == 1:
-        code = run_worker_process(address, key.key, settings, tls_settings)
+        code = run_worker_process(link, settings)
     else:
-        check_server(address, key.key, tls_settings)
-        code = Supervisor(address, key.key, settings, processes, tls_settings).run()
+        check_server(link)
+        code = Supervisor(link, settings, processes).run()
     raise typer.Exit(code)
 
 

@@ -31,6 +31,19 @@ COMMANDS: dict[str, tuple[str, str, str | None]] = {
 """Subcommand -> (module, function or Typer group, the module's help text or None for the
 docstring)."""
 
+SUMMARIES = {
+    "server": "Run the queue server the other commands connect to",
+    "dispatch": "Submit URLs to fetch, as one job",
+    "worker": "Fetch tasks and send back their results",
+    "output": "Collect results as text, JSONL or CSV, with a summary",
+    "status": "Show queue depths per job, leased tasks and workers",
+    "job": "List jobs; pause, resume, cancel or re-pace one",
+    "report": "Summarise saved results, as text or an HTML page",
+    "demo": "Run the whole pipeline on this machine",
+    "tls": "Make the files for mutual TLS",
+}
+"""Each command in one line of ``fetchq --help``, whole at 80 columns."""
+
 
 def _load(name: str) -> tuple[Callable[..., Any], str | None]:
     module_name, function, help_name = COMMANDS[name]
@@ -44,9 +57,9 @@ def build_app() -> typer.Typer:
     for name in COMMANDS:
         command, help_text = _load(name)
         if isinstance(command, typer.Typer):
-            app.add_typer(command, name=name, help=help_text)
+            app.add_typer(command, name=name, help=help_text, short_help=SUMMARIES[name])
         else:
-            app.command(name, help=help_text)(command)
+            app.command(name, help=help_text, short_help=SUMMARIES[name])(command)
     app.callback()(_root)
     return app
 

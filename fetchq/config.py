@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fetchq import defaults
-from fetchq.errors import ConfigError, NoAuthkey
+from fetchq.errors import ConfigError, NoAuthkey, cannot_read
 from fetchq.messages import warn
+from fetchq.wire.tls import ClientTLS, client_tls
 
 ENV_SERVER = "FETCHQ_SERVER"
 ENV_AUTHKEY = "FETCHQ_AUTHKEY"
@@ -93,12 +94,8 @@ def read_key_file(path: str | os.PathLike[str]) -> bytes:
     """A key file's content as bytes, one trailing newline stripped."""
     try:
         data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"authkey file {path} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"authkey file {path} is a directory") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read authkey file {path}: {exc.strerror}") from None
+        raise cannot_read("authkey file", path, exc) from None
     if data.endswith(b"\r\n"):
         data = data[:-2]
     elif data.endswith(b"\n"):
@@ -131,7 +128,7 @@ class Authkey:
 def find_authkey(key_file: str | None) -> Authkey | None:
     """``--authkey-file``, then FETCHQ_AUTHKEY, then FETCHQ_AUTHKEY_FILE, then the default file."""
     if key_file:
-        return Authkey(read_key_file(key_file), f"file {key_file}")
+        return Authkey(read_key_file(key_file), f"file {key_file} (--authkey-file)")
     env_key = os.environ.get(ENV_AUTHKEY)
     if env_key:
         return Authkey(env_key.encode("utf-8"), f"${ENV_AUTHKEY}")
@@ -172,3 +169,43 @@ def generate_key_file(path: Path) -> Authkey:
     with os.fdopen(fd, "w") as handle:
         handle.write(key + "\n")
     return Authkey(key.encode("ascii"), f"file {path} (generated)")
+
+
+@dataclass(frozen=True)
+class ServerLink:
+    """How a client reaches the server: where it is, the key (and where that came from),
+    TLS, and how long a call waits for its reply before the connection counts as cut.
+
+    Built once per command from its options and the environment (``server_link``),
+    and handed to every client the command opens: each connection those clients make
+    has these settings, whatever other clients in the same process use."""
+
+    address: Address
+    authkey: Authkey
+    tls: ClientTLS | None = None
+    call_timeout: float = defaults.CALL_TIMEOUT
+
+    def __str__(self) -> str:
+        return str(self.address)
+
+
+def server_link(
+    server: str | None = None,
+    authkey_file: str | None = None,
+    tls_ca: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    *,
+    call_timeout: float = defaults.CALL_TIMEOUT,
+) -> ServerLink:
+    """The link the connection options describe; what they leave out comes from the
+    environment (a flag beats the environment), then from the defaults.
+
+    Each setting is checked here, before anything connects: a malformed address, a
+    missing key or an unusable TLS file is said at once."""
+    return ServerLink(
+        server_address(server),
+        client_authkey(authkey_file),
+        client_tls(tls_ca, tls_cert, tls_key),
+        call_timeout,
+    )

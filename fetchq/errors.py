@@ -52,6 +52,10 @@ class ConfigError(UsageError):
     """A setting (address, key file, ...) that is malformed or unreadable."""
 
 
+class ExtraMissing(UsageError):
+    """A command needs an optional extra (``tls``, ``report``) that is not installed."""
+
+
 class NoAuthkey(FetchqError):
     """No key was given and none could be found."""
 
@@ -138,3 +142,17 @@ def from_wire(data: object) -> FetchqError:
     if cls is None:
         return FetchqError(f"the server failed: {name}: {message}" if name else message)
     return cls(message)
+
+
+def cannot_read(what: str, path: object, exc: OSError) -> ConfigError:
+    """A file that could not be opened, said the same way for every kind of file (an
+    input file, a key, a CA, saved results): ``cannot read WHAT PATH: why``."""
+    if isinstance(exc, FileNotFoundError):
+        why = "no such file"
+    elif isinstance(exc, IsADirectoryError):
+        why = "it is a directory"
+    elif isinstance(exc, PermissionError):
+        why = "permission denied"
+    else:
+        why = (exc.strerror or exc.__class__.__name__).lower()
+    return ConfigError(f"cannot read {what} {path}: {why}")

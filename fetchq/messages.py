@@ -13,6 +13,15 @@ from typing import TextIO
 PREFIX = "fetchq: "
 
 
+def plural(count: float, noun: str, many: str | None = None) -> str:
+    """A count and its noun, said right: ``1 task``, ``0 tasks``, ``2 tasks``, ``2.5 tasks``.
+
+    ``many`` is the plural where it is not the noun and an ``s`` (``1 entry``,
+    ``2 entries``); in a noun of several words only the last one changes."""
+    number = f"{count:g}" if isinstance(count, float) else str(count)
+    return f"{number} {noun if count == 1 else (many or noun + 's')}"
+
+
 def say(message: str) -> None:
     """A line of news: what a program is doing or has done."""
     print(f"{PREFIX}{message}", file=sys.stderr, flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -22,11 +23,48 @@ def assert_clean_error(result: subprocess.CompletedProcess[str], code: int, *phr
         assert phrase in result.stderr, result.stderr
 
 
-def test_wrong_authkey_is_said_as_such(server, env):
-    env["FETCHQ_AUTHKEY"] = "not-the-key"
-    result = run(env, "status")
-    assert_clean_error(result, ExitCode.AUTH_FAILED, "rejected the authkey", server.address)
-    assert "not-the-key" not in result.stderr
+@pytest.mark.parametrize("source", ["$FETCHQ_AUTHKEY", "$FETCHQ_AUTHKEY_FILE", "--authkey-file"])
+@pytest.mark.parametrize(
+    "command",
+    [["status"], ["worker", "--burst"], ["worker", "--burst", "--processes", "2"]],
+    ids=["status", "worker", "worker-p2"],
+)
+def test_a_wrong_key_is_said_first_naming_where_it_came_from(
+    server, env, tmp_path, source, command
+):
+    """Logging in comes first: a worker says nothing of itself before the server has
+    taken its key.  The one line names where the key came from, never the key."""
+    wrong = "not-the-key"
+    key_file = tmp_path / "wrong.key"
+    key_file.write_text(wrong + "\n")
+    key_file.chmod(0o600)
+    args = list(command)
+    if source == "$FETCHQ_AUTHKEY":
+        env["FETCHQ_AUTHKEY"] = wrong
+        named = "$FETCHQ_AUTHKEY"
+    elif source == "$FETCHQ_AUTHKEY_FILE":
+        del env["FETCHQ_AUTHKEY"]
+        env["FETCHQ_AUTHKEY_FILE"] = str(key_file)
+        named = f"file {key_file} ($FETCHQ_AUTHKEY_FILE)"
+    else:
+        args += ["--authkey-file", str(key_file)]
+        named = f"file {key_file} (--authkey-file)"
+    result = run(env, *args)
+    assert_clean_error(result, ExitCode.AUTH_FAILED)
+    said = f"server at {server.address} rejected the authkey from {named}"
+    assert result.stderr.splitlines() == [
+        f"fetchq: error: {said}: it is not the key the server uses"
+    ]
+    assert wrong not in result.stderr.replace(str(key_file), "")
+
+
+def test_a_worker_says_its_start_up_line_once_logged_in(server, env):
+    result = run(env, "worker", "--burst", "--no-pin", "--concurrency", "1")
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert re.fullmatch(
+        rf"fetchq: worker \S+:\d+: 1 fetch thread, server {server.address}", lines[0]
+    ), lines
 
 
 def test_unreachable_server_names_the_address(env):
@@ -37,6 +75,21 @@ def test_unreachable_server_names_the_address(env):
         result, ExitCode.UNREACHABLE, f"127.0.0.1:{port}", "connection refused", "gave up after"
     )
     assert result.stdout == ""
+
+
+def test_a_flag_beats_the_environment(server, env, tmp_path):
+    """Every connection option beats its variable: here a wrong server and a wrong key in
+    the environment, and the right ones as flags."""
+    key = tmp_path / "right.key"
+    key.write_text(env["FETCHQ_AUTHKEY"] + "\n")
+    key.chmod(0o600)
+    env["FETCHQ_SERVER"] = f"127.0.0.1:{closed_port()}"
+    env["FETCHQ_AUTHKEY"] = "not-the-key"
+    flags = ["--server", server.address, "--authkey-file", str(key)]
+    assert run(env, "status", *flags).returncode == 0
+    assert run(env, "job", "list", *flags).returncode == 0
+    assert run(env, "status", flags[0], flags[1]).returncode == ExitCode.AUTH_FAILED
+    assert run(env, "status", *flags[2:]).returncode == ExitCode.UNREACHABLE
 
 
 def test_missing_authkey(env):
@@ -113,9 +166,24 @@ def test_invalid_input_lines_are_reported_by_number_and_skipped(server, env, tar
     ]
 
 
-def test_missing_input_file(server, env):
-    result = run(env, "dispatch", "-f", "/nonexistent/urls.txt")
-    assert_clean_error(result, ExitCode.USAGE, "/nonexistent/urls.txt does not exist")
+@pytest.mark.parametrize(
+    ("what", "args"),
+    [
+        ("input file", ["dispatch", "-f"]),
+        ("authkey file", ["status", "--authkey-file"]),
+        ("TLS CA file", ["status", "--tls-ca"]),
+        ("results file", ["report"]),
+    ],
+)
+def test_a_file_that_cannot_be_read_is_said_the_same_way_whatever_it_holds(
+    server, env, tmp_path, what, args
+):
+    """An input file, a key, a CA or saved results: one wording, one exit code."""
+    missing, folder = tmp_path / "missing", tmp_path
+    for path, why in ((missing, "no such file"), (folder, "it is a directory")):
+        result = run(env, *args, str(path))
+        assert_clean_error(result, ExitCode.USAGE)
+        assert result.stderr == f"fetchq: error: cannot read {what} {path}: {why}\n"
 
 
 def test_server_generates_a_private_key_when_given_none(env, tmp_path):
@@ -214,3 +282,63 @@ def test_steering_a_job_that_does_not_exist_is_an_error_that_creates_nothing(ser
         )
         assert len(result.stderr.splitlines()) == 1, result.stderr
     assert set(json.loads(run(env, "job", "list", "--json").stdout)) == {"probes"}
+
+
+def test_steering_says_what_was_done_in_words_a_user_expects(server, env):
+    """``job resume J`` answered ``job J: sealed, ...`` read as if resuming had failed:
+    each command says what it did, then what the job does now."""
+    urls = ("http://127.0.0.1:9/a", "http://127.0.0.1:9/b")
+    assert run(env, "dispatch", *urls, "--job", "probes").returncode == 0
+    said = [
+        (
+            ["pause"],
+            (
+                "job probes paused: none of its tasks is leased until `fetchq job resume probes` "
+                "(2 queued tasks waiting)"
+            ),
+        ),
+        (
+            ["set", "--rate", "5", "--per-host", "2", "--host-delay", "250ms"],
+            (
+                "job probes set: rate 5.0/s, at most 2 in flight per host, 250.0ms between "
+                "starts on a host (it stays paused: `fetchq job resume probes` runs it)"
+            ),
+        ),
+        (["resume"], "job probes resumed: its tasks are leased again (2 queued, 5.0/s)"),
+        (
+            ["set", "--rate", "0", "--per-host", "0", "--host-delay", "0"],
+            "job probes set: no rate limit, no limit in flight per host",
+        ),
+        (["cancel"], "job probes cancelled: its queued tasks end as cancelled results"),
+        (["resume"], "job probes is cancelled: resuming it runs nothing"),
+    ]
+    for args, line in said:
+        result = run(env, "job", args[0], "probes", *args[1:])
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == line + "\n", args
+
+
+def test_a_count_of_one_is_said_in_the_singular(server, env, target, tmp_path):
+    urls = tmp_path / "urls.txt"
+    urls.write_text(f"{target.url}/one\nnot a url\n")
+    dispatched = run(env, "dispatch", "-f", str(urls), "-j", "one")
+    assert dispatched.returncode == ExitCode.SKIPPED_INPUT, dispatched.stderr
+    assert dispatched.stderr.splitlines()[-1] == (
+        f"fetchq: dispatched 1 task as job one to {server.address}; skipped 1 invalid line"
+    )
+    worked = run(env, "worker", "--burst", "--no-pin", "--concurrency", "1")
+    assert worked.returncode == 0, worked.stderr
+    assert ": 1 fetch thread, server" in worked.stderr, worked.stderr
+    assert worked.stderr.rstrip().endswith("stopped after 1 task"), worked.stderr
+    for text in (dispatched.stderr, worked.stderr):
+        assert not re.search(r"\b1 \w*\s?(task|line|thread|result|attempt)s\b", text), text
+
+
+def test_plural():
+    from fetchq.messages import plural
+
+    assert [plural(n, "task") for n in (0, 1, 2)] == ["0 tasks", "1 task", "2 tasks"]
+    assert plural(1, "fetch thread") == "1 fetch thread"
+    assert plural(2.5, "request") == "2.5 requests"
+    assert plural(1.0, "request") == "1 request"
+    assert plural(3, "entry", "entries") == "3 entries"

@@ -162,7 +162,7 @@ def test_find_authkey_precedence(
     option = key_file(tmp_path / "option-key", b"from-option")
     found = find_authkey(str(option))
     assert found is not None
-    assert (found.key, found.source) == (b"from-option", f"file {option}")
+    assert (found.key, found.source) == (b"from-option", f"file {option} (--authkey-file)")
 
 
 def test_a_named_key_file_that_is_missing_is_an_error_not_a_fallback(
@@ -170,7 +170,7 @@ def test_a_named_key_file_that_is_missing_is_an_error_not_a_fallback(
 ) -> None:
     monkeypatch.setenv(config.ENV_AUTHKEY, "from-env")
     missing = tmp_path / "missing"
-    with pytest.raises(ConfigError, match=f"{missing} does not exist"):
+    with pytest.raises(ConfigError, match=f"cannot read authkey file {missing}: no such file"):
         find_authkey(str(missing))
     monkeypatch.delenv(config.ENV_AUTHKEY)
     monkeypatch.setenv(config.ENV_AUTHKEY_FILE, str(missing))
@@ -202,9 +202,9 @@ def test_empty_key_file_is_an_error_naming_the_path(tmp_path: Path, content: byt
 
 
 def test_unreadable_key_paths_are_config_errors(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=f"{tmp_path / 'nope'} does not exist"):
+    with pytest.raises(ConfigError, match=f"authkey file {tmp_path / 'nope'}: no such file"):
         read_key_file(tmp_path / "nope")
-    with pytest.raises(ConfigError, match="is a directory"):
+    with pytest.raises(ConfigError, match=f"authkey file {tmp_path}: it is a directory"):
         read_key_file(tmp_path)
 
 
@@ -285,3 +285,31 @@ def test_generate_key_file_whose_folder_cannot_be_made_is_a_config_error(tmp_pat
     blocker.write_text("a file where the key's folder should be")
     with pytest.raises(ConfigError, match=f"cannot create {blocker}"):
         generate_key_file(blocker / "fetchq" / "authkey")
+
+
+def test_server_link_takes_each_setting_from_its_option_else_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import trustme
+
+    from fetchq.config import server_link
+    from fetchq.wire.tls import ENV_TLS_CA, ClientTLS
+
+    ca = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(ca))
+    monkeypatch.setenv(config.ENV_SERVER, "from-env:1111")
+    monkeypatch.setenv(config.ENV_AUTHKEY, "from-env")
+    monkeypatch.setenv(ENV_TLS_CA, str(ca))
+    link = server_link()
+    assert (link.address, link.authkey.key, link.authkey.source) == (
+        Address("from-env", 1111),
+        b"from-env",
+        "$FETCHQ_AUTHKEY",
+    )
+    assert (link.tls, link.call_timeout) == (ClientTLS(str(ca)), defaults.CALL_TIMEOUT)
+    option = key_file(tmp_path / "option-key", b"from-option")
+    link = server_link("from-option:2222", str(option), call_timeout=3.0)
+    assert (link.address, link.authkey.key) == (Address("from-option", 2222), b"from-option")
+    assert link.authkey.source == f"file {option} (--authkey-file)"
+    assert (link.tls, link.call_timeout) == (ClientTLS(str(ca)), 3.0)
+    assert "from-env" not in repr(link) and "from-option" not in repr(link.authkey)

@@ -10,20 +10,22 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
-from multiprocessing.managers import BaseManager
+from multiprocessing.managers import BaseManager, listener_client  # type: ignore[attr-defined]
 from typing import Any
 
 import pytest
 
 from fetchq import defaults
-from fetchq.config import Address
-from fetchq.errors import AuthFailed, BadRequest, ServerUnreachable
+from fetchq.config import Address, Authkey, ServerLink
+from fetchq.errors import AuthFailed, BadRequest, ExitCode, ServerUnreachable
 from fetchq.messages import StatusLine
 from fetchq.server.broker import Broker
 from fetchq.server.serve import QueueServer, run_until_stopped
 from fetchq.signals import StopRequest
+from fetchq.wire import transport
 from fetchq.wire.api import METHODS, PROTOCOL
 from fetchq.wire.client import BrokerClient, ResilientClient
+from fetchq.wire.transport import NotFetchq
 
 KEY = b"protocol-test-key"
 
@@ -71,14 +73,99 @@ def test_refused_and_gave_up(served):
         client.connect()
 
 
-def test_a_silent_peer_is_reported_as_not_answering(target, monkeypatch):
-    """An HTTP server says nothing first: the handshake times out.  A fetchq
-    server that is alive but busy looks the same, so it is "unreachable" (which
-    clients retry), not a refused key."""
-    monkeypatch.setattr(defaults, "HANDSHAKE_TIMEOUT", 0.5)
-    client = BrokerClient(Address("127.0.0.1", target.port), KEY)
-    with pytest.raises(ServerUnreachable, match=r"stopped answering \(is it a fetchq server"):
-        client.connect()
+@contextlib.contextmanager
+def silent_peer() -> Iterator[int]:
+    """A port whose listener takes connections and never says a word (a hung server)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        yield listener.getsockname()[1]
+
+
+def test_a_silent_peer_is_said_to_give_no_login(monkeypatch):
+    """Silence to the end (a hung or busy server) is "unreachable", which clients retry:
+    neither a refused key nor "not a fetchq server"."""
+    monkeypatch.setattr(defaults, "HANDSHAKE_TIMEOUT", 2.0)
+    with silent_peer() as port:
+        started = time.monotonic()
+        with pytest.raises(
+            ServerUnreachable, match=rf"no login from 127.0.0.1:{port}: a fetchq server greets"
+        ):
+            BrokerClient(Address("127.0.0.1", port), KEY).connect()
+        assert 1.9 < time.monotonic() - started < 5
+
+
+def test_an_http_server_is_said_at_once_to_be_no_fetchq_server(target):
+    """An HTTP server says nothing first; asked, it answers with a status line: that is
+    said in a second or so, as such (exit 5), not waited out as silence."""
+    started = time.monotonic()
+    with pytest.raises(NotFetchq) as raised:
+        BrokerClient(Address("127.0.0.1", target.port), KEY).connect()
+    took = time.monotonic() - started
+    assert raised.value.message == (
+        f"127.0.0.1:{target.port} is not a fetchq server: it answered as a web server does "
+        "(HTTP/1.1 501); check the address and the port"
+    )
+    assert raised.value.exit_code == ExitCode.AUTH_FAILED
+    assert took < 2.5, took
+
+
+class SlowGreeter:
+    """A relay in front of a server that holds back the server's first bytes on each
+    connection for ``delay`` seconds: a fetchq server slow to greet (a busy one, or one
+    far away)."""
+
+    def __init__(self, upstream: Address, delay: float) -> None:
+        self.upstream, self.delay = upstream, delay
+        self.connections = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self.address = Address("127.0.0.1", self._listener.getsockname()[1])
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            server = socket.create_connection(self.upstream.as_tuple(), timeout=10)
+            for args in ((client, server, 0.0), (server, client, self.delay)):
+                threading.Thread(target=self._pump, args=args, daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, hold: float) -> None:
+        source.settimeout(10)
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if hold:
+                    self._stop.wait(hold)
+                    hold = 0.0
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._listener.close()
+
+
+def test_a_fetchq_server_slow_to_greet_is_logged_in_to_all_the_same(served, monkeypatch):
+    """The question a client asks a silent peer spoils the login of a fetchq server that
+    was only slow: the client sees the late challenge and logs in afresh, without it."""
+    monkeypatch.setattr(transport, "SILENT_PEER_PROBE", 0.3)
+    relay = SlowGreeter(served.address, delay=0.6)
+    try:
+        client = BrokerClient(relay.address, KEY)
+        assert client.connect()["protocol"] == PROTOCOL
+        assert client.call("queued") == 0
+        assert relay.connections == 4  # create and a session: each asked, then afresh
+        client.close()
+    finally:
+        relay.close()
 
 
 @pytest.mark.parametrize(
@@ -271,3 +358,33 @@ def test_long_urls_are_sent_in_batches_the_server_reads(served, monkeypatch):
     submitter.finish()
     assert submitter.accepted == 1000
     assert client.call("job", "long")["submitted"] == 1000
+
+
+def test_a_call_that_timed_out_leaves_no_late_reply_for_the_next_one(served):
+    """A call given up on (here: a lease that waits longer than the client's call timeout)
+    throws its session away: the next call gets its own answer, not the late one."""
+    link = ServerLink(served.address, Authkey(KEY, "test"), call_timeout=1.0)
+    client = BrokerClient(link)
+    client.connect()
+    started = time.monotonic()
+    with pytest.raises(ServerUnreachable, match="stopped answering"):
+        client.call("lease", "patient", 1, 1.5)  # the server answers [] after 1.5 s
+    assert time.monotonic() - started < 1.4
+    assert client.call("queued") == 0  # on the old session: the lease's late []
+    client.close()
+
+
+def test_two_servers_in_one_process_serve_their_own_brokers():
+    """Nothing of a server is the process's: a second one does not take the first one's
+    place (the demo and tests run servers in-process), and the name the stdlib needed
+    to find its listener is gone once it is built."""
+    first, second = serving(), serving()
+    a, b = next(first), next(second)
+    try:
+        assert not [name for name in listener_client if name.startswith("fetchq")]
+        BrokerClient(a.address, KEY).call("submit", {"job": "on-a", "urls": ["http://h/"]})
+        assert set(BrokerClient(b.address, KEY).call("status")["jobs"]) == set()
+        assert set(BrokerClient(a.address, KEY).call("status")["jobs"]) == {"on-a"}
+    finally:
+        for running in (first, second):
+            next(running, None)

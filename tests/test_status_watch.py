@@ -29,11 +29,13 @@ class Tmux:
         assert shutil.which("tmux"), "tmux is missing: apt-get install -y tmux"
         self.base = ["tmux", "-L", name, "-f", "/dev/null"]
 
-    def start(self, command: str, env: dict[str, str]) -> None:
-        """Run ``command`` in a 160x40 pane, in ``env`` less any inherited terminal size."""
+    def start(self, command: str, env: dict[str, str], columns: int = 160) -> None:
+        """Run ``command`` in a pane ``columns`` wide and 40 high, in ``env`` less any
+        inherited terminal size."""
         pane_env = {k: v for k, v in env.items() if k not in ("COLUMNS", "LINES")}
+        size = ["-x", str(columns), "-y", "40"]
         subprocess.run(
-            [*self.base, "new-session", "-d", "-s", "watch", "-x", "160", "-y", "40", command],
+            [*self.base, "new-session", "-d", "-s", "watch", *size, command],
             env=pane_env,
             check=True,
             timeout=10,
@@ -111,6 +113,32 @@ def test_watch_redraws_a_running_job_and_quits_on_ctrl_c(server, env, target, tm
         assert "Traceback" not in tmux.screen()
     finally:
         stop_all([worker])
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_a_narrow_terminal_leaves_columns_out_and_never_cuts_a_job_name(
+    server, env, target, tmux, columns
+) -> None:
+    """The generated job name is what a user copies from this view: whole at any width.
+    What does not fit is left out, the least wanted first, rather than cut short."""
+    dispatched = run(env, "dispatch", "--template", f"{target.url}/?i={{i}}", "--count", "50")
+    assert dispatched.returncode == 0, dispatched.stderr
+    job = dispatched.stdout.strip()
+    assert re.fullmatch(r"job-\d{8}-\d{6}-[0-9a-f]{6}", job), job
+    tmux.start(f"cd {REPO} && {PYTHON} -m fetchq status --watch; sleep 60", env, columns)
+    screen = poll_until(lambda: (text := tmux.screen()) and job in text and text, 30, "the job")
+    assert "…" not in screen, screen
+    head = next(line for line in screen.splitlines() if "┃ job" in line)
+    shown = [cell.strip() for cell in head.split("┃")[1:-1]]
+    row = next(line for line in screen.splitlines() if f"│ {job} " in line)
+    cells = dict(zip(shown, (cell.strip() for cell in row.split("│")[1:-1]), strict=True))
+    assert cells["job"] == job and cells["finished"] == "0/50" and cells["state"] == "sealed"
+    assert len(head) <= columns, head
+    wanted = ["job", "finished", "ETA", "achieved", "failed", "state"]
+    if columns >= 120:
+        wanted[1:1] = ["progress"]
+        wanted[-1:-1] = ["leased"]
+    assert shown == wanted, (columns, shown)
 
 
 def test_watch_and_json_do_not_mix(env) -> None:

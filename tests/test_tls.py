@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import trustme
-from fetchq_procs import ServerProcess, run
+from fetchq_procs import ServerProcess, poll_until, run
 from worker_scenarios import whole_job
 
-from fetchq.config import parse_address
+from fetchq.config import Authkey, ServerLink, parse_address
 from fetchq.errors import ExitCode, ServerUnreachable
-from fetchq.wire import transport
 from fetchq.wire.client import BrokerClient
 from fetchq.wire.tls import ClientTLS
 
@@ -187,10 +188,9 @@ def test_call_timeouts_hold_on_tls_sockets(env, pki):
     server = ServerProcess(
         env, *("--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key))
     )
-    client = BrokerClient(
-        parse_address(server.address), env["FETCHQ_AUTHKEY"].encode(), ClientTLS(str(pki.ca))
-    )
-    transport.set_call_timeout(1.5)
+    key = Authkey(env["FETCHQ_AUTHKEY"].encode(), "test")
+    link = ServerLink(parse_address(server.address), key, ClientTLS(str(pki.ca)), call_timeout=1.5)
+    client = BrokerClient(link)
     try:
         client.connect()
         assert client.call("queued") == 0
@@ -201,6 +201,88 @@ def test_call_timeouts_hold_on_tls_sockets(env, pki):
         assert 1.0 < time.monotonic() - started < 5.0
     finally:
         os.kill(server.process.pid, signal.SIGCONT)
-        transport.set_call_timeout(35.0)
         client.close()
         server.stop()
+
+
+def all_stopped(pid: int) -> bool:
+    """Whether every thread of ``pid`` has stopped: a stop signal reaches a process's
+    threads one after the other, and one may still answer a call meanwhile."""
+    states = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+    return all(state in ("T", "t") for state in states)
+
+
+def test_one_process_holds_a_tls_and_a_plaintext_client_each_with_its_own_settings(env, pki):
+    """Connection settings belong to each client, not to the process: a TLS client and a
+    plaintext one, to two servers, called in turn from two threads at once, both work;
+    and each gives up on a server that stops answering after its own call timeout."""
+    tls_server = ServerProcess(
+        env, *("--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key))
+    )
+    plain_server = ServerProcess(env)
+    key = Authkey(env["FETCHQ_AUTHKEY"].encode(), "test")
+    tls_link = ServerLink(
+        parse_address(tls_server.address), key, ClientTLS(str(pki.ca)), call_timeout=1.0
+    )
+    plain_link = ServerLink(parse_address(plain_server.address), key, None, call_timeout=3.0)
+    clients = {"tls": BrokerClient(tls_link), "plain": BrokerClient(plain_link)}
+    rounds = 40
+    submitted = threading.Barrier(3)
+    stopped = threading.Event()
+    failures: list[BaseException] = []
+    waits: dict[str, tuple[float, str]] = {}
+
+    def interleave(thread: int, then: str) -> None:
+        """Submit to both servers in turn; once they are stopped, call ``then``'s."""
+        try:
+            for n in range(rounds):
+                for name, client in clients.items():
+                    url = f"http://127.0.0.1/{name}/{thread}/{n}"
+                    client.call("submit", {"job": f"{name}-{thread}", "urls": [url]})
+        except BaseException as exc:
+            failures.append(exc)
+        submitted.wait(60)
+        if not stopped.wait(60):
+            return
+        began = time.monotonic()
+        try:
+            clients[then].call("queued")
+            waits[then] = (time.monotonic() - began, "answered")
+        except ServerUnreachable as exc:
+            waits[then] = (time.monotonic() - began, exc.message)
+
+    threads = [
+        threading.Thread(target=interleave, args=(n, then))
+        for n, then in enumerate(("tls", "plain"))
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        submitted.wait(60)
+        assert not failures, failures
+        for name, client in clients.items():
+            jobs = client.call("status")["jobs"]
+            assert {job: jobs[job]["submitted"] for job in jobs} == {
+                f"{name}-0": rounds,
+                f"{name}-1": rounds,
+            }
+        for server in (tls_server, plain_server):
+            os.kill(server.process.pid, signal.SIGSTOP)
+            poll_until(lambda pid=server.process.pid: all_stopped(pid), 10, "SIGSTOP to stop it")
+        stopped.set()
+        for thread in threads:
+            thread.join(30)
+        assert "stopped answering" in waits["tls"][1], waits
+        assert "stopped answering" in waits["plain"][1], waits
+        assert 0.9 <= waits["tls"][0] < 2.5, waits
+        assert 2.9 <= waits["plain"][0] < 5.0, waits
+    finally:
+        stopped.set()
+        for server in (tls_server, plain_server):
+            os.kill(server.process.pid, signal.SIGCONT)
+            server.stop()
+        for client in clients.values():
+            client.close()

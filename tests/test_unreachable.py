@@ -33,6 +33,24 @@ def test_status_says_at_once_that_the_server_is_not_there(env):
     assert took < 2.0, f"status took {took:.1f}s"
 
 
+@pytest.mark.parametrize(
+    "command", [["status"], ["dispatch", "http://127.0.0.1/"], ["worker", "--burst"]]
+)
+def test_a_port_that_is_not_a_fetchq_server_is_said_at_once(env, target, command):
+    """An HTTP server where the fetchq server was expected: exit 5 ("not a fetchq
+    server") in one line naming the address, never retried, and not after the 10 s a
+    silent peer gets (the client's own second or so is timed in test_protocol; here
+    the programs' start-up on a busy machine is counted too)."""
+    where = f"127.0.0.1:{target.port}"
+    started = time.monotonic()
+    result = run(env, *command, "--server", where)
+    took = time.monotonic() - started
+    assert result.returncode == ExitCode.AUTH_FAILED, result.stderr
+    said = f"{where} is not a fetchq server: it answered as a web server does (HTTP/1.1 501)"
+    assert lines_of(result.stderr) == [f"fetchq: error: {said}; check the address and the port"]
+    assert took < 7.0, f"{command[0]} took {took:.1f}s"
+
+
 def test_dispatch_and_output_give_up_but_a_worker_waits_on(env):
     """By default dispatch and output give up on a server never reached within about
     10 seconds, in at most three lines each; a worker waits for ever, as quietly."""

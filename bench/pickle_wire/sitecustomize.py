@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import socket
 import struct
-from multiprocessing import connection, managers
+from multiprocessing import connection
 from typing import Any
 
 from fetchq import defaults
@@ -29,7 +29,11 @@ def _receive_timeout(conn: connection.Connection, seconds: float) -> None:
 
 
 def open_pickle_connection(
-    address: tuple[str, int], family: Any = None, authkey: bytes | None = None
+    address: tuple[str, int],
+    authkey: bytes | None = None,
+    *,
+    tls_context: Any = None,
+    call_timeout: float = defaults.CALL_TIMEOUT,
 ) -> connection.Connection:
     sock = socket.create_connection(address, timeout=defaults.NET_CONNECT_TIMEOUT)
     sock.settimeout(None)
@@ -39,8 +43,8 @@ def open_pickle_connection(
     if authkey is not None:
         connection.answer_challenge(conn, authkey)
         connection.deliver_challenge(conn, authkey)
-    _receive_timeout(conn, transport._call_timeout)
+    _receive_timeout(conn, call_timeout)
     return conn
 
 
-managers.listener_client[transport.SERIALIZER] = (transport.Listener, open_pickle_connection)
+transport.open_connection = open_pickle_connection  # fetchq's clients open connections here

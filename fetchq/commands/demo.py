@@ -21,6 +21,7 @@ from fetchq.commands.collect import collect
 from fetchq.commands.options import reports_errors, say
 from fetchq.commands.submit import Submitter
 from fetchq.errors import FetchqError
+from fetchq.messages import plural
 from fetchq.report.summary import Summary
 from fetchq.server.broker import Broker
 from fetchq.server.serve import QueueServer, run_until_stopped
@@ -72,9 +73,13 @@ def stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
 
 @reports_errors
 def demo(
-    tasks: Annotated[int, typer.Option(min=1, max=1_000_000, help="URLs to fetch")] = 3000,
-    workers: Annotated[int, typer.Option(min=1, max=16, help="Worker processes")] = 2,
-    concurrency: Annotated[int, typer.Option(min=1, max=256, help="Threads per worker")] = 8,
+    tasks: Annotated[
+        int, typer.Option(min=1, max=1_000_000, metavar="N", help="URLs to fetch")
+    ] = 3000,
+    workers: Annotated[int, typer.Option(min=1, max=16, metavar="N", help="Worker processes")] = 2,
+    concurrency: Annotated[
+        int, typer.Option(min=1, max=256, metavar="N", help="Threads per worker")
+    ] = 8,
 ) -> None:
     """Run target, server, workers, a job and its summary, all on this machine."""
     key = secrets.token_urlsafe(32)
@@ -95,7 +100,8 @@ def demo(
             for url in demo_urls(target.url, tasks):
                 submitter.add(url)
             submitter.finish()
-            say(f"demo: dispatched {submitter.accepted} tasks to {workers} workers")
+            tasks_sent = plural(submitter.accepted, "task")
+            say(f"demo: dispatched {tasks_sent} to {plural(workers, 'worker')}")
             summary = Summary()
             collect(client, "demo", summary=summary, until_done=True, stop=_Failing(processes))
         finally:
@@ -104,7 +110,7 @@ def demo(
             serving.join(5.0)
     print(summary.render())
     if summary.count != tasks:
-        raise FetchqError(f"demo: expected {tasks} results, got {summary.count}")
+        raise FetchqError(f"demo: expected {plural(tasks, 'result')}, got {summary.count}")
 
 
 class _Failing:

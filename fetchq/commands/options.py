@@ -7,24 +7,27 @@ fetchq error that ended them; a user's mistake never shows a traceback.
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 import typer
 
-from fetchq import config
+from fetchq import config, defaults
 from fetchq.errors import ExitCode, FetchqError
 from fetchq.messages import error, say
+from fetchq.units import parse_duration
 from fetchq.wire import tls
+from fetchq.wire.api import MAX_HOST_DELAY, MAX_PER_HOST
 
 __all__ = [
     "AuthkeyFileOption",
     "GiveUpOption",
-    "ServerOption",
-    "TlsCaOption",
-    "TlsCertOption",
-    "TlsKeyOption",
+    "HostDelayOption",
+    "PerHostOption",
+    "connects",
+    "host_delay_seconds",
     "make_app",
     "reports_errors",
     "run_alone",
@@ -33,60 +36,107 @@ __all__ = [
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-ServerOption = Annotated[
-    str | None,
-    typer.Option(
-        "--server",
-        "-s",
-        help=f"Server address HOST:PORT [env: {config.ENV_SERVER}; default: 127.0.0.1:7439]",
-        show_default=False,
-    ),
-]
 AuthkeyFileOption = Annotated[
     str | None,
     typer.Option(
         "--authkey-file",
+        metavar="FILE",
+        # The key itself is never an option: config looks for it in this order.
         help=(
-            f"File holding the server's key [else ${config.ENV_AUTHKEY}, "
-            f"then ${config.ENV_AUTHKEY_FILE}, then {config.default_key_path()}]"
+            f"File holding the server's key; without it, the key in ${config.ENV_AUTHKEY}, "
+            f"else the file ${config.ENV_AUTHKEY_FILE} names, else {config.default_key_path()}"
         ),
-        show_default=False,
     ),
 ]
 
-TlsCaOption = Annotated[
-    str | None,
-    typer.Option(
-        "--tls-ca",
-        help=f"Use TLS, trusting a server certificate this CA signed [env: {tls.ENV_TLS_CA}]",
-        show_default=False,
+
+def _client_tls_option(flag: str, variable: str, help_text: str) -> Any:
+    return Annotated[
+        str | None,
+        typer.Option(flag, metavar="FILE", envvar=variable, show_envvar=True, help=help_text),
+    ]
+
+
+CONNECTION_OPTIONS: dict[str, Any] = {
+    "server": Annotated[
+        str | None,
+        typer.Option(
+            "--server",
+            "-s",
+            metavar="HOST:PORT",
+            envvar=config.ENV_SERVER,
+            show_envvar=True,
+            help=f"The server's address (else {defaults.HOST}:{defaults.PORT})",
+        ),
+    ],
+    "authkey_file": AuthkeyFileOption,
+    "tls_ca": _client_tls_option(
+        "--tls-ca", tls.ENV_TLS_CA, "Use TLS, trusting a server certificate this CA signed"
     ),
-]
-TlsCertOption = Annotated[
-    str | None,
-    typer.Option(
-        "--tls-cert",
-        help=f"Client certificate, for a server that asks for one [env: {tls.ENV_TLS_CERT}]",
-        show_default=False,
+    "tls_cert": _client_tls_option(
+        "--tls-cert", tls.ENV_TLS_CERT, "Client certificate, for a server that asks for one"
     ),
-]
-TlsKeyOption = Annotated[
-    str | None,
-    typer.Option(
-        "--tls-key",
-        help=f"The client certificate's private key [env: {tls.ENV_TLS_KEY}]",
-        show_default=False,
+    "tls_key": _client_tls_option(
+        "--tls-key", tls.ENV_TLS_KEY, "The client certificate's private key"
     ),
-]
+}
+"""The options every connecting command takes, by parameter name: declared here once,
+added to each command by ``connects``.  Where an option has an environment variable,
+typer reads it (a flag beats it) and the help shows it."""
 
 GiveUpOption = Annotated[
     float,
     typer.Option(
         "--give-up-after",
         min=0,
+        metavar="SECONDS",
         help="Seconds to keep trying to reach the server before failing",
     ),
 ]
+
+PerHostOption = Annotated[
+    int | None,
+    typer.Option(
+        min=0,
+        max=MAX_PER_HOST,
+        metavar="N",
+        help="Requests in flight to one host at once, across all workers (0: no limit)",
+    ),
+]
+HostDelayOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="DURATION",
+        help="Time between two request starts on one host: 0.5, 500ms (0: none)",
+    ),
+]
+
+
+def host_delay_seconds(text: str | None) -> float | None:
+    """``--host-delay`` in seconds: None when not given, 0.0 for none."""
+    return None if text is None else parse_duration(text, MAX_HOST_DELAY, allow_zero=True)
+
+
+def connects(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Give ``command`` the connection options (``CONNECTION_OPTIONS``).
+
+    The command declares ``link: ServerLink`` instead, and is called with the link those
+    options describe (``config.server_link``: the options, then the environment).  Put
+    it under ``reports_errors``, which says a bad address or a missing key."""
+    signature = inspect.signature(command, eval_str=True)
+    own = [param for name, param in signature.parameters.items() if name != "link"]
+    added = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=option)
+        for name, option in CONNECTION_OPTIONS.items()
+    ]
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        options = {name: kwargs.pop(name, None) for name in CONNECTION_OPTIONS}
+        return command(*args, link=config.server_link(**options), **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=[*own, *added])  # type: ignore[attr-defined]
+    return wrapper
 
 
 def reports_errors(command: F) -> F:
@@ -107,12 +157,15 @@ def reports_errors(command: F) -> F:
 
 
 def make_app(help_text: str) -> typer.Typer:
-    """A Typer app with settings every fetchq command wants (no locals in tracebacks)."""
+    """A Typer app with settings every fetchq command wants: no locals in tracebacks,
+    and a plain help (click's layout) that gives every option its whole name and a
+    value's placeholder only to options that take one, at any terminal width."""
     return typer.Typer(
         help=help_text,
         add_completion=False,
         no_args_is_help=False,
         pretty_exceptions_show_locals=False,
+        rich_markup_mode=None,
         context_settings={"help_option_names": ["-h", "--help"]},
     )
 
@@ -136,6 +189,7 @@ def invoke(
     """Run ``app`` to the end: a mistake on the command line is said in one line with
     exit 2, like every other error, rather than in typer's five-line box."""
     command = typer.main.get_command(app)
+    _quiet_flag_defaults(command)
     try:
         outcome = command.main(args=args, prog_name=prog_name, standalone_mode=False)
     except typer.Abort:
@@ -151,3 +205,13 @@ def invoke(
         error(f"{describe()}{hint}")
         sys.exit(code)
     sys.exit(outcome if isinstance(outcome, int) else ExitCode.OK)
+
+
+def _quiet_flag_defaults(command: Any) -> None:
+    """A flag that is off unless given does not say ``[default: no-burst]``: its help
+    row is the flag and what it does."""
+    for param in getattr(command, "params", []):
+        if getattr(param, "is_flag", False) and param.default is False:
+            param.show_default = False
+    for sub in getattr(command, "commands", {}).values():
+        _quiet_flag_defaults(sub)

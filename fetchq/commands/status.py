@@ -11,17 +11,10 @@ from typing import Annotated, Any
 import typer
 
 from fetchq import config
-from fetchq.commands.options import (
-    AuthkeyFileOption,
-    ServerOption,
-    TlsCaOption,
-    TlsCertOption,
-    TlsKeyOption,
-    reports_errors,
-)
+from fetchq.commands.options import connects, reports_errors
 from fetchq.errors import UsageError
+from fetchq.messages import plural
 from fetchq.units import format_duration, format_rate
-from fetchq.wire import tls
 from fetchq.wire.api import WORKER_GONE_AFTER
 from fetchq.wire.client import BrokerClient
 
@@ -49,7 +42,9 @@ def pace_lines(name: str, job: dict[str, Any], threads: int) -> list[str]:
     pace = job["pace"]
     if not pace["target"]:
         return []
-    late = f", {pace['late']} late starts (worst {format_duration(pace['worst_lateness'])})"
+    late = (
+        f", {plural(pace['late'], 'late start')} (worst {format_duration(pace['worst_lateness'])})"
+    )
     line = (
         f"  {name}: target {format_rate(pace['target'])}, achieved "
         f"{format_rate(pace['achieved'])}{late if pace['late'] else ''}"
@@ -59,8 +54,8 @@ def pace_lines(name: str, job: dict[str, Any], threads: int) -> list[str]:
     behind = job["queued"] and pace["achieved"] < BEHIND * pace["target"]
     if needed is not None and (behind or needed > threads):
         lines.append(
-            f"    cannot keep up: the rate needs about {needed:g} requests in flight "
-            f"(rate x mean service time) and the fleet has {threads} fetch threads"
+            f"    cannot keep up: the rate needs about {plural(needed, 'request')} in flight "
+            f"(rate x mean service time) and the fleet has {plural(threads, 'fetch thread')}"
             + (f": add about {needed - threads:.0f}" if needed > threads else "")
         )
     return lines
@@ -117,16 +112,14 @@ def render_status(status: dict[str, Any], address: config.Address) -> str:
 
 
 @reports_errors
+@connects
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON")] = False,
     watch: Annotated[
         bool, typer.Option("--watch", "-w", help="Redraw once a second until Ctrl-C")
     ] = False,
-    server: ServerOption = None,
-    authkey_file: AuthkeyFileOption = None,
-    tls_ca: TlsCaOption = None,
-    tls_cert: TlsCertOption = None,
-    tls_key: TlsKeyOption = None,
+    *,
+    link: config.ServerLink,
 ) -> None:
     """Show queue depths per job, leased tasks and the workers seen.
 
@@ -134,17 +127,15 @@ def status(
     should not wait for a server that is not there."""
     if watch and as_json:
         raise UsageError("--watch draws for a person; --json gives one snapshot for scripts")
-    address = config.server_address(server)
-    key = config.client_authkey(authkey_file)
-    client = BrokerClient(address, key.key, tls.client_tls(tls_ca, tls_cert, tls_key))
+    client = BrokerClient(link)
     client.connect()
     if watch:
         from fetchq.commands.watch import watch as watch_status  # rich's Live only when watching
 
-        watch_status(client, address)
+        watch_status(client, link.address)
         return
     reply = client.call("status")
     if as_json:
         print(json.dumps(reply, indent=2))
     else:
-        print(render_status(reply, address))
+        print(render_status(reply, link.address))

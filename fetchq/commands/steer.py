@@ -13,39 +13,28 @@ import typer
 
 from fetchq import config
 from fetchq.commands.options import (
-    AuthkeyFileOption,
-    ServerOption,
-    TlsCaOption,
-    TlsCertOption,
-    TlsKeyOption,
+    HostDelayOption,
+    PerHostOption,
+    connects,
+    host_delay_seconds,
     make_app,
     reports_errors,
 )
 from fetchq.errors import UsageError
-from fetchq.units import format_rate, parse_duration, parse_rate
-from fetchq.wire import tls
-from fetchq.wire.api import MAX_HOST_DELAY, MAX_PER_HOST
+from fetchq.messages import plural
+from fetchq.units import format_duration, format_rate, parse_rate
 from fetchq.wire.client import BrokerClient
 
 HELP = "List jobs; pause, resume or cancel one; change its rate and host limits while it runs."
 
 app = make_app(HELP)
 
-JobArgument = Annotated[str, typer.Argument(help="The job's name")]
+JobArgument = Annotated[str, typer.Argument(metavar="JOB", help="The job's name")]
 
 
-Link = tuple[str | None, str | None, str | None, str | None, str | None]
-"""The connection options every subcommand takes: server, key file, TLS CA, cert, key."""
-
-
-def _connect(link: Link) -> BrokerClient:
+def _connect(link: config.ServerLink) -> BrokerClient:
     """Like ``status``: a server that is not there is said at once."""
-    server, authkey_file, tls_ca, tls_cert, tls_key = link
-    client = BrokerClient(
-        config.server_address(server),
-        config.client_authkey(authkey_file).key,
-        tls.client_tls(tls_ca, tls_cert, tls_key),
-    )
+    client = BrokerClient(link)
     client.connect()
     return client
 
@@ -107,74 +96,93 @@ def render_jobs(jobs: dict[str, dict[str, Any]]) -> str:
 
 @app.command("list")
 @reports_errors
+@connects
 def list_jobs(
     as_json: Annotated[bool, typer.Option("--json", help="Print the jobs as JSON")] = False,
-    server: ServerOption = None,
-    authkey_file: AuthkeyFileOption = None,
-    tls_ca: TlsCaOption = None,
-    tls_cert: TlsCertOption = None,
-    tls_key: TlsKeyOption = None,
+    *,
+    link: config.ServerLink,
 ) -> None:
     """Each job's state, counts, target and achieved rate, and limits."""
-    link = (server, authkey_file, tls_ca, tls_cert, tls_key)
     jobs = _connect(link).call("status")["jobs"]
     print(json.dumps(jobs, indent=2) if as_json else render_jobs(jobs))
 
 
-def _steer(link: Link, job: str, change: dict[str, Any]) -> None:
+def policy_words(policy: dict[str, Any]) -> str:
+    """A job's pace and host limits as a sentence's end: what ``job set`` leaves."""
+    rate = f"rate {format_rate(policy['rate'])}" if policy.get("rate") else "no rate limit"
+    per_host = policy.get("per_host")
+    delay = policy.get("host_delay")
+    hosts = f"at most {per_host} in flight per host" if per_host else "no limit in flight per host"
+    gap = f", {format_duration(delay)} between starts on a host" if delay else ""
+    return f"{rate}, {hosts}{gap}"
+
+
+def steered(action: str, job: str, view: dict[str, Any]) -> str:
+    """What a steering command did, said as done (``job J resumed: ...``), and what the
+    job does now in words (the job's state alone, ``sealed``, read as if nothing had)."""
+    state, queued, leased = view["state"], int(view["queued"]), int(view["leased"])
+    finishing = f"{plural(leased, 'leased task')} finishing" if leased else ""
+    if state == "done":
+        return f"job {job} is done: every task has its result, there is nothing to {action}"
+    if action == "pause":
+        waiting = f"{plural(queued, 'queued task')} waiting" if queued else ""
+        notes = "; ".join(part for part in (waiting, finishing) if part)
+        return f"job {job} paused: none of its tasks is leased until `fetchq job resume {job}`" + (
+            f" ({notes})" if notes else ""
+        )
+    if action == "resume":
+        if state == "cancelled":
+            return f"job {job} is cancelled: resuming it runs nothing"
+        pace = f", {format_rate(view['policy']['rate'])}" if view["policy"].get("rate") else ""
+        return f"job {job} resumed: its tasks are leased again ({queued} queued{pace})"
+    if action == "cancel":
+        return f"job {job} cancelled: its queued tasks end as cancelled results" + (
+            f" ({finishing})" if finishing else ""
+        )
+    paused = f" (it stays paused: `fetchq job resume {job}` runs it)" if state == "paused" else ""
+    return f"job {job} set: {policy_words(view['policy'])}{paused}"
+
+
+def _steer(link: config.ServerLink, job: str, change: dict[str, Any]) -> None:
     view = _connect(link).call("steer", job, change)
-    print(
-        f"job {job}: {view['state']}, rate {format_rate(view['policy']['rate'])}, "
-        f"limits {limits_text(view['policy'])}"
-    )
+    print(steered(change["action"], job, view))
 
 
 ACTIONS = {
-    "pause": "Lease no more tasks of the job; requests already running finish.",
+    "pause": "Lease none of the job's tasks until it is resumed. Running ones finish.",
     "resume": "Lease the job's tasks again (its rate starts afresh).",
-    "cancel": "End the job's queued tasks as results of type cancelled; running ones finish.",
+    "cancel": "End the job's queued tasks as cancelled results. Running ones finish.",
 }
 """The steering commands that take nothing but the job: each one a journaled action."""
 
 
 def _action_command(action: str) -> Callable[..., None]:
-    def command(
-        job: JobArgument,
-        server: ServerOption = None,
-        authkey_file: AuthkeyFileOption = None,
-        tls_ca: TlsCaOption = None,
-        tls_cert: TlsCertOption = None,
-        tls_key: TlsKeyOption = None,
-    ) -> None:
-        _steer((server, authkey_file, tls_ca, tls_cert, tls_key), job, {"action": action})
+    def command(job: JobArgument, *, link: config.ServerLink) -> None:
+        _steer(link, job, {"action": action})
 
     command.__doc__ = ACTIONS[action]
     return command
 
 
 for _action in ACTIONS:
-    app.command(_action)(reports_errors(_action_command(_action)))
+    app.command(_action)(reports_errors(connects(_action_command(_action))))
 
 
 @app.command("set")
 @reports_errors
+@connects
 def set_limits(
     job: JobArgument,
     rate: Annotated[
-        str | None, typer.Option(help="Requests per second for the fleet (200, 12000/m; 0: none)")
+        str | None,
+        typer.Option(
+            metavar="RATE", help="Requests per second for the fleet (200, 12000/m; 0: none)"
+        ),
     ] = None,
-    per_host: Annotated[
-        int | None,
-        typer.Option(min=0, max=MAX_PER_HOST, help="Requests in flight per host (0: no cap)"),
-    ] = None,
-    host_delay: Annotated[
-        str | None, typer.Option(help="Time between starts on one host (0.5, 500ms; 0: none)")
-    ] = None,
-    server: ServerOption = None,
-    authkey_file: AuthkeyFileOption = None,
-    tls_ca: TlsCaOption = None,
-    tls_cert: TlsCertOption = None,
-    tls_key: TlsKeyOption = None,
+    per_host: PerHostOption = None,
+    host_delay: HostDelayOption = None,
+    *,
+    link: config.ServerLink,
 ) -> None:
     """Change the job's rate and host limits while it runs."""
     change: dict[str, Any] = {"action": "set"}
@@ -183,10 +191,10 @@ def set_limits(
     if per_host is not None:
         change["per_host"] = per_host or None
     if host_delay is not None:
-        change["host_delay"] = parse_duration(host_delay, MAX_HOST_DELAY, allow_zero=True)
+        change["host_delay"] = host_delay_seconds(host_delay)
     if len(change) == 1:
         raise UsageError("nothing to set: give --rate, --per-host or --host-delay")
-    _steer((server, authkey_file, tls_ca, tls_cert, tls_key), job, change)
+    _steer(link, job, change)
 
 
 if __name__ == "__main__":

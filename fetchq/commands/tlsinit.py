@@ -23,7 +23,8 @@ from typing import Annotated, Any
 import typer
 
 from fetchq.commands.options import make_app, reports_errors, say
-from fetchq.errors import ConfigError, FetchqError
+from fetchq.errors import ConfigError
+from fetchq.extras import extra_missing
 
 FILES = ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")
 
@@ -43,9 +44,7 @@ def _crypto() -> Any:
         from cryptography.hazmat.primitives.asymmetric import ec
         from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
     except ImportError:
-        raise FetchqError(
-            "fetchq tls init needs the cryptography package: pip install 'fetchq[tls]'"
-        ) from None
+        raise extra_missing("tls", "fetchq tls init", "the cryptography package") from None
     return x509, hashes, serialization, ec, ExtendedKeyUsageOID, NameOID
 
 
@@ -158,17 +157,21 @@ def write_files(folder: Path, files: dict[str, bytes]) -> None:
 @app.command("init")
 @reports_errors
 def init(
-    folder: Annotated[Path, typer.Argument(help="Folder for the files (made if missing)")],
+    folder: Annotated[
+        Path, typer.Argument(metavar="FOLDER", help="Folder for the files (made if missing)")
+    ],
     host: Annotated[
         list[str] | None,
         typer.Option(
             "--host",
+            metavar="HOST",
             help="Name or IP address clients use to reach the server; repeatable "
-            "[default: localhost and 127.0.0.1]",
-            show_default=False,
+            "(else localhost and 127.0.0.1)",
         ),
     ] = None,
-    days: Annotated[int, typer.Option(min=1, max=3650, help="Days the certificates last")] = 365,
+    days: Annotated[
+        int, typer.Option(min=1, max=3650, metavar="N", help="Days the certificates last")
+    ] = 365,
 ) -> None:
     """Write ca.pem, server.pem/.key and client.pem/.key for mutual TLS."""
     hosts = host or ["localhost", "127.0.0.1"]

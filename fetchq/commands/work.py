@@ -22,15 +22,13 @@ from typing import Any
 
 from fetchq import defaults
 from fetchq.commands.cpus import claim_a_cpu
-from fetchq.config import Address
+from fetchq.config import ServerLink
 from fetchq.errors import FetchqError, ServerUnavailable
 from fetchq.fetch import Fetcher
-from fetchq.messages import say
+from fetchq.messages import plural, say
 from fetchq.signals import StopRequest
 from fetchq.wire.client import BrokerClient, ResilientClient, Stopper
 from fetchq.wire.records import ROBOTS, worker_identity
-from fetchq.wire.tls import ClientTLS
-from fetchq.wire.transport import set_call_timeout
 
 
 @dataclass(frozen=True)
@@ -44,8 +42,6 @@ class WorkerSettings:
     """Exit once the server has no task left to lease."""
     grace: float = defaults.GRACE
     """Seconds in-flight requests may take to finish after a stop request."""
-    call_timeout: float = defaults.CALL_TIMEOUT
-    """Seconds to wait for the server's reply before reconnecting."""
     pin: bool = True
     """Keep each worker process on a CPU of its own (see ``claim_a_cpu``)."""
 
@@ -107,14 +103,16 @@ class WorkerEngine:
         self.failure: FetchqError | None = None
         """An error that stopped this worker: the server refused what it reported."""
 
-    def run(self) -> int:
-        """Work until stopped (or, in burst mode, until no work is left)."""
+    def run(self, logged_in: Callable[[], None] = lambda: None) -> int:
+        """Work until stopped (or, in burst mode, until no work is left); ``logged_in``
+        is called once the server has taken this worker's key and version."""
         try:
             info = self._lease_client.connect()
         except ServerUnavailable:
             if self.stop.requested:
                 return 0  # asked to stop while still waiting for the server
             raise
+        logged_in()
         lease_timeout = float(info.get("lease_timeout", defaults.LEASE_TIMEOUT))
         fetchers = [
             threading.Thread(target=self._fetch_loop, name=f"fetch-{n}", daemon=True)
@@ -263,7 +261,8 @@ class WorkerEngine:
                 return  # shutting down past the grace period; the leases will expire
             # Refused (another key or version after a server restart, say): these
             # tasks were not recorded; their leases lapse and they run again.
-            say(f"worker {self.identity}: the server refused {len(batch)} results: {exc}")
+            refused = plural(len(batch), "result")
+            say(f"worker {self.identity}: the server refused {refused}: {exc}")
             if self.failure is None and not isinstance(exc, ServerUnavailable):
                 self.failure = exc
                 self.stop.request()
@@ -307,8 +306,9 @@ class WorkerEngine:
         try:
             self._lease_client.call("release", self.identity, pairs)
         except FetchqError as exc:
+            back = plural(len(tasks), "task")
             say(
-                f"worker {self.identity}: could not hand back {len(tasks)} tasks ({exc}); "
+                f"worker {self.identity}: could not hand back {back} ({exc}); "
                 "their leases will expire"
             )
         with self._held_lock:
@@ -316,21 +316,16 @@ class WorkerEngine:
                 self._held.pop(task["id"], None)
 
 
-def run_worker_process(
-    address: Address, authkey: bytes, settings: WorkerSettings, tls: ClientTLS | None = None
-) -> int:
+def run_worker_process(link: ServerLink, settings: WorkerSettings) -> int:
     """One worker process from start to exit: connect, work, drain, report."""
     stop = StopRequest().install()
     identity = worker_identity()
-    set_call_timeout(settings.call_timeout)
     cpu = claim_a_cpu() if settings.pin else None
 
     def make_client(stopper: Stopper) -> BrokerClient:
         # A worker waits for its server for ever, whether it was ever reached or not.
         return ResilientClient(
-            address,
-            authkey,
-            tls,
+            link,
             give_up_after=None,
             first_give_up=None,
             stop=stopper,
@@ -339,16 +334,16 @@ def run_worker_process(
 
     engine = WorkerEngine(make_client, settings, stop, identity)
     where = f", on CPU {cpu}" if cpu is not None else ""
-    say(f"worker {identity}: {settings.concurrency} fetch threads{where}, server {address}")
-    fetched = engine.run()
+    threads = plural(settings.concurrency, "fetch thread")
+    fetched = engine.run(
+        logged_in=lambda: say(f"worker {identity}: {threads}{where}, server {link.address}")
+    )
     reason = f" on {stop.signal_name}" if stop.signal_name else ""
-    say(f"worker {identity}: stopped{reason} after {fetched} tasks")
+    say(f"worker {identity}: stopped{reason} after {plural(fetched, 'task')}")
     return 0
 
 
-def child_worker_process(
-    address: Address, authkey: bytes, settings: WorkerSettings, tls: ClientTLS | None = None
-) -> None:
+def child_worker_process(link: ServerLink, settings: WorkerSettings) -> None:
     """Entry point of a worker started by ``--processes``: a spawned child.
 
     It leaves the terminal's process group (the parent forwards signals, so a
@@ -357,7 +352,7 @@ def child_worker_process(
     parent = os.getppid()
     watcher = threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True)
     watcher.start()
-    sys.exit(run_worker_process(address, authkey, settings, tls))
+    sys.exit(run_worker_process(link, settings))
 
 
 def _exit_with_parent(parent: int) -> None:

@@ -11,13 +11,10 @@ import os
 import tempfile
 from types import ModuleType
 
-from fetchq.errors import ConfigError, UsageError
+from fetchq.errors import ConfigError
+from fetchq.extras import extra_missing
 from fetchq.report.summary import Summary
 from fetchq.units import format_bytes
-
-EXTRA_MISSING = (
-    "--html needs the charting library of the report extra: pip install 'fetchq[report]' (plotly)"
-)
 
 
 class HtmlReportFile:
@@ -70,6 +67,6 @@ def _html_report_module() -> ModuleType:
         from fetchq.report import html as htmlreport
     except ImportError as exc:
         if (exc.name or "").split(".")[0] == "plotly":
-            raise UsageError(EXTRA_MISSING) from None
+            raise extra_missing("report", "--html", "plotly, the charting library") from None
         raise
     return htmlreport

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
-from fetchq.errors import ConfigError, UsageError
+from fetchq.errors import UsageError, cannot_read
 
 STDIN = "-"
 
@@ -24,7 +24,7 @@ def read_results(paths: Sequence[str]) -> Iterator[dict[str, Any]]:
         try:
             handle = open(path, encoding="utf-8")  # noqa: SIM115 (closed below; errors mapped here)
         except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+            raise cannot_read("results file", path, exc) from None
         with handle:
             yield from _results_in(handle, path)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fetchq.messages import plural
 from fetchq.units import (
     format_bytes,
     format_duration,
@@ -77,7 +78,7 @@ def _latency(d: dict[str, Any]) -> list[str]:
         ),
         (
             f"  (from schedule: started + elapsed - scheduled; {schedule['requests']} of "
-            f"{d['requests']} results had a schedule)"
+            f"{plural(d['requests'], 'result')} had a schedule)"
         ),
         "",
         late_starts_line(schedule),
@@ -91,7 +92,8 @@ def _latency(d: dict[str, Any]) -> list[str]:
 def late_starts_line(schedule: dict[str, Any]) -> str:
     late = schedule["late"]
     return (
-        f"Late starts: {late['count']} of {schedule['requests']} requests started more than "
+        f"Late starts: {late['count']} of {plural(schedule['requests'], 'request')} started "
+        "more than "
         f"{format_duration(late['after'])} after their scheduled time; the worst "
         f"{format_duration(late['worst'])} late"
     )
@@ -105,7 +107,7 @@ def concurrency_line(schedule: dict[str, Any]) -> str | None:
     return (
         f"Concurrency: the target rate {format_rate(schedule['target_rate'])} times the mean "
         f"service time {format_duration(schedule['service_mean'])} needs about "
-        f"{needed} fetch threads; the fleet has {threads}"
+        f"{plural(needed, 'fetch thread')}; the fleet has {threads}"
         + (f": add about {needed - threads}" if needed > threads else "")
     )
 

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 from fetchq import defaults
 from fetchq.config import Address
 from fetchq.errors import AddressInUse, BadRequest, ConfigError, FetchqError
-from fetchq.messages import say
+from fetchq.messages import plural, say
 from fetchq.server.broker import Broker
 from fetchq.server.classic import QUEUE_METHODS, ClassicResultQueue, ClassicTaskQueue
 from fetchq.signals import StopRequest
@@ -41,7 +41,7 @@ from fetchq.wire.transport import (
     FrameRefused,
     PlaintextPeer,
     ServerConnection,
-    server_serializer,
+    listener_for,
 )
 
 _OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
@@ -134,22 +134,29 @@ class _Server(managers.Server):
             if full:
                 conn.close()
                 self.warnings.say(
-                    "full", f"{self.max_connections} connections open, turning new ones away"
+                    "full",
+                    f"{plural(self.max_connections, 'connection')} open, turning new ones away",
                 )
                 continue
             threading.Thread(target=self._handle_counted, args=(conn,), daemon=True).start()
 
     def _handle_counted(self, conn: ServerConnection) -> None:
         try:
-            self.handle_request(conn)  # type: ignore[arg-type]
+            self.handle_request(conn)
         finally:
             with self._active_lock:
                 self._active -= 1
 
-    def _handle_request(self, c: ServerConnection) -> None:
-        """TLS, log in, then answer one request.  Unlike the stock version, a
-        peer that fails the handshake is hung up on without a word, and no
-        reply carries a traceback of the server's internals."""
+    def handle_request(self, conn: ServerConnection) -> None:  # type: ignore[override]
+        """TLS, log in, answer one request (``accept_connection``: a whole session),
+        then close.  Unlike the stock version, a peer that fails the handshake is hung
+        up on without a word, and no reply carries a traceback of the server's internals."""
+        try:
+            self._answer(conn)
+        finally:
+            conn.close()
+
+    def _answer(self, c: ServerConnection) -> None:
         if not self._log_in(c):
             return
         try:
@@ -290,9 +297,6 @@ class _Server(managers.Server):
         return tuple(sorted(entry[1]))
 
 
-_served_broker: Broker | None = None
-
-
 def _builtin_error(exc: FetchqError) -> Exception:
     """A fetchq error as a pickle client can read it where fetchq is not installed:
     a tutorial-style client unpickles only what its standard library knows."""
@@ -300,27 +304,17 @@ def _builtin_error(exc: FetchqError) -> Exception:
     return kind(f"{type(exc).__name__}: {exc}")
 
 
-def _get_broker() -> Broker:
-    """Module-level, so the registration survives the spawn start method."""
-    assert _served_broker is not None, "no broker is being served"
-    return _served_broker
+def _registry(broker: Broker) -> dict[str, tuple[Any, ...]]:
+    """What one server serves, by type id, in the shape ``BaseManager.register`` gives
+    each entry: (callable, exposed, method_to_typeid, proxytype).
 
-
-def _get_task_queue() -> ClassicTaskQueue:
-    return ClassicTaskQueue(_get_broker())
-
-
-def _get_result_queue() -> ClassicResultQueue:
-    return ClassicResultQueue(_get_broker())
-
-
-class _ServerManager(managers.BaseManager):
-    pass
-
-
-_ServerManager.register("broker", callable=_get_broker, exposed=METHODS)
-_ServerManager.register("get_task_queue", callable=_get_task_queue, exposed=QUEUE_METHODS)
-_ServerManager.register("get_result_queue", callable=_get_result_queue, exposed=QUEUE_METHODS)
+    Built per server, so two servers in one process serve their own brokers.  The
+    callables may be closures: this registry never crosses to another process."""
+    return {
+        "broker": (lambda: broker, METHODS, None, None),
+        "get_task_queue": (lambda: ClassicTaskQueue(broker), QUEUE_METHODS, None, None),
+        "get_result_queue": (lambda: ClassicResultQueue(broker), QUEUE_METHODS, None, None),
+    }
 
 
 class QueueServer:
@@ -336,12 +330,11 @@ class QueueServer:
         tls_context: ssl.SSLContext | None = None,
         allow_pickle: bool = False,
     ) -> None:
-        global _served_broker
-        _served_broker = broker
-        serializer = server_serializer(tls_context, allow_pickle)
         try:
-            registry = _ServerManager._registry  # type: ignore[attr-defined]
-            self._server: Any = _Server(registry, address.as_tuple(), authkey, serializer)
+            with listener_for(tls_context, allow_pickle) as serializer:
+                self._server: Any = _Server(
+                    _registry(broker), address.as_tuple(), authkey, serializer
+                )
         except OSError as exc:
             raise _bind_error(address, exc) from None
         self._server.max_connections = max_connections

@@ -1,56 +1,63 @@
 """Calling the broker from a client process, and waiting for it through outages.
 
-Clients use a stock ``BaseManager`` proxy over fetchq's transport (JSON
-frames, TLS when configured); nothing here loads server code.
+A client speaks the manager protocol as docs/PROTOCOL.md describes it: one
+connection to ``create`` the broker's ident, then a session per thread
+(``accept_connection``) that carries its calls.  Every connection it opens has
+the settings of its ``ServerLink`` (address, key, TLS, call timeout), whatever
+other clients in the same process use; nothing here loads server code.
 """
 
 from __future__ import annotations
 
-import contextlib
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from multiprocessing import managers
 from typing import Any, Protocol
 
 from fetchq import __version__, defaults
-from fetchq.config import Address
+from fetchq.config import Address, Authkey, ServerLink
 from fetchq.errors import FetchqError, ServerUnavailable
-from fetchq.messages import StatusLine
-from fetchq.wire.api import METHODS, PROTOCOL
+from fetchq.messages import StatusLine, plural
+from fetchq.wire import transport
+from fetchq.wire.api import PROTOCOL
 from fetchq.wire.tls import ClientTLS
-from fetchq.wire.transport import TRANSPORT_ERRORS, client_serializer, transport_error
+from fetchq.wire.transport import TRANSPORT_ERRORS, ClientConnection, transport_error
 
-
-class _ClientManager(managers.BaseManager):
-    pass
-
-
-_ClientManager.register("broker", exposed=METHODS)
+GIVEN_KEY = "the key given"
+"""The source of a key a program passed in itself (tests, scripts)."""
 
 
 class BrokerClient:
     """The broker's API for one process, connected lazily and again after a failure.
 
-    Calls are safe from several threads: the manager machinery gives each
-    thread its own connection to the server."""
+    Calls are safe from several threads: each thread gets a session of its own.  A
+    call that fails or is interrupted (a signal) throws its session away, so a late
+    reply is never read as the answer to the next call."""
 
     def __init__(
         self,
-        address: Address,
-        authkey: bytes,
+        link: ServerLink | Address,
+        authkey: bytes | None = None,
         tls: ClientTLS | None = None,
         *,
         introduce: dict[str, Any] | None = None,
     ) -> None:
-        self.address = address
-        self._authkey = authkey
-        self.tls = tls
+        if isinstance(link, Address):  # tests and scripts: an address and a key of their own
+            if authkey is None:
+                raise TypeError("a client given an address needs the authkey too")
+            link = ServerLink(link, Authkey(authkey, GIVEN_KEY), tls)
+        self.link = link
+        self.address = link.address
         self._introduce = introduce or {}
         """What this client tells the server about itself (a worker: its name and threads)."""
-        self._proxy: Any = None
+        self._ident: str | None = None
+        """The broker's id on the server, from ``create`` (a restarted server has another)."""
         self._lock = threading.Lock()
+        self._local = threading.local()
+        self._sessions: weakref.WeakSet[ClientConnection] = weakref.WeakSet()
         self.clock_offset = 0.0
         """The server's clock minus ours, measured at the last login (within half a round
         trip): a start time the server gives minus this is one on our clock."""
@@ -58,67 +65,109 @@ class BrokerClient:
     def connect(self) -> dict[str, Any]:
         """Log in and check versions; returns what the server said about itself."""
         try:
-            serializer = client_serializer(self.tls.context() if self.tls else None)
-            manager: Any = _ClientManager(
-                address=self.address.as_tuple(), authkey=self._authkey, serializer=serializer
-            )
-            manager.connect()
-            proxy = manager.broker()
-            sent = time.time()
-            info: dict[str, Any] = proxy.hello(
-                {"protocol": PROTOCOL, "version": __version__, **self._introduce}
-            )
-            received = time.time()
+            conn = self._open()
+            try:  # the server closes this connection after its one reply
+                ident, _ = self._exchange(conn, None, "create", ("broker",))
+            finally:
+                conn.close()
         except TRANSPORT_ERRORS as exc:
-            raise transport_error(self.address, exc) from None
+            raise self._error(exc) from None
         with self._lock:
-            self._proxy = proxy
-            if isinstance(info.get("time"), int | float):
-                self.clock_offset = float(info["time"]) - (sent + received) / 2
+            self._ident = ident
+        sent = time.time()
+        info: dict[str, Any] = self._call(
+            ident, "hello", ({"protocol": PROTOCOL, "version": __version__, **self._introduce},)
+        )
+        received = time.time()
+        if isinstance(info.get("time"), int | float):
+            self.clock_offset = float(info["time"]) - (sent + received) / 2
         return info
 
     def call(self, method: str, *args: Any) -> Any:
-        proxy = self._proxy
-        if proxy is None:
+        ident = self._ident
+        if ident is None:
             self.connect()
-            proxy = self._proxy
-        try:
-            return getattr(proxy, method)(*args)
-        except FetchqError:
-            raise
-        except TRANSPORT_ERRORS as exc:
-            self._forget_thread_connection(proxy)
-            with self._lock:  # a server that restarted has none of the old one's objects
-                if self._proxy is proxy:
-                    self._proxy = None
-                    _no_decref(proxy)
-            raise transport_error(self.address, exc) from None
-
-    @staticmethod
-    def _forget_thread_connection(proxy: Any) -> None:
-        """After a failed call the connection may hold a stale reply: never reuse it."""
-        tls = getattr(proxy, "_tls", None)
-        conn = getattr(tls, "connection", None)
-        if tls is not None and conn is not None:
-            with contextlib.suppress(OSError):
-                conn.close()
-            del tls.connection
+            ident = self._ident
+        return self._call(ident, method, args)
 
     def close(self) -> None:
+        """Close every thread's session; a later call logs in again."""
         with self._lock:
-            proxy, self._proxy = self._proxy, None
-        if proxy is not None:
-            _no_decref(proxy)
-            self._forget_thread_connection(proxy)
+            self._ident = None
+            sessions = list(self._sessions)
+            self._sessions.clear()
+        for session in sessions:
+            session.close()
 
+    # -- sessions -----------------------------------------------------------
 
-def _no_decref(proxy: Any) -> None:
-    """A dropped proxy would tell the server it let go, over a new connection of its
-    own: a wait of seconds when the server hangs, and for nothing, since the server
-    pins its broker (no client's decref can release it)."""
-    finalizer = getattr(proxy, "_close", None)
-    if finalizer is not None:
-        finalizer.cancel()
+    def _open(self) -> ClientConnection:
+        link = self.link
+        return transport.open_connection(
+            link.address.as_tuple(),
+            link.authkey.key,
+            tls_context=link.tls.context() if link.tls else None,
+            call_timeout=link.call_timeout,
+        )
+
+    def _call(self, ident: str | None, method: str, args: tuple[Any, ...]) -> Any:
+        session = None
+        try:
+            session = self._session()
+            session.send((ident, method, args, {}))
+            kind, result = session.recv()
+        except BaseException as exc:
+            # Failed or interrupted: the session may hold a late reply, never reuse it;
+            # and the server may be another one now, with none of the old one's objects.
+            if session is not None:
+                self._drop(session)
+            with self._lock:
+                if self._ident == ident:
+                    self._ident = None
+            if isinstance(exc, FetchqError) or not isinstance(exc, TRANSPORT_ERRORS):
+                raise
+            raise self._error(exc) from None
+        return self._result(kind, result)
+
+    def _session(self) -> ClientConnection:
+        """This thread's session, opened (``accept_connection``) on first use."""
+        session: ClientConnection | None = getattr(self._local, "session", None)
+        if session is not None and not session.closed:
+            return session
+        session = self._open()
+        try:
+            name = threading.current_thread().name
+            self._exchange(session, None, "accept_connection", (name,))
+        except BaseException:
+            session.close()
+            raise
+        self._local.session = session
+        with self._lock:
+            self._sessions.add(session)
+        return session
+
+    def _drop(self, session: ClientConnection) -> None:
+        session.close()
+        with self._lock:
+            self._sessions.discard(session)
+        if getattr(self._local, "session", None) is session:
+            del self._local.session
+
+    def _exchange(self, conn: ClientConnection, ident: str | None, method: str, args: Any) -> Any:
+        """One request and its reply, in the manager protocol's shapes."""
+        conn.send((ident, method, args, {}))
+        return self._result(*conn.recv())
+
+    def _result(self, kind: str, result: Any) -> Any:
+        """A reply's result; an error reply (a fetchq error, as data) is raised."""
+        if kind == "#RETURN":
+            return result
+        if kind == "#ERROR" and isinstance(result, FetchqError):
+            raise result
+        raise self._error(managers.RemoteError(str(result)))
+
+    def _error(self, exc: BaseException) -> FetchqError:
+        return transport_error(self.address, exc, key_source=self.link.authkey.source)
 
 
 def backoff_delays(
@@ -150,8 +199,8 @@ class ResilientClient(BrokerClient):
 
     def __init__(
         self,
-        address: Address,
-        authkey: bytes,
+        link: ServerLink | Address,
+        authkey: bytes | None = None,
         tls: ClientTLS | None = None,
         *,
         give_up_after: float | None = defaults.GIVE_UP_AFTER,
@@ -160,7 +209,7 @@ class ResilientClient(BrokerClient):
         notice: StatusLine | None = None,
         introduce: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(address, authkey, tls, introduce=introduce)
+        super().__init__(link, authkey, tls, introduce=introduce)
         self.give_up_after = give_up_after
         self.first_give_up = first_give_up
         self.stop: Stopper = stop or threading.Event()
@@ -197,7 +246,7 @@ class ResilientClient(BrokerClient):
                 if limit is not None and waited >= limit:
                     self._notice.clear()
                     raise type(exc)(
-                        f"{exc} (gave up after {waited:.0f}s and {attempt} attempts)"
+                        f"{exc} (gave up after {waited:.0f}s and {plural(attempt, 'attempt')})"
                     ) from None
                 self._notice.show(
                     f"waiting for server at {self.address} (attempt {attempt}): {exc}"
@@ -212,7 +261,8 @@ class ResilientClient(BrokerClient):
             if attempt:
                 waited = time.monotonic() - started
                 self._notice.show(
-                    f"server at {self.address} is back after {waited:.0f}s and {attempt} attempts",
+                    f"server at {self.address} is back after {waited:.0f}s and "
+                    f"{plural(attempt, 'attempt')}",
                     final=True,
                 )
             return result

@@ -16,7 +16,14 @@ import os
 import ssl
 from dataclasses import dataclass
 
-from fetchq.errors import ConfigError, FetchqError, ServerUnreachable, TLSFailed, UsageError
+from fetchq.errors import (
+    ConfigError,
+    FetchqError,
+    ServerUnreachable,
+    TLSFailed,
+    UsageError,
+    cannot_read,
+)
 
 ENV_TLS_CA = "FETCHQ_TLS_CA"
 ENV_TLS_CERT = "FETCHQ_TLS_CERT"
@@ -24,24 +31,32 @@ ENV_TLS_KEY = "FETCHQ_TLS_KEY"
 
 
 def _load_verify(context: ssl.SSLContext, ca: str) -> None:
+    _check_readable(ca, "TLS CA file")
     try:
         context.load_verify_locations(cafile=ca)
-    except FileNotFoundError:
-        raise ConfigError(f"TLS CA file {ca} does not exist") from None
     except (ssl.SSLError, OSError, ValueError) as exc:
         raise ConfigError(f"cannot use {ca} as a TLS CA file: {_reason(exc)}") from None
 
 
 def _load_chain(context: ssl.SSLContext, cert: str, key: str) -> None:
-    for path, what in ((cert, "certificate"), (key, "key")):
-        if not os.path.isfile(path):
-            raise ConfigError(f"TLS {what} file {path} does not exist")
+    _check_readable(cert, "TLS certificate file")
+    _check_readable(key, "TLS key file")
     try:
         context.load_cert_chain(cert, key)
     except (ssl.SSLError, OSError, ValueError) as exc:
         raise ConfigError(
             f"cannot use TLS certificate {cert} with key {key}: {_reason(exc)}"
         ) from None
+
+
+def _check_readable(path: str, what: str) -> None:
+    """A file ssl would fail to open is said as every unreadable file is; ssl's own
+    errors are kept for files it can read but not use."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise cannot_read(what, path, exc) from None
 
 
 def _reason(exc: BaseException) -> str:

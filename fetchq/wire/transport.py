@@ -1,11 +1,11 @@
 """The connection under the manager protocol, as both sides open it.
 
-The stdlib's ``multiprocessing.managers`` picks its listener and client by
-serializer name (``listener_client``); fetchq registers its own, in the way
-the stdlib's ``xmlrpclib`` entry does: the manager's messages keep their
-shapes, a request ``[ident, method, args, kwargs]`` and a reply ``[kind,
-result]``, but each frame is JSON, so nothing that arrives is ever unpickled
-and any language can take part (docs/PROTOCOL.md describes every byte).
+The manager protocol's messages keep their shapes, a request ``[ident, method,
+args, kwargs]`` and a reply ``[kind, result]``, but each frame is JSON, so
+nothing that arrives is ever unpickled and any language can take part
+(docs/PROTOCOL.md describes every byte).  The server is the stdlib's manager
+server with this module's ``Listener``; a client opens its connections with
+``open_connection``, each with the settings of the client that asked for it.
 
 A ``Connection`` carries the stdlib's frames (a 4-byte big-endian length,
 or -1 and an 8-byte length for large ones) over a plain or a TLS socket;
@@ -24,6 +24,7 @@ import itertools
 import socket
 import ssl
 import struct
+from collections.abc import Iterator
 from multiprocessing import AuthenticationError, managers
 from typing import Any
 
@@ -49,9 +50,6 @@ from fetchq.wire.codec import (
     PickleRefused,
     WireError,
 )
-
-SERIALIZER = "fetchq"
-"""The serializer name a plain (non-TLS) fetchq client uses."""
 
 TLS_RECORD_TYPES = (0x15, 0x16)
 """First bytes of a TLS alert or handshake record: how TLS is told from a frame length."""
@@ -83,6 +81,11 @@ class FrameRefused(WireError):
 
 class NoReply(TimeoutError):
     """The peer sent nothing within the connection's timeout."""
+
+
+class NotFetchq(AuthFailed):
+    """The peer answered, but not as a fetchq server does (exit 5, like a refused key:
+    the README's "the peer is not a fetchq server")."""
 
 
 class PlaintextPeer(WireError):
@@ -334,33 +337,57 @@ class Listener:
 _server_names = itertools.count(1)
 
 
-def server_serializer(tls_context: ssl.SSLContext | None, allow_pickle: bool) -> str:
-    """A serializer name whose listener has these settings, for one manager server."""
+@contextlib.contextmanager
+def listener_for(tls_context: ssl.SSLContext | None, allow_pickle: bool) -> Iterator[str]:
+    """A serializer name that gives one manager server a Listener with these settings;
+    the name lasts only while the server is built (its Listener is all it looks up)."""
     name = f"fetchq-server-{next(_server_names)}"
     listener = functools.partial(Listener, tls_context=tls_context, allow_pickle=allow_pickle)
+    # Forced by the stdlib: managers.Server is given no listener, only a serializer name
+    # it looks up in the module-level dict managers.listener_client; hence a name per server.
     managers.listener_client[name] = (listener, open_connection)  # type: ignore[attr-defined]
-    return name
+    try:
+        yield name
+    finally:
+        managers.listener_client.pop(name, None)  # type: ignore[attr-defined]
 
 
 # -- the client's side ------------------------------------------------------------
 
-_call_timeout = defaults.CALL_TIMEOUT
+SILENT_PEER_PROBE = 1.0
+"""Seconds a client waits for the login challenge, which a fetchq server sends at
+once, before it asks the silent peer what it is (``PROBE``)."""
 
-
-def set_call_timeout(seconds: float) -> None:
-    """How long this process waits for any reply before it treats the connection as dead."""
-    global _call_timeout
-    _call_timeout = seconds
+PROBE = b"FETCHQ / HTTP/1.0\r\n\r\n"
+"""What a client sends a peer that says nothing: an HTTP server answers it with a
+status line, a TLS server with an alert, and a fetchq server that was only slow
+refuses it as a login (the client then logs in afresh, without it)."""
 
 
 def open_connection(
     address: tuple[str, int],
-    family: Any = None,
     authkey: bytes | None = None,
     *,
     tls_context: ssl.SSLContext | None = None,
+    call_timeout: float = defaults.CALL_TIMEOUT,
 ) -> ClientConnection:
-    """Like ``connection.Client``: connect, (TLS,) log in; every step has a timeout."""
+    """Connect, (TLS,) log in: every step has a timeout, and after the login every
+    reply is waited for ``call_timeout`` seconds at most."""
+    conn = _open(address, authkey, tls_context, call_timeout, probe=True)
+    if conn is None:  # a slow fetchq server, whose login the probe spoilt: once more
+        conn = _open(address, authkey, tls_context, call_timeout, probe=False)
+    assert conn is not None
+    return conn
+
+
+def _open(
+    address: tuple[str, int],
+    authkey: bytes | None,
+    tls_context: ssl.SSLContext | None,
+    call_timeout: float,
+    *,
+    probe: bool,
+) -> ClientConnection | None:
     where = f"{address[0]}:{address[1]}"
     sock = socket.create_connection(address, timeout=defaults.NET_CONNECT_TIMEOUT)
     try:
@@ -368,17 +395,23 @@ def open_connection(
         sock.settimeout(defaults.HANDSHAKE_TIMEOUT)
         if tls_context is not None:
             sock = tls_context.wrap_socket(sock, server_hostname=address[0])
+        elif probe and not _greeted(sock, where):
+            sock.close()
+            return None
         conn = ClientConnection(sock, where)
         if authkey is not None:
             login.answer_challenge(conn, authkey)
             login.deliver_challenge(conn, authkey)
-        conn.settimeout(_call_timeout)
+        conn.settimeout(call_timeout)
     except ssl.SSLError as exc:
         sock.close()
         raise tls.client_failure(where, exc) from None
-    except TimeoutError:
+    except TimeoutError:  # NoReply too
         sock.close()
-        raise NoReply(f"no answer from {where} while logging in") from None
+        raise ServerUnreachable(
+            f"no login from {where}: a fetchq server greets a client at once "
+            "(is one running there, and is it alive?)"
+        ) from None
     except FrameRefused as exc:
         sock.close()
         if exc.header[:1] and exc.header[0] in TLS_RECORD_TYPES:
@@ -386,25 +419,41 @@ def open_connection(
                 f"the server at {where} uses TLS: give --tls-ca (or FETCHQ_TLS_CA), and "
                 "--tls-cert/--tls-key if it asks for a client certificate"
             ) from None
-        raise AuthFailed(f"{where} answered, but not like a fetchq server (wrong port?)") from None
+        raise NotFetchq(f"{where} answered, but not like a fetchq server (wrong port?)") from None
+    except AssertionError:  # its first frame was no login challenge
+        sock.close()
+        raise NotFetchq(f"{where} answered, but not like a fetchq server (wrong port?)") from None
     except BaseException:
         sock.close()
         raise
     return conn
 
 
-def client_serializer(tls_context: ssl.SSLContext | None) -> str:
-    """The serializer name for clients with these TLS settings (plain: ``SERIALIZER``)."""
-    if tls_context is None:
-        return SERIALIZER
-    name = f"fetchq-tls-{id(tls_context):x}"
-    if name not in managers.listener_client:  # type: ignore[attr-defined]
-        client = functools.partial(open_connection, tls_context=tls_context)
-        managers.listener_client[name] = (Listener, client)  # type: ignore[attr-defined]
-    return name
+def _greeted(sock: socket.socket, where: str) -> bool:
+    """Whether the peer spoke first, as a fetchq server does.  A peer silent for
+    SILENT_PEER_PROBE seconds is sent PROBE; an HTTP answer to it is said at once.
 
-
-managers.listener_client[SERIALIZER] = (Listener, open_connection)  # type: ignore[attr-defined]
+    False: the peer is a fetchq server after all, only slow to greet, and the probe
+    spoilt this login.  A peer silent to the end is left to the login's timeout."""
+    wait = defaults.HANDSHAKE_TIMEOUT
+    if wait <= SILENT_PEER_PROBE:
+        return True
+    sock.settimeout(SILENT_PEER_PROBE)
+    try:
+        if sock.recv(1, socket.MSG_PEEK):
+            return True
+        raise EOFError
+    except TimeoutError:
+        sock.sendall(PROBE)
+    sock.settimeout(wait - SILENT_PEER_PROBE)
+    head = sock.recv(256, socket.MSG_PEEK)
+    if head.startswith(b"HTTP/"):
+        status = " ".join(head.split(b"\n", 1)[0].decode("latin-1").split()[:2])
+        raise NotFetchq(
+            f"{where} is not a fetchq server: it answered as a web server does "
+            f"({status[:40]}); check the address and the port"
+        )
+    return not head.startswith(b"\x00\x00\x00")  # a login challenge is a short frame
 
 
 TRANSPORT_ERRORS = (
@@ -418,17 +467,20 @@ TRANSPORT_ERRORS = (
 """What the manager machinery raises when the connection, not the call, went wrong."""
 
 
-def transport_error(address: Address, exc: BaseException) -> FetchqError:
-    """One line that names the address and what to check."""
+def transport_error(
+    address: Address, exc: BaseException, *, key_source: str | None = None
+) -> FetchqError:
+    """One line that names the address and what to check (for a refused key: where the
+    key came from, never the key)."""
     if isinstance(exc, FetchqError):
         return exc
     if isinstance(exc, AuthenticationError):
+        source = f"the authkey from {key_source}" if key_source else "our authkey"
         return AuthFailed(
-            f"server at {address} rejected the authkey: check FETCHQ_AUTHKEY / "
-            "FETCHQ_AUTHKEY_FILE match the server's key"
+            f"server at {address} rejected {source}: it is not the key the server uses"
         )
     if isinstance(exc, AssertionError):
-        return AuthFailed(f"{address} answered, but not like a fetchq server (wrong port?)")
+        return NotFetchq(f"{address} answered, but not like a fetchq server (wrong port?)")
     if isinstance(exc, WireError):
         return ServerUnreachable(f"the server at {address} sent a frame fetchq cannot read: {exc}")
     if isinstance(exc, socket.gaierror):
@@ -440,8 +492,8 @@ def transport_error(address: Address, exc: BaseException) -> FetchqError:
         )
     if isinstance(exc, NoReply):
         return ServerUnreachable(
-            f"server at {address} stopped answering (is it a fetchq server, and is it alive? "
-            "a server using TLS needs --tls-ca here)"
+            f"server at {address} stopped answering (no reply within the call timeout: "
+            "is it alive, and the network between us?)"
         )
     if isinstance(exc, TimeoutError):
         return ServerUnreachable(
