@@ -21,12 +21,6 @@ from fetchq.server.state import BrokerState
 from fetchq.urls import host_key
 from fetchq.wire.api import JobCounts
 
-CANCELLED = "cancelled"
-"""The error type of a task that ended because its job was cancelled."""
-
-ROBOTS_REFUSED = "robots"
-"""The error type of a task robots.txt forbids: it is never requested."""
-
 STEERING_EVENTS = ("policy", "pause", "resume", "cancel", "robots", "hold")
 
 
