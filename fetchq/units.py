@@ -44,6 +44,14 @@ def format_rate(rate: float | None) -> str:
     return "n/a" if rate is None else f"{rate:.1f}/s"
 
 
+def format_achieved(rate: float, over: float) -> str:
+    """A rate measured over the last ``over`` seconds, saying so: ``150.0/s (last 10 s)``,
+    ``38.5/s (last 0.7 s)``; ``- (measuring)`` before there is anything to measure."""
+    if over <= 0:
+        return "- (measuring)"
+    return f"{format_rate(rate)} (last {over:g} s)"
+
+
 def format_share(ratio: float | None) -> str:
     """A 0..1 ratio as a percentage with two decimals, or ``n/a``."""
     return "n/a" if ratio is None else f"{100.0 * ratio:.2f}%"

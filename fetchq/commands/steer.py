@@ -22,7 +22,7 @@ from fetchq.commands.options import (
     reports_errors,
 )
 from fetchq.errors import UsageError
-from fetchq.units import format_rate, parse_duration, parse_rate
+from fetchq.units import format_achieved, format_rate, parse_duration, parse_rate
 from fetchq.wire import tls
 from fetchq.wire.api import MAX_HOST_DELAY, MAX_PER_HOST
 from fetchq.wire.client import BrokerClient
@@ -90,7 +90,7 @@ def render_jobs(jobs: dict[str, dict[str, Any]]) -> str:
                 str(job["queued"]),
                 str(job["leased"]),
                 format_rate(pace["target"]),
-                format_rate(pace["achieved"]),
+                format_achieved(pace["achieved"], pace["achieved_over"]),
                 str(pace["late"]),
                 limits_text(job["policy"]),
             )
