@@ -249,6 +249,8 @@ def test_rates_and_durations_are_checked(env):
     for args in (
         ["--rate", "fast"],
         ["--rate", "0"],
+        ["--rate", "100 /s"],
+        ["--rate", "0.5/h"],
         ["--duration", "5m"],
         ["--rate", "5", "--duration", "soon"],
         ["--host-delay", "-1"],

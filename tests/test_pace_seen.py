@@ -58,4 +58,4 @@ def test_late_starts_are_the_ones_the_reports_call_late() -> None:
 def test_the_window_is_said_with_the_rate() -> None:
     assert format_achieved(150.04, 10) == "150.0/s (last 10 s)"
     assert format_achieved(38.46, 0.7) == "38.5/s (last 0.7 s)"
-    assert format_achieved(0.0, 0) == "- (measuring)"
+    assert format_achieved(0.0, 0) == "-"
