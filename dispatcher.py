@@ -4,6 +4,10 @@ URLs come from arguments, files, stdin (``-``) or a template, are checked
 line by line as they stream in, and reach the server in batches.  The job
 name alone goes to stdout, so ``JOB=$(fetchq dispatch -f urls.txt)`` works;
 everything else goes to stderr.
+
+Dispatching to an existing job (``--job``) adds tasks to it, at its own pace: pace
+and politeness options that differ from the job's are refused, with the ``fetchq
+job set`` line that changes them; a job that was done is reopened, and that is said.
 """
 
 from __future__ import annotations
@@ -159,7 +163,10 @@ def dispatch(
     ] = defaults.SUBMIT_BATCH,
     rate: Annotated[
         str | None,
-        typer.Option(help="Requests per second for the whole fleet: 200, 200/s, 12000/m, 60/h"),
+        typer.Option(
+            help="Requests per second for the whole fleet: 200, 200/s, 12000/m, 60/h. "
+            "For a new job; an existing job keeps its own (fetchq job set changes it)"
+        ),
     ] = None,
     duration: Annotated[
         str | None,
@@ -236,6 +243,11 @@ def dispatch(
                 submitter.add_many(batch)
         submitter.finish()
     print(job_name, flush=True)
+    if submitter.reopened:
+        say(
+            f"job {job_name} was done: these tasks reopen it (an output that stopped when it "
+            "was done will not see their results: start another)"
+        )
     message = f"dispatched {submitter.accepted} tasks as job {job_name} to {address}"
     if skipped:
         say(f"{message}; skipped {skipped} invalid lines")
