@@ -19,7 +19,7 @@ from fetchq.report.sketch import Sketch
 from fetchq.report.tally import Tally
 from fetchq.report.timeline import Timeline
 from fetchq.wire.api import LATE_AFTER
-from fetchq.wire.records import Lateness, lateness, not_requested
+from fetchq.wire.records import lateness, not_requested
 
 HISTOGRAM_BUCKETS = 10
 """Linear latency buckets between min and max: enough to see a shape, short enough to read."""
@@ -73,9 +73,6 @@ class Summary:
         """Every request is in one of its buckets: the run's totals are their sum."""
         self.worker_hosts = PlaceTable()
         self.target_hosts = PlaceTable()
-        self.scheduled = 0
-        """Requests that carried a schedule."""
-        self.late = 0
         self.worst_lateness = -math.inf
         self._response_min = math.inf
         self._response_max = -math.inf
@@ -100,15 +97,17 @@ class Summary:
             self._max = elapsed
 
         late = lateness(result)
+        due = 0.0
         if late is not None:
+            due = float(result["scheduled"])
             # Its own call to at(): a later one may merge buckets that an earlier one returned.
-            self.timeline.at(float(result["scheduled"])).scheduled += 1
+            self.timeline.at(due).scheduled += 1
         bucket = self.timeline.at(started)
         bucket.add(started, elapsed, ok)
         if late is not None:
             response = elapsed + late.seconds
             bucket.add_schedule(response, late.late)
-            self._count_schedule(float(result["scheduled"]), late, response)
+            self._count_schedule(due, late.seconds, response)
         self.worker_hosts.add(worker_host(str(result.get("worker") or "")), started, elapsed, ok)
         self.target_hosts.add(target_host(str(result.get("url") or "")), started, elapsed, ok)
 
@@ -123,11 +122,8 @@ class Summary:
         elif status is None:
             self._count_error(NO_ERROR_TYPE, "result has neither a status nor an error")
 
-    def _count_schedule(self, due: float, late: Lateness, response: float) -> None:
-        self.scheduled += 1
-        if late.late:
-            self.late += 1
-        self.worst_lateness = max(self.worst_lateness, late.seconds)
+    def _count_schedule(self, due: float, seconds_late: float, response: float) -> None:
+        self.worst_lateness = max(self.worst_lateness, seconds_late)
         self._response_min = min(self._response_min, response)
         self._response_max = max(self._response_max, response)
         self._first_due = min(self._first_due, due)
@@ -151,6 +147,16 @@ class Summary:
     def count(self) -> int:
         """Requests counted (results never requested are not)."""
         return sum(bucket.requests for bucket in self.timeline.all_buckets())
+
+    @property
+    def scheduled(self) -> int:
+        """Requests that carried a schedule (each counted where it was due)."""
+        return sum(bucket.scheduled for bucket in self.timeline.all_buckets())
+
+    @property
+    def late(self) -> int:
+        """Requests that started late."""
+        return sum(bucket.late for bucket in self.timeline.all_buckets())
 
     @property
     def results(self) -> int:
@@ -245,11 +251,12 @@ class Summary:
         return textreport.render(self.as_dict())
 
     def _schedule_figures(self) -> dict[str, Any] | None:
-        if not self.scheduled:
+        scheduled = self.scheduled
+        if not scheduled:
             return None
         responses = self.response_times()
         due_span = self._last_due - self._first_due
-        target_rate = (self.scheduled - 1) / due_span if due_span > 0 else None
+        target_rate = (scheduled - 1) / due_span if due_span > 0 else None
         mean_response = sketch.mean(responses)
         # Little's law: to hold a rate, that many requests must be in flight for as long
         # as each one holds a fetch thread: its service time, not its wait before it.
@@ -260,7 +267,7 @@ class Summary:
             else None
         )
         return {
-            "requests": self.scheduled,
+            "requests": scheduled,
             "target_rate": target_rate,
             "response_time": _latency_figures(
                 responses, self._response_min, self._response_max, mean_response
