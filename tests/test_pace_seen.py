@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from fetchq.server.jobs import RECENT, PaceSeen
 from fetchq.units import format_achieved
+from fetchq.wire.api import LATE_AFTER
 from fetchq.wire.records import lateness
 
 T0 = 1000.0
 
 
-def results(n: int, *, late_by: float = 0.0) -> list[dict[str, float]]:
+def results(n: int, *, late_by: float = 0.0) -> list[dict[str, Any]]:
     return [{"elapsed": 0.02, "scheduled": T0, "started": T0 + late_by} for _ in range(n)]
 
 
@@ -49,9 +52,11 @@ def test_an_older_job_is_measured_over_the_last_whole_seconds() -> None:
 
 def test_late_starts_are_the_ones_the_reports_call_late() -> None:
     pace = PaceSeen()
-    pace.record(T0, results(3, late_by=0.5) + results(2, late_by=0.010) + results(1))
+    on_the_edge = {"scheduled": 0.0, "started": LATE_AFTER}
+    pace.record(T0, [*results(3, late_by=0.5), on_the_edge, *results(1)])
     assert pace.late == 3 and pace.worst_lateness == pytest.approx(0.5)
-    assert lateness(results(1, late_by=0.0101)[0]) == (pytest.approx(0.0101), True)
+    assert lateness(on_the_edge) == (LATE_AFTER, False), "late is more than LATE_AFTER"
+    assert lateness({"scheduled": 0.0, "started": 0.0101}) == (0.0101, True)
     assert lateness({"started": T0, "scheduled": None}) is None
 
 
