@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from fetchq.commands.status import pace_lines
 from fetchq.server.jobs import RECENT, PaceSeen
 from fetchq.units import format_achieved
 from fetchq.wire.api import LATE_AFTER
@@ -64,3 +65,13 @@ def test_the_window_is_said_with_the_rate() -> None:
     assert format_achieved(150.04, 10) == "150.0/s (last 10 s)"
     assert format_achieved(38.46, 0.7) == "38.5/s (last 0.7 s)"
     assert format_achieved(0.0, 0) == "-"
+
+
+def test_a_job_not_measured_yet_is_not_said_to_fall_behind() -> None:
+    pace = {"target": 100.0, "achieved": 0.0, "achieved_over": 0.0, "late": 0}
+    job = {"queued": 500, "pace": {**pace, "needed_in_flight": 2.0, "worst_lateness": 0.0}}
+    assert pace_lines("young", job, threads=8) == ["  young: target 100.0/s, achieved -"]
+    job["pace"].update(achieved=50.0, achieved_over=3.0)
+    (said, behind) = pace_lines("young", job, threads=8)
+    assert said == "  young: target 100.0/s, achieved 50.0/s (last 3 s)"
+    assert behind.startswith("    cannot keep up:"), behind
