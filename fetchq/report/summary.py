@@ -81,10 +81,12 @@ class Summary:
 
     def add(self, result: dict[str, Any]) -> None:
         """Count one result (a dict as made by ``records.make_result``)."""
-        kind = not_requested(result)
-        if kind is not None:
-            self.not_requested[kind] = self.not_requested.get(kind, 0) + 1
-            return
+        error = result.get("error")
+        if error is not None:  # only a result with an error may be no request
+            kind = not_requested(result)
+            if kind is not None:
+                self.not_requested[kind] = self.not_requested.get(kind, 0) + 1
+                return
         elapsed = float(result.get("elapsed") or 0.0)
         started = float(result.get("started") or 0.0)
         ok = bool(result.get("ok"))
@@ -96,7 +98,8 @@ class Summary:
         if elapsed > self._max:
             self._max = elapsed
 
-        late = lateness(result)
+        scheduled = result.get("scheduled")
+        late = None if scheduled is None else lateness(result)
         due = 0.0
         if late is not None:
             due = float(result["scheduled"])
@@ -114,7 +117,6 @@ class Summary:
         status = result.get("status")
         if status is not None:
             self._statuses[int(status)] = self._statuses.get(int(status), 0) + 1
-        error = result.get("error")
         if error is not None:
             self._count_error(
                 str(error.get("type") or NO_ERROR_TYPE), str(error.get("message", ""))
