@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from brokerkit import crash
 from fetchq_procs import jsonl, run
 from test_cli import assert_clean_error
 from test_pipeline import closed_port
 
 from fetchq.errors import ExitCode
+from fetchq.server.broker import Broker
+from fetchq.server.journal import Journal
 
 
 def job_view(env: dict[str, str], job: str) -> dict[str, Any]:
@@ -101,3 +104,20 @@ def test_dispatching_to_a_done_job_reopens_it_and_says_so(server, env, target) -
     assert run(env, "worker", "--burst").returncode == 0
     output = run(env, "output", "-j", "again", "--until-done", "--format", "jsonl")
     assert [r["url"] for r in jsonl(output.stdout)] == [f"{target.url}/?done=3"]
+
+
+def test_a_batch_that_reopened_its_job_says_so_again_after_a_restart(tmp_path, clock) -> None:
+    """The reply to a batch sent again (its first reply lost) is the first reply, across
+    a crash of the server too: the journal keeps that the batch reopened its job."""
+    path = tmp_path / "fetchq.journal"
+    broker = Broker(clock=clock, journal=Journal(path))
+    broker.seal("empty")  # sealed with nothing to wait for: done
+    assert broker.job("empty")["done"] is True
+    batch = {"job": "empty", "urls": ["http://127.0.0.1/x"], "batch_id": "run:1"}
+    first = broker.submit(batch)
+    assert first["reopened"] is True
+    assert "reopened" not in broker.submit({**batch, "batch_id": "run:2"}), "open: nothing to say"
+    crash(broker)
+    restarted = Broker(clock=clock, journal=Journal(path))
+    assert restarted.submit(batch) == {**first, "duplicate": True}
+    restarted.close()

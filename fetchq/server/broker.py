@@ -182,6 +182,7 @@ class Broker:
                     "timeout": request.timeout,
                     "at": now,
                     "batch": request.batch_id,
+                    **({"reopened": True} if reopened else {}),  # for the batch's reply
                 },
             )
             if policy:
