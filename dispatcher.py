@@ -4,6 +4,10 @@ URLs come from arguments, files, stdin (``-``) or a template, are checked
 line by line as they stream in, and reach the server in batches.  The job
 name alone goes to stdout, so ``JOB=$(fetchq dispatch -f urls.txt)`` works;
 everything else goes to stderr.
+
+Dispatching to an existing job (``--job``) adds tasks to it, at its own pace: pace
+and politeness options that differ from the job's are refused, with the ``fetchq
+job set`` line that changes them; a job that was done is reopened, and that is said.
 """
 
 from __future__ import annotations
@@ -170,7 +174,8 @@ def dispatch(
         str | None,
         typer.Option(
             metavar="RATE",
-            help="Requests per second for the whole fleet: 200, 200/s, 12000/m, 60/h",
+            help="Requests per second for the whole fleet: 200, 200/s, 12000/m, 60/h. "
+            "For a new job; an existing job keeps its own (fetchq job set changes it)",
         ),
     ] = None,
     duration: Annotated[
@@ -236,6 +241,11 @@ def dispatch(
                 submitter.add_many(batch)
         submitter.finish()
     print(job_name, flush=True)
+    if submitter.reopened:
+        say(
+            f"job {job_name} was done: these tasks reopen it (an output that stopped when it "
+            "was done will not see their results: start another)"
+        )
     tasks = plural(submitter.accepted, "task")
     message = f"dispatched {tasks} as job {job_name} to {link.address}"
     if skipped:

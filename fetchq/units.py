@@ -40,8 +40,40 @@ def format_bytes(n: float) -> str:
 
 
 def format_rate(rate: float | None) -> str:
-    """Requests per second, or ``n/a`` when the run took no measurable time."""
-    return "n/a" if rate is None else f"{rate:.1f}/s"
+    """Requests per second, or ``n/a`` when the run took no measurable time.
+
+    One decimal from 1/s up (``150.1/s``); below, two significant digits, so that
+    a slow rate never reads as zero (``0.5/s``, ``0.017/s`` for 1/m, ``0.00028/s``
+    for 1/h)."""
+    if rate is None:
+        return "n/a"
+    if rate == 0 or abs(rate) >= 1:
+        return f"{rate:.1f}/s"
+    decimals = 1 - math.floor(math.log10(abs(rate)))
+    text = f"{rate:.{decimals}f}".rstrip("0").rstrip(".")
+    return f"{text}.0/s" if "." not in text else f"{text}/s"
+
+
+def write_rate(rate: float) -> str:
+    """A rate as ``--rate`` takes it back: per second when that is short (``100``,
+    ``2.5``), else per minute or hour when a whole number there (``1/m``), else per
+    second with every digit that counts."""
+    short = f"{rate:.6f}".rstrip("0").rstrip(".")
+    if float(short) == rate:
+        return short
+    for unit, per in (("m", 60.0), ("h", 3600.0)):
+        count = rate * per
+        if count >= 1 and abs(count - round(count)) <= 1e-9 * count:
+            return f"{round(count)}/{unit}"
+    return f"{rate:.10g}"
+
+
+def format_achieved(rate: float, over: float) -> str:
+    """A rate measured over the last ``over`` seconds, saying so: ``150.0/s (last 10 s)``,
+    ``38.5/s (last 0.7 s)``; ``-`` before there is anything to measure."""
+    if over <= 0:
+        return "-"
+    return f"{format_rate(rate)} (last {over:g} s)"
 
 
 def format_share(ratio: float | None) -> str:
@@ -66,33 +98,44 @@ def format_maybe_duration(seconds: float | None) -> str:
 # -- as people write them ---------------------------------------------------------
 
 _PER = {"s": 1.0, "m": 60.0, "h": 3600.0}
-_RATE = re.compile(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*(?:/\s*([smh]))?\s*")
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h)?\s*")
+_RATE = re.compile(r"(\d+(?:\.\d+)?|\.\d+)(?:/([smh]))?")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h)?")
 _SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+MIN_RATE = 1 / 3600
+"""The slowest rate a command takes: one request an hour."""
 
 
 def parse_rate(text: str, *, allow_zero: bool = False) -> float:
-    """Requests per second from ``R``, ``R/s``, ``R/m`` or ``R/h`` (``allow_zero``: where
-    0 means no rate)."""
-    match = _RATE.fullmatch(text)
+    """Requests per second from ``R``, ``R/s``, ``R/m`` or ``R/h``, written without spaces
+    inside, from 1/h to MAX_RATE (``allow_zero``: 0 too, where it means no rate)."""
+    match = _RATE.fullmatch(text.strip())
     if not match:
-        raise UsageError(f"invalid rate {text!r}: use a number per second, or 200/s, 12000/m, 60/h")
+        raise UsageError(
+            f"invalid rate {text!r}: write a number per second, or one per second, minute "
+            "or hour with no spaces: 200, 200/s, 12000/m, 60/h"
+        )
     rate = float(match.group(1)) / _PER[match.group(2) or "s"]
     if allow_zero and rate == 0:
         return 0.0
     if not math.isfinite(rate) or rate <= 0:
         raise UsageError(f"invalid rate {text!r}: it must be more than zero")
+    if rate < MIN_RATE:
+        raise UsageError(f"invalid rate {text!r}: the slowest is 1/h (one request an hour)")
     if rate > MAX_RATE:
         raise UsageError(f"invalid rate {text!r}: at most {MAX_RATE:,.0f}/s")
     return rate
 
 
 def parse_duration(text: str, most: float | None = None, *, allow_zero: bool = False) -> float:
-    """Seconds from ``90``, ``90s``, ``1.5m``, ``2h`` or ``250ms`` (at most ``most``;
-    ``allow_zero``: where 0 means none)."""
-    match = _DURATION.fullmatch(text)
+    """Seconds from ``90``, ``90s``, ``1.5m``, ``2h`` or ``250ms``, written without spaces
+    inside (at most ``most``; ``allow_zero``: where 0 means none)."""
+    match = _DURATION.fullmatch(text.strip())
     if not match:
-        raise UsageError(f"invalid duration {text!r}: use seconds, or 30s, 5m, 1h")
+        raise UsageError(
+            f"invalid duration {text!r}: write seconds, or a number and its unit with no "
+            "space: 30s, 5m, 1h, 250ms"
+        )
     seconds = float(match.group(1)) * _SECONDS[match.group(2) or "s"]
     if allow_zero and seconds == 0:
         return 0.0

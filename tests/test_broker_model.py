@@ -160,6 +160,7 @@ class BrokerMachine(RuleBasedStateMachine):
             assert first == self.next_id, "ids must continue where they stopped"
         self.next_id = first + len(urls)
         model = self.jobs.setdefault(job, JobModel())
+        assert reply.get("reopened", False) is model.done, "a done job is reopened, and said"
         model.submitted += len(urls)
         model.sealed = False
         for offset, url in enumerate(urls):
@@ -267,7 +268,11 @@ class BrokerMachine(RuleBasedStateMachine):
             return
         self.accept_submit(job, urls, attempts, reply)
         if batch is not None:
-            self.batches[batch] = {"accepted": size, "first_id": reply["first_id"]}
+            self.batches[batch] = {
+                "accepted": size,
+                "first_id": reply["first_id"],
+                **({"reopened": True} if reply.get("reopened") else {}),
+            }
 
     @rule(worker=st.sampled_from(WORKERS), count=st.integers(1, 6))
     @step

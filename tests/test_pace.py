@@ -9,11 +9,13 @@ from __future__ import annotations
 import bisect
 import itertools
 import json
+import re
 import subprocess
 from collections.abc import Iterator
 
 import pytest
 from fetchq_procs import (
+    connect_broker,
     jsonl,
     poll_until,
     run,
@@ -247,6 +249,8 @@ def test_rates_and_durations_are_checked(env):
     for args in (
         ["--rate", "fast"],
         ["--rate", "0"],
+        ["--rate", "100 /s"],
+        ["--rate", "0.5/h"],
         ["--duration", "5m"],
         ["--rate", "5", "--duration", "soon"],
         ["--host-delay", "-1"],
@@ -254,3 +258,47 @@ def test_rates_and_durations_are_checked(env):
         result = run(env, "dispatch", "--template", "http://127.0.0.1/{i}", *args)
         assert result.returncode == 2, (args, result.stderr)
         assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_status_shows_the_rate_a_paced_job_achieves(server, env, target):
+    """100/s through two workers that keep up: from its fourth second on, status and the
+    job list show the job achieving its target within a few percent, and over what time
+    (the first second of results holds the ramp-up, and the current one is filling)."""
+    workers = start_workers(env, 2, "--concurrency", "8")
+    client = connect_broker(env["FETCHQ_SERVER"], env["FETCHQ_AUTHKEY"])
+    try:
+        dispatched = run(
+            env,
+            "dispatch",
+            "--template",
+            f"{target.url}/?steady={{i}}",
+            "--rate",
+            f"{RATE}/s",
+            "--duration",
+            "10s",
+            "-j",
+            "steady",
+        )
+        assert dispatched.returncode == 0, dispatched.stderr
+        readings = []
+        for done in (400, 600, 800):  # about 4, 6 and 8 s in
+            poll_until(
+                lambda n=done: client.call("job", "steady")["succeeded"] >= n, 60, f"{done} results"
+            )
+            readings.append(client.call("status")["jobs"]["steady"]["pace"])
+        said = run(env, "status").stdout
+        listed = run(env, "job", "list").stdout
+        results = collect(env, "steady")
+    finally:
+        client.close()
+        stop_all(workers)
+    late = sum(1 for r in results if r["started"] - r["scheduled"] > 0.010)
+    assert late < len(results) // 10, f"{late} late starts: the fleet did not keep up"
+    for pace in readings:
+        assert pace["achieved"] == pytest.approx(RATE, rel=0.05), readings
+    assert [pace["achieved_over"] for pace in readings] == sorted(
+        pace["achieved_over"] for pace in readings
+    )
+    assert 2 <= readings[0]["achieved_over"] < readings[-1]["achieved_over"] <= 10, readings
+    assert re.search(r"steady: target 100\.0/s, achieved \d+\.\d/s \(last \d+ s\)", said), said
+    assert re.search(r"steady +\S+ .* 100\.0/s +\d+\.\d/s \(last \d+ s\)", listed), listed

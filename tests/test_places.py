@@ -54,12 +54,12 @@ def test_a_crawl_of_many_hosts_keeps_the_busy_ones_in_bounded_rows() -> None:
         table.add(place, 1000.0 + i, 0.01, ok=True)
         n += 1
         assert len(table) <= 2 * kept
-    top = dict((name, row.count) for name, row in table.top(5))
+    top = dict((name, row.requests) for name, row in table.top(5))
     assert set(top) == set(heavy)
     for name, count in top.items():
         assert heavy[name] - n / kept <= count <= heavy[name]
-    assert sum(row.count for _, row in table.top(len(table))) + table.other.count == n
-    assert table.rest(5).count == n - sum(top.values())
+    assert sum(row.requests for _, row in table.top(len(table))) + table.other.requests == n
+    assert table.rest(5).requests == n - sum(top.values())
 
 
 def test_a_late_busy_host_still_gets_its_row() -> None:
@@ -71,5 +71,5 @@ def test_a_late_busy_host_still_gets_its_row() -> None:
         table.add(f"after{i}", 5000.0 + i, 0.01, ok=True)
     (name, row), *_ = table.top(1)
     assert name == "late-busy"
-    assert 450 <= row.count <= 500  # it has lost at most the first few of its results to other
+    assert 450 <= row.requests <= 500  # it has lost at most the first few of its results to other
     assert row.ok == 0

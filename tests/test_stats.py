@@ -374,3 +374,47 @@ def test_breakdown_lists_the_busiest_places_and_sums_the_rest() -> None:
     breakdown = summary.as_dict(place_rows=10)["target_hosts"]
     assert [row["host"] for row in breakdown["rows"]] == [f"127.0.1.{h}:80" for h in range(10)]
     assert breakdown["other"]["requests"] == sum(100 - h for h in range(10, 15))
+
+
+def never_requested(i: int, kind: str) -> dict[str, Any]:
+    """A result the server made for a task it ended itself, as completion does."""
+    task = make_task(i, "job1", f"http://127.0.0.9:8000/{i}", 1, 30.0, T0)
+    return make_result(
+        task, worker="server", started=T0 + 500, elapsed=0.0, error=make_error(kind, "ended")
+    )
+
+
+def test_results_never_requested_are_counted_apart() -> None:
+    """Cancelled and robots-refused results are named, and are in no request figure."""
+    summary = Summary()
+    for i in range(1, 5):
+        summary.add(result(i, started=T0 + i, elapsed=0.5, nbytes=1000))
+    summary.add(result(5, started=T0 + 5, elapsed=0.25, status=500))
+    for i in range(10, 13):
+        summary.add(never_requested(i, "cancelled"))
+    summary.add(never_requested(13, "robots"))
+    d = summary.as_dict()
+    assert (d["requests"], d["ok"], d["failed"]) == (5, 4, 1)
+    assert d["not_requested"] == {"cancelled": 3, "robots": 1}
+    assert d["duration"] == pytest.approx(4.25)  # T0+1 .. T0+5.25: the cancelling is not in it
+    assert d["rate"] == pytest.approx(5 / 4.25)
+    assert d["success_ratio"] == pytest.approx(0.8)
+    assert d["latency"]["min"] == pytest.approx(0.25)
+    assert d["latency"]["p50"] == pytest.approx(0.5, rel=0.01)
+    assert d["histogram"][0]["low"] == pytest.approx(0.25)
+    assert sum(b["count"] for b in d["histogram"]) == 5
+    assert sum(p["requests"] for p in d["timeline"]["points"]) == 5
+    assert d["errors"] == {}
+    assert [row["host"] for row in d["worker_hosts"]["rows"]] == ["host"]
+    assert "127.0.0.9:8000" not in {row["host"] for row in d["target_hosts"]["rows"]}
+    text = summary.render()
+    assert "  Requests:     5\n  Not requested: 4 (cancelled 3, robots 1)\n" in text
+
+
+def test_a_summary_of_results_none_of_which_was_requested() -> None:
+    summary = Summary()
+    summary.add(never_requested(1, "robots"))
+    d = summary.as_dict()
+    assert (d["requests"], d["rate"], d["latency"]["min"]) == (0, None, None)
+    assert summary.render() == "Summary:\n  no requests\n  Not requested: 1 (robots 1)\n"
+    assert "no results" in Summary().render()

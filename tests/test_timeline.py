@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fetchq.report import sketch
+from fetchq.report.tally import Tally
 from fetchq.report.timeline import Timeline
 
 T0 = 1_700_000_000.0
@@ -54,3 +55,24 @@ def test_results_without_a_time_are_counted_apart() -> None:
     assert timeline.undated.requests == 1
     assert [bucket.requests for _, bucket in timeline.buckets()] == [1]
     assert sum(bucket.requests for bucket in timeline.all_buckets()) == 2
+
+
+def test_merged_buckets_keep_every_figure() -> None:
+    """Coarsening merges tallies: counts, span and both sketches survive it."""
+    timeline = Timeline(max_buckets=2)
+    for second, ok, late in ((0, True, False), (1, False, True), (2, True, True)):
+        bucket = timeline.at(T0 + second)
+        bucket.scheduled += 1
+        bucket.add(T0 + second, 0.5, ok)
+        bucket.add_schedule(0.5 + second, late)
+    assert timeline.width == 2.0  # three seconds in two buckets at most
+    whole = Tally()
+    for bucket in timeline.all_buckets():
+        whole.merge(bucket)
+    assert (whole.requests, whole.failed, whole.ok) == (3, 1, 2)
+    assert (whole.scheduled, whole.late) == (3, 2)
+    assert (whole.first_start, whole.last_end) == (T0, T0 + 2.5)
+    assert whole.rate == pytest.approx(3 / 2.5)
+    assert whole.latency.count == 3
+    assert whole.response is not None and whole.response.count == 3
+    assert sketch.quantile(whole.response, 100) == pytest.approx(2.5, rel=0.01)

@@ -14,7 +14,7 @@ from fetchq import config
 from fetchq.commands.options import connects, reports_errors
 from fetchq.errors import UsageError
 from fetchq.messages import plural
-from fetchq.units import format_duration, format_rate
+from fetchq.units import format_achieved, format_duration, format_rate
 from fetchq.wire.api import WORKER_GONE_AFTER
 from fetchq.wire.client import BrokerClient
 
@@ -47,11 +47,12 @@ def pace_lines(name: str, job: dict[str, Any], threads: int) -> list[str]:
     )
     line = (
         f"  {name}: target {format_rate(pace['target'])}, achieved "
-        f"{format_rate(pace['achieved'])}{late if pace['late'] else ''}"
+        f"{format_achieved(pace['achieved'], pace['achieved_over'])}{late if pace['late'] else ''}"
     )
     lines = [line]
     needed = pace["needed_in_flight"]
-    behind = job["queued"] and pace["achieved"] < BEHIND * pace["target"]
+    measured = pace["achieved_over"] > 0
+    behind = job["queued"] and measured and pace["achieved"] < BEHIND * pace["target"]
     if needed is not None and (behind or needed > threads):
         lines.append(
             f"    cannot keep up: the rate needs about {plural(needed, 'request')} in flight "

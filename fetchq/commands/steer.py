@@ -22,7 +22,7 @@ from fetchq.commands.options import (
 )
 from fetchq.errors import UsageError
 from fetchq.messages import plural
-from fetchq.units import format_duration, format_rate, parse_rate
+from fetchq.units import format_achieved, format_duration, format_rate, parse_rate
 from fetchq.wire.client import BrokerClient
 
 HELP = "List jobs; pause, resume or cancel one; change its rate and host limits while it runs."
@@ -79,7 +79,7 @@ def render_jobs(jobs: dict[str, dict[str, Any]]) -> str:
                 str(job["queued"]),
                 str(job["leased"]),
                 format_rate(pace["target"]),
-                format_rate(pace["achieved"]),
+                format_achieved(pace["achieved"], pace["achieved_over"]),
                 str(pace["late"]),
                 limits_text(job["policy"]),
             )

@@ -96,9 +96,12 @@ class Submitter:
         self.on_accepted = on_accepted
         """Called with the running total after each batch the server accepts."""
         self.accepted = 0
+        self.reopened = False
+        """The job was done, and a batch of this run reopened it."""
         self._policy = dict(policy or {})
         """The job's pace and politeness (rate, per_host, ...): sent with the first batch
-        only, so that a later ``fetchq job set`` is not undone by this run."""
+        only, so that a later ``fetchq job set`` is not undone by this run.  A new job
+        takes them; the server refuses them to an existing job that has others."""
         self._batch: list[str] = []
         self._size = 0
         """Characters in the batch's URLs, up to ``self._measured`` of them."""
@@ -167,6 +170,7 @@ class Submitter:
             if self.on_full is not None:
                 self.on_full(int(reply.get("queued", 0)))
         self.accepted += int(reply.get("accepted", 0))
+        self.reopened = self.reopened or bool(reply.get("reopened"))
         if self.on_accepted is not None:
             self.on_accepted(self.accepted)
 

@@ -81,8 +81,12 @@ def render(figures: dict[str, Any], histogram: list[dict[str, Any]], title: str)
         f"<h1>{html.escape(title)}</h1>",
         f'<p class="meta">{html.escape(_when(figures))}</p>',
     ]
-    if not figures["requests"]:
+    skipped = textreport.not_requested_text(figures["not_requested"])
+    if not figures["requests"] and skipped is None:
         parts.append("<p>No results.</p>")
+    elif not figures["requests"]:
+        parts.append("<p>No requests were made.</p>")
+        parts.append('<div class="figures">' + _figure("not requested", skipped or "") + "</div>")
     else:
         parts += _body(figures, histogram, charts)
     # plotly.js (a few MB) and the charts come last, so figures and tables show first.
@@ -167,8 +171,10 @@ def _figure(label: str, value: str) -> str:
 
 
 def _summary_figures(d: dict[str, Any]) -> str:
+    skipped = textreport.not_requested_text(d["not_requested"])
     cells = [
         ("requests", str(d["requests"])),
+        *([("not requested", skipped)] if skipped else []),
         ("duration", format_duration(d["duration"])),
         ("rate", format_rate(d["rate"])),
         ("throughput (ok only)", format_rate(d["throughput"])),

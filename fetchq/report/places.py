@@ -18,7 +18,7 @@ at most ``n / kept`` is subtracted from any row.  For ``n`` results that gives:
 
 from __future__ import annotations
 
-from fetchq.report.sketch import Sketch, new_sketch
+from fetchq.report.tally import Tally
 from fetchq.urls import host_key
 
 PLACES_KEPT = 200
@@ -42,31 +42,15 @@ def target_host(url: str) -> str:
     return UNKNOWN_PLACE if host.startswith(":") else host
 
 
-class PlaceFigures:
-    """One place's results: counts, active span and service-time sketch."""
+class _Row(Tally):
+    """A place's tally and its weight: its results since it entered the table, less
+    what purges took off (see the module's docstring)."""
 
-    __slots__ = ("count", "first_start", "last_end", "latency", "ok", "weight")
+    __slots__ = ("weight",)
 
     def __init__(self) -> None:
-        self.count = 0
-        self.ok = 0
+        super().__init__()
         self.weight = 0
-        self.first_start = float("inf")
-        self.last_end = float("-inf")
-        self.latency: Sketch = new_sketch()
-
-    def merge(self, other: PlaceFigures) -> None:
-        self.count += other.count
-        self.ok += other.ok
-        self.first_start = min(self.first_start, other.first_start)
-        self.last_end = max(self.last_end, other.last_end)
-        self.latency.merge(other.latency)
-
-    @property
-    def rate(self) -> float | None:
-        """Results per second over this place's own span, first start to last finish."""
-        span = self.last_end - self.first_start
-        return self.count / span if span > 0 else None
 
 
 class PlaceTable:
@@ -76,25 +60,17 @@ class PlaceTable:
         if kept < 1:
             raise ValueError("a place table keeps at least one row")
         self.kept = kept
-        self._rows: dict[str, PlaceFigures] = {}
-        self.other = PlaceFigures()
+        self._rows: dict[str, _Row] = {}
+        self.other = Tally()
 
     def add(self, place: str, started: float, elapsed: float, ok: bool) -> None:
         row = self._rows.get(place)
         if row is None:
             if len(self._rows) >= 2 * self.kept:
                 self._purge()
-            row = self._rows[place] = PlaceFigures()
-        row.count += 1
+            row = self._rows[place] = _Row()
         row.weight += 1
-        if ok:
-            row.ok += 1
-        if started < row.first_start:
-            row.first_start = started
-        end = started + elapsed
-        if end > row.last_end:
-            row.last_end = end
-        row.latency.add(elapsed)
+        row.add(started, elapsed, ok)
 
     def _purge(self) -> None:
         weights = sorted(row.weight for row in self._rows.values())
@@ -109,14 +85,16 @@ class PlaceTable:
     def __len__(self) -> int:
         return len(self._rows)
 
-    def top(self, limit: int) -> list[tuple[str, PlaceFigures]]:
+    def top(self, limit: int) -> list[tuple[str, Tally]]:
         """The ``limit`` rows with the most results, most first (ties by name)."""
-        ranked = sorted(self._rows.items(), key=lambda item: (-item[1].count, item[0]))
+        ranked: list[tuple[str, Tally]] = sorted(
+            self._rows.items(), key=lambda item: (-item[1].requests, item[0])
+        )
         return ranked[:limit]
 
-    def rest(self, limit: int) -> PlaceFigures:
+    def rest(self, limit: int) -> Tally:
         """Everything outside ``top(limit)``: the folded ``other`` row plus the rows not shown."""
-        rest = PlaceFigures()
+        rest = Tally()
         rest.merge(self.other)
         for _, row in self.top(len(self._rows))[limit:]:
             rest.merge(row)

@@ -14,10 +14,12 @@ from typing import Any
 
 from fetchq.report import sketch
 from fetchq.report import text as textreport
-from fetchq.report.places import PlaceFigures, PlaceTable, target_host, worker_host
+from fetchq.report.places import PlaceTable, target_host, worker_host
 from fetchq.report.sketch import Sketch
+from fetchq.report.tally import Tally
 from fetchq.report.timeline import Timeline
 from fetchq.wire.api import LATE_AFTER
+from fetchq.wire.records import lateness, not_requested
 
 HISTOGRAM_BUCKETS = 10
 """Linear latency buckets between min and max: enough to see a shape, short enough to read."""
@@ -37,12 +39,17 @@ NO_ERROR_TYPE = "unknown"
 class Summary:
     """Accumulates results as they stream by, in memory that does not grow with their number.
 
-    Figures (see :meth:`as_dict`): latencies come from ``elapsed`` of every result,
-    failed ones included.  Count, min, mean and max are exact; percentiles come
-    from sketches and are within 1% of the exact nearest-rank value.  Status
-    codes count every result that has a status; a result without a status is
-    counted under its error type instead.  Error counts cover every result with
-    an error (a response whose body failed to arrive shows under both).
+    Figures (see :meth:`as_dict`): latencies come from ``elapsed`` of every
+    request, failed ones included.  Count, min, mean and max are exact;
+    percentiles come from sketches and are within 1% of the exact nearest-rank
+    value.  Status codes count every result that has a status; a result without a
+    status is counted under its error type instead.  Error counts cover every
+    request with an error (a response whose body failed to arrive shows under both).
+
+    A result whose task the server ended before any request (a cancelled job, a
+    URL robots.txt forbids: ``records.NOT_REQUESTED``) is no request: it is
+    counted apart, by its error type, in ``not_requested``, and is in no other
+    figure.
 
     Results that carry ``scheduled`` (a job with a rate) are also measured from
     their schedule, as wrk2 does: response time = ``started + elapsed -
@@ -54,23 +61,18 @@ class Summary:
 
     def __init__(self, *, fetch_threads: int | None = None) -> None:
         self.fetch_threads = fetch_threads
-        self.count = 0
-        self.ok = 0
         self.retried = 0
         self.bytes = 0
-        self._elapsed_sum = 0.0
         self._min = math.inf
         self._max = -math.inf
-        self._first_start: float | None = None
-        self._last_end: float | None = None
         self._statuses: dict[int, int] = {}
         self._errors: dict[str, list[Any]] = {}  # type -> [count, example message]
+        self.not_requested: dict[str, int] = {}
+        """Results of tasks never requested, by error type."""
         self.timeline = Timeline()
+        """Every request is in one of its buckets: the run's totals are their sum."""
         self.worker_hosts = PlaceTable()
         self.target_hosts = PlaceTable()
-        self.scheduled = 0
-        """Results that carried a schedule."""
-        self.late = 0
         self.worst_lateness = -math.inf
         self._response_min = math.inf
         self._response_max = -math.inf
@@ -79,49 +81,42 @@ class Summary:
 
     def add(self, result: dict[str, Any]) -> None:
         """Count one result (a dict as made by ``records.make_result``)."""
+        error = result.get("error")
+        if error is not None:  # only a result with an error may be no request
+            kind = not_requested(result)
+            if kind is not None:
+                self.not_requested[kind] = self.not_requested.get(kind, 0) + 1
+                return
         elapsed = float(result.get("elapsed") or 0.0)
         started = float(result.get("started") or 0.0)
         ok = bool(result.get("ok"))
-        self.count += 1
-        if ok:
-            self.ok += 1
         if int(result.get("attempt") or 1) > 1:
             self.retried += 1
         self.bytes += int(result.get("bytes") or 0)
-        self._elapsed_sum += elapsed
         if elapsed < self._min:
             self._min = elapsed
         if elapsed > self._max:
             self._max = elapsed
-        end = started + elapsed
-        if self._first_start is None or started < self._first_start:
-            self._first_start = started
-        if self._last_end is None or end > self._last_end:
-            self._last_end = end
 
         scheduled = result.get("scheduled")
-        if scheduled is not None:
+        late = None if scheduled is None else lateness(result)
+        due = 0.0
+        if late is not None:
+            due = float(result["scheduled"])
             # Its own call to at(): a later one may merge buckets that an earlier one returned.
-            self.timeline.at(float(scheduled)).scheduled += 1
+            self.timeline.at(due).scheduled += 1
         bucket = self.timeline.at(started)
-        bucket.requests += 1
-        if not ok:
-            bucket.failed += 1
-        bucket.latency.add(elapsed)
-        if scheduled is not None:
-            lateness = started - float(scheduled)
-            response = elapsed + lateness
-            bucket.response_sketch().add(response)
-            if lateness > LATE_AFTER:
-                bucket.late += 1
-            self._count_schedule(float(scheduled), lateness, response)
+        bucket.add(started, elapsed, ok)
+        if late is not None:
+            response = elapsed + late.seconds
+            bucket.add_schedule(response, late.late)
+            self._count_schedule(due, late.seconds, response)
         self.worker_hosts.add(worker_host(str(result.get("worker") or "")), started, elapsed, ok)
         self.target_hosts.add(target_host(str(result.get("url") or "")), started, elapsed, ok)
 
         status = result.get("status")
         if status is not None:
             self._statuses[int(status)] = self._statuses.get(int(status), 0) + 1
-        error = result.get("error")
         if error is not None:
             self._count_error(
                 str(error.get("type") or NO_ERROR_TYPE), str(error.get("message", ""))
@@ -129,11 +124,8 @@ class Summary:
         elif status is None:
             self._count_error(NO_ERROR_TYPE, "result has neither a status nor an error")
 
-    def _count_schedule(self, due: float, lateness: float, response: float) -> None:
-        self.scheduled += 1
-        if lateness > LATE_AFTER:
-            self.late += 1
-        self.worst_lateness = max(self.worst_lateness, lateness)
+    def _count_schedule(self, due: float, seconds_late: float, response: float) -> None:
+        self.worst_lateness = max(self.worst_lateness, seconds_late)
         self._response_min = min(self._response_min, response)
         self._response_max = max(self._response_max, response)
         self._first_due = min(self._first_due, due)
@@ -146,19 +138,40 @@ class Summary:
         else:
             entry[0] += 1
 
+    def totals(self) -> Tally:
+        """Every request of the run in one tally (summed from the time buckets)."""
+        total = Tally()
+        for bucket in self.timeline.all_buckets():
+            total.merge(bucket)
+        return total
+
+    @property
+    def count(self) -> int:
+        """Requests counted (results never requested are not)."""
+        return sum(bucket.requests for bucket in self.timeline.all_buckets())
+
+    @property
+    def scheduled(self) -> int:
+        """Requests that carried a schedule (each counted where it was due)."""
+        return sum(bucket.scheduled for bucket in self.timeline.all_buckets())
+
+    @property
+    def late(self) -> int:
+        """Requests that started late."""
+        return sum(bucket.late for bucket in self.timeline.all_buckets())
+
+    @property
+    def results(self) -> int:
+        """Every result counted: the requests and those never requested."""
+        return self.count + sum(self.not_requested.values())
+
     @property
     def duration(self) -> float:
-        """Seconds from the earliest start to the latest finish (0 with no results)."""
-        if self._first_start is None or self._last_end is None:
-            return 0.0
-        return max(0.0, self._last_end - self._first_start)
-
-    def _per_second(self, n: int) -> float | None:
-        duration = self.duration
-        return n / duration if duration > 0 else None
+        """Seconds from the earliest start to the latest finish (0 with no requests)."""
+        return _span(self.totals())
 
     def latencies(self) -> Sketch:
-        """Every result's service time in one sketch (merged from the time buckets)."""
+        """Every request's service time in one sketch (merged from the time buckets)."""
         return sketch.merged(bucket.latency for bucket in self.timeline.all_buckets())
 
     def response_times(self) -> Sketch:
@@ -176,54 +189,55 @@ class Summary:
         min is above zero).  A latency on an inner edge falls in the upper bucket;
         counts come from the sketch, so a latency within 0.5% of an edge may fall
         on either side of it."""
-        if not self.count:
+        latencies = self.latencies()
+        count = int(latencies.count)
+        if not count:
             return []
         low, high = self._min, self._max
         if high <= low:
-            return [(low, high, self.count)]
+            return [(low, high, count)]
         if log and low > 0:
             ratio = (high / low) ** (1 / buckets)
             edges = [low * ratio**i for i in range(buckets)] + [high]
         else:
             width = (high - low) / buckets
             edges = [low + i * width for i in range(buckets)] + [high]
-        latencies = self.latencies()
-        below = [0] + [sketch.count_below(latencies, edge) for edge in edges[1:-1]] + [self.count]
+        below = [0] + [sketch.count_below(latencies, edge) for edge in edges[1:-1]] + [count]
         return [(edges[i], edges[i + 1], below[i + 1] - below[i]) for i in range(buckets)]
 
     def as_dict(self, place_rows: int = PLACE_ROWS) -> dict[str, Any]:
         """The report's figures as JSON types: seconds, counts, and 0..1 ratios.
 
         Rates are ``None`` when the duration is zero; latency figures are ``None``
-        with no results.  Status codes are keyed by their string form for JSON.
+        with no requests.  ``not_requested`` counts, by error type, the results
+        that were no request.  Status codes are keyed by their string form for JSON.
         ``schedule`` is ``None`` unless some result carried a schedule.  Breakdowns
         list the ``place_rows`` places with the most results and sum the rest.
         """
-        latencies = self.latencies()
+        total = self.totals()
+        count, ok, duration = total.requests, total.ok, _span(total)
         return {
-            "requests": self.count,
-            "ok": self.ok,
-            "failed": self.count - self.ok,
+            "requests": count,
+            "not_requested": dict(sorted(self.not_requested.items())),
+            "ok": ok,
+            "failed": total.failed,
             "retried": self.retried,
-            "started": self._first_start,
-            "duration": self.duration,
-            "rate": self._per_second(self.count),
-            "throughput": self._per_second(self.ok),
-            "success_ratio": self.ok / self.count if self.count else None,
+            "started": total.first_start if count else None,
+            "duration": duration,
+            "rate": count / duration if duration > 0 else None,
+            "throughput": ok / duration if duration > 0 else None,
+            "success_ratio": ok / count if count else None,
             "latency": _latency_figures(
-                latencies,
-                self._min,
-                self._max,
-                self._elapsed_sum / self.count if self.count else None,
+                total.latency, self._min, self._max, sketch.mean(total.latency)
             ),
             "bytes": {
                 "total": self.bytes,
-                "mean": self.bytes / self.count if self.count else None,
+                "mean": self.bytes / count if count else None,
             },
             "status_codes": {str(code): n for code, n in sorted(self._statuses.items())},
             "errors": {
-                kind: {"count": count, "example": example}
-                for kind, (count, example) in sorted(self._errors.items())
+                kind: {"count": n, "example": example}
+                for kind, (n, example) in sorted(self._errors.items())
             },
             "histogram": [
                 {"low": low, "high": high, "count": c} for low, high, c in self.histogram()
@@ -239,22 +253,23 @@ class Summary:
         return textreport.render(self.as_dict())
 
     def _schedule_figures(self) -> dict[str, Any] | None:
-        if not self.scheduled:
+        scheduled = self.scheduled
+        if not scheduled:
             return None
         responses = self.response_times()
         due_span = self._last_due - self._first_due
-        target_rate = (self.scheduled - 1) / due_span if due_span > 0 else None
+        target_rate = (scheduled - 1) / due_span if due_span > 0 else None
         mean_response = sketch.mean(responses)
         # Little's law: to hold a rate, that many requests must be in flight for as long
         # as each one holds a fetch thread: its service time, not its wait before it.
-        mean_service = self._elapsed_sum / self.count if self.count else None
+        mean_service = sketch.mean(self.latencies())
         needed = (
             max(1, round(target_rate * mean_service))
             if target_rate is not None and mean_service is not None
             else None
         )
         return {
-            "requests": self.scheduled,
+            "requests": scheduled,
             "target_rate": target_rate,
             "response_time": _latency_figures(
                 responses, self._response_min, self._response_max, mean_response
@@ -297,12 +312,17 @@ def _latency_figures(
     return figures
 
 
-def _place_figures(name: str, row: PlaceFigures) -> dict[str, Any]:
+def _span(total: Tally) -> float:
+    """Seconds from a tally's earliest start to its latest finish (0 when empty)."""
+    return max(0.0, total.last_end - total.first_start) if total.requests else 0.0
+
+
+def _place_figures(name: str, row: Tally) -> dict[str, Any]:
     return {
         "host": name,
-        "requests": row.count,
+        "requests": row.requests,
         "rate": row.rate,
-        "success_ratio": row.ok / row.count if row.count else None,
+        "success_ratio": row.ok / row.requests if row.requests else None,
         "p50": sketch.quantile(row.latency, 50),
         "p99": sketch.quantile(row.latency, 99),
     }
@@ -312,5 +332,5 @@ def _breakdown(table: PlaceTable, rows: int) -> dict[str, Any]:
     rest = table.rest(rows)
     return {
         "rows": [_place_figures(name, row) for name, row in table.top(rows)],
-        "other": _place_figures("other", rest) if rest.count else None,
+        "other": _place_figures("other", rest) if rest.requests else None,
     }

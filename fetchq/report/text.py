@@ -1,6 +1,8 @@
 """The summary as plain text, from ``Summary.as_dict()`` figures.
 
-No colour, so it pipes and diffs cleanly.  A run without schedules reads as
+No colour, so it pipes and diffs cleanly.  Results that were no request
+(cancelled, refused by robots.txt) are named on a ``Not requested:`` line and
+are in no other figure.  A run without schedules reads as
 it always did; a run with a rate also shows the response time from the
 schedule beside the service time, and a ``Late starts:`` line.
 """
@@ -26,7 +28,10 @@ LATENCY_KEYS = ("min", "mean", "p50", "p90", "p95", "p99", "max")
 
 def render(figures: dict[str, Any]) -> str:
     if not figures["requests"]:
-        return "Summary:\n  no results\n"
+        skipped = not_requested_text(figures["not_requested"])
+        if skipped is None:
+            return "Summary:\n  no results\n"
+        return f"Summary:\n  no requests\n  Not requested: {skipped}\n"
     lines = _totals(figures)
     lines += ["", *_latency(figures)]
     lines += ["", "Histogram:", *_histogram(figures["histogram"])]
@@ -44,11 +49,21 @@ def render(figures: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def not_requested_text(counts: dict[str, int]) -> str | None:
+    """``135 (cancelled 135)``: results that were no request, by why; None if none."""
+    if not counts:
+        return None
+    kinds = ", ".join(f"{kind} {n}" for kind, n in counts.items())
+    return f"{sum(counts.values())} ({kinds})"
+
+
 def _totals(d: dict[str, Any]) -> list[str]:
     count, ok = d["requests"], d["ok"]
+    skipped = not_requested_text(d["not_requested"])
     return [
         "Summary:",
         f"  Requests:     {count}",
+        *([f"  Not requested: {skipped}"] if skipped else []),
         f"  Duration:     {format_duration(d['duration'])}",
         f"  Rate:         {format_rate(d['rate'])}",
         f"  Throughput:   {format_rate(d['throughput'])} (ok only)",

@@ -1,6 +1,8 @@
 """Figures per slice of time, in a bounded number of buckets however long the run.
 
-Buckets start one second wide, aligned on multiples of their width in Unix
+Each bucket is a :class:`~fetchq.report.tally.Tally` of the requests started in
+its slice (and counts, in ``scheduled``, those due to start in it).  Buckets
+start one second wide, aligned on multiples of their width in Unix
 time.  When the run spans more than :data:`MAX_BUCKETS` of them, the width
 doubles and each pair of neighbours merges into one, so a run of a minute
 keeps one-second buckets and a run of a week about 300 of 34 minutes
@@ -12,46 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from fetchq.report.sketch import Sketch, new_sketch
+from fetchq.report.tally import Tally
 
 FIRST_WIDTH = 1.0
 """Seconds per bucket at the start: the resolution rates are read at."""
 
 MAX_BUCKETS = 500
 """Buckets kept at most: enough points for a chart, a few MiB of sketches at most."""
-
-
-class Bucket:
-    """What happened in one slice of time: counts, and the latencies of requests started in it."""
-
-    __slots__ = ("failed", "late", "latency", "requests", "response", "scheduled")
-
-    def __init__(self) -> None:
-        self.requests = 0
-        """Requests started in this slice."""
-        self.failed = 0
-        self.scheduled = 0
-        """Requests due to start in this slice (their ``scheduled`` time falls in it)."""
-        self.late = 0
-        """Requests started in this slice that started late."""
-        self.latency = new_sketch()
-        """Service time (``elapsed``) of the requests started in this slice."""
-        self.response: Sketch | None = None
-        """Response time from the schedule, once a request with a schedule started here."""
-
-    def response_sketch(self) -> Sketch:
-        if self.response is None:
-            self.response = new_sketch()
-        return self.response
-
-    def merge(self, other: Bucket) -> None:
-        self.requests += other.requests
-        self.failed += other.failed
-        self.scheduled += other.scheduled
-        self.late += other.late
-        self.latency.merge(other.latency)
-        if other.response is not None:
-            self.response_sketch().merge(other.response)
 
 
 class Timeline:
@@ -62,14 +31,14 @@ class Timeline:
             raise ValueError("a timeline needs at least two buckets")
         self.max_buckets = max_buckets
         self.width = first_width
-        self._buckets: dict[int, Bucket] = {}
+        self._buckets: dict[int, Tally] = {}
         self._low = 0
         self._high = -1
-        self.undated = Bucket()
+        self.undated = Tally()
         """Results with no usable time (``started`` missing or not positive): counted,
         not plotted."""
 
-    def at(self, when: float) -> Bucket:
+    def at(self, when: float) -> Tally:
         if when <= 0:
             return self.undated
         index = int(when // self.width)
@@ -84,7 +53,7 @@ class Timeline:
                 self._coarsen_to_fit(low, high)
                 return self.at(when)
             self._low, self._high = low, high
-        bucket = self._buckets[index] = Bucket()
+        bucket = self._buckets[index] = Tally()
         return bucket
 
     def _coarsen_to_fit(self, low: int, high: int) -> None:
@@ -92,7 +61,7 @@ class Timeline:
         factor = 1
         while (high // factor) - (low // factor) + 1 > self.max_buckets:
             factor *= 2
-        merged: dict[int, Bucket] = {}
+        merged: dict[int, Tally] = {}
         for index, bucket in self._buckets.items():
             into = merged.get(index // factor)
             if into is None:
@@ -107,14 +76,14 @@ class Timeline:
     def __len__(self) -> int:
         return len(self._buckets)
 
-    def buckets(self) -> Iterator[tuple[float, Bucket]]:
+    def buckets(self) -> Iterator[tuple[float, Tally]]:
         """``(start time, bucket)`` in time order, including empty slices between busy ones."""
         if not self._buckets:
             return
         for index in range(self._low, self._high + 1):
-            yield index * self.width, self._buckets.get(index) or Bucket()
+            yield index * self.width, self._buckets.get(index) or Tally()
 
-    def all_buckets(self) -> Iterator[Bucket]:
+    def all_buckets(self) -> Iterator[Tally]:
         """Every bucket with figures, the undated one included: the run as a whole."""
         yield from self._buckets.values()
         yield self.undated

@@ -138,10 +138,13 @@ class Broker:
     def submit(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Queue a batch of URLs for a job; wait up to ``wait`` s for room.
 
-        Replies ``{"accepted": n, "first_id": id}`` (ids are consecutive), or
-        ``{"accepted": 0, "full": True}`` when the queue stayed full.  A batch
+        Replies ``{"accepted": n, "first_id": id}`` (ids are consecutive; with
+        ``"reopened": True`` when the job was done and this batch reopened it),
+        or ``{"accepted": 0, "full": True}`` when the queue stayed full.  A batch
         id seen before gets its first reply again, so a retried submit after a
-        lost reply never queues the same URLs twice."""
+        lost reply never queues the same URLs twice.  A new job takes the
+        batch's pace and politeness; an existing one keeps its own, and a batch
+        asking for others is refused (see ``steering.submit_policy_event``)."""
         request = validate.submit_request(batch)
         attempts = request.attempts or self.max_attempts
         count = len(request.urls)
@@ -165,7 +168,9 @@ class Broker:
                 self._waiters.room.wait(remaining)
             first_id = state.ledger.next_id
             now = self._wall()
-            policy = steering.policy_event(state, request.job, request.policy)
+            policy = steering.submit_policy_event(state, request.job, request.policy)
+            known = state.jobs.find(request.job)
+            reopened = known is not None and known.sealed and state.counts(known)["done"]
             self._recorder.write(
                 *([policy] if policy else []),
                 {
@@ -177,6 +182,7 @@ class Broker:
                     "timeout": request.timeout,
                     "at": now,
                     "batch": request.batch_id,
+                    **({"reopened": True} if reopened else {}),  # for the batch's reply
                 },
             )
             if policy:
@@ -189,7 +195,9 @@ class Broker:
                 Span(job.name, first_id, request.urls, attempts, request.timeout, now),
                 self._clock(),
             )
-            reply = {"accepted": count, "first_id": first_id}
+            reply: dict[str, Any] = {"accepted": count, "first_id": first_id}
+            if reopened:
+                reply["reopened"] = True
             if request.batch_id is not None:
                 state.ledger.remember_batch(request.batch_id, reply)
             self._waiters.tasks.notify(count)

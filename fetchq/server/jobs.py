@@ -8,16 +8,21 @@ holds: how many were submitted and how their tasks ended.
 from __future__ import annotations
 
 import difflib
+import math
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from fetchq.errors import NoSuchJob
-from fetchq.wire.api import LATE_AFTER
+from fetchq.wire.records import lateness
 
-RECENT = 10.0
-"""Seconds of results a job's achieved rate and mean response time are measured over."""
+RECENT = 10
+"""Whole seconds of results a job's achieved rate and mean service time are measured over."""
+
+YOUNGEST = 0.5
+"""Seconds since a job's first result before its rate is measured at all: over less, one
+batch of results from a worker would read as a burst."""
 
 
 @dataclass(eq=False)
@@ -41,43 +46,66 @@ class Job:
 
 class PaceSeen:
     """How a job really runs, from the results workers report: the rate achieved, the
-    mean service time, and how many requests started late and by how much."""
+    mean service time, and how many requests started late and by how much.
+
+    Results are counted by the second the server took them in.  The rate is
+    measured over whole seconds: the last ``RECENT`` before the current one,
+    which is still filling, and none before the second after the job's first
+    result (that one holds only part of the ramp-up).  Until there is such a
+    second, it is measured from the first result on, once that is
+    ``YOUNGEST`` seconds ago."""
 
     def __init__(self) -> None:
-        self._recent: deque[list[float]] = deque()
+        self._seconds: deque[list[Any]] = deque()
         """[second, results, elapsed summed], one entry per second with results."""
+        self._first: float | None = None
+        """When the job's first result came in."""
         self.late = 0
         self.worst_lateness = 0.0
 
     def record(self, now: float, results: Iterable[dict[str, Any]]) -> None:
-        second = float(int(now))
-        if not self._recent or self._recent[-1][0] != second:
-            self._recent.append([second, 0, 0.0])
-        entry = self._recent[-1]
+        second = math.floor(now)
+        if self._first is None:
+            self._first = now
+        if not self._seconds or self._seconds[-1][0] != second:
+            self._seconds.append([second, 0, 0.0])
+        entry = self._seconds[-1]
         for result in results:
             entry[1] += 1
             entry[2] += float(result.get("elapsed") or 0.0)
-            scheduled, started = result.get("scheduled"), result.get("started")
-            if isinstance(scheduled, int | float) and isinstance(started, int | float):
-                lateness = started - scheduled
-                if lateness > LATE_AFTER:
-                    self.late += 1
-                    self.worst_lateness = max(self.worst_lateness, lateness)
-        while self._recent and self._recent[0][0] < now - RECENT:
-            self._recent.popleft()
+            late = lateness(result)
+            if late is not None and late.late:
+                self.late += 1
+                self.worst_lateness = max(self.worst_lateness, late.seconds)
+        while self._seconds[0][0] < second - RECENT:
+            self._seconds.popleft()
+
+    def _measured(self, now: float) -> tuple[list[list[Any]], float]:
+        """The entries measured and the seconds they span (0: nothing to measure yet)."""
+        if self._first is None:
+            return [], 0.0
+        end = math.floor(now)
+        start = max(end - RECENT, math.floor(self._first) + 1)
+        if end > start:
+            return [entry for entry in self._seconds if start <= entry[0] < end], end - start
+        since = now - self._first
+        return list(self._seconds), since if since >= YOUNGEST else 0.0
+
+    def measured_over(self, now: float) -> float:
+        """Seconds ``rate`` is measured over: ``RECENT`` once the job is older than that,
+        0 before there is anything to measure."""
+        return self._measured(now)[1]
 
     def rate(self, now: float) -> float:
-        """Results per second over the last ``RECENT`` seconds."""
-        recent = [entry for entry in self._recent if entry[0] >= now - RECENT]
-        if not recent:
-            return 0.0
-        span = max(1.0, min(RECENT, now - recent[0][0]))
-        return sum(entry[1] for entry in recent) / span
+        """Results per second lately (0.0 before there is anything to measure)."""
+        entries, seconds = self._measured(now)
+        return sum(entry[1] for entry in entries) / seconds if seconds else 0.0
 
     def mean_elapsed(self, now: float) -> float | None:
-        recent = [entry for entry in self._recent if entry[0] >= now - RECENT]
-        count = sum(entry[1] for entry in recent)
-        return sum(entry[2] for entry in recent) / count if count else None
+        """Mean service time of the results ``rate`` counts."""
+        entries, _ = self._measured(now)
+        count = sum(entry[1] for entry in entries)
+        return sum(entry[2] for entry in entries) / count if count else None
 
 
 class JobTable:

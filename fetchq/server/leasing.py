@@ -16,8 +16,8 @@ from fetchq.errors import StorageFailed
 from fetchq.server import robots
 from fetchq.server.completion import ended_without_request, finish_task
 from fetchq.server.state import BrokerState
-from fetchq.server.steering import CANCELLED, ROBOTS_REFUSED
 from fetchq.server.tasks import Task
+from fetchq.wire.records import CANCELLED, ROBOTS_REFUSED
 
 CANCEL_BATCH = 10_000
 """Queued tasks of a cancelled job turned into results per round (each is journaled)."""

@@ -135,7 +135,10 @@ class _Replay:
         if urls:
             ledger.record_range(first, job.name)
         if event.get("batch"):
-            ledger.remember_batch(event["batch"], {"accepted": len(urls), "first_id": first})
+            reply = {"accepted": len(urls), "first_id": first}
+            if event.get("reopened"):
+                reply["reopened"] = True
+            ledger.remember_batch(event["batch"], reply)
 
     def _task(self, event: dict[str, Any]) -> None:
         task = Task(**{name: event[name] for name in Task._fields})

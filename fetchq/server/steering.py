@@ -12,20 +12,17 @@ restart keeps every rate, limit, pause, cancel, robots.txt and hold.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
+from fetchq.errors import BadRequest
 from fetchq.server import robots
 from fetchq.server.jobqueue import Policy
 from fetchq.server.state import BrokerState
+from fetchq.units import format_duration, format_rate, write_rate
 from fetchq.urls import host_key
 from fetchq.wire.api import JobCounts
-
-CANCELLED = "cancelled"
-"""The error type of a task that ended because its job was cancelled."""
-
-ROBOTS_REFUSED = "robots"
-"""The error type of a task robots.txt forbids: it is never requested."""
 
 STEERING_EVENTS = ("policy", "pause", "resume", "cancel", "robots", "hold")
 
@@ -38,6 +35,66 @@ def policy_event(state: BrokerState, job: str, change: dict[str, Any]) -> dict[s
     if updated == current:
         return None
     return {"k": "policy", "job": job, **dataclasses.asdict(updated)}
+
+
+def submit_policy_event(
+    state: BrokerState, job: str, change: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The event a submit's pace and politeness make: a new job takes them.
+
+    A submit to an existing job adds tasks that run at the job's own pace: one
+    that asks for a pace or politeness the job does not have is refused
+    (``BadRequest``, naming how to change it), one that asks for what it has is
+    taken as it is."""
+    if state.jobs.find(job) is None:
+        return policy_event(state, job, change)
+    queue = state.scheduler.find(job)
+    current = queue.policy if queue is not None else Policy()
+    for name, wanted in change.items():
+        have = getattr(current, name)
+        same = (
+            math.isclose(have, wanted, rel_tol=1e-9)
+            if isinstance(have, float) and isinstance(wanted, float)
+            else have == wanted
+        )
+        if not same:
+            raise BadRequest(_not_its_pace(job, name, have, wanted))
+    return None
+
+
+SET_OPTIONS = {"rate": "--rate", "per_host": "--per-host", "host_delay": "--host-delay"}
+"""The policy fields ``fetchq job set`` changes, and its option for each."""
+
+FLAGS = {"obey_robots": "robots.txt", "retry_after": "Retry-After"}
+"""The policy fields set once, when a job is first dispatched, and what each obeys."""
+
+
+def _not_its_pace(job: str, name: str, have: Any, wanted: Any) -> str:
+    """Why a submit asking for ``wanted`` is refused a job that has ``have``, and what to do."""
+    if name in FLAGS:
+        obeys = "obeys" if have else "does not obey"
+        return (
+            f"job {job} {obeys} {FLAGS[name]}, and this dispatch asks it {'not ' if have else ''}"
+            "to: that is set when a job is first dispatched; dispatch to a new job name"
+        )
+    if name == "rate":
+        value = "0" if wanted is None else write_rate(wanted)
+    else:
+        value = f"{wanted or 0:g}"  # per_host (None: no cap) or host_delay
+    return (
+        f"job {job} has {_in_words(name, have)}, and this dispatch asks for "
+        f"{_in_words(name, wanted)}: dispatching to an existing job adds tasks at its own "
+        f"pace; to change it, run fetchq job set {job} {SET_OPTIONS[name]} {value}"
+    )
+
+
+def _in_words(name: str, value: Any) -> str:
+    """A pace field's value as a message says it: ``rate 100.0/s``, ``no host delay``."""
+    if name == "rate":
+        return "no rate" if value is None else f"rate {format_rate(value)}"
+    if name == "per_host":
+        return "no per-host cap" if value is None else f"a per-host cap of {value}"
+    return f"a host delay of {format_duration(value)}" if value else "no host delay"
 
 
 def apply(state: BrokerState, event: dict[str, Any], *, now: float, wall: float) -> None:

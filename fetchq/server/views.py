@@ -1,10 +1,10 @@
 """What ``status`` shows: counts, state, pace and hosts of every job, and the fleet.
 
-Pace, per job: the target rate, the rate achieved over the last seconds, the
-requests that started late and the worst lateness, and, from Little's law,
-how many requests must be in flight to hold the rate (rate x mean service
-time: how long each request holds a fetch thread) against the fetch threads
-the fleet has.
+Pace, per job: the target rate, the rate achieved over the last whole seconds
+(and over how many: ``achieved_over``, fewer for a young job, 0 before any), the requests that
+started late and the worst lateness, and, from Little's law, how many requests
+must be in flight to hold the rate (rate x mean service time: how long each
+request holds a fetch thread) against the fetch threads the fleet has.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def job_view(state: BrokerState, job: Job, now: float) -> dict[str, Any]:
         "pace": {
             "target": target,
             "achieved": round(job.pace.rate(now), 1),
+            "achieved_over": round(job.pace.measured_over(now), 1),
             "late": job.pace.late,
             "worst_lateness": round(job.pace.worst_lateness, 4),
             "mean_elapsed": mean,

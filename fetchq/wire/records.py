@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any
+from typing import Any, NamedTuple
+
+from fetchq.wire.api import LATE_AFTER
 
 RECORD_VERSION = 1
 """Bumped when a field changes meaning; new optional fields do not bump it."""
@@ -121,3 +123,49 @@ errors that another try cannot fix (``dns``, ``tls``, ``invalid_url``)."""
 def is_retryable(result: dict[str, Any]) -> bool:
     error = result.get("error")
     return isinstance(error, dict) and error.get("type") in RETRYABLE_ERRORS
+
+
+CANCELLED = "cancelled"
+"""The error type of a task that ended because its job was cancelled."""
+
+ROBOTS_REFUSED = "robots"
+"""The error type of a task robots.txt forbids."""
+
+NOT_REQUESTED = frozenset({CANCELLED, ROBOTS_REFUSED})
+"""Error types of the results the server makes for tasks it ends before any request:
+such a result says why the URL was not fetched, and is no request (elapsed 0, worker
+``server``)."""
+
+
+def not_requested(result: dict[str, Any]) -> str | None:
+    """The error type of a result whose task was never requested, else None."""
+    error = result.get("error")
+    if error is None:
+        return None
+    kind = error.get("type") if isinstance(error, dict) else None
+    return kind if kind in NOT_REQUESTED else None
+
+
+_NUMBER = (int, float)
+"""For isinstance: a tuple of types is checked faster than ``int | float``."""
+
+
+class Lateness(NamedTuple):
+    """How a request's start compares with its scheduled start."""
+
+    seconds: float
+    """Started this long after the schedule (negative: before it)."""
+    late: bool
+    """More than LATE_AFTER after: what status and the reports count as a late start."""
+
+
+def lateness(result: dict[str, Any]) -> Lateness | None:
+    """The lateness of a result's start; None for a result without a schedule."""
+    scheduled = result.get("scheduled")
+    if scheduled is None:  # most results: a job without a rate
+        return None
+    started = result.get("started")
+    if not isinstance(scheduled, _NUMBER) or not isinstance(started, _NUMBER):
+        return None
+    seconds = started - scheduled
+    return Lateness(seconds, seconds > LATE_AFTER)

@@ -1,0 +1,88 @@
+"""What a set of requests came to, kept as counts and sketches that merge.
+
+One accumulator for every part of a report that sums requests: a slice of time
+(:mod:`fetchq.report.timeline`) and a place (:mod:`fetchq.report.places`).
+Merging two tallies gives the tally of both, so buckets can be coarsened and
+places folded into ``other`` without losing a request.
+"""
+
+from __future__ import annotations
+
+import math
+
+from fetchq.report.sketch import Sketch, new_sketch
+
+
+class Tally:
+    """Requests: how many, how many failed, their span, and their latency sketches.
+
+    ``add`` counts a request; ``add_schedule`` adds what its schedule says (a
+    tally of time also counts the requests *due* in it, in ``scheduled``)."""
+
+    __slots__ = (
+        "failed",
+        "first_start",
+        "last_end",
+        "late",
+        "latency",
+        "requests",
+        "response",
+        "scheduled",
+    )
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.failed = 0
+        self.scheduled = 0
+        """Requests due (for a slice of time: due to start in it)."""
+        self.late = 0
+        """Requests that started late (see ``fetchq.wire.records.lateness``)."""
+        self.first_start = math.inf
+        self.last_end = -math.inf
+        self.latency: Sketch = new_sketch()
+        """Service time (``elapsed``) of every request."""
+        self.response: Sketch | None = None
+        """Response time from the schedule, once a request with a schedule is counted."""
+
+    def add(self, started: float, elapsed: float, ok: bool) -> None:
+        self.requests += 1
+        if not ok:
+            self.failed += 1
+        if started < self.first_start:
+            self.first_start = started
+        end = started + elapsed
+        if end > self.last_end:
+            self.last_end = end
+        self.latency.add(elapsed)
+
+    def add_schedule(self, response: float, late: bool) -> None:
+        """The response time from its schedule of a request counted with ``add``."""
+        self.response_sketch().add(response)
+        if late:
+            self.late += 1
+
+    def response_sketch(self) -> Sketch:
+        if self.response is None:
+            self.response = new_sketch()
+        return self.response
+
+    @property
+    def ok(self) -> int:
+        return self.requests - self.failed
+
+    @property
+    def rate(self) -> float | None:
+        """Requests per second over the tally's own span, first start to last finish."""
+        span = self.last_end - self.first_start
+        return self.requests / span if span > 0 else None
+
+    def merge(self, other: Tally) -> None:
+        self.requests += other.requests
+        self.failed += other.failed
+        self.scheduled += other.scheduled
+        self.late += other.late
+        self.first_start = min(self.first_start, other.first_start)
+        self.last_end = max(self.last_end, other.last_end)
+        self.latency.merge(other.latency)
+        if other.response is not None:
+            self.response_sketch().merge(other.response)
