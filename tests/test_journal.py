@@ -11,6 +11,7 @@ kernel closing its descriptors, which drops the ``flock`` on ``PATH.lock``.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -26,7 +27,7 @@ import pytest
 from brokerkit import crash, renew
 from fakeclock import FakeClock
 
-from fetchq.errors import BadRequest, ConfigError
+from fetchq.errors import BadRequest, ConfigError, StorageFailed
 from fetchq.server import journal as journal_module
 from fetchq.server.broker import Broker
 from fetchq.server.journal import FORMAT, FORMAT_VERSION, Journal
@@ -429,6 +430,28 @@ def test_a_task_handed_back_before_a_crash_goes_at_once_after_it(
     [again] = restarted.lease("other", 1, 0)
     assert (again["id"], again["attempt"]) == (running["id"], 1)  # its attempt not used up
     restarted.close()
+
+
+def test_a_capped_lease_the_journal_cannot_take_is_not_handed_out(
+    path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk: the lease call fails (the worker waits and retries) and leaves the
+    task queued and its host free, so it goes once the journal works again."""
+    broker = open_broker(path, clock)
+    broker.submit({**CAPPED, "urls": urls(1, "http://h.test/")})
+    real_write = os.write
+
+    def full_disk(fd: int, data: bytes | memoryview) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(StorageFailed, match="No space left on device"):
+        broker.lease("w", 1, 0)
+    monkeypatch.setattr(os, "write", real_write)
+    assert counts(broker, "c")["leased"] == 0
+    [task] = broker.lease("other", 1, 0)
+    assert task["attempt"] == 1
+    broker.close()
 
 
 def test_without_host_limits_a_lease_is_not_journaled_and_its_task_goes_again(
