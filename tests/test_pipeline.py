@@ -111,6 +111,15 @@ def test_sigterm_drains_a_worker_and_hands_back_unstarted_tasks(server, env, tar
     sigterm_drains(env, target, lambda: start_worker(env, "--concurrency", "2", "--prefetch", "20"))
 
 
+def test_a_worker_that_prefetches_one_task_does_the_job(server, env, target):
+    """``--prefetch 1``: one task waits ahead of the fetch thread, never zero asked for."""
+    urls = [f"{target.url}/?prefetch={n}" for n in range(5)]
+    assert run(env, "dispatch", *urls, "-j", "prefetch").returncode == 0
+    worker = run(env, "worker", "--burst", "--concurrency", "1", "--prefetch", "1")
+    assert worker.returncode == 0, worker.stderr
+    assert "stopped after 5 tasks" in worker.stderr, worker.stderr
+
+
 def test_output_formats_summary_and_status(server, env, target):
     urls = [f"{target.url}/?n={i}" for i in range(50)] + [f"{target.url}/status/404"] * 5
     dispatched = run(env, "dispatch", *urls, "-j", "report")
