@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -275,6 +276,27 @@ def poll_until(condition: Any, timeout: float, what: str, interval: float = 0.05
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(interval)
+
+
+def thread_states(pid: int) -> set[str]:
+    """The scheduler states (``R``, ``S``, ``T``...) of every thread of ``pid``."""
+    states = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            states.add((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+        except FileNotFoundError:
+            continue  # a thread that just ended
+    return states
+
+
+def freeze(pid: int) -> None:
+    """SIGSTOP ``pid`` and wait until every one of its threads has stopped.
+
+    A stop signal is not instant for a process of many threads: one thread takes
+    it and then stops the others, and on a loaded machine the others may run (and
+    answer a request) meanwhile.  Resume with SIGCONT."""
+    os.kill(pid, signal.SIGSTOP)
+    poll_until(lambda: thread_states(pid) <= {"T"}, 30, f"every thread of {pid} to stop", 0.001)
 
 
 def worker_name(pid: int) -> str:
