@@ -32,6 +32,11 @@ class StderrLog:
     def __init__(self, process: subprocess.Popen[str]) -> None:
         self._process = process
         self.lines: list[str] = []
+        self.arrived: list[float] = []
+        """When each line was read (``time.monotonic()``), for timings that leave out
+        how long the program took to start."""
+        self.ended: float | None = None
+        """When the stream ended (the process exited, or closed its stderr)."""
         self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._read, args=(process,), daemon=True)
         self._thread.start()
@@ -41,9 +46,20 @@ class StderrLog:
         for line in process.stderr:
             with self._changed:
                 self.lines.append(line.rstrip("\n"))
+                self.arrived.append(time.monotonic())
                 self._changed.notify_all()
         with self._changed:
+            self.ended = time.monotonic()
             self._changed.notify_all()
+
+    def arrival(self, pattern: str) -> float:
+        """When the first line matching ``pattern`` was read (it must have been)."""
+        regex = re.compile(pattern)
+        with self._changed:
+            for line, when in zip(self.lines, self.arrived, strict=True):
+                if regex.search(line):
+                    return when
+        raise AssertionError(f"no stderr line matched {pattern!r}: {self.lines}")
 
     def wait_for(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
         regex = re.compile(pattern)
