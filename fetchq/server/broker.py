@@ -28,6 +28,7 @@ from fetchq.server import completion, leasing, recovery, steering, validate, vie
 from fetchq.server.expiry import Expiry
 from fetchq.server.jobqueue import Policy
 from fetchq.server.journal import Journal
+from fetchq.server.leases import Lease
 from fetchq.server.ledger import Ledger, random_id_base
 from fetchq.server.outbox import count_by_job
 from fetchq.server.recorder import Recorder
@@ -308,15 +309,15 @@ class Broker:
         state = self._state
         with self._lock:
             state.workers.seen(worker, self._clock())
-            returned = []
+            returned: dict[int, Lease] = {}  # a pair named twice is handed back once
             for task_id, attempt in reversed(pairs):
                 lease = state.leases.get(task_id)
                 if lease is not None and lease.held_as(attempt, worker):
-                    returned.append(lease)
-            counted = [[lease.id, lease.attempt] for lease in returned if lease.host is not None]
+                    returned.setdefault(task_id, lease)
+            counted = [[t.id, t.attempt] for t in returned.values() if t.host is not None]
             if counted:  # a restart must not count them as still running
                 self._recorder.write({"k": "release", "leases": counted})
-            for lease in returned:
+            for lease in returned.values():
                 state.give_back(lease)
                 released += 1
             self._waiters.tasks.notify(released + self._freed())
