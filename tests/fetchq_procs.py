@@ -282,6 +282,28 @@ def connect_broker(address: str, authkey: str) -> Any:
     return client
 
 
+def wait_until_leasing(client: Any, names: set[str], timeout: float = 30.0) -> None:
+    """Until each of these workers (``host:pid`` names) is asking the server for tasks.
+
+    Seen by the server is not enough: a worker says hello before its lease loop
+    starts, and on a loaded box the loop may start seconds later.  Its first call
+    after the hello is a lease.  The server's ``last_seen_ago`` for a worker only
+    grows between two of its calls, so when it shrinks from one look to the next,
+    the worker has called in between: from then on it is leasing."""
+    previous: dict[str, float] = {}
+    heard: set[str] = set()
+
+    def all_heard() -> bool:
+        rows = {row["worker"]: row["last_seen_ago"] for row in client.call("status")["workers"]}
+        for name in names & rows.keys():
+            if name in previous and rows[name] < previous[name]:
+                heard.add(name)
+            previous[name] = rows[name]
+        return heard >= names
+
+    poll_until(all_heard, timeout, f"workers {sorted(names - heard)} to ask for tasks")
+
+
 def poll_until(condition: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
     """Call ``condition`` until it returns something true, or fail after ``timeout`` s."""
     deadline = time.monotonic() + timeout

@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import json
 import subprocess
 from collections.abc import Iterator
 
 import pytest
 from fetchq_procs import (
+    connect_broker,
     jsonl,
     poll_until,
     run,
     start_output,
     start_worker,
     stop_all,
+    wait_until_leasing,
     worker_name,
 )
 from worker_scenarios import CLOCK_SLACK, assert_none_before_its_slot, assert_slots_apart
@@ -58,15 +59,13 @@ def arrivals(target: Target, tag: str) -> list[Seen]:
 
 
 def start_workers(env: dict[str, str], count: int, *args: str) -> list[subprocess.Popen[str]]:
-    """Workers that have all asked the server for tasks: each can take part from the start."""
+    """Workers that are all asking the server for tasks: each can take part from the start."""
     workers = [start_worker(env, *args)[0] for _ in range(count)]
-    names = {worker_name(worker.pid) for worker in workers}
-
-    def connected() -> bool:
-        status = json.loads(run(env, "status", "--json").stdout or "{}")
-        return names <= {seen["worker"] for seen in status.get("workers", [])}
-
-    poll_until(connected, 30, f"{count} workers to connect")
+    client = connect_broker(env["FETCHQ_SERVER"], env["FETCHQ_AUTHKEY"])
+    try:
+        wait_until_leasing(client, {worker_name(worker.pid) for worker in workers})
+    finally:
+        client.close()
     return workers
 
 
