@@ -28,9 +28,9 @@ from fetchq.wire.client import BrokerClient, ResilientClient
 KEY = b"protocol-test-key"
 
 
-def serving(**options: Any) -> Iterator[QueueServer]:
+def serving(broker: Broker | None = None, **options: Any) -> Iterator[QueueServer]:
     """A server in this process, on a free port, until the test ends."""
-    broker = Broker(lease_timeout=5)
+    broker = broker or Broker(lease_timeout=5)
     server = QueueServer(broker, Address("127.0.0.1", 0), KEY, **options)
     stop = StopRequest()
     thread = threading.Thread(target=run_until_stopped, args=(broker, server, stop), daemon=True)
@@ -55,6 +55,34 @@ def test_round_trip_and_remote_errors(served):
         client.call("submit", {"job": "p", "urls": "http://127.0.0.1/"})
     # The bad call did not break this connection or the server.
     assert client.call("job", "p")["submitted"] == 1
+
+
+class HellosKeptWaiting(Broker):
+    """A server whose first and last hello replies are kept waiting after it read its
+    clock, as a busy machine keeps a thread waiting."""
+
+    hellos = 0
+
+    def hello(self, client: dict[str, Any]) -> dict[str, Any]:
+        reply = super().hello(client)
+        self.hellos += 1
+        if self.hellos in (1, defaults.CLOCK_SAMPLES):
+            time.sleep(0.3)
+        return reply
+
+
+def test_a_worker_learns_the_servers_clock_from_its_quickest_round_trip():
+    """Server and client share one clock here, so the true offset is 0.  A slow hello
+    (the first or the last) alone would put the estimate 0.15 s off (the server's
+    time against the middle of a 0.3 s round trip); the quickest of CLOCK_SAMPLES is
+    within a few ms."""
+    broker = HellosKeptWaiting(lease_timeout=5)
+    with contextlib.contextmanager(serving)(broker) as server:
+        client = BrokerClient(server.address, KEY, clock_samples=defaults.CLOCK_SAMPLES)
+        client.connect()
+        assert broker.hellos == defaults.CLOCK_SAMPLES
+        assert abs(client.clock_offset) < 0.05, client.clock_offset
+        client.close()
 
 
 def test_wrong_key_is_reported_as_such(served):

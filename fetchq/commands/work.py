@@ -336,6 +336,7 @@ def run_worker_process(
             first_give_up=None,
             stop=stopper,
             introduce={"worker": identity, "threads": settings.concurrency},
+            clock_samples=defaults.CLOCK_SAMPLES,
         )
 
     engine = WorkerEngine(make_client, settings, stop, identity)
