@@ -94,15 +94,42 @@ def test_a_rate_holds_across_the_fleet(server, env, target):
     assert len({r["worker"] for r in results}) == 2, "both workers take part"
     seen = arrivals(target, "/rated?")
     assert len(seen) == 15 * RATE
-    assert_slots_apart(results, 1 / RATE)
-    slots = sorted(r["scheduled"] for r in results)
-    assert slots[-1] - slots[0] == pytest.approx((len(slots) - 1) / RATE, abs=CLOCK_SLACK)
+    assert_one_schedule(results, 1 / RATE)
     assert_no_burst(results, seen, target)
     assert_none_before_its_slot(results, seen)
     times = [s.arrived for s in seen]
     low, high = times[0] + 2.5, times[-1] - 2.5
     achieved = sum(1 for t in times if low <= t <= high) / (high - low)
     assert RATE * 0.95 <= achieved <= RATE * 1.05, achieved
+
+
+def assert_one_schedule(results: list[dict], step: float) -> None:
+    """The requests took consecutive slots of one schedule, ``step`` apart on the
+    server's clock, each slot once.
+
+    A result's slot is on its worker's clock, which knows the server's to within
+    ``CLOCK_SLACK`` (one constant error per worker).  So each worker's slots must lie
+    exactly on a grid of ``step``, and some shift of each worker's grid by at most
+    ``CLOCK_SLACK`` must make all of them together consecutive, none twice."""
+    slots: dict[str, list[float]] = {}
+    for r in results:
+        slots.setdefault(r["worker"], []).append(r["scheduled"])
+    ordered = sorted(slots, key=lambda worker: -len(slots[worker]))
+    origin = min(slots[ordered[0]])
+    grids: list[list[int]] = []
+    shifts: list[list[int]] = []
+    for worker in ordered:
+        steps = [(slot - origin) / step for slot in slots[worker]]
+        off = steps[0] - round(steps[0])  # this worker's clock error, in steps, modulo 1
+        assert all(abs(x - off - round(x - off)) < 1e-3 for x in steps), worker  # a grid
+        grids.append([round(x - off) for x in steps])
+        shifts.append([m for m in range(-9, 10) if abs(m - off) * step <= CLOCK_SLACK + 1e-9])
+    count = len(results)
+    for chosen in itertools.product(*shifts):
+        taken = sorted(i + m for grid, m in zip(grids, chosen, strict=True) for i in grid)
+        if taken == list(range(taken[0], taken[0] + count)):
+            return
+    raise AssertionError(f"no {count} consecutive slots {step}s apart, each once: {shifts}")
 
 
 def assert_no_burst(results: list[dict], seen: list[Seen], target: Target) -> None:
