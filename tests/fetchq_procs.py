@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -31,6 +32,11 @@ class StderrLog:
     def __init__(self, process: subprocess.Popen[str]) -> None:
         self._process = process
         self.lines: list[str] = []
+        self.arrived: list[float] = []
+        """When each line was read (``time.monotonic()``), for timings that leave out
+        how long the program took to start."""
+        self.ended: float | None = None
+        """When the stream ended (the process exited, or closed its stderr)."""
         self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._read, args=(process,), daemon=True)
         self._thread.start()
@@ -40,9 +46,20 @@ class StderrLog:
         for line in process.stderr:
             with self._changed:
                 self.lines.append(line.rstrip("\n"))
+                self.arrived.append(time.monotonic())
                 self._changed.notify_all()
         with self._changed:
+            self.ended = time.monotonic()
             self._changed.notify_all()
+
+    def arrival(self, pattern: str) -> float:
+        """When the first line matching ``pattern`` was read (it must have been)."""
+        regex = re.compile(pattern)
+        with self._changed:
+            for line, when in zip(self.lines, self.arrived, strict=True):
+                if regex.search(line):
+                    return when
+        raise AssertionError(f"no stderr line matched {pattern!r}: {self.lines}")
 
     def wait_for(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
         regex = re.compile(pattern)
@@ -265,6 +282,28 @@ def connect_broker(address: str, authkey: str) -> Any:
     return client
 
 
+def wait_until_leasing(client: Any, names: set[str], timeout: float = 30.0) -> None:
+    """Until each of these workers (``host:pid`` names) is asking the server for tasks.
+
+    Seen by the server is not enough: a worker says hello before its lease loop
+    starts, and on a loaded box the loop may start seconds later.  Its first call
+    after the hello is a lease.  The server's ``last_seen_ago`` for a worker only
+    grows between two of its calls, so when it shrinks from one look to the next,
+    the worker has called in between: from then on it is leasing."""
+    previous: dict[str, float] = {}
+    heard: set[str] = set()
+
+    def all_heard() -> bool:
+        rows = {row["worker"]: row["last_seen_ago"] for row in client.call("status")["workers"]}
+        for name in names & rows.keys():
+            if name in previous and rows[name] < previous[name]:
+                heard.add(name)
+            previous[name] = rows[name]
+        return heard >= names
+
+    poll_until(all_heard, timeout, f"workers {sorted(names - heard)} to ask for tasks")
+
+
 def poll_until(condition: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
     """Call ``condition`` until it returns something true, or fail after ``timeout`` s."""
     deadline = time.monotonic() + timeout
@@ -275,6 +314,27 @@ def poll_until(condition: Any, timeout: float, what: str, interval: float = 0.05
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(interval)
+
+
+def thread_states(pid: int) -> set[str]:
+    """The scheduler states (``R``, ``S``, ``T``...) of every thread of ``pid``."""
+    states = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            states.add((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+        except FileNotFoundError:
+            continue  # a thread that just ended
+    return states
+
+
+def freeze(pid: int) -> None:
+    """SIGSTOP ``pid`` and wait until every one of its threads has stopped.
+
+    A stop signal is not instant for a process of many threads: one thread takes
+    it and then stops the others, and on a loaded machine the others may run (and
+    answer a request) meanwhile.  Resume with SIGCONT."""
+    os.kill(pid, signal.SIGSTOP)
+    poll_until(lambda: thread_states(pid) <= {"T"}, 30, f"every thread of {pid} to stop", 0.001)
 
 
 def worker_name(pid: int) -> str:

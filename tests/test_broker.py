@@ -538,6 +538,14 @@ def test_release_needs_the_matching_id_attempt_and_worker(broker: Broker) -> Non
     assert broker.release("w1", [[task["id"], 1]]) == 0
 
 
+def test_a_lease_named_twice_in_one_release_goes_back_once(broker: Broker) -> None:
+    submit(broker, "a", 1)
+    (task,) = broker.lease("w1", 1, 0)
+    assert broker.release("w1", [[task["id"], 1], [task["id"], 1]]) == 1
+    assert broker.job("a")["queued"] == 1
+    assert len(broker.lease("w2", 10, 0)) == 1
+
+
 def test_release_resent_after_the_task_moved_on_does_nothing(broker: Broker) -> None:
     """A release re-sent after a lost reply must not take the task from its new holder."""
     submit(broker, "a", 1)

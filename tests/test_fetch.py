@@ -210,12 +210,20 @@ def test_malformed_tasks_never_raise(fetcher: Fetcher, bad_task: Any) -> None:
 
 
 @pytest.mark.parametrize("timeout", [None, "x", 0, -1, float("nan"), float("inf")])
-def test_unusable_timeouts_fall_back_to_the_default(
-    target: Target, fetcher: Fetcher, timeout: Any
-) -> None:
-    t = task(target.url + "/")
+def test_unusable_timeouts_fall_back_to_the_default(target: Target, timeout: Any) -> None:
+    """A 3 s answer against a default of 0.3 s: the fetch ends by timeout after the
+    default, not at once (0 or a negative value passed on) and not after 3 s or never
+    (None or infinity passed on)."""
+    t = task(target.url + "/slow?s=3")
     t["timeout"] = timeout
-    assert fetcher.fetch(t)["ok"] is True
+    f = Fetcher("test-host:1", default_timeout=0.3)
+    try:
+        r = f.fetch(t)
+    finally:
+        f.close()
+    assert error_type(r) == "timeout", r["error"]
+    assert "(task timeout 0.3s)" in r["error"]["message"], r["error"]
+    assert 0.3 <= r["elapsed"] < 3.0, r["elapsed"]
 
 
 def test_user_agent_and_keep_alive(target: Target) -> None:

@@ -11,6 +11,7 @@ kernel closing its descriptors, which drops the ``flock`` on ``PATH.lock``.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -26,7 +27,7 @@ import pytest
 from brokerkit import crash, renew
 from fakeclock import FakeClock
 
-from fetchq.errors import BadRequest, ConfigError
+from fetchq.errors import BadRequest, ConfigError, StorageFailed
 from fetchq.server import journal as journal_module
 from fetchq.server.broker import Broker
 from fetchq.server.journal import FORMAT, FORMAT_VERSION, Journal
@@ -354,6 +355,120 @@ def test_tasks_submitted_after_a_restart_are_leased(path: Path, clock: FakeClock
     leased = [t["id"] for t in lease_all(restarted)]
     assert leased[-2:] == [first, first + 1]
     assert restarted.complete("w", [ok({"id": first, "job": "a", "url": "u"})])["accepted"] == 1
+    restarted.close()
+
+
+# -- leases on limited hosts across a restart ----------------------------------
+#
+# A crash of the server does not stop its workers: a request leased on a host with a
+# per-host cap goes on running, so the restarted server counts it on the host until it
+# is reported or its lease would have lapsed.  Here the cap is 1: a second lease on
+# the host while the first runs would be two requests at once.
+
+CAPPED = {"job": "c", "per_host": 1}
+
+
+def capped_broker(path: Path, clock: FakeClock) -> tuple[Broker, dict[str, Any]]:
+    """A job of two tasks on one host with a cap of 1, the first leased to ``w``."""
+    broker = open_broker(path, clock)
+    broker.submit({**CAPPED, "urls": urls(2, "http://h.test/")})
+    [running] = broker.lease("w", 2, 0)
+    assert broker.lease("other", 2, 0) == []  # the cap holds before the crash
+    return broker, running
+
+
+def test_a_capped_lease_holds_the_host_across_restarts_until_reported(
+    path: Path, clock: FakeClock
+) -> None:
+    broker, running = capped_broker(path, clock)
+    crash(broker)
+    restarted = open_broker(path, clock)
+    crash(restarted)  # twice: the start-up compaction keeps the lease too
+    restarted = open_broker(path, clock)
+    assert counts(restarted, "c")["leased"] == 1
+    assert restarted.lease("other", 2, 0) == []  # the old worker still runs it
+    assert renew(restarted, "w", [[running["id"], 1]]) == 1  # the worker carries on
+    assert restarted.complete("w", [ok(running)])["accepted"] == 1
+    [following] = restarted.lease("other", 2, 0)  # the host is free: the next one goes
+    assert following["id"] == running["id"] + 1
+    restarted.close()
+
+
+def test_a_capped_lease_lapses_after_a_restart_at_its_old_deadline(
+    path: Path, clock: FakeClock
+) -> None:
+    broker, running = capped_broker(path, clock)
+    clock.advance(LEASE - 1)
+    crash(broker)
+    restarted = open_broker(path, clock)
+    assert restarted.lease("other", 2, 0) == []
+    clock.advance(1)  # its deadline, set by the old process
+    [again] = restarted.lease("other", 2, 0)
+    assert (again["id"], again["attempt"]) == (running["id"], 2)
+    restarted.close()
+
+
+def test_a_renewal_before_a_crash_holds_after_it(path: Path, clock: FakeClock) -> None:
+    broker, running = capped_broker(path, clock)
+    clock.advance(LEASE / 2)
+    assert renew(broker, "w", [[running["id"], 1]]) == 1  # now due 1.5 timeouts from the lease
+    clock.advance(LEASE / 2 + 1)  # past the deadline it was leased with
+    crash(broker)
+    restarted = open_broker(path, clock)
+    assert restarted.lease("other", 2, 0) == []
+    assert renew(restarted, "w", [[running["id"], 1]]) == 1
+    restarted.close()
+
+
+def test_a_task_handed_back_before_a_crash_goes_at_once_after_it(
+    path: Path, clock: FakeClock
+) -> None:
+    broker, running = capped_broker(path, clock)
+    assert broker.release("w", [[running["id"], 1]]) == 1
+    crash(broker)
+    restarted = open_broker(path, clock)
+    [again] = restarted.lease("other", 1, 0)
+    assert (again["id"], again["attempt"]) == (running["id"], 1)  # its attempt not used up
+    restarted.close()
+
+
+def test_a_capped_lease_the_journal_cannot_take_is_not_handed_out(
+    path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk: the lease call fails (the worker waits and retries) and leaves the
+    task queued and its host free, so it goes once the journal works again."""
+    broker = open_broker(path, clock)
+    broker.submit({**CAPPED, "urls": urls(1, "http://h.test/")})
+    real_write = os.write
+
+    def full_disk(fd: int, data: bytes | memoryview) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(StorageFailed, match="No space left on device"):
+        broker.lease("w", 1, 0)
+    monkeypatch.setattr(os, "write", real_write)
+    assert counts(broker, "c")["leased"] == 0
+    [task] = broker.lease("other", 1, 0)
+    assert task["attempt"] == 1
+    broker.close()
+
+
+def test_without_host_limits_a_lease_is_not_journaled_and_its_task_goes_again(
+    path: Path, clock: FakeClock
+) -> None:
+    """Only a cap needs to know what runs: other leases cost the journal nothing, and a
+    restart queues their tasks again at once (a late report of one is deduplicated)."""
+    broker = open_broker(path, clock)
+    broker.submit({"job": "a", "urls": urls(1)})
+    size = path.stat().st_size
+    [task] = broker.lease("w", 1, 0)
+    assert renew(broker, "w", [[task["id"], 1]]) == 1
+    assert path.stat().st_size == size
+    crash(broker)
+    restarted = open_broker(path, clock)
+    [again] = restarted.lease("other", 1, 0)
+    assert again["id"] == task["id"]
     restarted.close()
 
 

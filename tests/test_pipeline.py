@@ -27,7 +27,7 @@ from fetchq_procs import (
 )
 from worker_scenarios import closed_port, every_kind_of_failure, sigterm_drains
 
-from fetchq.errors import ExitCode
+from fetchq.errors import ExitCode, NoSuchJob
 from fetchq.wire.client import BrokerClient
 from fetchq.wire.records import RESULT_FIELDS
 
@@ -111,6 +111,15 @@ def test_sigterm_drains_a_worker_and_hands_back_unstarted_tasks(server, env, tar
     sigterm_drains(env, target, lambda: start_worker(env, "--concurrency", "2", "--prefetch", "20"))
 
 
+def test_a_worker_that_prefetches_one_task_does_the_job(server, env, target):
+    """``--prefetch 1``: one task waits ahead of the fetch thread, never zero asked for."""
+    urls = [f"{target.url}/?prefetch={n}" for n in range(5)]
+    assert run(env, "dispatch", *urls, "-j", "prefetch").returncode == 0
+    worker = run(env, "worker", "--burst", "--concurrency", "1", "--prefetch", "1")
+    assert worker.returncode == 0, worker.stderr
+    assert "stopped after 5 tasks" in worker.stderr, worker.stderr
+
+
 def test_output_formats_summary_and_status(server, env, target):
     urls = [f"{target.url}/?n={i}" for i in range(50)] + [f"{target.url}/status/404"] * 5
     dispatched = run(env, "dispatch", *urls, "-j", "report")
@@ -182,9 +191,23 @@ for _ in range(20):
 )
 
 
-def run_classic_client(server: ServerProcess, env: dict[str, str], base: str, tmp_path):
+CLASSIC_PUTS = (
+    CLASSIC_CONNECT
+    + """
+print("connected", flush=True)
+for n in range(5):
+    task.put(f"{base}/classic?put={n}")
+print("queued", flush=True)
+"""
+)
+"""The classic client's first half: it queues five URLs and leaves."""
+
+
+def run_classic_client(
+    server: ServerProcess, env: dict[str, str], base: str, tmp_path, source: str = CLASSIC_CLIENT
+):
     script = tmp_path / "classic_client.py"
-    script.write_text(CLASSIC_CLIENT)
+    script.write_text(source)
     host, port = server.address.split(":")
     return subprocess.run(
         [sys.executable, str(script), host, port, env["FETCHQ_AUTHKEY"], base],
@@ -214,13 +237,29 @@ def test_a_classic_tutorial_client_works_against_allow_pickle(env, target, tmp_p
 def test_without_allow_pickle_a_classic_client_is_refused_and_the_server_says_so(
     server, env, target, tmp_path
 ):
-    client = run_classic_client(server, env, target.url, tmp_path)
+    """Refused at its first frame, before any call ran: the client dies in ``connect()``,
+    the server says why, and no job exists.  The control: the same client against
+    ``--allow-pickle`` gets past ``connect()`` and queues its URLs."""
+    client = run_classic_client(server, env, target.url, tmp_path, CLASSIC_PUTS)
     # No pickle crosses the wire by default, not even a refusal: the client cannot read
     # the JSON one (its error is an UnpicklingError), and the server's log says why.
     assert client.returncode == 1 and "UnpicklingError" in client.stderr, client.stderr[-600:]
+    assert "manager.connect()" in client.stderr and client.stdout == "", client.stderr[-600:]
     server.log.wait_for(r"refused a pickle from 127\.0\.0\.1:\d+: .*--allow-pickle")
     assert "allow-pickle" not in server.log.lines[0], "no warning without the flag"
-    assert "classic" not in broker(env).call("status")["jobs"], "nothing was queued"
+    with pytest.raises(NoSuchJob):
+        broker(env).call("job", "classic")
+
+    allowing = ServerProcess(env, "--allow-pickle")
+    try:
+        control = run_classic_client(allowing, env, target.url, tmp_path, CLASSIC_PUTS)
+        assert control.returncode == 0, control.stderr[-600:]
+        assert control.stdout == "connected\nqueued\n"
+        watcher = connect_broker(allowing.address, env["FETCHQ_AUTHKEY"])
+        assert watcher.call("job", "classic")["submitted"] == 5
+        watcher.close()
+    finally:
+        allowing.stop()
 
 
 def file_size_limit(limit: int) -> Callable[[], None]:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import socket
 import struct
 import threading
 import time
 from collections.abc import Iterator
 from multiprocessing.managers import BaseManager, listener_client  # type: ignore[attr-defined]
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,9 +30,9 @@ from fetchq.wire.transport import NotFetchq
 KEY = b"protocol-test-key"
 
 
-def serving(**options: Any) -> Iterator[QueueServer]:
+def serving(broker: Broker | None = None, **options: Any) -> Iterator[QueueServer]:
     """A server in this process, on a free port, until the test ends."""
-    broker = Broker(lease_timeout=5)
+    broker = broker or Broker(lease_timeout=5)
     server = QueueServer(broker, Address("127.0.0.1", 0), KEY, **options)
     stop = StopRequest()
     thread = threading.Thread(target=run_until_stopped, args=(broker, server, stop), daemon=True)
@@ -57,6 +57,34 @@ def test_round_trip_and_remote_errors(served):
         client.call("submit", {"job": "p", "urls": "http://127.0.0.1/"})
     # The bad call did not break this connection or the server.
     assert client.call("job", "p")["submitted"] == 1
+
+
+class HellosKeptWaiting(Broker):
+    """A server whose first and last hello replies are kept waiting after it read its
+    clock, as a busy machine keeps a thread waiting."""
+
+    hellos = 0
+
+    def hello(self, client: dict[str, Any]) -> dict[str, Any]:
+        reply = super().hello(client)
+        self.hellos += 1
+        if self.hellos in (1, defaults.CLOCK_SAMPLES):
+            time.sleep(0.3)
+        return reply
+
+
+def test_a_worker_learns_the_servers_clock_from_its_quickest_round_trip():
+    """Server and client share one clock here, so the true offset is 0.  A slow hello
+    (the first or the last) alone would put the estimate 0.15 s off (the server's
+    time against the middle of a 0.3 s round trip); the quickest of CLOCK_SAMPLES is
+    within a few ms."""
+    broker = HellosKeptWaiting(lease_timeout=5)
+    with contextlib.contextmanager(serving)(broker) as server:
+        client = BrokerClient(server.address, KEY, clock_samples=defaults.CLOCK_SAMPLES)
+        client.connect()
+        assert broker.hellos == defaults.CLOCK_SAMPLES
+        assert abs(client.clock_offset) < 0.05, client.clock_offset
+        client.close()
 
 
 def test_wrong_key_is_reported_as_such(served):
@@ -318,9 +346,11 @@ def test_out_of_descriptors_the_server_backs_off_and_recovers(env, tmp_path):
         for _ in range(60):
             sockets.append(socket.create_connection(address, timeout=5))
         log.wait_for("cannot accept connections: Too many open files")
-        cpu_before = _cpu_seconds(process.pid)
+        before = _runnable_seconds(process.pid)
         time.sleep(1.0)  # measuring the idle cost of waiting: nothing to poll for
-        assert _cpu_seconds(process.pid) - cpu_before < 0.5, "the accept loop spun"
+        after = _runnable_seconds(process.pid)
+        spent = sum(after[tid] - before[tid] for tid in before.keys() & after.keys())
+        assert spent < 0.5, f"the accept loop spun: runnable {spent:.2f}s of 1s"
         for sock in sockets:
             sock.close()
         sockets.clear()
@@ -335,10 +365,20 @@ def test_out_of_descriptors_the_server_backs_off_and_recovers(env, tmp_path):
         process.wait(10)
 
 
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _runnable_seconds(pid: int) -> dict[str, float]:
+    """Seconds each thread of ``pid`` has been runnable: on a CPU, or waiting for one.
+
+    CPU time alone would let a spinning loop pass on a loaded machine, where it
+    gets little CPU; a spinning loop is runnable all the time however busy the
+    machine is, while a loop that waits sleeps (neither counts)."""
+    runnable = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            on_cpu, waiting, _ = (task / "schedstat").read_text().split()
+        except FileNotFoundError:
+            continue  # a thread that just ended
+        runnable[task.name] = (int(on_cpu) + int(waiting)) / 1e9
+    return runnable
 
 
 def test_long_urls_are_sent_in_batches_the_server_reads(served, monkeypatch):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from fetchq.server.jobqueue import Policy, Robots
 from fetchq.server.scheduler import LOOKAHEAD, Scheduler
 from fetchq.server.tasks import Span
@@ -81,12 +83,31 @@ def test_per_host_cap_holds_and_hosts_take_turns() -> None:
     assert scheduler.busiest_hosts("a", 1) == [("a.test:80", 97, 2)]
 
 
-def test_a_host_with_a_long_queue_does_not_starve_the_others() -> None:
-    """robots.txt alone limits nothing, yet the hosts still take turns."""
+class AllowAll(Robots):
+    crawl_delay = None
+
+    def allowed(self, url: str) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    "policy", [Policy(retry_after=True), Policy(obey_robots=True)], ids=["retry-after", "robots"]
+)
+def test_a_host_with_a_long_queue_does_not_starve_the_others(policy: Policy) -> None:
+    """Obeying Retry-After, or a robots.txt that allows everything, limits nothing by
+    itself (no cap, no delay), yet the job's tasks wait per host and the hosts take
+    turns: fifty tasks for a.test do not keep b.test and c.test waiting."""
     scheduler = Scheduler()
-    scheduler.set_policy("a", Policy(retry_after=True))
+    scheduler.set_policy("a", policy)
     urls = [f"http://a.test/{n}" for n in range(50)] + ["http://b.test/1", "http://c.test/1"]
     submit(scheduler, "a", urls)
+    if policy.obey_robots:  # each host's robots.txt is asked for first
+        probes = scheduler.take(10, 0.0, never)
+        assert all(p.robots for p in probes)
+        assert hosts_of(probes) == ["a.test:80", "b.test:80", "c.test:80"]
+        for probe in probes:
+            scheduler.lease_ended("a", probe.host)
+            scheduler.learn_robots("a", str(probe.host), AllowAll())
     assert hosts_of(scheduler.take(3, 0.0, never)) == ["a.test:80", "b.test:80", "c.test:80"]
 
 

@@ -1,11 +1,14 @@
 """A model of pacing and politeness: hypothesis drives a journaled broker through any
-interleaving of submit, lease, complete, expiry, pause, resume, cancel, policy changes
-and crash-restarts, with tasks spread over many hosts.
+interleaving of submit, lease, renew, release, complete, expiry, pause, resume, cancel,
+policy changes and crash-restarts, with tasks spread over many hosts.
 
-After every step: no host has more leases than its cap (the job's and the server's),
-and the starts handed out on each host are never closer than its delay, restarts
-included.  At the end everything is drained and every submitted task has exactly one
-result, cancelled ones included.
+After every step: no host has more requests in flight than its cap (the job's and the
+server's), and the starts handed out on each host are never closer than its delay,
+restarts included.  What is in flight is the model's own account, not the broker's: a
+request runs from its lease until its worker reports it or its lease lapses, and a
+crash of the server does not stop the workers, so what the old process leased still
+runs (and may still be reported) after the restart.  At the end everything is drained
+and every submitted task has exactly one result, cancelled ones included.
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ import itertools
 import shutil
 import tempfile
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from brokerkit import crash
+from brokerkit import crash, renew
 from fakeclock import FakeClock
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -38,13 +42,34 @@ from fetchq.urls import host_key
 from fetchq.wire.records import make_error, make_result
 
 WALL = 1_700_000_000.0
-LEASE = 10.0
+LEASE = 10.05
+"""Off the 0.1 s grid every clock step, start and delay here keeps to: a lease never
+lapses at the very moment the model looks, so the model and the broker never differ on
+which side of a deadline a moment falls (after a restart the broker has it from Unix
+time, a rounding away)."""
 JOBS = ("j0", "j1")
 HOSTS = tuple(f"h{n}.test" for n in range(6))
 SERVER_CAP = 3
 JITTER = 1e-6
 GAPS_CHECKED = Counter[str]()
 """Start gaps the delay invariant looked at, over every example: it must see some."""
+HELD_OVER = Counter[str]()
+"""Requests still running across a restart, over every example: it must see some."""
+
+
+@dataclass
+class Running:
+    """A request a worker runs: from its lease until it reports or its lease lapses."""
+
+    task: dict[str, Any]
+    worker: str
+    until: float
+    """When its lease lapses on the model's clock: the lease timeout after the later of
+    its lease and its scheduled start, or after its last renewal if that is later."""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.task["job"], host_key(self.task["url"])
 
 
 class SchedulerMachine(RuleBasedStateMachine):
@@ -54,7 +79,9 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.clock = FakeClock()
         self.broker = self.start()
         self.submitted: set[int] = set()
-        self.held: dict[int, dict[str, Any]] = {}
+        self.running: dict[int, Running] = {}
+        """What workers run, by a number of the model's own (one task may run twice)."""
+        self.leases = itertools.count()
         self.starts: dict[tuple[str, str], list[float]] = defaultdict(list)
         self.delay = {job: 0.0 for job in JOBS}
         self.cap: dict[str, int | None] = dict.fromkeys(JOBS)
@@ -113,37 +140,68 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     @rule(worker=st.sampled_from(["w0", "w1"]), count=st.integers(1, 20))
     def lease(self, worker: str, count: int) -> None:
+        now = self.clock.now
         for task in self.broker.lease(worker, count, 0):
-            assert task["id"] not in self.held or self.held[task["id"]]["attempt"] < task["attempt"]
-            self.held[task["id"]] = {**task, "worker": worker}
-            if task.get("scheduled") is not None:
-                self.starts[(task["job"], host_key(task["url"]))].append(task["scheduled"])
+            running = [r.task for r in self.running.values() if r.task["id"] == task["id"]]
+            assert all(r["attempt"] < task["attempt"] for r in running), (task, running)
+            scheduled = task.get("scheduled")
+            start = now if scheduled is None else max(now, scheduled - WALL)
+            self.running[next(self.leases)] = Running(task, worker, start + LEASE)
+            if scheduled is not None:
+                self.starts[(task["job"], host_key(task["url"]))].append(scheduled)
 
-    @precondition(lambda self: self.held)
+    @precondition(lambda self: self.running)
     @rule(data=st.data())
     def complete(self, data: st.DataObject) -> None:
-        chosen = data.draw(st.lists(st.sampled_from(sorted(self.held)), max_size=6, unique=True))
+        chosen = data.draw(st.lists(st.sampled_from(sorted(self.running)), max_size=6, unique=True))
         by_worker: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for task_id in chosen:
-            task = self.held.pop(task_id)
+        for number in chosen:
+            running = self.running.pop(number)
+            task = running.task
             retry = data.draw(st.booleans(), label="retryable failure")
             error = make_error("reset", "cut") if retry else None
             result = make_result(
                 task,
-                worker=task["worker"],
+                worker=running.worker,
                 started=WALL,
                 elapsed=0.01,
                 error=error,
                 status=None if retry else 200,
             )
-            by_worker[task["worker"]].append(result)
+            by_worker[running.worker].append(result)
         for worker, results in by_worker.items():
             self.broker.complete(worker, results)
 
-    @rule(seconds=st.sampled_from([0.1, 0.5, 1.0, 3.0, 11.0]))
+    @rule(worker=st.sampled_from(["w0", "w1"]))
+    def renew_held(self, worker: str) -> None:
+        """The worker renews what it runs (as a report with no results does): each lease
+        now lapses a lease timeout from now, if not later already."""
+        mine = [r for r in self.running.values() if r.worker == worker]
+        pairs = [[r.task["id"], r.task["attempt"]] for r in mine]
+        assert renew(self.broker, worker, pairs) == len(pairs), "the server lost a lease"
+        for running in mine:
+            running.until = max(running.until, self.clock.now + LEASE)
+
+    @precondition(lambda self: self.running)
+    @rule(data=st.data())
+    def release(self, data: st.DataObject) -> None:
+        """A worker hands back tasks it has not started: they run no more."""
+        chosen = data.draw(st.lists(st.sampled_from(sorted(self.running)), max_size=4, unique=True))
+        by_worker: dict[str, list[list[int]]] = defaultdict(list)
+        for number in chosen:
+            running = self.running.pop(number)
+            by_worker[running.worker].append([running.task["id"], running.task["attempt"]])
+        for worker, pairs in by_worker.items():
+            assert self.broker.release(worker, pairs) == len(pairs), "the server lost a lease"
+
+    @rule(seconds=st.sampled_from([0.1, 0.5, 1.0, 3.0, 7.0, 11.0]))
     def advance(self, seconds: float) -> None:
         self.clock.advance(seconds)
         self.broker.expire_leases()
+        # A lease that lapsed was given up by its worker (it died, as far as anyone
+        # can tell): it runs no more and reports nothing.
+        for number in [n for n, r in self.running.items() if r.until <= self.clock.now]:
+            del self.running[number]
 
     @rule(job=st.sampled_from(JOBS), action=st.sampled_from(["pause", "resume", "cancel"]))
     def steer(self, job: str, action: str) -> None:
@@ -172,20 +230,30 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     @rule()
     def restart(self) -> None:
+        """The server dies and comes back; its workers do not: what they run runs on,
+        and they report it to the new process."""
         crash(self.broker)
         self.broker = self.start()
-        self.held.clear()  # leases die with the old process
+        HELD_OVER["requests"] += len(self.running)
 
     # -- what must always hold ------------------------------------------------
 
     def lease_counts(self) -> tuple[Counter[tuple[str, str]], Counter[str]]:
+        """Requests in flight per job and host, and per host, as the model saw them go."""
         per_job: Counter[tuple[str, str]] = Counter()
         per_host: Counter[str] = Counter()
-        for lease in self.broker._state.leases:
-            if lease.host is not None:
-                per_job[(lease.task.job, lease.host)] += 1
-                per_host[lease.host] += 1
+        for running in self.running.values():
+            per_job[running.key] += 1
+            per_host[running.key[1]] += 1
         return per_job, per_host
+
+    @invariant()
+    def leases_are_what_runs(self) -> None:
+        """The server holds a lease for each request a worker runs, and for nothing
+        else: none forgotten by a restart, none kept after its report."""
+        per_job = Counter(r.task["job"] for r in self.running.values())
+        for job in self.known:
+            assert self.broker.job(job)["leased"] == per_job[job], (job, per_job)
 
     @invariant()
     def caps_hold(self) -> None:
@@ -225,7 +293,7 @@ class SchedulerMachine(RuleBasedStateMachine):
                 self.results[result["id"]] += 1
             if reply["token"]:
                 self.broker.ack(reply["token"])
-            if set(self.results) >= self.submitted and not len(self.broker._state.scheduler):
+            if set(self.results) >= self.submitted and not self.broker.queued():
                 break
         assert set(self.results) == self.submitted
         assert all(count == 1 for count in self.results.values()), self.results.most_common(3)
@@ -242,3 +310,4 @@ def test_scheduler_model() -> None:
         ),
     )
     assert GAPS_CHECKED["gaps"] > 0, "no example ever checked a delay between two starts"
+    assert HELD_OVER["requests"] > 0, "no example ever restarted with requests in flight"

@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 from fetchq_procs import (
@@ -82,7 +83,7 @@ def test_processes_share_a_job_and_drain_on_sigterm(server, env, target):
 
 def test_a_child_killed_with_sigkill_is_said_and_replaced(server, env, target):
     client = connect_broker(env["FETCHQ_SERVER"], env["FETCHQ_AUTHKEY"])
-    parent, log = start_worker(env, "--processes", "2", "--concurrency", "2")
+    parent, log = start_worker(env, "--processes", "2", "--concurrency", "2", "--prefetch", "1")
     try:
         poll_until(lambda: len(worker_pids(client)) == 2, 60, "two children")
         victim, survivor = sorted(worker_pids(client))
@@ -91,13 +92,16 @@ def test_a_child_killed_with_sigkill_is_said_and_replaced(server, env, target):
         replacement = poll_until(
             lambda: worker_pids(client) - {victim, survivor}, 60, "a replacement child"
         )
-        # The replacement works: a job done by the two live children alone.
-        urls = [f"{target.url}/?replaced={n}" for n in range(100)]
+        # The replacement works: it fetches part of a job done by the two live children
+        # alone.  A child holds at most 3 tasks (2 running, 1 ahead), so the survivor
+        # cannot take all 12 half-second requests while the replacement waits for work.
+        urls = [f"{target.url}/slow?s=0.5&replaced={n}" for n in range(12)]
         assert run(env, "dispatch", *urls, "-j", "replaced").returncode == 0
         output = run(env, "output", "-j", "replaced", "--until-done", "--format", "jsonl")
         assert sorted(r["url"] for r in jsonl(output.stdout)) == sorted(urls)
-        workers = {int(r["worker"].rsplit(":", 1)[1]) for r in jsonl(output.stdout)}
-        assert workers <= replacement | {survivor}
+        by_worker = Counter(int(r["worker"].rsplit(":", 1)[1]) for r in jsonl(output.stdout))
+        assert set(by_worker) <= replacement | {survivor}, by_worker
+        assert sum(by_worker[pid] for pid in replacement) > 0, by_worker
         parent.send_signal(signal.SIGTERM)
         assert parent.wait(30) == 0, log.text
     finally:

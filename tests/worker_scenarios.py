@@ -142,8 +142,12 @@ def whole_job(
 
 # -- pace: what a paced job promises, checked the same way for every worker --
 
-CLOCK_SLACK = 0.005
-"""Seconds a start may seem early: the worker's estimate of the server's clock (one host here)."""
+CLOCK_SLACK = 0.010
+"""Seconds two workers' ideas of the server's clock may differ by (one host here).
+
+Each worker keeps the quickest of ``CLOCK_SAMPLES`` timed round trips: within 4 ms of
+the truth with CPU hogs on every core of the 2-core test box (one round trip alone
+was off by up to 45 ms), so two workers are within twice that."""
 
 
 def assert_none_before_its_slot(results: list[dict], seen: list[Seen]) -> None:

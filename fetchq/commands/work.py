@@ -142,11 +142,12 @@ class WorkerEngine:
     def _lease_loop(self) -> None:
         size = self.settings.queue_size
         while not self.stop.requested:
-            if self._inbox.qsize() > self._low_water:
+            waiting = self._inbox.qsize()
+            if waiting > self._low_water or waiting >= size:  # (a queue of 1 is both at 1)
                 self._hungry.wait(0.1)  # set by a fetch thread once the queue runs low
                 self._hungry.clear()
                 continue
-            want = size - self._inbox.qsize()
+            want = size - waiting
             tasks = self._lease_client.call("lease", self.identity, want, defaults.POLL_WAIT)
             if not tasks:
                 if self.settings.burst and self._idle() and self._nothing_queued():
@@ -330,6 +331,7 @@ def run_worker_process(link: ServerLink, settings: WorkerSettings) -> int:
             first_give_up=None,
             stop=stopper,
             introduce={"worker": identity, "threads": settings.concurrency},
+            clock_samples=defaults.CLOCK_SAMPLES,
         )
 
     engine = WorkerEngine(make_client, settings, stop, identity)

@@ -52,14 +52,14 @@ def retry_after_seconds(value: str | None, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
-def _task_timeout(task: Mapping[str, Any]) -> float:
-    """The task's total seconds, or the default when it is missing or unusable."""
+def _task_timeout(task: Mapping[str, Any], default: float) -> float:
+    """The task's total seconds, or ``default`` when it is missing or unusable."""
     value = task.get("timeout")
     if isinstance(value, bool) or not isinstance(value, int | float):
-        return defaults.TASK_TIMEOUT
+        return default
     value = float(value)
     if not math.isfinite(value) or value <= 0:
-        return defaults.TASK_TIMEOUT
+        return default
     return value
 
 
@@ -145,9 +145,13 @@ class Fetcher:
         connect_timeout: float = defaults.CONNECT_TIMEOUT,
         follow_redirects: bool = False,
         user_agent: str = api.USER_AGENT,
+        default_timeout: float = defaults.TASK_TIMEOUT,
     ) -> None:
+        """``default_timeout``: the total seconds of a task whose own timeout is missing
+        or unusable (none, zero, negative, not a number, infinite)."""
         self.worker = worker
         self.connect_timeout = connect_timeout
+        self.default_timeout = default_timeout
         self.follow_redirects = follow_redirects
         self.session = requests.Session()
         self.session.headers["User-Agent"] = user_agent
@@ -182,9 +186,9 @@ class Fetcher:
         t0 = time.perf_counter()
         answer = _Answer()
         error: dict[str, str] | None = None
-        timeout = defaults.TASK_TIMEOUT
+        timeout = self.default_timeout
         try:
-            timeout = _task_timeout(task)
+            timeout = _task_timeout(task, self.default_timeout)
             answer = self._get(task["url"], timeout, t0)
         except PartialAnswer as part:
             answer = _Answer(part.status, part.nbytes)
@@ -215,7 +219,7 @@ class Fetcher:
             "body": None,
             "error": None,
         }
-        timeout = _task_timeout(task)
+        timeout = _task_timeout(task, self.default_timeout)
         try:
             answer = self._get(task["url"], timeout, t0, keep=api.ROBOTS_MAX_BYTES)
             report["status"] = answer.status

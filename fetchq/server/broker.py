@@ -28,6 +28,7 @@ from fetchq.server import completion, leasing, recovery, steering, validate, vie
 from fetchq.server.expiry import Expiry
 from fetchq.server.jobqueue import Policy
 from fetchq.server.journal import Journal
+from fetchq.server.leases import Lease
 from fetchq.server.ledger import Ledger, random_id_base
 from fetchq.server.outbox import count_by_job
 from fetchq.server.recorder import Recorder
@@ -107,7 +108,7 @@ class Broker:
                 wall=wall_clock(),
                 lease_timeout=lease_timeout,
             )
-            self._recorder.compact(self._state, self._wall())
+            self._recorder.compact(self._state, self._wall(), self._clock())
 
     # -- the wire API ---------------------------------------------------
 
@@ -259,10 +260,12 @@ class Broker:
                 completion.apply(self._state, verdict, now)
                 tally[verdict.outcome] += 1
             completion.record_pace(self._state, now, verdicts)
-            renewed = sum(
-                self._state.leases.renew(task_id, attempt, worker, now + self.lease_timeout)
-                for task_id, attempt in held
-            )
+            renewed = [
+                pair
+                for pair in held
+                if self._state.leases.renew(*pair, worker, now + self.lease_timeout)
+            ]
+            self._journal_renewals(worker, renewed)
             seen = self._state.workers.seen(worker, now)
             seen.record(now, tally[Outcome.ACCEPTED] + tally[Outcome.REQUEUED])
             if tally[Outcome.ACCEPTED]:
@@ -270,7 +273,7 @@ class Broker:
                     {v.result["job"] for v in verdicts if v.outcome is Outcome.ACCEPTED}
                 )
             self._waiters.tasks.notify(tally[Outcome.REQUEUED] + self._freed())
-        return {**{str(o): n for o, n in tally.items()}, "renewed": renewed}
+        return {**{str(o): n for o, n in tally.items()}, "renewed": len(renewed)}
 
     def robots(self, worker: str, report: dict[str, Any]) -> dict[str, bool]:
         """A worker's fetch of a host's robots.txt for a job (a task of kind ``robots``)."""
@@ -314,10 +317,15 @@ class Broker:
         state = self._state
         with self._lock:
             state.workers.seen(worker, self._clock())
+            returned: dict[int, Lease] = {}  # a pair named twice is handed back once
             for task_id, attempt in reversed(pairs):
                 lease = state.leases.get(task_id)
-                if lease is None or not lease.held_as(attempt, worker):
-                    continue
+                if lease is not None and lease.held_as(attempt, worker):
+                    returned.setdefault(task_id, lease)
+            counted = [[t.id, t.attempt] for t in returned.values() if t.host is not None]
+            if counted:  # a restart must not count them as still running
+                self._recorder.write({"k": "release", "leases": counted})
+            for lease in returned.values():
                 state.give_back(lease)
                 released += 1
             self._waiters.tasks.notify(released + self._freed())
@@ -398,7 +406,7 @@ class Broker:
         self._recorder.sync_quietly()
         if self._recorder.wants_compaction():
             with self._lock, contextlib.suppress(StorageFailed):  # said; tried again later
-                self._recorder.compact(self._state, self._wall())
+                self._recorder.compact(self._state, self._wall(), self._clock())
 
     def expire_leases(self) -> int:
         """Return overdue leases to the queue (or fail them); returns how many."""
@@ -408,7 +416,7 @@ class Broker:
     def compact(self) -> None:
         """Rewrite the journal as the live state."""
         with self._lock:
-            self._recorder.compact(self._state, self._wall())
+            self._recorder.compact(self._state, self._wall(), self._clock())
 
     def close(self) -> None:
         with self._lock:
@@ -426,6 +434,7 @@ class Broker:
             wall=wall,
             wall_offset=self._steady_wall_offset(),
             lease_timeout=self.lease_timeout,
+            write=self._recorder.write,
         )
         self._end_without_request(*leasing.refused_by_robots(state, wall))
         if len(state.scheduler) < self.max_pending:
@@ -452,6 +461,19 @@ class Broker:
         """Tasks that end here as results (cancelled, or forbidden by robots.txt)."""
         ended = leasing.end_without_request(self._state, tasks, results, self._recorder.write)
         self._waiters.wake_outputs(ended)
+
+    def _journal_renewals(self, worker: str, renewed: list[tuple[int, int]]) -> None:
+        """Renewed leases on limited hosts get their new deadline in the journal, so a
+        restart counts them as running for as long as this process would have.  A journal
+        that cannot take it (said already) keeps the call from failing: the renewal holds
+        here, only a crash before the journal works again would forget it."""
+        leases = [self._state.leases.get(task_id) for task_id, _ in renewed]
+        event = leasing.lease_event(
+            worker, [lease for lease in leases if lease is not None], self._steady_wall_offset()
+        )
+        if event is not None:
+            with contextlib.suppress(StorageFailed):
+                self._recorder.write(event)
 
     def _freed(self) -> int:
         """Leases on limited hosts that ended: each may let a waiting task go."""

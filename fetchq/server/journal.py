@@ -37,9 +37,10 @@ from fetchq.errors import ConfigError, StorageFailed
 from fetchq.messages import say
 
 FORMAT = "fetchq-journal"
-FORMAT_VERSION = 2
-"""2: job counters renamed (``delivered`` is now ``confirmed``); version 1 still reads."""
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+"""2: job counters renamed (``delivered`` is now ``confirmed``); 3: leases on limited
+hosts are journaled (``lease``, ``release``).  Older versions still read."""
+READABLE_VERSIONS = (1, 2, 3)
 COMPACT_MIN_BYTES = 64 << 20
 """A journal smaller than this is never compacted while running."""
 COMPACT_GROWTH = 4

@@ -4,6 +4,12 @@ The scheduler says which tasks go and when they may start (on the broker's
 monotonic clock); a lease tells the worker that start in Unix time, and
 lasts from the start, not from the moment it was leased.  Tasks robots.txt forbids and
 the tasks of a cancelled job end as results without a request.
+
+A lease on a host with limits (a per-host cap, delay, robots.txt or Retry-After) is
+journaled with its worker and deadline: the worker goes on running it when the server
+dies, so a restarted server counts it against the host's cap until it is reported or
+would have lapsed (see ``recovery``).  Other leases are not: their tasks are simply
+queued again after a restart.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from typing import Any
 from fetchq.errors import StorageFailed
 from fetchq.server import robots
 from fetchq.server.completion import ended_without_request, finish_task
+from fetchq.server.leases import Lease
 from fetchq.server.state import BrokerState
 from fetchq.server.tasks import Task
 from fetchq.wire.records import CANCELLED, ROBOTS_REFUSED
@@ -35,23 +42,46 @@ def lease(
     wall: float,
     wall_offset: float,
     lease_timeout: float,
+    write: Callable[..., None],
 ) -> list[dict[str, Any]]:
     """Up to ``count`` task records for ``worker``, leased to it.
 
     A start goes out in Unix time as ``start + wall_offset``: one offset for every
-    call, so that starts keep the schedule's exact spacing in Unix time too."""
-    records = []
+    call, so that starts keep the schedule's exact spacing in Unix time too.  When the
+    journal cannot take the leases on limited hosts, every lease of the call is given
+    back and ``StorageFailed`` raised: nothing was handed out."""
+    granted = []
     for pick in state.scheduler.take(count, now, state.ledger.done.__contains__):
         task = pick.task
         if pick.robots:
             task = task._replace(id=next(_probe_ids), submitted=wall)
         start = None if pick.start is None else pick.start + wall_offset
         deadline = max(now, pick.start or now) + lease_timeout
-        granted = state.leases.grant(
-            task, worker, deadline, start=start, host=pick.host, robots=pick.robots
+        granted.append(
+            state.leases.grant(
+                task, worker, deadline, start=start, host=pick.host, robots=pick.robots
+            )
         )
-        records.append(granted.record())
-    return records
+    event = lease_event(worker, granted, wall_offset)
+    if event is not None:
+        try:
+            write(event)
+        except StorageFailed:
+            for given in reversed(granted):
+                state.give_back(given)
+            raise
+    return [given.record() for given in granted]
+
+
+def lease_event(worker: str, leases: list[Lease], wall_offset: float) -> dict[str, Any] | None:
+    """The journal event for the leases that count against a host's limits: each
+    ``[id, attempt, deadline in Unix time]`` (None when there is none)."""
+    counted = [
+        [lease.id, lease.attempt, lease.deadline + wall_offset]
+        for lease in leases
+        if lease.host is not None and not lease.robots
+    ]
+    return {"k": "lease", "w": worker, "leases": counted} if counted else None
 
 
 def refused_by_robots(state: BrokerState, wall: float) -> tuple[list[Task], list[dict[str, Any]]]:

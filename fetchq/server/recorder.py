@@ -44,10 +44,11 @@ class Recorder:
         if self.journal is not None:
             self.journal.sync()
 
-    def compact(self, state: BrokerState, wall: float) -> None:
+    def compact(self, state: BrokerState, wall: float, now: float) -> None:
+        """``wall`` and ``now``: the same moment in Unix time and on the broker's clock."""
         if self.journal is not None:
             self.journal.rewrite(
-                recovery.snapshot(state, wall), recovery.header(state.ledger, wall)
+                recovery.snapshot(state, wall, now), recovery.header(state.ledger, wall)
             )
 
     def wants_compaction(self) -> bool:

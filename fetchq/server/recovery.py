@@ -1,11 +1,14 @@
 """From the journal back to a broker's state, and from the state to a compact journal.
 
 A replay rebuilds what a ``kill -9`` left: every acknowledged task not yet
-done is queued again (leases died with the old process), every result no
-output confirmed is waiting again, and deliveries an output has not
-confirmed keep their tokens, so that output may still confirm them after the
-restart.  A snapshot writes that state back as the fewest events that
-replay to it.
+done is queued again, every result no output confirmed is waiting again, and
+deliveries an output has not confirmed keep their tokens, so that output may
+still confirm them after the restart.  A task leased on a host with limits is
+the exception: its worker did not die with the server and goes on running it,
+so it stays leased to that worker until its lease would have lapsed (the old
+deadline, in Unix time, from the journal) and counts against the host's cap
+meanwhile; the worker may renew it or report it to the new process as to the
+old.  A snapshot writes that state back as the fewest events that replay to it.
 """
 
 from __future__ import annotations
@@ -18,14 +21,17 @@ from fetchq.errors import ConfigError
 from fetchq.server import steering
 from fetchq.server.expiry import LEASE_EXPIRED
 from fetchq.server.journal import Journal
+from fetchq.server.leases import Lease
+from fetchq.server.leasing import lease_event
 from fetchq.server.ledger import Ledger
 from fetchq.server.scheduler import LOOKAHEAD
 from fetchq.server.state import BrokerState
 from fetchq.server.tasks import Task
 
 
-def snapshot(state: BrokerState, wall: float) -> Iterator[dict[str, Any]]:
-    """The live state as events: what a replay needs and nothing more."""
+def snapshot(state: BrokerState, wall: float, now: float) -> Iterator[dict[str, Any]]:
+    """The live state as events: what a replay needs and nothing more.  ``wall`` and
+    ``now``: the same moment in Unix time and on the broker's clock."""
     for job in state.jobs:
         yield {
             "k": "job",
@@ -47,6 +53,13 @@ def snapshot(state: BrokerState, wall: float) -> Iterator[dict[str, Any]]:
     live.extend(task for task in state.scheduler if task.id not in done)
     for task in sorted({task.id: task for task in live}.values()):
         yield {"k": "task", **task._asdict()}
+    by_worker: dict[str, list[Lease]] = {}
+    for lease in state.leases:
+        by_worker.setdefault(lease.worker, []).append(lease)
+    for worker, leases in sorted(by_worker.items()):
+        event = lease_event(worker, leases, wall - now)
+        if event is not None:
+            yield event
     deliveries = list(state.outbox.deliveries())
     for delivery in deliveries:
         for result in delivery.results:
@@ -84,6 +97,8 @@ class _Replay:
         self.results: dict[int, dict[str, Any]] = {}
         self.deliveries: dict[str, list[int]] = {}
         self.confirmed: Counter[str] = Counter()
+        self.leases: dict[int, tuple[int, str, float]] = {}
+        """Leases on limited hosts still running: attempt, worker, deadline (Unix time)."""
 
     def run(self, journal: Journal, delivery_deadline: float) -> None:
         events = journal.read()
@@ -109,6 +124,8 @@ class _Replay:
             "hand": self._hand,
             "return": self._return,
             "ack": self._ack,
+            "lease": self._lease,
+            "release": self._release,
             **dict.fromkeys(steering.STEERING_EVENTS, self._steer),
         }
         for event in events:
@@ -166,7 +183,27 @@ class _Replay:
     def _finish(self, event: dict[str, Any]) -> None:
         self._job(event["job"]).sealed = True
 
+    def _lease(self, event: dict[str, Any]) -> None:
+        """Leases granted or renewed; one of a task since finished or queued again (its
+        result or retry came first) is over."""
+        worker = event["w"]
+        for task_id, attempt, until in event["leases"]:
+            task = self.tasks.get(task_id)
+            if task is None or task.attempt != attempt:
+                continue
+            held = self.leases.get(task_id)
+            if held is not None and held[:2] == (attempt, worker):
+                until = max(until, held[2])  # a renewal never shortens a lease
+            self.leases[task_id] = (attempt, worker, until)
+
+    def _release(self, event: dict[str, Any]) -> None:
+        for task_id, attempt in event["leases"]:
+            held = self.leases.get(task_id)
+            if held is not None and held[0] == attempt:
+                del self.leases[task_id]
+
     def _retry(self, event: dict[str, Any]) -> None:
+        self.leases.pop(event["id"], None)
         task = self.tasks.get(event["id"])
         if task is not None:
             self.tasks[task.id] = task._replace(attempt=event["attempt"])
@@ -183,6 +220,7 @@ class _Replay:
     def _unconfirmed(self, event: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = event["r"]
         self.tasks.pop(result["id"], None)
+        self.leases.pop(result["id"], None)
         self.results[result["id"]] = result
         return result
 
@@ -205,14 +243,23 @@ class _Replay:
     # -- after the last event -----------------------------------------------
 
     def _rebuild(self, delivery_deadline: float) -> None:
-        """Queue what was not done and count every other id as done, so late reports
-        of them are dropped; deliveries keep their tokens with a fresh deadline."""
+        """Queue what was not done (but for leases still running) and count every other
+        id as done, so late reports of them are dropped; deliveries keep their tokens
+        with a fresh deadline.  A lease whose deadline passed while the server was down
+        lapses at the first expiry, as any other."""
         state = self.state
         ledger = state.ledger
         ledger.done.add_range(ledger.id_base + 1, ledger.next_id)
         for task_id in sorted(self.tasks):
             ledger.done.discard(task_id)
-            state.scheduler.add_task(self.tasks[task_id])
+            task = self.tasks[task_id]
+            held = self.leases.get(task_id)
+            if held is None:
+                state.scheduler.add_task(task)
+                continue
+            _, worker, until = held
+            host = state.scheduler.held_over(task)
+            state.leases.grant(task, worker, self.now + (until - self.wall), host=host)
         for name, count in self.confirmed.items():
             state.outbox.restore_confirmed(name, count)
         for token, ids in self.deliveries.items():

@@ -224,6 +224,17 @@ class Scheduler:
                 times.append(queue.waiting[0][0] - LOOKAHEAD)
         return min(times) if times else None
 
+    def held_over(self, task: Task) -> str | None:
+        """A task the old process leased, still running after a restart: it counts on
+        its host as a lease does.  Returns the host whose limits count it (None when no
+        host limit applies to its job now), for ``lease_ended``."""
+        queue = self.get_or_create(task.job)
+        if not queue.by_host:
+            return None
+        key = host_key(task.url)
+        self._started(queue.host(key, self.epoch), float("-inf"), self._server_slot(key))
+        return key
+
     def lease_ended(self, job: str, host: str | None) -> None:
         """A leased task of ``job`` on ``host`` finished, went back or lapsed."""
         if host is None:

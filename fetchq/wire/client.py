@@ -44,6 +44,7 @@ class BrokerClient:
         tls: ClientTLS | None = None,
         *,
         introduce: dict[str, Any] | None = None,
+        clock_samples: int = 1,
     ) -> None:
         if isinstance(link, Address):  # tests and scripts: an address and a key of their own
             if authkey is None:
@@ -55,12 +56,15 @@ class BrokerClient:
         """What this client tells the server about itself (a worker: its name and threads)."""
         self._ident: str | None = None
         """The broker's id on the server, from ``create`` (a restarted server has another)."""
+        self._clock_samples = max(1, clock_samples)
+        """Hellos timed at login for ``clock_offset`` (a worker: ``CLOCK_SAMPLES``)."""
         self._lock = threading.Lock()
         self._local = threading.local()
         self._sessions: weakref.WeakSet[ClientConnection] = weakref.WeakSet()
         self.clock_offset = 0.0
-        """The server's clock minus ours, measured at the last login (within half a round
-        trip): a start time the server gives minus this is one on our clock."""
+        """The server's clock minus ours, measured at the last login (within half the
+        quickest round trip timed): a start time the server gives minus this is one on
+        our clock."""
 
     def connect(self) -> dict[str, Any]:
         """Log in and check versions; returns what the server said about itself."""
@@ -74,13 +78,16 @@ class BrokerClient:
             raise self._error(exc) from None
         with self._lock:
             self._ident = ident
-        sent = time.time()
-        info: dict[str, Any] = self._call(
-            ident, "hello", ({"protocol": PROTOCOL, "version": __version__, **self._introduce},)
-        )
-        received = time.time()
-        if isinstance(info.get("time"), int | float):
-            self.clock_offset = float(info["time"]) - (sent + received) / 2
+        hello = {"protocol": PROTOCOL, "version": __version__, **self._introduce}
+        quickest = float("inf")
+        info: dict[str, Any] = {}
+        for _ in range(self._clock_samples):  # the quickest round trip tells best
+            sent = time.time()
+            info = self._call(ident, "hello", (hello,))
+            received = time.time()
+            if isinstance(info.get("time"), int | float) and received - sent < quickest:
+                quickest = received - sent
+                self.clock_offset = float(info["time"]) - (sent + received) / 2
         return info
 
     def call(self, method: str, *args: Any) -> Any:
@@ -208,8 +215,9 @@ class ResilientClient(BrokerClient):
         stop: Stopper | None = None,
         notice: StatusLine | None = None,
         introduce: dict[str, Any] | None = None,
+        clock_samples: int = 1,
     ) -> None:
-        super().__init__(link, authkey, tls, introduce=introduce)
+        super().__init__(link, authkey, tls, introduce=introduce, clock_samples=clock_samples)
         self.give_up_after = give_up_after
         self.first_give_up = first_give_up
         self.stop: Stopper = stop or threading.Event()

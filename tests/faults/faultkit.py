@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from checker import process_baseline
-from fetchq_procs import KillableServer, StderrLog, connect_broker, poll_until, worker_name
+from fetchq_procs import (
+    KillableServer,
+    StderrLog,
+    connect_broker,
+    poll_until,
+    wait_until_leasing,
+    worker_name,
+)
 
 from fetchq.errors import NoSuchJob
 from fetchq.testing.target import Target
@@ -134,17 +141,14 @@ class Cluster:
                 return dict(seen)
         return {}
 
-    def wait_workers(self, *pids: int, timeout: float = 30.0) -> None:
-        """Until the server has seen every one of these workers ask for tasks.
+    def wait_workers(self, *pids: int, timeout: float = 60.0) -> None:
+        """Until the server has heard every one of these workers ask for tasks (a
+        worker reconnecting to a restarted server may first sit out a backoff of up
+        to 10 s).
 
         Dispatch only after this when a test needs a given worker to take part:
         a worker still importing its modules would leave the job to the others."""
-        names = {worker_name(pid) for pid in pids}
-        poll_until(
-            lambda: names <= {seen["worker"] for seen in self.status()["workers"]},
-            timeout,
-            f"workers {sorted(names)} to connect",
-        )
+        wait_until_leasing(self.client, {worker_name(pid) for pid in pids}, timeout)
 
     def wait_busy(self, pid: int, *, reported: int = 1, timeout: float = 30.0) -> dict[str, Any]:
         """Until the worker has reported ``reported`` results and holds leases now."""

@@ -16,7 +16,7 @@ from checker import (
     wait_for_job,
 )
 from faultkit import exit_code
-from fetchq_procs import connect_broker, poll_until
+from fetchq_procs import connect_broker, poll_until, worker_name
 
 from fetchq.config import parse_address
 from fetchq.wire.client import BrokerClient
@@ -227,9 +227,18 @@ def test_dispatch_into_a_full_queue_waits_and_never_overfills(cluster):
 
 def test_worker_stopped_while_the_server_is_down_drains_when_it_returns(cluster, tmp_path):
     """SIGTERM a worker while its server is down, then bring the server back within
-    the worker's grace period: the worker sends what it fetched and exits 0."""
+    the worker's grace period: the worker sends what it fetched and exits 0.
+
+    "What it fetched" is counted at the target: every request the target served
+    this worker (the only one running until it has exited) ends as exactly one
+    result from it in the output.  A result it held at SIGTERM and never sent
+    would show twice at the target (the task runs again on the next worker) and
+    under the other worker's name in the output."""
     fq = cluster("--lease-timeout", LEASE, "--journal", str(tmp_path / "journal.jsonl"))
-    job = fq.job(2000, slow=0.003)
+    # Requests of 0.1 s: the worker is still fetching after its reporter found the
+    # server gone, so what it holds at SIGTERM is both a batch being sent and results
+    # fetched since.
+    job = fq.job(300, slow=0.1)
     out = fq.tmp / "results.jsonl"
     worker, worker_log = fq.worker("--concurrency", "4", "--grace", "10")
     fq.wait_workers(worker.pid)
@@ -243,6 +252,8 @@ def test_worker_stopped_while_the_server_is_down_drains_when_it_returns(cluster,
     fq.restart_server()
     assert exit_code(worker, worker_log, 15) == 0, worker_log.text
     assert "stopped on SIGTERM" in worker_log.text, worker_log.text
+    served = fq.target.hits()
+    fetched = {path for path in job.paths if served[path]}
     seen = fq.worker_seen(worker.pid)
     assert seen.get("reported", 0) > 0, f"no result reached the restarted server: {seen}"
     assert seen["leased"] == 0, seen
@@ -252,5 +263,13 @@ def test_worker_stopped_while_the_server_is_down_drains_when_it_returns(cluster,
     assert exit_code(output, output_log, 60) == 0, output_log.text
     rest.terminate()
     assert exit_code(rest, rest_log, 30) == 0, rest_log.text
-    assert_exactly_once(check_file(job.urls, out))
+    report = check_file(job.urls, out)
+    assert_exactly_once(report)
+    served = fq.target.hits()
+    again = sorted(path for path in fetched if served[path] != 1)
+    assert not again, f"{len(again)} fetched by the stopped worker ran again, e.g. {again[:3]}"
+    base = len(fq.target.url)
+    name = worker_name(worker.pid)
+    from_it = [r["url"][base:] for r in report.all_results if r["worker"] == name]
+    assert sorted(from_it) == sorted(fetched), (len(from_it), len(fetched))
     assert_quiet(fq.client, job.name, job.count, fq.baseline)

@@ -67,6 +67,7 @@ def test_pause_resume_set_and_cancel_survive_restarts(cluster, tmp_path):
     assert resumed["state"] == "sealed" and resumed["pace"]["target"] == 80
 
     # Cancel: what is queued ends as cancelled results; nothing new is accepted.
+    fq.wait_workers(worker.pid)  # back from its reconnect backoff after two restarts
     poll_until(lambda: arrivals(fq, job) >= still + 200, 30, "the job to run on")
     steer(fq, "cancel", job.name)
     refused = run(fq.env, "dispatch", f"{fq.target.url}/x", "-j", job.name)
