@@ -220,3 +220,15 @@ def test_a_failed_write_leaves_the_file_as_it_was(
     assert "being written again" in capsys.readouterr().err
     assert [e.get("job") for e in journal.read()] == [None, "a", "c"]
     journal.close()
+
+
+def test_the_typed_api_declares_exactly_the_wire_methods() -> None:
+    """``BrokerAPI`` and ``METHODS`` are one contract: a method served but not typed
+    (or typed but not served) would be a hole in the seam a second broker fills."""
+    from fetchq.server.service import BrokerService
+    from fetchq.wire.api import METHODS, BrokerAPI
+
+    typed = {name for name in vars(BrokerAPI) if not name.startswith("_")}
+    assert typed == set(METHODS)
+    housekeeping = {name for name in vars(BrokerService) if not name.startswith("_")}
+    assert housekeeping == {"housekeeping", "expire_leases", "compact", "close"}

@@ -32,9 +32,24 @@ from fetchq.server.ledger import Ledger, random_id_base
 from fetchq.server.outbox import count_by_job
 from fetchq.server.recorder import Recorder
 from fetchq.server.scheduler import Scheduler
+from fetchq.server.service import BrokerService
 from fetchq.server.state import BrokerState
 from fetchq.server.tasks import Span, Task
-from fetchq.wire.api import MAX_LEASE, MAX_SUBMIT, MAX_WAIT, PROTOCOL, JobCounts, Outcome
+from fetchq.wire.api import (
+    MAX_LEASE,
+    MAX_SUBMIT,
+    MAX_WAIT,
+    PROTOCOL,
+    CompleteTally,
+    HelloReply,
+    JobCounts,
+    JobView,
+    Outcome,
+    ResultsDelivery,
+    RobotsReply,
+    StatusReply,
+    SubmitReply,
+)
 
 Result = dict[str, Any]
 
@@ -111,7 +126,7 @@ class Broker:
 
     # -- the wire API ---------------------------------------------------
 
-    def hello(self, client: dict[str, Any]) -> dict[str, Any]:
+    def hello(self, client: dict[str, Any]) -> HelloReply:
         """Handshake: refuse clients of another protocol, tell them our settings."""
         validate.require(isinstance(client, dict), "hello takes a dict")
         theirs = client.get("protocol")
@@ -135,7 +150,7 @@ class Broker:
             "time": self._wall(),
         }
 
-    def submit(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def submit(self, batch: dict[str, Any]) -> SubmitReply:
         """Queue a batch of URLs for a job; wait up to ``wait`` s for room.
 
         Replies ``{"accepted": n, "first_id": id}`` (ids are consecutive), or
@@ -155,7 +170,7 @@ class Broker:
                 # the first copy (whose reply was lost) still waits for room here.
                 seen = state.ledger.batch_reply(request.batch_id)
                 if seen is not None:
-                    return dict(seen, duplicate=True)
+                    return {**seen, "duplicate": True}
                 queued = len(state.scheduler)
                 if queued == 0 or queued + count <= self.max_pending:
                     break
@@ -189,7 +204,7 @@ class Broker:
                 Span(job.name, first_id, request.urls, attempts, request.timeout, now),
                 self._clock(),
             )
-            reply = {"accepted": count, "first_id": first_id}
+            reply: SubmitReply = {"accepted": count, "first_id": first_id}
             if request.batch_id is not None:
                 state.ledger.remember_batch(request.batch_id, reply)
             self._waiters.tasks.notify(count)
@@ -230,7 +245,7 @@ class Broker:
 
     def complete(
         self, worker: str, results: list[Result], renew: list[list[int]] | None = None
-    ) -> dict[str, int]:
+    ) -> CompleteTally:
         """Record results, and renew the leases ``worker`` still holds (``[id, attempt]``).
 
         The first result for a task wins, repeats are dropped.  A
@@ -262,9 +277,14 @@ class Broker:
                     {v.result["job"] for v in verdicts if v.outcome is Outcome.ACCEPTED}
                 )
             self._waiters.tasks.notify(tally[Outcome.REQUEUED] + self._freed())
-        return {**{str(o): n for o, n in tally.items()}, "renewed": renewed}
+        return {
+            "accepted": tally[Outcome.ACCEPTED],
+            "requeued": tally[Outcome.REQUEUED],
+            "dropped": tally[Outcome.DROPPED],
+            "renewed": renewed,
+        }
 
-    def robots(self, worker: str, report: dict[str, Any]) -> dict[str, bool]:
+    def robots(self, worker: str, report: dict[str, Any]) -> RobotsReply:
         """A worker's fetch of a host's robots.txt for a job (a task of kind ``robots``)."""
         worker = validate.worker_name(worker)
         report = validate.robots_report(report)
@@ -277,7 +297,7 @@ class Broker:
             self._waiters.tasks.notify_all()
         return {"accepted": accepted}
 
-    def steer(self, job_name: str, change: dict[str, Any]) -> dict[str, Any]:
+    def steer(self, job_name: str, change: dict[str, Any]) -> JobView:
         """Steer a job while it runs: pause, resume, cancel, or set its pace and limits."""
         name = validate.job_name(job_name)
         action, policy = validate.steering(change)
@@ -317,7 +337,7 @@ class Broker:
 
     def results(
         self, job_name: str | None, max_results: int, wait: float, ack: str | None = None
-    ) -> dict[str, Any]:
+    ) -> ResultsDelivery:
         """Hand out up to ``max_results`` results of a job (of all jobs when None).
 
         The reply's ``token`` names this delivery: the output confirms it
@@ -364,14 +384,14 @@ class Broker:
         with self._lock:
             return len(self._state.scheduler)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> StatusReply:
         """Counts per job and the workers seen, for ``fetchq status``."""
         state = self._state
         with self._lock:
             self._expire_locked()
-            reply = {"version": __version__, **views.status(state, self._clock())}
-        reply["process"] = views.process_usage()  # a directory listing: not under the lock
-        return reply
+            counts = views.status(state, self._clock())
+        process = views.process_usage()  # a directory listing: not under the lock
+        return {"version": __version__, **counts, "process": process}
 
     def job(self, job_name: str) -> JobCounts:
         """One job's counts (a job the server never heard of is ``NoSuchJob``)."""
@@ -492,3 +512,8 @@ class Broker:
         self._waiters.wake_outputs(expiry.apply(self._state))
         self._waiters.tasks.notify(len(expiry.overdue) + self._freed())
         return expiry.tasks
+
+
+def _conforms(broker: Broker) -> BrokerService:
+    """Where mypy checks that the embedded broker is a whole ``BrokerService``."""
+    return broker

@@ -6,9 +6,9 @@ import bisect
 import random
 from collections import OrderedDict
 from collections.abc import Iterator
-from typing import Any
 
 from fetchq.ids import IdSet
+from fetchq.wire.api import SubmitReply
 
 REMEMBERED_BATCHES = 10_000
 """Submitted batch ids kept for deduplication: far more than any client retries at once."""
@@ -30,7 +30,7 @@ class Ledger:
         self._starts: list[int] = []
         self._jobs: list[str] = []
         self.done = IdSet()
-        self._batches: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._batches: OrderedDict[str, SubmitReply] = OrderedDict()
 
     def allocate(self, job: str, count: int) -> int:
         """The first of ``count`` new consecutive ids for ``job``."""
@@ -56,14 +56,14 @@ class Ledger:
 
     # -- idempotent submits ------------------------------------------------
 
-    def batch_reply(self, batch_id: str | None) -> dict[str, Any] | None:
+    def batch_reply(self, batch_id: str | None) -> SubmitReply | None:
         """The reply a batch got the first time, or None for a batch not seen."""
         return None if batch_id is None else self._batches.get(batch_id)
 
-    def remember_batch(self, batch_id: str, reply: dict[str, Any]) -> None:
+    def remember_batch(self, batch_id: str, reply: SubmitReply) -> None:
         self._batches[batch_id] = reply
         while len(self._batches) > REMEMBERED_BATCHES:
             self._batches.popitem(last=False)
 
-    def batches(self) -> Iterator[tuple[str, dict[str, Any]]]:
+    def batches(self) -> Iterator[tuple[str, SubmitReply]]:
         return iter(self._batches.items())

@@ -29,8 +29,8 @@ from fetchq import defaults
 from fetchq.config import Address
 from fetchq.errors import AddressInUse, BadRequest, ConfigError, FetchqError
 from fetchq.messages import say
-from fetchq.server.broker import Broker
 from fetchq.server.classic import QUEUE_METHODS, ClassicResultQueue, ClassicTaskQueue
+from fetchq.server.service import BrokerService
 from fetchq.signals import StopRequest
 from fetchq.wire import login
 from fetchq.wire.api import METHODS
@@ -290,7 +290,7 @@ class _Server(managers.Server):
         return tuple(sorted(entry[1]))
 
 
-_served_broker: Broker | None = None
+_served_broker: BrokerService | None = None
 
 
 def _builtin_error(exc: FetchqError) -> Exception:
@@ -300,7 +300,7 @@ def _builtin_error(exc: FetchqError) -> Exception:
     return kind(f"{type(exc).__name__}: {exc}")
 
 
-def _get_broker() -> Broker:
+def _get_broker() -> BrokerService:
     """Module-level, so the registration survives the spawn start method."""
     assert _served_broker is not None, "no broker is being served"
     return _served_broker
@@ -328,7 +328,7 @@ class QueueServer:
 
     def __init__(
         self,
-        broker: Broker,
+        broker: BrokerService,
         address: Address,
         authkey: bytes,
         max_connections: int = defaults.MAX_CONNECTIONS,
@@ -361,7 +361,7 @@ class QueueServer:
             self._server.listener.close()
 
 
-def run_until_stopped(broker: Broker, server: QueueServer, stop: StopRequest) -> None:
+def run_until_stopped(broker: BrokerService, server: QueueServer, stop: StopRequest) -> None:
     """Serve, and keep the broker's house (expiry, journal fsync) until asked to stop."""
     server.start()
     try:
