@@ -940,6 +940,49 @@ def test_several_lapsed_deliveries_come_back_in_their_first_order(
     assert ids_of(broker.results("a", 10, 0)) == ids  # comes back as ids[2:] + ids[:2]
 
 
+# -- cancelling --------------------------------------------------------------
+
+
+def queue_state(broker: Broker, job: str) -> tuple[int, int, int]:
+    counts = broker.job(job)
+    return counts["queued"], counts["waiting"], counts["failed"]
+
+
+def test_a_cancel_ends_queued_tasks_as_cancelled_results_and_a_read_changes_nothing(
+    make_broker: Callable[..., Broker],
+) -> None:
+    """Cancelling ends the queued tasks at once, as far as the results' room allows;
+    housekeeping ends the rest as outputs make room.  ``results`` only reads: it hands
+    out what has ended and never ends a task itself."""
+    broker = make_broker(max_results=2)
+    submit(broker, "c", 5)
+    broker.seal("c")
+    view = broker.steer("c", {"action": "cancel"})
+    assert (view["queued"], view["waiting"], view["failed"]) == (3, 2, 2)
+    taken = broker.results("c", 10, 0)
+    assert [r["error"]["type"] for r in taken["results"]] == ["cancelled"] * 2
+    assert broker.ack(taken["token"]) == 2
+    assert broker.results("c", 10, 0) == EMPTY, "room again, but a read ends nothing"
+    assert queue_state(broker, "c") == (3, 0, 2)
+    broker.housekeeping()  # what the server does twice a second
+    assert queue_state(broker, "c") == (1, 2, 4)
+    broker.housekeeping()
+    assert queue_state(broker, "c") == (1, 2, 4), "no room: nothing more ends"
+    assert [r["error"]["type"] for r in drain(broker, "c")] == ["cancelled"] * 2
+    broker.housekeeping()
+    assert queue_state(broker, "c") == (0, 1, 5)
+    assert [r["error"]["message"] for r in drain(broker, "c")] == ["job c was cancelled"]
+    assert broker.results("c", 10, 0) == DONE
+
+
+def test_a_released_task_of_a_cancelled_job_ends_at_once(broker: Broker) -> None:
+    submit(broker, "c", 2)
+    tasks = broker.lease("w1", 2, 0)
+    broker.steer("c", {"action": "cancel"})
+    assert broker.release("w1", [[t["id"], t["attempt"]] for t in tasks]) == 2
+    assert queue_state(broker, "c") == (0, 2, 2)
+
+
 # -- bad calls ---------------------------------------------------------------
 
 BAD_CALLS: dict[str, Callable[[Broker], Any]] = {

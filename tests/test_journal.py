@@ -98,6 +98,26 @@ def counts(broker: Broker, job: str) -> dict[str, Any]:
 # -- restart after a crash ---------------------------------------------------
 
 
+def test_tasks_a_cancelled_job_held_when_the_server_died_end_at_the_restart(
+    path: Path, clock: FakeClock
+) -> None:
+    """Their leases died with the process, so they are queued again; a cancelled job's
+    queued tasks end as ``cancelled`` results, and reading needs no call to end them."""
+    broker = open_broker(path, clock)
+    broker.submit({"job": "c", "urls": urls(3)})
+    broker.seal("c")
+    assert len(lease_all(broker)) == 3
+    assert broker.steer("c", {"action": "cancel"})["queued"] == 0
+    crash(broker)
+    restarted = open_broker(path, clock)
+    state = counts(restarted, "c")
+    assert (state["queued"], state["waiting"], state["failed"]) == (0, 3, 3)
+    ended = take_all(restarted, "c", ack=True)
+    assert [r["error"]["type"] for r in ended] == ["cancelled"] * 3
+    assert counts(restarted, "c")["done"]
+    restarted.close()
+
+
 def test_restart_after_crash_restores_everything(path: Path, clock: FakeClock) -> None:
     broker = open_broker(path, clock)
     first_a = broker.submit({"job": "a", "urls": urls(6, "http://127.0.0.1/a"), "batch_id": "a-1"})

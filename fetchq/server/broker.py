@@ -53,6 +53,9 @@ from fetchq.wire.api import (
 
 Result = dict[str, Any]
 
+CANCEL_ROUNDS = 10
+"""Rounds of ``leasing.CANCEL_BATCH`` cancelled tasks one housekeeping ends at most."""
+
 CLOCK_STEP = 0.1
 """Seconds the wall clock must move against the monotonic one to count as set (NTP
 steps at 0.128 s); below that, scheduled starts keep one offset to Unix time."""
@@ -123,6 +126,7 @@ class Broker:
                 lease_timeout=lease_timeout,
             )
             self._recorder.compact(self._state, self._wall())
+            self._end_cancelled()  # what a cancelled job's dead leases left queued
 
     # -- the wire API ---------------------------------------------------
 
@@ -312,6 +316,8 @@ class Broker:
             if event is not None:
                 self._recorder.write(event)
                 steering.apply(state, event, now=self._clock(), wall=self._wall())
+            if action == "cancel":
+                self._end_cancelled()  # as many as there is room for; housekeeping the rest
             self._waiters.tasks.notify_all()
             self._waiters.wake_outputs([name])
             view = views.job_view(state, job, self._clock())
@@ -323,6 +329,7 @@ class Broker:
         worker = validate.worker_name(worker)
         pairs = validate.lease_pairs(leases)
         released = 0
+        cancelled = False
         state = self._state
         with self._lock:
             state.workers.seen(worker, self._clock())
@@ -332,6 +339,9 @@ class Broker:
                     continue
                 state.give_back(lease)
                 released += 1
+                cancelled = cancelled or state.scheduler.is_cancelled(lease.task.job)
+            if cancelled:
+                self._end_cancelled()
             self._waiters.tasks.notify(released + self._freed())
         return released
 
@@ -357,7 +367,6 @@ class Broker:
             deadline = self._clock() + wait
             while True:
                 self._expire_locked()
-                self._end_cancelled()
                 selected = outbox.select(name, count)
                 if selected:
                     token = uuid.uuid4().hex
@@ -406,7 +415,10 @@ class Broker:
         """Expire overdue leases and deliveries, fsync the journal, compact it if grown."""
         with self._lock:
             self._expire_locked()
-            self._end_cancelled()
+        for _ in range(CANCEL_ROUNDS):  # the lock is let go between rounds
+            with self._lock:
+                if not self._end_cancelled():
+                    break
         self._recorder.sync_quietly()
         if self._recorder.wants_compaction():
             with self._lock, contextlib.suppress(StorageFailed):  # said; tried again later
@@ -455,10 +467,17 @@ class Broker:
             self._wall_offset = offset  # the wall clock was set
         return self._wall_offset
 
-    def _end_cancelled(self) -> None:
+    def _end_cancelled(self) -> int:
+        """End queued tasks of cancelled jobs as results, as many as the results' room
+        and one round allow; returns how many.  Done where tasks of a cancelled job are
+        queued (the cancel, a release, a restart) and by housekeeping as outputs make
+        room: never by a read."""
         room = self.max_results - self._state.outbox.unconfirmed
-        if room > 0:
-            self._end_without_request(*leasing.cancelled(self._state, room, self._wall()))
+        if room <= 0:
+            return 0
+        tasks, results = leasing.cancelled(self._state, room, self._wall())
+        self._end_without_request(tasks, results)
+        return len(tasks)
 
     def _end_without_request(self, tasks: list[Task], results: list[Result]) -> None:
         """Tasks that end here as results (cancelled, or forbidden by robots.txt)."""
