@@ -512,6 +512,38 @@ def test_a_torn_last_line_is_cut_off_and_the_rest_kept(path: Path, clock: FakeCl
     restarted.close()
 
 
+# -- older formats -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_journals_of_older_formats_still_replay(path: Path, clock: FakeClock, version: int) -> None:
+    """Format 1 called confirmed results "delivered"; formats 1 and 2 called the event
+    of a sealed job "finish".  A journal of either replays, and is written on in the
+    current format."""
+    base = 7 << 32
+    confirmed = {"delivered": 1} if version == 1 else {"confirmed": 1}
+    old = [
+        {"k": FORMAT, "v": version, "id_base": base, "next_id": base + 1, "written": WALL},
+        {"k": "job", "job": "old", "created": WALL, "submitted": 1, "succeeded": 1,
+         "failed": 0, "expired": 0, "sealed": True, **confirmed},
+        {"k": "range", "first": base - 1, "job": "old"},
+        {"k": "submit", "job": "a", "first": base + 1, "urls": urls(2), "attempts": 3,
+         "timeout": 10.0, "at": WALL, "batch": "a-1"},
+        {"k": "finish", "job": "a"},
+    ]  # fmt: skip
+    path.write_text("".join(json.dumps(event) + "\n" for event in old))
+    broker = open_broker(path, clock)
+    assert counts(broker, "old")["confirmed"] == 1 and counts(broker, "old")["done"]
+    state = counts(broker, "a")
+    assert (state["queued"], state["sealed"]) == (2, True)
+    assert broker.submit({"job": "a", "urls": urls(2), "batch_id": "a-1"})["first_id"] == base + 1
+    broker.seal("a")
+    broker.close()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert lines[0]["v"] == FORMAT_VERSION == 3
+    assert lines[-1] == {"k": "seal", "job": "a"}
+
+
 # -- what is not a journal ----------------------------------------------------
 
 

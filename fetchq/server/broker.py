@@ -24,7 +24,7 @@ from typing import Any
 
 from fetchq import __version__, defaults
 from fetchq.errors import BadRequest, StorageFailed, VersionMismatch
-from fetchq.server import completion, leasing, recovery, steering, validate, views
+from fetchq.server import completion, events, leasing, recovery, steering, validate, views
 from fetchq.server.expiry import Expiry
 from fetchq.server.jobqueue import Policy
 from fetchq.server.journal import Journal
@@ -187,16 +187,15 @@ class Broker:
             policy = steering.policy_event(state, request.job, request.policy)
             self._recorder.write(
                 *([policy] if policy else []),
-                {
-                    "k": "submit",
-                    "job": request.job,
-                    "first": first_id,
-                    "urls": request.urls,
-                    "attempts": attempts,
-                    "timeout": request.timeout,
-                    "at": now,
-                    "batch": request.batch_id,
-                },
+                events.submit(
+                    request.job,
+                    first_id,
+                    request.urls,
+                    attempts,
+                    request.timeout,
+                    now,
+                    request.batch_id,
+                ),
             )
             if policy:
                 steering.apply(state, policy, now=self._clock(), wall=now)
@@ -219,7 +218,7 @@ class Broker:
         """Mark a job's submission finished, so outputs know when it is done."""
         name = validate.job_name(job_name)
         with self._lock:
-            self._recorder.write({"k": "finish", "job": name})
+            self._recorder.write(events.seal(name))
             job = self._state.jobs.get_or_create(name, self._wall())
             job.sealed = True
             self._waiters.wake_outputs([name])
@@ -311,7 +310,7 @@ class Broker:
             event = (
                 steering.policy_event(state, name, policy)
                 if action == "set"
-                else {"k": action, "job": name}
+                else events.switch(action, name)
             )
             if event is not None:
                 self._recorder.write(event)
@@ -370,9 +369,7 @@ class Broker:
                 selected = outbox.select(name, count)
                 if selected:
                     token = uuid.uuid4().hex
-                    self._recorder.write(
-                        {"k": "hand", "token": token, "ids": [r["id"] for r in selected]}
-                    )
+                    self._recorder.write(events.hand(token, [r["id"] for r in selected]))
                     outbox.hand_out(token, selected, self._clock() + self.lease_timeout)
                     return {"results": selected, "done": False, "token": token}
                 if self._state.all_confirmed(name):
@@ -494,7 +491,7 @@ class Broker:
         delivery = outbox.delivery(token)
         if delivery is None:
             return 0  # already confirmed, or lapsed and handed out again
-        self._recorder.write({"k": "ack", "token": token, "ids": delivery.ids()})
+        self._recorder.write(events.ack(token, delivery.ids()))
         was_full = outbox.unconfirmed >= self.max_results
         outbox.confirm(token)
         self._waiters.wake_outputs(count_by_job(delivery.results))

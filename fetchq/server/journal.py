@@ -29,7 +29,7 @@ import fcntl
 import json
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +37,11 @@ from fetchq.errors import ConfigError, StorageFailed
 from fetchq.messages import say
 
 FORMAT = "fetchq-journal"
-FORMAT_VERSION = 2
-"""2: job counters renamed (``delivered`` is now ``confirmed``); version 1 still reads."""
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+"""2: job counters renamed (``delivered`` is now ``confirmed``).
+3: the event ``finish`` is ``seal`` (as the wire call).  Versions 1 and 2 still read;
+their events are listed in ``events``."""
+READABLE_VERSIONS = (1, 2, 3)
 COMPACT_MIN_BYTES = 64 << 20
 """A journal smaller than this is never compacted while running."""
 COMPACT_GROWTH = 4
@@ -104,7 +106,7 @@ class Journal:
 
     # -- writing ------------------------------------------------------------
 
-    def rewrite(self, events: Iterable[dict[str, Any]], header: dict[str, Any]) -> None:
+    def rewrite(self, events: Iterable[Mapping[str, object]], header: dict[str, Any]) -> None:
         """Replace the journal by ``events`` atomically: a crash or a failure leaves the
         old file or the new one, never a mix."""
         temporary = self.path.with_name(self.path.name + ".compacting")
@@ -220,7 +222,7 @@ def _lock_exclusively(path: Path) -> int:
     return fd
 
 
-def encode_event(event: dict[str, Any]) -> bytes:
+def encode_event(event: Mapping[str, object]) -> bytes:
     """One journal line; raises TypeError, ValueError or UnicodeEncodeError for non-JSON."""
     return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fetchq.errors import StorageFailed
-from fetchq.server import robots
+from fetchq.server import events, robots
 from fetchq.server.completion import ended_without_request, finish_task
 from fetchq.server.state import BrokerState
 from fetchq.server.steering import CANCELLED, ROBOTS_REFUSED
@@ -92,7 +92,7 @@ def end_without_request(
     if not tasks:
         return set()
     try:
-        write(*({"k": "result", "r": result} for result in results))
+        write(*(events.result(result) for result in results))
     except StorageFailed:
         state.scheduler.put_back(tasks)
         return set()

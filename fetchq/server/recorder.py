@@ -7,7 +7,7 @@ import contextlib
 from typing import Any
 
 from fetchq.errors import BadRequest, StorageFailed
-from fetchq.server import recovery
+from fetchq.server import events, recovery
 from fetchq.server.journal import Journal, encode_event
 from fetchq.server.state import BrokerState
 
@@ -16,16 +16,16 @@ class Recorder:
     def __init__(self, journal: Journal | None) -> None:
         self.journal = journal
 
-    def write(self, *events: dict[str, Any]) -> None:
+    def write(self, *written: events.Event) -> None:
         """Raises StorageFailed, with nothing written, when the journal cannot take them."""
         if self.journal is not None:
-            self.journal.write([encode_event(event) for event in events])
+            self.journal.write([encode_event(event) for event in written])
 
     def write_lines(self, lines: list[bytes]) -> None:
         if self.journal is not None:
             self.journal.write(lines)
 
-    def encode(self, event: dict[str, Any]) -> bytes | None:
+    def encode(self, event: events.Event) -> bytes | None:
         return encode_event(event) if self.journal is not None else None
 
     def result_lines(self, results: list[dict[str, Any]]) -> list[bytes | None]:
@@ -34,7 +34,7 @@ class Recorder:
         if self.journal is None:
             return [None] * len(results)
         try:
-            return [encode_event({"k": "result", "r": result}) for result in results]
+            return [encode_event(events.result(result)) for result in results]
         except (TypeError, ValueError, UnicodeEncodeError) as exc:
             raise BadRequest(f"results must hold JSON values only: {exc}") from None
 

@@ -11,11 +11,11 @@ replay to it.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from fetchq.errors import ConfigError
-from fetchq.server import steering
+from fetchq.server import events, steering
 from fetchq.server.expiry import LEASE_EXPIRED
 from fetchq.server.journal import Journal
 from fetchq.server.ledger import Ledger
@@ -24,37 +24,36 @@ from fetchq.server.state import BrokerState
 from fetchq.server.tasks import Task
 
 
-def snapshot(state: BrokerState, wall: float) -> Iterator[dict[str, Any]]:
+def snapshot(state: BrokerState, wall: float) -> Iterator[events.Event]:
     """The live state as events: what a replay needs and nothing more."""
     for job in state.jobs:
-        yield {
-            "k": "job",
-            "job": job.name,
-            "created": job.created,
-            "submitted": job.submitted,
-            "succeeded": job.succeeded,
-            "failed": job.failed,
-            "expired": job.expired,
-            "confirmed": state.outbox.counts(job.name)[2],
-            "sealed": job.sealed,
-        }
+        yield events.job(
+            job.name,
+            created=job.created,
+            submitted=job.submitted,
+            succeeded=job.succeeded,
+            failed=job.failed,
+            expired=job.expired,
+            confirmed=state.outbox.counts(job.name)[2],
+            sealed=job.sealed,
+        )
     for first, job_name in state.ledger.ranges():
-        yield {"k": "range", "first": first, "job": job_name}
+        yield events.id_range(first, job_name)
     for batch_id, reply in state.ledger.batches():
-        yield {"k": "batch", "batch": batch_id, "reply": reply}
+        yield events.batch(batch_id, reply)
     done = state.ledger.done
     live = [lease.task for lease in state.leases]
     live.extend(task for task in state.scheduler if task.id not in done)
     for task in sorted({task.id: task for task in live}.values()):
-        yield {"k": "task", **task._asdict()}
+        yield events.task(task)
     deliveries = list(state.outbox.deliveries())
     for delivery in deliveries:
         for result in delivery.results:
-            yield {"k": "unconfirmed", "r": result}
+            yield events.unconfirmed(result)
     for result in state.outbox.waiting():
-        yield {"k": "unconfirmed", "r": result}
+        yield events.unconfirmed(result)
     for delivery in deliveries:
-        yield {"k": "hand", "token": delivery.token, "ids": delivery.ids()}
+        yield events.hand(delivery.token, delivery.ids())
     yield from steering.snapshot(state, wall)
 
 
@@ -86,8 +85,8 @@ class _Replay:
         self.confirmed: Counter[str] = Counter()
 
     def run(self, journal: Journal, delivery_deadline: float) -> None:
-        events = journal.read()
-        first = next(events, None)
+        read = journal.read()
+        first = next(read, None)
         if first is None:
             return
         ledger = self.state.ledger
@@ -96,22 +95,23 @@ class _Replay:
         self.state.scheduler.epoch = self.now + LOOKAHEAD
         ledger.id_base = int(first["id_base"])
         ledger.next_id = int(first.get("next_id", ledger.id_base + 1))
-        handlers = {
-            "submit": self._submit,
-            "task": self._task,
-            "job": self._job_counts,
-            "range": self._range,
-            "batch": self._batch,
-            "finish": self._finish,
-            "retry": self._retry,
-            "result": self._result,
-            "unconfirmed": self._unconfirmed,
-            "hand": self._hand,
-            "return": self._return,
-            "ack": self._ack,
-            **dict.fromkeys(steering.STEERING_EVENTS, self._steer),
+        handlers: dict[str, Callable[[Any], object]] = {
+            events.SUBMIT: self._submit,
+            events.TASK: self._task,
+            events.JOB: self._job_counts,
+            events.RANGE: self._range,
+            events.BATCH: self._batch,
+            events.SEAL: self._seal,
+            events.SEAL_BEFORE_V3: self._seal,
+            events.RETRY: self._retry,
+            events.RESULT: self._result,
+            events.UNCONFIRMED: self._unconfirmed,
+            events.HAND: self._hand,
+            events.RETURN: self._return,
+            events.ACK: self._ack,
+            **dict.fromkeys(events.STEERING, self._steer),
         }
-        for event in events:
+        for event in read:
             handlers[event["k"]](event)
         self._rebuild(delivery_deadline)
 
@@ -120,7 +120,7 @@ class _Replay:
 
     # -- one method per event kind (see ``run``) ----------------------------
 
-    def _submit(self, event: dict[str, Any]) -> None:
+    def _submit(self, event: events.Submit) -> None:
         job = self._job(event["job"])
         job.sealed = False
         first, urls = int(event["first"]), event["urls"]
@@ -134,11 +134,20 @@ class _Replay:
         ledger.next_id = max(ledger.next_id, first + len(urls))
         if urls:
             ledger.record_range(first, job.name)
-        if event.get("batch"):
-            ledger.remember_batch(event["batch"], {"accepted": len(urls), "first_id": first})
+        batch = event.get("batch")
+        if batch:
+            ledger.remember_batch(batch, {"accepted": len(urls), "first_id": first})
 
-    def _task(self, event: dict[str, Any]) -> None:
-        task = Task(**{name: event[name] for name in Task._fields})
+    def _task(self, event: events.TaskEvent) -> None:
+        task = Task(
+            event["id"],
+            event["job"],
+            event["url"],
+            event["attempt"],
+            event["attempts"],
+            event["timeout"],
+            event["submitted"],
+        )
         self.tasks[task.id] = task
 
     def _job_counts(self, event: dict[str, Any]) -> None:
@@ -154,45 +163,45 @@ class _Replay:
             event["confirmed"] if "confirmed" in event else event["delivered"]
         )
 
-    def _range(self, event: dict[str, Any]) -> None:
+    def _range(self, event: events.Range) -> None:
         self.state.ledger.record_range(event["first"], event["job"])
 
-    def _batch(self, event: dict[str, Any]) -> None:
+    def _batch(self, event: events.Batch) -> None:
         self.state.ledger.remember_batch(event["batch"], event["reply"])
 
-    def _finish(self, event: dict[str, Any]) -> None:
+    def _seal(self, event: events.Seal) -> None:
         self._job(event["job"]).sealed = True
 
-    def _retry(self, event: dict[str, Any]) -> None:
+    def _retry(self, event: events.Retry) -> None:
         task = self.tasks.get(event["id"])
         if task is not None:
             self.tasks[task.id] = task._replace(attempt=event["attempt"])
             if event.get("expired"):
                 self._job(task.job).expired += 1
 
-    def _result(self, event: dict[str, Any]) -> None:
+    def _result(self, event: events.Result) -> None:
         result = self._unconfirmed(event)
         job = self._job(result["job"])
         job.count_result(bool(result.get("ok")))
         if (result.get("error") or {}).get("type") == LEASE_EXPIRED:
             job.expired += 1
 
-    def _unconfirmed(self, event: dict[str, Any]) -> dict[str, Any]:
+    def _unconfirmed(self, event: events.Result | events.Unconfirmed) -> dict[str, Any]:
         result: dict[str, Any] = event["r"]
         self.tasks.pop(result["id"], None)
         self.results[result["id"]] = result
         return result
 
-    def _steer(self, event: dict[str, Any]) -> None:
+    def _steer(self, event: events.SteeringEvent) -> None:
         steering.apply(self.state, event, now=self.now, wall=self.wall)
 
-    def _hand(self, event: dict[str, Any]) -> None:
+    def _hand(self, event: events.Hand) -> None:
         self.deliveries[event["token"]] = event["ids"]
 
-    def _return(self, event: dict[str, Any]) -> None:
+    def _return(self, event: events.Return) -> None:
         self.deliveries.pop(event["token"], None)
 
-    def _ack(self, event: dict[str, Any]) -> None:
+    def _ack(self, event: events.Ack) -> None:
         self.deliveries.pop(event.get("token", ""), None)
         for task_id in event["ids"]:
             result = self.results.pop(task_id, None)
