@@ -1,6 +1,6 @@
 """The broker's journal: restart after a crash, compaction, damage, locking, modes.
 
-Every test drives a Broker with a hand-advanced clock and a journal in
+Every test drives a BrokerService with a hand-advanced clock and a journal in
 ``tmp_path``.  A "crash" is simulated in-process by ``crash()``: every broker
 call has already handed its events to the OS on the way out of the broker
 lock, so all a killed process leaves behind is the file as it is, and the
@@ -19,17 +19,19 @@ import stat
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from brokerkit import crash, renew
+from brokerkit import Factory, crash, embedded, renew, syncs
 from fakeclock import FakeClock
 
 from fetchq.errors import BadRequest, ConfigError
 from fetchq.server import journal as journal_module
 from fetchq.server.broker import Broker
 from fetchq.server.journal import FORMAT, FORMAT_VERSION, Journal
+from fetchq.server.service import BrokerService
 from fetchq.wire.records import make_error, make_result
 
 LEASE = 10.0
@@ -41,12 +43,22 @@ def path(tmp_path: Path) -> Path:
     return tmp_path / "fetchq.journal"
 
 
-def open_broker(path: Path, clock: FakeClock, **settings: Any) -> Broker:
-    settings.setdefault("lease_timeout", LEASE)
-    settings.setdefault("max_attempts", 3)
-    return Broker(
-        clock=clock, wall_clock=lambda: WALL + clock.now, journal=Journal(path), **settings
-    )
+Opener = Callable[..., BrokerService]
+
+
+@pytest.fixture
+def open_broker(implementation: Factory) -> Opener:
+    """Opens the broker of the implementation under test, durable at ``path``: opened
+    again at the same path, it is the same broker restarted."""
+
+    def opener(path: Path, clock: FakeClock, **settings: Any) -> BrokerService:
+        settings.setdefault("lease_timeout", LEASE)
+        settings.setdefault("max_attempts", 3)
+        return implementation(
+            clock=clock, wall_clock=lambda: WALL + clock.now, durable=path, **settings
+        )
+
+    return opener
 
 
 def urls(count: int, prefix: str = "http://127.0.0.1/") -> list[str]:
@@ -73,14 +85,14 @@ def late(task_id: int, attempt: int, job: str = "a") -> dict[str, Any]:
     return ok(task, worker="old")
 
 
-def lease_all(broker: Broker, worker: str = "drain") -> list[dict[str, Any]]:
+def lease_all(broker: BrokerService, worker: str = "drain") -> list[dict[str, Any]]:
     leased: list[dict[str, Any]] = []
     while batch := broker.lease(worker, 1000, 0):
         leased.extend(batch)
     return leased
 
 
-def take_all(broker: Broker, job: str | None = None, *, ack: bool) -> list[dict[str, Any]]:
+def take_all(broker: BrokerService, job: str | None = None, *, ack: bool) -> list[dict[str, Any]]:
     taken: list[dict[str, Any]] = []
     while True:
         reply = broker.results(job, 1000, 0)
@@ -91,7 +103,7 @@ def take_all(broker: Broker, job: str | None = None, *, ack: bool) -> list[dict[
             assert broker.ack(reply["token"]) == len(reply["results"])
 
 
-def counts(broker: Broker, job: str) -> dict[str, Any]:
+def counts(broker: BrokerService, job: str) -> dict[str, Any]:
     return broker.job(job)
 
 
@@ -99,7 +111,7 @@ def counts(broker: Broker, job: str) -> dict[str, Any]:
 
 
 def test_tasks_a_cancelled_job_held_when_the_server_died_end_at_the_restart(
-    path: Path, clock: FakeClock
+    open_broker: Opener, path: Path, clock: FakeClock
 ) -> None:
     """Their leases died with the process, so they are queued again; a cancelled job's
     queued tasks end as ``cancelled`` results, and reading needs no call to end them."""
@@ -118,7 +130,9 @@ def test_tasks_a_cancelled_job_held_when_the_server_died_end_at_the_restart(
     restarted.close()
 
 
-def test_restart_after_crash_restores_everything(path: Path, clock: FakeClock) -> None:
+def test_restart_after_crash_restores_everything(
+    open_broker: Opener, path: Path, clock: FakeClock
+) -> None:
     broker = open_broker(path, clock)
     first_a = broker.submit({"job": "a", "urls": urls(6, "http://127.0.0.1/a"), "batch_id": "a-1"})
     held_1 = broker.lease("w1", 4, 0)  # a0..a3
@@ -254,7 +268,7 @@ def test_restart_after_crash_restores_everything(path: Path, clock: FakeClock) -
     restarted.close()
 
 
-def test_restart_after_a_clean_close(path: Path, clock: FakeClock) -> None:
+def test_restart_after_a_clean_close(open_broker: Opener, path: Path, clock: FakeClock) -> None:
     broker = open_broker(path, clock)
     first = broker.submit({"job": "a", "urls": urls(3)})["first_id"]
     [task] = broker.lease("w", 1, 0)
@@ -269,7 +283,8 @@ def test_restart_after_a_clean_close(path: Path, clock: FakeClock) -> None:
 
 
 def test_restart_after_kill_9(path: Path) -> None:
-    """A real SIGKILL: the child never flushes, fsyncs or closes anything itself."""
+    """A real SIGKILL: the child never flushes, fsyncs or closes anything itself (the
+    embedded broker and its journal, as the child runs them)."""
     child = textwrap.dedent(
         """
         import json, os, signal, sys
@@ -297,7 +312,9 @@ def test_restart_after_kill_9(path: Path) -> None:
     first = reply["first_id"]
 
     clock = FakeClock()
-    restarted = open_broker(path, clock)  # the dead process's lock is gone
+    restarted = embedded(  # the dead process's lock is gone
+        clock=clock, wall_clock=lambda: WALL + clock.now, durable=path, lease_timeout=LEASE
+    )
     state = counts(restarted, "k")
     assert (state["submitted"], state["queued"], state["handed_out"]) == (5, 4, 1)
     assert [t["id"] for t in lease_all(restarted)] == [first + n for n in range(1, 5)]
@@ -311,7 +328,9 @@ def test_restart_after_kill_9(path: Path) -> None:
     restarted.close()
 
 
-def test_a_retry_and_a_final_expiry_are_journaled(path: Path, clock: FakeClock) -> None:
+def test_a_retry_and_a_final_expiry_are_journaled(
+    open_broker: Opener, path: Path, clock: FakeClock
+) -> None:
     broker = open_broker(path, clock, max_attempts=2)
     first = broker.submit({"job": "a", "urls": urls(2)})["first_id"]
     broker.lease("w", 2, 0)
@@ -333,7 +352,7 @@ def test_a_retry_and_a_final_expiry_are_journaled(path: Path, clock: FakeClock) 
 
 
 def test_unconfirmed_deliveries_survive_a_restart_and_a_compaction(
-    path: Path, clock: FakeClock
+    open_broker: Opener, path: Path, clock: FakeClock
 ) -> None:
     broker = open_broker(path, clock)
     first = broker.submit({"job": "a", "urls": urls(3)})["first_id"]
@@ -364,7 +383,9 @@ def test_unconfirmed_deliveries_survive_a_restart_and_a_compaction(
     restarted.close()
 
 
-def test_tasks_submitted_after_a_restart_are_leased(path: Path, clock: FakeClock) -> None:
+def test_tasks_submitted_after_a_restart_are_leased(
+    open_broker: Opener, path: Path, clock: FakeClock
+) -> None:
     broker = open_broker(path, clock)
     broker.submit({"job": "a", "urls": urls(3)})
     crash(broker)
@@ -380,7 +401,9 @@ def test_tasks_submitted_after_a_restart_are_leased(path: Path, clock: FakeClock
 # -- compaction --------------------------------------------------------------
 
 
-def busy_broker(path: Path, clock: FakeClock) -> tuple[Broker, list[int]]:
+def busy_broker(
+    open_broker: Opener, path: Path, clock: FakeClock
+) -> tuple[BrokerService, list[int]]:
     """Many results confirmed, a few left in every other state."""
     broker = open_broker(path, clock)
     first = broker.submit({"job": "big", "urls": urls(300), "batch_id": "big-1"})["first_id"]
@@ -396,7 +419,7 @@ def busy_broker(path: Path, clock: FakeClock) -> tuple[Broker, list[int]]:
     return broker, [first + n for n in range(300)]
 
 
-def restored_state(path: Path) -> dict[str, Any]:
+def restored_state(open_broker: Opener, path: Path) -> dict[str, Any]:
     """Everything a restarted broker holds, read through its API (this uses it up)."""
     clock = FakeClock()
     broker = open_broker(path, clock)
@@ -415,9 +438,9 @@ def restored_state(path: Path) -> dict[str, Any]:
 
 
 def test_compaction_shrinks_the_file_and_replays_the_same_state(
-    path: Path, clock: FakeClock, tmp_path: Path
+    open_broker: Opener, path: Path, clock: FakeClock, tmp_path: Path
 ) -> None:
-    broker, ids = busy_broker(path, clock)
+    broker, ids = busy_broker(open_broker, path, clock)
     uncompacted = tmp_path / "copy" / "fetchq.journal"
     uncompacted.parent.mkdir()
     shutil.copyfile(path, uncompacted)
@@ -432,8 +455,8 @@ def test_compaction_shrinks_the_file_and_replays_the_same_state(
     shutil.copyfile(path, tmp_path / "compacted-then-more")
     crash(broker)
 
-    from_log = restored_state(uncompacted)
-    from_compacted = restored_state(path)
+    from_log = restored_state(open_broker, uncompacted)
+    from_compacted = restored_state(open_broker, path)
     # Before compaction: 290 done, 280 confirmed, 4 leased, 3 requeued, 3 never leased.
     assert from_log["jobs"]["big"] == {
         "submitted": 300,
@@ -469,10 +492,10 @@ def test_compaction_shrinks_the_file_and_replays_the_same_state(
 
 
 def test_housekeeping_compacts_once_the_log_has_grown(
-    path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+    open_broker: Opener, path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(journal_module, "COMPACT_MIN_BYTES", 0)
-    broker, _ = busy_broker(path, clock)
+    broker, _ = busy_broker(open_broker, path, clock)
     grown = path.stat().st_size
     broker.housekeeping()
     compacted = path.stat().st_size
@@ -482,7 +505,9 @@ def test_housekeeping_compacts_once_the_log_has_grown(
     broker.close()
 
 
-def test_a_torn_last_line_is_cut_off_and_the_rest_kept(path: Path, clock: FakeClock) -> None:
+def test_a_torn_last_line_is_cut_off_and_the_rest_kept(
+    open_broker: Opener, path: Path, clock: FakeClock
+) -> None:
     broker = open_broker(path, clock)
     first = broker.submit({"job": "a", "urls": urls(3)})["first_id"]
     held = broker.lease("w", 2, 0)
@@ -516,7 +541,9 @@ def test_a_torn_last_line_is_cut_off_and_the_rest_kept(path: Path, clock: FakeCl
 
 
 @pytest.mark.parametrize("version", [1, 2])
-def test_journals_of_older_formats_still_replay(path: Path, clock: FakeClock, version: int) -> None:
+def test_journals_of_older_formats_still_replay(
+    open_broker: Opener, path: Path, clock: FakeClock, version: int
+) -> None:
     """Format 1 called confirmed results "delivered"; formats 1 and 2 called the event
     of a sealed job "finish".  A journal of either replays, and is written on in the
     current format."""
@@ -605,7 +632,9 @@ def test_a_damaged_journal_is_a_config_error(
         journal.close()
 
 
-def test_an_empty_or_missing_file_starts_a_new_journal(path: Path, clock: FakeClock) -> None:
+def test_an_empty_or_missing_file_starts_a_new_journal(
+    open_broker: Opener, path: Path, clock: FakeClock
+) -> None:
     path.write_bytes(b"")
     broker = open_broker(path, clock)
     first = broker.submit({"job": "a", "urls": urls(1)})["first_id"]
@@ -621,7 +650,9 @@ def test_an_empty_or_missing_file_starts_a_new_journal(path: Path, clock: FakeCl
 # -- one server per journal ---------------------------------------------------
 
 
-def test_a_second_journal_on_the_same_path_is_refused(path: Path, clock: FakeClock) -> None:
+def test_a_second_journal_on_the_same_path_is_refused(
+    open_broker: Opener, path: Path, clock: FakeClock
+) -> None:
     broker = open_broker(path, clock)
     with pytest.raises(ConfigError, match="in use"):
         Journal(path)
@@ -640,7 +671,7 @@ def mode(path: Path) -> int:
 
 
 def test_journal_files_are_private(
-    path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+    open_broker: Opener, path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     replaced: list[tuple[str, int]] = []
     real_replace = os.replace
@@ -668,27 +699,27 @@ def test_journal_files_are_private(
     restarted.close()
 
 
-def test_submits_and_finishes_are_fsynced_before_the_reply(path: Path, clock: FakeClock) -> None:
-    broker = open_broker(path, clock)
-    journal = broker._recorder.journal
-    assert journal is not None
-    syncs = journal.syncs
+def test_submits_and_seals_are_fsynced_before_the_reply(path: Path, clock: FakeClock) -> None:
+    broker = embedded(clock=clock, wall_clock=clock, durable=path)  # the journal's fsyncs
+    before = syncs(broker)
     broker.submit({"job": "a", "urls": urls(2)})
-    assert journal.syncs == syncs + 1
+    assert syncs(broker) == before + 1
     broker.seal("a")
-    assert journal.syncs == syncs + 2
+    assert syncs(broker) == before + 2
     [task] = broker.lease("w", 1, 0)
     broker.complete("w", [ok(task)])
-    assert journal.syncs == syncs + 2  # left to housekeeping
+    assert syncs(broker) == before + 2  # left to housekeeping
     broker.housekeeping()
-    assert journal.syncs == syncs + 3
+    assert syncs(broker) == before + 3
     broker.close()
 
 
 # -- what the journal cannot encode ----------------------------------------------
 
 
-def test_a_url_the_journal_cannot_encode_is_refused_whole(path: Path, clock: FakeClock) -> None:
+def test_a_url_the_journal_cannot_encode_is_refused_whole(
+    open_broker: Opener, path: Path, clock: FakeClock
+) -> None:
     """A lone surrogate cannot be written as UTF-8: the batch is refused before
     anything changes, so a corrected retry with the same batch id is queued."""
     broker = open_broker(path, clock)
@@ -711,7 +742,7 @@ def test_a_url_the_journal_cannot_encode_is_refused_whole(path: Path, clock: Fak
 
 
 def test_a_result_the_journal_cannot_encode_is_refused_and_changes_nothing(
-    path: Path, clock: FakeClock
+    open_broker: Opener, path: Path, clock: FakeClock
 ) -> None:
     """The whole call is refused; the task stays leased to its worker, which can
     still report it properly, and a restart sees no trace of the bad call."""
