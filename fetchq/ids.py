@@ -21,6 +21,13 @@ class IdSet:
         for task_id in ids:
             self.add(task_id)
 
+    def copy(self) -> IdSet:
+        """An independent copy: a bytes copy per bitmap, cheap enough to take under a lock."""
+        copied = IdSet()
+        copied._maps = {base: bytearray(bitmap) for base, bitmap in self._maps.items()}
+        copied._count = self._count
+        return copied
+
     def _bitmap(self, task_id: int, size: int) -> bytearray:
         """The bitmap holding ``task_id``, grown (at least doubling) to ``size`` bytes."""
         bitmap = self._maps.setdefault(task_id >> _LOW_BITS, bytearray())

@@ -19,6 +19,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -503,6 +504,61 @@ def test_housekeeping_compacts_once_the_log_has_grown(
     broker.housekeeping()  # not grown since: left alone
     assert path.stat().st_size == compacted
     broker.close()
+
+
+def copy_journal(path: Path, folder: Path) -> Path:
+    """The journal's files as a crash at this moment would leave them."""
+    folder.mkdir()
+    for file in path.parent.glob(path.name + "*"):
+        if not file.name.endswith((".lock", ".compacting")):
+            shutil.copyfile(file, folder / file.name)
+    return folder / path.name
+
+
+def test_calls_go_on_while_a_compaction_writes_and_every_crash_point_keeps_them(
+    path: Path, clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A compaction stops clients only to capture the state: it is written with the
+    broker's lock let go, while later events go to a new segment file.  A crash while
+    it writes, or after it replaced the journal (before or after the old segment is
+    removed), keeps every call, those made meanwhile too."""
+    broker = embedded(clock=clock, wall_clock=lambda: WALL + clock.now, durable=path)
+    first = broker.submit({"job": "a", "urls": urls(3)})["first_id"]
+    broker.compact()  # writes now go to a segment: the next compaction replaces it
+    broker.submit({"job": "c", "urls": urls(1)})
+    held = broker.lease("w", 1, 0)
+    crashes: dict[str, Path] = {}
+    real_write = Journal._write_snapshot
+
+    def write_slowly(journal: Journal, *args: Any) -> int:
+        def meanwhile() -> None:  # another client, while the snapshot is written
+            broker.submit({"job": "b", "urls": urls(2)})
+            broker.complete("w", [ok(held[0])])
+            broker.seal("b")
+
+        caller = threading.Thread(target=meanwhile, daemon=True)
+        caller.start()
+        caller.join(10)
+        assert not caller.is_alive(), "a call waited for the compaction to finish writing"
+        crashes["writing"] = copy_journal(path, tmp_path / "writing")
+        size = real_write(journal, *args)
+        crashes["replaced"] = copy_journal(path, tmp_path / "replaced")
+        return size
+
+    monkeypatch.setattr(Journal, "_write_snapshot", write_slowly)
+    broker.compact()
+    monkeypatch.undo()
+    assert len(list(path.parent.glob(path.name + ".*[0-9]"))) == 1, "old segments removed"
+    crash(broker)
+    for name, copy in {**crashes, "after": path}.items():
+        restarted = embedded(clock=clock, wall_clock=lambda: WALL + clock.now, durable=copy)
+        state_a, state_b = counts(restarted, "a"), counts(restarted, "b")
+        assert (state_a["queued"], state_a["succeeded"]) == (2, 1), name
+        assert (state_b["submitted"], state_b["sealed"]) == (2, True), name
+        assert counts(restarted, "c")["submitted"] == 1, name
+        leased = sorted(t["id"] for t in lease_all(restarted))
+        assert leased == [first + n for n in range(1, 6)], name
+        restarted.close()
 
 
 def test_a_torn_last_line_is_cut_off_and_the_rest_kept(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 from array import array
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -178,6 +178,34 @@ class JobQueue:
             return bucket.front[0].url
         span = self.span_of(bucket.ids[bucket.head])
         return span.urls[bucket.ids[bucket.head] - span.first]
+
+    def capture(self) -> Callable[[], Iterator[Task]]:
+        """What waits now, for a compaction: taken cheaply under the broker's lock (the
+        batches' URL lists are shared, not copied; host queues' id arrays are copied),
+        and read later by the function returned, while this queue goes on changing."""
+        fifo = [
+            (entry, entry.urls, entry.next) if isinstance(entry, Span) else entry
+            for entry in self.fifo
+        ]
+        hosts = [(list(h.front or ()), h.ids[h.head :]) for h in self.hosts.values()]
+        starts = list(self.spans_first)
+        spans = [(span, span.urls) for span in self.spans]
+
+        def tasks() -> Iterator[Task]:
+            for entry in fifo:
+                if isinstance(entry, Task):
+                    yield entry
+                    continue
+                span, urls, start = entry
+                for index in range(start, len(urls)):
+                    yield span.task_with(urls, index)
+            for front, ids in hosts:
+                yield from front
+                for task_id in ids:
+                    span, urls = spans[bisect.bisect_right(starts, task_id) - 1]
+                    yield span.task_with(urls, task_id - span.first)
+
+        return tasks
 
     def tasks(self) -> Iterator[Task]:
         """Every waiting task (stale copies included: the caller filters them)."""

@@ -4,12 +4,17 @@ they describe, or nothing at all when the server keeps no journal."""
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Any, NamedTuple
 
 from fetchq.errors import BadRequest, StorageFailed
 from fetchq.server import events, recovery
-from fetchq.server.journal import Journal, encode_event
+from fetchq.server.journal import Journal, Segment, encode_event
 from fetchq.server.state import BrokerState
+
+
+class Compaction(NamedTuple):
+    snapshot: recovery.Snapshot
+    previous: Segment
 
 
 class Recorder:
@@ -45,10 +50,26 @@ class Recorder:
             self.journal.sync()
 
     def compact(self, state: BrokerState, wall: float) -> None:
+        """Rewrite the journal as ``state`` at once: nothing else may run meanwhile."""
         if self.journal is not None:
-            self.journal.rewrite(
-                recovery.snapshot(state, wall), recovery.header(state.ledger, wall)
-            )
+            snapshot = recovery.Snapshot(state, wall)
+            self.journal.rewrite(snapshot.events(), snapshot.header)
+
+    def prepare_compaction(self) -> int | None:
+        """Before the broker's lock: the file later events will go to."""
+        return None if self.journal is None else self.journal.prepare_segment()
+
+    def start_compaction(self, state: BrokerState, wall: float, prepared: int) -> Compaction:
+        """Capture ``state`` and write later events to the prepared segment: cheap, done
+        under the broker's lock; ``finish_compaction`` then writes, the lock let go."""
+        assert self.journal is not None
+        snapshot = recovery.Snapshot(state, wall)
+        return Compaction(snapshot, self.journal.start_segment(prepared))
+
+    def finish_compaction(self, compaction: Compaction) -> None:
+        assert self.journal is not None
+        snapshot = compaction.snapshot
+        self.journal.finish_segment(compaction.previous, snapshot.events(), snapshot.header)
 
     def wants_compaction(self) -> bool:
         return self.journal is not None and self.journal.wants_compaction()

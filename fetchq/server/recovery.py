@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from fetchq.errors import ConfigError
+from fetchq.ids import IdSet
 from fetchq.server import events, steering
 from fetchq.server.expiry import LEASE_EXPIRED
 from fetchq.server.journal import Journal
@@ -24,37 +25,64 @@ from fetchq.server.state import BrokerState
 from fetchq.server.tasks import Task
 
 
-def snapshot(state: BrokerState, wall: float) -> Iterator[events.Event]:
-    """The live state as events: what a replay needs and nothing more."""
-    for job in state.jobs:
-        yield events.job(
-            job.name,
-            created=job.created,
-            submitted=job.submitted,
-            succeeded=job.succeeded,
-            failed=job.failed,
-            expired=job.expired,
-            confirmed=state.outbox.counts(job.name)[2],
-            sealed=job.sealed,
-        )
-    for first, job_name in state.ledger.ranges():
-        yield events.id_range(first, job_name)
-    for batch_id, reply in state.ledger.batches():
-        yield events.batch(batch_id, reply)
-    done = state.ledger.done
-    live = [lease.task for lease in state.leases]
-    live.extend(task for task in state.scheduler if task.id not in done)
-    for task in sorted({task.id: task for task in live}.values()):
-        yield events.task(task)
-    deliveries = list(state.outbox.deliveries())
-    for delivery in deliveries:
-        for result in delivery.results:
+class Snapshot:
+    """The live state as the fewest events that replay to it.
+
+    Taken in two steps, so that a compaction stops the broker only for the first:
+    under the broker's lock, what must be written is captured (counters copied,
+    queued batches and results referenced, not copied); ``events`` then builds and
+    yields the events from that capture, lock released, while the state moves on."""
+
+    def __init__(self, state: BrokerState, wall: float) -> None:
+        self.header = header(state.ledger, wall)
+        self._jobs = [
+            events.job(
+                job.name,
+                created=job.created,
+                submitted=job.submitted,
+                succeeded=job.succeeded,
+                failed=job.failed,
+                expired=job.expired,
+                confirmed=state.outbox.counts(job.name)[2],
+                sealed=job.sealed,
+            )
+            for job in state.jobs
+        ]
+        self._ranges = list(state.ledger.ranges())
+        self._batches = list(state.ledger.batches())
+        self._done = state.ledger.done.copy()
+        self._leased = [lease.task for lease in state.leases]
+        self._queued = state.scheduler.capture()
+        self._deliveries, self._waiting = state.outbox.capture()
+        self._steering = steering.snapshot(state, wall)
+
+    def events(self) -> Iterator[events.Event]:
+        yield from self._jobs
+        for first, job_name in self._ranges:
+            yield events.id_range(first, job_name)
+        for batch_id, reply in self._batches:
+            yield events.batch(batch_id, reply)
+        written, done = IdSet(), self._done
+        for tasks in self._queued:
+            for task in tasks():
+                if task.id not in done and written.add(task.id):
+                    yield events.task(task)
+        for task in self._leased:
+            if written.add(task.id):
+                yield events.task(task)
+        for _, results in self._deliveries:
+            for result in results:
+                yield events.unconfirmed(result)
+        for result in self._waiting:
             yield events.unconfirmed(result)
-    for result in state.outbox.waiting():
-        yield events.unconfirmed(result)
-    for delivery in deliveries:
-        yield events.hand(delivery.token, delivery.ids())
-    yield from steering.snapshot(state, wall)
+        for token, results in self._deliveries:
+            yield events.hand(token, [result["id"] for result in results])
+        yield from self._steering
+
+
+def snapshot(state: BrokerState, wall: float) -> Iterator[events.Event]:
+    """The live state as events, at once (nothing changes it meanwhile)."""
+    return Snapshot(state, wall).events()
 
 
 def header(ledger: Ledger, written: float) -> dict[str, Any]:

@@ -132,6 +132,10 @@ class Scheduler:
         for queue in self.jobs.values():
             yield from queue.tasks()
 
+    def capture(self) -> list[Callable[[], Iterator[Task]]]:
+        """What waits now, read later (see ``JobQueue.capture``)."""
+        return [queue.capture() for queue in self.jobs.values()]
+
     # -- steering ---------------------------------------------------------
 
     def pause(self, name: str, paused: bool, now: float) -> None:
