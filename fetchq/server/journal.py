@@ -8,6 +8,10 @@ looks wrong.  What the log does not need (queries, updates in place) is
 what a database would add.  Compaction rewrites the live state (tasks not yet
 done, results not yet confirmed, job counters) to a new file and renames it
 over the old one, so the log stays proportional to what the server holds.
+While it writes, the server goes on: events from the moment the state was
+captured go to a segment file beside the journal (``fetchq.journal.1``,
+``.2``...); the journal's header names the last segment it holds, and a
+replay reads the journal, then the segments after that one.
 
 The broker writes a call's events before it changes anything (write-ahead):
 when a write fails (a full disk, EIO, a file size limit) the bytes that did
