@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -125,6 +126,24 @@ def test_submit_returns_consecutive_ids_and_counts(broker: BrokerService) -> Non
     assert counts["sealed"] is False
     assert counts["done"] is False
     assert broker.job("b")["submitted"] == 2
+
+
+def test_ids_never_run_ahead_of_the_clock_so_a_new_server_gives_ids_above_the_old(
+    make_broker: Factory,
+) -> None:
+    """A server without a journal starts its ids at the microsecond it started and never
+    gives one above the current microsecond, however fast it is asked: every id of a
+    run is below the first id of any later run (unique across restarts, no chance)."""
+    started = time.time_ns() // 1000
+    old = make_broker()
+    last = 0
+    for _ in range(3):
+        reply = submit(old, "a", MAX_SUBMIT)
+        last = reply["first_id"] + MAX_SUBMIT - 1
+        assert started < reply["first_id"] and last <= time.time_ns() // 1000
+    old.close()
+    restarted = make_broker()
+    assert submit(restarted, "a", 1)["first_id"] > last
 
 
 def test_empty_submit_creates_the_job(broker: BrokerService) -> None:

@@ -28,7 +28,7 @@ from fetchq.server import completion, events, leasing, recovery, steering, valid
 from fetchq.server.expiry import Expiry
 from fetchq.server.jobqueue import Policy
 from fetchq.server.journal import Journal
-from fetchq.server.ledger import Ledger, random_id_base
+from fetchq.server.ledger import Ledger, id_clock
 from fetchq.server.outbox import count_by_job
 from fetchq.server.recorder import Recorder
 from fetchq.server.scheduler import Scheduler
@@ -116,7 +116,7 @@ class Broker:
         self._compacting = threading.Lock()
         self._waiters = Waiters(self._lock)
         server_policy = Policy(per_host=per_host, host_delay=host_delay)
-        self._state = BrokerState(Ledger(random_id_base()), scheduler=Scheduler(server_policy))
+        self._state = BrokerState(Ledger(id_clock()), scheduler=Scheduler(server_policy))
         self._recorder = Recorder(journal)
         if journal is not None:
             recovery.replay(
@@ -178,7 +178,11 @@ class Broker:
                     return {**seen, "duplicate": True}
                 queued = len(state.scheduler)
                 if queued == 0 or queued + count <= self.max_pending:
-                    break
+                    ahead = state.ledger.ahead(count, id_clock())
+                    if not ahead:
+                        break
+                    self._waiters.room.wait(ahead)  # ids stay below the clock (see Ledger)
+                    continue
                 remaining = deadline - self._clock()
                 if remaining <= 0:
                     return {"accepted": 0, "full": True, "queued": queued}

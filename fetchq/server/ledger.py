@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import bisect
-import random
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 
@@ -14,23 +14,39 @@ REMEMBERED_BATCHES = 10_000
 """Submitted batch ids kept for deduplication: far more than any client retries at once."""
 
 
-def random_id_base() -> int:
-    """Ids start at a random base, so a result held across a server restart (without a
-    journal) can never be mistaken for a new task's."""
-    return random.randrange(1, 1 << 20) << 32
+def id_clock() -> int:
+    """Microseconds of Unix time, on the real clock (the broker's injected clocks steer
+    leases and pacing, not ids)."""
+    return time.time_ns() // 1000
 
 
 class Ledger:
     """Ids are given in consecutive runs, one per submitted batch, so the job of
-    any id is a bisect away and the done set is one bit per id."""
+    any id is a bisect away and the done set is one bit per id.
 
-    def __init__(self, id_base: int) -> None:
+    Unique across restarts by construction: a server without a journal starts its ids
+    at the microsecond it started, and never gives an id above the current
+    microsecond (``ahead``: a submit waits for the clock, which limits a server to a
+    million new ids a second), so every id of an earlier run is below the first id of
+    a later one; a server with a journal goes on with the journal's counter.  Below
+    2**53 (exact in every JSON) until the year 2255."""
+
+    def __init__(self, id_base: int, *, follows_clock: bool = True) -> None:
         self.id_base = id_base
         self.next_id = id_base + 1
+        self.follows_clock = follows_clock
+        """Ids stay below the clock (false for a journal of an older server, whose ids
+        started at a random base: it goes on with its own counter)."""
         self._starts: list[int] = []
         self._jobs: list[str] = []
         self.done = IdSet()
         self._batches: OrderedDict[str, SubmitReply] = OrderedDict()
+
+    def ahead(self, count: int, now: int) -> float:
+        """Seconds until ``count`` more ids are all below the clock ``now`` (µs)."""
+        if not self.follows_clock:
+            return 0.0
+        return max(0, self.next_id + count - now) / 1_000_000
 
     def allocate(self, job: str, count: int) -> int:
         """The first of ``count`` new consecutive ids for ``job``."""

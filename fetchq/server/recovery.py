@@ -86,7 +86,12 @@ def snapshot(state: BrokerState, wall: float) -> Iterator[events.Event]:
 
 
 def header(ledger: Ledger, written: float) -> dict[str, Any]:
-    return {"id_base": ledger.id_base, "next_id": ledger.next_id, "written": written}
+    return {
+        "id_base": ledger.id_base,
+        "next_id": ledger.next_id,
+        "id_clock": ledger.follows_clock,
+        "written": written,
+    }
 
 
 def replay(
@@ -123,6 +128,7 @@ class _Replay:
         self.state.scheduler.epoch = self.now + LOOKAHEAD
         ledger.id_base = int(first["id_base"])
         ledger.next_id = int(first.get("next_id", ledger.id_base + 1))
+        ledger.follows_clock = bool(first.get("id_clock"))  # formats 1-2: a random base
         handlers: dict[str, Callable[[Any], object]] = {
             events.SUBMIT: self._submit,
             events.TASK: self._task,
