@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 _LOW_BITS = 20
 """Ids per bitmap: 2**20, 128 kB at most each, so a run of ids that starts anywhere
-(a server's first id is the microsecond it started) costs only the blocks it covers."""
+(a server's first id is the moment it started) costs only the blocks it covers."""
 _LOW_MASK = (1 << _LOW_BITS) - 1
 
 

@@ -61,7 +61,7 @@ def test_ranges_and_discards_match_a_plain_set(steps: list[tuple[str, int, int]]
 
 
 def test_a_range_across_blocks_is_added_whole() -> None:
-    """A server's ids start anywhere (at the microsecond it started): a run of them
+    """A server's ids start anywhere (at the moment it started): a run of them
     crosses the bitmaps' blocks."""
     start = 1_765_000_000_123_456
     ids = IdSet()

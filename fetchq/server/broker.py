@@ -91,6 +91,9 @@ class Waiters:
 
 
 class Broker:
+    """The embedded broker: a ``BrokerService`` whose state is in this process, made
+    durable (when asked) by a journal file."""
+
     def __init__(
         self,
         *,
@@ -161,7 +164,8 @@ class Broker:
         Replies ``{"accepted": n, "first_id": id}`` (ids are consecutive), or
         ``{"accepted": 0, "full": True}`` when the queue stayed full.  A batch
         id seen before gets its first reply again, so a retried submit after a
-        lost reply never queues the same URLs twice."""
+        lost reply never queues the same URLs twice.  Ids never run ahead of the
+        clock: a submit that would waits for it (see ``Ledger``)."""
         request = validate.submit_request(batch)
         attempts = request.attempts or self.max_attempts
         count = len(request.urls)

@@ -14,10 +14,15 @@ REMEMBERED_BATCHES = 10_000
 """Submitted batch ids kept for deduplication: far more than any client retries at once."""
 
 
+IDS_PER_MICROSECOND = 2
+"""How fast the id clock runs: a server may give two million new ids a second, and ids
+stay below 2**53 (exact in every JSON) until the year 2112."""
+
+
 def id_clock() -> int:
-    """Microseconds of Unix time, on the real clock (the broker's injected clocks steer
-    leases and pacing, not ids)."""
-    return time.time_ns() // 1000
+    """Unix time in half microseconds, on the real clock (the broker's injected clocks
+    steer leases and pacing, not ids)."""
+    return time.time_ns() * IDS_PER_MICROSECOND // 1000
 
 
 class Ledger:
@@ -25,11 +30,12 @@ class Ledger:
     any id is a bisect away and the done set is one bit per id.
 
     Unique across restarts by construction: a server without a journal starts its ids
-    at the microsecond it started, and never gives an id above the current
-    microsecond (``ahead``: a submit waits for the clock, which limits a server to a
-    million new ids a second), so every id of an earlier run is below the first id of
-    a later one; a server with a journal goes on with the journal's counter.  Below
-    2**53 (exact in every JSON) until the year 2255."""
+    at the ``id_clock`` reading when it started, and never gives an id above the
+    current reading (``ahead``: a submit waits for the clock, which limits a server to
+    two million new ids a second), so every id of an earlier run is below the first id
+    of a later one (as long as the wall clock is not set back across the restart by
+    more than the restart took); a server with a journal goes on with the journal's
+    counter."""
 
     def __init__(self, id_base: int, *, follows_clock: bool = True) -> None:
         self.id_base = id_base
@@ -43,10 +49,10 @@ class Ledger:
         self._batches: OrderedDict[str, SubmitReply] = OrderedDict()
 
     def ahead(self, count: int, now: int) -> float:
-        """Seconds until ``count`` more ids are all below the clock ``now`` (µs)."""
+        """Seconds until ``count`` more ids are all below ``now``, an ``id_clock`` reading."""
         if not self.follows_clock:
             return 0.0
-        return max(0, self.next_id + count - now) / 1_000_000
+        return max(0, self.next_id + count - now) / (IDS_PER_MICROSECOND * 1_000_000)
 
     def allocate(self, job: str, count: int) -> int:
         """The first of ``count`` new consecutive ids for ``job``."""
