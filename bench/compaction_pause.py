@@ -101,8 +101,11 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory(dir=".") as folder:
         for name, by_host in (("plain queue", False), ("per-host queues", True)):
-            took, longest, median = measure(Path(folder), args.tasks, args.clients, by_host)
-            print(f"{name:<16} {took:>10.2f}s {longest * 1000:>11.1f}ms {median * 1e6:>10.0f}µs")
+            took, longest, median, idle = measure(Path(folder), args.tasks, args.clients, by_host)
+            print(
+                f"{name:<16} {took:>10.2f}s {longest * 1000:>11.1f}ms {median * 1e6:>10.0f}µs"
+                f" {idle * 1000:>12.1f}ms"
+            )
     print(f"target: longest call under {TARGET * 1000:.0f} ms")
 
 
