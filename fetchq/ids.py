@@ -1,16 +1,19 @@
 """A set of task ids in one bit each.
 
-Task ids are a random base plus a sequence number, so the ids of one server
-are dense: a bitmap per base holds a million of them in 125 kB, where a
-Python set would take some 60 MB.  The server keeps the ids of finished
-tasks in one; outputs keep the ids they wrote in another.
+A server gives task ids in one consecutive run from where it started (see
+``fetchq.server.ledger``), so the ids of one server are dense: a bitmap per
+block of 2**20 ids holds a million of them in 125 kB, where a Python set would
+take some 60 MB.  The server keeps the ids of finished tasks in one; outputs
+keep the ids they wrote in another, across server runs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-_LOW_BITS = 32
+_LOW_BITS = 20
+"""Ids per bitmap: 2**20, 128 kB at most each, so a run of ids that starts anywhere
+(a server's first id is the moment it started) costs only the blocks it covers."""
 _LOW_MASK = (1 << _LOW_BITS) - 1
 
 
@@ -20,6 +23,13 @@ class IdSet:
         self._count = 0
         for task_id in ids:
             self.add(task_id)
+
+    def copy(self) -> IdSet:
+        """An independent copy: a bytes copy per bitmap, cheap enough to take under a lock."""
+        copied = IdSet()
+        copied._maps = {base: bytearray(bitmap) for base, bitmap in self._maps.items()}
+        copied._count = self._count
+        return copied
 
     def _bitmap(self, task_id: int, size: int) -> bytearray:
         """The bitmap holding ``task_id``, grown (at least doubling) to ``size`` bytes."""
@@ -40,11 +50,14 @@ class IdSet:
         return True
 
     def add_range(self, start: int, stop: int) -> None:
-        """Add ``start`` .. ``stop - 1`` (all under one base): a restart marks millions at once."""
+        """Add ``start`` .. ``stop - 1``: a restart marks millions at once."""
         if stop <= start:
             return
-        if start >> _LOW_BITS != (stop - 1) >> _LOW_BITS:
-            raise ValueError("a range of ids must not cross a server's base")
+        end_of_block = ((start >> _LOW_BITS) + 1) << _LOW_BITS
+        if stop > end_of_block:
+            self.add_range(start, end_of_block)
+            self.add_range(end_of_block, stop)
+            return
         low, high = start & _LOW_MASK, (stop - 1) & _LOW_MASK
         bitmap = self._bitmap(start, (high >> 3) + 1)
         before = _ones(bitmap, low >> 3, (high >> 3) + 1)

@@ -1,19 +1,54 @@
-"""Helpers for tests that drive a Broker in-process."""
+"""The broker under test, for tests that drive one in-process.
+
+The contract tests (test_broker, test_broker_model, test_journal's API tests, the
+scheduler model) get every broker from ``IMPLEMENTATIONS`` through the
+``implementation`` fixture (conftest), and use it only through
+``BrokerService``: a second implementation (the broker's state on a store) is
+added to ``IMPLEMENTATIONS`` and runs the same suite.
+
+What the API cannot tell is here too, each in one helper that says why it looks
+inside: a crash (what ``kill -9`` leaves), the journal's fsync count, and where
+each task is.  A second implementation gives its own version of each.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
 
 from fetchq.server.broker import Broker
+from fetchq.server.journal import Journal
+from fetchq.server.service import BrokerService
+
+Factory = Callable[..., BrokerService]
+"""Makes a broker from ``Broker``'s settings (clock, wall_clock, lease_timeout,
+max_attempts, max_pending, max_results, per_host, host_delay) and ``durable``: where
+its state survives a restart (None: it does not)."""
 
 
-def crash(broker: Broker) -> None:
-    """What kill -9 leaves: the file as written so far, and the lock released.
+def embedded(*, durable: Path | None = None, **settings: Any) -> BrokerService:
+    """The broker in this process, durable through a journal file."""
+    return Broker(journal=None if durable is None else Journal(durable), **settings)
 
-    Every broker call writes its events before it returns (with no buffer in
-    between), so closing the descriptors is all the kernel does for a dead
-    process; closing the lock file drops its flock."""
-    journal = broker._recorder.journal
+
+IMPLEMENTATIONS: dict[str, Factory] = {"embedded": embedded}
+
+
+def _embedded(broker: BrokerService) -> Broker:
+    assert isinstance(broker, Broker), f"no test helper for {type(broker).__name__} yet"
+    return broker
+
+
+def crash(broker: BrokerService) -> None:
+    """What kill -9 leaves: the state as written so far, and the lock released.
+
+    Looks inside because a crash is not an API call: every broker call writes its
+    events before it returns (with no buffer in between), so closing the journal's
+    descriptors unsynced is all the kernel does for a dead process; closing the lock
+    file drops its flock."""
+    journal = _embedded(broker)._recorder.journal
     assert journal is not None
     if journal._fd is not None:
         os.close(journal._fd)
@@ -21,6 +56,55 @@ def crash(broker: Broker) -> None:
     os.close(journal._guard)
 
 
-def renew(broker: Broker, worker: str, leases: list[list[int]]) -> int:
+def syncs(broker: BrokerService) -> int:
+    """fsyncs of the journal so far: when a write reaches the disk is not in the API."""
+    journal = _embedded(broker)._recorder.journal
+    assert journal is not None
+    return journal.syncs
+
+
+class Place(NamedTuple):
+    """Where one task is: queued (how many live copies), leased, or done."""
+
+    queued: int
+    leased: bool
+    done: bool
+
+
+class Lease(NamedTuple):
+    worker: str
+    attempt: int
+    deadline: float
+    job: str
+    host: str | None
+
+
+def queued_tasks(broker: BrokerService) -> Iterator[tuple[int, int]]:
+    """``(id, attempt)`` of every live queued copy (stale copies left out)."""
+    state = _embedded(broker)._state
+    done, leases = state.ledger.done, state.leases
+    for task in state.scheduler:
+        if task.id not in done and leases.get(task.id) is None:
+            yield task.id, task.attempt
+
+
+def leases(broker: BrokerService) -> dict[int, Lease]:
+    """Every lease by task id.  The API counts leases; which worker holds which task
+    until when is only seen by their expiry, so the model checks it here."""
+    state = _embedded(broker)._state
+    return {
+        lease.id: Lease(
+            lease.worker, lease.task.attempt, lease.deadline, lease.task.job, lease.host
+        )
+        for lease in state.leases
+    }
+
+
+def done(broker: BrokerService, task_id: int) -> bool:
+    """The task has its result (later reports of it are dropped)."""
+    return task_id in _embedded(broker)._state.ledger.done
+
+
+def renew(broker: BrokerService, worker: str, leases: list[list[int]]) -> int:
     """Renew leases as a worker does: in a report, here one with no results."""
     return int(broker.complete(worker, [], leases)["renewed"])

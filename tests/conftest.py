@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from brokerkit import IMPLEMENTATIONS, Factory
 from dnsguard import loopback_only_getaddrinfo
 from fakeclock import FakeClock
 from fetchq_procs import ServerProcess, clean_env
@@ -24,6 +25,12 @@ def _no_dns(monkeypatch: pytest.MonkeyPatch) -> None:
 def clock() -> FakeClock:
     """A broker clock that moves only when a test advances it."""
     return FakeClock()
+
+
+@pytest.fixture(params=sorted(IMPLEMENTATIONS))
+def implementation(request: pytest.FixtureRequest) -> Factory:
+    """Each broker implementation in turn (see brokerkit): the contract tests run on all."""
+    return IMPLEMENTATIONS[request.param]
 
 
 @pytest.fixture(scope="session")

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from brokerkit import renew
+from brokerkit import Factory, renew
 from fakeclock import FakeClock
 
 from fetchq.errors import BadRequest, NoSuchJob, VersionMismatch
-from fetchq.server.broker import Broker
+from fetchq.server.service import BrokerService
 from fetchq.wire.api import MAX_LEASE, MAX_SUBMIT, MAX_WAIT, PROTOCOL
 from fetchq.wire.records import RECORD_VERSION, RESULT_FIELDS, TASK_FIELDS, make_error, make_result
 
@@ -22,16 +23,19 @@ LEASE = 10.0
 
 
 @pytest.fixture
-def make_broker(clock: FakeClock) -> Callable[..., Broker]:
-    def make(**settings: Any) -> Broker:
+def make_broker(implementation: Factory, clock: FakeClock) -> Factory:
+    """Brokers of the implementation under test, on the test's clock."""
+
+    def make(**settings: Any) -> BrokerService:
         settings.setdefault("lease_timeout", LEASE)
-        return Broker(clock=clock, wall_clock=lambda: WALL, **settings)
+        settings.setdefault("wall_clock", lambda: WALL)
+        return implementation(clock=clock, **settings)
 
     return make
 
 
 @pytest.fixture
-def broker(make_broker: Callable[..., Broker]) -> Broker:
+def broker(make_broker: Factory) -> BrokerService:
     return make_broker()
 
 
@@ -39,7 +43,7 @@ def urls(count: int, prefix: str = "http://127.0.0.1/") -> list[str]:
     return [f"{prefix}{n}" for n in range(count)]
 
 
-def submit(broker: Broker, job: str, count: int, **extra: Any) -> dict[str, Any]:
+def submit(broker: BrokerService, job: str, count: int, **extra: Any) -> dict[str, Any]:
     return broker.submit({"job": job, "urls": urls(count), **extra})
 
 
@@ -57,7 +61,7 @@ def http(task: dict[str, Any], status: int, worker: str = "w1") -> dict[str, Any
     return make_result(task, worker=worker, started=WALL, elapsed=0.01, status=status)
 
 
-def drain(broker: Broker, job: str | None) -> list[dict[str, Any]]:
+def drain(broker: BrokerService, job: str | None) -> list[dict[str, Any]]:
     """Take every result waiting and confirm it, as an output that wrote them would."""
     reply = broker.results(job, MAX_SUBMIT, 0)
     if reply["results"]:
@@ -67,7 +71,7 @@ def drain(broker: Broker, job: str | None) -> list[dict[str, Any]]:
     return reply["results"]
 
 
-def ready(broker: Broker, job: str, count: int, worker: str = "w1") -> list[int]:
+def ready(broker: BrokerService, job: str, count: int, worker: str = "w1") -> list[int]:
     """Submit ``count`` tasks, run them all; returns their ids in result order."""
     submit(broker, job, count)
     tasks = broker.lease(worker, count, 0)
@@ -79,7 +83,7 @@ def ids_of(reply: dict[str, Any]) -> list[int]:
     return [r["id"] for r in reply["results"]]
 
 
-def where(broker: Broker, job: str) -> tuple[int, int, int]:
+def where(broker: BrokerService, job: str) -> tuple[int, int, int]:
     """A job's results as (waiting, handed out, confirmed), checking that they add up."""
     counts = broker.job(job)
     finished = counts["succeeded"] + counts["failed"]
@@ -97,7 +101,7 @@ DONE = {"results": [], "done": True, "token": None}
 # -- submit, lease, complete, results -------------------------------------
 
 
-def test_hello_reports_settings_and_refuses_other_protocols(broker: Broker) -> None:
+def test_hello_reports_settings_and_refuses_other_protocols(broker: BrokerService) -> None:
     reply = broker.hello({"protocol": PROTOCOL})
     assert reply["protocol"] == PROTOCOL
     assert reply["lease_timeout"] == LEASE
@@ -108,7 +112,7 @@ def test_hello_reports_settings_and_refuses_other_protocols(broker: Broker) -> N
     assert broker.hello({"protocol": PROTOCOL})["protocol"] == PROTOCOL
 
 
-def test_submit_returns_consecutive_ids_and_counts(broker: Broker) -> None:
+def test_submit_returns_consecutive_ids_and_counts(broker: BrokerService) -> None:
     first = submit(broker, "a", 3)
     second = submit(broker, "b", 2)
     third = submit(broker, "a", 4)
@@ -124,14 +128,33 @@ def test_submit_returns_consecutive_ids_and_counts(broker: Broker) -> None:
     assert broker.job("b")["submitted"] == 2
 
 
-def test_empty_submit_creates_the_job(broker: Broker) -> None:
+def test_ids_never_run_ahead_of_the_clock_so_a_new_server_gives_ids_above_the_old(
+    make_broker: Factory,
+) -> None:
+    """A server without a journal starts its ids at the moment it started and never
+    gives one above the current moment (in half microseconds), however fast it is
+    asked: every id of a run is below the first id of any later run (unique across
+    restarts, no chance)."""
+    started = time.time_ns() // 500
+    old = make_broker()
+    last = 0
+    for _ in range(3):
+        reply = submit(old, "a", MAX_SUBMIT)
+        last = reply["first_id"] + MAX_SUBMIT - 1
+        assert started < reply["first_id"] and last <= time.time_ns() // 500
+    old.close()
+    restarted = make_broker()
+    assert submit(restarted, "a", 1)["first_id"] > last
+
+
+def test_empty_submit_creates_the_job(broker: BrokerService) -> None:
     reply = submit(broker, "a", 0)
     assert reply["accepted"] == 0
     assert broker.job("a")["submitted"] == 0
     assert "a" in broker.status()["jobs"]
 
 
-def test_lease_hands_out_at_most_max_tasks_in_order(broker: Broker) -> None:
+def test_lease_hands_out_at_most_max_tasks_in_order(broker: BrokerService) -> None:
     first_id = submit(broker, "a", 5, timeout=7.5)["first_id"]
     tasks = broker.lease("w1", 3, 0)
     assert [t["id"] for t in tasks] == [first_id, first_id + 1, first_id + 2]
@@ -151,7 +174,7 @@ def test_lease_hands_out_at_most_max_tasks_in_order(broker: Broker) -> None:
     assert counts["leased"] == 5
 
 
-def test_results_and_done_only_after_finish(broker: Broker) -> None:
+def test_results_and_done_only_after_finish(broker: BrokerService) -> None:
     submit(broker, "a", 2)
     first, second = broker.lease("w1", 2, 0)
     reply = broker.complete("w1", [ok(first), http(second, 500)])
@@ -172,7 +195,7 @@ def test_results_and_done_only_after_finish(broker: Broker) -> None:
     assert broker.results("a", 10, 0) == DONE
 
 
-def test_sealed_job_is_done_only_when_every_result_is_delivered(broker: Broker) -> None:
+def test_sealed_job_is_done_only_when_every_result_is_delivered(broker: BrokerService) -> None:
     submit(broker, "a", 2)
     broker.seal("a")
     tasks = broker.lease("w1", 2, 0)
@@ -190,21 +213,21 @@ def test_sealed_job_is_done_only_when_every_result_is_delivered(broker: Broker) 
     assert broker.job("a")["done"] is True
 
 
-def test_job_with_no_tasks_reads_done_once_finished(broker: Broker) -> None:
+def test_job_with_no_tasks_reads_done_once_finished(broker: BrokerService) -> None:
     assert broker.results("empty", 1, 0) == EMPTY
     broker.seal("empty")
     assert broker.results("empty", 1, 0) == DONE
     assert broker.results(None, 1, 0) == DONE
 
 
-def test_submitting_more_unseals_a_job(broker: Broker) -> None:
+def test_submitting_more_unseals_a_job(broker: BrokerService) -> None:
     broker.seal("a")
     submit(broker, "a", 1)
     assert broker.job("a")["sealed"] is False
     assert broker.results("a", 1, 0)["done"] is False
 
 
-def test_results_of_all_jobs(broker: Broker) -> None:
+def test_results_of_all_jobs(broker: BrokerService) -> None:
     submit(broker, "a", 1)
     submit(broker, "b", 1)
     tasks = broker.lease("w1", 2, 0)
@@ -219,7 +242,7 @@ def test_results_of_all_jobs(broker: Broker) -> None:
 
 
 def test_a_job_never_submitted_is_an_error_and_no_read_or_steering_creates_it(
-    broker: Broker,
+    broker: BrokerService,
 ) -> None:
     submit(broker, "probes", 1)
     with pytest.raises(NoSuchJob, match="no job 'probe' on this server: did you mean 'probes'"):
@@ -240,7 +263,9 @@ def test_a_job_never_submitted_is_an_error_and_no_read_or_steering_creates_it(
 # -- leases that expire ----------------------------------------------------
 
 
-def test_expired_lease_goes_back_with_the_next_attempt(broker: Broker, clock: FakeClock) -> None:
+def test_expired_lease_goes_back_with_the_next_attempt(
+    broker: BrokerService, clock: FakeClock
+) -> None:
     first_id = submit(broker, "a", 1)["first_id"]
     (task,) = broker.lease("w1", 1, 0)
     clock.advance(LEASE - 0.1)
@@ -256,7 +281,7 @@ def test_expired_lease_goes_back_with_the_next_attempt(broker: Broker, clock: Fa
     assert broker.expire_leases() == 0
 
 
-def test_lease_call_itself_expires_overdue_leases(broker: Broker, clock: FakeClock) -> None:
+def test_lease_call_itself_expires_overdue_leases(broker: BrokerService, clock: FakeClock) -> None:
     submit(broker, "a", 1)
     broker.lease("w1", 1, 0)
     clock.advance(LEASE + 1)
@@ -264,7 +289,9 @@ def test_lease_call_itself_expires_overdue_leases(broker: Broker, clock: FakeClo
     assert again["attempt"] == 2
 
 
-def test_last_attempt_expiring_gives_one_failed_result(broker: Broker, clock: FakeClock) -> None:
+def test_last_attempt_expiring_gives_one_failed_result(
+    broker: BrokerService, clock: FakeClock
+) -> None:
     first_id = submit(broker, "a", 1, attempts=2)["first_id"]
     broker.seal("a")
     broker.lease("w1", 1, 0)
@@ -297,7 +324,7 @@ def test_last_attempt_expiring_gives_one_failed_result(broker: Broker, clock: Fa
 
 
 def test_broker_max_attempts_applies_when_the_batch_gives_none(
-    make_broker: Callable[..., Broker], clock: FakeClock
+    make_broker: Factory, clock: FakeClock
 ) -> None:
     broker = make_broker(max_attempts=1)
     submit(broker, "a", 1)
@@ -309,7 +336,7 @@ def test_broker_max_attempts_applies_when_the_batch_gives_none(
     assert result["attempt"] == 1
 
 
-def test_renew_before_the_deadline_prevents_expiry(broker: Broker, clock: FakeClock) -> None:
+def test_renew_before_the_deadline_prevents_expiry(broker: BrokerService, clock: FakeClock) -> None:
     submit(broker, "a", 1)
     (task,) = broker.lease("w1", 1, 0)
     clock.advance(LEASE - 2)
@@ -323,7 +350,7 @@ def test_renew_before_the_deadline_prevents_expiry(broker: Broker, clock: FakeCl
     assert len(drain(broker, "a")) == 1
 
 
-def test_renewed_lease_still_expires_later(broker: Broker, clock: FakeClock) -> None:
+def test_renewed_lease_still_expires_later(broker: BrokerService, clock: FakeClock) -> None:
     submit(broker, "a", 1)
     (task,) = broker.lease("w1", 1, 0)
     clock.advance(LEASE - 2)
@@ -332,7 +359,9 @@ def test_renewed_lease_still_expires_later(broker: Broker, clock: FakeClock) -> 
     assert broker.expire_leases() == 1
 
 
-def test_renew_by_another_worker_or_attempt_does_nothing(broker: Broker, clock: FakeClock) -> None:
+def test_renew_by_another_worker_or_attempt_does_nothing(
+    broker: BrokerService, clock: FakeClock
+) -> None:
     submit(broker, "a", 1)
     (task,) = broker.lease("w1", 1, 0)
     clock.advance(LEASE - 2)
@@ -346,7 +375,7 @@ def test_renew_by_another_worker_or_attempt_does_nothing(broker: Broker, clock: 
 # -- failures and retries --------------------------------------------------
 
 
-def test_retryable_failure_requeues_and_later_success_is_the_result(broker: Broker) -> None:
+def test_retryable_failure_requeues_and_later_success_is_the_result(broker: BrokerService) -> None:
     submit(broker, "a", 1)
     (task,) = broker.lease("w1", 1, 0)
     assert broker.complete("w1", [failed(task, "refused")]) == {
@@ -368,7 +397,7 @@ def test_retryable_failure_requeues_and_later_success_is_the_result(broker: Brok
     assert broker.lease("w1", 1, 0) == []
 
 
-def test_retryable_failure_on_the_last_attempt_is_the_result(broker: Broker) -> None:
+def test_retryable_failure_on_the_last_attempt_is_the_result(broker: BrokerService) -> None:
     submit(broker, "a", 1, attempts=2)
     (task,) = broker.lease("w1", 1, 0)
     assert broker.complete("w1", [failed(task, "timeout")])["requeued"] == 1
@@ -382,7 +411,7 @@ def test_retryable_failure_on_the_last_attempt_is_the_result(broker: Broker) -> 
     assert broker.lease("w1", 1, 0) == []
 
 
-def test_single_attempt_retryable_failure_ends_at_once(broker: Broker) -> None:
+def test_single_attempt_retryable_failure_ends_at_once(broker: BrokerService) -> None:
     submit(broker, "a", 1, attempts=1)
     (task,) = broker.lease("w1", 1, 0)
     assert broker.complete("w1", [failed(task, "refused")])["accepted"] == 1
@@ -400,7 +429,7 @@ def test_single_attempt_retryable_failure_ends_at_once(broker: Broker) -> None:
     ids=["404", "500", "dns", "tls"],
 )
 def test_non_retryable_errors_end_the_task_at_once(
-    broker: Broker, make: Callable[[dict[str, Any]], dict[str, Any]]
+    broker: BrokerService, make: Callable[[dict[str, Any]], dict[str, Any]]
 ) -> None:
     submit(broker, "a", 1, attempts=5)
     (task,) = broker.lease("w1", 1, 0)
@@ -422,7 +451,7 @@ def test_non_retryable_errors_end_the_task_at_once(
 
 @pytest.mark.parametrize("late_first", [True, False])
 def test_first_completion_wins_after_a_lease_moved(
-    broker: Broker, clock: FakeClock, late_first: bool
+    broker: BrokerService, clock: FakeClock, late_first: bool
 ) -> None:
     submit(broker, "a", 1)
     (task_a,) = broker.lease("A", 1, 0)
@@ -450,7 +479,7 @@ def test_first_completion_wins_after_a_lease_moved(
 
 
 def test_completion_of_a_requeued_task_is_accepted_and_never_leased_again(
-    broker: Broker, clock: FakeClock
+    broker: BrokerService, clock: FakeClock
 ) -> None:
     submit(broker, "a", 2)
     task, other = broker.lease("A", 2, 0)
@@ -467,7 +496,7 @@ def test_completion_of_a_requeued_task_is_accepted_and_never_leased_again(
     assert result["worker"] == "A"
 
 
-def test_stale_retryable_failure_is_dropped(broker: Broker, clock: FakeClock) -> None:
+def test_stale_retryable_failure_is_dropped(broker: BrokerService, clock: FakeClock) -> None:
     submit(broker, "a", 1)
     (task_a,) = broker.lease("A", 1, 0)
     clock.advance(LEASE + 1)
@@ -479,7 +508,7 @@ def test_stale_retryable_failure_is_dropped(broker: Broker, clock: FakeClock) ->
     assert len(drain(broker, "a")) == 1
 
 
-def test_repeated_completion_is_dropped(broker: Broker) -> None:
+def test_repeated_completion_is_dropped(broker: BrokerService) -> None:
     submit(broker, "a", 2)
     tasks = broker.lease("w1", 2, 0)
     results = [ok(t) for t in tasks]
@@ -495,7 +524,7 @@ def test_repeated_completion_is_dropped(broker: Broker) -> None:
     assert broker.job("a")["succeeded"] == 2
 
 
-def test_completion_from_another_server_run_is_dropped(broker: Broker) -> None:
+def test_completion_from_another_server_run_is_dropped(broker: BrokerService) -> None:
     first_id = submit(broker, "a", 2)["first_id"]
     foreign = [
         {"id": first_id - 1, "job": "a", "url": "http://127.0.0.1/", "ok": True},
@@ -516,7 +545,7 @@ def test_completion_from_another_server_run_is_dropped(broker: Broker) -> None:
 # -- release ---------------------------------------------------------------
 
 
-def test_release_puts_tasks_back_without_using_an_attempt(broker: Broker) -> None:
+def test_release_puts_tasks_back_without_using_an_attempt(broker: BrokerService) -> None:
     first_id = submit(broker, "a", 3)["first_id"]
     tasks = broker.lease("w1", 3, 0)
     pairs = [[t["id"], t["attempt"]] for t in tasks[:2]]
@@ -527,7 +556,7 @@ def test_release_puts_tasks_back_without_using_an_attempt(broker: Broker) -> Non
     assert [(t["id"], t["attempt"]) for t in again] == [(first_id, 1), (first_id + 1, 1)]
 
 
-def test_release_needs_the_matching_id_attempt_and_worker(broker: Broker) -> None:
+def test_release_needs_the_matching_id_attempt_and_worker(broker: BrokerService) -> None:
     submit(broker, "a", 1)
     (task,) = broker.lease("w1", 1, 0)
     assert broker.release("w1", [[task["id"], 2]]) == 0
@@ -538,7 +567,7 @@ def test_release_needs_the_matching_id_attempt_and_worker(broker: Broker) -> Non
     assert broker.release("w1", [[task["id"], 1]]) == 0
 
 
-def test_a_lease_named_twice_in_one_release_goes_back_once(broker: Broker) -> None:
+def test_a_lease_named_twice_in_one_release_goes_back_once(broker: BrokerService) -> None:
     submit(broker, "a", 1)
     (task,) = broker.lease("w1", 1, 0)
     assert broker.release("w1", [[task["id"], 1], [task["id"], 1]]) == 1
@@ -546,7 +575,7 @@ def test_a_lease_named_twice_in_one_release_goes_back_once(broker: Broker) -> No
     assert len(broker.lease("w2", 10, 0)) == 1
 
 
-def test_release_resent_after_the_task_moved_on_does_nothing(broker: Broker) -> None:
+def test_release_resent_after_the_task_moved_on_does_nothing(broker: BrokerService) -> None:
     """A release re-sent after a lost reply must not take the task from its new holder."""
     submit(broker, "a", 1)
     (task,) = broker.lease("A", 1, 0)
@@ -558,7 +587,7 @@ def test_release_resent_after_the_task_moved_on_does_nothing(broker: Broker) -> 
     assert broker.lease("C", 1, 0) == []
 
 
-def test_released_last_attempt_is_still_run(broker: Broker) -> None:
+def test_released_last_attempt_is_still_run(broker: BrokerService) -> None:
     submit(broker, "a", 1, attempts=1)
     (task,) = broker.lease("w1", 1, 0)
     broker.release("w1", [[task["id"], 1]])
@@ -570,7 +599,7 @@ def test_released_last_attempt_is_still_run(broker: Broker) -> None:
 # -- batch ids and backpressure ----------------------------------------------
 
 
-def test_same_batch_id_is_queued_once(broker: Broker) -> None:
+def test_same_batch_id_is_queued_once(broker: BrokerService) -> None:
     batch = {"job": "a", "urls": urls(3), "batch_id": "run:1"}
     first = broker.submit(batch)
     again = broker.submit(batch)
@@ -583,7 +612,7 @@ def test_same_batch_id_is_queued_once(broker: Broker) -> None:
     assert other["first_id"] == first["first_id"] + 3
 
 
-def test_full_reply_is_not_remembered_for_the_batch_id(make_broker: Callable[..., Broker]) -> None:
+def test_full_reply_is_not_remembered_for_the_batch_id(make_broker: Factory) -> None:
     broker = make_broker(max_pending=2)
     submit(broker, "a", 2)
     batch = {"job": "a", "urls": urls(1), "batch_id": "b"}
@@ -595,7 +624,7 @@ def test_full_reply_is_not_remembered_for_the_batch_id(make_broker: Callable[...
 
 
 def test_batch_resent_while_the_first_copy_waits_for_room_is_queued_once(
-    make_broker: Callable[..., Broker], clock: FakeClock
+    make_broker: Factory, clock: FakeClock
 ) -> None:
     broker = make_broker(max_pending=2)
     submit(broker, "fill", 2)
@@ -624,7 +653,7 @@ def test_batch_resent_while_the_first_copy_waits_for_room_is_queued_once(
 
 
 def test_full_queue_pushes_back_until_tasks_are_leased(
-    make_broker: Callable[..., Broker],
+    make_broker: Factory,
 ) -> None:
     broker = make_broker(max_pending=10)
     assert submit(broker, "a", 10)["accepted"] == 10
@@ -639,7 +668,7 @@ def test_full_queue_pushes_back_until_tasks_are_leased(
 
 
 def test_oversized_batch_into_an_empty_queue_is_accepted(
-    make_broker: Callable[..., Broker],
+    make_broker: Factory,
 ) -> None:
     broker = make_broker(max_pending=10)
     assert submit(broker, "a", 25)["accepted"] == 25
@@ -648,7 +677,7 @@ def test_oversized_batch_into_an_empty_queue_is_accepted(
     assert submit(broker, "a", 1)["accepted"] == 1
 
 
-def test_undelivered_results_stop_leasing(make_broker: Callable[..., Broker]) -> None:
+def test_undelivered_results_stop_leasing(make_broker: Factory) -> None:
     broker = make_broker(max_results=2)
     submit(broker, "a", 4)
     tasks = broker.lease("w1", 2, 0)
@@ -669,7 +698,7 @@ def test_undelivered_results_stop_leasing(make_broker: Callable[..., Broker]) ->
 # -- acknowledgements ----------------------------------------------------------
 
 
-def test_ack_confirms_a_delivery(broker: Broker) -> None:
+def test_ack_confirms_a_delivery(broker: BrokerService) -> None:
     ids = ready(broker, "a", 3)
     broker.seal("a")
     assert where(broker, "a") == (3, 0, 0)
@@ -686,7 +715,7 @@ def test_ack_confirms_a_delivery(broker: Broker) -> None:
     assert broker.results("a", 10, 0) == DONE
 
 
-def test_next_results_call_confirms_the_previous_delivery(broker: Broker) -> None:
+def test_next_results_call_confirms_the_previous_delivery(broker: BrokerService) -> None:
     ids = ready(broker, "a", 3)
     broker.seal("a")
     first = broker.results("a", 2, 0)
@@ -701,7 +730,7 @@ def test_next_results_call_confirms_the_previous_delivery(broker: Broker) -> Non
     assert where(broker, "a") == (0, 0, 3)
 
 
-def test_ack_in_a_call_for_another_job_still_confirms(broker: Broker) -> None:
+def test_ack_in_a_call_for_another_job_still_confirms(broker: BrokerService) -> None:
     ready(broker, "a", 1)
     reply = broker.results("a", 10, 0)
     assert broker.results("b", 10, 0, ack=reply["token"]) == EMPTY
@@ -710,7 +739,7 @@ def test_ack_in_a_call_for_another_job_still_confirms(broker: Broker) -> None:
 
 
 def test_acking_twice_or_an_unknown_token_returns_zero_and_changes_nothing(
-    broker: Broker,
+    broker: BrokerService,
 ) -> None:
     ready(broker, "a", 2)
     reply = broker.results("a", 1, 0)
@@ -733,7 +762,7 @@ def test_acking_twice_or_an_unknown_token_returns_zero_and_changes_nothing(
     assert where(broker, "a") == (1, 0, 1)
 
 
-def test_bad_results_call_does_not_apply_its_ack(broker: Broker) -> None:
+def test_bad_results_call_does_not_apply_its_ack(broker: BrokerService) -> None:
     ready(broker, "a", 1)
     reply = broker.results("a", 10, 0)
     with pytest.raises(BadRequest):
@@ -745,7 +774,7 @@ def test_bad_results_call_does_not_apply_its_ack(broker: Broker) -> None:
 
 
 def test_unconfirmed_delivery_expires_and_comes_back_in_order(
-    broker: Broker, clock: FakeClock
+    broker: BrokerService, clock: FakeClock
 ) -> None:
     ids = ready(broker, "a", 5)
     broker.seal("a")
@@ -769,7 +798,7 @@ def test_unconfirmed_delivery_expires_and_comes_back_in_order(
 
 
 def test_expired_delivery_is_handed_out_whole_even_in_smaller_calls(
-    broker: Broker, clock: FakeClock
+    broker: BrokerService, clock: FakeClock
 ) -> None:
     ids = ready(broker, "a", 4)
     first = broker.results("a", 3, 0)
@@ -781,7 +810,7 @@ def test_expired_delivery_is_handed_out_whole_even_in_smaller_calls(
     assert where(broker, "a") == (0, 0, 4)
 
 
-def test_confirmed_delivery_never_comes_back(broker: Broker, clock: FakeClock) -> None:
+def test_confirmed_delivery_never_comes_back(broker: BrokerService, clock: FakeClock) -> None:
     ids = ready(broker, "a", 2)
     reply = broker.results("a", 10, 0)
     assert ids_of(reply) == ids
@@ -797,7 +826,7 @@ def test_confirmed_delivery_never_comes_back(broker: Broker, clock: FakeClock) -
     assert broker.results("a", 10, 0) == DONE
 
 
-def test_done_waits_for_the_last_confirmation(broker: Broker, clock: FakeClock) -> None:
+def test_done_waits_for_the_last_confirmation(broker: BrokerService, clock: FakeClock) -> None:
     ids = ready(broker, "a", 2)
     broker.seal("a")
     first = broker.results("a", 1, 0)
@@ -817,7 +846,9 @@ def test_done_waits_for_the_last_confirmation(broker: Broker, clock: FakeClock) 
     assert broker.results(None, 10, 0) == DONE
 
 
-def test_counts_add_up_through_hand_out_expiry_and_ack(broker: Broker, clock: FakeClock) -> None:
+def test_counts_add_up_through_hand_out_expiry_and_ack(
+    broker: BrokerService, clock: FakeClock
+) -> None:
     submit(broker, "a", 6)
     tasks = broker.lease("w1", 6, 0)
     assert where(broker, "a") == (0, 0, 0)
@@ -842,7 +873,7 @@ def test_counts_add_up_through_hand_out_expiry_and_ack(broker: Broker, clock: Fa
 
 
 def test_unconfirmed_results_count_against_max_results(
-    make_broker: Callable[..., Broker], clock: FakeClock
+    make_broker: Factory, clock: FakeClock
 ) -> None:
     broker = make_broker(max_results=2)
     submit(broker, "a", 4)
@@ -863,9 +894,7 @@ def test_unconfirmed_results_count_against_max_results(
     assert broker.lease("w1", 2, 0) == []
 
 
-def test_ack_wakes_a_lease_waiting_for_output_room(
-    make_broker: Callable[..., Broker], clock: FakeClock
-) -> None:
+def test_ack_wakes_a_lease_waiting_for_output_room(make_broker: Factory, clock: FakeClock) -> None:
     broker = make_broker(max_results=1)
     ready(broker, "a", 1)
     submit(broker, "a", 1)
@@ -887,7 +916,7 @@ def test_ack_wakes_a_lease_waiting_for_output_room(
 
 
 def test_results_of_all_jobs_lapse_back_each_to_its_own_job(
-    broker: Broker, clock: FakeClock
+    broker: BrokerService, clock: FakeClock
 ) -> None:
     a_ids = ready(broker, "a", 2)
     b_ids = ready(broker, "b", 2)
@@ -916,7 +945,7 @@ def test_results_of_all_jobs_lapse_back_each_to_its_own_job(
 
 
 def test_lapsed_delivery_goes_to_another_output_exactly_once(
-    broker: Broker, clock: FakeClock
+    broker: BrokerService, clock: FakeClock
 ) -> None:
     ids = ready(broker, "a", 3)
     broker.seal("a")
@@ -937,7 +966,7 @@ def test_lapsed_delivery_goes_to_another_output_exactly_once(
 
 
 def test_several_lapsed_deliveries_come_back_in_their_first_order(
-    broker: Broker, clock: FakeClock
+    broker: BrokerService, clock: FakeClock
 ) -> None:
     ids = ready(broker, "a", 4)
     first = broker.results("a", 2, 0)
@@ -948,9 +977,52 @@ def test_several_lapsed_deliveries_come_back_in_their_first_order(
     assert ids_of(broker.results("a", 10, 0)) == ids  # comes back as ids[2:] + ids[:2]
 
 
+# -- cancelling --------------------------------------------------------------
+
+
+def queue_state(broker: BrokerService, job: str) -> tuple[int, int, int]:
+    counts = broker.job(job)
+    return counts["queued"], counts["waiting"], counts["failed"]
+
+
+def test_a_cancel_ends_queued_tasks_as_cancelled_results_and_a_read_changes_nothing(
+    make_broker: Factory,
+) -> None:
+    """Cancelling ends the queued tasks at once, as far as the results' room allows;
+    housekeeping ends the rest as outputs make room.  ``results`` only reads: it hands
+    out what has ended and never ends a task itself."""
+    broker = make_broker(max_results=2)
+    submit(broker, "c", 5)
+    broker.seal("c")
+    view = broker.steer("c", {"action": "cancel"})
+    assert (view["queued"], view["waiting"], view["failed"]) == (3, 2, 2)
+    taken = broker.results("c", 10, 0)
+    assert [r["error"]["type"] for r in taken["results"]] == ["cancelled"] * 2
+    assert broker.ack(taken["token"]) == 2
+    assert broker.results("c", 10, 0) == EMPTY, "room again, but a read ends nothing"
+    assert queue_state(broker, "c") == (3, 0, 2)
+    broker.housekeeping()  # what the server does twice a second
+    assert queue_state(broker, "c") == (1, 2, 4)
+    broker.housekeeping()
+    assert queue_state(broker, "c") == (1, 2, 4), "no room: nothing more ends"
+    assert [r["error"]["type"] for r in drain(broker, "c")] == ["cancelled"] * 2
+    broker.housekeeping()
+    assert queue_state(broker, "c") == (0, 1, 5)
+    assert [r["error"]["message"] for r in drain(broker, "c")] == ["job c was cancelled"]
+    assert broker.results("c", 10, 0) == DONE
+
+
+def test_a_released_task_of_a_cancelled_job_ends_at_once(broker: BrokerService) -> None:
+    submit(broker, "c", 2)
+    tasks = broker.lease("w1", 2, 0)
+    broker.steer("c", {"action": "cancel"})
+    assert broker.release("w1", [[t["id"], t["attempt"]] for t in tasks]) == 2
+    assert queue_state(broker, "c") == (0, 2, 2)
+
+
 # -- bad calls ---------------------------------------------------------------
 
-BAD_CALLS: dict[str, Callable[[Broker], Any]] = {
+BAD_CALLS: dict[str, Callable[[BrokerService], Any]] = {
     "hello-not-dict": lambda b: b.hello("hi"),
     "submit-not-dict": lambda b: b.submit(["http://127.0.0.1/"]),
     "submit-empty-job": lambda b: b.submit({"job": "", "urls": urls(1)}),
@@ -1003,7 +1075,7 @@ BAD_CALLS: dict[str, Callable[[Broker], Any]] = {
 
 @pytest.mark.parametrize("call", BAD_CALLS.values(), ids=BAD_CALLS.keys())
 def test_bad_calls_raise_bad_request_and_change_nothing(
-    broker: Broker, call: Callable[[Broker], Any]
+    broker: BrokerService, call: Callable[[BrokerService], Any]
 ) -> None:
     first_id = submit(broker, "a", 2)["first_id"]
     (held,) = broker.lease("w0", 1, 0)
@@ -1022,7 +1094,7 @@ def test_bad_calls_raise_bad_request_and_change_nothing(
     assert broker.results("a", 10, 0) == DONE
 
 
-def test_version_mismatch_leaves_the_broker_working(broker: Broker) -> None:
+def test_version_mismatch_leaves_the_broker_working(broker: BrokerService) -> None:
     with pytest.raises(VersionMismatch):
         broker.hello({"protocol": "1"})
     assert submit(broker, "a", 1)["accepted"] == 1
@@ -1031,7 +1103,9 @@ def test_version_mismatch_leaves_the_broker_working(broker: Broker) -> None:
 # -- status ----------------------------------------------------------------
 
 
-def test_status_lists_jobs_and_workers_with_leased_counts(broker: Broker, clock: FakeClock) -> None:
+def test_status_lists_jobs_and_workers_with_leased_counts(
+    broker: BrokerService, clock: FakeClock
+) -> None:
     submit(broker, "a", 3)
     submit(broker, "b", 2)
     held = broker.lease("w1", 2, 0)
@@ -1060,9 +1134,9 @@ def test_status_lists_jobs_and_workers_with_leased_counts(broker: Broker, clock:
 # -- many threads ------------------------------------------------------------
 
 
-def test_concurrent_workers_give_exactly_one_result_per_task() -> None:
+def test_concurrent_workers_give_exactly_one_result_per_task(implementation: Factory) -> None:
     total, per_batch = 5000, 1000
-    broker = Broker(lease_timeout=30.0, max_pending=10_000)
+    broker = implementation(lease_timeout=30.0, max_pending=10_000)
     first_id = None
     for start in range(0, total, per_batch):
         reply = broker.submit({"job": "load", "urls": urls(per_batch), "batch_id": str(start)})
@@ -1144,13 +1218,15 @@ def test_concurrent_workers_give_exactly_one_result_per_task() -> None:
     assert sum(w["reported"] for w in status["workers"]) == total + retried
 
 
-def test_scheduled_starts_keep_the_schedule_though_the_wall_clock_wobbles(clock):
+def test_scheduled_starts_keep_the_schedule_though_the_wall_clock_wobbles(
+    make_broker: Factory, clock: FakeClock
+) -> None:
     """Read a moment apart, the wall clock and the monotonic one differ by a little more
     or less each time; the starts must still be exactly 1/rate apart in Unix time,
     and a wall clock that is set (a step) must show in them."""
     wobble = iter([0.0, 0.003, -0.002, 0.004, -0.001] * 40)
     wall = {"offset": WALL - clock.now}
-    broker = Broker(clock=clock, wall_clock=lambda: clock.now + wall["offset"] + next(wobble))
+    broker = make_broker(wall_clock=lambda: clock.now + wall["offset"] + next(wobble))
     broker.submit({"job": "paced", "urls": urls(20), "rate": 10.0})
     starts = []
     for _ in range(10):

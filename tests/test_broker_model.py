@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from brokerkit import crash, renew
+from brokerkit import IMPLEMENTATIONS, Factory, crash, done, leases, queued_tasks, renew
 from fakeclock import FakeClock
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -33,8 +33,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from fetchq.server.broker import Broker
-from fetchq.server.journal import Journal
+from fetchq.server.service import BrokerService
 from fetchq.wire.records import is_retryable, make_error, make_result
 
 LEASE = 10.0
@@ -93,6 +92,9 @@ def step(method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class BrokerMachine(RuleBasedStateMachine):
+    implementation: Factory = IMPLEMENTATIONS["embedded"]
+    """The broker under test: ``test_broker_model`` sets each implementation in turn."""
+
     def __init__(self) -> None:
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix="fetchq-model-"))
@@ -111,13 +113,13 @@ class BrokerMachine(RuleBasedStateMachine):
         self.confirmed: set[int] = set()
         self.history: list[dict[str, Any]] = []
 
-    def start(self) -> Broker:
-        return Broker(
+    def start(self) -> BrokerService:
+        return type(self).implementation(
             lease_timeout=LEASE,
             max_attempts=3,
             clock=self.clock,
             wall_clock=self.clock,
-            journal=Journal(self.dir / "journal"),
+            durable=self.dir / "journal",
         )
 
     # -- the model's side of each call ----------------------------------------
@@ -442,27 +444,25 @@ class BrokerMachine(RuleBasedStateMachine):
     @invariant()
     @step
     def each_task_in_exactly_one_place(self) -> None:
-        """White box: the broker's queue, leases and done bitmap against the model."""
-        state = self.broker._state
-        done = state.ledger.done
-        leases = {lease.id: lease for lease in state.leases}
+        """White box: the broker's queue, leases and done set against the model (the API
+        counts tasks in each place; which task is where only the inside shows)."""
+        held = leases(self.broker)
         live: Counter[int] = Counter()
         attempts: dict[int, int] = {}
-        for queued in state.scheduler:
-            if queued.id not in done and queued.id not in leases:
-                live[queued.id] += 1
-                attempts[queued.id] = queued.attempt
+        for task_id, attempt in queued_tasks(self.broker):
+            live[task_id] += 1
+            attempts[task_id] = attempt
         assert set(live) <= set(self.tasks)
-        assert set(leases) <= set(self.tasks)
+        assert set(held) <= set(self.tasks)
         for task_id, task in self.tasks.items():
-            places = (live[task_id], task_id in leases, task_id in done)
+            places = (live[task_id], task_id in held, done(self.broker, task_id))
             if task.state == "queued":
                 assert places == (1, False, False), (task, places)
                 assert attempts[task_id] == task.attempt, task
             elif task.state == "leased":
                 assert places == (0, True, False), (task, places)
-                lease = leases[task_id]
-                assert (lease.worker, lease.task.attempt, lease.deadline) == (
+                lease = held[task_id]
+                assert (lease.worker, lease.attempt, lease.deadline) == (
                     task.worker,
                     task.attempt,
                     task.deadline,
@@ -535,16 +535,17 @@ MODEL_SETTINGS = settings(
 )
 
 
-def test_broker_model() -> None:
-    run_state_machine_as_test(BrokerMachine, settings=MODEL_SETTINGS)
+def test_broker_model(implementation: Factory) -> None:
+    machine = type("Machine", (BrokerMachine,), {"implementation": staticmethod(implementation)})
+    run_state_machine_as_test(machine, settings=MODEL_SETTINGS)
 
 
 # -- counts the model relies on -------------------------------------------------
 
 
-def test_queued_counts_only_tasks_still_to_run() -> None:
+def test_queued_counts_only_tasks_still_to_run(implementation: Factory) -> None:
     clock = FakeClock()
-    broker = Broker(lease_timeout=LEASE, clock=clock, wall_clock=clock)
+    broker = implementation(lease_timeout=LEASE, clock=clock, wall_clock=clock)
     broker.submit({"job": "a", "urls": ["http://127.0.0.1/1"]})
     [task] = broker.lease("slow", 1, 0)
     clock.advance(LEASE)

@@ -58,7 +58,7 @@ def test_an_existing_job_keeps_its_pace_and_a_dispatch_asking_another_is_refused
     for asked in (["--rate", "6000/m"], []):  # the job's own rate, or none: tasks are added
         added = run(env, "dispatch", f"{nowhere}?same", *asked, "-j", "paced")
         assert added.returncode == 0, added.stderr
-        assert "dispatched 1 tasks as job paced" in added.stderr
+        assert "dispatched 1 task as job paced" in added.stderr
         assert "reopen" not in added.stderr
     view = job_view(env, "paced")
     assert (view["submitted"], view["policy"]["rate"]) == (5, 100.0)
@@ -98,7 +98,7 @@ def test_dispatching_to_a_done_job_reopens_it_and_says_so(server, env, target) -
     assert more.returncode == 0, more.stderr
     assert more.stdout == "again\n"
     assert "job again was done: these tasks reopen it" in more.stderr, more.stderr
-    assert "dispatched 1 tasks as job again" in more.stderr
+    assert "dispatched 1 task as job again" in more.stderr
     view = job_view(env, "again")
     assert (view["state"], view["submitted"], view["done"]) == ("sealed", 3, False)
     assert run(env, "worker", "--burst").returncode == 0

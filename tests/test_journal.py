@@ -1,6 +1,6 @@
 """The broker's journal: restart after a crash, compaction, damage, locking, modes.
 
-Every test drives a Broker with a hand-advanced clock and a journal in
+Every test drives a BrokerService with a hand-advanced clock and a journal in
 ``tmp_path``.  A "crash" is simulated in-process by ``crash()``: every broker
 call has already handed its events to the OS on the way out of the broker
 lock, so all a killed process leaves behind is the file as it is, and the
@@ -20,17 +20,20 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from brokerkit import crash, renew
+from brokerkit import Factory, crash, embedded, renew, syncs
 from fakeclock import FakeClock
 
 from fetchq.errors import BadRequest, ConfigError, StorageFailed
 from fetchq.server import journal as journal_module
 from fetchq.server.broker import Broker
 from fetchq.server.journal import FORMAT, FORMAT_VERSION, Journal
+from fetchq.server.service import BrokerService
 from fetchq.wire.records import make_error, make_result
 
 LEASE = 10.0
@@ -42,12 +45,22 @@ def path(tmp_path: Path) -> Path:
     return tmp_path / "fetchq.journal"
 
 
-def open_broker(path: Path, clock: FakeClock, **settings: Any) -> Broker:
-    settings.setdefault("lease_timeout", LEASE)
-    settings.setdefault("max_attempts", 3)
-    return Broker(
-        clock=clock, wall_clock=lambda: WALL + clock.now, journal=Journal(path), **settings
-    )
+Opener = Callable[..., BrokerService]
+
+
+@pytest.fixture
+def open_broker(implementation: Factory) -> Opener:
+    """Opens the broker of the implementation under test, durable at ``path``: opened
+    again at the same path, it is the same broker restarted."""
+
+    def opener(path: Path, clock: FakeClock, **settings: Any) -> BrokerService:
+        settings.setdefault("lease_timeout", LEASE)
+        settings.setdefault("max_attempts", 3)
+        return implementation(
+            clock=clock, wall_clock=lambda: WALL + clock.now, durable=path, **settings
+        )
+
+    return opener
 
 
 def urls(count: int, prefix: str = "http://127.0.0.1/") -> list[str]:
@@ -74,14 +87,14 @@ def late(task_id: int, attempt: int, job: str = "a") -> dict[str, Any]:
     return ok(task, worker="old")
 
 
-def lease_all(broker: Broker, worker: str = "drain") -> list[dict[str, Any]]:
+def lease_all(broker: BrokerService, worker: str = "drain") -> list[dict[str, Any]]:
     leased: list[dict[str, Any]] = []
     while batch := broker.lease(worker, 1000, 0):
         leased.extend(batch)
     return leased
 
 
-def take_all(broker: Broker, job: str | None = None, *, ack: bool) -> list[dict[str, Any]]:
+def take_all(broker: BrokerService, job: str | None = None, *, ack: bool) -> list[dict[str, Any]]:
     taken: list[dict[str, Any]] = []
     while True:
         reply = broker.results(job, 1000, 0)
@@ -92,14 +105,36 @@ def take_all(broker: Broker, job: str | None = None, *, ack: bool) -> list[dict[
             assert broker.ack(reply["token"]) == len(reply["results"])
 
 
-def counts(broker: Broker, job: str) -> dict[str, Any]:
+def counts(broker: BrokerService, job: str) -> dict[str, Any]:
     return broker.job(job)
 
 
 # -- restart after a crash ---------------------------------------------------
 
 
-def test_restart_after_crash_restores_everything(path: Path, clock: FakeClock) -> None:
+def test_tasks_a_cancelled_job_held_when_the_server_died_end_at_the_restart(
+    open_broker: Opener, path: Path, clock: FakeClock
+) -> None:
+    """Their leases died with the process, so they are queued again; a cancelled job's
+    queued tasks end as ``cancelled`` results, and reading needs no call to end them."""
+    broker = open_broker(path, clock)
+    broker.submit({"job": "c", "urls": urls(3)})
+    broker.seal("c")
+    assert len(lease_all(broker)) == 3
+    assert broker.steer("c", {"action": "cancel"})["queued"] == 0
+    crash(broker)
+    restarted = open_broker(path, clock)
+    state = counts(restarted, "c")
+    assert (state["queued"], state["waiting"], state["failed"]) == (0, 3, 3)
+    ended = take_all(restarted, "c", ack=True)
+    assert [r["error"]["type"] for r in ended] == ["cancelled"] * 3
+    assert counts(restarted, "c")["done"]
+    restarted.close()
+
+
+def test_restart_after_crash_restores_everything(
+    open_broker: Opener, path: Path, clock: FakeClock
+) -> None:
     broker = open_broker(path, clock)
     first_a = broker.submit({"job": "a", "urls": urls(6, "http://127.0.0.1/a"), "batch_id": "a-1"})
     held_1 = broker.lease("w1", 4, 0)  # a0..a3
@@ -235,7 +270,7 @@ def test_restart_after_crash_restores_everything(path: Path, clock: FakeClock) -
     restarted.close()
 
 
-def test_restart_after_a_clean_close(path: Path, clock: FakeClock) -> None:
+def test_restart_after_a_clean_close(open_broker: Opener, path: Path, clock: FakeClock) -> None:
     broker = open_broker(path, clock)
     first = broker.submit({"job": "a", "urls": urls(3)})["first_id"]
     [task] = broker.lease("w", 1, 0)
@@ -250,7 +285,8 @@ def test_restart_after_a_clean_close(path: Path, clock: FakeClock) -> None:
 
 
 def test_restart_after_kill_9(path: Path) -> None:
-    """A real SIGKILL: the child never flushes, fsyncs or closes anything itself."""
+    """A real SIGKILL: the child never flushes, fsyncs or closes anything itself (the
+    embedded broker and its journal, as the child runs them)."""
     child = textwrap.dedent(
         """
         import json, os, signal, sys
@@ -278,7 +314,9 @@ def test_restart_after_kill_9(path: Path) -> None:
     first = reply["first_id"]
 
     clock = FakeClock()
-    restarted = open_broker(path, clock)  # the dead process's lock is gone
+    restarted = embedded(  # the dead process's lock is gone
+        clock=clock, wall_clock=lambda: WALL + clock.now, durable=path, lease_timeout=LEASE
+    )
     state = counts(restarted, "k")
     assert (state["submitted"], state["queued"], state["handed_out"]) == (5, 4, 1)
     assert [t["id"] for t in lease_all(restarted)] == [first + n for n in range(1, 5)]
@@ -292,7 +330,9 @@ def test_restart_after_kill_9(path: Path) -> None:
     restarted.close()
 
 
-def test_a_retry_and_a_final_expiry_are_journaled(path: Path, clock: FakeClock) -> None:
+def test_a_retry_and_a_final_expiry_are_journaled(
+    open_broker: Opener, path: Path, clock: FakeClock
+) -> None:
     broker = open_broker(path, clock, max_attempts=2)
     first = broker.submit({"job": "a", "urls": urls(2)})["first_id"]
     broker.lease("w", 2, 0)
@@ -314,7 +354,7 @@ def test_a_retry_and_a_final_expiry_are_journaled(path: Path, clock: FakeClock) 
 
 
 def test_unconfirmed_deliveries_survive_a_restart_and_a_compaction(
-    path: Path, clock: FakeClock
+    open_broker: Opener, path: Path, clock: FakeClock
 ) -> None:
     broker = open_broker(path, clock)
     first = broker.submit({"job": "a", "urls": urls(3)})["first_id"]
@@ -345,7 +385,9 @@ def test_unconfirmed_deliveries_survive_a_restart_and_a_compaction(
     restarted.close()
 
 
-def test_tasks_submitted_after_a_restart_are_leased(path: Path, clock: FakeClock) -> None:
+def test_tasks_submitted_after_a_restart_are_leased(
+    open_broker: Opener, path: Path, clock: FakeClock
+) -> None:
     broker = open_broker(path, clock)
     broker.submit({"job": "a", "urls": urls(3)})
     crash(broker)
@@ -368,7 +410,9 @@ def test_tasks_submitted_after_a_restart_are_leased(path: Path, clock: FakeClock
 CAPPED = {"job": "c", "per_host": 1}
 
 
-def capped_broker(path: Path, clock: FakeClock) -> tuple[Broker, dict[str, Any]]:
+def capped_broker(
+    open_broker: Opener, path: Path, clock: FakeClock
+) -> tuple[BrokerService, dict[str, Any]]:
     """A job of two tasks on one host with a cap of 1, the first leased to ``w``."""
     broker = open_broker(path, clock)
     broker.submit({**CAPPED, "urls": urls(2, "http://h.test/")})
@@ -378,9 +422,9 @@ def capped_broker(path: Path, clock: FakeClock) -> tuple[Broker, dict[str, Any]]
 
 
 def test_a_capped_lease_holds_the_host_across_restarts_until_reported(
-    path: Path, clock: FakeClock
+    open_broker: Opener, path: Path, clock: FakeClock
 ) -> None:
-    broker, running = capped_broker(path, clock)
+    broker, running = capped_broker(open_broker, path, clock)
     crash(broker)
     restarted = open_broker(path, clock)
     crash(restarted)  # twice: the start-up compaction keeps the lease too
@@ -395,9 +439,9 @@ def test_a_capped_lease_holds_the_host_across_restarts_until_reported(
 
 
 def test_a_capped_lease_lapses_after_a_restart_at_its_old_deadline(
-    path: Path, clock: FakeClock
+    open_broker: Opener, path: Path, clock: FakeClock
 ) -> None:
-    broker, running = capped_broker(path, clock)
+    broker, running = capped_broker(open_broker, path, clock)
     clock.advance(LEASE - 1)
     crash(broker)
     restarted = open_broker(path, clock)
@@ -408,8 +452,10 @@ def test_a_capped_lease_lapses_after_a_restart_at_its_old_deadline(
     restarted.close()
 
 
-def test_a_renewal_before_a_crash_holds_after_it(path: Path, clock: FakeClock) -> None:
-    broker, running = capped_broker(path, clock)
+def test_a_renewal_before_a_crash_holds_after_it(
+    open_broker: Opener, path: Path, clock: FakeClock
+) -> None:
+    broker, running = capped_broker(open_broker, path, clock)
     clock.advance(LEASE / 2)
     assert renew(broker, "w", [[running["id"], 1]]) == 1  # now due 1.5 timeouts from the lease
     clock.advance(LEASE / 2 + 1)  # past the deadline it was leased with
@@ -421,9 +467,9 @@ def test_a_renewal_before_a_crash_holds_after_it(path: Path, clock: FakeClock) -
 
 
 def test_a_task_handed_back_before_a_crash_goes_at_once_after_it(
-    path: Path, clock: FakeClock
+    open_broker: Opener, path: Path, clock: FakeClock
 ) -> None:
-    broker, running = capped_broker(path, clock)
+    broker, running = capped_broker(open_broker, path, clock)
     assert broker.release("w", [[running["id"], 1]]) == 1
     crash(broker)
     restarted = open_broker(path, clock)
@@ -433,7 +479,7 @@ def test_a_task_handed_back_before_a_crash_goes_at_once_after_it(
 
 
 def test_a_capped_lease_the_journal_cannot_take_is_not_handed_out(
-    path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+    open_broker: Opener, path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A full disk: the lease call fails (the worker waits and retries) and leaves the
     task queued and its host free, so it goes once the journal works again."""
@@ -455,7 +501,7 @@ def test_a_capped_lease_the_journal_cannot_take_is_not_handed_out(
 
 
 def test_without_host_limits_a_lease_is_not_journaled_and_its_task_goes_again(
-    path: Path, clock: FakeClock
+    open_broker: Opener, path: Path, clock: FakeClock
 ) -> None:
     """Only a cap needs to know what runs: other leases cost the journal nothing, and a
     restart queues their tasks again at once (a late report of one is deduplicated)."""
@@ -475,7 +521,9 @@ def test_without_host_limits_a_lease_is_not_journaled_and_its_task_goes_again(
 # -- compaction --------------------------------------------------------------
 
 
-def busy_broker(path: Path, clock: FakeClock) -> tuple[Broker, list[int]]:
+def busy_broker(
+    open_broker: Opener, path: Path, clock: FakeClock
+) -> tuple[BrokerService, list[int]]:
     """Many results confirmed, a few left in every other state."""
     broker = open_broker(path, clock)
     first = broker.submit({"job": "big", "urls": urls(300), "batch_id": "big-1"})["first_id"]
@@ -491,7 +539,7 @@ def busy_broker(path: Path, clock: FakeClock) -> tuple[Broker, list[int]]:
     return broker, [first + n for n in range(300)]
 
 
-def restored_state(path: Path) -> dict[str, Any]:
+def restored_state(open_broker: Opener, path: Path) -> dict[str, Any]:
     """Everything a restarted broker holds, read through its API (this uses it up)."""
     clock = FakeClock()
     broker = open_broker(path, clock)
@@ -510,9 +558,9 @@ def restored_state(path: Path) -> dict[str, Any]:
 
 
 def test_compaction_shrinks_the_file_and_replays_the_same_state(
-    path: Path, clock: FakeClock, tmp_path: Path
+    open_broker: Opener, path: Path, clock: FakeClock, tmp_path: Path
 ) -> None:
-    broker, ids = busy_broker(path, clock)
+    broker, ids = busy_broker(open_broker, path, clock)
     uncompacted = tmp_path / "copy" / "fetchq.journal"
     uncompacted.parent.mkdir()
     shutil.copyfile(path, uncompacted)
@@ -527,8 +575,8 @@ def test_compaction_shrinks_the_file_and_replays_the_same_state(
     shutil.copyfile(path, tmp_path / "compacted-then-more")
     crash(broker)
 
-    from_log = restored_state(uncompacted)
-    from_compacted = restored_state(path)
+    from_log = restored_state(open_broker, uncompacted)
+    from_compacted = restored_state(open_broker, path)
     # Before compaction: 290 done, 280 confirmed, 4 leased, 3 requeued, 3 never leased.
     assert from_log["jobs"]["big"] == {
         "submitted": 300,
@@ -564,10 +612,10 @@ def test_compaction_shrinks_the_file_and_replays_the_same_state(
 
 
 def test_housekeeping_compacts_once_the_log_has_grown(
-    path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+    open_broker: Opener, path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(journal_module, "COMPACT_MIN_BYTES", 0)
-    broker, _ = busy_broker(path, clock)
+    broker, _ = busy_broker(open_broker, path, clock)
     grown = path.stat().st_size
     broker.housekeeping()
     compacted = path.stat().st_size
@@ -577,7 +625,64 @@ def test_housekeeping_compacts_once_the_log_has_grown(
     broker.close()
 
 
-def test_a_torn_last_line_is_cut_off_and_the_rest_kept(path: Path, clock: FakeClock) -> None:
+def copy_journal(path: Path, folder: Path) -> Path:
+    """The journal's files as a crash at this moment would leave them."""
+    folder.mkdir()
+    for file in path.parent.glob(path.name + "*"):
+        if not file.name.endswith((".lock", ".compacting")):
+            shutil.copyfile(file, folder / file.name)
+    return folder / path.name
+
+
+def test_calls_go_on_while_a_compaction_writes_and_every_crash_point_keeps_them(
+    path: Path, clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A compaction stops clients only to capture the state: it is written with the
+    broker's lock let go, while later events go to a new segment file.  A crash while
+    it writes, or after it replaced the journal (before or after the old segment is
+    removed), keeps every call, those made meanwhile too."""
+    broker = embedded(clock=clock, wall_clock=lambda: WALL + clock.now, durable=path)
+    first = broker.submit({"job": "a", "urls": urls(3)})["first_id"]
+    broker.compact()  # writes now go to a segment: the next compaction replaces it
+    broker.submit({"job": "c", "urls": urls(1)})
+    held = broker.lease("w", 1, 0)
+    crashes: dict[str, Path] = {}
+    real_write = Journal._write_snapshot
+
+    def write_slowly(journal: Journal, *args: Any) -> int:
+        def meanwhile() -> None:  # another client, while the snapshot is written
+            broker.submit({"job": "b", "urls": urls(2)})
+            broker.complete("w", [ok(held[0])])
+            broker.seal("b")
+
+        caller = threading.Thread(target=meanwhile, daemon=True)
+        caller.start()
+        caller.join(10)
+        assert not caller.is_alive(), "a call waited for the compaction to finish writing"
+        crashes["writing"] = copy_journal(path, tmp_path / "writing")
+        size = real_write(journal, *args)
+        crashes["replaced"] = copy_journal(path, tmp_path / "replaced")
+        return size
+
+    monkeypatch.setattr(Journal, "_write_snapshot", write_slowly)
+    broker.compact()
+    monkeypatch.undo()
+    assert len(list(path.parent.glob(path.name + ".*[0-9]"))) == 1, "old segments removed"
+    crash(broker)
+    for name, copy in {**crashes, "after": path}.items():
+        restarted = embedded(clock=clock, wall_clock=lambda: WALL + clock.now, durable=copy)
+        state_a, state_b = counts(restarted, "a"), counts(restarted, "b")
+        assert (state_a["queued"], state_a["succeeded"]) == (2, 1), name
+        assert (state_b["submitted"], state_b["sealed"]) == (2, True), name
+        assert counts(restarted, "c")["submitted"] == 1, name
+        leased = sorted(t["id"] for t in lease_all(restarted))
+        assert leased == [first + n for n in range(1, 6)], name
+        restarted.close()
+
+
+def test_a_torn_last_line_is_cut_off_and_the_rest_kept(
+    open_broker: Opener, path: Path, clock: FakeClock
+) -> None:
     broker = open_broker(path, clock)
     first = broker.submit({"job": "a", "urls": urls(3)})["first_id"]
     held = broker.lease("w", 2, 0)
@@ -605,6 +710,40 @@ def test_a_torn_last_line_is_cut_off_and_the_rest_kept(path: Path, clock: FakeCl
     clock.advance(LEASE)
     assert take_all(restarted, ack=True) == []
     restarted.close()
+
+
+# -- older formats -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_journals_of_older_formats_still_replay(
+    open_broker: Opener, path: Path, clock: FakeClock, version: int
+) -> None:
+    """Format 1 called confirmed results "delivered"; formats 1 and 2 called the event
+    of a sealed job "finish".  A journal of either replays, and is written on in the
+    current format."""
+    base = 7 << 32
+    confirmed = {"delivered": 1} if version == 1 else {"confirmed": 1}
+    old = [
+        {"k": FORMAT, "v": version, "id_base": base, "next_id": base + 1, "written": WALL},
+        {"k": "job", "job": "old", "created": WALL, "submitted": 1, "succeeded": 1,
+         "failed": 0, "expired": 0, "sealed": True, **confirmed},
+        {"k": "range", "first": base - 1, "job": "old"},
+        {"k": "submit", "job": "a", "first": base + 1, "urls": urls(2), "attempts": 3,
+         "timeout": 10.0, "at": WALL, "batch": "a-1"},
+        {"k": "finish", "job": "a"},
+    ]  # fmt: skip
+    path.write_text("".join(json.dumps(event) + "\n" for event in old))
+    broker = open_broker(path, clock)
+    assert counts(broker, "old")["confirmed"] == 1 and counts(broker, "old")["done"]
+    state = counts(broker, "a")
+    assert (state["queued"], state["sealed"]) == (2, True)
+    assert broker.submit({"job": "a", "urls": urls(2), "batch_id": "a-1"})["first_id"] == base + 1
+    broker.seal("a")
+    broker.close()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert lines[0]["v"] == FORMAT_VERSION == 3
+    assert lines[-1] == {"k": "seal", "job": "a"}
 
 
 # -- what is not a journal ----------------------------------------------------
@@ -668,7 +807,9 @@ def test_a_damaged_journal_is_a_config_error(
         journal.close()
 
 
-def test_an_empty_or_missing_file_starts_a_new_journal(path: Path, clock: FakeClock) -> None:
+def test_an_empty_or_missing_file_starts_a_new_journal(
+    open_broker: Opener, path: Path, clock: FakeClock
+) -> None:
     path.write_bytes(b"")
     broker = open_broker(path, clock)
     first = broker.submit({"job": "a", "urls": urls(1)})["first_id"]
@@ -684,7 +825,9 @@ def test_an_empty_or_missing_file_starts_a_new_journal(path: Path, clock: FakeCl
 # -- one server per journal ---------------------------------------------------
 
 
-def test_a_second_journal_on_the_same_path_is_refused(path: Path, clock: FakeClock) -> None:
+def test_a_second_journal_on_the_same_path_is_refused(
+    open_broker: Opener, path: Path, clock: FakeClock
+) -> None:
     broker = open_broker(path, clock)
     with pytest.raises(ConfigError, match="in use"):
         Journal(path)
@@ -703,7 +846,7 @@ def mode(path: Path) -> int:
 
 
 def test_journal_files_are_private(
-    path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+    open_broker: Opener, path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     replaced: list[tuple[str, int]] = []
     real_replace = os.replace
@@ -731,27 +874,27 @@ def test_journal_files_are_private(
     restarted.close()
 
 
-def test_submits_and_finishes_are_fsynced_before_the_reply(path: Path, clock: FakeClock) -> None:
-    broker = open_broker(path, clock)
-    journal = broker._recorder.journal
-    assert journal is not None
-    syncs = journal.syncs
+def test_submits_and_seals_are_fsynced_before_the_reply(path: Path, clock: FakeClock) -> None:
+    broker = embedded(clock=clock, wall_clock=clock, durable=path)  # the journal's fsyncs
+    before = syncs(broker)
     broker.submit({"job": "a", "urls": urls(2)})
-    assert journal.syncs == syncs + 1
+    assert syncs(broker) == before + 1
     broker.seal("a")
-    assert journal.syncs == syncs + 2
+    assert syncs(broker) == before + 2
     [task] = broker.lease("w", 1, 0)
     broker.complete("w", [ok(task)])
-    assert journal.syncs == syncs + 2  # left to housekeeping
+    assert syncs(broker) == before + 2  # left to housekeeping
     broker.housekeeping()
-    assert journal.syncs == syncs + 3
+    assert syncs(broker) == before + 3
     broker.close()
 
 
 # -- what the journal cannot encode ----------------------------------------------
 
 
-def test_a_url_the_journal_cannot_encode_is_refused_whole(path: Path, clock: FakeClock) -> None:
+def test_a_url_the_journal_cannot_encode_is_refused_whole(
+    open_broker: Opener, path: Path, clock: FakeClock
+) -> None:
     """A lone surrogate cannot be written as UTF-8: the batch is refused before
     anything changes, so a corrected retry with the same batch id is queued."""
     broker = open_broker(path, clock)
@@ -774,7 +917,7 @@ def test_a_url_the_journal_cannot_encode_is_refused_whole(path: Path, clock: Fak
 
 
 def test_a_result_the_journal_cannot_encode_is_refused_and_changes_nothing(
-    path: Path, clock: FakeClock
+    open_broker: Opener, path: Path, clock: FakeClock
 ) -> None:
     """The whole call is refused; the task stays leased to its worker, which can
     still report it properly, and a restart sees no trace of the bad call."""

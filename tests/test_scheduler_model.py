@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from brokerkit import crash, renew
+from brokerkit import IMPLEMENTATIONS, crash, renew
 from fakeclock import FakeClock
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -36,8 +36,7 @@ from hypothesis.stateful import (
 )
 
 from fetchq.errors import BadRequest, NoSuchJob
-from fetchq.server.broker import Broker
-from fetchq.server.journal import Journal
+from fetchq.server.service import BrokerService
 from fetchq.urls import host_key
 from fetchq.wire.records import make_error, make_result
 
@@ -93,11 +92,11 @@ class SchedulerMachine(RuleBasedStateMachine):
         """Leases a host held when its cap was lowered: they run on; no new one starts."""
         self.n = 0
 
-    def start(self) -> Broker:
-        return Broker(
+    def start(self) -> BrokerService:
+        return IMPLEMENTATIONS["embedded"](
             clock=self.clock,
             wall_clock=lambda: WALL + self.clock.now,
-            journal=Journal(self.dir / "journal"),
+            durable=self.dir / "journal",
             lease_timeout=LEASE,
             max_attempts=2,
             per_host=SERVER_CAP,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fetchq.errors import BadRequest, StorageFailed, UsageError
-from fetchq.server import validate
+from fetchq.server import events, validate
 from fetchq.server.journal import Journal, encode_event
 from fetchq.server.leases import HEAP_SLACK, LeaseTable
 from fetchq.server.ledger import REMEMBERED_BATCHES, Ledger
@@ -197,7 +197,7 @@ def test_a_failed_write_leaves_the_file_as_it_was(
     """The OS accepts part of a write and then reports a full disk."""
     journal = Journal(tmp_path / "j")
     journal.rewrite([], {"id_base": BASE, "next_id": BASE + 1})
-    journal.write([encode_event({"k": "finish", "job": "a"})])
+    journal.write([encode_event(events.seal("a"))])
     before = (tmp_path / "j").read_bytes()
     real_write = os.write
     calls = {"n": 0}
@@ -211,12 +211,24 @@ def test_a_failed_write_leaves_the_file_as_it_was(
     monkeypatch.setattr(os, "write", full_disk)
     for _ in range(2):
         with pytest.raises(StorageFailed, match="No space left on device"):
-            journal.write([encode_event({"k": "finish", "job": "b"})])
+            journal.write([encode_event(events.seal("b"))])
         calls["n"] = 0
     assert (tmp_path / "j").read_bytes() == before
     assert capsys.readouterr().err.count("cannot write journal") == 1  # said once
     monkeypatch.setattr(os, "write", real_write)
-    journal.write([encode_event({"k": "finish", "job": "c"})])
+    journal.write([encode_event(events.seal("c"))])
     assert "being written again" in capsys.readouterr().err
     assert [e.get("job") for e in journal.read()] == [None, "a", "c"]
     journal.close()
+
+
+def test_the_typed_api_declares_exactly_the_wire_methods() -> None:
+    """``BrokerAPI`` and ``METHODS`` are one contract: a method served but not typed
+    (or typed but not served) would be a hole in the seam a second broker fills."""
+    from fetchq.server.service import BrokerService
+    from fetchq.wire.api import METHODS, BrokerAPI
+
+    typed = {name for name in vars(BrokerAPI) if not name.startswith("_")}
+    assert typed == set(METHODS)
+    housekeeping = {name for name in vars(BrokerService) if not name.startswith("_")}
+    assert housekeeping == {"housekeeping", "expire_leases", "compact", "close"}

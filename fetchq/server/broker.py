@@ -24,20 +24,38 @@ from typing import Any
 
 from fetchq import __version__, defaults
 from fetchq.errors import BadRequest, StorageFailed, VersionMismatch
-from fetchq.server import completion, leasing, recovery, steering, validate, views
+from fetchq.server import completion, events, leasing, recovery, steering, validate, views
 from fetchq.server.expiry import Expiry
 from fetchq.server.jobqueue import Policy
 from fetchq.server.journal import Journal
 from fetchq.server.leases import Lease
-from fetchq.server.ledger import Ledger, random_id_base
+from fetchq.server.ledger import Ledger, id_clock
 from fetchq.server.outbox import count_by_job
 from fetchq.server.recorder import Recorder
 from fetchq.server.scheduler import Scheduler
+from fetchq.server.service import BrokerService
 from fetchq.server.state import BrokerState
 from fetchq.server.tasks import Span, Task
-from fetchq.wire.api import MAX_LEASE, MAX_SUBMIT, MAX_WAIT, PROTOCOL, JobCounts, Outcome
+from fetchq.wire.api import (
+    MAX_LEASE,
+    MAX_SUBMIT,
+    MAX_WAIT,
+    PROTOCOL,
+    CompleteTally,
+    HelloReply,
+    JobCounts,
+    JobView,
+    Outcome,
+    ResultsDelivery,
+    RobotsReply,
+    StatusReply,
+    SubmitReply,
+)
 
 Result = dict[str, Any]
+
+CANCEL_ROUNDS = 10
+"""Rounds of ``leasing.CANCEL_BATCH`` cancelled tasks one housekeeping ends at most."""
 
 CLOCK_STEP = 0.1
 """Seconds the wall clock must move against the monotonic one to count as set (NTP
@@ -74,6 +92,9 @@ class Waiters:
 
 
 class Broker:
+    """The embedded broker: a ``BrokerService`` whose state is in this process, made
+    durable (when asked) by a journal file."""
+
     def __init__(
         self,
         *,
@@ -96,9 +117,10 @@ class Broker:
         self._wall = wall_clock
         self._wall_offset = wall_clock() - clock()
         self._lock = threading.Lock()
+        self._compacting = threading.Lock()
         self._waiters = Waiters(self._lock)
         server_policy = Policy(per_host=per_host, host_delay=host_delay)
-        self._state = BrokerState(Ledger(random_id_base()), scheduler=Scheduler(server_policy))
+        self._state = BrokerState(Ledger(id_clock()), scheduler=Scheduler(server_policy))
         self._recorder = Recorder(journal)
         if journal is not None:
             recovery.replay(
@@ -109,10 +131,11 @@ class Broker:
                 lease_timeout=lease_timeout,
             )
             self._recorder.compact(self._state, self._wall(), self._clock())
+            self._end_cancelled()  # what a cancelled job's dead leases left queued
 
     # -- the wire API ---------------------------------------------------
 
-    def hello(self, client: dict[str, Any]) -> dict[str, Any]:
+    def hello(self, client: dict[str, Any]) -> HelloReply:
         """Handshake: refuse clients of another protocol, tell them our settings."""
         validate.require(isinstance(client, dict), "hello takes a dict")
         theirs = client.get("protocol")
@@ -136,7 +159,7 @@ class Broker:
             "time": self._wall(),
         }
 
-    def submit(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def submit(self, batch: dict[str, Any]) -> SubmitReply:
         """Queue a batch of URLs for a job; wait up to ``wait`` s for room.
 
         Replies ``{"accepted": n, "first_id": id}`` (ids are consecutive; with
@@ -145,7 +168,9 @@ class Broker:
         id seen before gets its first reply again, so a retried submit after a
         lost reply never queues the same URLs twice.  A new job takes the
         batch's pace and politeness; an existing one keeps its own, and a batch
-        asking for others is refused (see ``steering.submit_policy_event``)."""
+        asking for others is refused (see ``steering.submit_policy_event``).  Ids
+        never run ahead of the clock: a submit that would waits for it (see
+        ``Ledger``)."""
         request = validate.submit_request(batch)
         attempts = request.attempts or self.max_attempts
         count = len(request.urls)
@@ -159,10 +184,14 @@ class Broker:
                 # the first copy (whose reply was lost) still waits for room here.
                 seen = state.ledger.batch_reply(request.batch_id)
                 if seen is not None:
-                    return dict(seen, duplicate=True)
+                    return {**seen, "duplicate": True}
                 queued = len(state.scheduler)
                 if queued == 0 or queued + count <= self.max_pending:
-                    break
+                    ahead = state.ledger.ahead(count, id_clock())
+                    if not ahead:
+                        break
+                    self._waiters.room.wait(ahead)  # ids stay below the clock (see Ledger)
+                    continue
                 remaining = deadline - self._clock()
                 if remaining <= 0:
                     return {"accepted": 0, "full": True, "queued": queued}
@@ -174,17 +203,16 @@ class Broker:
             reopened = known is not None and known.sealed and state.counts(known)["done"]
             self._recorder.write(
                 *([policy] if policy else []),
-                {
-                    "k": "submit",
-                    "job": request.job,
-                    "first": first_id,
-                    "urls": request.urls,
-                    "attempts": attempts,
-                    "timeout": request.timeout,
-                    "at": now,
-                    "batch": request.batch_id,
-                    **({"reopened": True} if reopened else {}),  # for the batch's reply
-                },
+                events.submit(
+                    request.job,
+                    first_id,
+                    request.urls,
+                    attempts,
+                    request.timeout,
+                    now,
+                    request.batch_id,
+                    reopened=reopened,
+                ),
             )
             if policy:
                 steering.apply(state, policy, now=self._clock(), wall=now)
@@ -196,7 +224,7 @@ class Broker:
                 Span(job.name, first_id, request.urls, attempts, request.timeout, now),
                 self._clock(),
             )
-            reply: dict[str, Any] = {"accepted": count, "first_id": first_id}
+            reply: SubmitReply = {"accepted": count, "first_id": first_id}
             if reopened:
                 reply["reopened"] = True
             if request.batch_id is not None:
@@ -209,7 +237,7 @@ class Broker:
         """Mark a job's submission finished, so outputs know when it is done."""
         name = validate.job_name(job_name)
         with self._lock:
-            self._recorder.write({"k": "finish", "job": name})
+            self._recorder.write(events.seal(name))
             job = self._state.jobs.get_or_create(name, self._wall())
             job.sealed = True
             self._waiters.wake_outputs([name])
@@ -239,7 +267,7 @@ class Broker:
 
     def complete(
         self, worker: str, results: list[Result], renew: list[list[int]] | None = None
-    ) -> dict[str, int]:
+    ) -> CompleteTally:
         """Record results, and renew the leases ``worker`` still holds (``[id, attempt]``).
 
         The first result for a task wins, repeats are dropped.  A
@@ -273,9 +301,14 @@ class Broker:
                     {v.result["job"] for v in verdicts if v.outcome is Outcome.ACCEPTED}
                 )
             self._waiters.tasks.notify(tally[Outcome.REQUEUED] + self._freed())
-        return {**{str(o): n for o, n in tally.items()}, "renewed": len(renewed)}
+        return {
+            "accepted": tally[Outcome.ACCEPTED],
+            "requeued": tally[Outcome.REQUEUED],
+            "dropped": tally[Outcome.DROPPED],
+            "renewed": len(renewed),
+        }
 
-    def robots(self, worker: str, report: dict[str, Any]) -> dict[str, bool]:
+    def robots(self, worker: str, report: dict[str, Any]) -> RobotsReply:
         """A worker's fetch of a host's robots.txt for a job (a task of kind ``robots``)."""
         worker = validate.worker_name(worker)
         report = validate.robots_report(report)
@@ -288,7 +321,7 @@ class Broker:
             self._waiters.tasks.notify_all()
         return {"accepted": accepted}
 
-    def steer(self, job_name: str, change: dict[str, Any]) -> dict[str, Any]:
+    def steer(self, job_name: str, change: dict[str, Any]) -> JobView:
         """Steer a job while it runs: pause, resume, cancel, or set its pace and limits."""
         name = validate.job_name(job_name)
         action, policy = validate.steering(change)
@@ -298,11 +331,13 @@ class Broker:
             event = (
                 steering.policy_event(state, name, policy)
                 if action == "set"
-                else {"k": action, "job": name}
+                else events.switch(action, name)
             )
             if event is not None:
                 self._recorder.write(event)
                 steering.apply(state, event, now=self._clock(), wall=self._wall())
+            if action == "cancel":
+                self._end_cancelled()  # as many as there is room for; housekeeping the rest
             self._waiters.tasks.notify_all()
             self._waiters.wake_outputs([name])
             view = views.job_view(state, job, self._clock())
@@ -314,6 +349,7 @@ class Broker:
         worker = validate.worker_name(worker)
         pairs = validate.lease_pairs(leases)
         released = 0
+        cancelled = False
         state = self._state
         with self._lock:
             state.workers.seen(worker, self._clock())
@@ -324,16 +360,19 @@ class Broker:
                     returned.setdefault(task_id, lease)
             counted = [[t.id, t.attempt] for t in returned.values() if t.host is not None]
             if counted:  # a restart must not count them as still running
-                self._recorder.write({"k": "release", "leases": counted})
+                self._recorder.write(events.release(counted))
             for lease in returned.values():
                 state.give_back(lease)
                 released += 1
+                cancelled = cancelled or state.scheduler.is_cancelled(lease.task.job)
+            if cancelled:
+                self._end_cancelled()
             self._waiters.tasks.notify(released + self._freed())
         return released
 
     def results(
         self, job_name: str | None, max_results: int, wait: float, ack: str | None = None
-    ) -> dict[str, Any]:
+    ) -> ResultsDelivery:
         """Hand out up to ``max_results`` results of a job (of all jobs when None).
 
         The reply's ``token`` names this delivery: the output confirms it
@@ -353,13 +392,10 @@ class Broker:
             deadline = self._clock() + wait
             while True:
                 self._expire_locked()
-                self._end_cancelled()
                 selected = outbox.select(name, count)
                 if selected:
                     token = uuid.uuid4().hex
-                    self._recorder.write(
-                        {"k": "hand", "token": token, "ids": [r["id"] for r in selected]}
-                    )
+                    self._recorder.write(events.hand(token, [r["id"] for r in selected]))
                     outbox.hand_out(token, selected, self._clock() + self.lease_timeout)
                     return {"results": selected, "done": False, "token": token}
                 if self._state.all_confirmed(name):
@@ -380,14 +416,14 @@ class Broker:
         with self._lock:
             return len(self._state.scheduler)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> StatusReply:
         """Counts per job and the workers seen, for ``fetchq status``."""
         state = self._state
         with self._lock:
             self._expire_locked()
-            reply = {"version": __version__, **views.status(state, self._clock())}
-        reply["process"] = views.process_usage()  # a directory listing: not under the lock
-        return reply
+            counts = views.status(state, self._clock())
+        process = views.process_usage()  # a directory listing: not under the lock
+        return {"version": __version__, **counts, "process": process}
 
     def job(self, job_name: str) -> JobCounts:
         """One job's counts (a job the server never heard of is ``NoSuchJob``)."""
@@ -402,11 +438,14 @@ class Broker:
         """Expire overdue leases and deliveries, fsync the journal, compact it if grown."""
         with self._lock:
             self._expire_locked()
-            self._end_cancelled()
+        for _ in range(CANCEL_ROUNDS):  # the lock is let go between rounds
+            with self._lock:
+                if not self._end_cancelled():
+                    break
         self._recorder.sync_quietly()
         if self._recorder.wants_compaction():
-            with self._lock, contextlib.suppress(StorageFailed):  # said; tried again later
-                self._recorder.compact(self._state, self._wall(), self._clock())
+            with contextlib.suppress(StorageFailed):  # said; tried again later
+                self.compact()
 
     def expire_leases(self) -> int:
         """Return overdue leases to the queue (or fail them); returns how many."""
@@ -414,9 +453,18 @@ class Broker:
             return self._expire_locked()
 
     def compact(self) -> None:
-        """Rewrite the journal as the live state."""
-        with self._lock:
-            self._recorder.compact(self._state, self._wall(), self._clock())
+        """Rewrite the journal as the live state.  Clients wait only while the state is
+        captured and a new journal segment started; the writing is done without the lock
+        (with 2,000,000 queued tasks it takes seconds)."""
+        with self._compacting:  # one at a time
+            prepared = self._recorder.prepare_compaction()
+            if prepared is None:
+                return
+            with self._lock:
+                compaction = self._recorder.start_compaction(
+                    self._state, self._wall(), self._clock(), prepared
+                )
+            self._recorder.finish_compaction(compaction)
 
     def close(self) -> None:
         with self._lock:
@@ -452,10 +500,17 @@ class Broker:
             self._wall_offset = offset  # the wall clock was set
         return self._wall_offset
 
-    def _end_cancelled(self) -> None:
+    def _end_cancelled(self) -> int:
+        """End queued tasks of cancelled jobs as results, as many as the results' room
+        and one round allow; returns how many.  Done where tasks of a cancelled job are
+        queued (the cancel, a release, a restart) and by housekeeping as outputs make
+        room: never by a read."""
         room = self.max_results - self._state.outbox.unconfirmed
-        if room > 0:
-            self._end_without_request(*leasing.cancelled(self._state, room, self._wall()))
+        if room <= 0:
+            return 0
+        tasks, results = leasing.cancelled(self._state, room, self._wall())
+        self._end_without_request(tasks, results)
+        return len(tasks)
 
     def _end_without_request(self, tasks: list[Task], results: list[Result]) -> None:
         """Tasks that end here as results (cancelled, or forbidden by robots.txt)."""
@@ -485,7 +540,7 @@ class Broker:
         delivery = outbox.delivery(token)
         if delivery is None:
             return 0  # already confirmed, or lapsed and handed out again
-        self._recorder.write({"k": "ack", "token": token, "ids": delivery.ids()})
+        self._recorder.write(events.ack(token, delivery.ids()))
         was_full = outbox.unconfirmed >= self.max_results
         outbox.confirm(token)
         self._waiters.wake_outputs(count_by_job(delivery.results))
@@ -522,3 +577,8 @@ class Broker:
         self._waiters.wake_outputs(expiry.apply(self._state))
         self._waiters.tasks.notify(len(expiry.overdue) + self._freed())
         return expiry.tasks
+
+
+def _conforms(broker: Broker) -> BrokerService:
+    """Where mypy checks that the embedded broker is a whole ``BrokerService``."""
+    return broker

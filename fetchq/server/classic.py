@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from fetchq.errors import NoSuchJob
-from fetchq.server.broker import Broker
+from fetchq.server.service import BrokerService
 from fetchq.urls import url_problem
 from fetchq.wire.api import MAX_WAIT
 
@@ -26,7 +26,7 @@ CLASSIC_JOB = "classic"
 QUEUE_METHODS = ("put", "put_nowait", "get", "get_nowait", "qsize", "empty", "full")
 
 
-def classic_count(broker: Broker, counter: str) -> int:
+def classic_count(broker: BrokerService, counter: str) -> int:
     """One counter of the classic job: 0 before its first ``put`` makes the job."""
     try:
         return int(broker.job(CLASSIC_JOB)[counter])  # type: ignore[literal-required]
@@ -37,7 +37,7 @@ def classic_count(broker: Broker, counter: str) -> int:
 class ClassicTaskQueue:
     """``put(url)`` submits one task; a full server raises ``queue.Full`` like a Queue."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: BrokerService) -> None:
         self._broker = broker
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
@@ -71,7 +71,7 @@ class ClassicTaskQueue:
 class ClassicResultQueue:
     """``get()`` returns the next result record of the classic job."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: BrokerService) -> None:
         self._broker = broker
 
     def get(self, block: bool = True, timeout: float | None = None) -> dict[str, Any]:
@@ -80,8 +80,9 @@ class ClassicResultQueue:
             remaining = MAX_WAIT if deadline is None else max(0.0, deadline - time.monotonic())
             wait = min(MAX_WAIT, remaining) if block else 0.0
             reply = self._broker.results(CLASSIC_JOB, 1, wait)
-            if reply["results"]:
-                self._broker.ack(reply["token"])
+            token = reply["token"]
+            if reply["results"] and token is not None:
+                self._broker.ack(token)
                 return dict(reply["results"][0])
             if not block or (deadline is not None and time.monotonic() >= deadline):
                 raise queue.Empty

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from fetchq.server import events
 from fetchq.server.state import BrokerState
 from fetchq.server.tasks import Task
 from fetchq.wire.api import RETRY_AFTER_STATUSES, Outcome
@@ -40,13 +41,13 @@ class Verdict(NamedTuple):
 def judge(
     state: BrokerState,
     results: list[Result],
-    lines: list[bytes | None],
-    encode: Callable[[dict[str, Any]], bytes | None],
+    encoded: list[bytes | None],
+    encode: Callable[[events.Event], bytes | None],
     wall: float,
 ) -> list[Verdict]:
     """Decide each result's outcome without changing anything.
 
-    ``lines`` are the results' journal events if already encoded (or None);
+    ``encoded`` are the results' journal events if already encoded (or None);
     ``encode`` makes the others (None when there is no journal)."""
     verdicts: list[Verdict] = []
     settled: set[int] = set()
@@ -58,7 +59,7 @@ def judge(
         state.leases.get,
         state.ledger.job_of,
     )
-    for result, line in zip(results, lines, strict=True):
+    for result, line in zip(results, encoded, strict=True):
         task_id = result["id"]
         if not known(task_id) or task_id in finished or task_id in done:
             verdicts.append(Verdict(result, Outcome.DROPPED, NO_EVENTS))  # repeat, or unknown
@@ -83,18 +84,17 @@ def judge(
             and attempt < lease.task.attempts
             and not state.scheduler.is_cancelled(job)
         ):
-            events = [encode({"k": "retry", "id": task_id, "attempt": attempt + 1})]
+            lines = [encode(events.retry(task_id, attempt + 1))]
             if hold:
-                events.append(encode({"k": "hold", "job": job, "url": result["url"],
-                                      "until": wall + hold}))  # fmt: skip
-            written = [event for event in events if event is not None]
+                lines.append(encode(events.hold(job, result["url"], wall + hold)))
+            written = [line for line in lines if line is not None]
             verdicts.append(Verdict(result, Outcome.REQUEUED, written, hold))
             settled.add(task_id)
             continue
         if result.get("job") != job:  # the server's record of the task is the authority
             result["job"] = job
             line = None
-        event = encode({"k": "result", "r": result}) if line is None else line
+        event = encode(events.result(result)) if line is None else line
         verdicts.append(Verdict(result, Outcome.ACCEPTED, NO_EVENTS if event is None else [event]))
         settled.add(task_id)
         finished.add(task_id)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fetchq.server import events
 from fetchq.server.completion import ended_without_request, finish_task
 from fetchq.server.leases import Lease
 from fetchq.server.outbox import Delivery
@@ -43,18 +44,17 @@ class Expiry:
         """Leases of tasks that lapsed (robots.txt fetches not counted)."""
         return sum(1 for lease in self.overdue if not lease.robots)
 
-    def events(self) -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = [{"k": "return", "token": d.token} for d in self.lapsed]
+    def events(self) -> list[events.Event]:
+        written: list[events.Event] = [events.returned(d.token) for d in self.lapsed]
         for lease in self.overdue:
             failure = self.failures.get(lease.id)
             if lease.robots:
                 continue  # nothing to keep: the fetch is simply asked again
             if failure is None:
-                retry = {"k": "retry", "id": lease.id, "attempt": lease.attempt + 1}
-                events.append({**retry, "expired": True})
+                written.append(events.retry(lease.id, lease.attempt + 1, expired=True))
             else:
-                events.append({"k": "result", "r": failure})
-        return events
+                written.append(events.result(failure))
+        return written
 
     def apply(self, state: BrokerState) -> set[str]:
         """Make the change; returns the jobs whose outputs have new results to read."""

@@ -1,22 +1,42 @@
-"""A job's waiting tasks as the scheduler keeps them: its pace, and its hosts.
+"""One job's waiting tasks, all of them: adding, taking, draining, and its hosts.
 
 Without host limits a job's tasks wait first in, first out, kept as the
-batches they came in.  With them, tasks are sorted into one queue per host
-as they are needed: a host's queue holds task ids in a compact array (their
-URLs stay in the batches, found again by id) and, in front, tasks queued
-again.
+batches they came in.  With them (a per-host cap, a host delay, robots.txt,
+Retry-After holds, or the server's own per-host limits), tasks are sorted into
+one queue per host as they arrive: a host's queue holds task ids in a compact
+array (their URLs stay in the batches, found again by id) and, in front, tasks
+queued again.  Hosts that are ready take turns, so a host with a long queue
+never starves the others; a host held back by a limit is parked, and one
+waiting for its delay waits in a heap by the time it may start.  A job's
+robots.txt rules and holds live on its host queues.
+
+The scheduler chooses between jobs and keeps what is not one job's: each
+job's rate schedule (``Pace``) and the server-wide host slots
+(``ServerHosts``), which a job's host queues consult for every start.
 """
 
 from __future__ import annotations
 
 import bisect
+import heapq
+import itertools
 from array import array
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from fetchq.server.tasks import Span, Task
+from fetchq.urls import host_key, origin
+
+LOOKAHEAD = 1.0
+"""Seconds before its start a task may be handed to a worker."""
+
+ROBOTS_TIMEOUT = 30.0
+"""Seconds a worker may take to fetch a robots.txt."""
+
+ROBOTS_ATTEMPTS = 3
+"""Fetches of a robots.txt that cannot be had (5xx, no answer) before the host is given up."""
 
 
 @dataclass
@@ -129,38 +149,346 @@ class HostQueue(HostSlot):
         return task_id
 
 
-class JobQueue:
-    """One job's waiting tasks, its pace, and (with host limits) its hosts."""
+class Pace:
+    """A job's rate schedule: the start of its next request.  The scheduler keeps it;
+    a job's host queues move it on as they start requests."""
 
-    def __init__(self, name: str) -> None:
+    __slots__ = ("fresh", "next_slot")
+
+    def __init__(self) -> None:
+        self.next_slot = float("-inf")
+        self.fresh = True
+        """Nothing leased since the job was idle: its rate starts at the next lease."""
+
+    def begin(self, now: float) -> None:
+        if self.fresh:
+            self.next_slot = max(self.next_slot, now)
+            self.fresh = False
+
+
+class ServerHosts:
+    """The server's own per-host limits, across every job: one slot per host."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.slots: dict[str, HostSlot] = {}
+        self.epoch = float("-inf")
+        """Before this no start counts; a restart sets it to the moment it came back, as
+        the old process may have started requests on any host until it died."""
+
+    def slot(self, key: str) -> HostSlot | None:
+        if not self.policy.limits_hosts:
+            return None
+        slot = self.slots.get(key)
+        if slot is None:
+            slot = self.slots[key] = HostSlot()
+            slot.last_start = self.epoch
+        return slot
+
+    def ready_at(self, ready: float | None, slot: HostSlot | None) -> float | None:
+        """When a host the job would start at ``ready`` may start, server limits too."""
+        if ready is None or slot is None:
+            return ready
+        server_ready = slot.ready_at(self.policy.per_host, self.policy.host_delay)
+        return None if server_ready is None else max(ready, server_ready)
+
+
+_order = itertools.count()
+"""Breaks ties between hosts waiting for the same start time."""
+
+
+class JobQueue:
+    """One job's waiting tasks and (with host limits) its hosts."""
+
+    def __init__(self, name: str, server: ServerHosts) -> None:
         self.name = name
+        self.server = server
         self.policy = Policy()
         self.paused = False
         self.cancelled = False
         self.fifo: deque[Task | Span] = deque()
         self.count = 0
         """Tasks waiting, stale copies (finished elsewhere) not counted."""
-        self.next_slot = float("-inf")
-        self.fresh = True
-        """Nothing leased since the job was idle: its rate starts at the next lease."""
-        self.by_host = False
+        self.by_host = server.policy.limits_hosts
         self.hosts: dict[str, HostQueue] = {}
         self.ring: deque[HostQueue] = deque()
+        """Hosts ready to start a request, taking turns."""
         self.waiting: list[tuple[float, int, HostQueue]] = []
+        """Hosts waiting for a start time (a delay, a hold, the rate), soonest first."""
         self.spans_first: list[int] = []
         self.spans: list[Span] = []
         self.in_ring = False
+        """Listed by the scheduler among the jobs that take turns."""
 
     @property
     def eligible(self) -> bool:
         return self.count > 0 and not self.paused and not self.cancelled
 
-    def host(self, key: str, epoch: float = float("-inf")) -> HostQueue:
+    # -- adding -------------------------------------------------------------
+
+    def add_batch(self, span: Span) -> None:
+        self.fifo.append(span)
+        self.count += len(span.urls)
+        if self.by_host:
+            self._sort_fifo()
+
+    def add_retry(self, task: Task) -> None:
+        """Back in front of the job (or of its host): a job's stragglers go first."""
+        if self.by_host:
+            bucket = self.host(host_key(task.url))
+            bucket.push_front(task)
+            self._list_host(bucket)
+        else:
+            self.fifo.appendleft(task)
+        self.count += 1
+
+    def add_task(self, task: Task) -> None:
+        """At the back: a restart queues what was not done, in id order."""
+        self.fifo.append(task)
+        self.count += 1
+        if self.by_host:
+            self._sort_fifo()
+
+    def set_policy(self, policy: Policy) -> None:
+        self.policy = policy
+        if policy.limits_hosts:
+            self.sort_by_host()
+
+    def sort_by_host(self) -> None:
+        """From now on the job's tasks wait per host (once so, a job stays so)."""
+        if not self.by_host:
+            self.by_host = True
+            self._sort_fifo()
+
+    # -- taking -------------------------------------------------------------
+
+    def take_fifo(self, count: int, is_done: Callable[[int], bool]) -> list[Task]:
+        """Up to ``count`` tasks first in, first out, limits aside."""
+        taken: list[Task] = []
+        fifo = self.fifo
+        while fifo and len(taken) < count:
+            head = fifo[0]
+            if isinstance(head, Span):
+                task = head.take()
+                if head.exhausted:
+                    fifo.popleft()
+            else:
+                fifo.popleft()
+                task = head
+            if not is_done(task.id):  # a stale copy: finished late by an earlier attempt
+                taken.append(task)
+        self.count -= len(taken)
+        return taken
+
+    def take_hosted(
+        self,
+        count: int,
+        now: float,
+        pace: Pace,
+        is_done: Callable[[int], bool],
+        denied: list[tuple[Task, Robots]],
+    ) -> list[Pick]:
+        """Up to ``count`` tasks of hosts ready to start within ``LOOKAHEAD`` (robots.txt
+        fetches first where rules are not known yet); tasks robots.txt forbids go to
+        ``denied``."""
+        horizon = now + LOOKAHEAD
+        picks: list[Pick] = []
+        while len(picks) < count:
+            pick = self._take_host(now, horizon, pace, is_done, denied)
+            if pick is None:
+                break
+            picks.append(pick)
+        return picks
+
+    def drain(self, count: int, is_done: Callable[[int], bool]) -> list[Task]:
+        """Take up to ``count`` waiting tasks, limits aside (a cancelled job's tasks end as
+        results without a request)."""
+        taken: list[Task] = []
+        for host in list(self.hosts.values()):
+            while len(host) and len(taken) < count:
+                task = host.front.popleft() if host.front else self.task_of(host.pop_id())
+                if not is_done(task.id):
+                    taken.append(task)
+        self.count -= len(taken)
+        taken.extend(self.take_fifo(count - len(taken), is_done))
+        return taken
+
+    def next_start(self) -> float | None:
+        """When the first host waiting for its time may start (None: none waits)."""
+        return self.waiting[0][0] if self.waiting else None
+
+    # -- hosts: limits, holds, robots.txt ------------------------------------
+
+    def hold(self, url: str, until: float) -> None:
+        """A site asked this job to wait (Retry-After): no start on the host before then."""
+        self.sort_by_host()
+        slot = self.host(host_key(url))
+        slot.held_until = max(slot.held_until, until)
+
+    def learn_robots(self, host: str, robots: Robots | None, now: float) -> None:
+        """robots.txt is known for the host (None: ask again); its delay counts from
+        ``now``, when the fetch was over."""
+        bucket = self.host(host)
+        bucket.probing = False
+        bucket.robots = robots
+        bucket.last_start = max(bucket.last_start, now)
+        if len(bucket):
+            self.unpark(bucket)
+
+    def held_over(self, url: str) -> str:
+        """A task of this job the old process leased runs on after a restart: it counts
+        on its host until it ends.  Returns the host."""
+        key = host_key(url)
+        _started(self.host(key), float("-inf"), self.server.slot(key))
+        return key
+
+    def lease_ended(self, host: str) -> None:
+        """A leased task of this job on ``host`` finished, went back or lapsed."""
+        bucket = self.hosts.get(host)
+        if bucket is not None:
+            bucket.in_flight -= 1
+            self.unpark(bucket)
+
+    def unpark(self, bucket: HostQueue) -> None:
+        if bucket.parked:
+            bucket.parked = False
+            if len(bucket):
+                self._list_host(bucket)
+
+    def busiest_hosts(self, count: int) -> list[tuple[str, int, int]]:
+        """The hosts with the longest queues: (host, waiting, in flight)."""
+        rows = [(host.key, len(host), host.in_flight) for host in self.hosts.values()]
+        rows = [row for row in rows if row[1] or row[2]]
+        return sorted(rows, key=lambda row: (-row[1], row[0]))[:count]
+
+    def host(self, key: str) -> HostQueue:
         queue = self.hosts.get(key)
         if queue is None:
             queue = self.hosts[key] = HostQueue(key)
-            queue.last_start = epoch
+            queue.last_start = self.server.epoch
         return queue
+
+    # -- inside -------------------------------------------------------------
+
+    def _take_host(
+        self,
+        now: float,
+        horizon: float,
+        pace: Pace,
+        is_done: Callable[[int], bool],
+        denied: list[tuple[Task, Robots]],
+    ) -> Pick | None:
+        """The next task of a host that is ready: hosts that are ready take turns."""
+        while self.waiting and self.waiting[0][0] <= horizon:
+            _, _, bucket = heapq.heappop(self.waiting)
+            bucket.waiting = False
+            self._list_host(bucket)
+        for _ in range(len(self.ring)):
+            bucket = self.ring.popleft()
+            bucket.listed = False
+            pick = self._try_host(bucket, now, horizon, pace, is_done, denied)
+            if pick is not None:
+                if len(bucket) and not (bucket.parked or bucket.waiting):
+                    self._list_host(bucket)  # to the back: hosts take turns
+                return pick
+        return None
+
+    def _try_host(
+        self,
+        bucket: HostQueue,
+        now: float,
+        horizon: float,
+        pace: Pace,
+        is_done: Callable[[int], bool],
+        denied: list[tuple[Task, Robots]],
+    ) -> Pick | None:
+        if not len(bucket):
+            return None
+        policy = self.policy
+        if policy.obey_robots and bucket.robots is None:
+            bucket.parked = True
+            if bucket.probing:
+                return None
+            bucket.probing = True
+            return self._robots_probe(bucket, now)
+        delay = self._delay(bucket)
+        server_slot = self.server.slot(bucket.key)
+        ready = self.server.ready_at(bucket.ready_at(policy.per_host, delay), server_slot)
+        if ready is None:
+            bucket.parked = True
+            return None
+        start = pace.next_slot if policy.rate else now
+        if ready > start:
+            start = ready
+        if start > horizon:
+            bucket.waiting = True
+            heapq.heappush(self.waiting, (start, next(_order), bucket))
+            return None
+        while len(bucket):
+            task = bucket.front.popleft() if bucket.front else self.task_of(bucket.pop_id())
+            if is_done(task.id):
+                continue  # a stale copy, already forgotten
+            self.count -= 1
+            if bucket.robots is not None and not bucket.robots.allowed(task.url):
+                denied.append((task, bucket.robots))
+                continue
+            timed = bool(policy.rate) or start > now or delay > 0
+            if policy.rate:
+                # A host limit that held the start back moves the schedule on with it:
+                # the rate is kept from there, not made up for in a burst.
+                pace.next_slot = max(pace.next_slot, start) + 1.0 / policy.rate
+            _started(bucket, start, server_slot)
+            return Pick(task, start if timed else None, bucket.key)
+        return None
+
+    def _robots_probe(self, bucket: HostQueue, now: float) -> Pick:
+        url = origin(self.first_url(bucket)) + "/robots.txt"
+        bucket.probes += 1
+        probe = Task(0, self.name, url, bucket.probes, ROBOTS_ATTEMPTS, ROBOTS_TIMEOUT, now)
+        _started(bucket, now, self.server.slot(bucket.key))
+        return Pick(probe, None, bucket.key, robots=True)
+
+    def _delay(self, bucket: HostQueue) -> float:
+        delay = self.policy.host_delay
+        robots = bucket.robots
+        if robots is not None and robots.crawl_delay and robots.crawl_delay > delay:
+            return robots.crawl_delay
+        return delay
+
+    def _list_host(self, bucket: HostQueue) -> None:
+        if not (bucket.listed or bucket.parked or bucket.waiting):
+            bucket.listed = True
+            self.ring.append(bucket)
+
+    def _sort_fifo(self) -> None:
+        """Sort what waits first in, first out into the queues of its hosts."""
+        fifo = self.fifo
+        while fifo:
+            head = fifo.popleft()
+            if isinstance(head, Span):
+                if head.left < 0:
+                    self._index_span(head)
+                first, hosts, ring = head.first, self.hosts, self.ring
+                for index in range(head.next, len(head.urls)):
+                    key = host_key(head.urls[index])
+                    bucket = hosts.get(key) or self.host(key)
+                    bucket.ids.append(first + index)
+                    if not (bucket.listed or bucket.parked or bucket.waiting):
+                        bucket.listed = True
+                        ring.append(bucket)
+                head.next = len(head.urls)
+            else:
+                bucket = self.host(host_key(head.url))
+                bucket.push_back(head)
+                self._list_host(bucket)
+
+    def _index_span(self, span: Span) -> None:
+        """A batch whose tasks go out by host: found again by id, not by position."""
+        self.spans_first.append(span.first)
+        self.spans.append(span)
+        span.left = len(span.urls) - span.next
+
+    # -- by id ----------------------------------------------------------------
 
     def span_of(self, task_id: int) -> Span:
         return self.spans[bisect.bisect_right(self.spans_first, task_id) - 1]
@@ -179,6 +507,34 @@ class JobQueue:
         span = self.span_of(bucket.ids[bucket.head])
         return span.urls[bucket.ids[bucket.head] - span.first]
 
+    def capture(self) -> Callable[[], Iterator[Task]]:
+        """What waits now, for a compaction: taken cheaply under the broker's lock (the
+        batches' URL lists are shared, not copied; host queues' id arrays are copied),
+        and read later by the function returned, while this queue goes on changing."""
+        fifo = [
+            (entry, entry.urls, entry.next) if isinstance(entry, Span) else entry
+            for entry in self.fifo
+        ]
+        hosts = [(list(h.front or ()), h.ids[h.head :]) for h in self.hosts.values()]
+        starts = list(self.spans_first)
+        spans = [(span, span.urls) for span in self.spans]
+
+        def tasks() -> Iterator[Task]:
+            for entry in fifo:
+                if isinstance(entry, Task):
+                    yield entry
+                    continue
+                span, urls, start = entry
+                for index in range(start, len(urls)):
+                    yield span.task_with(urls, index)
+            for front, ids in hosts:
+                yield from front
+                for task_id in ids:
+                    span, urls = spans[bisect.bisect_right(starts, task_id) - 1]
+                    yield span.task_with(urls, task_id - span.first)
+
+        return tasks
+
     def tasks(self) -> Iterator[Task]:
         """Every waiting task (stale copies included: the caller filters them)."""
         for entry in self.fifo:
@@ -191,3 +547,12 @@ class JobQueue:
             for task_id in queue.ids[queue.head :]:
                 span = self.span_of(task_id)
                 yield span.task(task_id - span.first)
+
+
+def _started(bucket: HostQueue, start: float, server_slot: HostSlot | None) -> None:
+    bucket.in_flight += 1
+    if start > bucket.last_start:
+        bucket.last_start = start
+    if server_slot is not None:
+        server_slot.in_flight += 1
+        server_slot.last_start = max(server_slot.last_start, start)

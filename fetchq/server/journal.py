@@ -8,6 +8,10 @@ looks wrong.  What the log does not need (queries, updates in place) is
 what a database would add.  Compaction rewrites the live state (tasks not yet
 done, results not yet confirmed, job counters) to a new file and renames it
 over the old one, so the log stays proportional to what the server holds.
+While it writes, the server goes on: events from the moment the state was
+captured go to a segment file beside the journal (``fetchq.journal.1``,
+``.2``...); the journal's header names the last segment it holds, and a
+replay reads the journal, then the segments after that one.
 
 The broker writes a call's events before it changes anything (write-ahead):
 when a write fails (a full disk, EIO, a file size limit) the bytes that did
@@ -26,25 +30,37 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import json
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from fetchq.errors import ConfigError, StorageFailed
 from fetchq.messages import say
 
 FORMAT = "fetchq-journal"
 FORMAT_VERSION = 3
-"""2: job counters renamed (``delivered`` is now ``confirmed``); 3: leases on limited
-hosts are journaled (``lease``, ``release``).  Older versions still read."""
+"""2: job counters renamed (``delivered`` is now ``confirmed``).
+3: the event ``finish`` is ``seal`` (as the wire call), and leases on limited hosts are
+journaled (``lease``, ``release``).  Versions 1 and 2 still read; their events are listed
+in ``events``."""
 READABLE_VERSIONS = (1, 2, 3)
 COMPACT_MIN_BYTES = 64 << 20
 """A journal smaller than this is never compacted while running."""
 COMPACT_GROWTH = 4
 """Compact once the file is this many times its size after the last compaction."""
+
+
+class Segment(NamedTuple):
+    """The file written to before ``start_segment``: its descriptor, number and the
+    journal's size then."""
+
+    fd: int
+    number: int
+    size: int
 
 
 class Journal:
@@ -54,8 +70,11 @@ class Journal:
         self.path = Path(path)
         self._guard = _lock_exclusively(self.path.with_name(self.path.name + ".lock"))
         self._fd: int | None = None
+        self._offset = 0
+        """Bytes of whole events in the file written to: where a failed write is cut
+        back to."""
         self._size = 0
-        """Bytes of whole events in the file: where a failed write is cut back to."""
+        """Bytes of the journal and its segments, for ``wants_compaction``."""
         self._torn = False
         """A failed write left bytes that could not be cut off yet."""
         self._lock = threading.Lock()
@@ -63,36 +82,50 @@ class Journal:
         self._compacted_size = 0
         self._failing: str | None = None
         self.syncs = 0
+        self._gen = 0
+        """The journal file holds the events of its segments up to this number."""
+        self._number = 0
+        """The file written to: the journal itself while this is ``_gen``, else the
+        segment of this number."""
 
     # -- reading ------------------------------------------------------------
 
     def read(self) -> Iterator[dict[str, Any]]:
-        """Every complete event in the file; a torn last line (a crash mid-write) is cut off."""
+        """Every complete event: the file's, then its segments' (see ``start_segment``);
+        a torn last line of a file (a crash mid-write) is cut off."""
         if not self.path.exists():
             return
+        yield from self._read_file(self.path, header=True)
+        for number, segment in self._segments():
+            if number > self._gen:
+                yield from self._read_file(segment, header=False)
+            self._number = max(self._number, number)
+
+    def _read_file(self, path: Path, *, header: bool) -> Iterator[dict[str, Any]]:
         good_end = 0
         try:
-            with open(self.path, "rb") as handle:
+            with open(path, "rb") as handle:
                 for number, line in enumerate(handle, 1):
                     if not line.endswith(b"\n"):
-                        if number == 1:  # journals start with a whole header line, always
-                            raise ConfigError(f"{self.path} is not a fetchq journal")
+                        if header and number == 1:  # journals start with a whole header line
+                            raise ConfigError(f"{path} is not a fetchq journal")
                         break
                     try:
                         event = json.loads(line)
                     except ValueError:
                         raise ConfigError(
-                            f"journal {self.path} is damaged at line {number}: not JSON"
+                            f"journal {path} is damaged at line {number}: not JSON"
                         ) from None
-                    if number == 1:
+                    if header and number == 1:
                         self._check_header(event)
+                        self._gen = self._number = int(event.get("segment", 0))
                     good_end += len(line)
                     yield event
+            if good_end < path.stat().st_size:
+                with open(path, "r+b") as handle:
+                    handle.truncate(good_end)
         except OSError as exc:
-            raise ConfigError(f"cannot read journal {self.path}: {exc.strerror}") from None
-        if good_end < self.path.stat().st_size:
-            with open(self.path, "r+b") as handle:
-                handle.truncate(good_end)
+            raise ConfigError(f"cannot read journal {path}: {exc.strerror}") from None
 
     def _check_header(self, event: Any) -> None:
         if not isinstance(event, dict) or event.get("k") != FORMAT:
@@ -103,33 +136,106 @@ class Journal:
                 f"this server reads versions {', '.join(map(str, READABLE_VERSIONS))}"
             )
 
+    def _segment(self, number: int) -> Path:
+        return self.path.with_name(f"{self.path.name}.{number}")
+
+    def _segments(self) -> list[tuple[int, Path]]:
+        """The segment files next to the journal, by number."""
+        prefix = self.path.name + "."
+        found = []
+        for candidate in self.path.parent.glob(glob.escape(prefix) + "*"):
+            suffix = candidate.name[len(prefix) :]
+            if suffix.isdigit():
+                found.append((int(suffix), candidate))
+        return sorted(found)
+
     # -- writing ------------------------------------------------------------
 
-    def rewrite(self, events: Iterable[dict[str, Any]], header: dict[str, Any]) -> None:
-        """Replace the journal by ``events`` atomically: a crash or a failure leaves the
-        old file or the new one, never a mix."""
-        temporary = self.path.with_name(self.path.name + ".compacting")
+    def rewrite(self, events: Iterable[Mapping[str, object]], header: dict[str, Any]) -> None:
+        """Replace the journal and its segments by ``events`` atomically: a crash or a
+        failure leaves the old journal or the new one, never a mix."""
         with self._lock:
-            try:
-                fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(encode_event({"k": FORMAT, "v": FORMAT_VERSION, **header}))
-                    for event in events:
-                        handle.write(encode_event(event))
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(temporary, self.path)
-                _sync_directory(self.path.parent)
-            except OSError as exc:
-                _remove_quietly(temporary)
-                raise self._failure("rewrite", exc) from None
+            size = self._write_snapshot(events, header, self._number)
+            for _, segment in self._segments():
+                _remove_quietly(segment)
             if self._fd is not None:
                 os.close(self._fd)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
-            self._size = self._compacted_size = os.fstat(self._fd).st_size
+            self._gen = self._number
+            self._offset = self._size = self._compacted_size = size
             self._torn = False
             self._dirty = False
             self._recovered()
+
+    def prepare_segment(self) -> int:
+        """Create the next segment file (see ``start_segment``), its name made durable:
+        done before the broker's lock is taken, as a directory fsync may take a while."""
+        path = self._segment(self._number + 1)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+            _sync_directory(self.path.parent)
+        except OSError as exc:
+            raise self._failure("start a segment of", exc) from None
+        return fd
+
+    def start_segment(self, prepared: int) -> Segment:
+        """From now on write to the segment ``prepare_segment`` made: the journal so far
+        stays as it is, to be compacted (``finish_segment``) while new events go on
+        being written.  Cheap, so that the broker can call it under its lock, at the
+        moment its state is captured for the compaction."""
+        with self._lock:
+            assert self._fd is not None, "journal not opened: call rewrite() first"
+            if self._torn:
+                try:
+                    os.ftruncate(self._fd, self._offset)
+                except OSError as exc:
+                    os.close(prepared)
+                    raise self._failure("write", exc) from None
+                self._torn = False
+            previous = Segment(self._fd, self._number, self._size)
+            self._fd, self._number, self._offset = prepared, self._number + 1, 0
+            return previous
+
+    def finish_segment(
+        self, previous: Segment, events: Iterable[Mapping[str, object]], header: dict[str, Any]
+    ) -> None:
+        """Replace the journal and its segments up to ``previous`` by ``events`` (the state
+        when the segment was started), leaving the segments written since.  Takes the
+        journal's own lock only to note the sizes: writes go on meanwhile."""
+        with contextlib.suppress(OSError):  # in the OS: the compaction makes them durable
+            os.fsync(previous.fd)
+        os.close(previous.fd)
+        size = self._write_snapshot(events, header, previous.number)
+        for number, segment in self._segments():
+            if number <= previous.number:
+                _remove_quietly(segment)
+        with self._lock:
+            self._gen = previous.number
+            self._size = size + (self._size - previous.size)
+            self._compacted_size = size
+
+    def _write_snapshot(
+        self, events: Iterable[Mapping[str, object]], header: dict[str, Any], covers: int
+    ) -> int:
+        """Write the journal anew (its header says it ``covers`` the segments up to that
+        number); returns its size."""
+        temporary = self.path.with_name(self.path.name + ".compacting")
+        first = {"k": FORMAT, "v": FORMAT_VERSION, **header, "segment": covers}
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb", buffering=1 << 20) as handle:
+                handle.write(encode_event(first))
+                for event in events:
+                    handle.write(encode_event(event))
+                handle.flush()
+                os.fsync(handle.fileno())
+                size = handle.tell()
+            os.replace(temporary, self.path)
+            _sync_directory(self.path.parent)
+        except OSError as exc:
+            _remove_quietly(temporary)
+            raise self._failure("rewrite", exc) from None
+        return size
 
     def write(self, lines: list[bytes], *, sync: bool = False) -> None:
         """Append whole events made by ``encode_event``, and fsync them if asked.
@@ -143,7 +249,7 @@ class Journal:
             assert self._fd is not None, "journal not opened: call rewrite() first"
             try:
                 if self._torn:
-                    os.ftruncate(self._fd, self._size)
+                    os.ftruncate(self._fd, self._offset)
                     self._torn = False
                 view = memoryview(data)
                 while view:
@@ -154,6 +260,7 @@ class Journal:
             except OSError as exc:
                 self._cut_back()
                 raise self._failure("write", exc) from None
+            self._offset += len(data)
             self._size += len(data)
             self._dirty = not sync
             self._recovered()
@@ -162,7 +269,7 @@ class Journal:
         """Remove what a failed write left: a torn event would end the journal there."""
         assert self._fd is not None
         try:
-            os.ftruncate(self._fd, self._size)
+            os.ftruncate(self._fd, self._offset)
         except OSError:
             self._torn = True  # tried again before the next write
 
@@ -221,7 +328,7 @@ def _lock_exclusively(path: Path) -> int:
     return fd
 
 
-def encode_event(event: dict[str, Any]) -> bytes:
+def encode_event(event: Mapping[str, object]) -> bytes:
     """One journal line; raises TypeError, ValueError or UnicodeEncodeError for non-JSON."""
     return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fetchq.errors import StorageFailed
-from fetchq.server import robots
+from fetchq.server import events, robots
 from fetchq.server.completion import ended_without_request, finish_task
 from fetchq.server.leases import Lease
 from fetchq.server.state import BrokerState
@@ -73,15 +73,15 @@ def lease(
     return [given.record() for given in granted]
 
 
-def lease_event(worker: str, leases: list[Lease], wall_offset: float) -> dict[str, Any] | None:
+def lease_event(worker: str, leases: list[Lease], wall_offset: float) -> events.Lease | None:
     """The journal event for the leases that count against a host's limits: each
     ``[id, attempt, deadline in Unix time]`` (None when there is none)."""
-    counted = [
+    counted: list[list[Any]] = [
         [lease.id, lease.attempt, lease.deadline + wall_offset]
         for lease in leases
         if lease.host is not None and not lease.robots
     ]
-    return {"k": "lease", "w": worker, "leases": counted} if counted else None
+    return events.lease(worker, counted) if counted else None
 
 
 def refused_by_robots(state: BrokerState, wall: float) -> tuple[list[Task], list[dict[str, Any]]]:
@@ -122,7 +122,7 @@ def end_without_request(
     if not tasks:
         return set()
     try:
-        write(*({"k": "result", "r": result} for result in results))
+        write(*(events.result(result) for result in results))
     except StorageFailed:
         state.scheduler.put_back(tasks)
         return set()

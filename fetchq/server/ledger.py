@@ -3,34 +3,56 @@
 from __future__ import annotations
 
 import bisect
-import random
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
-from typing import Any
 
 from fetchq.ids import IdSet
+from fetchq.wire.api import SubmitReply
 
 REMEMBERED_BATCHES = 10_000
 """Submitted batch ids kept for deduplication: far more than any client retries at once."""
 
 
-def random_id_base() -> int:
-    """Ids start at a random base, so a result held across a server restart (without a
-    journal) can never be mistaken for a new task's."""
-    return random.randrange(1, 1 << 20) << 32
+IDS_PER_MICROSECOND = 2
+"""How fast the id clock runs: a server may give two million new ids a second, and ids
+stay below 2**53 (exact in every JSON) until the year 2112."""
+
+
+def id_clock() -> int:
+    """Unix time in half microseconds, on the real clock (the broker's injected clocks
+    steer leases and pacing, not ids)."""
+    return time.time_ns() * IDS_PER_MICROSECOND // 1000
 
 
 class Ledger:
     """Ids are given in consecutive runs, one per submitted batch, so the job of
-    any id is a bisect away and the done set is one bit per id."""
+    any id is a bisect away and the done set is one bit per id.
 
-    def __init__(self, id_base: int) -> None:
+    Unique across restarts by construction: a server without a journal starts its ids
+    at the ``id_clock`` reading when it started, and never gives an id above the
+    current reading (``ahead``: a submit waits for the clock, which limits a server to
+    two million new ids a second), so every id of an earlier run is below the first id
+    of a later one (as long as the wall clock is not set back across the restart by
+    more than the restart took); a server with a journal goes on with the journal's
+    counter."""
+
+    def __init__(self, id_base: int, *, follows_clock: bool = True) -> None:
         self.id_base = id_base
         self.next_id = id_base + 1
+        self.follows_clock = follows_clock
+        """Ids stay below the clock (false for a journal of an older server, whose ids
+        started at a random base: it goes on with its own counter)."""
         self._starts: list[int] = []
         self._jobs: list[str] = []
         self.done = IdSet()
-        self._batches: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._batches: OrderedDict[str, SubmitReply] = OrderedDict()
+
+    def ahead(self, count: int, now: int) -> float:
+        """Seconds until ``count`` more ids are all below ``now``, an ``id_clock`` reading."""
+        if not self.follows_clock:
+            return 0.0
+        return max(0, self.next_id + count - now) / (IDS_PER_MICROSECOND * 1_000_000)
 
     def allocate(self, job: str, count: int) -> int:
         """The first of ``count`` new consecutive ids for ``job``."""
@@ -56,14 +78,14 @@ class Ledger:
 
     # -- idempotent submits ------------------------------------------------
 
-    def batch_reply(self, batch_id: str | None) -> dict[str, Any] | None:
+    def batch_reply(self, batch_id: str | None) -> SubmitReply | None:
         """The reply a batch got the first time, or None for a batch not seen."""
         return None if batch_id is None else self._batches.get(batch_id)
 
-    def remember_batch(self, batch_id: str, reply: dict[str, Any]) -> None:
+    def remember_batch(self, batch_id: str, reply: SubmitReply) -> None:
         self._batches[batch_id] = reply
         while len(self._batches) > REMEMBERED_BATCHES:
             self._batches.popitem(last=False)
 
-    def batches(self) -> Iterator[tuple[str, dict[str, Any]]]:
+    def batches(self) -> Iterator[tuple[str, SubmitReply]]:
         return iter(self._batches.items())

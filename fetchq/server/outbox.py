@@ -141,6 +141,14 @@ class Outbox:
     def restore_confirmed(self, job: str, count: int) -> None:
         self._confirmed[job] = count
 
+    def capture(self) -> tuple[list[tuple[str, list[Result]]], list[Result]]:
+        """``(deliveries as (token, results), waiting results)`` now, for a compaction:
+        lists of references, cheap under the broker's lock (results are not changed
+        once here)."""
+        deliveries = [(d.token, list(d.results)) for d in self._deliveries.values()]
+        waiting = [result for results in self._waiting.values() for result in results]
+        return deliveries, waiting
+
     def waiting(self) -> Iterator[Result]:
         for waiting in self._waiting.values():
             yield from waiting

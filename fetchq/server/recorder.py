@@ -4,28 +4,33 @@ they describe, or nothing at all when the server keeps no journal."""
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Any, NamedTuple
 
 from fetchq.errors import BadRequest, StorageFailed
-from fetchq.server import recovery
-from fetchq.server.journal import Journal, encode_event
+from fetchq.server import events, recovery
+from fetchq.server.journal import Journal, Segment, encode_event
 from fetchq.server.state import BrokerState
+
+
+class Compaction(NamedTuple):
+    snapshot: recovery.Snapshot
+    previous: Segment
 
 
 class Recorder:
     def __init__(self, journal: Journal | None) -> None:
         self.journal = journal
 
-    def write(self, *events: dict[str, Any]) -> None:
+    def write(self, *written: events.Event) -> None:
         """Raises StorageFailed, with nothing written, when the journal cannot take them."""
         if self.journal is not None:
-            self.journal.write([encode_event(event) for event in events])
+            self.journal.write([encode_event(event) for event in written])
 
     def write_lines(self, lines: list[bytes]) -> None:
         if self.journal is not None:
             self.journal.write(lines)
 
-    def encode(self, event: dict[str, Any]) -> bytes | None:
+    def encode(self, event: events.Event) -> bytes | None:
         return encode_event(event) if self.journal is not None else None
 
     def result_lines(self, results: list[dict[str, Any]]) -> list[bytes | None]:
@@ -34,7 +39,7 @@ class Recorder:
         if self.journal is None:
             return [None] * len(results)
         try:
-            return [encode_event({"k": "result", "r": result}) for result in results]
+            return [encode_event(events.result(result)) for result in results]
         except (TypeError, ValueError, UnicodeEncodeError) as exc:
             raise BadRequest(f"results must hold JSON values only: {exc}") from None
 
@@ -45,11 +50,29 @@ class Recorder:
             self.journal.sync()
 
     def compact(self, state: BrokerState, wall: float, now: float) -> None:
-        """``wall`` and ``now``: the same moment in Unix time and on the broker's clock."""
+        """Rewrite the journal as ``state`` at once: nothing else may run meanwhile.
+        ``wall`` and ``now``: the same moment in Unix time and on the broker's clock."""
         if self.journal is not None:
-            self.journal.rewrite(
-                recovery.snapshot(state, wall, now), recovery.header(state.ledger, wall)
-            )
+            snapshot = recovery.Snapshot(state, wall, now)
+            self.journal.rewrite(snapshot.events(), snapshot.header)
+
+    def prepare_compaction(self) -> int | None:
+        """Before the broker's lock: the file later events will go to."""
+        return None if self.journal is None else self.journal.prepare_segment()
+
+    def start_compaction(
+        self, state: BrokerState, wall: float, now: float, prepared: int
+    ) -> Compaction:
+        """Capture ``state`` and write later events to the prepared segment: cheap, done
+        under the broker's lock; ``finish_compaction`` then writes, the lock let go."""
+        assert self.journal is not None
+        snapshot = recovery.Snapshot(state, wall, now)
+        return Compaction(snapshot, self.journal.start_segment(prepared))
+
+    def finish_compaction(self, compaction: Compaction) -> None:
+        assert self.journal is not None
+        snapshot = compaction.snapshot
+        self.journal.finish_segment(compaction.previous, snapshot.events(), snapshot.header)
 
     def wants_compaction(self) -> bool:
         return self.journal is not None and self.journal.wants_compaction()

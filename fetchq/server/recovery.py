@@ -14,11 +14,12 @@ old.  A snapshot writes that state back as the fewest events that replay to it.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from fetchq.errors import ConfigError
-from fetchq.server import steering
+from fetchq.ids import IdSet
+from fetchq.server import events, steering
 from fetchq.server.expiry import LEASE_EXPIRED
 from fetchq.server.journal import Journal
 from fetchq.server.leases import Lease
@@ -27,52 +28,86 @@ from fetchq.server.ledger import Ledger
 from fetchq.server.scheduler import LOOKAHEAD
 from fetchq.server.state import BrokerState
 from fetchq.server.tasks import Task
+from fetchq.wire.api import SubmitReply
 
 
-def snapshot(state: BrokerState, wall: float, now: float) -> Iterator[dict[str, Any]]:
-    """The live state as events: what a replay needs and nothing more.  ``wall`` and
-    ``now``: the same moment in Unix time and on the broker's clock."""
-    for job in state.jobs:
-        yield {
-            "k": "job",
-            "job": job.name,
-            "created": job.created,
-            "submitted": job.submitted,
-            "succeeded": job.succeeded,
-            "failed": job.failed,
-            "expired": job.expired,
-            "confirmed": state.outbox.counts(job.name)[2],
-            "sealed": job.sealed,
-        }
-    for first, job_name in state.ledger.ranges():
-        yield {"k": "range", "first": first, "job": job_name}
-    for batch_id, reply in state.ledger.batches():
-        yield {"k": "batch", "batch": batch_id, "reply": reply}
-    done = state.ledger.done
-    live = [lease.task for lease in state.leases]
-    live.extend(task for task in state.scheduler if task.id not in done)
-    for task in sorted({task.id: task for task in live}.values()):
-        yield {"k": "task", **task._asdict()}
-    by_worker: dict[str, list[Lease]] = {}
-    for lease in state.leases:
-        by_worker.setdefault(lease.worker, []).append(lease)
-    for worker, leases in sorted(by_worker.items()):
-        event = lease_event(worker, leases, wall - now)
-        if event is not None:
-            yield event
-    deliveries = list(state.outbox.deliveries())
-    for delivery in deliveries:
-        for result in delivery.results:
-            yield {"k": "unconfirmed", "r": result}
-    for result in state.outbox.waiting():
-        yield {"k": "unconfirmed", "r": result}
-    for delivery in deliveries:
-        yield {"k": "hand", "token": delivery.token, "ids": delivery.ids()}
-    yield from steering.snapshot(state, wall)
+class Snapshot:
+    """The live state as the fewest events that replay to it.
+
+    Taken in two steps, so that a compaction stops the broker only for the first:
+    under the broker's lock, what must be written is captured (counters copied,
+    queued batches and results referenced, not copied); ``events`` then builds and
+    yields the events from that capture, lock released, while the state moves on."""
+
+    def __init__(self, state: BrokerState, wall: float, now: float) -> None:
+        """``wall`` and ``now``: the same moment in Unix time and on the broker's clock."""
+        self.header = header(state.ledger, wall)
+        self._jobs = [
+            events.job(
+                job.name,
+                created=job.created,
+                submitted=job.submitted,
+                succeeded=job.succeeded,
+                failed=job.failed,
+                expired=job.expired,
+                confirmed=state.outbox.counts(job.name)[2],
+                sealed=job.sealed,
+            )
+            for job in state.jobs
+        ]
+        self._ranges = list(state.ledger.ranges())
+        self._batches = list(state.ledger.batches())
+        self._done = state.ledger.done.copy()
+        self._leased = [lease.task for lease in state.leases]
+        by_worker: dict[str, list[Lease]] = {}
+        for lease in state.leases:
+            by_worker.setdefault(lease.worker, []).append(lease)
+        self._lease_events = [
+            event
+            for worker, leases in sorted(by_worker.items())
+            if (event := lease_event(worker, leases, wall - now)) is not None
+        ]
+        self._queued = state.scheduler.capture()
+        self._deliveries, self._waiting = state.outbox.capture()
+        self._steering = steering.snapshot(state, wall)
+
+    def events(self) -> Iterator[events.Event]:
+        yield from self._jobs
+        for first, job_name in self._ranges:
+            yield events.id_range(first, job_name)
+        for batch_id, reply in self._batches:
+            yield events.batch(batch_id, reply)
+        written, done = IdSet(), self._done
+        for tasks in self._queued:
+            for task in tasks():
+                if task.id not in done and written.add(task.id):
+                    yield events.task(task)
+        for task in self._leased:
+            if written.add(task.id):
+                yield events.task(task)
+        yield from self._lease_events
+        for _, results in self._deliveries:
+            for result in results:
+                yield events.unconfirmed(result)
+        for result in self._waiting:
+            yield events.unconfirmed(result)
+        for token, results in self._deliveries:
+            yield events.hand(token, [result["id"] for result in results])
+        yield from self._steering
+
+
+def snapshot(state: BrokerState, wall: float, now: float) -> Iterator[events.Event]:
+    """The live state as events, at once (nothing changes it meanwhile)."""
+    return Snapshot(state, wall, now).events()
 
 
 def header(ledger: Ledger, written: float) -> dict[str, Any]:
-    return {"id_base": ledger.id_base, "next_id": ledger.next_id, "written": written}
+    return {
+        "id_base": ledger.id_base,
+        "next_id": ledger.next_id,
+        "id_clock": ledger.follows_clock,
+        "written": written,
+    }
 
 
 def replay(
@@ -101,8 +136,8 @@ class _Replay:
         """Leases on limited hosts still running: attempt, worker, deadline (Unix time)."""
 
     def run(self, journal: Journal, delivery_deadline: float) -> None:
-        events = journal.read()
-        first = next(events, None)
+        read = journal.read()
+        first = next(read, None)
         if first is None:
             return
         ledger = self.state.ledger
@@ -111,24 +146,26 @@ class _Replay:
         self.state.scheduler.epoch = self.now + LOOKAHEAD
         ledger.id_base = int(first["id_base"])
         ledger.next_id = int(first.get("next_id", ledger.id_base + 1))
-        handlers = {
-            "submit": self._submit,
-            "task": self._task,
-            "job": self._job_counts,
-            "range": self._range,
-            "batch": self._batch,
-            "finish": self._finish,
-            "retry": self._retry,
-            "result": self._result,
-            "unconfirmed": self._unconfirmed,
-            "hand": self._hand,
-            "return": self._return,
-            "ack": self._ack,
-            "lease": self._lease,
-            "release": self._release,
-            **dict.fromkeys(steering.STEERING_EVENTS, self._steer),
+        ledger.follows_clock = bool(first.get("id_clock"))  # formats 1-2: a random base
+        handlers: dict[str, Callable[[Any], object]] = {
+            events.SUBMIT: self._submit,
+            events.TASK: self._task,
+            events.JOB: self._job_counts,
+            events.RANGE: self._range,
+            events.BATCH: self._batch,
+            events.SEAL: self._seal,
+            events.SEAL_BEFORE_V3: self._seal,
+            events.RETRY: self._retry,
+            events.RESULT: self._result,
+            events.UNCONFIRMED: self._unconfirmed,
+            events.HAND: self._hand,
+            events.RETURN: self._return,
+            events.ACK: self._ack,
+            events.LEASE: self._lease,
+            events.RELEASE: self._release,
+            **dict.fromkeys(events.STEERING, self._steer),
         }
-        for event in events:
+        for event in read:
             handlers[event["k"]](event)
         self._rebuild(delivery_deadline)
 
@@ -137,7 +174,7 @@ class _Replay:
 
     # -- one method per event kind (see ``run``) ----------------------------
 
-    def _submit(self, event: dict[str, Any]) -> None:
+    def _submit(self, event: events.Submit) -> None:
         job = self._job(event["job"])
         job.sealed = False
         first, urls = int(event["first"]), event["urls"]
@@ -151,14 +188,23 @@ class _Replay:
         ledger.next_id = max(ledger.next_id, first + len(urls))
         if urls:
             ledger.record_range(first, job.name)
-        if event.get("batch"):
-            reply = {"accepted": len(urls), "first_id": first}
+        batch = event.get("batch")
+        if batch:
+            reply: SubmitReply = {"accepted": len(urls), "first_id": first}
             if event.get("reopened"):
                 reply["reopened"] = True
-            ledger.remember_batch(event["batch"], reply)
+            ledger.remember_batch(batch, reply)
 
-    def _task(self, event: dict[str, Any]) -> None:
-        task = Task(**{name: event[name] for name in Task._fields})
+    def _task(self, event: events.TaskEvent) -> None:
+        task = Task(
+            event["id"],
+            event["job"],
+            event["url"],
+            event["attempt"],
+            event["attempts"],
+            event["timeout"],
+            event["submitted"],
+        )
         self.tasks[task.id] = task
 
     def _job_counts(self, event: dict[str, Any]) -> None:
@@ -174,16 +220,16 @@ class _Replay:
             event["confirmed"] if "confirmed" in event else event["delivered"]
         )
 
-    def _range(self, event: dict[str, Any]) -> None:
+    def _range(self, event: events.Range) -> None:
         self.state.ledger.record_range(event["first"], event["job"])
 
-    def _batch(self, event: dict[str, Any]) -> None:
+    def _batch(self, event: events.Batch) -> None:
         self.state.ledger.remember_batch(event["batch"], event["reply"])
 
-    def _finish(self, event: dict[str, Any]) -> None:
+    def _seal(self, event: events.Seal) -> None:
         self._job(event["job"]).sealed = True
 
-    def _lease(self, event: dict[str, Any]) -> None:
+    def _lease(self, event: events.Lease) -> None:
         """Leases granted or renewed; one of a task since finished or queued again (its
         result or retry came first) is over."""
         worker = event["w"]
@@ -196,13 +242,13 @@ class _Replay:
                 until = max(until, held[2])  # a renewal never shortens a lease
             self.leases[task_id] = (attempt, worker, until)
 
-    def _release(self, event: dict[str, Any]) -> None:
+    def _release(self, event: events.Release) -> None:
         for task_id, attempt in event["leases"]:
             held = self.leases.get(task_id)
             if held is not None and held[0] == attempt:
                 del self.leases[task_id]
 
-    def _retry(self, event: dict[str, Any]) -> None:
+    def _retry(self, event: events.Retry) -> None:
         self.leases.pop(event["id"], None)
         task = self.tasks.get(event["id"])
         if task is not None:
@@ -210,30 +256,30 @@ class _Replay:
             if event.get("expired"):
                 self._job(task.job).expired += 1
 
-    def _result(self, event: dict[str, Any]) -> None:
+    def _result(self, event: events.Result) -> None:
         result = self._unconfirmed(event)
         job = self._job(result["job"])
         job.count_result(bool(result.get("ok")))
         if (result.get("error") or {}).get("type") == LEASE_EXPIRED:
             job.expired += 1
 
-    def _unconfirmed(self, event: dict[str, Any]) -> dict[str, Any]:
+    def _unconfirmed(self, event: events.Result | events.Unconfirmed) -> dict[str, Any]:
         result: dict[str, Any] = event["r"]
         self.tasks.pop(result["id"], None)
         self.leases.pop(result["id"], None)
         self.results[result["id"]] = result
         return result
 
-    def _steer(self, event: dict[str, Any]) -> None:
+    def _steer(self, event: events.SteeringEvent) -> None:
         steering.apply(self.state, event, now=self.now, wall=self.wall)
 
-    def _hand(self, event: dict[str, Any]) -> None:
+    def _hand(self, event: events.Hand) -> None:
         self.deliveries[event["token"]] = event["ids"]
 
-    def _return(self, event: dict[str, Any]) -> None:
+    def _return(self, event: events.Return) -> None:
         self.deliveries.pop(event["token"], None)
 
-    def _ack(self, event: dict[str, Any]) -> None:
+    def _ack(self, event: events.Ack) -> None:
         self.deliveries.pop(event.get("token", ""), None)
         for task_id in event["ids"]:
             result = self.results.pop(task_id, None)

@@ -1,57 +1,70 @@
-"""Which waiting task goes to a worker next, and when its request may start.
+"""Which job's waiting task goes to a worker next, and when its request may start.
 
-Tasks wait per job, and jobs with something to lease take turns.  Within
-a job, tasks go first in, first out (retries in front).  A job with a rate
-gives each task a start ``1 / rate`` after the previous one: the schedule is
-fixed when the task is leased and never moves, so a fleet that falls behind
-shows it as late starts (no coordinated omission) and catches up.
+Jobs with something to lease take turns, each an equal share of a lease
+call; a job's own tasks and hosts are its ``JobQueue``'s.  The scheduler
+keeps what is not one job's: the order of the jobs, each job's rate schedule
+and the server-wide per-host limits.
 
-A job with host limits (a per-host cap, a host delay, robots.txt, Retry-After
-holds, or the server's own per-host limits) sorts its tasks into one queue
-per host as they arrive, and hosts that are ready take turns, so a host with
-a long queue never starves the others.  A host held back by a limit is
-not leased at all: no lease runs out while it waits.  Tasks are leased
-up to ``LOOKAHEAD`` seconds before their start, so that workers start
-them on time.
+A job with a rate gives each task a start ``1 / rate`` after the previous
+one: the schedule is fixed when the task is leased and never moves, so a
+fleet that falls behind shows it as late starts (no coordinated omission)
+and catches up.  Tasks are leased up to ``LOOKAHEAD`` seconds before their
+start, so that workers start them on time.  A host held back by a limit is
+not leased at all: no lease runs out while it waits.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 from collections import deque
 from collections.abc import Callable, Iterator
 
-from fetchq.server.jobqueue import HostQueue, HostSlot, JobQueue, Pick, Policy, Robots
+from fetchq.server.jobqueue import (
+    LOOKAHEAD,
+    ROBOTS_ATTEMPTS,
+    ROBOTS_TIMEOUT,
+    HostSlot,
+    JobQueue,
+    Pace,
+    Pick,
+    Policy,
+    Robots,
+    ServerHosts,
+)
 from fetchq.server.tasks import Span, Task
-from fetchq.urls import host_key, origin
 
-LOOKAHEAD = 1.0
-"""Seconds before its start a task may be handed to a worker."""
-
-ROBOTS_TIMEOUT = 30.0
-"""Seconds a worker may take to fetch a robots.txt."""
-
-ROBOTS_ATTEMPTS = 3
-"""Fetches of a robots.txt that cannot be had (5xx, no answer) before the host is given up."""
+__all__ = ["LOOKAHEAD", "ROBOTS_ATTEMPTS", "ROBOTS_TIMEOUT", "Scheduler"]
 
 
 class Scheduler:
     def __init__(self, server_policy: Policy | None = None) -> None:
-        self.server_policy = server_policy or Policy()
+        self.server = ServerHosts(server_policy or Policy())
         self.jobs: dict[str, JobQueue] = {}
+        self.paces: dict[str, Pace] = {}
+        """Each job's rate schedule."""
         self.ring: deque[JobQueue] = deque()
-        self.host_slots: dict[str, HostSlot] = {}
-        """Per-host state across every job, for the server's own limits."""
+        """Jobs with tasks to lease, taking turns."""
         self.denied: list[tuple[Task, Robots]] = []
         """Tasks robots.txt forbids, taken out by ``take``: the broker ends them."""
         self.freed = 0
         """Leases on limited hosts that ended since the broker last looked: room to wake for."""
         self._count = 0
-        self._order = itertools.count()
-        self.epoch = float("-inf")
-        """Before this no start counts; a restart sets it to the moment it came back, as
-        the old process may have started requests on any host until it died."""
+
+    @property
+    def server_policy(self) -> Policy:
+        return self.server.policy
+
+    @property
+    def host_slots(self) -> dict[str, HostSlot]:
+        """Per-host state across every job, for the server's own limits."""
+        return self.server.slots
+
+    @property
+    def epoch(self) -> float:
+        return self.server.epoch
+
+    @epoch.setter
+    def epoch(self, moment: float) -> None:
+        self.server.epoch = moment
 
     # -- what waits -------------------------------------------------------
 
@@ -62,8 +75,8 @@ class Scheduler:
         """The job's queue, made on first need: by a submit, a policy, or a replay."""
         queue = self.jobs.get(name)
         if queue is None:
-            queue = self.jobs[name] = JobQueue(name)
-            queue.by_host = self.server_policy.limits_hosts
+            queue = self.jobs[name] = JobQueue(name, self.server)
+            self.paces[name] = Pace()
         return queue
 
     def is_cancelled(self, name: str) -> bool:
@@ -76,49 +89,36 @@ class Scheduler:
 
     def set_policy(self, name: str, policy: Policy) -> None:
         queue = self.get_or_create(name)
-        queue.policy = policy
-        if policy.limits_hosts:
-            self._sort_by_host(queue)
+        queue.set_policy(policy)
+        self._changed(queue, queue.count)
 
     def add_batch(self, span: Span, now: float) -> None:
         queue = self.get_or_create(span.job)
         if not span.urls:
             return
         if queue.count == 0:
-            queue.fresh = True  # a rate starts when work does, not when it was queued
-        queue.fifo.append(span)
-        self._added(queue, len(span.urls))
-        if queue.by_host:
-            self._sort_fifo(queue)
+            self.paces[span.job].fresh = True  # a rate starts when work does, not when queued
+        before = queue.count
+        queue.add_batch(span)
+        self._changed(queue, before)
 
     def add_retry(self, task: Task) -> None:
         """Back in front of its job (or its host): a job's stragglers go first."""
         queue = self.get_or_create(task.job)
-        if queue.by_host:
-            host = queue.host(host_key(task.url), self.epoch)
-            host.push_front(task)
-            self._list_host(queue, host)
-        else:
-            queue.fifo.appendleft(task)
-        self._added(queue, 1)
+        before = queue.count
+        queue.add_retry(task)
+        self._changed(queue, before)
 
     def add_task(self, task: Task) -> None:
         """At the back: a restart queues what was not done, in id order."""
         queue = self.get_or_create(task.job)
-        queue.fifo.append(task)
-        self._added(queue, 1)
-        if queue.by_host:
-            self._sort_fifo(queue)
-
-    def _added(self, queue: JobQueue, count: int) -> None:
-        queue.count += count
-        self._count += count
-        self._list_job(queue)
+        before = queue.count
+        queue.add_task(task)
+        self._changed(queue, before)
 
     def forget(self, job: str) -> None:
         """One waiting copy of ``job`` turned stale: its task finished elsewhere."""
-        queue = self.jobs[job]
-        queue.count -= 1
+        self.jobs[job].count -= 1
         self._count -= 1
 
     def __len__(self) -> int:
@@ -132,13 +132,17 @@ class Scheduler:
         for queue in self.jobs.values():
             yield from queue.tasks()
 
+    def capture(self) -> list[Callable[[], Iterator[Task]]]:
+        """What waits now, read later (see ``JobQueue.capture``)."""
+        return [queue.capture() for queue in self.jobs.values()]
+
     # -- steering ---------------------------------------------------------
 
     def pause(self, name: str, paused: bool, now: float) -> None:
         queue = self.get_or_create(name)
         queue.paused = paused
         if not paused:
-            queue.fresh = True  # a pause is not lateness
+            self.paces[name].fresh = True  # a pause is not lateness
             self._list_job(queue)
 
     def cancel(self, name: str) -> None:
@@ -148,14 +152,9 @@ class Scheduler:
         """Take up to ``count`` waiting tasks of a job, limits aside (a cancelled job's
         tasks end as results without a request)."""
         queue = self.get_or_create(name)
-        taken: list[Task] = []
-        for host in list(queue.hosts.values()):
-            while len(host) and len(taken) < count:
-                task = host.front.popleft() if host.front else queue.task_of(host.pop_id())
-                if not is_done(task.id):
-                    taken.append(task)
-        taken.extend(self._take_fifo(queue, count - len(taken), is_done))
-        self._took(queue, len(taken))
+        before = queue.count
+        taken = queue.drain(count, is_done)
+        self._count += queue.count - before
         return taken
 
     def put_back(self, tasks: list[Task]) -> None:
@@ -166,9 +165,9 @@ class Scheduler:
     def hold(self, job: str, url: str, until: float) -> None:
         """A site asked this job to wait (Retry-After): no start on the host before then."""
         queue = self.get_or_create(job)
-        self._sort_by_host(queue)
-        slot = queue.host(host_key(url), self.epoch)
-        slot.held_until = max(slot.held_until, until)
+        before = queue.count
+        queue.hold(url, until)
+        self._changed(queue, before)
 
     def learn_robots(
         self, job: str, host: str, robots: Robots | None, now: float = float("-inf")
@@ -177,19 +176,14 @@ class Scheduler:
         was over, from which the host's delay counts (the fetch was a request too, and it
         began later than it was leased)."""
         queue = self.get_or_create(job)
-        bucket = queue.host(host, self.epoch)
-        bucket.probing = False
-        bucket.robots = robots
-        bucket.last_start = max(bucket.last_start, now)
-        if len(bucket):
-            self._unpark(queue, bucket)
+        queue.learn_robots(host, robots, now)
+        self._list_job(queue)
 
     # -- handing out ------------------------------------------------------
 
     def take(self, count: int, now: float, is_done: Callable[[int], bool]) -> list[Pick]:
         """Up to ``count`` tasks whose start is due within ``LOOKAHEAD``; tasks robots.txt
         forbids are moved to ``denied`` on the way."""
-        horizon = now + LOOKAHEAD
         picks: list[Pick] = []
         while len(picks) < count and self.ring:
             jobs = len(self.ring)
@@ -204,7 +198,7 @@ class Scheduler:
                     queue.in_ring = False
                     continue
                 self.ring.rotate(-1)
-                got = self._take_job(queue, min(share, count - len(picks)), now, horizon, is_done)
+                got = self._take_job(queue, min(share, count - len(picks)), now, is_done)
                 picks.extend(got)
                 progressed = progressed or bool(got)
             if not progressed:
@@ -219,9 +213,10 @@ class Scheduler:
             if not queue.eligible:
                 continue
             if queue.policy.rate:
-                times.append(queue.next_slot - LOOKAHEAD)
-            if queue.waiting:
-                times.append(queue.waiting[0][0] - LOOKAHEAD)
+                times.append(self.paces[queue.name].next_slot - LOOKAHEAD)
+            waiting = queue.next_start()
+            if waiting is not None:
+                times.append(waiting - LOOKAHEAD)
         return min(times) if times else None
 
     def held_over(self, task: Task) -> str | None:
@@ -229,11 +224,7 @@ class Scheduler:
         its host as a lease does.  Returns the host whose limits count it (None when no
         host limit applies to its job now), for ``lease_ended``."""
         queue = self.get_or_create(task.job)
-        if not queue.by_host:
-            return None
-        key = host_key(task.url)
-        self._started(queue.host(key, self.epoch), float("-inf"), self._server_slot(key))
-        return key
+        return queue.held_over(task.url) if queue.by_host else None
 
     def lease_ended(self, job: str, host: str | None) -> None:
         """A leased task of ``job`` on ``host`` finished, went back or lapsed."""
@@ -241,236 +232,56 @@ class Scheduler:
             return
         self.freed += 1
         queue = self.jobs.get(job)
-        if queue is not None and host in queue.hosts:
-            bucket = queue.hosts[host]
-            bucket.in_flight -= 1
-            self._unpark(queue, bucket)
-        server_slot = self.host_slots.get(host)
+        if queue is not None:
+            queue.lease_ended(host)
+            self._list_job(queue)
+        server_slot = self.server.slots.get(host)
         if server_slot is not None:
             server_slot.in_flight -= 1
             for other in self.jobs.values():
                 parked = other.hosts.get(host)
                 if parked is not None and parked.parked:
-                    self._unpark(other, parked)
+                    other.unpark(parked)
+                    self._list_job(other)
 
     def busiest_hosts(self, job: str, count: int) -> list[tuple[str, int, int]]:
         """The job's hosts with the longest queues: (host, waiting, in flight)."""
         queue = self.jobs.get(job)
-        if queue is None:
-            return []
-        rows = [(host.key, len(host), host.in_flight) for host in queue.hosts.values()]
-        rows = [row for row in rows if row[1] or row[2]]
-        return sorted(rows, key=lambda row: (-row[1], row[0]))[:count]
+        return [] if queue is None else queue.busiest_hosts(count)
 
     # -- inside -----------------------------------------------------------
+
+    def _changed(self, queue: JobQueue, before: int) -> None:
+        """The job's queue changed (it had ``before`` tasks): count it, and list the job
+        if it now has something to lease."""
+        self._count += queue.count - before
+        self._list_job(queue)
 
     def _list_job(self, queue: JobQueue) -> None:
         if not queue.in_ring and queue.eligible:
             queue.in_ring = True
             self.ring.append(queue)
 
-    def _took(self, queue: JobQueue, count: int) -> None:
-        queue.count -= count
-        self._count -= count
-
     def _take_job(
-        self,
-        queue: JobQueue,
-        count: int,
-        now: float,
-        horizon: float,
-        is_done: Callable[[int], bool],
+        self, queue: JobQueue, count: int, now: float, is_done: Callable[[int], bool]
     ) -> list[Pick]:
         rate = queue.policy.rate
-        if queue.fresh:
-            queue.next_slot = max(queue.next_slot, now)
-            queue.fresh = False
+        pace = self.paces[queue.name]
+        pace.begin(now)
         if rate:
-            if queue.next_slot > horizon:
+            horizon = now + LOOKAHEAD
+            if pace.next_slot > horizon:
                 return []
-            count = min(count, int((horizon - queue.next_slot) * rate) + 1)
-        if not queue.by_host:
-            tasks = self._take_fifo(queue, count, is_done)
-            self._took(queue, len(tasks))
-            if not rate:
-                return [Pick(task, None, None) for task in tasks]
-            first, step = queue.next_slot, 1.0 / rate
-            queue.next_slot += step * len(tasks)
-            return [Pick(task, first + n * step, None) for n, task in enumerate(tasks)]
-        picks: list[Pick] = []
-        while len(picks) < count:
-            pick = self._take_hosted(queue, now, horizon, is_done)
-            if pick is None:
-                break
-            picks.append(pick)
-        return picks
-
-    def _take_fifo(self, queue: JobQueue, count: int, is_done: Callable[[int], bool]) -> list[Task]:
-        taken: list[Task] = []
-        fifo = queue.fifo
-        while fifo and len(taken) < count:
-            head = fifo[0]
-            if isinstance(head, Span):
-                task = head.take()
-                if head.exhausted:
-                    fifo.popleft()
-            else:
-                fifo.popleft()
-                task = head
-            if not is_done(task.id):  # a stale copy: finished late by an earlier attempt
-                taken.append(task)
-        return taken
-
-    def _take_hosted(
-        self, queue: JobQueue, now: float, horizon: float, is_done: Callable[[int], bool]
-    ) -> Pick | None:
-        """The next task of a job sorted by host: hosts that are ready take turns."""
-        while queue.waiting and queue.waiting[0][0] <= horizon:
-            _, _, bucket = heapq.heappop(queue.waiting)
-            bucket.waiting = False
-            self._list_host(queue, bucket)
-        for _ in range(len(queue.ring)):
-            bucket = queue.ring.popleft()
-            bucket.listed = False
-            pick = self._try_host(queue, bucket, now, horizon, is_done)
-            if pick is not None:
-                if len(bucket) and not (bucket.parked or bucket.waiting):
-                    self._list_host(queue, bucket)  # to the back: hosts take turns
-                return pick
-        return None
-
-    def _try_host(
-        self,
-        queue: JobQueue,
-        bucket: HostQueue,
-        now: float,
-        horizon: float,
-        is_done: Callable[[int], bool],
-    ) -> Pick | None:
-        if not len(bucket):
-            return None
-        policy = queue.policy
-        if policy.obey_robots and bucket.robots is None:
-            if bucket.probing:
-                bucket.parked = True
-                return None
-            bucket.probing = True
-            bucket.parked = True
-            return self._robots_probe(queue, bucket, now)
-        delay = self._delay(queue, bucket)
-        server_slot = self._server_slot(bucket.key)
-        ready = self._ready_at(queue, bucket, delay, server_slot)
-        if ready is None:
-            bucket.parked = True
-            return None
-        start = queue.next_slot if policy.rate else now
-        if ready > start:
-            start = ready
-        if start > horizon:
-            bucket.waiting = True
-            heapq.heappush(queue.waiting, (start, next(self._order), bucket))
-            return None
-        while len(bucket):
-            task = bucket.front.popleft() if bucket.front else queue.task_of(bucket.pop_id())
-            if is_done(task.id):
-                continue  # a stale copy, already forgotten
-            self._took(queue, 1)
-            if bucket.robots is not None and not bucket.robots.allowed(task.url):
-                self.denied.append((task, bucket.robots))
-                continue
-            timed = bool(policy.rate) or start > now or delay > 0
-            if policy.rate:
-                # A host limit that held the start back moves the schedule on with it:
-                # the rate is kept from there, not made up for in a burst.
-                queue.next_slot = max(queue.next_slot, start) + 1.0 / policy.rate
-            self._started(bucket, start, server_slot)
-            return Pick(task, start if timed else None, bucket.key)
-        return None
-
-    def _robots_probe(self, queue: JobQueue, bucket: HostQueue, now: float) -> Pick:
-        url = origin(queue.first_url(bucket)) + "/robots.txt"
-        bucket.probes += 1
-        probe = Task(0, queue.name, url, bucket.probes, ROBOTS_ATTEMPTS, ROBOTS_TIMEOUT, now)
-        self._started(bucket, now, self._server_slot(bucket.key))
-        return Pick(probe, None, bucket.key, robots=True)
-
-    def _started(self, bucket: HostQueue, start: float, server_slot: HostSlot | None) -> None:
-        bucket.in_flight += 1
-        if start > bucket.last_start:
-            bucket.last_start = start
-        if server_slot is not None:
-            server_slot.in_flight += 1
-            server_slot.last_start = max(server_slot.last_start, start)
-
-    def _server_slot(self, key: str) -> HostSlot | None:
-        if not self.server_policy.limits_hosts:
-            return None
-        slot = self.host_slots.get(key)
-        if slot is None:
-            slot = self.host_slots[key] = HostSlot()
-            slot.last_start = self.epoch
-        return slot
-
-    def _delay(self, queue: JobQueue, bucket: HostQueue) -> float:
-        delay = queue.policy.host_delay
-        robots = bucket.robots
-        if robots is not None and robots.crawl_delay and robots.crawl_delay > delay:
-            return robots.crawl_delay
-        return delay
-
-    def _ready_at(
-        self, queue: JobQueue, bucket: HostQueue, delay: float, server_slot: HostSlot | None
-    ) -> float | None:
-        ready = bucket.ready_at(queue.policy.per_host, delay)
-        if ready is None or server_slot is None:
-            return ready
-        server = self.server_policy
-        server_ready = server_slot.ready_at(server.per_host, server.host_delay)
-        return None if server_ready is None else max(ready, server_ready)
-
-    def _list_host(self, queue: JobQueue, bucket: HostQueue) -> None:
-        if not (bucket.listed or bucket.parked or bucket.waiting):
-            bucket.listed = True
-            queue.ring.append(bucket)
-        self._list_job(queue)
-
-    def _unpark(self, queue: JobQueue, bucket: HostQueue) -> None:
-        if bucket.parked:
-            bucket.parked = False
-            if len(bucket):
-                self._list_host(queue, bucket)
-
-    def _sort_by_host(self, queue: JobQueue) -> None:
-        """From now on the job's tasks wait per host (once so, a job stays so)."""
-        if not queue.by_host:
-            queue.by_host = True
-            self._sort_fifo(queue)
-
-    def _sort_fifo(self, queue: JobQueue) -> None:
-        """Sort what waits first in, first out into the queues of its hosts."""
-        fifo = queue.fifo
-        while fifo:
-            head = fifo.popleft()
-            if isinstance(head, Span):
-                if head.left < 0:
-                    self._index_span(queue, head)
-                first, hosts, epoch = head.first, queue.hosts, self.epoch
-                for index in range(head.next, len(head.urls)):
-                    key = host_key(head.urls[index])
-                    bucket = hosts.get(key) or queue.host(key, epoch)
-                    bucket.ids.append(first + index)
-                    if not (bucket.listed or bucket.parked or bucket.waiting):
-                        bucket.listed = True
-                        queue.ring.append(bucket)
-                head.next = len(head.urls)
-                self._list_job(queue)
-            else:
-                bucket = queue.host(host_key(head.url), self.epoch)
-                bucket.push_back(head)
-                self._list_host(queue, bucket)
-
-    def _index_span(self, queue: JobQueue, span: Span) -> None:
-        """A batch whose tasks go out by host: found again by id, not by position."""
-        queue.spans_first.append(span.first)
-        queue.spans.append(span)
-        span.left = len(span.urls) - span.next
+            count = min(count, int((horizon - pace.next_slot) * rate) + 1)
+        before = queue.count
+        if queue.by_host:
+            picks = queue.take_hosted(count, now, pace, is_done, self.denied)
+            self._count += queue.count - before
+            return picks
+        tasks = queue.take_fifo(count, is_done)
+        self._count -= len(tasks)
+        if not rate:
+            return [Pick(task, None, None) for task in tasks]
+        first, step = pace.next_slot, 1.0 / rate
+        pace.next_slot += step * len(tasks)
+        return [Pick(task, first + n * step, None) for n, task in enumerate(tasks)]

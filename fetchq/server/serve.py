@@ -29,8 +29,8 @@ from fetchq import defaults
 from fetchq.config import Address
 from fetchq.errors import AddressInUse, BadRequest, ConfigError, FetchqError
 from fetchq.messages import plural, say
-from fetchq.server.broker import Broker
 from fetchq.server.classic import QUEUE_METHODS, ClassicResultQueue, ClassicTaskQueue
+from fetchq.server.service import BrokerService
 from fetchq.signals import StopRequest
 from fetchq.wire import login
 from fetchq.wire.api import METHODS
@@ -304,7 +304,7 @@ def _builtin_error(exc: FetchqError) -> Exception:
     return kind(f"{type(exc).__name__}: {exc}")
 
 
-def _registry(broker: Broker) -> dict[str, tuple[Any, ...]]:
+def _registry(broker: BrokerService) -> dict[str, tuple[Any, ...]]:
     """What one server serves, by type id, in the shape ``BaseManager.register`` gives
     each entry: (callable, exposed, method_to_typeid, proxytype).
 
@@ -322,7 +322,7 @@ class QueueServer:
 
     def __init__(
         self,
-        broker: Broker,
+        broker: BrokerService,
         address: Address,
         authkey: bytes,
         max_connections: int = defaults.MAX_CONNECTIONS,
@@ -354,7 +354,7 @@ class QueueServer:
             self._server.listener.close()
 
 
-def run_until_stopped(broker: Broker, server: QueueServer, stop: StopRequest) -> None:
+def run_until_stopped(broker: BrokerService, server: QueueServer, stop: StopRequest) -> None:
     """Serve, and keep the broker's house (expiry, journal fsync) until asked to stop."""
     server.start()
     try:

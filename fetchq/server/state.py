@@ -4,8 +4,8 @@ journal replay rebuilds."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
+from fetchq.server import events
 from fetchq.server.jobs import Job, JobTable
 from fetchq.server.leases import Lease, LeaseTable
 from fetchq.server.ledger import Ledger
@@ -23,7 +23,7 @@ class BrokerState:
     outbox: Outbox = field(default_factory=Outbox)
     jobs: JobTable = field(default_factory=JobTable)
     workers: WorkerTable = field(default_factory=WorkerTable)
-    steering: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    steering: dict[tuple[str, str, str], events.Robots | events.Hold] = field(default_factory=dict)
     """The latest robots.txt and hold event per job and host, for snapshots."""
 
     def counts(self, job: Job) -> JobCounts:

@@ -17,29 +17,27 @@ from collections.abc import Callable
 from typing import Any
 
 from fetchq.errors import BadRequest
-from fetchq.server import robots
+from fetchq.server import events, robots
 from fetchq.server.jobqueue import Policy
 from fetchq.server.state import BrokerState
 from fetchq.units import format_duration, format_rate, write_rate
 from fetchq.urls import host_key
 from fetchq.wire.api import JobCounts
 
-STEERING_EVENTS = ("policy", "pause", "resume", "cancel", "robots", "hold")
 
-
-def policy_event(state: BrokerState, job: str, change: dict[str, Any]) -> dict[str, Any] | None:
+def policy_event(state: BrokerState, job: str, change: dict[str, Any]) -> events.PolicyEvent | None:
     """The event that sets ``change`` on the job's policy; None when nothing changes."""
     queue = state.scheduler.find(job)
     current = queue.policy if queue is not None else Policy()
     updated = dataclasses.replace(current, **change)
     if updated == current:
         return None
-    return {"k": "policy", "job": job, **dataclasses.asdict(updated)}
+    return events.policy(job, updated)
 
 
 def submit_policy_event(
     state: BrokerState, job: str, change: dict[str, Any]
-) -> dict[str, Any] | None:
+) -> events.PolicyEvent | None:
     """The event a submit's pace and politeness make: a new job takes them.
 
     A submit to an existing job adds tasks that run at the job's own pace: one
@@ -97,27 +95,36 @@ def _in_words(name: str, value: Any) -> str:
     return f"a host delay of {format_duration(value)}" if value else "no host delay"
 
 
-def apply(state: BrokerState, event: dict[str, Any], *, now: float, wall: float) -> None:
+def apply(state: BrokerState, event: events.SteeringEvent, *, now: float, wall: float) -> None:
     """Make a steering event so (live, or replayed after a restart)."""
-    kind, job = event["k"], event["job"]
+    job = event["job"]
     scheduler = state.scheduler
-    if kind == "policy":
-        fields = {name: event[name] for name in Policy.__dataclass_fields__ if name in event}
-        scheduler.set_policy(job, Policy(**fields))
-    elif kind in ("pause", "resume"):
-        scheduler.pause(job, kind == "pause", now)
-    elif kind == "cancel":
+    if event["k"] == events.POLICY:
+        unset = Policy()  # a journal from before a field was added lacks it
+        scheduler.set_policy(
+            job,
+            Policy(
+                rate=event.get("rate", unset.rate),
+                per_host=event.get("per_host", unset.per_host),
+                host_delay=event.get("host_delay", unset.host_delay),
+                obey_robots=event.get("obey_robots", unset.obey_robots),
+                retry_after=event.get("retry_after", unset.retry_after),
+            ),
+        )
+    elif event["k"] == events.PAUSE or event["k"] == events.RESUME:
+        scheduler.pause(job, event["k"] == events.PAUSE, now)
+    elif event["k"] == events.CANCEL:
         scheduler.cancel(job)
         state.jobs.get_or_create(job, wall).sealed = True
-    elif kind == "robots":
-        rules = robots.rules_from(event, last_attempt=event.get("last", True))
+    elif event["k"] == events.ROBOTS:
+        rules = robots.rules_from(dict(event), last_attempt=event.get("last", True))
         scheduler.learn_robots(job, event["host"], rules, now)
-        state.steering[("robots", job, event["host"])] = event
-    elif kind == "hold":
+        state.steering[(events.ROBOTS, job, event["host"])] = event
+    elif event["k"] == events.HOLD:
         scheduler.hold(job, event["url"], now + (event["until"] - wall))
-        state.steering[("hold", job, host_key(event["url"]))] = event
+        state.steering[(events.HOLD, job, host_key(event["url"]))] = event
     else:
-        raise KeyError(kind)
+        raise KeyError(event["k"])
 
 
 def robots_fetched(
@@ -135,14 +142,8 @@ def robots_fetched(
         return False  # lapsed, and asked again of someone else
     assert lease.host is not None
     last = lease.task.attempt >= lease.task.attempts
-    event = {
-        "k": "robots",
-        "job": lease.task.job,
-        "host": lease.host,
-        **{field: report.get(field) for field in ("status", "body", "error")},
-        "last": last,
-    }
-    if robots.rules_from(event, last) is None:
+    event = events.robots(lease.task.job, lease.host, report, last=last)
+    if robots.rules_from(dict(event), last) is None:
         state.give_back(lease)  # asked again
         return True
     write(event)
@@ -151,20 +152,20 @@ def robots_fetched(
     return True
 
 
-def snapshot(state: BrokerState, wall: float) -> list[dict[str, Any]]:
+def snapshot(state: BrokerState, wall: float) -> list[events.SteeringEvent]:
     """The steering events a replay needs to steer every job as now."""
-    events: list[dict[str, Any]] = []
+    written: list[events.SteeringEvent] = []
     for name, queue in state.scheduler.jobs.items():
         if queue.policy != Policy():
-            events.append({"k": "policy", "job": name, **dataclasses.asdict(queue.policy)})
+            written.append(events.policy(name, queue.policy))
         if queue.paused:
-            events.append({"k": "pause", "job": name})
+            written.append(events.switch(events.PAUSE, name))
         if queue.cancelled:
-            events.append({"k": "cancel", "job": name})
-    for (kind, _, _), event in state.steering.items():
-        if kind == "robots" or event["until"] > wall:
-            events.append(event)
-    return events
+            written.append(events.switch(events.CANCEL, name))
+    for event in state.steering.values():
+        if event["k"] == events.ROBOTS or event["until"] > wall:
+            written.append(event)
+    return written
 
 
 def job_state(state: BrokerState, job: str, counts: JobCounts) -> str:

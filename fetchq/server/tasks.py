@@ -60,6 +60,19 @@ class Span:
             self.submitted,
         )
 
+    def task_with(self, urls: list[str], index: int) -> Task:
+        """As ``task``, from ``urls`` as they were when captured (``urls`` is let go
+        once every task of the batch is out)."""
+        return Task(
+            self.first + index,
+            self.job,
+            urls[index],
+            1,
+            self.attempts,
+            self.timeout,
+            self.submitted,
+        )
+
     def remaining(self) -> Iterator[Task]:
         return (self.task(index) for index in range(self.next, len(self.urls)))
 

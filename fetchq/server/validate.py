@@ -7,7 +7,7 @@ keeps serving everyone else.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from fetchq import defaults
 from fetchq.errors import BadRequest
@@ -155,14 +155,14 @@ def submit_request(batch: Any) -> SubmitRequest:
 STEERING_ACTIONS = ("pause", "resume", "cancel", "set")
 
 
-def steering(change: Any) -> tuple[str, dict[str, Any]]:
+def steering(change: Any) -> tuple[Literal["pause", "resume", "cancel", "set"], dict[str, Any]]:
     """``{"action": ..., and for "set" the policy fields}``."""
     require(isinstance(change, dict), "steer takes a dict")
     action = change.get("action")
     require(action in STEERING_ACTIONS, f"action must be one of {', '.join(STEERING_ACTIONS)}")
     policy = policy_change(change) if action == "set" else {}
     require(action != "set" or policy, "set needs at least one of " + ", ".join(POLICY_FIELDS))
-    return str(action), policy
+    return action, policy  # type: ignore[return-value]  # one of STEERING_ACTIONS
 
 
 def robots_report(report: Any) -> dict[str, Any]:

@@ -9,16 +9,21 @@ request holds a fetch thread) against the fetch threads the fleet has.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import threading
-from typing import Any
+from typing import TypedDict
 
 from fetchq.server.jobqueue import Policy
 from fetchq.server.jobs import Job
 from fetchq.server.state import BrokerState
 from fetchq.server.steering import job_state
-from fetchq.wire.api import WORKER_GONE_AFTER
+from fetchq.wire.api import (
+    WORKER_GONE_AFTER,
+    JobView,
+    PolicyView,
+    ProcessUsage,
+    WorkerRow,
+)
 
 BUSIEST_HOSTS = 5
 """Hosts shown per job: those with the longest queues."""
@@ -28,7 +33,28 @@ def fleet_threads(state: BrokerState, now: float) -> int:
     return state.workers.threads(now, WORKER_GONE_AFTER)
 
 
-def job_view(state: BrokerState, job: Job, now: float) -> dict[str, Any]:
+class Counts(TypedDict):
+    """``status``'s reply without what is not read under the broker's lock."""
+
+    queued: int
+    leased: int
+    unconfirmed: int
+    threads: int
+    jobs: dict[str, JobView]
+    workers: list[WorkerRow]
+
+
+def policy_view(policy: Policy) -> PolicyView:
+    return {
+        "rate": policy.rate,
+        "per_host": policy.per_host,
+        "host_delay": policy.host_delay,
+        "obey_robots": policy.obey_robots,
+        "retry_after": policy.retry_after,
+    }
+
+
+def job_view(state: BrokerState, job: Job, now: float) -> JobView:
     queue = state.scheduler.find(job.name)
     policy = queue.policy if queue is not None else Policy()
     target = policy.rate
@@ -38,7 +64,7 @@ def job_view(state: BrokerState, job: Job, now: float) -> dict[str, Any]:
     return {
         **counts,
         "state": job_state(state, job.name, counts),
-        "policy": dataclasses.asdict(policy),
+        "policy": policy_view(policy),
         "pace": {
             "target": target,
             "achieved": round(job.pace.rate(now), 1),
@@ -55,7 +81,7 @@ def job_view(state: BrokerState, job: Job, now: float) -> dict[str, Any]:
     }
 
 
-def status(state: BrokerState, now: float) -> dict[str, Any]:
+def status(state: BrokerState, now: float) -> Counts:
     return {
         "queued": len(state.scheduler),
         "leased": len(state.leases),
@@ -66,7 +92,7 @@ def status(state: BrokerState, now: float) -> dict[str, Any]:
     }
 
 
-def process_usage() -> dict[str, int]:
+def process_usage() -> ProcessUsage:
     """Threads and open descriptors of the server: a leak shows here first."""
     try:
         descriptors = len(os.listdir("/proc/self/fd"))

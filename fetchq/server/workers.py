@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any
+
+from fetchq.wire.api import WorkerRow
 
 RATE_WINDOW = 10.0
 """Seconds of recent completions a worker's rate is measured over."""
@@ -47,7 +48,7 @@ class WorkerTable:
         """Fetch threads of the workers heard from in the last ``alive`` seconds."""
         return sum(s.threads for s in self._workers.values() if now - s.last_seen <= alive)
 
-    def rows(self, now: float, holding: Counter[str]) -> list[dict[str, Any]]:
+    def rows(self, now: float, holding: Counter[str]) -> list[WorkerRow]:
         """One row per worker for ``status``: last contact, tasks finished, rate, leases."""
         return [
             {

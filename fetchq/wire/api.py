@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import re
-from typing import TypedDict
+from typing import Any, NotRequired, Protocol, TypedDict
 
 from fetchq import __version__
 from fetchq.errors import UsageError
@@ -41,7 +41,7 @@ METHODS = (
     "job",
     "steer",
 )
-"""What clients may call on the broker: the whole wire API."""
+"""What clients may call on the broker: the whole wire API (``BrokerAPI`` types each)."""
 
 MAX_SUBMIT = 100_000
 """URLs per submit, results per complete, and leases per renewal list."""
@@ -165,3 +165,151 @@ class JobCounts(TypedDict):
     """The dispatcher said the job's submission is finished."""
     done: bool
     """Sealed, and every task's result confirmed."""
+
+
+Record = dict[str, Any]
+"""A task or result record (``fetchq.wire.records``): plain JSON types, read with ``.get``."""
+
+
+class HelloReply(TypedDict):
+    protocol: int
+    version: str
+    lease_timeout: float
+    max_attempts: int
+    time: float
+    """The server's Unix time, so a client can tell how far its clock is off."""
+
+
+class SubmitReply(TypedDict):
+    """``{"accepted": n, "first_id": id}``; ``{"accepted": 0, "full": true, "queued": n}``
+    when the queue stayed full; a re-sent batch gets its first reply, ``duplicate``."""
+
+    accepted: int
+    first_id: NotRequired[int]
+    full: NotRequired[bool]
+    queued: NotRequired[int]
+    duplicate: NotRequired[bool]
+    reopened: NotRequired[bool]
+    """The job was done, and this batch reopened it."""
+
+
+class CompleteTally(TypedDict):
+    """What ``complete`` did with a report: one count per ``Outcome``, and leases renewed."""
+
+    accepted: int
+    requeued: int
+    dropped: int
+    renewed: int
+
+
+class RobotsReply(TypedDict):
+    accepted: bool
+    """False for a fetch whose lease had lapsed (it was asked of someone else)."""
+
+
+class ResultsDelivery(TypedDict):
+    """Results handed to an output under ``token`` (None when there are none), and
+    whether the job is done."""
+
+    results: list[Record]
+    done: bool
+    token: str | None
+
+
+class PolicyView(TypedDict):
+    rate: float | None
+    per_host: int | None
+    host_delay: float
+    obey_robots: bool
+    retry_after: bool
+
+
+class PaceView(TypedDict):
+    target: float | None
+    achieved: float
+    achieved_over: float
+    """The whole seconds ``achieved`` was measured over (0: not measured yet)."""
+    late: int
+    worst_lateness: float
+    mean_elapsed: float | None
+    needed_in_flight: float | None
+
+
+class HostRow(TypedDict):
+    host: str
+    queued: int
+    in_flight: int
+
+
+class JobView(JobCounts):
+    """A job as ``steer`` replies and ``status`` lists it: its counts, state, policy, pace
+    and busiest hosts."""
+
+    state: str
+    """open, sealed, done, paused or cancelled."""
+    policy: PolicyView
+    pace: PaceView
+    hosts: list[HostRow]
+
+
+class WorkerRow(TypedDict):
+    worker: str
+    last_seen_ago: float
+    reported: int
+    threads: int
+    rate: float
+    leased: int
+
+
+class ProcessUsage(TypedDict):
+    threads: int
+    fds: int
+
+
+class StatusReply(TypedDict):
+    version: str
+    queued: int
+    leased: int
+    unconfirmed: int
+    threads: int
+    jobs: dict[str, JobView]
+    workers: list[WorkerRow]
+    process: ProcessUsage
+
+
+class BrokerAPI(Protocol):
+    """The broker as clients call it: one method per name in ``METHODS``.
+
+    Here, with the wire, rather than with the server: the replies' types are what a
+    client reads, and any broker (the embedded one, or one on a store) must give the
+    same.  Arguments are as they arrive from the wire, checked by the broker."""
+
+    def hello(self, client: dict[str, Any]) -> HelloReply: ...
+
+    def submit(self, batch: dict[str, Any]) -> SubmitReply: ...
+
+    def seal(self, job_name: str) -> JobCounts: ...
+
+    def lease(self, worker: str, max_tasks: int, wait: float) -> list[Record]: ...
+
+    def complete(
+        self, worker: str, results: list[Record], renew: list[list[int]] | None = None
+    ) -> CompleteTally: ...
+
+    def robots(self, worker: str, report: dict[str, Any]) -> RobotsReply: ...
+
+    def release(self, worker: str, leases: list[list[int]]) -> int: ...
+
+    def results(
+        self, job_name: str | None, max_results: int, wait: float, ack: str | None = None
+    ) -> ResultsDelivery: ...
+
+    def ack(self, token: str) -> int: ...
+
+    def queued(self) -> int: ...
+
+    def status(self) -> StatusReply: ...
+
+    def job(self, job_name: str) -> JobCounts: ...
+
+    def steer(self, job_name: str, change: dict[str, Any]) -> JobView: ...
