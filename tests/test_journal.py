@@ -934,3 +934,44 @@ def test_a_result_the_journal_cannot_encode_is_refused_and_changes_nothing(
     state = counts(restarted, "a")
     assert (state["queued"], state["leased"], state["succeeded"], state["failed"]) == (0, 0, 2, 0)
     restarted.close()
+
+
+def test_housekeeping_goes_on_while_a_compaction_writes(
+    path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writing a compaction of millions of tasks takes seconds: housekeeping starts it
+    beside itself and goes on expiring leases meanwhile; close waits for it."""
+    broker = embedded(
+        clock=clock, wall_clock=lambda: WALL + clock.now, durable=path, lease_timeout=LEASE
+    )
+    broker.submit({"job": "a", "urls": urls(2)})
+    (task,) = broker.lease("w", 1, 0)
+    writing, may_finish = threading.Event(), threading.Event()
+    real_write = Journal._write_snapshot
+
+    def write_slowly(journal: Journal, *args: Any) -> int:
+        writing.set()
+        assert may_finish.wait(30), "the test never let the compaction finish"
+        return real_write(journal, *args)
+
+    monkeypatch.setattr(Journal, "_write_snapshot", write_slowly)
+    monkeypatch.setattr(Journal, "wants_compaction", lambda journal: True)
+    broker.housekeeping()
+    assert writing.wait(10), "housekeeping started no compaction"
+    clock.advance(LEASE + 1)
+    housekept = threading.Thread(target=broker.housekeeping, daemon=True)
+    housekept.start()
+    housekept.join(10)
+    assert not housekept.is_alive(), "housekeeping waited for the compaction"
+    assert counts(broker, "a")["expired"] == 1, "a lease lapsed while it wrote, and expired"
+    closing = threading.Thread(target=broker.close, daemon=True)
+    closing.start()
+    closing.join(0.5)
+    assert closing.is_alive(), "close did not wait for the compaction"
+    may_finish.set()
+    closing.join(30)
+    assert not closing.is_alive()
+    assert task["id"] in {
+        t["id"]
+        for t in lease_all(embedded(clock=clock, wall_clock=lambda: WALL + clock.now, durable=path))
+    }
