@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import TypedDict
 
 from fetchq.server.jobqueue import Policy
 from fetchq.server.jobs import Job
@@ -19,10 +18,10 @@ from fetchq.server.state import BrokerState
 from fetchq.server.steering import job_state
 from fetchq.wire.api import (
     WORKER_GONE_AFTER,
+    FleetCounts,
     JobView,
     PolicyView,
     ProcessUsage,
-    WorkerRow,
 )
 
 BUSIEST_HOSTS = 5
@@ -31,17 +30,6 @@ BUSIEST_HOSTS = 5
 
 def fleet_threads(state: BrokerState, now: float) -> int:
     return state.workers.threads(now, WORKER_GONE_AFTER)
-
-
-class Counts(TypedDict):
-    """``status``'s reply without what is not read under the broker's lock."""
-
-    queued: int
-    leased: int
-    unconfirmed: int
-    threads: int
-    jobs: dict[str, JobView]
-    workers: list[WorkerRow]
 
 
 def policy_view(policy: Policy) -> PolicyView:
@@ -81,7 +69,7 @@ def job_view(state: BrokerState, job: Job, now: float) -> JobView:
     }
 
 
-def status(state: BrokerState, now: float) -> Counts:
+def status(state: BrokerState, now: float) -> FleetCounts:
     return {
         "queued": len(state.scheduler),
         "leased": len(state.leases),

@@ -266,14 +266,20 @@ class ProcessUsage(TypedDict):
     fds: int
 
 
-class StatusReply(TypedDict):
-    version: str
+class FleetCounts(TypedDict):
+    """What the server holds and who works for it: ``status`` without the version and
+    the process's own usage."""
+
     queued: int
     leased: int
     unconfirmed: int
     threads: int
     jobs: dict[str, JobView]
     workers: list[WorkerRow]
+
+
+class StatusReply(FleetCounts):
+    version: str
     process: ProcessUsage
 
 
