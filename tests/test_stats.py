@@ -374,3 +374,22 @@ def test_breakdown_lists_the_busiest_places_and_sums_the_rest() -> None:
     breakdown = summary.as_dict(place_rows=10)["target_hosts"]
     assert [row["host"] for row in breakdown["rows"]] == [f"127.0.1.{h}:80" for h in range(10)]
     assert breakdown["other"]["requests"] == sum(100 - h for h in range(10, 15))
+
+
+def test_the_spellings_of_one_target_host_are_one_row() -> None:
+    """The report counts hosts as per-host limits do: one site under several spellings
+    is one row, not a row per spelling each looking half as busy."""
+    spellings = [
+        "http://bücher.example/a",
+        "http://xn--bcher-kva.example:80/b",
+        "http://u:p@BÜCHER.Example./c",
+        "https://bücher.example/d",
+    ]
+    summary = Summary()
+    for i, url in enumerate(spellings):
+        summary.add(result(i, url=url))
+    rows = summary.as_dict()["target_hosts"]["rows"]
+    assert {row["host"]: row["requests"] for row in rows} == {
+        "xn--bcher-kva.example:80": 3,
+        "xn--bcher-kva.example:443": 1,
+    }
