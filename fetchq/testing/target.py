@@ -84,8 +84,6 @@ class Seen(NamedTuple):
     """The Host header."""
     in_flight: int = 0
     """Requests this target was answering at that moment, this one included."""
-    authorization: str | None = None
-    """The Authorization header: credentials a URL's user info turned into."""
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -182,7 +180,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     arrived,
                     self.headers.get("Host"),
                     self.server.in_flight,
-                    self.headers.get("Authorization"),
                 )
             )
         try:
