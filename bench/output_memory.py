@@ -66,7 +66,7 @@ class FakeBroker:
         count = min(BATCH, self.total - self.made)
         batch = [self._result(self.made + i) for i in range(count)]
         self.made += count
-        return {"results": batch, "token": f"t{self.made}", "complete": self.made >= self.total}
+        return {"results": batch, "token": f"t{self.made}", "done": self.made >= self.total}
 
     def _result(self, i: int) -> dict[str, Any]:
         rng = self.rng
