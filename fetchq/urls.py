@@ -117,12 +117,13 @@ def argument_urls(urls: Iterable[str]) -> Iterator[str | Rejected]:
 DEFAULT_PORTS = {"http": "80", "https": "443"}
 
 _PLAIN_AUTHORITY = re.compile(
-    r"(https?)://(?:[^/?#@]*@)*([a-z0-9-]+(?:\.[a-z0-9-]+)*)(?::([1-9][0-9]{0,4}))?(?=[/?#]|\Z)",
+    r"(https?)://([a-z0-9.-]*[a-z0-9-](:[1-9][0-9]{0,4})?)(?=[/?#]|\Z)",
     re.IGNORECASE | re.ASCII,  # else U+0130, U+212A, U+017F match i, k, s
 )
-"""Scheme, host and port of the common URL, in one match in C: an ASCII name or IPv4
-address, no trailing dot, a port without leading zeros (user info skipped).
-Anything else takes the general path, which gives the same key."""
+"""Scheme, ``host[:port]`` and port of the common URL, in one match in C: an ASCII
+name or IPv4 address with no trailing dot, a port without leading zeros.  Anything
+else (user info too) takes the general path, which gives the same key."""
+
 
 HOST_NAMES_KEPT = 4096
 """Host spellings whose normal form is remembered (upper case, IDNA, trailing dots, IPv6)."""
@@ -142,10 +143,11 @@ def host_key(url: str) -> str:
     Runs once per task on the server and per result in reports, so the common
     URL costs one regex match; only the others are parsed further."""
     match = _PLAIN_AUTHORITY.match(url)
-    if match is not None:
-        scheme, host, port = match.groups()
-        return f"{host.lower()}:{port or DEFAULT_PORTS[scheme.lower()]}"
-    return _general_host_key(url)
+    if match is None:
+        return _general_host_key(url)
+    if match[3]:
+        return match[2].lower()
+    return match[2].lower() + ":" + DEFAULT_PORTS[match[1].lower()]
 
 
 def _general_host_key(url: str) -> str:

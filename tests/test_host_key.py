@@ -119,6 +119,10 @@ def test_the_key_of_a_url_made_from_a_key_is_that_key(url: str) -> None:
 
 
 @given(_urls())
+@example("http://a..b/")
+@example("http://.a:81/")
+@example("http://a.-:0081/")
+@example("http://u@a.b/")
 def test_the_quick_path_gives_the_general_parse_s_key(url: str) -> None:
     assert host_key(url) == _general_host_key(url)
 
