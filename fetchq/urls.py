@@ -7,6 +7,8 @@ is reported with its line number and skipped without touching the others.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator
@@ -114,35 +116,100 @@ def argument_urls(urls: Iterable[str]) -> Iterator[str | Rejected]:
 
 DEFAULT_PORTS = {"http": "80", "https": "443"}
 
+_PLAIN_AUTHORITY = re.compile(
+    r"(https?)://([a-z0-9.-]*[a-z0-9-](:[1-9][0-9]{0,4})?)(?=[/?#]|\Z)",
+    re.IGNORECASE | re.ASCII,  # else U+0130, U+212A, U+017F match i, k, s
+)
+"""Scheme, ``host[:port]`` and port of the common URL, in one match in C: an ASCII
+name or IPv4 address with no trailing dot, a port without leading zeros.  Anything
+else (user info too) takes the general path, which gives the same key."""
 
-_AUTHORITY = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(?:[^/?#@]*@)?([^/?#]*)")
-"""Scheme, then host and port, of a URL (user info skipped): one match, in C."""
+
+HOST_NAMES_KEPT = 4096
+"""Host spellings whose normal form is remembered (upper case, IDNA, trailing dots, IPv6)."""
 
 
 def host_key(url: str) -> str:
-    """``host:port`` of an http(s) URL, lower-cased, without user info: the host that
-    politeness limits and the report's target-host rows both count by.  The port
-    is filled in from the scheme, so ``http://a/`` and ``http://a:80/x`` are one
-    host and ``https://a/`` another."""
-    match = _AUTHORITY.match(url)
+    """``host:port`` of an http(s) URL, as the server's per-host limits, holds and
+    robots.txt and the report's target-host rows all count hosts.
+
+    One site has many spellings, and a crawler that counts them apart loads it
+    twice: the host is lower-cased, without user info or trailing dot, an
+    internationalised name in its ASCII (IDNA) form, an IPv6 address in brackets
+    and compressed; the port is filled in from the scheme.  So ``http://A.com./``,
+    ``http://u:p@a.com:80/x`` and ``http://a.com/`` are one host, ``https://a.com/``
+    another.  Never raises: a name IDNA refuses keeps its lower-cased text.
+
+    Runs once per task on the server and per result in reports, so the common
+    URL costs one regex match; only the others are parsed further."""
+    match = _PLAIN_AUTHORITY.match(url)
     if match is None:
+        return _general_host_key(url)
+    if match[3]:
+        return match[2].lower()
+    return match[2].lower() + ":" + DEFAULT_PORTS[match[1].lower()]
+
+
+def _general_host_key(url: str) -> str:
+    """``host_key`` of any URL, parsed the way urllib3 (and so requests) reads it:
+    the host follows the last ``@`` of the authority."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
         return url.lower()
-    scheme, authority = match.groups()
-    authority = authority.lower()
-    if authority.endswith("]") or ":" not in authority.rpartition("]")[2]:
-        return f"{authority}:{DEFAULT_PORTS.get(scheme.lower(), '80')}"
-    return authority
-
-
-def origin(url: str) -> str:
-    """``scheme://host[:port]`` of a URL: where its robots.txt lives."""
-    scheme, _, rest = url.partition("://")
     end = len(rest)
     for mark in "/?#":
         found = rest.find(mark, 0, end)
         if found >= 0:
             end = found
-    return f"{scheme.lower()}://{rest[:end]}"
+    authority = rest[:end].rpartition("@")[2]
+    if authority.startswith("["):
+        host, bracket, after = authority.partition("]")
+        host += bracket
+        port = after[1:] if after.startswith(":") else ""
+    else:
+        host, _, port = authority.partition(":")
+    if not port:
+        port = DEFAULT_PORTS.get(scheme.lower(), "80")
+    elif port.isascii() and port.isdigit():
+        port = str(int(port))
+    else:
+        port = port.lower()
+    return f"{_normal_host(host)}:{port}"
+
+
+@functools.lru_cache(maxsize=HOST_NAMES_KEPT)
+def _normal_host(host: str) -> str:
+    """A host name or address as ``host_key`` writes it (see there).
+
+    IDNA as requests applies it (the ``idna`` package, IDNA 2008 with UTS #46
+    mapping), so the key is the name the request is sent to; a name it refuses
+    keeps its lower-cased text."""
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            return f"[{ipaddress.IPv6Address(host[1:-1]).compressed}]"
+        except ValueError:
+            return host.lower()
+    name = host.rstrip(".")
+    if name.isascii():
+        return name.lower()
+    import idna  # only here: most hosts never need it, and it is slow to load
+
+    for spelling in (name, name.lower()):
+        try:
+            return idna.encode(spelling, uts46=True).decode("ascii").rstrip(".")
+        except ValueError:  # idna.IDNAError and UnicodeError both are
+            continue
+    return name.lower()
+
+
+def origin(url: str) -> str:
+    """``scheme://host[:port]`` of a URL, its host as ``host_key`` writes it and the
+    port left out when it is the scheme's own: where its robots.txt lives.  Never
+    carries user info, so a robots.txt request never sends a URL's credentials."""
+    scheme = url.partition("://")[0].lower()
+    key = host_key(url)
+    host, _, port = key.rpartition(":")
+    return f"{scheme}://{host if port == DEFAULT_PORTS.get(scheme) else key}"
 
 
 PLACEHOLDER = "{i}"

@@ -11,6 +11,7 @@ import itertools
 import re
 import subprocess
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import pytest
 from fetchq_procs import (
@@ -223,6 +224,60 @@ def test_per_host_cap_holds_across_threads_and_hosts_run_side_by_side(server, en
         assert any(a.arrived <= b.arrived < a.arrived + 0.2 for a in one for b in other), (
             "hosts took turns one after another instead of running together"
         )
+
+
+def spellings(site: Target) -> list[str]:
+    """One local host written five ways, each but the first one change away from it:
+    Unicode for the IDNA form, upper case, user info, a trailing dot (names under
+    ``localhost`` are loopback without DNS: see tests/dnsguard.py)."""
+    port = site.port
+    return [
+        f"http://xn--bcher-kva.localhost:{port}",
+        f"http://bücher.localhost:{port}",
+        f"http://XN--BCHER-KVA.LocalHost:{port}",
+        f"http://u:p@xn--bcher-kva.localhost:{port}",
+        f"http://xn--bcher-kva.localhost.:{port}",
+    ]
+
+
+def test_the_spellings_of_one_host_share_its_cap(server, env):
+    """The crawler's trap: one site under two spellings must not get twice the load."""
+    with Target("127.0.0.1") as site:
+        urls = [f"{base}/slow?s=0.2&spelt={n}" for n in range(3) for base in spellings(site)]
+        worker, _ = start_worker(env, "--concurrency", "16")
+        try:
+            dispatched = run(env, "dispatch", *urls, "--per-host", "1", "-j", "spelt")
+            assert dispatched.returncode == 0, dispatched.stderr
+            results = collect(env, "spelt")
+        finally:
+            stop_all([worker])
+        seen = arrivals(site, "spelt=")
+    assert len(results) == len(urls) and all(r["ok"] for r in results)
+    assert len(seen) == len(urls)
+    assert max(r.in_flight for r in seen) == 1, "a spelling counted as a host of its own"
+
+
+def test_robots_txt_is_asked_once_for_all_spellings_of_a_host_and_each_obeys_it(server, env):
+    with Target("127.0.0.1") as site:
+        site.robots = "User-agent: *\nDisallow: /private\n"
+        first = f"http://u:p@bücher.localhost.:{site.port}/public?spelt"
+        allowed = [first] + [f"{base}/public?spelt={n}" for n, base in enumerate(spellings(site))]
+        forbidden = [f"{base}/private?spelt={n}" for n, base in enumerate(spellings(site))]
+        worker, _ = start_worker(env, "--concurrency", "8")
+        try:
+            dispatched = run(env, "dispatch", *allowed, *forbidden, "--obey-robots", "-j", "robo")
+            assert dispatched.returncode == 0, dispatched.stderr
+            results = {r["url"]: r for r in collect(env, "robo")}
+        finally:
+            stop_all([worker])
+        robots_fetches = site.requests("/robots.txt")
+        pages = site.requests("/p")
+    assert len(robots_fetches) == 1, "robots.txt asked again under another spelling"
+    assert all(results[url]["ok"] for url in allowed)
+    assert all(results[url]["error"]["type"] == "robots" for url in forbidden)
+    assert sorted(seen.path for seen in pages) == sorted(
+        f"{urlsplit(url).path}?{urlsplit(url).query}" for url in allowed
+    ), "only the allowed pages, each once"
 
 
 def test_host_delay_spaces_starts_across_workers(server, env, hosts):

@@ -18,6 +18,8 @@ from fetchq.report.places import PlaceTable, target_host, worker_host
         ("http://user:pw@h.test:81#frag", "h.test:81"),
         ("http://[::1]:9000/", "[::1]:9000"),
         ("http://[::1]/", "[::1]:80"),
+        ("http://u:p@Bücher.Example.:80/x", "xn--bcher-kva.example:80"),
+        ("http:///x", "unknown"),
         ("not a url", "unknown"),
     ],
 )

@@ -176,3 +176,37 @@ def test_a_cancelled_job_is_drained_not_handed_out() -> None:
     assert scheduler.take(10, 0.0, never) == []
     assert len(scheduler.drain("a", 3, never)) == 3
     assert scheduler.count("a") == 2
+
+
+def test_the_spellings_of_one_host_share_its_cap() -> None:
+    """Upper case, user info, a trailing dot, the default port, the IDNA form: one host."""
+    scheduler = Scheduler()
+    scheduler.set_policy("a", Policy(per_host=1))
+    urls = ["http://a.test/1", "http://A.TEST./2", "http://u:p@a.test:80/3"]
+    urls += ["http://bücher.test/1", "http://xn--bcher-kva.test/2", "http://BÜCHER.test./3"]
+    submit(scheduler, "a", urls)
+    picks = scheduler.take(10, 0.0, never)
+    assert sorted(hosts_of(picks)) == ["a.test:80", "xn--bcher-kva.test:80"]
+    assert scheduler.take(10, 0.0, never) == []  # each at its cap, whatever the spelling
+    scheduler.lease_ended("a", "a.test:80")
+    assert [p.task.url for p in scheduler.take(10, 0.0, never)] == ["http://A.TEST./2"]
+
+
+def test_a_hold_asked_under_one_spelling_holds_the_others() -> None:
+    scheduler = Scheduler()
+    scheduler.set_policy("a", Policy(retry_after=True))
+    submit(scheduler, "a", ["http://a.test/1", "http://A.test./2"])
+    scheduler.hold("a", "http://u:p@a.test:80/0", until=1002.0)
+    assert [(p.task.url, p.start) for p in scheduler.take(10, 1001.0, never)] == [
+        ("http://a.test/1", 1002.0),
+        ("http://A.test./2", 1002.0),
+    ]
+
+
+def test_robots_txt_is_asked_at_the_normal_address_without_user_info() -> None:
+    scheduler = Scheduler()
+    scheduler.set_policy("a", Policy(obey_robots=True))
+    submit(scheduler, "a", ["http://u:secret@BÜCHER.Test.:80/1", "http://bücher.test/2"])
+    (probe,) = scheduler.take(10, 0.0, never)
+    assert probe.robots and probe.task.url == "http://xn--bcher-kva.test/robots.txt"
+    assert probe.host == "xn--bcher-kva.test:80"

@@ -418,3 +418,22 @@ def test_a_summary_of_results_none_of_which_was_requested() -> None:
     assert (d["requests"], d["rate"], d["latency"]["min"]) == (0, None, None)
     assert summary.render() == "Summary:\n  no requests\n  Not requested: 1 (robots 1)\n"
     assert "no results" in Summary().render()
+
+
+def test_the_spellings_of_one_target_host_are_one_row() -> None:
+    """The report counts hosts as per-host limits do: one site under several spellings
+    is one row, not a row per spelling each looking half as busy."""
+    spellings = [
+        "http://bücher.example/a",
+        "http://xn--bcher-kva.example:80/b",
+        "http://u:p@BÜCHER.Example./c",
+        "https://bücher.example/d",
+    ]
+    summary = Summary()
+    for i, url in enumerate(spellings):
+        summary.add(result(i, url=url))
+    rows = summary.as_dict()["target_hosts"]["rows"]
+    assert {row["host"]: row["requests"] for row in rows} == {
+        "xn--bcher-kva.example:80": 3,
+        "xn--bcher-kva.example:443": 1,
+    }

@@ -126,7 +126,14 @@ class _FetchAdapter(requests.adapters.HTTPAdapter):
 
 
 def _origin(url: str) -> str:
-    """``scheme://host:port`` of a prepared URL: everything before its path."""
+    """``scheme://[user@]host[:port]`` of a prepared URL: everything before its path.
+
+    Not ``fetchq.urls.host_key``, which politeness counts by: this only finds
+    the pool again, and urllib3 picks that pool itself, by scheme, host and port.
+    requests has already lower-cased the host and put it in IDNA form, so the
+    spellings left (user info, an explicit default port) take a second entry here
+    for the same pool, and a trailing dot keeps a pool of its own, as it does in
+    requests.  A slice costs 0.2 us a request where host_key would cost 1 us more."""
     slash = url.find("/", url.find("//") + 2)
     return url if slash < 0 else url[:slash]
 
