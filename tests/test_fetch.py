@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import string
 import threading
 import time
 import uuid
@@ -13,11 +14,14 @@ from typing import Any
 import pytest
 import requests
 import urllib3.exceptions
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fetchq
 from fetchq.fetch import Fetcher, classify
+from fetchq.fetch.fetcher import _plain_target
 from fetchq.testing.target import Target
-from fetchq.wire import records
+from fetchq.wire import api, records
 
 BAD_HOST = "no-such-host.invalid"
 
@@ -309,3 +313,187 @@ def test_proxy_variables_are_honoured(target: Target, monkeypatch: pytest.Monkey
         fetcher.close()
     assert result["status"] == 200, result
     assert target.hits()["http://through-proxy.invalid/proxied?x=1"] == 1
+
+
+# How the Fetcher drives the pool: the request line requests would send, the
+# record make_result would build, the failures requests would report.
+
+
+def test_result_is_the_record_make_result_builds(target: Target, fetcher: Fetcher) -> None:
+    """The Fetcher builds its result dict itself, for speed: field for field and in
+    order, it is the record ``records.make_result`` builds."""
+    t = task(target.url + "/?q=record")
+    r = fetcher.fetch(t, scheduled=123.5)
+    expected = records.make_result(
+        t,
+        worker="test-host:1",
+        started=r["started"],
+        elapsed=r["elapsed"],
+        status=200,
+        nbytes=3,
+        scheduled=123.5,
+    )
+    assert list(r.items()) == list(expected.items())
+
+
+PLAIN_ALPHABET = string.ascii_letters + string.digits + "-._~!$&'()*+,;=:@/?%#[] é\\\""
+
+
+@given(rest=st.text(alphabet=PLAIN_ALPHABET, max_size=30))
+@settings(max_examples=500, deadline=None)
+def test_plain_urls_are_sent_as_requests_prepares_them(rest: str) -> None:
+    """A URL the Fetcher sends as written (no preparing) has the request target
+    requests would give it: any other goes through requests' own preparing."""
+    url = "http://127.0.0.1:8080/" + rest
+    plain = _plain_target(url)
+    if plain is None:
+        return
+    prepared = requests.PreparedRequest()
+    prepared.prepare_url(url, None)
+    assert plain == ("http://127.0.0.1:8080", prepared.path_url), url
+
+
+@pytest.mark.parametrize(
+    "rest",
+    ["a/./b", "a/../b", "a/..", "x?", "p%7ex", "p%2fx", "é", "a b", "a#frag", "a?b?c", "[x]"],
+)
+def test_urls_needing_preparation_are_not_sent_as_written(rest: str) -> None:
+    url = "http://127.0.0.1:8080/" + rest
+    prepared = requests.PreparedRequest()
+    prepared.prepare_url(url, None)
+    plain = _plain_target(url)
+    assert plain is None or plain[1] == prepared.path_url, url
+
+
+def test_request_lines_match_what_requests_sends(target: Target, fetcher: Fetcher) -> None:
+    """Plain URLs and URLs requests rewrites alike (dot segments, escapes, non-ASCII,
+    an empty query): the target sees the Fetcher ask for what requests asks for."""
+    tag = f"/line-{uuid.uuid4().hex[:8]}"
+    rests = ["/a?x=1", "/a/./b/../c", "/p%7ex%41?q=%7e", "/caf\u00e9?s=a b", "/e?", "/f#frag", ""]
+    session = requests.Session()
+    session.trust_env = False
+    try:
+        for rest in rests:
+            assert session.get(f"{target.url}{tag}/r{rest}").status_code == 200
+            for _ in range(2):  # the second time the origin is known: the quick route
+                assert fetcher.fetch(task(f"{target.url}{tag}/f{rest}"))["ok"]
+    finally:
+        session.close()
+    seen = [s.path for s in target.requests(tag)]
+    by_requests = [path.replace(f"{tag}/r", "", 1) for path in seen if path.startswith(tag + "/r")]
+    by_fetcher = [path.replace(f"{tag}/f", "", 1) for path in seen if path.startswith(tag + "/f")]
+    assert by_fetcher == [line for line in by_requests for _ in range(2)]
+
+
+def test_an_answer_without_a_body_keeps_the_connection(target: Target) -> None:
+    """A 204 has no body to read: its connection still goes back for the next GET."""
+    tag = f"/nobody-{uuid.uuid4().hex[:8]}"
+    f = Fetcher("w")
+    try:
+        first = f.fetch(task(f"{target.url}/status/204?{tag}"))
+        second = f.fetch(task(f"{target.url}{tag}"))
+    finally:
+        f.close()
+    assert (first["status"], first["bytes"], second["status"]) == (204, 0, 200)
+    ports = {s.client_port for s in target.requests(f"/status/204?{tag}")}
+    ports |= {s.client_port for s in target.requests(tag)}
+    assert len(ports) == 1, "the 204 cost its connection"
+
+
+def test_robots_body_is_kept_up_to_its_limit(target: Target) -> None:
+    """A robots.txt is read whole, but only its first ROBOTS_MAX_BYTES are kept."""
+    text = "User-agent: *\nDisallow: /private\n" + "#" * (api.ROBOTS_MAX_BYTES + 1000)
+    target.robots = text
+    f = Fetcher("w")
+    try:
+        report = f.fetch_robots(
+            {"id": 3, "job": "j", "host": "h", "url": target.url + "/robots.txt"}
+        )
+    finally:
+        f.close()
+        target.robots = None
+    assert (report["status"], report["error"]) == (200, None)
+    assert report["body"] == text[: api.ROBOTS_MAX_BYTES]
+
+
+def test_slow_name_resolution_counts_against_the_total_timeout(
+    monkeypatch: pytest.MonkeyPatch, target: Target, fetcher: Fetcher
+) -> None:
+    """Connecting (name resolution included) and waiting for the headers share one
+    deadline: a second spent resolving leaves the headers one second, not two."""
+    real = socket.getaddrinfo
+
+    def slow(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "slow-dns.test":
+            time.sleep(1.0)  # the resolver being slow, not a wait for a condition
+            host = "127.0.0.1"
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow)
+    r = fetcher.fetch(task(f"http://slow-dns.test:{target.port}/slow?s=10", timeout=2.0))
+    assert error_type(r) == "timeout", r["error"]
+    assert 2.0 * 0.9 <= r["elapsed"] < 2.6, r["elapsed"]
+
+
+def _by_requests(url: str, timeout: float) -> tuple[str, str]:
+    """How ``classify`` names the failure of a GET sent through requests' own session."""
+    session = requests.Session()
+    session.trust_env = False
+    try:
+        session.get(url, timeout=(min(5.0, timeout), timeout), stream=True).close()
+    except requests.RequestException as exc:
+        return classify(exc)
+    finally:
+        session.close()
+    raise AssertionError(f"{url} did not fail through requests")
+
+
+@pytest.mark.parametrize("path", ["/drop", "/reset", "/slow?s=10", "malformed", "refused", "tls"])
+def test_failures_read_as_they_do_through_requests(
+    target: Target, fetcher: Fetcher, path: str
+) -> None:
+    """urllib3's exceptions are mapped to requests' own as its adapter maps them, so
+    a failure gets the type and message it gets through ``requests.get``."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        url = {
+            "malformed": f"http://127.0.0.1:{port}/",
+            "refused": f"http://127.0.0.1:{port}/",
+            "tls": f"https://127.0.0.1:{target.port}/",
+        }.get(path, target.url + path)
+        if path == "malformed":
+            listener.listen(2)
+            server = threading.Thread(target=_answer_garbage, args=(listener, 2), daemon=True)
+            server.start()
+        else:
+            listener.close()
+        r = fetcher.fetch(task(url, timeout=0.5))
+        expected = _by_requests(url, 0.5)
+    kind, message = r["error"]["type"], r["error"]["message"]
+    if kind == "timeout":
+        message = message.replace(" (task timeout 0.5s)", "")
+    assert (kind, message) == expected
+
+
+def _answer_garbage(listener: socket.socket, times: int) -> None:
+    for _ in range(times):
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HELLO THERE\r\n\r\n")
+
+
+def test_proxied_requests_keep_the_full_url(
+    target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through a proxy the request line carries the whole URL, every time, not only
+    the first time an origin is met."""
+    monkeypatch.setenv("http_proxy", target.url)
+    f = Fetcher("test-host:1")
+    try:
+        results = [f.fetch(task(f"http://proxied.invalid/again?i={i}")) for i in range(3)]
+    finally:
+        f.close()
+    assert [r["status"] for r in results] == [200, 200, 200], results
+    assert [target.hits()[f"http://proxied.invalid/again?i={i}"] for i in range(3)] == [1, 1, 1]

@@ -1,8 +1,11 @@
 """One GET with its deadline, its body counted, its failure named: a result, always.
 
-A ``Fetcher`` drives requests' own transport adapter directly (one pool per
-origin, no cookie jars, the environment read once), which is most of what a
-worker spends per request besides the network itself.
+A ``Fetcher`` sends its GETs through the urllib3 connection pools that
+requests' own transport adapter holds (one pool per origin, found once), with
+the headers, timeout and retry policy built once, and maps urllib3's
+exceptions to requests' own on the error path only, as the adapter does.  The
+Python a request costs on top of the pool's own is what a worker spends per
+request besides the network itself, so it is kept to a few dict look-ups.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import email.utils
 import math
 import os
+import re
 import time
 import urllib.request
 from collections.abc import Mapping
@@ -17,8 +21,11 @@ from typing import Any, NamedTuple
 
 import requests
 import requests.adapters
+import requests.exceptions
 import requests.structures
 import requests.utils
+import urllib3
+import urllib3.exceptions as u3
 
 from fetchq import defaults
 from fetchq.fetch.failures import DeadlineExceeded, PartialAnswer, classify, shorten
@@ -55,6 +62,8 @@ def retry_after_seconds(value: str | None, now: float) -> float | None:
 def _task_timeout(task: Mapping[str, Any], default: float) -> float:
     """The task's total seconds, or ``default`` when it is missing or unusable."""
     value = task.get("timeout")
+    if type(value) is float and 0 < value < math.inf:  # the usual case, checked first
+        return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         return default
     value = float(value)
@@ -88,7 +97,9 @@ class _FetchAdapter(requests.adapters.HTTPAdapter):
     Both overrides are the hooks requests documents for subclassing adapters:
     a connection pool is found once per origin instead of parsing every URL
     again, and responses get no cookies extracted, since no task carries
-    cookies over to the next.
+    cookies over to the next.  (``Fetcher`` finds its pools through the first
+    hook; the second serves ``--follow-redirects``, which goes through a
+    ``requests.Session``.)
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -138,6 +149,60 @@ def _origin(url: str) -> str:
     return url if slash < 0 else url[:slash]
 
 
+_PLAIN_URL = re.compile(r"(https?://[^/?#\\]+)(/[A-Za-z0-9\-._~!$&'()*+,;=:@/?]*)")
+"""An http(s) URL whose path and query requests would send exactly as written.
+
+requests prepares a URL by parsing it, putting its host in IDNA form,
+percent-encoding what may not stand in a request line, normalising existing
+escapes and removing dot segments.  A path and query made only of these
+characters (unreserved, sub-delims, ``:@/?``), with no ``%``, no ``/.`` and
+not ending in ``?``, come out of all that unchanged, so the request line is the URL's own text
+after its origin.  Any other URL is prepared by requests, as before;
+tests/test_fetch.py checks the two agree."""
+
+
+def _plain_target(url: str) -> tuple[str, str] | None:
+    """``(origin, path and query)`` of a URL requests would send as written, else None."""
+    match = _PLAIN_URL.fullmatch(url)
+    if match is None:
+        return None
+    origin, target = match.groups()
+    if "/." in target or target[-1] == "?":  # dot segments; an empty query is dropped
+        return None
+    return origin, target
+
+
+def _as_requests_error(exc: Exception) -> Exception:
+    """What requests' ``HTTPAdapter.send`` raises for urllib3's ``exc``: its own table,
+    in its order, so that ``classify`` names a failure as it did through requests."""
+    if isinstance(exc, u3.ProtocolError | OSError):
+        return requests.exceptions.ConnectionError(exc)
+    if isinstance(exc, u3.MaxRetryError):
+        reason = exc.reason
+        if isinstance(reason, u3.ConnectTimeoutError) and not isinstance(
+            reason, u3.NewConnectionError
+        ):
+            return requests.exceptions.ConnectTimeout(exc)
+        if isinstance(reason, u3.ResponseError):
+            return requests.exceptions.RetryError(exc)
+        if isinstance(reason, u3.ProxyError):
+            return requests.exceptions.ProxyError(exc)
+        if isinstance(reason, u3.SSLError):
+            return requests.exceptions.SSLError(exc)
+        return requests.exceptions.ConnectionError(exc)
+    if isinstance(exc, u3.ClosedPoolError):
+        return requests.exceptions.ConnectionError(exc)
+    if isinstance(exc, u3.ProxyError):
+        return requests.exceptions.ProxyError(exc)
+    if isinstance(exc, u3.SSLError):
+        return requests.exceptions.SSLError(exc)
+    if isinstance(exc, u3.ReadTimeoutError):
+        return requests.exceptions.ReadTimeout(exc)
+    if isinstance(exc, u3.InvalidHeader):
+        return requests.exceptions.InvalidHeader(exc)
+    return exc
+
+
 class Fetcher:
     """One per fetch thread: owns its own requests.Session (keep-alive).
 
@@ -162,13 +227,19 @@ class Fetcher:
         self.follow_redirects = follow_redirects
         self.session = requests.Session()
         self.session.headers["User-Agent"] = user_agent
-        self._headers: Any = requests.structures.CaseInsensitiveDict(self.session.headers)
+        # requests' own default headers and ours, as a plain dict: urllib3 copies
+        # the mapping it is given once per request, and a dict copies fastest.
+        self._headers: dict[str, str] = {
+            str(name): str(value) for name, value in self.session.headers.items()
+        }
         # One thread uses this session, so small pools suffice; no retries:
         # attempts are counted and retried by the queue, not hidden in here.
         adapter = _FetchAdapter(pool_connections=POOLS, pool_maxsize=2, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self._adapter = adapter
+        self._retries = adapter.max_retries
+        """requests' policy (no retry, read errors raised as they are), built once."""
         # requests reads the environment (proxy variables, no_proxy, ~/.netrc, CA
         # bundle) again on every call, which costs more CPU than the request
         # itself; it is read once here instead.  Cookies are not carried from one
@@ -178,6 +249,11 @@ class Fetcher:
             os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
         )
         self._uses_proxies = bool(urllib.request.getproxies())
+        self._routes: dict[str, Any] = {}
+        """The connection pool of each origin (as the task's URL spells it) met without
+        a proxy, its CA settings applied once."""
+        self._timeouts: dict[float, urllib3.Timeout] = {}
+        """urllib3's timeout for each task timeout met (urllib3 copies it per request)."""
 
     def _proxies_for(self, url: str) -> dict[str, str]:
         """Proxy variables are honoured; looked up per URL only when any is set."""
@@ -191,27 +267,50 @@ class Fetcher:
         ``scheduled``: when the request was due, on this machine's clock."""
         started = time.time()
         t0 = time.perf_counter()
-        answer = _Answer()
+        status: int | None = None
+        nbytes = 0
+        retry_after: float | None = None
         error: dict[str, str] | None = None
         timeout = self.default_timeout
         try:
             timeout = _task_timeout(task, self.default_timeout)
-            answer = self._get(task["url"], timeout, t0)
+            status, nbytes, retry_after, _ = self._get(task["url"], timeout, t0)
         except PartialAnswer as part:
-            answer = _Answer(part.status, part.nbytes)
+            status, nbytes = part.status, part.nbytes
             error = self._error(part.cause, timeout)
         except Exception as exc:
             error = self._error(exc, timeout)
+        elapsed = time.perf_counter() - t0
+        if type(task) is dict and error is None:
+            try:  # records.make_result's record, built here: one dict, no call
+                return {
+                    "v": records.RECORD_VERSION,
+                    "id": task["id"],
+                    "job": task["job"],
+                    "url": task["url"],
+                    "ok": status is not None and 200 <= status < 400,
+                    "status": status,
+                    "elapsed": elapsed,
+                    "bytes": nbytes,
+                    "error": None,
+                    "attempt": task.get("attempt", 1),
+                    "worker": self.worker,
+                    "started": started,
+                    "scheduled": scheduled,
+                    "retry_after": retry_after,
+                }
+            except KeyError:
+                pass
         return _result(
             task,
             worker=self.worker,
             started=started,
-            elapsed=time.perf_counter() - t0,
-            status=answer.status,
-            nbytes=answer.nbytes,
+            elapsed=elapsed,
+            status=status,
+            nbytes=nbytes,
             error=error,
             scheduled=scheduled,
-            retry_after=answer.retry_after,
+            retry_after=retry_after,
         )
 
     def fetch_robots(self, task: dict[str, Any]) -> dict[str, Any]:
@@ -250,43 +349,95 @@ class Fetcher:
             kind, message = "internal", shorten(f"{type(bug).__name__}: {bug}")
         return records.make_error(kind, message)
 
-    def _send(self, url: Any, timeout: tuple[float, float]) -> requests.Response:
-        """Send the GET and return once the headers are in (the body is left unread)."""
-        proxies = self._proxies_for(url) if isinstance(url, str) else {}
+    def _timeout(self, timeout: float) -> urllib3.Timeout:
+        """urllib3's timeout for a task's total seconds: the connect timeout capped by
+        it, and the wait for the headers by what connecting left of it."""
+        found = self._timeouts.get(timeout)
+        if found is None:
+            if len(self._timeouts) >= 64:
+                self._timeouts.clear()
+            found = urllib3.Timeout(
+                connect=min(self.connect_timeout, timeout), read=timeout, total=timeout
+            )
+            self._timeouts[timeout] = found
+        return found
+
+    def _route(self, url: Any) -> tuple[Any, str]:
+        """The connection pool for ``url`` and the request target to send it.
+
+        A URL requests would send as written, to an origin met before, costs a
+        regex and a dict look-up; any other is prepared by requests and its pool
+        found by the adapter, as ``HTTPAdapter.send`` does."""
+        plain = _plain_target(url) if type(url) is str and not self._uses_proxies else None
+        if plain is not None:
+            pool = self._routes.get(plain[0])
+            if pool is not None and pool.pool is not None:  # (None: closed by the manager)
+                return pool, plain[1]
+        prepared = requests.PreparedRequest()
+        prepared.method = "GET"
+        prepared.prepare_url(url, None)
+        full = prepared.url or ""
+        proxies = self._proxies_for(full)
+        # A CA bundle path costs a stat() inside requests: only https needs it.
+        verify = self._verify if full[:6].lower() == "https:" else True
+        try:
+            pool = self._adapter.get_connection_with_tls_context(prepared, verify, proxies)
+        except u3.LocationValueError as exc:
+            raise requests.exceptions.InvalidURL(exc, request=prepared) from exc
+        self._adapter.cert_verify(pool, full, verify, None)
+        target = self._adapter.request_url(prepared, proxies)
+        if plain is not None:
+            if len(self._routes) >= POOLS:
+                self._routes.clear()
+            self._routes[plain[0]] = pool
+        return pool, target
+
+    def _open(self, url: Any, timeout: float) -> Any:
+        """Send the GET; return urllib3's response once its headers are in, the body
+        unread (and its connection still held by it)."""
         if self.follow_redirects:
             return self.session.get(
                 url,
                 stream=True,
-                timeout=timeout,
+                timeout=(min(self.connect_timeout, timeout), timeout),
                 allow_redirects=True,
-                proxies=proxies,
+                proxies=self._proxies_for(url) if isinstance(url, str) else {},
                 verify=self._verify,
-            )
+            ).raw
         # Session.send reads the whole body of a 3xx answer even when told not
         # to follow it (to offer Response.next), outside any deadline and with
-        # the body decoded; sending through the adapter leaves the body to us.
-        # A GET with no body, auth or cookies needs only its URL and headers
-        # prepared; PreparedRequest.prepare would do all the rest, every time.
-        prepared = requests.PreparedRequest()
-        prepared.method = "GET"
-        prepared.prepare_url(url, None)
-        prepared.headers = self._headers.copy()
-        # A CA bundle path costs a stat() per request inside requests: only https needs it.
-        verify = self._verify if prepared.url and prepared.url[:6].lower() == "https:" else True
-        return self._adapter.send(
-            prepared, stream=True, timeout=timeout, verify=verify, proxies=proxies
-        )
+        # the body decoded: the pool leaves the body to us.
+        pool, target = self._route(url)
+        try:
+            return pool.urlopen(
+                "GET",
+                target,
+                headers=self._headers,
+                retries=self._retries,
+                redirect=False,
+                assert_same_host=False,
+                timeout=self._timeout(timeout),
+                preload_content=False,
+                decode_content=False,
+                release_conn=False,
+            )
+        except Exception as exc:
+            mapped = _as_requests_error(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
 
     def _get(self, url: Any, timeout: float, t0: float, keep: int = 0) -> _Answer:
         """Send the GET and read the body within the deadline (keeping the first
         ``keep`` bytes of it, decoded, only when asked: a robots.txt)."""
         deadline = t0 + timeout
-        resp = self._send(url, (min(self.connect_timeout, timeout), timeout))
+        resp = self._open(url, timeout)
+        status: int = resp.status
         nbytes = 0
         kept = bytearray()
+        done = False
         try:
-            raw = resp.raw
-            conn = getattr(raw, "connection", None)
+            conn = resp.connection
             sock = getattr(conn, "sock", None)
             while True:
                 remaining = deadline - time.perf_counter()
@@ -298,20 +449,28 @@ class Fetcher:
                 # its body cannot stretch one read past the deadline.
                 if sock is not None:
                     sock.settimeout(remaining)
-                data = raw.read1(CHUNK, decode_content=bool(keep))
+                data = resp.read1(CHUNK, decode_content=bool(keep))
                 if not data:
                     break
                 nbytes += len(data)
-                if len(kept) < keep:
-                    kept += data[: keep - len(kept)]
+                if keep:
+                    if len(kept) < keep:
+                        kept += data[: keep - len(kept)]
+                elif resp.length_remaining == 0:
+                    # All Content-Length bytes are in, and urllib3 has put the
+                    # connection back in its pool: no read to learn the body ended.
+                    break
+            done = True
         except Exception as exc:
-            raise PartialAnswer(resp.status_code, nbytes, exc) from exc
+            raise PartialAnswer(status, nbytes, exc) from exc
         finally:
-            resp.close()
+            if not done:  # the rest of the body is not read: the connection goes
+                resp.close()
+            resp.release_conn()
         wait = None
-        if resp.status_code in api.RETRY_AFTER_STATUSES:
+        if status in api.RETRY_AFTER_STATUSES:
             wait = retry_after_seconds(resp.headers.get("Retry-After"), time.time())
-        return _Answer(resp.status_code, nbytes, wait, bytes(kept))
+        return _Answer(status, nbytes, wait, bytes(kept))
 
     def close(self) -> None:
         """Close the session's pooled connections."""
