@@ -1,11 +1,12 @@
 """A fleet that connects at once: N clients released together, each logs in and calls.
 
-    python bench/connect_storm.py [--clients 1000,3000] [--per-process 250]
+    python bench/connect_storm.py [--clients 1000,3000] [--per-process 100]
                                   [--repeat 1] [--baseline 9d74176] [--json PATH]
 
 For each N, a fresh ``fetchq server`` on a free loopback port, and N client
-threads spread over processes of ``--per-process`` threads each (so that
-neither one client process's GIL nor its descriptors are what gives way).
+threads spread over processes of ``--per-process`` threads each (100: so that
+neither one client process's GIL nor its descriptors are what gives way, and
+the clients are released within milliseconds of each other).
 Every thread builds a ``BrokerClient`` and waits; once all N are ready they are
 released together, and each one logs in (``connect``: the connection that
 finds the broker, its session, a ``hello``) and makes one call (``queued``).
@@ -51,6 +52,10 @@ BASELINE = "9d74176"
 HANG = 60.0
 """Seconds after the release a client may take before it counts as hung: longer than
 a login's own limits (5 s to connect, 10 s to log in) with room to spare."""
+
+PER_PROCESS = 100
+"""Client threads per client process: enough processes that the clients are released
+within milliseconds of each other, and that no client process's GIL is the bottleneck."""
 
 SETTLE = 30.0
 """Seconds the server's threads get to come back to their baseline after the close."""
@@ -312,7 +317,9 @@ def variants(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", default="1000,3000", help="storm sizes, comma-separated")
-    parser.add_argument("--per-process", type=int, default=250, help="client threads a process")
+    parser.add_argument(
+        "--per-process", type=int, default=PER_PROCESS, help="client threads a process"
+    )
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--baseline", default=BASELINE, help="a commit ('' for none)")
     parser.add_argument("--hang", type=float, default=HANG, help="seconds before hung")

@@ -291,7 +291,11 @@ class Bench:
         """Clients released at once against this checkout's server; the bench's own
         ``--baseline`` runs the same storms against an earlier release."""
         chosen = connect_storm.variants(
-            self.procs, ceiling.Release("main"), None, list(self.sizes.storm), 250
+            self.procs,
+            ceiling.Release("main"),
+            None,
+            list(self.sizes.storm),
+            connect_storm.PER_PROCESS,
         )
         for n in range(repeat):
             for name, run in chosen:
