@@ -28,6 +28,8 @@ included.
 - cpu: CPU per GET on one thread through fetchq's ``Fetcher``, requests'
   ``Session.get`` (Locust's ``HttpUser``), requests' urllib3 pool and bare
   ``http.client`` (bench/fetch_cpu.py): where a worker's CPU goes
+- storm: 1,000 and 3,000 clients released at once, each logs in and makes one call:
+  ok, dropped, hung, the slowest, and the server's threads after (bench/connect_storm.py)
 - ceiling: a synthetic fleet (no HTTP) through one server on a core of its own,
   this checkout against the release before pace and the JSON wire (073dcce,
   unpacked from the repository's history) in the same run: tasks/s and the
@@ -51,6 +53,7 @@ from types import FrameType
 from typing import Any
 
 import ceiling
+import connect_storm
 import fetchq_runs
 import httptarget
 import peer_classic
@@ -60,7 +63,7 @@ import peer_queues
 import report
 from harness import BENCH_DIR, PYTHON, BenchError, Processes, say
 
-CASES = ("dispatch", "workers", "wire", "peers", "cpu", "ceiling")
+CASES = ("dispatch", "workers", "wire", "peers", "cpu", "storm", "ceiling")
 
 
 @dataclass(frozen=True)
@@ -84,10 +87,12 @@ class Sizes:
     Celery threads; wrk/hey connections are twice this."""
     ceiling: int
     """Tasks through the synthetic fleet, per ceiling run."""
+    storm: tuple[int, ...]
+    """Clients released at once, one storm per figure."""
 
 
-FULL = Sizes(1_000_000, 20_000, 30_000, 5_000, 10_000, 10.0, 5.0, 3.0, 16, 300_000)
-QUICK = Sizes(200_000, 5_000, 5_000, 500, 2_000, 3.0, 2.0, 1.0, 16, 50_000)
+FULL = Sizes(1_000_000, 20_000, 30_000, 5_000, 10_000, 10.0, 5.0, 3.0, 16, 300_000, (1000, 3000))
+QUICK = Sizes(200_000, 5_000, 5_000, 500, 2_000, 3.0, 2.0, 1.0, 16, 50_000, (1000,))
 
 
 class Bench:
@@ -98,6 +103,8 @@ class Bench:
         self.runs: report.Runs = {}
         self.skipped: dict[str, str] = {}
         self.failed: dict[str, list[str]] = {}
+        self.storms: report.Runs = {}
+        """Storm outcomes, apart from ``runs``: counts of clients, not rates."""
 
     def skip(self, variant: str, reason: str) -> None:
         self.skipped[variant] = reason
@@ -280,6 +287,28 @@ class Bench:
                 self.runs.setdefault(f"1 thread: {name}", []).append(run)
             say("  " + ", ".join(f"{name} {micros:.0f} us" for name, micros in figures.items()))
 
+    def storm(self, repeat: int) -> None:
+        """Clients released at once against this checkout's server; the bench's own
+        ``--baseline`` runs the same storms against an earlier release."""
+        chosen = connect_storm.variants(
+            self.procs,
+            ceiling.Release("main"),
+            None,
+            list(self.sizes.storm),
+            connect_storm.PER_PROCESS,
+        )
+        for n in range(repeat):
+            for name, run in chosen:
+                say(f"{name} (run {n + 1} of {repeat})")
+                try:
+                    result = run()
+                except BenchError as exc:
+                    say(f"{name} failed: {exc}")
+                    self.failed.setdefault(name, []).append(str(exc))
+                    continue
+                self.storms.setdefault(name, []).append(result)
+                say("  " + connect_storm.line(name, result))
+
     def ceiling(self, repeat: int) -> None:
         """The server's own cost per task, against the baseline release in the same run."""
         try:
@@ -380,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         load_after=round(os.getloadavg()[0], 2),
         seconds=round(time.perf_counter() - began, 1),
         runs=bench.runs,
+        storms=bench.storms,
         medians=med,
         skipped=bench.skipped,
         failed=bench.failed,
@@ -404,6 +434,9 @@ def main(argv: list[str] | None = None) -> int:
     print(report.format_details(bench.runs, med))
     print()
     print(report.format_table(rows))
+    for name, results in bench.storms.items():
+        for result in results:
+            print(connect_storm.line(name, result))
     for variant, reason in bench.skipped.items():
         print(f"skipped {variant}: {reason}")
     for variant, errors in bench.failed.items():

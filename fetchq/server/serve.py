@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import queue
+import resource
 import socket
 import ssl
 import threading
@@ -28,7 +30,7 @@ from typing import Any, ClassVar
 from fetchq import defaults
 from fetchq.config import Address
 from fetchq.errors import AddressInUse, BadRequest, ConfigError, FetchqError
-from fetchq.messages import plural, say
+from fetchq.messages import plural, say, warn
 from fetchq.server.classic import QUEUE_METHODS, ClassicResultQueue, ClassicTaskQueue
 from fetchq.server.service import BrokerService
 from fetchq.signals import StopRequest
@@ -78,6 +80,86 @@ class Warnings:
         say(f"server: {message}{more}")
 
 
+class ConnectionThreads:
+    """One thread per connection, started ahead of need and kept a moment after it.
+
+    The accept loop hands each connection to a thread that waits for one
+    (``serve``: a put on a queue, never a thread start, which costs the loop a
+    wait for the new thread to run while a storm of logins holds the GIL).  A
+    spawner thread starts threads whenever connections outnumber the waiting
+    ones; a thread whose connection ends waits ``THREAD_LINGER`` seconds for
+    the next one before it ends, so a login's short first connection hands
+    its thread to the session after it, and once the clients have gone the
+    threads are back to what they were."""
+
+    def __init__(
+        self, handle: Callable[[Any], None], warnings: Warnings, linger: float | None = None
+    ) -> None:
+        self._handle = handle
+        self._warnings = warnings
+        self._linger = defaults.THREAD_LINGER if linger is None else linger
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._queued = 0
+        """Connections handed over and not yet taken by a thread."""
+        self._waiting = 0
+        """Threads waiting for a connection, or started to."""
+        self._short = threading.Event()
+        self._closed = False
+        self._spawner = threading.Thread(target=self._spawn, name="spawner", daemon=True)
+
+    def start(self) -> None:
+        self._spawner.start()
+
+    def close(self) -> None:
+        """Stop starting threads; those serving a connection finish it."""
+        self._closed = True
+        self._short.set()
+
+    def serve(self, conn: Any) -> None:
+        """Give ``conn`` to a thread of its own (one is started if none waits)."""
+        with self._lock:
+            self._queued += 1
+            short = self._queued > self._waiting
+        self._queue.put(conn)
+        if short:
+            self._short.set()
+
+    def _spawn(self) -> None:
+        while not self._closed:
+            self._short.wait()
+            self._short.clear()
+            while not self._closed:
+                with self._lock:
+                    if self._queued <= self._waiting:
+                        break
+                    self._waiting += 1
+                try:
+                    threading.Thread(target=self._run, name="connection", daemon=True).start()
+                except RuntimeError as exc:  # out of threads: the connections wait, and so do we
+                    with self._lock:
+                        self._waiting -= 1
+                    self._warnings.say("threads", f"cannot start a thread: {exc}; retrying")
+                    time.sleep(ACCEPT_BACKOFF)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                conn = self._queue.get(timeout=self._linger)
+            except queue.Empty:
+                with self._lock:
+                    if self._queued == 0:  # else a connection is on its way: take it
+                        self._waiting -= 1
+                        return
+                continue
+            with self._lock:
+                self._queued -= 1
+                self._waiting -= 1
+            self._handle(conn)  # (should it raise, this thread ends: nothing counts it)
+            with self._lock:
+                self._waiting += 1
+
+
 def _request(message: Any) -> tuple[Any, str, list[Any] | tuple[Any, ...], dict[str, Any]]:
     """``[ident, method, args, kwargs]``, checked before anything looks it up."""
     if not (isinstance(message, list | tuple) and len(message) == 4):
@@ -111,12 +193,22 @@ class _Server(managers.Server):
         super().__init__(*args)
         self.warnings = Warnings()
         self.pinned: set[str] = set()
+        self.pool = ConnectionThreads(self._handle_counted, self.warnings)
 
     def accepter(self) -> None:
         """The stock loop retries every OSError at once: a closed listener or a
         lack of file descriptors would spin it at full speed.  This one stops
         when the server stops, backs off while descriptors are short, and
-        turns away connections beyond ``max_connections``."""
+        turns away connections beyond ``max_connections``.  It does nothing
+        else: the connection goes to a waiting thread of the pool, so a fleet
+        connecting at once is taken off the listen queue as fast as it comes."""
+        self.pool.start()
+        try:
+            self._accept_until_stopped()
+        finally:
+            self.pool.close()
+
+    def _accept_until_stopped(self) -> None:
         while not self.stop_event.is_set():
             try:
                 conn = self.listener.accept()
@@ -138,7 +230,7 @@ class _Server(managers.Server):
                     f"{plural(self.max_connections, 'connection')} open, turning new ones away",
                 )
                 continue
-            threading.Thread(target=self._handle_counted, args=(conn,), daemon=True).start()
+            self.pool.serve(conn)
 
     def _handle_counted(self, conn: ServerConnection) -> None:
         try:
@@ -338,6 +430,8 @@ class QueueServer:
         except OSError as exc:
             raise _bind_error(address, exc) from None
         self._server.max_connections = max_connections
+        for warning in make_room(max_connections):
+            warn(warning)
         self._server.stop_event = threading.Event()
         bound: Any = self._server.address
         self.address = Address(str(bound[0]), int(bound[1]))
@@ -352,6 +446,49 @@ class QueueServer:
         self._server.stop_event.set()
         with contextlib.suppress(OSError):
             self._server.listener.close()
+
+
+SPARE_DESCRIPTORS = 64
+"""Descriptors the server needs besides its connections: the listener, the journal and
+its segments, the standard streams, the files the runtime opens."""
+
+
+def make_room(max_connections: int) -> list[str]:
+    """Raise this process's descriptor limit to what ``max_connections`` needs (within the
+    hard limit); one warning per limit that still leaves a fleet short.
+
+    The soft limit is often 1,024, which a fleet of a thousand connecting at once
+    would exhaust; the kernel's listen queue (net.core.somaxconn) caps how many
+    connections wait to be accepted, and a fuller one drops the rest."""
+    found: list[str] = []
+    need = max_connections + SPARE_DESCRIPTORS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    room = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    if soft != resource.RLIM_INFINITY and soft < room:
+        # Process-wide by nature: the limit is the process's, and so are the connections.
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (room, hard))
+            soft = room
+    if soft != resource.RLIM_INFINITY and soft < need:
+        found.append(
+            f"this process may open {soft} files (ulimit -n), too few for "
+            f"--max-connections {max_connections}: new connections will wait once about "
+            f"{max(0, soft - SPARE_DESCRIPTORS)} are open (raise ulimit -n to {need}, or "
+            "lower --max-connections)"
+        )
+    try:
+        with open("/proc/sys/net/core/somaxconn") as limit:
+            queue_limit = int(limit.read())
+    except (OSError, ValueError):
+        return found
+    if queue_limit < min(defaults.BACKLOG, max_connections):
+        found.append(
+            f"the kernel lets {queue_limit} connections wait to be accepted "
+            f"(net.core.somaxconn): of more clients connecting at once, some will wait "
+            f"for the kernel to retry and some time out "
+            f"(sysctl -w net.core.somaxconn={defaults.BACKLOG})"
+        )
+    return found
 
 
 def run_until_stopped(broker: BrokerService, server: QueueServer, stop: StopRequest) -> None:
