@@ -12,15 +12,15 @@ journal has taken the whole call (``judge`` first, then ``apply`` each).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from fetchq.server import events
 from fetchq.server.state import BrokerState
 from fetchq.server.tasks import Task
 from fetchq.wire.api import RETRY_AFTER_STATUSES, Outcome
-from fetchq.wire.records import is_retryable, make_error, make_result, make_task
+from fetchq.wire.records import StoredResult, is_retryable, make_error, make_result, make_task
 
-Result = dict[str, Any]
+Result = StoredResult
 
 
 NO_EVENTS: list[bytes] = []
@@ -60,7 +60,7 @@ def judge(
         state.ledger.job_of,
     )
     for result, line in zip(results, encoded, strict=True):
-        task_id = result["id"]
+        task_id = result.id
         if not known(task_id) or task_id in finished or task_id in done:
             verdicts.append(Verdict(result, Outcome.DROPPED, NO_EVENTS))  # repeat, or unknown
             continue
@@ -91,8 +91,8 @@ def judge(
             verdicts.append(Verdict(result, Outcome.REQUEUED, written, hold))
             settled.add(task_id)
             continue
-        if result.get("job") != job:  # the server's record of the task is the authority
-            result["job"] = job
+        if result.job != job:  # the server's record of the task is the authority
+            result = StoredResult.of({**result.record, "job": job})
             line = None
         event = encode(events.result(result)) if line is None else line
         verdicts.append(Verdict(result, Outcome.ACCEPTED, NO_EVENTS if event is None else [event]))
@@ -111,7 +111,7 @@ def _asked_to_wait(state: BrokerState, job: str, result: Result) -> float:
 
 def apply(state: BrokerState, verdict: Verdict, now: float) -> None:
     result, outcome = verdict.result, verdict.outcome
-    task_id = result["id"]
+    task_id = result.id
     lease = state.leases.get(task_id)
     if outcome is Outcome.DROPPED:
         if lease is not None and task_id in state.ledger.done:
@@ -124,7 +124,7 @@ def apply(state: BrokerState, verdict: Verdict, now: float) -> None:
         state.scheduler.add_retry(lease.task._replace(attempt=lease.task.attempt + 1))
     else:
         if lease is None:  # its lease had expired: the queued copy is stale now
-            state.scheduler.forget(result["job"])
+            state.scheduler.forget(result.job)
         else:
             state.end_lease(task_id)
         finish_task(state, result)
@@ -136,17 +136,19 @@ def ended_without_request(
     """The result of a task the server ends: cancelled, forbidden by robots.txt, or
     out of attempts when its last lease lapsed on ``worker``."""
     record = make_task(task.id, task.job, task.url, task.attempt, task.timeout, task.submitted)
-    return make_result(
-        record, worker=worker, started=wall, elapsed=0.0, error=make_error(kind, message)
+    return StoredResult.of(
+        make_result(
+            record, worker=worker, started=wall, elapsed=0.0, error=make_error(kind, message)
+        )
     )
 
 
 def finish_task(state: BrokerState, result: Result) -> None:
     """The task is done: its result waits for an output."""
-    state.ledger.done.add(result["id"])
-    job = state.jobs.find(result["job"])
-    assert job is not None, result["job"]
-    job.count_result(bool(result.get("ok")))
+    state.ledger.done.add(result.id)
+    job = state.jobs.find(result.job)
+    assert job is not None, result.job
+    job.count_result(result.ok)
     state.outbox.add(result)
 
 
@@ -155,7 +157,7 @@ def record_pace(state: BrokerState, now: float, verdicts: list[Verdict]) -> None
     by_job: dict[str, list[Result]] = {}
     for verdict in verdicts:
         if verdict.outcome is Outcome.ACCEPTED:
-            by_job.setdefault(verdict.result["job"], []).append(verdict.result)
+            by_job.setdefault(verdict.result.job, []).append(verdict.result)
     for name, results in by_job.items():
         job = state.jobs.find(name)
         if job is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,7 +63,7 @@ class PaceSeen:
         self.late = 0
         self.worst_lateness = 0.0
 
-    def record(self, now: float, results: Iterable[dict[str, Any]]) -> None:
+    def record(self, now: float, results: Iterable[Mapping[str, Any]]) -> None:
         second = math.floor(now)
         if self._first is None:
             self._first = now

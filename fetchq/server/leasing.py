@@ -24,7 +24,7 @@ from fetchq.server.completion import ended_without_request, finish_task
 from fetchq.server.leases import Lease
 from fetchq.server.state import BrokerState
 from fetchq.server.tasks import Task
-from fetchq.wire.records import CANCELLED, ROBOTS_REFUSED
+from fetchq.wire.records import CANCELLED, ROBOTS_REFUSED, StoredResult
 
 CANCEL_BATCH = 10_000
 """Queued tasks of a cancelled job turned into results per round (each is journaled)."""
@@ -84,7 +84,7 @@ def lease_event(worker: str, leases: list[Lease], wall_offset: float) -> events.
     return events.lease(worker, counted) if counted else None
 
 
-def refused_by_robots(state: BrokerState, wall: float) -> tuple[list[Task], list[dict[str, Any]]]:
+def refused_by_robots(state: BrokerState, wall: float) -> tuple[list[Task], list[StoredResult]]:
     """The tasks the last lease found forbidden, with the results they end as."""
     denied, state.scheduler.denied = state.scheduler.denied, []
     tasks = [task for task, _ in denied]
@@ -95,9 +95,7 @@ def refused_by_robots(state: BrokerState, wall: float) -> tuple[list[Task], list
     return tasks, results
 
 
-def cancelled(
-    state: BrokerState, room: int, wall: float
-) -> tuple[list[Task], list[dict[str, Any]]]:
+def cancelled(state: BrokerState, room: int, wall: float) -> tuple[list[Task], list[StoredResult]]:
     """Queued tasks of cancelled jobs, at most ``room``, with the results they end as."""
     tasks: list[Task] = []
     done = state.ledger.done.__contains__
@@ -114,7 +112,7 @@ def cancelled(
 def end_without_request(
     state: BrokerState,
     tasks: list[Task],
-    results: list[dict[str, Any]],
+    results: list[StoredResult],
     write: Callable[..., None],
 ) -> set[str]:
     """Journal and record results of tasks that end here; returns their jobs.  A journal
@@ -128,4 +126,4 @@ def end_without_request(
         return set()
     for result in results:
         finish_task(state, result)
-    return {result["job"] for result in results}
+    return {result.job for result in results}

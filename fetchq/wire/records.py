@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
+
+import msgspec
 
 from fetchq.wire.api import LATE_AFTER
 
@@ -120,7 +123,7 @@ An HTTP status, even 500, is the server's answer and ends the task; so do
 errors that another try cannot fix (``dns``, ``tls``, ``invalid_url``)."""
 
 
-def is_retryable(result: dict[str, Any]) -> bool:
+def is_retryable(result: Mapping[str, Any]) -> bool:
     error = result.get("error")
     return isinstance(error, dict) and error.get("type") in RETRYABLE_ERRORS
 
@@ -137,7 +140,7 @@ such a result says why the URL was not fetched, and is no request (elapsed 0, wo
 ``server``)."""
 
 
-def not_requested(result: dict[str, Any]) -> str | None:
+def not_requested(result: Mapping[str, Any]) -> str | None:
     """The error type of a result whose task was never requested, else None."""
     error = result.get("error")
     if error is None:
@@ -159,7 +162,7 @@ class Lateness(NamedTuple):
     """More than LATE_AFTER after: what status and the reports count as a late start."""
 
 
-def lateness(result: dict[str, Any]) -> Lateness | None:
+def lateness(result: Mapping[str, Any]) -> Lateness | None:
     """The lateness of a result's start; None for a result without a schedule."""
     scheduled = result.get("scheduled")
     if scheduled is None:  # most results: a job without a rate
@@ -169,3 +172,61 @@ def lateness(result: dict[str, Any]) -> Lateness | None:
         return None
     seconds = started - scheduled
     return Lateness(seconds, seconds > LATE_AFTER)
+
+
+_read = msgspec.json.Decoder()
+_write = msgspec.json.Encoder()
+
+
+class StoredResult(Mapping[str, Any]):
+    """A result as the server keeps it and hands it on: its JSON text, checked once when
+    it arrived, and the few fields the server reads of it after.
+
+    The text goes to the output (and to the journal) as it came: the server does not
+    build the record again to send it.  The record itself is read from the text only
+    where something asks for a field the server does not keep (a test, a classic
+    client): as a ``Mapping`` it reads like the dict it was."""
+
+    __slots__ = ("_record", "id", "job", "ok", "raw")
+
+    def __init__(self, raw: bytes, record: dict[str, Any]) -> None:
+        self.raw = raw
+        """The result's JSON text, checked."""
+        self.id: int = record["id"]
+        self.job: str = record["job"]
+        self.ok = bool(record.get("ok"))
+        self._record: dict[str, Any] | None = record
+
+    @classmethod
+    def of(cls, result: Mapping[str, Any]) -> StoredResult:
+        """A result the server made or read back (a journal), in the form it keeps."""
+        if isinstance(result, StoredResult):
+            return result
+        record = dict(result)
+        return cls(_write.encode(record), record)
+
+    def shed(self) -> None:
+        """Forget the decoded record: what waits for an output is its text alone."""
+        self._record = None
+
+    @property
+    def record(self) -> dict[str, Any]:
+        record = self._record
+        if record is None:
+            record = _read.decode(self.raw)
+        return record
+
+    def __getitem__(self, key: str) -> Any:
+        return self.record[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.record.get(key, default)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.record)
+
+    def __len__(self) -> int:
+        return len(self.record)
+
+    def __repr__(self) -> str:
+        return f"StoredResult({self.raw.decode('utf-8', 'replace')})"
