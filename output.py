@@ -20,7 +20,14 @@ import typer
 from fetchq import config, defaults
 from fetchq.commands.collect import collect
 from fetchq.commands.options import GiveUpOption, connects, reports_errors, run_alone, say
-from fetchq.errors import ConfigError, ExitCode, FetchqError, NoSuchJob, UsageError
+from fetchq.errors import (
+    ConfigError,
+    ExitCode,
+    FetchqError,
+    NoSuchJob,
+    UsageError,
+    cannot_read,
+)
 from fetchq.ids import IdSet
 from fetchq.messages import plural
 from fetchq.report.formats import ids_in_file, open_writer
@@ -57,7 +64,9 @@ def already_written(path: str | None, fmt: Format) -> IdSet:
         return IdSet()
     try:
         return ids_in_file(path, fmt.value)
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise cannot_read("--out file", path, exc) from None
+    except (ValueError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot resume {path}: {exc}") from None
 
 

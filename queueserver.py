@@ -151,8 +151,10 @@ def server(
     wire = "plaintext"
     if tls_settings is not None:
         wire = "TLS, client certificates required" if tls_settings.ca else "TLS"
-    say(f"server listening on {queue_server.address} ({wire}); authkey from {key.source}")
+    # Before the line that says it listens: a SIGTERM sent as soon as a supervisor (or
+    # a test) reads it must stop the server the orderly way.
     stop = StopRequest().install()
+    say(f"server listening on {queue_server.address} ({wire}); authkey from {key.source}")
     run_until_stopped(broker, queue_server, stop)
     say(f"server stopped ({stop.signal_name or 'asked to'})")
 

@@ -2,7 +2,8 @@
 
 Logs in and out (``connect`` then ``close``) as often as it can for SECONDS, then
 makes ``queued()`` calls one after another for SECONDS, and prints one JSON line:
-the logins/s (five connections each, TLS handshakes included when TLS is on) and
+the logins/s (two connections each since 2026-12: one to create, one session;
+five before; TLS handshakes included when TLS is on) and
 the calls/s (one session, one round trip each).  The wire and TLS come from the
 environment, as for any fetchq client.
 """

@@ -128,7 +128,7 @@ def build_rows(med: dict[str, dict[str, float]], skipped: dict[str, str]) -> lis
     compare("dispatch: TLS vs plaintext", "fetchq dispatch, TLS", "fetchq dispatch", None)
     compare("calls/s, one client: TLS vs plaintext", "calls, tls", "calls, json", None)
     compare(
-        "logins/s (5 connections each): TLS vs plaintext",
+        "logins/s: TLS vs plaintext",
         "calls, tls",
         "calls, json",
         None,

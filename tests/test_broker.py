@@ -1236,3 +1236,16 @@ def test_scheduled_starts_keep_the_schedule_though_the_wall_clock_wobbles(
     wall["offset"] += 30.0  # the wall clock is set half a minute on
     (later,) = [task["scheduled"] for task in broker.lease("w1", 1, 0)]
     assert later - starts[-1] == pytest.approx(30.1, abs=0.01)
+
+
+def test_pausing_or_cancelling_a_done_job_changes_nothing(broker: BrokerService) -> None:
+    """There is nothing to pause: a dispatch that later reopens the job runs at once."""
+    submit(broker, "a", 1)
+    broker.seal("a")
+    (task,) = broker.lease("w1", 1, 0)
+    broker.complete("w1", [ok(task)])
+    broker.ack(broker.results("a", 10, 0)["token"])
+    for action in ("pause", "cancel"):
+        assert broker.steer("a", {"action": action})["state"] == "done"
+    submit(broker, "a", 1)
+    assert len(broker.lease("w1", 10, 0)) == 1, "the reopened job was left paused or cancelled"

@@ -109,7 +109,7 @@ def test_dispatch_and_output_give_up_but_a_worker_waits_on(env):
         assert worker.poll() is None, worker_log.text  # still waiting, past 10 seconds
         server = ServerProcess(env, "--port", str(port))
         try:
-            back = worker_log.wait_for(r"is back after (\d+)s and (\d+) attempts")
+            back = worker_log.wait_for(r"answered after (\d+)s and (\d+) attempts")
             assert int(back.group(1)) >= 10 and int(back.group(2)) >= 5, worker_log.text
             assert worker_log.text.count("waiting for server") <= 2, worker_log.text
             worker.terminate()

@@ -5,7 +5,7 @@ within a relative error it is built with, keeps exact count and sum, takes
 any float (zero, negative, hours), costs about half a microsecond per value
 in pure Python, and grows with the range of values seen rather than with
 their number.  ``bench/sketches.py`` measures it against an HDR histogram;
-the README gives the figures behind the choice.
+docs/reports.md gives the figures behind the choice.
 """
 
 from __future__ import annotations

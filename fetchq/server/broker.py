@@ -333,11 +333,13 @@ class Broker:
         state = self._state
         with self._lock:
             job = state.jobs.existing(name)
-            event = (
-                steering.policy_event(state, name, policy)
-                if action == "set"
-                else events.switch(action, name)
-            )
+            if action == "set":
+                event: events.SteeringEvent | None = steering.policy_event(state, name, policy)
+            elif state.counts(job)["done"]:
+                event = None  # nothing runs to pause, resume or cancel: a later dispatch
+                # that reopens the job must find it as it was, not paused
+            else:
+                event = events.switch(action, name)
             if event is not None:
                 self._recorder.write(event)
                 steering.apply(state, event, now=self._clock(), wall=self._wall())

@@ -268,9 +268,10 @@ class ResilientClient(BrokerClient):
                 continue
             if attempt:
                 waited = time.monotonic() - started
+                came = "is back" if self._reached else "answered"  # the first time, it is new
                 self._notice.show(
-                    f"server at {self.address} is back after {waited:.0f}s and "
-                    f"{plural(attempt, 'attempt')}",
+                    f"server at {self.address} {came} after {waited:.{0 if waited >= 10 else 1}f}s "
+                    f"and {plural(attempt, 'attempt')}",
                     final=True,
                 )
             return result
