@@ -18,7 +18,7 @@ from fetchq.server import events
 from fetchq.server.state import BrokerState
 from fetchq.server.tasks import Task
 from fetchq.wire.api import RETRY_AFTER_STATUSES, Outcome
-from fetchq.wire.records import StoredResult, is_retryable, make_error, make_result, make_task
+from fetchq.wire.records import StoredResult, make_error, make_result, make_task
 
 Result = StoredResult
 
@@ -59,24 +59,41 @@ def judge(
         state.leases.get,
         state.ledger.job_of,
     )
+    accepted = Outcome.ACCEPTED
     for result, line in zip(results, encoded, strict=True):
         task_id = result.id
+        if task_id not in settled:
+            # Most results: the first for a task its worker holds, an answer to keep.
+            # A task with a lease is not done: its first result ends its lease.
+            lease = leases(task_id)
+            if (
+                lease is not None
+                and lease.task.attempt == result.attempt
+                and not lease.robots
+                and result.status not in RETRY_AFTER_STATUSES
+                and not result.retryable
+            ):
+                job = lease.task.job
+                if result.job != job:  # the server's record of the task is the authority
+                    result = result.with_job(job)
+                    line = None
+                event = encode(events.result(result)) if line is None else line
+                verdicts.append(Verdict(result, accepted, NO_EVENTS if event is None else [event]))
+                settled.add(task_id)
+                finished.add(task_id)
+                continue
         if not known(task_id) or task_id in finished or task_id in done:
             verdicts.append(Verdict(result, Outcome.DROPPED, NO_EVENTS))  # repeat, or unknown
             continue
-        attempt = result.get("attempt", 1)
+        attempt = result.attempt
         lease = None if task_id in settled else leases(task_id)
         current = lease is not None and lease.task.attempt == attempt
-        retryable = is_retryable(result)
+        retryable = result.retryable
         if retryable and not current:
             verdicts.append(Verdict(result, Outcome.DROPPED, NO_EVENTS))  # a stale attempt
             continue
         job = job_of(task_id)
-        hold = (
-            _asked_to_wait(state, job, result)
-            if result.get("status") in RETRY_AFTER_STATUSES
-            else 0
-        )
+        hold = _asked_to_wait(state, job, result) if result.status in RETRY_AFTER_STATUSES else 0
         if (
             (retryable or hold)
             and lease is not None
@@ -86,13 +103,13 @@ def judge(
         ):
             lines = [encode(events.retry(task_id, attempt + 1))]
             if hold:
-                lines.append(encode(events.hold(job, result["url"], wall + hold)))
+                lines.append(encode(events.hold(job, result.url, wall + hold)))
             written = [line for line in lines if line is not None]
             verdicts.append(Verdict(result, Outcome.REQUEUED, written, hold))
             settled.add(task_id)
             continue
         if result.job != job:  # the server's record of the task is the authority
-            result = StoredResult.of({**result.record, "job": job})
+            result = result.with_job(job)
             line = None
         event = encode(events.result(result)) if line is None else line
         verdicts.append(Verdict(result, Outcome.ACCEPTED, NO_EVENTS if event is None else [event]))
@@ -103,7 +120,7 @@ def judge(
 
 def _asked_to_wait(state: BrokerState, job: str, result: Result) -> float:
     """Seconds a 429 or 503 answer asked this job to leave its host alone (0: none)."""
-    seconds = result.get("retry_after")
+    seconds = result.retry_after
     if not isinstance(seconds, int | float) or not state.scheduler.policy(job).retry_after:
         return 0.0
     return min(max(float(seconds), 0.001), MAX_HOLD)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import difflib
 import math
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from fetchq.errors import NoSuchJob
-from fetchq.wire.records import lateness
+from fetchq.wire.records import StoredResult
 
 RECENT = 10
 """Whole seconds of results a job's achieved rate and mean service time are measured over."""
@@ -63,7 +63,7 @@ class PaceSeen:
         self.late = 0
         self.worst_lateness = 0.0
 
-    def record(self, now: float, results: Iterable[Mapping[str, Any]]) -> None:
+    def record(self, now: float, results: Iterable[StoredResult]) -> None:
         second = math.floor(now)
         if self._first is None:
             self._first = now
@@ -72,8 +72,8 @@ class PaceSeen:
         entry = self._seconds[-1]
         for result in results:
             entry[1] += 1
-            entry[2] += float(result.get("elapsed") or 0.0)
-            late = lateness(result)
+            entry[2] += float(result.elapsed or 0.0)
+            late = result.lateness()
             if late is not None and late.late:
                 self.late += 1
                 self.worst_lateness = max(self.worst_lateness, late.seconds)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 from fetchq.wire.records import StoredResult
 
@@ -53,9 +54,9 @@ class Outbox:
         self.unconfirmed = 0
         """Results waiting or handed out, over all jobs: what ``max_results`` bounds."""
 
-    def add(self, result: Result) -> None:
-        result.shed()  # what waits for an output is its text alone
-        self._waiting.setdefault(result.job, deque()).append(result)
+    def add(self, result: Mapping[str, Any]) -> None:
+        stored = StoredResult.of(result)
+        self._waiting.setdefault(stored.job, deque()).append(stored)
         self.unconfirmed += 1
 
     def select(self, job: str | None, count: int) -> list[Result]:

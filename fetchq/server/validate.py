@@ -21,7 +21,6 @@ from fetchq.wire.api import (
     ROBOTS_MAX_BYTES,
     job_name_problem,
 )
-from fetchq.wire.codec import Received
 from fetchq.wire.records import StoredResult
 
 MAX_ATTEMPTS = 100
@@ -196,46 +195,37 @@ def results_list(results: Any) -> list[StoredResult]:
 
     Results are stored and handed out as they come, so their size is bounded here:
     plain values only (``error`` an object of them), a few dozen fields, and a bounded
-    amount of text.  A result that came off the wire (``Received``) was checked
-    against its schema while it was decoded; what is left is a look at its fields,
-    and at its text only when the text is long enough to matter."""
+    amount of text.  A result read off the wire as fetchq's workers send it (a
+    ``StoredResult``) had its fields checked while it was decoded; its text is counted
+    only when it is long enough to matter."""
     require(isinstance(results, list), "results must be a list")
     require(len(results) <= MAX_SUBMIT, f"at most {MAX_SUBMIT} results per call")
     stored: list[StoredResult] = []
     for result in results:
-        if type(result) is Received:
-            record = result.record
-            check_result(record, len(result.raw))
-            stored.append(StoredResult(result.raw, record))
-        else:
-            require(type(result) is dict, "each result must be a dict")
-            check_result(result)
+        if type(result) is StoredResult:
+            if len(result.raw) > MAX_RESULT_TEXT:
+                check_result(result.record)
+            stored.append(result)
+            continue
+        require(type(result) is dict, "each result must be a dict")
+        check_result(result)
+        try:
             stored.append(StoredResult.of(result))
+        except (TypeError, ValueError) as exc:  # a lone surrogate, say: no JSON text
+            raise BadRequest(f"results must hold JSON values only: {exc}") from None
     return stored
 
 
-def check_result(result: dict[str, Any], text_bound: int | None = None) -> None:
-    """One result within the bounds; ``text_bound``: a length its text cannot exceed
-    (its JSON's), which spares counting when it is within the limit."""
+def check_result(result: dict[str, Any]) -> None:
+    """One result within the bounds: plain values, a few dozen fields, bounded text."""
     require(type(result.get("id")) is int, "each result needs an integer id")
     require(type(result.get("attempt", 1)) is int, "attempt must be an integer")
-    require(type(result.get("job")) is str, "each result needs its job's name")
     require(len(result) <= MAX_RESULT_FIELDS, f"at most {MAX_RESULT_FIELDS} fields a result")
-    if text_bound is not None and text_bound <= MAX_RESULT_TEXT and _objects_only_in_error(result):
-        return
     require(
         _text_in(result) <= MAX_RESULT_TEXT,
         f"a result may carry {MAX_RESULT_TEXT} "
         "characters of text, in plain values (error an object of them)",
     )
-
-
-def _objects_only_in_error(result: dict[str, Any]) -> bool:
-    """No value but ``error`` is an object (the schema allows objects of plain values
-    in any field; the record allows one): checked in C when there is none."""
-    if dict not in map(type, result.values()):
-        return True
-    return all(type(value) is not dict for key, value in result.items() if key != "error")
 
 
 def _text_in(result: dict[str, Any]) -> int:

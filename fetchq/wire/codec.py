@@ -21,13 +21,13 @@ import pickle
 import re
 from multiprocessing import managers
 from multiprocessing.reduction import ForkingPickler
-from typing import Annotated, Any, NamedTuple, Protocol
+from typing import Annotated, Any, Protocol
 
 import msgspec
 
 from fetchq.errors import to_wire
 from fetchq.wire.api import MAX_DEPTH, MAX_INTEGER, MAX_SUBMIT
-from fetchq.wire.records import StoredResult
+from fetchq.wire.records import ResultHead, StoredResult
 
 PICKLE_OPCODE = 0x80
 """The first byte of every pickle since protocol 2: how a pickle frame is told apart."""
@@ -175,18 +175,14 @@ def _fast_message(obj: Any) -> bool:
     return kind is list and len(obj) == 4 and obj[1] == "complete"
 
 
-_Integer = Annotated[int, msgspec.Meta(ge=-MAX_INTEGER, le=MAX_INTEGER)]
-_Plain = str | _Integer | float | bool | None
-_Field = _Plain | dict[str, _Plain]
-
-
 class _CompleteArgs(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
-    """``complete(worker, results, renew)``: each result an object of plain values (or
-    objects of them), every integer within MAX_INTEGER, every number finite."""
+    """``complete(worker, results, renew)`` with results as fetchq's workers send them."""
 
     worker: str
-    results: Annotated[list[dict[str, _Field]], msgspec.Meta(max_length=MAX_SUBMIT)]
-    renew: Annotated[list[tuple[_Integer, _Integer]], msgspec.Meta(max_length=MAX_SUBMIT)] = []
+    results: Annotated[list[ResultHead], msgspec.Meta(max_length=MAX_SUBMIT)]
+    renew: Annotated[list[tuple[int, int]], msgspec.Meta(max_length=MAX_SUBMIT)] = msgspec.field(
+        default_factory=list
+    )
 
 
 class _CompleteTexts(msgspec.Struct, array_like=True):
@@ -212,18 +208,11 @@ _COMPLETE_WINDOW = 80
 """Where a complete call names its method: after an ident of a few dozen characters."""
 
 
-class Received(NamedTuple):
-    """One result of a ``complete`` as it arrived: its JSON text and the record read from
-    it, checked against the schema; the server's own rules are checked next."""
-
-    raw: bytes
-    record: dict[str, Any]
-
-
 def _read_complete(frame: bytes) -> list[Any] | None:
-    """A ``complete`` request decoded against its schema, its results as ``Received``;
-    None when the frame is no such request, or breaks the schema (the general reading
-    then says what is wrong, as it would for any frame)."""
+    """A ``complete`` request decoded against its schema, each result as its JSON text
+    and its fields; None when the frame is no such request or its results are not as
+    fetchq's workers send them (the general reading then takes it, and says what is
+    wrong if anything is)."""
     if _COMPLETE not in frame[:_COMPLETE_WINDOW]:
         return None
     try:
@@ -235,8 +224,8 @@ def _read_complete(frame: bytes) -> list[Any] | None:
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return None
     results = [
-        Received(bytes(text), record)
-        for text, record in zip(texts.results, args.results, strict=True)
+        StoredResult(bytes(text), head)
+        for text, head in zip(texts.results, args.results, strict=True)
     ]
     renew = [list(pair) for pair in args.renew]
     return [request.ident, "complete", [args.worker, results, renew], {}]
