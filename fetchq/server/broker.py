@@ -19,6 +19,7 @@ import contextlib
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -289,10 +290,8 @@ class Broker:
             # Read what pace needs of each result before it goes to wait for an output
             # as its text alone.
             completion.record_pace(self._state, now, verdicts)
-            tally = dict.fromkeys(Outcome, 0)
-            for verdict in verdicts:
-                completion.apply(self._state, verdict, now)
-                tally[verdict.outcome] += 1
+            completion.apply_all(self._state, verdicts, now)
+            tally = Counter(verdict.outcome for verdict in verdicts)
             renewed = [
                 pair
                 for pair in held

@@ -147,6 +147,34 @@ def apply(state: BrokerState, verdict: Verdict, now: float) -> None:
         finish_task(state, result)
 
 
+def apply_all(state: BrokerState, verdicts: list[Verdict], now: float) -> None:
+    """``apply`` each verdict, the common one (a result accepted from the worker that
+    held its task) without a call per step: this runs for every task done."""
+    leases, scheduler, done, outbox, jobs = (
+        state.leases,
+        state.scheduler,
+        state.ledger.done,
+        state.outbox,
+        state.jobs,
+    )
+    accepted = Outcome.ACCEPTED
+    for verdict in verdicts:
+        if verdict.outcome is not accepted:
+            apply(state, verdict, now)
+            continue
+        result = verdict.result
+        lease = leases.drop(result.id)
+        if lease is None:  # its lease had expired: the queued copy is stale now
+            scheduler.forget(result.job)
+        elif lease.host is not None:
+            scheduler.lease_ended(lease.task.job, lease.host)
+        done.add(result.id)
+        job = jobs.find(result.job)
+        assert job is not None, result.job
+        job.count_result(result.ok)
+        outbox.add(result)
+
+
 def ended_without_request(
     task: Task, kind: str, message: str, wall: float, worker: str = "server"
 ) -> Result:
