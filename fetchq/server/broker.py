@@ -284,7 +284,7 @@ class Broker:
         with self._lock:
             now = self._clock()
             verdicts = completion.judge(
-                self._state, stored, lines, self._recorder.encode, self._wall()
+                self._state, stored, lines, self._recorder.encoder(), self._wall()
             )
             self._recorder.write_lines([line for v in verdicts for line in v.events])
             # Read what pace needs of each result before it goes to wait for an output

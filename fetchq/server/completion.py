@@ -42,13 +42,13 @@ def judge(
     state: BrokerState,
     results: list[Result],
     encoded: list[bytes | None],
-    encode: Callable[[events.Event], bytes | None],
+    encode: Callable[[events.Event], bytes] | None,
     wall: float,
 ) -> list[Verdict]:
     """Decide each result's outcome without changing anything.
 
     ``encoded`` are the results' journal events if already encoded (or None);
-    ``encode`` makes the others (None when there is no journal)."""
+    ``encode`` makes the others (None: there is no journal, and no event to make)."""
     verdicts: list[Verdict] = []
     settled: set[int] = set()
     """Tasks an earlier result of this call finished or queued again: no lease now."""
@@ -77,8 +77,9 @@ def judge(
                 if result.job != job:  # the server's record of the task is the authority
                     result = result.with_job(job)
                     line = None
-                event = encode(events.result(result)) if line is None else line
-                verdicts.append(Verdict(result, accepted, NO_EVENTS if event is None else [event]))
+                if line is None and encode is not None:
+                    line = encode(events.result(result))
+                verdicts.append(Verdict(result, accepted, NO_EVENTS if line is None else [line]))
                 settled.add(task_id)
                 finished.add(task_id)
                 continue
@@ -101,17 +102,18 @@ def judge(
             and attempt < lease.task.attempts
             and not state.scheduler.is_cancelled(job)
         ):
-            lines = [encode(events.retry(task_id, attempt + 1))]
-            if hold:
-                lines.append(encode(events.hold(job, result.url, wall + hold)))
-            written = [line for line in lines if line is not None]
+            written = []
+            if encode is not None:
+                written.append(encode(events.retry(task_id, attempt + 1)))
+                if hold:
+                    written.append(encode(events.hold(job, result.url, wall + hold)))
             verdicts.append(Verdict(result, Outcome.REQUEUED, written, hold))
             settled.add(task_id)
             continue
         if result.job != job:  # the server's record of the task is the authority
             result = result.with_job(job)
             line = None
-        event = encode(events.result(result)) if line is None else line
+        event = encode(events.result(result)) if line is None and encode is not None else line
         verdicts.append(Verdict(result, Outcome.ACCEPTED, NO_EVENTS if event is None else [event]))
         settled.add(task_id)
         finished.add(task_id)

@@ -21,6 +21,7 @@ from typing import Any
 from fetchq.errors import StorageFailed
 from fetchq.server import events, robots
 from fetchq.server.completion import ended_without_request, finish_task
+from fetchq.server.jobqueue import Pick
 from fetchq.server.leases import Lease
 from fetchq.server.state import BrokerState
 from fetchq.server.tasks import Task
@@ -50,15 +51,16 @@ def lease(
     call, so that starts keep the schedule's exact spacing in Unix time too.  When the
     journal cannot take the leases on limited hosts, every lease of the call is given
     back and ``StorageFailed`` raised: nothing was handed out."""
-    picks = state.scheduler.take(count, now, state.ledger.done.__contains__)
-    if all(pick.start is None and pick.host is None for pick in picks):
+    taken = state.scheduler.take_tasks(count, now, state.ledger.done.__contains__)
+    plain = [entry for entry in taken if not isinstance(entry, Pick)]
+    if len(plain) == len(taken):
         # The usual case, a job with no pace and no host limits: leased as a batch.
-        tasks = [pick.task for pick in picks]
         return [
-            given.record() for given in state.leases.grant_plain(tasks, worker, now + lease_timeout)
+            given.record() for given in state.leases.grant_plain(plain, worker, now + lease_timeout)
         ]
     granted = []
-    for pick in picks:
+    for entry in taken:
+        pick = entry if isinstance(entry, Pick) else Pick(entry, None, None)
         task = pick.task
         if pick.robots:
             task = task._replace(id=next(_probe_ids), submitted=wall)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import operator
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -40,7 +41,10 @@ class Delivery:
 
 
 def count_by_job(results: Iterable[Result]) -> Counter[str]:
-    return Counter(result.job for result in results)
+    return Counter(map(_job_of, results))
+
+
+_job_of = operator.attrgetter("job")
 
 
 class Outbox:

@@ -4,6 +4,7 @@ they describe, or nothing at all when the server keeps no journal."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import NamedTuple
 
 from fetchq.errors import BadRequest, StorageFailed
@@ -31,8 +32,9 @@ class Recorder:
         if self.journal is not None:
             self.journal.write(lines)
 
-    def encode(self, event: events.Event) -> bytes | None:
-        return encode_event(event) if self.journal is not None else None
+    def encoder(self) -> Callable[[events.Event], bytes] | None:
+        """What encodes an event for the journal; None when there is none to write."""
+        return encode_event if self.journal is not None else None
 
     def result_lines(self, results: list[StoredResult]) -> list[bytes | None]:
         """Results' events, encoded before the lock is taken: a result the journal cannot
