@@ -19,6 +19,7 @@ import contextlib
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -46,13 +47,13 @@ from fetchq.wire.api import (
     JobCounts,
     JobView,
     Outcome,
+    Record,
     ResultsDelivery,
     RobotsReply,
     StatusReply,
     SubmitReply,
 )
-
-Result = dict[str, Any]
+from fetchq.wire.records import StoredResult
 
 CANCEL_ROUNDS = 10
 """Rounds of ``leasing.CANCEL_BATCH`` cancelled tasks one housekeeping ends at most."""
@@ -269,7 +270,7 @@ class Broker:
                 self._waiters.tasks.wait(min(remaining, self._until_next_change()))
 
     def complete(
-        self, worker: str, results: list[Result], renew: list[list[int]] | None = None
+        self, worker: str, results: list[Record], renew: list[list[int]] | None = None
     ) -> CompleteTally:
         """Record results, and renew the leases ``worker`` still holds (``[id, attempt]``).
 
@@ -277,20 +278,20 @@ class Broker:
         connection-level failure with attempts left puts the task back
         instead; one from an attempt that is no longer current is dropped."""
         worker = validate.worker_name(worker)
-        results = validate.results_list(results)
+        stored = validate.results_list(results)
         held = validate.lease_pairs(renew or [])
-        lines = self._recorder.result_lines(results)
+        lines = self._recorder.result_lines(stored)
         with self._lock:
             now = self._clock()
             verdicts = completion.judge(
-                self._state, results, lines, self._recorder.encode, self._wall()
+                self._state, stored, lines, self._recorder.encoder(), self._wall()
             )
             self._recorder.write_lines([line for v in verdicts for line in v.events])
-            tally = dict.fromkeys(Outcome, 0)
-            for verdict in verdicts:
-                completion.apply(self._state, verdict, now)
-                tally[verdict.outcome] += 1
+            # Read what pace needs of each result before it goes to wait for an output
+            # as its text alone.
             completion.record_pace(self._state, now, verdicts)
+            completion.apply_all(self._state, verdicts, now)
+            tally = Counter(verdict.outcome for verdict in verdicts)
             renewed = [
                 pair
                 for pair in held
@@ -301,7 +302,7 @@ class Broker:
             seen.record(now, tally[Outcome.ACCEPTED] + tally[Outcome.REQUEUED])
             if tally[Outcome.ACCEPTED]:
                 self._waiters.wake_outputs(
-                    {v.result["job"] for v in verdicts if v.outcome is Outcome.ACCEPTED}
+                    {v.result.job for v in verdicts if v.outcome is Outcome.ACCEPTED}
                 )
             self._waiters.tasks.notify(tally[Outcome.REQUEUED] + self._freed())
         return {
@@ -400,7 +401,7 @@ class Broker:
                 selected = outbox.select(name, count)
                 if selected:
                     token = uuid.uuid4().hex
-                    self._recorder.write(events.hand(token, [r["id"] for r in selected]))
+                    self._recorder.write(events.hand(token, [r.id for r in selected]))
                     outbox.hand_out(token, selected, self._clock() + self.lease_timeout)
                     return {"results": selected, "done": False, "token": token}
                 if self._state.all_confirmed(name):
@@ -527,7 +528,7 @@ class Broker:
         self._end_without_request(tasks, results)
         return len(tasks)
 
-    def _end_without_request(self, tasks: list[Task], results: list[Result]) -> None:
+    def _end_without_request(self, tasks: list[Task], results: list[StoredResult]) -> None:
         """Tasks that end here as results (cancelled, or forbidden by robots.txt)."""
         ended = leasing.end_without_request(self._state, tasks, results, self._recorder.write)
         self._waiters.wake_outputs(ended)

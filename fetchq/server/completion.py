@@ -12,15 +12,15 @@ journal has taken the whole call (``judge`` first, then ``apply`` each).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from fetchq.server import events
 from fetchq.server.state import BrokerState
 from fetchq.server.tasks import Task
 from fetchq.wire.api import RETRY_AFTER_STATUSES, Outcome
-from fetchq.wire.records import is_retryable, make_error, make_result, make_task
+from fetchq.wire.records import StoredResult, make_error, make_result, make_task
 
-Result = dict[str, Any]
+Result = StoredResult
 
 
 NO_EVENTS: list[bytes] = []
@@ -42,13 +42,13 @@ def judge(
     state: BrokerState,
     results: list[Result],
     encoded: list[bytes | None],
-    encode: Callable[[events.Event], bytes | None],
+    encode: Callable[[events.Event], bytes] | None,
     wall: float,
 ) -> list[Verdict]:
     """Decide each result's outcome without changing anything.
 
     ``encoded`` are the results' journal events if already encoded (or None);
-    ``encode`` makes the others (None when there is no journal)."""
+    ``encode`` makes the others (None: there is no journal, and no event to make)."""
     verdicts: list[Verdict] = []
     settled: set[int] = set()
     """Tasks an earlier result of this call finished or queued again: no lease now."""
@@ -59,24 +59,42 @@ def judge(
         state.leases.get,
         state.ledger.job_of,
     )
+    accepted = Outcome.ACCEPTED
     for result, line in zip(results, encoded, strict=True):
-        task_id = result["id"]
+        task_id = result.id
+        if task_id not in settled:
+            # Most results: the first for a task its worker holds, an answer to keep.
+            # A task with a lease is not done: its first result ends its lease.
+            lease = leases(task_id)
+            if (
+                lease is not None
+                and lease.task.attempt == result.attempt
+                and not lease.robots
+                and result.status not in RETRY_AFTER_STATUSES
+                and not result.retryable
+            ):
+                job = lease.task.job
+                if result.job != job:  # the server's record of the task is the authority
+                    result = result.with_job(job)
+                    line = None
+                if line is None and encode is not None:
+                    line = encode(events.result(result))
+                verdicts.append(Verdict(result, accepted, NO_EVENTS if line is None else [line]))
+                settled.add(task_id)
+                finished.add(task_id)
+                continue
         if not known(task_id) or task_id in finished or task_id in done:
             verdicts.append(Verdict(result, Outcome.DROPPED, NO_EVENTS))  # repeat, or unknown
             continue
-        attempt = result.get("attempt", 1)
+        attempt = result.attempt
         lease = None if task_id in settled else leases(task_id)
         current = lease is not None and lease.task.attempt == attempt
-        retryable = is_retryable(result)
+        retryable = result.retryable
         if retryable and not current:
             verdicts.append(Verdict(result, Outcome.DROPPED, NO_EVENTS))  # a stale attempt
             continue
         job = job_of(task_id)
-        hold = (
-            _asked_to_wait(state, job, result)
-            if result.get("status") in RETRY_AFTER_STATUSES
-            else 0
-        )
+        hold = _asked_to_wait(state, job, result) if result.status in RETRY_AFTER_STATUSES else 0
         if (
             (retryable or hold)
             and lease is not None
@@ -84,17 +102,18 @@ def judge(
             and attempt < lease.task.attempts
             and not state.scheduler.is_cancelled(job)
         ):
-            lines = [encode(events.retry(task_id, attempt + 1))]
-            if hold:
-                lines.append(encode(events.hold(job, result["url"], wall + hold)))
-            written = [line for line in lines if line is not None]
+            written = []
+            if encode is not None:
+                written.append(encode(events.retry(task_id, attempt + 1)))
+                if hold:
+                    written.append(encode(events.hold(job, result.url, wall + hold)))
             verdicts.append(Verdict(result, Outcome.REQUEUED, written, hold))
             settled.add(task_id)
             continue
-        if result.get("job") != job:  # the server's record of the task is the authority
-            result["job"] = job
+        if result.job != job:  # the server's record of the task is the authority
+            result = result.with_job(job)
             line = None
-        event = encode(events.result(result)) if line is None else line
+        event = encode(events.result(result)) if line is None and encode is not None else line
         verdicts.append(Verdict(result, Outcome.ACCEPTED, NO_EVENTS if event is None else [event]))
         settled.add(task_id)
         finished.add(task_id)
@@ -103,7 +122,7 @@ def judge(
 
 def _asked_to_wait(state: BrokerState, job: str, result: Result) -> float:
     """Seconds a 429 or 503 answer asked this job to leave its host alone (0: none)."""
-    seconds = result.get("retry_after")
+    seconds = result.retry_after
     if not isinstance(seconds, int | float) or not state.scheduler.policy(job).retry_after:
         return 0.0
     return min(max(float(seconds), 0.001), MAX_HOLD)
@@ -111,7 +130,7 @@ def _asked_to_wait(state: BrokerState, job: str, result: Result) -> float:
 
 def apply(state: BrokerState, verdict: Verdict, now: float) -> None:
     result, outcome = verdict.result, verdict.outcome
-    task_id = result["id"]
+    task_id = result.id
     lease = state.leases.get(task_id)
     if outcome is Outcome.DROPPED:
         if lease is not None and task_id in state.ledger.done:
@@ -124,10 +143,38 @@ def apply(state: BrokerState, verdict: Verdict, now: float) -> None:
         state.scheduler.add_retry(lease.task._replace(attempt=lease.task.attempt + 1))
     else:
         if lease is None:  # its lease had expired: the queued copy is stale now
-            state.scheduler.forget(result["job"])
+            state.scheduler.forget(result.job)
         else:
             state.end_lease(task_id)
         finish_task(state, result)
+
+
+def apply_all(state: BrokerState, verdicts: list[Verdict], now: float) -> None:
+    """``apply`` each verdict, the common one (a result accepted from the worker that
+    held its task) without a call per step: this runs for every task done."""
+    leases, scheduler, done, outbox, jobs = (
+        state.leases,
+        state.scheduler,
+        state.ledger.done,
+        state.outbox,
+        state.jobs,
+    )
+    accepted = Outcome.ACCEPTED
+    for verdict in verdicts:
+        if verdict.outcome is not accepted:
+            apply(state, verdict, now)
+            continue
+        result = verdict.result
+        lease = leases.drop(result.id)
+        if lease is None:  # its lease had expired: the queued copy is stale now
+            scheduler.forget(result.job)
+        elif lease.host is not None:
+            scheduler.lease_ended(lease.task.job, lease.host)
+        done.add(result.id)
+        job = jobs.find(result.job)
+        assert job is not None, result.job
+        job.count_result(result.ok)
+        outbox.add(result)
 
 
 def ended_without_request(
@@ -136,17 +183,19 @@ def ended_without_request(
     """The result of a task the server ends: cancelled, forbidden by robots.txt, or
     out of attempts when its last lease lapsed on ``worker``."""
     record = make_task(task.id, task.job, task.url, task.attempt, task.timeout, task.submitted)
-    return make_result(
-        record, worker=worker, started=wall, elapsed=0.0, error=make_error(kind, message)
+    return StoredResult.of(
+        make_result(
+            record, worker=worker, started=wall, elapsed=0.0, error=make_error(kind, message)
+        )
     )
 
 
 def finish_task(state: BrokerState, result: Result) -> None:
     """The task is done: its result waits for an output."""
-    state.ledger.done.add(result["id"])
-    job = state.jobs.find(result["job"])
-    assert job is not None, result["job"]
-    job.count_result(bool(result.get("ok")))
+    state.ledger.done.add(result.id)
+    job = state.jobs.find(result.job)
+    assert job is not None, result.job
+    job.count_result(result.ok)
     state.outbox.add(result)
 
 
@@ -155,7 +204,7 @@ def record_pace(state: BrokerState, now: float, verdicts: list[Verdict]) -> None
     by_job: dict[str, list[Result]] = {}
     for verdict in verdicts:
         if verdict.outcome is Outcome.ACCEPTED:
-            by_job.setdefault(verdict.result["job"], []).append(verdict.result)
+            by_job.setdefault(verdict.result.job, []).append(verdict.result)
     for name, results in by_job.items():
         job = state.jobs.find(name)
         if job is not None:

@@ -26,7 +26,7 @@ from typing import Any, Literal, NotRequired, TypedDict
 
 from fetchq.server.jobqueue import Policy
 from fetchq.server.tasks import Task
-from fetchq.wire.api import Record, SubmitReply
+from fetchq.wire.api import ReadRecord, SubmitReply
 
 SUBMIT: Literal["submit"] = "submit"
 SEAL: Literal["seal"] = "seal"
@@ -130,10 +130,10 @@ class Result(TypedDict):
     """The task is done: ``r`` is its result, waiting for an output."""
 
     k: Literal["result"]
-    r: Record
+    r: ReadRecord
 
 
-def result(record: Record) -> Result:
+def result(record: ReadRecord) -> Result:
     return {"k": RESULT, "r": record}
 
 
@@ -340,10 +340,10 @@ class Unconfirmed(TypedDict):
     """A result no output has confirmed yet (handed out or waiting)."""
 
     k: Literal["unconfirmed"]
-    r: Record
+    r: ReadRecord
 
 
-def unconfirmed(record: Record) -> Unconfirmed:
+def unconfirmed(record: ReadRecord) -> Unconfirmed:
     return {"k": UNCONFIRMED, "r": record}
 
 

@@ -10,13 +10,12 @@ applied; a plan the journal cannot take is filed away again.
 
 from __future__ import annotations
 
-from typing import Any
-
 from fetchq.server import events
 from fetchq.server.completion import ended_without_request, finish_task
 from fetchq.server.leases import Lease
 from fetchq.server.outbox import Delivery
 from fetchq.server.state import BrokerState
+from fetchq.wire.records import StoredResult
 
 LEASE_EXPIRED = "lease_expired"
 """The error type of a task whose worker vanished on its last attempt."""
@@ -26,7 +25,7 @@ class Expiry:
     def __init__(self, state: BrokerState, now: float, wall: float) -> None:
         self.lapsed: list[Delivery] = state.outbox.lapsed(now)
         self.overdue: list[Lease] = state.leases.overdue(now)
-        self.failures: dict[int, dict[str, Any]] = {
+        self.failures: dict[int, StoredResult] = {
             lease.id: _lease_expired_result(lease, wall)
             for lease in self.overdue
             if not lease.robots
@@ -59,7 +58,7 @@ class Expiry:
     def apply(self, state: BrokerState) -> set[str]:
         """Make the change; returns the jobs whose outputs have new results to read."""
         state.outbox.give_back(self.lapsed)
-        touched = {result["job"] for delivery in self.lapsed for result in delivery.results}
+        touched = {result.job for delivery in self.lapsed for result in delivery.results}
         for lease in self.overdue:
             if lease.robots:
                 state.give_back(lease)
@@ -73,7 +72,7 @@ class Expiry:
             else:
                 state.end_lease(lease.id)
                 finish_task(state, failure)
-                touched.add(failure["job"])
+                touched.add(failure.job)
         return touched
 
     def refile(self, state: BrokerState) -> None:
@@ -84,7 +83,7 @@ class Expiry:
             state.leases.refile(lease)
 
 
-def _lease_expired_result(lease: Lease, wall: float) -> dict[str, Any]:
+def _lease_expired_result(lease: Lease, wall: float) -> StoredResult:
     task = lease.task
     message = (
         f"lease expired on worker {lease.worker} "

@@ -269,14 +269,14 @@ class JobQueue:
         while fifo and len(taken) < count:
             head = fifo[0]
             if isinstance(head, Span):
-                task = head.take()
+                run = head.take_run(count - len(taken))
                 if head.exhausted:
                     fifo.popleft()
-            else:
-                fifo.popleft()
-                task = head
-            if not is_done(task.id):  # a stale copy: finished late by an earlier attempt
-                taken.append(task)
+                taken.extend([task for task in run if not is_done(task.id)])
+                continue
+            fifo.popleft()
+            if not is_done(head.id):  # a stale copy: finished late by an earlier attempt
+                taken.append(head)
         self.count -= len(taken)
         return taken
 

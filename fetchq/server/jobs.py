@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fetchq.errors import NoSuchJob
-from fetchq.wire.records import lateness
+from fetchq.wire.records import StoredResult, late_by
 
 RECENT = 10
 """Whole seconds of results a job's achieved rate and mean service time are measured over."""
@@ -63,7 +63,7 @@ class PaceSeen:
         self.late = 0
         self.worst_lateness = 0.0
 
-    def record(self, now: float, results: Iterable[dict[str, Any]]) -> None:
+    def record(self, now: float, results: Iterable[StoredResult]) -> None:
         second = math.floor(now)
         if self._first is None:
             self._first = now
@@ -72,11 +72,13 @@ class PaceSeen:
         entry = self._seconds[-1]
         for result in results:
             entry[1] += 1
-            entry[2] += float(result.get("elapsed") or 0.0)
-            late = lateness(result)
-            if late is not None and late.late:
-                self.late += 1
-                self.worst_lateness = max(self.worst_lateness, late.seconds)
+            head = result.head
+            entry[2] += head.elapsed or 0.0
+            if head.scheduled is not None:  # only a paced job's results carry a schedule
+                late = late_by(head.scheduled, head.started)
+                if late is not None and late.late:
+                    self.late += 1
+                    self.worst_lateness = max(self.worst_lateness, late.seconds)
         while self._seconds[0][0] < second - RECENT:
             self._seconds.popleft()
 

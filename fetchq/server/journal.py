@@ -38,8 +38,11 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import msgspec
+
 from fetchq.errors import ConfigError, StorageFailed
 from fetchq.messages import say
+from fetchq.wire.records import StoredResult
 
 FORMAT = "fetchq-journal"
 FORMAT_VERSION = 3
@@ -328,9 +331,21 @@ def _lock_exclusively(path: Path) -> int:
     return fd
 
 
+def _stored_text(obj: Any) -> Any:
+    if isinstance(obj, StoredResult):
+        return msgspec.Raw(obj.raw)  # a result's text, as it arrived: not built again
+    raise TypeError(f"a {type(obj).__name__} is not a JSON value")
+
+
+_encoder = msgspec.json.Encoder(enc_hook=_stored_text)
+
+
 def encode_event(event: Mapping[str, object]) -> bytes:
     """One journal line; raises TypeError, ValueError or UnicodeEncodeError for non-JSON."""
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
+    try:
+        return _encoder.encode(event) + b"\n"
+    except msgspec.EncodeError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _sync_directory(path: Path) -> None:

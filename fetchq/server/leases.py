@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from fetchq.server.tasks import Task
-from fetchq.wire.records import ROBOTS, make_task
+from fetchq.wire.records import RECORD_VERSION, ROBOTS
 
 HEAP_SLACK = 1024
 """Ended leases the expiry heap may hold beyond twice the live ones before a sweep."""
@@ -57,11 +57,19 @@ class Lease:
         return self.task.attempt
 
     def record(self) -> dict[str, Any]:
-        """The task as the worker receives it."""
+        """The task as the worker receives it (``records.make_task``, written out: this
+        runs for every task leased)."""
         task = self.task
-        record = make_task(
-            task.id, task.job, task.url, task.attempt, task.timeout, task.submitted, self.start
-        )
+        record = {
+            "v": RECORD_VERSION,
+            "id": task.id,
+            "job": task.job,
+            "url": task.url,
+            "attempt": task.attempt,
+            "timeout": task.timeout,
+            "submitted": task.submitted,
+            "scheduled": self.start,
+        }
         if self.robots:
             record.update(kind=ROBOTS, host=self.host)
         return record
@@ -84,6 +92,17 @@ class LeaseTable:
         self._per_job[task.job] += 1
         heapq.heappush(self._expiry, lease)
         return lease
+
+    def grant_plain(self, tasks: list[Task], worker: str, deadline: float) -> list[Lease]:
+        """Leases of tasks to start at once with no host limit: ``grant``, for a batch."""
+        leases = [Lease(task, worker, deadline) for task in tasks]
+        held, expiry, push = self._leases, self._expiry, heapq.heappush
+        for lease in leases:
+            held[lease.task.id] = lease
+            push(expiry, lease)
+        if tasks:
+            self._per_job.update(task.job for task in tasks)
+        return leases
 
     def get(self, task_id: int) -> Lease | None:
         return self._leases.get(task_id)

@@ -21,10 +21,11 @@ from typing import Any
 from fetchq.errors import StorageFailed
 from fetchq.server import events, robots
 from fetchq.server.completion import ended_without_request, finish_task
+from fetchq.server.jobqueue import Pick
 from fetchq.server.leases import Lease
 from fetchq.server.state import BrokerState
 from fetchq.server.tasks import Task
-from fetchq.wire.records import CANCELLED, ROBOTS_REFUSED
+from fetchq.wire.records import CANCELLED, ROBOTS_REFUSED, StoredResult
 
 CANCEL_BATCH = 10_000
 """Queued tasks of a cancelled job turned into results per round (each is journaled)."""
@@ -50,8 +51,16 @@ def lease(
     call, so that starts keep the schedule's exact spacing in Unix time too.  When the
     journal cannot take the leases on limited hosts, every lease of the call is given
     back and ``StorageFailed`` raised: nothing was handed out."""
+    taken = state.scheduler.take_tasks(count, now, state.ledger.done.__contains__)
+    plain = [entry for entry in taken if not isinstance(entry, Pick)]
+    if len(plain) == len(taken):
+        # The usual case, a job with no pace and no host limits: leased as a batch.
+        return [
+            given.record() for given in state.leases.grant_plain(plain, worker, now + lease_timeout)
+        ]
     granted = []
-    for pick in state.scheduler.take(count, now, state.ledger.done.__contains__):
+    for entry in taken:
+        pick = entry if isinstance(entry, Pick) else Pick(entry, None, None)
         task = pick.task
         if pick.robots:
             task = task._replace(id=next(_probe_ids), submitted=wall)
@@ -84,7 +93,7 @@ def lease_event(worker: str, leases: list[Lease], wall_offset: float) -> events.
     return events.lease(worker, counted) if counted else None
 
 
-def refused_by_robots(state: BrokerState, wall: float) -> tuple[list[Task], list[dict[str, Any]]]:
+def refused_by_robots(state: BrokerState, wall: float) -> tuple[list[Task], list[StoredResult]]:
     """The tasks the last lease found forbidden, with the results they end as."""
     denied, state.scheduler.denied = state.scheduler.denied, []
     tasks = [task for task, _ in denied]
@@ -95,9 +104,7 @@ def refused_by_robots(state: BrokerState, wall: float) -> tuple[list[Task], list
     return tasks, results
 
 
-def cancelled(
-    state: BrokerState, room: int, wall: float
-) -> tuple[list[Task], list[dict[str, Any]]]:
+def cancelled(state: BrokerState, room: int, wall: float) -> tuple[list[Task], list[StoredResult]]:
     """Queued tasks of cancelled jobs, at most ``room``, with the results they end as."""
     tasks: list[Task] = []
     done = state.ledger.done.__contains__
@@ -114,7 +121,7 @@ def cancelled(
 def end_without_request(
     state: BrokerState,
     tasks: list[Task],
-    results: list[dict[str, Any]],
+    results: list[StoredResult],
     write: Callable[..., None],
 ) -> set[str]:
     """Journal and record results of tasks that end here; returns their jobs.  A journal
@@ -128,4 +135,4 @@ def end_without_request(
         return set()
     for result in results:
         finish_task(state, result)
-    return {result["job"] for result in results}
+    return {result.job for result in results}

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import operator
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-Result = dict[str, Any]
+from fetchq.wire.records import StoredResult
+
+Result = StoredResult
 
 HEAP_SLACK = 256
 """Confirmed deliveries the expiry heap may hold beyond twice the open ones."""
@@ -34,11 +37,14 @@ class Delivery:
         return (self.deadline, self.sequence) < (other.deadline, other.sequence)
 
     def ids(self) -> list[int]:
-        return [result["id"] for result in self.results]
+        return [result.id for result in self.results]
 
 
 def count_by_job(results: Iterable[Result]) -> Counter[str]:
-    return Counter(result["job"] for result in results)
+    return Counter(map(_job_of, results))
+
+
+_job_of = operator.attrgetter("job")
 
 
 class Outbox:
@@ -52,8 +58,9 @@ class Outbox:
         self.unconfirmed = 0
         """Results waiting or handed out, over all jobs: what ``max_results`` bounds."""
 
-    def add(self, result: Result) -> None:
-        self._waiting.setdefault(result["job"], deque()).append(result)
+    def add(self, result: Mapping[str, Any]) -> None:
+        stored = StoredResult.of(result)
+        self._waiting.setdefault(stored.job, deque()).append(stored)
         self.unconfirmed += 1
 
     def select(self, job: str | None, count: int) -> list[Result]:
@@ -126,7 +133,7 @@ class Outbox:
         for delivery in reversed(lapsed):
             del self._deliveries[delivery.token]
             for result in reversed(delivery.results):
-                self._waiting.setdefault(result["job"], deque()).appendleft(result)
+                self._waiting.setdefault(result.job, deque()).appendleft(result)
             for job, count in count_by_job(delivery.results).items():
                 self._handed_out[job] -= count
 

@@ -4,12 +4,14 @@ they describe, or nothing at all when the server keeps no journal."""
 from __future__ import annotations
 
 import contextlib
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 from fetchq.errors import BadRequest, StorageFailed
 from fetchq.server import events, recovery
 from fetchq.server.journal import Journal, Segment, encode_event
 from fetchq.server.state import BrokerState
+from fetchq.wire.records import StoredResult
 
 
 class Compaction(NamedTuple):
@@ -30,10 +32,11 @@ class Recorder:
         if self.journal is not None:
             self.journal.write(lines)
 
-    def encode(self, event: events.Event) -> bytes | None:
-        return encode_event(event) if self.journal is not None else None
+    def encoder(self) -> Callable[[events.Event], bytes] | None:
+        """What encodes an event for the journal; None when there is none to write."""
+        return encode_event if self.journal is not None else None
 
-    def result_lines(self, results: list[dict[str, Any]]) -> list[bytes | None]:
+    def result_lines(self, results: list[StoredResult]) -> list[bytes | None]:
         """Results' events, encoded before the lock is taken: a result the journal cannot
         hold is a bad request, refused before anything changes."""
         if self.journal is None:

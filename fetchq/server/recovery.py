@@ -28,7 +28,8 @@ from fetchq.server.ledger import Ledger
 from fetchq.server.scheduler import LOOKAHEAD
 from fetchq.server.state import BrokerState
 from fetchq.server.tasks import Task
-from fetchq.wire.api import SubmitReply
+from fetchq.wire.api import ReadRecord, SubmitReply
+from fetchq.wire.records import StoredResult
 
 
 class Snapshot:
@@ -129,7 +130,7 @@ class _Replay:
         self.now = now
         self.wall = wall
         self.tasks: dict[int, Task] = {}
-        self.results: dict[int, dict[str, Any]] = {}
+        self.results: dict[int, ReadRecord] = {}
         self.deliveries: dict[str, list[int]] = {}
         self.confirmed: Counter[str] = Counter()
         self.leases: dict[int, tuple[int, str, float]] = {}
@@ -263,8 +264,8 @@ class _Replay:
         if (result.get("error") or {}).get("type") == LEASE_EXPIRED:
             job.expired += 1
 
-    def _unconfirmed(self, event: events.Result | events.Unconfirmed) -> dict[str, Any]:
-        result: dict[str, Any] = event["r"]
+    def _unconfirmed(self, event: events.Result | events.Unconfirmed) -> ReadRecord:
+        result = event["r"]
         self.tasks.pop(result["id"], None)
         self.leases.pop(result["id"], None)
         self.results[result["id"]] = result
@@ -309,8 +310,12 @@ class _Replay:
         for name, count in self.confirmed.items():
             state.outbox.restore_confirmed(name, count)
         for token, ids in self.deliveries.items():
-            handed = [self.results.pop(task_id) for task_id in ids if task_id in self.results]
+            handed = [
+                StoredResult.of(self.results.pop(task_id))
+                for task_id in ids
+                if task_id in self.results
+            ]
             if handed:
                 state.outbox.restore_delivery(token, handed, delivery_deadline)
         for result in self.results.values():
-            state.outbox.add(result)
+            state.outbox.add(StoredResult.of(result))

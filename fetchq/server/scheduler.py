@@ -184,7 +184,17 @@ class Scheduler:
     def take(self, count: int, now: float, is_done: Callable[[int], bool]) -> list[Pick]:
         """Up to ``count`` tasks whose start is due within ``LOOKAHEAD``; tasks robots.txt
         forbids are moved to ``denied`` on the way."""
-        picks: list[Pick] = []
+        return [
+            taken if isinstance(taken, Pick) else Pick(taken, None, None)
+            for taken in self.take_tasks(count, now, is_done)
+        ]
+
+    def take_tasks(
+        self, count: int, now: float, is_done: Callable[[int], bool]
+    ) -> list[Task | Pick]:
+        """As ``take``, but a task to start at once with no host limit is the task itself,
+        not a ``Pick``: most tasks of most jobs, leased with no more to decide."""
+        picks: list[Task | Pick] = []
         while len(picks) < count and self.ring:
             jobs = len(self.ring)
             share = -(-(count - len(picks)) // jobs)  # each job an equal part, rounded up
@@ -264,7 +274,7 @@ class Scheduler:
 
     def _take_job(
         self, queue: JobQueue, count: int, now: float, is_done: Callable[[int], bool]
-    ) -> list[Pick]:
+    ) -> list[Task] | list[Pick]:
         rate = queue.policy.rate
         pace = self.paces[queue.name]
         pace.begin(now)
@@ -281,7 +291,7 @@ class Scheduler:
         tasks = queue.take_fifo(count, is_done)
         self._count -= len(tasks)
         if not rate:
-            return [Pick(task, None, None) for task in tasks]
+            return tasks
         first, step = pace.next_slot, 1.0 / rate
         pace.next_slot += step * len(tasks)
         return [Pick(task, first + n * step, None) for n, task in enumerate(tasks)]

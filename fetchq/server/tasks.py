@@ -49,6 +49,20 @@ class Span:
             self.left -= 1
         return self.task(index)
 
+    def take_run(self, count: int) -> list[Task]:
+        """The next ``count`` tasks (fewer at the end), first in, first out."""
+        start = self.next
+        end = min(len(self.urls), start + count)
+        self.next = end
+        if self.left > 0:
+            self.left = max(0, self.left - (end - start))
+        first, job, urls = self.first, self.job, self.urls
+        attempts, timeout, submitted = self.attempts, self.timeout, self.submitted
+        return [
+            Task(first + index, job, urls[index], 1, attempts, timeout, submitted)
+            for index in range(start, end)
+        ]
+
     def task(self, index: int) -> Task:
         return Task(
             self.first + index,

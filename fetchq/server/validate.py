@@ -21,6 +21,7 @@ from fetchq.wire.api import (
     ROBOTS_MAX_BYTES,
     job_name_problem,
 )
+from fetchq.wire.records import StoredResult
 
 MAX_ATTEMPTS = 100
 
@@ -189,26 +190,42 @@ inside a frame."""
 _PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
-def results_list(results: Any) -> list[dict[str, Any]]:
+def results_list(results: Any) -> list[StoredResult]:
     """Every result is checked before any is applied: a bad call changes nothing.
 
     Results are stored and handed out as they come, so their size is bounded here:
     plain values only (``error`` an object of them), a few dozen fields, and a bounded
-    amount of text.  This runs for every result a worker reports: one pass over its
-    values, no more."""
+    amount of text.  A result read off the wire as fetchq's workers send it (a
+    ``StoredResult``) had its fields checked while it was decoded; its text is counted
+    only when it is long enough to matter."""
     require(isinstance(results, list), "results must be a list")
     require(len(results) <= MAX_SUBMIT, f"at most {MAX_SUBMIT} results per call")
+    stored: list[StoredResult] = []
     for result in results:
+        if type(result) is StoredResult:
+            if len(result.raw) > MAX_RESULT_TEXT:
+                check_result(result.record)
+            stored.append(result)
+            continue
         require(type(result) is dict, "each result must be a dict")
-        require(type(result.get("id")) is int, "each result needs an integer id")
-        require(type(result.get("attempt", 1)) is int, "attempt must be an integer")
-        require(len(result) <= MAX_RESULT_FIELDS, f"at most {MAX_RESULT_FIELDS} fields a result")
-        require(
-            _text_in(result) <= MAX_RESULT_TEXT,
-            f"a result may carry {MAX_RESULT_TEXT} "
-            "characters of text, in plain values (error an object of them)",
-        )
-    return results
+        check_result(result)
+        try:
+            stored.append(StoredResult.of(result))
+        except (TypeError, ValueError) as exc:  # a lone surrogate, say: no JSON text
+            raise BadRequest(f"results must hold JSON values only: {exc}") from None
+    return stored
+
+
+def check_result(result: dict[str, Any]) -> None:
+    """One result within the bounds: plain values, a few dozen fields, bounded text."""
+    require(type(result.get("id")) is int, "each result needs an integer id")
+    require(type(result.get("attempt", 1)) is int, "attempt must be an integer")
+    require(len(result) <= MAX_RESULT_FIELDS, f"at most {MAX_RESULT_FIELDS} fields a result")
+    require(
+        _text_in(result) <= MAX_RESULT_TEXT,
+        f"a result may carry {MAX_RESULT_TEXT} "
+        "characters of text, in plain values (error an object of them)",
+    )
 
 
 def _text_in(result: dict[str, Any]) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Mapping, Sequence
 from typing import Any, NotRequired, Protocol, TypedDict
 
 from fetchq import __version__
@@ -168,6 +169,8 @@ class JobCounts(TypedDict):
 
 
 Record = dict[str, Any]
+ReadRecord = Mapping[str, Any]
+"""A record as a reader sees it: a dict, or the server's stored form of a result."""
 """A task or result record (``fetchq.wire.records``): plain JSON types, read with ``.get``."""
 
 
@@ -211,7 +214,7 @@ class ResultsDelivery(TypedDict):
     """Results handed to an output under ``token`` (None when there are none), and
     whether the job is done."""
 
-    results: list[Record]
+    results: Sequence[ReadRecord]
     done: bool
     token: str | None
 

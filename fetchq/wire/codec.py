@@ -4,6 +4,13 @@ The server reads every frame through the strict JSON codec, which refuses what
 could hurt it before or while parsing (deep nesting, huge integers, a pickle
 sent where JSON is expected); clients read replies through the lenient one.
 Nothing here touches a socket: the transport frames, this decodes.
+
+The messages that carry a fleet's work, one per task (a worker's ``complete``,
+the server's replies to ``lease`` and ``results``), are read and written by
+msgspec, in C: a ``complete`` is checked against its schema while it is decoded,
+and each result's JSON text is kept as it came, so the server hands it on to an
+output without building it again.  Every other message goes through the json
+module, with the checks below.
 """
 
 from __future__ import annotations
@@ -14,10 +21,13 @@ import pickle
 import re
 from multiprocessing import managers
 from multiprocessing.reduction import ForkingPickler
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
+
+import msgspec
 
 from fetchq.errors import to_wire
-from fetchq.wire.api import MAX_DEPTH, MAX_INTEGER
+from fetchq.wire.api import MAX_DEPTH, MAX_INTEGER, MAX_SUBMIT
+from fetchq.wire.records import ResultHead, StoredResult
 
 PICKLE_OPCODE = 0x80
 """The first byte of every pickle since protocol 2: how a pickle frame is told apart."""
@@ -52,6 +62,8 @@ class Codec(Protocol):
 
 def _encode_other(obj: Any) -> Any:
     """What JSON has no type for: errors become data, a manager Token a small object."""
+    if isinstance(obj, StoredResult):
+        return obj.record
     if isinstance(obj, BaseException):
         return to_wire(obj)
     if isinstance(obj, managers.Token):
@@ -137,6 +149,88 @@ def _needs_number_checks(frame: bytes) -> bool:
     return _LONG_INTEGER in shapes or _EXPONENT in shapes
 
 
+# -- the messages of every task, in C ----------------------------------------------------
+
+
+def _encode_fast(obj: Any) -> Any:
+    """A stored result is its JSON text; the rest as ``_encode_other`` says."""
+    if isinstance(obj, StoredResult):
+        return msgspec.Raw(obj.raw)
+    return _encode_other(obj)
+
+
+_FAST = msgspec.json.Encoder(enc_hook=_encode_fast)
+"""msgspec writes a NaN as null where the json module refuses it: it writes only the
+messages whose numbers are finite by construction (clocks, counts, and numbers that
+were checked when they arrived)."""
+
+
+def _fast_message(obj: Any) -> bool:
+    """A task's messages: the server's reply to ``lease`` (a list of tasks) or to
+    ``results`` (a delivery), and a worker's ``complete``."""
+    kind = type(obj)
+    if kind is tuple and len(obj) == 2 and obj[0] == "#RETURN":
+        value = obj[1]
+        return type(value) is list or (type(value) is dict and "results" in value)
+    return kind is list and len(obj) == 4 and obj[1] == "complete"
+
+
+class _CompleteArgs(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
+    """``complete(worker, results, renew)`` with results as fetchq's workers send them."""
+
+    worker: str
+    results: Annotated[list[ResultHead], msgspec.Meta(max_length=MAX_SUBMIT)]
+    renew: Annotated[list[tuple[int, int]], msgspec.Meta(max_length=MAX_SUBMIT)] = msgspec.field(
+        default_factory=list
+    )
+
+
+class _CompleteTexts(msgspec.Struct, array_like=True):
+    """The same arguments, each result kept as its JSON text."""
+
+    worker: msgspec.Raw
+    results: list[msgspec.Raw]
+    renew: msgspec.Raw = msgspec.Raw(b"[]")
+
+
+class _Request(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
+    ident: str | None
+    method: str
+    args: msgspec.Raw
+    kwds: dict[str, Any]
+
+
+_request = msgspec.json.Decoder(_Request)
+_complete_args = msgspec.json.Decoder(_CompleteArgs)
+_complete_texts = msgspec.json.Decoder(_CompleteTexts)
+_COMPLETE = b',"complete",'
+_COMPLETE_WINDOW = 80
+"""Where a complete call names its method: after an ident of a few dozen characters."""
+
+
+def _read_complete(frame: bytes) -> list[Any] | None:
+    """A ``complete`` request decoded against its schema, each result as its JSON text
+    and its fields; None when the frame is no such request or its results are not as
+    fetchq's workers send them (the general reading then takes it, and says what is
+    wrong if anything is)."""
+    if _COMPLETE not in frame[:_COMPLETE_WINDOW]:
+        return None
+    try:
+        request = _request.decode(frame)
+        if request.method != "complete" or request.kwds:
+            return None
+        args = _complete_args.decode(request.args)
+        texts = _complete_texts.decode(request.args)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None
+    results = [
+        StoredResult(bytes(text), head)
+        for text, head in zip(texts.results, args.results, strict=True)
+    ]
+    renew = [list(pair) for pair in args.renew]
+    return [request.ident, "complete", [args.worker, results, renew], {}]
+
+
 class JsonCodec:
     """JSON in UTF-8 (sent as ASCII), compact, no NaN; when ``strict``, as the server
     reads what clients send, numbers bounded and nesting at most MAX_DEPTH.
@@ -181,16 +275,26 @@ class JsonCodec:
 
     def dumps(self, obj: Any) -> bytes:
         try:
+            if _fast_message(obj):
+                return _FAST.encode(obj)
             if self._encode_chunks is None:
                 return self._encoder.encode(obj).encode("ascii")
             return "".join(self._encode_chunks(obj, 0)).encode("ascii")
-        except (TypeError, ValueError, RecursionError) as exc:
+        except (TypeError, ValueError, RecursionError, msgspec.EncodeError) as exc:
             raise Unencodable(f"cannot send as JSON: {exc}") from None
 
     def loads(self, frame: bytes) -> Any:
         if frame[:1] == bytes([PICKLE_OPCODE]):
             raise BadFrame("a pickle: this connection reads JSON only, and nothing is unpickled")
-        if self.strict and too_deep(frame):
+        if not self.strict:
+            try:
+                return _LENIENT.decode(frame)
+            except (msgspec.DecodeError, RecursionError) as exc:
+                raise BadFrame(f"not JSON: {str(exc)[:200]}") from None
+        complete = _read_complete(frame)
+        if complete is not None:
+            return complete
+        if too_deep(frame):
             raise BadFrame(f"nested deeper than {MAX_DEPTH} levels")
         try:
             text = frame.decode("utf-8")
@@ -229,6 +333,8 @@ class PickleCodec:
         except Exception as exc:
             raise BadFrame(f"not a pickle: {str(exc)[:200]}") from None
 
+
+_LENIENT = msgspec.json.Decoder()
 
 JSON = JsonCodec()
 """What the server reads (and what every side writes)."""

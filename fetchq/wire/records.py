@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any, NamedTuple
+from collections.abc import Iterator, Mapping
+from typing import Annotated, Any, NamedTuple
 
-from fetchq.wire.api import LATE_AFTER
+import msgspec
+
+from fetchq.wire.api import LATE_AFTER, MAX_INTEGER
 
 RECORD_VERSION = 1
 """Bumped when a field changes meaning; new optional fields do not bump it."""
@@ -120,7 +123,7 @@ An HTTP status, even 500, is the server's answer and ends the task; so do
 errors that another try cannot fix (``dns``, ``tls``, ``invalid_url``)."""
 
 
-def is_retryable(result: dict[str, Any]) -> bool:
+def is_retryable(result: Mapping[str, Any]) -> bool:
     error = result.get("error")
     return isinstance(error, dict) and error.get("type") in RETRYABLE_ERRORS
 
@@ -137,7 +140,7 @@ such a result says why the URL was not fetched, and is no request (elapsed 0, wo
 ``server``)."""
 
 
-def not_requested(result: dict[str, Any]) -> str | None:
+def not_requested(result: Mapping[str, Any]) -> str | None:
     """The error type of a result whose task was never requested, else None."""
     error = result.get("error")
     if error is None:
@@ -159,7 +162,7 @@ class Lateness(NamedTuple):
     """More than LATE_AFTER after: what status and the reports count as a late start."""
 
 
-def lateness(result: dict[str, Any]) -> Lateness | None:
+def lateness(result: Mapping[str, Any]) -> Lateness | None:
     """The lateness of a result's start; None for a result without a schedule."""
     scheduled = result.get("scheduled")
     if scheduled is None:  # most results: a job without a rate
@@ -169,3 +172,141 @@ def lateness(result: dict[str, Any]) -> Lateness | None:
         return None
     seconds = started - scheduled
     return Lateness(seconds, seconds > LATE_AFTER)
+
+
+def late_by(scheduled: object, started: object) -> Lateness | None:
+    """How late a start was against its schedule (None without a schedule)."""
+    if not isinstance(scheduled, _NUMBER) or not isinstance(started, _NUMBER):
+        return None
+    seconds = started - scheduled
+    return Lateness(seconds, seconds > LATE_AFTER)
+
+
+_Integer = Annotated[int, msgspec.Meta(ge=-MAX_INTEGER, le=MAX_INTEGER)]
+_Plain = str | _Integer | float | bool | None
+
+
+class ResultHead(msgspec.Struct, forbid_unknown_fields=True):
+    """A result with the fields fetchq's workers send, each of its type: what the server
+    decodes a worker's results into, in C.  A result with other fields, or fields of
+    other types, is read the general way instead (``StoredResult.of``)."""
+
+    id: _Integer
+    job: str = ""
+    url: str = ""
+    ok: bool = False
+    status: _Integer | None = None
+    elapsed: float | None = None
+    bytes: _Integer | None = None
+    error: dict[str, _Plain] | None = None
+    attempt: _Integer = 1
+    worker: str = ""
+    started: float | None = None
+    scheduled: float | None = None
+    retry_after: float | None = None
+    v: _Integer = RECORD_VERSION
+
+
+_read = msgspec.json.Decoder()
+_write = msgspec.json.Encoder()
+
+
+def _number(value: object) -> float | None:
+    """A field that should be a number, as one (None when it is not)."""
+    if type(value) is float or type(value) is int:
+        return float(value)
+    return None
+
+
+class StoredResult(Mapping[str, Any]):
+    """A result as the server keeps it and hands it on: its JSON text, checked once when
+    it arrived, and its fields as decoded then (``head``).
+
+    The text goes to the output (and to the journal) as it came: the server does not
+    build the record again to send it.  As a ``Mapping`` it reads like the dict it
+    was (a test, a classic client), decoded from the text when asked."""
+
+    __slots__ = ("attempt", "head", "id", "job", "ok", "raw")
+
+    def __init__(self, raw: bytes, head: ResultHead) -> None:
+        self.raw = raw
+        """The result's JSON text, checked."""
+        self.head = head
+        self.id = head.id
+        self.job = head.job
+        """As the worker said: the server sets it from its own record of the task."""
+        self.attempt = head.attempt
+        self.ok = head.ok
+
+    @classmethod
+    def of(cls, result: Mapping[str, Any]) -> StoredResult:
+        """A result the server made, read back (a journal) or was handed in process, in
+        the form it keeps; raises TypeError or ValueError when it is no JSON."""
+        if isinstance(result, StoredResult):
+            return result
+        error, attempt, status = result.get("error"), result.get("attempt", 1), result.get("status")
+        head = ResultHead(
+            id=result["id"],
+            job=str(result.get("job") or ""),
+            url=str(result.get("url") or ""),
+            ok=bool(result.get("ok")),
+            status=status if type(status) is int else None,
+            error=error if isinstance(error, dict) else None,
+            attempt=attempt if type(attempt) is int else 1,
+            elapsed=_number(result.get("elapsed")),
+            started=_number(result.get("started")),
+            scheduled=_number(result.get("scheduled")),
+            retry_after=_number(result.get("retry_after")),
+        )
+        return cls(_write.encode(result), head)
+
+    def with_job(self, job: str) -> StoredResult:
+        """The same result under the job the server's own record names."""
+        return StoredResult(
+            _write.encode({**self.record, "job": job}), msgspec.structs.replace(self.head, job=job)
+        )
+
+    @property
+    def status(self) -> int | None:
+        return self.head.status
+
+    @property
+    def url(self) -> str:
+        return self.head.url
+
+    @property
+    def elapsed(self) -> float | None:
+        return self.head.elapsed
+
+    @property
+    def retry_after(self) -> float | None:
+        return self.head.retry_after
+
+    @property
+    def retryable(self) -> bool:
+        error = self.head.error
+        return error is not None and error.get("type") in RETRYABLE_ERRORS
+
+    def lateness(self) -> Lateness | None:
+        head = self.head
+        return None if head.scheduled is None else late_by(head.scheduled, head.started)
+
+    @property
+    def record(self) -> dict[str, Any]:
+        record: dict[str, Any] = _read.decode(self.raw)
+        return record
+
+    def __getitem__(self, key: str) -> Any:
+        return self.record[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.record.get(key, default)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.record)
+
+    def __len__(self) -> int:
+        return len(self.record)
+
+    def __repr__(self) -> str:
+        return f"StoredResult({self.raw.decode('utf-8', 'replace')})"
