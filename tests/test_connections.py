@@ -182,13 +182,12 @@ def test_a_worker_process_holds_two_connections_whatever_its_threads(env, server
     try:
 
         def working() -> list[int]:
-            """The worker processes' pids, once both have had results taken."""
-            status = client.call("status")
-            names = [row["worker"] for row in status["workers"]]
-            done = status["jobs"].get("held", {}).get("succeeded", 0)
-            return (
-                [int(name.rsplit(":", 1)[1]) for name in names] if len(names) == 2 and done else []
-            )
+            """The worker processes' pids, once each has reported results (so each has
+            logged in both of its sessions)."""
+            rows = client.call("status")["workers"]
+            if len(rows) == 2 and all(row["reported"] > 0 for row in rows):
+                return [int(row["worker"].rsplit(":", 1)[1]) for row in rows]
+            return []
 
         pids = poll_until(working, 60, "both worker processes to report results")
         assert worker.pid not in pids

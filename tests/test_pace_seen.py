@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 import pytest
 
@@ -10,13 +9,15 @@ from fetchq.commands.status import pace_lines
 from fetchq.server.jobs import RECENT, PaceSeen
 from fetchq.units import format_achieved
 from fetchq.wire.api import LATE_AFTER
-from fetchq.wire.records import lateness
+from fetchq.wire.records import StoredResult, lateness
 
 T0 = 1000.0
 
 
-def results(n: int, *, late_by: float = 0.0) -> list[dict[str, Any]]:
-    return [{"elapsed": 0.02, "scheduled": T0, "started": T0 + late_by} for _ in range(n)]
+def results(n: int, *, late_by: float = 0.0) -> list[StoredResult]:
+    """Results as the server keeps them."""
+    one = {"id": 1, "elapsed": 0.02, "scheduled": T0, "started": T0 + late_by}
+    return [StoredResult.of(one) for _ in range(n)]
 
 
 def run_at(pace: PaceSeen, rate: int, start: float, end: float) -> None:
@@ -53,8 +54,8 @@ def test_an_older_job_is_measured_over_the_last_whole_seconds() -> None:
 
 def test_late_starts_are_the_ones_the_reports_call_late() -> None:
     pace = PaceSeen()
-    on_the_edge = {"scheduled": 0.0, "started": LATE_AFTER}
-    pace.record(T0, [*results(3, late_by=0.5), on_the_edge, *results(1)])
+    on_the_edge = {"id": 2, "scheduled": 0.0, "started": LATE_AFTER}
+    pace.record(T0, [*results(3, late_by=0.5), StoredResult.of(on_the_edge), *results(1)])
     assert pace.late == 3 and pace.worst_lateness == pytest.approx(0.5)
     assert lateness(on_the_edge) == (LATE_AFTER, False), "late is more than LATE_AFTER"
     assert lateness({"scheduled": 0.0, "started": 0.0101}) == (0.0101, True)
