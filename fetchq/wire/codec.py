@@ -21,7 +21,7 @@ import pickle
 import re
 from multiprocessing import managers
 from multiprocessing.reduction import ForkingPickler
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 import msgspec
 
@@ -193,16 +193,26 @@ class _CompleteTexts(msgspec.Struct, array_like=True):
     renew: msgspec.Raw = msgspec.Raw(b"[]")
 
 
-class _Request(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
+class _CompleteCall(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
+    """``[ident, "complete", args, {}]``: a worker's complete call, as its client sends it."""
+
     ident: str | None
-    method: str
-    args: msgspec.Raw
-    kwds: dict[str, Any]
+    method: Literal["complete"]
+    args: _CompleteArgs
+    kwds: Annotated[dict[str, Any], msgspec.Meta(max_length=0)]
 
 
-_request = msgspec.json.Decoder(_Request)
-_complete_args = msgspec.json.Decoder(_CompleteArgs)
-_complete_texts = msgspec.json.Decoder(_CompleteTexts)
+class _CompleteCallTexts(msgspec.Struct, array_like=True):
+    """The same call, its results as their JSON text."""
+
+    ident: msgspec.Raw
+    method: msgspec.Raw
+    args: _CompleteTexts
+    kwds: msgspec.Raw
+
+
+_complete_call = msgspec.json.Decoder(_CompleteCall)
+_complete_texts = msgspec.json.Decoder(_CompleteCallTexts)
 _COMPLETE = b',"complete",'
 _COMPLETE_WINDOW = 80
 """Where a complete call names its method: after an ident of a few dozen characters."""
@@ -212,23 +222,21 @@ def _read_complete(frame: bytes) -> list[Any] | None:
     """A ``complete`` request decoded against its schema, each result as its JSON text
     and its fields; None when the frame is no such request or its results are not as
     fetchq's workers send them (the general reading then takes it, and says what is
-    wrong if anything is)."""
+    wrong if anything is).  Two passes in C: one checks and reads the fields, the
+    other cuts out each result's text."""
     if _COMPLETE not in frame[:_COMPLETE_WINDOW]:
         return None
     try:
-        request = _request.decode(frame)
-        if request.method != "complete" or request.kwds:
-            return None
-        args = _complete_args.decode(request.args)
-        texts = _complete_texts.decode(request.args)
+        call = _complete_call.decode(frame)
+        texts = _complete_texts.decode(frame).args.results
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return None
+    args = call.args
     results = [
-        StoredResult(bytes(text), head)
-        for text, head in zip(texts.results, args.results, strict=True)
+        StoredResult(bytes(text), head) for text, head in zip(texts, args.results, strict=True)
     ]
     renew = [list(pair) for pair in args.renew]
-    return [request.ident, "complete", [args.worker, results, renew], {}]
+    return [call.ident, "complete", [args.worker, results, renew], {}]
 
 
 class JsonCodec:
