@@ -287,9 +287,6 @@ class Broker:
                 self._state, stored, lines, self._recorder.encoder(), self._wall()
             )
             self._recorder.write_lines([line for v in verdicts for line in v.events])
-            # Read what pace needs of each result before it goes to wait for an output
-            # as its text alone.
-            completion.record_pace(self._state, now, verdicts)
             completion.apply_all(self._state, verdicts, now)
             tally = Counter(verdict.outcome for verdict in verdicts)
             renewed = [

@@ -151,15 +151,11 @@ def apply(state: BrokerState, verdict: Verdict, now: float) -> None:
 
 def apply_all(state: BrokerState, verdicts: list[Verdict], now: float) -> None:
     """``apply`` each verdict, the common one (a result accepted from the worker that
-    held its task) without a call per step: this runs for every task done."""
-    leases, scheduler, done, outbox, jobs = (
-        state.leases,
-        state.scheduler,
-        state.ledger.done,
-        state.outbox,
-        state.jobs,
-    )
+    held its task) without a call per step, and what each job counts of its accepted
+    results once per job: this runs for every task done."""
+    leases, scheduler, done, jobs = state.leases, state.scheduler, state.ledger.done, state.jobs
     accepted = Outcome.ACCEPTED
+    by_job: dict[str, list[Result]] = {}
     for verdict in verdicts:
         if verdict.outcome is not accepted:
             apply(state, verdict, now)
@@ -171,10 +167,20 @@ def apply_all(state: BrokerState, verdicts: list[Verdict], now: float) -> None:
         elif lease.host is not None:
             scheduler.lease_ended(lease.task.job, lease.host)
         done.add(result.id)
-        job = jobs.find(result.job)
-        assert job is not None, result.job
-        job.count_result(result.ok)
-        outbox.add(result)
+        found = by_job.get(result.job)
+        if found is None:
+            by_job[result.job] = [result]
+        else:
+            found.append(result)
+    for name, results in by_job.items():
+        job = jobs.find(name)
+        assert job is not None, name
+        # What pace needs of each result is read here, before it waits for an output.
+        job.pace.record(now, results)
+        ok = sum(1 for result in results if result.ok)
+        job.succeeded += ok
+        job.failed += len(results) - ok
+        state.outbox.add_all(name, results)
 
 
 def ended_without_request(
@@ -197,15 +203,3 @@ def finish_task(state: BrokerState, result: Result) -> None:
     assert job is not None, result.job
     job.count_result(result.ok)
     state.outbox.add(result)
-
-
-def record_pace(state: BrokerState, now: float, verdicts: list[Verdict]) -> None:
-    """Accepted results tell each job how fast it really runs and how late it starts."""
-    by_job: dict[str, list[Result]] = {}
-    for verdict in verdicts:
-        if verdict.outcome is Outcome.ACCEPTED:
-            by_job.setdefault(verdict.result.job, []).append(verdict.result)
-    for name, results in by_job.items():
-        job = state.jobs.find(name)
-        if job is not None:
-            job.pace.record(now, results)

@@ -63,6 +63,11 @@ class Outbox:
         self._waiting.setdefault(stored.job, deque()).append(stored)
         self.unconfirmed += 1
 
+    def add_all(self, job: str, results: list[StoredResult]) -> None:
+        """``add`` for results of one job, all of them as the server keeps them."""
+        self._waiting.setdefault(job, deque()).extend(results)
+        self.unconfirmed += len(results)
+
     def select(self, job: str | None, count: int) -> list[Result]:
         """The results ``hand_out`` would take: up to ``count``, oldest first, per job."""
         queues = [self._waiting[job]] if job in self._waiting else []
