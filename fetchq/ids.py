@@ -90,6 +90,20 @@ class IdSet:
             and bool(bitmap[low >> 3] & (1 << (low & 7)))
         )
 
+    def none_in(self, start: int, stop: int) -> bool:
+        """Whether no id of ``start`` .. ``stop - 1`` is here, in C over whole bytes
+        (False also when a byte at the run's edges holds only ids outside it)."""
+        while start < stop:
+            block_end = min(stop, ((start >> _LOW_BITS) + 1) << _LOW_BITS)
+            bitmap = self._maps.get(start >> _LOW_BITS)
+            if bitmap is not None:
+                low = (start & _LOW_MASK) >> 3
+                end = min(len(bitmap), (((block_end - 1) & _LOW_MASK) >> 3) + 1)
+                if end > low and bitmap.count(0, low, end) != end - low:
+                    return False
+            start = block_end
+        return True
+
     def __len__(self) -> int:
         return self._count
 

@@ -496,6 +496,21 @@ def test_completion_of_a_requeued_task_is_accepted_and_never_leased_again(
     assert result["worker"] == "A"
 
 
+def test_completion_of_a_task_not_leased_yet_is_accepted_and_it_is_never_leased(
+    broker: BrokerService,
+) -> None:
+    """A result may come for a task still in its submitted batch (a worker of an
+    earlier lease, before a restart): that task is done, and a lease of the batch
+    around it skips it."""
+    submit(broker, "a", 300)
+    (first,) = broker.lease("A", 1, 0)
+    later = {**first, "id": first["id"] + 5}  # ids of one batch are consecutive
+    assert broker.complete("A", [ok(later, "A")])["accepted"] == 1
+    leased = broker.lease("B", 100, 0)
+    assert [t["id"] for t in leased] == [first["id"] + n for n in range(1, 102) if n != 5]
+    assert broker.job("a")["succeeded"] == 1
+
+
 def test_stale_retryable_failure_is_dropped(broker: BrokerService, clock: FakeClock) -> None:
     submit(broker, "a", 1)
     (task_a,) = broker.lease("A", 1, 0)

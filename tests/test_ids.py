@@ -69,3 +69,31 @@ def test_a_range_across_blocks_is_added_whole() -> None:
     assert len(ids) == 3_000_000
     assert start in ids and start + 2_999_999 in ids
     assert start - 1 not in ids and start + 3_000_000 not in ids
+
+
+@given(
+    st.sets(st.integers(0, 300), max_size=20),
+    st.integers(0, 300),
+    st.integers(1, 60),
+)
+def test_none_in_says_a_run_holds_no_id_exactly_to_the_byte(
+    offsets: set[int], start: int, length: int
+) -> None:
+    """``none_in`` looks at whole bytes of the bitmap: it is True exactly when no id in
+    the bytes that hold the run is in the set, so it is never True for a run that
+    holds one."""
+    ids = IdSet(BASE + offset for offset in offsets)
+    first, stop = BASE + start, BASE + start + length
+    bytes_of_run = range(first >> 3, ((stop - 1) >> 3) + 1)
+    assert ids.none_in(first, stop) == all((BASE + o) >> 3 not in bytes_of_run for o in offsets)
+    if any(first <= BASE + o < stop for o in offsets):
+        assert not ids.none_in(first, stop)
+
+
+def test_none_in_looks_at_every_block_a_run_crosses() -> None:
+    block = 1 << 20
+    start = 1_765_000_000_000_000 // block * block + block - 10  # ten ids before a block ends
+    ids = IdSet([start + 15])  # in the next block
+    assert not ids.none_in(start, start + 20)
+    assert ids.none_in(start, start + 10), "the run ends before the next block"
+    assert IdSet().none_in(start, start + 20)

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from fetchq.ids import IdSet
 from fetchq.server.tasks import Span, Task
 from fetchq.urls import host_key, origin
 
@@ -262,8 +263,12 @@ class JobQueue:
 
     # -- taking -------------------------------------------------------------
 
-    def take_fifo(self, count: int, is_done: Callable[[int], bool]) -> list[Task]:
-        """Up to ``count`` tasks first in, first out, limits aside."""
+    def take_fifo(
+        self, count: int, is_done: Callable[[int], bool], done: IdSet | None = None
+    ) -> list[Task]:
+        """Up to ``count`` tasks first in, first out, limits aside.  ``done``: the set
+        ``is_done`` reads, when there is one, so that a run of a batch none of whose
+        ids is done is taken without a look at each."""
         taken: list[Task] = []
         fifo = self.fifo
         while fifo and len(taken) < count:
@@ -272,7 +277,10 @@ class JobQueue:
                 run = head.take_run(count - len(taken))
                 if head.exhausted:
                     fifo.popleft()
-                taken.extend([task for task in run if not is_done(task.id)])
+                if run and done is not None and done.none_in(run[0].id, run[-1].id + 1):
+                    taken.extend(run)
+                else:
+                    taken.extend([task for task in run if not is_done(task.id)])
                 continue
             fifo.popleft()
             if not is_done(head.id):  # a stale copy: finished late by an earlier attempt

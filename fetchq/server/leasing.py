@@ -51,7 +51,8 @@ def lease(
     call, so that starts keep the schedule's exact spacing in Unix time too.  When the
     journal cannot take the leases on limited hosts, every lease of the call is given
     back and ``StorageFailed`` raised: nothing was handed out."""
-    taken = state.scheduler.take_tasks(count, now, state.ledger.done.__contains__)
+    done = state.ledger.done
+    taken = state.scheduler.take_tasks(count, now, done.__contains__, done)
     plain = [entry for entry in taken if not isinstance(entry, Pick)]
     if len(plain) == len(taken):
         # The usual case, a job with no pace and no host limits: leased as a batch.

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterator
 
+from fetchq.ids import IdSet
 from fetchq.server.jobqueue import (
     LOOKAHEAD,
     ROBOTS_ATTEMPTS,
@@ -190,10 +191,11 @@ class Scheduler:
         ]
 
     def take_tasks(
-        self, count: int, now: float, is_done: Callable[[int], bool]
+        self, count: int, now: float, is_done: Callable[[int], bool], done: IdSet | None = None
     ) -> list[Task | Pick]:
         """As ``take``, but a task to start at once with no host limit is the task itself,
-        not a ``Pick``: most tasks of most jobs, leased with no more to decide."""
+        not a ``Pick``: most tasks of most jobs, leased with no more to decide.
+        ``done``: the set ``is_done`` reads, if there is one (see ``JobQueue.take_fifo``)."""
         picks: list[Task | Pick] = []
         while len(picks) < count and self.ring:
             jobs = len(self.ring)
@@ -208,7 +210,7 @@ class Scheduler:
                     queue.in_ring = False
                     continue
                 self.ring.rotate(-1)
-                got = self._take_job(queue, min(share, count - len(picks)), now, is_done)
+                got = self._take_job(queue, min(share, count - len(picks)), now, is_done, done)
                 picks.extend(got)
                 progressed = progressed or bool(got)
             if not progressed:
@@ -273,7 +275,12 @@ class Scheduler:
             self.ring.append(queue)
 
     def _take_job(
-        self, queue: JobQueue, count: int, now: float, is_done: Callable[[int], bool]
+        self,
+        queue: JobQueue,
+        count: int,
+        now: float,
+        is_done: Callable[[int], bool],
+        done: IdSet | None = None,
     ) -> list[Task] | list[Pick]:
         rate = queue.policy.rate
         pace = self.paces[queue.name]
@@ -288,7 +295,7 @@ class Scheduler:
             picks = queue.take_hosted(count, now, pace, is_done, self.denied)
             self._count += queue.count - before
             return picks
-        tasks = queue.take_fifo(count, is_done)
+        tasks = queue.take_fifo(count, is_done, done)
         self._count -= len(tasks)
         if not rate:
             return tasks
