@@ -24,7 +24,7 @@ from fetchq.commands.options import (
 from fetchq.messages import plural
 from fetchq.server.broker import Broker
 from fetchq.server.journal import Journal
-from fetchq.server.serve import QueueServer, run_until_stopped
+from fetchq.server.serve import QueueServer, collect_rarely, run_until_stopped
 from fetchq.signals import StopRequest
 from fetchq.wire import tls
 
@@ -154,6 +154,7 @@ def server(
     # Before the line that says it listens: a SIGTERM sent as soon as a supervisor (or
     # a test) reads it must stop the server the orderly way.
     stop = StopRequest().install()
+    collect_rarely()
     say(f"server listening on {queue_server.address} ({wire}); authkey from {key.source}")
     run_until_stopped(broker, queue_server, stop)
     say(f"server stopped ({stop.signal_name or 'asked to'})")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import queue
 import resource
 import socket
@@ -489,6 +490,24 @@ def make_room(max_connections: int) -> list[str]:
             f"(sysctl -w net.core.somaxconn={defaults.BACKLOG})"
         )
     return found
+
+
+COLLECT_AFTER = 50_000
+"""Allocations (net) between two runs of the cycle collector's youngest generation,
+where Python's default is 700."""
+
+
+def collect_rarely() -> None:
+    """Tune the cycle collector for a process whose heap is mostly long-lived records.
+
+    A server holds a record per queued task, lease and waiting result, and makes
+    and drops several per task it serves; none of them forms a cycle.  With
+    Python's defaults the collector runs every 700 allocations and now and then
+    walks the whole heap: a third of what a lease costs.  What exists when the
+    server starts (modules, a journal's recovered state) is set aside for good
+    (``gc.freeze``); cycles are still collected, 70 times less often."""
+    gc.freeze()
+    gc.set_threshold(COLLECT_AFTER, 20, 20)
 
 
 def run_until_stopped(broker: BrokerService, server: QueueServer, stop: StopRequest) -> None:
