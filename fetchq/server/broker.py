@@ -495,7 +495,7 @@ class Broker:
             wall=wall,
             wall_offset=self._steady_wall_offset(),
             lease_timeout=self.lease_timeout,
-            write=self._recorder.write,
+            write=self._recorder.write if self._recorder.journal is not None else None,
         )
         self._end_without_request(*leasing.refused_by_robots(state, wall))
         if len(state.scheduler) < self.max_pending:

@@ -302,10 +302,10 @@ class JobQueue:
         horizon = now + LOOKAHEAD
         picks: list[Pick] = []
         while len(picks) < count:
-            pick = self._take_host(now, horizon, pace, is_done, denied)
-            if pick is None:
+            taken = self._take_host(now, horizon, pace, is_done, denied, count - len(picks))
+            if not taken:
                 break
-            picks.append(pick)
+            picks.extend(taken)
         return picks
 
     def drain(self, count: int, is_done: Callable[[int], bool]) -> list[Task]:
@@ -385,8 +385,10 @@ class JobQueue:
         pace: Pace,
         is_done: Callable[[int], bool],
         denied: list[tuple[Task, Robots]],
-    ) -> Pick | None:
-        """The next task of a host that is ready: hosts that are ready take turns."""
+        want: int,
+    ) -> list[Pick]:
+        """The next tasks of a host that is ready: hosts that are ready take turns, one
+        task each (a host alone in its turn goes on, up to ``want``)."""
         while self.waiting and self.waiting[0][0] <= horizon:
             _, _, bucket = heapq.heappop(self.waiting)
             bucket.waiting = False
@@ -394,12 +396,12 @@ class JobQueue:
         for _ in range(len(self.ring)):
             bucket = self.ring.popleft()
             bucket.listed = False
-            pick = self._try_host(bucket, now, horizon, pace, is_done, denied)
-            if pick is not None:
+            picks = self._try_host(bucket, now, horizon, pace, is_done, denied, want)
+            if picks:
                 if len(bucket) and not (bucket.parked or bucket.waiting):
                     self._list_host(bucket)  # to the back: hosts take turns
-                return pick
-        return None
+                return picks
+        return []
 
     def _try_host(
         self,
@@ -409,29 +411,59 @@ class JobQueue:
         pace: Pace,
         is_done: Callable[[int], bool],
         denied: list[tuple[Task, Robots]],
-    ) -> Pick | None:
+        want: int,
+    ) -> list[Pick]:
+        """Up to ``want`` tasks of ``bucket``, each as a turn of its own would take it:
+        more than one only while no other host waits for a turn."""
         if not len(bucket):
-            return None
+            return []
         policy = self.policy
         if policy.obey_robots and bucket.robots is None:
             bucket.parked = True
             if bucket.probing:
-                return None
+                return []
             bucket.probing = True
-            return self._robots_probe(bucket, now)
+            return [self._robots_probe(bucket, now)]
         delay = self._delay(bucket)
         server_slot = self.server.slot(bucket.key)
-        ready = self.server.ready_at(bucket.ready_at(policy.per_host, delay), server_slot)
-        if ready is None:
-            bucket.parked = True
-            return None
-        start = pace.next_slot if policy.rate else now
-        if ready > start:
-            start = ready
-        if start > horizon:
-            bucket.waiting = True
-            heapq.heappush(self.waiting, (start, next(_order), bucket))
-            return None
+        picks: list[Pick] = []
+        while True:
+            ready = self.server.ready_at(bucket.ready_at(policy.per_host, delay), server_slot)
+            if ready is None:
+                bucket.parked = True
+                return picks
+            start = pace.next_slot if policy.rate else now
+            if ready > start:
+                start = ready
+            if start > horizon:
+                bucket.waiting = True
+                heapq.heappush(self.waiting, (start, next(_order), bucket))
+                return picks
+            pick = self._start_next(bucket, start, now, delay, pace, server_slot, is_done, denied)
+            if pick is None:
+                return picks
+            picks.append(pick)
+            if (
+                len(picks) >= want
+                or not len(bucket)
+                or self.ring
+                or (self.waiting and self.waiting[0][0] <= horizon)
+            ):
+                return picks
+
+    def _start_next(
+        self,
+        bucket: HostQueue,
+        start: float,
+        now: float,
+        delay: float,
+        pace: Pace,
+        server_slot: HostSlot | None,
+        is_done: Callable[[int], bool],
+        denied: list[tuple[Task, Robots]],
+    ) -> Pick | None:
+        """The host's next task, started at ``start`` (None: none is left)."""
+        policy = self.policy
         while len(bucket):
             task = bucket.front.popleft() if bucket.front else self.task_of(bucket.pop_id())
             if is_done(task.id):

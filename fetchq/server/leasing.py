@@ -43,14 +43,15 @@ def lease(
     wall: float,
     wall_offset: float,
     lease_timeout: float,
-    write: Callable[..., None],
+    write: Callable[..., None] | None,
 ) -> list[dict[str, Any]]:
     """Up to ``count`` task records for ``worker``, leased to it.
 
     A start goes out in Unix time as ``start + wall_offset``: one offset for every
     call, so that starts keep the schedule's exact spacing in Unix time too.  When the
     journal cannot take the leases on limited hosts, every lease of the call is given
-    back and ``StorageFailed`` raised: nothing was handed out."""
+    back and ``StorageFailed`` raised: nothing was handed out.  ``write``: the
+    journal's, None when there is none."""
     done = state.ledger.done
     taken = state.scheduler.take_tasks(count, now, done.__contains__, done)
     plain = [entry for entry in taken if not isinstance(entry, Pick)]
@@ -60,20 +61,23 @@ def lease(
             given.record() for given in state.leases.grant_plain(plain, worker, now + lease_timeout)
         ]
     granted = []
+    grant, at_once = state.leases.grant, now + lease_timeout
     for entry in taken:
-        pick = entry if isinstance(entry, Pick) else Pick(entry, None, None)
-        task = pick.task
-        if pick.robots:
+        if not isinstance(entry, Pick):
+            granted.append(grant(entry, worker, at_once))
+            continue
+        task, start, host, robots = entry
+        if robots:
             task = task._replace(id=next(_probe_ids), submitted=wall)
-        start = None if pick.start is None else pick.start + wall_offset
-        deadline = max(now, pick.start or now) + lease_timeout
+        if start is None:
+            granted.append(grant(task, worker, at_once, host=host, robots=robots))
+            continue
+        deadline = max(now, start) + lease_timeout
         granted.append(
-            state.leases.grant(
-                task, worker, deadline, start=start, host=pick.host, robots=pick.robots
-            )
+            grant(task, worker, deadline, start=start + wall_offset, host=host, robots=robots)
         )
-    event = lease_event(worker, granted, wall_offset)
-    if event is not None:
+    event = lease_event(worker, granted, wall_offset) if write is not None else None
+    if write is not None and event is not None:
         try:
             write(event)
         except StorageFailed:
