@@ -49,6 +49,24 @@ class IdSet:
         self._count += 1
         return True
 
+    def add_all(self, task_ids: list[int]) -> None:
+        """``add`` each of ``task_ids``: a bitmap looked up once for a run in one block."""
+        maps = self._maps
+        base, bitmap = -1, bytearray()
+        added = 0
+        for task_id in task_ids:
+            if task_id >> _LOW_BITS != base:
+                base = task_id >> _LOW_BITS
+                bitmap = maps.setdefault(base, bytearray())
+            low = task_id & _LOW_MASK
+            index, bit = low >> 3, 1 << (low & 7)
+            if index >= len(bitmap):
+                bitmap.extend(bytes(max(index + 1 - len(bitmap), len(bitmap))))
+            if not bitmap[index] & bit:
+                bitmap[index] |= bit
+                added += 1
+        self._count += added
+
     def add_range(self, start: int, stop: int) -> None:
         """Add ``start`` .. ``stop - 1``: a restart marks millions at once."""
         if stop <= start:
@@ -91,16 +109,27 @@ class IdSet:
         )
 
     def none_in(self, start: int, stop: int) -> bool:
-        """Whether no id of ``start`` .. ``stop - 1`` is here, in C over whole bytes
-        (False also when a byte at the run's edges holds only ids outside it)."""
+        """Whether no id of ``start`` .. ``stop - 1`` is here: the bytes inside the run
+        counted in C, the two at its edges masked."""
         while start < stop:
             block_end = min(stop, ((start >> _LOW_BITS) + 1) << _LOW_BITS)
             bitmap = self._maps.get(start >> _LOW_BITS)
             if bitmap is not None:
-                low = (start & _LOW_MASK) >> 3
-                end = min(len(bitmap), (((block_end - 1) & _LOW_MASK) >> 3) + 1)
-                if end > low and bitmap.count(0, low, end) != end - low:
-                    return False
+                first, last = start & _LOW_MASK, (block_end - 1) & _LOW_MASK
+                low, high = first >> 3, last >> 3
+                low_mask = (0xFF << (first & 7)) & 0xFF
+                high_mask = 0xFF >> (7 - (last & 7))
+                if low == high:
+                    if low < len(bitmap) and bitmap[low] & low_mask & high_mask:
+                        return False
+                else:
+                    if low < len(bitmap) and bitmap[low] & low_mask:
+                        return False
+                    inside = min(len(bitmap), high) - (low + 1)
+                    if inside > 0 and bitmap.count(0, low + 1, low + 1 + inside) != inside:
+                        return False
+                    if high < len(bitmap) and bitmap[high] & high_mask:
+                        return False
             start = block_end
         return True
 
