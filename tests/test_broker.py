@@ -397,6 +397,21 @@ def test_retryable_failure_requeues_and_later_success_is_the_result(broker: Brok
     assert broker.lease("w1", 1, 0) == []
 
 
+def test_late_starts_count_in_a_call_that_also_requeues(broker: BrokerService) -> None:
+    """The pace a job shows counts every accepted result, also those of a call whose
+    other results went back to the queue."""
+    submit(broker, "a", 3, rate=1000.0)
+    late, on_time, refused = broker.lease("w1", 3, 0)
+    results = [
+        {**ok(late), "scheduled": late["scheduled"], "started": late["scheduled"] + 0.5},
+        {**ok(on_time), "scheduled": on_time["scheduled"], "started": on_time["scheduled"]},
+        failed(refused, "refused"),
+    ]
+    assert broker.complete("w1", results)["requeued"] == 1
+    pace = broker.status()["jobs"]["a"]["pace"]
+    assert (pace["late"], pace["worst_lateness"]) == (1, 0.5)
+
+
 def test_retryable_failure_on_the_last_attempt_is_the_result(broker: BrokerService) -> None:
     submit(broker, "a", 1, attempts=2)
     (task,) = broker.lease("w1", 1, 0)

@@ -19,7 +19,6 @@ import contextlib
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -287,8 +286,7 @@ class Broker:
                 self._state, stored, lines, self._recorder.encoder(), self._wall()
             )
             self._recorder.write_lines([line for v in verdicts for line in v.events])
-            completion.apply_all(self._state, verdicts, now)
-            tally = Counter(verdict.outcome for verdict in verdicts)
+            tally = completion.apply_all(self._state, verdicts, now)
             renewed = [
                 pair
                 for pair in held

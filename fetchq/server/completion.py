@@ -11,6 +11,7 @@ journal has taken the whole call (``judge`` first, then ``apply`` each).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -149,31 +150,38 @@ def apply(state: BrokerState, verdict: Verdict, now: float) -> None:
         finish_task(state, result)
 
 
-def apply_all(state: BrokerState, verdicts: list[Verdict], now: float) -> None:
-    """``apply`` each verdict, the common one (a result accepted from the worker that
-    held its task) without a call per step, and what each job counts of its accepted
-    results once per job: this runs for every task done."""
-    leases, scheduler, done, jobs = state.leases, state.scheduler, state.ledger.done, state.jobs
-    accepted = Outcome.ACCEPTED
-    by_job: dict[str, list[Result]] = {}
-    for verdict in verdicts:
-        if verdict.outcome is not accepted:
+def apply_all(state: BrokerState, verdicts: list[Verdict], now: float) -> Counter[Outcome]:
+    """``apply`` each verdict; returns how many ended each way.
+
+    The common call, every result accepted from the worker that held its task,
+    is applied a step at a time for the whole call rather than a result at a time,
+    and what each job counts of its results once per job: this runs for every
+    task done."""
+    accepted = [verdict.result for verdict in verdicts if verdict.outcome is Outcome.ACCEPTED]
+    if len(accepted) < len(verdicts):
+        for verdict in verdicts:
             apply(state, verdict, now)
-            continue
-        result = verdict.result
-        lease = leases.drop(result.id)
+        for name, results in _by_job(accepted).items():
+            job = state.jobs.find(name)
+            assert job is not None, name
+            job.pace.record(now, results)
+        return Counter(verdict.outcome for verdict in verdicts)
+    scheduler = state.scheduler
+    by_job: dict[str, list[Result]] = {}
+    ended = state.leases.drop_all([result.id for result in accepted])
+    for result, lease in zip(accepted, ended, strict=True):
         if lease is None:  # its lease had expired: the queued copy is stale now
             scheduler.forget(result.job)
         elif lease.host is not None:
             scheduler.lease_ended(lease.task.job, lease.host)
-        done.add(result.id)
         found = by_job.get(result.job)
         if found is None:
             by_job[result.job] = [result]
         else:
             found.append(result)
+    state.ledger.done.add_all([result.id for result in accepted])
     for name, results in by_job.items():
-        job = jobs.find(name)
+        job = state.jobs.find(name)
         assert job is not None, name
         # What pace needs of each result is read here, before it waits for an output.
         job.pace.record(now, results)
@@ -181,6 +189,14 @@ def apply_all(state: BrokerState, verdicts: list[Verdict], now: float) -> None:
         job.succeeded += ok
         job.failed += len(results) - ok
         state.outbox.add_all(name, results)
+    return Counter({Outcome.ACCEPTED: len(accepted)})
+
+
+def _by_job(results: list[Result]) -> dict[str, list[Result]]:
+    by_job: dict[str, list[Result]] = {}
+    for result in results:
+        by_job.setdefault(result.job, []).append(result)
+    return by_job
 
 
 def ended_without_request(

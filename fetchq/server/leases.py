@@ -116,6 +116,17 @@ class LeaseTable:
                 self._sweep()
         return lease
 
+    def drop_all(self, task_ids: list[int]) -> list[Lease | None]:
+        """``drop`` for each of ``task_ids``: the leases ended (None where there was none)."""
+        held, per_job = self._leases, self._per_job
+        dropped = [held.pop(task_id, None) for task_id in task_ids]
+        for lease in dropped:
+            if lease is not None:
+                per_job[lease.task.job] -= 1
+        if len(self._expiry) > 2 * len(held) + HEAP_SLACK:
+            self._sweep()
+        return dropped
+
     def _sweep(self) -> None:
         """Ended leases wait in the heap until their deadline; past the slack they are
         swept out at once, so the heap stays within twice the live leases."""
