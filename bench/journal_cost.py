@@ -7,7 +7,10 @@ to the broker: this checkout decodes them off the wire into stored results, the
 baseline release unpickled dicts).  Modes: no journal, a journal with its normal
 fsync policy (every submit, plus housekeeping), a journal fsynced on every call;
 and, measured in the same run, the baseline release's broker with no journal
-(073dcce, unpacked from the repository's history and run in a child process).
+(073dcce, unpacked from the repository's history).  Each run is a child process
+of its own, so each meets a fresh heap; "the server's collector" is the broker
+with the cycle collector tuned as ``fetchq server`` tunes it (the baseline's server
+ran with Python's defaults).
 
     python bench/journal_cost.py [--tasks 200000] [--repeat 3] [--baseline 073dcce]
 """
@@ -90,12 +93,32 @@ def run_job(broker: Any, tasks: int, sync_every_call: bool) -> float:
     return spent
 
 
+SERVER_COLLECTOR = "no journal, the server's collector"
+"""The broker with the cycle collector tuned as ``fetchq server`` tunes it."""
+
+
 def measure(tasks: int, mode: str, folder: Path) -> float:
+    """One mode, in a child process of its own: each meets a fresh heap and collector."""
+    child = subprocess.run(
+        [sys.executable, __file__, "--mode", mode, str(tasks), str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if child.returncode:
+        raise SystemExit(f"{mode} failed:\n{child.stderr[-2000:]}")
+    return float(json.loads(child.stdout.strip().splitlines()[-1])["seconds"])
+
+
+def measure_here(tasks: int, mode: str, folder: Path) -> float:
     from fetchq.server.broker import Broker
     from fetchq.server.journal import Journal
+    from fetchq.server.serve import collect_rarely
 
+    if mode == SERVER_COLLECTOR:
+        collect_rarely()
     journal = None
-    if mode != "no journal":
+    if mode.startswith("journal"):
         path = folder / f"{mode.replace(' ', '-')}-{time.monotonic_ns()}.log"
         journal = Journal(path)
     broker = Broker(journal=journal)
@@ -137,12 +160,16 @@ def main() -> None:
     if sys.argv[1:2] == ["--child"]:
         child(int(sys.argv[2]))
         return
+    if sys.argv[1:2] == ["--mode"]:
+        mode, tasks, folder = sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
+        print(json.dumps({"seconds": measure_here(tasks, mode, folder)}))
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--baseline", default="073dcce", help="a commit ('' for none)")
     args = parser.parse_args()
-    modes = ["no journal", "journal (default fsync)", "journal, fsync every call"]
+    modes = ["no journal", SERVER_COLLECTOR, "journal (default fsync)", "journal, fsync every call"]
     runs: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="fetchq-journal-cost-") as folder:
         for _ in range(args.repeat):  # interleaved, so every mode meets the same machine
@@ -155,10 +182,10 @@ def main() -> None:
     seconds = {mode: statistics.median(found) for mode, found in runs.items()}
     base = seconds["no journal"]
     print(f"{args.tasks} tasks through the broker (submit, lease, complete, read, confirm)")
-    print(f"{'mode':<28} {'tasks/s':>10} {'us/task':>8} {'vs no journal':>14}")
+    print(f"{'mode':<36} {'tasks/s':>10} {'us/task':>8} {'vs no journal':>14}")
     for mode, spent in seconds.items():
         rate = args.tasks / spent
-        print(f"{mode:<28} {rate:>10.0f} {spent / args.tasks * 1e6:>8.2f} {base / spent:>13.2f}x")
+        print(f"{mode:<36} {rate:>10.0f} {spent / args.tasks * 1e6:>8.2f} {base / spent:>13.2f}x")
 
 
 if __name__ == "__main__":
