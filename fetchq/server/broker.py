@@ -286,7 +286,7 @@ class Broker:
                 self._state, stored, lines, self._recorder.encoder(), self._wall()
             )
             self._recorder.write_lines([line for v in verdicts for line in v.events])
-            tally = completion.apply_all(self._state, verdicts, now)
+            tally, jobs = completion.apply_all(self._state, verdicts, now)
             renewed = [
                 pair
                 for pair in held
@@ -295,10 +295,8 @@ class Broker:
             self._journal_renewals(worker, renewed)
             seen = self._state.workers.seen(worker, now)
             seen.record(now, tally[Outcome.ACCEPTED] + tally[Outcome.REQUEUED])
-            if tally[Outcome.ACCEPTED]:
-                self._waiters.wake_outputs(
-                    {v.result.job for v in verdicts if v.outcome is Outcome.ACCEPTED}
-                )
+            if jobs:
+                self._waiters.wake_outputs(jobs)
             self._waiters.tasks.notify(tally[Outcome.REQUEUED] + self._freed())
         return {
             "accepted": tally[Outcome.ACCEPTED],

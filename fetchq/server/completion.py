@@ -150,8 +150,11 @@ def apply(state: BrokerState, verdict: Verdict, now: float) -> None:
         finish_task(state, result)
 
 
-def apply_all(state: BrokerState, verdicts: list[Verdict], now: float) -> Counter[Outcome]:
-    """``apply`` each verdict; returns how many ended each way.
+def apply_all(
+    state: BrokerState, verdicts: list[Verdict], now: float
+) -> tuple[Counter[Outcome], set[str]]:
+    """``apply`` each verdict; returns how many ended each way, and the jobs that got
+    results.
 
     The common call, every result accepted from the worker that held its task,
     is applied a step at a time for the whole call rather than a result at a time,
@@ -165,7 +168,7 @@ def apply_all(state: BrokerState, verdicts: list[Verdict], now: float) -> Counte
             job = state.jobs.find(name)
             assert job is not None, name
             job.pace.record(now, results)
-        return Counter(verdict.outcome for verdict in verdicts)
+        return Counter(verdict.outcome for verdict in verdicts), {r.job for r in accepted}
     scheduler = state.scheduler
     by_job: dict[str, list[Result]] = {}
     ended = state.leases.drop_all([result.id for result in accepted])
@@ -189,7 +192,7 @@ def apply_all(state: BrokerState, verdicts: list[Verdict], now: float) -> Counte
         job.succeeded += ok
         job.failed += len(results) - ok
         state.outbox.add_all(name, results)
-    return Counter({Outcome.ACCEPTED: len(accepted)})
+    return Counter({Outcome.ACCEPTED: len(accepted)}), set(by_job)
 
 
 def _by_job(results: list[Result]) -> dict[str, list[Result]]:

@@ -10,6 +10,7 @@ again.
 from __future__ import annotations
 
 import heapq
+import operator
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -17,12 +18,15 @@ from typing import Any
 from fetchq.server.tasks import Task
 from fetchq.wire.records import RECORD_VERSION, ROBOTS
 
+_job_of_task = operator.attrgetter("job")
+_job_of_lease = operator.attrgetter("task.job")
+
 HEAP_SLACK = 1024
 """Ended leases the expiry heap may hold beyond twice the live ones before a sweep."""
 
 
 class Lease:
-    __slots__ = ("_filed_under", "deadline", "host", "robots", "start", "task", "worker")
+    __slots__ = ("_filed_under", "deadline", "host", "id", "robots", "start", "task", "worker")
 
     def __init__(
         self,
@@ -35,6 +39,7 @@ class Lease:
         robots: bool = False,
     ) -> None:
         self.task = task
+        self.id = task.id
         self.worker = worker
         self.deadline = deadline
         self.start = start
@@ -47,10 +52,6 @@ class Lease:
 
     def __lt__(self, other: Lease) -> bool:
         return self._filed_under < other._filed_under
-
-    @property
-    def id(self) -> int:
-        return self.task.id
 
     @property
     def attempt(self) -> int:
@@ -100,8 +101,7 @@ class LeaseTable:
         for lease in leases:
             held[lease.task.id] = lease
             push(expiry, lease)
-        if tasks:
-            self._per_job.update(task.job for task in tasks)
+        self._per_job.update(map(_job_of_task, tasks))  # counted in C
         return leases
 
     def get(self, task_id: int) -> Lease | None:
@@ -120,9 +120,8 @@ class LeaseTable:
         """``drop`` for each of ``task_ids``: the leases ended (None where there was none)."""
         held, per_job = self._leases, self._per_job
         dropped = [held.pop(task_id, None) for task_id in task_ids]
-        for lease in dropped:
-            if lease is not None:
-                per_job[lease.task.job] -= 1
+        for job, count in Counter(map(_job_of_lease, filter(None, dropped))).items():
+            per_job[job] -= count
         if len(self._expiry) > 2 * len(held) + HEAP_SLACK:
             self._sweep()
         return dropped
