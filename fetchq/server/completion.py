@@ -171,17 +171,20 @@ def apply_all(
         return Counter(verdict.outcome for verdict in verdicts), {r.job for r in accepted}
     scheduler = state.scheduler
     by_job: dict[str, list[Result]] = {}
+    on_hosts: Counter[tuple[str, str]] = Counter()  # by job and host: each told once
     ended = state.leases.drop_all([result.id for result in accepted])
     for result, lease in zip(accepted, ended, strict=True):
         if lease is None:  # its lease had expired: the queued copy is stale now
             scheduler.forget(result.job)
         elif lease.host is not None:
-            scheduler.lease_ended(lease.task.job, lease.host)
+            on_hosts[lease.task.job, lease.host] += 1
         found = by_job.get(result.job)
         if found is None:
             by_job[result.job] = [result]
         else:
             found.append(result)
+    for (job_name, host), count in on_hosts.items():
+        scheduler.lease_ended(job_name, host, count)
     state.ledger.done.add_all([result.id for result in accepted])
     for name, results in by_job.items():
         job = state.jobs.find(name)

@@ -350,11 +350,11 @@ class JobQueue:
         _started(self.host(key), float("-inf"), self.server.slot(key))
         return key
 
-    def lease_ended(self, host: str) -> None:
-        """A leased task of this job on ``host`` finished, went back or lapsed."""
+    def lease_ended(self, host: str, count: int = 1) -> None:
+        """``count`` leased tasks of this job on ``host`` finished, went back or lapsed."""
         bucket = self.hosts.get(host)
         if bucket is not None:
-            bucket.in_flight -= 1
+            bucket.in_flight -= count
             self.unpark(bucket)
 
     def unpark(self, bucket: HostQueue) -> None:

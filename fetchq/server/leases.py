@@ -86,9 +86,17 @@ class LeaseTable:
         self._expiry: list[Lease] = []
         self._per_job: Counter[str] = Counter()
 
-    def grant(self, task: Task, worker: str, deadline: float, **where: Any) -> Lease:
-        """``where``: ``start``, ``host`` and ``robots``, as ``Lease`` takes them."""
-        lease = Lease(task, worker, deadline, **where)
+    def grant(
+        self,
+        task: Task,
+        worker: str,
+        deadline: float,
+        start: float | None = None,
+        host: str | None = None,
+        robots: bool = False,
+    ) -> Lease:
+        """``start``, ``host`` and ``robots``: as ``Lease`` takes them."""
+        lease = Lease(task, worker, deadline, start=start, host=host, robots=robots)
         self._leases[task.id] = lease
         self._per_job[task.job] += 1
         heapq.heappush(self._expiry, lease)

@@ -238,18 +238,18 @@ class Scheduler:
         queue = self.get_or_create(task.job)
         return queue.held_over(task.url) if queue.by_host else None
 
-    def lease_ended(self, job: str, host: str | None) -> None:
-        """A leased task of ``job`` on ``host`` finished, went back or lapsed."""
+    def lease_ended(self, job: str, host: str | None, count: int = 1) -> None:
+        """``count`` leased tasks of ``job`` on ``host`` finished, went back or lapsed."""
         if host is None:
             return
-        self.freed += 1
+        self.freed += count
         queue = self.jobs.get(job)
         if queue is not None:
-            queue.lease_ended(host)
+            queue.lease_ended(host, count)
             self._list_job(queue)
         server_slot = self.server.slots.get(host)
         if server_slot is not None:
-            server_slot.in_flight -= 1
+            server_slot.in_flight -= count
             for other in self.jobs.values():
                 parked = other.hosts.get(host)
                 if parked is not None and parked.parked:
