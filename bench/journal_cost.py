@@ -97,17 +97,19 @@ SERVER_COLLECTOR = "no journal, the server's collector"
 """The broker with the cycle collector tuned as ``fetchq server`` tunes it."""
 
 
-def measure(tasks: int, mode: str, folder: Path) -> float:
-    """One mode, in a child process of its own: each meets a fresh heap and collector."""
+def in_child(what: str, args: list[str], **options: Any) -> float:
+    """The seconds a run of this script as a child process reports (``args`` after its
+    name): each run meets a fresh heap and collector."""
     child = subprocess.run(
-        [sys.executable, __file__, "--mode", mode, str(tasks), str(folder)],
-        capture_output=True,
-        text=True,
-        timeout=600,
+        [sys.executable, __file__, *args], capture_output=True, text=True, timeout=600, **options
     )
     if child.returncode:
-        raise SystemExit(f"{mode} failed:\n{child.stderr[-2000:]}")
+        raise SystemExit(f"{what} failed:\n{child.stderr[-2000:]}")
     return float(json.loads(child.stdout.strip().splitlines()[-1])["seconds"])
+
+
+def measure(tasks: int, mode: str, folder: Path) -> float:
+    return in_child(mode, ["--mode", mode, str(tasks), str(folder)])
 
 
 def measure_here(tasks: int, mode: str, folder: Path) -> float:
@@ -135,17 +137,7 @@ def baseline(commit: str, tasks: int, folder: Path) -> float:
 
     release = unpack(commit, folder)
     env = dict(os.environ, PYTHONPATH=str(release.root))
-    child = subprocess.run(
-        [sys.executable, __file__, "--child", str(tasks)],
-        env=env,
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if child.returncode:
-        raise SystemExit(f"the baseline's broker failed:\n{child.stderr[-2000:]}")
-    return float(json.loads(child.stdout.strip().splitlines()[-1])["seconds"])
+    return in_child("the baseline's broker", ["--child", str(tasks)], env=env, cwd=folder)
 
 
 def child(tasks: int) -> None:
@@ -171,14 +163,14 @@ def main() -> None:
     args = parser.parse_args()
     modes = ["no journal", SERVER_COLLECTOR, "journal (default fsync)", "journal, fsync every call"]
     runs: dict[str, list[float]] = {}
-    with tempfile.TemporaryDirectory(prefix="fetchq-journal-cost-") as folder:
+    with tempfile.TemporaryDirectory(prefix="fetchq-journal-cost-") as scratch:
         for _ in range(args.repeat):  # interleaved, so every mode meets the same machine
             if args.baseline:
                 runs.setdefault(f"{args.baseline}, no journal", []).append(
-                    baseline(args.baseline, args.tasks, Path(folder))
+                    baseline(args.baseline, args.tasks, Path(scratch))
                 )
             for mode in modes:
-                runs.setdefault(mode, []).append(measure(args.tasks, mode, Path(folder)))
+                runs.setdefault(mode, []).append(measure(args.tasks, mode, Path(scratch)))
     seconds = {mode: statistics.median(found) for mode, found in runs.items()}
     base = seconds["no journal"]
     print(f"{args.tasks} tasks through the broker (submit, lease, complete, read, confirm)")
