@@ -514,9 +514,9 @@ def test_completion_of_a_requeued_task_is_accepted_and_never_leased_again(
 def test_completion_of_a_task_not_leased_yet_is_accepted_and_it_is_never_leased(
     broker: BrokerService,
 ) -> None:
-    """A result may come for a task still in its submitted batch (a worker of an
-    earlier lease, before a restart): that task is done, and a lease of the batch
-    around it skips it."""
+    """A first result for a task of this server that no worker holds is accepted,
+    also for one still in its submitted batch: that task is done, and a lease of
+    the batch around it skips it."""
     submit(broker, "a", 300)
     (first,) = broker.lease("A", 1, 0)
     later = {**first, "id": first["id"] + 5}  # ids of one batch are consecutive

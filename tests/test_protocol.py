@@ -59,6 +59,28 @@ def test_round_trip_and_remote_errors(served):
     assert client.call("job", "p")["submitted"] == 1
 
 
+def test_a_result_reaches_the_output_as_the_worker_wrote_it(served):
+    """The server keeps each result's JSON text as it arrived and hands that text on:
+    its numbers reach an output written as the worker wrote them (``1.50e-3``),
+    where a server that decoded and encoded the record again would write ``0.0015``."""
+    client = BrokerClient(served.address, KEY)
+    client.connect()
+    client.call("submit", {"job": "as-sent", "urls": ["http://127.0.0.1/a"]})
+    (task,) = client.call("lease", "w", 1, 0)
+    session, ident = client._session(), client._ident
+    result = (
+        f'{{"v":1,"id":{task["id"]},"job":"as-sent","url":"http://127.0.0.1/a","ok":true,'
+        '"status":200,"elapsed":1.50e-3,"bytes":3,"error":null,"attempt":1,"worker":"w",'
+        '"started":1765000000.25,"scheduled":null,"retry_after":null}'
+    )
+    session.send_bytes(f'["{ident}","complete",["w",[{result}],[]],{{}}]'.encode())
+    assert session.recv() == ("#RETURN", {"accepted": 1, "requeued": 0, "dropped": 0, "renewed": 0})
+    session.send_bytes(f'["{ident}","results",["as-sent",10,0,null],{{}}]'.encode())
+    delivery = session.recv_bytes()
+    assert result.encode() in delivery, delivery
+    client.close()
+
+
 class HellosKeptWaiting(Broker):
     """A server whose first and last hello replies are kept waiting after it read its
     clock, as a busy machine keeps a thread waiting."""
