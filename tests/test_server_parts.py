@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import gc
 import os
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from fetchq.server.outbox import Outbox
 from fetchq.server.scheduler import Scheduler
 from fetchq.server.tasks import Span, Task
 from fetchq.wire.api import MAX_JOB_NAME, job_name_problem
+from fetchq.wire.records import StoredResult
 
 BASE = 5 << 32
 
@@ -131,6 +133,25 @@ def test_an_overdue_lease_refiled_is_found_again() -> None:
 
 
 # -- outbox -------------------------------------------------------------------
+
+
+def test_a_confirmed_delivery_lets_its_results_go_at_once() -> None:
+    """A confirmed delivery may wait in the expiry heap until its deadline; its
+    results must not, or they would outlive their confirmation by a lease timeout,
+    beyond --max-results."""
+
+    def alive() -> int:
+        gc.collect()
+        return sum(isinstance(o, StoredResult) for o in gc.get_objects())
+
+    before = alive()
+    outbox = Outbox()
+    for n in range(1, 101):
+        outbox.add(result(n, "a"))
+    outbox.hand_out("t1", outbox.select("a", 100), deadline=10.0)
+    assert alive() == before + 100
+    assert len(outbox.confirm("t1").results) == 100
+    assert alive() == before
 
 
 def test_outbox_hands_out_confirms_and_takes_back_in_order() -> None:

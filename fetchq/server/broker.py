@@ -551,11 +551,12 @@ class Broker:
             return 0  # already confirmed, or lapsed and handed out again
         self._recorder.write(events.ack(token, delivery.ids()))
         was_full = outbox.unconfirmed >= self.max_results
-        outbox.confirm(token)
-        self._waiters.wake_outputs(count_by_job(delivery.results))
+        confirmed = outbox.confirm(token)
+        assert confirmed is not None
+        self._waiters.wake_outputs(count_by_job(confirmed.results))
         if was_full and outbox.unconfirmed < self.max_results:
             self._waiters.tasks.notify_all()  # leasing was paused for room: it may resume
-        return len(delivery.results)
+        return len(confirmed.results)
 
     def _until_next_change(self) -> float:
         """Seconds until a lease or delivery may lapse or a paced task may go."""

@@ -118,7 +118,11 @@ class Outbox:
         if len(self._expiry) > 2 * len(self._deliveries) + HEAP_SLACK:
             self._expiry = [d for d in self._expiry if self._deliveries.get(d.token) is d]
             heapq.heapify(self._expiry)
-        return delivery
+        # The expiry heap may hold the delivery until its deadline; its results go now,
+        # or they would outlive their confirmation by a lease timeout, beyond max_results.
+        confirmed = Delivery(token, delivery.results, delivery.deadline, delivery.sequence)
+        delivery.results = []
+        return confirmed
 
     def lapsed(self, now: float) -> list[Delivery]:
         """Open deliveries past their deadline, oldest first, taken off the heap; the
