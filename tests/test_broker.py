@@ -1080,6 +1080,10 @@ BAD_CALLS: dict[str, Callable[[BrokerService], Any]] = {
     "lease-bool-count": lambda b: b.lease("w", True, 0),
     "lease-wait-str": lambda b: b.lease("w", 1, "0"),  # type: ignore[arg-type]
     "lease-wait-long": lambda b: b.lease("w", 1, MAX_WAIT + 1),
+    "lease-surrogate-worker": lambda b: b.lease("w\ud800", 1, 0),
+    "robots-surrogate-error": lambda b: b.robots(
+        "w", {"id": -1, "error": {"type": "refused", "message": "\ud800"}}
+    ),
     "complete-not-list": lambda b: b.complete("w", {"id": 1}),  # type: ignore[arg-type]
     "complete-item-str": lambda b: b.complete("w", ["result"]),
     "complete-id-str": lambda b: b.complete("w", [{"id": "1"}]),

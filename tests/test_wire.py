@@ -23,9 +23,11 @@ from worker_scenarios import whole_job
 
 from fetchq.config import Address, parse_address
 from fetchq.errors import BadRequest, ExitCode, FetchqError, StorageFailed, VersionMismatch
+from fetchq.server import validate
 from fetchq.wire.api import MAX_DEPTH, MAX_INTEGER
 from fetchq.wire.client import BrokerClient
 from fetchq.wire.codec import JSON, BadFrame, Unencodable, too_deep
+from fetchq.wire.records import StoredResult
 
 INF = float("inf")
 LOGIN_FRAMES = 3
@@ -292,3 +294,38 @@ def test_the_depth_check_agrees_with_the_parsed_depth(value, ascii_only, keys, o
         value = [value] if key is None else {key: value}
     frame = json.dumps(value, ensure_ascii=ascii_only).encode()
     assert too_deep(frame) == (depth_of(value) > MAX_DEPTH)
+
+
+# -- results kept as their text: what the server keeps is bounded and one line ----------
+
+
+def _complete_frame(result: str) -> bytes:
+    return f'["i","complete",["w",[{result}],[]],{{}}]'.encode()
+
+
+def _stored(frame: bytes) -> StoredResult:
+    (stored,) = validate.results_list(JSON.loads(frame)[2][1])
+    return stored
+
+
+def test_a_result_with_a_newline_between_its_tokens_is_kept_on_one_line() -> None:
+    """The journal holds one event a line: a result is not kept as it came when that
+    text spans lines (JSON allows a newline between tokens)."""
+    stored = _stored(_complete_frame('{"id":5,\n"job":"j","ok":true}'))
+    assert b"\n" not in stored.raw and stored.record == {"id": 5, "job": "j", "ok": True}
+
+
+def test_a_result_padded_past_its_text_limit_is_kept_compact() -> None:
+    """Spaces or digits a worker pads a result with are not what the server keeps: the
+    text limit bounds what it stores."""
+    padded = _stored(_complete_frame('{"id":5,"job":"j","ok":true' + " " * 100_000 + "}"))
+    digits = _stored(_complete_frame('{"id":5,"elapsed":1.' + "0" * 100_000 + "1}"))
+    assert padded.raw == b'{"id":5,"job":"j","ok":true}'
+    assert len(digits.raw) < 40 and digits.record["elapsed"] == 1.0
+
+
+def test_an_integer_past_the_limit_in_a_number_field_is_refused() -> None:
+    """The fast path reads ``elapsed`` as a float, which would take any integer: one
+    past 2**63 - 1 goes the checked way and is refused, as everywhere else."""
+    with pytest.raises(BadFrame, match="out of range"):
+        JSON.loads(_complete_frame('{"id":5,"elapsed":' + "9" * 300 + "}"))

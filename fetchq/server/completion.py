@@ -6,7 +6,7 @@ one from an attempt that is no longer current is dropped.  For a job that
 obeys Retry-After, a 429 or 503 answer that names a wait holds the host for
 that long and queues the task again too.  A cancelled job retries nothing.  Results of one
 call are judged as if they came one by one, but nothing changes until the
-journal has taken the whole call (``judge`` first, then ``apply`` each).
+journal has taken the whole call (``judge`` first, then ``apply_all``).
 """
 
 from __future__ import annotations

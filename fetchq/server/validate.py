@@ -59,6 +59,7 @@ def job_name(value: Any) -> str:
 
 def worker_name(value: Any) -> str:
     require(isinstance(value, str) and 0 < len(value) <= 300, "worker must be a name")
+    require(_encodable(value), "worker must be valid Unicode text (no lone surrogates)")
     return str(value)
 
 
@@ -178,6 +179,11 @@ def robots_report(report: Any) -> dict[str, Any]:
     require(body is None or len(body) <= 4 * ROBOTS_MAX_BYTES, "robots.txt body too large")
     error = report.get("error")
     require(error is None or isinstance(error, dict), "error must be an object or null")
+    texts = [body, *(error.values() if error else ())]
+    require(
+        all(_encodable(text) for text in texts if isinstance(text, str)),
+        "robots reports must be valid Unicode text (no lone surrogates)",
+    )
     return report
 
 
@@ -196,15 +202,19 @@ def results_list(results: Any) -> list[StoredResult]:
     Results are stored and handed out as they come, so their size is bounded here:
     plain values only (``error`` an object of them), a few dozen fields, and a bounded
     amount of text.  A result read off the wire as fetchq's workers send it (a
-    ``StoredResult``) had its fields checked while it was decoded; its text is counted
-    only when it is long enough to matter."""
+    ``StoredResult``) had its fields checked while it was decoded; its text is counted,
+    and written again compactly, only when it is long enough to matter."""
     require(isinstance(results, list), "results must be a list")
     require(len(results) <= MAX_SUBMIT, f"at most {MAX_SUBMIT} results per call")
     stored: list[StoredResult] = []
     for result in results:
         if type(result) is StoredResult:
             if len(result.raw) > MAX_RESULT_TEXT:
-                check_result(result.record)
+                # Its text counted; and written again compactly, so that what a
+                # worker pads (spaces, digits) is not what the server keeps.
+                record = result.record
+                check_result(record)
+                result = StoredResult.of(record)
             stored.append(result)
             continue
         require(type(result) is dict, "each result must be a dict")

@@ -169,9 +169,9 @@ class JobCounts(TypedDict):
 
 
 Record = dict[str, Any]
+"""A task or result record (``fetchq.wire.records``): plain JSON types, read with ``.get``."""
 ReadRecord = Mapping[str, Any]
 """A record as a reader sees it: a dict, or the server's stored form of a result."""
-"""A task or result record (``fetchq.wire.records``): plain JSON types, read with ``.get``."""
 
 
 class HelloReply(TypedDict):

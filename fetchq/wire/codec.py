@@ -226,6 +226,8 @@ def _read_complete(frame: bytes) -> list[Any] | None:
     other cuts out each result's text."""
     if _COMPLETE not in frame[:_COMPLETE_WINDOW]:
         return None
+    if b"\n" in frame:  # a result's text is kept as it came, and a journal line holds one
+        return None
     try:
         call = _complete_call.decode(frame)
         texts = _complete_texts.decode(frame).args.results

@@ -183,6 +183,9 @@ def late_by(scheduled: object, started: object) -> Lateness | None:
 
 
 _Integer = Annotated[int, msgspec.Meta(ge=-MAX_INTEGER, le=MAX_INTEGER)]
+_Seconds = Annotated[float, msgspec.Meta(ge=-MAX_INTEGER, le=MAX_INTEGER)]
+"""Within the integers' range: a number beyond it goes the checked way (a float out
+of this range is still taken there; an integer is refused)."""
 _Plain = str | _Integer | float | bool | None
 
 
@@ -196,14 +199,14 @@ class ResultHead(msgspec.Struct, forbid_unknown_fields=True):
     url: str = ""
     ok: bool = False
     status: _Integer | None = None
-    elapsed: float | None = None
+    elapsed: _Seconds | None = None
     bytes: _Integer | None = None
     error: dict[str, _Plain] | None = None
     attempt: _Integer = 1
     worker: str = ""
-    started: float | None = None
-    scheduled: float | None = None
-    retry_after: float | None = None
+    started: _Seconds | None = None
+    scheduled: _Seconds | None = None
+    retry_after: _Seconds | None = None
     v: _Integer = RECORD_VERSION
 
 
