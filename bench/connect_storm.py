@@ -12,7 +12,9 @@ released together, and each one logs in (``connect``: the connection that
 finds the broker, its session, a ``hello``) and makes one call (``queued``).
 A client counts as:
 
-- ok: answered on the first try;
+- ok: answered, and of those, "again": answered only after a second login (the
+  server greeted it so late that the client's probe for a web server spoilt
+  its first one);
 - dropped: its login or call failed (refused, reset, timed out; the kinds are
   counted apart);
 - hung: neither after ``--hang`` seconds.
@@ -111,11 +113,15 @@ def clients(address: str, count: int, hang: float) -> None:
     samples: dict[str, str] = {}
     released = [0.0]
     connects = [0]
+    again = [0]
+    mine = threading.local()
+    """Connections this client thread opened: 2 for a login on the first try."""
     create_connection = transport.socket.create_connection
 
     def counted(*args: Any, **kwargs: Any) -> Any:
         with lock:
             connects[0] += 1
+        mine.opened = getattr(mine, "opened", 0) + 1
         return create_connection(*args, **kwargs)
 
     transport.socket.create_connection = counted  # type: ignore[assignment]
@@ -130,6 +136,8 @@ def clients(address: str, count: int, hang: float) -> None:
             took = time.monotonic() - released[0]
             with lock:
                 answered.append(took)
+                if mine.opened > 2:
+                    again[0] += 1
         except Exception as exc:  # counted, with one message of each kind
             kind = _kind(exc)
             with lock:
@@ -160,6 +168,7 @@ def clients(address: str, count: int, hang: float) -> None:
             "slowest": max(answered, default=0.0),
             "answered": sorted(answered),
             "connections": connects[0],
+            "again": again[0],
             "samples": samples,
         }
     print(json.dumps(outcome), flush=True)
@@ -264,6 +273,7 @@ def storm(
         "p50": answered[ok // 2] if answered else 0.0,
         "p99": answered[min(ok - 1, ok * 99 // 100)] if answered else 0.0,
         "connections": sum(outcome["connections"] for outcome in outcomes),
+        "again": sum(outcome["again"] for outcome in outcomes),
         "server_threads_before": baseline,
         "server_threads_peak": peak,
         "server_threads_after": after,
@@ -282,7 +292,8 @@ def line(name: str, result: dict[str, Any]) -> str:
         else f"still {result['server_threads_after']} after {SETTLE:g}s"
     )
     return (
-        f"{name:<22} {result['clients']:>5} clients: ok {result['ok']:>5}, "
+        f"{name:<22} {result['clients']:>5} clients: ok {result['ok']:>5} "
+        f"({result['again']} after a second login), "
         f"dropped {result['dropped']:>4}{f' ({kinds})' if kinds else ''}, hung {result['hung']}; "
         f"slowest {result['slowest']:.2f}s (p50 {result['p50']:.2f}s, p99 {result['p99']:.2f}s); "
         f"{result['connections']} connections opened, "

@@ -288,8 +288,9 @@ class Bench:
             say("  " + ", ".join(f"{name} {micros:.0f} us" for name, micros in figures.items()))
 
     def storm(self, repeat: int) -> None:
-        """Clients released at once against this checkout's server; the bench's own
-        ``--baseline`` runs the same storms against an earlier release."""
+        """Clients released at once against this checkout's server only;
+        ``bench/connect_storm.py --baseline COMMIT`` runs the same storms against an
+        earlier release, back to back."""
         chosen = connect_storm.variants(
             self.procs,
             ceiling.Release("main"),
