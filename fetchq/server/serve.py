@@ -200,9 +200,10 @@ class _Server(managers.Server):
         """The stock loop retries every OSError at once: a closed listener or a
         lack of file descriptors would spin it at full speed.  This one stops
         when the server stops, backs off while descriptors are short, and
-        turns away connections beyond ``max_connections``.  It does nothing
-        else: the connection goes to a waiting thread of the pool, so a fleet
-        connecting at once is taken off the listen queue as fast as it comes."""
+        turns away connections beyond ``max_connections``.  It does little
+        else: it sends a plaintext connection its login challenge, and the
+        connection goes to a waiting thread of the pool, so a fleet connecting
+        at once is taken off the listen queue, and greeted, as fast as it comes."""
         self.pool.start()
         try:
             self._accept_until_stopped()
@@ -231,6 +232,16 @@ class _Server(managers.Server):
                     f"{plural(self.max_connections, 'connection')} open, turning new ones away",
                 )
                 continue
+            if conn.plaintext:
+                # Greeted at once, before a thread takes it: a client that hears
+                # nothing for a second probes for a web server and logs in again.
+                try:
+                    conn.greeted = login.greet(conn)
+                except OSError:
+                    conn.close()
+                    with self._active_lock:
+                        self._active -= 1
+                    continue
             self.pool.serve(conn)
 
     def _handle_counted(self, conn: ServerConnection) -> None:
@@ -290,7 +301,10 @@ class _Server(managers.Server):
         except (EOFError, OSError, ValueError):
             return False
         try:
-            login.deliver_challenge(c, self.authkey)
+            greeted = c.greeted if c.greeted is not None else login.greet(c)
+            if c.plaintext:
+                c.skip_probe()
+            login.deliver_challenge(c, self.authkey, greeted)
             login.answer_challenge(c, self.authkey)
         except FrameRefused as exc:
             if exc.header[:1] and exc.header[0] in TLS_RECORD_TYPES:

@@ -78,10 +78,17 @@ def is_valid_response(challenge: bytes, response: bytes, authkey: bytes) -> bool
     return hmac.compare_digest(expected, mac)
 
 
-def deliver_challenge(link: FrameLink, authkey: bytes) -> None:
-    """Challenge the peer; raises AuthenticationError (after telling it) if it fails."""
+def greet(link: FrameLink) -> bytes:
+    """Send the peer a fresh challenge; returns it, for ``deliver_challenge``."""
     challenge = b"{" + DIGEST.encode("ascii") + b"}" + os.urandom(NONCE_BYTES)
     link.send_bytes(CHALLENGE + challenge)
+    return challenge
+
+
+def deliver_challenge(link: FrameLink, authkey: bytes, greeted: bytes | None = None) -> None:
+    """Challenge the peer (``greeted``: the challenge ``greet`` already sent it); raises
+    AuthenticationError (after telling it) if it fails."""
+    challenge = greet(link) if greeted is None else greeted
     response = link.recv_bytes(MAX_LOGIN_FRAME)
     if not is_valid_response(challenge, response, authkey):
         link.send_bytes(FAILURE)

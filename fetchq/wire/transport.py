@@ -209,6 +209,26 @@ class ServerConnection(Connection):
         super().__init__(sock, None, peer)
         self._tls_context = tls_context
         self.allow_pickle = allow_pickle
+        self.greeted: bytes | None = None
+        """The login challenge the accept loop already sent (plaintext only)."""
+
+    @property
+    def plaintext(self) -> bool:
+        return self._tls_context is None
+
+    def skip_probe(self) -> None:
+        """Drop the ``PROBE`` a client sent before the login challenge reached it (a
+        server slow to greet): its answer follows, on the same connection.  No frame
+        starts with the probe's first byte (it would be over a gigabyte long)."""
+        sock = self._sock
+        if sock.recv(1, socket.MSG_PEEK) != PROBE[:1]:
+            return
+        left = len(PROBE)
+        while left:  # what follows, if it is no probe, fails the login as it would have
+            got = sock.recv(left)
+            if not got:
+                return
+            left -= len(got)
 
     def start_tls(self) -> None:
         """The TLS handshake, run in the connection's own thread (never the accept loop).
@@ -361,7 +381,8 @@ once, before it asks the silent peer what it is (``PROBE``)."""
 PROBE = b"FETCHQ / HTTP/1.0\r\n\r\n"
 """What a client sends a peer that says nothing: an HTTP server answers it with a
 status line, a TLS server with an alert, and a fetchq server that was only slow
-refuses it as a login (the client then logs in afresh, without it)."""
+skips it and goes on with the login (one before 2026-12-06 refused the login, and
+the client then logs in afresh, without it)."""
 
 
 def open_connection(
@@ -374,7 +395,7 @@ def open_connection(
     """Connect, (TLS,) log in: every step has a timeout, and after the login every
     reply is waited for ``call_timeout`` seconds at most."""
     conn = _open(address, authkey, tls_context, call_timeout, probe=True)
-    if conn is None:  # a slow fetchq server, whose login the probe spoilt: once more
+    if conn is None:  # a slow fetchq server of before, whose login the probe spoilt
         conn = _open(address, authkey, tls_context, call_timeout, probe=False)
     assert conn is not None
     return conn
@@ -390,17 +411,23 @@ def _open(
 ) -> ClientConnection | None:
     where = f"{address[0]}:{address[1]}"
     sock = socket.create_connection(address, timeout=defaults.NET_CONNECT_TIMEOUT)
+    probed = False
     try:
         tune(sock)
         sock.settimeout(defaults.HANDSHAKE_TIMEOUT)
         if tls_context is not None:
             sock = tls_context.wrap_socket(sock, server_hostname=address[0])
-        elif probe and not _greeted(sock, where):
-            sock.close()
-            return None
+        elif probe:
+            probed = _probed(sock, where)
         conn = ClientConnection(sock, where)
         if authkey is not None:
-            login.answer_challenge(conn, authkey)
+            try:
+                login.answer_challenge(conn, authkey)
+            except (EOFError, ConnectionError, AuthenticationError):
+                if not probed:
+                    raise
+                sock.close()
+                return None
             login.deliver_challenge(conn, authkey)
         conn.settimeout(call_timeout)
     except ssl.SSLError as exc:
@@ -429,19 +456,19 @@ def _open(
     return conn
 
 
-def _greeted(sock: socket.socket, where: str) -> bool:
-    """Whether the peer spoke first, as a fetchq server does.  A peer silent for
-    SILENT_PEER_PROBE seconds is sent PROBE; an HTTP answer to it is said at once.
-
-    False: the peer is a fetchq server after all, only slow to greet, and the probe
-    spoilt this login.  A peer silent to the end is left to the login's timeout."""
+def _probed(sock: socket.socket, where: str) -> bool:
+    """Whether the peer had to be asked what it is: a fetchq server speaks first, and
+    a peer silent for SILENT_PEER_PROBE seconds is sent PROBE, to which an HTTP
+    server answers with a status line, said at once.  A fetchq server that was only
+    slow to greet skips the probe, and the login goes on.  A peer silent to the end
+    is left to the login's timeout."""
     wait = defaults.HANDSHAKE_TIMEOUT
     if wait <= SILENT_PEER_PROBE:
-        return True
+        return False
     sock.settimeout(SILENT_PEER_PROBE)
     try:
         if sock.recv(1, socket.MSG_PEEK):
-            return True
+            return False
         raise EOFError
     except TimeoutError:
         sock.sendall(PROBE)
@@ -453,7 +480,8 @@ def _greeted(sock: socket.socket, where: str) -> bool:
             f"{where} is not a fetchq server: it answered as a web server does "
             f"({status[:40]}); check the address and the port"
         )
-    return not head.startswith(b"\x00\x00\x00")  # a login challenge is a short frame
+    sock.settimeout(wait)
+    return True
 
 
 TRANSPORT_ERRORS = (
