@@ -420,19 +420,20 @@ def test_slow_name_resolution_counts_against_the_total_timeout(
     monkeypatch: pytest.MonkeyPatch, target: Target, fetcher: Fetcher
 ) -> None:
     """Connecting (name resolution included) and waiting for the headers share one
-    deadline: a second spent resolving leaves the headers one second, not two."""
+    deadline: 1.5 s spent resolving leaves the headers half a second, not two (the
+    fetch ends near 2 s, where separate timeouts would end it near 3.5 s)."""
     real = socket.getaddrinfo
 
     def slow(host: Any, *args: Any, **kwargs: Any) -> Any:
         if host == "slow-dns.test":
-            time.sleep(1.0)  # the resolver being slow, not a wait for a condition
+            time.sleep(1.5)  # the resolver being slow, not a wait for a condition
             host = "127.0.0.1"
         return real(host, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", slow)
     r = fetcher.fetch(task(f"http://slow-dns.test:{target.port}/slow?s=10", timeout=2.0))
     assert error_type(r) == "timeout", r["error"]
-    assert 2.0 * 0.9 <= r["elapsed"] < 2.6, r["elapsed"]
+    assert 2.0 * 0.9 <= r["elapsed"] < 3.0, r["elapsed"]
 
 
 def _by_requests(url: str, timeout: float) -> tuple[str, str]:
