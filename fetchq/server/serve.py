@@ -234,7 +234,7 @@ class _Server(managers.Server):
                 continue
             if conn.plaintext:
                 # Greeted at once, before a thread takes it: a client that hears
-                # nothing for a second probes for a web server and logs in again.
+                # nothing for a second asks whether this is a web server.
                 try:
                     conn.greeted = login.greet(conn)
                 except OSError:
