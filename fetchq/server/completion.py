@@ -7,19 +7,32 @@ obeys Retry-After, a 429 or 503 answer that names a wait holds the host for
 that long and queues the task again too.  A cancelled job retries nothing.  Results of one
 call are judged as if they came one by one, but nothing changes until the
 journal has taken the whole call (``judge`` first, then ``apply_all``).
+
+Most calls are simpler: every result is the first for a task its worker
+holds under a current lease, an answer to keep.  ``all_current`` spots such a
+call by looking at each field in C, and ``accept_all`` applies it a step at a
+time for the whole call; the rules above then say the same thing.
 """
 
 from __future__ import annotations
 
+import operator
 from collections import Counter
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from fetchq.server import events
+from fetchq.server.leases import Lease
 from fetchq.server.state import BrokerState
 from fetchq.server.tasks import Task
 from fetchq.wire.api import RETRY_AFTER_STATUSES, Outcome
-from fetchq.wire.records import StoredResult, make_error, make_result, make_task
+from fetchq.wire.records import (
+    RETRYABLE_ERRORS,
+    StoredResult,
+    make_error,
+    make_result,
+    make_task,
+)
 
 Result = StoredResult
 
@@ -37,6 +50,87 @@ class Verdict(NamedTuple):
     """The journal lines to write for it."""
     hold: float = 0.0
     """Seconds its host is held (Retry-After)."""
+
+
+_id_of = operator.attrgetter("id")
+_job_of = operator.attrgetter("job")
+_attempt_of = operator.attrgetter("attempt")
+_ok_of = operator.attrgetter("ok")
+_status_of = operator.attrgetter("head.status")
+_error_of = operator.attrgetter("head.error")
+_job_of_lease = operator.attrgetter("task.job")
+_attempt_of_lease = operator.attrgetter("task.attempt")
+_robots_of = operator.attrgetter("robots")
+_host_of = operator.attrgetter("host")
+
+
+def all_current(state: BrokerState, results: list[Result]) -> list[Lease] | None:
+    """The leases the results end, when every result is the first for a task that its
+    lease holds now, under the job its lease names, an answer to keep (neither one to
+    retry nor one asking to wait); None when any is not, and ``judge`` decides."""
+    ids = list(map(_id_of, results))
+    if len(set(ids)) != len(ids):
+        return None
+    found = list(map(state.leases.get, ids))
+    if None in found:
+        return None
+    leases = cast(list[Lease], found)
+    if any(map(_robots_of, leases)):
+        return None
+    if list(map(_attempt_of_lease, leases)) != list(map(_attempt_of, results)):
+        return None
+    if list(map(_job_of_lease, leases)) != list(map(_job_of, results)):
+        return None
+    if not RETRY_AFTER_STATUSES.isdisjoint(map(_status_of, results)):
+        return None
+    for error in filter(None, map(_error_of, results)):
+        if error.get("type") in RETRYABLE_ERRORS:
+            return None
+    return leases
+
+
+def accepted_events(
+    results: list[Result],
+    encoded: list[bytes | None],
+    encode: Callable[[events.Event], bytes] | None,
+) -> list[bytes]:
+    """The journal lines of results ``accept_all`` keeps (none without a journal)."""
+    if encode is None:
+        return []
+    return [
+        encode(events.result(result)) if line is None else line
+        for result, line in zip(results, encoded, strict=True)
+    ]
+
+
+def accept_all(
+    state: BrokerState, results: list[Result], leases: list[Lease], now: float
+) -> set[str]:
+    """Keep results ``all_current`` found current, ending their leases; returns the
+    jobs that got results."""
+    if not results:
+        return set()
+    state.leases.end_all(leases)
+    hosts = list(map(_host_of, leases))
+    if any(hosts):
+        on_hosts = Counter(
+            (lease.task.job, host) for lease, host in zip(leases, hosts, strict=True) if host
+        )
+        for (job_name, host), count in on_hosts.items():
+            state.scheduler.lease_ended(job_name, host, count)
+    state.ledger.done.add_all(list(map(_id_of, results)))
+    jobs = list(map(_job_of, results))
+    by_job = {jobs[0]: results} if len(set(jobs)) == 1 else _by_job(results)
+    for name, of_job in by_job.items():
+        job = state.jobs.find(name)
+        assert job is not None, name
+        # What pace needs of each result is read here, before it waits for an output.
+        job.pace.record(now, of_job)
+        ok = sum(map(_ok_of, of_job))
+        job.succeeded += ok
+        job.failed += len(of_job) - ok
+        state.outbox.add_all(name, of_job)
+    return set(by_job)
 
 
 def judge(

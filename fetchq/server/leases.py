@@ -1,19 +1,22 @@
 """Tasks held by workers, and when each lease lapses.
 
 A lease is one object: the task, its worker and its deadline.  The expiry
-heap holds the lease objects themselves, one entry per lease however often
-it is renewed: a renewal only moves the deadline, and a lease met at the top
-of the heap with a later deadline than the one it was filed under is filed
-again.
+heap holds one entry per lease however often it is renewed: a renewal only
+moves the deadline, and a lease met at the top of the heap with a later
+deadline than the one it was filed under is filed again.  Heap entries are
+``(filed under, sequence, lease)`` tuples, so the heap compares them in C.
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
 import operator
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
+
+import msgspec
 
 from fetchq.server.tasks import Task
 from fetchq.wire.records import RECORD_VERSION, ROBOTS
@@ -25,41 +28,28 @@ HEAP_SLACK = 1024
 """Ended leases the expiry heap may hold beyond twice the live ones before a sweep."""
 
 
-class Lease:
-    __slots__ = ("_filed_under", "deadline", "host", "id", "robots", "start", "task", "worker")
+class Lease(msgspec.Struct, gc=False):
+    """A struct rather than a class: one is made for every task leased, and a struct
+    is made in C (``gc=False``: a lease refers to no container that could lead back
+    to it)."""
 
-    def __init__(
-        self,
-        task: Task,
-        worker: str,
-        deadline: float,
-        *,
-        start: float | None = None,
-        host: str | None = None,
-        robots: bool = False,
-    ) -> None:
-        self.task = task
-        self.id = task.id
-        self.worker = worker
-        self.deadline = deadline
-        self.start = start
-        """When the request may start, in the server's Unix time (None: at once)."""
-        self.host = host
-        """The host whose limits count this lease (None: no host limit applies)."""
-        self.robots = robots
-        """A robots.txt fetch for the job, not a task."""
-        self._filed_under = deadline
-
-    def __lt__(self, other: Lease) -> bool:
-        return self._filed_under < other._filed_under
+    id: int
+    task: Task
+    worker: str
+    deadline: float
+    start: float | None = None
+    """When the request may start, in the server's Unix time (None: at once)."""
+    host: str | None = None
+    """The host whose limits count this lease (None: no host limit applies)."""
+    robots: bool = False
+    """A robots.txt fetch for the job, not a task."""
 
     @property
     def attempt(self) -> int:
         return self.task.attempt
 
     def record(self) -> dict[str, Any]:
-        """The task as the worker receives it (``records.make_task``, written out: this
-        runs for every task leased)."""
+        """The task as the worker receives it (``records.make_task``, written out)."""
         task = self.task
         record = {
             "v": RECORD_VERSION,
@@ -80,10 +70,29 @@ class Lease:
         return self.task.attempt == attempt and (worker is None or self.worker == worker)
 
 
+def plain_records(tasks: list[Task]) -> list[dict[str, Any]]:
+    """``Lease.record`` of tasks leased to start at once with no host limit, built
+    in one pass: this runs for every task of most jobs."""
+    return [
+        {
+            "v": RECORD_VERSION,
+            "id": task_id,
+            "job": job,
+            "url": url,
+            "attempt": attempt,
+            "timeout": timeout,
+            "submitted": submitted,
+            "scheduled": None,
+        }
+        for task_id, job, url, attempt, _, timeout, submitted in tasks
+    ]
+
+
 class LeaseTable:
     def __init__(self) -> None:
         self._leases: dict[int, Lease] = {}
-        self._expiry: list[Lease] = []
+        self._expiry: list[tuple[float, int, Lease]] = []
+        self._sequence = itertools.count()
         self._per_job: Counter[str] = Counter()
 
     def grant(
@@ -96,19 +105,19 @@ class LeaseTable:
         robots: bool = False,
     ) -> Lease:
         """``start``, ``host`` and ``robots``: as ``Lease`` takes them."""
-        lease = Lease(task, worker, deadline, start=start, host=host, robots=robots)
+        lease = Lease(task.id, task, worker, deadline, start, host, robots)
         self._leases[task.id] = lease
         self._per_job[task.job] += 1
-        heapq.heappush(self._expiry, lease)
+        heapq.heappush(self._expiry, (deadline, next(self._sequence), lease))
         return lease
 
     def grant_plain(self, tasks: list[Task], worker: str, deadline: float) -> list[Lease]:
         """Leases of tasks to start at once with no host limit: ``grant``, for a batch."""
-        leases = [Lease(task, worker, deadline) for task in tasks]
-        held, expiry, push = self._leases, self._expiry, heapq.heappush
+        leases = [Lease(task[0], task, worker, deadline) for task in tasks]
+        held, expiry, push, sequence = self._leases, self._expiry, heapq.heappush, self._sequence
         for lease in leases:
-            held[lease.task.id] = lease
-            push(expiry, lease)
+            held[lease.id] = lease
+            push(expiry, (deadline, next(sequence), lease))
         self._per_job.update(map(_job_of_task, tasks))  # counted in C
         return leases
 
@@ -134,10 +143,21 @@ class LeaseTable:
             self._sweep()
         return dropped
 
+    def end_all(self, leases: list[Lease]) -> None:
+        """End leases known to be held (as ``drop`` ends them)."""
+        held, per_job = self._leases, self._per_job
+        for lease in leases:
+            del held[lease.id]
+        for job, count in Counter(map(_job_of_lease, leases)).items():
+            per_job[job] -= count
+        if len(self._expiry) > 2 * len(held) + HEAP_SLACK:
+            self._sweep()
+
     def _sweep(self) -> None:
         """Ended leases wait in the heap until their deadline; past the slack they are
         swept out at once, so the heap stays within twice the live leases."""
-        self._expiry = [lease for lease in self._expiry if self._leases.get(lease.id) is lease]
+        held = self._leases
+        self._expiry = [entry for entry in self._expiry if held.get(entry[2].id) is entry[2]]
         heapq.heapify(self._expiry)
 
     def renew(self, task_id: int, attempt: int, worker: str, deadline: float) -> bool:
@@ -152,8 +172,8 @@ class LeaseTable:
         or, if it cannot act on them now, hands them back with ``refile``."""
         lapsed = []
         heap = self._expiry
-        while heap and heap[0]._filed_under <= now:
-            lease = heapq.heappop(heap)
+        while heap and heap[0][0] <= now:
+            lease = heapq.heappop(heap)[2]
             if self._leases.get(lease.id) is not lease:
                 continue  # ended since it was filed
             if lease.deadline > now:
@@ -163,12 +183,11 @@ class LeaseTable:
         return lapsed
 
     def refile(self, lease: Lease) -> None:
-        lease._filed_under = lease.deadline
-        heapq.heappush(self._expiry, lease)
+        heapq.heappush(self._expiry, (lease.deadline, next(self._sequence), lease))
 
     def next_deadline(self) -> float | None:
         """When the next lease may lapse (possibly earlier than it will, if renewed)."""
-        return self._expiry[0]._filed_under if self._expiry else None
+        return self._expiry[0][0] if self._expiry else None
 
     def held_by(self) -> Counter[str]:
         return Counter(lease.worker for lease in self._leases.values())

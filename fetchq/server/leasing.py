@@ -22,7 +22,7 @@ from fetchq.errors import StorageFailed
 from fetchq.server import events, robots
 from fetchq.server.completion import ended_without_request, finish_task
 from fetchq.server.jobqueue import Pick
-from fetchq.server.leases import Lease
+from fetchq.server.leases import Lease, plain_records
 from fetchq.server.state import BrokerState
 from fetchq.server.tasks import Task
 from fetchq.wire.records import CANCELLED, ROBOTS_REFUSED, StoredResult
@@ -57,9 +57,8 @@ def lease(
     plain = [entry for entry in taken if not isinstance(entry, Pick)]
     if len(plain) == len(taken):
         # The usual case, a job with no pace and no host limits: leased as a batch.
-        return [
-            given.record() for given in state.leases.grant_plain(plain, worker, now + lease_timeout)
-        ]
+        state.leases.grant_plain(plain, worker, now + lease_timeout)
+        return plain_records(plain)
     granted = []
     grant, at_once = state.leases.grant, now + lease_timeout
     for entry in taken:
