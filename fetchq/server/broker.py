@@ -31,7 +31,6 @@ from fetchq.server.jobqueue import Policy
 from fetchq.server.journal import Journal
 from fetchq.server.leases import Lease
 from fetchq.server.ledger import Ledger, id_clock
-from fetchq.server.outbox import count_by_job
 from fetchq.server.recorder import Recorder
 from fetchq.server.scheduler import Scheduler
 from fetchq.server.service import BrokerService
@@ -403,8 +402,9 @@ class Broker:
                 selected = outbox.select(name, count)
                 if selected:
                     token = uuid.uuid4().hex
-                    self._recorder.write(events.hand(token, [r.id for r in selected]))
-                    outbox.hand_out(token, selected, self._clock() + self.lease_timeout)
+                    if self._recorder.journal is not None:  # ids listed only to be written
+                        self._recorder.write(events.hand(token, [r.id for r in selected]))
+                    outbox.hand_out(token, selected, self._clock() + self.lease_timeout, name)
                     return {"results": selected, "done": False, "token": token}
                 if self._state.all_confirmed(name):
                     return {"results": [], "done": True, "token": None}
@@ -558,11 +558,12 @@ class Broker:
         delivery = outbox.delivery(token)
         if delivery is None:
             return 0  # already confirmed, or lapsed and handed out again
-        self._recorder.write(events.ack(token, delivery.ids()))
+        if self._recorder.journal is not None:  # ids listed only to be written
+            self._recorder.write(events.ack(token, delivery.ids()))
         was_full = outbox.unconfirmed >= self.max_results
         confirmed = outbox.confirm(token)
         assert confirmed is not None
-        self._waiters.wake_outputs(count_by_job(confirmed.results))
+        self._waiters.wake_outputs(confirmed.jobs)
         if was_full and outbox.unconfirmed < self.max_results:
             self._waiters.tasks.notify_all()  # leasing was paused for room: it may resume
         return len(confirmed.results)

@@ -24,14 +24,24 @@ HEAP_SLACK = 256
 
 
 class Delivery:
-    __slots__ = ("deadline", "results", "sequence", "token")
+    __slots__ = ("deadline", "jobs", "results", "sequence", "token")
 
-    def __init__(self, token: str, results: list[Result], deadline: float, sequence: int) -> None:
+    def __init__(
+        self,
+        token: str,
+        results: list[Result],
+        deadline: float,
+        sequence: int,
+        jobs: Mapping[str, int] | None = None,
+    ) -> None:
         self.token = token
         self.results = results
         self.deadline = deadline
         self.sequence = sequence
         """Breaks deadline ties in hand-out order, so lapsed deliveries return in order."""
+        self.jobs: Mapping[str, int] = count_by_job(results) if jobs is None else jobs
+        """Results per job: counted once, for the hand-out, the confirmation and the
+        outputs woken by it."""
 
     def __lt__(self, other: Delivery) -> bool:
         return (self.deadline, self.sequence) < (other.deadline, other.sequence)
@@ -80,14 +90,21 @@ class Outbox:
                 break
         return selected
 
-    def hand_out(self, token: str, selected: list[Result], deadline: float) -> None:
-        """Take what ``select`` chose off the front of the waiting results."""
-        for job, count in count_by_job(selected).items():
-            waiting = self._waiting[job]
-            for _ in range(count):
-                waiting.popleft()
-            self._handed_out[job] += count
-        self._track(token, selected, deadline)
+    def hand_out(
+        self, token: str, selected: list[Result], deadline: float, job: str | None = None
+    ) -> None:
+        """Take what ``select`` chose off the front of the waiting results (``job``: the
+        one job they all belong to, when ``select`` was asked for one)."""
+        jobs = count_by_job(selected) if job is None else {job: len(selected)}
+        for name, count in jobs.items():
+            waiting = self._waiting[name]
+            if count == len(waiting):  # an output that keeps up takes all there is
+                waiting.clear()
+            else:
+                for _ in range(count):
+                    waiting.popleft()
+            self._handed_out[name] += count
+        self._track(token, selected, deadline, jobs)
 
     def restore_delivery(self, token: str, results: list[Result], deadline: float) -> None:
         """A delivery the journal says was handed out and not confirmed before a restart:
@@ -97,8 +114,14 @@ class Outbox:
         self.unconfirmed += len(results)
         self._track(token, results, deadline)
 
-    def _track(self, token: str, results: list[Result], deadline: float) -> None:
-        delivery = Delivery(token, results, deadline, next(self._sequence))
+    def _track(
+        self,
+        token: str,
+        results: list[Result],
+        deadline: float,
+        jobs: Mapping[str, int] | None = None,
+    ) -> None:
+        delivery = Delivery(token, results, deadline, next(self._sequence), jobs)
         self._deliveries[token] = delivery
         heapq.heappush(self._expiry, delivery)
 
@@ -111,7 +134,7 @@ class Outbox:
         delivery = self._deliveries.pop(token, None)
         if delivery is None:
             return None
-        for job, count in count_by_job(delivery.results).items():
+        for job, count in delivery.jobs.items():
             self._handed_out[job] -= count
             self._confirmed[job] += count
         self.unconfirmed -= len(delivery.results)
@@ -120,7 +143,9 @@ class Outbox:
             heapq.heapify(self._expiry)
         # The expiry heap may hold the delivery until its deadline; its results go now,
         # or they would outlive their confirmation by a lease timeout, beyond max_results.
-        confirmed = Delivery(token, delivery.results, delivery.deadline, delivery.sequence)
+        confirmed = Delivery(
+            token, delivery.results, delivery.deadline, delivery.sequence, delivery.jobs
+        )
         delivery.results = []
         return confirmed
 
@@ -143,7 +168,7 @@ class Outbox:
             del self._deliveries[delivery.token]
             for result in reversed(delivery.results):
                 self._waiting.setdefault(result.job, deque()).appendleft(result)
-            for job, count in count_by_job(delivery.results).items():
+            for job, count in delivery.jobs.items():
                 self._handed_out[job] -= count
 
     def next_deadline(self) -> float | None:
