@@ -26,7 +26,7 @@ from fetchq.errors import BadRequest, ExitCode, FetchqError, StorageFailed, Vers
 from fetchq.server import validate
 from fetchq.wire.api import MAX_DEPTH, MAX_INTEGER
 from fetchq.wire.client import BrokerClient
-from fetchq.wire.codec import JSON, BadFrame, Unencodable, too_deep
+from fetchq.wire.codec import JSON, BadFrame, JsonCodec, Unencodable, too_deep
 from fetchq.wire.records import StoredResult
 
 INF = float("inf")
@@ -329,3 +329,13 @@ def test_an_integer_past_the_limit_in_a_number_field_is_refused() -> None:
     past 2**63 - 1 goes the checked way and is refused, as everywhere else."""
     with pytest.raises(BadFrame, match="out of range"):
         JSON.loads(_complete_frame('{"id":5,"elapsed":' + "9" * 300 + "}"))
+
+
+def test_a_result_holding_a_lone_surrogate_is_still_sent() -> None:
+    """A worker's report is written by msgspec, which cannot write a lone surrogate (an
+    exception's message may hold one): that report is written as the json module
+    writes it, with an escape, rather than refused on the worker's side."""
+    result = {"id": 5, "job": "j", "ok": False, "error": {"type": "other", "message": "a \ud800"}}
+    frame = JsonCodec(strict=False).dumps(("ident", "complete", ("w", [result], []), {}))
+    assert b"\\ud800" in frame
+    assert JSON.loads(frame)[2][1] == [result]
