@@ -9,12 +9,16 @@ keep the ids they wrote in another, across server runs.
 
 from __future__ import annotations
 
+import itertools
+import operator
 from collections.abc import Iterable
 
 _LOW_BITS = 20
 """Ids per bitmap: 2**20, 128 kB at most each, so a run of ids that starts anywhere
 (a server's first id is the moment it started) costs only the blocks it covers."""
 _LOW_MASK = (1 << _LOW_BITS) - 1
+_LONG_RUN = 16
+"""Consecutive ids worth adding as a range: fewer cost less one at a time."""
 
 
 class IdSet:
@@ -70,6 +74,26 @@ class IdSet:
                 bitmap[index] |= bit
                 added += 1
         self._count += added
+
+    def add_each(self, task_ids: list[int]) -> list[bool]:
+        """``add`` each of ``task_ids`` in turn: whether each was new.
+
+        An output's batch of results is a few runs of consecutive ids (each worker
+        reports the tasks of a lease together): a long run none of whose ids is
+        here yet is added as a range, the rest one at a time."""
+        fresh: list[bool] = []
+        if not task_ids:
+            return fresh
+        steps = map(operator.sub, task_ids[1:], task_ids[:-1])
+        starts = [0, *(index for index, step in enumerate(steps, 1) if step != 1)]
+        for start, stop in zip(starts, [*starts[1:], len(task_ids)], strict=True):
+            first, last = task_ids[start], task_ids[stop - 1]
+            if stop - start >= _LONG_RUN and self.none_in(first, last + 1):
+                self.add_range(first, last + 1)
+                fresh.extend(itertools.repeat(True, stop - start))
+            else:
+                fresh.extend(map(self.add, task_ids[start:stop]))
+        return fresh
 
     def add_range(self, start: int, stop: int) -> None:
         """Add ``start`` .. ``stop - 1``: a restart marks millions at once."""

@@ -35,7 +35,7 @@ def test_ids_of_two_servers_do_not_collide() -> None:
 @given(
     st.lists(
         st.tuples(
-            st.sampled_from(["add", "range", "all", "discard"]),
+            st.sampled_from(["add", "range", "all", "run", "each", "discard"]),
             st.integers(0, 300),
             st.integers(0, 40),
         ),
@@ -57,6 +57,16 @@ def test_ranges_and_discards_match_a_plain_set(steps: list[tuple[str, int, int]]
             some = [*range(task_id, task_id + length, 3), task_id]
             ids.add_all(some)
             reference.update(some)
+        elif action == "run":  # a whole run: added as a range
+            ids.add_all(list(range(task_id, task_id + length)))
+            reference.update(range(task_id, task_id + length))
+        elif action == "each":  # an output's batch: runs, short and long, some seen
+            batch = [*range(task_id, task_id + length), *range(BASE, BASE + 20), task_id]
+            expected = []
+            for one in batch:
+                expected.append(one not in reference)
+                reference.add(one)
+            assert ids.add_each(batch) == expected
         else:
             ids.discard(task_id)
             reference.discard(task_id)

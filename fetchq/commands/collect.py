@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
+from itertools import compress
 from typing import Protocol
 
 from fetchq import defaults
@@ -10,6 +12,8 @@ from fetchq.ids import IdSet
 from fetchq.report.formats import ResultWriter
 from fetchq.report.summary import Summary
 from fetchq.wire.client import BrokerClient
+
+_id_of = operator.itemgetter("id")
 
 
 @dataclass
@@ -53,7 +57,7 @@ def collect(
             handed = reply["results"]
             # A result handed out again (this output stalled past the lease, or an
             # interrupted run left it in the file) is confirmed but not repeated.
-            results = [result for result in handed if seen.add(result["id"])]
+            results = list(compress(handed, seen.add_each(list(map(_id_of, handed)))))
             done.repeated += len(handed) - len(results)
             for result in results:
                 if writer is not None:
