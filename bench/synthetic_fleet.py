@@ -8,7 +8,7 @@ older release that ``bench/ceiling.py`` unpacked from the repository's history, 
 that one script drives both sides of a comparison.  Each thread leases up to
 ``--batch`` tasks, turns each into an ok result at once, and reports them in one
 call; it stops after ``--idle`` seconds without a task.  Prints one JSON line: the
-tasks this process reported.
+tasks this process reported, and when (Unix time) its first lease brought a task.
 """
 
 from __future__ import annotations
@@ -58,7 +58,13 @@ def made_up_result(task: dict[str, Any], worker: str, now: float) -> dict[str, A
 
 
 def run_thread(
-    client: Any, worker: str, batch: int, idle: float, renews: bool, done: list[int]
+    client: Any,
+    worker: str,
+    batch: int,
+    idle: float,
+    renews: bool,
+    done: list[int],
+    first: list[float],
 ) -> None:
     reported = 0
     last_task = time.monotonic()
@@ -66,6 +72,8 @@ def run_thread(
         tasks = client.call("lease", worker, batch, min(1.0, idle))
         if not tasks:
             continue
+        if not first:
+            first.append(time.time())
         last_task = time.monotonic()
         now = time.time()
         results = [made_up_result(task, worker, now) for task in tasks]
@@ -87,9 +95,10 @@ def main() -> int:
     client, renews = broker_client(args.address, os.environ["FETCHQ_AUTHKEY"].encode())
     worker = f"{socket.gethostname()}:{os.getpid()}"
     done: list[int] = []
+    first: list[float] = []
     threads = [
         threading.Thread(
-            target=run_thread, args=(client, worker, args.batch, args.idle, renews, done)
+            target=run_thread, args=(client, worker, args.batch, args.idle, renews, done, first)
         )
         for _ in range(args.threads)
     ]
@@ -97,7 +106,7 @@ def main() -> int:
         thread.start()
     for thread in threads:
         thread.join()
-    print(json.dumps({"reported": sum(done)}), flush=True)
+    print(json.dumps({"reported": sum(done), "first_task": min(first, default=None)}), flush=True)
     return 0
 
 
