@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fetchq.server.jobqueue import Policy, Robots
+from fetchq.ids import IdSet
+from fetchq.server.jobqueue import Pick, Policy, Robots
 from fetchq.server.scheduler import LOOKAHEAD, Scheduler
 from fetchq.server.tasks import Span
 
@@ -81,6 +82,45 @@ def test_per_host_cap_holds_and_hosts_take_turns() -> None:
     scheduler.lease_ended("a", "a.test:80")
     assert hosts_of(scheduler.take(10, 0.0, never)) == ["a.test:80"]
     assert scheduler.busiest_hosts("a", 1) == [("a.test:80", 97, 2)]
+
+
+def test_a_lone_host_keeps_the_rate_from_one_lease_to_the_next() -> None:
+    """A host alone in its turn hands out a run of tasks at once; the rate's schedule
+    goes on from the end of one run to the start of the next."""
+    scheduler = Scheduler()
+    scheduler.set_policy("a", Policy(rate=10.0, per_host=100))
+    submit(scheduler, "a", [f"http://a.test/{n}" for n in range(50)])
+    first = scheduler.take(100, 1000.0, never)
+    second = scheduler.take(100, 1000.5, never)
+    starts = [pick.start for pick in first + second]
+    assert 1000.0 + LOOKAHEAD - 0.1 <= first[-1].start <= 1000.0 + LOOKAHEAD  # a second ahead
+    assert 1000.5 + LOOKAHEAD - 0.1 <= second[-1].start <= 1000.5 + LOOKAHEAD
+    assert starts == pytest.approx([1000.0 + n * 0.1 for n in range(len(starts))], abs=1e-9)
+    assert [pick.task.id for pick in first + second] == [BASE + 1 + n for n in range(len(starts))]
+
+
+def test_a_lone_hosts_cap_holds_for_a_run_and_after_it() -> None:
+    scheduler = Scheduler()
+    scheduler.set_policy("a", Policy(per_host=5))
+    submit(scheduler, "a", [f"http://a.test/{n}" for n in range(50)])
+    assert len(scheduler.take(20, 0.0, never)) == 5
+    assert scheduler.take(20, 0.0, never) == []  # at its cap
+    scheduler.lease_ended("a", "a.test:80", 2)
+    assert [pick.task.id for pick in scheduler.take(20, 0.0, never)] == [BASE + 6, BASE + 7]
+
+
+@pytest.mark.parametrize("as_set", [False, True], ids=["is_done", "done set"])
+def test_a_run_of_a_lone_host_skips_tasks_already_done(as_set: bool) -> None:
+    """A task finished before a restart is still in its batch: a run of ids that holds
+    one is not taken whole (whether done is asked id by id or of the server's set)."""
+    scheduler = Scheduler()
+    scheduler.set_policy("a", Policy(per_host=100))
+    submit(scheduler, "a", [f"http://a.test/{n}" for n in range(10)])
+    done = IdSet([BASE + 4])
+    picks = scheduler.take_tasks(20, 0.0, done.__contains__, done if as_set else None)
+    assert [pick.task.id for pick in picks if isinstance(pick, Pick)] == [
+        BASE + n for n in range(1, 11) if n != 4
+    ]
 
 
 class AllowAll(Robots):

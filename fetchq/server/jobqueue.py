@@ -87,6 +87,11 @@ class Pick(NamedTuple):
     """Not a task: fetch this host's robots.txt for the job."""
 
 
+_new_pick = tuple.__new__
+"""``Pick`` made from a tuple in C, without the Python frame of its ``__new__``: one is
+made for every task of a job with host limits."""
+
+
 class Robots:
     """What robots.txt says for one job and host (see ``fetchq.server.robots``)."""
 
@@ -143,11 +148,15 @@ class HostQueue(HostSlot):
 
     def pop_id(self) -> int:
         task_id = self.ids[self.head]
-        self.head += 1
+        self.take_ids(1)
+        return task_id
+
+    def take_ids(self, count: int) -> None:
+        """The next ``count`` ids are taken."""
+        self.head += count
         if self.head > 1024 and self.head * 2 > len(self.ids):
             del self.ids[: self.head]  # keep the array to what is still queued
             self.head = 0
-        return task_id
 
 
 class Pace:
@@ -295,14 +304,16 @@ class JobQueue:
         pace: Pace,
         is_done: Callable[[int], bool],
         denied: list[tuple[Task, Robots]],
+        done: IdSet | None = None,
     ) -> list[Pick]:
         """Up to ``count`` tasks of hosts ready to start within ``LOOKAHEAD`` (robots.txt
         fetches first where rules are not known yet); tasks robots.txt forbids go to
-        ``denied``."""
+        ``denied``.  ``done``: the set ``is_done`` reads, when there is one (a run of
+        ids none of which is done is then taken without a look at each)."""
         horizon = now + LOOKAHEAD
         picks: list[Pick] = []
         while len(picks) < count:
-            taken = self._take_host(now, horizon, pace, is_done, denied, count - len(picks))
+            taken = self._take_host(now, horizon, pace, is_done, denied, count - len(picks), done)
             if not taken:
                 break
             picks.extend(taken)
@@ -386,6 +397,7 @@ class JobQueue:
         is_done: Callable[[int], bool],
         denied: list[tuple[Task, Robots]],
         want: int,
+        done: IdSet | None = None,
     ) -> list[Pick]:
         """The next tasks of a host that is ready: hosts that are ready take turns, one
         task each (a host alone in its turn goes on, up to ``want``)."""
@@ -396,7 +408,7 @@ class JobQueue:
         for _ in range(len(self.ring)):
             bucket = self.ring.popleft()
             bucket.listed = False
-            picks = self._try_host(bucket, now, horizon, pace, is_done, denied, want)
+            picks = self._try_host(bucket, now, horizon, pace, is_done, denied, want, done)
             if picks:
                 if len(bucket) and not (bucket.parked or bucket.waiting):
                     self._list_host(bucket)  # to the back: hosts take turns
@@ -412,6 +424,7 @@ class JobQueue:
         is_done: Callable[[int], bool],
         denied: list[tuple[Task, Robots]],
         want: int,
+        done: IdSet | None = None,
     ) -> list[Pick]:
         """Up to ``want`` tasks of ``bucket``, each as a turn of its own would take it:
         more than one only while no other host waits for a turn."""
@@ -439,10 +452,21 @@ class JobQueue:
                 bucket.waiting = True
                 heapq.heappush(self.waiting, (start, next(_order), bucket))
                 return picks
-            pick = self._start_next(bucket, start, now, delay, pace, server_slot, is_done, denied)
-            if pick is None:
-                return picks
-            picks.append(pick)
+            alone = not self.ring and not (self.waiting and self.waiting[0][0] <= horizon)
+            run = (
+                self._take_run(bucket, start, now, horizon, pace, is_done, done, want - len(picks))
+                if alone and delay == 0 and server_slot is None
+                else []
+            )
+            if run:
+                picks.extend(run)
+            else:
+                pick = self._start_next(
+                    bucket, start, now, delay, pace, server_slot, is_done, denied
+                )
+                if pick is None:
+                    return picks
+                picks.append(pick)
             if (
                 len(picks) >= want
                 or not len(bucket)
@@ -478,8 +502,77 @@ class JobQueue:
                 # the rate is kept from there, not made up for in a burst.
                 pace.next_slot = max(pace.next_slot, start) + 1.0 / policy.rate
             _started(bucket, start, server_slot)
-            return Pick(task, start if timed else None, bucket.key)
+            return _new_pick(Pick, (task, start if timed else None, bucket.key, False))
         return None
+
+    def _take_run(
+        self,
+        bucket: HostQueue,
+        start: float,
+        now: float,
+        horizon: float,
+        pace: Pace,
+        is_done: Callable[[int], bool],
+        done: IdSet | None,
+        want: int,
+    ) -> list[Pick]:
+        """What ``_start_next`` would take, one task at a time, from a host alone in its
+        turn, taken as a run of tasks instead ([] when it does not apply): a load test
+        of one host with a rate takes this way, task after task.
+
+        It applies when nothing but the job's rate and the host's cap spaces the
+        starts (no delay and no server-wide limit, which the caller checked; no task
+        queued again in front; no robots.txt rules to check each URL against), and the
+        next ids are one run of one batch, none of them done.  Without a rate every
+        start is ``start``; with one, each start is the rate's next slot, as
+        ``_start_next`` moves it on."""
+        if bucket.front or bucket.robots is not None:
+            return []
+        policy = self.policy
+        ids, head = bucket.ids, bucket.head
+        count = min(want, len(ids) - head)
+        if policy.per_host is not None:
+            count = min(count, policy.per_host - bucket.in_flight)
+        if count < 2:
+            return []
+        first, last = ids[head], ids[head + count - 1]
+        if last - first != count - 1:
+            return []
+        if done is None:
+            if any(map(is_done, range(first, last + 1))):
+                return []
+        elif not done.none_in(first, last + 1):
+            return []
+        span = self.span_of(first)
+        if last - span.first >= len(span.urls):
+            return []
+        if policy.rate:
+            starts: list[float] = []
+            step, slot, at = 1.0 / policy.rate, pace.next_slot, start
+            while len(starts) < count and at <= horizon:
+                starts.append(at)
+                slot = max(slot, at) + step
+                at = slot
+            pace.next_slot = slot
+            count = len(starts)
+            timed = True
+        else:
+            starts = [start] * count
+            timed = start > now
+        bucket.take_ids(count)
+        self.count -= count
+        tasks = span.tasks(first - span.first, first - span.first + count)
+        span.left -= count
+        if span.left == 0:
+            span.urls = []  # every task of the batch is out: its URLs can go
+        bucket.in_flight += count
+        bucket.last_start = max(bucket.last_start, starts[-1])
+        key = bucket.key
+        if not timed:
+            return [_new_pick(Pick, (task, None, key, False)) for task in tasks]
+        return [
+            _new_pick(Pick, (task, at, key, False)) for task, at in zip(tasks, starts, strict=True)
+        ]
 
     def _robots_probe(self, bucket: HostQueue, now: float) -> Pick:
         url = origin(self.first_url(bucket)) + "/robots.txt"

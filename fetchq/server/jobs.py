@@ -17,13 +17,14 @@ from itertools import compress, repeat
 from typing import Any
 
 from fetchq.errors import NoSuchJob
-from fetchq.wire.records import StoredResult, late_by
+from fetchq.wire.records import LATE_AFTER, StoredResult, late_by
 
 RECENT = 10
 """Whole seconds of results a job's achieved rate and mean service time are measured over."""
 
 _elapsed_of = operator.attrgetter("head.elapsed")
 _scheduled_of = operator.attrgetter("head.scheduled")
+_started_of = operator.attrgetter("head.started")
 
 YOUNGEST = 0.5
 """Seconds since a job's first result before its rate is measured at all: over less, one
@@ -78,14 +79,22 @@ class PaceSeen:
         # Read field by field in C: this runs for every result.
         entry[1] += len(results)
         entry[2] += sum(filter(None, map(_elapsed_of, results)))
-        # Only a paced job's results carry a schedule.
-        scheduled = map(operator.is_not, map(_scheduled_of, results), repeat(None))
-        for result in compress(results, scheduled):
-            head = result.head
-            late = late_by(head.scheduled, head.started)
-            if late is not None and late.late:
-                self.late += 1
-                self.worst_lateness = max(self.worst_lateness, late.seconds)
+        # Only a paced job's results carry a schedule (and a result its start, but one
+        # made up by the server, cancelled or refused, may have none).
+        timed = list(
+            compress(results, map(operator.is_not, map(_scheduled_of, results), repeat(None)))
+        )
+        if timed:
+            starts = list(map(_started_of, timed))
+            if None in starts:
+                late = [late_by(r.head.scheduled, r.head.started) for r in timed]
+                seconds = [lateness.seconds for lateness in late if lateness is not None]
+            else:
+                seconds = list(map(operator.sub, starts, map(_scheduled_of, timed)))
+            behind = [value for value in seconds if value > LATE_AFTER]
+            if behind:
+                self.late += len(behind)
+                self.worst_lateness = max(self.worst_lateness, *behind)
         while self._seconds[0][0] < second - RECENT:
             self._seconds.popleft()
 

@@ -70,6 +70,35 @@ class Lease(msgspec.Struct, gc=False):
         return self.task.attempt == attempt and (worker is None or self.worker == worker)
 
 
+_task_of = operator.attrgetter("task")
+_start_of = operator.attrgetter("start")
+_robots_of = operator.attrgetter("robots")
+
+
+def records(leases: list[Lease]) -> list[dict[str, Any]]:
+    """``Lease.record`` of each lease, built in one pass."""
+    built = [
+        {
+            "v": RECORD_VERSION,
+            "id": task_id,
+            "job": job,
+            "url": url,
+            "attempt": attempt,
+            "timeout": timeout,
+            "submitted": submitted,
+            "scheduled": start,
+        }
+        for (task_id, job, url, attempt, _, timeout, submitted), start in zip(
+            map(_task_of, leases), map(_start_of, leases), strict=True
+        )
+    ]
+    if any(map(_robots_of, leases)):
+        for record, lease in zip(built, leases, strict=True):
+            if lease.robots:
+                record.update(kind=ROBOTS, host=lease.host)
+    return built
+
+
 def plain_records(tasks: list[Task]) -> list[dict[str, Any]]:
     """``Lease.record`` of tasks leased to start at once with no host limit, built
     in one pass: this runs for every task of most jobs."""
@@ -120,6 +149,14 @@ class LeaseTable:
             push(expiry, (deadline, next(sequence), lease))
         self._per_job.update(map(_job_of_task, tasks))  # counted in C
         return leases
+
+    def grant_all(self, leases: list[Lease]) -> None:
+        """``grant``, for leases made by the caller."""
+        held, expiry, push, sequence = self._leases, self._expiry, heapq.heappush, self._sequence
+        for lease in leases:
+            held[lease.id] = lease
+            push(expiry, (lease.deadline, next(sequence), lease))
+        self._per_job.update(map(_job_of_lease, leases))  # counted in C
 
     def get(self, task_id: int) -> Lease | None:
         return self._leases.get(task_id)

@@ -22,7 +22,7 @@ from fetchq.errors import StorageFailed
 from fetchq.server import events, robots
 from fetchq.server.completion import ended_without_request, finish_task
 from fetchq.server.jobqueue import Pick
-from fetchq.server.leases import Lease, plain_records
+from fetchq.server.leases import Lease, plain_records, records
 from fetchq.server.state import BrokerState
 from fetchq.server.tasks import Task
 from fetchq.wire.records import CANCELLED, ROBOTS_REFUSED, StoredResult
@@ -59,22 +59,21 @@ def lease(
         # The usual case, a job with no pace and no host limits: leased as a batch.
         state.leases.grant_plain(plain, worker, now + lease_timeout)
         return plain_records(plain)
-    granted = []
-    grant, at_once = state.leases.grant, now + lease_timeout
+    granted: list[Lease] = []
+    at_once = now + lease_timeout
     for entry in taken:
         if not isinstance(entry, Pick):
-            granted.append(grant(entry, worker, at_once))
+            granted.append(Lease(entry[0], entry, worker, at_once))
             continue
         task, start, host, robots = entry
         if robots:
             task = task._replace(id=next(_probe_ids), submitted=wall)
         if start is None:
-            granted.append(grant(task, worker, at_once, host=host, robots=robots))
+            granted.append(Lease(task[0], task, worker, at_once, None, host, robots))
             continue
         deadline = max(now, start) + lease_timeout
-        granted.append(
-            grant(task, worker, deadline, start=start + wall_offset, host=host, robots=robots)
-        )
+        granted.append(Lease(task[0], task, worker, deadline, start + wall_offset, host, robots))
+    state.leases.grant_all(granted)
     event = lease_event(worker, granted, wall_offset) if write is not None else None
     if write is not None and event is not None:
         try:
@@ -83,7 +82,7 @@ def lease(
             for given in reversed(granted):
                 state.give_back(given)
             raise
-    return [given.record() for given in granted]
+    return records(granted)
 
 
 def lease_event(worker: str, leases: list[Lease], wall_offset: float) -> events.Lease | None:

@@ -292,7 +292,7 @@ class Scheduler:
             count = min(count, int((horizon - pace.next_slot) * rate) + 1)
         before = queue.count
         if queue.by_host:
-            picks = queue.take_hosted(count, now, pace, is_done, self.denied)
+            picks = queue.take_hosted(count, now, pace, is_done, self.denied, done)
             self._count += queue.count - before
             return picks
         tasks = queue.take_fifo(count, is_done, done)

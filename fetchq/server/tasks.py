@@ -61,35 +61,45 @@ class Span:
         self.next = end
         if self.left > 0:
             self.left = max(0, self.left - (end - start))
+        return self.tasks(start, end)
+
+    def tasks(self, start: int, stop: int) -> list[Task]:
+        """The tasks at ``start`` .. ``stop - 1``, as first attempts."""
         first, job, urls = self.first, self.job, self.urls
         attempts, timeout, submitted = self.attempts, self.timeout, self.submitted
         return [
             _new_task(Task, (first + index, job, urls[index], 1, attempts, timeout, submitted))
-            for index in range(start, end)
+            for index in range(start, stop)
         ]
 
     def task(self, index: int) -> Task:
-        return Task(
-            self.first + index,
-            self.job,
-            self.urls[index],
-            1,
-            self.attempts,
-            self.timeout,
-            self.submitted,
+        return _new_task(
+            Task,
+            (
+                self.first + index,
+                self.job,
+                self.urls[index],
+                1,
+                self.attempts,
+                self.timeout,
+                self.submitted,
+            ),
         )
 
     def task_with(self, urls: list[str], index: int) -> Task:
         """As ``task``, from ``urls`` as they were when captured (``urls`` is let go
         once every task of the batch is out)."""
-        return Task(
-            self.first + index,
-            self.job,
-            urls[index],
-            1,
-            self.attempts,
-            self.timeout,
-            self.submitted,
+        return _new_task(
+            Task,
+            (
+                self.first + index,
+                self.job,
+                urls[index],
+                1,
+                self.attempts,
+                self.timeout,
+                self.submitted,
+            ),
         )
 
     def remaining(self) -> Iterator[Task]:
