@@ -54,8 +54,12 @@ def test_an_older_job_is_measured_over_the_last_whole_seconds() -> None:
 def test_late_starts_are_the_ones_the_reports_call_late() -> None:
     pace = PaceSeen()
     on_the_edge = {"id": 2, "scheduled": 0.0, "started": LATE_AFTER}
-    pace.record(T0, [*results(3, late_by=0.5), StoredResult.of(on_the_edge), *results(1)])
+    late = [*results(1, late_by=0.2), *results(1, late_by=0.5), *results(1, late_by=0.3)]
+    pace.record(T0, [*late, StoredResult.of(on_the_edge), *results(1)])
     assert pace.late == 3 and pace.worst_lateness == pytest.approx(0.5)
+    never_started = {"id": 3, "scheduled": 0.0}  # ended by the server: cancelled, refused
+    pace.record(T0, [StoredResult.of(never_started), *results(2, late_by=0.7)])
+    assert pace.late == 5 and pace.worst_lateness == pytest.approx(0.7)
     assert lateness(on_the_edge) == (LATE_AFTER, False), "late is more than LATE_AFTER"
     assert lateness({"scheduled": 0.0, "started": 0.0101}) == (0.0101, True)
     assert lateness({"started": T0, "scheduled": None}) is None
