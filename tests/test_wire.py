@@ -24,6 +24,7 @@ from worker_scenarios import whole_job
 from fetchq.config import Address, parse_address
 from fetchq.errors import BadRequest, ExitCode, FetchqError, StorageFailed, VersionMismatch
 from fetchq.server import validate
+from fetchq.wire import transport
 from fetchq.wire.api import MAX_DEPTH, MAX_INTEGER
 from fetchq.wire.client import BrokerClient
 from fetchq.wire.codec import JSON, BadFrame, JsonCodec, Unencodable, too_deep
@@ -339,3 +340,28 @@ def test_a_result_holding_a_lone_surrogate_is_still_sent() -> None:
     frame = JsonCodec(strict=False).dumps(("ident", "complete", ("w", [result], []), {}))
     assert b"\\ud800" in frame
     assert JSON.loads(frame)[2][1] == [result]
+
+
+class _Trickle:
+    """A socket that takes a gathering write only in part, as the kernel may when its
+    buffer fills: what is written must still be the frame, whole and in order."""
+
+    def __init__(self, takes: int) -> None:
+        self.takes = takes
+        self.written = bytearray()
+
+    def sendmsg(self, buffers: list[bytes]) -> int:
+        taken = b"".join(buffers)[: self.takes]
+        self.written += taken
+        return len(taken)
+
+    def sendall(self, data: bytes) -> None:
+        self.written += data
+
+
+@pytest.mark.parametrize("takes", [2, 4 + 10, 4 + 40_000], ids=["header", "some", "nearly all"])
+def test_a_large_frame_written_in_part_is_finished_in_order(takes: int) -> None:
+    frame = os.urandom(40_001)
+    sock = _Trickle(takes)
+    transport.Connection(sock, None).send_bytes(frame)  # type: ignore[arg-type]
+    assert bytes(sock.written) == struct.pack("!i", len(frame)) + frame

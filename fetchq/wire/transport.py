@@ -144,15 +144,24 @@ class Connection:
 
     def send_bytes(self, data: bytes) -> None:
         size = len(data)
+        header = struct.pack("!iQ", _LARGE, size) if size > 0x7FFFFFFF else struct.pack("!i", size)
+        sock = self._sock
         try:
-            if size > 0x7FFFFFFF:
-                self._sock.sendall(struct.pack("!iQ", _LARGE, size))
-                self._sock.sendall(data)
-            elif size > _SMALL_FRAME:
-                self._sock.sendall(struct.pack("!i", size))
-                self._sock.sendall(data)
-            else:  # one write, so Nagle's algorithm never holds a small frame back
-                self._sock.sendall(struct.pack("!i", size) + data)
+            if size <= _SMALL_FRAME:  # one write, so Nagle's algorithm never holds it back
+                sock.sendall(header + data)
+            elif isinstance(sock, ssl.SSLSocket):  # no gathering write: the header first
+                sock.sendall(header)
+                sock.sendall(data)
+            else:
+                # Header and frame in one system call, neither copied: two writes would
+                # wake the peer twice, once for the header alone.
+                sent = sock.sendmsg([header, data])
+                if sent < len(header):
+                    sock.sendall(header[sent:])
+                    sock.sendall(data)
+                elif sent < len(header) + size:
+                    with memoryview(data) as view:
+                        sock.sendall(view[sent - len(header) :])
         except (TimeoutError, BlockingIOError):
             raise NoReply("the peer took nothing within the connection's timeout") from None
 
