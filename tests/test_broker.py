@@ -154,6 +154,19 @@ def test_empty_submit_creates_the_job(broker: BrokerService) -> None:
     assert "a" in broker.status()["jobs"]
 
 
+def test_a_job_that_obeys_robots_txt_first_hands_out_its_fetch(broker: BrokerService) -> None:
+    """A robots.txt fetch goes out as a task of kind ``robots`` naming its host, alone,
+    before any task of that host."""
+    broker.submit({"job": "r", "urls": ["http://a.test/x", "http://a.test/y"], "obey_robots": True})
+    (probe,) = broker.lease("w1", 10, 0)
+    assert (probe["kind"], probe["host"], probe["url"]) == (
+        "robots",
+        "a.test:80",
+        "http://a.test/robots.txt",
+    )
+    assert probe["scheduled"] is None and probe["attempt"] == 1
+
+
 def test_lease_hands_out_at_most_max_tasks_in_order(broker: BrokerService) -> None:
     first_id = submit(broker, "a", 5, timeout=7.5)["first_id"]
     tasks = broker.lease("w1", 3, 0)

@@ -13,7 +13,7 @@ import heapq
 import itertools
 import operator
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import msgspec
@@ -48,23 +48,6 @@ class Lease(msgspec.Struct, gc=False):
     def attempt(self) -> int:
         return self.task.attempt
 
-    def record(self) -> dict[str, Any]:
-        """The task as the worker receives it (``records.make_task``, written out)."""
-        task = self.task
-        record = {
-            "v": RECORD_VERSION,
-            "id": task.id,
-            "job": task.job,
-            "url": task.url,
-            "attempt": task.attempt,
-            "timeout": task.timeout,
-            "submitted": task.submitted,
-            "scheduled": self.start,
-        }
-        if self.robots:
-            record.update(kind=ROBOTS, host=self.host)
-        return record
-
     def held_as(self, attempt: int, worker: str | None = None) -> bool:
         """Is this the lease a worker refers to by ``[id, attempt]``?"""
         return self.task.attempt == attempt and (worker is None or self.worker == worker)
@@ -75,9 +58,10 @@ _start_of = operator.attrgetter("start")
 _robots_of = operator.attrgetter("robots")
 
 
-def records(leases: list[Lease]) -> list[dict[str, Any]]:
-    """``Lease.record`` of each lease, built in one pass."""
-    built = [
+def task_records(tasks: Iterable[Task], starts: Iterable[float | None]) -> list[dict[str, Any]]:
+    """The tasks as a worker receives them (``records.make_task``, written out in one
+    pass: this runs for every task leased), each to start at its ``starts``."""
+    return [
         {
             "v": RECORD_VERSION,
             "id": task_id,
@@ -89,32 +73,20 @@ def records(leases: list[Lease]) -> list[dict[str, Any]]:
             "scheduled": start,
         }
         for (task_id, job, url, attempt, _, timeout, submitted), start in zip(
-            map(_task_of, leases), map(_start_of, leases), strict=True
+            tasks, starts, strict=False
         )
     ]
+
+
+def records(leases: list[Lease]) -> list[dict[str, Any]]:
+    """What the worker receives of each lease: its task, when to start it, and for a
+    robots.txt fetch, the host it is for."""
+    built = task_records(map(_task_of, leases), map(_start_of, leases))
     if any(map(_robots_of, leases)):
         for record, lease in zip(built, leases, strict=True):
             if lease.robots:
                 record.update(kind=ROBOTS, host=lease.host)
     return built
-
-
-def plain_records(tasks: list[Task]) -> list[dict[str, Any]]:
-    """``Lease.record`` of tasks leased to start at once with no host limit, built
-    in one pass: this runs for every task of most jobs."""
-    return [
-        {
-            "v": RECORD_VERSION,
-            "id": task_id,
-            "job": job,
-            "url": url,
-            "attempt": attempt,
-            "timeout": timeout,
-            "submitted": submitted,
-            "scheduled": None,
-        }
-        for task_id, job, url, attempt, _, timeout, submitted in tasks
-    ]
 
 
 class LeaseTable:

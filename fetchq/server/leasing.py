@@ -22,7 +22,7 @@ from fetchq.errors import StorageFailed
 from fetchq.server import events, robots
 from fetchq.server.completion import ended_without_request, finish_task
 from fetchq.server.jobqueue import Pick
-from fetchq.server.leases import Lease, plain_records, records
+from fetchq.server.leases import Lease, records, task_records
 from fetchq.server.state import BrokerState
 from fetchq.server.tasks import Task
 from fetchq.wire.records import CANCELLED, ROBOTS_REFUSED, StoredResult
@@ -58,7 +58,7 @@ def lease(
     if len(plain) == len(taken):
         # The usual case, a job with no pace and no host limits: leased as a batch.
         state.leases.grant_plain(plain, worker, now + lease_timeout)
-        return plain_records(plain)
+        return task_records(plain, itertools.repeat(None))
     granted: list[Lease] = []
     at_once = now + lease_timeout
     for entry in taken:
