@@ -167,6 +167,39 @@ def test_a_job_that_obeys_robots_txt_first_hands_out_its_fetch(broker: BrokerSer
     assert probe["scheduled"] is None and probe["attempt"] == 1
 
 
+def test_a_result_naming_another_job_is_kept_under_its_tasks_job(
+    broker: BrokerService,
+) -> None:
+    """The server's record of a task says which job it is in, not the worker's report."""
+    submit(broker, "a", 1)
+    (task,) = broker.lease("w1", 1, 0)
+    assert broker.complete("w1", [{**ok(task), "job": "b"}])["accepted"] == 1
+    (kept,) = broker.results("a", 10, 0)["results"]
+    assert (kept["id"], kept["job"]) == (task["id"], "a")
+
+
+def test_a_429_asking_to_wait_holds_the_host_and_queues_the_task_again(
+    broker: BrokerService, clock: FakeClock
+) -> None:
+    broker.submit({"job": "a", "urls": urls(1), "retry_after": True})
+    (task,) = broker.lease("w1", 1, 0)
+    tally = broker.complete("w1", [{**http(task, 429), "retry_after": 5.0}])
+    assert (tally["accepted"], tally["requeued"]) == (0, 1)
+    assert broker.lease("w1", 1, 0) == []  # the host is held
+    clock.advance(5.1)
+    (again,) = broker.lease("w1", 1, 0)
+    assert (again["id"], again["attempt"]) == (task["id"], 2)
+
+
+def test_a_report_of_a_robots_txt_fetch_as_a_result_is_dropped(broker: BrokerService) -> None:
+    """robots.txt fetches are reported with ``robots``: one sent as a result is no task's."""
+    broker.submit({"job": "r", "urls": ["http://a.test/x"], "obey_robots": True})
+    (probe,) = broker.lease("w1", 10, 0)
+    tally = broker.complete("w1", [ok(probe)])
+    assert (tally["accepted"], tally["dropped"]) == (0, 1)
+    assert broker.job("r")["leased"] == 1  # the fetch is still out
+
+
 def test_lease_hands_out_at_most_max_tasks_in_order(broker: BrokerService) -> None:
     first_id = submit(broker, "a", 5, timeout=7.5)["first_id"]
     tasks = broker.lease("w1", 3, 0)

@@ -54,20 +54,19 @@ class Verdict(NamedTuple):
 
 _id_of = operator.attrgetter("id")
 _job_of = operator.attrgetter("job")
-_attempt_of = operator.attrgetter("attempt")
 _ok_of = operator.attrgetter("ok")
 _status_of = operator.attrgetter("head.status")
 _error_of = operator.attrgetter("head.error")
 _job_of_lease = operator.attrgetter("task.job")
-_attempt_of_lease = operator.attrgetter("task.attempt")
 _robots_of = operator.attrgetter("robots")
 _host_of = operator.attrgetter("host")
 
 
 def all_current(state: BrokerState, results: list[Result]) -> list[Lease] | None:
-    """The leases the results end, when every result is the first for a task that its
-    lease holds now, under the job its lease names, an answer to keep (neither one to
-    retry nor one asking to wait); None when any is not, and ``judge`` decides."""
+    """The leases the results end, when every result is the first for a task that is
+    leased now, under the job its lease names, an answer to keep (neither one to retry
+    nor one asking to wait); None when any is not, and ``judge`` decides.  Such an
+    answer is kept whichever attempt it is from, as ``judge`` keeps it."""
     ids = list(map(_id_of, results))
     if len(set(ids)) != len(ids):
         return None
@@ -76,8 +75,6 @@ def all_current(state: BrokerState, results: list[Result]) -> list[Lease] | None
         return None
     leases = cast(list[Lease], found)
     if any(map(_robots_of, leases)):
-        return None
-    if list(map(_attempt_of_lease, leases)) != list(map(_attempt_of, results)):
         return None
     if list(map(_job_of_lease, leases)) != list(map(_job_of, results)):
         return None
