@@ -258,8 +258,9 @@ def _read_complete(frame: bytes) -> list[Any] | None:
 
 
 class JsonCodec:
-    """JSON in UTF-8 (sent as ASCII), compact, no NaN; when ``strict``, as the server
-    reads what clients send, numbers bounded and nesting at most MAX_DEPTH.
+    """JSON in UTF-8 (the task messages as it is, others as ASCII), compact, no NaN;
+    when ``strict``, as the server reads what clients send, numbers bounded and
+    nesting at most MAX_DEPTH.
 
     A client reads the server's replies without those checks: the server sends
     back only what it accepted, and the checks cost an output reading a
