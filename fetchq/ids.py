@@ -56,9 +56,11 @@ class IdSet:
     def add_all(self, task_ids: list[int]) -> None:
         """``add`` each of ``task_ids``: a bitmap looked up once for a run in one block,
         and ids that make up a whole run (a batch leased together) added as a range."""
-        if task_ids and max(task_ids) - min(task_ids) + 1 == len(task_ids) == len(set(task_ids)):
-            self.add_range(min(task_ids), max(task_ids) + 1)
-            return
+        if task_ids:
+            low, high = min(task_ids), max(task_ids)
+            if high - low + 1 == len(task_ids) == len(set(task_ids)):
+                self.add_range(low, high + 1)
+                return
         maps = self._maps
         base, bitmap = -1, bytearray()
         added = 0

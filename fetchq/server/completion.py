@@ -8,10 +8,10 @@ that long and queues the task again too.  A cancelled job retries nothing.  Resu
 call are judged as if they came one by one, but nothing changes until the
 journal has taken the whole call (``judge`` first, then ``apply_all``).
 
-Most calls are simpler: every result is the first for a task its worker
-holds under a current lease, an answer to keep.  ``all_current`` spots such a
-call by looking at each field in C, and ``accept_all`` applies it a step at a
-time for the whole call; the rules above then say the same thing.
+Most calls are simpler: every result is the first for a task leased now, an
+answer to keep.  ``all_current`` spots such a call by looking at each field
+in C, and ``accept_all`` applies it a step at a time for the whole call; the
+rules above then say the same thing.
 """
 
 from __future__ import annotations
