@@ -15,7 +15,7 @@ from fakeclock import FakeClock
 
 from fetchq.errors import BadRequest, NoSuchJob, VersionMismatch
 from fetchq.server.service import BrokerService
-from fetchq.wire.api import MAX_LEASE, MAX_SUBMIT, MAX_WAIT, PROTOCOL
+from fetchq.wire.api import MAX_LEASE, MAX_SUBMIT, MAX_WAIT, PROTOCOL, ResultsDelivery
 from fetchq.wire.records import RECORD_VERSION, RESULT_FIELDS, TASK_FIELDS, make_error, make_result
 
 WALL = 1_700_000_000.0
@@ -989,6 +989,28 @@ def test_ack_wakes_a_lease_waiting_for_output_room(make_broker: Factory, clock: 
     waiter.join(5)
     assert not waiter.is_alive()
     assert [len(batch) for batch in leased] == [1]
+
+
+def test_a_report_judged_result_by_result_wakes_an_output_waiting(
+    make_broker: Factory, clock: FakeClock
+) -> None:
+    """A report with a repeat in it is judged one result at a time, not taken whole:
+    an output waiting for the job's results is woken by it all the same."""
+    broker = make_broker()
+    submit(broker, "a", 1)
+    (task,) = broker.lease("w1", 1, 0)
+    got: list[ResultsDelivery] = []
+    waiter = threading.Thread(
+        target=lambda: got.append(broker.results("a", 10, 20.0)), name="results-wait", daemon=True
+    )
+    waiter.start()
+    with clock.called:  # as in the test above: the waiter waits once it read the clock
+        assert clock.called.wait_for(lambda: clock.calls["results-wait"] >= 1, 5)
+    tally = broker.complete("w1", [ok(task), ok(task)])
+    assert (tally["accepted"], tally["dropped"]) == (1, 1)
+    waiter.join(5)  # unwoken, it would sleep until the lease's deadline, LEASE away
+    assert not waiter.is_alive()
+    assert [result["id"] for result in got[0]["results"]] == [task["id"]]
 
 
 def test_results_of_all_jobs_lapse_back_each_to_its_own_job(

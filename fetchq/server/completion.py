@@ -245,48 +245,17 @@ def apply_all(
     state: BrokerState, verdicts: list[Verdict], now: float
 ) -> tuple[Counter[Outcome], set[str]]:
     """``apply`` each verdict; returns how many ended each way, and the jobs that got
-    results.
-
-    The common call, every result accepted from the worker that held its task,
-    is applied a step at a time for the whole call rather than a result at a time,
-    and what each job counts of its results once per job: this runs for every
-    task done."""
+    results.  (The common call, every result an answer to a current lease, does not
+    come here: ``accept_all`` takes it.)"""
+    for verdict in verdicts:
+        apply(state, verdict, now)
     accepted = [verdict.result for verdict in verdicts if verdict.outcome is Outcome.ACCEPTED]
-    if len(accepted) < len(verdicts):
-        for verdict in verdicts:
-            apply(state, verdict, now)
-        for name, results in _by_job(accepted).items():
-            job = state.jobs.find(name)
-            assert job is not None, name
-            job.pace.record(now, results)
-        return Counter(verdict.outcome for verdict in verdicts), {r.job for r in accepted}
-    scheduler = state.scheduler
-    by_job: dict[str, list[Result]] = {}
-    on_hosts: Counter[tuple[str, str]] = Counter()  # by job and host: each told once
-    ended = state.leases.drop_all([result.id for result in accepted])
-    for result, lease in zip(accepted, ended, strict=True):
-        if lease is None:  # its lease had expired: the queued copy is stale now
-            scheduler.forget(result.job)
-        elif lease.host is not None:
-            on_hosts[lease.task.job, lease.host] += 1
-        found = by_job.get(result.job)
-        if found is None:
-            by_job[result.job] = [result]
-        else:
-            found.append(result)
-    for (job_name, host), count in on_hosts.items():
-        scheduler.lease_ended(job_name, host, count)
-    state.ledger.done.add_all([result.id for result in accepted])
+    by_job = _by_job(accepted)
     for name, results in by_job.items():
         job = state.jobs.find(name)
         assert job is not None, name
-        # What pace needs of each result is read here, before it waits for an output.
         job.pace.record(now, results)
-        ok = sum(1 for result in results if result.ok)
-        job.succeeded += ok
-        job.failed += len(results) - ok
-        state.outbox.add_all(name, results)
-    return Counter({Outcome.ACCEPTED: len(accepted)}), set(by_job)
+    return Counter(verdict.outcome for verdict in verdicts), set(by_job)
 
 
 def _by_job(results: list[Result]) -> dict[str, list[Result]]:

@@ -21,7 +21,6 @@ import msgspec
 from fetchq.server.tasks import Task
 from fetchq.wire.records import RECORD_VERSION, ROBOTS
 
-_job_of_task = operator.attrgetter("job")
 _job_of_lease = operator.attrgetter("task.job")
 
 HEAP_SLACK = 1024
@@ -107,19 +106,13 @@ class LeaseTable:
     ) -> Lease:
         """``start``, ``host`` and ``robots``: as ``Lease`` takes them."""
         lease = Lease(task.id, task, worker, deadline, start, host, robots)
-        self._leases[task.id] = lease
-        self._per_job[task.job] += 1
-        heapq.heappush(self._expiry, (deadline, next(self._sequence), lease))
+        self.grant_all([lease])
         return lease
 
     def grant_plain(self, tasks: list[Task], worker: str, deadline: float) -> list[Lease]:
         """Leases of tasks to start at once with no host limit: ``grant``, for a batch."""
         leases = [Lease(task[0], task, worker, deadline) for task in tasks]
-        held, expiry, push, sequence = self._leases, self._expiry, heapq.heappush, self._sequence
-        for lease in leases:
-            held[lease.id] = lease
-            push(expiry, (deadline, next(sequence), lease))
-        self._per_job.update(map(_job_of_task, tasks))  # counted in C
+        self.grant_all(leases)
         return leases
 
     def grant_all(self, leases: list[Lease]) -> None:
@@ -141,16 +134,6 @@ class LeaseTable:
             if len(self._expiry) > 2 * len(self._leases) + HEAP_SLACK:
                 self._sweep()
         return lease
-
-    def drop_all(self, task_ids: list[int]) -> list[Lease | None]:
-        """``drop`` for each of ``task_ids``: the leases ended (None where there was none)."""
-        held, per_job = self._leases, self._per_job
-        dropped = [held.pop(task_id, None) for task_id in task_ids]
-        for job, count in Counter(map(_job_of_lease, filter(None, dropped))).items():
-            per_job[job] -= count
-        if len(self._expiry) > 2 * len(held) + HEAP_SLACK:
-            self._sweep()
-        return dropped
 
     def end_all(self, leases: list[Lease]) -> None:
         """End leases known to be held (as ``drop`` ends them)."""

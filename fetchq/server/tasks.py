@@ -73,18 +73,7 @@ class Span:
         ]
 
     def task(self, index: int) -> Task:
-        return _new_task(
-            Task,
-            (
-                self.first + index,
-                self.job,
-                self.urls[index],
-                1,
-                self.attempts,
-                self.timeout,
-                self.submitted,
-            ),
-        )
+        return self.task_with(self.urls, index)
 
     def task_with(self, urls: list[str], index: int) -> Task:
         """As ``task``, from ``urls`` as they were when captured (``urls`` is let go
