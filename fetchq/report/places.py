@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from fetchq.report.tally import Tally
 from fetchq.urls import host_key
+from fetchq.wire.aggregates import PlacesState
 
 PLACES_KEPT = 200
 """``kept``: a place with more than 1/200 of the results always has its own row."""
@@ -99,3 +100,34 @@ class PlaceTable:
         for _, row in self.top(len(self._rows))[limit:]:
             rest.merge(row)
         return rest
+
+    def merge(self, other: PlaceTable) -> None:
+        """Add ``other``'s rows to this table's, weights and all, as if its requests had
+        come here (a merge of frequent-items sketches: the error bounds add up)."""
+        for place, row in other._rows.items():
+            self._add_row(place, row, row.weight)
+        self.other.merge(other.other)
+
+    def _add_row(self, place: str, tally: Tally, weight: int) -> None:
+        row = self._rows.get(place)
+        if row is None:
+            if len(self._rows) >= 2 * self.kept:
+                self._purge()
+            row = self._rows[place] = _Row()
+        row.weight += weight
+        row.merge(tally)
+
+    def to_state(self) -> PlacesState:
+        """The table as a record's part (see ``fetchq.wire.aggregates``)."""
+        return PlacesState(
+            other=self.other.to_state(),
+            rows=[(place, row.weight, row.to_state()) for place, row in self._rows.items()],
+        )
+
+    @classmethod
+    def from_state(cls, state: PlacesState, kept: int = PLACES_KEPT) -> PlaceTable:
+        table = cls(kept)
+        for place, weight, row in state.rows:
+            table._add_row(place, Tally.from_state(row), weight)
+        table.other.take_state(state.other)
+        return table

@@ -1,4 +1,5 @@
-"""Reading saved results back: the JSONL files ``fetchq output --format jsonl`` writes."""
+"""Reading saved results back: the JSONL files ``fetchq output --format jsonl`` writes,
+results and aggregate records alike."""
 
 from __future__ import annotations
 
@@ -8,14 +9,17 @@ from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
 from fetchq.errors import UsageError, cannot_read
+from fetchq.report.summary import Summary
+from fetchq.wire.aggregates import AGGREGATE, decode_aggregate
 
 STDIN = "-"
 
 
 def read_results(paths: Sequence[str]) -> Iterator[dict[str, Any]]:
-    """Every result of every file, in order; ``-`` reads standard input.
+    """Every result and aggregate record of every file, in order; ``-`` reads standard
+    input.  An aggregate is checked as the server checks one (``decode_aggregate``).
 
-    A line that is not a result stops the reading with a usage error naming
+    A line that is neither stops the reading with a usage error naming
     the file and line: a report that skipped it would be silently wrong."""
     for path in paths:
         if path == STDIN:
@@ -42,7 +46,12 @@ def _results_in(handle: TextIO, name: str) -> Iterator[dict[str, Any]]:
                     f"{name}:{number}: not a JSON line ({exc.msg}); "
                     "expected results from fetchq output --format jsonl"
                 ) from None
-            if not isinstance(record, dict) or not isinstance(record.get("elapsed"), int | float):
+            if isinstance(record, dict) and record.get("kind") == AGGREGATE:
+                try:
+                    Summary.from_state(decode_aggregate(line).summary)
+                except ValueError as exc:  # msgspec's errors are ValueErrors too
+                    raise UsageError(f"{name}:{number}: not an aggregate record: {exc}") from None
+            elif not isinstance(record, dict) or not isinstance(record.get("elapsed"), int | float):
                 raise UsageError(
                     f"{name}:{number}: not a result (a JSON object with elapsed, url, status ...)"
                 )

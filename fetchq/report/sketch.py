@@ -10,9 +10,13 @@ docs/reports.md gives the figures behind the choice.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
+from typing import Any
 
 from ddsketch import DDSketch
+
+from fetchq.wire.aggregates import MAX_KEY, SketchState
 
 Sketch = DDSketch
 """The type every other module names: they need not import ``ddsketch`` themselves."""
@@ -25,6 +29,25 @@ that one-value difference."""
 
 def new_sketch() -> DDSketch:
     return DDSketch(RELATIVE_ACCURACY)
+
+
+SMALLEST = 1e-12
+"""Seconds below which a value counts as zero; a picosecond is far below any clock a
+request is timed with."""
+LARGEST = 1e18
+"""Seconds a value is capped at in a sketch (thirty billion years).  Between the two,
+every value falls in a bin an aggregate record can name (``MAX_KEY``)."""
+
+
+def add(sketch: DDSketch, value: float) -> None:
+    """Add a value, as zero when it is too small to tell from it and capped when larger
+    than any time: a sketch's bins then stay within what a record can carry."""
+    size = abs(value)
+    if size < SMALLEST:
+        value = 0.0
+    elif size > LARGEST:
+        value = math.copysign(LARGEST, value)
+    sketch.add(value)
 
 
 def merged(sketches: Iterable[DDSketch]) -> DDSketch:
@@ -71,3 +94,53 @@ def _value_at_rank(sketch: DDSketch, rank: int, n: int) -> float:
     value = sketch.get_quantile_value(q)
     assert value is not None, "a rank inside a non-empty sketch"
     return float(value)
+
+
+def to_state(sketch: DDSketch) -> SketchState:
+    """``sketch`` as a state: the stores' documented attributes and the summary
+    fields ``DDSketch.merge`` itself copies (values were added with weight 1)."""
+    count = int(sketch.count)
+    return SketchState(
+        accuracy=sketch._relative_accuracy,
+        count=count,
+        sum=sketch.sum,
+        zero=int(sketch._zero_count),
+        min=sketch._min if count else None,
+        max=sketch._max if count else None,
+        positive=_bins(sketch._store),
+        negative=_bins(sketch._negative_store),
+    )
+
+
+def from_state(state: SketchState) -> DDSketch:
+    """The sketch ``to_state`` described; raises ValueError for a state no sketch of
+    this accuracy has (another accuracy, counts that do not add up, keys out of range)."""
+    if state.accuracy != RELATIVE_ACCURACY:
+        raise ValueError(f"a sketch of relative accuracy {state.accuracy}, not {RELATIVE_ACCURACY}")
+    sketch = new_sketch()
+    for store, bins in ((sketch._store, state.positive), (sketch._negative_store, state.negative)):
+        if bins is None:
+            continue
+        first, counts = bins
+        if first + len(counts) - 1 > MAX_KEY:
+            raise ValueError(f"a sketch bin past key {MAX_KEY}")
+        for key, count in enumerate(counts, first):
+            if count:
+                store.add(key, count)
+    if state.count != sketch._store.count + sketch._negative_store.count + state.zero:
+        raise ValueError("a sketch whose count is not the sum of its bins")
+    if state.count:
+        if state.min is None or state.max is None or state.min > state.max:
+            raise ValueError("a sketch of values with no min and max")
+        sketch._min, sketch._max = state.min, state.max
+    sketch._zero_count = float(state.zero)
+    sketch._count = float(state.count)
+    sketch._sum = state.sum
+    return sketch
+
+
+def _bins(store: Any) -> tuple[int, list[int]] | None:
+    if not store.count:
+        return None
+    low, high = store.min_key, store.max_key
+    return low, [int(count) for count in store.bins[low - store.offset : high - store.offset + 1]]

@@ -18,6 +18,7 @@ from fetchq.report.places import PlaceTable, target_host, worker_host
 from fetchq.report.sketch import Sketch
 from fetchq.report.tally import Tally
 from fetchq.report.timeline import Timeline
+from fetchq.wire.aggregates import AGGREGATE, ScheduleState, SummaryState, decode_summary
 from fetchq.wire.api import LATE_AFTER
 from fetchq.wire.records import lateness, not_requested
 
@@ -80,7 +81,11 @@ class Summary:
         self._last_due = -math.inf
 
     def add(self, result: dict[str, Any]) -> None:
-        """Count one result (a dict as made by ``records.make_result``)."""
+        """Count one result (a dict as made by ``records.make_result``), or merge in an
+        aggregate record's summary (raises ValueError when that is malformed)."""
+        if result.get("kind") == AGGREGATE:
+            self.merge(Summary.from_state(decode_summary(result.get("summary"))))
+            return
         error = result.get("error")
         if error is not None:  # only a result with an error may be no request
             kind = not_requested(result)
@@ -137,6 +142,84 @@ class Summary:
             self._errors[kind] = [1, message]
         else:
             entry[0] += 1
+
+    def merge(self, other: Summary) -> None:
+        """Add ``other``'s requests to this summary: the summary of both runs' results,
+        counts exact and percentiles as accurate (``other`` is left as it was)."""
+        self.retried += other.retried
+        self.bytes += other.bytes
+        self._min = min(self._min, other._min)
+        self._max = max(self._max, other._max)
+        for code, count in other._statuses.items():
+            self._statuses[code] = self._statuses.get(code, 0) + count
+        for kind, (count, example) in other._errors.items():
+            entry = self._errors.setdefault(kind, [0, example])
+            entry[0] += count
+        for kind, count in other.not_requested.items():
+            self.not_requested[kind] = self.not_requested.get(kind, 0) + count
+        self.timeline.merge(other.timeline)
+        self.worker_hosts.merge(other.worker_hosts)
+        self.target_hosts.merge(other.target_hosts)
+        self.worst_lateness = max(self.worst_lateness, other.worst_lateness)
+        self._response_min = min(self._response_min, other._response_min)
+        self._response_max = max(self._response_max, other._response_max)
+        self._first_due = min(self._first_due, other._first_due)
+        self._last_due = max(self._last_due, other._last_due)
+
+    def to_state(self) -> SummaryState:
+        """The summary as an aggregate record carries it (``fetchq.wire.aggregates``)."""
+        count = self.count
+        return SummaryState(
+            timeline=self.timeline.to_state(),
+            worker_hosts=self.worker_hosts.to_state(),
+            target_hosts=self.target_hosts.to_state(),
+            bytes=self.bytes,
+            retried=self.retried,
+            min=self._min if count else None,
+            max=self._max if count else None,
+            statuses={str(code): n for code, n in self._statuses.items()},
+            errors={kind: (n, example) for kind, (n, example) in self._errors.items()},
+            not_requested=dict(self.not_requested),
+            schedule=None
+            if self._first_due > self._last_due
+            else ScheduleState(
+                worst_lateness=self.worst_lateness,
+                response_min=self._response_min,
+                response_max=self._response_max,
+                first_due=self._first_due,
+                last_due=self._last_due,
+            ),
+        )
+
+    @classmethod
+    def from_state(cls, state: SummaryState) -> Summary:
+        """The summary ``state`` describes; raises ValueError for one no summary has."""
+        summary = cls()
+        summary.timeline = Timeline.from_state(state.timeline)
+        summary.worker_hosts = PlaceTable.from_state(state.worker_hosts)
+        summary.target_hosts = PlaceTable.from_state(state.target_hosts)
+        summary.bytes, summary.retried = state.bytes, state.retried
+        if summary.count:
+            if state.min is None or state.max is None:
+                raise ValueError("a summary of requests with no min and max latency")
+            summary._min, summary._max = state.min, state.max
+        for code, count in state.statuses.items():
+            if not code.isdigit() or len(code) > 3:
+                raise ValueError(f"a status code {code[:20]!r}")
+            summary._statuses[int(code)] = count
+        summary._errors = {
+            kind: [count, example] for kind, (count, example) in state.errors.items()
+        }
+        summary.not_requested = dict(state.not_requested)
+        schedule = state.schedule
+        if schedule is not None:
+            summary.worst_lateness = schedule.worst_lateness
+            summary._response_min, summary._response_max = (
+                schedule.response_min,
+                schedule.response_max,
+            )
+            summary._first_due, summary._last_due = schedule.first_due, schedule.last_due
+        return summary
 
     def totals(self) -> Tally:
         """Every request of the run in one tally (summed from the time buckets)."""

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 
-from fetchq.report.sketch import Sketch, new_sketch
+from fetchq.report.sketch import Sketch, add, from_state, new_sketch, to_state
+from fetchq.wire.aggregates import TallyState
 
 
 class Tally:
@@ -53,11 +54,11 @@ class Tally:
         end = started + elapsed
         if end > self.last_end:
             self.last_end = end
-        self.latency.add(elapsed)
+        add(self.latency, elapsed)
 
     def add_schedule(self, response: float, late: bool) -> None:
         """The response time from its schedule of a request counted with ``add``."""
-        self.response_sketch().add(response)
+        add(self.response_sketch(), response)
         if late:
             self.late += 1
 
@@ -86,3 +87,38 @@ class Tally:
         self.latency.merge(other.latency)
         if other.response is not None:
             self.response_sketch().merge(other.response)
+
+    def to_state(self) -> TallyState:
+        """The tally as a record's part (see ``fetchq.wire.aggregates``)."""
+        return TallyState(
+            latency=to_state(self.latency),
+            requests=self.requests,
+            failed=self.failed,
+            scheduled=self.scheduled,
+            late=self.late,
+            first_start=self.first_start if self.requests else None,
+            last_end=self.last_end if self.requests else None,
+            response=None if self.response is None else to_state(self.response),
+        )
+
+    def take_state(self, state: TallyState) -> None:
+        """Set this (new) tally to ``state``; raises ValueError for one no tally has."""
+        if state.failed > state.requests or state.late > state.requests:
+            raise ValueError("a tally with more failed or late requests than requests")
+        if state.latency.count != state.requests:
+            raise ValueError("a tally whose latencies are not one per request")
+        if state.requests and (state.first_start is None or state.last_end is None):
+            raise ValueError("a tally of requests with no first start or last end")
+        self.requests, self.failed = state.requests, state.failed
+        self.scheduled, self.late = state.scheduled, state.late
+        if state.requests:
+            assert state.first_start is not None and state.last_end is not None
+            self.first_start, self.last_end = state.first_start, state.last_end
+        self.latency = from_state(state.latency)
+        self.response = None if state.response is None else from_state(state.response)
+
+    @classmethod
+    def from_state(cls, state: TallyState) -> Tally:
+        tally = cls()
+        tally.take_state(state)
+        return tally

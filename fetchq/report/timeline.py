@@ -12,9 +12,11 @@ resolution).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 from fetchq.report.tally import Tally
+from fetchq.wire.aggregates import TimelineState
 
 FIRST_WIDTH = 1.0
 """Seconds per bucket at the start: the resolution rates are read at."""
@@ -87,3 +89,53 @@ class Timeline:
         """Every bucket with figures, the undated one included: the run as a whole."""
         yield from self._buckets.values()
         yield self.undated
+
+    def merge(self, other: Timeline) -> None:
+        """Add ``other``'s buckets to this timeline's, at the wider of the two widths
+        (``other`` is left as it was)."""
+        if other.width > self.width:
+            self._regroup(round(other.width / self.width))
+        for index, bucket in other._buckets.items():
+            self._slot(index, other.width).merge(bucket)
+        self.undated.merge(other.undated)
+
+    def _slot(self, index: int, width: float) -> Tally:
+        """The bucket that holds slot ``index`` of a timeline ``width`` wide (no wider
+        than this one): the bucket of its middle, made if need be (``at`` may then
+        widen every bucket, and this one with them)."""
+        return self.at(index * width + width / 2)
+
+    def _regroup(self, factor: int) -> None:
+        """Widen the buckets ``factor`` times (a power of two), merging neighbours."""
+        merged: dict[int, Tally] = {}
+        for index, bucket in self._buckets.items():
+            into = merged.get(index // factor)
+            if into is None:
+                merged[index // factor] = bucket
+            else:
+                into.merge(bucket)
+        self._buckets = merged
+        self.width *= factor
+        if merged:
+            self._low, self._high = min(merged), max(merged)
+
+    def to_state(self) -> TimelineState:
+        """The timeline as a record's part (see ``fetchq.wire.aggregates``)."""
+        return TimelineState(
+            width=self.width,
+            undated=self.undated.to_state(),
+            buckets=[(index, bucket.to_state()) for index, bucket in sorted(self._buckets.items())],
+        )
+
+    @classmethod
+    def from_state(cls, state: TimelineState) -> Timeline:
+        """The timeline ``state`` describes; raises ValueError for one no timeline has."""
+        ratio = state.width / FIRST_WIDTH
+        if ratio < 1 or ratio != 2 ** round(math.log2(ratio)):
+            raise ValueError(f"a timeline {state.width} s wide: not {FIRST_WIDTH} s doubled")
+        timeline = cls()
+        timeline.width = state.width
+        for index, bucket in state.buckets:
+            timeline._slot(index, state.width).merge(Tally.from_state(bucket))
+        timeline.undated.take_state(state.undated)
+        return timeline
