@@ -7,7 +7,7 @@ import pytest
 from fetchq.ids import IdSet
 from fetchq.server.jobqueue import Pick, Policy, Robots
 from fetchq.server.scheduler import LOOKAHEAD, Scheduler
-from fetchq.server.tasks import Span
+from fetchq.server.tasks import Batch
 
 BASE = 9 << 32
 
@@ -17,7 +17,7 @@ def never(_: int) -> bool:
 
 
 def submit(scheduler: Scheduler, job: str, urls: list[str], first: int = BASE + 1) -> int:
-    scheduler.add_batch(Span(job, first, urls, 3, 5.0, 0.0), now=0.0)
+    scheduler.add_batch(Batch(job, first, urls, 3, 5.0, 0.0), now=0.0)
     return first + len(urls)
 
 

@@ -16,7 +16,7 @@ from fetchq.server.leases import HEAP_SLACK, LeaseTable
 from fetchq.server.ledger import REMEMBERED_BATCHES, Ledger
 from fetchq.server.outbox import Outbox
 from fetchq.server.scheduler import Scheduler
-from fetchq.server.tasks import Span, Task
+from fetchq.server.tasks import Batch, Task
 from fetchq.wire.api import MAX_JOB_NAME, job_name_problem
 from fetchq.wire.records import StoredResult
 
@@ -63,8 +63,8 @@ def never(_: int) -> bool:
 
 def test_a_job_is_first_in_first_out_with_retries_in_front() -> None:
     queue = Scheduler()
-    queue.add_batch(Span("a", BASE + 1, ["u1", "u2", "u3"], 3, 5.0, 0.0), now=0.0)
-    queue.add_batch(Span("a", BASE + 4, ["u4"], 3, 5.0, 0.0), now=0.0)
+    queue.add_batch(Batch("a", BASE + 1, ["u1", "u2", "u3"], 3, 5.0, 0.0), now=0.0)
+    queue.add_batch(Batch("a", BASE + 4, ["u4"], 3, 5.0, 0.0), now=0.0)
     assert (len(queue), queue.count("a"), queue.count("b")) == (4, 4, 0)
     (first,) = queue.take(1, 0.0, never)
     queue.add_retry(first.task._replace(attempt=2))
@@ -80,15 +80,15 @@ def test_a_job_is_first_in_first_out_with_retries_in_front() -> None:
 
 def test_jobs_take_turns() -> None:
     queue = Scheduler()
-    queue.add_batch(Span("a", BASE + 1, ["a1", "a2", "a3", "a4"], 3, 5.0, 0.0), now=0.0)
-    queue.add_batch(Span("b", BASE + 5, ["b1", "b2"], 3, 5.0, 0.0), now=0.0)
+    queue.add_batch(Batch("a", BASE + 1, ["a1", "a2", "a3", "a4"], 3, 5.0, 0.0), now=0.0)
+    queue.add_batch(Batch("b", BASE + 5, ["b1", "b2"], 3, 5.0, 0.0), now=0.0)
     urls = [pick.task.url for pick in queue.take(4, 0.0, never)]
     assert sorted(urls) == ["a1", "a2", "b1", "b2"]
 
 
 def test_a_stale_copy_is_forgotten_and_skipped() -> None:
     queue = Scheduler()
-    queue.add_batch(Span("a", BASE + 1, ["u1", "u2"], 3, 5.0, 0.0), now=0.0)
+    queue.add_batch(Batch("a", BASE + 1, ["u1", "u2"], 3, 5.0, 0.0), now=0.0)
     queue.forget("a")  # BASE + 1 finished elsewhere while queued
     assert len(queue) == 1
     assert [p.task.id for p in queue.take(5, 0.0, lambda i: i == BASE + 1)] == [BASE + 2]

@@ -35,7 +35,7 @@ from fetchq.server.recorder import Recorder
 from fetchq.server.scheduler import Scheduler
 from fetchq.server.service import BrokerService
 from fetchq.server.state import BrokerState
-from fetchq.server.tasks import Span, Task
+from fetchq.server.tasks import Batch, Task
 from fetchq.wire.api import (
     MAX_LEASE,
     MAX_SUBMIT,
@@ -224,7 +224,7 @@ class Broker:
             job.submitted += count
             state.ledger.allocate(job.name, count)
             state.scheduler.add_batch(
-                Span(job.name, first_id, request.urls, attempts, request.timeout, now),
+                Batch(job.name, first_id, request.urls, attempts, request.timeout, now),
                 self._clock(),
             )
             reply: SubmitReply = {"accepted": count, "first_id": first_id}

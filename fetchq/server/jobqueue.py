@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from fetchq.ids import IdSet
-from fetchq.server.tasks import Span, Task
+from fetchq.server.tasks import Batch, Task
 from fetchq.urls import host_key, origin
 
 LOOKAHEAD = 1.0
@@ -216,7 +216,7 @@ class JobQueue:
         self.policy = Policy()
         self.paused = False
         self.cancelled = False
-        self.fifo: deque[Task | Span] = deque()
+        self.fifo: deque[Task | Batch] = deque()
         self.count = 0
         """Tasks waiting, stale copies (finished elsewhere) not counted."""
         self.by_host = server.policy.limits_hosts
@@ -225,8 +225,8 @@ class JobQueue:
         """Hosts ready to start a request, taking turns."""
         self.waiting: list[tuple[float, int, HostQueue]] = []
         """Hosts waiting for a start time (a delay, a hold, the rate), soonest first."""
-        self.spans_first: list[int] = []
-        self.spans: list[Span] = []
+        self.batches_first: list[int] = []
+        self.batches: list[Batch] = []
         self.in_ring = False
         """Listed by the scheduler among the jobs that take turns."""
 
@@ -236,9 +236,9 @@ class JobQueue:
 
     # -- adding -------------------------------------------------------------
 
-    def add_batch(self, span: Span) -> None:
-        self.fifo.append(span)
-        self.count += len(span.urls)
+    def add_batch(self, batch: Batch) -> None:
+        self.fifo.append(batch)
+        self.count += len(batch.urls)
         if self.by_host:
             self._sort_fifo()
 
@@ -282,7 +282,7 @@ class JobQueue:
         fifo = self.fifo
         while fifo and len(taken) < count:
             head = fifo[0]
-            if isinstance(head, Span):
+            if isinstance(head, Batch):
                 run = head.take_run(count - len(taken))
                 if head.exhausted:
                     fifo.popleft()
@@ -543,8 +543,8 @@ class JobQueue:
                 return []
         elif not done.none_in(first, last + 1):
             return []
-        span = self.span_of(first)
-        if last - span.first >= len(span.urls):
+        batch = self.batch_of(first)
+        if last - batch.first >= len(batch.urls):
             return []
         if policy.rate:
             starts: list[float] = []
@@ -561,10 +561,10 @@ class JobQueue:
             timed = start > now
         bucket.take_ids(count)
         self.count -= count
-        tasks = span.tasks(first - span.first, first - span.first + count)
-        span.left -= count
-        if span.left == 0:
-            span.urls = []  # every task of the batch is out: its URLs can go
+        tasks = batch.tasks(first - batch.first, first - batch.first + count)
+        batch.left -= count
+        if batch.left == 0:
+            batch.urls = []  # every task of the batch is out: its URLs can go
         bucket.in_flight += count
         bucket.last_start = max(bucket.last_start, starts[-1])
         key = bucket.key
@@ -598,9 +598,9 @@ class JobQueue:
         fifo = self.fifo
         while fifo:
             head = fifo.popleft()
-            if isinstance(head, Span):
+            if isinstance(head, Batch):
                 if head.left < 0:
-                    self._index_span(head)
+                    self._index_batch(head)
                 first, hosts, ring = head.first, self.hosts, self.ring
                 for index in range(head.next, len(head.urls)):
                     key = host_key(head.urls[index])
@@ -615,71 +615,71 @@ class JobQueue:
                 bucket.push_back(head)
                 self._list_host(bucket)
 
-    def _index_span(self, span: Span) -> None:
+    def _index_batch(self, batch: Batch) -> None:
         """A batch whose tasks go out by host: found again by id, not by position."""
-        self.spans_first.append(span.first)
-        self.spans.append(span)
-        span.left = len(span.urls) - span.next
+        self.batches_first.append(batch.first)
+        self.batches.append(batch)
+        batch.left = len(batch.urls) - batch.next
 
     # -- by id ----------------------------------------------------------------
 
-    def span_of(self, task_id: int) -> Span:
-        return self.spans[bisect.bisect_right(self.spans_first, task_id) - 1]
+    def batch_of(self, task_id: int) -> Batch:
+        return self.batches[bisect.bisect_right(self.batches_first, task_id) - 1]
 
     def task_of(self, task_id: int) -> Task:
-        span = self.span_of(task_id)
-        task = span.task(task_id - span.first)
-        span.left -= 1
-        if span.left == 0:
-            span.urls = []  # every task of the batch is out: its URLs can go
+        batch = self.batch_of(task_id)
+        task = batch.task(task_id - batch.first)
+        batch.left -= 1
+        if batch.left == 0:
+            batch.urls = []  # every task of the batch is out: its URLs can go
         return task
 
     def first_url(self, bucket: HostQueue) -> str:
         if bucket.front:
             return bucket.front[0].url
-        span = self.span_of(bucket.ids[bucket.head])
-        return span.urls[bucket.ids[bucket.head] - span.first]
+        batch = self.batch_of(bucket.ids[bucket.head])
+        return batch.urls[bucket.ids[bucket.head] - batch.first]
 
     def capture(self) -> Callable[[], Iterator[Task]]:
         """What waits now, for a compaction: taken cheaply under the broker's lock (the
         batches' URL lists are shared, not copied; host queues' id arrays are copied),
         and read later by the function returned, while this queue goes on changing."""
         fifo = [
-            (entry, entry.urls, entry.next) if isinstance(entry, Span) else entry
+            (entry, entry.urls, entry.next) if isinstance(entry, Batch) else entry
             for entry in self.fifo
         ]
         hosts = [(list(h.front or ()), h.ids[h.head :]) for h in self.hosts.values()]
-        starts = list(self.spans_first)
-        spans = [(span, span.urls) for span in self.spans]
+        starts = list(self.batches_first)
+        batches = [(batch, batch.urls) for batch in self.batches]
 
         def tasks() -> Iterator[Task]:
             for entry in fifo:
                 if isinstance(entry, Task):
                     yield entry
                     continue
-                span, urls, start = entry
+                batch, urls, start = entry
                 for index in range(start, len(urls)):
-                    yield span.task_with(urls, index)
+                    yield batch.task_with(urls, index)
             for front, ids in hosts:
                 yield from front
                 for task_id in ids:
-                    span, urls = spans[bisect.bisect_right(starts, task_id) - 1]
-                    yield span.task_with(urls, task_id - span.first)
+                    batch, urls = batches[bisect.bisect_right(starts, task_id) - 1]
+                    yield batch.task_with(urls, task_id - batch.first)
 
         return tasks
 
     def tasks(self) -> Iterator[Task]:
         """Every waiting task (stale copies included: the caller filters them)."""
         for entry in self.fifo:
-            if isinstance(entry, Span):
+            if isinstance(entry, Batch):
                 yield from entry.remaining()
             else:
                 yield entry
         for queue in self.hosts.values():
             yield from queue.front or ()
             for task_id in queue.ids[queue.head :]:
-                span = self.span_of(task_id)
-                yield span.task(task_id - span.first)
+                batch = self.batch_of(task_id)
+                yield batch.task(task_id - batch.first)
 
 
 def _started(bucket: HostQueue, start: float, server_slot: HostSlot | None) -> None:

@@ -31,7 +31,7 @@ from fetchq.server.jobqueue import (
     Robots,
     ServerHosts,
 )
-from fetchq.server.tasks import Span, Task
+from fetchq.server.tasks import Batch, Task
 
 __all__ = ["LOOKAHEAD", "ROBOTS_ATTEMPTS", "ROBOTS_TIMEOUT", "Scheduler"]
 
@@ -93,14 +93,14 @@ class Scheduler:
         queue.set_policy(policy)
         self._changed(queue, queue.count)
 
-    def add_batch(self, span: Span, now: float) -> None:
-        queue = self.get_or_create(span.job)
-        if not span.urls:
+    def add_batch(self, batch: Batch, now: float) -> None:
+        queue = self.get_or_create(batch.job)
+        if not batch.urls:
             return
         if queue.count == 0:
-            self.paces[span.job].fresh = True  # a rate starts when work does, not when queued
+            self.paces[batch.job].fresh = True  # a rate starts when work does, not when queued
         before = queue.count
-        queue.add_batch(span)
+        queue.add_batch(batch)
         self._changed(queue, before)
 
     def add_retry(self, task: Task) -> None:

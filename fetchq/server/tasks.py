@@ -24,7 +24,7 @@ _new_task = tuple.__new__
 run of tasks is made for every lease."""
 
 
-class Span:
+class Batch:
     """A submitted batch not yet leased, kept as the list that came off the wire.
 
     Queued tasks cost their URL string and a list slot (about 90 bytes for a
