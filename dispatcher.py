@@ -38,6 +38,7 @@ from fetchq.errors import ExitCode, UsageError, cannot_read
 from fetchq.messages import plural
 from fetchq.units import parse_duration, parse_rate
 from fetchq.urls import Rejected, argument_urls, check_template, read_urls, template_batches
+from fetchq.wire.aggregates import MAX_SPAN
 from fetchq.wire.api import MAX_SUBMIT, MAX_TASK_TIMEOUT, check_job_name
 from fetchq.wire.client import ResilientClient
 
@@ -123,6 +124,36 @@ def job_policy(
     return policy
 
 
+AGGREGATE_REFUSES = {
+    "rate": "--rate",
+    "per_host": "--per-host",
+    "host_delay": "--host-delay",
+    "obey_robots": "--obey-robots",
+    "retry_after": "--retry-after",
+}
+"""What an aggregate job does not take yet: its workers run a span's requests without
+asking the server, so the server cannot pace them or count them by host."""
+
+
+def refuse_with_aggregate(
+    template: str | None, urls: list[str], files: list[str], policy: dict[str, Any]
+) -> None:
+    """A usage error for what ``--aggregate`` does not go with (yet)."""
+    if template is None or urls or files:
+        raise UsageError("--aggregate takes --template (URLs from files or arguments: not yet)")
+    for name, option in AGGREGATE_REFUSES.items():
+        if name in policy:
+            raise UsageError(f"--aggregate does not go with {option} yet")
+
+
+def spans(template: str, count: int, size: int) -> list[dict[str, Any]]:
+    """A template job's requests as spans of ``size`` (the last one shorter)."""
+    return [
+        {"template": template, "first": first, "count": min(size, count - first)}
+        for first in range(0, count, size)
+    ]
+
+
 @reports_errors
 @connects
 def dispatch(
@@ -193,6 +224,23 @@ def dispatch(
     retry_after: Annotated[
         bool, typer.Option(help="On 429/503 with Retry-After, hold the host and try again later")
     ] = False,
+    aggregate: Annotated[
+        bool,
+        typer.Option(
+            "--aggregate",
+            help="Workers send one summary per span of requests instead of a result each: "
+            "a load test of millions of requests that costs the server next to nothing",
+        ),
+    ] = False,
+    span: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=MAX_SPAN,
+            metavar="N",
+            help=f"With --aggregate: requests a worker leases at once [default: {defaults.SPAN}]",
+        ),
+    ] = None,
     give_up_after: GiveUpOption = defaults.GIVE_UP_AFTER,
     *,
     link: config.ServerLink,
@@ -213,6 +261,11 @@ def dispatch(
             check_template(template, count)
         except ValueError as exc:
             raise UsageError(f"--template: {exc}") from None
+    if span is not None and not aggregate:
+        raise UsageError("--span goes with --aggregate")
+    if aggregate:
+        refuse_with_aggregate(template, urls, files, policy)
+        policy["aggregate"] = True
     job_name = check_job_name(job) if job else new_job_name()
     client = ResilientClient(link, give_up_after=give_up_after)
     client.connect()
@@ -236,7 +289,9 @@ def dispatch(
                     say(f"skipped {item}")
                 continue
             submitter.add(item)
-        if template is not None and count is not None:
+        if aggregate and template is not None and count is not None:
+            submitter.add_spans(spans(template, count, span or defaults.SPAN))
+        elif template is not None and count is not None:
             for batch in template_batches(template, count, size=batch_size):
                 submitter.add_many(batch)
         submitter.finish()
@@ -247,6 +302,8 @@ def dispatch(
             "was done will not see their results: start another)"
         )
     tasks = plural(submitter.accepted, "task")
+    if aggregate:
+        tasks = f"{plural(submitter.requests, 'request')} in {plural(submitter.accepted, 'span')}"
     message = f"dispatched {tasks} as job {job_name} to {link.address}"
     if skipped:
         say(f"{message}; skipped {plural(skipped, 'invalid line')}")

@@ -36,6 +36,9 @@ worker's starts by several slots; the quickest of five is within a few ms."""
 CONNECT_TIMEOUT = 5.0
 """Seconds to open a TCP connection to a fetched URL (capped by the task's)."""
 
+SPAN = 1_000
+"""Requests in one span of an aggregate job: the server's cost is per span, a worker's
+summary per span is a few tens of kilobytes, and a lapsed span costs this many again."""
 SUBMIT_BATCH = 10_000
 """URLs per submit call: large enough that the round trip is noise."""
 

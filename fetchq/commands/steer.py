@@ -49,6 +49,8 @@ def limits_text(policy: dict[str, Any]) -> str:
         parts.append("robots")
     if policy.get("retry_after"):
         parts.append("retry-after")
+    if policy.get("aggregate"):
+        parts.append("aggregate")
     return ",".join(parts) or "-"
 
 

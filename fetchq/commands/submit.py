@@ -96,6 +96,9 @@ class Submitter:
         self.on_accepted = on_accepted
         """Called with the running total after each batch the server accepts."""
         self.accepted = 0
+        """Tasks the server took: URLs, or an aggregate job's spans."""
+        self.requests = 0
+        """The requests those tasks stand for."""
         self.reopened = False
         """The job was done, and a batch of this run reopened it."""
         self._policy = dict(policy or {})
@@ -140,13 +143,28 @@ class Submitter:
             else:
                 self._next_look = min(self.batch_size, len(self._batch) + SIZE_CHECK_EVERY)
 
+    def add_spans(self, spans: list[dict[str, Any]]) -> None:
+        """Spans of an aggregate job (``{"template", "first", "count"}``), ``batch_size``
+        a submit; each stands for ``count`` requests (``requests`` counts them)."""
+        if self._batch:
+            self.flush()
+        for start in range(0, len(spans), self.batch_size):
+            self._submit({"spans": spans[start : start + self.batch_size]})
+
     def flush(self) -> None:
         if not self._batch and not self._policy:
             return
+        if not self._batch and self._policy.get("aggregate"):  # an aggregate job of no span
+            self._submit({"spans": []})
+            return
+        self._submit({"urls": self._batch})
+
+    def _submit(self, tasks: dict[str, Any]) -> None:
+        """Hand one submit (``tasks``: its ``urls`` or ``spans``) to the sender."""
         self._sequence += 1
         request: dict[str, Any] = {
             "job": self.job,
-            "urls": self._batch,
+            **tasks,
             "timeout": self.timeout,
             "attempts": self.attempts,
             "batch_id": f"{self._run_id}:{self._sequence}",
@@ -170,9 +188,12 @@ class Submitter:
             if self.on_full is not None:
                 self.on_full(int(reply.get("queued", 0)))
         self.accepted += int(reply.get("accepted", 0))
+        if reply.get("accepted"):
+            spans = request.get("spans")
+            self.requests += sum(span["count"] for span in spans) if spans else reply["accepted"]
         self.reopened = self.reopened or bool(reply.get("reopened"))
         if self.on_accepted is not None:
-            self.on_accepted(self.accepted)
+            self.on_accepted(self.requests)
 
     def finish(self) -> None:
         """Send what is left (the policy too, for a job with no URLs) and tell the server

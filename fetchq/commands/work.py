@@ -25,10 +25,15 @@ from fetchq.commands.cpus import claim_a_cpu
 from fetchq.config import ServerLink
 from fetchq.errors import FetchqError, ServerUnavailable
 from fetchq.fetch import Fetcher
+from fetchq.fetch.spans import SpanRun
 from fetchq.messages import plural, say
 from fetchq.signals import StopRequest
+from fetchq.wire.aggregates import SPAN
 from fetchq.wire.client import BrokerClient, ResilientClient, Stopper
 from fetchq.wire.records import ROBOTS, worker_identity
+
+Work = dict[str, Any] | tuple[SpanRun, dict[str, Any]]
+"""What a fetch thread takes: a task, or one request of a span being run."""
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,7 @@ class WorkerEngine:
         # Hand-offs cost no thread wake-up per task: fetch threads block on a C
         # SimpleQueue only when it is empty, wake the leaser only when it runs low,
         # and append results to a deque the reporter empties on a timer.
-        self._inbox: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[Work | None] = queue.SimpleQueue()
         self._outbox: collections.deque[dict[str, Any]] = collections.deque()
         self._low_water = max(1, settings.queue_size // 2)
         self._hungry = threading.Event()
@@ -157,7 +162,21 @@ class WorkerEngine:
                 for task in tasks:
                     self._held[task["id"]] = task["attempt"]
             for task in tasks:
-                self._inbox.put(task)
+                if task.get("kind") == SPAN:
+                    self._run_span(task)
+                else:
+                    self._inbox.put(task)
+
+    def _run_span(self, task: dict[str, Any]) -> None:
+        """Queue a span's requests; one the server sent unreadable goes back at once."""
+        try:
+            run = SpanRun(task, self.identity)
+        except ValueError as exc:
+            say(f"worker {self.identity}: a span it cannot run ({exc}): handed back")
+            self._release([task])
+            return
+        for request in run.requests():
+            self._inbox.put(request)
 
     def _nothing_queued(self) -> bool:
         """An empty lease can also mean "paused": too many results wait for an output."""
@@ -182,6 +201,12 @@ class WorkerEngine:
                     return
                 if not self._hungry.is_set() and self._inbox.qsize() <= self._low_water:
                     self._hungry.set()
+                if isinstance(task, tuple):  # one request of a span
+                    run, request = task
+                    record = run.add(fetcher.fetch(request))
+                    if record is not None:
+                        self._outbox.append(record)
+                    continue
                 if task.get("kind") == ROBOTS:
                     self._robots_reports.append(fetcher.fetch_robots(task))
                     continue
@@ -268,7 +293,7 @@ class WorkerEngine:
                 self.failure = exc
                 self.stop.request()
             return
-        self.fetched += len(batch)
+        self.fetched += sum(result.get("requests", 1) for result in batch)
 
     # -- stopping ---------------------------------------------------------
 
@@ -277,14 +302,25 @@ class WorkerEngine:
         give_up = threading.Timer(self.settings.grace, self._abandon.set)
         give_up.daemon = True
         give_up.start()
-        unstarted = []
+        unstarted: list[dict[str, Any]] = []
+        spans: dict[int, list[tuple[SpanRun, dict[str, Any]]]] = {}
         while True:
             try:
                 task = self._inbox.get_nowait()
             except queue.Empty:
                 break
-            if task is not None:
+            if isinstance(task, tuple):
+                spans.setdefault(task[0].id, []).append(task)
+            elif task is not None:
                 unstarted.append(task)
+        for requests in spans.values():
+            run = requests[0][0]
+            if len(requests) == run.span.count:  # none of it started: it goes back whole
+                run.abandoned = True
+                unstarted.append(run.task)
+            else:  # begun: it finishes in the grace period, or its lease lapses
+                for request in requests:
+                    self._inbox.put(request)
         for _ in fetchers:
             self._inbox.put(None)
         if unstarted:
@@ -330,7 +366,7 @@ def run_worker_process(link: ServerLink, settings: WorkerSettings) -> int:
             give_up_after=None,
             first_give_up=None,
             stop=stopper,
-            introduce={"worker": identity, "threads": settings.concurrency},
+            introduce={"worker": identity, "threads": settings.concurrency, "runs": [SPAN]},
             clock_samples=defaults.CLOCK_SAMPLES,
         )
 

@@ -12,8 +12,10 @@ import json
 import os
 from typing import Any, TextIO
 
+from fetchq.errors import UsageError
 from fetchq.ids import IdSet
 from fetchq.units import format_bytes, format_duration
+from fetchq.wire.aggregates import AGGREGATE
 from fetchq.wire.records import RESULT_FIELDS
 
 FORMATS = ("text", "jsonl", "csv")
@@ -79,6 +81,11 @@ class CsvWriter(ResultWriter):
             self._writer.writerow(CSV_FIELDS)
 
     def write(self, result: dict[str, Any]) -> None:
+        if result.get("kind") == AGGREGATE:
+            raise UsageError(
+                f"job {result.get('job')} is an aggregate job: its records sum a span of "
+                "requests each, and CSV has a row a request; use --format jsonl or text"
+            )
         error = result.get("error") or {}
         row = {
             **{k: result.get(k) for k in CSV_FIELDS},
@@ -94,7 +101,10 @@ def _one_line(text: Any) -> str:
 
 
 def text_line(result: dict[str, Any]) -> str:
-    """The human line for one result: status or error, latency, size, URL, error message."""
+    """The human line for one result: status or error, latency, size, URL, error message;
+    for an aggregate, its span's counts."""
+    if result.get("kind") == AGGREGATE:
+        return aggregate_line(result)
     status = result.get("status")
     error = result.get("error")
     if error is None:
@@ -111,6 +121,16 @@ def text_line(result: dict[str, Any]) -> str:
     if error is not None and error.get("message"):
         line += f" ({_one_line(error['message'])})"
     return line
+
+
+def aggregate_line(record: dict[str, Any]) -> str:
+    """The human line for an aggregate: its span and what its requests came to."""
+    first, requests = int(record.get("first") or 0), int(record.get("requests") or 0)
+    label = f"{'SPAN':<{TEXT_LABEL_WIDTH}} "
+    return (
+        f"{label}{requests} requests (#{first}..#{first + requests - 1}): "
+        f"{record.get('ok')} ok, {record.get('failed')} failed, by {record.get('worker')}"
+    )
 
 
 class TextWriter(ResultWriter):

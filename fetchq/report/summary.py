@@ -63,6 +63,10 @@ class Summary:
     def __init__(self, *, fetch_threads: int | None = None) -> None:
         self.fetch_threads = fetch_threads
         self.retried = 0
+        self.spans_again = 0
+        """Aggregates of spans run again after a lease lapsed (attempt 2 or later)."""
+        self.requests_again = 0
+        """The requests of those spans."""
         self.bytes = 0
         self._min = math.inf
         self._max = -math.inf
@@ -85,6 +89,9 @@ class Summary:
         aggregate record's summary (raises ValueError when that is malformed)."""
         if result.get("kind") == AGGREGATE:
             self.merge(Summary.from_state(decode_summary(result.get("summary"))))
+            if int(result.get("attempt") or 1) > 1:
+                self.spans_again += 1
+                self.requests_again += int(result.get("requests") or 0)
             return
         error = result.get("error")
         if error is not None:  # only a result with an error may be no request
@@ -147,6 +154,8 @@ class Summary:
         """Add ``other``'s requests to this summary: the summary of both runs' results,
         counts exact and percentiles as accurate (``other`` is left as it was)."""
         self.retried += other.retried
+        self.spans_again += other.spans_again
+        self.requests_again += other.requests_again
         self.bytes += other.bytes
         self._min = min(self._min, other._min)
         self._max = max(self._max, other._max)
@@ -305,6 +314,9 @@ class Summary:
             "ok": ok,
             "failed": total.failed,
             "retried": self.retried,
+            "leased_again": {"spans": self.spans_again, "requests": self.requests_again}
+            if self.spans_again
+            else None,
             "started": total.first_start if count else None,
             "duration": duration,
             "rate": count / duration if duration > 0 else None,

@@ -69,11 +69,25 @@ def _totals(d: dict[str, Any]) -> list[str]:
         f"  Throughput:   {format_rate(d['throughput'])} (ok only)",
         f"  Success:      {format_share(d['success_ratio'])} ({ok} ok, {count - ok} failed)",
         f"  Retried:      {d['retried']}",
+        *_leased_again(d.get("leased_again")),
         (
             f"  Bytes:        {format_bytes(d['bytes']['total'])} total, "
             f"{format_bytes(d['bytes']['mean'])} mean"
         ),
     ]
+
+
+def _leased_again(again: dict[str, int] | None) -> list[str]:
+    """The spans run again after their lease lapsed: their first run's requests may
+    have reached the target without being measured."""
+    if not again:
+        return []
+    spans, requests = plural(again["spans"], "span"), plural(again["requests"], "request")
+    line = (
+        f"  Leased again: {spans} ({requests}) after a lapse: "
+        "their first run may have reached the target unmeasured"
+    )
+    return [line]
 
 
 def _latency(d: dict[str, Any]) -> list[str]:

@@ -28,6 +28,7 @@ from fetchq.errors import BadRequest, StorageFailed, VersionMismatch
 from fetchq.server import completion, events, leasing, recovery, steering, validate, views
 from fetchq.server.expiry import Expiry
 from fetchq.server.jobqueue import Policy
+from fetchq.server.jobs import Requests
 from fetchq.server.journal import Journal
 from fetchq.server.leases import Lease
 from fetchq.server.ledger import Ledger, id_clock
@@ -36,6 +37,7 @@ from fetchq.server.scheduler import Scheduler
 from fetchq.server.service import BrokerService
 from fetchq.server.state import BrokerState
 from fetchq.server.tasks import Batch, Task
+from fetchq.wire.aggregates import SPAN
 from fetchq.wire.api import (
     MAX_LEASE,
     MAX_SUBMIT,
@@ -148,12 +150,12 @@ class Broker:
                 f"client speaks fetchq protocol {theirs}, server speaks {PROTOCOL} "
                 f"(server version {__version__}): install the same fetchq version on both"
             )
-        if worker is not None:  # a worker says how many fetch threads it runs
+        if worker is not None:  # a worker says how many fetch threads it runs, and what
             threads = validate.integer(threads, "threads", 0, 100_000)
+            runs = validate.capabilities(client.get("runs", []))
             with self._lock:
-                self._state.workers.seen(
-                    validate.worker_name(worker), self._clock()
-                ).threads = threads
+                seen = self._state.workers.seen(validate.worker_name(worker), self._clock())
+                seen.threads, seen.runs = threads, runs
         return {
             "protocol": PROTOCOL,
             "version": __version__,
@@ -181,6 +183,7 @@ class Broker:
         with self._lock:
             if state.scheduler.is_cancelled(request.job):
                 raise BadRequest(f"job {request.job} was cancelled: use another job name")
+            self._refuse_mixed(request)
             deadline = self._clock() + request.wait
             while True:
                 # Checked again after every wait: a re-sent batch may arrive while
@@ -222,6 +225,9 @@ class Broker:
             job = state.jobs.get_or_create(request.job, now)
             job.sealed = False
             job.submitted += count
+            if request.spans:
+                job.requests = job.requests or Requests()
+                job.requests.submitted += request.requests
             state.ledger.allocate(job.name, count)
             state.scheduler.add_batch(
                 Batch(job.name, first_id, request.urls, attempts, request.timeout, now),
@@ -235,6 +241,19 @@ class Broker:
             self._waiters.tasks.notify(count)
         self._recorder.sync()
         return reply
+
+    def _refuse_mixed(self, request: validate.SubmitRequest) -> None:
+        """Spans go to an aggregate job and URLs to any other, never the other way."""
+        job = self._state.jobs.find(request.job)
+        if job is None:
+            aggregate = bool(request.policy.get("aggregate"))
+        else:
+            queue = self._state.scheduler.find(request.job)
+            aggregate = queue is not None and queue.policy.aggregate
+        if request.spans and not aggregate:
+            raise BadRequest(f"job {request.job} is not an aggregate job: submit URLs to it")
+        if aggregate and not request.spans:
+            raise BadRequest(f"job {request.job} is an aggregate job: submit spans to it")
 
     def seal(self, job_name: str) -> JobCounts:
         """Mark a job's submission finished, so outputs know when it is done."""
@@ -255,12 +274,12 @@ class Broker:
         wait = validate.wait(wait)
         state = self._state
         with self._lock:
-            state.workers.seen(worker, self._clock())
+            spans = SPAN in state.workers.seen(worker, self._clock()).runs
             deadline = self._clock() + wait
             while True:
                 self._expire_locked()
                 if len(state.scheduler) and state.outbox.unconfirmed < self.max_results:
-                    leased = self._lease_locked(worker, count)
+                    leased = self._lease_locked(worker, count, spans)
                     if leased:
                         return leased
                 remaining = deadline - self._clock()
@@ -282,6 +301,8 @@ class Broker:
         lines = self._recorder.result_lines(stored)
         with self._lock:
             now = self._clock()
+            if not set(map(type, stored)) <= {StoredResult}:  # in C: no aggregate, as a rule
+                completion.check_spans(self._state, stored)
             current = completion.all_current(self._state, stored)
             if current is not None:
                 self._recorder.write_lines(
@@ -490,12 +511,13 @@ class Broker:
 
     # -- internals (lock held) --------------------------------------------
 
-    def _lease_locked(self, worker: str, count: int) -> list[dict[str, Any]]:
+    def _lease_locked(self, worker: str, count: int, spans: bool) -> list[dict[str, Any]]:
         state, wall = self._state, self._wall()
         leased = leasing.lease(
             state,
             worker,
             count,
+            spans=spans,
             now=self._clock(),
             wall=wall,
             wall_offset=self._steady_wall_offset(),

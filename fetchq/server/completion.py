@@ -21,10 +21,13 @@ from collections import Counter
 from collections.abc import Callable
 from typing import NamedTuple, cast
 
+from fetchq.errors import BadRequest
 from fetchq.server import events
+from fetchq.server.jobs import Job, requests_in
 from fetchq.server.leases import Lease
 from fetchq.server.state import BrokerState
 from fetchq.server.tasks import Task
+from fetchq.wire.aggregates import StoredAggregate, span_size
 from fetchq.wire.api import RETRY_AFTER_STATUSES, Outcome
 from fetchq.wire.records import (
     RETRYABLE_ERRORS,
@@ -86,6 +89,23 @@ def all_current(state: BrokerState, results: list[Result]) -> list[Lease] | None
     return leases
 
 
+def check_spans(state: BrokerState, results: list[Result]) -> None:
+    """``BadRequest`` for an aggregate that does not count its span's requests: a worker
+    that ran a span counts each of its requests once.  (An aggregate for a span no
+    longer leased is judged as any late result is.)"""
+    for result in results:
+        if isinstance(result, StoredAggregate):
+            lease = state.leases.get(result.id)
+            if lease is None or lease.task.attempt != result.attempt:
+                continue
+            expected, counted = span_size(lease.task.url), sum(result.counts)
+            if counted != expected:
+                raise BadRequest(
+                    f"an aggregate of {counted} requests for span {result.id}, "
+                    f"which stands for {expected}"
+                )
+
+
 def accepted_events(
     results: list[Result],
     encoded: list[bytes | None],
@@ -122,10 +142,13 @@ def accept_all(
         job = state.jobs.find(name)
         assert job is not None, name
         # What pace needs of each result is read here, before it waits for an output.
-        job.pace.record(now, of_job)
+        job.pace.record(now, of_job, _requests(job, of_job))
         ok = sum(map(_ok_of, of_job))
         job.succeeded += ok
         job.failed += len(of_job) - ok
+        if job.requests is not None:
+            for result in of_job:
+                job.requests.count(result)
         state.outbox.add_all(name, of_job)
     return set(by_job)
 
@@ -254,8 +277,16 @@ def apply_all(
     for name, results in by_job.items():
         job = state.jobs.find(name)
         assert job is not None, name
-        job.pace.record(now, results)
+        job.pace.record(now, results, _requests(job, results))
     return Counter(verdict.outcome for verdict in verdicts), set(by_job)
+
+
+def _requests(job: Job, results: list[Result]) -> int | None:
+    """For an aggregate job, the requests ``results`` stand for; None for any other job
+    (one request a result)."""
+    if job.requests is None:
+        return None
+    return sum(map(requests_in, results))
 
 
 def _by_job(results: list[Result]) -> dict[str, list[Result]]:
@@ -284,4 +315,6 @@ def finish_task(state: BrokerState, result: Result) -> None:
     job = state.jobs.find(result.job)
     assert job is not None, result.job
     job.count_result(result.ok)
+    if job.requests is not None:
+        job.requests.count(result)
     state.outbox.add(result)

@@ -182,6 +182,7 @@ class PolicyEvent(TypedDict):
     host_delay: float
     obey_robots: bool
     retry_after: bool
+    aggregate: NotRequired[bool]
 
 
 def policy(job: str, rules: Policy) -> PolicyEvent:
@@ -193,6 +194,7 @@ def policy(job: str, rules: Policy) -> PolicyEvent:
         "host_delay": rules.host_delay,
         "obey_robots": rules.obey_robots,
         "retry_after": rules.retry_after,
+        "aggregate": rules.aggregate,
     }
 
 
@@ -260,6 +262,8 @@ class JobEvent(TypedDict):
     expired: int
     confirmed: int
     sealed: bool
+    requests: NotRequired[list[int]]
+    """An aggregate job's requests: submitted, succeeded, failed."""
 
 
 def job(
@@ -272,8 +276,9 @@ def job(
     expired: int,
     confirmed: int,
     sealed: bool,
+    requests: tuple[int, int, int] | None = None,
 ) -> JobEvent:
-    return {
+    event: JobEvent = {
         "k": JOB,
         "job": name,
         "created": created,
@@ -284,6 +289,9 @@ def job(
         "confirmed": confirmed,
         "sealed": sealed,
     }
+    if requests is not None:
+        event["requests"] = list(requests)
+    return event
 
 
 class Range(TypedDict):

@@ -52,6 +52,8 @@ class Policy:
     """Seconds between two request starts on one host."""
     obey_robots: bool = False
     retry_after: bool = False
+    aggregate: bool = False
+    """Its tasks are spans, leased to workers that run them, one a lease."""
 
     @property
     def limits_hosts(self) -> bool:

@@ -17,6 +17,8 @@ from itertools import compress, repeat
 from typing import Any
 
 from fetchq.errors import NoSuchJob
+from fetchq.wire.aggregates import AGGREGATE, StoredAggregate, span_size
+from fetchq.wire.api import ReadRecord
 from fetchq.wire.records import LATE_AFTER, StoredResult, late_by
 
 RECENT = 10
@@ -31,6 +33,40 @@ YOUNGEST = 0.5
 batch of results from a worker would read as a burst."""
 
 
+@dataclass
+class Requests:
+    """An aggregate job's requests, which its tasks (spans) stand for: what status and
+    job list count for it, as they count tasks for any other job."""
+
+    submitted: int = 0
+    succeeded: int = 0
+    failed: int = 0
+
+    def count(self, result: StoredResult) -> None:
+        """A span's result: an aggregate counts its requests; a result the server made
+        for a span it ended (cancelled, out of attempts) counts them all as failed."""
+        if isinstance(result, StoredAggregate):
+            self.succeeded += result.counts[0]
+            self.failed += result.counts[1]
+        else:
+            self.failed += span_size(result.url)
+
+    def count_record(self, record: ReadRecord) -> None:
+        """``count``, for a result read back from the journal."""
+        if record.get("kind") == AGGREGATE:
+            self.succeeded += int(record["ok"])
+            self.failed += int(record["failed"])
+        else:
+            self.failed += span_size(str(record.get("url")))
+
+
+def requests_in(result: StoredResult) -> int:
+    """The requests a result of an aggregate job's span stands for (see ``Requests``)."""
+    if isinstance(result, StoredAggregate):
+        return sum(result.counts)
+    return span_size(result.url)
+
+
 @dataclass(eq=False)
 class Job:
     name: str
@@ -42,6 +78,8 @@ class Job:
     sealed: bool = False
     """The dispatcher said the submission is finished; a later submit unseals it."""
     pace: PaceSeen = field(default_factory=lambda: PaceSeen())
+    requests: Requests | None = None
+    """Set for an aggregate job (its tasks are spans); None for any other."""
 
     def count_result(self, ok: bool) -> None:
         if ok:
@@ -69,7 +107,10 @@ class PaceSeen:
         self.late = 0
         self.worst_lateness = 0.0
 
-    def record(self, now: float, results: Sequence[StoredResult]) -> None:
+    def record(
+        self, now: float, results: Sequence[StoredResult], requests: int | None = None
+    ) -> None:
+        """``requests``: what ``results`` stand for, when not one each (aggregates)."""
         second = math.floor(now)
         if self._first is None:
             self._first = now
@@ -77,7 +118,7 @@ class PaceSeen:
             self._seconds.append([second, 0, 0.0])
         entry = self._seconds[-1]
         # Read field by field in C: this runs for every result.
-        entry[1] += len(results)
+        entry[1] += len(results) if requests is None else requests
         entry[2] += sum(filter(None, map(_elapsed_of, results)))
         # Only a paced job's results carry a schedule (and a result its start, but one
         # made up by the server, cancelled or refused, may have none).

@@ -18,6 +18,8 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from fetchq.errors import StorageFailed
 from fetchq.server import events, robots
 from fetchq.server.completion import ended_without_request, finish_task
@@ -25,6 +27,7 @@ from fetchq.server.jobqueue import Pick
 from fetchq.server.leases import Lease, records, task_records
 from fetchq.server.state import BrokerState
 from fetchq.server.tasks import Task
+from fetchq.wire.aggregates import SPAN, read_span
 from fetchq.wire.records import CANCELLED, ROBOTS_REFUSED, StoredResult
 
 CANCEL_BATCH = 10_000
@@ -39,6 +42,7 @@ def lease(
     worker: str,
     count: int,
     *,
+    spans: bool = False,
     now: float,
     wall: float,
     wall_offset: float,
@@ -51,14 +55,18 @@ def lease(
     call, so that starts keep the schedule's exact spacing in Unix time too.  When the
     journal cannot take the leases on limited hosts, every lease of the call is given
     back and ``StorageFailed`` raised: nothing was handed out.  ``write``: the
-    journal's, None when there is none."""
+    journal's, None when there is none.  ``spans``: the worker runs an aggregate job's
+    spans (at most one a call)."""
     done = state.ledger.done
-    taken = state.scheduler.take_tasks(count, now, done.__contains__, done)
+    taken = state.scheduler.take_tasks(count, now, done.__contains__, done, spans=spans)
     plain = [entry for entry in taken if not isinstance(entry, Pick)]
     if len(plain) == len(taken):
         # The usual case, a job with no pace and no host limits: leased as a batch.
         state.leases.grant_plain(plain, worker, now + lease_timeout)
-        return task_records(plain, itertools.repeat(None))
+        built = task_records(plain, itertools.repeat(None))
+        if state.scheduler.span_jobs:
+            as_spans(built, state.scheduler.span_jobs)
+        return built
     granted: list[Lease] = []
     at_once = now + lease_timeout
     for entry in taken:
@@ -83,6 +91,15 @@ def lease(
                 state.give_back(given)
             raise
     return records(granted)
+
+
+def as_spans(built: list[dict[str, Any]], jobs: list[str]) -> None:
+    """The records of ``jobs``' tasks as spans: the span the worker runs, in place of the
+    text the server keeps for it, and its template as the URL."""
+    for record in built:
+        if record["job"] in jobs:
+            span = read_span(record["url"])
+            record.update(kind=SPAN, url=span.template, span=msgspec.structs.asdict(span))
 
 
 def lease_event(worker: str, leases: list[Lease], wall_offset: float) -> events.Lease | None:

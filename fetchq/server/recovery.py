@@ -13,6 +13,7 @@ old.  A snapshot writes that state back as the fewest events that replay to it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,6 +22,7 @@ from fetchq.errors import ConfigError
 from fetchq.ids import IdSet
 from fetchq.server import events, steering
 from fetchq.server.expiry import LEASE_EXPIRED
+from fetchq.server.jobs import Requests
 from fetchq.server.journal import Journal
 from fetchq.server.leases import Lease
 from fetchq.server.leasing import lease_event
@@ -28,6 +30,7 @@ from fetchq.server.ledger import Ledger
 from fetchq.server.scheduler import LOOKAHEAD
 from fetchq.server.state import BrokerState
 from fetchq.server.tasks import Task
+from fetchq.wire.aggregates import AGGREGATE, span_size
 from fetchq.wire.api import ReadRecord, SubmitReply
 from fetchq.wire.records import StoredResult
 
@@ -53,6 +56,7 @@ class Snapshot:
                 expired=job.expired,
                 confirmed=state.outbox.counts(job.name)[2],
                 sealed=job.sealed,
+                requests=None if job.requests is None else dataclasses.astuple(job.requests),
             )
             for job in state.jobs
         ]
@@ -185,6 +189,9 @@ class _Replay:
                 task_id, job.name, url, 1, event["attempts"], event["timeout"], event["at"]
             )
         job.submitted += len(urls)
+        if urls and urls[0][:1] == "{":  # spans (a URL starts with its scheme)
+            job.requests = job.requests or Requests()
+            job.requests.submitted += sum(map(span_size, urls))
         ledger = self.state.ledger
         ledger.next_id = max(ledger.next_id, first + len(urls))
         if urls:
@@ -216,6 +223,9 @@ class _Replay:
         job.failed = event["failed"]
         job.expired = event.get("expired", 0)
         job.sealed = event["sealed"]
+        requests = event.get("requests")
+        if requests is not None:
+            job.requests = Requests(*requests)
         # Journal format 1 called the confirmed results "delivered".
         self.confirmed[job.name] = (
             event["confirmed"] if "confirmed" in event else event["delivered"]
@@ -260,7 +270,9 @@ class _Replay:
     def _result(self, event: events.Result) -> None:
         result = self._unconfirmed(event)
         job = self._job(result["job"])
-        job.count_result(bool(result.get("ok")))
+        job.count_result(result.get("kind") == AGGREGATE or bool(result.get("ok")))
+        if job.requests is not None:
+            job.requests.count_record(result)
         if (result.get("error") or {}).get("type") == LEASE_EXPIRED:
             job.expired += 1
 

@@ -48,6 +48,8 @@ class Scheduler:
         """Tasks robots.txt forbids, taken out by ``take``: the broker ends them."""
         self.freed = 0
         """Leases on limited hosts that ended since the broker last looked: room to wake for."""
+        self.span_jobs: list[str] = []
+        """The aggregate jobs the last ``take_tasks`` took a span from."""
         self._count = 0
 
     @property
@@ -191,12 +193,23 @@ class Scheduler:
         ]
 
     def take_tasks(
-        self, count: int, now: float, is_done: Callable[[int], bool], done: IdSet | None = None
+        self,
+        count: int,
+        now: float,
+        is_done: Callable[[int], bool],
+        done: IdSet | None = None,
+        *,
+        spans: bool = False,
     ) -> list[Task | Pick]:
         """As ``take``, but a task to start at once with no host limit is the task itself,
         not a ``Pick``: most tasks of most jobs, leased with no more to decide.
-        ``done``: the set ``is_done`` reads, if there is one (see ``JobQueue.take_fifo``)."""
+        ``done``: the set ``is_done`` reads, if there is one (see ``JobQueue.take_fifo``).
+
+        An aggregate job's tasks are spans: they go only to a worker that runs them
+        (``spans``), one a call, since one stands for many requests.  ``span_jobs``
+        then names the jobs a span was taken from."""
         picks: list[Task | Pick] = []
+        self.span_jobs = []
         while len(picks) < count and self.ring:
             jobs = len(self.ring)
             share = -(-(count - len(picks)) // jobs)  # each job an equal part, rounded up
@@ -210,6 +223,15 @@ class Scheduler:
                     queue.in_ring = False
                     continue
                 self.ring.rotate(-1)
+                if queue.policy.aggregate:
+                    if not spans or self.span_jobs:
+                        continue
+                    got = self._take_job(queue, 1, now, is_done, done)
+                    if got:
+                        self.span_jobs.append(queue.name)
+                    picks.extend(got)
+                    progressed = progressed or bool(got)
+                    continue
                 got = self._take_job(queue, min(share, count - len(picks)), now, is_done, done)
                 picks.extend(got)
                 progressed = progressed or bool(got)

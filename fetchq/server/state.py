@@ -12,6 +12,7 @@ from fetchq.server.ledger import Ledger
 from fetchq.server.outbox import Outbox
 from fetchq.server.scheduler import Scheduler
 from fetchq.server.workers import WorkerTable
+from fetchq.wire.aggregates import span_size
 from fetchq.wire.api import JobCounts
 
 
@@ -29,18 +30,27 @@ class BrokerState:
     def counts(self, job: Job) -> JobCounts:
         """A job's counters, gathered from the parts that hold its tasks and results."""
         waiting, handed_out, confirmed = self.outbox.counts(job.name)
+        submitted, succeeded, failed = job.submitted, job.succeeded, job.failed
+        queued, leased = self.scheduler.count(job.name), self.leases.count(job.name)
+        if job.requests is not None:  # an aggregate job: its spans' requests
+            requests = job.requests
+            submitted, succeeded, failed = requests.submitted, requests.succeeded, requests.failed
+            leased = sum(
+                span_size(lease.task.url) for lease in self.leases if lease.task.job == job.name
+            )
+            queued = submitted - succeeded - failed - leased
         return {
-            "submitted": job.submitted,
-            "queued": self.scheduler.count(job.name),
-            "leased": self.leases.count(job.name),
-            "succeeded": job.succeeded,
-            "failed": job.failed,
+            "submitted": submitted,
+            "queued": queued,
+            "leased": leased,
+            "succeeded": succeeded,
+            "failed": failed,
             "expired": job.expired,
             "waiting": waiting,
             "handed_out": handed_out,
             "confirmed": confirmed,
             "sealed": job.sealed,
-            "done": job.sealed and confirmed == job.submitted,
+            "done": job.sealed and confirmed == job.submitted,  # in tasks, spans or not
         }
 
     def end_lease(self, task_id: int) -> Lease | None:

@@ -30,6 +30,7 @@ def policy_event(state: BrokerState, job: str, change: dict[str, Any]) -> events
     queue = state.scheduler.find(job)
     current = queue.policy if queue is not None else Policy()
     updated = dataclasses.replace(current, **change)
+    refuse_on_aggregate(job, updated)
     if updated == current:
         return None
     return events.policy(job, updated)
@@ -66,9 +67,34 @@ SET_OPTIONS = {"rate": "--rate", "per_host": "--per-host", "host_delay": "--host
 FLAGS = {"obey_robots": "robots.txt", "retry_after": "Retry-After"}
 """The policy fields set once, when a job is first dispatched, and what each obeys."""
 
+NOT_WITH_AGGREGATE = {
+    "rate": "--rate",
+    "per_host": "--per-host",
+    "host_delay": "--host-delay",
+    "obey_robots": "--obey-robots",
+    "retry_after": "--retry-after",
+}
+"""What an aggregate job does not take (yet): a worker runs a span's requests
+without asking the server, so the server cannot pace them or count them per host."""
+
+
+def refuse_on_aggregate(job: str, policy: Policy) -> None:
+    """``BadRequest`` when ``policy`` asks an aggregate job for what it does not take."""
+    if not policy.aggregate:
+        return
+    for name, option in NOT_WITH_AGGREGATE.items():
+        if getattr(policy, name):
+            raise BadRequest(f"job {job} is an aggregate job, which takes no {option} yet")
+
 
 def _not_its_pace(job: str, name: str, have: Any, wanted: Any) -> str:
     """Why a submit asking for ``wanted`` is refused a job that has ``have``, and what to do."""
+    if name == "aggregate":
+        kind = "an aggregate job" if have else "not an aggregate job"
+        return (
+            f"job {job} is {kind}, and this dispatch asks for {'no ' if have else ''}"
+            "--aggregate: that is set when a job is first dispatched; dispatch to a new job name"
+        )
     if name in FLAGS:
         obeys = "obeys" if have else "does not obey"
         return (
@@ -109,6 +135,7 @@ def apply(state: BrokerState, event: events.SteeringEvent, *, now: float, wall: 
                 host_delay=event.get("host_delay", unset.host_delay),
                 obey_robots=event.get("obey_robots", unset.obey_robots),
                 retry_after=event.get("retry_after", unset.retry_after),
+                aggregate=event.get("aggregate", unset.aggregate),
             ),
         )
     elif event["k"] == events.PAUSE or event["k"] == events.RESUME:

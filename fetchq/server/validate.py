@@ -11,6 +11,13 @@ from typing import Any, Literal
 
 from fetchq import defaults
 from fetchq.errors import BadRequest
+from fetchq.wire.aggregates import (
+    AGGREGATE,
+    PLACEHOLDER,
+    StoredAggregate,
+    span_text,
+    spans_of,
+)
 from fetchq.wire.api import (
     MAX_HOST_DELAY,
     MAX_PER_HOST,
@@ -110,7 +117,7 @@ def policy_change(fields: dict[str, Any]) -> dict[str, Any]:
         change["per_host"] = None
     if "host_delay" in fields:
         change["host_delay"] = number(fields["host_delay"] or 0, "host_delay", 0, MAX_HOST_DELAY)
-    for flag in ("obey_robots", "retry_after"):
+    for flag in ("obey_robots", "retry_after", "aggregate"):
         if flag in fields:
             require(isinstance(fields[flag], bool), f"{flag} must be true or false")
             change[flag] = fields[flag]
@@ -128,16 +135,26 @@ class SubmitRequest:
     batch_id: str | None
     policy: dict[str, Any]
     """Pacing and politeness the batch sets for its job (empty: unchanged)."""
+    requests: int
+    """The requests its tasks stand for: one a URL, ``count`` a span."""
+    spans: bool
+    """Its tasks are spans (``urls`` holds each span's text)."""
 
 
 def submit_request(batch: Any) -> SubmitRequest:
     require(isinstance(batch, dict), "submit takes a dict")
     name = job_name(batch.get("job"))
-    urls = batch.get("urls")
-    require(isinstance(urls, list), "urls must be a list")
-    require(len(urls) <= MAX_SUBMIT, f"at most {MAX_SUBMIT} urls per submit")
-    problem = _not_all_text(urls)
-    require(problem is None, str(problem))
+    spans = batch.get("spans")
+    if spans is not None:
+        require("urls" not in batch, "a submit carries urls or spans, not both")
+        urls, requests = _span_texts(spans)
+    else:
+        urls = batch.get("urls")
+        require(isinstance(urls, list), "urls must be a list")
+        require(len(urls) <= MAX_SUBMIT, f"at most {MAX_SUBMIT} urls per submit")
+        problem = _not_all_text(urls)
+        require(problem is None, str(problem))
+        requests = len(urls)
     attempts = batch.get("attempts")
     batch_id = batch.get("batch_id")
     require(batch_id is None or isinstance(batch_id, str), "batch_id must be a string")
@@ -151,7 +168,32 @@ def submit_request(batch: Any) -> SubmitRequest:
         wait=wait(batch.get("wait", 0.0)),
         batch_id=batch_id,
         policy=policy_change(batch),
+        requests=requests,
+        spans=spans is not None,
     )
+
+
+def capabilities(runs: Any) -> frozenset[str]:
+    """A worker's ``runs`` in ``hello``: the kinds of task it runs beyond a URL's.  Kinds
+    this server does not know are let be: a newer worker may run more."""
+    require(isinstance(runs, list) and len(runs) <= 16, "runs must be a list of names")
+    require(all(isinstance(kind, str) and len(kind) <= 40 for kind in runs), "runs: names")
+    return frozenset(runs)
+
+
+def _span_texts(spans: Any) -> tuple[list[str], int]:
+    """A submit's spans as the texts the server keeps in place of URLs, and the
+    requests they stand for."""
+    require(isinstance(spans, list), "spans must be a list")
+    require(len(spans) <= MAX_SUBMIT, f"at most {MAX_SUBMIT} spans per submit")
+    try:
+        checked = spans_of(spans)
+    except ValueError as exc:
+        raise BadRequest(f"spans: {exc}") from None
+    for span in checked:
+        require(PLACEHOLDER in span.template, f"a span's template needs {PLACEHOLDER}")
+        require(_encodable(span.template), "templates must be valid Unicode text")
+    return [span_text(span) for span in checked], sum(span.count for span in checked)
 
 
 STEERING_ACTIONS = ("pause", "resume", "cancel", "set")
@@ -163,6 +205,7 @@ def steering(change: Any) -> tuple[Literal["pause", "resume", "cancel", "set"], 
     action = change.get("action")
     require(action in STEERING_ACTIONS, f"action must be one of {', '.join(STEERING_ACTIONS)}")
     policy = policy_change(change) if action == "set" else {}
+    require("aggregate" not in policy, "a job is aggregate or not from its first dispatch")
     require(action != "set" or policy, "set needs at least one of " + ", ".join(POLICY_FIELDS))
     return action, policy  # type: ignore[return-value]  # one of STEERING_ACTIONS
 
@@ -218,6 +261,12 @@ def results_list(results: Any) -> list[StoredResult]:
             stored.append(result)
             continue
         require(type(result) is dict, "each result must be a dict")
+        if result.get("kind") == AGGREGATE:
+            try:
+                stored.append(StoredAggregate.of_record(result))
+            except (TypeError, ValueError) as exc:
+                raise BadRequest(f"not an aggregate: {exc}") from None
+            continue
         check_result(result)
         try:
             stored.append(StoredResult.of(result))

@@ -39,6 +39,7 @@ def policy_view(policy: Policy) -> PolicyView:
         "host_delay": policy.host_delay,
         "obey_robots": policy.obey_robots,
         "retry_after": policy.retry_after,
+        "aggregate": policy.aggregate,
     }
 
 

@@ -19,6 +19,8 @@ class WorkerSeen:
     """Results the server took from this worker (accepted, or queued again to retry)."""
     threads: int = 0
     """Fetch threads the worker said it runs (0: not said)."""
+    runs: frozenset[str] = frozenset()
+    """Kinds of task beyond a URL's it said it runs (``"span"``: an aggregate job's)."""
     recent: deque[tuple[float, int]] = field(default_factory=deque)
 
     def record(self, now: float, count: int) -> None:

@@ -1,4 +1,8 @@
-"""The aggregate record: what a worker sends for a span of an aggregate job.
+"""Aggregate jobs on the wire: the spans workers lease, and the record they send back.
+
+An aggregate job's tasks are spans: each stands for ``count`` requests, the
+template's URLs for indices ``first`` .. ``first + count - 1``, and is leased,
+renewed, lapsed and counted as one task.  A worker expands a span itself.
 
 A worker that fetches a span of requests sends one record for all of them
 instead of a result each: the span's summary as counts and latency sketches,
@@ -21,9 +25,24 @@ from typing import Annotated, Literal
 import msgspec
 
 from fetchq.wire.api import MAX_INTEGER, MAX_JOB_NAME
+from fetchq.wire.records import ResultHead, StoredResult
 
 AGGREGATE: Literal["aggregate"] = "aggregate"
 """The ``kind`` of a record that aggregates a span's requests."""
+
+SPAN = "span"
+"""The ``kind`` of a leased task that is a span, and the capability a worker names in
+``hello`` (``"runs": ["span"]``) to be leased any: a worker that does not name it is
+never leased one."""
+
+MAX_SPAN = 100_000
+"""Requests one span may stand for."""
+
+MAX_TEMPLATE = 8_192
+"""Characters of a span's URL template (a URL's limit)."""
+
+PLACEHOLDER = "{i}"
+"""What a template's index replaces, as in ``fetchq dispatch --template``."""
 
 MAX_KEY = 5_000
 """Sketch bin keys a record may use: at the reports' accuracy, key 5,000 stands for
@@ -49,6 +68,41 @@ Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
 Key = Annotated[int, msgspec.Meta(ge=-MAX_KEY, le=MAX_KEY)]
 Bins = tuple[Key, Annotated[list[Count], msgspec.Meta(max_length=2 * MAX_KEY + 1)]]
 """A sketch store: the first bin's key, then one count per key from there."""
+
+
+class Span(msgspec.Struct, forbid_unknown_fields=True):
+    """Requests ``first`` .. ``first + count - 1`` of a template job: the URLs the
+    template makes with ``{i}`` replaced by each index."""
+
+    template: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEMPLATE)]
+    first: Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+    count: Annotated[int, msgspec.Meta(ge=1, le=MAX_SPAN)]
+
+    def urls(self) -> list[str]:
+        prefix, _, suffix = self.template.partition(PLACEHOLDER)
+        numbers = range(self.first, self.first + self.count)
+        if PLACEHOLDER in suffix:
+            return [self.template.replace(PLACEHOLDER, str(i)) for i in numbers]
+        return [f"{prefix}{i}{suffix}" for i in numbers]
+
+
+_span_encoder = msgspec.json.Encoder()
+_span_decoder = msgspec.json.Decoder(Span)
+
+
+def span_text(span: Span) -> str:
+    """A span as the server keeps it, in place of a task's URL: its JSON text."""
+    return _span_encoder.encode(span).decode()
+
+
+def read_span(text: str) -> Span:
+    """The span ``span_text`` wrote; raises msgspec.DecodeError (a ValueError)."""
+    return _span_decoder.decode(text)
+
+
+def spans_of(value: object) -> list[Span]:
+    """A submit's ``spans``, checked; raises msgspec.ValidationError (a ValueError)."""
+    return msgspec.convert(value, list[Span])
 
 
 class _State(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -165,3 +219,53 @@ def decode_summary(value: object) -> SummaryState:
     """A record's ``summary`` as read from a JSON line (dicts and lists), checked as
     ``decode_aggregate`` checks it; raises msgspec.ValidationError (a ValueError)."""
     return msgspec.convert(value, SummaryState)
+
+
+MAX_AGGREGATE_TEXT = 4 << 20
+"""Bytes of one aggregate's JSON text: a span's record is tens of kilobytes, and one of
+every bucket and place at their limits stays within this."""
+
+_write = msgspec.json.Encoder()
+
+
+class StoredAggregate(StoredResult):
+    """An aggregate as the server keeps it: its text, checked, and the fields the rules
+    of ``complete`` read (its span's id, attempt and job, and an answer to keep, as a
+    result with a status is), with the requests it counts as succeeded and failed."""
+
+    __slots__ = ("counts",)
+
+    def __init__(self, raw: bytes, record: Aggregate) -> None:
+        super().__init__(
+            raw,
+            ResultHead(
+                id=record.id, job=record.job, ok=True, attempt=record.attempt, worker=record.worker
+            ),
+        )
+        self.counts = (record.ok, record.failed)
+
+    @classmethod
+    def read(cls, raw: bytes) -> StoredAggregate:
+        """An aggregate from its text, checked; raises ValueError when it is no aggregate
+        (msgspec's errors are ValueErrors, and say where)."""
+        if len(raw) > MAX_AGGREGATE_TEXT:
+            raise ValueError(f"an aggregate of {len(raw)} bytes (at most {MAX_AGGREGATE_TEXT})")
+        record = decode_aggregate(raw)
+        if record.ok + record.failed != record.requests:
+            raise ValueError("an aggregate whose ok and failed requests do not add up")
+        return cls(raw, record)
+
+    @classmethod
+    def of_record(cls, record: dict[str, object]) -> StoredAggregate:
+        """``read``, for an aggregate decoded as a dict (the general way)."""
+        return cls.read(_write.encode(record))
+
+    def with_job(self, job: str) -> StoredAggregate:
+        record = decode_aggregate(self.raw)
+        record.job = job
+        return StoredAggregate(_write.encode(record), record)
+
+
+def span_size(text: str) -> int:
+    """The requests a span stands for, from the text the server keeps for it."""
+    return read_span(text).count

@@ -145,7 +145,8 @@ class JobCounts(TypedDict):
     confirmed."""
 
     submitted: int
-    """Tasks the server accepted."""
+    """Tasks the server accepted.  For an aggregate job, whose tasks are spans, this and
+    queued, leased, succeeded and failed count the spans' requests instead."""
     queued: int
     """Tasks waiting for a worker."""
     leased: int
@@ -225,6 +226,8 @@ class PolicyView(TypedDict):
     host_delay: float
     obey_robots: bool
     retry_after: bool
+    aggregate: bool
+    """Its tasks are spans whose workers send one aggregate each."""
 
 
 class PaceView(TypedDict):

@@ -1,0 +1,177 @@
+"""The broker's side of aggregate jobs, through its API: spans go only to workers that
+run them, one a lease; an aggregate counts its span's requests; counts are requests;
+and all of it survives a restart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from brokerkit import Factory, crash
+from fakeclock import FakeClock
+
+from fetchq import __version__
+from fetchq.errors import BadRequest
+from fetchq.report.summary import Summary
+from fetchq.server.service import BrokerService
+from fetchq.wire.aggregates import AGGREGATE, SPAN, Aggregate
+from fetchq.wire.api import PROTOCOL
+from fetchq.wire.records import make_result, make_task
+
+WALL = 1_700_000_000.0
+TEMPLATE = "http://127.0.0.1:9/?i={i}"
+
+
+def spans(count: int, size: int) -> list[dict[str, Any]]:
+    return [
+        {"template": TEMPLATE, "first": first, "count": min(size, count - first)}
+        for first in range(0, count, size)
+    ]
+
+
+def submit_spans(broker: BrokerService, job: str, count: int, size: int) -> None:
+    broker.submit({"job": job, "spans": spans(count, size), "aggregate": True})
+
+
+def say_hello(broker: BrokerService, worker: str, runs: list[str] | None) -> None:
+    hello: dict[str, Any] = {"protocol": PROTOCOL, "version": __version__, "worker": worker}
+    hello["threads"] = 4
+    if runs is not None:
+        hello["runs"] = runs
+    broker.hello(hello)
+
+
+def aggregate(task: dict[str, Any], failed: int = 0, worker: str = "py:1") -> dict[str, Any]:
+    """What a worker sends for the span ``task``: ``failed`` of its requests failed."""
+    span = task["span"]
+    summary = Summary()
+    for offset in range(span["count"]):
+        index = span["first"] + offset
+        request = make_task(task["id"], task["job"], TEMPLATE.format(i=index), 1, 30.0, WALL)
+        bad = offset < failed
+        summary.add(
+            make_result(
+                request,
+                worker=worker,
+                started=WALL + offset * 0.001,
+                elapsed=0.002,
+                status=500 if bad else 200,
+            )
+        )
+    record = Aggregate(
+        id=task["id"],
+        job=task["job"],
+        attempt=task["attempt"],
+        worker=worker,
+        first=span["first"],
+        requests=span["count"],
+        ok=span["count"] - failed,
+        failed=failed,
+        summary=summary.to_state(),
+    )
+    built: dict[str, Any] = msgspec.to_builtins(record)
+    return built
+
+
+def requests_of(broker: BrokerService, job: str) -> tuple[int, ...]:
+    counts = broker.job(job)
+    return tuple(counts[key] for key in ("submitted", "queued", "leased", "succeeded", "failed"))
+
+
+@pytest.fixture
+def broker(implementation: Factory, clock: FakeClock) -> BrokerService:
+    return implementation(clock=clock, wall_clock=lambda: WALL + clock.now, lease_timeout=10.0)
+
+
+def test_spans_go_only_to_workers_that_run_them_and_one_a_lease(broker: BrokerService) -> None:
+    submit_spans(broker, "agg", 2_500, 1_000)
+    broker.submit({"job": "plain", "urls": [f"http://127.0.0.1:9/p{n}" for n in range(3)]})
+    say_hello(broker, "node:1", None)
+    say_hello(broker, "py:1", [SPAN])
+    leased = broker.lease("node:1", 100, 0)
+    assert {task["job"] for task in leased} == {"plain"}, "no span for a worker without runs"
+    broker.submit({"job": "plain", "urls": ["http://127.0.0.1:9/p3"]})
+    first = broker.lease("py:1", 100, 0)
+    [span] = [task for task in first if task.get("kind") == SPAN]
+    assert [task["job"] for task in first if task is not span] == ["plain"]
+    assert span["span"] == {"template": TEMPLATE, "first": 0, "count": 1_000}
+    assert span["url"] == TEMPLATE
+    assert broker.lease("node:1", 100, 0) == []
+    second = broker.lease("py:1", 100, 0)
+    third = broker.lease("py:1", 100, 0)
+    assert [task["span"]["first"] for task in second + third] == [1_000, 2_000]
+    assert third[0]["span"]["count"] == 500
+    assert requests_of(broker, "agg") == (2_500, 0, 2_500, 0, 0)
+
+
+def test_counts_of_an_aggregate_job_are_its_requests(broker: BrokerService) -> None:
+    submit_spans(broker, "agg", 2_500, 1_000)
+    say_hello(broker, "py:1", [SPAN])
+    assert requests_of(broker, "agg") == (2_500, 2_500, 0, 0, 0)
+    [first] = broker.lease("py:1", 10, 0)
+    assert requests_of(broker, "agg") == (2_500, 1_500, 1_000, 0, 0)
+    reply = broker.complete("py:1", [aggregate(first, failed=7)], [])
+    assert reply["accepted"] == 1
+    assert requests_of(broker, "agg") == (2_500, 1_500, 0, 993, 7)
+    [record] = broker.results("agg", 10, 0)["results"]
+    assert record["kind"] == AGGREGATE and record["requests"] == 1_000
+
+
+def test_an_aggregate_that_miscounts_its_span_is_refused(broker: BrokerService) -> None:
+    submit_spans(broker, "agg", 100, 100)
+    say_hello(broker, "py:1", [SPAN])
+    [task] = broker.lease("py:1", 10, 0)
+    short = aggregate({**task, "span": {**task["span"], "count": 99}})
+    with pytest.raises(BadRequest, match="an aggregate of 99 requests for span"):
+        broker.complete("py:1", [short], [])
+    assert requests_of(broker, "agg") == (100, 0, 100, 0, 0)
+
+
+def test_urls_and_spans_do_not_mix_in_one_job(broker: BrokerService) -> None:
+    submit_spans(broker, "agg", 10, 5)
+    broker.submit({"job": "plain", "urls": ["http://127.0.0.1:9/"]})
+    with pytest.raises(BadRequest, match="job agg is an aggregate job: submit spans to it"):
+        broker.submit({"job": "agg", "urls": ["http://127.0.0.1:9/"]})
+    with pytest.raises(BadRequest, match="job plain is not an aggregate job"):
+        broker.submit({"job": "plain", "spans": spans(10, 5)})
+    with pytest.raises(BadRequest, match="job agg is an aggregate job, which takes no --rate"):
+        broker.steer("agg", {"action": "set", "rate": 100.0})
+    with pytest.raises(BadRequest, match="spans"):
+        broker.submit({"job": "agg", "spans": [{"template": TEMPLATE, "first": 0, "count": 0}]})
+
+
+def test_an_aggregate_job_survives_a_crash_and_a_compaction(
+    implementation: Factory, clock: FakeClock, tmp_path: Path
+) -> None:
+    path = tmp_path / "fetchq.journal"
+
+    def open_broker() -> BrokerService:
+        return implementation(
+            clock=clock, wall_clock=lambda: WALL + clock.now, lease_timeout=10.0, durable=path
+        )
+
+    broker = open_broker()
+    submit_spans(broker, "agg", 3_000, 1_000)
+    say_hello(broker, "py:1", [SPAN])
+    [first] = broker.lease("py:1", 10, 0)
+    sent = aggregate(first, failed=3)
+    broker.complete("py:1", [sent], [])
+    crash(broker)
+
+    restarted = open_broker()
+    assert requests_of(restarted, "agg") == (3_000, 2_000, 0, 997, 3)
+    say_hello(restarted, "py:1", [SPAN])
+    [second] = restarted.lease("py:1", 10, 0)
+    restarted.complete("py:1", [aggregate(second)], [])
+    restarted.compact()
+    crash(restarted)
+
+    again = open_broker()
+    assert requests_of(again, "agg") == (3_000, 1_000, 0, 1_997, 3)
+    delivered = again.results("agg", 10, 0)["results"]
+    assert [record["first"] for record in delivered] == [0, 1_000]
+    as_sent = msgspec.json.decode(msgspec.json.encode(sent))  # lists where tuples were
+    assert dict(delivered[0]) == as_sent, "an aggregate comes back as it was sent"
+    again.close()
