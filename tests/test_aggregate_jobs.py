@@ -24,6 +24,9 @@ from fetchq.errors import ExitCode
 from fetchq.messages import plural
 from fetchq.wire.aggregates import AGGREGATE, decode_aggregate
 
+KILLED, STOPPED = "/slow?s=0.004&kill=", "/slow?s=0.002&stop="
+"""The paths of two tests' requests: the target is shared by the session's tests."""
+
 
 def requested(target: Any, prefix: str) -> int:
     """Requests the target received whose path starts with ``prefix``."""
@@ -81,7 +84,7 @@ def test_a_worker_killed_in_a_span_loses_nothing_and_counts_nothing_twice(server
             env,
             "dispatch",
             "--template",
-            f"{target.url}/slow?s=0.004&i={{i}}",
+            f"{target.url}/slow?s=0.004&kill={{i}}",
             "--count",
             str(count),
             "--aggregate",
@@ -97,7 +100,7 @@ def test_a_worker_killed_in_a_span_loses_nothing_and_counts_nothing_twice(server
         def victim_in_a_span() -> bool:
             workers = {w["worker"]: w for w in client.call("status")["workers"]}
             seen = workers.get(victim_name)
-            return bool(seen and seen["leased"] > 0) and requested(target, "/slow?") > 100
+            return bool(seen and seen["leased"] > 0) and requested(target, KILLED) > 100
 
         poll_until(victim_in_a_span, 60, "the victim worker to be inside a span")
         os.kill(victim.pid, signal.SIGKILL)
@@ -111,7 +114,7 @@ def test_a_worker_killed_in_a_span_loses_nothing_and_counts_nothing_twice(server
     assert sum(record["requests"] for record in records) == count
     again = [record for record in records if record["attempt"] > 1]
     assert again, "the victim's span ran again"
-    assert requested(target, "/slow?") > count, "the lapsed span's requests went out twice"
+    assert requested(target, KILLED) > count, "the lapsed span's requests went out twice"
     assert f"Requests:     {count}" in stderr
     spans_again = plural(len(again), "span")
     assert f"Leased again: {spans_again} ({len(again) * span} requests)" in stderr
@@ -162,7 +165,7 @@ def test_sigterm_finishes_the_span_begun_and_hands_back_the_rest(server, env, ta
             env,
             "dispatch",
             "--template",
-            f"{target.url}/slow?s=0.002&i={{i}}",
+            f"{target.url}/slow?s=0.002&stop={{i}}",
             "--count",
             str(count),
             "--aggregate",
@@ -172,7 +175,7 @@ def test_sigterm_finishes_the_span_begun_and_hands_back_the_rest(server, env, ta
             "stop",
         )
         assert dispatched.returncode == 0, dispatched.stderr
-        poll_until(lambda: requested(target, "/slow?") > 50, 60, "the worker to begin a span")
+        poll_until(lambda: requested(target, STOPPED) > 50, 60, "the worker to begin a span")
         stopping.send_signal(signal.SIGTERM)
         assert stopping.wait(60) == 0, log.text()
         survivor, _ = start_worker(env, "--concurrency", "4")
@@ -183,7 +186,7 @@ def test_sigterm_finishes_the_span_begun_and_hands_back_the_rest(server, env, ta
     records = jsonl(stdout)
     assert sum(record["requests"] for record in records) == count
     assert all(record["attempt"] == 1 for record in records)
-    assert requested(target, "/slow?") == count, "each request went out once"
+    assert requested(target, STOPPED) == count, "each request went out once"
     ran = {record["first"]: record["worker"] for record in records}
     assert ran[0] == worker_name(stopping.pid), "it finished the span it began"
     assert ran[span] == worker_name(survivor.pid), "it handed back the span it had not begun"
