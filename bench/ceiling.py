@@ -52,6 +52,9 @@ BASELINE = "073dcce"
 TEMPLATE = "http://127.0.0.1:9/ceiling?q={i}"
 """Nothing fetches these: the fleet makes its results up."""
 
+AGGREGATE_SPAN = 1_000
+"""Requests a span in the aggregate variant: issue 15's figure."""
+
 NEVER_HOLDS = ("--rate", "1000000", "--per-host", "100000")
 """A rate and a per-host cap that a synthetic fleet on one machine never reaches."""
 
@@ -76,9 +79,13 @@ class Shape:
     threads: int
     batch: int
     policy: tuple[str, ...] = ()
+    span: int = 0
+    """Requests a span: an aggregate job, its fleet reporting an aggregate a span."""
 
     @property
     def label(self) -> str:
+        if self.span:
+            return f"{self.processes}x{self.threads}, aggregate, spans of {self.span}"
         paced = ", rate + per-host" if self.policy else ""
         return f"{self.processes}x{self.threads}, batch {self.batch}{paced}"
 
@@ -141,6 +148,8 @@ def fleet_run(procs: Processes, release: Release, shape: Shape, count: int) -> d
         address = wait_for_log(server, r"listening on (\S+)").group(1)
         env["FETCHQ_SERVER"] = address
         job = ("--template", TEMPLATE, "--count", str(count), "--job", "ceiling", *shape.policy)
+        if shape.span:
+            job = (*job, "--aggregate", "--span", str(shape.span))
         dispatch = procs.start(
             "dispatch", pinned([*fetchq, "dispatch", *job], other_cpus), env=env, cwd=cwd
         )
@@ -153,6 +162,8 @@ def fleet_run(procs: Processes, release: Release, shape: Shape, count: int) -> d
         started.append(output)
         fleet_member = (str(BENCH_DIR / "synthetic_fleet.py"), address)
         sizes = ("--threads", str(shape.threads), "--batch", str(shape.batch))
+        if shape.span:
+            sizes = (*sizes, "--spans", str(shape.span))
         fleet = [
             procs.start(
                 f"fleet-{n}", pinned([PYTHON, *fleet_member, *sizes], other_cpus), env=env, cwd=cwd
@@ -191,9 +202,10 @@ def fleet_run(procs: Processes, release: Release, shape: Shape, count: int) -> d
 
 
 def variants(
-    procs: Processes, main: Release, baseline: Release | None, count: int
+    procs: Processes, main: Release, baseline: Release | None, count: int, requests: int
 ) -> list[tuple[str, Any]]:
-    """(name, run) for each shape, baseline first, and the never-holding policy."""
+    """(name, run) for each shape, baseline first, the never-holding policy, and an
+    aggregate job of ``requests`` in spans of AGGREGATE_SPAN (this checkout only)."""
     found: list[tuple[str, Any]] = []
     for shape in SHAPES:
         for release in (baseline, main):
@@ -211,6 +223,11 @@ def variants(
                 f"ceiling {shape.label}: {main.name}",
                 lambda s=shape: fleet_run(procs, main, s, count),
             )
+        )
+    if requests:
+        spans = Shape(2, 8, 100, span=AGGREGATE_SPAN)
+        found.append(
+            (f"ceiling {spans.label}: {main.name}", lambda: fleet_run(procs, main, spans, requests))
         )
     return found
 
@@ -236,6 +253,9 @@ def summarise(runs: dict[str, list[dict[str, Any]]], baseline: str) -> list[str]
         if compare:
             what = "plain" if ", rate + per-host" in label else baseline
             ratio = f"   x{rate / compare[0]:.2f} rate, x{micros / compare[1]:.2f} CPU vs {what}"
+        if "aggregate" in label:
+            lines.append(f"{name:<52} {rate:>10,.0f} requests/s {micros:>7.3f} us/request")
+            continue
         lines.append(f"{name:<52} {rate:>10,.0f} tasks/s {micros:>7.1f} us/task{ratio}")
     return lines
 
@@ -243,9 +263,13 @@ def summarise(runs: dict[str, list[dict[str, Any]]], baseline: str) -> list[str]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=300_000)
+    parser.add_argument(
+        "--requests", type=int, default=20_000_000, help="of the aggregate job (0: none)"
+    )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--baseline", default=BASELINE, help="a commit ('' for none)")
     parser.add_argument("--json", type=Path, help="also write the runs here")
+    parser.add_argument("--only", default="", help="run the variants whose name holds this")
     args = parser.parse_args(argv)
     runs: dict[str, list[dict[str, Any]]] = {}
     with (
@@ -254,7 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     ):
         baseline = unpack(args.baseline, Path(folder)) if args.baseline else None
         current = Release("main")
-        chosen = variants(procs, current, baseline, args.count)
+        chosen = [
+            (name, run)
+            for name, run in variants(procs, current, baseline, args.count, args.requests)
+            if args.only in name
+        ]
         for n in range(args.repeat):
             for name, run in chosen:
                 say(f"{name} (run {n + 1} of {args.repeat})")

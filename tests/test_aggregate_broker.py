@@ -85,8 +85,10 @@ def broker(implementation: Factory, clock: FakeClock) -> BrokerService:
     return implementation(clock=clock, wall_clock=lambda: WALL + clock.now, lease_timeout=10.0)
 
 
-def test_spans_go_only_to_workers_that_run_them_and_one_a_lease(broker: BrokerService) -> None:
-    submit_spans(broker, "agg", 2_500, 1_000)
+def test_spans_go_only_to_workers_that_run_them_as_many_as_a_lease_holds(
+    broker: BrokerService,
+) -> None:
+    submit_spans(broker, "agg", 4_500, 1_000)
     broker.submit({"job": "plain", "urls": [f"http://127.0.0.1:9/p{n}" for n in range(3)]})
     say_hello(broker, "node:1", None)
     say_hello(broker, "py:1", [SPAN])
@@ -99,11 +101,11 @@ def test_spans_go_only_to_workers_that_run_them_and_one_a_lease(broker: BrokerSe
     assert span["span"] == {"template": TEMPLATE, "first": 0, "count": 1_000}
     assert span["url"] == TEMPLATE
     assert broker.lease("node:1", 100, 0) == []
-    second = broker.lease("py:1", 100, 0)
+    second = broker.lease("py:1", 2_999, 0)  # as many spans as 2,999 requests hold
     third = broker.lease("py:1", 100, 0)
-    assert [task["span"]["first"] for task in second + third] == [1_000, 2_000]
-    assert third[0]["span"]["count"] == 500
-    assert requests_of(broker, "agg") == (2_500, 0, 2_500, 0, 0)
+    assert [task["span"]["first"] for task in second + third] == [1_000, 2_000, 3_000]
+    assert broker.lease("py:1", 10_000, 0)[0]["span"]["count"] == 500
+    assert requests_of(broker, "agg") == (4_500, 0, 4_500, 0, 0)
 
 
 def test_counts_of_an_aggregate_job_are_its_requests(broker: BrokerService) -> None:
@@ -175,3 +177,16 @@ def test_an_aggregate_job_survives_a_crash_and_a_compaction(
     as_sent = msgspec.json.decode(msgspec.json.encode(sent))  # lists where tuples were
     assert dict(delivered[0]) == as_sent, "an aggregate comes back as it was sent"
     again.close()
+
+
+def test_an_aggregate_the_schema_refuses_is_a_bad_request(broker: BrokerService) -> None:
+    submit_spans(broker, "agg", 10, 10)
+    say_hello(broker, "py:1", [SPAN])
+    [task] = broker.lease("py:1", 10, 0)
+    spoiled = {**aggregate(task), "extra": 1}
+    with pytest.raises(BadRequest, match="not an aggregate: Object contains unknown field"):
+        broker.complete("py:1", [spoiled], [])
+    lying = {**aggregate(task), "ok": 11}  # ok and failed more than its requests
+    with pytest.raises(BadRequest, match="ok and failed requests do not add up"):
+        broker.complete("py:1", [lying], [])
+    assert broker.complete("py:1", [aggregate(task)], [])["accepted"] == 1

@@ -32,6 +32,7 @@ from fetchq.server.jobqueue import (
     ServerHosts,
 )
 from fetchq.server.tasks import Batch, Task
+from fetchq.wire.aggregates import span_size
 
 __all__ = ["LOOKAHEAD", "ROBOTS_ATTEMPTS", "ROBOTS_TIMEOUT", "Scheduler"]
 
@@ -206,8 +207,9 @@ class Scheduler:
         ``done``: the set ``is_done`` reads, if there is one (see ``JobQueue.take_fifo``).
 
         An aggregate job's tasks are spans: they go only to a worker that runs them
-        (``spans``), one a call, since one stands for many requests.  ``span_jobs``
-        then names the jobs a span was taken from."""
+        (``spans``), from one such job a call, and as many as ``count`` requests fill
+        (one at least), since each stands for many.  ``span_jobs`` then names the job
+        they were taken from."""
         picks: list[Task | Pick] = []
         self.span_jobs = []
         while len(picks) < count and self.ring:
@@ -226,11 +228,11 @@ class Scheduler:
                 if queue.policy.aggregate:
                     if not spans or self.span_jobs:
                         continue
-                    got = self._take_job(queue, 1, now, is_done, done)
-                    if got:
+                    spans_taken = self._take_spans(queue, count - len(picks), is_done, done)
+                    if spans_taken:
                         self.span_jobs.append(queue.name)
-                    picks.extend(got)
-                    progressed = progressed or bool(got)
+                    picks.extend(spans_taken)
+                    progressed = progressed or bool(spans_taken)
                     continue
                 got = self._take_job(queue, min(share, count - len(picks)), now, is_done, done)
                 picks.extend(got)
@@ -295,6 +297,24 @@ class Scheduler:
         if not queue.in_ring and queue.eligible:
             queue.in_ring = True
             self.ring.append(queue)
+
+    def _take_spans(
+        self,
+        queue: JobQueue,
+        room: int,
+        is_done: Callable[[int], bool],
+        done: IdSet | None,
+    ) -> list[Task]:
+        """Spans of an aggregate job (which has no rate and no host limits, so its tasks
+        come as themselves): the first, then as many more as ``room`` requests hold,
+        counting each as big as the first."""
+        first = queue.take_fifo(1, is_done, done)
+        if first:
+            more = room // span_size(first[0].url) - 1
+            if more > 0:
+                first += queue.take_fifo(more, is_done, done)
+        self._count -= len(first)
+        return first
 
     def _take_job(
         self,

@@ -251,6 +251,9 @@ def results_list(results: Any) -> list[StoredResult]:
     require(len(results) <= MAX_SUBMIT, f"at most {MAX_SUBMIT} results per call")
     stored: list[StoredResult] = []
     for result in results:
+        if type(result) is StoredAggregate:  # checked while decoded (``codec``)
+            stored.append(result)
+            continue
         if type(result) is StoredResult:
             if len(result.raw) > MAX_RESULT_TEXT:
                 # Its text counted; and written again compactly, so that what a

@@ -248,9 +248,14 @@ class StoredAggregate(StoredResult):
     def read(cls, raw: bytes) -> StoredAggregate:
         """An aggregate from its text, checked; raises ValueError when it is no aggregate
         (msgspec's errors are ValueErrors, and say where)."""
+        return cls.checked(raw, decode_aggregate(raw))
+
+    @classmethod
+    def checked(cls, raw: bytes, record: Aggregate) -> StoredAggregate:
+        """``raw``, decoded as ``record``, once what its types cannot say is checked too;
+        raises ValueError."""
         if len(raw) > MAX_AGGREGATE_TEXT:
             raise ValueError(f"an aggregate of {len(raw)} bytes (at most {MAX_AGGREGATE_TEXT})")
-        record = decode_aggregate(raw)
         if record.ok + record.failed != record.requests:
             raise ValueError("an aggregate whose ok and failed requests do not add up")
         return cls(raw, record)

@@ -27,6 +27,7 @@ from typing import Annotated, Any, Literal, Protocol
 import msgspec
 
 from fetchq.errors import to_wire
+from fetchq.wire.aggregates import Aggregate, StoredAggregate
 from fetchq.wire.api import MAX_DEPTH, MAX_INTEGER, MAX_SUBMIT
 from fetchq.wire.records import ResultHead, StoredResult
 
@@ -232,6 +233,10 @@ _complete_texts = msgspec.json.Decoder(_CompleteCallTexts)
 _COMPLETE = b',"complete",'
 _COMPLETE_WINDOW = 80
 """Where a complete call names its method: after an ident of a few dozen characters."""
+_AGGREGATE_KIND = b'"kind":"aggregate"'
+_FIRST_RESULT_WINDOW = 400
+"""Where the first result of a complete call says its kind, when it has one: after the
+call's method, the worker's name and the result's version."""
 
 
 def _read_complete(frame: bytes) -> list[Any] | None:
@@ -241,6 +246,8 @@ def _read_complete(frame: bytes) -> list[Any] | None:
     wrong if anything is).  Two passes in C: one checks and reads the fields, the
     other cuts out each result's text."""
     if _COMPLETE not in frame[:_COMPLETE_WINDOW]:
+        return None
+    if _AGGREGATE_KIND in frame[:_FIRST_RESULT_WINDOW]:  # aggregates: ``_read_aggregates``
         return None
     if b"\n" in frame:  # a result's text is kept as it came, and a journal line holds one
         return None
@@ -255,6 +262,47 @@ def _read_complete(frame: bytes) -> list[Any] | None:
     ]
     renew = [list(pair) for pair in args.renew]
     return [call.ident, "complete", [args.worker, results, renew], {}]
+
+
+class _AggregateArgs(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
+    """``complete(worker, aggregates, renew)``: a worker's call that reports spans."""
+
+    worker: str
+    results: Annotated[list[Aggregate], msgspec.Meta(max_length=MAX_SUBMIT)]
+    renew: Annotated[list[tuple[int, int]], msgspec.Meta(max_length=MAX_SUBMIT)] = msgspec.field(
+        default_factory=list
+    )
+
+
+class _AggregateCall(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
+    ident: str | None
+    method: Literal["complete"]
+    args: _AggregateArgs
+    kwds: Annotated[dict[str, Any], msgspec.Meta(max_length=0)]
+
+
+_aggregate_call = msgspec.json.Decoder(_AggregateCall)
+
+
+def _read_aggregates(frame: bytes) -> list[Any] | None:
+    """A ``complete`` that reports aggregates only, decoded against their schema in C,
+    each kept as its JSON text with its fields (as ``_read_complete`` keeps results);
+    None when the frame is no such call, and the general reading says what is wrong."""
+    if _AGGREGATE_KIND not in frame or _COMPLETE not in frame[:_COMPLETE_WINDOW]:
+        return None
+    if b"\n" in frame:  # as in ``_read_complete``
+        return None
+    try:
+        call = _aggregate_call.decode(frame)
+        texts = _complete_texts.decode(frame).args.results
+        results = [
+            StoredAggregate.checked(bytes(text), record)
+            for text, record in zip(texts, call.args.results, strict=True)
+        ]
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError, RecursionError):
+        return None
+    renew = [list(pair) for pair in call.args.renew]
+    return [call.ident, "complete", [call.args.worker, results, renew], {}]
 
 
 class JsonCodec:
@@ -324,6 +372,9 @@ class JsonCodec:
         complete = _read_complete(frame)
         if complete is not None:
             return complete
+        reported = _read_aggregates(frame)
+        if reported is not None:
+            return reported
         if too_deep(frame):
             raise BadFrame(f"nested deeper than {MAX_DEPTH} levels")
         try:
