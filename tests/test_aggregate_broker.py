@@ -114,6 +114,8 @@ def test_counts_of_an_aggregate_job_are_its_requests(broker: BrokerService) -> N
     assert requests_of(broker, "agg") == (2_500, 2_500, 0, 0, 0)
     [first] = broker.lease("py:1", 10, 0)
     assert requests_of(broker, "agg") == (2_500, 1_500, 1_000, 0, 0)
+    fleet = broker.status()
+    assert (fleet["queued"], fleet["leased"]) == (1_500, 1_000), "requests there too"
     reply = broker.complete("py:1", [aggregate(first, failed=7)], [])
     assert reply["accepted"] == 1
     assert requests_of(broker, "agg") == (2_500, 1_500, 0, 993, 7)
@@ -134,7 +136,7 @@ def test_an_aggregate_that_miscounts_its_span_is_refused(broker: BrokerService) 
 def test_urls_and_spans_do_not_mix_in_one_job(broker: BrokerService) -> None:
     submit_spans(broker, "agg", 10, 5)
     broker.submit({"job": "plain", "urls": ["http://127.0.0.1:9/"]})
-    with pytest.raises(BadRequest, match="job agg is an aggregate job: submit spans to it"):
+    with pytest.raises(BadRequest, match="job agg is an aggregate job: dispatch to it with"):
         broker.submit({"job": "agg", "urls": ["http://127.0.0.1:9/"]})
     with pytest.raises(BadRequest, match="job plain is not an aggregate job"):
         broker.submit({"job": "plain", "spans": spans(10, 5)})

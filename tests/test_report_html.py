@@ -184,3 +184,40 @@ def seconds(text: str) -> float:
         if text.endswith(unit):
             return float(text.removesuffix(unit)) * scale
     raise AssertionError(f"not a duration: {text}")
+
+
+def test_report_of_an_aggregate_job_is_the_report_of_its_requests(
+    server, env, target, tmp_path: Path, browser: BrowserContext
+) -> None:
+    """Spans of 500, one aggregate each: the page counts and draws every request."""
+    template = f"{target.url}/slow?s=0.002&agg={{i}}"
+    job = ("-j", "aggregate-html")
+    dispatched = run(
+        env,
+        "dispatch",
+        "--template",
+        template,
+        "--count",
+        "3000",
+        "--aggregate",
+        "--span",
+        "500",
+        *job,
+    )
+    assert dispatched.returncode == 0, dispatched.stderr
+    worker = run(env, "worker", "--burst", "--concurrency", "4")
+    assert worker.returncode == 0, worker.stderr
+    report = tmp_path / "aggregate.html"
+    output = run(env, "output", *job, "--until-done", "--format", "none", "--html", str(report))
+    assert output.returncode == 0, output.stderr
+    with open_report(browser, report) as opened:
+        assert_offline_and_clean(opened)
+        figures = opened.page.locator(".figure").all_inner_texts()
+        assert "3000\nrequests" in figures
+        assert drawn(opened, "#chart-throughput .barlayer .point") > 0
+        assert drawn(opened, "#chart-latency .scatterlayer .trace") == 3
+        assert drawn(opened, "#chart-histogram .barlayer .point") > 0
+        assert ["200", "3000", "100.00%"] in table_rows(opened, "Status codes")
+        targets = {row[0]: row[1] for row in table_rows(opened, "By target host")}
+        assert targets == {f"127.0.0.1:{target.port}": "3000"}
+        assert colours(opened.screenshot(full_page=True)) > 50, "the page is blank"

@@ -251,9 +251,14 @@ class Broker:
             queue = self._state.scheduler.find(request.job)
             aggregate = queue is not None and queue.policy.aggregate
         if request.spans and not aggregate:
-            raise BadRequest(f"job {request.job} is not an aggregate job: submit URLs to it")
+            raise BadRequest(
+                f"job {request.job} is not an aggregate job: dispatch to it without --aggregate"
+            )
         if aggregate and not request.spans:
-            raise BadRequest(f"job {request.job} is an aggregate job: submit spans to it")
+            raise BadRequest(
+                f"job {request.job} is an aggregate job: dispatch to it with --aggregate "
+                "and --template (spans, not URLs)"
+            )
 
     def seal(self, job_name: str) -> JobCounts:
         """Mark a job's submission finished, so outputs know when it is done."""

@@ -71,12 +71,15 @@ def job_view(state: BrokerState, job: Job, now: float) -> JobView:
 
 
 def status(state: BrokerState, now: float) -> FleetCounts:
+    """The fleet at a glance.  Queued and leased are summed from the jobs' own counts,
+    so that an aggregate job counts requests there too, not spans."""
+    jobs = {job.name: job_view(state, job, now) for job in state.jobs}
     return {
-        "queued": len(state.scheduler),
-        "leased": len(state.leases),
+        "queued": sum(view["queued"] for view in jobs.values()),
+        "leased": sum(view["leased"] for view in jobs.values()),
         "unconfirmed": state.outbox.unconfirmed,
         "threads": fleet_threads(state, now),
-        "jobs": {job.name: job_view(state, job, now) for job in state.jobs},
+        "jobs": jobs,
         "workers": state.workers.rows(now, state.leases.held_by()),
     }
 
