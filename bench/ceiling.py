@@ -85,7 +85,9 @@ class Shape:
     @property
     def label(self) -> str:
         if self.span:
-            return f"{self.processes}x{self.threads}, aggregate, spans of {self.span}"
+            each = max(1, self.batch // self.span)
+            shape = f"{self.processes}x{self.threads}"
+            return f"{shape}, aggregate, spans of {self.span}, {each} a lease"
         paced = ", rate + per-host" if self.policy else ""
         return f"{self.processes}x{self.threads}, batch {self.batch}{paced}"
 
@@ -224,10 +226,13 @@ def variants(
                 lambda s=shape: fleet_run(procs, main, s, count),
             )
         )
-    if requests:
-        spans = Shape(2, 8, 100, span=AGGREGATE_SPAN)
+    for batch in (100, 4 * AGGREGATE_SPAN) if requests else ():
+        spans = Shape(2, 8, batch, span=AGGREGATE_SPAN)
         found.append(
-            (f"ceiling {spans.label}: {main.name}", lambda: fleet_run(procs, main, spans, requests))
+            (
+                f"ceiling {spans.label}: {main.name}",
+                lambda s=spans: fleet_run(procs, main, s, requests),
+            )
         )
     return found
 

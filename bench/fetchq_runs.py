@@ -62,15 +62,24 @@ def dispatch(procs: Processes, count: int, wire: str = "json") -> dict[str, Any]
 
 
 def workers(
-    procs: Processes, url: str, count: int, *, processes: int, concurrency: int, wire: str = "json"
+    procs: Processes,
+    url: str,
+    count: int,
+    *,
+    processes: int,
+    concurrency: int,
+    wire: str = "json",
+    spans: bool = False,
 ) -> dict[str, Any]:
     """``count`` tasks queued in a real server, then ``fetchq worker --burst`` and
     ``fetchq output --until-done --format none``: from the worker's launch to
-    the moment output has collected every result."""
+    the moment output has collected every result.  ``spans``: the same requests as
+    an aggregate job (``--aggregate``, spans of the default size)."""
     fq = Fetchq(procs, wire)
     with fq.server() as (address, server):
         template = url + "/?q={i}"
-        fq.run(address, "dispatch", "--template", template, "--count", str(count), "--job", "w")
+        job = ("--template", template, "--count", str(count), "--job", "w")
+        fq.run(address, "dispatch", *job, *(("--aggregate",) if spans else ()))
         output = fq.start(
             "fetchq-output",
             "output",

@@ -89,10 +89,14 @@ class Sizes:
     """Tasks through the synthetic fleet, per ceiling run."""
     storm: tuple[int, ...]
     """Clients released at once, one storm per figure."""
+    aggregate: int
+    """Requests of the aggregate job through the synthetic fleet, per ceiling run."""
 
 
-FULL = Sizes(1_000_000, 20_000, 30_000, 5_000, 10_000, 10.0, 5.0, 3.0, 16, 300_000, (1000, 3000))
-QUICK = Sizes(200_000, 5_000, 5_000, 500, 2_000, 3.0, 2.0, 1.0, 16, 50_000, (1000,))
+FULL = Sizes(
+    1_000_000, 20_000, 30_000, 5_000, 10_000, 10.0, 5.0, 3.0, 16, 300_000, (1000, 3000), 20_000_000
+)
+QUICK = Sizes(200_000, 5_000, 5_000, 500, 2_000, 3.0, 2.0, 1.0, 16, 50_000, (1000,), 2_000_000)
 
 
 class Bench:
@@ -174,6 +178,12 @@ class Bench:
                 "fetchq 2 processes, pickle wire",
                 lambda: fetchq_runs.workers(
                     self.procs, url, s.worker, processes=2, concurrency=s.concurrency, wire="pickle"
+                ),
+            ),
+            (
+                "fetchq 2 processes, aggregate",
+                lambda: fetchq_runs.workers(
+                    self.procs, url, s.worker, processes=2, concurrency=s.concurrency, spans=True
                 ),
             ),
             (
@@ -318,7 +328,7 @@ class Bench:
             self.skip(f"ceiling: {ceiling.BASELINE}", str(exc))
             baseline = None
         variants = ceiling.variants(
-            self.procs, ceiling.Release("main"), baseline, self.sizes.ceiling
+            self.procs, ceiling.Release("main"), baseline, self.sizes.ceiling, self.sizes.aggregate
         )
         self.measure("ceiling", variants, repeat)
 

@@ -1,0 +1,108 @@
+"""The same load test as a plain job and as an aggregate job, on this machine: worker
+throughput of each, the server's CPU per request, and the two reports side by side.
+
+    python bench/aggregate_run.py [--count 100000] [--repeat 3] [--json PATH]
+
+Two worker processes (16 fetch threads each) against nginx (or fetchq's own
+target when nginx is missing) on 127.0.0.1; ``fetchq output --summary`` collects
+each job.  The two kinds of job take turns, ``--repeat`` times, and the medians
+are printed; the reports are those of the last round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import httptarget
+from harness import Fetchq, Processes, cpu_seconds, median, say
+
+REPORT_LINES = ("Requests:", "Rate:", "Success:", "mean:", "p50:", "p90:", "p99:", "max:")
+"""The lines of the text summary set side by side."""
+
+
+def one_run(procs: Processes, url: str, count: int, aggregate: bool) -> dict[str, Any]:
+    fq = Fetchq(procs)
+    with fq.server("--max-pending", str(count + 1)) as (address, server):
+        job = ("--template", url + "/?q={i}", "--count", str(count), "--job", "load")
+        fq.run(address, "dispatch", *job, *(("--aggregate",) if aggregate else ()))
+        output = fq.start(
+            "fetchq-output", "output", "--job", "load", "--until-done", "--summary",
+            "--format", "none", server=address,
+        )  # fmt: skip
+        before = cpu_seconds(server.pid)
+        worker = fq.start(
+            "fetchq-worker", "worker", "--burst", "--processes", "2", "--concurrency", "16",
+            server=address,
+        )  # fmt: skip
+        collected = output.wait_ok(count / 100 + 120)
+        seconds = collected.seconds - (worker.started - output.started)
+        server_cpu = cpu_seconds(server.pid) - before
+        worker.wait_ok(60)
+    report = output.log.read_text()
+    return {
+        "count": count,
+        "rate": count / seconds,
+        "server_us_per_request": server_cpu / count * 1e6,
+        "report": [line.strip() for line in report.splitlines() if line.strip()],
+    }
+
+
+def side_by_side(plain: list[str], aggregate: list[str]) -> list[str]:
+    """The report lines both runs have, plain on the left."""
+
+    def pick(lines: list[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for line in lines:
+            for key in REPORT_LINES:
+                if line.startswith(key) and key not in found:
+                    found[key] = re.sub(r"\s+", " ", line[len(key) :]).strip()
+        return found
+
+    left, right = pick(plain), pick(aggregate)
+    rows = [f"{'':<10} {'plain job':<36} aggregate job"]
+    rows += [f"{key:<10} {left.get(key, '-'):<36} {right.get(key, '-')}" for key in REPORT_LINES]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="also write the runs here")
+    args = parser.parse_args(argv)
+    runs: dict[str, list[dict[str, Any]]] = {"plain": [], "aggregate": []}
+    with (
+        tempfile.TemporaryDirectory(prefix="fetchq-aggregate-") as folder,
+        Processes(Path(folder)) as procs,
+    ):
+        target = httptarget.start_target(procs)
+        for n in range(args.repeat):
+            for kind in runs:
+                say(f"{kind} job, {args.count} requests (run {n + 1} of {args.repeat})")
+                run_folder = Path(folder) / f"{kind}-{n}"
+                run_folder.mkdir()
+                with Processes(run_folder) as run_procs:
+                    result = one_run(run_procs, target.url, args.count, kind == "aggregate")
+                runs[kind].append(result)
+                say(f"  {result['rate']:,.0f} requests/s")
+    plain_rate = median([r["rate"] for r in runs["plain"]])
+    aggregate_rate = median([r["rate"] for r in runs["aggregate"]])
+    for kind, rate in (("plain", plain_rate), ("aggregate", aggregate_rate)):
+        server = median([r["server_us_per_request"] for r in runs[kind]])
+        print(f"{kind + ' job':<15} {rate:>9,.0f} requests/s   server {server:.2f} us/request")
+    print(f"aggregate / plain: x{aggregate_rate / plain_rate:.2f} worker throughput")
+    print()
+    print("\n".join(side_by_side(runs["plain"][-1]["report"], runs["aggregate"][-1]["report"])))
+    if args.json:
+        args.json.write_text(json.dumps(runs, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
