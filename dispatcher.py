@@ -38,7 +38,7 @@ from fetchq.errors import ExitCode, UsageError, cannot_read
 from fetchq.messages import plural
 from fetchq.units import parse_duration, parse_rate
 from fetchq.urls import Rejected, argument_urls, check_template, read_urls, template_batches
-from fetchq.wire.aggregates import MAX_SPAN
+from fetchq.wire.aggregates import MAX_SPAN, NOT_WITH_AGGREGATE
 from fetchq.wire.api import MAX_SUBMIT, MAX_TASK_TIMEOUT, check_job_name
 from fetchq.wire.client import ResilientClient
 
@@ -124,24 +124,13 @@ def job_policy(
     return policy
 
 
-AGGREGATE_REFUSES = {
-    "rate": "--rate",
-    "per_host": "--per-host",
-    "host_delay": "--host-delay",
-    "obey_robots": "--obey-robots",
-    "retry_after": "--retry-after",
-}
-"""What an aggregate job does not take yet: its workers run a span's requests without
-asking the server, so the server cannot pace them or count them by host."""
-
-
 def refuse_with_aggregate(
     template: str | None, urls: list[str], files: list[str], policy: dict[str, Any]
 ) -> None:
     """A usage error for what ``--aggregate`` does not go with (yet)."""
     if template is None or urls or files:
         raise UsageError("--aggregate takes --template (URLs from files or arguments: not yet)")
-    for name, option in AGGREGATE_REFUSES.items():
+    for name, option in NOT_WITH_AGGREGATE.items():
         if name in policy:
             raise UsageError(f"--aggregate does not go with {option} yet")
 

@@ -192,3 +192,44 @@ def test_an_aggregate_the_schema_refuses_is_a_bad_request(broker: BrokerService)
     with pytest.raises(BadRequest, match="ok and failed requests do not add up"):
         broker.complete("py:1", [lying], [])
     assert broker.complete("py:1", [aggregate(task)], [])["accepted"] == 1
+
+
+def test_a_span_is_answered_by_an_aggregate_and_only_a_span_is(broker: BrokerService) -> None:
+    submit_spans(broker, "agg", 10, 10)
+    broker.submit({"job": "plain", "urls": ["http://127.0.0.1:9/"]})
+    say_hello(broker, "py:1", [SPAN])
+    leased = broker.lease("py:1", 100, 0)
+    [span] = [task for task in leased if task.get("kind") == SPAN]
+    [task] = [task for task in leased if task.get("kind") is None]
+    plain = make_result(task, worker="py:1", started=WALL, elapsed=0.01, status=200)
+    for wrong in ({**plain, "id": span["id"], "job": "agg"}, {**aggregate(span), "id": task["id"]}):
+        assert broker.complete("py:1", [wrong], [])["dropped"] == 1
+    assert requests_of(broker, "agg") == (10, 0, 10, 0, 0)
+    assert broker.job("plain")["leased"] == 1
+    right = [plain, aggregate(span)]
+    assert broker.complete("py:1", right, [])["accepted"] == 2
+
+
+def test_spans_the_server_ends_are_aggregates_of_all_their_requests(
+    broker: BrokerService, clock: FakeClock
+) -> None:
+    """A cancelled span, and one whose last lease lapsed: each request counts."""
+    submit_spans(broker, "agg", 300, 100)
+    say_hello(broker, "py:1", [SPAN])
+    for attempt in range(3):  # the server's default: 3 attempts, each lease left to lapse
+        [held] = broker.lease("py:1", 10, 0)
+        assert (held["span"]["first"], held["attempt"]) == (0, attempt + 1)
+        clock.advance(11)
+        broker.expire_leases()
+    broker.steer("agg", {"action": "cancel"})
+    assert requests_of(broker, "agg") == (300, 0, 0, 0, 300)
+    summary = Summary()
+    for record in broker.results("agg", 10, 0)["results"]:
+        assert record["kind"] == AGGREGATE
+        summary.add(dict(record))
+    figures = summary.as_dict()
+    assert figures["not_requested"] == {"cancelled": 200}
+    assert (figures["requests"], figures["failed"]) == (100, 100)
+    assert figures["errors"]["lease_expired"]["count"] == 100
+    target = figures["target_hosts"]["rows"]
+    assert [(row["host"], row["requests"]) for row in target] == [("127.0.0.1:9", 100)]

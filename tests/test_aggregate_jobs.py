@@ -33,25 +33,22 @@ def requested(target: Any, prefix: str) -> int:
     return sum(n for path, n in target.hits().items() if path.startswith(prefix))
 
 
+def dispatch_spans(env: dict[str, str], template: str, count: int, span: int, job: str) -> Any:
+    """``fetchq dispatch --aggregate``, which must succeed."""
+    dispatched = run(
+        env, "dispatch", "--template", template, "--count", str(count),
+        "--aggregate", "--span", str(span), "-j", job,
+    )  # fmt: skip
+    assert dispatched.returncode == 0, dispatched.stderr
+    return dispatched
+
+
 def test_an_aggregate_job_counts_exactly_what_the_target_received(server, env, target):
     count, span = 5_000, 700
     workers = [start_worker(env, "--concurrency", "8") for _ in range(2)]
     output = start_output(env, "--job", "agg", "--until-done", "--format", "jsonl", "--summary")
     try:
-        dispatched = run(
-            env,
-            "dispatch",
-            "--template",
-            f"{target.url}/agg?i={{i}}",
-            "--count",
-            str(count),
-            "--aggregate",
-            "--span",
-            str(span),
-            "-j",
-            "agg",
-        )
-        assert dispatched.returncode == 0, dispatched.stderr
+        dispatched = dispatch_spans(env, f"{target.url}/agg?i={{i}}", count, span, "agg")
         assert "dispatched 5000 requests in 8 spans" in dispatched.stderr
         stdout, stderr = output.communicate(timeout=120)
         assert output.returncode == 0, stderr
@@ -80,20 +77,7 @@ def test_a_worker_killed_in_a_span_loses_nothing_and_counts_nothing_twice(server
     output = start_output(env, "--job", "kill", "--until-done", "--format", "jsonl", "--summary")
     survivor = None
     try:
-        dispatched = run(
-            env,
-            "dispatch",
-            "--template",
-            f"{target.url}/slow?s=0.004&kill={{i}}",
-            "--count",
-            str(count),
-            "--aggregate",
-            "--span",
-            str(span),
-            "-j",
-            "kill",
-        )
-        assert dispatched.returncode == 0, dispatched.stderr
+        dispatch_spans(env, f"{target.url}/slow?s=0.004&kill={{i}}", count, span, "kill")
         client = connect_broker(env["FETCHQ_SERVER"], env["FETCHQ_AUTHKEY"])
         victim_name = worker_name(victim.pid)
 
@@ -161,20 +145,7 @@ def test_sigterm_finishes_the_span_begun_and_hands_back_the_rest(server, env, ta
     output = start_output(env, "--job", "stop", "--until-done", "--format", "jsonl")
     survivor = None
     try:
-        dispatched = run(
-            env,
-            "dispatch",
-            "--template",
-            f"{target.url}/slow?s=0.002&stop={{i}}",
-            "--count",
-            str(count),
-            "--aggregate",
-            "--span",
-            str(span),
-            "-j",
-            "stop",
-        )
-        assert dispatched.returncode == 0, dispatched.stderr
+        dispatch_spans(env, f"{target.url}/slow?s=0.002&stop={{i}}", count, span, "stop")
         poll_until(lambda: requested(target, STOPPED) > 50, 60, "the worker to begin a span")
         stopping.send_signal(signal.SIGTERM)
         assert stopping.wait(60) == 0, log.text()

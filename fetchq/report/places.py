@@ -64,14 +64,14 @@ class PlaceTable:
         self._rows: dict[str, _Row] = {}
         self.other = Tally()
 
-    def add(self, place: str, started: float, elapsed: float, ok: bool) -> None:
+    def add(self, place: str, started: float, elapsed: float, ok: bool, count: int = 1) -> None:
         row = self._rows.get(place)
         if row is None:
             if len(self._rows) >= 2 * self.kept:
                 self._purge()
             row = self._rows[place] = _Row()
-        row.weight += 1
-        row.add(started, elapsed, ok)
+        row.weight += count
+        row.add(started, elapsed, ok, count)
 
     def _purge(self) -> None:
         weights = sorted(row.weight for row in self._rows.values())

@@ -39,15 +39,16 @@ LARGEST = 1e18
 every value falls in a bin an aggregate record can name (``MAX_KEY``)."""
 
 
-def add(sketch: DDSketch, value: float) -> None:
-    """Add a value, as zero when it is too small to tell from it and capped when larger
-    than any time: a sketch's bins then stay within what a record can carry."""
+def add(sketch: DDSketch, value: float, count: int = 1) -> None:
+    """Add a value (``count`` times), as zero when it is too small to tell from it and
+    capped when larger than any time: a sketch's bins then stay within what a record
+    can carry."""
     size = abs(value)
     if size < SMALLEST:
         value = 0.0
     elif size > LARGEST:
         value = math.copysign(LARGEST, value)
-    sketch.add(value)
+    sketch.add(value, count)
 
 
 def merged(sketches: Iterable[DDSketch]) -> DDSketch:

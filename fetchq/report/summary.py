@@ -84,9 +84,10 @@ class Summary:
         self._first_due = math.inf
         self._last_due = -math.inf
 
-    def add(self, result: dict[str, Any]) -> None:
+    def add(self, result: dict[str, Any], count: int = 1) -> None:
         """Count one result (a dict as made by ``records.make_result``), or merge in an
-        aggregate record's summary (raises ValueError when that is malformed)."""
+        aggregate record's summary (raises ValueError when that is malformed).
+        ``count``: the result stands for that many alike (a span the server ended)."""
         if result.get("kind") == AGGREGATE:
             self.merge(Summary.from_state(decode_summary(result.get("summary"))))
             if int(result.get("attempt") or 1) > 1:
@@ -97,14 +98,14 @@ class Summary:
         if error is not None:  # only a result with an error may be no request
             kind = not_requested(result)
             if kind is not None:
-                self.not_requested[kind] = self.not_requested.get(kind, 0) + 1
+                self.not_requested[kind] = self.not_requested.get(kind, 0) + count
                 return
         elapsed = float(result.get("elapsed") or 0.0)
         started = float(result.get("started") or 0.0)
         ok = bool(result.get("ok"))
         if int(result.get("attempt") or 1) > 1:
-            self.retried += 1
-        self.bytes += int(result.get("bytes") or 0)
+            self.retried += count
+        self.bytes += int(result.get("bytes") or 0) * count
         if elapsed < self._min:
             self._min = elapsed
         if elapsed > self._max:
@@ -116,25 +117,25 @@ class Summary:
         if late is not None:
             due = float(result["scheduled"])
             # Its own call to at(): a later one may merge buckets that an earlier one returned.
-            self.timeline.at(due).scheduled += 1
+            self.timeline.at(due).scheduled += count
         bucket = self.timeline.at(started)
-        bucket.add(started, elapsed, ok)
+        bucket.add(started, elapsed, ok, count)
         if late is not None:
             response = elapsed + late.seconds
-            bucket.add_schedule(response, late.late)
+            bucket.add_schedule(response, late.late, count)
             self._count_schedule(due, late.seconds, response)
-        self.worker_hosts.add(worker_host(str(result.get("worker") or "")), started, elapsed, ok)
-        self.target_hosts.add(target_host(str(result.get("url") or "")), started, elapsed, ok)
+        worker, target = str(result.get("worker") or ""), str(result.get("url") or "")
+        self.worker_hosts.add(worker_host(worker), started, elapsed, ok, count)
+        self.target_hosts.add(target_host(target), started, elapsed, ok, count)
 
         status = result.get("status")
         if status is not None:
-            self._statuses[int(status)] = self._statuses.get(int(status), 0) + 1
+            self._statuses[int(status)] = self._statuses.get(int(status), 0) + count
         if error is not None:
-            self._count_error(
-                str(error.get("type") or NO_ERROR_TYPE), str(error.get("message", ""))
-            )
+            kind = str(error.get("type") or NO_ERROR_TYPE)
+            self._count_error(kind, str(error.get("message", "")), count)
         elif status is None:
-            self._count_error(NO_ERROR_TYPE, "result has neither a status nor an error")
+            self._count_error(NO_ERROR_TYPE, "result has neither a status nor an error", count)
 
     def _count_schedule(self, due: float, seconds_late: float, response: float) -> None:
         self.worst_lateness = max(self.worst_lateness, seconds_late)
@@ -143,12 +144,12 @@ class Summary:
         self._first_due = min(self._first_due, due)
         self._last_due = max(self._last_due, due)
 
-    def _count_error(self, kind: str, message: str) -> None:
+    def _count_error(self, kind: str, message: str, count: int = 1) -> None:
         entry = self._errors.get(kind)
         if entry is None:
-            self._errors[kind] = [1, message]
+            self._errors[kind] = [count, message]
         else:
-            entry[0] += 1
+            entry[0] += count
 
     def merge(self, other: Summary) -> None:
         """Add ``other``'s requests to this summary: the summary of both runs' results,

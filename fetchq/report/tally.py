@@ -45,22 +45,23 @@ class Tally:
         self.response: Sketch | None = None
         """Response time from the schedule, once a request with a schedule is counted."""
 
-    def add(self, started: float, elapsed: float, ok: bool) -> None:
-        self.requests += 1
+    def add(self, started: float, elapsed: float, ok: bool, count: int = 1) -> None:
+        """Count a request (``count`` alike)."""
+        self.requests += count
         if not ok:
-            self.failed += 1
+            self.failed += count
         if started < self.first_start:
             self.first_start = started
         end = started + elapsed
         if end > self.last_end:
             self.last_end = end
-        add(self.latency, elapsed)
+        add(self.latency, elapsed, count)
 
-    def add_schedule(self, response: float, late: bool) -> None:
+    def add_schedule(self, response: float, late: bool, count: int = 1) -> None:
         """The response time from its schedule of a request counted with ``add``."""
-        add(self.response_sketch(), response)
+        add(self.response_sketch(), response, count)
         if late:
-            self.late += 1
+            self.late += count
 
     def response_sketch(self) -> Sketch:
         if self.response is None:

@@ -63,17 +63,7 @@ class Timeline:
         factor = 1
         while (high // factor) - (low // factor) + 1 > self.max_buckets:
             factor *= 2
-        merged: dict[int, Tally] = {}
-        for index, bucket in self._buckets.items():
-            into = merged.get(index // factor)
-            if into is None:
-                merged[index // factor] = bucket
-            else:
-                into.merge(bucket)
-        self._buckets = merged
-        self.width *= factor
-        self._low = min(merged)
-        self._high = max(merged)
+        self._regroup(factor)
 
     def __len__(self) -> int:
         return len(self._buckets)

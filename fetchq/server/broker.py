@@ -28,7 +28,6 @@ from fetchq.errors import BadRequest, StorageFailed, VersionMismatch
 from fetchq.server import completion, events, leasing, recovery, steering, validate, views
 from fetchq.server.expiry import Expiry
 from fetchq.server.jobqueue import Policy
-from fetchq.server.jobs import Requests
 from fetchq.server.journal import Journal
 from fetchq.server.leases import Lease
 from fetchq.server.ledger import Ledger, id_clock
@@ -226,8 +225,7 @@ class Broker:
             job.sealed = False
             job.submitted += count
             if request.spans:
-                job.requests = job.requests or Requests()
-                job.requests.submitted += request.requests
+                state.jobs.requests_of(job).submitted += request.requests
             state.ledger.allocate(job.name, count)
             state.scheduler.add_batch(
                 Batch(job.name, first_id, request.urls, attempts, request.timeout, now),

@@ -22,13 +22,14 @@ from collections.abc import Callable
 from typing import NamedTuple, cast
 
 from fetchq.errors import BadRequest
+from fetchq.report.summary import Summary
 from fetchq.server import events
 from fetchq.server.jobs import Job, requests_in
 from fetchq.server.leases import Lease
 from fetchq.server.state import BrokerState
 from fetchq.server.tasks import Task
-from fetchq.wire.aggregates import StoredAggregate, span_size
-from fetchq.wire.api import RETRY_AFTER_STATUSES, Outcome
+from fetchq.wire.aggregates import Aggregate, Span, StoredAggregate, read_span, span_size
+from fetchq.wire.api import RETRY_AFTER_STATUSES, Outcome, Record
 from fetchq.wire.records import (
     RETRYABLE_ERRORS,
     StoredResult,
@@ -79,8 +80,11 @@ def all_current(state: BrokerState, results: list[Result]) -> list[Lease] | None
     leases = cast(list[Lease], found)
     if any(map(_robots_of, leases)):
         return None
-    if list(map(_job_of_lease, leases)) != list(map(_job_of, results)):
+    jobs = list(map(_job_of_lease, leases))
+    if jobs != list(map(_job_of, results)):
         return None
+    if state.jobs.aggregate and not state.jobs.aggregate.isdisjoint(jobs):
+        return None  # spans: ``judge`` checks that each is answered by an aggregate
     if not RETRY_AFTER_STATUSES.isdisjoint(map(_status_of, results)):
         return None
     for error in filter(None, map(_error_of, results)):
@@ -97,6 +101,8 @@ def check_spans(state: BrokerState, results: list[Result]) -> None:
         if isinstance(result, StoredAggregate):
             lease = state.leases.get(result.id)
             if lease is None or lease.task.attempt != result.attempt:
+                continue
+            if lease.task.url[:1] != "{":  # no span: ``judge`` drops it
                 continue
             expected, counted = span_size(lease.task.url), sum(result.counts)
             if counted != expected:
@@ -142,13 +148,10 @@ def accept_all(
         job = state.jobs.find(name)
         assert job is not None, name
         # What pace needs of each result is read here, before it waits for an output.
-        job.pace.record(now, of_job, _requests(job, of_job))
+        job.pace.record(now, of_job)
         ok = sum(map(_ok_of, of_job))
         job.succeeded += ok
         job.failed += len(of_job) - ok
-        if job.requests is not None:
-            for result in of_job:
-                job.requests.count(result)
         state.outbox.add_all(name, of_job)
     return set(by_job)
 
@@ -175,8 +178,14 @@ def judge(
         state.ledger.job_of,
     )
     accepted = Outcome.ACCEPTED
+    aggregate = state.jobs.aggregate
     for result, line in zip(results, encoded, strict=True):
         task_id = result.id
+        span = aggregate and known(task_id) and job_of(task_id) in aggregate
+        if aggregate and span != isinstance(result, StoredAggregate):
+            # A span is answered by an aggregate, and only a span is.
+            verdicts.append(Verdict(result, Outcome.DROPPED, NO_EVENTS))
+            continue
         if task_id not in settled:
             # Most results: the first for a task its worker holds, an answer to keep.
             # A task with a lease is not done: its first result ends its lease.
@@ -300,13 +309,37 @@ def ended_without_request(
     task: Task, kind: str, message: str, wall: float, worker: str = "server"
 ) -> Result:
     """The result of a task the server ends: cancelled, forbidden by robots.txt, or
-    out of attempts when its last lease lapsed on ``worker``."""
-    record = make_task(task.id, task.job, task.url, task.attempt, task.timeout, task.submitted)
-    return StoredResult.of(
-        make_result(
-            record, worker=worker, started=wall, elapsed=0.0, error=make_error(kind, message)
-        )
+    out of attempts when its last lease lapsed on ``worker``.  A span's is an aggregate
+    that counts every one of its requests so (``ended_span``)."""
+    span = read_span(task.url) if task.url[:1] == "{" else None  # a URL starts with its scheme
+    url = task.url if span is None else span.urls_from(0, 1)[0]
+    record = make_task(task.id, task.job, url, task.attempt, task.timeout, task.submitted)
+    result = make_result(
+        record, worker=worker, started=wall, elapsed=0.0, error=make_error(kind, message)
     )
+    if span is None:
+        return StoredResult.of(result)
+    return ended_span(result, span)
+
+
+def ended_span(result: Record, span: Span) -> StoredAggregate:
+    """The aggregate of a span the server ended: ``result`` for each of its requests,
+    all of them failed (as a task's would be), so that the job's counts and its
+    report agree."""
+    summary = Summary()
+    summary.add(result, count=span.count)
+    record = Aggregate(
+        id=result["id"],
+        job=result["job"],
+        attempt=result["attempt"],
+        worker=result["worker"],
+        first=span.first,
+        requests=span.count,
+        ok=0,
+        failed=span.count,
+        summary=summary.to_state(),
+    )
+    return StoredAggregate.of_struct(record)
 
 
 def finish_task(state: BrokerState, result: Result) -> None:

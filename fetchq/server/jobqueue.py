@@ -53,7 +53,7 @@ class Policy:
     obey_robots: bool = False
     retry_after: bool = False
     aggregate: bool = False
-    """Its tasks are spans, leased to workers that run them, one a lease."""
+    """Its tasks are spans, leased only to workers that run them."""
 
     @property
     def limits_hosts(self) -> bool:

@@ -17,7 +17,7 @@ from itertools import compress, repeat
 from typing import Any
 
 from fetchq.errors import NoSuchJob
-from fetchq.wire.aggregates import AGGREGATE, StoredAggregate, span_size
+from fetchq.wire.aggregates import StoredAggregate
 from fetchq.wire.api import ReadRecord
 from fetchq.wire.records import LATE_AFTER, StoredResult, late_by
 
@@ -43,28 +43,28 @@ class Requests:
     failed: int = 0
 
     def count(self, result: StoredResult) -> None:
-        """A span's result: an aggregate counts its requests; a result the server made
-        for a span it ended (cancelled, out of attempts) counts them all as failed."""
-        if isinstance(result, StoredAggregate):
-            self.succeeded += result.counts[0]
-            self.failed += result.counts[1]
-        else:
-            self.failed += span_size(result.url)
+        """A span's result: always an aggregate (a worker's, or the one the server makes
+        for a span it ends: ``completion.ended_span``)."""
+        ok, failed = aggregate_counts(result)
+        self.succeeded += ok
+        self.failed += failed
 
     def count_record(self, record: ReadRecord) -> None:
-        """``count``, for a result read back from the journal."""
-        if record.get("kind") == AGGREGATE:
-            self.succeeded += int(record["ok"])
-            self.failed += int(record["failed"])
-        else:
-            self.failed += span_size(str(record.get("url")))
+        """``count``, for an aggregate read back from the journal."""
+        self.succeeded += int(record["ok"])
+        self.failed += int(record["failed"])
+
+
+def aggregate_counts(result: StoredResult) -> tuple[int, int]:
+    """The ok and failed requests of a span's result, which is an aggregate: ``judge``
+    drops any other answer to a span."""
+    assert isinstance(result, StoredAggregate), f"no aggregate for span {result.id}"
+    return result.counts
 
 
 def requests_in(result: StoredResult) -> int:
     """The requests a result of an aggregate job's span stands for (see ``Requests``)."""
-    if isinstance(result, StoredAggregate):
-        return sum(result.counts)
-    return span_size(result.url)
+    return sum(aggregate_counts(result))
 
 
 @dataclass(eq=False)
@@ -170,6 +170,15 @@ class PaceSeen:
 class JobTable:
     def __init__(self) -> None:
         self._jobs: dict[str, Job] = {}
+        self.aggregate: set[str] = set()
+        """The names of the aggregate jobs (whose tasks are spans)."""
+
+    def requests_of(self, job: Job) -> Requests:
+        """The request counts of ``job``, which is an aggregate job from now on."""
+        if job.requests is None:
+            job.requests = Requests()
+            self.aggregate.add(job.name)
+        return job.requests
 
     def get_or_create(self, name: str, now: float) -> Job:
         """The job called ``name``, created if new: only submitting creates a job."""

@@ -22,7 +22,6 @@ from fetchq.errors import ConfigError
 from fetchq.ids import IdSet
 from fetchq.server import events, steering
 from fetchq.server.expiry import LEASE_EXPIRED
-from fetchq.server.jobs import Requests
 from fetchq.server.journal import Journal
 from fetchq.server.leases import Lease
 from fetchq.server.leasing import lease_event
@@ -190,8 +189,7 @@ class _Replay:
             )
         job.submitted += len(urls)
         if urls and urls[0][:1] == "{":  # spans (a URL starts with its scheme)
-            job.requests = job.requests or Requests()
-            job.requests.submitted += sum(map(span_size, urls))
+            self.state.jobs.requests_of(job).submitted += sum(map(span_size, urls))
         ledger = self.state.ledger
         ledger.next_id = max(ledger.next_id, first + len(urls))
         if urls:
@@ -225,7 +223,8 @@ class _Replay:
         job.sealed = event["sealed"]
         requests = event.get("requests")
         if requests is not None:
-            job.requests = Requests(*requests)
+            counts = self.state.jobs.requests_of(job)
+            counts.submitted, counts.succeeded, counts.failed = requests
         # Journal format 1 called the confirmed results "delivered".
         self.confirmed[job.name] = (
             event["confirmed"] if "confirmed" in event else event["delivered"]

@@ -22,6 +22,7 @@ from fetchq.server.jobqueue import Policy
 from fetchq.server.state import BrokerState
 from fetchq.units import format_duration, format_rate, write_rate
 from fetchq.urls import host_key
+from fetchq.wire.aggregates import NOT_WITH_AGGREGATE
 from fetchq.wire.api import JobCounts
 
 
@@ -66,16 +67,6 @@ SET_OPTIONS = {"rate": "--rate", "per_host": "--per-host", "host_delay": "--host
 
 FLAGS = {"obey_robots": "robots.txt", "retry_after": "Retry-After"}
 """The policy fields set once, when a job is first dispatched, and what each obeys."""
-
-NOT_WITH_AGGREGATE = {
-    "rate": "--rate",
-    "per_host": "--per-host",
-    "host_delay": "--host-delay",
-    "obey_robots": "--obey-robots",
-    "retry_after": "--retry-after",
-}
-"""What an aggregate job does not take (yet): a worker runs a span's requests
-without asking the server, so the server cannot pace them or count them per host."""
 
 
 def refuse_on_aggregate(job: str, policy: Policy) -> None:

@@ -38,6 +38,17 @@ never leased one."""
 MAX_SPAN = 100_000
 """Requests one span may stand for."""
 
+NOT_WITH_AGGREGATE = {
+    "rate": "--rate",
+    "per_host": "--per-host",
+    "host_delay": "--host-delay",
+    "obey_robots": "--obey-robots",
+    "retry_after": "--retry-after",
+}
+"""The pace and politeness an aggregate job does not take yet (a job's policy field,
+and the option that sets it): a worker runs a span's requests without asking the
+server, so the server can neither pace them nor count them by host."""
+
 MAX_TEMPLATE = 8_192
 """Characters of a span's URL template (a URL's limit)."""
 
@@ -79,8 +90,12 @@ class Span(msgspec.Struct, forbid_unknown_fields=True):
     count: Annotated[int, msgspec.Meta(ge=1, le=MAX_SPAN)]
 
     def urls(self) -> list[str]:
+        return self.urls_from(0, self.count)
+
+    def urls_from(self, start: int, count: int) -> list[str]:
+        """``count`` of its URLs, from its ``start``-th on."""
         prefix, _, suffix = self.template.partition(PLACEHOLDER)
-        numbers = range(self.first, self.first + self.count)
+        numbers = range(self.first + start, self.first + start + count)
         if PLACEHOLDER in suffix:
             return [self.template.replace(PLACEHOLDER, str(i)) for i in numbers]
         return [f"{prefix}{i}{suffix}" for i in numbers]
@@ -259,6 +274,11 @@ class StoredAggregate(StoredResult):
         if record.ok + record.failed != record.requests:
             raise ValueError("an aggregate whose ok and failed requests do not add up")
         return cls(raw, record)
+
+    @classmethod
+    def of_struct(cls, record: Aggregate) -> StoredAggregate:
+        """An aggregate the server made itself."""
+        return cls.checked(_write.encode(record), record)
 
     @classmethod
     def of_record(cls, record: dict[str, object]) -> StoredAggregate:
