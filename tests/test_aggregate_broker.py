@@ -233,3 +233,104 @@ def test_spans_the_server_ends_are_aggregates_of_all_their_requests(
     assert figures["errors"]["lease_expired"]["count"] == 100
     target = figures["target_hosts"]["rows"]
     assert [(row["host"], row["requests"]) for row in target] == [("127.0.0.1:9", 100)]
+
+
+def test_spans_are_leased_on_a_server_with_host_limits_and_beside_a_paced_job(
+    implementation: Factory, clock: FakeClock
+) -> None:
+    """The server's own --per-host sorts every job by host, but not an aggregate job's
+    spans; and a lease that also takes a paced task still hands spans out as spans."""
+    broker = implementation(
+        clock=clock, wall_clock=lambda: WALL + clock.now, lease_timeout=10.0, per_host=4
+    )
+    submit_spans(broker, "agg", 2_000, 1_000)
+    urls = [f"http://127.0.0.1:9/p{n}" for n in range(4)]
+    broker.submit({"job": "paced", "urls": urls, "rate": 1000.0})
+    say_hello(broker, "py:1", [SPAN])
+    leased = broker.lease("py:1", 1_000, 0)
+    spans_leased = [task for task in leased if task["job"] == "agg"]
+    assert [task.get("kind") for task in spans_leased] == [SPAN]
+    assert {task["job"] for task in leased} == {"agg", "paced"}
+
+
+def test_a_plain_url_that_looks_like_a_span_is_a_url(
+    broker: BrokerService, clock: FakeClock
+) -> None:
+    broker.submit({"job": "odd", "urls": ['{"template": "not a span"}'], "attempts": 1})
+    [task] = broker.lease("w", 1, 0)
+    clock.advance(11)
+    broker.expire_leases()  # its one attempt lapses: the server ends it as any task
+    [record] = broker.results("odd", 10, 0)["results"]
+    assert record["url"] == task["url"] and record["error"]["type"] == "lease_expired"
+
+
+def test_an_aggregate_answers_no_plain_task_even_with_no_aggregate_job(
+    broker: BrokerService,
+) -> None:
+    broker.submit({"job": "plain", "urls": ["http://127.0.0.1:9/"]})
+    [task] = broker.lease("w", 1, 0)
+    span_like = {**task, "span": {"template": TEMPLATE, "first": 0, "count": 1}}
+    assert broker.complete("w", [aggregate(span_like)], [])["dropped"] == 1
+    assert broker.job("plain")["leased"] == 1
+
+
+def test_an_aggregate_for_an_earlier_attempt_still_counts_its_span(
+    broker: BrokerService, clock: FakeClock
+) -> None:
+    submit_spans(broker, "agg", 100, 100)
+    say_hello(broker, "py:1", [SPAN])
+    [first] = broker.lease("py:1", 10, 0)
+    clock.advance(11)
+    broker.expire_leases()
+    [second] = broker.lease("py:1", 10, 0)
+    assert second["attempt"] == 2
+    late = aggregate({**first, "span": {**first["span"], "count": 50}})  # attempt 1's
+    with pytest.raises(BadRequest, match="an aggregate of 50 requests for span"):
+        broker.complete("py:1", [late], [])
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        lambda summary: summary["timeline"].update(width=3.0),
+        lambda summary: summary["timeline"]["buckets"].append(summary["timeline"]["buckets"][0]),
+        lambda summary: summary["worker_hosts"]["rows"][0][2].update(requests=5),
+        lambda summary: summary["timeline"]["buckets"][0][1].update(first_start=1e300),
+    ],
+    ids=["odd width", "a bucket twice", "places that miscount", "a time past any date"],
+)
+def test_the_server_refuses_a_summary_no_output_could_read(
+    broker: BrokerService, spoil: Any
+) -> None:
+    submit_spans(broker, "agg", 10, 10)
+    say_hello(broker, "py:1", [SPAN])
+    [task] = broker.lease("py:1", 10, 0)
+    record = msgspec.json.decode(msgspec.json.encode(aggregate(task)))
+    spoil(record["summary"])
+    with pytest.raises(BadRequest, match="not an aggregate"):
+        broker.complete("py:1", [record], [])
+    assert broker.complete("py:1", [aggregate(task)], [])["accepted"] == 1
+
+
+def test_a_span_that_lapsed_for_good_is_counted_expired_after_a_restart(
+    implementation: Factory, clock: FakeClock, tmp_path: Path
+) -> None:
+    path = tmp_path / "fetchq.journal"
+
+    def open_broker() -> BrokerService:
+        return implementation(
+            clock=clock, wall_clock=lambda: WALL + clock.now, lease_timeout=10.0, durable=path
+        )
+
+    broker = open_broker()
+    broker.submit({"job": "agg", "spans": spans(10, 10), "aggregate": True, "attempts": 1})
+    say_hello(broker, "py:1", [SPAN])
+    broker.lease("py:1", 10, 0)
+    clock.advance(11)
+    broker.expire_leases()
+    assert broker.job("agg")["expired"] == 1
+    crash(broker)
+    restarted = open_broker()
+    assert restarted.job("agg")["expired"] == 1
+    assert requests_of(restarted, "agg") == (10, 0, 0, 0, 10)
+    restarted.close()

@@ -165,7 +165,7 @@ def test_place_totals_stay_exact_when_places_outnumber_the_table() -> None:
 
 
 def test_any_timing_makes_a_record_the_server_takes() -> None:
-    timings = [0.0, 5e-324, 1e-300, 3e-9, 86_400.0, 1e30]
+    timings = [0.0, 5e-324, 1e-300, 3e-9, 86_400.0]
     results = [
         make_result(
             make_task(i, "agg", "http://127.0.0.1/", 1, 30.0, T0),

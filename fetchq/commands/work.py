@@ -304,13 +304,15 @@ class WorkerEngine:
         give_up.start()
         unstarted: list[dict[str, Any]] = []
         spans: dict[int, list[tuple[SpanRun, dict[str, Any]]]] = {}
+        """The unstarted requests of each span run (by ``id`` of the run: a span leased
+        again may have a second run here)."""
         while True:
             try:
                 task = self._inbox.get_nowait()
             except queue.Empty:
                 break
             if isinstance(task, tuple):
-                spans.setdefault(task[0].id, []).append(task)
+                spans.setdefault(id(task[0]), []).append(task)
             elif task is not None:
                 unstarted.append(task)
         for requests in spans.values():

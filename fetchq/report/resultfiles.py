@@ -10,7 +10,7 @@ from typing import Any, TextIO
 
 from fetchq.errors import UsageError, cannot_read
 from fetchq.report.summary import Summary
-from fetchq.wire.aggregates import AGGREGATE, decode_aggregate
+from fetchq.wire.aggregates import AGGREGATE, check_summary, decode_aggregate
 
 STDIN = "-"
 
@@ -48,7 +48,9 @@ def _results_in(handle: TextIO, name: str) -> Iterator[dict[str, Any]]:
                 ) from None
             if isinstance(record, dict) and record.get("kind") == AGGREGATE:
                 try:
-                    Summary.from_state(decode_aggregate(line).summary)
+                    aggregate = decode_aggregate(line)
+                    check_summary(aggregate)
+                    Summary.from_state(aggregate.summary)
                 except ValueError as exc:  # msgspec's errors are ValueErrors too
                     raise UsageError(f"{name}:{number}: not an aggregate record: {exc}") from None
             elif not isinstance(record, dict) or not isinstance(record.get("elapsed"), int | float):

@@ -16,10 +16,12 @@ import math
 from collections.abc import Iterator
 
 from fetchq.report.tally import Tally
+from fetchq.wire.aggregates import FIRST_WIDTH as WIRE_FIRST_WIDTH
 from fetchq.wire.aggregates import TimelineState
 
-FIRST_WIDTH = 1.0
-"""Seconds per bucket at the start: the resolution rates are read at."""
+FIRST_WIDTH = WIRE_FIRST_WIDTH
+"""Seconds per bucket at the start: the resolution rates are read at (an aggregate
+record's buckets are as wide, or that doubled)."""
 
 MAX_BUCKETS = 500
 """Buckets kept at most: enough points for a chart, a few MiB of sketches at most."""

@@ -304,9 +304,11 @@ class Broker:
         lines = self._recorder.result_lines(stored)
         with self._lock:
             now = self._clock()
+            current = None  # a call with aggregates is judged result by result
             if not set(map(type, stored)) <= {StoredResult}:  # in C: no aggregate, as a rule
                 completion.check_spans(self._state, stored)
-            current = completion.all_current(self._state, stored)
+            else:
+                current = completion.all_current(self._state, stored)
             if current is not None:
                 self._recorder.write_lines(
                     completion.accepted_events(stored, lines, self._recorder.encoder())

@@ -85,6 +85,7 @@ def all_current(state: BrokerState, results: list[Result]) -> list[Lease] | None
         return None
     if state.jobs.aggregate and not state.jobs.aggregate.isdisjoint(jobs):
         return None  # spans: ``judge`` checks that each is answered by an aggregate
+    # (A call holding an aggregate never comes here: ``Broker.complete`` judges it.)
     if not RETRY_AFTER_STATUSES.isdisjoint(map(_status_of, results)):
         return None
     for error in filter(None, map(_error_of, results)):
@@ -100,10 +101,8 @@ def check_spans(state: BrokerState, results: list[Result]) -> None:
     for result in results:
         if isinstance(result, StoredAggregate):
             lease = state.leases.get(result.id)
-            if lease is None or lease.task.attempt != result.attempt:
-                continue
-            if lease.task.url[:1] != "{":  # no span: ``judge`` drops it
-                continue
+            if lease is None or lease.task.job not in state.jobs.aggregate:
+                continue  # no span leased now: ``judge`` decides
             expected, counted = span_size(lease.task.url), sum(result.counts)
             if counted != expected:
                 raise BadRequest(
@@ -181,8 +180,8 @@ def judge(
     aggregate = state.jobs.aggregate
     for result, line in zip(results, encoded, strict=True):
         task_id = result.id
-        span = aggregate and known(task_id) and job_of(task_id) in aggregate
-        if aggregate and span != isinstance(result, StoredAggregate):
+        span = bool(aggregate) and known(task_id) and job_of(task_id) in aggregate
+        if span != isinstance(result, StoredAggregate):
             # A span is answered by an aggregate, and only a span is.
             verdicts.append(Verdict(result, Outcome.DROPPED, NO_EVENTS))
             continue
@@ -306,12 +305,13 @@ def _by_job(results: list[Result]) -> dict[str, list[Result]]:
 
 
 def ended_without_request(
-    task: Task, kind: str, message: str, wall: float, worker: str = "server"
+    state: BrokerState, task: Task, kind: str, message: str, wall: float, worker: str = "server"
 ) -> Result:
     """The result of a task the server ends: cancelled, forbidden by robots.txt, or
-    out of attempts when its last lease lapsed on ``worker``.  A span's is an aggregate
-    that counts every one of its requests so (``ended_span``)."""
-    span = read_span(task.url) if task.url[:1] == "{" else None  # a URL starts with its scheme
+    out of attempts when its last lease lapsed on ``worker``.  A span's (a task of an
+    aggregate job) is an aggregate that counts every one of its requests so
+    (``ended_span``)."""
+    span = read_span(task.url) if task.job in state.jobs.aggregate else None
     url = task.url if span is None else span.urls_from(0, 1)[0]
     record = make_task(task.id, task.job, url, task.attempt, task.timeout, task.submitted)
     result = make_result(

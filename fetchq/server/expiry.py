@@ -26,7 +26,7 @@ class Expiry:
         self.lapsed: list[Delivery] = state.outbox.lapsed(now)
         self.overdue: list[Lease] = state.leases.overdue(now)
         self.failures: dict[int, StoredResult] = {
-            lease.id: _lease_expired_result(lease, wall)
+            lease.id: _lease_expired_result(state, lease, wall)
             for lease in self.overdue
             if not lease.robots
             and (
@@ -83,10 +83,10 @@ class Expiry:
             state.leases.refile(lease)
 
 
-def _lease_expired_result(lease: Lease, wall: float) -> StoredResult:
+def _lease_expired_result(state: BrokerState, lease: Lease, wall: float) -> StoredResult:
     task = lease.task
     message = (
         f"lease expired on worker {lease.worker} "
         f"(attempt {task.attempt} of {task.attempts}); giving up"
     )
-    return ended_without_request(task, LEASE_EXPIRED, message, wall, worker=lease.worker)
+    return ended_without_request(state, task, LEASE_EXPIRED, message, wall, worker=lease.worker)

@@ -263,7 +263,9 @@ class JobQueue:
 
     def set_policy(self, policy: Policy) -> None:
         self.policy = policy
-        if policy.limits_hosts:
+        if policy.aggregate:  # set before its first span: spans wait in order, no host's
+            self.by_host = False
+        elif policy.limits_hosts:
             self.sort_by_host()
 
     def sort_by_host(self) -> None:

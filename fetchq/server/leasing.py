@@ -90,7 +90,10 @@ def lease(
             for given in reversed(granted):
                 state.give_back(given)
             raise
-    return records(granted)
+    built = records(granted)
+    if state.scheduler.span_jobs:
+        as_spans(built, state.scheduler.span_jobs)
+    return built
 
 
 def as_spans(built: list[dict[str, Any]], jobs: list[str]) -> None:
@@ -118,7 +121,7 @@ def refused_by_robots(state: BrokerState, wall: float) -> tuple[list[Task], list
     denied, state.scheduler.denied = state.scheduler.denied, []
     tasks = [task for task, _ in denied]
     results = [
-        ended_without_request(task, ROBOTS_REFUSED, robots.refusal(rules), wall)
+        ended_without_request(state, task, ROBOTS_REFUSED, robots.refusal(rules), wall)
         for task, rules in denied
     ]
     return tasks, results
@@ -132,7 +135,7 @@ def cancelled(state: BrokerState, room: int, wall: float) -> tuple[list[Task], l
         if queue.cancelled and queue.count and len(tasks) < room:
             tasks.extend(state.scheduler.drain(name, min(room, CANCEL_BATCH) - len(tasks), done))
     results = [
-        ended_without_request(task, CANCELLED, f"job {task.job} was cancelled", wall)
+        ended_without_request(state, task, CANCELLED, f"job {task.job} was cancelled", wall)
         for task in tasks
     ]
     return tasks, results

@@ -188,7 +188,8 @@ class _Replay:
                 task_id, job.name, url, 1, event["attempts"], event["timeout"], event["at"]
             )
         job.submitted += len(urls)
-        if urls and urls[0][:1] == "{":  # spans (a URL starts with its scheme)
+        queue = self.state.scheduler.find(job.name)
+        if queue is not None and queue.policy.aggregate:  # (its policy event came first)
             self.state.jobs.requests_of(job).submitted += sum(map(span_size, urls))
         ledger = self.state.ledger
         ledger.next_id = max(ledger.next_id, first + len(urls))
@@ -272,7 +273,7 @@ class _Replay:
         job.count_result(result.get("kind") == AGGREGATE or bool(result.get("ok")))
         if job.requests is not None:
             job.requests.count_record(result)
-        if (result.get("error") or {}).get("type") == LEASE_EXPIRED:
+        if (result.get("error") or {}).get("type") == LEASE_EXPIRED or _lapsed_span(result):
             job.expired += 1
 
     def _unconfirmed(self, event: events.Result | events.Unconfirmed) -> ReadRecord:
@@ -330,3 +331,10 @@ class _Replay:
                 state.outbox.restore_delivery(token, handed, delivery_deadline)
         for result in self.results.values():
             state.outbox.add(StoredResult.of(result))
+
+
+def _lapsed_span(result: ReadRecord) -> bool:
+    """An aggregate the server made for a span whose last lease lapsed."""
+    if result.get("kind") != AGGREGATE:
+        return False
+    return LEASE_EXPIRED in (result.get("summary") or {}).get("errors", {})

@@ -20,6 +20,7 @@ bounded here, so a record from a hostile peer stays small in memory.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
 import msgspec
@@ -72,7 +73,18 @@ MAX_KINDS = 1_000
 MAX_TEXT = 2_000
 """Characters of a place name, an error type or an error's example message."""
 
+FIRST_WIDTH = 1.0
+"""Seconds a time bucket is wide at first; a record's is this doubled, 0 or more times."""
+
+MAX_KEY_WINDOW = 7_000
+"""Bin keys from the lowest to the highest in one record, for positive values and for
+negative ones: the whole range a report sketches (``fetchq.report.sketch``: 10**-12
+to 10**18 seconds).  Merged, a record's sketches never make a store of more bins."""
+
 Count = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+Time = Annotated[float, msgspec.Meta(ge=-1e10, le=1e11)]
+"""A Unix time (0: none known), between the years 1653 and 5138: any a report can
+write as a date."""
 Number = Annotated[float, msgspec.Meta(ge=-1e300, le=1e300)]
 """A finite number (JSON has no infinity; a report's empty extremes are null)."""
 Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
@@ -146,8 +158,8 @@ class TallyState(_State):
     failed: Count = 0
     scheduled: Count = 0
     late: Count = 0
-    first_start: Number | None = None
-    last_end: Number | None = None
+    first_start: Time | None = None
+    last_end: Time | None = None
     response: SketchState | None = None
 
 
@@ -177,8 +189,8 @@ class ScheduleState(_State):
     worst_lateness: Number
     response_min: Number
     response_max: Number
-    first_due: Number
-    last_due: Number
+    first_due: Time
+    last_due: Time
 
 
 class SummaryState(_State):
@@ -219,7 +231,7 @@ class Aggregate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     worker: Text = ""
     first: Count
     """The index (in the job) of the span's first request."""
-    requests: Count
+    requests: Annotated[int, msgspec.Meta(ge=1, le=MAX_SPAN)]
     ok: Count
     failed: Count
     summary: SummaryState
@@ -273,6 +285,7 @@ class StoredAggregate(StoredResult):
             raise ValueError(f"an aggregate of {len(raw)} bytes (at most {MAX_AGGREGATE_TEXT})")
         if record.ok + record.failed != record.requests:
             raise ValueError("an aggregate whose ok and failed requests do not add up")
+        check_summary(record)
         return cls(raw, record)
 
     @classmethod
@@ -289,6 +302,57 @@ class StoredAggregate(StoredResult):
         record = decode_aggregate(self.raw)
         record.job = job
         return StoredAggregate(_write.encode(record), record)
+
+
+def check_summary(record: Aggregate) -> None:
+    """What the schema cannot say of an aggregate's summary, checked in a few steps a
+    time bucket and a place, so that an output never meets a summary it cannot read:
+    raises ValueError.  Its tallies count each of its requests once, over time and in
+    each place table (but those never requested); no bucket index or place comes
+    twice; the timeline's width is 1 s doubled; its sketches' keys lie within
+    MAX_KEY_WINDOW, and each counts its tally's requests."""
+    summary = record.summary
+    timeline = summary.timeline
+    ratio = timeline.width / FIRST_WIDTH
+    if ratio < 1 or ratio != 2 ** round(math.log2(ratio)):
+        raise ValueError(f"a timeline {timeline.width} s wide: not {FIRST_WIDTH} s doubled")
+    buckets = [tally for _, tally in timeline.buckets]
+    if len({index for index, _ in timeline.buckets}) != len(buckets):
+        raise ValueError("a time bucket given twice")
+    tallies = [*buckets, timeline.undated]
+    _same_totals("its time buckets", tallies, record)
+    for name, table in (("worker", summary.worker_hosts), ("target", summary.target_hosts)):
+        rows = [tally for _, _, tally in table.rows]
+        if len({place for place, _, _ in table.rows}) != len(rows):
+            raise ValueError(f"a {name} host given twice")
+        _same_totals(f"its {name} hosts", [*rows, table.other], record)
+        tallies += [*rows, table.other]
+    keys: dict[bool, list[int]] = {True: [], False: []}
+    for tally in tallies:
+        if tally.latency.count != tally.requests:
+            raise ValueError("a tally whose latencies are not one per request")
+        for sketch in (tally.latency, tally.response):
+            if sketch is None:
+                continue
+            for positive, bins in ((True, sketch.positive), (False, sketch.negative)):
+                if bins is not None:
+                    keys[positive] += [bins[0], bins[0] + len(bins[1]) - 1]
+    for found in keys.values():
+        if found and max(found) - min(found) > MAX_KEY_WINDOW:
+            raise ValueError(f"sketch keys more than {MAX_KEY_WINDOW} apart")
+
+
+def _same_totals(what: str, tallies: list[TallyState], record: Aggregate) -> None:
+    """The tallies count the aggregate's requests (those never requested, which a
+    server-made aggregate may hold, count as failed and in no tally)."""
+    skipped = sum(record.summary.not_requested.values())
+    requests = sum(tally.requests for tally in tallies) + skipped
+    failed = sum(tally.failed for tally in tallies) + skipped
+    if (requests, failed) != (record.requests, record.failed):
+        raise ValueError(
+            f"{what} count {requests} requests and {failed} failed, the aggregate "
+            f"{record.requests} and {record.failed}"
+        )
 
 
 def span_size(text: str) -> int:
