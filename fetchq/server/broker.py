@@ -36,7 +36,7 @@ from fetchq.server.scheduler import Scheduler
 from fetchq.server.service import BrokerService
 from fetchq.server.state import BrokerState
 from fetchq.server.tasks import Batch, Task
-from fetchq.wire.aggregates import SPAN
+from fetchq.wire.aggregates import SPAN, StoredAggregate
 from fetchq.wire.api import (
     MAX_LEASE,
     MAX_SUBMIT,
@@ -304,11 +304,14 @@ class Broker:
         lines = self._recorder.result_lines(stored)
         with self._lock:
             now = self._clock()
-            current = None  # a call with aggregates is judged result by result
-            if not set(map(type, stored)) <= {StoredResult}:  # in C: no aggregate, as a rule
-                completion.check_spans(self._state, stored)
+            kinds = set(map(type, stored))  # in C: no aggregate, as a rule
+            current = None  # a call mixing results and aggregates is judged one by one
+            if kinds <= {StoredResult}:
+                current = completion.all_current(self._state, stored, spans=False)
             else:
-                current = completion.all_current(self._state, stored)
+                completion.check_spans(self._state, stored)
+                if kinds == {StoredAggregate}:
+                    current = completion.all_current(self._state, stored, spans=True)
             if current is not None:
                 self._recorder.write_lines(
                     completion.accepted_events(stored, lines, self._recorder.encoder())

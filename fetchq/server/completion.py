@@ -66,7 +66,7 @@ _robots_of = operator.attrgetter("robots")
 _host_of = operator.attrgetter("host")
 
 
-def all_current(state: BrokerState, results: list[Result]) -> list[Lease] | None:
+def all_current(state: BrokerState, results: list[Result], *, spans: bool) -> list[Lease] | None:
     """The leases the results end, when every result is the first for a task that is
     leased now, under the job its lease names, an answer to keep (neither one to retry
     nor one asking to wait); None when any is not, and ``judge`` decides.  Such an
@@ -83,9 +83,13 @@ def all_current(state: BrokerState, results: list[Result]) -> list[Lease] | None
     jobs = list(map(_job_of_lease, leases))
     if jobs != list(map(_job_of, results)):
         return None
-    if state.jobs.aggregate and not state.jobs.aggregate.isdisjoint(jobs):
-        return None  # spans: ``judge`` checks that each is answered by an aggregate
-    # (A call holding an aggregate never comes here: ``Broker.complete`` judges it.)
+    # A span is answered by an aggregate, and only a span is (``spans``: every result
+    # is an aggregate; else none is): any other call goes to ``judge``.
+    aggregate = state.jobs.aggregate
+    if spans and not aggregate.issuperset(jobs):
+        return None
+    if not spans and aggregate and not aggregate.isdisjoint(jobs):
+        return None
     if not RETRY_AFTER_STATUSES.isdisjoint(map(_status_of, results)):
         return None
     for error in filter(None, map(_error_of, results)):
@@ -147,10 +151,13 @@ def accept_all(
         job = state.jobs.find(name)
         assert job is not None, name
         # What pace needs of each result is read here, before it waits for an output.
-        job.pace.record(now, of_job)
+        job.pace.record(now, of_job, _requests(job, of_job))
         ok = sum(map(_ok_of, of_job))
         job.succeeded += ok
         job.failed += len(of_job) - ok
+        if job.requests is not None:
+            for result in of_job:
+                job.requests.count(result)
         state.outbox.add_all(name, of_job)
     return set(by_job)
 
