@@ -85,6 +85,20 @@ def broker(implementation: Factory, clock: FakeClock) -> BrokerService:
     return implementation(clock=clock, wall_clock=lambda: WALL + clock.now, lease_timeout=10.0)
 
 
+@pytest.fixture
+def open_broker(implementation: Factory, clock: FakeClock, tmp_path: Path) -> Any:
+    """Opens the broker under test, durable in ``tmp_path``: opened again, it is the same
+    broker restarted."""
+    path = tmp_path / "fetchq.journal"
+
+    def opener() -> BrokerService:
+        return implementation(
+            clock=clock, wall_clock=lambda: WALL + clock.now, lease_timeout=10.0, durable=path
+        )
+
+    return opener
+
+
 def test_spans_go_only_to_workers_that_run_them_as_many_as_a_lease_holds(
     broker: BrokerService,
 ) -> None:
@@ -146,16 +160,7 @@ def test_urls_and_spans_do_not_mix_in_one_job(broker: BrokerService) -> None:
         broker.submit({"job": "agg", "spans": [{"template": TEMPLATE, "first": 0, "count": 0}]})
 
 
-def test_an_aggregate_job_survives_a_crash_and_a_compaction(
-    implementation: Factory, clock: FakeClock, tmp_path: Path
-) -> None:
-    path = tmp_path / "fetchq.journal"
-
-    def open_broker() -> BrokerService:
-        return implementation(
-            clock=clock, wall_clock=lambda: WALL + clock.now, lease_timeout=10.0, durable=path
-        )
-
+def test_an_aggregate_job_survives_a_crash_and_a_compaction(open_broker: Any) -> None:
     broker = open_broker()
     submit_spans(broker, "agg", 3_000, 1_000)
     say_hello(broker, "py:1", [SPAN])
@@ -313,15 +318,8 @@ def test_the_server_refuses_a_summary_no_output_could_read(
 
 
 def test_a_span_that_lapsed_for_good_is_counted_expired_after_a_restart(
-    implementation: Factory, clock: FakeClock, tmp_path: Path
+    open_broker: Any, clock: FakeClock
 ) -> None:
-    path = tmp_path / "fetchq.journal"
-
-    def open_broker() -> BrokerService:
-        return implementation(
-            clock=clock, wall_clock=lambda: WALL + clock.now, lease_timeout=10.0, durable=path
-        )
-
     broker = open_broker()
     broker.submit({"job": "agg", "spans": spans(10, 10), "aggregate": True, "attempts": 1})
     say_hello(broker, "py:1", [SPAN])
