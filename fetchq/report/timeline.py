@@ -12,12 +12,11 @@ resolution).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 from fetchq.report.tally import Tally
 from fetchq.wire.aggregates import FIRST_WIDTH as WIRE_FIRST_WIDTH
-from fetchq.wire.aggregates import TimelineState
+from fetchq.wire.aggregates import TimelineState, check_width
 
 FIRST_WIDTH = WIRE_FIRST_WIDTH
 """Seconds per bucket at the start: the resolution rates are read at (an aggregate
@@ -122,9 +121,7 @@ class Timeline:
     @classmethod
     def from_state(cls, state: TimelineState) -> Timeline:
         """The timeline ``state`` describes; raises ValueError for one no timeline has."""
-        ratio = state.width / FIRST_WIDTH
-        if ratio < 1 or ratio != 2 ** round(math.log2(ratio)):
-            raise ValueError(f"a timeline {state.width} s wide: not {FIRST_WIDTH} s doubled")
+        check_width(state.width)
         timeline = cls()
         timeline.width = state.width
         for index, bucket in state.buckets:

@@ -11,13 +11,8 @@ from typing import Any, Literal
 
 from fetchq import defaults
 from fetchq.errors import BadRequest
-from fetchq.wire.aggregates import (
-    AGGREGATE,
-    PLACEHOLDER,
-    StoredAggregate,
-    span_text,
-    spans_of,
-)
+from fetchq.urls import PLACEHOLDER
+from fetchq.wire.aggregates import AGGREGATE, StoredAggregate, span_text, spans_of
 from fetchq.wire.api import (
     MAX_HOST_DELAY,
     MAX_PER_HOST,

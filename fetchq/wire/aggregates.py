@@ -25,6 +25,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from fetchq.urls import template_range
 from fetchq.wire.api import MAX_INTEGER, MAX_JOB_NAME
 from fetchq.wire.records import ResultHead, StoredResult
 
@@ -53,8 +54,6 @@ server, so the server can neither pace them nor count them by host."""
 MAX_TEMPLATE = 8_192
 """Characters of a span's URL template (a URL's limit)."""
 
-PLACEHOLDER = "{i}"
-"""What a template's index replaces, as in ``fetchq dispatch --template``."""
 
 MAX_KEY = 5_000
 """Sketch bin keys a record may use: at the reports' accuracy, key 5,000 stands for
@@ -106,11 +105,7 @@ class Span(msgspec.Struct, forbid_unknown_fields=True):
 
     def urls_from(self, start: int, count: int) -> list[str]:
         """``count`` of its URLs, from its ``start``-th on."""
-        prefix, _, suffix = self.template.partition(PLACEHOLDER)
-        numbers = range(self.first + start, self.first + start + count)
-        if PLACEHOLDER in suffix:
-            return [self.template.replace(PLACEHOLDER, str(i)) for i in numbers]
-        return [f"{prefix}{i}{suffix}" for i in numbers]
+        return template_range(self.template, self.first + start, count)
 
 
 _span_encoder = msgspec.json.Encoder()
@@ -313,9 +308,7 @@ def check_summary(record: Aggregate) -> None:
     MAX_KEY_WINDOW, and each counts its tally's requests."""
     summary = record.summary
     timeline = summary.timeline
-    ratio = timeline.width / FIRST_WIDTH
-    if ratio < 1 or ratio != 2 ** round(math.log2(ratio)):
-        raise ValueError(f"a timeline {timeline.width} s wide: not {FIRST_WIDTH} s doubled")
+    check_width(timeline.width)
     buckets = [tally for _, tally in timeline.buckets]
     if len({index for index, _ in timeline.buckets}) != len(buckets):
         raise ValueError("a time bucket given twice")
@@ -340,6 +333,13 @@ def check_summary(record: Aggregate) -> None:
     for found in keys.values():
         if found and max(found) - min(found) > MAX_KEY_WINDOW:
             raise ValueError(f"sketch keys more than {MAX_KEY_WINDOW} apart")
+
+
+def check_width(width: float) -> None:
+    """ValueError unless a timeline ``width`` is FIRST_WIDTH doubled, 0 or more times."""
+    ratio = width / FIRST_WIDTH
+    if ratio < 1 or ratio != 2 ** round(math.log2(ratio)):
+        raise ValueError(f"a timeline {width} s wide: not {FIRST_WIDTH} s doubled")
 
 
 def _same_totals(what: str, tallies: list[TallyState], record: Aggregate) -> None:
