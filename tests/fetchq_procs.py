@@ -342,3 +342,15 @@ def worker_name(pid: int) -> str:
     import socket
 
     return f"{socket.gethostname()}:{pid}"
+
+
+def start_workers(env: dict[str, str], *settings: tuple[str, ...]) -> list[subprocess.Popen[str]]:
+    """Workers, one for each of ``settings`` (its options), all asking the server for
+    tasks: each can take part from the start."""
+    workers = [start_worker(env, *args)[0] for args in settings]
+    client = connect_broker(env["FETCHQ_SERVER"], env["FETCHQ_AUTHKEY"])
+    try:
+        wait_until_leasing(client, {worker_name(worker.pid) for worker in workers})
+    finally:
+        client.close()
+    return workers

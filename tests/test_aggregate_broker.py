@@ -4,6 +4,7 @@ and all of it survives a restart."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -154,8 +155,8 @@ def test_urls_and_spans_do_not_mix_in_one_job(broker: BrokerService) -> None:
         broker.submit({"job": "agg", "urls": ["http://127.0.0.1:9/"]})
     with pytest.raises(BadRequest, match="job plain is not an aggregate job"):
         broker.submit({"job": "plain", "spans": spans(10, 5)})
-    with pytest.raises(BadRequest, match="job agg is an aggregate job, which takes no --rate"):
-        broker.steer("agg", {"action": "set", "rate": 100.0})
+    with pytest.raises(BadRequest, match="job agg is an aggregate job, which takes no --per-host"):
+        broker.steer("agg", {"action": "set", "per_host": 2})
     with pytest.raises(BadRequest, match="spans"):
         broker.submit({"job": "agg", "spans": [{"template": TEMPLATE, "first": 0, "count": 0}]})
 
@@ -332,3 +333,63 @@ def test_a_span_that_lapsed_for_good_is_counted_expired_after_a_restart(
     assert restarted.job("agg")["expired"] == 1
     assert requests_of(restarted, "agg") == (10, 0, 0, 0, 10)
     restarted.close()
+
+
+def paced_starts(task: dict[str, Any]) -> list[float]:
+    """When each request of a leased paced span is due, in the server's Unix time."""
+    first, spacing = task["scheduled"], task["spacing"]
+    return [first + n * spacing for n in range(task["span"]["count"])]
+
+
+def test_a_paced_aggregate_job_shares_its_rate_between_spans_side_by_side(
+    broker: BrokerService, clock: FakeClock
+) -> None:
+    """100/s in 12 spans of 100: rounds of five spans at 20/s, each lasting 5 s, offset
+    by one slot, so that all their requests together are one schedule 10 ms apart; the
+    last round, of two spans, at 50/s each.  A round's spans are leased once their start
+    is within a second, and not before."""
+    broker.submit({"job": "agg", "spans": spans(1_200, 100), "aggregate": True, "rate": 100.0})
+    say_hello(broker, "py:1", [SPAN])
+    start = WALL + clock.now
+    leased = [task for _ in range(6) for task in broker.lease("py:1", 1_000, 0)]
+    assert len(leased) == 5, "one span a lease, five a round, the next round 5 s off"
+    assert [task["scheduled"] for task in leased] == pytest.approx(
+        [start + n * 0.01 for n in range(5)]
+    )
+    assert [task["spacing"] for task in leased] == pytest.approx([0.05] * 5)
+    clock.advance(3.9)
+    assert broker.lease("py:1", 1_000, 0) == []
+    clock.advance(0.2)  # the next round starts at 5.0, within a second
+    [sixth] = broker.lease("py:1", 1_000, 0)
+    assert sixth["scheduled"] == pytest.approx(start + 5.0)
+    leased += [sixth] + [task for _ in range(5) for task in broker.lease("py:1", 1_000, 0)]
+    clock.advance(5.0)
+    last = [task for _ in range(3) for task in broker.lease("py:1", 1_000, 0)]
+    assert [task["spacing"] for task in last] == pytest.approx([0.02] * 2)
+    starts = sorted(due for task in leased + last for due in paced_starts(task))
+    assert len(starts) == 1_200
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert gaps == pytest.approx([0.01] * 1_199, abs=1e-6)
+
+
+def test_a_paced_aggregate_job_resumes_on_its_grid_and_takes_a_new_rate(
+    broker: BrokerService, clock: FakeClock
+) -> None:
+    broker.submit({"job": "agg", "spans": spans(4_000, 100), "aggregate": True, "rate": 100.0})
+    say_hello(broker, "py:1", [SPAN])
+    start = WALL + clock.now
+    assert len([task for _ in range(5) for task in broker.lease("py:1", 1_000, 0)]) == 5
+    broker.steer("agg", {"action": "pause"})
+    clock.advance(20.0)
+    broker.steer("agg", {"action": "resume"})
+    resumed = [task for _ in range(6) for task in broker.lease("py:1", 1_000, 0)]
+    assert len(resumed) == 5
+    firsts = sorted(task["scheduled"] for task in resumed)
+    now = WALL + clock.now
+    assert all(now <= first < now + 0.05 for first in firsts), "no start in the past"
+    assert [(first - start) / 0.01 % 5 for first in firsts] == pytest.approx([0, 1, 2, 3, 4])
+    broker.steer("agg", {"action": "set", "rate": 400.0})
+    clock.advance(5.0)
+    faster = [task for _ in range(30) for task in broker.lease("py:1", 1_000, 0)]
+    assert len(faster) == 20, "twenty lanes of 20/s: the spans go on at 400/s"
+    assert [task["spacing"] for task in faster] == pytest.approx([0.05] * 20)

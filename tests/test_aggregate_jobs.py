@@ -15,17 +15,20 @@ from fetchq_procs import (
     run,
     start_output,
     start_worker,
+    start_workers,
     stop_all,
     worker_name,
 )
 from test_cli import assert_clean_error
+from worker_scenarios import CLOCK_SLACK
 
 from fetchq.errors import ExitCode
 from fetchq.messages import plural
 from fetchq.wire.aggregates import AGGREGATE, decode_aggregate
 
 KILLED, STOPPED = "/slow?s=0.004&kill=", "/slow?s=0.002&stop="
-"""The paths of two tests' requests: the target is shared by the session's tests."""
+PACED, UNEQUAL, HALTED = "/paced-agg?i=", "/slow?s=0.2&unequal=", "/paced-halt?i="
+"""The paths of tests' requests: the target is shared by the session's tests."""
 
 
 def requested(target: Any, prefix: str) -> int:
@@ -112,7 +115,7 @@ def test_what_an_aggregate_job_does_not_take_is_refused_before_connecting(env, t
     env["FETCHQ_SERVER"] = "127.0.0.1:9"  # nothing listens: refusals come first
     template = ("--template", f"{target.url}/?i={{i}}", "--count", "10")
     for args, why in [
-        ((*template, "--rate", "100"), "--aggregate does not go with --rate yet"),
+        ((*template, "--host-delay", "1"), "--aggregate does not go with --host-delay yet"),
         ((*template, "--per-host", "2"), "--aggregate does not go with --per-host yet"),
         ((*template, "--obey-robots"), "--aggregate does not go with --obey-robots yet"),
         ((f"{target.url}/one",), "--aggregate takes --template"),
@@ -161,3 +164,115 @@ def test_sigterm_finishes_the_span_begun_and_hands_back_the_rest(server, env, ta
     ran = {record["first"]: record["worker"] for record in records}
     assert ran[0] == worker_name(stopping.pid), "it finished the span it began"
     assert ran[span] == worker_name(survivor.pid), "it handed back the span it had not begun"
+
+
+def paced_job(env: dict[str, str], path: str, rate: int, seconds: int, span: int, job: str) -> Any:
+    """Dispatch a paced aggregate job, collect it, and return its records and summary."""
+    output = start_output(env, "--job", job, "--until-done", "--format", "jsonl", "--summary")
+    try:
+        dispatched = run(
+            env, "dispatch", "--template", f"{env['TARGET']}{path}{{i}}", "--rate", f"{rate}/s",
+            "--duration", f"{seconds}s", "--aggregate", "--span", str(span), "-j", job,
+        )  # fmt: skip
+        assert dispatched.returncode == 0, dispatched.stderr
+        stdout, stderr = output.communicate(timeout=120)
+    finally:
+        stop_all([output])
+    assert output.returncode == 0, stderr
+    return jsonl(stdout), stderr
+
+
+def test_a_paced_aggregate_job_holds_its_rate_and_starts_nothing_early(server, env, target):
+    """200/s for 12 s in spans of 100: ten spans side by side at 20/s each, on two
+    workers.  At the target: every request, none before its slot of the one schedule,
+    and the rate within 1%; the summary measures from the schedule."""
+    rate, seconds = 200, 12
+    workers = start_workers(env, ("--concurrency", "8"), ("--concurrency", "8"))
+    try:
+        records, summary = paced_job(
+            {**env, "TARGET": target.url}, PACED, rate, seconds, 100, "paced"
+        )
+    finally:
+        stop_all(workers)
+    count = rate * seconds
+    assert sum(record["requests"] for record in records) == count
+    arrived = sorted(seen.arrived for seen in target.requests() if PACED in seen.path)
+    assert len(arrived) == count
+    first = min(record["summary"]["schedule"]["first_due"] for record in records)
+    early = [k for k, at in enumerate(arrived) if at < first + k / rate - CLOCK_SLACK]
+    assert not early, f"{len(early)} requests came before their slot, the first {early[0]}th"
+    low, high = arrived[0] + 1.5, arrived[-1] - 1.5
+    achieved = sum(1 for at in arrived if low <= at <= high) / (high - low)
+    assert abs(achieved / rate - 1) < 0.01, achieved
+    assert f"Requests:     {count}" in summary
+    assert f"; {count} of {count} results had a schedule)" in summary
+    assert "Late starts: " in summary
+
+
+def most_at_once(records: list[dict[str, Any]]) -> int:
+    """The most of these spans whose schedules overlapped at any moment."""
+    edges = sorted(
+        (record["summary"]["schedule"][end], step)
+        for record in records
+        for end, step in (("first_due", 1), ("last_due", -1))
+    )
+    held, most = 0, 0
+    for _, step in edges:
+        held += step
+        most = max(most, held)
+    return most
+
+
+def test_an_unequal_fleet_shares_a_paced_aggregate_job_by_what_each_can_do(server, env, target):
+    """40/s of 0.2 s requests in spans of 10: twenty spans side by side at 2/s, each
+    keeping 0.4 threads busy.  A worker of 2 threads fills at most 3/4 of them: three
+    spans at a time.  One of 16 threads takes the rest."""
+    small, big = start_workers(env, ("--concurrency", "2"), ("--concurrency", "16"))
+    try:
+        records, summary = paced_job({**env, "TARGET": target.url}, UNEQUAL, 40, 10, 10, "unequal")
+    finally:
+        stop_all([small, big])
+    assert sum(record["requests"] for record in records) == 400
+    by_worker = {
+        name: [r for r in records if r["worker"] == name] for name in {r["worker"] for r in records}
+    }
+    assert set(by_worker) == {worker_name(small.pid), worker_name(big.pid)}
+    assert most_at_once(by_worker[worker_name(small.pid)]) <= 3
+    assert most_at_once(by_worker[worker_name(big.pid)]) >= 10
+    assert "Requests:     400" in summary
+
+
+def test_a_worker_stopped_in_paced_spans_leaves_them_to_lapse_and_they_run_again(
+    server, env, target
+):
+    """A paced span cannot finish on schedule in the grace period: a worker asked to
+    stop gives up the spans it began, which lapse, run again and count once, said as
+    leased again.  Three spans side by side, 20/s together for 6 s."""
+    count, span = 120, 40
+    stopped, _ = start_worker(env, "--concurrency", "4")
+    client = connect_broker(env["FETCHQ_SERVER"], env["FETCHQ_AUTHKEY"])
+    output = start_output(env, "--job", "halt", "--until-done", "--format", "jsonl", "--summary")
+    survivor = None
+    try:
+        dispatched = run(
+            env, "dispatch", "--template", f"{target.url}{HALTED}{{i}}", "--rate", "20/s",
+            "--count", str(count), "--aggregate", "--span", str(span), "-j", "halt",
+        )  # fmt: skip
+        assert dispatched.returncode == 0, dispatched.stderr
+        poll_until(lambda: client.call("job", "halt")["leased"] == count, 30, "all spans leased")
+        poll_until(lambda: requested(target, HALTED) >= 10, 30, "all three spans begun")
+        stopped.send_signal(signal.SIGTERM)
+        _, said = stopped.communicate(timeout=30)
+        assert stopped.returncode == 0, said
+        survivor, _ = start_worker(env, "--concurrency", "4")
+        stdout, stderr = output.communicate(timeout=120)
+        assert output.returncode == 0, stderr
+    finally:
+        client.close()
+        stop_all([output, stopped, *([survivor] if survivor else [])])
+    assert "stopped on SIGTERM" in said
+    records = jsonl(stdout)
+    assert sum(record["requests"] for record in records) == count
+    assert {record["attempt"] for record in records} == {2}
+    assert f"Requests:     {count}" in stderr
+    assert f"Leased again: 3 spans ({count} requests)" in stderr

@@ -329,7 +329,7 @@ def test_a_count_of_one_is_said_in_the_singular(server, env, target, tmp_path):
     worked = run(env, "worker", "--burst", "--no-pin", "--concurrency", "1")
     assert worked.returncode == 0, worked.stderr
     assert ": 1 fetch thread, server" in worked.stderr, worked.stderr
-    assert worked.stderr.rstrip().endswith("stopped after 1 task"), worked.stderr
+    assert worked.stderr.rstrip().endswith("stopped after 1 request"), worked.stderr
     for text in (dispatched.stderr, worked.stderr):
         assert not re.search(r"\b1 \w*\s?(task|line|thread|result|attempt)s\b", text), text
 

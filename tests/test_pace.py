@@ -9,7 +9,6 @@ from __future__ import annotations
 import bisect
 import itertools
 import re
-import subprocess
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -21,9 +20,8 @@ from fetchq_procs import (
     run,
     start_output,
     start_worker,
+    start_workers,
     stop_all,
-    wait_until_leasing,
-    worker_name,
 )
 from worker_scenarios import CLOCK_SLACK, assert_none_before_its_slot, assert_slots_apart
 
@@ -60,21 +58,10 @@ def arrivals(target: Target, tag: str) -> list[Seen]:
     return sorted((seen for seen in target.requests() if tag in seen.path), key=lambda s: s.arrived)
 
 
-def start_workers(env: dict[str, str], count: int, *args: str) -> list[subprocess.Popen[str]]:
-    """Workers that are all asking the server for tasks: each can take part from the start."""
-    workers = [start_worker(env, *args)[0] for _ in range(count)]
-    client = connect_broker(env["FETCHQ_SERVER"], env["FETCHQ_AUTHKEY"])
-    try:
-        wait_until_leasing(client, {worker_name(worker.pid) for worker in workers})
-    finally:
-        client.close()
-    return workers
-
-
 def test_a_rate_holds_across_the_fleet(server, env, target):
     """100/s for 15 s through two workers: slots 1/rate apart, none started early, the
     rate achieved at the target, and no second sends more than the schedule has due."""
-    workers = start_workers(env, 2, "--concurrency", "8")
+    workers = start_workers(env, ("--concurrency", "8"), ("--concurrency", "8"))
     try:
         dispatched = run(
             env,
@@ -283,7 +270,7 @@ def test_robots_txt_is_asked_once_for_all_spellings_of_a_host_and_each_obeys_it(
 def test_host_delay_spaces_starts_across_workers(server, env, hosts):
     one = hosts[1]
     urls = [f"{one.url}/?spaced={n}" for n in range(20)]
-    workers = start_workers(env, 2, "--concurrency", "4")
+    workers = start_workers(env, ("--concurrency", "4"), ("--concurrency", "4"))
     try:
         dispatched = run(env, "dispatch", *urls, "--host-delay", "0.1", "-j", "spaced")
         assert dispatched.returncode == 0, dispatched.stderr
@@ -362,7 +349,7 @@ def test_status_shows_the_rate_a_paced_job_achieves(server, env, target):
     """100/s through two workers that keep up: from its fourth second on, status and the
     job list show the job achieving its target within a few percent, and over what time
     (the first second of results holds the ramp-up, and the current one is filling)."""
-    workers = start_workers(env, 2, "--concurrency", "8")
+    workers = start_workers(env, ("--concurrency", "8"), ("--concurrency", "8"))
     client = connect_broker(env["FETCHQ_SERVER"], env["FETCHQ_AUTHKEY"])
     try:
         dispatched = run(

@@ -117,7 +117,7 @@ def test_a_worker_that_prefetches_one_task_does_the_job(server, env, target):
     assert run(env, "dispatch", *urls, "-j", "prefetch").returncode == 0
     worker = run(env, "worker", "--burst", "--concurrency", "1", "--prefetch", "1")
     assert worker.returncode == 0, worker.stderr
-    assert "stopped after 5 tasks" in worker.stderr, worker.stderr
+    assert "stopped after 5 requests" in worker.stderr, worker.stderr
 
 
 def test_output_formats_summary_and_status(server, env, target):

@@ -25,7 +25,7 @@ from fetchq.commands.cpus import claim_a_cpu
 from fetchq.config import ServerLink
 from fetchq.errors import FetchqError, ServerUnavailable
 from fetchq.fetch import Fetcher
-from fetchq.fetch.spans import SpanRun
+from fetchq.fetch.spans import PacedFeed, SpanRun
 from fetchq.messages import plural, say
 from fetchq.signals import StopRequest
 from fetchq.wire.aggregates import SPAN
@@ -103,6 +103,9 @@ class WorkerEngine:
         self._returned: list[dict[str, Any]] = []
         """Tasks a fetch thread was waiting to start when a stop came: they go back."""
         self._reporting_done = threading.Event()
+        self._paced: PacedFeed | None = None
+        """Hands paced spans' requests to the fetch threads as they come due (made at the
+        first such span)."""
         self.fetched = 0
         """Results the server took."""
         self.failure: FetchqError | None = None
@@ -152,6 +155,10 @@ class WorkerEngine:
                 self._hungry.wait(0.1)  # set by a fetch thread once the queue runs low
                 self._hungry.clear()
                 continue
+            if self._paced is not None and not self._paced.has_room():
+                self._paced.room.wait(0.05)  # set when a paced span is done
+                self._paced.room.clear()
+                continue
             want = size - waiting
             tasks = self._lease_client.call("lease", self.identity, want, defaults.POLL_WAIT)
             if not tasks:
@@ -174,6 +181,15 @@ class WorkerEngine:
         except ValueError as exc:
             say(f"worker {self.identity}: a span it cannot run ({exc}): handed back")
             self._release([task])
+            return
+        if run.paced:
+            if self._paced is None:
+                self._paced = PacedFeed(
+                    self._inbox.put,
+                    lambda: self._lease_client.clock_offset,
+                    self.settings.concurrency,
+                )
+            self._paced.add(run)
             return
         for request in run.requests():
             self._inbox.put(request)
@@ -202,10 +218,7 @@ class WorkerEngine:
                 if not self._hungry.is_set() and self._inbox.qsize() <= self._low_water:
                     self._hungry.set()
                 if isinstance(task, tuple):  # one request of a span
-                    run, request = task
-                    record = run.add(fetcher.fetch(request))
-                    if record is not None:
-                        self._outbox.append(record)
+                    self._fetch_span_request(fetcher, *task)
                     continue
                 if task.get("kind") == ROBOTS:
                     self._robots_reports.append(fetcher.fetch_robots(task))
@@ -217,6 +230,35 @@ class WorkerEngine:
                 self._outbox.append(fetcher.fetch(task, scheduled=due))
         finally:
             fetcher.close()
+
+    def _fetch_span_request(self, fetcher: Fetcher, run: SpanRun, request: dict[str, Any]) -> None:
+        if not run.paced:
+            record = run.add(fetcher.fetch(request))
+        else:
+            due = self._when_due(request)
+            if run.abandoned or (due is not None and self._wait_until(due)):
+                self._give_up(run)  # stopping: the span's lease lapses, and it runs again
+                return
+            result = fetcher.fetch(request, scheduled=due)
+            assert self._paced is not None
+            self._paced.timed(result["elapsed"])
+            record = run.add(result)
+            if record is not None:
+                self._paced.done(run)
+        if record is not None:
+            self._outbox.append(record)
+
+    def _give_up(self, run: SpanRun) -> None:
+        """A paced span begun when a stop came: it cannot finish on schedule in the
+        grace period, so it is left to lapse (counted as leased again when it reruns:
+        some of its requests went out unmeasured)."""
+        if run.abandoned:
+            return
+        run.abandoned = True
+        with self._held_lock:
+            self._held.pop(run.id, None)  # no longer renewed
+        if self._paced is not None:
+            self._paced.done(run)
 
     def _when_due(self, task: dict[str, Any]) -> float | None:
         """A task's scheduled start on this machine's clock (None: start at once)."""
@@ -306,6 +348,12 @@ class WorkerEngine:
         spans: dict[int, list[tuple[SpanRun, dict[str, Any]]]] = {}
         """The unstarted requests of each span run (by ``id`` of the run: a span leased
         again may have a second run here)."""
+        for run in self._paced.close() if self._paced is not None else []:
+            if run.begun:
+                self._give_up(run)
+            else:  # none of it started: it goes back whole
+                run.abandoned = True
+                unstarted.append(run.task)
         while True:
             try:
                 task = self._inbox.get_nowait()
@@ -317,6 +365,8 @@ class WorkerEngine:
                 unstarted.append(task)
         for requests in spans.values():
             run = requests[0][0]
+            if run.abandoned:
+                continue
             if len(requests) == run.span.count:  # none of it started: it goes back whole
                 run.abandoned = True
                 unstarted.append(run.task)
@@ -379,7 +429,7 @@ def run_worker_process(link: ServerLink, settings: WorkerSettings) -> int:
         logged_in=lambda: say(f"worker {identity}: {threads}{where}, server {link.address}")
     )
     reason = f" on {stop.signal_name}" if stop.signal_name else ""
-    say(f"worker {identity}: stopped{reason} after {plural(fetched, 'task')}")
+    say(f"worker {identity}: stopped{reason} after {plural(fetched, 'request')}")
     return 0
 
 

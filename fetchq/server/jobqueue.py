@@ -20,6 +20,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import itertools
+import math
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -176,6 +177,56 @@ class Pace:
         if self.fresh:
             self.next_slot = max(self.next_slot, now)
             self.fresh = False
+
+
+SPAN_SECONDS = 5.0
+"""About how long a span of a paced aggregate job lasts: its job's rate is shared
+between as many spans at once as make each span last this long."""
+
+
+class Rounds:
+    """An aggregate job's rate schedule: rounds of spans side by side.
+
+    A worker runs a span's requests on its own, so each span carries its schedule,
+    a first start and a spacing.  A round is up to ``lanes`` spans that share the
+    job's rate: span ``n`` of a round of ``width`` starts ``n / rate`` after the
+    round does, every ``width / rate`` seconds, so the round's starts together are
+    the job's schedule, evenly spaced at its rate.  A round is as wide as the spans
+    waiting allow, so the last one, narrower, still holds the rate.  The next round
+    starts where the longest span of this one ends.  A fleet that leases late shows
+    it as late starts, as a plain job's does; a new rate holds from the next round."""
+
+    __slots__ = ("end", "given", "rate", "start", "width")
+
+    def __init__(self, now: float) -> None:
+        self.start = self.end = now
+        self.rate = 1.0
+        self.width = self.given = 0
+        """Spans in the round, and those of them handed out."""
+
+    @property
+    def next_start(self) -> float:
+        """When the next span handed out starts (the next round's, once this one is full)."""
+        return self.start + self.given / self.rate if self.given < self.width else self.end
+
+    def take(self, requests: int, waiting: int, rate: float) -> tuple[float, float]:
+        """A span of ``requests``, with ``waiting`` more spans queued behind it: its
+        first start and spacing."""
+        if self.given == self.width:
+            lanes = max(1, math.ceil(rate * SPAN_SECONDS / requests))
+            self.start, self.rate = self.end, rate
+            self.width, self.given = min(lanes, 1 + waiting), 0
+        first = self.start + self.given / self.rate
+        spacing = self.width / self.rate
+        self.given += 1
+        self.end = max(self.end, self.start + requests * spacing)
+        return first, spacing
+
+    def restart(self, now: float) -> None:
+        """After a pause or a spell with nothing queued: a round half handed out is
+        closed, and the next starts now, or once the spans running are over."""
+        self.width = self.given
+        self.end = max(self.end, now)
 
 
 class ServerHosts:

@@ -92,17 +92,23 @@ def lease(
             raise
     built = records(granted)
     if state.scheduler.span_jobs:
-        as_spans(built, state.scheduler.span_jobs)
+        as_spans(built, state.scheduler.span_jobs, state.scheduler.spacings)
     return built
 
 
-def as_spans(built: list[dict[str, Any]], jobs: list[str]) -> None:
+def as_spans(
+    built: list[dict[str, Any]], jobs: list[str], spacings: dict[int, float] | None = None
+) -> None:
     """The records of ``jobs``' tasks as spans: the span the worker runs, in place of the
-    text the server keeps for it, and its template as the URL."""
+    text the server keeps for it, and its template as the URL.  A paced span's
+    ``scheduled`` is its first request's start, and ``spacing`` the seconds from one of
+    its requests' starts to the next (``spacings``, by id)."""
     for record in built:
         if record["job"] in jobs:
             span = read_span(record["url"])
             record.update(kind=SPAN, url=span.template, span=msgspec.structs.asdict(span))
+            if spacings and record["id"] in spacings:
+                record["spacing"] = spacings[record["id"]]
 
 
 def lease_event(worker: str, leases: list[Lease], wall_offset: float) -> events.Lease | None:

@@ -29,6 +29,7 @@ from fetchq.server.jobqueue import (
     Pick,
     Policy,
     Robots,
+    Rounds,
     ServerHosts,
 )
 from fetchq.server.tasks import Batch, Task
@@ -43,6 +44,8 @@ class Scheduler:
         self.jobs: dict[str, JobQueue] = {}
         self.paces: dict[str, Pace] = {}
         """Each job's rate schedule."""
+        self.rounds: dict[str, Rounds] = {}
+        """Each paced aggregate job's rate schedule, made at its first span."""
         self.ring: deque[JobQueue] = deque()
         """Jobs with tasks to lease, taking turns."""
         self.denied: list[tuple[Task, Robots]] = []
@@ -51,6 +54,9 @@ class Scheduler:
         """Leases on limited hosts that ended since the broker last looked: room to wake for."""
         self.span_jobs: list[str] = []
         """The aggregate jobs the last ``take_tasks`` took a span from."""
+        self.spacings: dict[int, float] = {}
+        """The spacing of each span the last ``take_tasks`` took from a paced job, by id
+        (its first start is its ``Pick``'s)."""
         self._count = 0
 
     @property
@@ -212,6 +218,8 @@ class Scheduler:
         they were taken from."""
         picks: list[Task | Pick] = []
         self.span_jobs = []
+        if self.spacings:
+            self.spacings = {}
         while len(picks) < count and self.ring:
             jobs = len(self.ring)
             share = -(-(count - len(picks)) // jobs)  # each job an equal part, rounded up
@@ -228,7 +236,7 @@ class Scheduler:
                 if queue.policy.aggregate:
                     if not spans or self.span_jobs:
                         continue
-                    spans_taken = self._take_spans(queue, count - len(picks), is_done, done)
+                    spans_taken = self._take_spans(queue, count - len(picks), now, is_done, done)
                     if spans_taken:
                         self.span_jobs.append(queue.name)
                     picks.extend(spans_taken)
@@ -249,7 +257,10 @@ class Scheduler:
             if not queue.eligible:
                 continue
             if queue.policy.rate:
-                times.append(self.paces[queue.name].next_slot - LOOKAHEAD)
+                rounds = self.rounds.get(queue.name)
+                paced = rounds if rounds and queue.policy.aggregate else None
+                next_slot = paced.next_start if paced else self.paces[queue.name].next_slot
+                times.append(next_slot - LOOKAHEAD)
             waiting = queue.next_start()
             if waiting is not None:
                 times.append(waiting - LOOKAHEAD)
@@ -302,12 +313,17 @@ class Scheduler:
         self,
         queue: JobQueue,
         room: int,
+        now: float,
         is_done: Callable[[int], bool],
         done: IdSet | None,
-    ) -> list[Task]:
-        """Spans of an aggregate job (which has no rate and no host limits, so its tasks
-        come as themselves): the first, then as many more as ``room`` requests hold,
-        counting each as big as the first."""
+    ) -> list[Task] | list[Pick]:
+        """Spans of an aggregate job (which has no host limits, so its tasks come as
+        themselves): the first, then as many more as ``room`` requests hold, counting
+        each as big as the first.  A paced job's span comes alone, with its schedule
+        from the job's rounds (see ``Rounds``), once its first start is near."""
+        rate = queue.policy.rate
+        if rate:
+            return self._take_paced_span(queue, rate, now, is_done, done)
         first = queue.take_fifo(1, is_done, done)
         if first:
             more = room // span_size(first[0].url) - 1
@@ -315,6 +331,31 @@ class Scheduler:
                 first += queue.take_fifo(more, is_done, done)
         self._count -= len(first)
         return first
+
+    def _take_paced_span(
+        self,
+        queue: JobQueue,
+        rate: float,
+        now: float,
+        is_done: Callable[[int], bool],
+        done: IdSet | None,
+    ) -> list[Pick]:
+        rounds = self.rounds.get(queue.name)
+        if rounds is None:
+            rounds = self.rounds[queue.name] = Rounds(now)
+        pace = self.paces[queue.name]
+        if pace.fresh:
+            rounds.restart(now)
+            pace.fresh = False
+        if rounds.next_start > now + LOOKAHEAD:
+            return []
+        taken = queue.take_fifo(1, is_done, done)
+        if not taken:
+            return []
+        self._count -= 1
+        span = taken[0]
+        start, self.spacings[span.id] = rounds.take(span_size(span.url), queue.count, rate)
+        return [Pick(span, start, None)]
 
     def _take_job(
         self,

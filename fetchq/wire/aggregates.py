@@ -41,15 +41,15 @@ MAX_SPAN = 100_000
 """Requests one span may stand for."""
 
 NOT_WITH_AGGREGATE = {
-    "rate": "--rate",
     "per_host": "--per-host",
     "host_delay": "--host-delay",
     "obey_robots": "--obey-robots",
     "retry_after": "--retry-after",
 }
-"""The pace and politeness an aggregate job does not take yet (a job's policy field,
-and the option that sets it): a worker runs a span's requests without asking the
-server, so the server can neither pace them nor count them by host."""
+"""The politeness an aggregate job does not take yet (a job's policy field, and the
+option that sets it): a worker runs a span's requests without asking the server,
+so the server cannot count them by host.  A rate it can keep: each span carries
+its schedule (see ``fetchq.server.jobqueue.Rounds``)."""
 
 MAX_TEMPLATE = 8_192
 """Characters of a span's URL template (a URL's limit)."""
