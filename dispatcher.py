@@ -33,7 +33,7 @@ from fetchq.commands.options import (
     run_alone,
     say,
 )
-from fetchq.commands.submit import Submitter, new_job_name
+from fetchq.commands.submit import Submitter, UrlSpans, new_job_name
 from fetchq.errors import ExitCode, UsageError, cannot_read
 from fetchq.messages import plural
 from fetchq.units import parse_duration, parse_rate
@@ -124,12 +124,8 @@ def job_policy(
     return policy
 
 
-def refuse_with_aggregate(
-    template: str | None, urls: list[str], files: list[str], policy: dict[str, Any]
-) -> None:
+def refuse_with_aggregate(policy: dict[str, Any]) -> None:
     """A usage error for what ``--aggregate`` does not go with (yet)."""
-    if template is None or urls or files:
-        raise UsageError("--aggregate takes --template (URLs from files or arguments: not yet)")
     for name, option in NOT_WITH_AGGREGATE.items():
         if name in policy:
             raise UsageError(f"--aggregate does not go with {option} yet")
@@ -253,7 +249,7 @@ def dispatch(
     if span is not None and not aggregate:
         raise UsageError("--span goes with --aggregate")
     if aggregate:
-        refuse_with_aggregate(template, urls, files, policy)
+        refuse_with_aggregate(policy)
         policy["aggregate"] = True
     job_name = check_job_name(job) if job else new_job_name()
     client = ResilientClient(link, give_up_after=give_up_after)
@@ -271,13 +267,17 @@ def dispatch(
     with contextlib.ExitStack() as stack, DispatchProgress(count) as progress:
         submitter.on_full = progress.waiting
         submitter.on_accepted = progress.update
+        url_spans = UrlSpans(submitter, span or defaults.SPAN) if aggregate else None
+        add = submitter.add if url_spans is None else url_spans.add
         for item in input_urls(urls, files, stack):
             if isinstance(item, Rejected):
                 skipped += 1
                 if skipped <= MAX_REPORTED:
                     say(f"skipped {item}")
                 continue
-            submitter.add(item)
+            add(item)
+        if url_spans is not None:
+            url_spans.finish()
         if aggregate and template is not None and count is not None:
             submitter.add_spans(spans(template, count, span or defaults.SPAN))
         elif template is not None and count is not None:

@@ -393,3 +393,21 @@ def test_a_paced_aggregate_job_resumes_on_its_grid_and_takes_a_new_rate(
     faster = [task for _ in range(30) for task in broker.lease("py:1", 1_000, 0)]
     assert len(faster) == 20, "twenty lanes of 20/s: the spans go on at 400/s"
     assert [task["spacing"] for task in faster] == pytest.approx([0.05] * 20)
+
+
+def test_a_span_may_list_its_urls(broker: BrokerService) -> None:
+    urls = [f"http://127.0.0.1:9/listed/{n}" for n in range(3)]
+    listed = {"first": 7, "count": 3, "urls": urls}
+    broker.submit({"job": "agg", "spans": [listed], "aggregate": True})
+    say_hello(broker, "py:1", [SPAN])
+    [task] = broker.lease("py:1", 100, 0)
+    assert task["span"] == listed
+    assert task["url"] == urls[0]
+    for wrong, why in [
+        ({**listed, "template": TEMPLATE}, "a span has a template or urls, not both"),
+        ({**listed, "count": 4}, "a span of 4 requests with 3 urls"),
+        ({"first": 0, "count": 1}, "a span needs a template or urls"),
+        ({**listed, "urls": [*urls[:2], 5]}, "Expected `str`, got `int`"),
+    ]:
+        with pytest.raises(BadRequest, match=why):
+            broker.submit({"job": "agg", "spans": [wrong]})

@@ -28,6 +28,7 @@ from fetchq.wire.aggregates import AGGREGATE, decode_aggregate
 
 KILLED, STOPPED = "/slow?s=0.004&kill=", "/slow?s=0.002&stop="
 PACED, UNEQUAL, HALTED = "/paced-agg?i=", "/slow?s=0.2&unequal=", "/paced-halt?i="
+LISTED = "/listed?n="
 """The paths of tests' requests: the target is shared by the session's tests."""
 
 
@@ -118,7 +119,6 @@ def test_what_an_aggregate_job_does_not_take_is_refused_before_connecting(env, t
         ((*template, "--host-delay", "1"), "--aggregate does not go with --host-delay yet"),
         ((*template, "--per-host", "2"), "--aggregate does not go with --per-host yet"),
         ((*template, "--obey-robots"), "--aggregate does not go with --obey-robots yet"),
-        ((f"{target.url}/one",), "--aggregate takes --template"),
     ]:
         assert_clean_error(dispatch_refused(env, *args), ExitCode.USAGE, why)
     alone = run(env, "dispatch", *template, "--span", "10")
@@ -249,7 +249,7 @@ def test_a_worker_stopped_in_paced_spans_leaves_them_to_lapse_and_they_run_again
     stop gives up the spans it began, which lapse, run again and count once, said as
     leased again.  Three spans side by side, 20/s together for 6 s."""
     count, span = 120, 40
-    stopped, _ = start_worker(env, "--concurrency", "4")
+    stopped, stopped_said = start_worker(env, "--concurrency", "4")
     client = connect_broker(env["FETCHQ_SERVER"], env["FETCHQ_AUTHKEY"])
     output = start_output(env, "--job", "halt", "--until-done", "--format", "jsonl", "--summary")
     survivor = None
@@ -262,17 +262,46 @@ def test_a_worker_stopped_in_paced_spans_leaves_them_to_lapse_and_they_run_again
         poll_until(lambda: client.call("job", "halt")["leased"] == count, 30, "all spans leased")
         poll_until(lambda: requested(target, HALTED) >= 10, 30, "all three spans begun")
         stopped.send_signal(signal.SIGTERM)
-        _, said = stopped.communicate(timeout=30)
-        assert stopped.returncode == 0, said
+        assert stopped.wait(timeout=30) == 0, stopped_said.text()
+        stopped_said.wait_for(f"worker {worker_name(stopped.pid)}: stopped on SIGTERM")
         survivor, _ = start_worker(env, "--concurrency", "4")
         stdout, stderr = output.communicate(timeout=120)
         assert output.returncode == 0, stderr
     finally:
         client.close()
         stop_all([output, stopped, *([survivor] if survivor else [])])
-    assert "stopped on SIGTERM" in said
     records = jsonl(stdout)
     assert sum(record["requests"] for record in records) == count
     assert {record["attempt"] for record in records} == {2}
     assert f"Requests:     {count}" in stderr
     assert f"Leased again: 3 spans ({count} requests)" in stderr
+
+
+def test_an_aggregate_job_of_a_files_urls_runs_them_in_spans(server, env, target, tmp_path):
+    """230 URLs of a file, and a line that is no URL: spans of 50 of the good ones (the
+    last of 30), each URL requested once, the bad line skipped as for any job."""
+    lines = [f"{target.url}{LISTED}{n}" for n in range(230)]
+    lines.insert(57, "ftp://127.0.0.1/no")
+    listed = tmp_path / "urls.txt"
+    listed.write_text("\n".join(lines) + "\n")
+    worker, _ = start_worker(env, "--concurrency", "8")
+    try:
+        dispatched = run(
+            env, "dispatch", "--file", str(listed), "--aggregate", "--span", "50", "-j", "listed"
+        )
+        output = run(
+            env, "output", "--job", "listed", "--until-done", "--format", "jsonl", "--summary"
+        )
+    finally:
+        stop_all([worker])
+    assert dispatched.returncode == ExitCode.SKIPPED_INPUT, dispatched.stderr
+    assert f"skipped {listed}:58: unsupported scheme 'ftp'" in dispatched.stderr
+    assert "dispatched 230 requests in 5 spans" in dispatched.stderr
+    assert output.returncode == 0, output.stderr
+    records = jsonl(output.stdout)
+    assert sorted((r["first"], r["requests"]) for r in records) == [
+        (0, 50), (50, 50), (100, 50), (150, 50), (200, 30)
+    ]  # fmt: skip
+    hits = {path: n for path, n in target.hits().items() if path.startswith(LISTED)}
+    assert hits == {f"{LISTED}{n}": 1 for n in range(230)}
+    assert "Requests:     230" in output.stderr

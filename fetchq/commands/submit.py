@@ -204,3 +204,49 @@ class Submitter:
             self._sender.close()
             self._sender = None
         self.client.call("seal", self.job)
+
+
+class UrlSpans:
+    """An aggregate job's URLs, from arguments or files, cut into spans of ``size``
+    (``{"first", "count", "urls"}``) and sent a batch's worth of URLs a submit.
+
+    A span is cut short when its URLs reach MAX_SUBMIT_BYTES: it travels in one
+    submit, which must stay a frame the server takes."""
+
+    def __init__(self, submitter: Submitter, size: int) -> None:
+        self.submitter = submitter
+        self.size = size
+        self._urls: list[str] = []
+        self._span_bytes = 0
+        self._spans: list[dict[str, Any]] = []
+        self._pending = 0
+        """URLs in ``_spans``, not sent yet."""
+        self._pending_bytes = 0
+        self._first = 0
+
+    def add(self, url: str) -> None:
+        self._urls.append(url)
+        self._span_bytes += len(url)
+        if len(self._urls) >= self.size or self._span_bytes >= MAX_SUBMIT_BYTES:
+            self._cut()
+
+    def finish(self) -> None:
+        """Cut and send what is left (``Submitter.finish`` still ends the job)."""
+        if self._urls:
+            self._cut()
+        self._send()
+
+    def _cut(self) -> None:
+        count = len(self._urls)
+        self._spans.append({"first": self._first, "count": count, "urls": self._urls})
+        self._first += count
+        self._pending += count
+        self._pending_bytes += self._span_bytes
+        self._urls, self._span_bytes = [], 0
+        if self._pending >= self.submitter.batch_size or self._pending_bytes >= MAX_SUBMIT_BYTES:
+            self._send()
+
+    def _send(self) -> None:
+        if self._spans:
+            self.submitter.add_spans(self._spans)
+        self._spans, self._pending, self._pending_bytes = [], 0, 0

@@ -78,11 +78,11 @@ class SpanRun:
         base = {key: self.task.get(key) for key in ("v", "id", "job", "attempt", "timeout")}
         base["submitted"] = self.task.get("submitted")
         if not self.paced:
-            for url in self.span.urls():
+            for url in self.span.request_urls():
                 yield self, {**base, "url": url}
             return
         first, spacing = float(self.task["scheduled"]), self.spacing
-        for n, url in enumerate(self.span.urls()):
+        for n, url in enumerate(self.span.request_urls()):
             yield self, {**base, "url": url, "scheduled": first + n * spacing}
 
     def add(self, result: dict[str, Any]) -> dict[str, Any] | None:

@@ -106,7 +106,8 @@ def as_spans(
     for record in built:
         if record["job"] in jobs:
             span = read_span(record["url"])
-            record.update(kind=SPAN, url=span.template, span=msgspec.structs.asdict(span))
+            url = span.template or span.urls_from(0, 1)[0]
+            record.update(kind=SPAN, url=url, span=msgspec.to_builtins(span))
             if spacings and record["id"] in spacings:
                 record["spacing"] = spacings[record["id"]]
 

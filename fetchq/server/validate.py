@@ -186,6 +186,10 @@ def _span_texts(spans: Any) -> tuple[list[str], int]:
     except ValueError as exc:
         raise BadRequest(f"spans: {exc}") from None
     for span in checked:
+        if span.urls is not None:
+            problem = _not_all_text(span.urls)
+            require(problem is None, f"a span's {problem}")
+            continue
         require(PLACEHOLDER in span.template, f"a span's template needs {PLACEHOLDER}")
         require(_encodable(span.template), "templates must be valid Unicode text")
     return [span_text(span) for span in checked], sum(span.count for span in checked)

@@ -92,19 +92,35 @@ Bins = tuple[Key, Annotated[list[Count], msgspec.Meta(max_length=2 * MAX_KEY + 1
 """A sketch store: the first bin's key, then one count per key from there."""
 
 
-class Span(msgspec.Struct, forbid_unknown_fields=True):
-    """Requests ``first`` .. ``first + count - 1`` of a template job: the URLs the
-    template makes with ``{i}`` replaced by each index."""
+Url = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEMPLATE)]
 
-    template: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEMPLATE)]
+
+class Span(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Requests ``first`` .. ``first + count - 1`` of an aggregate job: the URLs its
+    ``template`` makes with ``{i}`` replaced by each index, or its ``urls`` (a run of
+    the URLs a file or the command line gave, ``first`` the index of its first)."""
+
     first: Annotated[int, msgspec.Meta(ge=0, le=2**53)]
     count: Annotated[int, msgspec.Meta(ge=1, le=MAX_SPAN)]
+    template: Annotated[str, msgspec.Meta(max_length=MAX_TEMPLATE)] = ""
+    urls: Annotated[list[Url], msgspec.Meta(max_length=MAX_SPAN)] | None = None
 
-    def urls(self) -> list[str]:
+    def __post_init__(self) -> None:
+        if self.urls is None:
+            if not self.template:
+                raise ValueError("a span needs a template or urls")
+        elif self.template:
+            raise ValueError("a span has a template or urls, not both")
+        elif len(self.urls) != self.count:
+            raise ValueError(f"a span of {self.count} requests with {len(self.urls)} urls")
+
+    def request_urls(self) -> list[str]:
         return self.urls_from(0, self.count)
 
     def urls_from(self, start: int, count: int) -> list[str]:
         """``count`` of its URLs, from its ``start``-th on."""
+        if self.urls is not None:
+            return self.urls[start : start + count]
         return template_range(self.template, self.first + start, count)
 
 
@@ -355,6 +371,14 @@ def _same_totals(what: str, tallies: list[TallyState], record: Aggregate) -> Non
         )
 
 
+class _SpanSize(msgspec.Struct):
+    count: int
+
+
+_span_size_decoder = msgspec.json.Decoder(_SpanSize)
+
+
 def span_size(text: str) -> int:
-    """The requests a span stands for, from the text the server keeps for it."""
-    return read_span(text).count
+    """The requests a span stands for, from the text the server keeps for it (its URLs,
+    if it lists them, skipped over in C)."""
+    return _span_size_decoder.decode(text).count
