@@ -300,10 +300,21 @@ def test_an_aggregate_for_an_earlier_attempt_still_counts_its_span(
     [
         lambda summary: summary["timeline"].update(width=3.0),
         lambda summary: summary["timeline"]["buckets"].append(summary["timeline"]["buckets"][0]),
-        lambda summary: summary["worker_hosts"]["rows"][0][2].update(requests=5),
+        lambda summary: summary["worker_hosts"].update(
+            whole=None, rows=[[name, 10, summary["timeline"]["buckets"][0][1]] for name in "ab"]
+        ),
+        lambda summary: summary["target_hosts"].update(
+            rows=[["a", 10, summary["timeline"]["buckets"][0][1]]]
+        ),
         lambda summary: summary["timeline"]["buckets"][0][1].update(first_start=1e300),
     ],
-    ids=["odd width", "a bucket twice", "places that miscount", "a time past any date"],
+    ids=[
+        "odd width",
+        "a bucket twice",
+        "places that miscount",
+        "a place of every request, and others",
+        "a time past any date",
+    ],
 )
 def test_the_server_refuses_a_summary_no_output_could_read(
     broker: BrokerService, spoil: Any

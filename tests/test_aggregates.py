@@ -117,6 +117,31 @@ def test_aggregates_and_results_merge_in_any_mix() -> None:
     assert_same_figures(summary_of(mixed), summary_of(results))
 
 
+def test_a_span_at_one_worker_and_one_host_writes_its_place_tallies_once() -> None:
+    """Its place tables name the place of every request (``whole``) instead of a tally
+    the time buckets already add up to, and read back to the same figures."""
+    rng = random.Random(11)
+    results = [
+        make_result(
+            make_task(i, "agg", f"http://127.0.0.1:8080/?i={i}", 1, 30.0, T0),
+            worker="box:1",
+            started=T0 + i * 0.01,
+            elapsed=rng.lognormvariate(-4, 1),
+            status=500 if i % 9 == 0 else 200,
+        )
+        for i in range(500)
+    ]
+    record = as_aggregate(results)
+    places = record["summary"]["worker_hosts"], record["summary"]["target_hosts"]
+    assert [(table["whole"], table.get("rows", [])) for table in places] == [
+        ("box", []),
+        ("127.0.0.1:8080", []),
+    ]
+    assert_same_figures(summary_of([record]), summary_of(results))
+    two_hosts = [*results, {**results[0], "url": "http://127.0.0.2:8080/"}]
+    assert "whole" not in as_aggregate(two_hosts)["summary"]["target_hosts"]
+
+
 def nearest_rank(ordered: list[float], p: float) -> float:
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 

@@ -117,16 +117,27 @@ class PlaceTable:
         row.weight += weight
         row.merge(tally)
 
-    def to_state(self) -> PlacesState:
-        """The table as a record's part (see ``fetchq.wire.aggregates``)."""
+    def to_state(self, requests: int) -> PlacesState:
+        """The table as a record's part (see ``fetchq.wire.aggregates``).  ``requests``:
+        those its summary counts; a table whose one row holds them all says so
+        (``whole``) instead of writing out a tally its summary's time buckets add up to."""
+        if len(self._rows) == 1 and not self.other.requests:
+            [(place, row)] = self._rows.items()
+            if row.requests == requests == row.weight:
+                return PlacesState(other=self.other.to_state(), whole=place)
         return PlacesState(
             other=self.other.to_state(),
             rows=[(place, row.weight, row.to_state()) for place, row in self._rows.items()],
         )
 
     @classmethod
-    def from_state(cls, state: PlacesState, kept: int = PLACES_KEPT) -> PlaceTable:
+    def from_state(
+        cls, state: PlacesState, everything: Tally, kept: int = PLACES_KEPT
+    ) -> PlaceTable:
+        """``everything``: the requests its summary counts, for a ``whole`` table."""
         table = cls(kept)
+        if state.whole is not None:
+            table._add_row(state.whole, everything, everything.requests)
         for place, weight, row in state.rows:
             table._add_row(place, Tally.from_state(row), weight)
         table.other.take_state(state.other)

@@ -181,8 +181,8 @@ class Summary:
         count = self.count
         return SummaryState(
             timeline=self.timeline.to_state(),
-            worker_hosts=self.worker_hosts.to_state(),
-            target_hosts=self.target_hosts.to_state(),
+            worker_hosts=self.worker_hosts.to_state(count),
+            target_hosts=self.target_hosts.to_state(count),
             bytes=self.bytes,
             retried=self.retried,
             min=self._min if count else None,
@@ -206,8 +206,12 @@ class Summary:
         """The summary ``state`` describes; raises ValueError for one no summary has."""
         summary = cls()
         summary.timeline = Timeline.from_state(state.timeline)
-        summary.worker_hosts = PlaceTable.from_state(state.worker_hosts)
-        summary.target_hosts = PlaceTable.from_state(state.target_hosts)
+        everything = Tally()
+        if state.worker_hosts.whole is not None or state.target_hosts.whole is not None:
+            for bucket in summary.timeline.all_buckets():
+                everything.merge_service(bucket)
+        summary.worker_hosts = PlaceTable.from_state(state.worker_hosts, everything)
+        summary.target_hosts = PlaceTable.from_state(state.target_hosts, everything)
         summary.bytes, summary.retried = state.bytes, state.retried
         if summary.count:
             if state.min is None or state.max is None:

@@ -89,6 +89,15 @@ class Tally:
         if other.response is not None:
             self.response_sketch().merge(other.response)
 
+    def merge_service(self, other: Tally) -> None:
+        """``merge`` of the requests and their service time, without their schedule:
+        what a place's tally holds (see ``fetchq.report.places``)."""
+        self.requests += other.requests
+        self.failed += other.failed
+        self.first_start = min(self.first_start, other.first_start)
+        self.last_end = max(self.last_end, other.last_end)
+        self.latency.merge(other.latency)
+
     def to_state(self) -> TallyState:
         """The tally as a record's part (see ``fetchq.wire.aggregates``)."""
         return TallyState(

@@ -186,12 +186,16 @@ class TimelineState(_State):
 
 
 class PlacesState(_State):
-    """Tallies by place, each with its weight in the table, and the rest as ``other``."""
+    """Tallies by place, each with its weight in the table, and the rest as ``other``;
+    or ``whole``, the one place of every request the summary counts over time (a
+    span's, most often: one worker, one target host), whose tally is the sum of
+    the time buckets' and is not written twice."""
 
     other: TallyState
     rows: Annotated[list[tuple[Text, Count, TallyState]], msgspec.Meta(max_length=MAX_PLACES)] = (
         msgspec.field(default_factory=list)
     )
+    whole: Text | None = None
 
 
 class ScheduleState(_State):
@@ -331,6 +335,10 @@ def check_summary(record: Aggregate) -> None:
     tallies = [*buckets, timeline.undated]
     _same_totals("its time buckets", tallies, record)
     for name, table in (("worker", summary.worker_hosts), ("target", summary.target_hosts)):
+        if table.whole is not None:
+            if table.rows or table.other.requests:
+                raise ValueError(f"a {name} host of every request, and other {name} hosts")
+            continue
         rows = [tally for _, _, tally in table.rows]
         if len({place for place, _, _ in table.rows}) != len(rows):
             raise ValueError(f"a {name} host given twice")
