@@ -44,21 +44,27 @@ def say_hello(broker: BrokerService, worker: str, runs: list[str] | None) -> Non
     broker.hello(hello)
 
 
-def aggregate(task: dict[str, Any], failed: int = 0, worker: str = "py:1") -> dict[str, Any]:
-    """What a worker sends for the span ``task``: ``failed`` of its requests failed."""
+def aggregate(
+    task: dict[str, Any], failed: int = 0, worker: str = "py:1", late: int | None = None
+) -> dict[str, Any]:
+    """What a worker sends for the span ``task``: ``failed`` of its requests failed;
+    with ``late``, they had a schedule, and that many of them started 50 ms behind it."""
     span = task["span"]
     summary = Summary()
     for offset in range(span["count"]):
         index = span["first"] + offset
         request = make_task(task["id"], task["job"], TEMPLATE.format(i=index), 1, 30.0, WALL)
         bad = offset < failed
+        started = WALL + offset * 0.001
+        behind = 0.05 if late is not None and offset < late else 0.0
         summary.add(
             make_result(
                 request,
                 worker=worker,
-                started=WALL + offset * 0.001,
+                started=started,
                 elapsed=0.002,
                 status=500 if bad else 200,
+                scheduled=None if late is None else started - behind,
             )
         )
     record = Aggregate(
@@ -422,3 +428,18 @@ def test_a_span_may_list_its_urls(broker: BrokerService) -> None:
     ]:
         with pytest.raises(BadRequest, match=why):
             broker.submit({"job": "agg", "spans": [wrong]})
+
+
+def test_status_tells_a_paced_aggregate_jobs_service_time_and_late_starts(
+    broker: BrokerService,
+) -> None:
+    """As for a plain paced job: the service time the rate needs threads for, and the
+    late starts, here from each aggregate's own figures."""
+    broker.submit({"job": "agg", "spans": spans(200, 100), "aggregate": True, "rate": 100.0})
+    say_hello(broker, "py:1", [SPAN])
+    first = broker.lease("py:1", 100, 0)
+    second = broker.lease("py:1", 100, 0)
+    broker.complete("py:1", [aggregate(first[0], late=7), aggregate(second[0], late=0)], [])
+    pace = broker.status()["jobs"]["agg"]["pace"]
+    assert (pace["late"], pace["worst_lateness"]) == (7, pytest.approx(0.05))
+    assert pace["mean_elapsed"] == pytest.approx(0.002)

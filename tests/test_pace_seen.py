@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from fetchq.commands.status import pace_lines
@@ -73,9 +75,17 @@ def test_the_window_is_said_with_the_rate() -> None:
 
 def test_a_job_not_measured_yet_is_not_said_to_fall_behind() -> None:
     pace = {"target": 100.0, "achieved": 0.0, "achieved_over": 0.0, "late": 0}
-    job = {"queued": 500, "pace": {**pace, "needed_in_flight": 2.0, "worst_lateness": 0.0}}
+    job: dict[str, Any] = {
+        "queued": 500,
+        "policy": {"aggregate": False},
+        "pace": {**pace, "needed_in_flight": 2.0, "worst_lateness": 0.0},
+    }
     assert pace_lines("young", job, threads=8) == ["  young: target 100.0/s, achieved -"]
     job["pace"].update(achieved=50.0, achieved_over=3.0)
     (said, behind) = pace_lines("young", job, threads=8)
     assert said == "  young: target 100.0/s, achieved 50.0/s (last 3 s)"
     assert behind.startswith("    cannot keep up:"), behind
+    job["policy"]["aggregate"] = True  # counted a round of spans at a time: in steps
+    assert pace_lines("steps", job, threads=8) == [
+        "  steps: target 100.0/s, achieved 50.0/s (last 3 s)"
+    ]

@@ -52,7 +52,10 @@ def pace_lines(name: str, job: dict[str, Any], threads: int) -> list[str]:
     lines = [line]
     needed = pace["needed_in_flight"]
     measured = pace["achieved_over"] > 0
-    behind = job["queued"] and measured and pace["achieved"] < BEHIND * pace["target"]
+    # An aggregate job's requests count when their span reports, a round of spans at
+    # a time: its achieved rate moves in steps, and says nothing of keeping up.
+    steady = not job["policy"].get("aggregate")
+    behind = steady and job["queued"] and measured and pace["achieved"] < BEHIND * pace["target"]
     if needed is not None and (behind or needed > threads):
         lines.append(
             f"    cannot keep up: the rate needs about {plural(needed, 'request')} in flight "

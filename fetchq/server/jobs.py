@@ -120,6 +120,8 @@ class PaceSeen:
         # Read field by field in C: this runs for every result.
         entry[1] += len(results) if requests is None else requests
         entry[2] += sum(filter(None, map(_elapsed_of, results)))
+        if requests is not None:  # aggregates: each tells its own late starts
+            self._count_late(results)
         # Only a paced job's results carry a schedule (and a result its start, but one
         # made up by the server, cancelled or refused, may have none).
         timed = list(
@@ -138,6 +140,12 @@ class PaceSeen:
                 self.worst_lateness = max(self.worst_lateness, *behind)
         while self._seconds[0][0] < second - RECENT:
             self._seconds.popleft()
+
+    def _count_late(self, aggregates: Sequence[StoredResult]) -> None:
+        for aggregate in aggregates:
+            if isinstance(aggregate, StoredAggregate) and aggregate.late:
+                self.late += aggregate.late
+                self.worst_lateness = max(self.worst_lateness, aggregate.worst_lateness)
 
     def _measured(self, now: float) -> tuple[list[list[Any]], float]:
         """The entries measured and the seconds they span (0: nothing to measure yet)."""

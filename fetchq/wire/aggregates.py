@@ -273,18 +273,31 @@ _write = msgspec.json.Encoder()
 class StoredAggregate(StoredResult):
     """An aggregate as the server keeps it: its text, checked, and the fields the rules
     of ``complete`` read (its span's id, attempt and job, and an answer to keep, as a
-    result with a status is), with the requests it counts as succeeded and failed."""
+    result with a status is), with the requests it counts as succeeded and failed.
 
-    __slots__ = ("counts",)
+    What ``fetchq status`` tells of a job's pace it reads here as from a result: the
+    requests' service time (``head.elapsed``, summed), and their late starts."""
+
+    __slots__ = ("counts", "late", "worst_lateness")
 
     def __init__(self, raw: bytes, record: Aggregate) -> None:
+        timeline = record.summary.timeline
+        tallies = [timeline.undated, *(tally for _, tally in timeline.buckets)]
         super().__init__(
             raw,
             ResultHead(
-                id=record.id, job=record.job, ok=True, attempt=record.attempt, worker=record.worker
+                id=record.id,
+                job=record.job,
+                ok=True,
+                attempt=record.attempt,
+                worker=record.worker,
+                elapsed=sum(tally.latency.sum for tally in tallies),
             ),
         )
         self.counts = (record.ok, record.failed)
+        self.late = sum(tally.late for tally in tallies)
+        schedule = record.summary.schedule
+        self.worst_lateness = 0.0 if schedule is None else schedule.worst_lateness
 
     @classmethod
     def read(cls, raw: bytes) -> StoredAggregate:
