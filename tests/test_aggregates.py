@@ -100,18 +100,24 @@ def test_a_run_told_in_aggregates_gives_the_summary_of_its_results(data: Any) ->
     assert_same_figures(summary_of([as_aggregate(span) for span in spans]), summary_of(results))
 
 
-def test_aggregates_and_results_merge_in_any_mix() -> None:
-    rng = random.Random(7)
-    results = [
+def results_at(urls: list[str], seed: int, every: float) -> list[dict[str, Any]]:
+    """A result from box:1 for each of ``urls``, ``every`` seconds apart, each 1 in 9
+    a 500, with latencies drawn from ``seed``."""
+    rng = random.Random(seed)
+    return [
         make_result(
-            make_task(i, "agg", f"http://127.0.0.{1 + i % 3}/", 1, 30.0, T0),
+            make_task(i, "agg", url, 1, 30.0, T0),
             worker="box:1",
-            started=T0 + i * 0.05,
+            started=T0 + i * every,
             elapsed=rng.lognormvariate(-4, 1),
-            status=200,
+            status=500 if i % 9 == 0 else 200,
         )
-        for i in range(3000)
+        for i, url in enumerate(urls)
     ]
+
+
+def test_aggregates_and_results_merge_in_any_mix() -> None:
+    results = results_at([f"http://127.0.0.{1 + i % 3}/" for i in range(3000)], 7, 0.05)
     mixed = [*results[:1000], as_aggregate(results[1000:2000]), *results[2000:2500]]
     mixed.append(as_aggregate(results[2500:]))
     assert_same_figures(summary_of(mixed), summary_of(results))
@@ -120,17 +126,7 @@ def test_aggregates_and_results_merge_in_any_mix() -> None:
 def test_a_span_at_one_worker_and_one_host_writes_its_place_tallies_once() -> None:
     """Its place tables name the place of every request (``whole``) instead of a tally
     the time buckets already add up to, and read back to the same figures."""
-    rng = random.Random(11)
-    results = [
-        make_result(
-            make_task(i, "agg", f"http://127.0.0.1:8080/?i={i}", 1, 30.0, T0),
-            worker="box:1",
-            started=T0 + i * 0.01,
-            elapsed=rng.lognormvariate(-4, 1),
-            status=500 if i % 9 == 0 else 200,
-        )
-        for i in range(500)
-    ]
+    results = results_at([f"http://127.0.0.1:8080/?i={i}" for i in range(500)], 11, 0.01)
     record = as_aggregate(results)
     places = record["summary"]["worker_hosts"], record["summary"]["target_hosts"]
     assert [(table["whole"], table.get("rows", [])) for table in places] == [
