@@ -301,6 +301,23 @@ def test_an_aggregate_for_an_earlier_attempt_still_counts_its_span(
         broker.complete("py:1", [late], [])
 
 
+def test_an_aggregate_for_a_span_queued_again_still_counts_its_span(
+    broker: BrokerService, clock: FakeClock
+) -> None:
+    """Its lease lapsed and it waits to be leased again: a late aggregate is checked
+    against it all the same, and one that counts it right ends it."""
+    submit_spans(broker, "agg", 300, 100)
+    say_hello(broker, "py:1", [SPAN])
+    [first] = broker.lease("py:1", 10, 0)
+    clock.advance(11)
+    broker.expire_leases()
+    short = aggregate({**first, "span": {**first["span"], "count": 50}})
+    with pytest.raises(BadRequest, match="an aggregate of 50 requests for span"):
+        broker.complete("py:1", [short], [])
+    assert broker.complete("py:1", [aggregate(first)], [])["accepted"] == 1
+    assert requests_of(broker, "agg") == (300, 200, 0, 100, 0)
+
+
 @pytest.mark.parametrize(
     "spoil",
     [

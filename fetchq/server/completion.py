@@ -100,19 +100,32 @@ def all_current(state: BrokerState, results: list[Result], *, spans: bool) -> li
 
 def check_spans(state: BrokerState, results: list[Result]) -> None:
     """``BadRequest`` for an aggregate that does not count its span's requests: a worker
-    that ran a span counts each of its requests once.  (An aggregate for a span no
-    longer leased is judged as any late result is.)"""
+    that ran a span counts each of its requests once.  The span is the one leased now,
+    or, when its lease lapsed, the one queued again; an aggregate for a span that is
+    neither is judged as any late result is."""
     for result in results:
         if isinstance(result, StoredAggregate):
-            lease = state.leases.get(result.id)
-            if lease is None or lease.task.job not in state.jobs.aggregate:
-                continue  # no span leased now: ``judge`` decides
-            expected, counted = span_size(lease.task.url), sum(result.counts)
+            span = _span_of(state, result.id)
+            if span is None:
+                continue  # done, or never leased: ``judge`` decides
+            expected, counted = span_size(span.url), sum(result.counts)
             if counted != expected:
                 raise BadRequest(
                     f"an aggregate of {counted} requests for span {result.id}, "
                     f"which stands for {expected}"
                 )
+
+
+def _span_of(state: BrokerState, task_id: int) -> Task | None:
+    """The span ``task_id``, leased or queued again after a lapse (None: neither)."""
+    lease = state.leases.get(task_id)
+    if lease is not None:
+        return lease.task if lease.task.job in state.jobs.aggregate else None
+    if not state.ledger.known(task_id):
+        return None
+    job = state.ledger.job_of(task_id)
+    queue = state.scheduler.find(job) if job in state.jobs.aggregate else None
+    return None if queue is None else queue.queued_again(task_id)
 
 
 def accepted_events(

@@ -305,6 +305,16 @@ class JobQueue:
             self.fifo.appendleft(task)
         self.count += 1
 
+    def queued_again(self, task_id: int) -> Task | None:
+        """The task ``task_id`` if it waits at the front, queued again after its lease
+        lapsed (a job without host limits keeps such tasks ahead of its batches)."""
+        for waiting in self.fifo:
+            if isinstance(waiting, Batch):
+                return None
+            if waiting.id == task_id:
+                return waiting
+        return None
+
     def add_task(self, task: Task) -> None:
         """At the back: a restart queues what was not done, in id order."""
         self.fifo.append(task)
