@@ -30,6 +30,12 @@ from fetchq.errors import (
 )
 from fetchq.ids import IdSet
 from fetchq.messages import plural
+from fetchq.report.checks import (
+    check_rows,
+    judge,
+    parse_checks,
+    render_checks,
+)
 from fetchq.report.formats import ids_in_file, open_writer
 from fetchq.report.htmlfile import HtmlReportFile
 from fetchq.report.summary import Summary
@@ -121,6 +127,15 @@ def output(
             help="Continue an --out file an earlier run left: skip results it already holds"
         ),
     ] = False,
+    check: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--check",
+            metavar="EXPR",
+            help="A threshold, e.g. 'p99<250ms', 'success>=99.5%', 'rate>=990/s'; "
+            f"repeatable; any that fails makes the exit code {ExitCode.CHECK_FAILED}",
+        ),
+    ] = None,
     give_up_after: GiveUpOption = defaults.GIVE_UP_AFTER,
     *,
     link: config.ServerLink,
@@ -128,6 +143,10 @@ def output(
     """Write results as they arrive; with --until-done, stop when the job is complete."""
     if job is not None:
         check_job_name(job)
+    try:
+        checks = parse_checks(check)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     written_ids = already_written(out, fmt) if append else IdSet()
     page = HtmlReportFile(html) if html is not None else None
     stop = StopRequest().install()
@@ -135,7 +154,7 @@ def output(
     client.connect()
     if job is not None:
         say_if_unknown(client, job)
-    report = Summary() if summary or page is not None else None
+    report = Summary() if summary or page is not None or checks else None
     try:
         with contextlib.ExitStack() as stack:
             writer = None
@@ -166,13 +185,18 @@ def output(
         say(f"output stopped on {stop.signal_name} after {plural(done.written, 'result')}")
     if report is not None and report.scheduled:  # only a rate weighs the fleet's threads
         report.fetch_threads = fleet_threads(client)
-    if report is not None and summary:
+    judged = judge(checks, report.as_dict()) if report is not None and checks else []
+    if report is not None and (summary or judged):
         to_stdout = fmt is Format.none or out not in (None, "-")
-        print(report.render(), file=sys.stdout if to_stdout else sys.stderr, flush=True)
+        text = (report.render() if summary else "") + render_checks(judged)
+        print(text.rstrip("\n"), file=sys.stdout if to_stdout else sys.stderr, flush=True)
     if report is not None and page is not None:
-        say(page.write(report, f"fetchq report: {'job ' + job if job else 'every job'}"))
+        title = f"fetchq report: {'job ' + job if job else 'every job'}"
+        say(page.write(report, title, check_rows(judged)))
     if stop.requested:
         raise typer.Exit(ExitCode.INTERRUPTED)
+    if not all(passed for _, _, passed in judged):
+        raise typer.Exit(ExitCode.CHECK_FAILED)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ class ExitCode:
     VERSION_MISMATCH = 8
     TLS_FAILED = 9
     NO_SUCH_JOB = 10
+    CHECK_FAILED = 99
+    """A ``--check`` threshold failed (k6's code)."""
     INTERRUPTED = 130
 
 

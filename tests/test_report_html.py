@@ -16,7 +16,9 @@ from browser import OpenedReport, chromium, colours, open_report
 from fetchq_procs import jsonl, run
 from playwright.sync_api import BrowserContext
 from test_pipeline import closed_port
+from test_report_cli import results_jsonl
 
+from fetchq.errors import ExitCode
 from fetchq.testing.target import Target
 
 
@@ -221,3 +223,24 @@ def test_report_of_an_aggregate_job_is_the_report_of_its_requests(
         targets = {row[0]: row[1] for row in table_rows(opened, "By target host")}
         assert targets == {f"127.0.0.1:{target.port}": "3000"}
         assert colours(opened.screenshot(full_page=True)) > 50, "the page is blank"
+
+
+def test_report_shows_its_checks_at_the_top(browser, env, tmp_path) -> None:
+    """The table of --check thresholds is the first thing under the title: a failed
+    build is read first."""
+    saved, page = tmp_path / "run.jsonl", tmp_path / "checked.html"
+    saved.write_text(results_jsonl(0, 100))
+    done = run(
+        env, "report", str(saved), "--html", str(page),
+        "--check", "p99<250ms", "--check", "success>=99.5%",
+    )  # fmt: skip
+    assert done.returncode == ExitCode.CHECK_FAILED, done.stderr
+    with open_report(browser, page) as opened:
+        assert_offline_and_clean(opened)
+        headings = opened.page.locator("h2").all_text_contents()
+        assert headings[0] == "Checks", headings
+        rows = table_rows(opened, "Checks")
+        assert opened.page.get_by_text("1 of 2 failed").is_visible()
+    assert [row[0] for row in rows] == ["p99<250ms", "success>=99.5%"]
+    assert [row[2] for row in rows] == ["pass", "FAIL"]
+    assert rows[1][1] == "90.00%"

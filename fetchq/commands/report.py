@@ -11,6 +11,13 @@ from typing import Annotated
 import typer
 
 from fetchq.commands.options import reports_errors, say
+from fetchq.errors import ExitCode, UsageError
+from fetchq.report.checks import (
+    check_rows,
+    judge,
+    parse_checks,
+    render_checks,
+)
 from fetchq.report.htmlfile import HtmlReportFile
 from fetchq.report.resultfiles import read_results
 from fetchq.report.summary import Summary
@@ -32,12 +39,28 @@ def report(
             "--html", metavar="FILE", help="Also write the report as one self-contained HTML file"
         ),
     ] = None,
+    check: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--check",
+            metavar="EXPR",
+            help="A threshold, e.g. 'p99<250ms', 'success>=99.5%', 'rate>=990/s'; "
+            f"repeatable; any that fails makes the exit code {ExitCode.CHECK_FAILED}",
+        ),
+    ] = None,
 ) -> None:
     """Summarise saved results, merging several files: text on stdout, --html for a page."""
+    try:
+        checks = parse_checks(check)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     page = HtmlReportFile(html) if html is not None else None
     summary = Summary()
     for result in read_results(files):
         summary.add(result)
-    print(summary.render(), end="", flush=True)
+    judged = judge(checks, summary.as_dict())
+    print(summary.render() + render_checks(judged), end="", flush=True)
     if page is not None:
-        say(page.write(summary, f"fetchq report: {', '.join(files)}"))
+        say(page.write(summary, f"fetchq report: {', '.join(files)}", check_rows(judged)))
+    if not all(passed for _, _, passed in judged):
+        raise typer.Exit(ExitCode.CHECK_FAILED)

@@ -65,22 +65,34 @@ td.message { text-align: left; font-family: ui-monospace, monospace; font-size: 
 """
 
 
-def render_summary(summary: Summary, title: str) -> str:
-    """The whole page for ``summary``."""
+def render_summary(summary: Summary, title: str, checks: list[list[str]] | None = None) -> str:
+    """The whole page for ``summary``; ``checks``: rows of (check, measured, verdict)."""
     histogram = [
         {"low": low, "high": high, "count": count}
         for low, high, count in summary.histogram(HISTOGRAM_BUCKETS, log=True)
     ]
-    return render(summary.as_dict(PLACE_ROWS), histogram, title)
+    return render(summary.as_dict(PLACE_ROWS), histogram, title, checks)
 
 
-def render(figures: dict[str, Any], histogram: list[dict[str, Any]], title: str) -> str:
-    """The whole page from ``Summary.as_dict()`` figures and latency buckets."""
+def render(
+    figures: dict[str, Any],
+    histogram: list[dict[str, Any]],
+    title: str,
+    checks: list[list[str]] | None = None,
+) -> str:
+    """The whole page from ``Summary.as_dict()`` figures and latency buckets, the checks
+    (``--check``) at the top, where a failed build is read first."""
     charts = Charts()
     parts = [
         f"<h1>{html.escape(title)}</h1>",
         f'<p class="meta">{html.escape(_when(figures))}</p>',
     ]
+    if checks:
+        failed = sum(1 for row in checks if row[2] != "pass")
+        said = f"{failed} of {len(checks)} failed" if failed else f"all {len(checks)} passed"
+        parts.append(
+            _section("Checks", said, _table(["check", "measured", "verdict"], checks, ("text",)))
+        )
     skipped = textreport.not_requested_text(figures["not_requested"])
     if not figures["requests"] and skipped is None:
         parts.append("<p>No results.</p>")

@@ -29,9 +29,10 @@ class HtmlReportFile:
         if not os.access(directory, os.W_OK):
             raise ConfigError(f"cannot write the HTML report to {path}: {directory} is read-only")
 
-    def write(self, summary: Summary, title: str) -> str:
-        """Write the report; returns what to tell the user."""
-        page = self._module.render_summary(summary, title)
+    def write(self, summary: Summary, title: str, checks: list[list[str]] | None = None) -> str:
+        """Write the report (``checks``: rows of check, measured, verdict); returns what
+        to tell the user."""
+        page = self._module.render_summary(summary, title, checks)
         try:
             write_whole(self.path, page)
         except OSError as exc:
