@@ -19,7 +19,14 @@ import typer
 
 from fetchq import config, defaults
 from fetchq.commands.collect import collect
-from fetchq.commands.options import GiveUpOption, connects, reports_errors, run_alone, say
+from fetchq.commands.options import (
+    CheckOption,
+    GiveUpOption,
+    connects,
+    reports_errors,
+    run_alone,
+    say,
+)
 from fetchq.errors import (
     ConfigError,
     ExitCode,
@@ -127,15 +134,7 @@ def output(
             help="Continue an --out file an earlier run left: skip results it already holds"
         ),
     ] = False,
-    check: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--check",
-            metavar="EXPR",
-            help="A threshold, e.g. 'p99<250ms', 'success>=99.5%', 'rate>=990/s'; "
-            f"repeatable; any that fails makes the exit code {ExitCode.CHECK_FAILED}",
-        ),
-    ] = None,
+    check: CheckOption = None,
     give_up_after: GiveUpOption = defaults.GIVE_UP_AFTER,
     *,
     link: config.ServerLink,
@@ -143,10 +142,7 @@ def output(
     """Write results as they arrive; with --until-done, stop when the job is complete."""
     if job is not None:
         check_job_name(job)
-    try:
-        checks = parse_checks(check)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    checks = parse_checks(check)
     written_ids = already_written(out, fmt) if append else IdSet()
     page = HtmlReportFile(html) if html is not None else None
     stop = StopRequest().install()

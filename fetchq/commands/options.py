@@ -23,6 +23,7 @@ from fetchq.wire.api import MAX_HOST_DELAY, MAX_PER_HOST
 
 __all__ = [
     "AuthkeyFileOption",
+    "CheckOption",
     "GiveUpOption",
     "HostDelayOption",
     "PerHostOption",
@@ -83,6 +84,17 @@ CONNECTION_OPTIONS: dict[str, Any] = {
 """The options every connecting command takes, by parameter name: declared here once,
 added to each command by ``connects``.  Where an option has an environment variable,
 typer reads it (a flag beats it) and the help shows it."""
+
+CheckOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--check",
+        metavar="EXPR",
+        help="A threshold, e.g. 'p99<250ms', 'success>=99.5%', 'rate>=990/s'; "
+        f"repeatable; any that fails makes the exit code {ExitCode.CHECK_FAILED}",
+    ),
+]
+"""``--check`` of ``fetchq output`` and ``fetchq report`` (``fetchq.report.checks``)."""
 
 GiveUpOption = Annotated[
     float,

@@ -10,8 +10,8 @@ from typing import Annotated
 
 import typer
 
-from fetchq.commands.options import reports_errors, say
-from fetchq.errors import ExitCode, UsageError
+from fetchq.commands.options import CheckOption, reports_errors, say
+from fetchq.errors import ExitCode
 from fetchq.report.checks import (
     check_rows,
     judge,
@@ -39,21 +39,10 @@ def report(
             "--html", metavar="FILE", help="Also write the report as one self-contained HTML file"
         ),
     ] = None,
-    check: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--check",
-            metavar="EXPR",
-            help="A threshold, e.g. 'p99<250ms', 'success>=99.5%', 'rate>=990/s'; "
-            f"repeatable; any that fails makes the exit code {ExitCode.CHECK_FAILED}",
-        ),
-    ] = None,
+    check: CheckOption = None,
 ) -> None:
     """Summarise saved results, merging several files: text on stdout, --html for a page."""
-    try:
-        checks = parse_checks(check)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    checks = parse_checks(check)
     page = HtmlReportFile(html) if html is not None else None
     summary = Summary()
     for result in read_results(files):

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from fetchq.errors import UsageError
 from fetchq.units import format_duration, format_rate
 
 LATENCIES = ("min", "mean", "p50", "p90", "p95", "p99", "max")
@@ -115,7 +116,11 @@ def parse_check(text: str) -> Check:
 
 
 def parse_checks(texts: list[str] | None) -> list[Check]:
-    return [parse_check(text) for text in texts or []]
+    """``--check`` as given; a malformed one is a ``UsageError``."""
+    try:
+        return [parse_check(text) for text in texts or []]
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def judge(checks: list[Check], figures: dict[str, Any]) -> list[tuple[Check, float | None, bool]]:
