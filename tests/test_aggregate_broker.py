@@ -44,6 +44,15 @@ def say_hello(broker: BrokerService, worker: str, runs: list[str] | None) -> Non
     broker.hello(hello)
 
 
+def lease_a_span(broker: BrokerService, count: int, size: int) -> dict[str, Any]:
+    """Job ``agg`` of ``count`` requests in spans of ``size``, and its first span,
+    leased to worker ``py:1``."""
+    submit_spans(broker, "agg", count, size)
+    say_hello(broker, "py:1", [SPAN])
+    [task] = broker.lease("py:1", 10, 0)
+    return task
+
+
 def aggregate(
     task: dict[str, Any], failed: int = 0, worker: str = "py:1", late: int | None = None
 ) -> dict[str, Any]:
@@ -145,9 +154,7 @@ def test_counts_of_an_aggregate_job_are_its_requests(broker: BrokerService) -> N
 
 
 def test_an_aggregate_that_miscounts_its_span_is_refused(broker: BrokerService) -> None:
-    submit_spans(broker, "agg", 100, 100)
-    say_hello(broker, "py:1", [SPAN])
-    [task] = broker.lease("py:1", 10, 0)
+    task = lease_a_span(broker, 100, 100)
     short = aggregate({**task, "span": {**task["span"], "count": 99}})
     with pytest.raises(BadRequest, match="an aggregate of 99 requests for span"):
         broker.complete("py:1", [short], [])
@@ -169,9 +176,7 @@ def test_urls_and_spans_do_not_mix_in_one_job(broker: BrokerService) -> None:
 
 def test_an_aggregate_job_survives_a_crash_and_a_compaction(open_broker: Any) -> None:
     broker = open_broker()
-    submit_spans(broker, "agg", 3_000, 1_000)
-    say_hello(broker, "py:1", [SPAN])
-    [first] = broker.lease("py:1", 10, 0)
+    first = lease_a_span(broker, 3_000, 1_000)
     sent = aggregate(first, failed=3)
     broker.complete("py:1", [sent], [])
     crash(broker)
@@ -194,9 +199,7 @@ def test_an_aggregate_job_survives_a_crash_and_a_compaction(open_broker: Any) ->
 
 
 def test_an_aggregate_the_schema_refuses_is_a_bad_request(broker: BrokerService) -> None:
-    submit_spans(broker, "agg", 10, 10)
-    say_hello(broker, "py:1", [SPAN])
-    [task] = broker.lease("py:1", 10, 0)
+    task = lease_a_span(broker, 10, 10)
     spoiled = {**aggregate(task), "extra": 1}
     with pytest.raises(BadRequest, match="not an aggregate: Object contains unknown field"):
         broker.complete("py:1", [spoiled], [])
@@ -289,9 +292,7 @@ def test_an_aggregate_answers_no_plain_task_even_with_no_aggregate_job(
 def test_an_aggregate_for_an_earlier_attempt_still_counts_its_span(
     broker: BrokerService, clock: FakeClock
 ) -> None:
-    submit_spans(broker, "agg", 100, 100)
-    say_hello(broker, "py:1", [SPAN])
-    [first] = broker.lease("py:1", 10, 0)
+    first = lease_a_span(broker, 100, 100)
     clock.advance(11)
     broker.expire_leases()
     [second] = broker.lease("py:1", 10, 0)
@@ -306,9 +307,7 @@ def test_an_aggregate_for_a_span_queued_again_still_counts_its_span(
 ) -> None:
     """Its lease lapsed and it waits to be leased again: a late aggregate is checked
     against it all the same, and one that counts it right ends it."""
-    submit_spans(broker, "agg", 300, 100)
-    say_hello(broker, "py:1", [SPAN])
-    [first] = broker.lease("py:1", 10, 0)
+    first = lease_a_span(broker, 300, 100)
     clock.advance(11)
     broker.expire_leases()
     short = aggregate({**first, "span": {**first["span"], "count": 50}})
@@ -342,9 +341,7 @@ def test_an_aggregate_for_a_span_queued_again_still_counts_its_span(
 def test_the_server_refuses_a_summary_no_output_could_read(
     broker: BrokerService, spoil: Any
 ) -> None:
-    submit_spans(broker, "agg", 10, 10)
-    say_hello(broker, "py:1", [SPAN])
-    [task] = broker.lease("py:1", 10, 0)
+    task = lease_a_span(broker, 10, 10)
     record = msgspec.json.decode(msgspec.json.encode(aggregate(task)))
     spoil(record["summary"])
     with pytest.raises(BadRequest, match="not an aggregate"):
