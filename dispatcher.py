@@ -33,6 +33,7 @@ from fetchq.commands.options import (
     run_alone,
     say,
 )
+from fetchq.commands.specs import TARGETS_FORMATS, Targets, command_spec
 from fetchq.commands.submit import Submitter, UrlSpans, new_job_name
 from fetchq.errors import ExitCode, UsageError, cannot_read
 from fetchq.messages import plural
@@ -41,8 +42,12 @@ from fetchq.urls import Rejected, argument_urls, check_template, read_urls, temp
 from fetchq.wire.aggregates import MAX_SPAN, NOT_WITH_AGGREGATE
 from fetchq.wire.api import MAX_SUBMIT, MAX_TASK_TIMEOUT, check_job_name
 from fetchq.wire.client import ResilientClient
+from fetchq.wire.specs import MAX_BODY, METHODS, Spec
 
-HELP = "Submit URLs to fetch: as arguments, from files or stdin (-), or from a template."
+HELP = (
+    "Submit URLs to fetch: as arguments, from files or stdin (-), from a template, "
+    "or as vegeta targets."
+)
 
 MAX_REPORTED = 100
 """Rejected lines reported one by one; past this only the count is given."""
@@ -68,6 +73,22 @@ def input_urls(
     for path in sources:
         stream = stack.enter_context(open_input(path)) if path != "-" else open_input(path)
         yield from read_urls(stream, "stdin" if path == "-" else path)
+
+
+def input_requests(
+    urls: list[str],
+    files: list[str],
+    targets: str | None,
+    form: str,
+    spec: Spec,
+    stack: contextlib.ExitStack,
+) -> Iterator[str | tuple[str, Spec] | Rejected]:
+    """``input_urls``, or the targets of a targets file (each block's spec after the
+    headers of ``spec``, the command line's)."""
+    if targets is None:
+        return input_urls(urls, files, stack)
+    stream = stack.enter_context(open_input(targets)) if targets != "-" else open_input(targets)
+    return iter(Targets(targets, stream, form=form, headers=spec.headers))
 
 
 class DispatchProgress:
@@ -226,12 +247,59 @@ def dispatch(
             help=f"With --aggregate: requests a worker leases at once [default: {defaults.SPAN}]",
         ),
     ] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(metavar="METHOD", help=f"HTTP method: {', '.join(METHODS)} [default: GET]"),
+    ] = None,
+    header: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--header",
+            "-H",
+            metavar="'NAME: VALUE'",
+            help="A header every request sends; repeatable. Values are secrets: never shown",
+        ),
+    ] = None,
+    header_env: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="'NAME: VARIABLE'",
+            help="A header whose value is the environment variable's, so that a token "
+            "never sits on a command line; repeatable",
+        ),
+    ] = None,
+    body: Annotated[
+        str | None,
+        typer.Option(
+            metavar="@FILE|TEXT", help=f"The body every request sends (at most {MAX_BODY} bytes)"
+        ),
+    ] = None,
+    targets: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FILE",
+            help="vegeta targets: blocks of 'METHOD URL', headers and an @body line, "
+            "blank lines between (- for stdin)",
+        ),
+    ] = None,
+    targets_format: Annotated[
+        str,
+        typer.Option(metavar="FORMAT", help="http (vegeta's text blocks) or json (one a line)"),
+    ] = "http",
     give_up_after: GiveUpOption = defaults.GIVE_UP_AFTER,
     *,
     link: config.ServerLink,
 ) -> None:
     """Submit URLs as tasks of one job and print the job's name."""
     urls, files = urls or [], file or []
+    spec = command_spec(method, header or [], header_env or [], body)
+    if targets is not None:
+        if urls or files or template is not None:
+            raise UsageError("--targets says every request itself: give it without URLs")
+        if method is not None or body is not None:
+            raise UsageError("--targets says each request's method and body: drop --method, --body")
+        if targets_format not in TARGETS_FORMATS:
+            raise UsageError(f"--targets-format: use one of {', '.join(TARGETS_FORMATS)}")
     policy = job_policy(rate, per_host, host_delay_seconds(host_delay), obey_robots, retry_after)
     if duration is not None:
         if template is None or rate is None or count is not None:
@@ -239,8 +307,10 @@ def dispatch(
         count = math.ceil(policy["rate"] * parse_duration(duration))
     if (template is None) != (count is None):
         raise UsageError("--template and --count go together")
-    if not urls and not files and template is None:
-        raise UsageError("nothing to dispatch: give URLs, --file PATH (or -), or --template")
+    if not urls and not files and template is None and targets is None:
+        raise UsageError(
+            "nothing to dispatch: give URLs, --file PATH (or -), --template or --targets"
+        )
     if template is not None and count is not None:
         try:
             check_template(template, count)
@@ -262,6 +332,7 @@ def dispatch(
         attempts=attempts,
         batch_size=batch_size,
         policy=policy,
+        spec=spec,
     )
     skipped = 0
     with contextlib.ExitStack() as stack, DispatchProgress(count) as progress:
@@ -269,12 +340,16 @@ def dispatch(
         submitter.on_accepted = progress.update
         url_spans = UrlSpans(submitter, span or defaults.SPAN) if aggregate else None
         add = submitter.add if url_spans is None else url_spans.add
-        for item in input_urls(urls, files, stack):
+        use = submitter.use if url_spans is None else url_spans.use
+        for item in input_requests(urls, files, targets, targets_format, spec, stack):
             if isinstance(item, Rejected):
                 skipped += 1
                 if skipped <= MAX_REPORTED:
                     say(f"skipped {item}")
                 continue
+            if isinstance(item, tuple):  # a target: its URL and its spec
+                use(item[1])
+                item = item[0]
             add(item)
         if url_spans is not None:
             url_spans.finish()

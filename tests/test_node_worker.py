@@ -30,9 +30,11 @@ from fetchq_procs import (
     worker_name,
 )
 from worker_scenarios import (
+    a_followed_303_turns_a_post_into_a_get,
     assert_none_before_its_slot,
     assert_slots_apart,
     every_kind_of_failure,
+    sends_what_was_asked,
     sigterm_drains,
 )
 
@@ -127,6 +129,21 @@ def test_a_mixed_fleet_runs_one_job_exactly_once(server, env, target, tmp_path):
     assert all(set(RESULT_FIELDS) <= set(r) for r in node_results)
     assert all(r["ok"] and r["status"] == 200 and r["bytes"] == 3 for r in node_results)
     assert "stopped on SIGTERM" in node_log.text
+
+
+def node_burst(env: dict[str, str]):
+    def run_worker(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_node_worker(env, "--burst", "--concurrency", "4", *args)
+
+    return run_worker
+
+
+def test_the_node_worker_sends_what_each_task_asks(server, env, target, tmp_path):
+    sends_what_was_asked(env, target, tmp_path, "node", node_burst(env))
+
+
+def test_the_node_worker_turns_a_post_into_a_get_after_a_303(server, env, target):
+    a_followed_303_turns_a_post_into_a_get(env, target, "node", node_burst(env))
 
 
 def test_every_kind_of_failure_becomes_a_node_result(server, env, target):

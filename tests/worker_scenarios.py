@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from fetchq_procs import (
@@ -173,3 +174,91 @@ def assert_slots_apart(results: list[dict], seconds: float) -> None:
         mine = [r for r in results if r["worker"] == worker]
         assert min(slot_gaps(mine), default=seconds) >= seconds - 1e-6, worker
     assert min(slot_gaps(results)) >= seconds - CLOCK_SLACK
+
+
+def sends_what_was_asked(
+    env: dict[str, str],
+    target: Target,
+    tmp_path: Path,
+    tag: str,
+    run_worker: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    """``--method/--header/--header-env/--body`` and a targets file of several blocks:
+    the target sees exactly what each asked for; a HEAD's result counts no bytes; a
+    followed 303 turns a POST into a GET without its body.  (``tag`` keeps one
+    worker's requests apart from another's on the shared target.)"""
+    base = f"{target.url}/{tag}"
+    body = tmp_path / "body.json"
+    body.write_bytes(b'{"name": "fetchq", "n": 1}')
+    asked = run(
+        {**env, "TEST_TOKEN": "Bearer tok-123"},
+        *("dispatch", "-j", f"{tag}-asked", "--method", "post", f"{base}/p1", f"{base}/p2"),
+        *("-H", "Content-Type: application/json", "-H", "X-Twice: 1", "-H", "X-Twice: 2"),
+        *("--header-env", "Authorization: TEST_TOKEN", "--body", f"@{body}"),
+    )
+    assert asked.returncode == 0, asked.stderr
+    (tmp_path / "put.txt").write_bytes(b"put body")
+    targets = tmp_path / "targets.txt"
+    targets.write_text(
+        f"GET {base}/t-get\nX-Account: 8675309\n\n"
+        f"DELETE {base}/t-delete\n"
+        f"PUT {base}/t-put\nContent-Type: text/plain\n@put.txt\n\n"
+        f"HEAD {target.url}/bytes/1000?{tag}\n\n"
+        f"POST {target.url}/status/303?{tag}\n@put.txt\n"
+    )
+    listed = run(env, "dispatch", "-j", f"{tag}-targets", "--targets", str(targets))
+    assert listed.returncode == 0, listed.stderr
+    worker = run_worker()
+    assert worker.returncode == 0, worker.stderr
+    results = {}
+    for job in (f"{tag}-asked", f"{tag}-targets"):
+        output = run(env, "output", "-j", job, "--until-done", "--format", "jsonl")
+        assert output.returncode == 0, output.stderr
+        results.update({r["url"]: r for r in jsonl(output.stdout)})
+    assert all(r["error"] is None for r in results.values()), results
+
+    seen = {s.path.split("?")[0]: s for s in target.requests(f"/{tag}/")}
+    for path in ("p1", "p2"):
+        request = seen[f"/{tag}/{path}"]
+        headers = {name.lower(): value for name, value in request.headers}
+        assert request.method == "POST"
+        assert request.body == body.read_bytes()
+        assert headers["content-type"] == "application/json"
+        assert headers["authorization"] == "Bearer tok-123"
+        assert headers["x-twice"] == "1, 2"
+        assert headers["content-length"] == str(len(body.read_bytes()))
+    get, delete, put = seen[f"/{tag}/t-get"], seen[f"/{tag}/t-delete"], seen[f"/{tag}/t-put"]
+    assert (get.method, get.body, dict(get.headers)["X-Account"]) == ("GET", b"", "8675309")
+    assert (delete.method, delete.body) == ("DELETE", b"")
+    assert "X-Account" not in dict(delete.headers)
+    assert (put.method, put.body, dict(put.headers)["Content-Type"]) == (
+        "PUT",
+        b"put body",
+        "text/plain",
+    )
+    (head,) = target.requests(f"/bytes/1000?{tag}")
+    assert head.method == "HEAD"
+    assert results[f"{target.url}/bytes/1000?{tag}"]["bytes"] == 0
+    assert results[f"{target.url}/bytes/1000?{tag}"]["status"] == 200
+    assert results[f"{target.url}/status/303?{tag}"]["status"] == 303, "not followed"
+
+
+def a_followed_303_turns_a_post_into_a_get(
+    env: dict[str, str],
+    target: Target,
+    tag: str,
+    run_worker: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    """As browsers do: the request after a 303 is a GET, without the POST's body."""
+    url = f"{target.url}/status/303?{tag}-follow"
+    asked = run(env, "dispatch", "-j", f"{tag}-follow", "--method", "POST", "--body", "b", url)
+    assert asked.returncode == 0, asked.stderr
+    worker = run_worker("--follow-redirects")
+    assert worker.returncode == 0, worker.stderr
+    output = run(env, "output", "-j", f"{tag}-follow", "--until-done", "--format", "jsonl")
+    (result,) = jsonl(output.stdout)
+    assert result["status"] == 200, result
+    (first,) = target.requests(f"/status/303?{tag}-follow")
+    assert (first.method, first.body) == ("POST", b"b")
+    redirected = [s for s in target.requests("/") if s.path == "/" and s.arrived >= first.arrived]
+    assert [(s.method, s.body) for s in redirected] == [("GET", b"")]

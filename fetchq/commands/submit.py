@@ -12,6 +12,7 @@ from typing import Any
 from fetchq import defaults
 from fetchq.wire.api import MAX_SUBMIT_BYTES
 from fetchq.wire.client import BrokerClient
+from fetchq.wire.specs import Spec, spec_key, spec_record
 
 SIZE_CHECK_EVERY = 256
 """URLs added between two looks at a batch's size: a look per URL would cost the
@@ -86,7 +87,9 @@ class Submitter:
         on_full: Callable[[int], None] | None = None,
         on_accepted: Callable[[int], None] | None = None,
         policy: dict[str, Any] | None = None,
+        spec: Spec | None = None,
     ) -> None:
+        """``spec``: what every task sends (None: a GET), until ``use`` says otherwise."""
         self.client = client
         self.job = job
         self.timeout = timeout
@@ -113,6 +116,28 @@ class Submitter:
         self._run_id = uuid.uuid4().hex
         self._sequence = 0
         self._sender: _Sender | None = None
+        self._given: Spec | None = None
+        self._spec: Spec | None = None
+        self._spec_key: str | None = None
+        self._sent_specs: set[str] = set()
+        """Keys of the specs this run sent: each goes to the server once."""
+        self.use(spec)
+
+    @property
+    def spec(self) -> Spec | None:
+        return self._given
+
+    def use(self, spec: Spec | None) -> None:
+        """The URLs added from now on send ``spec`` (None or a plain one: a GET)."""
+        if spec is self._given:
+            return
+        self._given = spec
+        if spec is not None and spec.plain:
+            spec = None
+        key = None if spec is None else spec_key(spec)
+        if key != self._spec_key and self._batch:
+            self.flush()  # a batch's tasks send one spec
+        self._spec, self._spec_key = spec, key
 
     def add(self, url: str) -> None:
         batch = self._batch
@@ -171,6 +196,11 @@ class Submitter:
             "wait": defaults.POLL_WAIT,
             **self._policy,
         }
+        if self._spec is not None and self._spec_key is not None:
+            request["spec"] = self._spec_key
+            if self._spec_key not in self._sent_specs:
+                request["specs"] = [spec_record(self._spec)]
+                self._sent_specs.add(self._spec_key)
         self._policy = {}
         self._batch = []
         self._size = self._measured = 0
@@ -223,6 +253,14 @@ class UrlSpans:
         """URLs in ``_spans``, not sent yet."""
         self._pending_bytes = 0
         self._first = 0
+
+    def use(self, spec: Spec | None) -> None:
+        """As ``Submitter.use``: a span's requests send one spec, so a change cuts it."""
+        if spec is not self.submitter.spec:
+            if self._urls:
+                self._cut()
+            self._send()
+            self.submitter.use(spec)
 
     def add(self, url: str) -> None:
         self._urls.append(url)

@@ -26,6 +26,7 @@ from fetchq.config import ServerLink
 from fetchq.errors import FetchqError, ServerUnavailable
 from fetchq.fetch import Fetcher
 from fetchq.fetch.spans import PacedFeed, SpanRun
+from fetchq.fetch.specbook import SpecBook, unsendable
 from fetchq.messages import plural, say
 from fetchq.signals import StopRequest
 from fetchq.wire.aggregates import SPAN
@@ -103,6 +104,7 @@ class WorkerEngine:
         self._returned: list[dict[str, Any]] = []
         """Tasks a fetch thread was waiting to start when a stop came: they go back."""
         self._reporting_done = threading.Event()
+        self._specs = SpecBook(lambda job, keys: self._lease_client.call("specs", job, keys))
         self._paced: PacedFeed | None = None
         """Hands paced spans' requests to the fetch threads as they come due (made at the
         first such span)."""
@@ -168,6 +170,9 @@ class WorkerEngine:
             with self._held_lock:
                 for task in tasks:
                     self._held[task["id"]] = task["attempt"]
+            for task in self._specs.fill(tasks):
+                self._outbox.append(unsendable(task, self.identity))
+                tasks.remove(task)
             for task in tasks:
                 if task.get("kind") == SPAN:
                     self._run_span(task)

@@ -1,6 +1,6 @@
-"""One GET with its deadline, its body counted, its failure named: a result, always.
+"""One request with its deadline, its body counted, its failure named: a result, always.
 
-A ``Fetcher`` sends its GETs through the urllib3 connection pools that
+A ``Fetcher`` sends its requests through the urllib3 connection pools that
 requests' own transport adapter holds (one pool per origin, found once), with
 the headers, timeout and retry policy built once, and maps urllib3's
 exceptions to requests' own on the error path only, as the adapter does.  The
@@ -30,9 +30,41 @@ import urllib3.exceptions as u3
 from fetchq import defaults
 from fetchq.fetch.failures import DeadlineExceeded, PartialAnswer, classify, shorten
 from fetchq.wire import api, records
+from fetchq.wire.specs import Spec
 
 CHUNK = 65536
 """Bytes asked of the socket per body read."""
+
+
+class Outgoing(NamedTuple):
+    """A spec as a fetch thread sends it, made once per spec (``outgoing``)."""
+
+    method: str
+    headers: dict[str, str]
+    """Every header the request carries, the fetcher's own (User-Agent, Accept...) under
+    the spec's."""
+    own_headers: dict[str, str]
+    """The spec's alone: what a ``requests.Session`` adds its own to."""
+    body: bytes | None
+
+
+def base_headers(user_agent: str = api.USER_AGENT) -> dict[str, str]:
+    """What every request says of itself unless its spec says otherwise."""
+    headers = {str(k): str(v) for k, v in requests.utils.default_headers().items()}
+    headers["User-Agent"] = user_agent
+    return headers
+
+
+def outgoing(spec: Spec, user_agent: str = api.USER_AGENT) -> Outgoing:
+    """``spec`` ready to send: a name given twice is sent once, its values joined by
+    commas (RFC 9110, section 5.3)."""
+    own: dict[str, str] = {}
+    for name, value in spec.headers:
+        own[name] = f"{own[name]}, {value}" if name in own else value
+    mine = {name.lower() for name in own}
+    headers = {k: v for k, v in base_headers(user_agent).items() if k.lower() not in mine}
+    headers.update(own)
+    return Outgoing(spec.method, headers, own, spec.body or None)
 
 
 class _Answer(NamedTuple):
@@ -229,9 +261,7 @@ class Fetcher:
         self.session.headers["User-Agent"] = user_agent
         # requests' own default headers and ours, as a plain dict: urllib3 copies
         # the mapping it is given once per request, and a dict copies fastest.
-        self._headers: dict[str, str] = {
-            str(name): str(value) for name, value in self.session.headers.items()
-        }
+        self._headers = base_headers(user_agent)
         # One thread uses this session, so small pools suffice; no retries:
         # attempts are counted and retried by the queue, not hidden in here.
         adapter = _FetchAdapter(pool_connections=POOLS, pool_maxsize=2, max_retries=0)
@@ -262,9 +292,11 @@ class Fetcher:
         return dict(requests.utils.get_environ_proxies(url))
 
     def fetch(self, task: dict[str, Any], scheduled: float | None = None) -> dict[str, Any]:
-        """GET ``task['url']`` and return its result; never raises.
+        """Fetch ``task['url']`` and return its result; never raises.
 
-        ``scheduled``: when the request was due, on this machine's clock."""
+        ``scheduled``: when the request was due, on this machine's clock.  A task whose
+        ``spec`` is an ``Outgoing`` is sent with its method, headers and body; any other
+        is a GET."""
         started = time.time()
         t0 = time.perf_counter()
         status: int | None = None
@@ -274,7 +306,10 @@ class Fetcher:
         timeout = self.default_timeout
         try:
             timeout = _task_timeout(task, self.default_timeout)
-            status, nbytes, retry_after, _ = self._get(task["url"], timeout, t0)
+            spec = task.get("spec")
+            status, nbytes, retry_after, _ = self._get(
+                task["url"], timeout, t0, spec if type(spec) is Outgoing else None
+            )
         except PartialAnswer as part:
             status, nbytes = part.status, part.nbytes
             error = self._error(part.cause, timeout)
@@ -392,12 +427,18 @@ class Fetcher:
             self._routes[plain[0]] = pool
         return pool, target
 
-    def _open(self, url: Any, timeout: float) -> Any:
-        """Send the GET; return urllib3's response once its headers are in, the body
-        unread (and its connection still held by it)."""
+    def _open(self, url: Any, timeout: float, spec: Outgoing | None) -> Any:
+        """Send the request; return urllib3's response once its headers are in, the body
+        unread (and its connection still held by it).
+
+        Redirects followed are requests' own: a 303, and a 301 or 302 to a POST, turn
+        it into a GET without a body, as browsers do."""
         if self.follow_redirects:
-            return self.session.get(
+            return self.session.request(
+                spec.method if spec else "GET",
                 url,
+                headers=spec.own_headers if spec else None,
+                data=spec.body if spec else None,
                 stream=True,
                 timeout=(min(self.connect_timeout, timeout), timeout),
                 allow_redirects=True,
@@ -410,9 +451,10 @@ class Fetcher:
         pool, target = self._route(url)
         try:
             return pool.urlopen(
-                "GET",
+                spec.method if spec else "GET",
                 target,
-                headers=self._headers,
+                body=spec.body if spec else None,
+                headers=spec.headers if spec else self._headers,
                 retries=self._retries,
                 redirect=False,
                 assert_same_host=False,
@@ -427,11 +469,13 @@ class Fetcher:
                 raise
             raise mapped from exc
 
-    def _get(self, url: Any, timeout: float, t0: float, keep: int = 0) -> _Answer:
-        """Send the GET and read the body within the deadline (keeping the first
+    def _get(
+        self, url: Any, timeout: float, t0: float, spec: Outgoing | None = None, keep: int = 0
+    ) -> _Answer:
+        """Send the request and read the body within the deadline (keeping the first
         ``keep`` bytes of it, decoded, only when asked: a robots.txt)."""
         deadline = t0 + timeout
-        resp = self._open(url, timeout)
+        resp = self._open(url, timeout, spec)
         status: int = resp.status
         nbytes = 0
         kept = bytearray()

@@ -75,7 +75,7 @@ class SpanRun:
     def requests(self) -> Iterator[tuple[SpanRun, dict[str, Any]]]:
         """Each request as a task record a ``Fetcher`` takes, paired with this run; a
         paced span's with its ``scheduled`` start."""
-        base = {key: self.task.get(key) for key in ("v", "id", "job", "attempt", "timeout")}
+        base = {key: self.task.get(key) for key in ("v", "id", "job", "attempt", "timeout", "spec")}
         base["submitted"] = self.task.get("submitted")
         if not self.paced:
             for url in self.span.request_urls():

@@ -28,6 +28,7 @@ from fetchq.errors import BadRequest, StorageFailed, VersionMismatch
 from fetchq.server import completion, events, leasing, recovery, steering, validate, views
 from fetchq.server.expiry import Expiry
 from fetchq.server.jobqueue import Policy
+from fetchq.server.jobs import Job
 from fetchq.server.journal import Journal
 from fetchq.server.leases import Lease
 from fetchq.server.ledger import Ledger, id_clock
@@ -54,6 +55,7 @@ from fetchq.wire.api import (
     SubmitReply,
 )
 from fetchq.wire.records import StoredResult
+from fetchq.wire.specs import MAX_BODY, MAX_JOB_SPECS, Spec, spec_record
 
 CANCEL_ROUNDS = 10
 """Rounds of ``leasing.CANCEL_BATCH`` cancelled tasks one housekeeping ends at most."""
@@ -160,6 +162,7 @@ class Broker:
             "version": __version__,
             "lease_timeout": self.lease_timeout,
             "max_attempts": self.max_attempts,
+            "max_body": MAX_BODY,
             "time": self._wall(),
         }
 
@@ -205,9 +208,11 @@ class Broker:
             now = self._wall()
             policy = steering.submit_policy_event(state, request.job, request.policy)
             known = state.jobs.find(request.job)
+            new_specs = self._new_specs(request, known)
             reopened = known is not None and known.sealed and state.counts(known)["done"]
             self._recorder.write(
                 *([policy] if policy else []),
+                *(events.spec(request.job, spec_record(spec)) for spec in new_specs.values()),
                 events.submit(
                     request.job,
                     first_id,
@@ -217,6 +222,7 @@ class Broker:
                     now,
                     request.batch_id,
                     reopened=reopened,
+                    spec=request.spec,
                 ),
             )
             if policy:
@@ -224,9 +230,10 @@ class Broker:
             job = state.jobs.get_or_create(request.job, now)
             job.sealed = False
             job.submitted += count
+            job.specs.update(new_specs)
             if request.spans:
                 state.jobs.requests_of(job).submitted += request.requests
-            state.ledger.allocate(job.name, count)
+            state.ledger.allocate(job.name, count, request.spec)
             state.scheduler.add_batch(
                 Batch(job.name, first_id, request.urls, attempts, request.timeout, now),
                 self._clock(),
@@ -239,6 +246,22 @@ class Broker:
             self._waiters.tasks.notify(count)
         self._recorder.sync()
         return reply
+
+    def _new_specs(self, request: validate.SubmitRequest, job: Job | None) -> dict[str, Spec]:
+        """The specs ``request`` brings that its job lacks; refused when its tasks name
+        a spec neither has, or the job would hold too many."""
+        known = job.specs if job is not None else {}
+        new = {key: spec for key, spec in request.specs.items() if key not in known}
+        if request.spec is not None and request.spec not in known and request.spec not in new:
+            raise BadRequest(
+                f"job {request.job} has no spec {request.spec}: send it with the batch"
+            )
+        if len(known) + len(new) > MAX_JOB_SPECS:
+            raise BadRequest(
+                f"job {request.job} would send more than {MAX_JOB_SPECS} distinct "
+                "method, header and body combinations"
+            )
+        return new
 
     def _refuse_mixed(self, request: validate.SubmitRequest) -> None:
         """Spans go to an aggregate job and URLs to any other, never the other way."""
@@ -468,6 +491,16 @@ class Broker:
         with self._lock:
             self._expire_locked()
             return self._state.counts(self._state.jobs.existing(name))
+
+    def specs(self, job_name: str, keys: list[str]) -> list[dict[str, Any]]:
+        """The specs of ``job_name`` a worker asks for by key (those the job has: a task
+        never names another)."""
+        name = validate.job_name(job_name)
+        wanted = validate.spec_keys(keys)
+        with self._lock:
+            job = self._state.jobs.existing(name)
+            found = [job.specs[key] for key in wanted if key in job.specs]
+        return [spec_record(spec) for spec in found]
 
     # -- housekeeping the server program runs ----------------------------
 

@@ -50,11 +50,12 @@ TASK: Literal["task"] = "task"
 UNCONFIRMED: Literal["unconfirmed"] = "unconfirmed"
 LEASE: Literal["lease"] = "lease"
 RELEASE: Literal["release"] = "release"
+SPEC: Literal["spec"] = "spec"
 
 STEERING = (POLICY, PAUSE, RESUME, CANCEL, ROBOTS, HOLD)
 """The events ``steering.apply`` makes so."""
 KINDS: tuple[str, ...] = (
-    *(SUBMIT, SEAL, RETRY, RESULT, HAND, RETURN, ACK, LEASE, RELEASE),
+    *(SUBMIT, SPEC, SEAL, RETRY, RESULT, HAND, RETURN, ACK, LEASE, RELEASE),
     *STEERING,
     *(JOB, RANGE, BATCH, TASK, UNCONFIRMED),
 )
@@ -73,6 +74,8 @@ class Submit(TypedDict):
     batch: str | None
     reopened: NotRequired[bool]
     """The batch reopened a done job: its reply says so again if re-sent after a restart."""
+    spec: NotRequired[str]
+    """The key of the spec its tasks send (absent: a bare GET)."""
 
 
 def submit(
@@ -85,6 +88,7 @@ def submit(
     batch: str | None,
     *,
     reopened: bool = False,
+    spec: str | None = None,
 ) -> Submit:
     event: Submit = {
         "k": SUBMIT,
@@ -98,7 +102,22 @@ def submit(
     }
     if reopened:
         event["reopened"] = True
+    if spec is not None:
+        event["spec"] = spec
     return event
+
+
+class SpecEvent(TypedDict):
+    """A job's new spec, as the wire carries it (header values included: the journal
+    is the operator's, mode 0600)."""
+
+    k: Literal["spec"]
+    job: str
+    spec: dict[str, Any]
+
+
+def spec(job: str, record: dict[str, Any]) -> SpecEvent:
+    return {"k": SPEC, "job": job, "spec": record}
 
 
 class Seal(TypedDict):
@@ -300,10 +319,15 @@ class Range(TypedDict):
     k: Literal["range"]
     first: int
     job: str
+    spec: NotRequired[str]
+    """The key of the spec the range's tasks send (absent: a bare GET)."""
 
 
-def id_range(first: int, job: str) -> Range:
-    return {"k": RANGE, "first": first, "job": job}
+def id_range(first: int, job: str, spec: str | None = None) -> Range:
+    event: Range = {"k": RANGE, "first": first, "job": job}
+    if spec is not None:
+        event["spec"] = spec
+    return event
 
 
 class Batch(TypedDict):
@@ -382,6 +406,7 @@ def release(leases: list[list[int]]) -> Release:
 
 Event = (
     Submit
+    | SpecEvent
     | Seal
     | Retry
     | Result

@@ -20,6 +20,7 @@ from fetchq.errors import NoSuchJob
 from fetchq.wire.aggregates import StoredAggregate
 from fetchq.wire.api import ReadRecord
 from fetchq.wire.records import LATE_AFTER, StoredResult, late_by
+from fetchq.wire.specs import Spec
 
 RECENT = 10
 """Whole seconds of results a job's achieved rate and mean service time are measured over."""
@@ -80,6 +81,8 @@ class Job:
     pace: PaceSeen = field(default_factory=lambda: PaceSeen())
     requests: Requests | None = None
     """Set for an aggregate job (its tasks are spans); None for any other."""
+    specs: dict[str, Spec] = field(default_factory=dict)
+    """What its tasks send besides a bare GET, by key (``fetchq.wire.specs``)."""
 
     def count_result(self, ok: bool) -> None:
         if ok:

@@ -64,6 +64,8 @@ def lease(
         # The usual case, a job with no pace and no host limits: leased as a batch.
         state.leases.grant_plain(plain, worker, now + lease_timeout)
         built = task_records(plain, itertools.repeat(None))
+        if state.ledger.has_specs:
+            name_specs(built, state.ledger.spec_of)
         if state.scheduler.span_jobs:
             as_spans(built, state.scheduler.span_jobs)
         return built
@@ -91,9 +93,20 @@ def lease(
                 state.give_back(given)
             raise
     built = records(granted)
+    if state.ledger.has_specs:
+        name_specs(built, state.ledger.spec_of)
     if state.scheduler.span_jobs:
         as_spans(built, state.scheduler.span_jobs, state.scheduler.spacings)
     return built
+
+
+def name_specs(built: list[dict[str, Any]], spec_of: Callable[[int], str | None]) -> None:
+    """Each task record names the spec its task sends, when it has one (a robots.txt
+    fetch, under a negative id, is a bare GET)."""
+    for record in built:
+        task_id = record["id"]
+        if task_id > 0 and (key := spec_of(task_id)) is not None:
+            record["spec"] = key
 
 
 def as_spans(

@@ -45,6 +45,9 @@ class Ledger:
         started at a random base: it goes on with its own counter)."""
         self._starts: list[int] = []
         self._jobs: list[str] = []
+        self._specs: list[str | None] = []
+        self.has_specs = False
+        """Some range's tasks send a spec: leases look their keys up."""
         self.done = IdSet()
         self._batches: OrderedDict[str, SubmitReply] = OrderedDict()
 
@@ -54,17 +57,20 @@ class Ledger:
             return 0.0
         return max(0, self.next_id + count - now) / (IDS_PER_MICROSECOND * 1_000_000)
 
-    def allocate(self, job: str, count: int) -> int:
-        """The first of ``count`` new consecutive ids for ``job``."""
+    def allocate(self, job: str, count: int, spec: str | None = None) -> int:
+        """The first of ``count`` new consecutive ids for ``job``, whose tasks send the
+        spec keyed ``spec``."""
         first = self.next_id
         if count:
-            self.record_range(first, job)
+            self.record_range(first, job, spec)
             self.next_id += count
         return first
 
-    def record_range(self, first: int, job: str) -> None:
+    def record_range(self, first: int, job: str, spec: str | None = None) -> None:
         self._starts.append(first)
         self._jobs.append(job)
+        self._specs.append(spec)
+        self.has_specs = self.has_specs or spec is not None
 
     def known(self, task_id: int) -> bool:
         """Given by this server (or by the run whose journal it replayed)."""
@@ -73,8 +79,11 @@ class Ledger:
     def job_of(self, task_id: int) -> str:
         return self._jobs[bisect.bisect_right(self._starts, task_id) - 1]
 
-    def ranges(self) -> Iterator[tuple[int, str]]:
-        return zip(self._starts, self._jobs, strict=True)
+    def spec_of(self, task_id: int) -> str | None:
+        return self._specs[bisect.bisect_right(self._starts, task_id) - 1]
+
+    def ranges(self) -> Iterator[tuple[int, str, str | None]]:
+        return zip(self._starts, self._jobs, self._specs, strict=True)
 
     # -- idempotent submits ------------------------------------------------
 

@@ -32,6 +32,7 @@ from fetchq.server.tasks import Task
 from fetchq.wire.aggregates import AGGREGATE, span_size
 from fetchq.wire.api import ReadRecord, SubmitReply
 from fetchq.wire.records import StoredResult
+from fetchq.wire.specs import read_spec, spec_record
 
 
 class Snapshot:
@@ -60,6 +61,7 @@ class Snapshot:
             for job in state.jobs
         ]
         self._ranges = list(state.ledger.ranges())
+        self._specs = [(job.name, list(job.specs.values())) for job in state.jobs if job.specs]
         self._batches = list(state.ledger.batches())
         self._done = state.ledger.done.copy()
         self._leased = [lease.task for lease in state.leases]
@@ -77,8 +79,11 @@ class Snapshot:
 
     def events(self) -> Iterator[events.Event]:
         yield from self._jobs
-        for first, job_name in self._ranges:
-            yield events.id_range(first, job_name)
+        for job_name, specs in self._specs:
+            for spec in specs:
+                yield events.spec(job_name, spec_record(spec))
+        for first, job_name, spec_key in self._ranges:
+            yield events.id_range(first, job_name, spec_key)
         for batch_id, reply in self._batches:
             yield events.batch(batch_id, reply)
         written, done = IdSet(), self._done
@@ -153,6 +158,7 @@ class _Replay:
         ledger.follows_clock = bool(first.get("id_clock"))  # formats 1-2: a random base
         handlers: dict[str, Callable[[Any], object]] = {
             events.SUBMIT: self._submit,
+            events.SPEC: self._spec,
             events.TASK: self._task,
             events.JOB: self._job_counts,
             events.RANGE: self._range,
@@ -194,7 +200,7 @@ class _Replay:
         ledger = self.state.ledger
         ledger.next_id = max(ledger.next_id, first + len(urls))
         if urls:
-            ledger.record_range(first, job.name)
+            ledger.record_range(first, job.name, event.get("spec"))
         batch = event.get("batch")
         if batch:
             reply: SubmitReply = {"accepted": len(urls), "first_id": first}
@@ -232,7 +238,11 @@ class _Replay:
         )
 
     def _range(self, event: events.Range) -> None:
-        self.state.ledger.record_range(event["first"], event["job"])
+        self.state.ledger.record_range(event["first"], event["job"], event.get("spec"))
+
+    def _spec(self, event: events.SpecEvent) -> None:
+        key, spec = read_spec(event["spec"])
+        self._job(event["job"]).specs[key] = spec
 
     def _batch(self, event: events.Batch) -> None:
         self.state.ledger.remember_batch(event["batch"], event["reply"])

@@ -24,6 +24,7 @@ from fetchq.wire.api import (
     job_name_problem,
 )
 from fetchq.wire.records import StoredResult
+from fetchq.wire.specs import MAX_SUBMIT_SPECS, Spec, is_key, read_spec
 
 MAX_ATTEMPTS = 100
 
@@ -134,6 +135,10 @@ class SubmitRequest:
     """The requests its tasks stand for: one a URL, ``count`` a span."""
     spans: bool
     """Its tasks are spans (``urls`` holds each span's text)."""
+    spec: str | None
+    """The key of the spec its tasks send (None: a bare GET)."""
+    specs: dict[str, Spec]
+    """Specs it brings, by key (each job's are sent once)."""
 
 
 def submit_request(batch: Any) -> SubmitRequest:
@@ -153,6 +158,8 @@ def submit_request(batch: Any) -> SubmitRequest:
     attempts = batch.get("attempts")
     batch_id = batch.get("batch_id")
     require(batch_id is None or isinstance(batch_id, str), "batch_id must be a string")
+    spec = batch.get("spec")
+    require(spec is None or is_key(spec), "spec must be a spec's key")
     return SubmitRequest(
         job=name,
         urls=urls,
@@ -165,7 +172,30 @@ def submit_request(batch: Any) -> SubmitRequest:
         policy=policy_change(batch),
         requests=requests,
         spans=spans is not None,
+        spec=spec,
+        specs=spec_table(batch.get("specs", [])),
     )
+
+
+def spec_table(records: Any) -> dict[str, Spec]:
+    """A submit's specs, each checked against its key."""
+    require(isinstance(records, list), "specs must be a list")
+    require(len(records) <= MAX_SUBMIT_SPECS, f"at most {MAX_SUBMIT_SPECS} specs per submit")
+    table: dict[str, Spec] = {}
+    for record in records:
+        try:
+            key, spec = read_spec(record)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        table[key] = spec
+    return table
+
+
+def spec_keys(keys: Any) -> list[str]:
+    """The keys a worker asks ``specs`` for."""
+    require(isinstance(keys, list) and all(map(is_key, keys)), "keys must be a list of keys")
+    require(len(keys) <= MAX_SUBMIT_SPECS, f"at most {MAX_SUBMIT_SPECS} keys per call")
+    return keys
 
 
 def capabilities(runs: Any) -> frozenset[str]:

@@ -4,7 +4,8 @@ It answers on loopback with keep-alive, and has endpoints for each way a real
 server can behave (slow, large, error statuses, dropped or reset connections)
 so that every result type can be produced without touching the internet.
 
-Endpoints (GET; query strings are ignored unless named):
+Endpoints (any method, each request's method, headers and body remembered; a HEAD
+gets the headers a GET would; query strings are ignored unless named):
 
 - ``/status/<code>``: that status (200-599); 3xx ones point ``Location`` at ``/``
 - ``/slow?s=<seconds>``: waits that long (at most 30 s), then 200
@@ -84,6 +85,10 @@ class Seen(NamedTuple):
     """The Host header."""
     in_flight: int = 0
     """Requests this target was answering at that moment, this one included."""
+    method: str = "GET"
+    headers: tuple[tuple[str, str], ...] = ()
+    """Every header as sent, in order."""
+    body: bytes = b""
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -165,10 +170,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.close_connection:
             lines.append("Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        self.wfile.write(head + body)
+        head_only = getattr(self, "command", None) == "HEAD"  # (unset before a request line)
+        self.wfile.write(head if head_only else head + body)
+
+    def _request_body(self) -> bytes:
+        """The body the request carries (by its Content-Length; at most MAX_DRIP)."""
+        length = _number(self.headers.get("Content-Length"), MAX_DRIP)
+        return self.rfile.read(int(length)) if length else b""
 
     def do_GET(self) -> None:
         arrived = time.time()
+        body = self._request_body()
         with self.server.lock:
             self.server.in_flight += 1
             self.server.hits[self.path] += 1
@@ -180,6 +192,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     arrived,
                     self.headers.get("Host"),
                     self.server.in_flight,
+                    self.command,
+                    tuple(self.headers.items()),
+                    body,
                 )
             )
         try:
@@ -187,6 +202,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         finally:
             with self.server.lock:
                 self.server.in_flight -= 1
+
+    do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_GET
 
     def _answer(self) -> None:
         parts = urlsplit(self.path)
@@ -251,7 +268,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         left = int(n)
         self._send(200, length=left)
-        while left > 0:
+        while left > 0 and self.command != "HEAD":
             k = min(left, CHUNK)
             self.wfile.write(_ZEROS[:k])
             left -= k
@@ -262,7 +279,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if n is None or seconds is None or n != int(n):
             self._send(400, b"bytes and s must be numbers\n")
             return
-        count = int(n)
+        count = int(n) if self.command != "HEAD" else 0
         self._send(200, length=count)
         pause = seconds / count if count else 0.0
         for _ in range(count):

@@ -16,7 +16,7 @@ from typing import Any, NotRequired, Protocol, TypedDict
 from fetchq import __version__
 from fetchq.errors import UsageError
 
-PROTOCOL = 4
+PROTOCOL = 5
 """Version of the broker API; a client and a server must speak the same one.
 
 2: counters renamed (one meaning per name), leases renewed with the results
@@ -25,7 +25,9 @@ that report them, ``results`` replies whether the job is done.
 instead of pickle (docs/PROTOCOL.md), errors as data.
 4: one word per meaning: ``finish`` is ``seal`` (as the counter ``sealed``),
 ``control`` is ``steer``, the counter and reply field ``complete`` is ``done``
-(as ``--until-done``), and complete's outcome ``retried`` is ``requeued``."""
+(as ``--until-done``), and complete's outcome ``retried`` is ``requeued``.
+5: tasks may name a spec (method, headers, body: ``fetchq.wire.specs``), which
+``submit`` carries once and ``specs`` hands to workers."""
 
 METHODS = (
     "hello",
@@ -41,6 +43,7 @@ METHODS = (
     "status",
     "job",
     "steer",
+    "specs",
 )
 """What clients may call on the broker: the whole wire API (``BrokerAPI`` types each)."""
 
@@ -180,6 +183,8 @@ class HelloReply(TypedDict):
     version: str
     lease_timeout: float
     max_attempts: int
+    max_body: int
+    """Bytes in the largest body a task may send."""
     time: float
     """The server's Unix time, so a client can tell how far its clock is off."""
 
@@ -325,3 +330,5 @@ class BrokerAPI(Protocol):
     def job(self, job_name: str) -> JobCounts: ...
 
     def steer(self, job_name: str, change: dict[str, Any]) -> JobView: ...
+
+    def specs(self, job_name: str, keys: list[str]) -> list[dict[str, Any]]: ...

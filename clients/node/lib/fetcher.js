@@ -1,6 +1,7 @@
-// One GET with Node's built-in fetch, and its result record (docs/PROTOCOL.md,
+// One request with Node's built-in fetch, and its result record (docs/PROTOCOL.md,
 // section 8): the same fields and error types as the Python worker, where Node
-// can tell them apart.
+// can tell them apart. A task that names a spec (section 9) is sent with its
+// method, headers and body; any other is a GET.
 
 import { VERSION } from './version.js';
 
@@ -68,11 +69,31 @@ export function retryAfterSeconds(value, nowMs = Date.now()) {
 const taskTimeout = (task) => (Number.isFinite(task.timeout) && task.timeout > 0 ? task.timeout : 30);
 
 /**
- * GET `url` within `timeout` seconds: `{status, bytes, retryAfter, body, error}`,
- * with `error` as `[type, message]` or null. With `keep`, at most that many body
- * bytes are read, and kept as `body`.
+ * A spec record from the server (`{key, method, headers, body}`, the body in base64)
+ * as `fetch` takes it: a name given twice is sent once, its values joined by commas,
+ * and the spec's headers win over ours.
  */
-async function get(url, { timeout, followRedirects, keep = 0 }) {
+export function outgoing(spec) {
+  const headers = new Headers({ 'user-agent': USER_AGENT, 'accept-encoding': 'identity' });
+  const own = new Set();
+  for (const [name, value] of spec.headers ?? []) {
+    if (own.has(name.toLowerCase())) headers.append(name, value);
+    else headers.set(name, value);
+    own.add(name.toLowerCase());
+  }
+  const body = Buffer.from(spec.body ?? '', 'base64');
+  return { method: spec.method ?? 'GET', headers, body: body.length ? body : undefined };
+}
+
+const PLAIN = { method: 'GET', headers: { 'user-agent': USER_AGENT, 'accept-encoding': 'identity' } };
+
+/**
+ * Send `spec` (an `outgoing`; a GET when none) to `url` within `timeout` seconds:
+ * `{status, bytes, retryAfter, body, error}`, with `error` as `[type, message]` or null.
+ * With `keep`, at most that many body bytes are read, and kept as `body`. Redirects
+ * followed are fetch's own: a 303, and a 301 or 302 to a POST, become a GET.
+ */
+async function get(url, { timeout, followRedirects, keep = 0, spec = PLAIN }) {
   const controller = new AbortController();
   let timedOut = false;
   const timer = setTimeout(() => {
@@ -84,10 +105,12 @@ async function get(url, { timeout, followRedirects, keep = 0 }) {
   let keptBytes = 0;
   try {
     const response = await fetch(url, {
+      method: spec.method,
       redirect: followRedirects ? 'follow' : 'manual',
       signal: controller.signal,
       // As sent: ask for no compression, so the bytes counted are the bytes that came.
-      headers: { 'user-agent': USER_AGENT, 'accept-encoding': 'identity' },
+      headers: spec.headers,
+      body: spec.body,
     });
     answer.status = response.status;
     if (RETRY_AFTER_STATUSES.includes(response.status)) {
@@ -131,7 +154,8 @@ export class Fetcher {
     if (typeof task.url !== 'string') {
       answer = { status: null, bytes: 0, retryAfter: null, error: ['invalid_url', 'the task has no URL'] };
     } else {
-      answer = await get(task.url, { timeout, followRedirects: this.followRedirects });
+      const spec = task.spec && typeof task.spec === 'object' ? task.spec : PLAIN;
+      answer = await get(task.url, { timeout, followRedirects: this.followRedirects, spec });
     }
     const error = answer.error ? { type: answer.error[0], message: answer.error[1] } : null;
     return {

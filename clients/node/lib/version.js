@@ -4,7 +4,7 @@
 import { createRequire } from 'node:module';
 
 /** The wire protocol this worker speaks; a server of another one refuses its hello. */
-export const PROTOCOL = 4;
+export const PROTOCOL = 5;
 
 /** The worker's version: package.json's, which the Python tests hold to fetchq's own. */
 export const VERSION = createRequire(import.meta.url)('../package.json').version;

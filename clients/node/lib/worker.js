@@ -5,6 +5,7 @@
 import { setTimeout as delay } from 'node:timers/promises';
 
 import { ExitCode, FatalError, RemoteError, WireError } from './errors.js';
+import { SpecBook, unsendable } from './specs.js';
 import { Session, createBroker } from './wire.js';
 
 const FLUSH_MS = 50;
@@ -162,6 +163,7 @@ export class Worker {
     this.abandoner = new AbortController(); // the grace period is over: stop waiting for the server
     this.lease = makeLink('lease', this.stopper.signal);
     this.report = makeLink('report', this.abandoner.signal);
+    this.specs = new SpecBook((job, keys) => this.lease.call('specs', job, keys));
     this.inbox = []; // leased, not started: in scheduled order
     this.outbox = []; // results not yet reported
     this.robotsReports = [];
@@ -237,10 +239,13 @@ export class Worker {
         if (this.burst && this.idle() && (await this.lease.call('queued')) === 0) return;
         continue;
       }
-      for (const task of tasks) {
-        this.held.set(task.id, task.attempt);
-        this.inbox.push(task);
+      for (const task of tasks) this.held.set(task.id, task.attempt);
+      for (const task of await this.specs.fill(tasks)) {
+        this.outbox.push(unsendable(task, this.identity));
+        tasks.splice(tasks.indexOf(task), 1);
       }
+      for (const task of tasks) this.inbox.push(task);
+      if (this.outbox.length) this.reportable.wake();
       this.startable.wake();
     }
   }
