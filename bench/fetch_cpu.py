@@ -1,6 +1,7 @@
 """Where a worker's CPU goes: CPU per GET, one thread, for each layer of the HTTP stack.
 
-Runs the same keep-alive GETs through fetchq's ``Fetcher``, through
+Runs the same keep-alive GETs through fetchq's ``Fetcher`` (and POSTs of 1 KiB, a
+task with a spec, beside them), through
 ``requests.Session.get`` (what Locust's ``HttpUser`` calls), through the
 urllib3 pool that requests' own adapter holds, and through bare
 ``http.client``, one thread and no queue, so the figure is the client's CPU
@@ -28,7 +29,14 @@ from urllib.parse import urlsplit
 import requests
 
 from fetchq.fetch import Fetcher
+from fetchq.fetch.fetcher import outgoing
 from fetchq.wire.records import make_task
+from fetchq.wire.specs import Spec
+
+POST_BODY = 1024
+POST_CLIENT = "fetchq Fetcher.fetch, POST of 1 KiB"
+"""A task with a spec: what a load test of a write path sends (at most 10% dearer than
+a GET is the aim)."""
 
 WARM_UP = 200
 ROUNDS = 5
@@ -57,6 +65,15 @@ def clients(base: str) -> dict[str, Callable[[int], None]]:
         result = fetcher.fetch(make_task(i, "cpu", f"{base}/?q={i}", 1, 30.0, 0.0))
         assert result["ok"], result
 
+    post = make_task(0, "cpu", "", 1, 30.0, 0.0)
+    post["spec"] = outgoing(
+        Spec("POST", (("Content-Type", "application/octet-stream"),), bytes(POST_BODY))
+    )
+
+    def fetchq_fetcher_post(i: int) -> None:
+        result = fetcher.fetch({**post, "id": i, "url": f"{base}/?q={i}"})
+        assert result["ok"], result
+
     def requests_session(i: int) -> None:
         reply = session.get(f"{base}/?q={i}")
         assert reply.ok and reply.content
@@ -76,6 +93,7 @@ def clients(base: str) -> dict[str, Callable[[int], None]]:
 
     return {
         "fetchq Fetcher.fetch": fetchq_fetcher,
+        POST_CLIENT: fetchq_fetcher_post,
         "requests Session.get": requests_session,
         "urllib3 pool of requests' adapter": urllib3_pool,
         "http.client": bare_http_client,

@@ -55,6 +55,7 @@ from typing import Any
 import ceiling
 import connect_storm
 import fetchq_runs
+import fetch_cpu
 import httptarget
 import peer_classic
 import peer_loadtools
@@ -296,6 +297,9 @@ class Bench:
                 run = {"cpu_us": micros, "rate": 1e6 / micros}
                 self.runs.setdefault(f"1 thread: {name}", []).append(run)
             say("  " + ", ".join(f"{name} {micros:.0f} us" for name, micros in figures.items()))
+            post, get = figures.get(fetch_cpu.POST_CLIENT), figures.get("fetchq Fetcher.fetch")
+            if post and get:
+                say(f"  a POST of 1 KiB costs {post / get:.2f}x a GET")
 
     def storm(self, repeat: int) -> None:
         """Clients released at once against this checkout's server only;

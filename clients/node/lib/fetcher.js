@@ -1,6 +1,6 @@
 // One request with Node's built-in fetch, and its result record (docs/PROTOCOL.md,
 // section 8): the same fields and error types as the Python worker, where Node
-// can tell them apart. A task that names a spec (section 9) is sent with its
+// can tell them apart. A task that names a spec (section 8) is sent with its
 // method, headers and body; any other is a GET.
 
 import { VERSION } from './version.js';

@@ -1,4 +1,4 @@
-// The specs a worker has met (docs/PROTOCOL.md, section 9): a task names its spec
+// The specs a worker has met (docs/PROTOCOL.md, section 8, Specs): a task names its spec
 // by a key; each is asked of the server once (`specs`) and kept ready to send.
 
 import { outgoing } from './fetcher.js';
