@@ -54,8 +54,8 @@ from typing import Any
 
 import ceiling
 import connect_storm
-import fetchq_runs
 import fetch_cpu
+import fetchq_runs
 import httptarget
 import peer_classic
 import peer_loadtools

@@ -305,3 +305,23 @@ def test_an_aggregate_job_of_a_files_urls_runs_them_in_spans(server, env, target
     hits = {path: n for path, n in target.hits().items() if path.startswith(LISTED)}
     assert hits == {f"{LISTED}{n}": 1 for n in range(230)}
     assert "Requests:     230" in output.stderr
+
+
+def test_an_aggregate_job_sends_its_method_headers_and_body_with_every_request(server, env, target):
+    """A load test of a write path: each of a span's requests is sent as the job asks."""
+    dispatched = run(
+        env,
+        *("dispatch", "-j", "agg-patch", "--aggregate", "--span", "100", "--method", "PATCH"),
+        *("-H", "X-Load: 1", "--body", "hello", "--template", f"{target.url}/agg-patch?i={{i}}"),
+        *("--count", "300"),
+    )
+    assert dispatched.returncode == 0, dispatched.stderr
+    worker = run(env, "worker", "--burst", "--concurrency", "4")
+    assert worker.returncode == 0, worker.stderr
+    output = run(env, "output", "-j", "agg-patch", "--until-done", "--format", "jsonl")
+    assert sum(record["requests"] for record in jsonl(output.stdout)) == 300
+    seen = target.requests("/agg-patch?")
+    assert len(seen) == 300
+    assert {(s.method, s.body, dict(s.headers)["X-Load"]) for s in seen} == {
+        ("PATCH", b"hello", "1")
+    }
