@@ -298,6 +298,7 @@ def dispatch(
             raise UsageError("--targets says every request itself: give it without URLs")
         if method is not None or body is not None:
             raise UsageError("--targets says each request's method and body: drop --method, --body")
+        targets_format = targets_format.lower()
         if targets_format not in TARGETS_FORMATS:
             raise UsageError(f"--targets-format: use one of {', '.join(TARGETS_FORMATS)}")
     policy = job_policy(rate, per_host, host_delay_seconds(host_delay), obey_robots, retry_after)

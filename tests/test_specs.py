@@ -16,7 +16,8 @@ import pytest
 from brokerkit import Factory, crash
 
 from fetchq.commands.specs import Targets, command_spec
-from fetchq.errors import BadRequest, UsageError
+from fetchq.errors import BadRequest, NoSuchJob, UsageError
+from fetchq.fetch.specbook import SpecBook, unsendable
 from fetchq.urls import Rejected
 from fetchq.wire.specs import MAX_BODY, MAX_JOB_SPECS, Spec, read_spec, spec_key, spec_record
 
@@ -223,3 +224,31 @@ def test_vegeta_json_targets_one_a_line(tmp_path: Path):
 def test_blocks_that_send_the_same_spec_share_one(tmp_path: Path):
     got = read_targets("PUT http://127.0.0.1/1\nA: b\n\nPUT http://127.0.0.1/2\nA: b\n", tmp_path)
     assert got[0][1] is got[1][1]
+
+
+# -- a worker's specs ------------------------------------------------------------------
+
+
+def test_a_worker_asks_for_each_spec_once_and_fails_a_task_whose_spec_is_gone():
+    asked: list[tuple[str, list[str]]] = []
+
+    def ask(job: str, keys: list[str]) -> list[dict[str, Any]]:
+        asked.append((job, keys))
+        if job == "forgotten":
+            raise NoSuchJob(job)
+        return [spec_record(POST)] if spec_key(POST) in keys else []
+
+    book = SpecBook(ask)
+    key = spec_key(POST)
+    first = [{"id": n, "job": "s", "url": "http://h/", "spec": key} for n in range(3)]
+    assert book.fill(first) == []
+    assert {task["spec"].method for task in first} == {"POST"}
+    assert first[0]["spec"].headers["Authorization"] == "Bearer t0k"
+    again = [{"id": 9, "job": "s", "url": "http://h/", "spec": key}, {"id": 10, "job": "s"}]
+    assert book.fill(again) == []
+    assert asked == [("s", [key])], "a spec met is kept"
+    gone = {"id": 11, "job": "s", "url": "http://h/", "spec": "e" * 32}
+    forgotten = {"id": 12, "job": "forgotten", "url": "http://h/", "spec": "d" * 32}
+    assert book.fill([gone, forgotten]) == [gone, forgotten]
+    assert unsendable(gone, "w")["error"]["type"] == "spec"
+    assert unsendable(gone, "w")["ok"] is False

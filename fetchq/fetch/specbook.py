@@ -7,6 +7,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from fetchq.errors import NoSuchJob
 from fetchq.fetch.fetcher import Outgoing, outgoing
 from fetchq.wire.api import USER_AGENT
 from fetchq.wire.records import make_error, make_result
@@ -39,13 +40,17 @@ class SpecBook:
         for job, keys in missing.items():
             wanted = sorted(keys)
             for start in range(0, len(wanted), MAX_SUBMIT_SPECS):
-                for record in self._ask(job, wanted[start : start + MAX_SUBMIT_SPECS]):
+                try:
+                    records = self._ask(job, wanted[start : start + MAX_SUBMIT_SPECS])
+                except NoSuchJob:
+                    break  # its tasks are lost, below: the server forgot the job
+                for record in records:
                     try:
                         key, spec = read_spec(record)
                     except ValueError:
                         continue  # its tasks are lost, below: no server of ours sends this
                     self._kept[key] = outgoing(spec, self._user_agent)
-        lost = []
+        lost: list[dict[str, Any]] = []
         for task in tasks:
             key = task.get("spec")
             if type(key) is str:

@@ -25,6 +25,7 @@ from fetchq.server import events, robots
 from fetchq.server.completion import ended_without_request, finish_task
 from fetchq.server.jobqueue import Pick
 from fetchq.server.leases import Lease, records, task_records
+from fetchq.server.ledger import Ledger
 from fetchq.server.state import BrokerState
 from fetchq.server.tasks import Task
 from fetchq.wire.aggregates import SPAN, read_span
@@ -64,8 +65,8 @@ def lease(
         # The usual case, a job with no pace and no host limits: leased as a batch.
         state.leases.grant_plain(plain, worker, now + lease_timeout)
         built = task_records(plain, itertools.repeat(None))
-        if state.ledger.has_specs:
-            name_specs(built, state.ledger.spec_of)
+        if state.ledger.spec_jobs:
+            name_specs(built, state.ledger)
         if state.scheduler.span_jobs:
             as_spans(built, state.scheduler.span_jobs)
         return built
@@ -93,20 +94,23 @@ def lease(
                 state.give_back(given)
             raise
     built = records(granted)
-    if state.ledger.has_specs:
-        name_specs(built, state.ledger.spec_of)
+    if state.ledger.spec_jobs:
+        name_specs(built, state.ledger)
     if state.scheduler.span_jobs:
         as_spans(built, state.scheduler.span_jobs, state.scheduler.spacings)
     return built
 
 
-def name_specs(built: list[dict[str, Any]], spec_of: Callable[[int], str | None]) -> None:
+def name_specs(built: list[dict[str, Any]], ledger: Ledger) -> None:
     """Each task record names the spec its task sends, when it has one (a robots.txt
-    fetch, under a negative id, is a bare GET)."""
+    fetch, under a negative id, is a bare GET).  Only a job that has specs costs a
+    look-up per task."""
+    jobs, spec_of = ledger.spec_jobs, ledger.spec_of
     for record in built:
-        task_id = record["id"]
-        if task_id > 0 and (key := spec_of(task_id)) is not None:
-            record["spec"] = key
+        if record["job"] in jobs and record["id"] > 0:
+            key = spec_of(record["id"])
+            if key is not None:
+                record["spec"] = key
 
 
 def as_spans(

@@ -46,8 +46,8 @@ class Ledger:
         self._starts: list[int] = []
         self._jobs: list[str] = []
         self._specs: list[str | None] = []
-        self.has_specs = False
-        """Some range's tasks send a spec: leases look their keys up."""
+        self.spec_jobs: set[str] = set()
+        """Jobs some of whose tasks send a spec: leases look their keys up."""
         self.done = IdSet()
         self._batches: OrderedDict[str, SubmitReply] = OrderedDict()
 
@@ -70,7 +70,8 @@ class Ledger:
         self._starts.append(first)
         self._jobs.append(job)
         self._specs.append(spec)
-        self.has_specs = self.has_specs or spec is not None
+        if spec is not None:
+            self.spec_jobs.add(job)
 
     def known(self, task_id: int) -> bool:
         """Given by this server (or by the run whose journal it replayed)."""
