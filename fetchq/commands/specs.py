@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 import msgspec
 
-from fetchq.errors import UsageError, cannot_read
+from fetchq.errors import FetchqError, UsageError, cannot_read
 from fetchq.urls import Rejected, url_problem
 from fetchq.wire.specs import MAX_BODY, MAX_JOB_SPECS, METHODS, Spec, header_problem, spec_problem
 
@@ -50,17 +50,23 @@ def header_from_env(text: str) -> tuple[str, str]:
 
 def read_body(text: str, max_body: int = MAX_BODY) -> bytes:
     """``--body``: ``@FILE`` for a file's bytes, anything else as UTF-8 text."""
-    if not text.startswith("@"):
-        body = text.encode("utf-8")
-    else:
-        path = text[1:]
-        try:
-            with open(path, "rb") as stream:
-                body = stream.read(max_body + 1)
-        except OSError as exc:
-            raise cannot_read("body file", path, exc) from None
+    if text.startswith("@"):
+        return body_file(text[1:], max_body)
+    body = text.encode("utf-8")
     if len(body) > max_body:
         raise UsageError(f"--body is over the server's limit of {max_body} bytes")
+    return body
+
+
+def body_file(path: str | Path, max_body: int = MAX_BODY) -> bytes:
+    """A body file's bytes; a ``FetchqError`` that says why not (unreadable, too big)."""
+    try:
+        with open(path, "rb") as stream:
+            body = stream.read(max_body + 1)
+    except OSError as exc:
+        raise cannot_read("body file", path, exc) from None
+    if len(body) > max_body:
+        raise UsageError(f"body file {path} is over the server's limit of {max_body} bytes")
     return body
 
 
@@ -213,15 +219,9 @@ class Targets:
 
     def _body(self, name: str) -> bytes | str:
         """The bytes of a block's body file (relative to the targets file), or why not."""
-        if name in self._bodies:
-            return self._bodies[name]
-        path = self._base / name
-        try:
-            with open(path, "rb") as stream:
-                body = stream.read(self._max_body + 1)
-        except OSError as exc:
-            return f"cannot read body file {path}: {exc.strerror or exc}"
-        if len(body) > self._max_body:
-            return f"body file {path} is over the server's limit of {self._max_body} bytes"
-        self._bodies[name] = body
-        return body
+        if name not in self._bodies:
+            try:
+                self._bodies[name] = body_file(self._base / name, self._max_body)
+            except FetchqError as exc:
+                return str(exc)
+        return self._bodies[name]
