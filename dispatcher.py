@@ -37,12 +37,13 @@ from fetchq.commands.specs import TARGETS_FORMATS, Targets, command_spec
 from fetchq.commands.submit import Submitter, UrlSpans, new_job_name
 from fetchq.errors import ExitCode, UsageError, cannot_read
 from fetchq.messages import plural
-from fetchq.units import parse_duration, parse_rate
+from fetchq.units import is_staged, parse_duration, parse_rate, parse_stages
 from fetchq.urls import Rejected, argument_urls, check_template, read_urls, template_batches
 from fetchq.wire.aggregates import MAX_SPAN, NOT_WITH_AGGREGATE
 from fetchq.wire.api import MAX_SUBMIT, MAX_TASK_TIMEOUT, check_job_name
 from fetchq.wire.client import ResilientClient
 from fetchq.wire.specs import MAX_BODY, METHODS, Spec
+from fetchq.wire.stages import Stages
 
 HELP = (
     "Submit URLs to fetch: as arguments, from files or stdin (-), from a template, "
@@ -132,7 +133,9 @@ def job_policy(
     """The job's pace and politeness, as the server takes them (only what was given;
     0 for a host limit is none)."""
     policy: dict[str, Any] = {}
-    if rate is not None:
+    if rate is not None and is_staged(rate):
+        policy["stages"] = parse_stages(rate)
+    elif rate is not None:
         policy["rate"] = parse_rate(rate)
     if per_host:
         policy["per_host"] = per_host
@@ -211,7 +214,8 @@ def dispatch(
         str | None,
         typer.Option(
             metavar="RATE",
-            help="Requests per second for the whole fleet: 200, 200/s, 12000/m, 60/h. "
+            help="Requests per second for the whole fleet: 200, 200/s, 12000/m, 60/h; or "
+            "stages: '0..500/s over 1m, 500/s for 5m, 500..0/s over 30s'. "
             "For a new job; an existing job keeps its own (fetchq job set changes it)",
         ),
     ] = None,
@@ -302,6 +306,15 @@ def dispatch(
         if targets_format not in TARGETS_FORMATS:
             raise UsageError(f"--targets-format: use one of {', '.join(TARGETS_FORMATS)}")
     policy = job_policy(rate, per_host, host_delay_seconds(host_delay), obey_robots, retry_after)
+    if "stages" in policy:
+        if duration is not None:
+            raise UsageError("--duration does not go with stages: they say how long the job runs")
+        if template is not None and count is not None:
+            raise UsageError(
+                "with stages, --template makes as many URLs as the stages hold: drop --count"
+            )
+        if template is not None:
+            count = Stages(policy["stages"]).requests
     if duration is not None:
         if template is None or rate is None or count is not None:
             raise UsageError("--duration goes with --template and --rate, instead of --count")

@@ -12,6 +12,7 @@ import re
 
 from fetchq.errors import UsageError
 from fetchq.wire.api import MAX_RATE
+from fetchq.wire.stages import MAX_STAGE_SECONDS, stages_problem
 
 
 def format_duration(seconds: float) -> str:
@@ -125,6 +126,45 @@ def parse_rate(text: str, *, allow_zero: bool = False) -> float:
     if rate > MAX_RATE:
         raise UsageError(f"invalid rate {text!r}: at most {MAX_RATE:,.0f}/s")
     return rate
+
+
+_STAGE = re.compile(
+    r"(?P<start>\d+(?:\.\d+)?|\.\d+)(?:\.\.(?P<end>\d+(?:\.\d+)?|\.\d+))?"
+    r"(?:/(?P<per>[smh]))?\s+(?P<how>for|over)\s+(?P<time>\S+)"
+)
+
+
+def is_staged(text: str) -> bool:
+    """``--rate`` written as stages (``0..500/s over 1m, 500/s for 5m``), not one rate."""
+    return "," in text or ".." in text or re.search(r"\s(?:for|over)\b", text) is not None
+
+
+def parse_stages(text: str) -> list[list[float]]:
+    """A staged ``--rate``: stages ``R/s for DURATION`` and ramps ``A..B/s over DURATION``,
+    separated by commas, as ``[seconds, start rate, end rate]`` each (per second)."""
+    stages: list[list[float]] = []
+    for part in text.split(","):
+        match = _STAGE.fullmatch(part.strip())
+        if not match:
+            raise UsageError(
+                f"invalid stage {part.strip()!r} in --rate: write 'R/s for DURATION' or "
+                "'A..B/s over DURATION', as in '0..500/s over 1m, 500/s for 5m'"
+            )
+        per = _PER[match["per"] or "s"]
+        start = float(match["start"]) / per
+        end = start if match["end"] is None else float(match["end"]) / per
+        if (match["end"] is None) != (match["how"] == "for"):
+            raise UsageError(
+                f"invalid stage {part.strip()!r} in --rate: a rate holds 'for' a time, "
+                "a ramp A..B goes 'over' one"
+            )
+        if max(start, end) > MAX_RATE:
+            raise UsageError(f"invalid stage {part.strip()!r}: at most {MAX_RATE:,.0f}/s")
+        stages.append([parse_duration(match["time"], MAX_STAGE_SECONDS), start, end])
+    problem = stages_problem(stages)
+    if problem:
+        raise UsageError(f"invalid --rate {text!r}: {problem}")
+    return stages
 
 
 def parse_duration(text: str, most: float | None = None, *, allow_zero: bool = False) -> float:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import json
 import re
+from collections import Counter
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -26,6 +28,8 @@ from fetchq_procs import (
 from worker_scenarios import CLOCK_SLACK, assert_none_before_its_slot, assert_slots_apart
 
 from fetchq.testing.target import Seen, Target
+from fetchq.units import parse_stages
+from fetchq.wire.stages import Stages
 
 RATE = 100
 
@@ -387,3 +391,49 @@ def test_status_shows_the_rate_a_paced_job_achieves(server, env, target):
     assert 2 <= readings[0]["achieved_over"] < readings[-1]["achieved_over"] <= 10, readings
     assert re.search(r"steady: target 100\.0/s, achieved \d+\.\d/s \(last \d+ s\)", said), said
     assert re.search(r"steady +\S+ .* 100\.0/s +\d+\.\d/s \(last \d+ s\)", listed), listed
+
+
+STAGED = "0..60/s over 2s, 60/s for 2s, 60..20/s over 2s"
+
+
+def test_a_staged_job_follows_its_ramp_at_the_target(server, env, target):
+    """The template makes as many tasks as the stages hold; each second's arrivals at the
+    target are within 5% of what the stages schedule (or one request, where a second
+    holds few), none before its slot, and the summary counts late starts against them."""
+    workers = start_workers(env, ("--concurrency", "8"), ("--concurrency", "8"))
+    try:
+        dispatched = run(
+            env, "dispatch", "--template", f"{target.url}/staged?i={{i}}", "--rate", STAGED
+        )
+        assert dispatched.returncode == 0, dispatched.stderr
+        job = dispatched.stdout.strip()
+        listed = json.loads(run(env, "job", "list", "--json").stdout)[job]
+        results, summary = collect_with_summary(env, job, "--summary")
+    finally:
+        stop_all(workers)
+    schedule = Stages(parse_stages(STAGED))
+    assert schedule.requests == 60 + 120 + 80
+    assert len(results) == schedule.requests
+    assert listed["policy"]["stages"] == [[2.0, 0.0, 60.0], [2.0, 60.0, 60.0], [2.0, 60.0, 20.0]]
+    seen = arrivals(target, "/staged?")
+    assert_none_before_its_slot(results, seen)
+    begun = min(r["scheduled"] for r in results) - schedule.start_of(0)  # the stages' start
+    got = Counter(int(s.arrived - begun) for s in seen)
+    due = Counter(int(schedule.start_of(n)) for n in range(schedule.requests))
+    assert sorted(due) == list(range(6))
+    for second, count in due.items():
+        assert abs(got[second] - count) <= max(1, 0.05 * count), (second, got, due)
+    assert re.search(r"Late starts: \d+ of 260 requests started more than", summary), summary
+
+
+def test_stages_go_with_a_template_alone(env):
+    for args, message in (
+        (["--duration", "5s"], "--duration does not go with stages"),
+        (["--count", "5"], "drop --count"),
+        (["--aggregate"], "--aggregate does not go with a staged --rate yet"),
+        (["--rate", "10/s for"], "invalid stage '10/s for'"),
+    ):
+        rate = [] if "--rate" in args else ["--rate", STAGED]
+        result = run(env, "dispatch", "--template", "http://127.0.0.1/{i}", *rate, *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr

@@ -202,10 +202,12 @@ class PolicyEvent(TypedDict):
     obey_robots: bool
     retry_after: bool
     aggregate: NotRequired[bool]
+    stages: NotRequired[list[list[float]]]
+    """A staged rate (``rate`` is then the rate past its end)."""
 
 
 def policy(job: str, rules: Policy) -> PolicyEvent:
-    return {
+    event: PolicyEvent = {
         "k": POLICY,
         "job": job,
         "rate": rules.rate,
@@ -215,6 +217,9 @@ def policy(job: str, rules: Policy) -> PolicyEvent:
         "retry_after": rules.retry_after,
         "aggregate": rules.aggregate,
     }
+    if rules.stages is not None:
+        event["stages"] = [list(stage) for stage in rules.stages]
+    return event
 
 
 class Switch(TypedDict):

@@ -30,6 +30,7 @@ from typing import NamedTuple
 from fetchq.ids import IdSet
 from fetchq.server.tasks import Batch, Task
 from fetchq.urls import host_key, origin
+from fetchq.wire.stages import Stages
 
 LOOKAHEAD = 1.0
 """Seconds before its start a task may be handed to a worker."""
@@ -46,7 +47,10 @@ class Policy:
     """How a job (or, for the per-host settings, the whole server) paces its requests."""
 
     rate: float | None = None
-    """Requests per second for the whole fleet (None: as fast as workers go)."""
+    """Requests per second for the whole fleet (None: as fast as workers go); with
+    ``stages``, the rate past their end."""
+    stages: tuple[tuple[float, float, float], ...] | None = None
+    """A staged rate: ``(seconds, start rate, end rate)`` each (``fetchq.wire.stages``)."""
     per_host: int | None = None
     """Requests in flight to one host at once."""
     host_delay: float = 0.0
@@ -164,19 +168,85 @@ class HostQueue(HostSlot):
 
 class Pace:
     """A job's rate schedule: the start of its next request.  The scheduler keeps it;
-    a job's host queues move it on as they start requests."""
+    a job's host queues move it on as they start requests.
 
-    __slots__ = ("fresh", "next_slot")
+    A constant rate steps ``1 / rate`` from one start to the next.  A staged rate
+    (``stages``) counts its requests from where the stages began (``anchor``): request
+    ``index`` starts at ``anchor + stages.start_of(index)``.  A start held back (by a
+    host's limits) moves the schedule on without a burst after it: the next request
+    takes the first slot after that start."""
+
+    __slots__ = ("anchor", "fresh", "index", "next_slot", "stages")
 
     def __init__(self) -> None:
         self.next_slot = float("-inf")
         self.fresh = True
         """Nothing leased since the job was idle: its rate starts at the next lease."""
+        self.stages: Stages | None = None
+        self.anchor: float | None = None
+        """When the stages began (None: at the next lease)."""
+        self.index = 0
+        """The staged request whose start ``next_slot`` is."""
 
     def begin(self, now: float) -> None:
-        if self.fresh:
+        if not self.fresh:
+            return
+        self.fresh = False
+        if self.stages is None:
             self.next_slot = max(self.next_slot, now)
-            self.fresh = False
+        elif self.anchor is None:
+            self.anchor, self.index = now, 0
+            self.next_slot = now + self.stages.start_of(0)
+        elif now > self.next_slot:  # after a pause or an idle spell the stages go on
+            self.anchor += now - self.next_slot
+            self.next_slot = now
+
+    def follow(self, stages: Stages | None) -> None:
+        """A new staged rate starts at the next lease; a constant one (None) goes on from
+        the next start."""
+        self.stages, self.anchor = stages, None
+        if stages is not None:
+            self.fresh = True
+
+    def moved_on(self, start: float, rate: float) -> None:
+        """A request started at ``start``: the next start."""
+        if self.stages is None:
+            self.next_slot = max(self.next_slot, start) + 1.0 / rate
+        else:
+            self.next_slot, self.index = self._after(max(self.next_slot, start), self.index)
+
+    def starts(self, count: int, horizon: float, at: float, *, take: bool) -> list[float]:
+        """The next ``count`` staged starts up to ``horizon``, none before ``at``; with
+        ``take``, the schedule moves on past them."""
+        starts: list[float] = []
+        slot, index = self.next_slot, self.index
+        while len(starts) < count:
+            start = max(slot, at)
+            if start > horizon:
+                break
+            starts.append(start)
+            slot, index = self._after(start, index)
+        if take:
+            self.next_slot, self.index = slot, index
+        return starts
+
+    def _after(self, start: float, index: int) -> tuple[float, int]:
+        """The slot after request ``index`` started at ``start``: the first one that is
+        not before ``start``."""
+        assert self.stages is not None and self.anchor is not None
+        since = start - self.anchor
+        index = max(index + 1, math.ceil(self.stages.started_by(since) - 0.5))
+        slot = self.anchor + self.stages.start_of(index)
+        if slot < start:  # (rounding: a slot a hair before its start)
+            index += 1
+            slot = self.anchor + self.stages.start_of(index)
+        return slot, index
+
+    def rate_at(self, now: float, rate: float | None) -> float | None:
+        """The rate the job asks for at ``now``."""
+        if self.stages is None:
+            return rate
+        return self.stages.rate_at(now - (self.anchor if self.anchor is not None else now))
 
 
 SPAN_SECONDS = 5.0
@@ -565,7 +635,7 @@ class JobQueue:
             if policy.rate:
                 # A host limit that held the start back moves the schedule on with it:
                 # the rate is kept from there, not made up for in a burst.
-                pace.next_slot = max(pace.next_slot, start) + 1.0 / policy.rate
+                pace.moved_on(start, policy.rate)
             _started(bucket, start, server_slot)
             return _new_pick(Pick, (task, start if timed else None, bucket.key, False))
         return None
@@ -611,8 +681,12 @@ class JobQueue:
         batch = self.batch_of(first)
         if last - batch.first >= len(batch.urls):
             return []
-        if policy.rate:
-            starts: list[float] = []
+        if policy.rate and pace.stages is not None:
+            starts = pace.starts(count, horizon, start, take=True)
+            count = len(starts)
+            timed = True
+        elif policy.rate:
+            starts = []
             step, slot, at = 1.0 / policy.rate, pace.next_slot, start
             while len(starts) < count and at <= horizon:
                 starts.append(at)

@@ -34,6 +34,7 @@ from fetchq.server.jobqueue import (
 )
 from fetchq.server.tasks import Batch, Task
 from fetchq.wire.aggregates import span_size
+from fetchq.wire.stages import Stages
 
 __all__ = ["LOOKAHEAD", "ROBOTS_ATTEMPTS", "ROBOTS_TIMEOUT", "Scheduler"]
 
@@ -99,6 +100,8 @@ class Scheduler:
 
     def set_policy(self, name: str, policy: Policy) -> None:
         queue = self.get_or_create(name)
+        if policy.stages != queue.policy.stages:
+            self.paces[name].follow(Stages(policy.stages) if policy.stages else None)
         queue.set_policy(policy)
         self._changed(queue, queue.count)
 
@@ -368,11 +371,15 @@ class Scheduler:
         rate = queue.policy.rate
         pace = self.paces[queue.name]
         pace.begin(now)
+        staged = pace.stages is not None
         if rate:
             horizon = now + LOOKAHEAD
             if pace.next_slot > horizon:
                 return []
-            count = min(count, int((horizon - pace.next_slot) * rate) + 1)
+            if staged:
+                count = len(pace.starts(count, horizon, pace.next_slot, take=False))
+            else:
+                count = min(count, int((horizon - pace.next_slot) * rate) + 1)
         before = queue.count
         if queue.by_host:
             picks = queue.take_hosted(count, now, pace, is_done, self.denied, done)
@@ -382,6 +389,9 @@ class Scheduler:
         self._count -= len(tasks)
         if not rate:
             return tasks
+        if staged:
+            starts = pace.starts(len(tasks), horizon, pace.next_slot, take=True)
+            return [Pick(task, start, None) for task, start in zip(tasks, starts, strict=True)]
         first, step = pace.next_slot, 1.0 / rate
         pace.next_slot += step * len(tasks)
         return [Pick(task, first + n * step, None) for n, task in enumerate(tasks)]

@@ -24,6 +24,7 @@ from fetchq.units import format_duration, format_rate, write_rate
 from fetchq.urls import host_key
 from fetchq.wire.aggregates import NOT_WITH_AGGREGATE
 from fetchq.wire.api import JobCounts
+from fetchq.wire.stages import Stage
 
 
 def policy_event(state: BrokerState, job: str, change: dict[str, Any]) -> events.PolicyEvent | None:
@@ -78,8 +79,18 @@ def refuse_on_aggregate(job: str, policy: Policy) -> None:
             raise BadRequest(f"job {job} is an aggregate job, which takes no {option} yet")
 
 
+def read_stages(stages: list[list[float]] | None) -> tuple[Stage, ...] | None:
+    return None if stages is None else tuple(Stage(*stage) for stage in stages)
+
+
 def _not_its_pace(job: str, name: str, have: Any, wanted: Any) -> str:
     """Why a submit asking for ``wanted`` is refused a job that has ``have``, and what to do."""
+    if name == "stages":
+        return (
+            f"job {job} has {'a staged rate' if have else 'no staged rate'}, and this dispatch "
+            f"asks for {'other stages' if wanted else 'none'}: dispatching to an existing job "
+            f"adds tasks at its own pace; fetchq job set {job} --rate R ends its stages"
+        )
     if name == "aggregate":
         kind = "an aggregate job" if have else "not an aggregate job"
         return (
@@ -127,6 +138,7 @@ def apply(state: BrokerState, event: events.SteeringEvent, *, now: float, wall: 
                 obey_robots=event.get("obey_robots", unset.obey_robots),
                 retry_after=event.get("retry_after", unset.retry_after),
                 aggregate=event.get("aggregate", unset.aggregate),
+                stages=read_stages(event.get("stages")),
             ),
         )
     elif event["k"] == events.PAUSE or event["k"] == events.RESUME:

@@ -25,6 +25,7 @@ from fetchq.wire.api import (
 )
 from fetchq.wire.records import StoredResult
 from fetchq.wire.specs import MAX_SUBMIT_SPECS, Spec, is_key, read_spec
+from fetchq.wire.stages import Stage, Stages, stages_problem
 
 MAX_ATTEMPTS = 100
 
@@ -103,10 +104,18 @@ def policy_change(fields: dict[str, Any]) -> dict[str, Any]:
     """The policy fields present in ``fields``, checked (rate and per_host may be None:
     no limit)."""
     change: dict[str, Any] = {}
-    if fields.get("rate") is not None:
+    if fields.get("stages") is not None:
+        problem = stages_problem(fields["stages"]) if isinstance(fields["stages"], list) else ""
+        require(problem is None, f"stages: {problem or 'a list of [seconds, start, end]'}")
+        stages = tuple(Stage(*map(float, stage)) for stage in fields["stages"])
+        change["stages"] = stages
+        change["rate"] = Stages(stages).tail_rate
+    elif fields.get("rate") is not None:
         change["rate"] = number(fields["rate"], "rate", 1e-6, MAX_RATE)
     elif "rate" in fields:
         change["rate"] = None
+    if "rate" in fields and "stages" not in change:
+        change = {"stages": None, **change}  # one rate for the rest: the stages end
     if fields.get("per_host") is not None:
         change["per_host"] = integer(fields["per_host"], "per_host", 1, MAX_PER_HOST)
     elif "per_host" in fields:

@@ -35,6 +35,7 @@ def fleet_threads(state: BrokerState, now: float) -> int:
 def policy_view(policy: Policy) -> PolicyView:
     return {
         "rate": policy.rate,
+        "stages": None if policy.stages is None else [list(stage) for stage in policy.stages],
         "per_host": policy.per_host,
         "host_delay": policy.host_delay,
         "obey_robots": policy.obey_robots,
@@ -46,7 +47,8 @@ def policy_view(policy: Policy) -> PolicyView:
 def job_view(state: BrokerState, job: Job, now: float) -> JobView:
     queue = state.scheduler.find(job.name)
     policy = queue.policy if queue is not None else Policy()
-    target = policy.rate
+    pace = state.scheduler.paces.get(job.name)
+    target = pace.rate_at(now, policy.rate) if pace is not None else policy.rate
     mean = job.pace.mean_elapsed(now)
     needed = round(target * mean, 1) if target and mean is not None else None
     counts = state.counts(job)

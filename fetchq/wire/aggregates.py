@@ -45,6 +45,7 @@ NOT_WITH_AGGREGATE = {
     "host_delay": "--host-delay",
     "obey_robots": "--obey-robots",
     "retry_after": "--retry-after",
+    "stages": "a staged --rate",
 }
 """The politeness an aggregate job does not take yet (a job's policy field, and the
 option that sets it): a worker runs a span's requests without asking the server,

@@ -227,6 +227,9 @@ class ResultsDelivery(TypedDict):
 
 class PolicyView(TypedDict):
     rate: float | None
+    """With ``stages``, the rate past their end."""
+    stages: list[list[float]] | None
+    """A staged rate: ``[seconds, start rate, end rate]`` each."""
     per_host: int | None
     host_delay: float
     obey_robots: bool
@@ -237,6 +240,7 @@ class PolicyView(TypedDict):
 
 class PaceView(TypedDict):
     target: float | None
+    """The rate the job asks for now (a staged rate's where its stages are)."""
     achieved: float
     achieved_over: float
     """The whole seconds ``achieved`` was measured over (0: not measured yet)."""
