@@ -173,3 +173,14 @@ def test_a_start_held_back_takes_the_next_staged_slot_without_a_burst():
     scheduler.hold("a", "http://h/0", until=1002.0)  # the site asked for two seconds
     starts = [pick.start for pick in scheduler.take(20, 1001.5, never)]
     assert starts[:3] == pytest.approx([1002.0, 1002.05, 1002.15])
+
+
+def test_a_dispatch_to_a_staged_job_keeps_its_stages(implementation: Factory):
+    broker = implementation()
+    stages = parse_stages("0..100/s over 4s, 100/s for 4s")
+    broker.submit({"job": "s", "urls": ["http://127.0.0.1/a"], "stages": stages})
+    broker.submit({"job": "s", "urls": ["http://127.0.0.1/b"], "stages": stages})  # the same
+    with pytest.raises(BadRequest, match="has a staged rate, and this dispatch asks for other"):
+        broker.submit({"job": "s", "urls": ["http://127.0.0.1/c"], "stages": stages[:1]})
+    with pytest.raises(BadRequest, match="job set s --rate R ends its stages"):
+        broker.submit({"job": "s", "urls": ["http://127.0.0.1/c"], "rate": 5.0})

@@ -88,7 +88,8 @@ def _not_its_pace(job: str, name: str, have: Any, wanted: Any) -> str:
     if name == "stages":
         return (
             f"job {job} has {'a staged rate' if have else 'no staged rate'}, and this dispatch "
-            f"asks for {'other stages' if wanted else 'none'}: dispatching to an existing job "
+            f"asks for {('other stages' if have else 'stages') if wanted else 'none'}: "
+            "dispatching to an existing job "
             f"adds tasks at its own pace; fetchq job set {job} --rate R ends its stages"
         )
     if name == "aggregate":
