@@ -133,6 +133,9 @@ def test_a_staged_rate_survives_a_restart_and_job_set_rate_ends_it(
     assert (view["policy"]["stages"], view["policy"]["rate"]) == (None, 5.0)
     with pytest.raises(BadRequest, match="stages: a stage lasts"):
         again.submit({"job": "t", "urls": [], "stages": [[0, 1, 1]]})
+    for malformed in ([5], [[1, "x", 2]], "fast", []):
+        with pytest.raises(BadRequest, match="stages: "):
+            again.submit({"job": "t", "urls": [], "stages": malformed})
     again.close()
 
 

@@ -33,9 +33,13 @@ def stages_problem(stages: Sequence[Sequence[float]]) -> str | None:
     if not 1 <= len(stages) <= MAX_STAGES:
         return f"a staged rate has 1 to {MAX_STAGES} stages"
     for stage in stages:
-        if len(stage) != 3 or not all(
-            isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-            for x in stage
+        if (
+            not isinstance(stage, list | tuple)
+            or len(stage) != 3
+            or not all(
+                isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+                for x in stage
+            )
         ):
             return "each stage is [seconds, start rate, end rate]"
         seconds, start, end = stage
