@@ -43,6 +43,8 @@ def test_a_spec_record_reads_back_as_the_same_spec_under_its_key():
         ({"method": "BREW"}, "is not one of"),
         ({"headers": [["X-A", "one\r\nX-Injected: yes"]]}, "line break"),
         ({"headers": [["Bad Name", "v"]]}, "not a header name"),
+        ({"headers": [["Content-Length", "5"]]}, "the worker's to send"),
+        ({"headers": [["connection", "close"]]}, "the worker's to send"),
         ({"headers": [["X-A"]]}, "[name, value]"),
     ],
 )

@@ -47,6 +47,12 @@ KEY_LENGTH = 32
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 """A header name: an RFC 9110 token."""
 
+WORKERS_HEADERS = frozenset(
+    {"content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te"}
+)
+"""Headers a spec may not set: they frame the body or manage the connection, so a
+wrong one breaks the exchange (and Node's fetch refuses most of them)."""
+
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 """What a header value may not hold (tab is allowed)."""
 
@@ -69,6 +75,8 @@ def header_problem(name: str, value: str) -> str | None:
     it may be a secret."""
     if not _HEADER_NAME.fullmatch(name):
         return f"{name!r} is not a header name (letters, digits and !#$%&'*+-.^_`|~)"
+    if name.lower() in WORKERS_HEADERS:
+        return f"{name} is the worker's to send: it says how the body and connection go"
     if _CONTROL.search(value):
         return f"the value of header {name} holds a line break or a control character"
     if not value.isascii() and not _latin1(value):
