@@ -33,6 +33,24 @@ def implementation(request: pytest.FixtureRequest) -> Factory:
     return IMPLEMENTATIONS[request.param]
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A contract test marked ``embedded_only`` runs against the embedded broker alone:
+    its mark says why not against the store."""
+    kept, dropped = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_store = callspec is not None and callspec.params.get("implementation") == "store"
+        mark = item.get_closest_marker("embedded_only")
+        if on_store and mark is not None:
+            assert mark.args and mark.args[0], f"{item.nodeid}: embedded_only needs its reason"
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
 @pytest.fixture(scope="session")
 def target() -> Iterator[Target]:
     with Target() as running:

@@ -21,6 +21,8 @@ from fetchq.wire.aggregates import AGGREGATE, SPAN, Aggregate
 from fetchq.wire.api import PROTOCOL
 from fetchq.wire.records import make_result, make_task
 
+pytestmark = pytest.mark.embedded_only("aggregate jobs are not kept on a store yet")
+
 WALL = 1_700_000_000.0
 TEMPLATE = "http://127.0.0.1:9/?i={i}"
 

@@ -128,6 +128,9 @@ def test_submit_returns_consecutive_ids_and_counts(broker: BrokerService) -> Non
     assert broker.job("b")["submitted"] == 2
 
 
+@pytest.mark.embedded_only(
+    "a store counts its ids itself, across every server and restart: they need no clock"
+)
 def test_ids_never_run_ahead_of_the_clock_so_a_new_server_gives_ids_above_the_old(
     make_broker: Factory,
 ) -> None:
@@ -154,6 +157,7 @@ def test_empty_submit_creates_the_job(broker: BrokerService) -> None:
     assert "a" in broker.status()["jobs"]
 
 
+@pytest.mark.embedded_only("robots.txt rules and fetches are not kept on a store yet")
 def test_a_job_that_obeys_robots_txt_first_hands_out_its_fetch(broker: BrokerService) -> None:
     """A robots.txt fetch goes out as a task of kind ``robots`` naming its host, alone,
     before any task of that host."""
@@ -178,6 +182,7 @@ def test_a_result_naming_another_job_is_kept_under_its_tasks_job(
     assert (kept["id"], kept["job"]) == (task["id"], "a")
 
 
+@pytest.mark.embedded_only("Retry-After holds on hosts are not kept on a store yet")
 def test_a_429_asking_to_wait_holds_the_host_and_queues_the_task_again(
     broker: BrokerService, clock: FakeClock
 ) -> None:
@@ -191,6 +196,7 @@ def test_a_429_asking_to_wait_holds_the_host_and_queues_the_task_again(
     assert (again["id"], again["attempt"]) == (task["id"], 2)
 
 
+@pytest.mark.embedded_only("robots.txt rules and fetches are not kept on a store yet")
 def test_a_report_of_a_robots_txt_fetch_as_a_result_is_dropped(broker: BrokerService) -> None:
     """robots.txt fetches are reported with ``robots``: one sent as a result is no task's."""
     broker.submit({"job": "r", "urls": ["http://a.test/x"], "obey_robots": True})

@@ -21,7 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from brokerkit import IMPLEMENTATIONS, Factory, crash, done, leases, queued_tasks, renew
+from brokerkit import (
+    IMPLEMENTATIONS,
+    Factory,
+    crash,
+    done,
+    leases,
+    queued_tasks,
+    renew,
+    restart_keeps_leases,
+)
 from fakeclock import FakeClock
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -392,7 +401,9 @@ class BrokerMachine(RuleBasedStateMachine):
             self.broker.close()
         else:
             crash(self.broker)
-        self.broker = self.start()
+        old, self.broker = self.broker, self.start()
+        if restart_keeps_leases(old):
+            return
         for task in self.tasks.values():
             if task.state == "leased":  # the lease died with the old process
                 task.state = "queued"

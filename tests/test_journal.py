@@ -37,6 +37,11 @@ from fetchq.server.journal import FORMAT, FORMAT_VERSION, Journal
 from fetchq.server.service import BrokerService
 from fetchq.wire.records import make_error, make_result
 
+pytestmark = pytest.mark.embedded_only(
+    "the journal is the embedded broker's: a store keeps its own files, and the store's "
+    "durability is tested on real processes (test_store_faults)"
+)
+
 LEASE = 10.0
 WALL = 1_700_000_000.0
 

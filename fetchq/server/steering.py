@@ -59,7 +59,7 @@ def submit_policy_event(
             else have == wanted
         )
         if not same:
-            raise BadRequest(_not_its_pace(job, name, have, wanted))
+            raise BadRequest(not_its_pace(job, name, have, wanted))
     return None
 
 
@@ -83,7 +83,7 @@ def read_stages(stages: list[list[float]] | None) -> tuple[Stage, ...] | None:
     return None if stages is None else tuple(Stage(*stage) for stage in stages)
 
 
-def _not_its_pace(job: str, name: str, have: Any, wanted: Any) -> str:
+def not_its_pace(job: str, name: str, have: Any, wanted: Any) -> str:
     """Why a submit asking for ``wanted`` is refused a job that has ``have``, and what to do."""
     if name == "stages":
         return (

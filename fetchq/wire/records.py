@@ -221,6 +221,23 @@ def _number(value: object) -> float | None:
     return None
 
 
+def _head_of(result: Mapping[str, Any]) -> ResultHead:
+    error, attempt, status = result.get("error"), result.get("attempt", 1), result.get("status")
+    return ResultHead(
+        id=result["id"],
+        job=str(result.get("job") or ""),
+        url=str(result.get("url") or ""),
+        ok=bool(result.get("ok")),
+        status=status if type(status) is int else None,
+        error=error if isinstance(error, dict) else None,
+        attempt=attempt if type(attempt) is int else 1,
+        elapsed=_number(result.get("elapsed")),
+        started=_number(result.get("started")),
+        scheduled=_number(result.get("scheduled")),
+        retry_after=_number(result.get("retry_after")),
+    )
+
+
 class StoredResult(Mapping[str, Any]):
     """A result as the server keeps it and hands it on: its JSON text, checked once when
     it arrived, and its fields as decoded then (``head``).
@@ -247,21 +264,12 @@ class StoredResult(Mapping[str, Any]):
         the form it keeps; raises TypeError or ValueError when it is no JSON."""
         if isinstance(result, StoredResult):
             return result
-        error, attempt, status = result.get("error"), result.get("attempt", 1), result.get("status")
-        head = ResultHead(
-            id=result["id"],
-            job=str(result.get("job") or ""),
-            url=str(result.get("url") or ""),
-            ok=bool(result.get("ok")),
-            status=status if type(status) is int else None,
-            error=error if isinstance(error, dict) else None,
-            attempt=attempt if type(attempt) is int else 1,
-            elapsed=_number(result.get("elapsed")),
-            started=_number(result.get("started")),
-            scheduled=_number(result.get("scheduled")),
-            retry_after=_number(result.get("retry_after")),
-        )
-        return cls(_write.encode(result), head)
+        return cls(_write.encode(result), _head_of(result))
+
+    @classmethod
+    def read(cls, raw: bytes) -> StoredResult:
+        """A result kept as its text elsewhere (a store), taken back as it was written."""
+        return cls(raw, _head_of(_read.decode(raw)))
 
     def with_job(self, job: str) -> StoredResult:
         """The same result under the job the server's own record names."""

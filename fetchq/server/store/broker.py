@@ -1,0 +1,584 @@
+"""The broker on a store: a ``BrokerService`` whose state is in Valkey or Redis.
+
+Each call is checked here exactly as the embedded broker checks it
+(``validate``), then made by one function in the store (``fetchq.lua``), atomic
+there: several servers on one store are one broker.  What a call waits for
+(tasks, room, results) it waits for here, woken by the store's messages and
+asking again at least every ``POLL`` seconds.
+
+Times: without a clock given, the functions read the store's own (``TIME``), so
+that deadlines and schedules mean the same to every server.  Tests give a clock
+of their own, passed to each call.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import msgspec
+import redis
+
+from fetchq import __version__, defaults
+from fetchq.errors import BadRequest, NoSuchJob, VersionMismatch
+from fetchq.server import validate, views
+from fetchq.server.broker import CLOCK_STEP
+from fetchq.server.jobqueue import Policy
+from fetchq.server.jobs import unknown_job
+from fetchq.server.steering import not_its_pace
+from fetchq.server.store.connection import connect, load_library
+from fetchq.wire.api import (
+    MAX_LEASE,
+    MAX_SUBMIT,
+    PROTOCOL,
+    RETRY_AFTER_STATUSES,
+    WORKER_GONE_AFTER,
+    CompleteTally,
+    HelloReply,
+    JobCounts,
+    JobView,
+    Record,
+    ResultsDelivery,
+    RobotsReply,
+    StatusReply,
+    SubmitReply,
+    WorkerRow,
+)
+from fetchq.wire.records import (
+    RECORD_VERSION,
+    StoredResult,
+    make_error,
+    make_result,
+    make_task,
+)
+from fetchq.wire.specs import MAX_BODY, MAX_JOB_SPECS, spec_record
+
+POLL = 0.25
+"""Longest a waiting call goes without asking the store again, woken or not."""
+
+NOT_YET = {
+    "stages": "staged --rate",
+    "per_host": "--per-host",
+    "host_delay": "--host-delay",
+    "obey_robots": "--robots",
+    "retry_after": "--retry-after",
+    "aggregate": "--aggregate",
+}
+"""Policy a job on a store does not take yet, and the option that asks for it."""
+
+RATE_WINDOW = 10.0
+
+
+class Wakeups:
+    """Waiting calls, woken when the store says tasks or results moved (its channels
+    ``fq:tasks`` and ``fq:results``, published by every server's calls)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._changed = threading.Condition()
+        self._client = client
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._listen, name="store-wakeups", daemon=True)
+        self._thread.start()
+
+    def wait(self, seconds: float) -> None:
+        with self._changed:
+            self._changed.wait(max(0.0, min(seconds, POLL)))
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            try:
+                pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe("fq:tasks", "fq:results")
+                while not self._stop.is_set():
+                    if pubsub.get_message(timeout=1.0) is not None:
+                        with self._changed:
+                            self._changed.notify_all()
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                self._stop.wait(POLL)  # the calls say the store is away; polling goes on
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+class StoreBroker:
+    """The broker whose state is in a store: any number of these, on any hosts, given
+    the same store, serve one fleet together."""
+
+    def __init__(
+        self,
+        store: str | redis.Redis,
+        *,
+        lease_timeout: float = defaults.LEASE_TIMEOUT,
+        max_attempts: int = defaults.MAX_ATTEMPTS,
+        max_pending: int = defaults.MAX_PENDING,
+        max_results: int = defaults.MAX_RESULTS,
+        clock: Callable[[], float] | None = None,
+        wall_clock: Callable[[], float] | None = None,
+        per_host: int | None = None,
+        host_delay: float = 0.0,
+    ) -> None:
+        if per_host or host_delay:
+            raise BadRequest("a server on a store takes no server-wide host limits yet")
+        self.lease_timeout = lease_timeout
+        self.max_attempts = max_attempts
+        self.max_pending = max_pending
+        self.max_results = max_results
+        self._clock = clock
+        self._wall = wall_clock if wall_clock is not None else clock
+        self._wall_offset = 0.0 if clock is None or self._wall is None else self._wall() - clock()
+        self._store = connect(store) if isinstance(store, str) else store
+        load_library(self._store)
+        self._wakeups = Wakeups(self._store)
+
+    # -- time ---------------------------------------------------------------
+
+    def _now(self) -> str:
+        """The time to pass a call: empty for the store's own clock."""
+        return "" if self._clock is None else repr(self._clock())
+
+    def _wall_now(self) -> str:
+        """Unix time for a call, as the clock given plus an offset kept while the wall
+        clock moves less than ``CLOCK_STEP`` against it (see the embedded broker)."""
+        if self._clock is None or self._wall is None:
+            return ""
+        now = self._clock()
+        offset = self._wall() - now
+        if abs(offset - self._wall_offset) > CLOCK_STEP:
+            self._wall_offset = offset
+        return repr(now + self._wall_offset)
+
+    def _elapsed_clock(self) -> float:
+        """What a call's own wait is measured on."""
+        return time.monotonic() if self._clock is None else self._clock()
+
+    def _call(self, name: str, *args: Any) -> Any:
+        return self._store.fcall(f"fq_{name}", 0, *args)
+
+    # -- the wire API -----------------------------------------------------------
+
+    def hello(self, client: dict[str, Any]) -> HelloReply:
+        validate.require(isinstance(client, dict), "hello takes a dict")
+        theirs = client.get("protocol")
+        worker, threads = client.get("worker"), client.get("threads")
+        if theirs != PROTOCOL:
+            raise VersionMismatch(
+                f"client speaks fetchq protocol {theirs}, server speaks {PROTOCOL} "
+                f"(server version {__version__}): install the same fetchq version on both"
+            )
+        if worker is not None:
+            threads = validate.integer(threads, "threads", 0, 100_000)
+            runs = sorted(validate.capabilities(client.get("runs", [])))
+            reply = self._call(
+                "hello", self._now(), validate.worker_name(worker), threads, _json(runs)
+            )
+            now = float(reply[1])
+        else:
+            now = self._store_time()
+        return {
+            "protocol": PROTOCOL,
+            "version": __version__,
+            "lease_timeout": self.lease_timeout,
+            "max_attempts": self.max_attempts,
+            "max_body": MAX_BODY,
+            "time": now if self._wall is None else self._wall(),
+        }
+
+    def _store_time(self) -> float:
+        if self._wall is not None:
+            return self._wall()
+        seconds, micro = self._store.time()
+        return seconds + micro / 1e6
+
+    def submit(self, batch: dict[str, Any]) -> SubmitReply:
+        request = validate.submit_request(batch)
+        _refuse_not_yet(request.policy)
+        if request.spans:
+            raise BadRequest("a server on a store takes no --aggregate jobs yet")
+        attempts = request.attempts or self.max_attempts
+        change = {name: _plain(value) for name, value in request.policy.items()}
+        policy = views.policy_view(Policy(**request.policy))
+        specs = [
+            part for key, spec in request.specs.items() for part in (key, _json(spec_record(spec)))
+        ]
+        deadline = self._elapsed_clock() + request.wait
+        while True:
+            reply = self._call(
+                "submit",
+                self._now(),
+                self._wall_now(),
+                request.job,
+                request.batch_id or "",
+                attempts,
+                repr(request.timeout),
+                self.max_pending,
+                _json(change),
+                _json(policy),
+                request.spec or "",
+                MAX_JOB_SPECS,
+                len(request.specs),
+                *specs,
+                *request.urls,
+            )
+            kind = reply[0].decode()
+            if kind == "ok":
+                answer: SubmitReply = msgspec.json.decode(reply[1])
+                return answer
+            if kind == "seen":
+                seen: SubmitReply = msgspec.json.decode(reply[1])
+                return {**seen, "duplicate": True}
+            if kind == "cancelled":
+                raise BadRequest(f"job {request.job} was cancelled: use another job name")
+            if kind == "policy":
+                name = reply[1].decode()
+                have = msgspec.json.decode(reply[2])[0]
+                raise BadRequest(not_its_pace(request.job, name, have, change[name]))
+            if kind == "nospec":
+                raise BadRequest(
+                    f"job {request.job} has no spec {request.spec}: send it with the batch"
+                )
+            if kind == "specs":
+                raise BadRequest(
+                    f"job {request.job} would send more than {MAX_JOB_SPECS} distinct "
+                    "method, header and body combinations"
+                )
+            assert kind == "full", kind
+            remaining = deadline - self._elapsed_clock()
+            if remaining <= 0:
+                return {"accepted": 0, "full": True, "queued": int(reply[1])}
+            self._wakeups.wait(remaining)
+
+    def seal(self, job_name: str) -> JobCounts:
+        name = validate.job_name(job_name)
+        policy = views.policy_view(Policy())
+        return _counts(_fields(self._call("seal", self._wall_now(), name, _json(policy))))
+
+    def lease(self, worker: str, max_tasks: int, wait: float) -> list[dict[str, Any]]:
+        worker = validate.worker_name(worker)
+        count = validate.integer(max_tasks, "max_tasks", 1, MAX_LEASE)
+        wait = validate.wait(wait)
+        deadline = self._elapsed_clock() + wait
+        while True:
+            flat = self._call(
+                "lease",
+                self._now(),
+                self._wall_now(),
+                worker,
+                count,
+                repr(self.lease_timeout),
+                self.max_results,
+            )
+            if flat:
+                return _task_records(flat)
+            remaining = deadline - self._elapsed_clock()
+            if remaining <= 0:
+                return []
+            self._wakeups.wait(remaining)
+
+    def complete(
+        self, worker: str, results: list[Record], renew: list[list[int]] | None = None
+    ) -> CompleteTally:
+        worker = validate.worker_name(worker)
+        stored = validate.results_list(results)
+        held = validate.lease_pairs(renew or [])
+        args: list[Any] = []
+        for result in stored:
+            if not isinstance(result, StoredResult) or type(result) is not StoredResult:
+                raise BadRequest("a server on a store takes no aggregates yet")
+            lateness = result.lateness()
+            args += [
+                result.id,
+                result.attempt,
+                "1" if result.retryable else "0",
+                "1" if result.status in RETRY_AFTER_STATUSES else "0",
+                "1" if result.ok else "0",
+                repr(lateness.seconds) if lateness is not None and lateness.late else "",
+                "" if result.elapsed is None else repr(result.elapsed),
+                result.raw,
+            ]
+        for pair in held:
+            args += pair
+        reply = self._call(
+            "complete",
+            self._now(),
+            self._wall_now(),
+            worker,
+            repr(self.lease_timeout),
+            len(stored),
+            *args,
+        )
+        accepted, requeued, dropped, renewed = map(int, reply)
+        return {"accepted": accepted, "requeued": requeued, "dropped": dropped, "renewed": renewed}
+
+    def robots(self, worker: str, report: dict[str, Any]) -> RobotsReply:
+        validate.worker_name(worker)
+        validate.robots_report(report)
+        return {"accepted": False}  # a job on a store never asks for robots.txt (yet)
+
+    def steer(self, job_name: str, change: dict[str, Any]) -> JobView:
+        name = validate.job_name(job_name)
+        action, policy = validate.steering(change)
+        _refuse_not_yet(policy)
+        fields = _fields(
+            self._call(
+                "steer",
+                self._now(),
+                self._wall_now(),
+                name,
+                action,
+                _json({key: _plain(value) for key, value in policy.items()}),
+                self.max_results,
+            )
+        )
+        if not fields:
+            raise self._no_such_job(name)
+        return _job_view(fields)
+
+    def release(self, worker: str, leases: list[list[int]]) -> int:
+        worker = validate.worker_name(worker)
+        pairs = validate.lease_pairs(leases)
+        flat = [value for pair in pairs for value in pair]
+        return int(
+            self._call("release", self._now(), self._wall_now(), worker, self.max_results, *flat)
+        )
+
+    def results(
+        self, job_name: str | None, max_results: int, wait: float, ack: str | None = None
+    ) -> ResultsDelivery:
+        name = None if job_name is None else validate.job_name(job_name)
+        count = validate.integer(max_results, "max_results", 1, MAX_SUBMIT)
+        wait = validate.wait(wait)
+        token = None if ack is None else validate.token(ack)
+        deadline = self._elapsed_clock() + wait
+        while True:
+            reply = self._call(
+                "results",
+                self._now(),
+                self._wall_now(),
+                name or "",
+                count,
+                repr(self.lease_timeout),
+                token or "",
+                uuid.uuid4().hex,
+            )
+            token = None  # confirmed by the first call
+            kind = reply[0].decode()
+            if kind == "results":
+                return {
+                    "results": _stored_results(reply[2:]),
+                    "done": False,
+                    "token": reply[1].decode(),
+                }
+            if kind == "done":
+                return {"results": [], "done": True, "token": None}
+            remaining = deadline - self._elapsed_clock()
+            if remaining <= 0:
+                return {"results": [], "done": False, "token": None}
+            self._wakeups.wait(remaining)
+
+    def ack(self, token: str) -> int:
+        return int(self._call("ack", validate.token(token)))
+
+    def queued(self) -> int:
+        return int(self._store.fcall_ro("fq_queued", 0))
+
+    def status(self) -> StatusReply:
+        reply = self._call("status", self._now(), self._wall_now())
+        now, unconfirmed, njobs = float(reply[0]), int(reply[1]), int(reply[2])
+        jobs = {}
+        for fields in map(_fields, reply[3 : 3 + njobs]):
+            jobs[fields["job"]] = _job_view(fields)
+        workers: list[WorkerRow] = []
+        threads = 0
+        for row in reply[3 + njobs :]:
+            name, first, last, reported, fetch_threads, recent, leased = row
+            first_seen, last_seen = float(first), float(last)
+            if now - last_seen <= WORKER_GONE_AFTER:
+                threads += int(fetch_threads)
+            span = min(RATE_WINDOW, max(now - first_seen, 1e-9))
+            workers.append(
+                {
+                    "worker": name.decode(),
+                    "last_seen_ago": round(now - last_seen, 3),
+                    "reported": int(reported),
+                    "threads": int(fetch_threads),
+                    "rate": round(int(recent) / span, 1),
+                    "leased": int(leased),
+                }
+            )
+        workers.sort(key=lambda row: row["worker"])
+        return {
+            "version": __version__,
+            "queued": sum(view["queued"] for view in jobs.values()),
+            "leased": sum(view["leased"] for view in jobs.values()),
+            "unconfirmed": unconfirmed,
+            "threads": threads,
+            "jobs": jobs,
+            "workers": workers,
+            "process": views.process_usage(),
+        }
+
+    def job(self, job_name: str) -> JobCounts:
+        name = validate.job_name(job_name)
+        fields = _fields(self._call("job", self._now(), self._wall_now(), name))
+        if not fields:
+            raise self._no_such_job(name)
+        return _counts(fields)
+
+    def specs(self, job_name: str, keys: list[str]) -> list[dict[str, Any]]:
+        name = validate.job_name(job_name)
+        wanted = validate.spec_keys(keys)
+        found = self._store.fcall_ro("fq_specs", 0, name, *wanted)
+        if not found and not self._store.exists(f"fq:{{{name}}}:meta"):
+            raise self._no_such_job(name)
+        return [msgspec.json.decode(record) for record in found]
+
+    def _no_such_job(self, name: str) -> NoSuchJob:
+        """The error for a job the store has never heard of, naming those it has."""
+        names: list[bytes] = self._store.zrange("fq:jobs", 0, -1)  # type: ignore[assignment]
+        known = [name.decode() for name in names]
+        return NoSuchJob(unknown_job(name, known))
+
+    # -- housekeeping -----------------------------------------------------------
+
+    def housekeeping(self) -> None:
+        self._call("housekeeping", self._now(), self._wall_now(), self.max_results)
+
+    def expire_leases(self) -> int:
+        return int(self._call("housekeeping", self._now(), self._wall_now(), self.max_results))
+
+    def compact(self) -> None:
+        """Nothing to rewrite: the store keeps its own files (its AOF rewrites itself)."""
+
+    def close(self) -> None:
+        self._wakeups.close()
+        self._store.close()
+
+
+# -- shaping replies --------------------------------------------------------------
+
+
+def _json(value: Any) -> bytes:
+    return msgspec.json.encode(value)
+
+
+def _plain(value: Any) -> Any:
+    """A policy value as JSON has it (stages are a tuple of tuples here)."""
+    if isinstance(value, tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _refuse_not_yet(policy: dict[str, Any]) -> None:
+    for name, option in NOT_YET.items():
+        if policy.get(name):
+            raise BadRequest(f"a server on a store takes no {option} yet")
+
+
+def _fields(reply: list[bytes]) -> dict[str, str]:
+    """A job's counters from the store: its name, then field and value pairs."""
+    if not reply:
+        return {}
+    values = [item.decode() for item in reply]
+    fields = dict(zip(values[1::2], values[2::2], strict=True))
+    fields["job"] = values[0]
+    return fields
+
+
+def _counts(fields: dict[str, str]) -> JobCounts:
+    submitted, confirmed = int(fields["submitted"]), int(fields["confirmed"])
+    sealed = fields["sealed"] == "1"
+    return {
+        "submitted": submitted,
+        "queued": int(fields["queued"]),
+        "leased": int(fields["leased"]),
+        "succeeded": int(fields["succeeded"]),
+        "failed": int(fields["failed"]),
+        "expired": int(fields["expired"]),
+        "waiting": int(fields["waiting"]),
+        "handed_out": int(fields["handed_out"]),
+        "confirmed": confirmed,
+        "sealed": sealed,
+        "done": sealed and confirmed == submitted,
+    }
+
+
+def _job_view(fields: dict[str, str]) -> JobView:
+    counts = _counts(fields)
+    policy = msgspec.json.decode(fields["policy"])
+    state = fields["state"]
+    if counts["done"]:
+        shown = "done"
+    elif state in ("cancelled", "paused"):
+        shown = state
+    else:
+        shown = "sealed" if counts["sealed"] else "open"
+    measured = int(fields["elapsed_n"])
+    mean = round(float(fields["elapsed"]) / measured, 4) if measured else None
+    target = policy["rate"]
+    return {
+        **counts,
+        "state": shown,
+        "policy": policy,
+        "pace": {
+            "target": target,
+            "achieved": 0.0,
+            "achieved_over": 0.0,
+            "late": int(fields["late"]),
+            "worst_lateness": round(float(fields["worst_late"]), 4),
+            "mean_elapsed": mean,
+            "needed_in_flight": round(target * mean, 1) if target and mean is not None else None,
+        },
+        "hosts": [],
+    }
+
+
+TASK_FIELDS = 8
+
+
+def _task_records(flat: list[bytes]) -> list[dict[str, Any]]:
+    records = []
+    for at in range(0, len(flat), TASK_FIELDS):
+        task_id, job, url, attempt, timeout, submitted, start, spec = flat[at : at + TASK_FIELDS]
+        record = {
+            "v": RECORD_VERSION,
+            "id": int(task_id),
+            "job": job.decode(),
+            "url": url.decode(),
+            "attempt": int(attempt),
+            "timeout": float(timeout),
+            "submitted": float(submitted),
+            "scheduled": float(start) if start else None,
+        }
+        if spec:
+            record["spec"] = spec.decode()
+        records.append(record)
+    return records
+
+
+def _stored_results(flat: Iterable[bytes]) -> list[StoredResult]:
+    """Results as the store keeps them: a worker's text, or what the server ended a task
+    with (``!`` and its reason), each under the job of its task."""
+    items = list(flat)
+    results = []
+    for at in range(0, len(items), 3):
+        job, task_id, value = items[at].decode(), int(items[at + 1]), items[at + 2]
+        if value.startswith(b"!"):
+            kind, message, worker, attempt, wall, url, timeout, submitted = msgspec.json.decode(
+                value[1:]
+            )
+            task = make_task(task_id, job, url, attempt, float(timeout), float(submitted))
+            record = make_result(
+                task,
+                worker=worker,
+                started=float(wall),
+                elapsed=0.0,
+                error=make_error(kind, message),
+            )
+            results.append(StoredResult.of(record))
+            continue
+        result = StoredResult.read(value)
+        results.append(result if result.job == job else result.with_job(job))
+    return results

@@ -1,0 +1,90 @@
+"""Reaching the store: its URL, its password, and fetchq's functions loaded in it.
+
+A password comes from the URL or from ``FETCHQ_STORE_PASSWORD``; it never reaches a
+message, which names the store by ``shown`` (the URL without it)."""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from importlib import resources
+from typing import Any
+
+import redis
+
+from fetchq.errors import UsageError
+
+PASSWORD_VARIABLE = "FETCHQ_STORE_PASSWORD"
+SCHEMES = ("redis", "rediss")
+LIBRARY = "fetchq"
+"""The name of the function library (``#!lua name=fetchq``)."""
+
+STORE_ERRORS: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
+"""What a store that does not answer raises: a wait, not a broken call."""
+
+
+def library_code() -> str:
+    return resources.files(__package__).joinpath("fetchq.lua").read_text("utf-8")
+
+
+def library_version(code: str) -> str:
+    """The ``LIBRARY`` constant the code declares: what a loaded library is checked by."""
+    for line in code.splitlines():
+        if line.startswith("local LIBRARY = "):
+            return line.split("'")[1]
+    raise AssertionError("fetchq.lua declares no LIBRARY")
+
+
+def shown(url: str) -> str:
+    """The URL as messages may show it: no password."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or "localhost"
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def check_url(url: str) -> str:
+    """``url`` if it names a store fetchq can use, else a ``UsageError`` saying why."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in SCHEMES:
+        raise UsageError(
+            f"--store {shown(url)!r}: give redis://HOST:PORT/DB or rediss://HOST:PORT/DB"
+        )
+    try:
+        parts.port  # noqa: B018 - raises on a port that is no number
+    except ValueError:
+        raise UsageError(f"--store {shown(url)}: the port is not a number") from None
+    database = parts.path.strip("/") or "0"
+    if not database.isdigit():
+        raise UsageError(f"--store {shown(url)}: the database is a number, as /0")
+    return url
+
+
+def connect(url: str, *, timeout: float = 5.0, **options: Any) -> redis.Redis:
+    """A client for the store at ``url`` (connections are made as calls need them)."""
+    check_url(url)
+    password = os.environ.get(PASSWORD_VARIABLE) or None
+    kwargs: dict[str, Any] = {
+        "socket_timeout": timeout + 35.0,  # a call may wait: never cut one short
+        "socket_connect_timeout": timeout,
+        "health_check_interval": 30,
+        **options,
+    }
+    if password is not None:
+        kwargs["password"] = password
+    return redis.Redis.from_url(url, **kwargs)
+
+
+def load_library(client: redis.Redis) -> None:
+    """Load fetchq's functions unless the store has this very version already: every
+    server of one store must run the same code on it."""
+    code = library_code()
+    try:
+        loaded = client.fcall_ro("fq_library", 0)
+    except redis.ResponseError:
+        loaded = None  # none yet
+    if loaded is not None and loaded.decode() == library_version(code):
+        return
+    client.function_load(code, replace=True)

@@ -1,0 +1,688 @@
+#!lua name=fetchq
+-- The broker's state on Valkey or Redis: one function per broker call, each atomic
+-- in the store and one round trip (see fetchq/server/store/broker.py, which checks
+-- the arguments and shapes the replies; docs/store.md says what lives where).
+--
+-- Times are seconds as strings written with %.17g: Lua's own tostring keeps 14
+-- digits, too few for Unix time in microseconds.  A time argument left empty is
+-- taken from the store's clock (TIME), so that servers on different hosts agree.
+
+local LIBRARY = '1'
+local LOOKAHEAD = 1.0      -- seconds before its start a paced task may be leased
+local CANCEL_BATCH = 10000 -- queued tasks of a cancelled job ended per call
+local BATCH_MEMORY = 86400 -- seconds a submit's batch id is remembered
+
+local function num(x) return string.format('%.17g', x) end
+
+local function clock(arg)
+  if arg ~= nil and arg ~= '' then return tonumber(arg) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+
+-- Every key of one job carries its name as a hash tag: {job}.
+local function jk(job, part) return 'fq:{' .. job .. '}:' .. part end
+
+local function split(text)
+  local fields = {}
+  for field in string.gmatch(text, '([^\t]*)\t?') do fields[#fields + 1] = field end
+  return fields
+end
+
+-- Id ranges: one member per submitted batch, scored by its first id.
+local function range_of(id)
+  local found = redis.call('ZREVRANGEBYSCORE', 'fq:ranges', id, '-inf', 'LIMIT', 0, 1)
+  if #found == 0 then return nil end
+  local f = split(found[1])
+  local first, count = tonumber(f[1]), tonumber(f[2])
+  if id >= first + count then return nil end
+  return {first = first, count = count, attempts = tonumber(f[3]), timeout = f[4],
+          submitted = f[5], spec = f[6], job = f[7]}
+end
+
+local function due_member(job, id) return job .. '\n' .. id end
+
+-- Workers ------------------------------------------------------------------
+
+local RATE_WINDOW = 10
+
+local function seen(worker, now, reported)
+  local raw = redis.call('HGET', 'fq:workers', worker)
+  local w
+  if raw then w = cjson.decode(raw) else
+    w = {first = num(now), threads = 0, runs = {}, reported = 0, recent = {}}
+  end
+  w.last = num(now)
+  w.recent, w.runs = w.recent or {}, w.runs or {}
+  if reported and reported > 0 then
+    w.reported = w.reported + reported
+    local second = tostring(math.floor(now))
+    w.recent[second] = (w.recent[second] or 0) + reported
+  end
+  local recent = {}
+  for second, count in pairs(w.recent) do
+    if tonumber(second) > now - RATE_WINDOW - 1 then recent[second] = count end
+  end
+  w.recent = recent
+  return w
+end
+
+local function keep_worker(worker, w)
+  if next(w.recent) == nil then w.recent = nil end
+  if next(w.runs) == nil then w.runs = nil end
+  redis.call('HSET', 'fq:workers', worker, cjson.encode(w))
+end
+
+local function note_worker(worker, now, reported)
+  keep_worker(worker, seen(worker, now, reported))
+end
+
+-- Tasks and results --------------------------------------------------------
+
+local function queue_again(job, id, task, front)
+  redis.call('HSET', jk(job, 'tasks'), id, cjson.encode(task))
+  if front then redis.call('LPUSH', jk(job, 'queue'), id) else redis.call('RPUSH', jk(job, 'queue'), id) end
+  redis.call('HINCRBY', jk(job, 'meta'), 'queued', 1)
+  redis.call('INCR', 'fq:queued')
+end
+
+local function unqueued(job, count)
+  redis.call('HINCRBY', jk(job, 'meta'), 'queued', -count)
+  redis.call('DECRBY', 'fq:queued', count)
+end
+
+-- The task is done: its result (raw JSON, or '!' and what the server ended it with)
+-- waits for an output.
+local function finish(job, id, value, ok)
+  redis.call('HDEL', jk(job, 'tasks'), id)
+  redis.call('RPUSH', jk(job, 'results'), id)
+  redis.call('HSET', jk(job, 'result'), id, value)
+  redis.call('HINCRBY', jk(job, 'meta'), ok and 'succeeded' or 'failed', 1)
+  redis.call('INCR', 'fq:unconfirmed')
+  redis.call('PUBLISH', 'fq:results', job)
+end
+
+local function ended(kind, message, worker, attempt, wall, url, range)
+  return '!' .. cjson.encode({kind, message, worker, attempt, num(wall), url,
+                              range.timeout, range.submitted})
+end
+
+local function end_lease(job, id)
+  redis.call('HDEL', jk(job, 'holders'), id)
+  redis.call('ZREM', 'fq:due', due_member(job, id))
+end
+
+local function expire(now, wall)
+  local lapsed = 0
+  local due = redis.call('ZRANGEBYSCORE', 'fq:due', '-inf', num(now), 'LIMIT', 0, 10000)
+  for _, member in ipairs(due) do
+    local job, id = string.match(member, '^(.-)\n(%d+)$')
+    local worker = redis.call('HGET', jk(job, 'holders'), id)
+    end_lease(job, id)
+    local raw = redis.call('HGET', jk(job, 'tasks'), id)
+    if worker and raw then
+      local task = cjson.decode(raw)
+      local range = range_of(tonumber(id))
+      local meta = jk(job, 'meta')
+      redis.call('HINCRBY', meta, 'expired', 1)
+      if task[1] >= range.attempts or redis.call('HGET', meta, 'state') == 'cancelled' then
+        local message = 'lease expired on worker ' .. worker .. ' (attempt ' .. task[1] ..
+                        ' of ' .. range.attempts .. '); giving up'
+        finish(job, id, ended('lease_expired', message, worker, task[1], wall, task[2], range), false)
+      else
+        task[1] = task[1] + 1
+        queue_again(job, id, task, true)
+      end
+      lapsed = lapsed + 1
+    end
+  end
+  if lapsed > 0 then redis.call('PUBLISH', 'fq:tasks', lapsed) end
+  -- Deliveries not confirmed in time go back to the front, in their first order.
+  local tokens = redis.call('ZRANGEBYSCORE', 'fq:delivery_due', '-inf', num(now))
+  if #tokens > 0 then
+    local deliveries = {}
+    for _, token in ipairs(tokens) do
+      local raw = redis.call('HGET', 'fq:deliveries', token)
+      if raw then
+        local delivery = cjson.decode(raw)
+        delivery.token = token
+        deliveries[#deliveries + 1] = delivery
+      end
+      redis.call('ZREM', 'fq:delivery_due', token)
+      redis.call('HDEL', 'fq:deliveries', token)
+    end
+    table.sort(deliveries, function(a, b) return a.s > b.s end) -- latest first: each goes in front
+    for _, delivery in ipairs(deliveries) do
+      for i = #delivery.jobs, 1, -1 do
+        local job, ids = delivery.jobs[i][1], delivery.jobs[i][2]
+        for k = #ids, 1, -1 do redis.call('LPUSH', jk(job, 'results'), ids[k]) end
+        redis.call('HINCRBY', jk(job, 'meta'), 'handed_out', -#ids)
+        redis.call('PUBLISH', 'fq:results', job)
+      end
+    end
+  end
+  return lapsed
+end
+
+-- Cancelled jobs' queued tasks end as results, as far as the results' room allows.
+local function end_cancelled(wall, room)
+  local ended_count = 0
+  if room <= 0 then return 0 end
+  for _, job in ipairs(redis.call('ZRANGE', 'fq:jobs', 0, -1)) do
+    local meta = jk(job, 'meta')
+    local state, queued = unpack(redis.call('HMGET', meta, 'state', 'queued'))
+    while state == 'cancelled' and tonumber(queued) > 0 and ended_count < math.min(room, CANCEL_BATCH) do
+      local id = redis.call('LPOP', jk(job, 'queue'))
+      if not id then break end
+      local raw = redis.call('HGET', jk(job, 'tasks'), id)
+      if raw and redis.call('HEXISTS', jk(job, 'holders'), id) == 0 then
+        local task = cjson.decode(raw)
+        local range = range_of(tonumber(id))
+        unqueued(job, 1)
+        finish(job, id, ended('cancelled', 'job ' .. job .. ' was cancelled', 'server',
+                              task[1], wall, task[2], range), false)
+        ended_count = ended_count + 1
+      end
+      queued = redis.call('HGET', meta, 'queued')
+    end
+  end
+  return ended_count
+end
+
+local function job_done(meta)
+  local sealed, confirmed, submitted = unpack(redis.call('HMGET', meta, 'sealed', 'confirmed', 'submitted'))
+  return sealed == '1' and tonumber(confirmed) == tonumber(submitted)
+end
+
+-- A job's counters as the Python side reads them (a flat list of field, value).
+local COUNTERS = {'submitted', 'queued', 'succeeded', 'failed', 'expired', 'handed_out',
+                  'confirmed', 'sealed', 'state', 'policy', 'late', 'worst_late', 'created',
+                  'elapsed', 'elapsed_n', 'next_slot'}
+
+local function counts(job)
+  local meta = jk(job, 'meta')
+  local values = redis.call('HMGET', meta, unpack(COUNTERS))
+  local reply = {job}
+  for i, name in ipairs(COUNTERS) do
+    reply[#reply + 1] = name
+    reply[#reply + 1] = values[i] or ''
+  end
+  reply[#reply + 1] = 'leased'
+  reply[#reply + 1] = tostring(redis.call('HLEN', jk(job, 'holders')))
+  reply[#reply + 1] = 'waiting'
+  reply[#reply + 1] = tostring(redis.call('LLEN', jk(job, 'results')))
+  return reply
+end
+
+local function same_value(have, wanted)
+  if type(have) == 'number' and type(wanted) == 'number' then
+    return math.abs(have - wanted) <= 1e-9 * math.max(math.abs(have), math.abs(wanted))
+  end
+  return have == wanted
+end
+
+-- The calls -------------------------------------------------------------------
+
+-- hello(now, worker, threads, runs_json): a worker says who it is.
+local function hello(keys, args)
+  local now = clock(args[1])
+  local w = seen(args[2], now)
+  w.threads = tonumber(args[3])
+  w.runs = cjson.decode(args[4])
+  keep_worker(args[2], w)
+  return {LIBRARY, num(now)}
+end
+
+-- submit(now, wall, job, batch_id, attempts, timeout, max_pending, change, policy,
+--        spec, max_specs, nspecs, [key, record]..., urls...)
+local function submit(keys, args)
+  local wall = clock(args[2])
+  local job, batch_id = args[3], args[4]
+  local attempts, timeout, max_pending = args[5], args[6], tonumber(args[7])
+  local change, policy, spec, max_specs = args[8], args[9], args[10], tonumber(args[11])
+  local nspecs = tonumber(args[12])
+  local first_url = 13 + 2 * nspecs
+  local count = #args - first_url + 1
+  if batch_id ~= '' then
+    local reply = redis.call('GET', 'fq:batch:' .. batch_id)
+    if reply then return {'seen', reply} end
+  end
+  local meta = jk(job, 'meta')
+  local exists = redis.call('EXISTS', meta) == 1
+  if exists then
+    if redis.call('HGET', meta, 'state') == 'cancelled' then return {'cancelled'} end
+    local have = cjson.decode(redis.call('HGET', meta, 'policy'))
+    for name, wanted in pairs(cjson.decode(change)) do
+      if not same_value(have[name], wanted) then
+        return {'policy', name, cjson.encode({have[name]})}
+      end
+    end
+  end
+  local specs = jk(job, 'specs')
+  local new_specs = 0
+  for i = 0, nspecs - 1 do
+    if redis.call('HEXISTS', specs, args[13 + 2 * i]) == 0 then new_specs = new_specs + 1 end
+  end
+  if spec ~= '' and redis.call('HEXISTS', specs, spec) == 0 then
+    local brought = false
+    for i = 0, nspecs - 1 do brought = brought or args[13 + 2 * i] == spec end
+    if not brought then return {'nospec'} end
+  end
+  if redis.call('HLEN', specs) + new_specs > max_specs then return {'specs'} end
+  local queued = tonumber(redis.call('GET', 'fq:queued') or '0')
+  if queued > 0 and queued + count > max_pending then return {'full', tostring(queued)} end
+  local reopened = exists and job_done(meta)
+  if not exists then
+    redis.call('ZADD', 'fq:jobs', redis.call('INCR', 'fq:jobseq'), job)
+    redis.call('HSET', meta, 'created', num(wall), 'submitted', 0, 'queued', 0, 'succeeded', 0,
+               'failed', 0, 'expired', 0, 'handed_out', 0, 'confirmed', 0, 'state', '',
+               'policy', policy, 'late', 0, 'worst_late', 0, 'elapsed', 0, 'elapsed_n', 0,
+               'next_slot', '-inf', 'fresh', 1)
+  end
+  for i = 0, nspecs - 1 do
+    redis.call('HSETNX', specs, args[13 + 2 * i], args[14 + 2 * i])
+  end
+  if tonumber(redis.call('HGET', meta, 'queued')) == 0 then redis.call('HSET', meta, 'fresh', 1) end
+  redis.call('HSET', meta, 'sealed', 0)
+  redis.call('HINCRBY', meta, 'submitted', count)
+  local first = redis.call('INCRBY', 'fq:ids', count) - count + 1
+  if count > 0 then
+    redis.call('ZADD', 'fq:ranges', first, table.concat(
+      {first, count, attempts, timeout, num(wall), spec, job}, '\t'))
+    local tasks, queue = jk(job, 'tasks'), jk(job, 'queue')
+    local fields, ids = {}, {}
+    for i = 0, count - 1 do
+      fields[#fields + 1] = first + i
+      fields[#fields + 1] = cjson.encode({1, args[first_url + i]})
+      ids[#ids + 1] = first + i
+      if #ids == 1000 or i == count - 1 then
+        redis.call('HSET', tasks, unpack(fields))
+        redis.call('RPUSH', queue, unpack(ids))
+        fields, ids = {}, {}
+      end
+    end
+    redis.call('HINCRBY', meta, 'queued', count)
+    redis.call('INCRBY', 'fq:queued', count)
+    redis.call('PUBLISH', 'fq:tasks', count)
+  end
+  local reply = {accepted = count, first_id = first}
+  if reopened then reply.reopened = true end
+  local encoded = cjson.encode(reply)
+  if batch_id ~= '' then redis.call('SET', 'fq:batch:' .. batch_id, encoded, 'EX', BATCH_MEMORY) end
+  return {'ok', encoded}
+end
+
+-- seal(wall, job)
+local function seal(keys, args)
+  local wall, job = clock(args[1]), args[2]
+  local meta = jk(job, 'meta')
+  if redis.call('EXISTS', meta) == 0 then
+    redis.call('ZADD', 'fq:jobs', redis.call('INCR', 'fq:jobseq'), job)
+    redis.call('HSET', meta, 'created', num(wall), 'submitted', 0, 'queued', 0, 'succeeded', 0,
+               'failed', 0, 'expired', 0, 'handed_out', 0, 'confirmed', 0, 'state', '',
+               'policy', args[3], 'late', 0, 'worst_late', 0, 'elapsed', 0, 'elapsed_n', 0,
+               'next_slot', '-inf', 'fresh', 1)
+  end
+  redis.call('HSET', meta, 'sealed', 1)
+  redis.call('PUBLISH', 'fq:results', job)
+  return counts(job)
+end
+
+-- Up to ``allowed`` of one job's queued tasks, leased to ``worker`` (appended to
+-- ``out``, 8 fields each); returns how many.
+local function take(job, allowed, worker, now, offset, timeout, out)
+  local meta = jk(job, 'meta')
+  local state, queued, policy, next_slot, fresh = unpack(
+    redis.call('HMGET', meta, 'state', 'queued', 'policy', 'next_slot', 'fresh'))
+  if state ~= '' or tonumber(queued) <= 0 then return 0 end
+  local rate = cjson.decode(policy).rate
+  if rate == cjson.null then rate = nil end
+  local slot = tonumber(next_slot)
+  if rate then
+    if fresh == '1' then slot = math.max(slot, now) end
+    if slot > now + LOOKAHEAD then return 0 end
+    allowed = math.min(allowed, math.floor((now + LOOKAHEAD - slot) * rate) + 1)
+  end
+  local tasks, holders = jk(job, 'tasks'), jk(job, 'holders')
+  local taken, range = 0, nil
+  while taken < allowed do
+    local ids = redis.call('LPOP', jk(job, 'queue'), allowed - taken)
+    if not ids then break end
+    for _, id in ipairs(ids) do
+      local raw = redis.call('HGET', tasks, id)
+      if raw and redis.call('HEXISTS', holders, id) == 0 then
+        local task = cjson.decode(raw)
+        local n = tonumber(id)
+        if not range or n >= range.first + range.count or n < range.first then range = range_of(n) end
+        local start, deadline = '', now + timeout
+        if rate then
+          local at = slot + taken / rate
+          start = num(at + offset)
+          deadline = math.max(now, at) + timeout
+        end
+        redis.call('HSET', holders, id, worker)
+        redis.call('ZADD', 'fq:due', num(deadline), due_member(job, id))
+        out[#out + 1] = id
+        out[#out + 1] = job
+        out[#out + 1] = task[2]
+        out[#out + 1] = tostring(task[1])
+        out[#out + 1] = range.timeout
+        out[#out + 1] = range.submitted
+        out[#out + 1] = start
+        out[#out + 1] = range.spec
+        taken = taken + 1
+      end
+    end
+  end
+  if taken > 0 then
+    unqueued(job, taken)
+    if rate then slot = slot + taken / rate end
+    redis.call('HSET', meta, 'next_slot', num(slot), 'fresh', 0)
+  end
+  return taken
+end
+
+-- lease(now, wall, worker, count, lease_timeout, max_results): flat records, 8 fields
+-- each.  Jobs take turns: each an equal share of what is asked, round after round.
+local function lease(keys, args)
+  local now, wall = clock(args[1]), clock(args[2])
+  local worker, want, timeout = args[3], tonumber(args[4]), tonumber(args[5])
+  expire(now, wall)
+  note_worker(worker, now)
+  local out = {}
+  if tonumber(redis.call('GET', 'fq:queued') or '0') <= 0 then return out end
+  if tonumber(redis.call('GET', 'fq:unconfirmed') or '0') >= tonumber(args[6]) then return out end
+  local jobs = redis.call('ZRANGE', 'fq:jobs', 0, -1)
+  local turn = redis.call('GET', 'fq:turn')
+  local after = 0
+  for i, job in ipairs(jobs) do if job == turn then after = i end end
+  local order = {}
+  for k = 1, #jobs do order[k] = jobs[(after + k - 1) % #jobs + 1] end
+  local offset, taken, last = wall - now, 0, nil
+  while taken < want do
+    local share = math.ceil((want - taken) / #order)
+    local progressed = false
+    for _, job in ipairs(order) do
+      if taken >= want then break end
+      local got = take(job, math.min(share, want - taken), worker, now, offset, timeout, out)
+      if got > 0 then progressed, last, taken = true, job, taken + got end
+    end
+    if not progressed then break end
+  end
+  if last then redis.call('SET', 'fq:turn', last) end
+  return out
+end
+
+-- complete(now, wall, worker, lease_timeout, nresults, [id, attempt, retryable,
+--          asks_to_wait, ok, late, elapsed, raw]..., [id, attempt]...)
+local FIELDS = 8
+local function complete(keys, args)
+  local now, wall = clock(args[1]), clock(args[2])
+  local worker, timeout, nresults = args[3], tonumber(args[4]), tonumber(args[5])
+  expire(now, wall)
+  local accepted, requeued, dropped, renewed = 0, 0, 0, 0
+  for i = 0, nresults - 1 do
+    local base = 6 + i * FIELDS
+    local id, attempt = args[base], tonumber(args[base + 1])
+    local retryable, asks_to_wait = args[base + 2] == '1', args[base + 3] == '1'
+    local range = range_of(tonumber(id))
+    local raw = range and redis.call('HGET', jk(range.job, 'tasks'), id)
+    if not raw then
+      dropped = dropped + 1 -- a repeat, or a task never submitted here
+    else
+      local job = range.job
+      local meta = jk(job, 'meta')
+      local task = cjson.decode(raw)
+      local holder = redis.call('HGET', jk(job, 'holders'), id)
+      local current = holder and task[1] == attempt
+      local outcome
+      if retryable and not current then
+        outcome = 'dropped' -- a stale attempt
+      elseif retryable and current and attempt < range.attempts
+          and redis.call('HGET', meta, 'state') ~= 'cancelled' then
+        outcome = 'requeued'
+      else
+        outcome = 'accepted'
+      end
+      if outcome ~= 'dropped' and args[base + 5] ~= '' then
+        redis.call('HINCRBY', meta, 'late', 1)
+        if tonumber(args[base + 5]) > tonumber(redis.call('HGET', meta, 'worst_late')) then
+          redis.call('HSET', meta, 'worst_late', args[base + 5])
+        end
+      end
+      if outcome == 'dropped' then
+        dropped = dropped + 1
+      elseif outcome == 'requeued' then
+        end_lease(job, id)
+        task[1] = task[1] + 1
+        queue_again(job, id, task, true)
+        redis.call('PUBLISH', 'fq:tasks', 1)
+        requeued = requeued + 1
+      else
+        if holder then end_lease(job, id) else unqueued(job, 1) end
+        if args[base + 6] ~= '' then
+          redis.call('HINCRBYFLOAT', meta, 'elapsed', args[base + 6])
+          redis.call('HINCRBY', meta, 'elapsed_n', 1)
+        end
+        finish(job, id, args[base + 7], args[base + 4] == '1')
+        accepted = accepted + 1
+      end
+    end
+  end
+  for p = 6 + nresults * FIELDS, #args - 1, 2 do
+    local id, attempt = args[p], tonumber(args[p + 1])
+    local range = range_of(tonumber(id))
+    if range then
+      local job = range.job
+      local raw = redis.call('HGET', jk(job, 'tasks'), id)
+      if raw and redis.call('HGET', jk(job, 'holders'), id) == worker
+          and cjson.decode(raw)[1] == attempt then
+        redis.call('ZADD', 'fq:due', 'XX', num(now + timeout), due_member(job, id))
+        renewed = renewed + 1
+      end
+    end
+  end
+  note_worker(worker, now, accepted + requeued)
+  return {accepted, requeued, dropped, renewed}
+end
+
+-- release(now, wall, worker, max_results, [id, attempt]...)
+local function release(keys, args)
+  local now, wall, worker = clock(args[1]), clock(args[2]), args[3]
+  note_worker(worker, now)
+  local released, returned = 0, {}
+  for p = #args - 1, 5, -2 do
+    local id, attempt = args[p], tonumber(args[p + 1])
+    local range = not returned[id] and range_of(tonumber(id))
+    if range then
+      local job = range.job
+      local raw = redis.call('HGET', jk(job, 'tasks'), id)
+      if raw and redis.call('HGET', jk(job, 'holders'), id) == worker
+          and cjson.decode(raw)[1] == attempt then
+        end_lease(job, id)
+        queue_again(job, id, cjson.decode(raw), true)
+        returned[id] = true
+        released = released + 1
+      end
+    end
+  end
+  if released > 0 then redis.call('PUBLISH', 'fq:tasks', released) end
+  end_cancelled(wall, tonumber(args[4]) - tonumber(redis.call('GET', 'fq:unconfirmed') or '0'))
+  return released
+end
+
+local function ack_token(token)
+  local raw = redis.call('HGET', 'fq:deliveries', token)
+  if not raw then return 0 end
+  local delivery = cjson.decode(raw)
+  local total = 0
+  for _, part in ipairs(delivery.jobs) do
+    local job, ids = part[1], part[2]
+    redis.call('HINCRBY', jk(job, 'meta'), 'handed_out', -#ids)
+    redis.call('HINCRBY', jk(job, 'meta'), 'confirmed', #ids)
+    redis.call('HDEL', jk(job, 'result'), unpack(ids))
+    redis.call('PUBLISH', 'fq:results', job)
+    total = total + #ids
+  end
+  redis.call('DECRBY', 'fq:unconfirmed', total)
+  redis.call('HDEL', 'fq:deliveries', token)
+  redis.call('ZREM', 'fq:delivery_due', token)
+  redis.call('PUBLISH', 'fq:tasks', 0) -- leasing may have waited for room
+  return total
+end
+
+local function all_confirmed(job)
+  local jobs = job ~= '' and {job} or redis.call('ZRANGE', 'fq:jobs', 0, -1)
+  local any = false
+  for _, name in ipairs(jobs) do
+    local meta = jk(name, 'meta')
+    if redis.call('EXISTS', meta) == 0 or not job_done(meta) then return false end
+    any = true
+  end
+  return any
+end
+
+-- results(now, wall, job, count, lease_timeout, ack, token): 'results' and job, id,
+-- value triples; 'done'; or 'none'.
+local function results(keys, args)
+  local now, wall = clock(args[1]), clock(args[2])
+  local job, want, timeout = args[3], tonumber(args[4]), tonumber(args[5])
+  if args[6] ~= '' then ack_token(args[6]) end
+  expire(now, wall)
+  local jobs = job ~= '' and {job} or redis.call('ZRANGE', 'fq:jobs', 0, -1)
+  local out, parts, taken = {'results', args[7]}, {}, 0
+  for _, name in ipairs(jobs) do
+    if taken >= want then break end
+    local list = jk(name, 'results')
+    local ids = redis.call('LRANGE', list, 0, want - taken - 1)
+    if #ids > 0 then
+      redis.call('LTRIM', list, #ids, -1)
+      local values = redis.call('HMGET', jk(name, 'result'), unpack(ids))
+      for i, id in ipairs(ids) do
+        out[#out + 1] = name
+        out[#out + 1] = id
+        out[#out + 1] = values[i]
+      end
+      redis.call('HINCRBY', jk(name, 'meta'), 'handed_out', #ids)
+      parts[#parts + 1] = {name, ids}
+      taken = taken + #ids
+    end
+  end
+  if taken == 0 then
+    if all_confirmed(job) then return {'done'} end
+    return {'none'}
+  end
+  local sequence = redis.call('INCR', 'fq:delivery_seq')
+  local deadline = num(now + timeout)
+  redis.call('HSET', 'fq:deliveries', args[7], cjson.encode({s = sequence, jobs = parts}))
+  redis.call('ZADD', 'fq:delivery_due', deadline, args[7])
+  return out
+end
+
+-- ack(token)
+local function ack(keys, args)
+  return ack_token(args[1])
+end
+
+-- job(now, wall, job): its counters, or nothing for a job never heard of.
+local function job_counts(keys, args)
+  expire(clock(args[1]), clock(args[2]))
+  if redis.call('EXISTS', jk(args[3], 'meta')) == 0 then return {} end
+  return counts(args[3])
+end
+
+-- status(now, wall): unconfirmed, then each job's counters, then the workers.
+local function status(keys, args)
+  local now = clock(args[1])
+  expire(now, clock(args[2]))
+  local out = {num(now), redis.call('GET', 'fq:unconfirmed') or '0'}
+  local jobs = redis.call('ZRANGE', 'fq:jobs', 0, -1)
+  out[#out + 1] = #jobs
+  for _, job in ipairs(jobs) do out[#out + 1] = counts(job) end
+  local workers = redis.call('HGETALL', 'fq:workers')
+  local holding = {}
+  for _, job in ipairs(jobs) do
+    local held = redis.call('HVALS', jk(job, 'holders'))
+    for _, worker in ipairs(held) do holding[worker] = (holding[worker] or 0) + 1 end
+  end
+  for i = 1, #workers, 2 do
+    local w = seen(workers[i], tonumber(cjson.decode(workers[i + 1]).last))
+    local recent = 0
+    for second, count in pairs(w.recent) do
+      if tonumber(second) >= now - RATE_WINDOW then recent = recent + count end
+    end
+    out[#out + 1] = {workers[i], w.first, w.last, w.reported, w.threads, recent, holding[workers[i]] or 0}
+  end
+  return out
+end
+
+-- steer(now, wall, job, action, change, max_results): the job's counters after.
+local function steer(keys, args)
+  local now, wall, job, action = clock(args[1]), clock(args[2]), args[3], args[4]
+  local meta = jk(job, 'meta')
+  if redis.call('EXISTS', meta) == 0 then return {} end
+  if action == 'set' then
+    local policy = cjson.decode(redis.call('HGET', meta, 'policy'))
+    for name, value in pairs(cjson.decode(args[5])) do policy[name] = value end
+    redis.call('HSET', meta, 'policy', cjson.encode(policy))
+  elseif not job_done(meta) then
+    local state = redis.call('HGET', meta, 'state')
+    if action == 'cancel' then
+      redis.call('HSET', meta, 'state', 'cancelled')
+    elseif state ~= 'cancelled' then
+      redis.call('HSET', meta, 'state', action == 'pause' and 'paused' or '')
+      if action == 'resume' then redis.call('HSET', meta, 'fresh', 1) end
+    end
+  end
+  if action == 'cancel' then
+    end_cancelled(wall, tonumber(args[6]) - tonumber(redis.call('GET', 'fq:unconfirmed') or '0'))
+  end
+  redis.call('PUBLISH', 'fq:tasks', 0)
+  redis.call('PUBLISH', 'fq:results', job)
+  return counts(job)
+end
+
+-- specs(job, keys...): the records of those the job has.
+local function specs(keys, args)
+  local found = {}
+  if #args < 2 then return found end
+  local values = redis.call('HMGET', jk(args[1], 'specs'), unpack(args, 2))
+  for _, value in ipairs(values) do if value then found[#found + 1] = value end end
+  return found
+end
+
+local function queued(keys, args)
+  return tonumber(redis.call('GET', 'fq:queued') or '0')
+end
+
+-- housekeeping(now, wall, max_results): lapsed leases and deliveries, cancelled tasks.
+local function housekeeping(keys, args)
+  local now, wall = clock(args[1]), clock(args[2])
+  local lapsed = expire(now, wall)
+  end_cancelled(wall, tonumber(args[3]) - tonumber(redis.call('GET', 'fq:unconfirmed') or '0'))
+  return lapsed
+end
+
+local function library(keys, args) return LIBRARY end
+
+local function call(name, callback)
+  redis.register_function{function_name = 'fq_' .. name, callback = callback}
+end
+local function read(name, callback)
+  redis.register_function{function_name = 'fq_' .. name, callback = callback, flags = {'no-writes'}}
+end
+call('hello', hello)
+call('submit', submit)
+call('seal', seal)
+call('lease', lease)
+call('complete', complete)
+call('release', release)
+call('results', results)
+call('ack', ack)
+call('job', job_counts)
+call('status', status)
+call('steer', steer)
+call('housekeeping', housekeeping)
+read('specs', specs)
+read('queued', queued)
+read('library', library)

@@ -1,0 +1,131 @@
+"""Stores for tests: ``redis-server`` processes of their own, in a directory of their
+own, stopped when the test (or the test run) ends.
+
+The contract tests share one store per test process on a unix socket (each broker
+empties it first); tests of several servers and of faults start their own, on a
+TCP port of 127.0.0.1, with the persistence they need.  Debian's ``redis-server``
+is the store: ``./run-tests`` installs it when missing.
+"""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+START_TIMEOUT = 10.0
+
+
+def redis_server() -> str:
+    found = shutil.which("redis-server")
+    assert found is not None, "no redis-server on PATH: ./run-tests installs Debian's"
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+class StoreProcess:
+    """One ``redis-server``: on a unix socket, and on ``port`` of 127.0.0.1 when given.
+
+    ``appendfsync``: None for no persistence at all (the contract tests), else the
+    AOF's fsync policy (``always``, ``everysec``)."""
+
+    def __init__(
+        self, directory: Path, *, port: int | None = None, appendfsync: str | None = None
+    ) -> None:
+        self.directory = directory
+        self.port = port
+        self.appendfsync = appendfsync
+        self.socket = directory / "store.sock"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        if self.port is not None:
+            return f"redis://127.0.0.1:{self.port}/0"
+        return f"unix://{self.socket}"
+
+    def start(self) -> StoreProcess:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        persistence = (
+            ["--appendonly", "no"]
+            if self.appendfsync is None
+            else ["--appendonly", "yes", "--appendfsync", self.appendfsync]
+        )
+        command = [
+            redis_server(),
+            "--port", str(self.port or 0),
+            "--bind", "127.0.0.1",
+            "--unixsocket", str(self.socket),
+            "--unixsocketperm", "700",
+            "--dir", str(self.directory),
+            "--save", "",
+            *persistence,
+            "--daemonize", "no",
+            "--loglevel", "warning",
+            "--logfile", str(self.directory / "store.log"),
+        ]  # fmt: skip
+        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + START_TIMEOUT
+        client = self.client()
+        while True:
+            try:
+                client.ping()
+                break
+            except (redis.ConnectionError, FileNotFoundError):
+                assert self.process.poll() is None, (self.directory / "store.log").read_text()
+                assert time.monotonic() < deadline, "redis-server did not answer"
+                time.sleep(0.02)
+        client.close()
+        return self
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(unix_socket_path=str(self.socket), socket_timeout=10)
+
+    def kill(self) -> None:
+        """What kill -9 leaves: the AOF as far as it was written (and, with
+        ``appendfsync always``, fsynced before each reply)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+        self.socket.unlink(missing_ok=True)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
+_shared: StoreProcess | None = None
+
+
+def shared_store() -> StoreProcess:
+    """The store this test process's contract tests share, started on first use."""
+    global _shared
+    if _shared is None:
+        directory = Path(tempfile.mkdtemp(prefix="fetchq-store-"))
+        _shared = StoreProcess(directory).start()
+        atexit.register(_stop_shared, directory)
+    return _shared
+
+
+def _stop_shared(directory: Path) -> None:
+    if _shared is not None:
+        _shared.stop()
+    shutil.rmtree(directory, ignore_errors=True)
