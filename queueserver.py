@@ -7,7 +7,7 @@ and serves the broker until SIGINT or SIGTERM.
 from __future__ import annotations
 
 import signal
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -21,12 +21,18 @@ from fetchq.commands.options import (
     run_alone,
     say,
 )
+from fetchq.errors import UsageError
+from fetchq.extras import extra_missing
 from fetchq.messages import plural
 from fetchq.server.broker import Broker
 from fetchq.server.journal import Journal
 from fetchq.server.serve import QueueServer, collect_rarely, run_until_stopped
+from fetchq.server.service import BrokerService
 from fetchq.signals import StopRequest
 from fetchq.wire import tls
+
+if TYPE_CHECKING:
+    from fetchq.server.store.broker import StoreBroker
 
 HELP = "Run the queue server that dispatchers, workers and outputs connect to."
 
@@ -41,6 +47,17 @@ def resolve_server_key(key_file: str | None) -> config.Authkey:
     say(f"no authkey given: generated a new one in {path} (mode 0600)")
     say(f"give it to workers and dispatchers: FETCHQ_AUTHKEY_FILE={path}")
     return key
+
+
+def on_store(url: str, settings: dict[str, Any]) -> StoreBroker:
+    """The broker on the store at ``url`` (the store extra brings its client)."""
+    try:
+        from fetchq.server.store.broker import StoreBroker
+    except ImportError:
+        raise extra_missing("store", "--store", "redis") from None
+    if settings["per_host"] or settings["host_delay"]:
+        raise UsageError("--per-host and --host-delay on a server with --store: not on a store yet")
+    return StoreBroker(url, **settings)
 
 
 @reports_errors
@@ -83,6 +100,15 @@ def server(
             metavar="FILE", help="Keep the queues in this file, so a restart loses nothing"
         ),
     ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL",
+            help="Keep the broker's state in Valkey or Redis (redis://HOST:PORT/DB, "
+            "rediss://, unix://PATH): servers on one store serve one fleet together; "
+            "a password from FETCHQ_STORE_PASSWORD or the URL",
+        ),
+    ] = None,
     per_host: PerHostOption = None,
     host_delay: HostDelayOption = None,
     tls_cert: Annotated[
@@ -113,20 +139,27 @@ def server(
     key = resolve_server_key(authkey_file)
     # A file size limit must fail a journal write (EFBIG), not kill the server.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    log = Journal(journal) if journal else None
-    broker = Broker(
-        lease_timeout=lease_timeout,
-        max_attempts=max_attempts,
-        max_pending=max_pending,
-        max_results=max_results,
-        journal=log,
-        per_host=per_host or None,
-        host_delay=delay,
-    )
-    if log is not None:
+    settings: dict[str, Any] = {
+        "lease_timeout": lease_timeout,
+        "max_attempts": max_attempts,
+        "max_pending": max_pending,
+        "max_results": max_results,
+        "per_host": per_host or None,
+        "host_delay": delay,
+    }
+    broker: BrokerService
+    if store is not None:
+        if journal is not None:
+            raise UsageError("--journal and --store: a server on a store keeps no journal")
+        broker = on_store(store, settings)
+        kept_in = f"store {broker.shown}"
+    else:
+        broker = Broker(journal=Journal(journal) if journal else None, **settings)
+        kept_in = f"journal {journal}" if journal else ""
+    if kept_in:
         state = broker.status()
         say(
-            f"journal {journal}: {plural(state['queued'], 'task')} queued, "
+            f"{kept_in}: {plural(state['queued'], 'task')} queued, "
             f"{plural(state['unconfirmed'], 'result')} not yet confirmed by an output"
         )
     queue_server = QueueServer(

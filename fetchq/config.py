@@ -69,10 +69,16 @@ def parse_address(text: str) -> Address:
 
 def server_address(option: str | None) -> Address:
     """The address a client connects to: ``--server``, then FETCHQ_SERVER, then loopback."""
+    return server_addresses(option)[0]
+
+
+def server_addresses(option: str | None) -> tuple[Address, ...]:
+    """The addresses a client may connect to, in order: ``--server`` or FETCHQ_SERVER
+    (``a:7439,b:7439``: servers on one store), else loopback."""
     text = option or os.environ.get(ENV_SERVER)
     if not text:
-        return Address(defaults.HOST, defaults.PORT)
-    return parse_address(text)
+        return (Address(defaults.HOST, defaults.PORT),)
+    return tuple(parse_address(part) for part in text.split(","))
 
 
 def is_loopback(host: str) -> bool:
@@ -184,9 +190,15 @@ class ServerLink:
     authkey: Authkey
     tls: ClientTLS | None = None
     call_timeout: float = defaults.CALL_TIMEOUT
+    others: tuple[Address, ...] = ()
+    """Further servers of the same store, tried in turn when one stops answering."""
+
+    @property
+    def addresses(self) -> tuple[Address, ...]:
+        return (self.address, *self.others)
 
     def __str__(self) -> str:
-        return str(self.address)
+        return ",".join(map(str, self.addresses))
 
 
 def server_link(
@@ -203,9 +215,11 @@ def server_link(
 
     Each setting is checked here, before anything connects: a malformed address, a
     missing key or an unusable TLS file is said at once."""
+    first, *others = server_addresses(server)
     return ServerLink(
-        server_address(server),
+        first,
         client_authkey(authkey_file),
         client_tls(tls_ca, tls_cert, tls_key),
         call_timeout,
+        tuple(others),
     )

@@ -79,6 +79,10 @@ class StorageFailed(ServerUnavailable):
     """The server is up but cannot write its journal (a full disk, say)."""
 
 
+class StoreUnavailable(ServerUnavailable):
+    """The server is up but its store (Valkey or Redis) does not answer."""
+
+
 class AuthFailed(FetchqError):
     """The server refused our key, or the peer is not a fetchq server."""
 

@@ -67,7 +67,7 @@ def test_a_result_reaches_the_output_as_the_worker_wrote_it(served):
     client.connect()
     client.call("submit", {"job": "as-sent", "urls": ["http://127.0.0.1/a"]})
     (task,) = client.call("lease", "w", 1, 0)
-    session, ident = client._session(), client._ident
+    session, ident = client._session(client.address), client._idents[client.address]
     result = (
         f'{{"v":1,"id":{task["id"]},"job":"as-sent","url":"http://127.0.0.1/a","ok":true,'
         '"status":200,"elapsed":1.50e-3,"bytes":3,"error":null,"attempt":1,"worker":"w",'

@@ -51,11 +51,14 @@ class BrokerClient:
                 raise TypeError("a client given an address needs the authkey too")
             link = ServerLink(link, Authkey(authkey, GIVEN_KEY), tls)
         self.link = link
+        self._addresses = link.addresses
         self.address = link.address
+        """The server this client talks to now: the next of ``link``'s when it stops
+        answering (servers on one store serve the same broker)."""
         self._introduce = introduce or {}
         """What this client tells the server about itself (a worker: its name and threads)."""
-        self._ident: str | None = None
-        """The broker's id on the server, from ``create`` (a restarted server has another)."""
+        self._idents: dict[Address, str] = {}
+        """The broker's id on each server, from ``create`` (a restarted server has another)."""
         self._clock_samples = max(1, clock_samples)
         """Hellos timed at login for ``clock_offset`` (a worker: ``CLOCK_SAMPLES``)."""
         self._lock = threading.Lock()
@@ -68,22 +71,23 @@ class BrokerClient:
 
     def connect(self) -> dict[str, Any]:
         """Log in and check versions; returns what the server said about itself."""
+        address = self.address
         try:
-            conn = self._open()
+            conn = self._open(address)
             try:  # the server closes this connection after its one reply
                 ident, _ = self._exchange(conn, None, "create", ("broker",))
             finally:
                 conn.close()
         except TRANSPORT_ERRORS as exc:
-            raise self._error(exc) from None
+            raise self._error(exc, address) from None
         with self._lock:
-            self._ident = ident
+            self._idents[address] = ident
         hello = {"protocol": PROTOCOL, "version": __version__, **self._introduce}
         quickest = float("inf")
         info: dict[str, Any] = {}
         for _ in range(self._clock_samples):  # the quickest round trip tells best
             sent = time.time()
-            info = self._call(ident, "hello", (hello,))
+            info = self._call(address, ident, "hello", (hello,))
             received = time.time()
             if isinstance(info.get("time"), int | float) and received - sent < quickest:
                 quickest = received - sent
@@ -91,16 +95,18 @@ class BrokerClient:
         return info
 
     def call(self, method: str, *args: Any) -> Any:
-        ident = self._ident
+        address = self.address
+        ident = self._idents.get(address)
         if ident is None:
             self.connect()
-            ident = self._ident
-        return self._call(ident, method, args)
+            address = self.address
+            ident = self._idents.get(address)
+        return self._call(address, ident, method, args)
 
     def close(self) -> None:
         """Close every thread's session; a later call logs in again."""
         with self._lock:
-            self._ident = None
+            self._idents.clear()
             sessions = list(self._sessions)
             self._sessions.clear()
         for session in sessions:
@@ -108,19 +114,19 @@ class BrokerClient:
 
     # -- sessions -----------------------------------------------------------
 
-    def _open(self) -> ClientConnection:
+    def _open(self, address: Address) -> ClientConnection:
         link = self.link
         return transport.open_connection(
-            link.address.as_tuple(),
+            address.as_tuple(),
             link.authkey.key,
             tls_context=link.tls.context() if link.tls else None,
             call_timeout=link.call_timeout,
         )
 
-    def _call(self, ident: str | None, method: str, args: tuple[Any, ...]) -> Any:
+    def _call(self, address: Address, ident: str | None, method: str, args: tuple[Any, ...]) -> Any:
         session = None
         try:
-            session = self._session()
+            session = self._session(address)
             session.send((ident, method, args, {}))
             kind, result = session.recv()
         except BaseException as exc:
@@ -129,19 +135,22 @@ class BrokerClient:
             if session is not None:
                 self._drop(session)
             with self._lock:
-                if self._ident == ident:
-                    self._ident = None
+                if self._idents.get(address) == ident:
+                    del self._idents[address]
             if isinstance(exc, FetchqError) or not isinstance(exc, TRANSPORT_ERRORS):
                 raise
-            raise self._error(exc) from None
+            raise self._error(exc, address) from None
         return self._result(kind, result)
 
-    def _session(self) -> ClientConnection:
-        """This thread's session, opened (``accept_connection``) on first use."""
+    def _session(self, address: Address) -> ClientConnection:
+        """This thread's session with the server at ``address``, opened
+        (``accept_connection``) on first use."""
         session: ClientConnection | None = getattr(self._local, "session", None)
         if session is not None and not session.closed:
-            return session
-        session = self._open()
+            if getattr(self._local, "address", None) == address:
+                return session
+            self._drop(session)  # the client moved on to the next server
+        session = self._open(address)
         try:
             name = threading.current_thread().name
             self._exchange(session, None, "accept_connection", (name,))
@@ -149,6 +158,7 @@ class BrokerClient:
             session.close()
             raise
         self._local.session = session
+        self._local.address = address
         with self._lock:
             self._sessions.add(session)
         return session
@@ -171,10 +181,18 @@ class BrokerClient:
             return result
         if kind == "#ERROR" and isinstance(result, FetchqError):
             raise result
-        raise self._error(managers.RemoteError(str(result)))
+        raise transport_error(self.address, managers.RemoteError(str(result)))
 
-    def _error(self, exc: BaseException) -> FetchqError:
-        return transport_error(self.address, exc, key_source=self.link.authkey.source)
+    def _error(self, exc: BaseException, address: Address) -> FetchqError:
+        """The error for a call to ``address`` that failed; a server that does not answer
+        sends this client on to the next (servers on one store serve the same broker)."""
+        error = transport_error(address, exc, key_source=self.link.authkey.source)
+        if isinstance(error, ServerUnavailable) and len(self._addresses) > 1:
+            with self._lock:
+                if self.address == address:  # not moved on already by another thread
+                    at = self._addresses.index(address)
+                    self.address = self._addresses[(at + 1) % len(self._addresses)]
+        return error
 
 
 def backoff_delays(

@@ -13,6 +13,7 @@ of their own, passed to each call.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -23,13 +24,14 @@ import msgspec
 import redis
 
 from fetchq import __version__, defaults
-from fetchq.errors import BadRequest, NoSuchJob, VersionMismatch
+from fetchq.errors import BadRequest, NoSuchJob, StoreUnavailable, VersionMismatch
+from fetchq.messages import say
 from fetchq.server import validate, views
 from fetchq.server.broker import CLOCK_STEP
 from fetchq.server.jobqueue import Policy
 from fetchq.server.jobs import unknown_job
 from fetchq.server.steering import not_its_pace
-from fetchq.server.store.connection import connect, load_library
+from fetchq.server.store.connection import connect, load_library, shown
 from fetchq.wire.api import (
     MAX_LEASE,
     MAX_SUBMIT,
@@ -130,7 +132,17 @@ class StoreBroker:
         self._wall = wall_clock if wall_clock is not None else clock
         self._wall_offset = 0.0 if clock is None or self._wall is None else self._wall() - clock()
         self._store = connect(store) if isinstance(store, str) else store
-        load_library(self._store)
+        self.shown = shown(store) if isinstance(store, str) else "given"
+        """The store as messages name it: its URL without a password."""
+        self._failing: str | None = None
+        """Why the store did not answer, said once (None: it answers)."""
+        try:
+            load_library(self._store)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise StoreUnavailable(
+                f"cannot reach the store at {self.shown}: {exc} (is it running, and is that "
+                "its address?)"
+            ) from None
         self._wakeups = Wakeups(self._store)
 
     # -- time ---------------------------------------------------------------
@@ -155,7 +167,43 @@ class StoreBroker:
         return time.monotonic() if self._clock is None else self._clock()
 
     def _call(self, name: str, *args: Any) -> Any:
-        return self._store.fcall(f"fq_{name}", 0, *args)
+        """One function in the store.  A store that does not answer is said once, here,
+        and is ``StoreUnavailable`` to the client, which waits and asks again; one
+        that lost fetchq's functions (restarted empty) gets them again."""
+        try:
+            try:
+                reply = self._store.fcall(f"fq_{name}", 0, *args)
+            except redis.ResponseError as exc:
+                if "function not found" not in str(exc).lower():
+                    raise
+                load_library(self._store)
+                reply = self._store.fcall(f"fq_{name}", 0, *args)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise self._unavailable(exc) from None
+        if self._failing is not None:
+            self._failing = None
+            say(f"server: store {self.shown} answers again")
+        return reply
+
+    def _read(self, name: str, *args: Any) -> Any:
+        try:
+            return self._store.fcall_ro(f"fq_{name}", 0, *args)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise self._unavailable(exc) from None
+
+    def _direct(self, command: Callable[[], Any]) -> Any:
+        """A plain command (not one of fetchq's functions) on the store, guarded alike."""
+        try:
+            return command()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise self._unavailable(exc) from None
+
+    def _unavailable(self, exc: Exception) -> StoreUnavailable:
+        reason = str(exc) or type(exc).__name__
+        if self._failing != reason:
+            self._failing = reason
+            say(f"server: store {self.shown} does not answer ({reason}); clients wait for it")
+        return StoreUnavailable(f"the server's store does not answer ({reason}); try again later")
 
     # -- the wire API -----------------------------------------------------------
 
@@ -189,7 +237,7 @@ class StoreBroker:
     def _store_time(self) -> float:
         if self._wall is not None:
             return self._wall()
-        seconds, micro = self._store.time()
+        seconds, micro = self._direct(self._store.time)
         return seconds + micro / 1e6
 
     def submit(self, batch: dict[str, Any]) -> SubmitReply:
@@ -382,7 +430,7 @@ class StoreBroker:
         return int(self._call("ack", validate.token(token)))
 
     def queued(self) -> int:
-        return int(self._store.fcall_ro("fq_queued", 0))
+        return int(self._read("queued"))
 
     def status(self) -> StatusReply:
         reply = self._call("status", self._now(), self._wall_now())
@@ -430,21 +478,22 @@ class StoreBroker:
     def specs(self, job_name: str, keys: list[str]) -> list[dict[str, Any]]:
         name = validate.job_name(job_name)
         wanted = validate.spec_keys(keys)
-        found = self._store.fcall_ro("fq_specs", 0, name, *wanted)
-        if not found and not self._store.exists(f"fq:{{{name}}}:meta"):
+        found = self._read("specs", name, *wanted)
+        if not found and not self._direct(lambda: self._store.exists(f"fq:{{{name}}}:meta")):
             raise self._no_such_job(name)
         return [msgspec.json.decode(record) for record in found]
 
     def _no_such_job(self, name: str) -> NoSuchJob:
         """The error for a job the store has never heard of, naming those it has."""
-        names: list[bytes] = self._store.zrange("fq:jobs", 0, -1)  # type: ignore[assignment]
+        names: list[bytes] = self._direct(lambda: self._store.zrange("fq:jobs", 0, -1))
         known = [name.decode() for name in names]
         return NoSuchJob(unknown_job(name, known))
 
     # -- housekeeping -----------------------------------------------------------
 
     def housekeeping(self) -> None:
-        self._call("housekeeping", self._now(), self._wall_now(), self.max_results)
+        with contextlib.suppress(StoreUnavailable):  # said; the next round tries again
+            self._call("housekeeping", self._now(), self._wall_now(), self.max_results)
 
     def expire_leases(self) -> int:
         return int(self._call("housekeeping", self._now(), self._wall_now(), self.max_results))

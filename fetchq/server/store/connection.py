@@ -15,7 +15,7 @@ import redis
 from fetchq.errors import UsageError
 
 PASSWORD_VARIABLE = "FETCHQ_STORE_PASSWORD"
-SCHEMES = ("redis", "rediss")
+SCHEMES = ("redis", "rediss", "unix")
 LIBRARY = "fetchq"
 """The name of the function library (``#!lua name=fetchq``)."""
 
@@ -38,6 +38,8 @@ def library_version(code: str) -> str:
 def shown(url: str) -> str:
     """The URL as messages may show it: no password."""
     parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "unix":
+        return f"unix://{parts.path}"
     host = parts.hostname or "localhost"
     netloc = f"[{host}]" if ":" in host else host
     if parts.port:
@@ -50,8 +52,13 @@ def check_url(url: str) -> str:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in SCHEMES:
         raise UsageError(
-            f"--store {shown(url)!r}: give redis://HOST:PORT/DB or rediss://HOST:PORT/DB"
+            f"--store {shown(url)!r}: give redis://HOST:PORT/DB, rediss://HOST:PORT/DB "
+            "or unix://PATH"
         )
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise UsageError("--store unix://PATH: give the path of the store's socket")
+        return url
     try:
         parts.port  # noqa: B018 - raises on a port that is no number
     except ValueError:
