@@ -12,6 +12,7 @@ from brokerkit import IMPLEMENTATIONS, Factory
 from dnsguard import loopback_only_getaddrinfo
 from fakeclock import FakeClock
 from fetchq_procs import ServerProcess, clean_env
+from storekit import StoreProcess, free_port
 
 from fetchq.testing.target import Target
 
@@ -65,6 +66,17 @@ def authkey() -> str:
 @pytest.fixture
 def env(tmp_path: Path, authkey: str) -> dict[str, str]:
     return clean_env(tmp_path, authkey)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[StoreProcess]:
+    """A ``redis-server`` of the test's own on a free port of 127.0.0.1, its AOF fsynced
+    before every reply (``appendfsync always``); stopped at teardown."""
+    running = StoreProcess(tmp_path / "store", port=free_port(), appendfsync="always").start()
+    try:
+        yield running
+    finally:
+        running.stop()
 
 
 @pytest.fixture

@@ -263,6 +263,7 @@ class ResilientClient(BrokerClient):
         delays = backoff_delays()
         attempt = 0
         while True:
+            address = self.address
             try:
                 result = action()
             except ServerUnavailable as exc:
@@ -274,9 +275,14 @@ class ResilientClient(BrokerClient):
                     raise type(exc)(
                         f"{exc} (gave up after {waited:.0f}s and {plural(attempt, 'attempt')})"
                     ) from None
-                self._notice.show(
-                    f"waiting for server at {self.address} (attempt {attempt}): {exc}"
-                )
+                if self.address != address:  # one of several servers: on to the next
+                    self._notice.show(
+                        f"moving on to server at {self.address} (attempt {attempt}): {exc}"
+                    )
+                else:
+                    self._notice.show(
+                        f"waiting for server at {self.address} (attempt {attempt}): {exc}"
+                    )
                 pause = next(delays)
                 if limit is not None:
                     pause = min(pause, max(0.0, limit - waited))

@@ -136,6 +136,9 @@ class StoreBroker:
         """The store as messages name it: its URL without a password."""
         self._failing: str | None = None
         """Why the store did not answer, said once (None: it answers)."""
+        self._back_at = float("-inf")
+        """When the store last answered again after an outage (``time.monotonic``)."""
+        self._saying = threading.Lock()
         try:
             load_library(self._store)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -167,42 +170,45 @@ class StoreBroker:
         return time.monotonic() if self._clock is None else self._clock()
 
     def _call(self, name: str, *args: Any) -> Any:
-        """One function in the store.  A store that does not answer is said once, here,
-        and is ``StoreUnavailable`` to the client, which waits and asks again; one
-        that lost fetchq's functions (restarted empty) gets them again."""
-        try:
+        """One of fetchq's functions in the store; one the store lost (it restarted
+        empty) is loaded again."""
+
+        def call() -> Any:
             try:
-                reply = self._store.fcall(f"fq_{name}", 0, *args)
+                return self._store.fcall(f"fq_{name}", 0, *args)
             except redis.ResponseError as exc:
                 if "function not found" not in str(exc).lower():
                     raise
                 load_library(self._store)
-                reply = self._store.fcall(f"fq_{name}", 0, *args)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise self._unavailable(exc) from None
-        if self._failing is not None:
-            self._failing = None
-            say(f"server: store {self.shown} answers again")
-        return reply
+                return self._store.fcall(f"fq_{name}", 0, *args)
+
+        return self._guarded(call)
 
     def _read(self, name: str, *args: Any) -> Any:
-        try:
-            return self._store.fcall_ro(f"fq_{name}", 0, *args)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise self._unavailable(exc) from None
+        return self._guarded(lambda: self._store.fcall_ro(f"fq_{name}", 0, *args))
 
-    def _direct(self, command: Callable[[], Any]) -> Any:
-        """A plain command (not one of fetchq's functions) on the store, guarded alike."""
+    def _guarded(self, command: Callable[[], Any]) -> Any:
+        """``command`` on the store.  A store that does not answer is said once an
+        outage, here, and is ``StoreUnavailable`` to the client, which waits and asks
+        again.  A call begun before the store came back is not a new outage."""
+        began = time.monotonic()
         try:
-            return command()
+            reply = command()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise self._unavailable(exc) from None
+            raise self._unavailable(exc, began) from None
+        if self._failing is not None:
+            with self._saying:
+                if self._failing is not None:
+                    self._failing, self._back_at = None, time.monotonic()
+                    say(f"server: store {self.shown} answers again")
+        return reply
 
-    def _unavailable(self, exc: Exception) -> StoreUnavailable:
+    def _unavailable(self, exc: Exception, began: float) -> StoreUnavailable:
         reason = str(exc) or type(exc).__name__
-        if self._failing != reason:
-            self._failing = reason
-            say(f"server: store {self.shown} does not answer ({reason}); clients wait for it")
+        with self._saying:
+            if self._failing is None and began > self._back_at:
+                self._failing = reason
+                say(f"server: store {self.shown} does not answer ({reason}); clients wait for it")
         return StoreUnavailable(f"the server's store does not answer ({reason}); try again later")
 
     # -- the wire API -----------------------------------------------------------
@@ -237,7 +243,7 @@ class StoreBroker:
     def _store_time(self) -> float:
         if self._wall is not None:
             return self._wall()
-        seconds, micro = self._direct(self._store.time)
+        seconds, micro = self._guarded(self._store.time)
         return seconds + micro / 1e6
 
     def submit(self, batch: dict[str, Any]) -> SubmitReply:
@@ -479,13 +485,13 @@ class StoreBroker:
         name = validate.job_name(job_name)
         wanted = validate.spec_keys(keys)
         found = self._read("specs", name, *wanted)
-        if not found and not self._direct(lambda: self._store.exists(f"fq:{{{name}}}:meta")):
+        if not found and not self._guarded(lambda: self._store.exists(f"fq:{{{name}}}:meta")):
             raise self._no_such_job(name)
         return [msgspec.json.decode(record) for record in found]
 
     def _no_such_job(self, name: str) -> NoSuchJob:
         """The error for a job the store has never heard of, naming those it has."""
-        names: list[bytes] = self._direct(lambda: self._store.zrange("fq:jobs", 0, -1))
+        names: list[bytes] = self._guarded(lambda: self._store.zrange("fq:jobs", 0, -1))
         known = [name.decode() for name in names]
         return NoSuchJob(unknown_job(name, known))
 

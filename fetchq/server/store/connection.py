@@ -11,6 +11,8 @@ from importlib import resources
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from fetchq.errors import UsageError
 
@@ -69,14 +71,26 @@ def check_url(url: str) -> str:
     return url
 
 
-def connect(url: str, *, timeout: float = 5.0, **options: Any) -> redis.Redis:
-    """A client for the store at ``url`` (connections are made as calls need them)."""
+CALL_TIMEOUT = 10.0
+"""Seconds a call to the store may take before it counts as not answering: every
+function returns at once (waits are the server's, between calls), but a submit of
+100,000 URLs on a busy store takes a while."""
+
+
+def connect(url: str, **options: Any) -> redis.Redis:
+    """A client for the store at ``url`` (connections are made as calls need them).
+
+    The client never re-sends a call by itself: a call whose reply was lost may have
+    run, and it is the fetchq client that sends it again, to a broker whose every call
+    is safe to re-send (batch ids, first result wins, tokens).  Options in the URL
+    (``?socket_timeout=2``) win over these."""
     check_url(url)
     password = os.environ.get(PASSWORD_VARIABLE) or None
     kwargs: dict[str, Any] = {
-        "socket_timeout": timeout + 35.0,  # a call may wait: never cut one short
-        "socket_connect_timeout": timeout,
+        "socket_timeout": CALL_TIMEOUT,
+        "socket_connect_timeout": 5.0,
         "health_check_interval": 30,
+        "retry": Retry(NoBackoff(), 0),
         **options,
     }
     if password is not None:

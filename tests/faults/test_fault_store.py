@@ -1,0 +1,157 @@
+"""Servers on a store: one of two killed, the store killed, the store cut off.
+
+The store is a real ``redis-server`` of the test's own (``store`` fixture), with
+its AOF fsynced before each reply; the servers, workers, dispatcher and output are
+real processes, and the checker reads what the output wrote.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from checker import assert_exactly_once, check_file, wait_for_job
+from faultkit import exit_code
+from fetchq_procs import connect_broker, poll_until
+from netproxy import NetProxy
+from storekit import StoreProcess
+
+from fetchq.testing.target import Target
+
+LEASE = "3"
+
+
+@dataclass
+class Run:
+    """A job of URLs unique per task on the test target, and the processes running it."""
+
+    job: str
+    template: str
+    urls: list[str]
+    out: Path
+
+
+def new_run(target: Target, tmp_path: Path, count: int, slow: float) -> Run:
+    tag = f"s{uuid.uuid4().hex[:10]}"
+    template = f"{target.url}/slow?s={slow}&t={tag}&i={{i}}"
+    urls = [template.format(i=i) for i in range(count)]
+    return Run(tag, template, urls, tmp_path / "results.jsonl")
+
+
+def start_clients(launch, env, run: Run, *, workers: list[str], output: str, dispatch: str):
+    """Workers, an output and a dispatcher, each given its own ``FETCHQ_SERVER``."""
+    started = [
+        launch({**env, "FETCHQ_SERVER": servers}, "worker", "--concurrency", "4")
+        for servers in workers
+    ]
+    out = launch(
+        {**env, "FETCHQ_SERVER": output},
+        "output", "--job", run.job, "--format", "jsonl", "--out", str(run.out), "--until-done",
+    )  # fmt: skip
+    sent = launch(
+        {**env, "FETCHQ_SERVER": dispatch},
+        "dispatch", "--template", run.template, "--count", str(len(run.urls)), "--job", run.job,
+        "--batch-size", "200",
+    )  # fmt: skip
+    return started, out, sent
+
+
+def finish(watch, run: Run, workers, output, dispatch, fault_at: float) -> None:
+    """Everything completes, each URL exactly once, some of it after the fault."""
+    assert exit_code(*dispatch, 60) == 0, dispatch[1].text
+    wait_for_job(watch, run.job, timeout=90)
+    assert exit_code(*output, 60) == 0, output[1].text
+    for process, log in workers:
+        process.terminate()
+        assert exit_code(process, log, 30) == 0, log.text
+    report = check_file(run.urls, run.out, fault_at=fault_at)
+    assert_exactly_once(report)
+    assert report.recovered, "results should have come after the fault too"
+
+
+def running(watch, run: Run, at_least: int):
+    def mid_job() -> bool:
+        try:
+            counts = watch.call("job", run.job)
+        except Exception:  # not dispatched yet
+            return False
+        return at_least <= counts["succeeded"] <= len(run.urls) - 500
+
+    poll_until(mid_job, 60, "the job to be running")
+
+
+def test_one_of_two_servers_killed_mid_job(env, store, start_server, launch, target, tmp_path):
+    """kill -9 one of two servers on a store while workers, an output and a dispatcher
+    talk to both: those on it move to the other, and nothing is lost or doubled."""
+    first = start_server("--store", store.url, "--lease-timeout", LEASE)
+    second = start_server("--store", store.url, "--lease-timeout", LEASE)
+    both, back = f"{first.address},{second.address}", f"{second.address},{first.address}"
+    run = new_run(target, tmp_path, 3000, slow=0.002)
+    workers, output, dispatch = start_clients(
+        launch, env, run, workers=[both, back], output=both, dispatch=both
+    )
+    watch = connect_broker(second.address, env["FETCHQ_AUTHKEY"])
+    running(watch, run, 300)
+    fault_at = time.time()
+    first.kill()
+    moved = rf"moving on to server at {second.address}"
+    for _, log in (workers[0], output):
+        log.wait_for(moved, 20)  # those on the dead server say where they go
+    finish(watch, run, workers, output, dispatch, fault_at)
+    assert not any("moving on" in line for line in workers[1][1].lines), (
+        "a worker on the live server stays there"
+    )
+    watch.close()
+
+
+def test_the_store_killed_with_appendfsync_always_and_restarted(
+    env, store, start_server, launch, target, tmp_path
+):
+    """kill -9 the store mid-job and start it again from its AOF: the server says once
+    that it does not answer and once that it is back, clients wait saying why, and
+    every acknowledged task ends as exactly one result."""
+    server = start_server("--store", store.url, "--lease-timeout", LEASE)
+    run = new_run(target, tmp_path, 2000, slow=0.002)
+    workers, output, dispatch = start_clients(
+        launch, env, run, workers=[server.address] * 2, output=server.address,
+        dispatch=server.address,
+    )  # fmt: skip
+    watch = connect_broker(server.address, env["FETCHQ_AUTHKEY"])
+    running(watch, run, 300)
+    fault_at = time.time()
+    store.kill()
+    server.log.wait_for(r"store .* does not answer", 20)
+    output[1].wait_for(r"waiting for server at .*store does not answer", 20)
+    StoreProcess(store.directory, port=store.port, appendfsync="always").start()
+    server.log.wait_for(r"store .* answers again", 20)
+    finish(watch, run, workers, output, dispatch, fault_at)
+    said = [line for line in server.log.lines if "does not answer" in line]
+    assert len(said) == 1, said
+    watch.close()
+
+
+def test_the_store_cut_off_for_a_while(env, store, start_server, launch, target, tmp_path):
+    """The path to the store drops every packet for a while (a proxy black-holes it):
+    the server says so once, clients wait and say why, and all resumes by itself."""
+    with NetProxy(f"127.0.0.1:{store.port}") as proxy:
+        url = f"redis://{proxy.address}/0?socket_timeout=1&socket_connect_timeout=1"
+        server = start_server("--store", url, "--lease-timeout", "5")
+        run = new_run(target, tmp_path, 2000, slow=0.002)
+        workers, output, dispatch = start_clients(
+            launch, env, run, workers=[server.address] * 2, output=server.address,
+            dispatch=server.address,
+        )  # fmt: skip
+        watch = connect_broker(server.address, env["FETCHQ_AUTHKEY"])
+        running(watch, run, 300)
+        fault_at = time.time()
+        proxy.cut()
+        server.log.wait_for(r"store .* does not answer", 20)
+        workers[0][1].wait_for(r"waiting for server at .*store does not answer", 20)
+        proxy.heal()
+        server.log.wait_for(r"store .* answers again", 20)
+        finish(watch, run, workers, output, dispatch, fault_at)
+        said = [line for line in server.log.lines if "does not answer" in line]
+        assert len(said) == 1, said
+        watch.close()
