@@ -55,8 +55,6 @@ def on_store(url: str, settings: dict[str, Any]) -> StoreBroker:
         from fetchq.server.store.broker import StoreBroker
     except ImportError:
         raise extra_missing("store", "--store", "redis") from None
-    if settings["per_host"] or settings["host_delay"]:
-        raise UsageError("--per-host and --host-delay on a server with --store: not on a store yet")
     return StoreBroker(url, **settings)
 
 

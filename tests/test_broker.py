@@ -1208,6 +1208,39 @@ def test_version_mismatch_leaves_the_broker_working(broker: BrokerService) -> No
     assert submit(broker, "a", 1)["accepted"] == 1
 
 
+# -- host limits -------------------------------------------------------------
+
+
+def test_host_caps_hold_per_job_and_for_the_server_over_every_job(make_broker: Factory) -> None:
+    """Each job's cap, and the server's over all its jobs, counted until each lease ends."""
+    broker = make_broker(per_host=3)
+    for job in ("a", "b"):
+        broker.submit({"job": job, "urls": urls(4, "http://h.test/"), "per_host": 2})
+    broker.submit({"job": "c", "urls": urls(2, "http://other.test/"), "per_host": 2})
+    leased = broker.lease("w1", 20, 0)
+    on_h = [t for t in leased if t["url"].startswith("http://h.test/")]
+    assert len(on_h) == 3  # the server's cap, though the two jobs' caps allow 4
+    assert len(leased) - len(on_h) == 2  # another host is not held back by it
+    assert broker.lease("w1", 20, 0) == []
+    broker.complete("w1", [ok(on_h[0])])  # one ends: room for one more on h.test
+    (again,) = broker.lease("w1", 20, 0)
+    assert again["url"].startswith("http://h.test/")
+    assert broker.lease("w1", 20, 0) == []
+
+
+def test_a_host_delay_spaces_the_starts_it_hands_out(
+    make_broker: Factory, clock: FakeClock
+) -> None:
+    broker = make_broker(wall_clock=lambda: WALL + clock.now)
+    broker.submit({"job": "a", "urls": urls(4, "http://h.test/"), "host_delay": 0.5})
+    starts = [t["scheduled"] for t in broker.lease("w1", 10, 0)]
+    assert [b - a for a, b in itertools.pairwise(starts)] == [0.5, 0.5]  # a second ahead
+    assert broker.lease("w1", 10, 0) == []  # the next start is more than a second away
+    clock.advance(1.0)
+    (fourth,) = broker.lease("w1", 10, 0)
+    assert fourth["scheduled"] - starts[0] == 1.5
+
+
 # -- status ----------------------------------------------------------------
 
 

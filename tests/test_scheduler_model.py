@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from brokerkit import IMPLEMENTATIONS, crash, renew
+from brokerkit import Factory, crash, renew
 from fakeclock import FakeClock
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -72,6 +72,8 @@ class Running:
 
 
 class SchedulerMachine(RuleBasedStateMachine):
+    implementation: Factory
+
     def __init__(self) -> None:
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix="fetchq-scheduler-model-"))
@@ -93,7 +95,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.n = 0
 
     def start(self) -> BrokerService:
-        return IMPLEMENTATIONS["embedded"](
+        return type(self).implementation(
             clock=self.clock,
             wall_clock=lambda: WALL + self.clock.now,
             durable=self.dir / "journal",
@@ -298,9 +300,10 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert all(count == 1 for count in self.results.values()), self.results.most_common(3)
 
 
-def test_scheduler_model() -> None:
+def test_scheduler_model(implementation: Factory) -> None:
+    machine = type("SchedulerOn", (SchedulerMachine,), {"implementation": implementation})
     run_state_machine_as_test(
-        SchedulerMachine,
+        machine,
         settings=settings(
             max_examples=60,
             stateful_step_count=30,

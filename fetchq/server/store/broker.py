@@ -32,6 +32,7 @@ from fetchq.server.jobqueue import Policy
 from fetchq.server.jobs import unknown_job
 from fetchq.server.steering import not_its_pace
 from fetchq.server.store.connection import connect, load_library, shown
+from fetchq.urls import host_key
 from fetchq.wire.api import (
     MAX_LEASE,
     MAX_SUBMIT,
@@ -63,8 +64,6 @@ POLL = 0.25
 
 NOT_YET = {
     "stages": "staged --rate",
-    "per_host": "--per-host",
-    "host_delay": "--host-delay",
     "obey_robots": "--robots",
     "retry_after": "--retry-after",
     "aggregate": "--aggregate",
@@ -73,35 +72,50 @@ NOT_YET = {
 
 RATE_WINDOW = 10.0
 
+LISTEN_TICK = 0.5
+"""Seconds the listener waits for a message before it looks whether to stop."""
+
 
 class Wakeups:
     """Waiting calls, woken when the store says tasks or results moved (its channels
-    ``fq:tasks`` and ``fq:results``, published by every server's calls)."""
+    ``fq:tasks`` and ``fq:results``, published by every server's calls).  Listening
+    starts with the first wait: a broker whose calls never wait needs no listener."""
 
     def __init__(self, client: redis.Redis) -> None:
         self._changed = threading.Condition()
         self._client = client
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._listen, name="store-wakeups", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
 
     def wait(self, seconds: float) -> None:
         with self._changed:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._listen, name="store-wakeups", daemon=True
+                )
+                self._thread.start()
             self._changed.wait(max(0.0, min(seconds, POLL)))
 
     def _listen(self) -> None:
         while not self._stop.is_set():
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             try:
-                pubsub = self._client.pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe("fq:tasks", "fq:results")
                 while not self._stop.is_set():
-                    if pubsub.get_message(timeout=1.0) is not None:
+                    if pubsub.get_message(timeout=LISTEN_TICK) is not None:
                         with self._changed:
                             self._changed.notify_all()
             except (redis.ConnectionError, redis.TimeoutError, OSError):
                 self._stop.wait(POLL)  # the calls say the store is away; polling goes on
+            except Exception:
+                if not self._stop.is_set():
+                    raise
+            finally:
+                with contextlib.suppress(Exception):  # closed under it, when stopping
+                    pubsub.close()
 
     def close(self) -> None:
+        """Stop listening; the listener ends by itself within ``LISTEN_TICK``."""
         self._stop.set()
 
 
@@ -122,12 +136,14 @@ class StoreBroker:
         per_host: int | None = None,
         host_delay: float = 0.0,
     ) -> None:
-        if per_host or host_delay:
-            raise BadRequest("a server on a store takes no server-wide host limits yet")
         self.lease_timeout = lease_timeout
         self.max_attempts = max_attempts
         self.max_pending = max_pending
         self.max_results = max_results
+        self.per_host = per_host
+        """Requests in flight to one host, over every job (None: no cap); servers on one
+        store are given the same."""
+        self.host_delay = host_delay
         self._clock = clock
         self._wall = wall_clock if wall_clock is not None else clock
         self._wall_offset = 0.0 if clock is None or self._wall is None else self._wall() - clock()
@@ -139,6 +155,9 @@ class StoreBroker:
         self._back_at = float("-inf")
         """When the store last answered again after an outage (``time.monotonic``)."""
         self._saying = threading.Lock()
+        self._by_host: set[str] = set()
+        """Jobs with host limits, whose submits carry each URL's host (learnt from the
+        store, which asks for them)."""
         try:
             load_library(self._store)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -257,8 +276,11 @@ class StoreBroker:
         specs = [
             part for key, spec in request.specs.items() for part in (key, _json(spec_record(spec)))
         ]
+        server_limits = bool(self.per_host or self.host_delay)
+        limited = server_limits or Policy(**request.policy).limits_hosts
         deadline = self._elapsed_clock() + request.wait
         while True:
+            hosted = limited or request.job in self._by_host
             reply = self._call(
                 "submit",
                 self._now(),
@@ -272,11 +294,17 @@ class StoreBroker:
                 _json(policy),
                 request.spec or "",
                 MAX_JOB_SPECS,
+                "1" if hosted else "0",
                 len(request.specs),
                 *specs,
                 *request.urls,
+                *(map(host_key, request.urls) if hosted else ()),
+                "1" if server_limits else "0",
             )
             kind = reply[0].decode()
+            if kind == "hosts":  # the job has host limits: its tasks go with their hosts
+                self._by_host.add(request.job)
+                continue
             if kind == "ok":
                 answer: SubmitReply = msgspec.json.decode(reply[1])
                 return answer
@@ -323,6 +351,8 @@ class StoreBroker:
                 count,
                 repr(self.lease_timeout),
                 self.max_results,
+                self.per_host or "",
+                repr(self.host_delay),
             )
             if flat:
                 return _task_records(flat)
@@ -375,17 +405,21 @@ class StoreBroker:
         name = validate.job_name(job_name)
         action, policy = validate.steering(change)
         _refuse_not_yet(policy)
-        fields = _fields(
-            self._call(
-                "steer",
-                self._now(),
-                self._wall_now(),
-                name,
-                action,
-                _json({key: _plain(value) for key, value in policy.items()}),
-                self.max_results,
-            )
+        reply = self._call(
+            "steer",
+            self._now(),
+            self._wall_now(),
+            name,
+            action,
+            _json({key: _plain(value) for key, value in policy.items()}),
+            self.max_results,
         )
+        if reply == [b"by_host"]:
+            raise BadRequest(
+                f"job {name} was dispatched without --per-host or --host-delay: on a store, "
+                "a job gets host limits when it is first dispatched (job set changes them)"
+            )
+        fields = _fields(reply)
         if not fields:
             raise self._no_such_job(name)
         return _job_view(fields)

@@ -79,9 +79,21 @@ end
 
 -- Tasks and results --------------------------------------------------------
 
+-- A job with host limits keeps a queue per host (``hq:HOST``) and a ring of the hosts
+-- that have tasks queued; a task then carries its host as a third field.
+local function host_queued(job, host, id, front)
+  local queue = jk(job, 'hq:' .. host)
+  if front then redis.call('LPUSH', queue, id) else redis.call('RPUSH', queue, id) end
+  if redis.call('HSETNX', jk(job, 'hosts'), host, 1) == 1 then
+    redis.call('RPUSH', jk(job, 'ring'), host)
+  end
+end
+
 local function queue_again(job, id, task, front)
   redis.call('HSET', jk(job, 'tasks'), id, cjson.encode(task))
-  if front then redis.call('LPUSH', jk(job, 'queue'), id) else redis.call('RPUSH', jk(job, 'queue'), id) end
+  if task[3] then
+    host_queued(job, task[3], id, front)
+  elseif front then redis.call('LPUSH', jk(job, 'queue'), id) else redis.call('RPUSH', jk(job, 'queue'), id) end
   redis.call('HINCRBY', jk(job, 'meta'), 'queued', 1)
   redis.call('INCR', 'fq:queued')
 end
@@ -107,9 +119,14 @@ local function ended(kind, message, worker, attempt, wall, url, range)
                               range.timeout, range.submitted})
 end
 
-local function end_lease(job, id)
+-- A lease is over: its host (a job with host limits) has one request fewer in flight.
+local function end_lease(job, id, task)
   redis.call('HDEL', jk(job, 'holders'), id)
   redis.call('ZREM', 'fq:due', due_member(job, id))
+  if task and task[3] then
+    redis.call('HINCRBY', jk(job, 'flight'), task[3], -1)
+    redis.call('HINCRBY', 'fq:flight', task[3], -1) -- every job's, for the server's cap
+  end
 end
 
 local function expire(now, wall)
@@ -118,10 +135,10 @@ local function expire(now, wall)
   for _, member in ipairs(due) do
     local job, id = string.match(member, '^(.-)\n(%d+)$')
     local worker = redis.call('HGET', jk(job, 'holders'), id)
-    end_lease(job, id)
     local raw = redis.call('HGET', jk(job, 'tasks'), id)
+    local task = raw and cjson.decode(raw)
+    if worker then end_lease(job, id, task) else redis.call('ZREM', 'fq:due', member) end
     if worker and raw then
-      local task = cjson.decode(raw)
       local range = range_of(tonumber(id))
       local meta = jk(job, 'meta')
       redis.call('HINCRBY', meta, 'expired', 1)
@@ -173,6 +190,15 @@ local function end_cancelled(wall, room)
     local state, queued = unpack(redis.call('HMGET', meta, 'state', 'queued'))
     while state == 'cancelled' and tonumber(queued) > 0 and ended_count < math.min(room, CANCEL_BATCH) do
       local id = redis.call('LPOP', jk(job, 'queue'))
+      if not id then
+        local host = redis.call('LINDEX', jk(job, 'ring'), 0)
+        if not host then break end
+        id = redis.call('LPOP', jk(job, 'hq:' .. host))
+        if not id or redis.call('LLEN', jk(job, 'hq:' .. host)) == 0 then
+          redis.call('LPOP', jk(job, 'ring'))
+          redis.call('HDEL', jk(job, 'hosts'), host)
+        end
+      end
       if not id then break end
       local raw = redis.call('HGET', jk(job, 'tasks'), id)
       if raw and redis.call('HEXISTS', jk(job, 'holders'), id) == 0 then
@@ -214,6 +240,11 @@ local function counts(job)
   return reply
 end
 
+local function limits_hosts(policy)
+  local cap, delay = policy.per_host, policy.host_delay
+  return (cap ~= nil and cap ~= cjson.null) or (type(delay) == 'number' and delay > 0)
+end
+
 local function same_value(have, wanted)
   if type(have) == 'number' and type(wanted) == 'number' then
     return math.abs(have - wanted) <= 1e-9 * math.max(math.abs(have), math.abs(wanted))
@@ -234,21 +265,27 @@ local function hello(keys, args)
 end
 
 -- submit(now, wall, job, batch_id, attempts, timeout, max_pending, change, policy,
---        spec, max_specs, nspecs, [key, record]..., urls...)
+--        spec, max_specs, hosted, nspecs, [key, record]..., urls..., [hosts...],
+--        server_limits): ``hosted`` is 1 when each URL's host follows the URLs, as a job
+-- with host limits needs ('hosts' asks for them); with ``server_limits`` 1 (the
+-- servers limit every host), every new job has them.
 local function submit(keys, args)
   local wall = clock(args[2])
   local job, batch_id = args[3], args[4]
   local attempts, timeout, max_pending = args[5], args[6], tonumber(args[7])
   local change, policy, spec, max_specs = args[8], args[9], args[10], tonumber(args[11])
-  local nspecs = tonumber(args[12])
-  local first_url = 13 + 2 * nspecs
-  local count = #args - first_url + 1
+  local hosted, nspecs = args[12] == '1', tonumber(args[13])
+  local server_limits = args[#args] == '1'
+  local first_url = 14 + 2 * nspecs
+  local count = #args - first_url
+  if hosted then count = count / 2 end
   if batch_id ~= '' then
     local reply = redis.call('GET', 'fq:batch:' .. batch_id)
     if reply then return {'seen', reply} end
   end
   local meta = jk(job, 'meta')
   local exists = redis.call('EXISTS', meta) == 1
+  local by_host
   if exists then
     if redis.call('HGET', meta, 'state') == 'cancelled' then return {'cancelled'} end
     local have = cjson.decode(redis.call('HGET', meta, 'policy'))
@@ -257,15 +294,19 @@ local function submit(keys, args)
         return {'policy', name, cjson.encode({have[name]})}
       end
     end
+    by_host = redis.call('HGET', meta, 'by_host') == '1'
+  else
+    by_host = server_limits or limits_hosts(cjson.decode(policy))
   end
+  if by_host and not hosted and count > 0 then return {'hosts'} end
   local specs = jk(job, 'specs')
   local new_specs = 0
   for i = 0, nspecs - 1 do
-    if redis.call('HEXISTS', specs, args[13 + 2 * i]) == 0 then new_specs = new_specs + 1 end
+    if redis.call('HEXISTS', specs, args[14 + 2 * i]) == 0 then new_specs = new_specs + 1 end
   end
   if spec ~= '' and redis.call('HEXISTS', specs, spec) == 0 then
     local brought = false
-    for i = 0, nspecs - 1 do brought = brought or args[13 + 2 * i] == spec end
+    for i = 0, nspecs - 1 do brought = brought or args[14 + 2 * i] == spec end
     if not brought then return {'nospec'} end
   end
   if redis.call('HLEN', specs) + new_specs > max_specs then return {'specs'} end
@@ -277,10 +318,10 @@ local function submit(keys, args)
     redis.call('HSET', meta, 'created', num(wall), 'submitted', 0, 'queued', 0, 'succeeded', 0,
                'failed', 0, 'expired', 0, 'handed_out', 0, 'confirmed', 0, 'state', '',
                'policy', policy, 'late', 0, 'worst_late', 0, 'elapsed', 0, 'elapsed_n', 0,
-               'next_slot', '-inf', 'fresh', 1)
+               'next_slot', '-inf', 'fresh', 1, 'by_host', by_host and 1 or 0)
   end
   for i = 0, nspecs - 1 do
-    redis.call('HSETNX', specs, args[13 + 2 * i], args[14 + 2 * i])
+    redis.call('HSETNX', specs, args[14 + 2 * i], args[15 + 2 * i])
   end
   if tonumber(redis.call('HGET', meta, 'queued')) == 0 then redis.call('HSET', meta, 'fresh', 1) end
   redis.call('HSET', meta, 'sealed', 0)
@@ -293,11 +334,17 @@ local function submit(keys, args)
     local fields, ids = {}, {}
     for i = 0, count - 1 do
       fields[#fields + 1] = first + i
-      fields[#fields + 1] = cjson.encode({1, args[first_url + i]})
-      ids[#ids + 1] = first + i
-      if #ids == 1000 or i == count - 1 then
+      if by_host then
+        local host = args[first_url + count + i]
+        fields[#fields + 1] = cjson.encode({1, args[first_url + i], host})
+        host_queued(job, host, first + i, false)
+      else
+        fields[#fields + 1] = cjson.encode({1, args[first_url + i]})
+        ids[#ids + 1] = first + i
+      end
+      if #fields == 2000 or i == count - 1 then
         redis.call('HSET', tasks, unpack(fields))
-        redis.call('RPUSH', queue, unpack(ids))
+        if #ids > 0 then redis.call('RPUSH', queue, unpack(ids)) end
         fields, ids = {}, {}
       end
     end
@@ -328,62 +375,135 @@ local function seal(keys, args)
   return counts(job)
 end
 
--- Up to ``allowed`` of one job's queued tasks, leased to ``worker`` (appended to
--- ``out``, 8 fields each); returns how many.
-local function take(job, allowed, worker, now, offset, timeout, out)
+local MAX_HOST_VISITS = 1000 -- hosts one lease call looks at in one job
+
+-- The lease of one task to ``worker``, to start at ``start`` (nil: at once), appended
+-- to ``out`` as 8 fields.
+local function grant(job, id, task, range, worker, start, now, offset, timeout, out)
+  local deadline = (start and math.max(now, start) or now) + timeout
+  redis.call('HSET', jk(job, 'holders'), id, worker)
+  redis.call('ZADD', 'fq:due', num(deadline), due_member(job, id))
+  out[#out + 1] = id
+  out[#out + 1] = job
+  out[#out + 1] = task[2]
+  out[#out + 1] = tostring(task[1])
+  out[#out + 1] = range.timeout
+  out[#out + 1] = range.submitted
+  out[#out + 1] = start and num(start + offset) or ''
+  out[#out + 1] = range.spec
+end
+
+-- The next live task of a queue (stale ids, of tasks done or leased, are dropped).
+local function next_task(job, queue)
+  while true do
+    local id = redis.call('LPOP', queue)
+    if not id then return nil end
+    local raw = redis.call('HGET', jk(job, 'tasks'), id)
+    if raw and redis.call('HEXISTS', jk(job, 'holders'), id) == 0 then
+      return id, cjson.decode(raw)
+    end
+  end
+end
+
+local function range_for(id, range)
+  local n = tonumber(id)
+  if range and n >= range.first and n < range.first + range.count then return range end
+  return range_of(n)
+end
+
+-- Up to ``allowed`` of one job's queued tasks, leased to ``worker``; returns how many.
+-- A paced job's starts are ``1 / rate`` apart on one schedule for the whole fleet
+-- (``next_slot``); a job with host limits takes its hosts in turn, each within its
+-- cap (requests in flight) and its delay (between two starts).
+local function take(job, allowed, worker, now, offset, timeout, server, out)
   local meta = jk(job, 'meta')
-  local state, queued, policy, next_slot, fresh = unpack(
-    redis.call('HMGET', meta, 'state', 'queued', 'policy', 'next_slot', 'fresh'))
+  local state, queued, policy, next_slot, fresh, by_host = unpack(
+    redis.call('HMGET', meta, 'state', 'queued', 'policy', 'next_slot', 'fresh', 'by_host'))
   if state ~= '' or tonumber(queued) <= 0 then return 0 end
-  local rate = cjson.decode(policy).rate
+  policy = cjson.decode(policy)
+  local rate = policy.rate
   if rate == cjson.null then rate = nil end
   local slot = tonumber(next_slot)
+  local horizon = now + LOOKAHEAD
   if rate then
     if fresh == '1' then slot = math.max(slot, now) end
-    if slot > now + LOOKAHEAD then return 0 end
-    allowed = math.min(allowed, math.floor((now + LOOKAHEAD - slot) * rate) + 1)
+    if slot > horizon then return 0 end
+    allowed = math.min(allowed, math.floor((horizon - slot) * rate) + 1)
   end
-  local tasks, holders = jk(job, 'tasks'), jk(job, 'holders')
   local taken, range = 0, nil
-  while taken < allowed do
-    local ids = redis.call('LPOP', jk(job, 'queue'), allowed - taken)
-    if not ids then break end
-    for _, id in ipairs(ids) do
-      local raw = redis.call('HGET', tasks, id)
-      if raw and redis.call('HEXISTS', holders, id) == 0 then
-        local task = cjson.decode(raw)
-        local n = tonumber(id)
-        if not range or n >= range.first + range.count or n < range.first then range = range_of(n) end
-        local start, deadline = '', now + timeout
+  if by_host ~= '1' then
+    while taken < allowed do
+      local id, task = next_task(job, jk(job, 'queue'))
+      if not id then break end
+      range = range_for(id, range)
+      grant(job, id, task, range, worker, rate and slot + taken / rate, now, offset, timeout, out)
+      taken = taken + 1
+    end
+    if rate then slot = slot + taken / rate end
+  else
+    local cap = policy.per_host
+    if cap == cjson.null then cap = nil end
+    local delay = tonumber(policy.host_delay) or 0
+    local ring, flight, last = jk(job, 'ring'), jk(job, 'flight'), jk(job, 'last')
+    for _ = 1, math.min(redis.call('LLEN', ring), MAX_HOST_VISITS) do
+      if taken >= allowed then break end
+      local host = redis.call('LPOP', ring)
+      if not host then break end
+      local queue = jk(job, 'hq:' .. host)
+      local room = allowed - taken
+      if cap then room = math.min(room, cap - tonumber(redis.call('HGET', flight, host) or '0')) end
+      if server.cap then
+        room = math.min(room, server.cap - tonumber(redis.call('HGET', 'fq:flight', host) or '0'))
+      end
+      local host_at = now
+      if delay > 0 or server.delay > 0 then
+        room = math.min(room, 1) -- one start a visit: the next waits for its delay
+        host_at = math.max(now, tonumber(redis.call('HGET', last, host) or '-inf') + delay,
+                           tonumber(redis.call('HGET', 'fq:last', host) or '-inf') + server.delay)
+        if host_at > horizon then room = 0 end
+      end
+      local got = 0
+      while got < room do
+        local start = nil
         if rate then
-          local at = slot + taken / rate
-          start = num(at + offset)
-          deadline = math.max(now, at) + timeout
+          start = math.max(slot, host_at)
+          if start > horizon then break end
+        elseif delay > 0 or server.delay > 0 then
+          start = host_at
         end
-        redis.call('HSET', holders, id, worker)
-        redis.call('ZADD', 'fq:due', num(deadline), due_member(job, id))
-        out[#out + 1] = id
-        out[#out + 1] = job
-        out[#out + 1] = task[2]
-        out[#out + 1] = tostring(task[1])
-        out[#out + 1] = range.timeout
-        out[#out + 1] = range.submitted
-        out[#out + 1] = start
-        out[#out + 1] = range.spec
-        taken = taken + 1
+        local id, task = next_task(job, queue)
+        if not id then break end
+        range = range_for(id, range)
+        grant(job, id, task, range, worker, start, now, offset, timeout, out)
+        got = got + 1
+        if rate then slot = start + 1 / rate end -- held back by the host: no burst after
+        if start then
+          redis.call('HSET', last, host, num(start))
+          redis.call('HSET', 'fq:last', host, num(start))
+        end
+      end
+      taken = taken + got
+      if got > 0 then
+        redis.call('HINCRBY', flight, host, got)
+        redis.call('HINCRBY', 'fq:flight', host, got)
+      end
+      if redis.call('LLEN', queue) > 0 then
+        redis.call('RPUSH', ring, host)
+      else
+        redis.call('HDEL', jk(job, 'hosts'), host)
       end
     end
   end
   if taken > 0 then
     unqueued(job, taken)
-    if rate then slot = slot + taken / rate end
     redis.call('HSET', meta, 'next_slot', num(slot), 'fresh', 0)
   end
   return taken
 end
 
--- lease(now, wall, worker, count, lease_timeout, max_results): flat records, 8 fields
--- each.  Jobs take turns: each an equal share of what is asked, round after round.
+-- lease(now, wall, worker, count, lease_timeout, max_results, server_cap,
+-- server_delay): flat records, 8 fields each; the server's per-host cap ('' for none)
+-- and delay hold for every job together.  Jobs take turns: each an equal share of what is asked, round after round.
 local function lease(keys, args)
   local now, wall = clock(args[1]), clock(args[2])
   local worker, want, timeout = args[3], tonumber(args[4]), tonumber(args[5])
@@ -399,12 +519,13 @@ local function lease(keys, args)
   local order = {}
   for k = 1, #jobs do order[k] = jobs[(after + k - 1) % #jobs + 1] end
   local offset, taken, last = wall - now, 0, nil
+  local server = {cap = tonumber(args[7]), delay = tonumber(args[8])}
   while taken < want do
     local share = math.ceil((want - taken) / #order)
     local progressed = false
     for _, job in ipairs(order) do
       if taken >= want then break end
-      local got = take(job, math.min(share, want - taken), worker, now, offset, timeout, out)
+      local got = take(job, math.min(share, want - taken), worker, now, offset, timeout, server, out)
       if got > 0 then progressed, last, taken = true, job, taken + got end
     end
     if not progressed then break end
@@ -453,13 +574,13 @@ local function complete(keys, args)
       if outcome == 'dropped' then
         dropped = dropped + 1
       elseif outcome == 'requeued' then
-        end_lease(job, id)
+        end_lease(job, id, task)
         task[1] = task[1] + 1
         queue_again(job, id, task, true)
         redis.call('PUBLISH', 'fq:tasks', 1)
         requeued = requeued + 1
       else
-        if holder then end_lease(job, id) else unqueued(job, 1) end
+        if holder then end_lease(job, id, task) else unqueued(job, 1) end
         if args[base + 6] ~= '' then
           redis.call('HINCRBYFLOAT', meta, 'elapsed', args[base + 6])
           redis.call('HINCRBY', meta, 'elapsed_n', 1)
@@ -477,7 +598,7 @@ local function complete(keys, args)
       local raw = redis.call('HGET', jk(job, 'tasks'), id)
       if raw and redis.call('HGET', jk(job, 'holders'), id) == worker
           and cjson.decode(raw)[1] == attempt then
-        redis.call('ZADD', 'fq:due', 'XX', num(now + timeout), due_member(job, id))
+        redis.call('ZADD', 'fq:due', 'XX', 'GT', num(now + timeout), due_member(job, id))
         renewed = renewed + 1
       end
     end
@@ -497,10 +618,10 @@ local function release(keys, args)
     if range then
       local job = range.job
       local raw = redis.call('HGET', jk(job, 'tasks'), id)
-      if raw and redis.call('HGET', jk(job, 'holders'), id) == worker
-          and cjson.decode(raw)[1] == attempt then
-        end_lease(job, id)
-        queue_again(job, id, cjson.decode(raw), true)
+      local task = raw and cjson.decode(raw)
+      if task and redis.call('HGET', jk(job, 'holders'), id) == worker and task[1] == attempt then
+        end_lease(job, id, task)
+        queue_again(job, id, task, true)
         returned[id] = true
         released = released + 1
       end
@@ -624,6 +745,9 @@ local function steer(keys, args)
   if action == 'set' then
     local policy = cjson.decode(redis.call('HGET', meta, 'policy'))
     for name, value in pairs(cjson.decode(args[5])) do policy[name] = value end
+    if limits_hosts(policy) and redis.call('HGET', meta, 'by_host') ~= '1' then
+      return {'by_host'} -- its queued tasks are not sorted by host
+    end
     redis.call('HSET', meta, 'policy', cjson.encode(policy))
   elseif not job_done(meta) then
     local state = redis.call('HGET', meta, 'state')
