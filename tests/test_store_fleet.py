@@ -1,0 +1,146 @@
+"""Two servers on one store serve one fleet: every result exactly once, one rate and
+one per-host cap for all, whichever server each worker, output and dispatcher uses.
+
+The store is a real ``redis-server`` of the test's own; 127.0.0.2 and 127.0.0.3
+stand in for other hosts, each with a target of its own.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+from fetchq_procs import (
+    ServerProcess,
+    connect_broker,
+    jsonl,
+    run,
+    start_output,
+    start_worker,
+    stop_all,
+    wait_until_leasing,
+    worker_name,
+)
+from storekit import StoreProcess
+
+from fetchq.testing.target import Target
+
+COUNT = 20_000
+
+
+@pytest.fixture
+def servers(env: dict[str, str], store: StoreProcess) -> Iterator[list[ServerProcess]]:
+    """Two ``fetchq server --store`` on the test's store."""
+    running = [ServerProcess(env, "--store", store.url, "--lease-timeout", "5") for _ in "ab"]
+    try:
+        yield running
+    finally:
+        for server in running:
+            server.stop()
+
+
+def on(env: dict[str, str], server: ServerProcess) -> dict[str, str]:
+    return {**env, "FETCHQ_SERVER": server.address}
+
+
+def workers_on(env: dict[str, str], servers: list[ServerProcess]) -> list[subprocess.Popen[str]]:
+    """One worker on each server, each asking for tasks before the test goes on."""
+    workers = [start_worker(on(env, server), "--concurrency", "8")[0] for server in servers]
+    watch = connect_broker(servers[0].address, env["FETCHQ_AUTHKEY"])
+    try:  # any server's status shows every worker: the store has them all
+        wait_until_leasing(watch, {worker_name(worker.pid) for worker in workers})
+    finally:
+        watch.close()
+    return workers
+
+
+def test_a_job_through_two_servers_gives_every_result_exactly_once(env, servers, target, tmp_path):
+    """20,000 URLs dispatched to one server, fetched by a worker on each, read by an
+    output on each: every URL is one result in exactly one of the two outputs."""
+    workers = workers_on(env, servers)
+    files = [tmp_path / f"results-{n}.jsonl" for n in range(len(servers))]
+    outputs = [  # each writes a file: an output that stalled on a full pipe would see
+        # its delivery lapse to the other, written twice (docs/delivery.md)
+        start_output(on(env, server), "-j", "fleet", "--until-done", "--format", "jsonl",
+                     "--out", str(path))
+        for server, path in zip(servers, files, strict=True)
+    ]  # fmt: skip
+    try:
+        template = f"{target.url}/fleet?i={{i}}"
+        dispatched = run(on(env, servers[0]), "dispatch", "--template", template, "--count",
+                         str(COUNT), "-j", "fleet")  # fmt: skip
+        assert dispatched.returncode == 0, dispatched.stderr
+        for output in outputs:
+            _, err = output.communicate(timeout=120)
+            assert output.returncode == 0, err
+    finally:
+        stop_all([*workers, *outputs])
+    written = [jsonl(path.read_text()) for path in files]
+    results = [result for part in written for result in part]
+    urls = Counter(result["url"] for result in results)
+    assert set(urls) == {template.format(i=i) for i in range(COUNT)}
+    assert max(urls.values()) == 1, urls.most_common(3)
+    assert len({result["id"] for result in results}) == COUNT
+    assert all(result["ok"] for result in results)
+    assert all(written), "each output had its share"
+    assert len({result["worker"] for result in results}) == 2, "both workers took part"
+
+
+@pytest.fixture(scope="module")
+def hosts() -> Iterator[list[Target]]:
+    with Target("127.0.0.1") as one, Target("127.0.0.2") as two, Target("127.0.0.3") as three:
+        yield [one, two, three]
+
+
+def test_one_rate_holds_across_two_servers(env, servers, target):
+    """A paced job, with a worker on each server: one schedule for both, its starts
+    reach the target at the rate asked, within 1%."""
+    workers = workers_on(env, servers)
+    rate, count = 200, 1200
+    try:
+        dispatched = run(on(env, servers[1]), "dispatch", "--template",
+                         f"{target.url}/paced?i={{i}}", "--count", str(count),
+                         "--rate", f"{rate}/s", "-j", "paced")  # fmt: skip
+        assert dispatched.returncode == 0, dispatched.stderr
+        output = start_output(on(env, servers[0]), "-j", "paced", "--until-done",
+                              "--format", "jsonl")  # fmt: skip
+        out, err = output.communicate(timeout=120)
+        assert output.returncode == 0, err
+    finally:
+        stop_all(workers)
+    results = jsonl(out)
+    assert len(results) == count and all(result["ok"] for result in results)
+    assert len({result["worker"] for result in results}) == 2, "both workers took part"
+    seen = sorted(
+        (request for request in target.requests() if "/paced?" in request.path),
+        key=lambda request: request.arrived,
+    )
+    assert len(seen) == count
+    achieved = (count - 1) / (seen[-1].arrived - seen[0].arrived)
+    assert rate * 0.99 <= achieved <= rate * 1.01, achieved
+
+
+def test_one_per_host_cap_holds_across_two_servers(env, servers, hosts):
+    """--per-host 2 over three hosts, with a worker on each server: no host ever has
+    more than two requests in flight, and each reaches two."""
+    workers = workers_on(env, servers)
+    urls = [f"{host.url}/slow?s=0.2&cap={n}" for host in hosts for n in range(12)]
+    try:
+        dispatched = run(on(env, servers[0]), "dispatch", *urls, "--per-host", "2",
+                         "-j", "capped")  # fmt: skip
+        assert dispatched.returncode == 0, dispatched.stderr
+        output = start_output(on(env, servers[1]), "-j", "capped", "--until-done",
+                              "--format", "jsonl")  # fmt: skip
+        out, err = output.communicate(timeout=120)
+        assert output.returncode == 0, err
+    finally:
+        stop_all(workers)
+    results = jsonl(out)
+    assert len(results) == len(urls) and all(result["ok"] for result in results)
+    assert len({result["worker"] for result in results}) == 2, "both workers took part"
+    for host in hosts:
+        in_flight = [r.in_flight for r in host.requests() if "cap=" in r.path]
+        assert len(in_flight) == 12
+        assert max(in_flight) == 2, (host.host, Counter(in_flight))  # the cap, and reached
