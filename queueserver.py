@@ -7,7 +7,7 @@ and serves the broker until SIGINT or SIGTERM.
 from __future__ import annotations
 
 import signal
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
@@ -22,17 +22,14 @@ from fetchq.commands.options import (
     say,
 )
 from fetchq.errors import UsageError
-from fetchq.extras import extra_missing
 from fetchq.messages import plural
 from fetchq.server.broker import Broker
 from fetchq.server.journal import Journal
 from fetchq.server.serve import QueueServer, collect_rarely, run_until_stopped
 from fetchq.server.service import BrokerService
+from fetchq.server.store import open_store
 from fetchq.signals import StopRequest
 from fetchq.wire import tls
-
-if TYPE_CHECKING:
-    from fetchq.server.store.broker import StoreBroker
 
 HELP = "Run the queue server that dispatchers, workers and outputs connect to."
 
@@ -47,15 +44,6 @@ def resolve_server_key(key_file: str | None) -> config.Authkey:
     say(f"no authkey given: generated a new one in {path} (mode 0600)")
     say(f"give it to workers and dispatchers: FETCHQ_AUTHKEY_FILE={path}")
     return key
-
-
-def on_store(url: str, settings: dict[str, Any]) -> StoreBroker:
-    """The broker on the store at ``url`` (the store extra brings its client)."""
-    try:
-        from fetchq.server.store.broker import StoreBroker
-    except ImportError:
-        raise extra_missing("store", "--store", "redis") from None
-    return StoreBroker(url, **settings)
 
 
 @reports_errors
@@ -149,7 +137,7 @@ def server(
     if store is not None:
         if journal is not None:
             raise UsageError("--journal and --store: a server on a store keeps no journal")
-        broker = on_store(store, settings)
+        broker = open_store(store, **settings)
         kept_in = f"store {broker.shown}"
     else:
         broker = Broker(journal=Journal(journal) if journal else None, **settings)

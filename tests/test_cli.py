@@ -246,6 +246,23 @@ def test_demo_runs_to_its_summary(env):
     assert "Status codes:" in result.stdout and "[200]" in result.stdout
 
 
+def test_demo_runs_through_two_servers_on_a_store(env, store):
+    """Each worker is given both servers, the job goes in through one and out through
+    the other; the store then holds the job, done, and nothing else waiting."""
+    result = run(env, "demo", "--tasks", "400", "--store", store.url)
+    assert result.returncode == 0, result.stderr
+    assert "Requests:     400" in result.stdout
+    servers = re.search(r"2 servers at (\S+), (\S+) on store", result.stderr)
+    assert servers is not None, result.stderr
+    started = re.findall(r"worker \S+: .*server (\S+)", result.stderr)
+    assert sorted(started) == sorted(servers.groups()), "a worker starts on each server"
+    job = re.search(r"as job (demo-\w+)", result.stderr)
+    assert job is not None
+    kept = store.client().hgetall(f"fq:{{{job[1]}}}:meta")
+    assert (kept[b"submitted"], kept[b"confirmed"], kept[b"sealed"]) == (b"400", b"400", b"1")
+    assert store.client().get("fq:unconfirmed") == b"0"
+
+
 @pytest.mark.parametrize(
     "args",
     [

@@ -2,7 +2,9 @@
 
 A local HTTP target, an embedded server on a free loopback port with a fresh
 key, two real worker processes, a dispatched job and its summary; then all of
-it is taken down again.
+it is taken down again.  With ``--store``, two servers on that store instead,
+each worker given both (the first of one is the second of the other), the job
+dispatched through one and read through the other.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from fetchq.messages import plural
 from fetchq.report.summary import Summary
 from fetchq.server.broker import Broker
 from fetchq.server.serve import QueueServer, run_until_stopped
+from fetchq.server.service import BrokerService
+from fetchq.server.store import open_store
 from fetchq.signals import StopRequest
 from fetchq.testing.target import Target
 from fetchq.wire.client import BrokerClient
@@ -47,16 +51,24 @@ def demo_urls(base: str, count: int) -> list[str]:
     return urls
 
 
-def start_workers(count: int, concurrency: int, address: config.Address, key: str) -> list:
+def start_workers(
+    count: int, concurrency: int, addresses: list[config.Address], key: str
+) -> list[subprocess.Popen[bytes]]:
+    """Worker processes, each given every server, worker ``n`` starting with server ``n``."""
     env = {
         name: value
         for name, value in os.environ.items()
         if name not in (config.ENV_AUTHKEY_FILE, config.ENV_SERVER, config.ENV_AUTHKEY)
     }
-    env[config.ENV_SERVER] = str(address)
     env[config.ENV_AUTHKEY] = key  # through the environment: never on a command line
     command = [sys.executable, "-m", "fetchq", "worker", "--concurrency", str(concurrency)]
-    return [subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL) for _ in range(count)]
+    workers = []
+    for n in range(count):
+        turn = n % len(addresses)
+        order = addresses[turn:] + addresses[:turn]
+        env[config.ENV_SERVER] = ",".join(map(str, order))
+        workers.append(subprocess.Popen(command, env=dict(env), stdin=subprocess.DEVNULL))
+    return workers
 
 
 def stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
@@ -80,34 +92,54 @@ def demo(
     concurrency: Annotated[
         int, typer.Option(min=1, max=256, metavar="N", help="Threads per worker")
     ] = 8,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL",
+            help="Run two servers on this Valkey or Redis store (redis://HOST:PORT/DB) "
+            "instead of one embedded server",
+        ),
+    ] = None,
 ) -> None:
     """Run target, server, workers, a job and its summary, all on this machine."""
     key = secrets.token_urlsafe(32)
+    brokers: list[BrokerService] = [Broker(lease_timeout=10.0)]
+    kept = ""
+    if store is not None:  # two servers, one fleet
+        on_store = [open_store(store, "demo --store", lease_timeout=10.0) for _ in range(2)]
+        brokers, kept = list(on_store), f" on store {on_store[0].shown}"
+    job = "demo" if store is None else f"demo-{secrets.token_hex(4)}"  # a store outlives runs
     stop_server = StopRequest()
     with Target() as target:
-        broker = Broker(lease_timeout=10.0)
-        server = QueueServer(broker, config.Address("127.0.0.1", 0), key.encode())
-        serving = threading.Thread(
-            target=run_until_stopped, args=(broker, server, stop_server), daemon=True
-        )
-        serving.start()
-        say(f"demo: HTTP target at {target.url}, server at {server.address} (fresh key)")
-        processes = start_workers(workers, concurrency, server.address, key)
+        servers = [QueueServer(b, config.Address("127.0.0.1", 0), key.encode()) for b in brokers]
+        serving = [
+            threading.Thread(target=run_until_stopped, args=(b, s, stop_server), daemon=True)
+            for b, s in zip(brokers, servers, strict=True)
+        ]
+        for thread in serving:
+            thread.start()
+        addresses = [server.address for server in servers]
+        where = ", ".join(map(str, addresses))
+        servers_at = f"{plural(len(servers), 'server')} at {where}{kept}"
+        say(f"demo: HTTP target at {target.url}, {servers_at} (fresh key)")
+        processes = start_workers(workers, concurrency, addresses, key)
         try:
-            client = BrokerClient(server.address, key.encode())
+            client = BrokerClient(addresses[0], key.encode())
             client.connect()
-            submitter = Submitter(client, "demo", timeout=10.0)
+            submitter = Submitter(client, job, timeout=10.0)
             for url in demo_urls(target.url, tasks):
                 submitter.add(url)
             submitter.finish()
             tasks_sent = plural(submitter.accepted, "task")
-            say(f"demo: dispatched {tasks_sent} to {plural(workers, 'worker')}")
+            say(f"demo: dispatched {tasks_sent} as job {job} to {plural(workers, 'worker')}")
+            reader = BrokerClient(addresses[-1], key.encode())  # the other server, if two
             summary = Summary()
-            collect(client, "demo", summary=summary, until_done=True, stop=_Failing(processes))
+            collect(reader, job, summary=summary, until_done=True, stop=_Failing(processes))
         finally:
             stop_workers(processes)
             stop_server.request()
-            serving.join(5.0)
+            for thread in serving:
+                thread.join(5.0)
     print(summary.render())
     if summary.count != tasks:
         raise FetchqError(f"demo: expected {plural(tasks, 'result')}, got {summary.count}")

@@ -159,7 +159,11 @@ class StoreBroker:
         """Jobs with host limits, whose submits carry each URL's host (learnt from the
         store, which asks for them)."""
         try:
-            load_library(self._store)
+            if load_library(self._store):
+                say(
+                    f"server: store {self.shown} had the functions of another fetchq: "
+                    "replaced (every server on one store must run the same version)"
+                )
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise StoreUnavailable(
                 f"cannot reach the store at {self.shown}: {exc} (is it running, and is that "
@@ -198,7 +202,7 @@ class StoreBroker:
             except redis.ResponseError as exc:
                 if "function not found" not in str(exc).lower():
                     raise
-                load_library(self._store)
+                load_library(self._store, again=True)
                 return self._store.fcall(f"fq_{name}", 0, *args)
 
         return self._guarded(call)
@@ -247,7 +251,7 @@ class StoreBroker:
             reply = self._call(
                 "hello", self._now(), validate.worker_name(worker), threads, _json(runs)
             )
-            now = float(reply[1])
+            now = float(reply)
         else:
             now = self._store_time()
         return {

@@ -5,6 +5,7 @@ message, which names the store by ``shown`` (the URL without it)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import urllib.parse
 from importlib import resources
@@ -18,8 +19,8 @@ from fetchq.errors import UsageError
 
 PASSWORD_VARIABLE = "FETCHQ_STORE_PASSWORD"
 SCHEMES = ("redis", "rediss", "unix")
-LIBRARY = "fetchq"
-"""The name of the function library (``#!lua name=fetchq``)."""
+LIBRARY_KEY = "fq:library"
+"""Where the store keeps the digest of the fetchq functions it has loaded."""
 
 STORE_ERRORS: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
 """What a store that does not answer raises: a wait, not a broken call."""
@@ -29,12 +30,10 @@ def library_code() -> str:
     return resources.files(__package__).joinpath("fetchq.lua").read_text("utf-8")
 
 
-def library_version(code: str) -> str:
-    """The ``LIBRARY`` constant the code declares: what a loaded library is checked by."""
-    for line in code.splitlines():
-        if line.startswith("local LIBRARY = "):
-            return line.split("'")[1]
-    raise AssertionError("fetchq.lua declares no LIBRARY")
+def library_digest(code: str) -> str:
+    """What the loaded library is known by in the store (``fq:library``): its code's
+    own digest, so that any change to it is loaded."""
+    return hashlib.sha256(code.encode()).hexdigest()[:16]
 
 
 def shown(url: str) -> str:
@@ -98,14 +97,16 @@ def connect(url: str, **options: Any) -> redis.Redis:
     return redis.Redis.from_url(url, **kwargs)
 
 
-def load_library(client: redis.Redis) -> None:
-    """Load fetchq's functions unless the store has this very version already: every
-    server of one store must run the same code on it."""
+def load_library(client: redis.Redis, *, again: bool = False) -> bool:
+    """Load fetchq's functions unless the store has this very code already (``again``:
+    it said it has none); returns whether it had another version's (every server of
+    one store must run the same fetchq)."""
     code = library_code()
-    try:
-        loaded = client.fcall_ro("fq_library", 0)
-    except redis.ResponseError:
-        loaded = None  # none yet
-    if loaded is not None and loaded.decode() == library_version(code):
-        return
+    digest = library_digest(code)
+    stored = client.get(LIBRARY_KEY)
+    loaded = None if stored is None else bytes(stored).decode()  # type: ignore[arg-type]
+    if loaded == digest and not again:
+        return False
     client.function_load(code, replace=True)
+    client.set(LIBRARY_KEY, digest)
+    return loaded is not None and loaded != digest

@@ -7,7 +7,6 @@
 -- digits, too few for Unix time in microseconds.  A time argument left empty is
 -- taken from the store's clock (TIME), so that servers on different hosts agree.
 
-local LIBRARY = '1'
 local LOOKAHEAD = 1.0      -- seconds before its start a paced task may be leased
 local CANCEL_BATCH = 10000 -- queued tasks of a cancelled job ended per call
 local BATCH_MEMORY = 86400 -- seconds a submit's batch id is remembered
@@ -261,7 +260,7 @@ local function hello(keys, args)
   w.threads = tonumber(args[3])
   w.runs = cjson.decode(args[4])
   keep_worker(args[2], w)
-  return {LIBRARY, num(now)}
+  return num(now)
 end
 
 -- submit(now, wall, job, batch_id, attempts, timeout, max_pending, change, policy,
@@ -787,7 +786,6 @@ local function housekeeping(keys, args)
   return lapsed
 end
 
-local function library(keys, args) return LIBRARY end
 
 local function call(name, callback)
   redis.register_function{function_name = 'fq_' .. name, callback = callback}
@@ -809,4 +807,3 @@ call('steer', steer)
 call('housekeeping', housekeeping)
 read('specs', specs)
 read('queued', queued)
-read('library', library)
