@@ -18,6 +18,12 @@ medians are printed with their ratio to the baseline.  Also run by
 Variants: lease batches of 20, 100 and 500, with 2 processes x 8 threads and 4 x 32;
 and this checkout with a job that has a rate and per-host cap so high that neither
 ever holds a task back (what the scheduler's bookkeeping costs by itself).
+
+With a store (``--store``, or the variants named "store"): the same fleet through one
+server on a ``redis-server`` the bench starts (on the server's core, with no
+persistence: the store's bookkeeping, not its disk), then through two servers on it,
+the fleet's processes split between them.  Each server's CPU per task and the
+store's (from its ``INFO``) are printed beside the embedded broker's of the same run.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -81,9 +88,14 @@ class Shape:
     policy: tuple[str, ...] = ()
     span: int = 0
     """Requests a span: an aggregate job, its fleet reporting an aggregate a span."""
+    servers: int = 0
+    """Servers on a store (0: the embedded broker)."""
 
     @property
     def label(self) -> str:
+        if self.servers:
+            on = "one server" if self.servers == 1 else f"{self.servers} servers"
+            return f"{self.processes}x{self.threads}, batch {self.batch}, {on} on a store"
         if self.span:
             each = max(1, self.batch // self.span)
             shape = f"{self.processes}x{self.threads}"
@@ -128,10 +140,39 @@ def cpu_plan() -> tuple[str | None, str | None]:
     return "0", f"1-{count - 1}"
 
 
+def start_store(procs: Processes, cpus: str | None) -> tuple[Any, str, Any]:
+    """A ``redis-server`` on a free port of 127.0.0.1, no persistence: (its child, its
+    URL, a client for its ``INFO``)."""
+    import redis
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+               "--appendonly", "no", "--dir", str(procs.folder)]  # fmt: skip
+    child = procs.start("store", pinned(command, cpus))
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise BenchError(f"redis-server did not answer:\n{child.tail()}") from None
+            time.sleep(0.05)
+    return child, f"redis://127.0.0.1:{port}/0", client
+
+
+def store_cpu(client: Any) -> float:
+    cpu = client.info("cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
 def fleet_run(procs: Processes, release: Release, shape: Shape, count: int) -> dict[str, Any]:
     """One run: ``count`` tasks dispatched, then the fleet and an output let go at once;
     the rate from the fleet's first task until output has every result, and the server's
-    CPU from the moment they are let go."""
+    CPU from the moment they are let go (the servers' and the store's, on a store)."""
     server_cpus, other_cpus = cpu_plan()
     key = os.urandom(18).hex()
     config_home = procs.folder / "config"
@@ -139,15 +180,19 @@ def fleet_run(procs: Processes, release: Release, shape: Shape, count: int) -> d
     env = release.env(FETCHQ_AUTHKEY=key, XDG_CONFIG_HOME=str(config_home))
     cwd = release.root
     fetchq = [PYTHON, "-m", "fetchq"]
-    server = procs.start(
-        f"server-{release.name}",
-        pinned([*fetchq, "server", "--port", "0", "--max-pending", str(count + 1)], server_cpus),
-        env=env,
-        cwd=cwd,
-    )
+    serve = [*fetchq, "server", "--port", "0", "--max-pending", str(count + 1)]
+    store = None
+    if shape.servers:
+        store = start_store(procs, server_cpus)
+        serve = [*serve, "--store", store[1]]
+    servers = [
+        procs.start(f"server-{release.name}-{n}", pinned(serve, server_cpus), env=env, cwd=cwd)
+        for n in range(max(1, shape.servers))
+    ]
     started: list[Any] = []
     try:
-        address = wait_for_log(server, r"listening on (\S+)").group(1)
+        addresses = [wait_for_log(s, r"listening on (\S+)").group(1) for s in servers]
+        address = addresses[0]
         env["FETCHQ_SERVER"] = address
         job = ("--template", TEMPLATE, "--count", str(count), "--job", "ceiling", *shape.policy)
         if shape.span:
@@ -158,17 +203,28 @@ def fleet_run(procs: Processes, release: Release, shape: Shape, count: int) -> d
         started.append(dispatch)
         dispatch.wait_ok(300)
         output_command = [*fetchq, "output", "--job", "ceiling", "--until-done", "--format", "none"]
-        cpu_before = cpu_seconds(server.pid)
+        cpu_before = [cpu_seconds(server.pid) for server in servers]
+        store_before = store_cpu(store[2]) if store else 0.0
         began = time.perf_counter()
         output = procs.start("output", pinned(output_command, other_cpus), env=env, cwd=cwd)
         started.append(output)
-        fleet_member = (str(BENCH_DIR / "synthetic_fleet.py"), address)
         sizes = ("--threads", str(shape.threads), "--batch", str(shape.batch))
         if shape.span:
             sizes = (*sizes, "--spans", str(shape.span))
-        fleet = [
+        fleet = [  # split between the servers
             procs.start(
-                f"fleet-{n}", pinned([PYTHON, *fleet_member, *sizes], other_cpus), env=env, cwd=cwd
+                f"fleet-{n}",
+                pinned(
+                    [
+                        PYTHON,
+                        str(BENCH_DIR / "synthetic_fleet.py"),
+                        addresses[n % len(addresses)],
+                        *sizes,
+                    ],
+                    other_cpus,
+                ),  # fmt: skip
+                env=env,
+                cwd=cwd,
             )
             for n in range(shape.processes)
         ]
@@ -176,7 +232,12 @@ def fleet_run(procs: Processes, release: Release, shape: Shape, count: int) -> d
         output.wait_ok(600)
         ended = time.time()
         seconds = time.perf_counter() - began
-        server_cpu = cpu_seconds(server.pid) - cpu_before
+        each_server = [
+            cpu_seconds(server.pid) - before
+            for server, before in zip(servers, cpu_before, strict=True)
+        ]
+        server_cpu = sum(each_server)
+        on_store = store_cpu(store[2]) - store_before if store else 0.0
         reported = 0
         firsts = []
         for member in fleet:
@@ -189,9 +250,11 @@ def fleet_run(procs: Processes, release: Release, shape: Shape, count: int) -> d
             raise BenchError(f"the fleet reported {reported} of {count} tasks")
         working = ended - min(firsts)
     finally:
-        for child in [*started, server]:
+        for child in [*started, *servers, *([store[0]] if store else [])]:
             procs.stop(child)
     return {
+        "each_server_us_per_task": [cpu / count * 1e6 for cpu in each_server],
+        "store_us_per_task": on_store / count * 1e6,
         "count": count,
         "seconds": seconds,
         "working_seconds": working,
@@ -220,6 +283,14 @@ def variants(
                 )
     for batch in (100, 500):
         shape = Shape(2, 8, batch, NEVER_HOLDS)
+        found.append(
+            (
+                f"ceiling {shape.label}: {main.name}",
+                lambda s=shape: fleet_run(procs, main, s, count),
+            )
+        )
+    for servers in (1, 2):
+        shape = Shape(2, 8, 100, servers=servers)
         found.append(
             (
                 f"ceiling {shape.label}: {main.name}",
@@ -260,6 +331,21 @@ def summarise(runs: dict[str, list[dict[str, Any]]], baseline: str) -> list[str]
             ratio = f"   x{rate / compare[0]:.2f} rate, x{micros / compare[1]:.2f} CPU vs {what}"
         if "aggregate" in label:
             lines.append(f"{name:<52} {rate:>10,.0f} requests/s {micros:>7.3f} us/request")
+            continue
+        if "on a store" in label:
+            got = runs[name]
+            each = [median([r["each_server_us_per_task"][n] for r in got])
+                    for n in range(len(got[0]["each_server_us_per_task"]))]  # fmt: skip
+            on_store = median([r["store_us_per_task"] for r in got])
+            plain = medians.get(
+                f"{label.split(', one server')[0].split(', 2 servers')[0]}: {release}"
+            )
+            ratio = f"   x{rate / plain[0]:.2f} rate vs embedded" if plain else ""
+            servers_cpu = " + ".join(f"{u:.1f}" for u in each)
+            lines.append(
+                f"{name:<52} {rate:>10,.0f} tasks/s servers {servers_cpu} us/task, "
+                f"store {on_store:.1f} us/task{ratio}"
+            )
             continue
         lines.append(f"{name:<52} {rate:>10,.0f} tasks/s {micros:>7.1f} us/task{ratio}")
     return lines

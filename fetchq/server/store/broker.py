@@ -55,6 +55,7 @@ from fetchq.wire.records import (
     StoredResult,
     make_error,
     make_result,
+    late_by,
     make_task,
 )
 from fetchq.wire.specs import MAX_BODY, MAX_JOB_SPECS, spec_record
@@ -371,23 +372,24 @@ class StoreBroker:
         worker = validate.worker_name(worker)
         stored = validate.results_list(results)
         held = validate.lease_pairs(renew or [])
-        args: list[Any] = []
+        heads, raws = [], []
         for result in stored:
-            if not isinstance(result, StoredResult) or type(result) is not StoredResult:
+            if type(result) is not StoredResult:
                 raise BadRequest("a server on a store takes no aggregates yet")
-            lateness = result.lateness()
-            args += [
-                result.id,
-                result.attempt,
-                "1" if result.retryable else "0",
-                "1" if result.status in RETRY_AFTER_STATUSES else "0",
-                "1" if result.ok else "0",
-                repr(lateness.seconds) if lateness is not None and lateness.late else "",
-                "" if result.elapsed is None else repr(result.elapsed),
-                result.raw,
-            ]
-        for pair in held:
-            args += pair
+            head = result.head
+            late = "-"
+            if head.scheduled is not None:
+                lateness = late_by(head.scheduled, head.started)
+                if lateness is not None and lateness.late:
+                    late = repr(lateness.seconds)
+            flags = (
+                ("1" if result.retryable else "0")
+                + ("1" if head.status in RETRY_AFTER_STATUSES else "0")
+                + ("1" if head.ok else "0")
+            )
+            elapsed = "-" if head.elapsed is None else repr(head.elapsed)
+            heads.append(f"{head.id} {head.attempt} {flags} {late} {elapsed}")
+            raws.append(result.raw)
         reply = self._call(
             "complete",
             self._now(),
@@ -395,7 +397,9 @@ class StoreBroker:
             worker,
             repr(self.lease_timeout),
             len(stored),
-            *args,
+            "\n".join(heads),
+            *raws,
+            *(value for pair in held for value in pair),
         )
         accepted, requeued, dropped, renewed = map(int, reply)
         return {"accepted": accepted, "requeued": requeued, "dropped": dropped, "renewed": renewed}

@@ -41,6 +41,15 @@ end
 
 local function due_member(job, id) return job .. '\n' .. id end
 
+-- ``command key values...`` for a long list, a thousand values a call: Lua unpacks no
+-- more than a few thousand at once (pairs stay whole: the step is even).
+local CHUNK = 1000
+local function chunked(command, key, values)
+  for i = 1, #values, CHUNK do
+    redis.call(command, key, unpack(values, i, math.min(i + CHUNK - 1, #values)))
+  end
+end
+
 -- Workers ------------------------------------------------------------------
 
 local RATE_WINDOW = 10
@@ -431,13 +440,33 @@ local function take(job, allowed, worker, now, offset, timeout, server, out)
   end
   local taken, range = 0, nil
   if by_host ~= '1' then
-    while taken < allowed do
-      local id, task = next_task(job, jk(job, 'queue'))
-      if not id then break end
-      range = range_for(id, range)
-      grant(job, id, task, range, worker, rate and slot + taken / rate, now, offset, timeout, out)
-      taken = taken + 1
+    local held, dues = {}, {}
+    while taken < allowed do -- a queue's ids of tasks done already are dropped as met
+      local ids = redis.call('LPOP', jk(job, 'queue'), math.min(allowed - taken, CHUNK))
+      if not ids then break end
+      local raws = redis.call('HMGET', jk(job, 'tasks'), unpack(ids))
+      for k, id in ipairs(ids) do
+        if raws[k] then
+          local task = cjson.decode(raws[k])
+          range = range_for(id, range)
+          local start = rate and slot + taken / rate
+          held[#held + 1], held[#held + 2] = id, worker
+          dues[#dues + 1] = num((start and math.max(now, start) or now) + timeout)
+          dues[#dues + 1] = due_member(job, id)
+          out[#out + 1] = id
+          out[#out + 1] = job
+          out[#out + 1] = task[2]
+          out[#out + 1] = tostring(task[1])
+          out[#out + 1] = range.timeout
+          out[#out + 1] = range.submitted
+          out[#out + 1] = start and num(start + offset) or ''
+          out[#out + 1] = range.spec
+          taken = taken + 1
+        end
+      end
     end
+    chunked('HSET', jk(job, 'holders'), held)
+    chunked('ZADD', 'fq:due', dues)
     if rate then slot = slot + taken / rate end
   else
     local cap = policy.per_host
@@ -533,20 +562,24 @@ local function lease(keys, args)
   return out
 end
 
--- complete(now, wall, worker, lease_timeout, nresults, [id, attempt, retryable,
---          asks_to_wait, ok, late, elapsed, raw]..., [id, attempt]...)
-local FIELDS = 8
+-- complete(now, wall, worker, lease_timeout, nresults, heads, raw..., [id, attempt]...):
+-- ``heads`` has a line a result, ``id attempt RWO late elapsed`` (R retryable, W it
+-- asks to wait, O ok: 0 or 1 each; late and elapsed in seconds, or -), its text
+-- among the ``raw`` arguments in the same order.
 local function complete(keys, args)
   local now, wall = clock(args[1]), clock(args[2])
   local worker, timeout, nresults = args[3], tonumber(args[4]), tonumber(args[5])
   expire(now, wall)
   local accepted, requeued, dropped, renewed = 0, 0, 0, 0
-  for i = 0, nresults - 1 do
-    local base = 6 + i * FIELDS
-    local id, attempt = args[base], tonumber(args[base + 1])
-    local retryable, asks_to_wait = args[base + 2] == '1', args[base + 3] == '1'
-    local range = range_of(tonumber(id))
-    local raw = range and redis.call('HGET', jk(range.job, 'tasks'), id)
+  local batches, finished, range = {}, {}, nil
+  local i = 0
+  for line in string.gmatch(args[6], '[^\n]+') do
+    i = i + 1
+    local id, attempt, r, o, late, elapsed = string.match(line, '^(-?%d+) (-?%d+) (%d)%d(%d) (%S+) (%S+)$')
+    attempt = tonumber(attempt)
+    local retryable, ok, raw_text = r == '1', o == '1', args[6 + i]
+    range = range_for(id, range)
+    local raw = range and not finished[id] and redis.call('HGET', jk(range.job, 'tasks'), id)
     if not raw then
       dropped = dropped + 1 -- a repeat, or a task never submitted here
     else
@@ -564,10 +597,10 @@ local function complete(keys, args)
       else
         outcome = 'accepted'
       end
-      if outcome ~= 'dropped' and args[base + 5] ~= '' then
+      if outcome ~= 'dropped' and late ~= '-' then
         redis.call('HINCRBY', meta, 'late', 1)
-        if tonumber(args[base + 5]) > tonumber(redis.call('HGET', meta, 'worst_late')) then
-          redis.call('HSET', meta, 'worst_late', args[base + 5])
+        if tonumber(late) > tonumber(redis.call('HGET', meta, 'worst_late')) then
+          redis.call('HSET', meta, 'worst_late', late)
         end
       end
       if outcome == 'dropped' then
@@ -578,18 +611,54 @@ local function complete(keys, args)
         queue_again(job, id, task, true)
         redis.call('PUBLISH', 'fq:tasks', 1)
         requeued = requeued + 1
-      else
-        if holder then end_lease(job, id, task) else unqueued(job, 1) end
-        if args[base + 6] ~= '' then
-          redis.call('HINCRBYFLOAT', meta, 'elapsed', args[base + 6])
-          redis.call('HINCRBY', meta, 'elapsed_n', 1)
+      else -- written below, a job at a time
+        local batch = batches[job]
+        if not batch then
+          batch = {ids = {}, values = {}, held = {}, dues = {}, hosts = {}, ok = 0, failed = 0,
+                   queued = 0, elapsed = 0, timed = 0}
+          batches[job] = batch
         end
-        finish(job, id, args[base + 7], args[base + 4] == '1')
+        batch.ids[#batch.ids + 1] = id
+        batch.values[#batch.values + 1] = id
+        batch.values[#batch.values + 1] = raw_text
+        if holder then
+          batch.held[#batch.held + 1] = id
+          batch.dues[#batch.dues + 1] = due_member(job, id)
+          if task[3] then batch.hosts[task[3]] = (batch.hosts[task[3]] or 0) + 1 end
+        else
+          batch.queued = batch.queued + 1
+        end
+        if elapsed ~= '-' then
+          batch.elapsed, batch.timed = batch.elapsed + tonumber(elapsed), batch.timed + 1
+        end
+        if ok then batch.ok = batch.ok + 1 else batch.failed = batch.failed + 1 end
+        finished[id] = true
         accepted = accepted + 1
       end
     end
   end
-  for p = 6 + nresults * FIELDS, #args - 1, 2 do
+  for job, batch in pairs(batches) do
+    local meta = jk(job, 'meta')
+    chunked('HDEL', jk(job, 'tasks'), batch.ids)
+    chunked('HDEL', jk(job, 'holders'), batch.held)
+    chunked('ZREM', 'fq:due', batch.dues)
+    for host, count in pairs(batch.hosts) do
+      redis.call('HINCRBY', jk(job, 'flight'), host, -count)
+      redis.call('HINCRBY', 'fq:flight', host, -count)
+    end
+    if batch.queued > 0 then unqueued(job, batch.queued) end
+    chunked('RPUSH', jk(job, 'results'), batch.ids)
+    chunked('HSET', jk(job, 'result'), batch.values)
+    if batch.ok > 0 then redis.call('HINCRBY', meta, 'succeeded', batch.ok) end
+    if batch.failed > 0 then redis.call('HINCRBY', meta, 'failed', batch.failed) end
+    if batch.timed > 0 then
+      redis.call('HINCRBYFLOAT', meta, 'elapsed', num(batch.elapsed))
+      redis.call('HINCRBY', meta, 'elapsed_n', batch.timed)
+    end
+    redis.call('INCRBY', 'fq:unconfirmed', #batch.ids)
+    redis.call('PUBLISH', 'fq:results', job)
+  end
+  for p = 7 + nresults, #args - 1, 2 do
     local id, attempt = args[p], tonumber(args[p + 1])
     local range = range_of(tonumber(id))
     if range then
@@ -640,7 +709,7 @@ local function ack_token(token)
     local job, ids = part[1], part[2]
     redis.call('HINCRBY', jk(job, 'meta'), 'handed_out', -#ids)
     redis.call('HINCRBY', jk(job, 'meta'), 'confirmed', #ids)
-    redis.call('HDEL', jk(job, 'result'), unpack(ids))
+    chunked('HDEL', jk(job, 'result'), ids)
     redis.call('PUBLISH', 'fq:results', job)
     total = total + #ids
   end
@@ -677,7 +746,11 @@ local function results(keys, args)
     local ids = redis.call('LRANGE', list, 0, want - taken - 1)
     if #ids > 0 then
       redis.call('LTRIM', list, #ids, -1)
-      local values = redis.call('HMGET', jk(name, 'result'), unpack(ids))
+      local values = {}
+      for i = 1, #ids, CHUNK do
+        local part = redis.call('HMGET', jk(name, 'result'), unpack(ids, i, math.min(i + CHUNK - 1, #ids)))
+        for _, value in ipairs(part) do values[#values + 1] = value end
+      end
       for i, id in ipairs(ids) do
         out[#out + 1] = name
         out[#out + 1] = id
