@@ -211,18 +211,11 @@ def fleet_run(procs: Processes, release: Release, shape: Shape, count: int) -> d
         sizes = ("--threads", str(shape.threads), "--batch", str(shape.batch))
         if shape.span:
             sizes = (*sizes, "--spans", str(shape.span))
+        member = [PYTHON, str(BENCH_DIR / "synthetic_fleet.py")]
         fleet = [  # split between the servers
             procs.start(
                 f"fleet-{n}",
-                pinned(
-                    [
-                        PYTHON,
-                        str(BENCH_DIR / "synthetic_fleet.py"),
-                        addresses[n % len(addresses)],
-                        *sizes,
-                    ],
-                    other_cpus,
-                ),  # fmt: skip
+                pinned([*member, addresses[n % len(addresses)], *sizes], other_cpus),
                 env=env,
                 cwd=cwd,
             )

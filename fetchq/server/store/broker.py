@@ -53,9 +53,9 @@ from fetchq.wire.api import (
 from fetchq.wire.records import (
     RECORD_VERSION,
     StoredResult,
+    late_by,
     make_error,
     make_result,
-    late_by,
     make_task,
 )
 from fetchq.wire.specs import MAX_BODY, MAX_JOB_SPECS, spec_record
