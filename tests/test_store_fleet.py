@@ -7,6 +7,7 @@ stand in for other hosts, each with a target of its own.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections import Counter
 from collections.abc import Iterator
@@ -144,3 +145,32 @@ def test_one_per_host_cap_holds_across_two_servers(env, servers, hosts):
         in_flight = [r.in_flight for r in host.requests() if "cap=" in r.path]
         assert len(in_flight) == 12
         assert max(in_flight) == 2, (host.host, Counter(in_flight))  # the cap, and reached
+
+
+def test_an_aggregate_job_through_two_servers_counts_what_the_target_received(env, servers, target):
+    """Spans leased through both servers, aggregates read through one: each request
+    counted once, as the target received it, and the job's counts in requests."""
+    workers = workers_on(env, servers)
+    count, span = 6_000, 500
+    try:
+        dispatched = run(on(env, servers[0]), "dispatch", "--template",
+                         f"{target.url}/agg2?i={{i}}", "--count", str(count), "--aggregate",
+                         "--span", str(span), "-j", "agg2")  # fmt: skip
+        assert dispatched.returncode == 0, dispatched.stderr
+        output = start_output(on(env, servers[1]), "-j", "agg2", "--until-done",
+                              "--format", "jsonl", "--summary")  # fmt: skip
+        out, err = output.communicate(timeout=120)
+        assert output.returncode == 0, err
+        listed = run(on(env, servers[1]), "job", "list", "--json")
+    finally:
+        stop_all(workers)
+    records = jsonl(out)
+    assert sorted(record["first"] for record in records) == list(range(0, count, span))
+    assert len({record["worker"] for record in records}) == 2, "both workers took part"
+    hits = {path: n for path, n in target.hits().items() if path.startswith("/agg2?")}
+    assert len(hits) == count and set(hits.values()) == {1}
+    assert f"Requests:     {count}" in err
+    job = json.loads(listed.stdout)["agg2"]
+    assert (job["submitted"], job["succeeded"], job["failed"], job["state"]) == (
+        count, count, 0, "done",
+    )  # fmt: skip

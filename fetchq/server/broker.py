@@ -271,15 +271,8 @@ class Broker:
         else:
             queue = self._state.scheduler.find(request.job)
             aggregate = queue is not None and queue.policy.aggregate
-        if request.spans and not aggregate:
-            raise BadRequest(
-                f"job {request.job} is not an aggregate job: dispatch to it without --aggregate"
-            )
-        if aggregate and not request.spans:
-            raise BadRequest(
-                f"job {request.job} is an aggregate job: dispatch to it with --aggregate "
-                "and --template (spans, not URLs)"
-            )
+        if request.spans != aggregate:
+            raise steering.not_its_kind(request.job, aggregate)
 
     def seal(self, job_name: str) -> JobCounts:
         """Mark a job's submission finished, so outputs know when it is done."""

@@ -79,6 +79,17 @@ def refuse_on_aggregate(job: str, policy: Policy) -> None:
             raise BadRequest(f"job {job} is an aggregate job, which takes no {option} yet")
 
 
+def not_its_kind(job: str, aggregate: bool) -> BadRequest:
+    """Why a submit is refused that brings URLs to an aggregate job, or spans to another:
+    spans go to an aggregate job and URLs to any other, never the other way."""
+    if aggregate:
+        return BadRequest(
+            f"job {job} is an aggregate job: dispatch to it with --aggregate "
+            "and --template (spans, not URLs)"
+        )
+    return BadRequest(f"job {job} is not an aggregate job: dispatch to it without --aggregate")
+
+
 def read_stages(stages: list[list[float]] | None) -> tuple[Stage, ...] | None:
     return None if stages is None else tuple(Stage(*stage) for stage in stages)
 

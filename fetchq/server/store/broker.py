@@ -26,13 +26,15 @@ import redis
 from fetchq import __version__, defaults
 from fetchq.errors import BadRequest, NoSuchJob, StoreUnavailable, VersionMismatch
 from fetchq.messages import say
-from fetchq.server import validate, views
+from fetchq.server import steering, validate, views
 from fetchq.server.broker import CLOCK_STEP
+from fetchq.server.completion import ended_span
 from fetchq.server.jobqueue import Policy
 from fetchq.server.jobs import unknown_job
-from fetchq.server.steering import not_its_pace
+from fetchq.server.leasing import as_spans
 from fetchq.server.store.connection import connect, load_library, shown
 from fetchq.urls import host_key
+from fetchq.wire.aggregates import StoredAggregate, read_span, span_size
 from fetchq.wire.api import (
     MAX_LEASE,
     MAX_SUBMIT,
@@ -67,7 +69,6 @@ NOT_YET = {
     "stages": "staged --rate",
     "obey_robots": "--robots",
     "retry_after": "--retry-after",
-    "aggregate": "--aggregate",
 }
 """Policy a job on a store does not take yet, and the option that asks for it."""
 
@@ -273,8 +274,11 @@ class StoreBroker:
     def submit(self, batch: dict[str, Any]) -> SubmitReply:
         request = validate.submit_request(batch)
         _refuse_not_yet(request.policy)
-        if request.spans:
-            raise BadRequest("a server on a store takes no --aggregate jobs yet")
+        steering.refuse_on_aggregate(request.job, Policy(**request.policy))
+        aggregate = bool(request.policy.get("aggregate"))
+        if aggregate and request.policy.get("rate"):
+            raise BadRequest("a server on a store takes no paced --aggregate jobs yet")
+        sizes = ",".join(str(span_size(text)) for text in request.urls) if request.spans else ""
         attempts = request.attempts or self.max_attempts
         change = {name: _plain(value) for name, value in request.policy.items()}
         policy = views.policy_view(Policy(**request.policy))
@@ -282,7 +286,7 @@ class StoreBroker:
             part for key, spec in request.specs.items() for part in (key, _json(spec_record(spec)))
         ]
         server_limits = bool(self.per_host or self.host_delay)
-        limited = server_limits or Policy(**request.policy).limits_hosts
+        limited = not request.spans and (server_limits or Policy(**request.policy).limits_hosts)
         deadline = self._elapsed_clock() + request.wait
         while True:
             hosted = limited or request.job in self._by_host
@@ -304,6 +308,7 @@ class StoreBroker:
                 *specs,
                 *request.urls,
                 *(map(host_key, request.urls) if hosted else ()),
+                sizes,
                 "1" if server_limits else "0",
             )
             kind = reply[0].decode()
@@ -316,12 +321,14 @@ class StoreBroker:
             if kind == "seen":
                 seen: SubmitReply = msgspec.json.decode(reply[1])
                 return {**seen, "duplicate": True}
+            if kind == "mixed":
+                raise steering.not_its_kind(request.job, aggregate=reply[1] == b"urls")
             if kind == "cancelled":
                 raise BadRequest(f"job {request.job} was cancelled: use another job name")
             if kind == "policy":
                 name = reply[1].decode()
                 have = msgspec.json.decode(reply[2])[0]
-                raise BadRequest(not_its_pace(request.job, name, have, change[name]))
+                raise BadRequest(steering.not_its_pace(request.job, name, have, change[name]))
             if kind == "nospec":
                 raise BadRequest(
                     f"job {request.job} has no spec {request.spec}: send it with the batch"
@@ -374,8 +381,6 @@ class StoreBroker:
         held = validate.lease_pairs(renew or [])
         heads, raws = [], []
         for result in stored:
-            if type(result) is not StoredResult:
-                raise BadRequest("a server on a store takes no aggregates yet")
             head = result.head
             late = "-"
             if head.scheduled is not None:
@@ -388,7 +393,12 @@ class StoreBroker:
                 + ("1" if head.ok else "0")
             )
             elapsed = "-" if head.elapsed is None else repr(head.elapsed)
-            heads.append(f"{head.id} {head.attempt} {flags} {late} {elapsed}")
+            if isinstance(result, StoredAggregate):
+                good, bad = result.counts
+                counted = f" {good} {bad} {result.late} {result.worst_lateness!r}"
+                heads.append(f"{head.id} {head.attempt} {flags}1 - {elapsed}{counted}")
+            else:
+                heads.append(f"{head.id} {head.attempt} {flags}0 {late} {elapsed}")
             raws.append(result.raw)
         reply = self._call(
             "complete",
@@ -401,6 +411,11 @@ class StoreBroker:
             *raws,
             *(value for pair in held for value in pair),
         )
+        if reply[0] == b"miscount":
+            span, counted, expected = (value.decode() for value in reply[1:])
+            raise BadRequest(
+                f"an aggregate of {counted} requests for span {span}, which stands for {expected}"
+            )
         accepted, requeued, dropped, renewed = map(int, reply)
         return {"accepted": accepted, "requeued": requeued, "dropped": dropped, "renewed": renewed}
 
@@ -422,6 +437,9 @@ class StoreBroker:
             _json({key: _plain(value) for key, value in policy.items()}),
             self.max_results,
         )
+        if reply and reply[0] == b"aggregate":
+            steering.refuse_on_aggregate(name, Policy(**policy, aggregate=True))
+            raise BadRequest(f"job {name} is an aggregate job: on a store, it takes no --rate yet")
         if reply == [b"by_host"]:
             raise BadRequest(
                 f"job {name} was dispatched without --per-host or --host-delay: on a store, "
@@ -585,20 +603,28 @@ def _fields(reply: list[bytes]) -> dict[str, str]:
 
 
 def _counts(fields: dict[str, str]) -> JobCounts:
+    """A job's counts; an aggregate job's tasks (not its results) counted in requests."""
     submitted, confirmed = int(fields["submitted"]), int(fields["confirmed"])
     sealed = fields["sealed"] == "1"
+    tasks = (submitted, int(fields["queued"]), int(fields["leased"]))
+    finished = (int(fields["succeeded"]), int(fields["failed"]))
+    if fields["aggregate"] == "1":
+        requests = int(fields["req_submitted"])
+        leased = int(fields["req_leased"])
+        finished = (int(fields["req_succeeded"]), int(fields["req_failed"]))
+        tasks = (requests, requests - sum(finished) - leased, leased)
     return {
-        "submitted": submitted,
-        "queued": int(fields["queued"]),
-        "leased": int(fields["leased"]),
-        "succeeded": int(fields["succeeded"]),
-        "failed": int(fields["failed"]),
+        "submitted": tasks[0],
+        "queued": tasks[1],
+        "leased": tasks[2],
+        "succeeded": finished[0],
+        "failed": finished[1],
         "expired": int(fields["expired"]),
         "waiting": int(fields["waiting"]),
         "handed_out": int(fields["handed_out"]),
         "confirmed": confirmed,
         "sealed": sealed,
-        "done": sealed and confirmed == submitted,
+        "done": sealed and confirmed == submitted,  # in tasks, spans or not
     }
 
 
@@ -632,13 +658,17 @@ def _job_view(fields: dict[str, str]) -> JobView:
     }
 
 
-TASK_FIELDS = 8
+TASK_FIELDS = 9
 
 
 def _task_records(flat: list[bytes]) -> list[dict[str, Any]]:
+    """The leased tasks as a worker receives them; an aggregate job's spans as spans."""
     records = []
+    span_jobs: set[str] = set()
     for at in range(0, len(flat), TASK_FIELDS):
-        task_id, job, url, attempt, timeout, submitted, start, spec = flat[at : at + TASK_FIELDS]
+        task_id, job, url, attempt, timeout, submitted, start, spec, kind = flat[
+            at : at + TASK_FIELDS
+        ]
         record = {
             "v": RECORD_VERSION,
             "id": int(task_id),
@@ -651,7 +681,11 @@ def _task_records(flat: list[bytes]) -> list[dict[str, Any]]:
         }
         if spec:
             record["spec"] = spec.decode()
+        if kind:
+            span_jobs.add(job.decode())
         records.append(record)
+    if span_jobs:
+        as_spans(records, list(span_jobs))
     return records
 
 
@@ -663,10 +697,11 @@ def _stored_results(flat: Iterable[bytes]) -> list[StoredResult]:
     for at in range(0, len(items), 3):
         job, task_id, value = items[at].decode(), int(items[at + 1]), items[at + 2]
         if value.startswith(b"!"):
-            kind, message, worker, attempt, wall, url, timeout, submitted = msgspec.json.decode(
-                value[1:]
+            kind, message, worker, attempt, wall, url, timeout, submitted, span = (
+                msgspec.json.decode(value[1:])
             )
-            task = make_task(task_id, job, url, attempt, float(timeout), float(submitted))
+            first_url = read_span(url).urls_from(0, 1)[0] if span else url
+            task = make_task(task_id, job, first_url, attempt, float(timeout), float(submitted))
             record = make_result(
                 task,
                 worker=worker,
@@ -674,7 +709,11 @@ def _stored_results(flat: Iterable[bytes]) -> list[StoredResult]:
                 elapsed=0.0,
                 error=make_error(kind, message),
             )
-            results.append(StoredResult.of(record))
+            results.append(ended_span(record, read_span(url)) if span else StoredResult.of(record))
+            continue
+        if value.startswith(b"@"):  # an aggregate
+            aggregate = StoredAggregate.read(value[1:])
+            results.append(aggregate if aggregate.job == job else aggregate.with_job(job))
             continue
         result = StoredResult.read(value)
         results.append(result if result.job == job else result.with_job(job))

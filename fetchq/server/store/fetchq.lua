@@ -122,9 +122,13 @@ local function finish(job, id, value, ok)
   redis.call('PUBLISH', 'fq:results', job)
 end
 
-local function ended(kind, message, worker, attempt, wall, url, range)
-  return '!' .. cjson.encode({kind, message, worker, attempt, num(wall), url,
-                              range.timeout, range.submitted})
+-- What the server ended a task with (cancelled, out of attempts): '!' and its reason,
+-- made into a result by the Python side; a span's, into an aggregate of all its
+-- requests failed, which its job counts now.
+local function ended(kind, message, worker, task, wall, range, job)
+  if task[4] then redis.call('HINCRBY', jk(job, 'meta'), 'req_failed', task[4]) end
+  return '!' .. cjson.encode({kind, message, worker, task[1], num(wall), task[2],
+                              range.timeout, range.submitted, task[4] and true or false})
 end
 
 -- A lease is over: its host (a job with host limits) has one request fewer in flight.
@@ -135,6 +139,7 @@ local function end_lease(job, id, task)
     redis.call('HINCRBY', jk(job, 'flight'), task[3], -1)
     redis.call('HINCRBY', 'fq:flight', task[3], -1) -- every job's, for the server's cap
   end
+  if task and task[4] then redis.call('HINCRBY', jk(job, 'meta'), 'req_leased', -task[4]) end
 end
 
 local function expire(now, wall)
@@ -153,7 +158,7 @@ local function expire(now, wall)
       if task[1] >= range.attempts or redis.call('HGET', meta, 'state') == 'cancelled' then
         local message = 'lease expired on worker ' .. worker .. ' (attempt ' .. task[1] ..
                         ' of ' .. range.attempts .. '); giving up'
-        finish(job, id, ended('lease_expired', message, worker, task[1], wall, task[2], range), false)
+        finish(job, id, ended('lease_expired', message, worker, task, wall, range, job), false)
       else
         task[1] = task[1] + 1
         queue_again(job, id, task, true)
@@ -213,8 +218,8 @@ local function end_cancelled(wall, room)
         local task = cjson.decode(raw)
         local range = range_of(tonumber(id))
         unqueued(job, 1)
-        finish(job, id, ended('cancelled', 'job ' .. job .. ' was cancelled', 'server',
-                              task[1], wall, task[2], range), false)
+        finish(job, id, ended('cancelled', 'job ' .. job .. ' was cancelled', 'server', task,
+                              wall, range, job), false)
         ended_count = ended_count + 1
       end
       queued = redis.call('HGET', meta, 'queued')
@@ -231,7 +236,8 @@ end
 -- A job's counters as the Python side reads them (a flat list of field, value).
 local COUNTERS = {'submitted', 'queued', 'succeeded', 'failed', 'expired', 'handed_out',
                   'confirmed', 'sealed', 'state', 'policy', 'late', 'worst_late', 'created',
-                  'elapsed', 'elapsed_n', 'next_slot'}
+                  'elapsed', 'elapsed_n', 'next_slot', 'aggregate', 'req_submitted',
+                  'req_succeeded', 'req_failed', 'req_leased'}
 
 local function counts(job)
   local meta = jk(job, 'meta')
@@ -274,9 +280,11 @@ end
 
 -- submit(now, wall, job, batch_id, attempts, timeout, max_pending, change, policy,
 --        spec, max_specs, hosted, nspecs, [key, record]..., urls..., [hosts...],
---        server_limits): ``hosted`` is 1 when each URL's host follows the URLs, as a job
--- with host limits needs ('hosts' asks for them); with ``server_limits`` 1 (the
--- servers limit every host), every new job has them.
+--        sizes, server_limits): ``hosted`` is 1 when each URL's host follows the URLs,
+-- as a job with host limits needs ('hosts' asks for them); with ``server_limits`` 1
+-- (the servers limit every host), every new job but an aggregate one has them.
+-- ``sizes``: for spans (an aggregate job's tasks, whose texts stand in the URLs'
+-- place), the requests of each, comma-separated; empty for URLs.
 local function submit(keys, args)
   local wall = clock(args[2])
   local job, batch_id = args[3], args[4]
@@ -284,8 +292,11 @@ local function submit(keys, args)
   local change, policy, spec, max_specs = args[8], args[9], args[10], tonumber(args[11])
   local hosted, nspecs = args[12] == '1', tonumber(args[13])
   local server_limits = args[#args] == '1'
+  local sizes = {}
+  for size in string.gmatch(args[#args - 1], '%d+') do sizes[#sizes + 1] = tonumber(size) end
+  local spans = args[#args - 1] ~= ''
   local first_url = 14 + 2 * nspecs
-  local count = #args - first_url
+  local count = #args - first_url - 1
   if hosted then count = count / 2 end
   if batch_id ~= '' then
     local reply = redis.call('GET', 'fq:batch:' .. batch_id)
@@ -293,7 +304,7 @@ local function submit(keys, args)
   end
   local meta = jk(job, 'meta')
   local exists = redis.call('EXISTS', meta) == 1
-  local by_host
+  local by_host, aggregate
   if exists then
     if redis.call('HGET', meta, 'state') == 'cancelled' then return {'cancelled'} end
     local have = cjson.decode(redis.call('HGET', meta, 'policy'))
@@ -303,9 +314,13 @@ local function submit(keys, args)
       end
     end
     by_host = redis.call('HGET', meta, 'by_host') == '1'
+    aggregate = redis.call('HGET', meta, 'aggregate') == '1'
   else
-    by_host = server_limits or limits_hosts(cjson.decode(policy))
+    aggregate = cjson.decode(policy).aggregate == true
+    by_host = not aggregate and (server_limits or limits_hosts(cjson.decode(policy)))
   end
+  if spans and not aggregate then return {'mixed', 'spans'} end
+  if aggregate and not spans then return {'mixed', 'urls'} end
   if by_host and not hosted and count > 0 then return {'hosts'} end
   local specs = jk(job, 'specs')
   local new_specs = 0
@@ -326,7 +341,14 @@ local function submit(keys, args)
     redis.call('HSET', meta, 'created', num(wall), 'submitted', 0, 'queued', 0, 'succeeded', 0,
                'failed', 0, 'expired', 0, 'handed_out', 0, 'confirmed', 0, 'state', '',
                'policy', policy, 'late', 0, 'worst_late', 0, 'elapsed', 0, 'elapsed_n', 0,
-               'next_slot', '-inf', 'fresh', 1, 'by_host', by_host and 1 or 0)
+               'next_slot', '-inf', 'fresh', 1, 'by_host', by_host and 1 or 0,
+               'aggregate', aggregate and 1 or 0, 'req_submitted', 0, 'req_succeeded', 0,
+               'req_failed', 0, 'req_leased', 0)
+  end
+  if aggregate then
+    local requests = 0
+    for _, size in ipairs(sizes) do requests = requests + size end
+    redis.call('HINCRBY', meta, 'req_submitted', requests)
   end
   for i = 0, nspecs - 1 do
     redis.call('HSETNX', specs, args[14 + 2 * i], args[15 + 2 * i])
@@ -346,6 +368,9 @@ local function submit(keys, args)
         local host = args[first_url + count + i]
         fields[#fields + 1] = cjson.encode({1, args[first_url + i], host})
         host_queued(job, host, first + i, false)
+      elseif aggregate then
+        fields[#fields + 1] = cjson.encode({1, args[first_url + i], false, sizes[i + 1]})
+        ids[#ids + 1] = first + i
       else
         fields[#fields + 1] = cjson.encode({1, args[first_url + i]})
         ids[#ids + 1] = first + i
@@ -386,7 +411,7 @@ end
 local MAX_HOST_VISITS = 1000 -- hosts one lease call looks at in one job
 
 -- The lease of one task to ``worker``, to start at ``start`` (nil: at once), appended
--- to ``out`` as 8 fields.
+-- to ``out`` as 9 fields (the last: ``span`` for an aggregate job's span).
 local function grant(job, id, task, range, worker, start, now, offset, timeout, out)
   local deadline = (start and math.max(now, start) or now) + timeout
   redis.call('HSET', jk(job, 'holders'), id, worker)
@@ -399,6 +424,7 @@ local function grant(job, id, task, range, worker, start, now, offset, timeout, 
   out[#out + 1] = range.submitted
   out[#out + 1] = start and num(start + offset) or ''
   out[#out + 1] = range.spec
+  out[#out + 1] = task[4] and 'span' or ''
 end
 
 -- The next live task of a queue (stale ids, of tasks done or leased, are dropped).
@@ -425,9 +451,29 @@ end
 -- cap (requests in flight) and its delay (between two starts).
 local function take(job, allowed, worker, now, offset, timeout, server, out)
   local meta = jk(job, 'meta')
-  local state, queued, policy, next_slot, fresh, by_host = unpack(
-    redis.call('HMGET', meta, 'state', 'queued', 'policy', 'next_slot', 'fresh', 'by_host'))
+  local state, queued, policy, next_slot, fresh, by_host, aggregate = unpack(redis.call(
+    'HMGET', meta, 'state', 'queued', 'policy', 'next_slot', 'fresh', 'by_host', 'aggregate'))
   if state ~= '' or tonumber(queued) <= 0 then return 0 end
+  if aggregate == '1' then
+    -- Spans go only to a worker that runs them, from one job a call: the first, then
+    -- as many more as ``allowed`` requests hold, each counted as big as the first.
+    if not server.spans or server.span_job then return 0 end
+    local id, task = next_task(job, jk(job, 'queue'))
+    if not id then return 0 end
+    local more, range, requests = math.floor(server.room / task[4]) - 1, nil, 0
+    local taken = 0
+    while id do
+      range = range_for(id, range)
+      grant(job, id, task, range, worker, nil, now, offset, timeout, out)
+      taken, requests = taken + 1, requests + task[4]
+      if taken > more then break end
+      id, task = next_task(job, jk(job, 'queue'))
+    end
+    unqueued(job, taken)
+    redis.call('HINCRBY', meta, 'req_leased', requests)
+    server.span_job = job
+    return taken
+  end
   policy = cjson.decode(policy)
   local rate = policy.rate
   if rate == cjson.null then rate = nil end
@@ -461,6 +507,7 @@ local function take(job, allowed, worker, now, offset, timeout, server, out)
           out[#out + 1] = range.submitted
           out[#out + 1] = start and num(start + offset) or ''
           out[#out + 1] = range.spec
+          out[#out + 1] = ''
           taken = taken + 1
         end
       end
@@ -536,7 +583,9 @@ local function lease(keys, args)
   local now, wall = clock(args[1]), clock(args[2])
   local worker, want, timeout = args[3], tonumber(args[4]), tonumber(args[5])
   expire(now, wall)
-  note_worker(worker, now)
+  local w, spans = seen(worker, now), false
+  for _, kind in ipairs(w.runs) do spans = spans or kind == 'span' end
+  keep_worker(worker, w)
   local out = {}
   if tonumber(redis.call('GET', 'fq:queued') or '0') <= 0 then return out end
   if tonumber(redis.call('GET', 'fq:unconfirmed') or '0') >= tonumber(args[6]) then return out end
@@ -547,12 +596,13 @@ local function lease(keys, args)
   local order = {}
   for k = 1, #jobs do order[k] = jobs[(after + k - 1) % #jobs + 1] end
   local offset, taken, last = wall - now, 0, nil
-  local server = {cap = tonumber(args[7]), delay = tonumber(args[8])}
+  local server = {cap = tonumber(args[7]), delay = tonumber(args[8]), spans = spans}
   while taken < want do
     local share = math.ceil((want - taken) / #order)
     local progressed = false
     for _, job in ipairs(order) do
       if taken >= want then break end
+      server.room = want - taken -- an aggregate job's spans fill it all (they are few)
       local got = take(job, math.min(share, want - taken), worker, now, offset, timeout, server, out)
       if got > 0 then progressed, last, taken = true, job, taken + got end
     end
@@ -563,29 +613,47 @@ local function lease(keys, args)
 end
 
 -- complete(now, wall, worker, lease_timeout, nresults, heads, raw..., [id, attempt]...):
--- ``heads`` has a line a result, ``id attempt RWO late elapsed`` (R retryable, W it
--- asks to wait, O ok: 0 or 1 each; late and elapsed in seconds, or -), its text
--- among the ``raw`` arguments in the same order.
+-- ``heads`` has a line a result, ``id attempt RWOA late elapsed`` (R retryable, W it
+-- asks to wait, O ok, A an aggregate: 0 or 1 each; late and elapsed in seconds, or -),
+-- and for an aggregate `` ok failed late worst`` (its requests that succeeded and
+-- failed, started late, and the latest start's lateness); its text among the ``raw``
+-- arguments in the same order.  An aggregate that does not count its span's requests
+-- changes nothing, and the reply is ``miscount id counted expected``.
+local HEAD = '^(-?%d+) (-?%d+) (%d)%d(%d)(%d) (%S+) (%S+)(.*)$'
 local function complete(keys, args)
   local now, wall = clock(args[1]), clock(args[2])
   local worker, timeout, nresults = args[3], tonumber(args[4]), tonumber(args[5])
   expire(now, wall)
   local accepted, requeued, dropped, renewed = 0, 0, 0, 0
   local batches, finished, range = {}, {}, nil
+  for line in string.gmatch(args[6], '[^\n]+') do -- first: each aggregate counts its span
+    local id, _, _, _, a, _, _, rest = string.match(line, HEAD)
+    if a == '1' then
+      range = range_for(id, range)
+      local raw = range and redis.call('HGET', jk(range.job, 'tasks'), id)
+      local task = raw and cjson.decode(raw)
+      local good, bad = string.match(rest, '^ (%d+) (%d+)')
+      if task and task[4] and tonumber(good) + tonumber(bad) ~= task[4] then
+        return {'miscount', id, tostring(tonumber(good) + tonumber(bad)), tostring(task[4])}
+      end
+    end
+  end
   local i = 0
   for line in string.gmatch(args[6], '[^\n]+') do
     i = i + 1
-    local id, attempt, r, o, late, elapsed = string.match(line, '^(-?%d+) (-?%d+) (%d)%d(%d) (%S+) (%S+)$')
+    local id, attempt, r, o, a, late, elapsed, rest = string.match(line, HEAD)
     attempt = tonumber(attempt)
     local retryable, ok, raw_text = r == '1', o == '1', args[6 + i]
+    local good, bad, late_count, worst = string.match(rest, '^ (%d+) (%d+) (%d+) (%S+)$')
     range = range_for(id, range)
     local raw = range and not finished[id] and redis.call('HGET', jk(range.job, 'tasks'), id)
-    if not raw then
-      dropped = dropped + 1 -- a repeat, or a task never submitted here
+    local task = raw and cjson.decode(raw)
+    if not raw or (task[4] ~= nil) ~= (a == '1') then
+      dropped = dropped + 1 -- a repeat, a task never submitted here; a span answered by
+      -- anything but an aggregate, or an aggregate for anything but a span
     else
       local job = range.job
       local meta = jk(job, 'meta')
-      local task = cjson.decode(raw)
       local holder = redis.call('HGET', jk(job, 'holders'), id)
       local current = holder and task[1] == attempt
       local outcome
@@ -597,8 +665,13 @@ local function complete(keys, args)
       else
         outcome = 'accepted'
       end
+      if a == '1' and outcome == 'accepted' and late_count ~= '0' then
+        late = worst -- an aggregate tells its own late starts
+      else
+        late_count = '1'
+      end
       if outcome ~= 'dropped' and late ~= '-' then
-        redis.call('HINCRBY', meta, 'late', 1)
+        redis.call('HINCRBY', meta, 'late', late_count)
         if tonumber(late) > tonumber(redis.call('HGET', meta, 'worst_late')) then
           redis.call('HSET', meta, 'worst_late', late)
         end
@@ -615,21 +688,28 @@ local function complete(keys, args)
         local batch = batches[job]
         if not batch then
           batch = {ids = {}, values = {}, held = {}, dues = {}, hosts = {}, ok = 0, failed = 0,
-                   queued = 0, elapsed = 0, timed = 0}
+                   queued = 0, elapsed = 0, timed = 0, requests_ok = 0, requests_failed = 0,
+                   requests_held = 0}
           batches[job] = batch
         end
         batch.ids[#batch.ids + 1] = id
         batch.values[#batch.values + 1] = id
-        batch.values[#batch.values + 1] = raw_text
+        batch.values[#batch.values + 1] = a == '1' and '@' .. raw_text or raw_text
+        if a == '1' then
+          batch.requests_ok = batch.requests_ok + tonumber(good)
+          batch.requests_failed = batch.requests_failed + tonumber(bad)
+        end
         if holder then
           batch.held[#batch.held + 1] = id
           batch.dues[#batch.dues + 1] = due_member(job, id)
           if task[3] then batch.hosts[task[3]] = (batch.hosts[task[3]] or 0) + 1 end
+          if task[4] then batch.requests_held = batch.requests_held + task[4] end
         else
           batch.queued = batch.queued + 1
         end
-        if elapsed ~= '-' then
-          batch.elapsed, batch.timed = batch.elapsed + tonumber(elapsed), batch.timed + 1
+        if elapsed ~= '-' then -- an aggregate's is the sum over its requests
+          local weight = a == '1' and tonumber(good) + tonumber(bad) or 1
+          batch.elapsed, batch.timed = batch.elapsed + tonumber(elapsed), batch.timed + weight
         end
         if ok then batch.ok = batch.ok + 1 else batch.failed = batch.failed + 1 end
         finished[id] = true
@@ -654,6 +734,13 @@ local function complete(keys, args)
     if batch.timed > 0 then
       redis.call('HINCRBYFLOAT', meta, 'elapsed', num(batch.elapsed))
       redis.call('HINCRBY', meta, 'elapsed_n', batch.timed)
+    end
+    if batch.requests_ok + batch.requests_failed > 0 then
+      redis.call('HINCRBY', meta, 'req_succeeded', batch.requests_ok)
+      redis.call('HINCRBY', meta, 'req_failed', batch.requests_failed)
+      if batch.requests_held > 0 then -- (Lua's -0 is no integer to the store)
+        redis.call('HINCRBY', meta, 'req_leased', -batch.requests_held)
+      end
     end
     redis.call('INCRBY', 'fq:unconfirmed', #batch.ids)
     redis.call('PUBLISH', 'fq:results', job)
@@ -816,7 +903,15 @@ local function steer(keys, args)
   if redis.call('EXISTS', meta) == 0 then return {} end
   if action == 'set' then
     local policy = cjson.decode(redis.call('HGET', meta, 'policy'))
-    for name, value in pairs(cjson.decode(args[5])) do policy[name] = value end
+    local change = cjson.decode(args[5])
+    for name, value in pairs(change) do policy[name] = value end
+    if redis.call('HGET', meta, 'aggregate') == '1' then
+      for name, value in pairs(change) do
+        if value ~= cjson.null and value ~= false and value ~= 0 then
+          return {'aggregate', name} -- no pace or politeness on a store's aggregate job yet
+        end
+      end
+    end
     if limits_hosts(policy) and redis.call('HGET', meta, 'by_host') ~= '1' then
       return {'by_host'} -- its queued tasks are not sorted by host
     end
