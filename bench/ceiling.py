@@ -93,13 +93,16 @@ class Shape:
 
     @property
     def label(self) -> str:
+        on = ""
         if self.servers:
-            on = "one server" if self.servers == 1 else f"{self.servers} servers"
-            return f"{self.processes}x{self.threads}, batch {self.batch}, {on} on a store"
+            on = ", one server" if self.servers == 1 else f", {self.servers} servers"
+            on += " on a store"
         if self.span:
             each = max(1, self.batch // self.span)
             shape = f"{self.processes}x{self.threads}"
-            return f"{shape}, aggregate, spans of {self.span}, {each} a lease"
+            return f"{shape}, aggregate, spans of {self.span}, {each} a lease{on}"
+        if self.servers:
+            return f"{self.processes}x{self.threads}, batch {self.batch}{on}"
         paced = ", rate + per-host" if self.policy else ""
         return f"{self.processes}x{self.threads}, batch {self.batch}{paced}"
 
@@ -291,13 +294,14 @@ def variants(
             )
         )
     for batch in (100, 4 * AGGREGATE_SPAN) if requests else ():
-        spans = Shape(2, 8, batch, span=AGGREGATE_SPAN)
-        found.append(
-            (
-                f"ceiling {spans.label}: {main.name}",
-                lambda s=spans: fleet_run(procs, main, s, requests),
+        for servers in (0, 1, 2):
+            spans = Shape(2, 8, batch, span=AGGREGATE_SPAN, servers=servers)
+            found.append(
+                (
+                    f"ceiling {spans.label}: {main.name}",
+                    lambda s=spans: fleet_run(procs, main, s, requests),
+                )
             )
-        )
     return found
 
 
@@ -322,23 +326,24 @@ def summarise(runs: dict[str, list[dict[str, Any]]], baseline: str) -> list[str]
         if compare:
             what = "plain" if ", rate + per-host" in label else baseline
             ratio = f"   x{rate / compare[0]:.2f} rate, x{micros / compare[1]:.2f} CPU vs {what}"
-        if "aggregate" in label:
-            lines.append(f"{name:<52} {rate:>10,.0f} requests/s {micros:>7.3f} us/request")
-            continue
+        unit = "request" if "aggregate" in label else "task"
         if "on a store" in label:
             got = runs[name]
             each = [median([r["each_server_us_per_task"][n] for r in got])
                     for n in range(len(got[0]["each_server_us_per_task"]))]  # fmt: skip
             on_store = median([r["store_us_per_task"] for r in got])
-            plain = medians.get(
-                f"{label.split(', one server')[0].split(', 2 servers')[0]}: {release}"
-            )
+            embedded = label.split(", one server")[0].split(", 2 servers")[0]
+            plain = medians.get(f"{embedded}: {release}")
             ratio = f"   x{rate / plain[0]:.2f} rate vs embedded" if plain else ""
-            servers_cpu = " + ".join(f"{u:.1f}" for u in each)
+            digits = 3 if unit == "request" else 1
+            servers_cpu = " + ".join(f"{u:.{digits}f}" for u in each)
             lines.append(
-                f"{name:<52} {rate:>10,.0f} tasks/s servers {servers_cpu} us/task, "
-                f"store {on_store:.1f} us/task{ratio}"
+                f"{name:<52} {rate:>10,.0f} {unit}s/s servers {servers_cpu} us/{unit}, "
+                f"store {on_store:.{digits}f} us/{unit}{ratio}"
             )
+            continue
+        if unit == "request":
+            lines.append(f"{name:<52} {rate:>10,.0f} requests/s {micros:>7.3f} us/request")
             continue
         lines.append(f"{name:<52} {rate:>10,.0f} tasks/s {micros:>7.1f} us/task{ratio}")
     return lines

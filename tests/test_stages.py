@@ -115,7 +115,6 @@ def test_a_pause_holds_the_stages_where_they_were():
     assert resumed[10] == pytest.approx(1100.0 - 0.05 + 1.0 + 0.01), "then 50/s"
 
 
-@pytest.mark.embedded_only("staged rates are not kept on a store yet")
 def test_a_staged_rate_survives_a_restart_and_job_set_rate_ends_it(
     implementation: Factory, tmp_path: Path
 ):
@@ -157,7 +156,6 @@ def test_a_job_with_host_limits_keeps_the_staged_starts(hosts: int):
     assert len(starts) == 350
 
 
-@pytest.mark.embedded_only("staged rates are not kept on a store yet")
 def test_status_shows_the_rate_the_stages_ask_for_now(implementation: Factory, clock: FakeClock):
     broker = implementation(clock=clock)
     stages = parse_stages("0..100/s over 4s, 100/s for 4s")
@@ -180,7 +178,6 @@ def test_a_start_held_back_takes_the_next_staged_slot_without_a_burst():
     assert starts[:3] == pytest.approx([1002.0, 1002.05, 1002.15])
 
 
-@pytest.mark.embedded_only("staged rates are not kept on a store yet")
 def test_a_dispatch_to_a_staged_job_keeps_its_stages(implementation: Factory):
     broker = implementation()
     stages = parse_stages("0..100/s over 4s, 100/s for 4s")
@@ -190,3 +187,36 @@ def test_a_dispatch_to_a_staged_job_keeps_its_stages(implementation: Factory):
         broker.submit({"job": "s", "urls": ["http://127.0.0.1/c"], "stages": stages[:1]})
     with pytest.raises(BadRequest, match="job set s --rate R ends its stages"):
         broker.submit({"job": "s", "urls": ["http://127.0.0.1/c"], "rate": 5.0})
+
+
+def test_a_broker_leases_at_the_staged_starts_and_a_pause_holds_them(
+    implementation: Factory, clock: FakeClock
+):
+    """Through the broker's API: the starts leased are the stages' own, a second ahead
+    at most, from the first lease on; a pause holds them, and they go on where they
+    were at the resume."""
+    wall = 1_700_000_000.0
+    broker = implementation(clock=clock, wall_clock=lambda: wall + clock.now)
+    stages = parse_stages("0..100/s over 4s, 100/s for 4s")
+    schedule = Stages(stages)
+    urls = [f"http://127.0.0.1/{n}" for n in range(schedule.requests)]
+    broker.submit({"job": "s", "urls": urls, "stages": stages})
+    first_lease = wall + clock.now
+    starts = []
+    for _ in range(4):
+        starts += [task["scheduled"] for task in broker.lease("w", 1_000, 0)]
+        clock.advance(0.5)
+    assert starts == pytest.approx(
+        [first_lease + schedule.start_of(n) for n in range(len(starts))], abs=1e-6
+    )
+    assert len(starts) == math.floor(schedule.started_by(1.5 + LOOKAHEAD) + 0.5)
+    broker.steer("s", {"action": "pause"})
+    clock.advance(10.0)
+    broker.steer("s", {"action": "resume"})
+    resumed = [task["scheduled"] for task in broker.lease("w", 1_000, 0)]
+    assert resumed[0] == pytest.approx(wall + clock.now, abs=1e-6)  # the next start: now
+    done = len(starts)
+    assert [start - resumed[0] for start in resumed] == pytest.approx(
+        [schedule.start_of(done + n) - schedule.start_of(done) for n in range(len(resumed))],
+        abs=1e-6,
+    )  # and the stages go on from where they were

@@ -61,12 +61,12 @@ from fetchq.wire.records import (
     make_task,
 )
 from fetchq.wire.specs import MAX_BODY, MAX_JOB_SPECS, spec_record
+from fetchq.wire.stages import Stages
 
 POLL = 0.25
 """Longest a waiting call goes without asking the store again, woken or not."""
 
 NOT_YET = {
-    "stages": "staged --rate",
     "obey_robots": "--robots",
     "retry_after": "--retry-after",
 }
@@ -287,6 +287,11 @@ class StoreBroker:
         ]
         server_limits = bool(self.per_host or self.host_delay)
         limited = not request.spans and (server_limits or Policy(**request.policy).limits_hosts)
+        if limited and request.policy.get("stages"):
+            raise BadRequest(
+                "a server on a store takes no staged --rate with per-host limits yet "
+                "(--per-host, --host-delay, the job's or the server's)"
+            )
         deadline = self._elapsed_clock() + request.wait
         while True:
             hosted = limited or request.job in self._by_host
@@ -448,7 +453,8 @@ class StoreBroker:
         fields = _fields(reply)
         if not fields:
             raise self._no_such_job(name)
-        return _job_view(fields)
+        now = self._clock() if self._clock is not None else self._store_time()
+        return _job_view(fields, now)
 
     def release(self, worker: str, leases: list[list[int]]) -> int:
         worker = validate.worker_name(worker)
@@ -503,7 +509,7 @@ class StoreBroker:
         now, unconfirmed, njobs = float(reply[0]), int(reply[1]), int(reply[2])
         jobs = {}
         for fields in map(_fields, reply[3 : 3 + njobs]):
-            jobs[fields["job"]] = _job_view(fields)
+            jobs[fields["job"]] = _job_view(fields, now)
         workers: list[WorkerRow] = []
         threads = 0
         for row in reply[3 + njobs :]:
@@ -628,7 +634,9 @@ def _counts(fields: dict[str, str]) -> JobCounts:
     }
 
 
-def _job_view(fields: dict[str, str]) -> JobView:
+def _job_view(fields: dict[str, str], now: float) -> JobView:
+    """A job as ``status`` lists it; a staged job's target is the rate its stages ask
+    for at ``now`` (the store's time)."""
     counts = _counts(fields)
     policy = msgspec.json.decode(fields["policy"])
     state = fields["state"]
@@ -641,6 +649,9 @@ def _job_view(fields: dict[str, str]) -> JobView:
     measured = int(fields["elapsed_n"])
     mean = round(float(fields["elapsed"]) / measured, 4) if measured else None
     target = policy["rate"]
+    if policy.get("stages"):
+        anchor = float(fields["anchor"]) if fields["anchor"] else now
+        target = Stages(policy["stages"]).rate_at(now - anchor)
     return {
         **counts,
         "state": shown,

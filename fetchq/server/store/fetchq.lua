@@ -237,7 +237,7 @@ end
 local COUNTERS = {'submitted', 'queued', 'succeeded', 'failed', 'expired', 'handed_out',
                   'confirmed', 'sealed', 'state', 'policy', 'late', 'worst_late', 'created',
                   'elapsed', 'elapsed_n', 'next_slot', 'aggregate', 'req_submitted',
-                  'req_succeeded', 'req_failed', 'req_leased'}
+                  'req_succeeded', 'req_failed', 'req_leased', 'anchor'}
 
 local function counts(job)
   local meta = jk(job, 'meta')
@@ -262,6 +262,13 @@ end
 local function same_value(have, wanted)
   if type(have) == 'number' and type(wanted) == 'number' then
     return math.abs(have - wanted) <= 1e-9 * math.max(math.abs(have), math.abs(wanted))
+  end
+  if type(have) == 'table' and type(wanted) == 'table' then -- stages: lists of lists
+    if #have ~= #wanted then return false end
+    for i = 1, #have do
+      if not same_value(have[i], wanted[i]) then return false end
+    end
+    return true
   end
   return have == wanted
 end
@@ -410,6 +417,42 @@ end
 
 local MAX_HOST_VISITS = 1000 -- hosts one lease call looks at in one job
 
+-- A staged rate (a policy's ``stages``, [seconds, start rate, end rate] each), in the
+-- terms of fetchq/wire/stages.py: request n starts where the rate's integral reaches
+-- n + 1/2; past the stages, the last rate they had holds.
+local function stage_plan(stages)
+  local plan = {stages = stages, begins = {}, counts = {}, tail = 0}
+  local at, count = 0, 0
+  for i, stage in ipairs(stages) do
+    plan.begins[i], plan.counts[i] = at, count
+    at, count = at + stage[1], count + (stage[2] + stage[3]) / 2 * stage[1]
+  end
+  plan.duration, plan.total = at, count
+  for i = #stages, 1, -1 do
+    local rate = stages[i][3] > 0 and stages[i][3] or stages[i][2]
+    if rate > 0 then plan.tail = rate break end
+  end
+  return plan
+end
+
+-- Seconds after the stages' start at which request ``n`` starts.
+local function start_of(plan, n)
+  local target = n + 0.5
+  if target > plan.total then
+    if plan.tail == 0 then return math.huge end
+    return plan.duration + (target - plan.total) / plan.tail
+  end
+  local index = 1 -- the last stage that begins below the target (never a pause)
+  for i = 1, #plan.counts do if plan.counts[i] < target then index = i end end
+  local stage, left = plan.stages[index], target - plan.counts[index]
+  -- The rate is a + (b - a) t / T; its integral a t + k t^2, solved for t in the form
+  -- that loses no precision when k is small.
+  local a, k = stage[2], (stage[3] - stage[2]) / (2 * stage[1])
+  local root = math.sqrt(math.max(0, a * a + 4 * k * left))
+  local into = a + root > 0 and math.min(stage[1], 2 * left / (a + root)) or stage[1]
+  return plan.begins[index] + into
+end
+
 -- The lease of one task to ``worker``, to start at ``start`` (nil: at once), appended
 -- to ``out`` as 9 fields (the last: ``span`` for an aggregate job's span).
 local function grant(job, id, task, range, worker, start, now, offset, timeout, out)
@@ -451,8 +494,9 @@ end
 -- cap (requests in flight) and its delay (between two starts).
 local function take(job, allowed, worker, now, offset, timeout, server, out)
   local meta = jk(job, 'meta')
-  local state, queued, policy, next_slot, fresh, by_host, aggregate = unpack(redis.call(
-    'HMGET', meta, 'state', 'queued', 'policy', 'next_slot', 'fresh', 'by_host', 'aggregate'))
+  local state, queued, policy, next_slot, fresh, by_host, aggregate, anchor, index = unpack(
+    redis.call('HMGET', meta, 'state', 'queued', 'policy', 'next_slot', 'fresh', 'by_host',
+               'aggregate', 'anchor', 'index'))
   if state ~= '' or tonumber(queued) <= 0 then return 0 end
   if aggregate == '1' then
     -- Spans go only to a worker that runs them, from one job a call: the first, then
@@ -479,11 +523,29 @@ local function take(job, allowed, worker, now, offset, timeout, server, out)
   if rate == cjson.null then rate = nil end
   local slot = tonumber(next_slot)
   local horizon = now + LOOKAHEAD
-  if rate then
+  local plan = policy.stages ~= nil and policy.stages ~= cjson.null and stage_plan(policy.stages)
+  local starts -- the start of the k-th task taken now (from 0), on a paced job
+  if plan then -- staged: the stages begin at the job's first lease (its anchor)
+    anchor, index = tonumber(anchor), tonumber(index) or 0
+    if fresh == '1' then
+      if not anchor then
+        anchor, index = now, 0
+        slot = now + start_of(plan, 0)
+      elseif now > slot then -- after a pause or an idle spell the stages go on
+        anchor, slot = anchor + (now - slot), now
+      end
+    end
+    starts = function(k) return k == 0 and slot or anchor + start_of(plan, index + k) end
+    local due = 0
+    while due < allowed and starts(due) <= horizon do due = due + 1 end
+    allowed = due
+  elseif rate then
     if fresh == '1' then slot = math.max(slot, now) end
     if slot > horizon then return 0 end
     allowed = math.min(allowed, math.floor((horizon - slot) * rate) + 1)
+    starts = function(k) return slot + k / rate end
   end
+  if allowed <= 0 then return 0 end
   local taken, range = 0, nil
   if by_host ~= '1' then
     local held, dues = {}, {}
@@ -495,7 +557,7 @@ local function take(job, allowed, worker, now, offset, timeout, server, out)
         if raws[k] then
           local task = cjson.decode(raws[k])
           range = range_for(id, range)
-          local start = rate and slot + taken / rate
+          local start = starts and starts(taken)
           held[#held + 1], held[#held + 2] = id, worker
           dues[#dues + 1] = num((start and math.max(now, start) or now) + timeout)
           dues[#dues + 1] = due_member(job, id)
@@ -514,7 +576,13 @@ local function take(job, allowed, worker, now, offset, timeout, server, out)
     end
     chunked('HSET', jk(job, 'holders'), held)
     chunked('ZADD', 'fq:due', dues)
-    if rate then slot = slot + taken / rate end
+    if plan then
+      index = index + taken
+      slot = anchor + start_of(plan, index)
+      redis.call('HSET', meta, 'anchor', num(anchor), 'index', index)
+    elseif rate then
+      slot = slot + taken / rate
+    end
   else
     local cap = policy.per_host
     if cap == cjson.null then cap = nil end
@@ -916,6 +984,10 @@ local function steer(keys, args)
       return {'by_host'} -- its queued tasks are not sorted by host
     end
     redis.call('HSET', meta, 'policy', cjson.encode(policy))
+    if change.stages ~= nil and change.stages ~= cjson.null then -- they start at the next lease
+      redis.call('HDEL', meta, 'anchor', 'index')
+      redis.call('HSET', meta, 'fresh', 1)
+    end
   elseif not job_done(meta) then
     local state = redis.call('HGET', meta, 'state')
     if action == 'cancel' then
