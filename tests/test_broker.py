@@ -182,7 +182,6 @@ def test_a_result_naming_another_job_is_kept_under_its_tasks_job(
     assert (kept["id"], kept["job"]) == (task["id"], "a")
 
 
-@pytest.mark.embedded_only("Retry-After holds on hosts are not kept on a store yet")
 def test_a_429_asking_to_wait_holds_the_host_and_queues_the_task_again(
     broker: BrokerService, clock: FakeClock
 ) -> None:

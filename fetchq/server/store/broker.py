@@ -28,7 +28,7 @@ from fetchq.errors import BadRequest, NoSuchJob, StoreUnavailable, VersionMismat
 from fetchq.messages import say
 from fetchq.server import steering, validate, views
 from fetchq.server.broker import CLOCK_STEP
-from fetchq.server.completion import ended_span
+from fetchq.server.completion import MAX_HOLD, ended_span
 from fetchq.server.jobqueue import Policy
 from fetchq.server.jobs import unknown_job
 from fetchq.server.leasing import as_spans
@@ -68,7 +68,6 @@ POLL = 0.25
 
 NOT_YET = {
     "obey_robots": "--robots",
-    "retry_after": "--retry-after",
 }
 """Policy a job on a store does not take yet, and the option that asks for it."""
 
@@ -398,12 +397,15 @@ class StoreBroker:
                 + ("1" if head.ok else "0")
             )
             elapsed = "-" if head.elapsed is None else repr(head.elapsed)
+            hold = "-"
+            if head.status in RETRY_AFTER_STATUSES and head.retry_after is not None:
+                hold = repr(min(max(head.retry_after, 0.001), MAX_HOLD))
             if isinstance(result, StoredAggregate):
                 good, bad = result.counts
                 counted = f" {good} {bad} {result.late} {result.worst_lateness!r}"
-                heads.append(f"{head.id} {head.attempt} {flags}1 - {elapsed}{counted}")
+                heads.append(f"{head.id} {head.attempt} {flags}1 - {elapsed} -{counted}")
             else:
-                heads.append(f"{head.id} {head.attempt} {flags}0 {late} {elapsed}")
+                heads.append(f"{head.id} {head.attempt} {flags}0 {late} {elapsed} {hold}")
             raws.append(result.raw)
         reply = self._call(
             "complete",

@@ -257,6 +257,7 @@ end
 local function limits_hosts(policy)
   local cap, delay = policy.per_host, policy.host_delay
   return (cap ~= nil and cap ~= cjson.null) or (type(delay) == 'number' and delay > 0)
+    or policy.retry_after == true
 end
 
 local function same_value(have, wanted)
@@ -599,19 +600,22 @@ local function take(job, allowed, worker, now, offset, timeout, server, out)
         room = math.min(room, server.cap - tonumber(redis.call('HGET', 'fq:flight', host) or '0'))
       end
       local host_at = now
-      if delay > 0 or server.delay > 0 then
+      local spaced = delay > 0 or server.delay > 0
+      if spaced then
         room = math.min(room, 1) -- one start a visit: the next waits for its delay
         host_at = math.max(now, tonumber(redis.call('HGET', last, host) or '-inf') + delay,
                            tonumber(redis.call('HGET', 'fq:last', host) or '-inf') + server.delay)
-        if host_at > horizon then room = 0 end
       end
+      local held = tonumber(redis.call('HGET', jk(job, 'held'), host) or '-inf') -- Retry-After
+      if held > now then spaced, host_at = true, math.max(host_at, held) end
+      if host_at > horizon then room = 0 end
       local got = 0
       while got < room do
         local start = nil
         if rate then
           start = math.max(slot, host_at)
           if start > horizon then break end
-        elseif delay > 0 or server.delay > 0 then
+        elseif spaced then
           start = host_at
         end
         local id, task = next_task(job, queue)
@@ -681,21 +685,22 @@ local function lease(keys, args)
 end
 
 -- complete(now, wall, worker, lease_timeout, nresults, heads, raw..., [id, attempt]...):
--- ``heads`` has a line a result, ``id attempt RWOA late elapsed`` (R retryable, W it
--- asks to wait, O ok, A an aggregate: 0 or 1 each; late and elapsed in seconds, or -),
+-- ``heads`` has a line a result, ``id attempt RWOA late elapsed hold`` (R retryable,
+-- W a 429 or 503, O ok, A an aggregate: 0 or 1 each; late, elapsed, and the wait its
+-- Retry-After asks for, in seconds, or -),
 -- and for an aggregate `` ok failed late worst`` (its requests that succeeded and
 -- failed, started late, and the latest start's lateness); its text among the ``raw``
 -- arguments in the same order.  An aggregate that does not count its span's requests
 -- changes nothing, and the reply is ``miscount id counted expected``.
-local HEAD = '^(-?%d+) (-?%d+) (%d)%d(%d)(%d) (%S+) (%S+)(.*)$'
+local HEAD = '^(-?%d+) (-?%d+) (%d)(%d)(%d)(%d) (%S+) (%S+) (%S+)(.*)$'
 local function complete(keys, args)
   local now, wall = clock(args[1]), clock(args[2])
   local worker, timeout, nresults = args[3], tonumber(args[4]), tonumber(args[5])
   expire(now, wall)
   local accepted, requeued, dropped, renewed = 0, 0, 0, 0
-  local batches, finished, range = {}, {}, nil
+  local batches, finished, range, obeys = {}, {}, nil, {}
   for line in string.gmatch(args[6], '[^\n]+') do -- first: each aggregate counts its span
-    local id, _, _, _, a, _, _, rest = string.match(line, HEAD)
+    local id, _, _, _, _, a, _, _, _, rest = string.match(line, HEAD)
     if a == '1' then
       range = range_for(id, range)
       local raw = range and redis.call('HGET', jk(range.job, 'tasks'), id)
@@ -709,7 +714,7 @@ local function complete(keys, args)
   local i = 0
   for line in string.gmatch(args[6], '[^\n]+') do
     i = i + 1
-    local id, attempt, r, o, a, late, elapsed, rest = string.match(line, HEAD)
+    local id, attempt, r, w, o, a, late, elapsed, hold, rest = string.match(line, HEAD)
     attempt = tonumber(attempt)
     local retryable, ok, raw_text = r == '1', o == '1', args[6 + i]
     local good, bad, late_count, worst = string.match(rest, '^ (%d+) (%d+) (%d+) (%S+)$')
@@ -724,10 +729,15 @@ local function complete(keys, args)
       local meta = jk(job, 'meta')
       local holder = redis.call('HGET', jk(job, 'holders'), id)
       local current = holder and task[1] == attempt
+      local wait = 0 -- a 429 or 503 asking to wait, in a job that obeys Retry-After
+      if w == '1' and hold ~= '-' and task[3] then
+        if obeys[job] == nil then obeys[job] = cjson.decode(redis.call('HGET', meta, 'policy')).retry_after == true end
+        if obeys[job] then wait = tonumber(hold) end
+      end
       local outcome
       if retryable and not current then
         outcome = 'dropped' -- a stale attempt
-      elseif retryable and current and attempt < range.attempts
+      elseif (retryable or wait > 0) and current and attempt < range.attempts
           and redis.call('HGET', meta, 'state') ~= 'cancelled' then
         outcome = 'requeued'
       else
@@ -747,6 +757,11 @@ local function complete(keys, args)
       if outcome == 'dropped' then
         dropped = dropped + 1
       elseif outcome == 'requeued' then
+        if wait > 0 then -- no start on the host before then
+          local until_then = now + wait
+          local held = tonumber(redis.call('HGET', jk(job, 'held'), task[3]) or '-inf')
+          if until_then > held then redis.call('HSET', jk(job, 'held'), task[3], num(until_then)) end
+        end
         end_lease(job, id, task)
         task[1] = task[1] + 1
         queue_again(job, id, task, true)
