@@ -1271,6 +1271,29 @@ def test_status_lists_jobs_and_workers_with_leased_counts(
     assert workers["w1"]["last_seen_ago"] == 0.0
 
 
+def test_status_tells_a_jobs_pace_lately_and_its_busiest_hosts(
+    make_broker: Factory, clock: FakeClock
+) -> None:
+    """The rate its results came in at over the whole seconds since its first, their
+    mean service time, and its hosts with the longest queues."""
+    broker = make_broker(wall_clock=lambda: WALL + clock.now)
+    mixed = urls(6, "http://h.test/") + urls(2, "http://g.test/")
+    broker.submit({"job": "a", "urls": mixed, "per_host": 5})
+    leased = broker.lease("w1", 20, 0)
+    assert len(leased) == 7  # five on h.test, its cap; both on g.test
+    clock.advance(0.2)
+    broker.complete("w1", [ok(leased[0])])  # the first result: its second is not measured
+    clock.advance(1.0)
+    broker.complete("w1", [ok(task) for task in leased[1:4]])
+    clock.advance(1.0)
+    broker.complete("w1", [ok(task) for task in leased[4:7]])
+    clock.advance(1.0)
+    view = broker.status()["jobs"]["a"]
+    assert (view["pace"]["achieved"], view["pace"]["achieved_over"]) == (3.0, 2.0)
+    assert view["pace"]["mean_elapsed"] == pytest.approx(0.01)
+    assert view["hosts"] == [{"host": "h.test:80", "queued": 1, "in_flight": 0}]
+
+
 # -- many threads ------------------------------------------------------------
 
 

@@ -150,6 +150,15 @@ class PaceSeen:
                 self.late += aggregate.late
                 self.worst_lateness = max(self.worst_lateness, aggregate.worst_lateness)
 
+    @classmethod
+    def of_seconds(cls, first: float | None, seconds: list[list[Any]]) -> PaceSeen:
+        """The pace a store kept: when the first result came in, and ``[second, results,
+        elapsed summed]`` for each second with results (in order)."""
+        seen = cls()
+        seen._first = first
+        seen._seconds = deque(seconds)
+        return seen
+
     def _measured(self, now: float) -> tuple[list[list[Any]], float]:
         """The entries measured and the seconds they span (0: nothing to measure yet)."""
         if self._first is None:

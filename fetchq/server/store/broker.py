@@ -30,9 +30,10 @@ from fetchq.server import steering, validate, views
 from fetchq.server.broker import CLOCK_STEP
 from fetchq.server.completion import MAX_HOLD, ended_span
 from fetchq.server.jobqueue import Policy
-from fetchq.server.jobs import unknown_job
+from fetchq.server.jobs import PaceSeen, unknown_job
 from fetchq.server.leasing import as_spans
 from fetchq.server.store.connection import connect, load_library, shown
+from fetchq.server.views import BUSIEST_HOSTS
 from fetchq.urls import host_key
 from fetchq.wire.aggregates import StoredAggregate, read_span, span_size
 from fetchq.wire.api import (
@@ -648,8 +649,8 @@ def _job_view(fields: dict[str, str], now: float) -> JobView:
         shown = state
     else:
         shown = "sealed" if counts["sealed"] else "open"
-    measured = int(fields["elapsed_n"])
-    mean = round(float(fields["elapsed"]) / measured, 4) if measured else None
+    seen = _pace_seen(fields)
+    mean = seen.mean_elapsed(now)
     target = policy["rate"]
     if policy.get("stages"):
         anchor = float(fields["anchor"]) if fields["anchor"] else now
@@ -660,15 +661,42 @@ def _job_view(fields: dict[str, str], now: float) -> JobView:
         "policy": policy,
         "pace": {
             "target": target,
-            "achieved": 0.0,
-            "achieved_over": 0.0,
+            "achieved": round(seen.rate(now), 1),
+            "achieved_over": round(seen.measured_over(now), 1),
             "late": int(fields["late"]),
             "worst_lateness": round(float(fields["worst_late"]), 4),
             "mean_elapsed": mean,
             "needed_in_flight": round(target * mean, 1) if target and mean is not None else None,
         },
-        "hosts": [],
+        "hosts": [
+            {"host": host, "queued": queued, "in_flight": in_flight}
+            for host, queued, in_flight in _busiest_hosts(fields["hosts"])
+        ],
     }
+
+
+def _pace_seen(fields: dict[str, str]) -> PaceSeen:
+    """A job's pace lately, from what the store kept of it by the second."""
+    kept = msgspec.json.decode(fields["seconds"]) or []  # Lua's empty table is "{}"
+    by_second: dict[int, list[Any]] = {}
+    for name, value in zip(kept[::2], kept[1::2], strict=True):
+        entry = by_second.setdefault(int(name[1:]), [int(name[1:]), 0, 0.0])
+        if name[0] == "n":
+            entry[1] = int(value)
+        else:
+            entry[2] = float(value)
+    first = float(fields["first_result"]) if fields["first_result"] else None
+    return PaceSeen.of_seconds(first, [by_second[second] for second in sorted(by_second)])
+
+
+def _busiest_hosts(text: str) -> list[tuple[str, int, int]]:
+    """The hosts with the longest queues, as the embedded broker lists them."""
+    rows = []
+    for line in text.splitlines():
+        host, queued, in_flight = line.rsplit(" ", 2)
+        if int(queued) or int(in_flight):
+            rows.append((host, int(queued), int(in_flight)))
+    return sorted(rows, key=lambda row: (-row[1], row[0]))[:BUSIEST_HOSTS]
 
 
 TASK_FIELDS = 9

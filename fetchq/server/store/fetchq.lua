@@ -228,6 +228,21 @@ local function end_cancelled(wall, room)
   return ended_count
 end
 
+local RECENT = 10 -- whole seconds a job's pace is measured over (fetchq/server/jobs.py)
+
+-- Results taken in at ``now``: counted in the second they came in (``requests`` of
+-- them, for an aggregate job's), the seconds too old to be measured let go.
+local function pace_seen(job, now, results, requests, elapsed)
+  local second = math.floor(now)
+  local seconds = jk(job, 'seconds')
+  redis.call('HINCRBY', seconds, 'n' .. second, requests > 0 and requests or results)
+  redis.call('HINCRBYFLOAT', seconds, 'e' .. second, num(elapsed))
+  redis.call('HSETNX', jk(job, 'meta'), 'first_result', num(now))
+  for old = second - RECENT - 4, second - RECENT - 1 do
+    redis.call('HDEL', seconds, 'n' .. old, 'e' .. old)
+  end
+end
+
 local function job_done(meta)
   local sealed, confirmed, submitted = unpack(redis.call('HMGET', meta, 'sealed', 'confirmed', 'submitted'))
   return sealed == '1' and tonumber(confirmed) == tonumber(submitted)
@@ -236,8 +251,10 @@ end
 -- A job's counters as the Python side reads them (a flat list of field, value).
 local COUNTERS = {'submitted', 'queued', 'succeeded', 'failed', 'expired', 'handed_out',
                   'confirmed', 'sealed', 'state', 'policy', 'late', 'worst_late', 'created',
-                  'elapsed', 'elapsed_n', 'next_slot', 'aggregate', 'req_submitted',
-                  'req_succeeded', 'req_failed', 'req_leased', 'anchor'}
+                  'next_slot', 'aggregate', 'req_submitted',
+                  'req_succeeded', 'req_failed', 'req_leased', 'anchor', 'first_result'}
+
+local BUSIEST = 1000 -- hosts a job's counts look at for its busiest
 
 local function counts(job)
   local meta = jk(job, 'meta')
@@ -247,6 +264,23 @@ local function counts(job)
     reply[#reply + 1] = name
     reply[#reply + 1] = values[i] or ''
   end
+  -- Its pace lately: results (requests, for an aggregate job) and elapsed summed, by
+  -- the second they came in; and its hosts: queued (ids, done ones included) and in
+  -- flight, as ``host queued in_flight`` lines.
+  reply[#reply + 1] = 'seconds'
+  reply[#reply + 1] = cjson.encode(redis.call('HGETALL', jk(job, 'seconds')))
+  local hosts, rows = {}, {}
+  for _, host in ipairs(redis.call('LRANGE', jk(job, 'ring'), 0, BUSIEST - 1)) do hosts[host] = true end
+  local flight = redis.call('HGETALL', jk(job, 'flight'))
+  local running = {}
+  for i = 1, #flight, 2 do
+    if tonumber(flight[i + 1]) > 0 then hosts[flight[i]], running[flight[i]] = true, flight[i + 1] end
+  end
+  for host in pairs(hosts) do
+    rows[#rows + 1] = host .. ' ' .. redis.call('LLEN', jk(job, 'hq:' .. host)) .. ' ' .. (running[host] or 0)
+  end
+  reply[#reply + 1] = 'hosts'
+  reply[#reply + 1] = table.concat(rows, '\n')
   reply[#reply + 1] = 'leased'
   reply[#reply + 1] = tostring(redis.call('HLEN', jk(job, 'holders')))
   reply[#reply + 1] = 'waiting'
@@ -814,10 +848,6 @@ local function complete(keys, args)
     chunked('HSET', jk(job, 'result'), batch.values)
     if batch.ok > 0 then redis.call('HINCRBY', meta, 'succeeded', batch.ok) end
     if batch.failed > 0 then redis.call('HINCRBY', meta, 'failed', batch.failed) end
-    if batch.timed > 0 then
-      redis.call('HINCRBYFLOAT', meta, 'elapsed', num(batch.elapsed))
-      redis.call('HINCRBY', meta, 'elapsed_n', batch.timed)
-    end
     if batch.requests_ok + batch.requests_failed > 0 then
       redis.call('HINCRBY', meta, 'req_succeeded', batch.requests_ok)
       redis.call('HINCRBY', meta, 'req_failed', batch.requests_failed)
@@ -827,6 +857,7 @@ local function complete(keys, args)
     end
     redis.call('INCRBY', 'fq:unconfirmed', #batch.ids)
     redis.call('PUBLISH', 'fq:results', job)
+    pace_seen(job, now, #batch.ids, batch.requests_ok + batch.requests_failed, batch.elapsed)
   end
   for p = 7 + nresults, #args - 1, 2 do
     local id, attempt = args[p], tonumber(args[p + 1])
