@@ -108,19 +108,42 @@ def restart_keeps_leases(broker: BrokerService) -> bool:
     return isinstance(broker, StoreBroker)
 
 
-def _store_jobs(broker: StoreBroker) -> list[str]:
-    return [job.decode() for job in broker._store.zrange("fq:jobs", 0, -1)]
+class _StoreView(NamedTuple):
+    """A store's jobs as the helpers below read them, a few commands a job: its
+    queue's ids, its tasks (id to ``[attempt, url, ...]``) and its holders."""
+
+    queues: dict[str, list[int]]
+    tasks: dict[str, dict[int, list[Any]]]
+    holders: dict[str, dict[int, str]]
+
+
+def _store_view(broker: StoreBroker) -> _StoreView:
+    store = broker._store
+    jobs = [job.decode() for job in store.zrange("fq:jobs", 0, -1)]
+    pipe = store.pipeline(transaction=True)  # one moment of the store
+    for job in jobs:
+        pipe.lrange(f"fq:{{{job}}}:queue", 0, -1)
+        pipe.hgetall(f"fq:{{{job}}}:tasks")
+        pipe.hgetall(f"fq:{{{job}}}:holders")
+    replies = pipe.execute()
+    view = _StoreView({}, {}, {})
+    for n, job in enumerate(jobs):
+        queue, tasks, holders = replies[3 * n : 3 * n + 3]
+        view.queues[job] = [int(task_id) for task_id in queue]
+        view.tasks[job] = {int(k): json.loads(v) for k, v in tasks.items()}
+        view.holders[job] = {int(k): v.decode() for k, v in holders.items()}
+    return view
 
 
 def queued_tasks(broker: BrokerService) -> Iterator[tuple[int, int]]:
     """``(id, attempt)`` of every live queued copy (stale copies left out)."""
     if isinstance(broker, StoreBroker):  # the ids in a job's queue that are neither
-        store = broker._store  # done (no task left) nor leased
-        for job in _store_jobs(broker):
-            for raw_id in store.lrange(f"fq:{{{job}}}:queue", 0, -1):
-                task = store.hget(f"fq:{{{job}}}:tasks", raw_id)
-                if task is not None and not store.hexists(f"fq:{{{job}}}:holders", raw_id):
-                    yield int(raw_id), json.loads(task)[0]
+        view = _store_view(broker)  # done (no task left) nor leased
+        for job, queue in view.queues.items():
+            for task_id in queue:
+                task = view.tasks[job].get(task_id)
+                if task is not None and task_id not in view.holders[job]:
+                    yield task_id, task[0]
         return
     state = _embedded(broker)._state
     done, leases = state.ledger.done, state.leases
@@ -133,13 +156,14 @@ def leases(broker: BrokerService) -> dict[int, Lease]:
     """Every lease by task id.  The API counts leases; which worker holds which task
     until when is only seen by their expiry, so the model checks it here."""
     if isinstance(broker, StoreBroker):
-        store, found = broker._store, {}
-        for job in _store_jobs(broker):
-            for raw_id, worker in store.hgetall(f"fq:{{{job}}}:holders").items():
-                task = json.loads(store.hget(f"fq:{{{job}}}:tasks", raw_id) or b"[0]")
-                deadline = store.zscore("fq:due", f"{job}\n{raw_id.decode()}")
-                assert deadline is not None, (job, raw_id)
-                found[int(raw_id)] = Lease(worker.decode(), task[0], deadline, job, None)
+        view = _store_view(broker)
+        deadlines = dict(broker._store.zrange("fq:due", 0, -1, withscores=True))
+        found = {}
+        for job, holders in view.holders.items():
+            for task_id, worker in holders.items():
+                deadline = deadlines[f"{job}\n{task_id}".encode()]
+                attempt = view.tasks[job][task_id][0]
+                found[task_id] = Lease(worker, attempt, deadline, job, None)
         return found
     state = _embedded(broker)._state
     return {
@@ -150,17 +174,26 @@ def leases(broker: BrokerService) -> dict[int, Lease]:
     }
 
 
-def done(broker: BrokerService, task_id: int) -> bool:
-    """The task has its result (later reports of it are dropped)."""
+def finished(broker: BrokerService) -> Callable[[int], bool]:
+    """Whether a task has its result (later reports of it are dropped), as the broker
+    is now: a store's is read once, for every task asked about after."""
     if isinstance(broker, StoreBroker):  # a task of a known range, no longer kept
-        store = broker._store
-        ranges = store.zrevrangebyscore("fq:ranges", task_id, "-inf", start=0, num=1)
-        if not ranges:
-            return False
-        first, count, *_, job = ranges[0].decode().split("\t")
-        kept = store.hexists(f"fq:{{{job}}}:tasks", task_id)
-        return task_id < int(first) + int(count) and not kept
-    return task_id in _embedded(broker)._state.ledger.done
+        view = _store_view(broker)
+        ranges = [
+            (int(first), int(count), job)
+            for first, count, *_, job in (
+                member.decode().split("\t") for member in broker._store.zrange("fq:ranges", 0, -1)
+            )
+        ]
+
+        def is_done(task_id: int) -> bool:
+            return any(
+                first <= task_id < first + count and task_id not in view.tasks[job]
+                for first, count, job in ranges
+            )
+
+        return is_done
+    return _embedded(broker)._state.ledger.done.__contains__
 
 
 def renew(broker: BrokerService, worker: str, leases: list[list[int]]) -> int:

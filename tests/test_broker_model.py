@@ -25,7 +25,7 @@ from brokerkit import (
     IMPLEMENTATIONS,
     Factory,
     crash,
-    done,
+    finished,
     leases,
     queued_tasks,
     renew,
@@ -458,6 +458,7 @@ class BrokerMachine(RuleBasedStateMachine):
         """White box: the broker's queue, leases and done set against the model (the API
         counts tasks in each place; which task is where only the inside shows)."""
         held = leases(self.broker)
+        is_done = finished(self.broker)
         live: Counter[int] = Counter()
         attempts: dict[int, int] = {}
         for task_id, attempt in queued_tasks(self.broker):
@@ -466,7 +467,7 @@ class BrokerMachine(RuleBasedStateMachine):
         assert set(live) <= set(self.tasks)
         assert set(held) <= set(self.tasks)
         for task_id, task in self.tasks.items():
-            places = (live[task_id], task_id in held, done(self.broker, task_id))
+            places = (live[task_id], task_id in held, is_done(task_id))
             if task.state == "queued":
                 assert places == (1, False, False), (task, places)
                 assert attempts[task_id] == task.attempt, task
