@@ -43,11 +43,17 @@ class StoreProcess:
     AOF's fsync policy (``always``, ``everysec``)."""
 
     def __init__(
-        self, directory: Path, *, port: int | None = None, appendfsync: str | None = None
+        self,
+        directory: Path,
+        *,
+        port: int | None = None,
+        appendfsync: str | None = None,
+        password: str | None = None,
     ) -> None:
         self.directory = directory
         self.port = port
         self.appendfsync = appendfsync
+        self.password = password
         self.socket = directory / "store.sock"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -73,6 +79,7 @@ class StoreProcess:
             "--dir", str(self.directory),
             "--save", "",
             *persistence,
+            *(["--requirepass", self.password] if self.password else []),
             "--daemonize", "no",
             "--loglevel", "warning",
             "--logfile", str(self.directory / "store.log"),
@@ -92,7 +99,9 @@ class StoreProcess:
         return self
 
     def client(self) -> redis.Redis:
-        return redis.Redis(unix_socket_path=str(self.socket), socket_timeout=10)
+        return redis.Redis(
+            unix_socket_path=str(self.socket), socket_timeout=10, password=self.password
+        )
 
     def kill(self) -> None:
         """What kill -9 leaves: the AOF as far as it was written (and, with

@@ -24,8 +24,10 @@ from fetchq_procs import (
     wait_until_leasing,
     worker_name,
 )
-from storekit import StoreProcess
+from storekit import StoreProcess, free_port
+from test_cli import assert_clean_error
 
+from fetchq.errors import ExitCode
 from fetchq.testing.target import Target
 
 COUNT = 20_000
@@ -174,3 +176,28 @@ def test_an_aggregate_job_through_two_servers_counts_what_the_target_received(en
     assert (job["submitted"], job["succeeded"], job["failed"], job["state"]) == (
         count, count, 0, "done",
     )  # fmt: skip
+
+
+def test_a_store_password_is_asked_for_and_never_shown(env, tmp_path):
+    """A store that wants a password: without it, one line and exit code 5 before
+    anything listens; with it from FETCHQ_STORE_PASSWORD, the server serves, and says
+    nothing of it."""
+    secret = "s3cret-store-pass"
+    store = StoreProcess(tmp_path / "locked", port=free_port(), password=secret).start()
+    try:
+        refused = run(env, "server", "--store", store.url, "--port", "0", timeout=30)
+        assert_clean_error(
+            refused, ExitCode.AUTH_FAILED, f"the store at {store.url} refused us",
+            "FETCHQ_STORE_PASSWORD",
+        )  # fmt: skip
+        assert "listening" not in refused.stderr
+        server = ServerProcess({**env, "FETCHQ_STORE_PASSWORD": secret}, "--store", store.url)
+        try:
+            client = connect_broker(server.address, env["FETCHQ_AUTHKEY"])
+            client.call("submit", {"job": "locked", "urls": ["http://127.0.0.1:9/"]})
+            client.close()
+        finally:
+            server.stop()
+        assert secret not in "\n".join(server.log.lines)
+    finally:
+        store.stop()

@@ -24,7 +24,13 @@ import msgspec
 import redis
 
 from fetchq import __version__, defaults
-from fetchq.errors import BadRequest, NoSuchJob, StoreUnavailable, VersionMismatch
+from fetchq.errors import (
+    AuthFailed,
+    BadRequest,
+    NoSuchJob,
+    StoreUnavailable,
+    VersionMismatch,
+)
 from fetchq.messages import say
 from fetchq.server import steering, validate, views
 from fetchq.server.broker import CLOCK_STEP
@@ -32,7 +38,7 @@ from fetchq.server.completion import MAX_HOLD, ended_span
 from fetchq.server.jobqueue import Policy
 from fetchq.server.jobs import PaceSeen, unknown_job
 from fetchq.server.leasing import as_spans
-from fetchq.server.store.connection import connect, load_library, shown
+from fetchq.server.store.connection import PASSWORD_VARIABLE, connect, load_library, shown
 from fetchq.server.views import BUSIEST_HOSTS
 from fetchq.urls import host_key
 from fetchq.wire.aggregates import StoredAggregate, read_span, span_size
@@ -166,6 +172,11 @@ class StoreBroker:
                     f"server: store {self.shown} had the functions of another fetchq: "
                     "replaced (every server on one store must run the same version)"
                 )
+        except redis.AuthenticationError as exc:
+            raise AuthFailed(
+                f"the store at {self.shown} refused us ({exc}): give its password in "
+                f"{PASSWORD_VARIABLE} or the URL (redis://:PASSWORD@HOST:PORT/DB)"
+            ) from None
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise StoreUnavailable(
                 f"cannot reach the store at {self.shown}: {exc} (is it running, and is that "
