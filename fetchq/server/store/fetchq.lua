@@ -101,7 +101,9 @@ local function queue_again(job, id, task, front)
   redis.call('HSET', jk(job, 'tasks'), id, cjson.encode(task))
   if task[3] then
     host_queued(job, task[3], id, front)
-  elseif front then redis.call('LPUSH', jk(job, 'queue'), id) else redis.call('RPUSH', jk(job, 'queue'), id) end
+  else
+    redis.call(front and 'LPUSH' or 'RPUSH', jk(job, 'queue'), id)
+  end
   redis.call('HINCRBY', jk(job, 'meta'), 'queued', 1)
   redis.call('INCR', 'fq:queued')
 end
@@ -683,8 +685,9 @@ local function take(job, allowed, worker, now, offset, timeout, server, out)
 end
 
 -- lease(now, wall, worker, count, lease_timeout, max_results, server_cap,
--- server_delay): flat records, 8 fields each; the server's per-host cap ('' for none)
--- and delay hold for every job together.  Jobs take turns: each an equal share of what is asked, round after round.
+-- server_delay): flat records, 9 fields each (see ``grant``); the server's per-host
+-- cap ('' for none) and delay hold for every job together.  Jobs take turns: each an
+-- equal share of what is asked, round after round.
 local function lease(keys, args)
   local now, wall = clock(args[1]), clock(args[2])
   local worker, want, timeout = args[3], tonumber(args[4]), tonumber(args[5])
@@ -765,7 +768,9 @@ local function complete(keys, args)
       local current = holder and task[1] == attempt
       local wait = 0 -- a 429 or 503 asking to wait, in a job that obeys Retry-After
       if w == '1' and hold ~= '-' and task[3] then
-        if obeys[job] == nil then obeys[job] = cjson.decode(redis.call('HGET', meta, 'policy')).retry_after == true end
+        if obeys[job] == nil then
+          obeys[job] = cjson.decode(redis.call('HGET', meta, 'policy')).retry_after == true
+        end
         if obeys[job] then wait = tonumber(hold) end
       end
       local outcome
