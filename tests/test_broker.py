@@ -16,7 +16,14 @@ from fakeclock import FakeClock
 from fetchq.errors import BadRequest, NoSuchJob, VersionMismatch
 from fetchq.server.service import BrokerService
 from fetchq.wire.api import MAX_LEASE, MAX_SUBMIT, MAX_WAIT, PROTOCOL, ResultsDelivery
-from fetchq.wire.records import RECORD_VERSION, RESULT_FIELDS, TASK_FIELDS, make_error, make_result
+from fetchq.wire.records import (
+    RECORD_VERSION,
+    RESULT_FIELDS,
+    ROBOTS_REFUSED,
+    TASK_FIELDS,
+    make_error,
+    make_result,
+)
 
 WALL = 1_700_000_000.0
 LEASE = 10.0
@@ -157,7 +164,6 @@ def test_empty_submit_creates_the_job(broker: BrokerService) -> None:
     assert "a" in broker.status()["jobs"]
 
 
-@pytest.mark.embedded_only("robots.txt rules and fetches are not kept on a store yet")
 def test_a_job_that_obeys_robots_txt_first_hands_out_its_fetch(broker: BrokerService) -> None:
     """A robots.txt fetch goes out as a task of kind ``robots`` naming its host, alone,
     before any task of that host."""
@@ -169,6 +175,43 @@ def test_a_job_that_obeys_robots_txt_first_hands_out_its_fetch(broker: BrokerSer
         "http://a.test/robots.txt",
     )
     assert probe["scheduled"] is None and probe["attempt"] == 1
+
+
+def test_robots_txt_once_fetched_refuses_what_it_forbids(broker: BrokerService) -> None:
+    """The rules a worker's fetch brings are kept for the job's host: a task they allow
+    is leased, one they forbid ends as a result without a request; a second report of
+    the same fetch counts for nothing."""
+    urls_ = ["http://a.test/open", "http://a.test/private/x"]
+    broker.submit({"job": "r", "urls": urls_, "obey_robots": True})
+    (probe,) = broker.lease("w1", 10, 0)
+    report = {"id": probe["id"], "attempt": probe["attempt"], "status": 200, "error": None}
+    rules = "User-agent: *\nDisallow: /private\n"
+    assert broker.robots("w1", {**report, "body": rules}) == {"accepted": True}
+    assert broker.robots("w1", {**report, "body": ""}) == {"accepted": False}
+    leased = broker.lease("w1", 10, 0)
+    assert [task["url"] for task in leased] == ["http://a.test/open"]
+    (refused,) = broker.results("r", 10, 0)["results"]
+    assert (refused["url"], refused["error"]["type"], refused["ok"]) == (
+        "http://a.test/private/x",
+        ROBOTS_REFUSED,
+        False,
+    )
+    assert broker.job("r")["leased"] == 1
+
+
+def test_a_robots_txt_the_site_cannot_give_is_asked_again_then_forbids_all(
+    broker: BrokerService,
+) -> None:
+    broker.submit({"job": "r", "urls": ["http://a.test/x"], "obey_robots": True})
+    for attempt in (1, 2, 3):
+        (probe,) = broker.lease("w1", 10, 0)
+        assert (probe["kind"], probe["attempt"]) == ("robots", attempt)
+        failed_fetch = {"id": probe["id"], "attempt": attempt, "status": 503, "body": None}
+        assert broker.robots("w1", {**failed_fetch, "error": None})["accepted"] is True
+    assert broker.lease("w1", 10, 0) == []
+    (refused,) = broker.results("r", 10, 0)["results"]
+    assert refused["error"]["type"] == ROBOTS_REFUSED
+    assert "robots.txt could not be fetched (HTTP 503)" in refused["error"]["message"]
 
 
 def test_a_result_naming_another_job_is_kept_under_its_tasks_job(
@@ -195,7 +238,6 @@ def test_a_429_asking_to_wait_holds_the_host_and_queues_the_task_again(
     assert (again["id"], again["attempt"]) == (task["id"], 2)
 
 
-@pytest.mark.embedded_only("robots.txt rules and fetches are not kept on a store yet")
 def test_a_report_of_a_robots_txt_fetch_as_a_result_is_dropped(broker: BrokerService) -> None:
     """robots.txt fetches are reported with ``robots``: one sent as a result is no task's."""
     broker.submit({"job": "r", "urls": ["http://a.test/x"], "obey_robots": True})

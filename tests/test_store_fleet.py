@@ -26,9 +26,11 @@ from fetchq_procs import (
 )
 from storekit import StoreProcess, free_port
 from test_cli import assert_clean_error
+from worker_scenarios import CLOCK_SLACK, assert_slots_apart
 
 from fetchq.errors import ExitCode
 from fetchq.testing.target import Target
+from fetchq.wire.records import ROBOTS_REFUSED
 
 COUNT = 20_000
 
@@ -201,3 +203,34 @@ def test_a_store_password_is_asked_for_and_never_shown(env, tmp_path):
         assert secret not in "\n".join(server.log.lines)
     finally:
         store.stop()
+
+
+def test_robots_txt_through_two_servers_is_fetched_once_and_obeyed(env, servers, hosts):
+    """A job that obeys robots.txt, with a worker on each server: the host's robots.txt
+    is fetched once, what it forbids is never requested, and its Crawl-delay spaces
+    the rest, from the fetch on."""
+    site = hosts[1]
+    site.robots = "User-agent: *\nDisallow: /private\nCrawl-delay: 0.3\n"
+    allowed = [f"{site.url}/public/{n}?polite2" for n in range(4)]
+    forbidden = [f"{site.url}/private/{n}?polite2" for n in range(2)]
+    workers = workers_on(env, servers)
+    try:
+        dispatched = run(on(env, servers[0]), "dispatch", *allowed, *forbidden,
+                         "--obey-robots", "-j", "polite2")  # fmt: skip
+        assert dispatched.returncode == 0, dispatched.stderr
+        output = start_output(on(env, servers[1]), "-j", "polite2", "--until-done",
+                              "--format", "jsonl")  # fmt: skip
+        out, err = output.communicate(timeout=120)
+        assert output.returncode == 0, err
+    finally:
+        stop_all(workers)
+        site.robots = None
+    results = {result["url"]: result for result in jsonl(out)}
+    fetches = site.requests("/robots.txt")
+    assert len(fetches) == 1
+    assert all(results[url]["ok"] for url in allowed)
+    assert {results[url]["error"]["type"] for url in forbidden} == {ROBOTS_REFUSED}
+    assert not any("/private/" in seen.path for seen in site.requests())
+    fetched = [results[url] for url in allowed]  # on the clocks of workers on two servers
+    assert min(r["scheduled"] for r in fetched) >= fetches[0].arrived + 0.3 - CLOCK_SLACK
+    assert_slots_apart(fetched, 0.3)  # Crawl-delay between the pages

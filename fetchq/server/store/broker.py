@@ -32,15 +32,15 @@ from fetchq.errors import (
     VersionMismatch,
 )
 from fetchq.messages import say
-from fetchq.server import steering, validate, views
+from fetchq.server import robots, steering, validate, views
 from fetchq.server.broker import CLOCK_STEP
 from fetchq.server.completion import MAX_HOLD, ended_span
-from fetchq.server.jobqueue import Policy
+from fetchq.server.jobqueue import ROBOTS_ATTEMPTS, Policy, Robots
 from fetchq.server.jobs import PaceSeen, unknown_job
 from fetchq.server.leasing import as_spans
 from fetchq.server.store.connection import PASSWORD_VARIABLE, connect, load_library, shown
 from fetchq.server.views import BUSIEST_HOSTS
-from fetchq.urls import host_key
+from fetchq.urls import host_key, origin
 from fetchq.wire.aggregates import StoredAggregate, read_span, span_size
 from fetchq.wire.api import (
     MAX_LEASE,
@@ -61,6 +61,8 @@ from fetchq.wire.api import (
 )
 from fetchq.wire.records import (
     RECORD_VERSION,
+    ROBOTS,
+    ROBOTS_REFUSED,
     StoredResult,
     late_by,
     make_error,
@@ -73,10 +75,12 @@ from fetchq.wire.stages import Stages
 POLL = 0.25
 """Longest a waiting call goes without asking the store again, woken or not."""
 
-NOT_YET = {
-    "obey_robots": "--robots",
-}
+NOT_YET: dict[str, str] = {}
 """Policy a job on a store does not take yet, and the option that asks for it."""
+
+MAX_RULES_KEPT = 100_000
+"""Hosts' robots.txt rules a server keeps read (all are forgotten past this, and read
+again as needed)."""
 
 RATE_WINDOW = 10.0
 
@@ -163,6 +167,8 @@ class StoreBroker:
         self._back_at = float("-inf")
         """When the store last answered again after an outage (``time.monotonic``)."""
         self._saying = threading.Lock()
+        self._robots: dict[tuple[str, str], Robots] = {}
+        """robots.txt rules read from the store, by job and host."""
         self._by_host: set[str] = set()
         """Jobs with host limits, whose submits carry each URL's host (learnt from the
         store, which asks for them)."""
@@ -382,12 +388,49 @@ class StoreBroker:
                 self.per_host or "",
                 repr(self.host_delay),
             )
-            if flat:
-                return _task_records(flat)
+            leased, checked = _task_records(flat)
+            if checked:
+                leased = self._obeying_robots(worker, leased, checked)
+            if leased:
+                return leased
             remaining = deadline - self._elapsed_clock()
             if remaining <= 0:
                 return []
             self._wakeups.wait(remaining)
+
+    def _obeying_robots(
+        self, worker: str, leased: list[dict[str, Any]], checked: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """``leased`` without the tasks their host's robots.txt forbids: those end as
+        results without a request (the store keeps the rules; they are read here)."""
+        refused: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for task in checked:
+            key = (task["job"], host_key(task["url"]))
+            if not self._rules(*key).allowed(task["url"]):
+                refused.setdefault(key, []).append(task)
+        for (job, host), tasks in refused.items():
+            why = robots.refusal(self._rules(job, host))
+            self._call(
+                "refuse", self._now(), self._wall_now(), worker, job, ROBOTS_REFUSED, why,
+                *(task["id"] for task in tasks),
+            )  # fmt: skip
+        gone = {id(task) for tasks in refused.values() for task in tasks}
+        return [task for task in leased if id(task) not in gone]
+
+    def _rules(self, job: str, host: str) -> Robots:
+        """A host's robots.txt for a job, as the store keeps it (read once: it does not
+        change once known)."""
+        key = (job, host)
+        rules = self._robots.get(key)
+        if rules is None:
+            kept = self._guarded(lambda: self._store.hget(f"fq:{{{job}}}:rules", host))
+            report = msgspec.json.decode(kept) if kept else {}
+            rules = robots.rules_from(report, last_attempt=report.get("last", True))
+            assert rules is not None  # the store keeps only rules that say something
+            if len(self._robots) >= MAX_RULES_KEPT:
+                self._robots.clear()
+            self._robots[key] = rules
+        return rules
 
     def complete(
         self, worker: str, results: list[Record], renew: list[list[int]] | None = None
@@ -439,9 +482,27 @@ class StoreBroker:
         return {"accepted": accepted, "requeued": requeued, "dropped": dropped, "renewed": renewed}
 
     def robots(self, worker: str, report: dict[str, Any]) -> RobotsReply:
-        validate.worker_name(worker)
-        validate.robots_report(report)
-        return {"accepted": False}  # a job on a store never asks for robots.txt (yet)
+        """A worker's fetch of a host's robots.txt: its rules kept, or, when the site
+        could not say (before the last attempt), asked again."""
+        worker = validate.worker_name(worker)
+        report = validate.robots_report(report)
+        attempt = report.get("attempt", 1)
+        last = attempt >= ROBOTS_ATTEMPTS
+        rules = robots.rules_from(report, last)
+        kept = {name: report.get(name) for name in ("status", "body", "error")}
+        delay = getattr(rules, "crawl_delay", None)
+        accepted = self._call(
+            "robots",
+            self._now(),
+            self._wall_now(),
+            worker,
+            report["id"],
+            attempt,
+            "again" if rules is None else "learn",
+            _json({**kept, "last": last}),
+            "" if delay is None else repr(float(delay)),
+        )
+        return {"accepted": bool(accepted)}
 
     def steer(self, job_name: str, change: dict[str, Any]) -> JobView:
         name = validate.job_name(job_name)
@@ -713,9 +774,11 @@ def _busiest_hosts(text: str) -> list[tuple[str, int, int]]:
 TASK_FIELDS = 9
 
 
-def _task_records(flat: list[bytes]) -> list[dict[str, Any]]:
-    """The leased tasks as a worker receives them; an aggregate job's spans as spans."""
+def _task_records(flat: list[bytes]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The leased tasks as a worker receives them (an aggregate job's spans as spans, a
+    robots.txt fetch as one), and those to check against their host's robots.txt."""
     records = []
+    checked = []
     span_jobs: set[str] = set()
     for at in range(0, len(flat), TASK_FIELDS):
         task_id, job, url, attempt, timeout, submitted, start, spec, kind = flat[
@@ -733,12 +796,17 @@ def _task_records(flat: list[bytes]) -> list[dict[str, Any]]:
         }
         if spec:
             record["spec"] = spec.decode()
-        if kind:
+        if kind == b"span":
             span_jobs.add(job.decode())
+        elif kind == b"check":
+            checked.append(record)
+        elif kind.startswith(b"robots "):
+            record.update(url=origin(url.decode()) + "/robots.txt", kind=ROBOTS)
+            record["host"] = kind[7:].decode()
         records.append(record)
     if span_jobs:
         as_spans(records, list(span_jobs))
-    return records
+    return records, checked
 
 
 def _stored_results(flat: Iterable[bytes]) -> list[StoredResult]:

@@ -19,6 +19,14 @@ local function clock(arg)
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 
+-- A call's monotonic and wall times; on the store's clock, one reading for both, so
+-- that the offset between them (a start in Unix time) never wobbles.
+local function clocks(now_arg, wall_arg)
+  local now = clock(now_arg)
+  if wall_arg == nil or wall_arg == '' then return now, now end
+  return now, tonumber(wall_arg)
+end
+
 -- Every key of one job carries its name as a hash tag: {job}.
 local function jk(job, part) return 'fq:{' .. job .. '}:' .. part end
 
@@ -148,24 +156,39 @@ local function expire(now, wall)
   local lapsed = 0
   local due = redis.call('ZRANGEBYSCORE', 'fq:due', '-inf', num(now), 'LIMIT', 0, 10000)
   for _, member in ipairs(due) do
-    local job, id = string.match(member, '^(.-)\n(%d+)$')
-    local worker = redis.call('HGET', jk(job, 'holders'), id)
-    local raw = redis.call('HGET', jk(job, 'tasks'), id)
-    local task = raw and cjson.decode(raw)
-    if worker then end_lease(job, id, task) else redis.call('ZREM', 'fq:due', member) end
-    if worker and raw then
-      local range = range_of(tonumber(id))
-      local meta = jk(job, 'meta')
-      redis.call('HINCRBY', meta, 'expired', 1)
-      if task[1] >= range.attempts or redis.call('HGET', meta, 'state') == 'cancelled' then
-        local message = 'lease expired on worker ' .. worker .. ' (attempt ' .. task[1] ..
-                        ' of ' .. range.attempts .. '); giving up'
-        finish(job, id, ended('lease_expired', message, worker, task, wall, range, job), false)
-      else
-        task[1] = task[1] + 1
-        queue_again(job, id, task, true)
+    local job, id = string.match(member, '^(.-)\n(-?%d+)$')
+    if string.sub(id, 1, 1) == '-' then -- a robots.txt fetch: asked again
+      local probe = redis.call('HGET', jk(job, 'probes'), id)
+      redis.call('ZREM', 'fq:due', member)
+      if probe then
+        probe = cjson.decode(probe)
+        redis.call('HDEL', jk(job, 'probes'), id)
+        redis.call('HDEL', 'fq:probe_jobs', id)
+        redis.call('HDEL', jk(job, 'robots'), probe.host)
+        redis.call('HINCRBY', jk(job, 'flight'), probe.host, -1)
+        redis.call('HINCRBY', 'fq:flight', probe.host, -1)
       end
-      lapsed = lapsed + 1
+      id = nil
+    end
+    if id then
+      local worker = redis.call('HGET', jk(job, 'holders'), id)
+      local raw = redis.call('HGET', jk(job, 'tasks'), id)
+      local task = raw and cjson.decode(raw)
+      if worker then end_lease(job, id, task) else redis.call('ZREM', 'fq:due', member) end
+      if worker and raw then
+        local range = range_of(tonumber(id))
+        local meta = jk(job, 'meta')
+        redis.call('HINCRBY', meta, 'expired', 1)
+        if task[1] >= range.attempts or redis.call('HGET', meta, 'state') == 'cancelled' then
+          local message = 'lease expired on worker ' .. worker .. ' (attempt ' .. task[1] ..
+                          ' of ' .. range.attempts .. '); giving up'
+          finish(job, id, ended('lease_expired', message, worker, task, wall, range, job), false)
+        else
+          task[1] = task[1] + 1
+          queue_again(job, id, task, true)
+        end
+        lapsed = lapsed + 1
+      end
     end
   end
   if lapsed > 0 then redis.call('PUBLISH', 'fq:tasks', lapsed) end
@@ -283,8 +306,8 @@ local function counts(job)
   end
   reply[#reply + 1] = 'hosts'
   reply[#reply + 1] = table.concat(rows, '\n')
-  reply[#reply + 1] = 'leased'
-  reply[#reply + 1] = tostring(redis.call('HLEN', jk(job, 'holders')))
+  reply[#reply + 1] = 'leased' -- robots.txt fetches too
+  reply[#reply + 1] = tostring(redis.call('HLEN', jk(job, 'holders')) + redis.call('HLEN', jk(job, 'probes')))
   reply[#reply + 1] = 'waiting'
   reply[#reply + 1] = tostring(redis.call('LLEN', jk(job, 'results')))
   return reply
@@ -293,7 +316,7 @@ end
 local function limits_hosts(policy)
   local cap, delay = policy.per_host, policy.host_delay
   return (cap ~= nil and cap ~= cjson.null) or (type(delay) == 'number' and delay > 0)
-    or policy.retry_after == true
+    or policy.retry_after == true or policy.obey_robots == true
 end
 
 local function same_value(have, wanted)
@@ -525,6 +548,34 @@ local function range_for(id, range)
   return range_of(n)
 end
 
+local ROBOTS_TIMEOUT = 30 -- seconds a worker may take to fetch a robots.txt
+
+-- A fetch of the host's robots.txt, leased to ``worker`` as a task of kind ``robots``
+-- (under a negative id: never a task's) with a URL of the host, whose origin the
+-- server turns into the robots.txt's; counted in flight on the host.  False when the
+-- host has no task left to take a URL from.
+local function probe_host(job, host, queue, worker, now, wall, timeout, out)
+  local url
+  for _, id in ipairs(redis.call('LRANGE', queue, 0, 20)) do
+    local raw = redis.call('HGET', jk(job, 'tasks'), id)
+    if raw then url = cjson.decode(raw)[2] break end
+  end
+  if not url then return false end
+  local id = tostring(redis.call('DECR', 'fq:probe_ids'))
+  local attempt = redis.call('HINCRBY', jk(job, 'probes_made'), host, 1)
+  redis.call('HSET', jk(job, 'probes'), id, cjson.encode({host = host, attempt = attempt}))
+  redis.call('HSET', 'fq:probe_jobs', id, job)
+  redis.call('HSET', jk(job, 'robots'), host, 'probing')
+  redis.call('ZADD', 'fq:due', num(now + timeout), due_member(job, id))
+  redis.call('HINCRBY', jk(job, 'flight'), host, 1)
+  redis.call('HINCRBY', 'fq:flight', host, 1)
+  for _, field in ipairs({id, job, url, tostring(attempt), tostring(ROBOTS_TIMEOUT), num(wall),
+                          '', '', 'robots ' .. host}) do
+    out[#out + 1] = field
+  end
+  return true
+end
+
 -- Up to ``allowed`` of one job's queued tasks, leased to ``worker``; returns how many.
 -- A paced job's starts are ``1 / rate`` apart on one schedule for the whole fleet
 -- (``next_slot``); a job with host limits takes its hosts in turn, each within its
@@ -583,7 +634,7 @@ local function take(job, allowed, worker, now, offset, timeout, server, out)
     starts = function(k) return slot + k / rate end
   end
   if allowed <= 0 then return 0 end
-  local taken, range = 0, nil
+  local taken, probed, range = 0, 0, nil
   if by_host ~= '1' then
     local held, dues = {}, {}
     while taken < allowed do -- a queue's ids of tasks done already are dropped as met
@@ -625,21 +676,35 @@ local function take(job, allowed, worker, now, offset, timeout, server, out)
     if cap == cjson.null then cap = nil end
     local delay = tonumber(policy.host_delay) or 0
     local ring, flight, last = jk(job, 'ring'), jk(job, 'flight'), jk(job, 'last')
+    local robots = policy.obey_robots == true
     for _ = 1, math.min(redis.call('LLEN', ring), MAX_HOST_VISITS) do
-      if taken >= allowed then break end
+      if taken + probed >= allowed then break end
       local host = redis.call('LPOP', ring)
       if not host then break end
       local queue = jk(job, 'hq:' .. host)
-      local room = allowed - taken
+      local room = allowed - taken - probed
+      local rules = robots and redis.call('HGET', jk(job, 'robots'), host)
+      if robots and not rules then -- its robots.txt first, alone, before any task of it
+        if probe_host(job, host, queue, worker, now, now + offset, timeout, out) then
+          probed = probed + 1
+        end
+        room = 0
+      elseif rules == 'probing' then
+        room = 0
+      end
+      local host_delay = delay
+      if rules == 'known' then -- with its Crawl-delay, if longer
+        host_delay = math.max(delay, tonumber(redis.call('HGET', jk(job, 'crawl'), host) or '0'))
+      end
       if cap then room = math.min(room, cap - tonumber(redis.call('HGET', flight, host) or '0')) end
       if server.cap then
         room = math.min(room, server.cap - tonumber(redis.call('HGET', 'fq:flight', host) or '0'))
       end
       local host_at = now
-      local spaced = delay > 0 or server.delay > 0
+      local spaced = host_delay > 0 or server.delay > 0
       if spaced then
         room = math.min(room, 1) -- one start a visit: the next waits for its delay
-        host_at = math.max(now, tonumber(redis.call('HGET', last, host) or '-inf') + delay,
+        host_at = math.max(now, tonumber(redis.call('HGET', last, host) or '-inf') + host_delay,
                            tonumber(redis.call('HGET', 'fq:last', host) or '-inf') + server.delay)
       end
       local held = tonumber(redis.call('HGET', jk(job, 'held'), host) or '-inf') -- Retry-After
@@ -658,6 +723,7 @@ local function take(job, allowed, worker, now, offset, timeout, server, out)
         if not id then break end
         range = range_for(id, range)
         grant(job, id, task, range, worker, start, now, offset, timeout, out)
+        if rules == 'known' then out[#out] = 'check' end -- against the host's robots.txt
         got = got + 1
         if rate then slot = start + 1 / rate end -- held back by the host: no burst after
         if start then
@@ -681,7 +747,7 @@ local function take(job, allowed, worker, now, offset, timeout, server, out)
     unqueued(job, taken)
     redis.call('HSET', meta, 'next_slot', num(slot), 'fresh', 0)
   end
-  return taken
+  return taken + probed
 end
 
 -- lease(now, wall, worker, count, lease_timeout, max_results, server_cap,
@@ -689,7 +755,7 @@ end
 -- cap ('' for none) and delay hold for every job together.  Jobs take turns: each an
 -- equal share of what is asked, round after round.
 local function lease(keys, args)
-  local now, wall = clock(args[1]), clock(args[2])
+  local now, wall = clocks(args[1], args[2])
   local worker, want, timeout = args[3], tonumber(args[4]), tonumber(args[5])
   expire(now, wall)
   local w, spans = seen(worker, now), false
@@ -731,7 +797,7 @@ end
 -- changes nothing, and the reply is ``miscount id counted expected``.
 local HEAD = '^(-?%d+) (-?%d+) (%d)(%d)(%d)(%d) (%S+) (%S+) (%S+)(.*)$'
 local function complete(keys, args)
-  local now, wall = clock(args[1]), clock(args[2])
+  local now, wall = clocks(args[1], args[2])
   local worker, timeout, nresults = args[3], tonumber(args[4]), tonumber(args[5])
   expire(now, wall)
   local accepted, requeued, dropped, renewed = 0, 0, 0, 0
@@ -883,7 +949,8 @@ end
 
 -- release(now, wall, worker, max_results, [id, attempt]...)
 local function release(keys, args)
-  local now, wall, worker = clock(args[1]), clock(args[2]), args[3]
+  local now, wall = clocks(args[1], args[2])
+  local worker = args[3]
   note_worker(worker, now)
   local released, returned = 0, {}
   for p = #args - 1, 5, -2 do
@@ -904,6 +971,62 @@ local function release(keys, args)
   if released > 0 then redis.call('PUBLISH', 'fq:tasks', released) end
   end_cancelled(wall, tonumber(args[4]) - tonumber(redis.call('GET', 'fq:unconfirmed') or '0'))
   return released
+end
+
+-- The end of a robots.txt fetch's lease: its host has one request fewer in flight.
+local function end_probe(job, id, host)
+  redis.call('HDEL', jk(job, 'probes'), id)
+  redis.call('HDEL', 'fq:probe_jobs', id)
+  redis.call('ZREM', 'fq:due', due_member(job, id))
+  redis.call('HINCRBY', jk(job, 'flight'), host, -1)
+  redis.call('HINCRBY', 'fq:flight', host, -1)
+end
+
+-- robots(now, wall, worker, id, attempt, verdict, report, crawl_delay): a worker
+-- fetched a host's robots.txt.  ``verdict`` ``again``: the site could not say, ask
+-- again; ``learn``: keep ``report`` (what the server reads the rules from) and the
+-- host's Crawl-delay ('' for none), the host's delay counting from now.  0 for a
+-- fetch whose lease had lapsed (asked again of someone else).
+local function robots(keys, args)
+  local now, wall = clocks(args[1], args[2])
+  local worker = args[3]
+  local id, attempt, verdict = args[4], tonumber(args[5]), args[6]
+  note_worker(worker, now)
+  local job = redis.call('HGET', 'fq:probe_jobs', id)
+  local raw = job and redis.call('HGET', jk(job, 'probes'), id)
+  if not raw then return 0 end
+  local probe = cjson.decode(raw)
+  if probe.attempt ~= attempt then return 0 end
+  end_probe(job, id, probe.host)
+  if verdict == 'again' then
+    redis.call('HDEL', jk(job, 'robots'), probe.host)
+  else
+    redis.call('HSET', jk(job, 'robots'), probe.host, 'known')
+    redis.call('HSET', jk(job, 'rules'), probe.host, args[7])
+    if args[8] ~= '' then redis.call('HSET', jk(job, 'crawl'), probe.host, args[8]) end
+    local last = tonumber(redis.call('HGET', jk(job, 'last'), probe.host) or '-inf')
+    if now > last then redis.call('HSET', jk(job, 'last'), probe.host, num(now)) end
+  end
+  redis.call('PUBLISH', 'fq:tasks', 1)
+  return 1
+end
+
+-- refuse(now, wall, worker, job, kind, message, ids...): tasks leased to ``worker``
+-- that the host's robots.txt forbids end as results of error ``kind``, with no request.
+local function refuse(keys, args)
+  local wall, worker, job, kind, message = clock(args[2]), args[3], args[4], args[5], args[6]
+  local range = nil
+  for i = 7, #args do
+    local id = args[i]
+    local raw = redis.call('HGET', jk(job, 'tasks'), id)
+    if raw and redis.call('HGET', jk(job, 'holders'), id) == worker then
+      local task = cjson.decode(raw)
+      range = range_for(id, range)
+      end_lease(job, id, task)
+      finish(job, id, ended(kind, message, 'server', task, wall, range, job), false)
+    end
+  end
+  return 0
 end
 
 local function ack_token(token)
@@ -940,7 +1063,7 @@ end
 -- results(now, wall, job, count, lease_timeout, ack, token): 'results' and job, id,
 -- value triples; 'done'; or 'none'.
 local function results(keys, args)
-  local now, wall = clock(args[1]), clock(args[2])
+  local now, wall = clocks(args[1], args[2])
   local job, want, timeout = args[3], tonumber(args[4]), tonumber(args[5])
   if args[6] ~= '' then ack_token(args[6]) end
   expire(now, wall)
@@ -985,15 +1108,15 @@ end
 
 -- job(now, wall, job): its counters, or nothing for a job never heard of.
 local function job_counts(keys, args)
-  expire(clock(args[1]), clock(args[2]))
+  expire(clocks(args[1], args[2]))
   if redis.call('EXISTS', jk(args[3], 'meta')) == 0 then return {} end
   return counts(args[3])
 end
 
 -- status(now, wall): unconfirmed, then each job's counters, then the workers.
 local function status(keys, args)
-  local now = clock(args[1])
-  expire(now, clock(args[2]))
+  local now, wall = clocks(args[1], args[2])
+  expire(now, wall)
   local out = {num(now), redis.call('GET', 'fq:unconfirmed') or '0'}
   local jobs = redis.call('ZRANGE', 'fq:jobs', 0, -1)
   out[#out + 1] = #jobs
@@ -1017,7 +1140,8 @@ end
 
 -- steer(now, wall, job, action, change, max_results): the job's counters after.
 local function steer(keys, args)
-  local now, wall, job, action = clock(args[1]), clock(args[2]), args[3], args[4]
+  local now, wall = clocks(args[1], args[2])
+  local job, action = args[3], args[4]
   local meta = jk(job, 'meta')
   if redis.call('EXISTS', meta) == 0 then return {} end
   if action == 'set' then
@@ -1071,7 +1195,7 @@ end
 
 -- housekeeping(now, wall, max_results): lapsed leases and deliveries, cancelled tasks.
 local function housekeeping(keys, args)
-  local now, wall = clock(args[1]), clock(args[2])
+  local now, wall = clocks(args[1], args[2])
   local lapsed = expire(now, wall)
   end_cancelled(wall, tonumber(args[3]) - tonumber(redis.call('GET', 'fq:unconfirmed') or '0'))
   return lapsed
@@ -1095,6 +1219,8 @@ call('ack', ack)
 call('job', job_counts)
 call('status', status)
 call('steer', steer)
+call('robots', robots)
+call('refuse', refuse)
 call('housekeeping', housekeeping)
 read('specs', specs)
 read('queued', queued)
