@@ -372,7 +372,6 @@ def paced_starts(task: dict[str, Any]) -> list[float]:
     return [first + n * spacing for n in range(task["span"]["count"])]
 
 
-@pytest.mark.embedded_only("paced aggregate jobs are not kept on a store yet")
 def test_a_paced_aggregate_job_shares_its_rate_between_spans_side_by_side(
     broker: BrokerService, clock: FakeClock
 ) -> None:
@@ -404,7 +403,6 @@ def test_a_paced_aggregate_job_shares_its_rate_between_spans_side_by_side(
     assert gaps == pytest.approx([0.01] * 1_199, abs=1e-6)
 
 
-@pytest.mark.embedded_only("paced aggregate jobs are not kept on a store yet")
 def test_a_paced_aggregate_job_resumes_on_its_grid_and_takes_a_new_rate(
     broker: BrokerService, clock: FakeClock
 ) -> None:
@@ -446,7 +444,6 @@ def test_a_span_may_list_its_urls(broker: BrokerService) -> None:
             broker.submit({"job": "agg", "spans": [wrong]})
 
 
-@pytest.mark.embedded_only("paced aggregate jobs are not kept on a store yet")
 def test_status_tells_a_paced_aggregate_jobs_service_time_and_late_starts(
     broker: BrokerService,
 ) -> None:

@@ -234,3 +234,33 @@ def test_robots_txt_through_two_servers_is_fetched_once_and_obeyed(env, servers,
     fetched = [results[url] for url in allowed]  # on the clocks of workers on two servers
     assert min(r["scheduled"] for r in fetched) >= fetches[0].arrived + 0.3 - CLOCK_SLACK
     assert_slots_apart(fetched, 0.3)  # Crawl-delay between the pages
+
+
+def test_a_paced_aggregate_job_through_two_servers_holds_its_rate(env, servers, target):
+    """200/s for 6 s in spans of 100, a worker on each server: spans side by side, one
+    schedule, none early, the rate within 1% at the target."""
+    workers = workers_on(env, servers)
+    rate, seconds, path = 200, 6, "/paced-agg2?i="
+    try:
+        dispatched = run(on(env, servers[0]), "dispatch", "--template",
+                         f"{target.url}{path}{{i}}", "--rate", f"{rate}/s", "--duration",
+                         f"{seconds}s", "--aggregate", "--span", "100", "-j", "pagg")  # fmt: skip
+        assert dispatched.returncode == 0, dispatched.stderr
+        output = start_output(on(env, servers[1]), "-j", "pagg", "--until-done",
+                              "--format", "jsonl")  # fmt: skip
+        out, err = output.communicate(timeout=120)
+        assert output.returncode == 0, err
+    finally:
+        stop_all(workers)
+    records = jsonl(out)
+    count = rate * seconds
+    assert sum(record["requests"] for record in records) == count
+    assert len({record["worker"] for record in records}) == 2, "both workers took part"
+    arrived = sorted(seen.arrived for seen in target.requests() if path in seen.path)
+    assert len(arrived) == count
+    first = min(record["summary"]["schedule"]["first_due"] for record in records)
+    early = [k for k, at in enumerate(arrived) if at < first + k / rate - CLOCK_SLACK]
+    assert not early, f"{len(early)} requests came before their slot"
+    low, high = arrived[0] + 1.0, arrived[-1] - 1.0
+    achieved = sum(1 for at in arrived if low <= at <= high) / (high - low)
+    assert abs(achieved / rate - 1) < 0.01, achieved

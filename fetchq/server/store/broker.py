@@ -293,8 +293,6 @@ class StoreBroker:
         _refuse_not_yet(request.policy)
         steering.refuse_on_aggregate(request.job, Policy(**request.policy))
         aggregate = bool(request.policy.get("aggregate"))
-        if aggregate and request.policy.get("rate"):
-            raise BadRequest("a server on a store takes no paced --aggregate jobs yet")
         sizes = ",".join(str(span_size(text)) for text in request.urls) if request.spans else ""
         attempts = request.attempts or self.max_attempts
         change = {name: _plain(value) for name, value in request.policy.items()}
@@ -519,7 +517,6 @@ class StoreBroker:
         )
         if reply and reply[0] == b"aggregate":
             steering.refuse_on_aggregate(name, Policy(**policy, aggregate=True))
-            raise BadRequest(f"job {name} is an aggregate job: on a store, it takes no --rate yet")
         if reply == [b"by_host"]:
             raise BadRequest(
                 f"job {name} was dispatched without --per-host or --host-delay: on a store, "
@@ -780,6 +777,7 @@ def _task_records(flat: list[bytes]) -> tuple[list[dict[str, Any]], list[dict[st
     records = []
     checked = []
     span_jobs: set[str] = set()
+    spacings: dict[int, float] = {}
     for at in range(0, len(flat), TASK_FIELDS):
         task_id, job, url, attempt, timeout, submitted, start, spec, kind = flat[
             at : at + TASK_FIELDS
@@ -796,8 +794,10 @@ def _task_records(flat: list[bytes]) -> tuple[list[dict[str, Any]], list[dict[st
         }
         if spec:
             record["spec"] = spec.decode()
-        if kind == b"span":
+        if kind.startswith(b"span"):
             span_jobs.add(job.decode())
+            if kind != b"span":  # a paced span: its requests' spacing
+                spacings[int(task_id)] = float(kind[5:])
         elif kind == b"check":
             checked.append(record)
         elif kind.startswith(b"robots "):
@@ -805,7 +805,7 @@ def _task_records(flat: list[bytes]) -> tuple[list[dict[str, Any]], list[dict[st
             record["host"] = kind[7:].decode()
         records.append(record)
     if span_jobs:
-        as_spans(records, list(span_jobs))
+        as_spans(records, list(span_jobs), spacings)
     return records, checked
 
 

@@ -576,6 +576,44 @@ local function probe_host(job, host, queue, worker, now, wall, timeout, out)
   return true
 end
 
+local SPAN_SECONDS = 5.0 -- about how long a paced span lasts (fetchq/server/jobqueue.py)
+
+-- A paced aggregate job's next span, in rounds of spans side by side that share the
+-- job's rate (``Rounds`` in fetchq/server/jobqueue.py, in the same terms): span n of a
+-- round of ``width`` starts n / rate after the round does, its requests width / rate
+-- apart; the next round starts where the longest span of this one ends.
+local function take_paced_span(job, rate, fresh, queued, worker, now, offset, timeout,
+                               server, out)
+  local meta = jk(job, 'meta')
+  local kept = redis.call('HMGET', meta, 'r_start', 'r_end', 'r_rate', 'r_width', 'r_given')
+  local start, finish = tonumber(kept[1]) or now, tonumber(kept[2]) or now
+  local round_rate, width, given = tonumber(kept[3]) or 1, tonumber(kept[4]) or 0, tonumber(kept[5]) or 0
+  if fresh == '1' then -- after a pause or an idle spell: a round half handed out is closed
+    width, finish = given, math.max(finish, now)
+  end
+  local next_start = given < width and start + given / round_rate or finish
+  local id, task
+  if next_start <= now + LOOKAHEAD then id, task = next_task(job, jk(job, 'queue')) end
+  if id then
+    if given == width then
+      local lanes = math.max(1, math.ceil(rate * SPAN_SECONDS / task[4]))
+      start, round_rate = finish, rate
+      width, given = math.min(lanes, queued), 0 -- itself and those waiting behind it
+    end
+    local first, spacing = start + given / round_rate, width / round_rate
+    given = given + 1
+    finish = math.max(finish, start + task[4] * spacing)
+    grant(job, id, task, range_of(tonumber(id)), worker, first, now, offset, timeout, out)
+    out[#out] = 'span ' .. num(spacing)
+    unqueued(job, 1)
+    redis.call('HINCRBY', meta, 'req_leased', task[4])
+    server.span_job = job
+  end
+  redis.call('HSET', meta, 'r_start', num(start), 'r_end', num(finish), 'r_rate', num(round_rate),
+             'r_width', width, 'r_given', given, 'fresh', 0)
+  return id and 1 or 0
+end
+
 -- Up to ``allowed`` of one job's queued tasks, leased to ``worker``; returns how many.
 -- A paced job's starts are ``1 / rate`` apart on one schedule for the whole fleet
 -- (``next_slot``); a job with host limits takes its hosts in turn, each within its
@@ -588,8 +626,14 @@ local function take(job, allowed, worker, now, offset, timeout, server, out)
   if state ~= '' or tonumber(queued) <= 0 then return 0 end
   if aggregate == '1' then
     -- Spans go only to a worker that runs them, from one job a call: the first, then
-    -- as many more as ``allowed`` requests hold, each counted as big as the first.
+    -- as many more as ``allowed`` requests hold, each counted as big as the first; a
+    -- paced job's alone, in rounds (``take_paced_span``).
     if not server.spans or server.span_job then return 0 end
+    local rate = cjson.decode(policy).rate
+    if rate ~= cjson.null then
+      return take_paced_span(job, rate, fresh, tonumber(queued), worker, now, offset, timeout,
+                             server, out)
+    end
     local id, task = next_task(job, jk(job, 'queue'))
     if not id then return 0 end
     local more, range, requests = math.floor(server.room / task[4]) - 1, nil, 0
@@ -1150,7 +1194,7 @@ local function steer(keys, args)
     for name, value in pairs(change) do policy[name] = value end
     if redis.call('HGET', meta, 'aggregate') == '1' then
       for name, value in pairs(change) do
-        if value ~= cjson.null and value ~= false and value ~= 0 then
+        if name ~= 'rate' and value ~= cjson.null and value ~= false and value ~= 0 then
           return {'aggregate', name} -- no pace or politeness on a store's aggregate job yet
         end
       end
