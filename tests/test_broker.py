@@ -214,6 +214,15 @@ def test_a_robots_txt_the_site_cannot_give_is_asked_again_then_forbids_all(
     assert "robots.txt could not be fetched (HTTP 503)" in refused["error"]["message"]
 
 
+def test_a_robots_txt_fetch_handed_back_is_asked_again_at_once(broker: BrokerService) -> None:
+    broker.submit({"job": "r", "urls": ["http://a.test/x"], "obey_robots": True})
+    (probe,) = broker.lease("w1", 10, 0)
+    assert broker.lease("w2", 10, 0) == []  # one fetch of a host at a time
+    assert broker.release("w1", [[probe["id"], probe["attempt"]]]) == 1
+    (again,) = broker.lease("w2", 10, 0)
+    assert (again["kind"], again["host"]) == ("robots", "a.test:80")
+
+
 def test_a_result_naming_another_job_is_kept_under_its_tasks_job(
     broker: BrokerService,
 ) -> None:

@@ -80,8 +80,13 @@ def test_a_job_through_two_servers_gives_every_result_exactly_once(env, servers,
         for output in outputs:
             _, err = output.communicate(timeout=120)
             assert output.returncode == 0, err
+        views = [run(on(env, server), "job", "list", "--json") for server in servers]
     finally:
         stop_all([*workers, *outputs])
+    first_view, second_view = (json.loads(view.stdout)["fleet"] for view in views)
+    stable = [name for name in first_view if name != "pace"]  # (measured at the moment)
+    assert [first_view[name] for name in stable] == [second_view[name] for name in stable]
+    assert (first_view["succeeded"], first_view["state"]) == (COUNT, "done")
     written = [jsonl(path.read_text()) for path in files]
     results = [result for part in written for result in part]
     urls = Counter(result["url"] for result in results)

@@ -991,6 +991,15 @@ local function complete(keys, args)
   return {accepted, requeued, dropped, renewed}
 end
 
+-- The end of a robots.txt fetch's lease: its host has one request fewer in flight.
+local function end_probe(job, id, host)
+  redis.call('HDEL', jk(job, 'probes'), id)
+  redis.call('HDEL', 'fq:probe_jobs', id)
+  redis.call('ZREM', 'fq:due', due_member(job, id))
+  redis.call('HINCRBY', jk(job, 'flight'), host, -1)
+  redis.call('HINCRBY', 'fq:flight', host, -1)
+end
+
 -- release(now, wall, worker, max_results, [id, attempt]...)
 local function release(keys, args)
   local now, wall = clocks(args[1], args[2])
@@ -1000,7 +1009,16 @@ local function release(keys, args)
   for p = #args - 1, 5, -2 do
     local id, attempt = args[p], tonumber(args[p + 1])
     local range = not returned[id] and range_of(tonumber(id))
-    if range then
+    local job = string.sub(id, 1, 1) == '-' and redis.call('HGET', 'fq:probe_jobs', id)
+    if job then -- a robots.txt fetch handed back: asked again
+      local probe = cjson.decode(redis.call('HGET', jk(job, 'probes'), id))
+      if probe.attempt == attempt then
+        end_probe(job, id, probe.host)
+        redis.call('HDEL', jk(job, 'robots'), probe.host)
+        returned[id] = true
+        released = released + 1
+      end
+    elseif range then
       local job = range.job
       local raw = redis.call('HGET', jk(job, 'tasks'), id)
       local task = raw and cjson.decode(raw)
@@ -1015,15 +1033,6 @@ local function release(keys, args)
   if released > 0 then redis.call('PUBLISH', 'fq:tasks', released) end
   end_cancelled(wall, tonumber(args[4]) - tonumber(redis.call('GET', 'fq:unconfirmed') or '0'))
   return released
-end
-
--- The end of a robots.txt fetch's lease: its host has one request fewer in flight.
-local function end_probe(job, id, host)
-  redis.call('HDEL', jk(job, 'probes'), id)
-  redis.call('HDEL', 'fq:probe_jobs', id)
-  redis.call('ZREM', 'fq:due', due_member(job, id))
-  redis.call('HINCRBY', jk(job, 'flight'), host, -1)
-  redis.call('HINCRBY', 'fq:flight', host, -1)
 end
 
 -- robots(now, wall, worker, id, attempt, verdict, report, crawl_delay): a worker
