@@ -75,9 +75,6 @@ from fetchq.wire.stages import Stages
 POLL = 0.25
 """Longest a waiting call goes without asking the store again, woken or not."""
 
-NOT_YET: dict[str, str] = {}
-"""Policy a job on a store does not take yet, and the option that asks for it."""
-
 MAX_RULES_KEPT = 100_000
 """Hosts' robots.txt rules a server keeps read (all are forgotten past this, and read
 again as needed)."""
@@ -290,9 +287,7 @@ class StoreBroker:
 
     def submit(self, batch: dict[str, Any]) -> SubmitReply:
         request = validate.submit_request(batch)
-        _refuse_not_yet(request.policy)
         steering.refuse_on_aggregate(request.job, Policy(**request.policy))
-        aggregate = bool(request.policy.get("aggregate"))
         sizes = ",".join(str(span_size(text)) for text in request.urls) if request.spans else ""
         attempts = request.attempts or self.max_attempts
         change = {name: _plain(value) for name, value in request.policy.items()}
@@ -505,7 +500,6 @@ class StoreBroker:
     def steer(self, job_name: str, change: dict[str, Any]) -> JobView:
         name = validate.job_name(job_name)
         action, policy = validate.steering(change)
-        _refuse_not_yet(policy)
         reply = self._call(
             "steer",
             self._now(),
@@ -662,12 +656,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, tuple):
         return [_plain(item) for item in value]
     return value
-
-
-def _refuse_not_yet(policy: dict[str, Any]) -> None:
-    for name, option in NOT_YET.items():
-        if policy.get(name):
-            raise BadRequest(f"a server on a store takes no {option} yet")
 
 
 def _fields(reply: list[bytes]) -> dict[str, str]:
