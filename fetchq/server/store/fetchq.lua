@@ -105,7 +105,14 @@ local function host_queued(job, host, id, front)
   end
 end
 
+-- Jobs with tasks queued (``fq:active``, in the order they were made): all a lease or
+-- a cancel looks at, however many jobs the store has known.
+local function active(job)
+  redis.call('ZADD', 'fq:active', 'NX', redis.call('ZSCORE', 'fq:jobs', job), job)
+end
+
 local function queue_again(job, id, task, front)
+  active(job)
   redis.call('HSET', jk(job, 'tasks'), id, cjson.encode(task))
   if task[3] then
     host_queued(job, task[3], id, front)
@@ -117,7 +124,9 @@ local function queue_again(job, id, task, front)
 end
 
 local function unqueued(job, count)
-  redis.call('HINCRBY', jk(job, 'meta'), 'queued', -count)
+  if redis.call('HINCRBY', jk(job, 'meta'), 'queued', -count) <= 0 then
+    redis.call('ZREM', 'fq:active', job)
+  end
   redis.call('DECRBY', 'fq:queued', count)
 end
 
@@ -223,7 +232,7 @@ end
 local function end_cancelled(wall, room)
   local ended_count = 0
   if room <= 0 then return 0 end
-  for _, job in ipairs(redis.call('ZRANGE', 'fq:jobs', 0, -1)) do
+  for _, job in ipairs(redis.call('ZRANGE', 'fq:active', 0, -1)) do
     local meta = jk(job, 'meta')
     local state, queued = unpack(redis.call('HMGET', meta, 'state', 'queued'))
     while state == 'cancelled' and tonumber(queued) > 0 and ended_count < math.min(room, CANCEL_BATCH) do
@@ -450,6 +459,7 @@ local function submit(keys, args)
     end
     redis.call('HINCRBY', meta, 'queued', count)
     redis.call('INCRBY', 'fq:queued', count)
+    active(job)
     redis.call('PUBLISH', 'fq:tasks', count)
   end
   local reply = {accepted = count, first_id = first}
@@ -808,7 +818,7 @@ local function lease(keys, args)
   local out = {}
   if tonumber(redis.call('GET', 'fq:queued') or '0') <= 0 then return out end
   if tonumber(redis.call('GET', 'fq:unconfirmed') or '0') >= tonumber(args[6]) then return out end
-  local jobs = redis.call('ZRANGE', 'fq:jobs', 0, -1)
+  local jobs = redis.call('ZRANGE', 'fq:active', 0, -1)
   local turn = redis.call('GET', 'fq:turn')
   local after = 0
   for i, job in ipairs(jobs) do if job == turn then after = i end end
@@ -1204,7 +1214,7 @@ local function steer(keys, args)
     if redis.call('HGET', meta, 'aggregate') == '1' then
       for name, value in pairs(change) do
         if name ~= 'rate' and value ~= cjson.null and value ~= false and value ~= 0 then
-          return {'aggregate', name} -- no pace or politeness on a store's aggregate job yet
+          return {'aggregate', name} -- an aggregate job takes a rate, but no politeness
         end
       end
     end
