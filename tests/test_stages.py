@@ -220,3 +220,26 @@ def test_a_broker_leases_at_the_staged_starts_and_a_pause_holds_them(
         [schedule.start_of(done + n) - schedule.start_of(done) for n in range(len(resumed))],
         abs=1e-6,
     )  # and the stages go on from where they were
+
+
+@pytest.mark.parametrize("hosts", [1, 2], ids=["one host", "two hosts"])
+def test_a_broker_keeps_the_staged_starts_of_a_job_with_host_limits(
+    implementation: Factory, clock: FakeClock, hosts: int
+):
+    """Through the broker's API, a job whose tasks wait per host: its starts are the
+    stages' own, whichever host each goes to."""
+    wall = 1_700_000_000.0
+    broker = implementation(clock=clock, wall_clock=lambda: wall + clock.now)
+    stages = parse_stages("0..100/s over 4s, 100/s for 4s")
+    urls = [f"http://h{n % hosts}.test/{n}" for n in range(2_000)]
+    broker.submit({"job": "s", "urls": urls, "stages": stages, "per_host": 500})
+    first_lease = wall + clock.now
+    starts = []
+    for _ in range(10):
+        starts += [task["scheduled"] for task in broker.lease("w", 1_000, 0)]
+        clock.advance(0.5)
+    schedule = Stages(stages)
+    assert sorted(starts) == pytest.approx(
+        [first_lease + schedule.start_of(n) for n in range(len(starts))], abs=1e-6
+    )
+    assert len(starts) == math.floor(schedule.started_by(4.5 + LOOKAHEAD) + 0.5)

@@ -297,11 +297,6 @@ class StoreBroker:
         ]
         server_limits = bool(self.per_host or self.host_delay)
         limited = not request.spans and (server_limits or Policy(**request.policy).limits_hosts)
-        if limited and request.policy.get("stages"):
-            raise BadRequest(
-                "a server on a store takes no staged --rate with per-host limits yet "
-                "(--per-host, --host-delay, the job's or the server's)"
-            )
         deadline = self._elapsed_clock() + request.wait
         while True:
             hosted = limited or request.job in self._by_host

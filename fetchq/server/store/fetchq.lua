@@ -523,6 +523,29 @@ local function start_of(plan, n)
   return plan.begins[index] + into
 end
 
+-- The integral of a staged rate from its start to ``t`` seconds.
+local function started_by(plan, t)
+  if t <= 0 then return 0 end
+  if t >= plan.duration then return plan.total + (t - plan.duration) * plan.tail end
+  local index = 1 -- the stage ``t`` falls in
+  for i = 1, #plan.begins do if plan.begins[i] <= t then index = i end end
+  local stage, into = plan.stages[index], t - plan.begins[index]
+  local rate_then = stage[2] + (stage[3] - stage[2]) * into / stage[1]
+  return plan.counts[index] + (stage[2] + rate_then) / 2 * into
+end
+
+-- The staged slot after request ``index`` started at ``start``: the first that is not
+-- before it (``Pace._after``).
+local function slot_after(plan, anchor, start, index)
+  index = math.max(index + 1, math.ceil(started_by(plan, start - anchor) - 0.5))
+  local slot = anchor + start_of(plan, index)
+  if slot < start then -- (rounding: a slot a hair before its start)
+    index = index + 1
+    slot = anchor + start_of(plan, index)
+  end
+  return slot, index
+end
+
 -- The lease of one task to ``worker``, to start at ``start`` (nil: at once), appended
 -- to ``out`` as 9 fields (the last: ``span`` for an aggregate job's span).
 local function grant(job, id, task, range, worker, start, now, offset, timeout, out)
@@ -721,7 +744,6 @@ local function take(job, allowed, worker, now, offset, timeout, server, out)
     if plan then
       index = index + taken
       slot = anchor + start_of(plan, index)
-      redis.call('HSET', meta, 'anchor', num(anchor), 'index', index)
     elseif rate then
       slot = slot + taken / rate
     end
@@ -779,7 +801,11 @@ local function take(job, allowed, worker, now, offset, timeout, server, out)
         grant(job, id, task, range, worker, start, now, offset, timeout, out)
         if rules == 'known' then out[#out] = 'check' end -- against the host's robots.txt
         got = got + 1
-        if rate then slot = start + 1 / rate end -- held back by the host: no burst after
+        if plan then -- held back by the host: the first slot after it, no burst
+          slot, index = slot_after(plan, anchor, start, index)
+        elseif rate then
+          slot = start + 1 / rate
+        end
         if start then
           redis.call('HSET', last, host, num(start))
           redis.call('HSET', 'fq:last', host, num(start))
@@ -800,6 +826,7 @@ local function take(job, allowed, worker, now, offset, timeout, server, out)
   if taken > 0 then
     unqueued(job, taken)
     redis.call('HSET', meta, 'next_slot', num(slot), 'fresh', 0)
+    if plan then redis.call('HSET', meta, 'anchor', num(anchor), 'index', index) end
   end
   return taken + probed
 end
