@@ -546,21 +546,23 @@ local function slot_after(plan, anchor, start, index)
   return slot, index
 end
 
+-- A leased task as the server reads it, appended to ``out``: 9 fields, the last its
+-- kind (``span`` for an aggregate job's span; the caller may mark it otherwise).
+local function record(out, job, id, task, range, start, offset)
+  local n = #out
+  out[n + 1], out[n + 2], out[n + 3], out[n + 4] = id, job, task[2], tostring(task[1])
+  out[n + 5], out[n + 6] = range.timeout, range.submitted
+  out[n + 7], out[n + 8] = start and num(start + offset) or '', range.spec
+  out[n + 9] = task[4] and 'span' or ''
+end
+
 -- The lease of one task to ``worker``, to start at ``start`` (nil: at once), appended
--- to ``out`` as 9 fields (the last: ``span`` for an aggregate job's span).
+-- to ``out``.
 local function grant(job, id, task, range, worker, start, now, offset, timeout, out)
   local deadline = (start and math.max(now, start) or now) + timeout
   redis.call('HSET', jk(job, 'holders'), id, worker)
   redis.call('ZADD', 'fq:due', num(deadline), due_member(job, id))
-  out[#out + 1] = id
-  out[#out + 1] = job
-  out[#out + 1] = task[2]
-  out[#out + 1] = tostring(task[1])
-  out[#out + 1] = range.timeout
-  out[#out + 1] = range.submitted
-  out[#out + 1] = start and num(start + offset) or ''
-  out[#out + 1] = range.spec
-  out[#out + 1] = task[4] and 'span' or ''
+  record(out, job, id, task, range, start, offset)
 end
 
 -- The next live task of a queue (stale ids, of tasks done or leased, are dropped).
@@ -726,15 +728,7 @@ local function take(job, allowed, worker, now, offset, timeout, server, out)
           held[#held + 1], held[#held + 2] = id, worker
           dues[#dues + 1] = num((start and math.max(now, start) or now) + timeout)
           dues[#dues + 1] = due_member(job, id)
-          out[#out + 1] = id
-          out[#out + 1] = job
-          out[#out + 1] = task[2]
-          out[#out + 1] = tostring(task[1])
-          out[#out + 1] = range.timeout
-          out[#out + 1] = range.submitted
-          out[#out + 1] = start and num(start + offset) or ''
-          out[#out + 1] = range.spec
-          out[#out + 1] = ''
+          record(out, job, id, task, range, start, offset)
           taken = taken + 1
         end
       end
