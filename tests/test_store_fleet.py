@@ -11,6 +11,7 @@ import json
 import subprocess
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from fetchq_procs import (
@@ -61,6 +62,27 @@ def workers_on(env: dict[str, str], servers: list[ServerProcess]) -> list[subpro
     return workers
 
 
+def through_both(
+    env: dict[str, str], servers: list[ServerProcess], job: str, *dispatch: str, both: bool = True
+) -> tuple[list[dict[str, Any]], str]:
+    """A job dispatched through one server and read through the other, a worker on
+    each (``both``: each took part): its records (JSONL) and what the output said."""
+    workers = workers_on(env, servers)
+    try:
+        dispatched = run(on(env, servers[0]), "dispatch", *dispatch, "-j", job)
+        assert dispatched.returncode == 0, dispatched.stderr
+        output = start_output(on(env, servers[1]), "-j", job, "--until-done",
+                              "--format", "jsonl", "--summary")  # fmt: skip
+        out, err = output.communicate(timeout=120)
+        assert output.returncode == 0, err
+    finally:
+        stop_all(workers)
+    records = jsonl(out)
+    if both:
+        assert len({record["worker"] for record in records}) == 2, "both workers took part"
+    return records, err
+
+
 def test_a_job_through_two_servers_gives_every_result_exactly_once(env, servers, target, tmp_path):
     """20,000 URLs dispatched to one server, fetched by a worker on each, read by an
     output on each: every URL is one result in exactly one of the two outputs."""
@@ -107,22 +129,10 @@ def hosts() -> Iterator[list[Target]]:
 def test_one_rate_holds_across_two_servers(env, servers, target):
     """A paced job, with a worker on each server: one schedule for both, its starts
     reach the target at the rate asked, within 1%."""
-    workers = workers_on(env, servers)
     rate, count = 200, 1200
-    try:
-        dispatched = run(on(env, servers[1]), "dispatch", "--template",
-                         f"{target.url}/paced?i={{i}}", "--count", str(count),
-                         "--rate", f"{rate}/s", "-j", "paced")  # fmt: skip
-        assert dispatched.returncode == 0, dispatched.stderr
-        output = start_output(on(env, servers[0]), "-j", "paced", "--until-done",
-                              "--format", "jsonl")  # fmt: skip
-        out, err = output.communicate(timeout=120)
-        assert output.returncode == 0, err
-    finally:
-        stop_all(workers)
-    results = jsonl(out)
+    results, _ = through_both(env, servers, "paced", "--template", f"{target.url}/paced?i={{i}}",
+                              "--count", str(count), "--rate", f"{rate}/s")  # fmt: skip
     assert len(results) == count and all(result["ok"] for result in results)
-    assert len({result["worker"] for result in results}) == 2, "both workers took part"
     seen = sorted(
         (request for request in target.requests() if "/paced?" in request.path),
         key=lambda request: request.arrived,
@@ -135,21 +145,9 @@ def test_one_rate_holds_across_two_servers(env, servers, target):
 def test_one_per_host_cap_holds_across_two_servers(env, servers, hosts):
     """--per-host 2 over three hosts, with a worker on each server: no host ever has
     more than two requests in flight, and each reaches two."""
-    workers = workers_on(env, servers)
     urls = [f"{host.url}/slow?s=0.2&cap={n}" for host in hosts for n in range(12)]
-    try:
-        dispatched = run(on(env, servers[0]), "dispatch", *urls, "--per-host", "2",
-                         "-j", "capped")  # fmt: skip
-        assert dispatched.returncode == 0, dispatched.stderr
-        output = start_output(on(env, servers[1]), "-j", "capped", "--until-done",
-                              "--format", "jsonl")  # fmt: skip
-        out, err = output.communicate(timeout=120)
-        assert output.returncode == 0, err
-    finally:
-        stop_all(workers)
-    results = jsonl(out)
+    results, _ = through_both(env, servers, "capped", *urls, "--per-host", "2")
     assert len(results) == len(urls) and all(result["ok"] for result in results)
-    assert len({result["worker"] for result in results}) == 2, "both workers took part"
     for host in hosts:
         in_flight = [r.in_flight for r in host.requests() if "cap=" in r.path]
         assert len(in_flight) == 12
@@ -159,26 +157,15 @@ def test_one_per_host_cap_holds_across_two_servers(env, servers, hosts):
 def test_an_aggregate_job_through_two_servers_counts_what_the_target_received(env, servers, target):
     """Spans leased through both servers, aggregates read through one: each request
     counted once, as the target received it, and the job's counts in requests."""
-    workers = workers_on(env, servers)
     count, span = 6_000, 500
-    try:
-        dispatched = run(on(env, servers[0]), "dispatch", "--template",
-                         f"{target.url}/agg2?i={{i}}", "--count", str(count), "--aggregate",
-                         "--span", str(span), "-j", "agg2")  # fmt: skip
-        assert dispatched.returncode == 0, dispatched.stderr
-        output = start_output(on(env, servers[1]), "-j", "agg2", "--until-done",
-                              "--format", "jsonl", "--summary")  # fmt: skip
-        out, err = output.communicate(timeout=120)
-        assert output.returncode == 0, err
-        listed = run(on(env, servers[1]), "job", "list", "--json")
-    finally:
-        stop_all(workers)
-    records = jsonl(out)
+    template = f"{target.url}/agg2?i={{i}}"
+    records, said = through_both(env, servers, "agg2", "--template", template, "--count",
+                                 str(count), "--aggregate", "--span", str(span))  # fmt: skip
+    listed = run(on(env, servers[1]), "job", "list", "--json")
     assert sorted(record["first"] for record in records) == list(range(0, count, span))
-    assert len({record["worker"] for record in records}) == 2, "both workers took part"
     hits = {path: n for path, n in target.hits().items() if path.startswith("/agg2?")}
     assert len(hits) == count and set(hits.values()) == {1}
-    assert f"Requests:     {count}" in err
+    assert f"Requests:     {count}" in said
     job = json.loads(listed.stdout)["agg2"]
     assert (job["submitted"], job["succeeded"], job["failed"], job["state"]) == (
         count, count, 0, "done",
@@ -218,19 +205,12 @@ def test_robots_txt_through_two_servers_is_fetched_once_and_obeyed(env, servers,
     site.robots = "User-agent: *\nDisallow: /private\nCrawl-delay: 0.3\n"
     allowed = [f"{site.url}/public/{n}?polite2" for n in range(4)]
     forbidden = [f"{site.url}/private/{n}?polite2" for n in range(2)]
-    workers = workers_on(env, servers)
     try:
-        dispatched = run(on(env, servers[0]), "dispatch", *allowed, *forbidden,
-                         "--obey-robots", "-j", "polite2")  # fmt: skip
-        assert dispatched.returncode == 0, dispatched.stderr
-        output = start_output(on(env, servers[1]), "-j", "polite2", "--until-done",
-                              "--format", "jsonl")  # fmt: skip
-        out, err = output.communicate(timeout=120)
-        assert output.returncode == 0, err
+        records, _ = through_both(env, servers, "polite2", *allowed, *forbidden, "--obey-robots",
+                                  both=False)  # fmt: skip
     finally:
-        stop_all(workers)
         site.robots = None
-    results = {result["url"]: result for result in jsonl(out)}
+    results = {result["url"]: result for result in records}
     fetches = site.requests("/robots.txt")
     assert len(fetches) == 1
     assert all(results[url]["ok"] for url in allowed)
@@ -244,23 +224,12 @@ def test_robots_txt_through_two_servers_is_fetched_once_and_obeyed(env, servers,
 def test_a_paced_aggregate_job_through_two_servers_holds_its_rate(env, servers, target):
     """200/s for 6 s in spans of 100, a worker on each server: spans side by side, one
     schedule, none early, the rate within 1% at the target."""
-    workers = workers_on(env, servers)
     rate, seconds, path = 200, 6, "/paced-agg2?i="
-    try:
-        dispatched = run(on(env, servers[0]), "dispatch", "--template",
-                         f"{target.url}{path}{{i}}", "--rate", f"{rate}/s", "--duration",
-                         f"{seconds}s", "--aggregate", "--span", "100", "-j", "pagg")  # fmt: skip
-        assert dispatched.returncode == 0, dispatched.stderr
-        output = start_output(on(env, servers[1]), "-j", "pagg", "--until-done",
-                              "--format", "jsonl")  # fmt: skip
-        out, err = output.communicate(timeout=120)
-        assert output.returncode == 0, err
-    finally:
-        stop_all(workers)
-    records = jsonl(out)
+    records, _ = through_both(env, servers, "pagg", "--template", f"{target.url}{path}{{i}}",
+                              "--rate", f"{rate}/s", "--duration", f"{seconds}s", "--aggregate",
+                              "--span", "100")  # fmt: skip
     count = rate * seconds
     assert sum(record["requests"] for record in records) == count
-    assert len({record["worker"] for record in records}) == 2, "both workers took part"
     arrived = sorted(seen.arrived for seen in target.requests() if path in seen.path)
     assert len(arrived) == count
     first = min(record["summary"]["schedule"]["first_due"] for record in records)
