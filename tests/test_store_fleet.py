@@ -26,6 +26,7 @@ from fetchq_procs import (
     worker_name,
 )
 from storekit import StoreProcess, free_port
+from test_aggregate_jobs import assert_paced_spans
 from test_cli import assert_clean_error
 from worker_scenarios import CLOCK_SLACK, assert_slots_apart
 
@@ -228,13 +229,4 @@ def test_a_paced_aggregate_job_through_two_servers_holds_its_rate(env, servers, 
     records, _ = through_both(env, servers, "pagg", "--template", f"{target.url}{path}{{i}}",
                               "--rate", f"{rate}/s", "--duration", f"{seconds}s", "--aggregate",
                               "--span", "100")  # fmt: skip
-    count = rate * seconds
-    assert sum(record["requests"] for record in records) == count
-    arrived = sorted(seen.arrived for seen in target.requests() if path in seen.path)
-    assert len(arrived) == count
-    first = min(record["summary"]["schedule"]["first_due"] for record in records)
-    early = [k for k, at in enumerate(arrived) if at < first + k / rate - CLOCK_SLACK]
-    assert not early, f"{len(early)} requests came before their slot"
-    low, high = arrived[0] + 1.0, arrived[-1] - 1.0
-    achieved = sum(1 for at in arrived if low <= at <= high) / (high - low)
-    assert abs(achieved / rate - 1) < 0.01, achieved
+    assert_paced_spans(records, target, path, rate, rate * seconds, edge=1.0)
