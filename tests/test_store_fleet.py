@@ -52,9 +52,17 @@ def on(env: dict[str, str], server: ServerProcess) -> dict[str, str]:
     return {**env, "FETCHQ_SERVER": server.address}
 
 
-def workers_on(env: dict[str, str], servers: list[ServerProcess]) -> list[subprocess.Popen[str]]:
+FEW = ("--concurrency", "2", "--prefetch", "2")
+"""A worker that holds at most four tasks: one worker alone cannot hold all a job
+offers, so each of two takes part."""
+
+
+def workers_on(
+    env: dict[str, str], servers: list[ServerProcess], options: tuple[str, ...] = ()
+) -> list[subprocess.Popen[str]]:
     """One worker on each server, each asking for tasks before the test goes on."""
-    workers = [start_worker(on(env, server), "--concurrency", "8")[0] for server in servers]
+    options = options or ("--concurrency", "8")
+    workers = [start_worker(on(env, server), *options)[0] for server in servers]
     watch = connect_broker(servers[0].address, env["FETCHQ_AUTHKEY"])
     try:  # any server's status shows every worker: the store has them all
         wait_until_leasing(watch, {worker_name(worker.pid) for worker in workers})
@@ -64,11 +72,17 @@ def workers_on(env: dict[str, str], servers: list[ServerProcess]) -> list[subpro
 
 
 def through_both(
-    env: dict[str, str], servers: list[ServerProcess], job: str, *dispatch: str, both: bool = True
+    env: dict[str, str],
+    servers: list[ServerProcess],
+    job: str,
+    *dispatch: str,
+    both: bool = True,
+    workers: tuple[str, ...] = FEW,
 ) -> tuple[list[dict[str, Any]], str]:
     """A job dispatched through one server and read through the other, a worker on
-    each (``both``: each took part): its records (JSONL) and what the output said."""
-    workers = workers_on(env, servers)
+    each, started with ``workers`` options (``both``: each took part): its records
+    (JSONL) and what the output said."""
+    running = workers_on(env, servers, workers)
     try:
         dispatched = run(on(env, servers[0]), "dispatch", *dispatch, "-j", job)
         assert dispatched.returncode == 0, dispatched.stderr
@@ -77,7 +91,7 @@ def through_both(
         out, err = output.communicate(timeout=120)
         assert output.returncode == 0, err
     finally:
-        stop_all(workers)
+        stop_all(running)
     records = jsonl(out)
     if both:
         assert len({record["worker"] for record in records}) == 2, "both workers took part"
@@ -132,7 +146,8 @@ def test_one_rate_holds_across_two_servers(env, servers, target):
     reach the target at the rate asked, within 1%."""
     rate, count = 200, 1200
     results, _ = through_both(env, servers, "paced", "--template", f"{target.url}/paced?i={{i}}",
-                              "--count", str(count), "--rate", f"{rate}/s")  # fmt: skip
+                              "--count", str(count), "--rate", f"{rate}/s",
+                              workers=("--concurrency", "8"))  # fmt: skip
     assert len(results) == count and all(result["ok"] for result in results)
     seen = sorted(
         (request for request in target.requests() if "/paced?" in request.path),
@@ -228,5 +243,6 @@ def test_a_paced_aggregate_job_through_two_servers_holds_its_rate(env, servers, 
     rate, seconds, path = 200, 6, "/paced-agg2?i="
     records, _ = through_both(env, servers, "pagg", "--template", f"{target.url}{path}{{i}}",
                               "--rate", f"{rate}/s", "--duration", f"{seconds}s", "--aggregate",
-                              "--span", "100")  # fmt: skip
+                              "--span", "100",
+                              workers=("--concurrency", "8", "--prefetch", "1"))  # fmt: skip
     assert_paced_spans(records, target, path, rate, rate * seconds, edge=1.0)
