@@ -118,6 +118,19 @@ def test_server_address_from_a_bad_environment_is_a_config_error(
     assert server_address("h:5") == Address("h", 5)
 
 
+def test_several_servers_are_taken_in_order_and_an_empty_one_is_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(config.ENV_SERVER, "a:1,b:2")
+    monkeypatch.setenv(config.ENV_AUTHKEY, "a-key-for-the-link")
+    link = config.server_link(None, authkey_file=None)
+    assert (link.address, link.others) == (Address("a", 1), (Address("b", 2),))
+    assert str(link) == "a:1,b:2"
+    assert config.server_addresses("c:3") == (Address("c", 3),)  # the option beats it
+    with pytest.raises(ConfigError, match="empty server address"):
+        config.server_addresses("a:1,")
+
+
 @pytest.mark.parametrize(
     ("host", "loopback"),
     [("127.0.0.1", True), ("127.8.9.1", True), ("localhost", True), ("::1", True),
