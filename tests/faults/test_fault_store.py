@@ -14,7 +14,7 @@ from pathlib import Path
 
 from checker import assert_exactly_once, check_file, wait_for_job
 from faultkit import exit_code
-from fetchq_procs import connect_broker, poll_until
+from fetchq_procs import connect_broker, poll_until, worker_name
 from netproxy import NetProxy
 from storekit import StoreProcess
 
@@ -155,3 +155,42 @@ def test_the_store_cut_off_for_a_while(env, store, start_server, launch, target,
         said = [line for line in server.log.lines if "does not answer" in line]
         assert len(said) == 1, said
         watch.close()
+
+
+def test_a_dead_workers_leases_lapse_through_the_other_server(
+    env, store, start_server, launch, target, tmp_path
+):
+    """kill -9 a worker and then its server, while the other server and its worker go
+    on: the dead worker's leases lapse through the other server's calls, its tasks run
+    there, and nothing is lost or doubled."""
+    first = start_server("--store", store.url, "--lease-timeout", LEASE)
+    second = start_server("--store", store.url, "--lease-timeout", LEASE)
+    run = new_run(target, tmp_path, 2000, slow=0.01)
+    workers, output, dispatch = start_clients(
+        launch, env, run, workers=[first.address, second.address], output=second.address,
+        dispatch=second.address,
+    )  # fmt: skip
+    watch = connect_broker(second.address, env["FETCHQ_AUTHKEY"])
+    running(watch, run, 200)
+    (victim, _), survivor = workers
+    name = worker_name(victim.pid)
+
+    def holding() -> bool:
+        rows = watch.call("status")["workers"]
+        return any(row["worker"] == name and row["leased"] > 0 for row in rows)
+
+    poll_until(holding, 30, "the worker on the first server to hold leases")
+    fault_at = time.time()
+    victim.kill()
+    victim.wait(10)
+    first.kill()  # from now on, only the second server's calls can expire its leases
+    poll_until(lambda: watch.call("job", run.job)["expired"] > 0, 30, "its leases to lapse")
+    assert exit_code(*dispatch, 60) == 0, dispatch[1].text
+    wait_for_job(watch, run.job, timeout=90)
+    assert exit_code(*output, 60) == 0, output[1].text
+    survivor[0].terminate()
+    assert exit_code(*survivor, 30) == 0, survivor[1].text
+    report = check_file(run.urls, run.out, fault_at=fault_at)
+    assert_exactly_once(report)
+    assert any(result["attempt"] > 1 for result in report.recovered), "a lapsed task ran again"
+    watch.close()
