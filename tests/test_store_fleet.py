@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
+from brokerkit import on_store
 from fetchq_procs import (
     ServerProcess,
     connect_broker,
@@ -30,7 +33,7 @@ from test_aggregate_jobs import assert_paced_spans
 from test_cli import assert_clean_error
 from worker_scenarios import CLOCK_SLACK, assert_slots_apart
 
-from fetchq.errors import ExitCode
+from fetchq.errors import ExitCode, StoreUnavailable
 from fetchq.testing.target import Target
 from fetchq.wire.records import ROBOTS_REFUSED
 
@@ -246,3 +249,32 @@ def test_a_paced_aggregate_job_through_two_servers_holds_its_rate(env, servers, 
                               "--span", "100",
                               workers=("--concurrency", "8", "--prefetch", "1"))  # fmt: skip
     assert_paced_spans(records, target, path, rate, rate * seconds, edge=1.0)
+
+
+def test_an_outage_is_said_once_though_calls_run_side_by_side(capsys):
+    """A call begun before the store went away, which still got its answer, does not
+    end the outage; a call begun after it was said does."""
+    broker = on_store()
+    began, answer = threading.Event(), threading.Event()
+
+    def slow() -> str:
+        began.set()
+        answer.wait(10)
+        return "ok"
+
+    def gone() -> None:
+        raise redis.ConnectionError("Connection refused")
+
+    early = threading.Thread(target=broker._guarded, args=(slow,))
+    early.start()
+    assert began.wait(10)
+    with pytest.raises(StoreUnavailable):
+        broker._guarded(gone)  # said
+    answer.set()
+    early.join(10)  # its answer came, but it began before the outage was said
+    with pytest.raises(StoreUnavailable):
+        broker._guarded(gone)  # the same outage: not said again
+    assert broker._guarded(lambda: "ok") == "ok"  # the store answers again
+    said = capsys.readouterr().err
+    assert (said.count("does not answer"), said.count("answers again")) == (1, 1), said
+    broker.close()

@@ -163,6 +163,8 @@ class StoreBroker:
         """Why the store did not answer, said once (None: it answers)."""
         self._back_at = float("-inf")
         """When the store last answered again after an outage (``time.monotonic``)."""
+        self._failed_at = float("-inf")
+        """When the outage under way was said."""
         self._saying = threading.Lock()
         self._robots: dict[tuple[str, str], Robots] = {}
         """robots.txt rules read from the store, by job and host."""
@@ -229,7 +231,8 @@ class StoreBroker:
     def _guarded(self, command: Callable[[], Any]) -> Any:
         """``command`` on the store.  A store that does not answer is said once an
         outage, here, and is ``StoreUnavailable`` to the client, which waits and asks
-        again.  A call begun before the store came back is not a new outage."""
+        again.  Calls run side by side, so only a call begun after the outage was said
+        can end it, and only one begun after the store came back can start another."""
         began = time.monotonic()
         try:
             reply = command()
@@ -237,7 +240,7 @@ class StoreBroker:
             raise self._unavailable(exc, began) from None
         if self._failing is not None:
             with self._saying:
-                if self._failing is not None:
+                if self._failing is not None and began > self._failed_at:
                     self._failing, self._back_at = None, time.monotonic()
                     say(f"server: store {self.shown} answers again")
         return reply
@@ -246,7 +249,7 @@ class StoreBroker:
         reason = str(exc) or type(exc).__name__
         with self._saying:
             if self._failing is None and began > self._back_at:
-                self._failing = reason
+                self._failing, self._failed_at = reason, time.monotonic()
                 say(f"server: store {self.shown} does not answer ({reason}); clients wait for it")
         return StoreUnavailable(f"the server's store does not answer ({reason}); try again later")
 
