@@ -98,6 +98,11 @@ class StoreProcess:
         client.close()
         return self
 
+    def restart(self) -> StoreProcess:
+        """Start again, on the same files and port, after ``kill``: this object stays
+        the one that ``stop`` stops."""
+        return self.start()
+
     def client(self) -> redis.Redis:
         return redis.Redis(
             unix_socket_path=str(self.socket), socket_timeout=10, password=self.password

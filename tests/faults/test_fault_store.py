@@ -16,7 +16,6 @@ from checker import assert_exactly_once, check_file, wait_for_job
 from faultkit import exit_code
 from fetchq_procs import connect_broker, poll_until, worker_name
 from netproxy import NetProxy
-from storekit import StoreProcess
 
 from fetchq.testing.target import Target
 
@@ -124,7 +123,7 @@ def test_the_store_killed_with_appendfsync_always_and_restarted(
     store.kill()
     server.log.wait_for(r"store .* does not answer", 20)
     output[1].wait_for(r"waiting for server at .*store does not answer", 20)
-    StoreProcess(store.directory, port=store.port, appendfsync="always").start()
+    store.restart()  # from its AOF; the fixture stops it
     server.log.wait_for(r"store .* answers again", 20)
     finish(watch, run, workers, output, dispatch, fault_at)
     said = [line for line in server.log.lines if "does not answer" in line]
