@@ -37,8 +37,12 @@ def hold_until_unconfirmed(proxy: NetProxy, fq: Any, job: Any, out: Path) -> tup
     Returns (complete lines, delivered), frozen while requests are held."""
 
     def unconfirmed() -> tuple[int, int] | None:
-        lines, delivered = complete_lines(out), fq.counts(job)["confirmed"]
-        return (lines, delivered) if lines > delivered else None
+        # The whole delivery written, not a part of it its buffer let out (a batch of
+        # 37 results is past 8 KiB): every result handed out is in the file.
+        counts = fq.counts(job)
+        lines, delivered = complete_lines(out), counts["confirmed"]
+        whole = lines == delivered + counts["handed_out"]
+        return (lines, delivered) if lines > delivered and whole else None
 
     for _ in range(5):
         proxy.hold_requests()
