@@ -1278,6 +1278,30 @@ def test_host_caps_hold_per_job_and_for_the_server_over_every_job(make_broker: F
     assert broker.lease("w1", 20, 0) == []
 
 
+def test_first_host_limits_set_while_a_job_runs_hold_for_what_it_has_leased(
+    broker: BrokerService,
+) -> None:
+    """``job set --per-host`` on a job dispatched without it: tasks already leased count
+    against the cap, queued ones keep their order per host, later batches join them."""
+    broker.submit({"job": "a", "urls": urls(3, "http://h.test/") + urls(2, "http://g.test/")})
+    first = broker.lease("w1", 2, 0)  # both on h.test, before any limit
+    broker.steer("a", {"action": "set", "per_host": 2})
+    broker.submit({"job": "a", "urls": urls(2, "http://k.test/")})
+    leased = broker.lease("w1", 20, 0)
+    assert sorted(t["url"] for t in leased) == [
+        "http://g.test/0",  # h.test is full with the two leased before the limit
+        "http://g.test/1",
+        "http://k.test/0",
+        "http://k.test/1",
+    ], leased
+    broker.complete("w1", [ok(first[0])])
+    (third,) = broker.lease("w1", 20, 0)
+    assert third["url"] == "http://h.test/2"
+    done = [ok(task) for task in [first[1], *leased, third]]
+    assert broker.complete("w1", done)["accepted"] == len(done)
+    assert broker.job("a")["succeeded"] == 7
+
+
 def test_a_host_delay_spaces_the_starts_it_hands_out(
     make_broker: Factory, clock: FakeClock
 ) -> None:

@@ -34,6 +34,7 @@ from test_cli import assert_clean_error
 from worker_scenarios import CLOCK_SLACK, assert_slots_apart
 
 from fetchq.errors import ExitCode, StoreUnavailable
+from fetchq.server.store import broker as store_broker
 from fetchq.testing.target import Target
 from fetchq.wire.records import ROBOTS_REFUSED
 
@@ -171,6 +172,66 @@ def test_one_per_host_cap_holds_across_two_servers(env, servers, hosts):
         in_flight = [r.in_flight for r in host.requests() if "cap=" in r.path]
         assert len(in_flight) == 12
         assert max(in_flight) == 2, (host.host, Counter(in_flight))  # the cap, and reached
+
+
+def test_first_host_limits_set_through_one_server_hold_on_the_other(env, servers, hosts):
+    """A job dispatched without limits, given ``--per-host 2`` through the second
+    server, then given more tasks through the first (which learns then that the job
+    sorts its tasks by host): no host ever has more than two requests in flight."""
+    urls = [f"{host.url}/slow?s=0.2&late={n}" for host in hosts for n in range(12)]
+    first, second = on(env, servers[0]), on(env, servers[1])
+    assert run(first, "dispatch", *urls[::2], "-j", "late").returncode == 0
+    limited = run(second, "job", "set", "late", "--per-host", "2")
+    assert limited.returncode == 0, limited.stderr
+    assert "at most 2 in flight per host" in limited.stdout
+    assert run(first, "dispatch", *urls[1::2], "-j", "late").returncode == 0
+    workers = workers_on(env, servers, FEW)
+    try:
+        output = start_output(second, "-j", "late", "--until-done", "--format", "jsonl")
+        out, err = output.communicate(timeout=120)
+        assert output.returncode == 0, err
+    finally:
+        stop_all(workers)
+    assert sorted(result["url"] for result in jsonl(out)) == sorted(urls)
+    for host in hosts:
+        in_flight = [r.in_flight for r in host.requests() if "late=" in r.path]
+        assert len(in_flight) == 12
+        assert max(in_flight) == 2, (host.host, Counter(in_flight))  # the cap, and reached
+
+
+def test_a_big_job_is_sorted_by_host_a_page_at_a_time(monkeypatch):
+    """A job's first host limits on a store: ``job set`` sorts some of its tasks by
+    host, and each round of a server's housekeeping some more, never holding the store
+    for long; until then, the rest wait."""
+    monkeypatch.setattr(store_broker, "SORT_PAGES", 1)  # a thousand tasks a go
+    broker = on_store()
+    try:
+        broker.submit({"job": "big", "urls": [f"http://h{i % 3}.test/{i}" for i in range(2500)]})
+        broker.steer("big", {"action": "set", "per_host": 2500})
+        taken = [len(broker.lease("w1", 5000, 0))]
+        for _ in range(3):
+            broker.expire_leases()
+            taken.append(len(broker.lease("w1", 5000, 0)))
+    finally:
+        broker.close()
+    assert taken == [1000, 1000, 500, 0]
+
+
+def test_a_job_leases_nothing_while_the_hosts_of_its_leases_are_asked():
+    """Giving a job its first host limits takes two calls to the store, the hosts of
+    its leased tasks found in between: no lease slips in between uncounted."""
+    broker = on_store()
+    try:
+        broker.submit({"job": "j", "urls": [f"http://h.test/{i}" for i in range(3)]})
+        (leased,) = broker.lease("w1", 1, 0)
+        change = b'{"per_host":1}'
+        asked = broker._call("steer", "", "", "j", "set", change, broker.max_results)
+        assert asked == [b"by_host", str(leased["id"]).encode(), leased["url"].encode()]
+        assert broker.lease("w1", 5, 0) == []
+        broker.steer("j", {"action": "set", "per_host": 1})
+        assert broker.lease("w1", 5, 0) == []  # h.test has its one in flight
+    finally:
+        broker.close()
 
 
 def test_an_aggregate_job_through_two_servers_counts_what_the_target_received(env, servers, target):

@@ -98,6 +98,11 @@ class Scheduler:
         queue = self.jobs.get(name)
         return queue.policy if queue is not None else Policy()
 
+    def by_host(self, name: str) -> bool:
+        """Do the job's tasks wait per host (it has host limits, or the server has)?"""
+        queue = self.jobs.get(name)
+        return queue is not None and queue.by_host
+
     def set_policy(self, name: str, policy: Policy) -> None:
         queue = self.get_or_create(name)
         if policy.stages != queue.policy.stages:

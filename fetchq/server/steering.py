@@ -141,6 +141,7 @@ def apply(state: BrokerState, event: events.SteeringEvent, *, now: float, wall: 
     scheduler = state.scheduler
     if event["k"] == events.POLICY:
         unset = Policy()  # a journal from before a field was added lacks it
+        sorted_before = scheduler.by_host(job)
         scheduler.set_policy(
             job,
             Policy(
@@ -153,6 +154,11 @@ def apply(state: BrokerState, event: events.SteeringEvent, *, now: float, wall: 
                 stages=read_stages(event.get("stages")),
             ),
         )
+        if scheduler.by_host(job) and not sorted_before:
+            # Its first host limits: what it has leased counts on its hosts from now.
+            for lease in state.leases:
+                if lease.task.job == job and lease.host is None and not lease.robots:
+                    lease.host = scheduler.held_over(lease.task)
     elif event["k"] == events.PAUSE or event["k"] == events.RESUME:
         scheduler.pause(job, event["k"] == events.PAUSE, now)
     elif event["k"] == events.CANCEL:

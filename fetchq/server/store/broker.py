@@ -81,6 +81,14 @@ again as needed)."""
 
 RATE_WINDOW = 10.0
 
+SORT_PAGES = 20
+"""Pages of a job's tasks (a thousand each) sorted by host in one go: a ``job set``
+returns, and a round of housekeeping goes on, within a second or so."""
+
+SORT_TRIES = 3
+"""Times ``job set`` sends a job's first host limits with the hosts of its leased tasks
+(the job leases nothing meanwhile, for ``HOSTS_WAIT`` seconds in fetchq.lua)."""
+
 LISTEN_TICK = 0.5
 """Seconds the listener waits for a message before it looks whether to stop."""
 
@@ -498,27 +506,45 @@ class StoreBroker:
     def steer(self, job_name: str, change: dict[str, Any]) -> JobView:
         name = validate.job_name(job_name)
         action, policy = validate.steering(change)
-        reply = self._call(
-            "steer",
-            self._now(),
-            self._wall_now(),
-            name,
-            action,
-            _json({key: _plain(value) for key, value in policy.items()}),
-            self.max_results,
-        )
+        change_json = _json({key: _plain(value) for key, value in policy.items()})
+        hosts: list[str] | None = None
+        for _ in range(SORT_TRIES):
+            reply = self._call(
+                "steer",
+                self._now(),
+                self._wall_now(),
+                name,
+                action,
+                change_json,
+                self.max_results,
+                *(() if hosts is None else ("hosts", *hosts)),
+            )
+            if not reply or reply[0] != b"by_host":
+                break
+            # Its first host limits: its leased tasks count in flight on their hosts,
+            # which the store cannot tell from a URL (host keys are Python's); its
+            # queued tasks are sorted after.
+            hosts = _with_hosts(reply[1:])
+        else:
+            raise StoreUnavailable(f"the store was too slow to give job {name} host limits")
+        if hosts is not None:
+            self._sort(name)
         if reply and reply[0] == b"aggregate":
             steering.refuse_on_aggregate(name, Policy(**policy, aggregate=True))
-        if reply == [b"by_host"]:
-            raise BadRequest(
-                f"job {name} was dispatched without --per-host or --host-delay: on a store, "
-                "a job gets host limits when it is first dispatched (job set changes them)"
-            )
         fields = _fields(reply)
         if not fields:
             raise self._no_such_job(name)
         now = self._clock() if self._clock is not None else self._store_time()
         return _job_view(fields, now)
+
+    def _sort(self, job: str) -> None:
+        """Sort some of the job's queued tasks by host (a job given its first host
+        limits while it ran), a page a call; each server's housekeeping goes on."""
+        self._by_host.add(job)
+        for _ in range(SORT_PAGES):
+            page = self._read("unsorted", job)
+            if not page or not self._call("sort", job, *_with_hosts(page)):
+                return
 
     def release(self, worker: str, leases: list[list[int]]) -> int:
         worker = validate.worker_name(worker)
@@ -629,10 +655,15 @@ class StoreBroker:
 
     def housekeeping(self) -> None:
         with contextlib.suppress(StoreUnavailable):  # said; the next round tries again
-            self._call("housekeeping", self._now(), self._wall_now(), self.max_results)
+            self.expire_leases()
 
     def expire_leases(self) -> int:
-        return int(self._call("housekeeping", self._now(), self._wall_now(), self.max_results))
+        lapsed, *unsorted = self._call(
+            "housekeeping", self._now(), self._wall_now(), self.max_results
+        )
+        for job in unsorted:
+            self._sort(job.decode())
+        return int(lapsed)
 
     def compact(self) -> None:
         """Nothing to rewrite: the store keeps its own files (its AOF rewrites itself)."""
@@ -643,6 +674,15 @@ class StoreBroker:
 
 
 # -- shaping replies --------------------------------------------------------------
+
+
+def _with_hosts(pairs: list[bytes]) -> list[str]:
+    """Flat id, URL pairs as id, host pairs."""
+    return [
+        text
+        for i in range(0, len(pairs), 2)
+        for text in (pairs[i].decode(), host_key(pairs[i + 1].decode()))
+    ]
 
 
 def _json(value: Any) -> bytes:

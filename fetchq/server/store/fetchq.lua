@@ -655,10 +655,11 @@ end
 -- cap (requests in flight) and its delay (between two starts).
 local function take(job, allowed, worker, now, offset, timeout, server, out)
   local meta = jk(job, 'meta')
-  local state, queued, policy, next_slot, fresh, by_host, aggregate, anchor, index = unpack(
-    redis.call('HMGET', meta, 'state', 'queued', 'policy', 'next_slot', 'fresh', 'by_host',
-               'aggregate', 'anchor', 'index'))
+  local state, queued, policy, next_slot, fresh, by_host, aggregate, anchor, index, limiting =
+    unpack(redis.call('HMGET', meta, 'state', 'queued', 'policy', 'next_slot', 'fresh',
+                      'by_host', 'aggregate', 'anchor', 'index', 'limiting'))
   if state ~= '' or tonumber(queued) <= 0 then return 0 end
+  if limiting and tonumber(limiting) > now then return 0 end -- (``limit_hosts``)
   if aggregate == '1' then
     -- Spans go only to a worker that runs them, from one job a call: the first, then
     -- as many more as ``allowed`` requests hold, each counted as big as the first; a
@@ -1222,7 +1223,114 @@ local function status(keys, args)
   return out
 end
 
--- steer(now, wall, job, action, change, max_results): the job's counters after.
+local HOSTS_WAIT = 10 -- seconds a job leases nothing while its leased tasks' hosts are asked
+
+-- A job's first host limits: from now on its tasks wait per host.  Its leased tasks
+-- count in flight on their hosts at once, as if leased under the limits: ``hosts``
+-- maps each's id to its host, and the reply is false, changing nothing, when one is
+-- missing (the job stopped leasing when they were asked, but not for long: see
+-- ``steer``).  Its queued tasks wait in their queue until sorted, a page a call
+-- (``sort``).
+local function limit_hosts(job, hosts)
+  local leased = redis.call('HKEYS', jk(job, 'holders'))
+  for _, id in ipairs(leased) do
+    if not hosts[id] then return false end
+  end
+  for _, id in ipairs(leased) do
+    local raw = redis.call('HGET', jk(job, 'tasks'), id)
+    if raw then
+      local task, host = cjson.decode(raw), hosts[id]
+      task[3] = host
+      redis.call('HSET', jk(job, 'tasks'), id, cjson.encode(task))
+      redis.call('HINCRBY', jk(job, 'flight'), host, 1)
+      redis.call('HINCRBY', 'fq:flight', host, 1)
+    end
+  end
+  redis.call('HSET', jk(job, 'meta'), 'by_host', 1)
+  redis.call('HDEL', jk(job, 'meta'), 'limiting')
+  return true
+end
+
+-- The id, URL pairs of a job's leased tasks (whose hosts ``limit_hosts`` needs).
+local function leased_urls(job)
+  local out = {}
+  for _, id in ipairs(redis.call('HKEYS', jk(job, 'holders'))) do
+    local raw = redis.call('HGET', jk(job, 'tasks'), id)
+    if raw then out[#out + 1], out[#out + 2] = id, cjson.decode(raw)[2] end
+  end
+  return out
+end
+
+local SORT_PAGE = 1000 -- queued tasks sorted by host a call
+
+-- unsorted(job): the id, URL pairs at the head of the queue of a job that got its
+-- first host limits while it ran (a URL '' for an id no longer queued).
+local function unsorted(keys, args)
+  local job = args[1]
+  local ids = redis.call('LRANGE', jk(job, 'queue'), 0, SORT_PAGE - 1)
+  if #ids == 0 then return {} end
+  local raws = redis.call('HMGET', jk(job, 'tasks'), unpack(ids))
+  local out = {}
+  for i, id in ipairs(ids) do
+    out[#out + 1], out[#out + 2] = id, raws[i] and cjson.decode(raws[i])[2] or ''
+  end
+  return out
+end
+
+-- sort(job, [id, host]...): the head of the job's queue, as far as those ids go, to
+-- their hosts' queues in order (ids of tasks done or leased are dropped); the tasks
+-- left unsorted.
+local function sort(keys, args)
+  local job = args[1]
+  local hosts = {}
+  for p = 2, #args - 1, 2 do hosts[args[p]] = args[p + 1] end
+  local queue, tasks = jk(job, 'queue'), jk(job, 'tasks')
+  local ids = {}
+  for _, id in ipairs(redis.call('LRANGE', queue, 0, SORT_PAGE - 1)) do
+    if not hosts[id] then break end
+    ids[#ids + 1] = id
+  end
+  if #ids == 0 then return redis.call('LLEN', queue) end
+  redis.call('LTRIM', queue, #ids, -1)
+  local raws = redis.call('HMGET', tasks, unpack(ids))
+  local held = redis.call('HMGET', jk(job, 'holders'), unpack(ids))
+  local fields, by_host, order, seen = {}, {}, {}, {}
+  for i, id in ipairs(ids) do
+    if raws[i] and not held[i] and not seen[id] then
+      local task, host = cjson.decode(raws[i]), hosts[id]
+      task[3], seen[id] = host, true
+      fields[#fields + 1], fields[#fields + 2] = id, cjson.encode(task)
+      if not by_host[host] then by_host[host], order[#order + 1] = {}, host end
+      by_host[host][#by_host[host] + 1] = id
+    end
+  end
+  chunked('HSET', tasks, fields)
+  for _, host in ipairs(order) do
+    chunked('RPUSH', jk(job, 'hq:' .. host), by_host[host])
+    if redis.call('HSETNX', jk(job, 'hosts'), host, 1) == 1 then
+      redis.call('RPUSH', jk(job, 'ring'), host)
+    end
+  end
+  return redis.call('LLEN', queue)
+end
+
+-- Jobs with tasks queued but not yet sorted by host (``sort`` sorts them).
+local function unsorted_jobs()
+  local jobs = {}
+  for _, job in ipairs(redis.call('ZRANGE', 'fq:active', 0, -1)) do
+    if redis.call('HGET', jk(job, 'meta'), 'by_host') == '1'
+        and redis.call('LLEN', jk(job, 'queue')) > 0 then
+      jobs[#jobs + 1] = job
+    end
+  end
+  return jobs
+end
+
+-- steer(now, wall, job, action, change, max_results, hosts, [id, host]...): the job's
+-- counters after.  A change that gives a job its first host limits needs the hosts of
+-- its leased tasks: without them (``hosts`` not 'hosts') the job stops leasing for a
+-- while, and the reply is 'by_host' and their id, URL pairs; the same change sent
+-- again with their hosts makes it.
 local function steer(keys, args)
   local now, wall = clocks(args[1], args[2])
   local job, action = args[3], args[4]
@@ -1240,7 +1348,12 @@ local function steer(keys, args)
       end
     end
     if limits_hosts(policy) and redis.call('HGET', meta, 'by_host') ~= '1' then
-      return {'by_host'} -- its queued tasks are not sorted by host
+      local hosts = {}
+      for p = 8, #args - 1, 2 do hosts[args[p]] = args[p + 1] end
+      if args[7] ~= 'hosts' or not limit_hosts(job, hosts) then
+        redis.call('HSET', meta, 'limiting', num(now + HOSTS_WAIT))
+        return {'by_host', unpack(leased_urls(job))}
+      end
     end
     redis.call('HSET', meta, 'policy', cjson.encode(policy))
     if change.stages ~= nil and change.stages ~= cjson.null then -- they start at the next lease
@@ -1277,12 +1390,13 @@ local function queued(keys, args)
   return tonumber(redis.call('GET', 'fq:queued') or '0')
 end
 
--- housekeeping(now, wall, max_results): lapsed leases and deliveries, cancelled tasks.
+-- housekeeping(now, wall, max_results): lapsed leases and deliveries, cancelled tasks;
+-- the count of leases lapsed, then the jobs whose tasks wait to be sorted by host.
 local function housekeeping(keys, args)
   local now, wall = clocks(args[1], args[2])
   local lapsed = expire(now, wall)
   end_cancelled(wall, tonumber(args[3]) - tonumber(redis.call('GET', 'fq:unconfirmed') or '0'))
-  return lapsed
+  return {lapsed, unpack(unsorted_jobs())}
 end
 
 
@@ -1306,5 +1420,7 @@ call('steer', steer)
 call('robots', robots)
 call('refuse', refuse)
 call('housekeeping', housekeeping)
+call('sort', sort)
 read('specs', specs)
+read('unsorted', unsorted)
 read('queued', queued)
