@@ -25,6 +25,7 @@ from fetchq.server.broker import Broker
 from fetchq.server.journal import Journal
 from fetchq.server.service import BrokerService
 from fetchq.server.store.broker import StoreBroker
+from fetchq.server.store.connection import LIBRARY_KEY, Store, job_key, shared_key
 
 Factory = Callable[..., BrokerService]
 """Makes a broker from ``Broker``'s settings (clock, wall_clock, lease_timeout,
@@ -41,9 +42,32 @@ def on_store(*, durable: Path | None = None, **settings: Any) -> BrokerService:
     """The broker on a store (this test process's ``redis-server``), emptied first:
     durable as the store is, so ``durable`` only says whether to empty it (a path
     seen before: no, it is the same broker opened again)."""
-    store = storekit.shared_store().client()
+    return _on(_client("store", storekit.shared_store().client), durable, settings)
+
+
+def on_cluster(*, durable: Path | None = None, **settings: Any) -> BrokerService:
+    """The broker on a Redis Cluster of three primaries (this test process's), emptied
+    first as ``on_store`` empties its store: every call must keep to one slot."""
+    return _on(_client("cluster", storekit.shared_cluster().client), durable, settings)
+
+
+def _client(name: str, make: Callable[[], Store]) -> Store:
+    """One client of each store for the test process: a broker given a client leaves it
+    open, and a Cluster's client takes a while to make."""
+    if name not in _clients:
+        _clients[name] = make()
+    return _clients[name]
+
+
+_clients: dict[str, Store] = {}
+
+
+def _on(store: Store, durable: Path | None, settings: dict[str, Any]) -> StoreBroker:
     if durable is None or durable not in _opened:
-        store.flushall()
+        loaded = store.get(LIBRARY_KEY)
+        store.flushall()  # keys only: the functions stay, and the key that says so
+        if loaded is not None:
+            store.set(LIBRARY_KEY, loaded)
         if durable is not None:
             _opened.add(durable)
     return StoreBroker(store, **settings)
@@ -51,7 +75,11 @@ def on_store(*, durable: Path | None = None, **settings: Any) -> BrokerService:
 
 _opened: set[Path] = set()
 
-IMPLEMENTATIONS: dict[str, Factory] = {"embedded": embedded, "store": on_store}
+IMPLEMENTATIONS: dict[str, Factory] = {
+    "embedded": embedded,
+    "store": on_store,
+    "cluster": on_cluster,
+}
 
 
 def _embedded(broker: BrokerService) -> Broker:
@@ -119,12 +147,12 @@ class _StoreView(NamedTuple):
 
 def _store_view(broker: StoreBroker) -> _StoreView:
     store = broker._store
-    jobs = [job.decode() for job in store.zrange("fq:jobs", 0, -1)]
+    jobs = [job.decode() for job in store.zrange(shared_key("jobs"), 0, -1)]
     pipe = store.pipeline(transaction=True)  # one moment of the store
     for job in jobs:
-        pipe.lrange(f"fq:{{{job}}}:queue", 0, -1)
-        pipe.hgetall(f"fq:{{{job}}}:tasks")
-        pipe.hgetall(f"fq:{{{job}}}:holders")
+        pipe.lrange(job_key(job, "queue"), 0, -1)
+        pipe.hgetall(job_key(job, "tasks"))
+        pipe.hgetall(job_key(job, "holders"))
     replies = pipe.execute()
     view = _StoreView({}, {}, {})
     for n, job in enumerate(jobs):
@@ -157,7 +185,7 @@ def leases(broker: BrokerService) -> dict[int, Lease]:
     until when is only seen by their expiry, so the model checks it here."""
     if isinstance(broker, StoreBroker):
         view = _store_view(broker)
-        deadlines = dict(broker._store.zrange("fq:due", 0, -1, withscores=True))
+        deadlines = dict(broker._store.zrange(shared_key("due"), 0, -1, withscores=True))
         found = {}
         for job, holders in view.holders.items():
             for task_id, worker in holders.items():
@@ -179,11 +207,10 @@ def finished(broker: BrokerService) -> Callable[[int], bool]:
     is now: a store's is read once, for every task asked about after."""
     if isinstance(broker, StoreBroker):  # a task of a known range, no longer kept
         view = _store_view(broker)
+        members = broker._store.zrange(shared_key("ranges"), 0, -1)
         ranges = [
             (int(first), int(count), job)
-            for first, count, *_, job in (
-                member.decode().split("\t") for member in broker._store.zrange("fq:ranges", 0, -1)
-            )
+            for first, count, *_, job in (member.decode().split("\t") for member in members)
         ]
 
         def is_done(task_id: int) -> bool:

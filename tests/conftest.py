@@ -40,7 +40,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     kept, dropped = [], []
     for item in items:
         callspec = getattr(item, "callspec", None)
-        on_store = callspec is not None and callspec.params.get("implementation") == "store"
+        on_store = callspec is not None and callspec.params.get("implementation") in (
+            "store",
+            "cluster",
+        )
         mark = item.get_closest_marker("embedded_only")
         if on_store and mark is not None:
             assert mark.args and mark.args[0], f"{item.nodeid}: embedded_only needs its reason"

@@ -49,11 +49,14 @@ class StoreProcess:
         port: int | None = None,
         appendfsync: str | None = None,
         password: str | None = None,
+        cluster_port: int | None = None,
     ) -> None:
         self.directory = directory
         self.port = port
         self.appendfsync = appendfsync
         self.password = password
+        self.cluster_port = cluster_port
+        """The port of its cluster bus, for a node of a Redis Cluster (None: none)."""
         self.socket = directory / "store.sock"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -80,6 +83,12 @@ class StoreProcess:
             "--save", "",
             *persistence,
             *(["--requirepass", self.password] if self.password else []),
+            *(
+                ["--cluster-enabled", "yes", "--cluster-port", str(self.cluster_port),
+                 "--cluster-config-file", str(self.directory / "nodes.conf"),
+                 "--cluster-node-timeout", "2000"]
+                if self.cluster_port else []
+            ),
             "--daemonize", "no",
             "--loglevel", "warning",
             "--logfile", str(self.directory / "store.log"),
@@ -126,6 +135,55 @@ class StoreProcess:
                 self.process.wait(10)
 
 
+class StoreCluster:
+    """A Redis Cluster of ``size`` primaries on free ports of 127.0.0.1, the hash slots
+    split evenly among them: what a store is on a managed Cluster service."""
+
+    SLOTS = 16384
+
+    def __init__(self, directory: Path, size: int = 3) -> None:
+        self.nodes = [
+            StoreProcess(directory / f"node-{n}", port=free_port(), cluster_port=free_port())
+            for n in range(size)
+        ]
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def start(self) -> StoreCluster:
+        for node in self.nodes:
+            node.start()
+        clients = [node.client() for node in self.nodes]
+        size = len(self.nodes)
+        for n, client in enumerate(clients):
+            first, last = n * self.SLOTS // size, (n + 1) * self.SLOTS // size - 1
+            client.execute_command("CLUSTER ADDSLOTSRANGE", first, last)
+        for node in self.nodes[1:]:
+            clients[0].execute_command("CLUSTER MEET", "127.0.0.1", node.port, node.cluster_port)
+        deadline = time.monotonic() + START_TIMEOUT
+        for client in clients:  # every node knows every other, and serves every slot
+            while client.cluster("info")["cluster_state"] != "ok" or (
+                len(client.cluster("nodes")) < size
+            ):
+                assert time.monotonic() < deadline, "the cluster did not form"
+                time.sleep(0.05)
+            client.close()
+        return self
+
+    def client(self) -> redis.RedisCluster:
+        return redis.RedisCluster(host="127.0.0.1", port=self.nodes[0].port, socket_timeout=10)
+
+    def node_of(self, key: str) -> StoreProcess:
+        """The node that holds ``key``'s slot."""
+        slot = self.client().keyslot(key)
+        return self.nodes[slot * len(self.nodes) // self.SLOTS]
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
 _shared: StoreProcess | None = None
 
 
@@ -142,4 +200,23 @@ def shared_store() -> StoreProcess:
 def _stop_shared(directory: Path) -> None:
     if _shared is not None:
         _shared.stop()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+_shared_cluster: StoreCluster | None = None
+
+
+def shared_cluster() -> StoreCluster:
+    """The Cluster this test process's contract tests share, started on first use."""
+    global _shared_cluster
+    if _shared_cluster is None:
+        directory = Path(tempfile.mkdtemp(prefix="fetchq-cluster-"))
+        _shared_cluster = StoreCluster(directory).start()
+        atexit.register(_stop_shared_cluster, directory)
+    return _shared_cluster
+
+
+def _stop_shared_cluster(directory: Path) -> None:
+    if _shared_cluster is not None:
+        _shared_cluster.stop()
     shutil.rmtree(directory, ignore_errors=True)

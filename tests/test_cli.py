@@ -14,6 +14,7 @@ from fetchq_procs import REPO, ServerProcess, jsonl, run
 from test_pipeline import closed_port
 
 from fetchq.errors import ExitCode
+from fetchq.server.store.connection import job_key, shared_key
 
 
 def assert_clean_error(result: subprocess.CompletedProcess[str], code: int, *phrases: str) -> None:
@@ -258,9 +259,9 @@ def test_demo_runs_through_two_servers_on_a_store(env, store):
     assert sorted(started) == sorted(servers.groups()), "a worker starts on each server"
     job = re.search(r"as job (demo-\w+)", result.stderr)
     assert job is not None
-    kept = store.client().hgetall(f"fq:{{{job[1]}}}:meta")
+    kept = store.client().hgetall(job_key(job[1], "meta"))
     assert (kept[b"submitted"], kept[b"confirmed"], kept[b"sealed"]) == (b"400", b"400", b"1")
-    assert store.client().get("fq:unconfirmed") == b"0"
+    assert store.client().get(shared_key("unconfirmed")) == b"0"
 
 
 @pytest.mark.parametrize(

@@ -28,13 +28,14 @@ from fetchq_procs import (
     wait_until_leasing,
     worker_name,
 )
-from storekit import StoreProcess, free_port
+from storekit import StoreCluster, StoreProcess, free_port
 from test_aggregate_jobs import assert_paced_spans
 from test_cli import assert_clean_error
 from worker_scenarios import CLOCK_SLACK, assert_slots_apart
 
 from fetchq.errors import ExitCode, StoreUnavailable
 from fetchq.server.store import broker as store_broker
+from fetchq.server.store.connection import TAG
 from fetchq.testing.target import Target
 from fetchq.wire.records import ROBOTS_REFUSED
 
@@ -137,6 +138,44 @@ def test_a_job_through_two_servers_gives_every_result_exactly_once(env, servers,
     assert all(result["ok"] for result in results)
     assert all(written), "each output had its share"
     assert len({result["worker"] for result in results}) == 2, "both workers took part"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreCluster]:
+    """A Redis Cluster of three primaries."""
+    running = StoreCluster(tmp_path_factory.mktemp("cluster")).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def test_two_servers_on_a_redis_cluster_give_every_result_exactly_once(env, cluster, target):
+    """The store a Redis Cluster of three primaries, each server given one of the two
+    nodes that do not hold fetchq's keys: both find the cluster, and send each call to
+    the node of fetchq's slot."""
+    servers = []
+    try:
+        holder = cluster.node_of(TAG)
+        for node in [node for node in cluster.nodes if node is not holder]:
+            servers.append(ServerProcess(env, "--store", node.url, "--lease-timeout", "5"))
+            servers[-1].log.wait_for(r"\(a Redis Cluster\): 0 tasks queued")
+        count = 2_000
+        template = f"{target.url}/cluster?i={{i}}"
+        results, _ = through_both(env, servers, "spread", "--template", template,
+                                  "--count", str(count))  # fmt: skip
+    finally:
+        for server in servers:
+            server.stop()
+    urls = Counter(result["url"] for result in results)
+    assert set(urls) == {template.format(i=i) for i in range(count)}
+    assert max(urls.values()) == 1, urls.most_common(3)
+
+
+def test_a_redis_cluster_database_other_than_0_is_refused_in_one_line(env, cluster):
+    url = cluster.nodes[0].url.removesuffix("/0") + "/3"
+    refused = run(env, "server", "--store", url, "--port", "0")
+    assert_clean_error(refused, ExitCode.USAGE, "a Redis Cluster has database 0 alone: give /0")
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,18 @@ from fetchq.server.completion import MAX_HOLD, ended_span
 from fetchq.server.jobqueue import ROBOTS_ATTEMPTS, Policy, Robots
 from fetchq.server.jobs import PaceSeen, unknown_job
 from fetchq.server.leasing import as_spans
-from fetchq.server.store.connection import PASSWORD_VARIABLE, connect, load_library, shown
+from fetchq.server.store.connection import (
+    CHANNELS,
+    PASSWORD_VARIABLE,
+    STORE_ERRORS,
+    TAG,
+    Store,
+    connect,
+    job_key,
+    load_library,
+    shared_key,
+    shown,
+)
 from fetchq.server.views import BUSIEST_HOSTS
 from fetchq.urls import host_key, origin
 from fetchq.wire.aggregates import StoredAggregate, read_span, span_size
@@ -95,10 +106,10 @@ LISTEN_TICK = 0.5
 
 class Wakeups:
     """Waiting calls, woken when the store says tasks or results moved (its channels
-    ``fq:tasks`` and ``fq:results``, published by every server's calls).  Listening
+    ``CHANNELS``, published by every server's calls).  Listening
     starts with the first wait: a broker whose calls never wait needs no listener."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: Store) -> None:
         self._changed = threading.Condition()
         self._client = client
         self._stop = threading.Event()
@@ -117,12 +128,12 @@ class Wakeups:
         while not self._stop.is_set():
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             try:
-                pubsub.subscribe("fq:tasks", "fq:results")
+                pubsub.subscribe(*CHANNELS)
                 while not self._stop.is_set():
                     if pubsub.get_message(timeout=LISTEN_TICK) is not None:
                         with self._changed:
                             self._changed.notify_all()
-            except (redis.ConnectionError, redis.TimeoutError, OSError):
+            except STORE_ERRORS:
                 self._stop.wait(POLL)  # the calls say the store is away; polling goes on
             except Exception:
                 if not self._stop.is_set():
@@ -142,7 +153,7 @@ class StoreBroker:
 
     def __init__(
         self,
-        store: str | redis.Redis,
+        store: str | Store,
         *,
         lease_timeout: float = defaults.LEASE_TIMEOUT,
         max_attempts: int = defaults.MAX_ATTEMPTS,
@@ -164,8 +175,9 @@ class StoreBroker:
         self._clock = clock
         self._wall = wall_clock if wall_clock is not None else clock
         self._wall_offset = 0.0 if clock is None or self._wall is None else self._wall() - clock()
-        self._store = connect(store) if isinstance(store, str) else store
         self.shown = shown(store) if isinstance(store, str) else "given"
+        self._owned = isinstance(store, str)
+        """Whether the client is this broker's to close (one given is the giver's)."""
         """The store as messages name it: its URL without a password."""
         self._failing: str | None = None
         """Why the store did not answer, said once (None: it answers)."""
@@ -180,6 +192,9 @@ class StoreBroker:
         """Jobs with host limits, whose submits carry each URL's host (learnt from the
         store, which asks for them)."""
         try:
+            self._store: Store = connect(store) if isinstance(store, str) else store
+            if isinstance(self._store, redis.RedisCluster):
+                self.shown += " (a Redis Cluster)"
             if load_library(self._store):
                 say(
                     f"server: store {self.shown} had the functions of another fetchq: "
@@ -190,7 +205,7 @@ class StoreBroker:
                 f"the store at {self.shown} refused us ({exc}): give its password in "
                 f"{PASSWORD_VARIABLE} or the URL (redis://:PASSWORD@HOST:PORT/DB)"
             ) from None
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except STORE_ERRORS as exc:
             raise StoreUnavailable(
                 f"cannot reach the store at {self.shown}: {exc} (is it running, and is that "
                 "its address?)"
@@ -224,17 +239,17 @@ class StoreBroker:
 
         def call() -> Any:
             try:
-                return self._store.fcall(f"fq_{name}", 0, *args)
+                return self._store.fcall(f"fq_{name}", 1, TAG, *args)
             except redis.ResponseError as exc:
                 if "function not found" not in str(exc).lower():
                     raise
                 load_library(self._store, again=True)
-                return self._store.fcall(f"fq_{name}", 0, *args)
+                return self._store.fcall(f"fq_{name}", 1, TAG, *args)
 
         return self._guarded(call)
 
     def _read(self, name: str, *args: Any) -> Any:
-        return self._guarded(lambda: self._store.fcall_ro(f"fq_{name}", 0, *args))
+        return self._guarded(lambda: self._store.fcall_ro(f"fq_{name}", 1, TAG, *args))
 
     def _guarded(self, command: Callable[[], Any]) -> Any:
         """``command`` on the store.  A store that does not answer is said once an
@@ -244,7 +259,7 @@ class StoreBroker:
         began = time.monotonic()
         try:
             reply = command()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except STORE_ERRORS as exc:
             raise self._unavailable(exc, began) from None
         if self._failing is not None:
             with self._saying:
@@ -293,8 +308,7 @@ class StoreBroker:
     def _store_time(self) -> float:
         if self._wall is not None:
             return self._wall()
-        seconds, micro = self._guarded(self._store.time)
-        return seconds + micro / 1e6
+        return float(self._read("clock"))
 
     def submit(self, batch: dict[str, Any]) -> SubmitReply:
         request = validate.submit_request(batch)
@@ -422,7 +436,7 @@ class StoreBroker:
         key = (job, host)
         rules = self._robots.get(key)
         if rules is None:
-            kept = self._guarded(lambda: self._store.hget(f"fq:{{{job}}}:rules", host))
+            kept = self._guarded(lambda: self._store.hget(job_key(job, "rules"), host))
             report = msgspec.json.decode(kept) if kept else {}
             rules = robots.rules_from(report, last_attempt=report.get("last", True))
             assert rules is not None  # the store keeps only rules that say something
@@ -641,13 +655,13 @@ class StoreBroker:
         name = validate.job_name(job_name)
         wanted = validate.spec_keys(keys)
         found = self._read("specs", name, *wanted)
-        if not found and not self._guarded(lambda: self._store.exists(f"fq:{{{name}}}:meta")):
+        if not found and not self._guarded(lambda: self._store.exists(job_key(name, "meta"))):
             raise self._no_such_job(name)
         return [msgspec.json.decode(record) for record in found]
 
     def _no_such_job(self, name: str) -> NoSuchJob:
         """The error for a job the store has never heard of, naming those it has."""
-        names: list[bytes] = self._guarded(lambda: self._store.zrange("fq:jobs", 0, -1))
+        names: list[bytes] = self._guarded(lambda: self._store.zrange(shared_key("jobs"), 0, -1))
         known = [name.decode() for name in names]
         return NoSuchJob(unknown_job(name, known))
 
@@ -670,7 +684,8 @@ class StoreBroker:
 
     def close(self) -> None:
         self._wakeups.close()
-        self._store.close()
+        if self._owned:
+            self._store.close()
 
 
 # -- shaping replies --------------------------------------------------------------

@@ -19,11 +19,40 @@ from fetchq.errors import UsageError
 
 PASSWORD_VARIABLE = "FETCHQ_STORE_PASSWORD"
 SCHEMES = ("redis", "rediss", "unix")
-LIBRARY_KEY = "fq:library"
+TAG = "{fq}"
+"""What every key of fetchq's starts with, here and in fetchq.lua: a hash tag, so that a
+Redis Cluster keeps them all in one slot.  Each call names it as its key, by which a
+Cluster client sends the call to that slot's node."""
+
+
+def shared_key(name: str) -> str:
+    """A key shared by every job, as fetchq.lua names it."""
+    return f"{TAG}:{name}"
+
+
+def job_key(job: str, part: str) -> str:
+    """A key of one job's, as fetchq.lua names it (a job name has no '/')."""
+    return f"{TAG}:job/{job}/{part}"
+
+
+LIBRARY_KEY = shared_key("library")
 """Where the store keeps the digest of the fetchq functions it has loaded."""
 
-STORE_ERRORS: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
+CHANNELS = (shared_key("tasks"), shared_key("results"))
+"""What the functions publish on when tasks or results move."""
+
+STORE_ERRORS: tuple[type[Exception], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.ClusterError,  # a Cluster that fails over, or lost a slot's node
+    redis.exceptions.SlotNotCoveredError,
+    redis.exceptions.TryAgainError,
+    OSError,  # (a pub/sub connection cut under its reader)
+)
 """What a store that does not answer raises: a wait, not a broken call."""
+
+Store = redis.Redis | redis.RedisCluster
+"""A client of one store, or of a Redis Cluster (found out when connecting)."""
 
 
 def library_code() -> str:
@@ -31,7 +60,7 @@ def library_code() -> str:
 
 
 def library_digest(code: str) -> str:
-    """What the loaded library is known by in the store (``fq:library``): its code's
+    """What the loaded library is known by in the store (``LIBRARY_KEY``): its code's
     own digest, so that any change to it is loaded."""
     return hashlib.sha256(code.encode()).hexdigest()[:16]
 
@@ -76,13 +105,16 @@ function returns at once (waits are the server's, between calls), but a submit o
 100,000 URLs on a busy store takes a while."""
 
 
-def connect(url: str, **options: Any) -> redis.Redis:
-    """A client for the store at ``url`` (connections are made as calls need them).
+def connect(url: str, **options: Any) -> Store:
+    """A client for the store at ``url``; for a Redis Cluster, if the store says it is
+    a node of one, a client of the whole cluster (raises what an unreachable store
+    raises, as the store is asked).
 
     The client never re-sends a call by itself: a call whose reply was lost may have
     run, and it is the fetchq client that sends it again, to a broker whose every call
-    is safe to re-send (batch ids, first result wins, tokens).  Options in the URL
-    (``?socket_timeout=2``) win over these."""
+    is safe to re-send (batch ids, first result wins, tokens).  A Cluster's client
+    still follows a slot that moved (a call the old node refused has not run).
+    Options in the URL (``?socket_timeout=2``) win over these."""
     check_url(url)
     password = os.environ.get(PASSWORD_VARIABLE) or None
     kwargs: dict[str, Any] = {
@@ -94,10 +126,25 @@ def connect(url: str, **options: Any) -> redis.Redis:
     }
     if password is not None:
         kwargs["password"] = password
-    return redis.Redis.from_url(url, **kwargs)
+    client = redis.Redis.from_url(url, **kwargs)
+    if urllib.parse.urlsplit(url).scheme == "unix":
+        return client
+    try:
+        if not client.info("cluster").get("cluster_enabled"):
+            return client
+    except redis.ResponseError as exc:
+        if "cluster mode" not in str(exc):  # (the SELECT of a database but 0)
+            raise
+        client.close()
+        raise UsageError(
+            f"--store {shown(url)}: a Redis Cluster has database 0 alone: give /0"
+        ) from None
+    client.close()
+    kwargs.pop("health_check_interval")  # (its nodes' connections check themselves)
+    return redis.RedisCluster.from_url(url, **kwargs)
 
 
-def load_library(client: redis.Redis, *, again: bool = False) -> bool:
+def load_library(client: Store, *, again: bool = False) -> bool:
     """Load fetchq's functions unless the store has this very code already (``again``:
     it said it has none); returns whether it had another version's (every server of
     one store must run the same fetchq)."""

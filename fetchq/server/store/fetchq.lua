@@ -27,8 +27,10 @@ local function clocks(now_arg, wall_arg)
   return now, tonumber(wall_arg)
 end
 
--- Every key of one job carries its name as a hash tag: {job}.
-local function jk(job, part) return 'fq:{' .. job .. '}:' .. part end
+-- Every key starts with ``{fq}``: a hash tag, so that a Redis Cluster keeps them all in
+-- one slot, as each call touches keys of several jobs and of none.  A job's keys are
+-- ``{fq}:job/JOB/PART`` (a job name has no '/'; connection.py names them alike).
+local function jk(job, part) return '{fq}:job/' .. job .. '/' .. part end
 
 local function split(text)
   local fields = {}
@@ -38,7 +40,7 @@ end
 
 -- Id ranges: one member per submitted batch, scored by its first id.
 local function range_of(id)
-  local found = redis.call('ZREVRANGEBYSCORE', 'fq:ranges', id, '-inf', 'LIMIT', 0, 1)
+  local found = redis.call('ZREVRANGEBYSCORE', '{fq}:ranges', id, '-inf', 'LIMIT', 0, 1)
   if #found == 0 then return nil end
   local f = split(found[1])
   local first, count = tonumber(f[1]), tonumber(f[2])
@@ -63,7 +65,7 @@ end
 local RATE_WINDOW = 10
 
 local function seen(worker, now, reported)
-  local raw = redis.call('HGET', 'fq:workers', worker)
+  local raw = redis.call('HGET', '{fq}:workers', worker)
   local w
   if raw then w = cjson.decode(raw) else
     w = {first = num(now), threads = 0, runs = {}, reported = 0, recent = {}}
@@ -86,7 +88,7 @@ end
 local function keep_worker(worker, w)
   if next(w.recent) == nil then w.recent = nil end
   if next(w.runs) == nil then w.runs = nil end
-  redis.call('HSET', 'fq:workers', worker, cjson.encode(w))
+  redis.call('HSET', '{fq}:workers', worker, cjson.encode(w))
 end
 
 local function note_worker(worker, now, reported)
@@ -105,10 +107,10 @@ local function host_queued(job, host, id, front)
   end
 end
 
--- Jobs with tasks queued (``fq:active``, in the order they were made): all a lease or
+-- Jobs with tasks queued (``{fq}:active``, in the order they were made): all a lease or
 -- a cancel looks at, however many jobs the store has known.
 local function active(job)
-  redis.call('ZADD', 'fq:active', 'NX', redis.call('ZSCORE', 'fq:jobs', job), job)
+  redis.call('ZADD', '{fq}:active', 'NX', redis.call('ZSCORE', '{fq}:jobs', job), job)
 end
 
 local function queue_again(job, id, task, front)
@@ -120,14 +122,14 @@ local function queue_again(job, id, task, front)
     redis.call(front and 'LPUSH' or 'RPUSH', jk(job, 'queue'), id)
   end
   redis.call('HINCRBY', jk(job, 'meta'), 'queued', 1)
-  redis.call('INCR', 'fq:queued')
+  redis.call('INCR', '{fq}:queued')
 end
 
 local function unqueued(job, count)
   if redis.call('HINCRBY', jk(job, 'meta'), 'queued', -count) <= 0 then
-    redis.call('ZREM', 'fq:active', job)
+    redis.call('ZREM', '{fq}:active', job)
   end
-  redis.call('DECRBY', 'fq:queued', count)
+  redis.call('DECRBY', '{fq}:queued', count)
 end
 
 -- The task is done: its result (raw JSON, or '!' and what the server ended it with)
@@ -137,8 +139,8 @@ local function finish(job, id, value, ok)
   redis.call('RPUSH', jk(job, 'results'), id)
   redis.call('HSET', jk(job, 'result'), id, value)
   redis.call('HINCRBY', jk(job, 'meta'), ok and 'succeeded' or 'failed', 1)
-  redis.call('INCR', 'fq:unconfirmed')
-  redis.call('PUBLISH', 'fq:results', job)
+  redis.call('INCR', '{fq}:unconfirmed')
+  redis.call('PUBLISH', '{fq}:results', job)
 end
 
 -- What the server ended a task with (cancelled, out of attempts): '!' and its reason,
@@ -153,29 +155,29 @@ end
 -- A lease is over: its host (a job with host limits) has one request fewer in flight.
 local function end_lease(job, id, task)
   redis.call('HDEL', jk(job, 'holders'), id)
-  redis.call('ZREM', 'fq:due', due_member(job, id))
+  redis.call('ZREM', '{fq}:due', due_member(job, id))
   if task and task[3] then
     redis.call('HINCRBY', jk(job, 'flight'), task[3], -1)
-    redis.call('HINCRBY', 'fq:flight', task[3], -1) -- every job's, for the server's cap
+    redis.call('HINCRBY', '{fq}:flight', task[3], -1) -- every job's, for the server's cap
   end
   if task and task[4] then redis.call('HINCRBY', jk(job, 'meta'), 'req_leased', -task[4]) end
 end
 
 local function expire(now, wall)
   local lapsed = 0
-  local due = redis.call('ZRANGEBYSCORE', 'fq:due', '-inf', num(now), 'LIMIT', 0, 10000)
+  local due = redis.call('ZRANGEBYSCORE', '{fq}:due', '-inf', num(now), 'LIMIT', 0, 10000)
   for _, member in ipairs(due) do
     local job, id = string.match(member, '^(.-)\n(-?%d+)$')
     if string.sub(id, 1, 1) == '-' then -- a robots.txt fetch: asked again
       local probe = redis.call('HGET', jk(job, 'probes'), id)
-      redis.call('ZREM', 'fq:due', member)
+      redis.call('ZREM', '{fq}:due', member)
       if probe then
         probe = cjson.decode(probe)
         redis.call('HDEL', jk(job, 'probes'), id)
-        redis.call('HDEL', 'fq:probe_jobs', id)
+        redis.call('HDEL', '{fq}:probe_jobs', id)
         redis.call('HDEL', jk(job, 'robots'), probe.host)
         redis.call('HINCRBY', jk(job, 'flight'), probe.host, -1)
-        redis.call('HINCRBY', 'fq:flight', probe.host, -1)
+        redis.call('HINCRBY', '{fq}:flight', probe.host, -1)
       end
       id = nil
     end
@@ -183,7 +185,7 @@ local function expire(now, wall)
       local worker = redis.call('HGET', jk(job, 'holders'), id)
       local raw = redis.call('HGET', jk(job, 'tasks'), id)
       local task = raw and cjson.decode(raw)
-      if worker then end_lease(job, id, task) else redis.call('ZREM', 'fq:due', member) end
+      if worker then end_lease(job, id, task) else redis.call('ZREM', '{fq}:due', member) end
       if worker and raw then
         local range = range_of(tonumber(id))
         local meta = jk(job, 'meta')
@@ -200,20 +202,20 @@ local function expire(now, wall)
       end
     end
   end
-  if lapsed > 0 then redis.call('PUBLISH', 'fq:tasks', lapsed) end
+  if lapsed > 0 then redis.call('PUBLISH', '{fq}:tasks', lapsed) end
   -- Deliveries not confirmed in time go back to the front, in their first order.
-  local tokens = redis.call('ZRANGEBYSCORE', 'fq:delivery_due', '-inf', num(now))
+  local tokens = redis.call('ZRANGEBYSCORE', '{fq}:delivery_due', '-inf', num(now))
   if #tokens > 0 then
     local deliveries = {}
     for _, token in ipairs(tokens) do
-      local raw = redis.call('HGET', 'fq:deliveries', token)
+      local raw = redis.call('HGET', '{fq}:deliveries', token)
       if raw then
         local delivery = cjson.decode(raw)
         delivery.token = token
         deliveries[#deliveries + 1] = delivery
       end
-      redis.call('ZREM', 'fq:delivery_due', token)
-      redis.call('HDEL', 'fq:deliveries', token)
+      redis.call('ZREM', '{fq}:delivery_due', token)
+      redis.call('HDEL', '{fq}:deliveries', token)
     end
     table.sort(deliveries, function(a, b) return a.s > b.s end) -- latest first: each goes in front
     for _, delivery in ipairs(deliveries) do
@@ -221,7 +223,7 @@ local function expire(now, wall)
         local job, ids = delivery.jobs[i][1], delivery.jobs[i][2]
         for k = #ids, 1, -1 do redis.call('LPUSH', jk(job, 'results'), ids[k]) end
         redis.call('HINCRBY', jk(job, 'meta'), 'handed_out', -#ids)
-        redis.call('PUBLISH', 'fq:results', job)
+        redis.call('PUBLISH', '{fq}:results', job)
       end
     end
   end
@@ -232,7 +234,7 @@ end
 local function end_cancelled(wall, room)
   local ended_count = 0
   if room <= 0 then return 0 end
-  for _, job in ipairs(redis.call('ZRANGE', 'fq:active', 0, -1)) do
+  for _, job in ipairs(redis.call('ZRANGE', '{fq}:active', 0, -1)) do
     local meta = jk(job, 'meta')
     local state, queued = unpack(redis.call('HMGET', meta, 'state', 'queued'))
     while state == 'cancelled' and tonumber(queued) > 0 and ended_count < math.min(room, CANCEL_BATCH) do
@@ -375,7 +377,7 @@ local function submit(keys, args)
   local count = #args - first_url - 1
   if hosted then count = count / 2 end
   if batch_id ~= '' then
-    local reply = redis.call('GET', 'fq:batch:' .. batch_id)
+    local reply = redis.call('GET', '{fq}:batch:' .. batch_id)
     if reply then return {'seen', reply} end
   end
   local meta = jk(job, 'meta')
@@ -409,11 +411,11 @@ local function submit(keys, args)
     if not brought then return {'nospec'} end
   end
   if redis.call('HLEN', specs) + new_specs > max_specs then return {'specs'} end
-  local queued = tonumber(redis.call('GET', 'fq:queued') or '0')
+  local queued = tonumber(redis.call('GET', '{fq}:queued') or '0')
   if queued > 0 and queued + count > max_pending then return {'full', tostring(queued)} end
   local reopened = exists and job_done(meta)
   if not exists then
-    redis.call('ZADD', 'fq:jobs', redis.call('INCR', 'fq:jobseq'), job)
+    redis.call('ZADD', '{fq}:jobs', redis.call('INCR', '{fq}:jobseq'), job)
     redis.call('HSET', meta, 'created', num(wall), 'submitted', 0, 'queued', 0, 'succeeded', 0,
                'failed', 0, 'expired', 0, 'handed_out', 0, 'confirmed', 0, 'state', '',
                'policy', policy, 'late', 0, 'worst_late', 0, 'elapsed', 0, 'elapsed_n', 0,
@@ -432,9 +434,9 @@ local function submit(keys, args)
   if tonumber(redis.call('HGET', meta, 'queued')) == 0 then redis.call('HSET', meta, 'fresh', 1) end
   redis.call('HSET', meta, 'sealed', 0)
   redis.call('HINCRBY', meta, 'submitted', count)
-  local first = redis.call('INCRBY', 'fq:ids', count) - count + 1
+  local first = redis.call('INCRBY', '{fq}:ids', count) - count + 1
   if count > 0 then
-    redis.call('ZADD', 'fq:ranges', first, table.concat(
+    redis.call('ZADD', '{fq}:ranges', first, table.concat(
       {first, count, attempts, timeout, num(wall), spec, job}, '\t'))
     local tasks, queue = jk(job, 'tasks'), jk(job, 'queue')
     local fields, ids = {}, {}
@@ -458,14 +460,14 @@ local function submit(keys, args)
       end
     end
     redis.call('HINCRBY', meta, 'queued', count)
-    redis.call('INCRBY', 'fq:queued', count)
+    redis.call('INCRBY', '{fq}:queued', count)
     active(job)
-    redis.call('PUBLISH', 'fq:tasks', count)
+    redis.call('PUBLISH', '{fq}:tasks', count)
   end
   local reply = {accepted = count, first_id = first}
   if reopened then reply.reopened = true end
   local encoded = cjson.encode(reply)
-  if batch_id ~= '' then redis.call('SET', 'fq:batch:' .. batch_id, encoded, 'EX', BATCH_MEMORY) end
+  if batch_id ~= '' then redis.call('SET', '{fq}:batch:' .. batch_id, encoded, 'EX', BATCH_MEMORY) end
   return {'ok', encoded}
 end
 
@@ -474,14 +476,14 @@ local function seal(keys, args)
   local wall, job = clock(args[1]), args[2]
   local meta = jk(job, 'meta')
   if redis.call('EXISTS', meta) == 0 then
-    redis.call('ZADD', 'fq:jobs', redis.call('INCR', 'fq:jobseq'), job)
+    redis.call('ZADD', '{fq}:jobs', redis.call('INCR', '{fq}:jobseq'), job)
     redis.call('HSET', meta, 'created', num(wall), 'submitted', 0, 'queued', 0, 'succeeded', 0,
                'failed', 0, 'expired', 0, 'handed_out', 0, 'confirmed', 0, 'state', '',
                'policy', args[3], 'late', 0, 'worst_late', 0, 'elapsed', 0, 'elapsed_n', 0,
                'next_slot', '-inf', 'fresh', 1)
   end
   redis.call('HSET', meta, 'sealed', 1)
-  redis.call('PUBLISH', 'fq:results', job)
+  redis.call('PUBLISH', '{fq}:results', job)
   return counts(job)
 end
 
@@ -561,7 +563,7 @@ end
 local function grant(job, id, task, range, worker, start, now, offset, timeout, out)
   local deadline = (start and math.max(now, start) or now) + timeout
   redis.call('HSET', jk(job, 'holders'), id, worker)
-  redis.call('ZADD', 'fq:due', num(deadline), due_member(job, id))
+  redis.call('ZADD', '{fq}:due', num(deadline), due_member(job, id))
   record(out, job, id, task, range, start, offset)
 end
 
@@ -596,14 +598,14 @@ local function probe_host(job, host, queue, worker, now, wall, timeout, out)
     if raw then url = cjson.decode(raw)[2] break end
   end
   if not url then return false end
-  local id = tostring(redis.call('DECR', 'fq:probe_ids'))
+  local id = tostring(redis.call('DECR', '{fq}:probe_ids'))
   local attempt = redis.call('HINCRBY', jk(job, 'probes_made'), host, 1)
   redis.call('HSET', jk(job, 'probes'), id, cjson.encode({host = host, attempt = attempt}))
-  redis.call('HSET', 'fq:probe_jobs', id, job)
+  redis.call('HSET', '{fq}:probe_jobs', id, job)
   redis.call('HSET', jk(job, 'robots'), host, 'probing')
-  redis.call('ZADD', 'fq:due', num(now + timeout), due_member(job, id))
+  redis.call('ZADD', '{fq}:due', num(now + timeout), due_member(job, id))
   redis.call('HINCRBY', jk(job, 'flight'), host, 1)
-  redis.call('HINCRBY', 'fq:flight', host, 1)
+  redis.call('HINCRBY', '{fq}:flight', host, 1)
   for _, field in ipairs({id, job, url, tostring(attempt), tostring(ROBOTS_TIMEOUT), num(wall),
                           '', '', 'robots ' .. host}) do
     out[#out + 1] = field
@@ -735,7 +737,7 @@ local function take(job, allowed, worker, now, offset, timeout, server, out)
       end
     end
     chunked('HSET', jk(job, 'holders'), held)
-    chunked('ZADD', 'fq:due', dues)
+    chunked('ZADD', '{fq}:due', dues)
     if plan then
       index = index + taken
       slot = anchor + start_of(plan, index)
@@ -769,14 +771,14 @@ local function take(job, allowed, worker, now, offset, timeout, server, out)
       end
       if cap then room = math.min(room, cap - tonumber(redis.call('HGET', flight, host) or '0')) end
       if server.cap then
-        room = math.min(room, server.cap - tonumber(redis.call('HGET', 'fq:flight', host) or '0'))
+        room = math.min(room, server.cap - tonumber(redis.call('HGET', '{fq}:flight', host) or '0'))
       end
       local host_at = now
       local spaced = host_delay > 0 or server.delay > 0
       if spaced then
         room = math.min(room, 1) -- one start a visit: the next waits for its delay
         host_at = math.max(now, tonumber(redis.call('HGET', last, host) or '-inf') + host_delay,
-                           tonumber(redis.call('HGET', 'fq:last', host) or '-inf') + server.delay)
+                           tonumber(redis.call('HGET', '{fq}:last', host) or '-inf') + server.delay)
       end
       local held = tonumber(redis.call('HGET', jk(job, 'held'), host) or '-inf') -- Retry-After
       if held > now then spaced, host_at = true, math.max(host_at, held) end
@@ -803,13 +805,13 @@ local function take(job, allowed, worker, now, offset, timeout, server, out)
         end
         if start then
           redis.call('HSET', last, host, num(start))
-          redis.call('HSET', 'fq:last', host, num(start))
+          redis.call('HSET', '{fq}:last', host, num(start))
         end
       end
       taken = taken + got
       if got > 0 then
         redis.call('HINCRBY', flight, host, got)
-        redis.call('HINCRBY', 'fq:flight', host, got)
+        redis.call('HINCRBY', '{fq}:flight', host, got)
       end
       if redis.call('LLEN', queue) > 0 then
         redis.call('RPUSH', ring, host)
@@ -838,10 +840,10 @@ local function lease(keys, args)
   for _, kind in ipairs(w.runs) do spans = spans or kind == 'span' end
   keep_worker(worker, w)
   local out = {}
-  if tonumber(redis.call('GET', 'fq:queued') or '0') <= 0 then return out end
-  if tonumber(redis.call('GET', 'fq:unconfirmed') or '0') >= tonumber(args[6]) then return out end
-  local jobs = redis.call('ZRANGE', 'fq:active', 0, -1)
-  local turn = redis.call('GET', 'fq:turn')
+  if tonumber(redis.call('GET', '{fq}:queued') or '0') <= 0 then return out end
+  if tonumber(redis.call('GET', '{fq}:unconfirmed') or '0') >= tonumber(args[6]) then return out end
+  local jobs = redis.call('ZRANGE', '{fq}:active', 0, -1)
+  local turn = redis.call('GET', '{fq}:turn')
   local after = 0
   for i, job in ipairs(jobs) do if job == turn then after = i end end
   local order = {}
@@ -859,7 +861,7 @@ local function lease(keys, args)
     end
     if not progressed then break end
   end
-  if last then redis.call('SET', 'fq:turn', last) end
+  if last then redis.call('SET', '{fq}:turn', last) end
   return out
 end
 
@@ -946,7 +948,7 @@ local function complete(keys, args)
         end_lease(job, id, task)
         task[1] = task[1] + 1
         queue_again(job, id, task, true)
-        redis.call('PUBLISH', 'fq:tasks', 1)
+        redis.call('PUBLISH', '{fq}:tasks', 1)
         requeued = requeued + 1
       else -- written below, a job at a time
         local batch = batches[job]
@@ -985,10 +987,10 @@ local function complete(keys, args)
     local meta = jk(job, 'meta')
     chunked('HDEL', jk(job, 'tasks'), batch.ids)
     chunked('HDEL', jk(job, 'holders'), batch.held)
-    chunked('ZREM', 'fq:due', batch.dues)
+    chunked('ZREM', '{fq}:due', batch.dues)
     for host, count in pairs(batch.hosts) do
       redis.call('HINCRBY', jk(job, 'flight'), host, -count)
-      redis.call('HINCRBY', 'fq:flight', host, -count)
+      redis.call('HINCRBY', '{fq}:flight', host, -count)
     end
     if batch.queued > 0 then unqueued(job, batch.queued) end
     chunked('RPUSH', jk(job, 'results'), batch.ids)
@@ -1002,8 +1004,8 @@ local function complete(keys, args)
         redis.call('HINCRBY', meta, 'req_leased', -batch.requests_held)
       end
     end
-    redis.call('INCRBY', 'fq:unconfirmed', #batch.ids)
-    redis.call('PUBLISH', 'fq:results', job)
+    redis.call('INCRBY', '{fq}:unconfirmed', #batch.ids)
+    redis.call('PUBLISH', '{fq}:results', job)
     pace_seen(job, now, #batch.ids, batch.requests_ok + batch.requests_failed, batch.elapsed)
   end
   for p = 7 + nresults, #args - 1, 2 do
@@ -1014,7 +1016,7 @@ local function complete(keys, args)
       local raw = redis.call('HGET', jk(job, 'tasks'), id)
       if raw and redis.call('HGET', jk(job, 'holders'), id) == worker
           and cjson.decode(raw)[1] == attempt then
-        redis.call('ZADD', 'fq:due', 'XX', 'GT', num(now + timeout), due_member(job, id))
+        redis.call('ZADD', '{fq}:due', 'XX', 'GT', num(now + timeout), due_member(job, id))
         renewed = renewed + 1
       end
     end
@@ -1026,10 +1028,10 @@ end
 -- The end of a robots.txt fetch's lease: its host has one request fewer in flight.
 local function end_probe(job, id, host)
   redis.call('HDEL', jk(job, 'probes'), id)
-  redis.call('HDEL', 'fq:probe_jobs', id)
-  redis.call('ZREM', 'fq:due', due_member(job, id))
+  redis.call('HDEL', '{fq}:probe_jobs', id)
+  redis.call('ZREM', '{fq}:due', due_member(job, id))
   redis.call('HINCRBY', jk(job, 'flight'), host, -1)
-  redis.call('HINCRBY', 'fq:flight', host, -1)
+  redis.call('HINCRBY', '{fq}:flight', host, -1)
 end
 
 -- release(now, wall, worker, max_results, [id, attempt]...)
@@ -1041,7 +1043,7 @@ local function release(keys, args)
   for p = #args - 1, 5, -2 do
     local id, attempt = args[p], tonumber(args[p + 1])
     local range = not returned[id] and range_of(tonumber(id))
-    local job = string.sub(id, 1, 1) == '-' and redis.call('HGET', 'fq:probe_jobs', id)
+    local job = string.sub(id, 1, 1) == '-' and redis.call('HGET', '{fq}:probe_jobs', id)
     if job then -- a robots.txt fetch handed back: asked again
       local probe = cjson.decode(redis.call('HGET', jk(job, 'probes'), id))
       if probe.attempt == attempt then
@@ -1062,8 +1064,8 @@ local function release(keys, args)
       end
     end
   end
-  if released > 0 then redis.call('PUBLISH', 'fq:tasks', released) end
-  end_cancelled(wall, tonumber(args[4]) - tonumber(redis.call('GET', 'fq:unconfirmed') or '0'))
+  if released > 0 then redis.call('PUBLISH', '{fq}:tasks', released) end
+  end_cancelled(wall, tonumber(args[4]) - tonumber(redis.call('GET', '{fq}:unconfirmed') or '0'))
   return released
 end
 
@@ -1077,7 +1079,7 @@ local function robots(keys, args)
   local worker = args[3]
   local id, attempt, verdict = args[4], tonumber(args[5]), args[6]
   note_worker(worker, now)
-  local job = redis.call('HGET', 'fq:probe_jobs', id)
+  local job = redis.call('HGET', '{fq}:probe_jobs', id)
   local raw = job and redis.call('HGET', jk(job, 'probes'), id)
   if not raw then return 0 end
   local probe = cjson.decode(raw)
@@ -1092,7 +1094,7 @@ local function robots(keys, args)
     local last = tonumber(redis.call('HGET', jk(job, 'last'), probe.host) or '-inf')
     if now > last then redis.call('HSET', jk(job, 'last'), probe.host, num(now)) end
   end
-  redis.call('PUBLISH', 'fq:tasks', 1)
+  redis.call('PUBLISH', '{fq}:tasks', 1)
   return 1
 end
 
@@ -1115,7 +1117,7 @@ local function refuse(keys, args)
 end
 
 local function ack_token(token)
-  local raw = redis.call('HGET', 'fq:deliveries', token)
+  local raw = redis.call('HGET', '{fq}:deliveries', token)
   if not raw then return 0 end
   local delivery = cjson.decode(raw)
   local total = 0
@@ -1124,18 +1126,18 @@ local function ack_token(token)
     redis.call('HINCRBY', jk(job, 'meta'), 'handed_out', -#ids)
     redis.call('HINCRBY', jk(job, 'meta'), 'confirmed', #ids)
     chunked('HDEL', jk(job, 'result'), ids)
-    redis.call('PUBLISH', 'fq:results', job)
+    redis.call('PUBLISH', '{fq}:results', job)
     total = total + #ids
   end
-  redis.call('DECRBY', 'fq:unconfirmed', total)
-  redis.call('HDEL', 'fq:deliveries', token)
-  redis.call('ZREM', 'fq:delivery_due', token)
-  redis.call('PUBLISH', 'fq:tasks', 0) -- leasing may have waited for room
+  redis.call('DECRBY', '{fq}:unconfirmed', total)
+  redis.call('HDEL', '{fq}:deliveries', token)
+  redis.call('ZREM', '{fq}:delivery_due', token)
+  redis.call('PUBLISH', '{fq}:tasks', 0) -- leasing may have waited for room
   return total
 end
 
 local function all_confirmed(job)
-  local jobs = job ~= '' and {job} or redis.call('ZRANGE', 'fq:jobs', 0, -1)
+  local jobs = job ~= '' and {job} or redis.call('ZRANGE', '{fq}:jobs', 0, -1)
   local any = false
   for _, name in ipairs(jobs) do
     local meta = jk(name, 'meta')
@@ -1152,7 +1154,7 @@ local function results(keys, args)
   local job, want, timeout = args[3], tonumber(args[4]), tonumber(args[5])
   if args[6] ~= '' then ack_token(args[6]) end
   expire(now, wall)
-  local jobs = job ~= '' and {job} or redis.call('ZRANGE', 'fq:jobs', 0, -1)
+  local jobs = job ~= '' and {job} or redis.call('ZRANGE', '{fq}:jobs', 0, -1)
   local out, parts, taken = {'results', args[7]}, {}, 0
   for _, name in ipairs(jobs) do
     if taken >= want then break end
@@ -1179,10 +1181,10 @@ local function results(keys, args)
     if all_confirmed(job) then return {'done'} end
     return {'none'}
   end
-  local sequence = redis.call('INCR', 'fq:delivery_seq')
+  local sequence = redis.call('INCR', '{fq}:delivery_seq')
   local deadline = num(now + timeout)
-  redis.call('HSET', 'fq:deliveries', args[7], cjson.encode({s = sequence, jobs = parts}))
-  redis.call('ZADD', 'fq:delivery_due', deadline, args[7])
+  redis.call('HSET', '{fq}:deliveries', args[7], cjson.encode({s = sequence, jobs = parts}))
+  redis.call('ZADD', '{fq}:delivery_due', deadline, args[7])
   return out
 end
 
@@ -1202,11 +1204,11 @@ end
 local function status(keys, args)
   local now, wall = clocks(args[1], args[2])
   expire(now, wall)
-  local out = {num(now), redis.call('GET', 'fq:unconfirmed') or '0'}
-  local jobs = redis.call('ZRANGE', 'fq:jobs', 0, -1)
+  local out = {num(now), redis.call('GET', '{fq}:unconfirmed') or '0'}
+  local jobs = redis.call('ZRANGE', '{fq}:jobs', 0, -1)
   out[#out + 1] = #jobs
   for _, job in ipairs(jobs) do out[#out + 1] = counts(job) end
-  local workers = redis.call('HGETALL', 'fq:workers')
+  local workers = redis.call('HGETALL', '{fq}:workers')
   local holding = {}
   for _, job in ipairs(jobs) do
     local held = redis.call('HVALS', jk(job, 'holders'))
@@ -1243,7 +1245,7 @@ local function limit_hosts(job, hosts)
       task[3] = host
       redis.call('HSET', jk(job, 'tasks'), id, cjson.encode(task))
       redis.call('HINCRBY', jk(job, 'flight'), host, 1)
-      redis.call('HINCRBY', 'fq:flight', host, 1)
+      redis.call('HINCRBY', '{fq}:flight', host, 1)
     end
   end
   redis.call('HSET', jk(job, 'meta'), 'by_host', 1)
@@ -1317,7 +1319,7 @@ end
 -- Jobs with tasks queued but not yet sorted by host (``sort`` sorts them).
 local function unsorted_jobs()
   local jobs = {}
-  for _, job in ipairs(redis.call('ZRANGE', 'fq:active', 0, -1)) do
+  for _, job in ipairs(redis.call('ZRANGE', '{fq}:active', 0, -1)) do
     if redis.call('HGET', jk(job, 'meta'), 'by_host') == '1'
         and redis.call('LLEN', jk(job, 'queue')) > 0 then
       jobs[#jobs + 1] = job
@@ -1370,10 +1372,10 @@ local function steer(keys, args)
     end
   end
   if action == 'cancel' then
-    end_cancelled(wall, tonumber(args[6]) - tonumber(redis.call('GET', 'fq:unconfirmed') or '0'))
+    end_cancelled(wall, tonumber(args[6]) - tonumber(redis.call('GET', '{fq}:unconfirmed') or '0'))
   end
-  redis.call('PUBLISH', 'fq:tasks', 0)
-  redis.call('PUBLISH', 'fq:results', job)
+  redis.call('PUBLISH', '{fq}:tasks', 0)
+  redis.call('PUBLISH', '{fq}:results', job)
   return counts(job)
 end
 
@@ -1386,8 +1388,13 @@ local function specs(keys, args)
   return found
 end
 
+-- clock(): the store's time (a Cluster's: the time of the node with fetchq's keys).
+local function store_clock(keys, args)
+  return num(clock())
+end
+
 local function queued(keys, args)
-  return tonumber(redis.call('GET', 'fq:queued') or '0')
+  return tonumber(redis.call('GET', '{fq}:queued') or '0')
 end
 
 -- housekeeping(now, wall, max_results): lapsed leases and deliveries, cancelled tasks;
@@ -1395,7 +1402,7 @@ end
 local function housekeeping(keys, args)
   local now, wall = clocks(args[1], args[2])
   local lapsed = expire(now, wall)
-  end_cancelled(wall, tonumber(args[3]) - tonumber(redis.call('GET', 'fq:unconfirmed') or '0'))
+  end_cancelled(wall, tonumber(args[3]) - tonumber(redis.call('GET', '{fq}:unconfirmed') or '0'))
   return {lapsed, unpack(unsorted_jobs())}
 end
 
@@ -1424,3 +1431,4 @@ call('sort', sort)
 read('specs', specs)
 read('unsorted', unsorted)
 read('queued', queued)
+read('clock', store_clock)
