@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import redis
-from brokerkit import on_store
+from brokerkit import on_cluster, on_store
 from fetchq_procs import (
     ServerProcess,
     connect_broker,
@@ -349,6 +349,26 @@ def test_a_paced_aggregate_job_through_two_servers_holds_its_rate(env, servers, 
                               "--span", "100",
                               workers=("--concurrency", "8", "--prefetch", "1"))  # fmt: skip
     assert_paced_spans(records, target, path, rate, rate * seconds, edge=1.0)
+
+
+@pytest.mark.parametrize("store_of", [on_store, on_cluster], ids=["store", "cluster"])
+def test_a_store_that_evicts_keys_is_warned_of(store_of, capsys):
+    """A store that drops keys when full would drop tasks and results: said at start."""
+    broker = store_of()
+    if isinstance(broker._store, redis.RedisCluster):
+        client = broker._store.get_node_from_key(TAG).redis_connection
+    else:
+        client = broker._store
+    broker.close()
+    client.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        store_of().close()
+    finally:
+        client.config_set("maxmemory-policy", "noeviction")
+    said = capsys.readouterr().err
+    assert "has maxmemory-policy allkeys-lru: when full, it drops keys" in said, said
+    store_of().close()
+    assert "maxmemory-policy" not in capsys.readouterr().err
 
 
 def test_an_outage_is_said_once_though_calls_run_side_by_side(capsys):

@@ -193,3 +193,29 @@ def test_a_dead_workers_leases_lapse_through_the_other_server(
     assert_exactly_once(report)
     assert any(result["attempt"] > 1 for result in report.recovered), "a lapsed task ran again"
     watch.close()
+
+
+def test_the_store_full_for_a_while(env, store, start_server, launch, target, tmp_path):
+    """The store reaches its maxmemory (and evicts nothing): it refuses every write, the
+    server says once that it is full, clients wait and say why, and when room is made
+    all goes on, nothing lost or doubled."""
+    server = start_server("--store", store.url, "--lease-timeout", LEASE)
+    run = new_run(target, tmp_path, 2000, slow=0.002)
+    workers, output, dispatch = start_clients(
+        launch, env, run, workers=[server.address] * 2, output=server.address,
+        dispatch=server.address,
+    )  # fmt: skip
+    watch = connect_broker(server.address, env["FETCHQ_AUTHKEY"])
+    running(watch, run, 300)
+    fault_at = time.time()
+    admin = store.client()
+    admin.config_set("maxmemory", 1)  # far below what it holds: every write refused
+    server.log.wait_for(r"store .* is full: .* maxmemory \(raise it, or make room\)", 20)
+    workers[0][1].wait_for(r"waiting for server at .*store is full", 20)
+    admin.config_set("maxmemory", 0)
+    server.log.wait_for(r"store .* answers again", 20)
+    finish(watch, run, workers, output, dispatch, fault_at)
+    said = [line for line in server.log.lines if "is full" in line]
+    assert len(said) == 1, said
+    admin.close()
+    watch.close()

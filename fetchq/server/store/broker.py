@@ -205,12 +205,35 @@ class StoreBroker:
                 f"the store at {self.shown} refused us ({exc}): give its password in "
                 f"{PASSWORD_VARIABLE} or the URL (redis://:PASSWORD@HOST:PORT/DB)"
             ) from None
+        except redis.ResponseError as exc:
+            trouble = _refusal(exc)
+            if trouble is None:
+                raise
+            raise StoreUnavailable(f"the store at {self.shown} {trouble}") from None
         except STORE_ERRORS as exc:
             raise StoreUnavailable(
                 f"cannot reach the store at {self.shown}: {exc} (is it running, and is that "
                 "its address?)"
             ) from None
+        self._warn_of_eviction()
         self._wakeups = Wakeups(self._store)
+
+    def _warn_of_eviction(self) -> None:
+        """A store that evicts keys when full would drop tasks and results."""
+        try:
+            if isinstance(self._store, redis.RedisCluster):  # the node with fetchq's keys
+                node = self._store.get_node_from_key(TAG)
+                config = self._store.config_get("maxmemory-policy", target_nodes=node)
+            else:
+                config = self._store.config_get("maxmemory-policy")
+        except redis.RedisError:  # a managed store may not let us read its config
+            return
+        policy = config.get("maxmemory-policy", "noeviction")
+        if policy != "noeviction":
+            say(
+                f"warning: store {self.shown} has maxmemory-policy {policy}: when full, it "
+                "drops keys, and so tasks and results; set it to noeviction"
+            )
 
     # -- time ---------------------------------------------------------------
 
@@ -260,7 +283,14 @@ class StoreBroker:
         try:
             reply = command()
         except STORE_ERRORS as exc:
-            raise self._unavailable(exc, began) from None
+            raise self._unavailable(
+                f"does not answer ({exc or type(exc).__name__})", began
+            ) from None
+        except redis.ResponseError as exc:
+            trouble = _refusal(exc)
+            if trouble is None:
+                raise
+            raise self._unavailable(trouble, began) from None
         if self._failing is not None:
             with self._saying:
                 if self._failing is not None and began > self._failed_at:
@@ -268,13 +298,13 @@ class StoreBroker:
                     say(f"server: store {self.shown} answers again")
         return reply
 
-    def _unavailable(self, exc: Exception, began: float) -> StoreUnavailable:
-        reason = str(exc) or type(exc).__name__
+    def _unavailable(self, trouble: str, began: float) -> StoreUnavailable:
+        """``trouble``: what the store does, as ``does not answer (why)``."""
         with self._saying:
             if self._failing is None and began > self._back_at:
-                self._failing, self._failed_at = reason, time.monotonic()
-                say(f"server: store {self.shown} does not answer ({reason}); clients wait for it")
-        return StoreUnavailable(f"the server's store does not answer ({reason}); try again later")
+                self._failing, self._failed_at = trouble, time.monotonic()
+                say(f"server: store {self.shown} {trouble}; clients wait for it")
+        return StoreUnavailable(f"the server's store {trouble}; try again later")
 
     # -- the wire API -----------------------------------------------------------
 
@@ -689,6 +719,18 @@ class StoreBroker:
 
 
 # -- shaping replies --------------------------------------------------------------
+
+
+def _refusal(exc: redis.ResponseError) -> str | None:
+    """What a store that refuses calls for a while does (None: the call was wrong): out
+    of memory, a replica that takes no writes, a long script of another's running."""
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return "is full: it refuses writes past its maxmemory (raise it, or make room)"
+    if isinstance(exc, redis.exceptions.ReadOnlyError):
+        return "takes no writes: it is a replica (is that address its primary?)"
+    if str(exc).startswith("BUSY"):
+        return "is busy running a script"
+    return None
 
 
 def _with_hosts(pairs: list[bytes]) -> list[str]:
