@@ -105,9 +105,9 @@ LISTEN_TICK = 0.5
 
 
 class Wakeups:
-    """Waiting calls, woken when the store says tasks or results moved (its channels
-    ``CHANNELS``, published by every server's calls).  Listening
-    starts with the first wait: a broker whose calls never wait needs no listener."""
+    """Waiting calls, woken when the store says tasks or results moved (on ``CHANNELS``,
+    published by every server's calls).  Listening starts with the first wait: a broker
+    whose calls never wait needs no listener."""
 
     def __init__(self, client: Store) -> None:
         self._changed = threading.Condition()
@@ -176,9 +176,9 @@ class StoreBroker:
         self._wall = wall_clock if wall_clock is not None else clock
         self._wall_offset = 0.0 if clock is None or self._wall is None else self._wall() - clock()
         self.shown = shown(store) if isinstance(store, str) else "given"
+        """The store as messages name it: its URL without a password."""
         self._owned = isinstance(store, str)
         """Whether the client is this broker's to close (one given is the giver's)."""
-        """The store as messages name it: its URL without a password."""
         self._failing: str | None = None
         """Why the store did not answer, said once (None: it answers)."""
         self._back_at = float("-inf")
