@@ -50,6 +50,7 @@ class StoreProcess:
         appendfsync: str | None = None,
         password: str | None = None,
         cluster_port: int | None = None,
+        tls: tuple[Path, Path, Path] | None = None,
     ) -> None:
         self.directory = directory
         self.port = port
@@ -57,11 +58,15 @@ class StoreProcess:
         self.password = password
         self.cluster_port = cluster_port
         """The port of its cluster bus, for a node of a Redis Cluster (None: none)."""
+        self.tls = tls
+        """Its certificate, key and CA files: ``port`` then takes TLS alone."""
         self.socket = directory / "store.sock"
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
+        if self.tls is not None:
+            return f"rediss://127.0.0.1:{self.port}/0"
         if self.port is not None:
             return f"redis://127.0.0.1:{self.port}/0"
         return f"unix://{self.socket}"
@@ -73,9 +78,15 @@ class StoreProcess:
             if self.appendfsync is None
             else ["--appendonly", "yes", "--appendfsync", self.appendfsync]
         )
+        ports = ["--port", str(self.port or 0)]
+        if self.tls is not None:
+            cert, key, ca = self.tls
+            ports = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert),
+                     "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
+                     "--tls-auth-clients", "no"]  # fmt: skip
         command = [
             redis_server(),
-            "--port", str(self.port or 0),
+            *ports,
             "--bind", "127.0.0.1",
             "--unixsocket", str(self.socket),
             "--unixsocketperm", "700",

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import redis
+import trustme
 from brokerkit import on_cluster, on_store
 from fetchq_procs import (
     ServerProcess,
@@ -314,6 +315,39 @@ def test_a_store_password_is_asked_for_and_never_shown(env, tmp_path):
         assert secret not in "\n".join(server.log.lines)
     finally:
         store.stop()
+
+
+def test_a_store_over_tls_is_served_and_a_wrong_ca_refused_in_one_line(env, target, tmp_path):
+    """``rediss://``: the store's certificate checked against the CA given in the URL
+    (``?ssl_ca_certs=``); a job runs through it; a CA that did not sign the store's
+    certificate is one line and exit code 4, before anything listens."""
+    ca, other = trustme.CA(), trustme.CA()
+    files = {name: tmp_path / f"{name}.pem" for name in ("cert", "key", "ca", "other")}
+    leaf = ca.issue_cert("127.0.0.1")
+    leaf.cert_chain_pems[0].write_to_path(files["cert"])
+    leaf.private_key_pem.write_to_path(files["key"])
+    ca.cert_pem.write_to_path(files["ca"])
+    other.cert_pem.write_to_path(files["other"])
+    tls = (files["cert"], files["key"], files["ca"])
+    store = StoreProcess(tmp_path / "tls", port=free_port(), tls=tls).start()
+    try:
+        wrong = run(env, "server", "--store", f"{store.url}?ssl_ca_certs={files['other']}")
+        assert_clean_error(
+            wrong, ExitCode.UNREACHABLE, "cannot reach the store at rediss://",
+            "certificate verify failed", "does ?ssl_ca_certs= in the URL name",
+        )  # fmt: skip
+        server = ServerProcess(env, "--store", f"{store.url}?ssl_ca_certs={files['ca']}")
+        try:
+            results, _ = through_both(env, [server, server], "tls", "--template",
+                                      f"{target.url}/tls?i={{i}}", "--count", "200",
+                                      both=False)  # fmt: skip
+        finally:
+            server.stop()
+    finally:
+        store.stop()
+    assert sorted(result["url"] for result in results) == sorted(
+        f"{target.url}/tls?i={i}" for i in range(200)
+    )
 
 
 def test_robots_txt_through_two_servers_is_fetched_once_and_obeyed(env, servers, hosts):

@@ -211,10 +211,11 @@ class StoreBroker:
                 raise
             raise StoreUnavailable(f"the store at {self.shown} {trouble}") from None
         except STORE_ERRORS as exc:
-            raise StoreUnavailable(
-                f"cannot reach the store at {self.shown}: {exc} (is it running, and is that "
-                "its address?)"
-            ) from None
+            check = "is it running, and is that its address?"
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                check = "does ?ssl_ca_certs= in the URL name the CA of its certificate?"
+            reason = f"cannot reach the store at {self.shown}: {exc} ({check})"
+            raise StoreUnavailable(reason) from None
         self._warn_of_eviction()
         self._wakeups = Wakeups(self._store)
 
