@@ -153,10 +153,13 @@ class StoreCluster:
     SLOTS = 16384
 
     def __init__(self, directory: Path, size: int = 3) -> None:
+        self.directory = directory
         self.nodes = [
             StoreProcess(directory / f"node-{n}", port=free_port(), cluster_port=free_port())
             for n in range(size)
         ]
+        """Its primaries, in the order of the slots they hold."""
+        self.replicas: list[StoreProcess] = []
 
     @property
     def url(self) -> str:
@@ -190,8 +193,46 @@ class StoreCluster:
         slot = self.client().keyslot(key)
         return self.nodes[slot * len(self.nodes) // self.SLOTS]
 
+    def add_replica(self, primary: StoreProcess) -> StoreProcess:
+        """A replica of ``primary``, in sync with it when this returns: the node the
+        cluster promotes in its place when it fails."""
+        replica = StoreProcess(
+            self.directory / f"replica-{len(self.replicas)}",
+            port=free_port(),
+            cluster_port=free_port(),
+        ).start()
+        self.replicas.append(replica)
+        client, known = replica.client(), primary.client()
+        known.execute_command("CLUSTER MEET", "127.0.0.1", replica.port, replica.cluster_port)
+        primary_id = known.execute_command("CLUSTER MYID")
+        primary_id = primary_id.decode() if isinstance(primary_id, bytes) else primary_id
+        deadline = time.monotonic() + START_TIMEOUT
+        while all(seen["node_id"] != primary_id for seen in client.cluster("nodes").values()):
+            assert time.monotonic() < deadline, "the replica did not meet the cluster"
+            time.sleep(0.05)
+        client.execute_command("CLUSTER REPLICATE", primary_id)
+        self.wait_in_sync(primary, replica)
+        client.close()
+        known.close()
+        return replica
+
+    @staticmethod
+    def wait_in_sync(primary: StoreProcess, replica: StoreProcess) -> None:
+        """Until ``replica`` has every write ``primary`` made so far."""
+        client, source = replica.client(), primary.client()
+        offset = source.info("replication")["master_repl_offset"]
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            found = client.info("replication")
+            if found.get("master_link_status") == "up" and found["slave_repl_offset"] >= offset:
+                break
+            assert time.monotonic() < deadline, f"the replica did not catch up: {found}"
+            time.sleep(0.05)
+        client.close()
+        source.close()
+
     def stop(self) -> None:
-        for node in self.nodes:
+        for node in [*self.nodes, *self.replicas]:
             node.stop()
 
 

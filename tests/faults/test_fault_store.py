@@ -16,7 +16,9 @@ from checker import assert_exactly_once, check_file, wait_for_job
 from faultkit import exit_code
 from fetchq_procs import connect_broker, poll_until, worker_name
 from netproxy import NetProxy
+from storekit import StoreCluster
 
+from fetchq.server.store.connection import TAG
 from fetchq.testing.target import Target
 
 LEASE = "3"
@@ -219,3 +221,35 @@ def test_the_store_full_for_a_while(env, store, start_server, launch, target, tm
     assert len(said) == 1, said
     admin.close()
     watch.close()
+
+
+def test_a_cluster_fails_over_to_the_replica_of_fetchqs_node(
+    env, start_server, launch, target, tmp_path
+):
+    """kill -9 the primary of fetchq's slot in a Redis Cluster, once the job's tasks
+    have reached its replica: the cluster promotes the replica, the server finds it,
+    clients wait saying why, and every URL ends as exactly one result."""
+    cluster = StoreCluster(tmp_path / "cluster").start()
+    try:
+        primary = cluster.node_of(TAG)
+        replica = cluster.add_replica(primary)
+        other = next(node for node in cluster.nodes if node is not primary)
+        server = start_server("--store", other.url, "--lease-timeout", LEASE)
+        run = new_run(target, tmp_path, 2000, slow=0.02)
+        workers, output, dispatch = start_clients(
+            launch, env, run, workers=[server.address] * 2, output=server.address,
+            dispatch=server.address,
+        )  # fmt: skip
+        watch = connect_broker(server.address, env["FETCHQ_AUTHKEY"])
+        assert exit_code(*dispatch, 60) == 0, dispatch[1].text  # every task acknowledged
+        running(watch, run, 300)
+        cluster.wait_in_sync(primary, replica)  # (a write it had not copied would be lost)
+        fault_at = time.time()
+        primary.kill()
+        server.log.wait_for(r"store .* does not answer", 20)
+        workers[0][1].wait_for(r"waiting for server at .*store does not answer", 20)
+        server.log.wait_for(r"store .* answers again", 30)
+        finish(watch, run, workers, output, dispatch, fault_at)
+        watch.close()
+    finally:
+        cluster.stop()
