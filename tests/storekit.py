@@ -16,6 +16,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -236,39 +237,33 @@ class StoreCluster:
             node.stop()
 
 
-_shared: StoreProcess | None = None
+_shared: dict[str, StoreProcess | StoreCluster] = {}
 
 
 def shared_store() -> StoreProcess:
     """The store this test process's contract tests share, started on first use."""
-    global _shared
-    if _shared is None:
-        directory = Path(tempfile.mkdtemp(prefix="fetchq-store-"))
-        _shared = StoreProcess(directory).start()
-        atexit.register(_stop_shared, directory)
-    return _shared
-
-
-def _stop_shared(directory: Path) -> None:
-    if _shared is not None:
-        _shared.stop()
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-_shared_cluster: StoreCluster | None = None
+    store = _shared_one("store", lambda directory: StoreProcess(directory).start())
+    assert isinstance(store, StoreProcess)
+    return store
 
 
 def shared_cluster() -> StoreCluster:
     """The Cluster this test process's contract tests share, started on first use."""
-    global _shared_cluster
-    if _shared_cluster is None:
-        directory = Path(tempfile.mkdtemp(prefix="fetchq-cluster-"))
-        _shared_cluster = StoreCluster(directory).start()
-        atexit.register(_stop_shared_cluster, directory)
-    return _shared_cluster
+    cluster = _shared_one("cluster", lambda directory: StoreCluster(directory).start())
+    assert isinstance(cluster, StoreCluster)
+    return cluster
 
 
-def _stop_shared_cluster(directory: Path) -> None:
-    if _shared_cluster is not None:
-        _shared_cluster.stop()
+def _shared_one(
+    kind: str, start: Callable[[Path], StoreProcess | StoreCluster]
+) -> StoreProcess | StoreCluster:
+    if kind not in _shared:
+        directory = Path(tempfile.mkdtemp(prefix=f"fetchq-{kind}-"))
+        _shared[kind] = start(directory)
+        atexit.register(_stop_shared, kind, directory)
+    return _shared[kind]
+
+
+def _stop_shared(kind: str, directory: Path) -> None:
+    _shared.pop(kind).stop()
     shutil.rmtree(directory, ignore_errors=True)

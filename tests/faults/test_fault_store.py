@@ -1,4 +1,5 @@
-"""Servers on a store: one of two killed, the store killed, the store cut off.
+"""Servers on a store: one of two killed, the store killed, cut off or full, a Cluster
+failing over.
 
 The store is a real ``redis-server`` of the test's own (``store`` fixture), with
 its AOF fsynced before each reply; the servers, workers, dispatcher and output are
@@ -11,6 +12,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from checker import assert_exactly_once, check_file, wait_for_job
 from faultkit import exit_code
@@ -57,6 +59,36 @@ def start_clients(launch, env, run: Run, *, workers: list[str], output: str, dis
         "--batch-size", "200",
     )  # fmt: skip
     return started, out, sent
+
+
+@dataclass
+class OneServer:
+    """A job through one server: two workers, an output and a dispatcher on it, and a
+    client watching it."""
+
+    server: Any
+    run: Run
+    workers: list[Any]
+    output: Any
+    dispatch: Any
+    watch: Any
+
+    def finish(self, fault_at: float) -> None:
+        finish(self.watch, self.run, self.workers, self.output, self.dispatch, fault_at)
+        self.watch.close()
+
+
+def through_one_server(start_server, launch, env, target, tmp_path, store_url: str, *,
+                       lease: str = LEASE, slow: float = 0.002) -> OneServer:  # fmt: skip
+    """2,000 URLs through a server on the store at ``store_url``."""
+    server = start_server("--store", store_url, "--lease-timeout", lease)
+    run = new_run(target, tmp_path, 2000, slow=slow)
+    workers, output, dispatch = start_clients(
+        launch, env, run, workers=[server.address] * 2, output=server.address,
+        dispatch=server.address,
+    )  # fmt: skip
+    watch = connect_broker(server.address, env["FETCHQ_AUTHKEY"])
+    return OneServer(server, run, workers, output, dispatch, watch)
 
 
 def finish(watch, run: Run, workers, output, dispatch, fault_at: float) -> None:
@@ -113,24 +145,17 @@ def test_the_store_killed_with_appendfsync_always_and_restarted(
     """kill -9 the store mid-job and start it again from its AOF: the server says once
     that it does not answer and once that it is back, clients wait saying why, and
     every acknowledged task ends as exactly one result."""
-    server = start_server("--store", store.url, "--lease-timeout", LEASE)
-    run = new_run(target, tmp_path, 2000, slow=0.002)
-    workers, output, dispatch = start_clients(
-        launch, env, run, workers=[server.address] * 2, output=server.address,
-        dispatch=server.address,
-    )  # fmt: skip
-    watch = connect_broker(server.address, env["FETCHQ_AUTHKEY"])
-    running(watch, run, 300)
+    job = through_one_server(start_server, launch, env, target, tmp_path, store.url)
+    running(job.watch, job.run, 300)
     fault_at = time.time()
     store.kill()
-    server.log.wait_for(r"store .* does not answer", 20)
-    output[1].wait_for(r"waiting for server at .*store does not answer", 20)
+    job.server.log.wait_for(r"store .* does not answer", 20)
+    job.output[1].wait_for(r"waiting for server at .*store does not answer", 20)
     store.restart()  # from its AOF; the fixture stops it
-    server.log.wait_for(r"store .* answers again", 20)
-    finish(watch, run, workers, output, dispatch, fault_at)
-    said = [line for line in server.log.lines if "does not answer" in line]
+    job.server.log.wait_for(r"store .* answers again", 20)
+    job.finish(fault_at)
+    said = [line for line in job.server.log.lines if "does not answer" in line]
     assert len(said) == 1, said
-    watch.close()
 
 
 def test_the_store_cut_off_for_a_while(env, store, start_server, launch, target, tmp_path):
@@ -138,24 +163,17 @@ def test_the_store_cut_off_for_a_while(env, store, start_server, launch, target,
     the server says so once, clients wait and say why, and all resumes by itself."""
     with NetProxy(f"127.0.0.1:{store.port}") as proxy:
         url = f"redis://{proxy.address}/0?socket_timeout=1&socket_connect_timeout=1"
-        server = start_server("--store", url, "--lease-timeout", "5")
-        run = new_run(target, tmp_path, 2000, slow=0.002)
-        workers, output, dispatch = start_clients(
-            launch, env, run, workers=[server.address] * 2, output=server.address,
-            dispatch=server.address,
-        )  # fmt: skip
-        watch = connect_broker(server.address, env["FETCHQ_AUTHKEY"])
-        running(watch, run, 300)
+        job = through_one_server(start_server, launch, env, target, tmp_path, url, lease="5")
+        running(job.watch, job.run, 300)
         fault_at = time.time()
         proxy.cut()
-        server.log.wait_for(r"store .* does not answer", 20)
-        workers[0][1].wait_for(r"waiting for server at .*store does not answer", 20)
+        job.server.log.wait_for(r"store .* does not answer", 20)
+        job.workers[0][1].wait_for(r"waiting for server at .*store does not answer", 20)
         proxy.heal()
-        server.log.wait_for(r"store .* answers again", 20)
-        finish(watch, run, workers, output, dispatch, fault_at)
-        said = [line for line in server.log.lines if "does not answer" in line]
+        job.server.log.wait_for(r"store .* answers again", 20)
+        job.finish(fault_at)
+        said = [line for line in job.server.log.lines if "does not answer" in line]
         assert len(said) == 1, said
-        watch.close()
 
 
 def test_a_dead_workers_leases_lapse_through_the_other_server(
@@ -201,26 +219,19 @@ def test_the_store_full_for_a_while(env, store, start_server, launch, target, tm
     """The store reaches its maxmemory (and evicts nothing): it refuses every write, the
     server says once that it is full, clients wait and say why, and when room is made
     all goes on, nothing lost or doubled."""
-    server = start_server("--store", store.url, "--lease-timeout", LEASE)
-    run = new_run(target, tmp_path, 2000, slow=0.002)
-    workers, output, dispatch = start_clients(
-        launch, env, run, workers=[server.address] * 2, output=server.address,
-        dispatch=server.address,
-    )  # fmt: skip
-    watch = connect_broker(server.address, env["FETCHQ_AUTHKEY"])
-    running(watch, run, 300)
+    job = through_one_server(start_server, launch, env, target, tmp_path, store.url)
+    running(job.watch, job.run, 300)
     fault_at = time.time()
     admin = store.client()
     admin.config_set("maxmemory", 1)  # far below what it holds: every write refused
-    server.log.wait_for(r"store .* is full: .* maxmemory \(raise it, or make room\)", 20)
-    workers[0][1].wait_for(r"waiting for server at .*store is full", 20)
+    job.server.log.wait_for(r"store .* is full: .* maxmemory \(raise it, or make room\)", 20)
+    job.workers[0][1].wait_for(r"waiting for server at .*store is full", 20)
     admin.config_set("maxmemory", 0)
-    server.log.wait_for(r"store .* answers again", 20)
-    finish(watch, run, workers, output, dispatch, fault_at)
-    said = [line for line in server.log.lines if "is full" in line]
+    job.server.log.wait_for(r"store .* answers again", 20)
+    job.finish(fault_at)
+    said = [line for line in job.server.log.lines if "is full" in line]
     assert len(said) == 1, said
     admin.close()
-    watch.close()
 
 
 def test_a_cluster_fails_over_to_the_replica_of_fetchqs_node(
@@ -234,22 +245,16 @@ def test_a_cluster_fails_over_to_the_replica_of_fetchqs_node(
         primary = cluster.node_of(TAG)
         replica = cluster.add_replica(primary)
         other = next(node for node in cluster.nodes if node is not primary)
-        server = start_server("--store", other.url, "--lease-timeout", LEASE)
-        run = new_run(target, tmp_path, 2000, slow=0.02)
-        workers, output, dispatch = start_clients(
-            launch, env, run, workers=[server.address] * 2, output=server.address,
-            dispatch=server.address,
-        )  # fmt: skip
-        watch = connect_broker(server.address, env["FETCHQ_AUTHKEY"])
-        assert exit_code(*dispatch, 60) == 0, dispatch[1].text  # every task acknowledged
-        running(watch, run, 300)
+        job = through_one_server(start_server, launch, env, target, tmp_path, other.url,
+                                 slow=0.02)  # fmt: skip
+        assert exit_code(*job.dispatch, 60) == 0, job.dispatch[1].text  # all acknowledged
+        running(job.watch, job.run, 300)
         cluster.wait_in_sync(primary, replica)  # (a write it had not copied would be lost)
         fault_at = time.time()
         primary.kill()
-        server.log.wait_for(r"store .* does not answer", 20)
-        workers[0][1].wait_for(r"waiting for server at .*store does not answer", 20)
-        server.log.wait_for(r"store .* answers again", 30)
-        finish(watch, run, workers, output, dispatch, fault_at)
-        watch.close()
+        job.server.log.wait_for(r"store .* does not answer", 20)
+        job.workers[0][1].wait_for(r"waiting for server at .*store does not answer", 20)
+        job.server.log.wait_for(r"store .* answers again", 30)
+        job.finish(fault_at)
     finally:
         cluster.stop()
