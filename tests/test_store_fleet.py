@@ -7,6 +7,7 @@ stand in for other hosts, each with a target of its own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import threading
@@ -16,12 +17,14 @@ from typing import Any
 
 import pytest
 import redis
+import storekit
 import trustme
 from brokerkit import on_cluster, on_store
 from fetchq_procs import (
     ServerProcess,
     connect_broker,
     jsonl,
+    poll_until,
     run,
     start_output,
     start_worker,
@@ -36,6 +39,7 @@ from worker_scenarios import CLOCK_SLACK, assert_slots_apart
 
 from fetchq.errors import ExitCode, StoreUnavailable
 from fetchq.server.store import broker as store_broker
+from fetchq.server.store.broker import StoreBroker
 from fetchq.server.store.connection import TAG
 from fetchq.testing.target import Target
 from fetchq.wire.records import ROBOTS_REFUSED
@@ -403,6 +407,52 @@ def test_a_store_that_evicts_keys_is_warned_of(store_of, capsys):
     assert "has maxmemory-policy allkeys-lru: when full, it drops keys" in said, said
     store_of().close()
     assert "maxmemory-policy" not in capsys.readouterr().err
+
+
+def test_a_replica_given_as_the_store_is_refused_in_one_line(env, store, tmp_path):
+    """A store that takes no writes (a replica: after a failover, or the wrong address)
+    is said as such, exit code 4, before anything listens."""
+    replica = StoreProcess(tmp_path / "replica", port=free_port()).start()
+    try:
+        replica.client().replicaof("127.0.0.1", store.port)
+        refused = run(env, "server", "--store", replica.url, "--port", "0")
+    finally:
+        replica.stop()
+    assert_clean_error(refused, ExitCode.UNREACHABLE, "takes no writes: it is a replica")
+
+
+def test_a_store_busy_with_a_long_script_is_waited_for(capsys):
+    """Another program's script that runs long makes the store answer BUSY: calls wait
+    (said once), and go on when it ends."""
+    broker = on_store()
+    client = storekit.shared_store().client()
+    client.config_set("busy-reply-threshold", 50)  # ms before others are told BUSY
+
+    def loop() -> None:
+        with contextlib.suppress(redis.ResponseError):  # (ended by SCRIPT KILL)
+            client.eval("while true do end", 0)
+
+    looping = threading.Thread(target=loop, daemon=True)
+    try:
+        looping.start()
+        poll_until(lambda: _busy(broker), 10, "the store to answer BUSY")
+        storekit.shared_store().client().script_kill()
+        looping.join(10)
+        assert broker.queued() == 0
+    finally:
+        storekit.shared_store().client().config_set("busy-reply-threshold", 5000)
+        broker.close()
+    said = capsys.readouterr().err
+    assert (said.count("is busy running a script"), said.count("answers again")) == (1, 1)
+
+
+def _busy(broker: StoreBroker) -> bool:
+    try:
+        broker.queued()
+    except StoreUnavailable as exc:
+        assert "the server's store is busy running a script" in str(exc)
+        return True
+    return False
 
 
 def test_an_outage_is_said_once_though_calls_run_side_by_side(capsys):
