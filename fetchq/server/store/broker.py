@@ -703,6 +703,9 @@ class StoreBroker:
             self.expire_leases()
 
     def expire_leases(self) -> int:
+        """A round of housekeeping, as one call to the store does it all: lapsed leases
+        and deliveries, cancelled tasks, then some tasks of jobs left to sort by host.
+        Returns the leases lapsed."""
         lapsed, *unsorted = self._call(
             "housekeeping", self._now(), self._wall_now(), self.max_results
         )
