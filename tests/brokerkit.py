@@ -25,7 +25,7 @@ from fetchq.server.broker import Broker
 from fetchq.server.journal import Journal
 from fetchq.server.service import BrokerService
 from fetchq.server.store.broker import StoreBroker
-from fetchq.server.store.connection import LIBRARY_KEY, Store, job_key, shared_key
+from fetchq.server.store.connection import LIBRARY_KEY, Store, job_key, shard_of, shared_key
 
 Factory = Callable[..., BrokerService]
 """Makes a broker from ``Broker``'s settings (clock, wall_clock, lease_timeout,
@@ -49,6 +49,14 @@ def on_cluster(*, durable: Path | None = None, **settings: Any) -> BrokerService
     """The broker on a Redis Cluster of three primaries (this test process's), emptied
     first as ``on_store`` empties its store: every call must keep to one slot."""
     return _on(_client("cluster", storekit.shared_cluster().client), durable, settings)
+
+
+def on_shards(*, durable: Path | None = None, **settings: Any) -> BrokerService:
+    """The broker on a Redis Cluster of three primaries, its fleet in three shards
+    (the first of which is the one shard of ``on_cluster``): every call must keep to
+    its shard's slot, and the shards must answer as one broker."""
+    client = _client("cluster", storekit.shared_cluster().client)
+    return _on(client, durable, {**settings, "shards": 3})
 
 
 def _client(name: str, make: Callable[[], Store]) -> Store:
@@ -78,7 +86,7 @@ _opened: set[Path] = set()
 IMPLEMENTATIONS: dict[str, Factory] = {
     "embedded": embedded,
     "store": on_store,
-    "cluster": on_cluster,
+    "shards": on_shards,
 }
 
 
@@ -104,6 +112,20 @@ def crash(broker: BrokerService) -> None:
         os.close(journal._fd)
         journal._fd = None
     os.close(journal._guard)
+
+
+def id_run(broker: BrokerService, task_id: int) -> int:
+    """Which run of ids a task's is in: a store of several shards numbers each shard's
+    tasks apart (an id tells its shard), so ids continue where they stopped in each."""
+    return shard_of(task_id) if isinstance(broker, StoreBroker) else 0
+
+
+def batch_ids(reply: dict[str, Any], count: int) -> list[int]:
+    """The ids of a batch's tasks, in its order: a run from ``first_id``, or each given
+    (a store of several shards splits a job's batch by host)."""
+    if "ids" in reply:
+        return list(reply["ids"])
+    return list(range(reply["first_id"], reply["first_id"] + count))
 
 
 def syncs(broker: BrokerService) -> int:
@@ -146,20 +168,24 @@ class _StoreView(NamedTuple):
 
 
 def _store_view(broker: StoreBroker) -> _StoreView:
+    """(Of every shard: each read at one moment, one after the other.)"""
     store = broker._store
-    jobs = [job.decode() for job in store.zrange(shared_key("jobs"), 0, -1)]
-    pipe = store.pipeline(transaction=True)  # one moment of the store
-    for job in jobs:
-        pipe.lrange(job_key(job, "queue"), 0, -1)
-        pipe.hgetall(job_key(job, "tasks"))
-        pipe.hgetall(job_key(job, "holders"))
-    replies = pipe.execute()
     view = _StoreView({}, {}, {})
-    for n, job in enumerate(jobs):
-        queue, tasks, holders = replies[3 * n : 3 * n + 3]
-        view.queues[job] = [int(task_id) for task_id in queue]
-        view.tasks[job] = {int(k): json.loads(v) for k, v in tasks.items()}
-        view.holders[job] = {int(k): v.decode() for k, v in holders.items()}
+    for shard in range(broker.shards):
+        jobs = [job.decode() for job in store.zrange(shared_key("jobs", shard), 0, -1)]
+        pipe = store.pipeline(transaction=True)  # one moment of the shard
+        for job in jobs:
+            pipe.lrange(job_key(job, "queue", shard), 0, -1)
+            pipe.hgetall(job_key(job, "tasks", shard))
+            pipe.hgetall(job_key(job, "holders", shard))
+        replies = pipe.execute()
+        for n, job in enumerate(jobs):
+            queue, tasks, holders = replies[3 * n : 3 * n + 3]
+            view.queues.setdefault(job, []).extend(int(task_id) for task_id in queue)
+            view.tasks.setdefault(job, {}).update({int(k): json.loads(v) for k, v in tasks.items()})
+            view.holders.setdefault(job, {}).update(
+                {int(k): v.decode() for k, v in holders.items()}
+            )
     return view
 
 
@@ -185,7 +211,13 @@ def leases(broker: BrokerService) -> dict[int, Lease]:
     until when is only seen by their expiry, so the model checks it here."""
     if isinstance(broker, StoreBroker):
         view = _store_view(broker)
-        deadlines = dict(broker._store.zrange(shared_key("due"), 0, -1, withscores=True))
+        deadlines = {
+            member: deadline
+            for shard in range(broker.shards)
+            for member, deadline in broker._store.zrange(
+                shared_key("due", shard), 0, -1, withscores=True
+            )
+        }
         found = {}
         for job, holders in view.holders.items():
             for task_id, worker in holders.items():
@@ -207,7 +239,11 @@ def finished(broker: BrokerService) -> Callable[[int], bool]:
     is now: a store's is read once, for every task asked about after."""
     if isinstance(broker, StoreBroker):  # a task of a known range, no longer kept
         view = _store_view(broker)
-        members = broker._store.zrange(shared_key("ranges"), 0, -1)
+        members = [
+            member
+            for shard in range(broker.shards)
+            for member in broker._store.zrange(shared_key("ranges", shard), 0, -1)
+        ]
         ranges = [
             (int(first), int(count), job)
             for first, count, *_, job in (member.decode().split("\t") for member in members)

@@ -35,24 +35,33 @@ def implementation(request: pytest.FixtureRequest) -> Factory:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """A contract test marked ``embedded_only`` runs against the embedded broker alone:
-    its mark says why not against the store."""
+    """A contract test marked ``embedded_only`` runs against the embedded broker alone,
+    one marked ``one_shard`` against every broker but a store of several shards: the
+    mark says why not."""
     kept, dropped = [], []
     for item in items:
         callspec = getattr(item, "callspec", None)
-        on_store = callspec is not None and callspec.params.get("implementation") in (
-            "store",
-            "cluster",
-        )
-        mark = item.get_closest_marker("embedded_only")
-        if on_store and mark is not None:
-            assert mark.args and mark.args[0], f"{item.nodeid}: embedded_only needs its reason"
-            dropped.append(item)
-        else:
+        implementation = callspec.params.get("implementation") if callspec else None
+        if _runs_on(item, implementation):
             kept.append(item)
+        else:
+            dropped.append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
+
+
+def _runs_on(item: pytest.Item, implementation: str | None) -> bool:
+    for name, not_on in (
+        ("embedded_only", ("store", "shards")),
+        ("one_shard", ("shards",)),
+    ):
+        mark = item.get_closest_marker(name)
+        if mark is not None:
+            assert mark.args and mark.args[0], f"{item.nodeid}: {name} needs its reason"
+            if implementation in not_on:
+                return False
+    return True
 
 
 @pytest.fixture(scope="session")

@@ -250,6 +250,7 @@ def test_spans_the_server_ends_are_aggregates_of_all_their_requests(
     assert [(row["host"], row["requests"]) for row in target] == [("127.0.0.1:9", 100)]
 
 
+@pytest.mark.one_shard("a store of several shards takes no server-wide host limits")
 def test_spans_are_leased_on_a_server_with_host_limits_and_beside_a_paced_job(
     implementation: Factory, clock: FakeClock
 ) -> None:

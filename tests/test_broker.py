@@ -119,6 +119,7 @@ def test_hello_reports_settings_and_refuses_other_protocols(broker: BrokerServic
     assert broker.hello({"protocol": PROTOCOL})["protocol"] == PROTOCOL
 
 
+@pytest.mark.one_shard("jobs in different shards take their ids there: a job's follow one another")
 def test_submit_returns_consecutive_ids_and_counts(broker: BrokerService) -> None:
     first = submit(broker, "a", 3)
     second = submit(broker, "b", 2)
@@ -1069,6 +1070,7 @@ def test_a_report_judged_result_by_result_wakes_an_output_waiting(
     assert [result["id"] for result in got[0]["results"]] == [task["id"]]
 
 
+@pytest.mark.one_shard("jobs in different shards hand out their results by turns of the shards")
 def test_results_of_all_jobs_lapse_back_each_to_its_own_job(
     broker: BrokerService, clock: FakeClock
 ) -> None:
@@ -1261,6 +1263,7 @@ def test_version_mismatch_leaves_the_broker_working(broker: BrokerService) -> No
 # -- host limits -------------------------------------------------------------
 
 
+@pytest.mark.one_shard("a store of several shards takes no server-wide host limits")
 def test_host_caps_hold_per_job_and_for_the_server_over_every_job(make_broker: Factory) -> None:
     """Each job's cap, and the server's over all its jobs, counted until each lease ends."""
     broker = make_broker(per_host=3)
@@ -1278,6 +1281,7 @@ def test_host_caps_hold_per_job_and_for_the_server_over_every_job(make_broker: F
     assert broker.lease("w1", 20, 0) == []
 
 
+@pytest.mark.one_shard("a job of several shards gets host limits only when dispatched")
 def test_first_host_limits_set_while_a_job_runs_hold_for_what_it_has_leased(
     broker: BrokerService,
 ) -> None:
@@ -1318,6 +1322,7 @@ def test_a_host_delay_spaces_the_starts_it_hands_out(
 # -- status ----------------------------------------------------------------
 
 
+@pytest.mark.one_shard("jobs in different shards are leased from by turns of the shards")
 def test_status_lists_jobs_and_workers_with_leased_counts(
     broker: BrokerService, clock: FakeClock
 ) -> None:
@@ -1375,13 +1380,12 @@ def test_status_tells_a_jobs_pace_lately_and_its_busiest_hosts(
 def test_concurrent_workers_give_exactly_one_result_per_task(implementation: Factory) -> None:
     total, per_batch = 5000, 1000
     broker = implementation(lease_timeout=30.0, max_pending=10_000)
-    first_id = None
+    expected_ids: set[int] = set()
     for start in range(0, total, per_batch):
         reply = broker.submit({"job": "load", "urls": urls(per_batch), "batch_id": str(start)})
-        first_id = reply["first_id"] if first_id is None else first_id
+        expected_ids.update(range(reply["first_id"], reply["first_id"] + per_batch))
     broker.seal("load")
-    assert first_id is not None
-    expected_ids = set(range(first_id, first_id + total))
+    assert len(expected_ids) == total
     totals: Counter[str] = Counter()
     totals_lock = threading.Lock()
     collected: list[dict[str, Any]] = []

@@ -26,8 +26,9 @@ from brokerkit import (
     Factory,
     crash,
     finished,
+    id_run,
     leases,
-    on_cluster,
+    on_shards,
     queued_tasks,
     renew,
     restart_keeps_leases,
@@ -114,7 +115,8 @@ class BrokerMachine(RuleBasedStateMachine):
         self.tasks: dict[int, Task] = {}
         self.jobs: dict[str, JobModel] = {}
         self.batches: dict[str, dict[str, Any]] = {}
-        self.next_id: int | None = None
+        self.next_id: dict[int, int] = {}
+        """The next id of each run of ids (see ``brokerkit.id_run``)."""
         self.urls = 0
         self.ok: dict[int, bool] = {}
         self.undelivered: set[int] = set()
@@ -168,9 +170,10 @@ class BrokerMachine(RuleBasedStateMachine):
         assert "duplicate" not in reply and "full" not in reply, reply
         assert reply["accepted"] == len(urls)
         first = reply["first_id"]
-        if self.next_id is not None:
-            assert first == self.next_id, "ids must continue where they stopped"
-        self.next_id = first + len(urls)
+        run = id_run(self.broker, first)
+        if run in self.next_id:
+            assert first == self.next_id[run], "ids must continue where they stopped"
+        self.next_id[run] = first + len(urls)
         model = self.jobs.setdefault(job, JobModel())
         assert reply.get("reopened", False) is model.done, "a done job is reopened, and said"
         model.submitted += len(urls)
@@ -270,6 +273,8 @@ class BrokerMachine(RuleBasedStateMachine):
     )
     @step
     def submit(self, job: str, size: int, attempts: int, batch: str | None) -> None:
+        if batch is not None:  # an id is unique to its batch, and a batch to its job
+            batch = f"{job}:{batch}"
         urls = [f"http://127.0.0.1/{job}/{self.urls + n}" for n in range(size)]
         self.urls += size
         reply = self.broker.submit(
@@ -313,8 +318,9 @@ class BrokerMachine(RuleBasedStateMachine):
         ]
         if data.draw(st.booleans(), label="repeat one"):
             results.append(dict(results[0]))
-        if self.next_id is not None and data.draw(st.booleans(), label="unknown id"):
-            unknown = {**records[0], "id": self.next_id + data.draw(st.integers(0, 9))}
+        if self.next_id and data.draw(st.booleans(), label="unknown id"):
+            next_id = data.draw(st.sampled_from(sorted(self.next_id.values())), label="run")
+            unknown = {**records[0], "id": next_id + data.draw(st.integers(0, 9))}
             results.append(self.result_for(unknown, "ok", workers[0]))
         self.complete_all(workers[0], results)
 
@@ -550,9 +556,9 @@ MODEL_SETTINGS = settings(
 
 def test_broker_model(implementation: Factory) -> None:
     machine = type("Machine", (BrokerMachine,), {"implementation": staticmethod(implementation)})
-    # On a Cluster the store broker runs the very calls it runs on one store: a shorter
-    # sweep shows they keep to fetchq's slot there too.
-    sweep = settings(MODEL_SETTINGS, max_examples=30) if implementation is on_cluster else None
+    # On a Cluster in shards the store broker runs the very calls it runs on one store,
+    # in several slots: a shorter sweep shows they keep to them, and add up to one.
+    sweep = settings(MODEL_SETTINGS, max_examples=30) if implementation is on_shards else None
     run_state_machine_as_test(machine, settings=sweep or MODEL_SETTINGS)
 
 

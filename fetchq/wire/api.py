@@ -195,6 +195,9 @@ class SubmitReply(TypedDict):
 
     accepted: int
     first_id: NotRequired[int]
+    ids: NotRequired[list[int]]
+    """Each task's id, in the batch's order, for a batch whose ids are not one run (a
+    store of several shards splits a job's batch by host), in place of ``first_id``."""
     full: NotRequired[bool]
     queued: NotRequired[int]
     duplicate: NotRequired[bool]

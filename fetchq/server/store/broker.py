@@ -14,11 +14,12 @@ of their own, passed to each call.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import redis
@@ -29,6 +30,7 @@ from fetchq.errors import (
     BadRequest,
     NoSuchJob,
     StoreUnavailable,
+    UsageError,
     VersionMismatch,
 )
 from fetchq.messages import say
@@ -40,19 +42,34 @@ from fetchq.server.jobs import PaceSeen, unknown_job
 from fetchq.server.leasing import as_spans
 from fetchq.server.store.connection import (
     CHANNELS,
+    MAX_SHARDS,
     PASSWORD_VARIABLE,
+    PLACES_KEY,
+    SHARDS_KEY,
     STORE_ERRORS,
     TAG,
     Store,
     connect,
     job_key,
     load_library,
+    shard_of,
+    shard_tag,
     shared_key,
     shown,
 )
+from fetchq.server.store.shards import (
+    HOME,
+    SPREAD,
+    Placement,
+    delivery_token,
+    merged_fields,
+    merged_workers,
+    shard_of_key,
+    token_shards,
+)
 from fetchq.server.views import BUSIEST_HOSTS
 from fetchq.urls import host_key, origin
-from fetchq.wire.aggregates import StoredAggregate, read_span, span_size
+from fetchq.wire.aggregates import SPAN, StoredAggregate, read_span, span_size
 from fetchq.wire.api import (
     MAX_LEASE,
     MAX_SUBMIT,
@@ -163,6 +180,7 @@ class StoreBroker:
         wall_clock: Callable[[], float] | None = None,
         per_host: int | None = None,
         host_delay: float = 0.0,
+        shards: int | None = None,
     ) -> None:
         self.lease_timeout = lease_timeout
         self.max_attempts = max_attempts
@@ -191,6 +209,10 @@ class StoreBroker:
         self._by_host: set[str] = set()
         """Jobs with host limits, whose submits carry each URL's host (learnt from the
         store, which asks for them)."""
+        self._places: dict[str, Placement] = {}
+        """Where jobs' tasks go, as the store keeps it (on a store of several shards)."""
+        self._turns = itertools.count()
+        """Which shard a call of several begins with, in turn."""
         try:
             self._store: Store = connect(store) if isinstance(store, str) else store
             if isinstance(self._store, redis.RedisCluster):
@@ -216,8 +238,33 @@ class StoreBroker:
                 check = "does ?ssl_ca_certs= in the URL name the CA of its certificate?"
             reason = f"cannot reach the store at {self.shown}: {exc} ({check})"
             raise StoreUnavailable(reason) from None
+        self.shards = self._shard_count(shards)
+        """How many shards the fleet's state is in (see shards.py): fixed for the store
+        by the first server to start on it."""
+        if self.shards > 1 and (per_host or host_delay):
+            raise UsageError(
+                f"--per-host and --host-delay on the server hold across every job only on "
+                f"a store of one shard: {self.shown} has {self.shards}"
+            )
         self._warn_of_eviction()
         self._wakeups = Wakeups(self._store)
+
+    def _shard_count(self, wanted: int | None) -> int:
+        """The store's shard count, set by the first server (``wanted``, or 1)."""
+        if wanted is not None and not 1 <= wanted <= MAX_SHARDS:
+            raise UsageError(f"--shards {wanted}: give 1 to {MAX_SHARDS}")
+        try:
+            self._store.set(SHARDS_KEY, wanted or 1, nx=True)
+            kept = int(self._store.get(SHARDS_KEY) or 1)  # type: ignore[arg-type]
+        except STORE_ERRORS as exc:
+            raise StoreUnavailable(f"cannot reach the store at {self.shown}: {exc}") from None
+        if wanted is not None and wanted != kept:
+            raise UsageError(
+                f"--shards {wanted}: the store at {self.shown} keeps its fleet in {kept} "
+                f"shards (give --shards {kept}, or none; a store's shards change only "
+                "when it is emptied)"
+            )
+        return kept
 
     def _warn_of_eviction(self) -> None:
         """A store that evicts keys when full would drop tasks and results."""
@@ -257,23 +304,44 @@ class StoreBroker:
         """What a call's own wait is measured on."""
         return time.monotonic() if self._clock is None else self._clock()
 
-    def _call(self, name: str, *args: Any) -> Any:
-        """One of fetchq's functions in the store; one the store lost (it restarted
-        empty) is loaded again."""
+    def _call(self, name: str, *args: Any, shard: int = 0) -> Any:
+        """One of fetchq's functions in the store, in one shard; one the store lost (it
+        restarted empty) is loaded again."""
+        tag = shard_tag(shard)
 
         def call() -> Any:
             try:
-                return self._store.fcall(f"fq_{name}", 1, TAG, *args)
+                return self._store.fcall(f"fq_{name}", 1, tag, *args)
             except redis.ResponseError as exc:
                 if "function not found" not in str(exc).lower():
                     raise
                 load_library(self._store, again=True)
-                return self._store.fcall(f"fq_{name}", 1, TAG, *args)
+                return self._store.fcall(f"fq_{name}", 1, tag, *args)
 
         return self._guarded(call)
 
-    def _read(self, name: str, *args: Any) -> Any:
-        return self._guarded(lambda: self._store.fcall_ro(f"fq_{name}", 1, TAG, *args))
+    def _read(self, name: str, *args: Any, shard: int = 0) -> Any:
+        tag = shard_tag(shard)
+        return self._guarded(lambda: self._store.fcall_ro(f"fq_{name}", 1, tag, *args))
+
+    def _tallies(self, *names: str) -> dict[str, list[int]]:
+        """Counters every shard keeps (``queued``, ``unconfirmed``), by shard: the
+        bounds hold for them all together."""
+        keys = [shared_key(name, shard) for name in names for shard in range(self.shards)]
+        store = self._store
+        if isinstance(store, redis.RedisCluster):  # (a node at a time)
+            values = self._guarded(lambda: store.mget_nonatomic(keys))
+        else:
+            values = self._guarded(lambda: store.mget(keys))
+        counts = [int(value or 0) for value in values]
+        return {
+            name: counts[i * self.shards : (i + 1) * self.shards] for i, name in enumerate(names)
+        }
+
+    def _in_turn(self) -> list[int]:
+        """The shards, from the one whose turn it is to be asked first."""
+        first = next(self._turns) % self.shards
+        return [(first + k) % self.shards for k in range(self.shards)]
 
     def _guarded(self, command: Callable[[], Any]) -> Any:
         """``command`` on the store.  A store that does not answer is said once an
@@ -321,9 +389,9 @@ class StoreBroker:
         if worker is not None:
             threads = validate.integer(threads, "threads", 0, 100_000)
             runs = sorted(validate.capabilities(client.get("runs", [])))
-            reply = self._call(
-                "hello", self._now(), validate.worker_name(worker), threads, _json(runs)
-            )
+            name = validate.worker_name(worker)
+            for shard in range(self.shards):  # (each leases, and so must know it)
+                reply = self._call("hello", self._now(), name, threads, _json(runs), shard=shard)
             now = float(reply)
         else:
             now = self._store_time()
@@ -344,38 +412,179 @@ class StoreBroker:
     def submit(self, batch: dict[str, Any]) -> SubmitReply:
         request = validate.submit_request(batch)
         steering.refuse_on_aggregate(request.job, Policy(**request.policy))
-        sizes = ",".join(str(span_size(text)) for text in request.urls) if request.spans else ""
-        attempts = request.attempts or self.max_attempts
         change = {name: _plain(value) for name, value in request.policy.items()}
-        policy = views.policy_view(Policy(**request.policy))
+        server_limits = bool(self.per_host or self.host_delay)
+        limited = not request.spans and (server_limits or Policy(**request.policy).limits_hosts)
         specs = [
             part for key, spec in request.specs.items() for part in (key, _json(spec_record(spec)))
         ]
-        server_limits = bool(self.per_host or self.host_delay)
-        limited = not request.spans and (server_limits or Policy(**request.policy).limits_hosts)
-        deadline = self._elapsed_clock() + request.wait
+        submission = _Submission(
+            request, change, self._elapsed_clock() + request.wait, limited, server_limits
+        )
+        if self.shards == 1:
+            return self._submit_part(submission, 0, request.urls, request.batch_id or "", specs)
+        place = self._placement(submission)
+        if specs:  # kept in every shard: later batches may name them and go anywhere
+            for shard in range(self.shards):
+                kept = self._call("add_specs", request.job, MAX_JOB_SPECS, *specs, shard=shard)
+                if kept != b"ok":
+                    raise _too_many_specs(request.job)
+        parts = self._parts(request.job, place, request.urls, request.batch_id)
+        replies = [
+            self._submit_part(submission, shard, [request.urls[i] for i in indexes], batch_id, [])
+            for shard, indexes, batch_id in parts
+        ]
+        full = [reply for reply in replies if reply.get("full")]
+        if full:  # (one part or, racing other dispatchers, a later one)
+            return full[0]
+        if len(replies) == 1:
+            merged = replies[0].copy()
+        else:
+            ids = [0] * len(request.urls)  # a run of ids in each shard, the URLs' in order
+            for (_, indexes, _), reply in zip(parts, replies, strict=True):
+                for n, i in enumerate(indexes):
+                    ids[i] = reply["first_id"] + n
+            merged = {"accepted": sum(reply["accepted"] for reply in replies), "ids": ids}
+            if all(reply.get("duplicate") for reply in replies):
+                merged["duplicate"] = True
+        if merged.get("duplicate"):
+            return merged  # (its first reply, as the shards keep it: see below)
+        merged.pop("reopened", None)
+        reopened = all(reply.get("reopened") for reply in replies) and self._done_elsewhere(
+            request.job, {shard for shard, _, _ in parts}
+        )
+        if reopened:
+            merged["reopened"] = True
+        for (shard, _, batch_id), reply in zip(parts, replies, strict=True):
+            if batch_id and bool(reply.get("reopened")) != reopened:  # kept as the job's
+                kept = reply.copy()
+                kept.pop("reopened", None)
+                if reopened:
+                    kept["reopened"] = True
+                self._keep_reply(shared_key(f"batch:{batch_id}", shard), _json(kept))
+        return merged
+
+    def _keep_reply(self, key: str, reply: bytes) -> None:
+        self._guarded(lambda: self._store.set(key, reply, keepttl=True))
+
+    def _done_elsewhere(self, job: str, shards: set[int]) -> bool:
+        """Whether a job is done in every shard but ``shards``: a shard's part of it
+        reopened there was the whole job reopened only if so."""
+        for shard in range(self.shards):
+            if shard not in shards:
+                fields = _fields(self._call("job", self._now(), self._wall_now(), job, shard=shard))
+                if fields and not _counts(fields)["done"]:
+                    return False
+        return True
+
+    def _parts(
+        self, job: str, place: Placement, urls: list[str], batch_id: str | None
+    ) -> list[tuple[int, list[int], str]]:
+        """A batch as the shards take it: the shard, the indexes of its URLs (or spans),
+        and the batch id it is known by there (a batch re-sent goes where it went)."""
+        every = list(range(len(urls)))
+        if place.kind == HOME:
+            return [(place.home, every, batch_id or "")]
+        if place.kind == SPREAD or not urls:  # (a batch with no id: home)
+            shard = shard_of_key(batch_id, self.shards) if batch_id else place.home
+            return [(shard, every, batch_id or "")]
+        by_shard: dict[int, list[int]] = {}
+        for i, url in enumerate(urls):
+            by_shard.setdefault(shard_of_key(host_key(url), self.shards), []).append(i)
+        if len(by_shard) == 1:
+            return [(shard, every, batch_id or "") for shard in by_shard]
+        return [
+            (shard, indexes, f"{batch_id}/{shard}" if batch_id else "")
+            for shard, indexes in sorted(by_shard.items())
+        ]
+
+    def _placement(self, submission: _Submission) -> Placement:
+        """Where the job's tasks go, as the first dispatch to it made it: the job is
+        made in every shard first, so that each checks later dispatches alike."""
+        job = submission.request.job
+        place = self._places.get(job)
+        if place is not None:
+            return place
+        kept = self._guarded(lambda: self._store.hget(PLACES_KEY, job))
+        if kept is None:
+            policy = Policy(**submission.request.policy)
+            chosen = Placement.choose(
+                job,
+                self.shards,
+                paced=policy.rate is not None or bool(policy.stages),
+                limited=submission.limited,
+            )
+            for shard in range(self.shards):
+                reply = self._call(
+                    "create",
+                    self._wall_now(),
+                    job,
+                    _json(submission.change),
+                    _json(views.policy_view(policy)),
+                    "1" if submission.server_limits else "0",
+                    shard=shard,
+                )
+                if reply[0] != b"ok":
+                    raise _refused(job, reply, submission.change)
+            self._guarded(lambda: self._store.hsetnx(PLACES_KEY, job, chosen.kind))
+            kept = self._guarded(lambda: self._store.hget(PLACES_KEY, job))
+        place = Placement.read(job, self.shards, kept)
+        self._places[job] = place
+        return place
+
+    def _place_of(self, job: str) -> Placement | None:
+        """Where a job's tasks went, or None for a job never dispatched to."""
+        if self.shards == 1:
+            return Placement(HOME, 0)
+        place = self._places.get(job)
+        if place is None:
+            kept = self._guarded(lambda: self._store.hget(PLACES_KEY, job))
+            if kept is None:
+                return None
+            place = self._places[job] = Placement.read(job, self.shards, kept)
+        return place
+
+    def _submit_part(
+        self,
+        submission: _Submission,
+        shard: int,
+        urls: list[str],
+        batch_id: str,
+        specs: list[Any],
+    ) -> SubmitReply:
+        """A batch, or a shard's part of one, into that shard; waits for room there."""
+        request = submission.request
+        sizes = ",".join(str(span_size(text)) for text in urls) if request.spans else ""
+        attempts = request.attempts or self.max_attempts
+        policy = views.policy_view(Policy(**request.policy))
         while True:
-            hosted = limited or request.job in self._by_host
+            hosted = submission.limited or request.job in self._by_host
+            elsewhere = 0
+            if self.shards > 1:
+                queued = self._tallies("queued")["queued"]
+                elsewhere = sum(queued) - queued[shard]
             reply = self._call(
                 "submit",
                 self._now(),
                 self._wall_now(),
                 request.job,
-                request.batch_id or "",
+                batch_id,
                 attempts,
                 repr(request.timeout),
                 self.max_pending,
-                _json(change),
+                _json(submission.change),
                 _json(policy),
                 request.spec or "",
                 MAX_JOB_SPECS,
                 "1" if hosted else "0",
-                len(request.specs),
+                len(specs) // 2,
                 *specs,
-                *request.urls,
-                *(map(host_key, request.urls) if hosted else ()),
+                *urls,
+                *(map(host_key, urls) if hosted else ()),
                 sizes,
-                "1" if server_limits else "0",
+                "1" if submission.server_limits else "0",
+                elsewhere,
+                shard=shard,
             )
             kind = reply[0].decode()
             if kind == "hosts":  # the job has host limits: its tasks go with their hosts
@@ -387,52 +596,32 @@ class StoreBroker:
             if kind == "seen":
                 seen: SubmitReply = msgspec.json.decode(reply[1])
                 return {**seen, "duplicate": True}
-            if kind == "mixed":
-                raise steering.not_its_kind(request.job, aggregate=reply[1] == b"urls")
-            if kind == "cancelled":
-                raise BadRequest(f"job {request.job} was cancelled: use another job name")
-            if kind == "policy":
-                name = reply[1].decode()
-                have = msgspec.json.decode(reply[2])[0]
-                raise BadRequest(steering.not_its_pace(request.job, name, have, change[name]))
-            if kind == "nospec":
-                raise BadRequest(
-                    f"job {request.job} has no spec {request.spec}: send it with the batch"
-                )
-            if kind == "specs":
-                raise BadRequest(
-                    f"job {request.job} would send more than {MAX_JOB_SPECS} distinct "
-                    "method, header and body combinations"
-                )
-            assert kind == "full", kind
-            remaining = deadline - self._elapsed_clock()
+            if kind != "full":
+                raise _refused(request.job, reply, submission.change, request.spec)
+            remaining = submission.deadline - self._elapsed_clock()
             if remaining <= 0:
                 return {"accepted": 0, "full": True, "queued": int(reply[1])}
             self._wakeups.wait(remaining)
 
     def seal(self, job_name: str) -> JobCounts:
         name = validate.job_name(job_name)
-        policy = views.policy_view(Policy())
-        return _counts(_fields(self._call("seal", self._wall_now(), name, _json(policy))))
+        policy = _json(views.policy_view(Policy()))
+        return _counts(
+            merged_fields(
+                _fields(self._call("seal", self._wall_now(), name, policy, shard=shard))
+                for shard in range(self.shards)
+            )
+        )
 
     def lease(self, worker: str, max_tasks: int, wait: float) -> list[dict[str, Any]]:
         worker = validate.worker_name(worker)
         count = validate.integer(max_tasks, "max_tasks", 1, MAX_LEASE)
         wait = validate.wait(wait)
         deadline = self._elapsed_clock() + wait
+        first = True
         while True:
-            flat = self._call(
-                "lease",
-                self._now(),
-                self._wall_now(),
-                worker,
-                count,
-                repr(self.lease_timeout),
-                self.max_results,
-                self.per_host or "",
-                repr(self.host_delay),
-            )
-            leased, checked = _task_records(flat)
+            leased, checked = self._lease_once(worker, count, every_shard=first)
+            first = False
             if checked:
                 leased = self._obeying_robots(worker, leased, checked)
             if leased:
@@ -442,32 +631,80 @@ class StoreBroker:
                 return []
             self._wakeups.wait(remaining)
 
+    def _lease_once(
+        self, worker: str, count: int, *, every_shard: bool
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Up to ``count`` tasks, and those to check against robots.txt.  Shards with
+        tasks queued take turns, each asked for an equal share, round after round, as
+        jobs take turns in one shard; spans of one aggregate job at most.  With none
+        queued, a call still asks every shard the first time (each expires its overdue
+        leases), then one a time while it waits."""
+        shards, room = [0], [self.max_results]
+        if self.shards > 1:
+            tallies = self._tallies("queued", "unconfirmed")
+            unconfirmed = sum(tallies["unconfirmed"])
+            in_turn = self._in_turn()
+            shards = [shard for shard in in_turn if tallies["queued"][shard] > 0]
+            if not shards:
+                shards = in_turn if every_shard else in_turn[:1]
+            room = [self.max_results - unconfirmed + held for held in tallies["unconfirmed"]]
+        leased: list[dict[str, Any]] = []
+        checked: list[dict[str, Any]] = []
+        spans = False  # (one aggregate job's a call, as in one shard)
+        while shards and len(leased) < count:  # rounds, while a shard gives all it is asked
+            gave_all = []
+            for i, shard in enumerate(shards):
+                if len(leased) >= count:
+                    break
+                share = -(-(count - len(leased)) // (len(shards) - i))
+                flat = self._call(
+                    "lease",
+                    self._now(),
+                    self._wall_now(),
+                    worker,
+                    share,
+                    repr(self.lease_timeout),
+                    room[shard],
+                    self.per_host or "",
+                    repr(self.host_delay),
+                    "0" if spans else "1",
+                    shard=shard,
+                )
+                records, to_check = _task_records(flat)
+                leased += records
+                checked += to_check
+                spans = spans or any(record.get("kind") == SPAN for record in records)
+                if len(records) >= share and self.shards > 1:
+                    gave_all.append(shard)
+            shards = gave_all
+        return leased, checked
+
     def _obeying_robots(
         self, worker: str, leased: list[dict[str, Any]], checked: list[dict[str, Any]]
     ) -> list[dict[str, Any]]:
         """``leased`` without the tasks their host's robots.txt forbids: those end as
         results without a request (the store keeps the rules; they are read here)."""
-        refused: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        for task in checked:
-            key = (task["job"], host_key(task["url"]))
+        refused: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+        for task in checked:  # (a job's tasks of one host are in one shard)
+            key = (task["job"], host_key(task["url"]), shard_of(task["id"]))
             if not self._rules(*key).allowed(task["url"]):
                 refused.setdefault(key, []).append(task)
-        for (job, host), tasks in refused.items():
-            why = robots.refusal(self._rules(job, host))
+        for (job, host, shard), tasks in refused.items():
+            why = robots.refusal(self._rules(job, host, shard))
             self._call(
                 "refuse", self._now(), self._wall_now(), worker, job, ROBOTS_REFUSED, why,
-                *(task["id"] for task in tasks),
+                *(task["id"] for task in tasks), shard=shard,
             )  # fmt: skip
         gone = {id(task) for tasks in refused.values() for task in tasks}
         return [task for task in leased if id(task) not in gone]
 
-    def _rules(self, job: str, host: str) -> Robots:
-        """A host's robots.txt for a job, as the store keeps it (read once: it does not
-        change once known)."""
+    def _rules(self, job: str, host: str, shard: int) -> Robots:
+        """A host's robots.txt for a job, as the store keeps it in the shard of the
+        job's tasks of that host (read once: it does not change once known)."""
         key = (job, host)
         rules = self._robots.get(key)
         if rules is None:
-            kept = self._guarded(lambda: self._store.hget(job_key(job, "rules"), host))
+            kept = self._guarded(lambda: self._store.hget(job_key(job, "rules", shard), host))
             report = msgspec.json.decode(kept) if kept else {}
             rules = robots.rules_from(report, last_attempt=report.get("last", True))
             assert rules is not None  # the store keeps only rules that say something
@@ -482,9 +719,10 @@ class StoreBroker:
         worker = validate.worker_name(worker)
         stored = validate.results_list(results)
         held = validate.lease_pairs(renew or [])
-        heads, raws = [], []
+        parts: dict[int, tuple[list[str], list[bytes], list[int]]] = {}
         for result in stored:
             head = result.head
+            heads, raws, _ = parts.setdefault(shard_of(head.id), ([], [], []))
             late = "-"
             if head.scheduled is not None:
                 lateness = late_by(head.scheduled, head.started)
@@ -506,24 +744,36 @@ class StoreBroker:
             else:
                 heads.append(f"{head.id} {head.attempt} {flags}0 {late} {elapsed} {hold}")
             raws.append(result.raw)
-        reply = self._call(
-            "complete",
-            self._now(),
-            self._wall_now(),
-            worker,
-            repr(self.lease_timeout),
-            len(stored),
-            "\n".join(heads),
-            *raws,
-            *(value for pair in held for value in pair),
-        )
-        if reply[0] == b"miscount":
-            span, counted, expected = (value.decode() for value in reply[1:])
-            raise BadRequest(
-                f"an aggregate of {counted} requests for span {span}, which stands for {expected}"
+        for task_id, attempt in held:
+            parts.setdefault(shard_of(task_id), ([], [], []))[2].extend((task_id, attempt))
+        if not parts:  # (a worker that only says it is there)
+            parts[0] = ([], [], [])
+        if len(parts) > 1 and any(isinstance(result, StoredAggregate) for result in stored):
+            for shard, (heads, _, _) in parts.items():  # so that nothing changes anywhere
+                _miscounted(self._read("counted", "\n".join(heads), shard=shard))
+        tally = {"accepted": 0, "requeued": 0, "dropped": 0, "renewed": 0}
+        for shard, (heads, raws, renewing) in parts.items():
+            reply = self._call(
+                "complete",
+                self._now(),
+                self._wall_now(),
+                worker,
+                repr(self.lease_timeout),
+                len(heads),
+                "\n".join(heads),
+                *raws,
+                *renewing,
+                shard=shard,
             )
-        accepted, requeued, dropped, renewed = map(int, reply)
-        return {"accepted": accepted, "requeued": requeued, "dropped": dropped, "renewed": renewed}
+            _miscounted(reply)
+            for name, value in zip(tally, reply, strict=True):
+                tally[name] += int(value)
+        return {
+            "accepted": tally["accepted"],
+            "requeued": tally["requeued"],
+            "dropped": tally["dropped"],
+            "renewed": tally["renewed"],
+        }
 
     def robots(self, worker: str, report: dict[str, Any]) -> RobotsReply:
         """A worker's fetch of a host's robots.txt: its rules kept, or, when the site
@@ -545,13 +795,29 @@ class StoreBroker:
             "again" if rules is None else "learn",
             _json({**kept, "last": last}),
             "" if delay is None else repr(float(delay)),
+            shard=shard_of(report["id"]),
         )
         return {"accepted": bool(accepted)}
 
     def steer(self, job_name: str, change: dict[str, Any]) -> JobView:
         name = validate.job_name(job_name)
         action, policy = validate.steering(change)
+        if self.shards > 1 and action == "set":
+            self._refuse_spread(name, policy)
         change_json = _json({key: _plain(value) for key, value in policy.items()})
+        replies = [
+            self._steer_shard(name, action, change_json, shard) for shard in range(self.shards)
+        ]
+        for reply in replies:
+            if reply and reply[0] == b"aggregate":
+                steering.refuse_on_aggregate(name, Policy(**policy, aggregate=True))
+        fields = merged_fields(map(_fields, replies))
+        if not fields:
+            raise self._no_such_job(name)
+        now = self._clock() if self._clock is not None else self._store_time()
+        return _job_view(fields, now)
+
+    def _steer_shard(self, name: str, action: str, change_json: bytes, shard: int) -> Any:
         hosts: list[str] | None = None
         for _ in range(SORT_TRIES):
             reply = self._call(
@@ -561,8 +827,9 @@ class StoreBroker:
                 name,
                 action,
                 change_json,
-                self.max_results,
+                self._results_room(shard),
                 *(() if hosts is None else ("hosts", *hosts)),
+                shard=shard,
             )
             if not reply or reply[0] != b"by_host":
                 break
@@ -573,31 +840,66 @@ class StoreBroker:
         else:
             raise StoreUnavailable(f"the store was too slow to give job {name} host limits")
         if hosts is not None:
-            self._sort(name)
-        if reply and reply[0] == b"aggregate":
-            steering.refuse_on_aggregate(name, Policy(**policy, aggregate=True))
-        fields = _fields(reply)
-        if not fields:
-            raise self._no_such_job(name)
-        now = self._clock() if self._clock is not None else self._store_time()
-        return _job_view(fields, now)
+            self._sort(name, shard)
+        return reply
 
-    def _sort(self, job: str) -> None:
-        """Sort some of the job's queued tasks by host (a job given its first host
-        limits while it ran), a page a call; each server's housekeeping goes on."""
+    def _refuse_spread(self, name: str, policy: dict[str, Any]) -> None:
+        """A rate, or first host limits, for a job whose tasks are in several shards:
+        each shard would hold them on its own (see shards.py)."""
+        place = self._place_of(name)
+        if place is None or place.kind == HOME:
+            return
+        kept = _fields(self._call("job", self._now(), self._wall_now(), name))
+        if kept and kept["aggregate"] == "1":  # (what it takes at all, said first)
+            steering.refuse_on_aggregate(name, Policy(**policy, aggregate=True))
+        paces = policy.get("rate") is not None or bool(policy.get("stages"))
+        limits = place.kind == SPREAD and any(
+            policy.get(field) for field in ("per_host", "host_delay", "retry_after", "obey_robots")
+        )
+        if paces or limits:
+            given = "a rate" if paces else "host limits"
+            raise BadRequest(
+                f"job {name} has its tasks in the store's {self.shards} shards, each of which "
+                f"would hold {given} on its own: on a store of several shards, a job gets "
+                f"{given} when dispatched"
+            )
+
+    def _results_room(self, shard: int) -> int:
+        """``max_results`` as one shard is to hold it: less what the others hold."""
+        if self.shards == 1:
+            return self.max_results
+        unconfirmed = self._tallies("unconfirmed")["unconfirmed"]
+        return self.max_results - sum(unconfirmed) + unconfirmed[shard]
+
+    def _sort(self, job: str, shard: int) -> None:
+        """Sort some of the job's queued tasks in a shard by host (a job given its first
+        host limits while it ran), a page a call; each server's housekeeping goes on."""
         self._by_host.add(job)
         for _ in range(SORT_PAGES):
-            page = self._read("unsorted", job)
-            if not page or not self._call("sort", job, *_with_hosts(page)):
+            page = self._read("unsorted", job, shard=shard)
+            if not page or not self._call("sort", job, *_with_hosts(page), shard=shard):
                 return
 
     def release(self, worker: str, leases: list[list[int]]) -> int:
         worker = validate.worker_name(worker)
         pairs = validate.lease_pairs(leases)
-        flat = [value for pair in pairs for value in pair]
-        return int(
-            self._call("release", self._now(), self._wall_now(), worker, self.max_results, *flat)
-        )
+        by_shard: dict[int, list[int]] = {}
+        for task_id, attempt in pairs:
+            by_shard.setdefault(shard_of(task_id), []).extend((task_id, attempt))
+        released = 0
+        for shard, flat in sorted(by_shard.items()) or [(0, [])]:
+            released += int(
+                self._call(
+                    "release",
+                    self._now(),
+                    self._wall_now(),
+                    worker,
+                    self._results_room(shard),
+                    *flat,
+                    shard=shard,
+                )
+            )
+        return released
 
     def results(
         self, job_name: str | None, max_results: int, wait: float, ack: str | None = None
@@ -607,26 +909,41 @@ class StoreBroker:
         wait = validate.wait(wait)
         token = None if ack is None else validate.token(ack)
         deadline = self._elapsed_clock() + wait
+        if token is not None and self.shards > 1:
+            self.ack(token)
+            token = None
         while True:
-            reply = self._call(
-                "results",
-                self._now(),
-                self._wall_now(),
-                name or "",
-                count,
-                repr(self.lease_timeout),
-                token or "",
-                uuid.uuid4().hex,
-            )
-            token = None  # confirmed by the first call
-            kind = reply[0].decode()
-            if kind == "results":
+            key = uuid.uuid4().hex
+            delivered: list[StoredResult | StoredAggregate] = []
+            took: list[int] = []
+            done = True
+            for shard in self._in_turn():
+                reply = self._call(
+                    "results",
+                    self._now(),
+                    self._wall_now(),
+                    name or "",
+                    count - len(delivered),
+                    repr(self.lease_timeout),
+                    token or "",
+                    key,
+                    shard=shard,
+                )
+                token = None  # confirmed by the first call
+                kind = reply[0].decode()
+                if kind == "results":
+                    delivered += _stored_results(reply[2:])
+                    took.append(shard)
+                    if len(delivered) >= count:
+                        break
+                done = done and kind == "done"
+            if delivered:
                 return {
-                    "results": _stored_results(reply[2:]),
+                    "results": delivered,
                     "done": False,
-                    "token": reply[1].decode(),
+                    "token": key if self.shards == 1 else delivery_token(key, took),
                 }
-            if kind == "done":
+            if done:
                 return {"results": [], "done": True, "token": None}
             remaining = deadline - self._elapsed_clock()
             if remaining <= 0:
@@ -634,20 +951,40 @@ class StoreBroker:
             self._wakeups.wait(remaining)
 
     def ack(self, token: str) -> int:
-        return int(self._call("ack", validate.token(token)))
+        token = validate.token(token)
+        if self.shards == 1:
+            return int(self._call("ack", token))
+        key, _, _ = token.rpartition(":")
+        return sum(
+            int(self._call("ack", key, shard=shard))
+            for shard in token_shards(token)
+            if shard < self.shards
+        )
 
     def queued(self) -> int:
-        return int(self._read("queued"))
+        if self.shards == 1:
+            return int(self._read("queued"))
+        return sum(self._tallies("queued")["queued"])
 
     def status(self) -> StatusReply:
-        reply = self._call("status", self._now(), self._wall_now())
-        now, unconfirmed, njobs = float(reply[0]), int(reply[1]), int(reply[2])
-        jobs = {}
-        for fields in map(_fields, reply[3 : 3 + njobs]):
-            jobs[fields["job"]] = _job_view(fields, now)
+        now, unconfirmed = 0.0, 0
+        by_job: dict[str, list[dict[str, str]]] = {}
+        rows: list[Any] = []
+        for shard in range(self.shards):
+            reply = self._call("status", self._now(), self._wall_now(), shard=shard)
+            njobs = int(reply[2])
+            if shard == 0:
+                now = float(reply[0])
+            unconfirmed += int(reply[1])
+            for fields in map(_fields, reply[3 : 3 + njobs]):
+                by_job.setdefault(fields["job"], []).append(fields)
+            rows += reply[3 + njobs :]
+        jobs = {name: _job_view(merged_fields(parts), now) for name, parts in by_job.items()}
+        if self.shards > 1:
+            rows = merged_workers(rows)
         workers: list[WorkerRow] = []
         threads = 0
-        for row in reply[3 + njobs :]:
+        for row in rows:
             name, first, last, reported, fetch_threads, recent, leased = row
             first_seen, last_seen = float(first), float(last)
             if now - last_seen <= WORKER_GONE_AFTER:
@@ -677,12 +1014,16 @@ class StoreBroker:
 
     def job(self, job_name: str) -> JobCounts:
         name = validate.job_name(job_name)
-        fields = _fields(self._call("job", self._now(), self._wall_now(), name))
+        fields = merged_fields(
+            _fields(self._call("job", self._now(), self._wall_now(), name, shard=shard))
+            for shard in range(self.shards)
+        )
         if not fields:
             raise self._no_such_job(name)
         return _counts(fields)
 
     def specs(self, job_name: str, keys: list[str]) -> list[dict[str, Any]]:
+        """(A job of several shards has its specs in each, the first's read here.)"""
         name = validate.job_name(job_name)
         wanted = validate.spec_keys(keys)
         found = self._read("specs", name, *wanted)
@@ -691,7 +1032,8 @@ class StoreBroker:
         return [msgspec.json.decode(record) for record in found]
 
     def _no_such_job(self, name: str) -> NoSuchJob:
-        """The error for a job the store has never heard of, naming those it has."""
+        """The error for a job the store has never heard of, naming those it has (every
+        job is made in the first shard)."""
         names: list[bytes] = self._guarded(lambda: self._store.zrange(shared_key("jobs"), 0, -1))
         known = [name.decode() for name in names]
         return NoSuchJob(unknown_job(name, known))
@@ -703,15 +1045,22 @@ class StoreBroker:
             self.expire_leases()
 
     def expire_leases(self) -> int:
-        """A round of housekeeping, as one call to the store does it all: lapsed leases
+        """A round of housekeeping, as one call to each shard does it all: lapsed leases
         and deliveries, cancelled tasks, then some tasks of jobs left to sort by host.
         Returns the leases lapsed."""
-        lapsed, *unsorted = self._call(
-            "housekeeping", self._now(), self._wall_now(), self.max_results
-        )
-        for job in unsorted:
-            self._sort(job.decode())
-        return int(lapsed)
+        lapsed = 0
+        for shard in range(self.shards):
+            count, *unsorted = self._call(
+                "housekeeping",
+                self._now(),
+                self._wall_now(),
+                self._results_room(shard),
+                shard=shard,
+            )
+            lapsed += int(count)
+            for job in unsorted:
+                self._sort(job.decode(), shard)
+        return lapsed
 
     def compact(self) -> None:
         """Nothing to rewrite: the store keeps its own files (its AOF rewrites itself)."""
@@ -723,6 +1072,53 @@ class StoreBroker:
 
 
 # -- shaping replies --------------------------------------------------------------
+
+
+class _Submission(NamedTuple):
+    """A submit as each shard it reaches is asked to take it."""
+
+    request: validate.SubmitRequest
+    change: dict[str, Any]
+    """The dispatch's policy as JSON has it: what the job must have already."""
+    deadline: float
+    limited: bool
+    """Whether the job would have host limits, made by this batch."""
+    server_limits: bool
+
+
+def _refused(
+    job: str, reply: list[bytes], change: dict[str, Any], spec: str | None = None
+) -> Exception:
+    """The error for a submit (or a job's making) the store refused."""
+    kind = reply[0].decode()
+    if kind == "mixed":
+        return steering.not_its_kind(job, aggregate=reply[1] == b"urls")
+    if kind == "cancelled":
+        return BadRequest(f"job {job} was cancelled: use another job name")
+    if kind == "policy":
+        name = reply[1].decode()
+        have = msgspec.json.decode(reply[2])[0]
+        return BadRequest(steering.not_its_pace(job, name, have, change[name]))
+    if kind == "nospec":
+        return BadRequest(f"job {job} has no spec {spec}: send it with the batch")
+    assert kind == "specs", kind
+    return _too_many_specs(job)
+
+
+def _miscounted(reply: list[bytes]) -> None:
+    """An aggregate that does not count its span's requests is refused."""
+    if reply and reply[0] == b"miscount":
+        span, counted, expected = (value.decode() for value in reply[1:])
+        raise BadRequest(
+            f"an aggregate of {counted} requests for span {span}, which stands for {expected}"
+        )
+
+
+def _too_many_specs(job: str) -> BadRequest:
+    return BadRequest(
+        f"job {job} would send more than {MAX_JOB_SPECS} distinct method, header and "
+        "body combinations"
+    )
 
 
 def _refusal(exc: redis.ResponseError) -> str | None:

@@ -20,26 +20,48 @@ from fetchq.errors import UsageError
 PASSWORD_VARIABLE = "FETCHQ_STORE_PASSWORD"
 SCHEMES = ("redis", "rediss", "unix")
 TAG = "{fq}"
-"""What every key of fetchq's starts with, here and in fetchq.lua: a hash tag, so that a
-Redis Cluster keeps them all in one slot.  Each call names it as its key, by which a
-Cluster client sends the call to that slot's node."""
+"""What every key of fetchq's in the first shard starts with, here and in fetchq.lua: a
+hash tag, so that a Redis Cluster keeps the shard in one slot.  Each call names its
+shard's tag as its key, by which a Cluster client sends the call to that slot's node."""
+
+MAX_SHARDS = 16
+ID_SPAN = 2**40
+"""Shard K numbers its tasks from K * ID_SPAN (robots.txt fetches, down from
+-K * ID_SPAN), so that an id tells its shard; 16 shards of ids stay within the 14
+digits Lua writes a number with."""
 
 
-def shared_key(name: str) -> str:
-    """A key shared by every job, as fetchq.lua names it."""
-    return f"{TAG}:{name}"
+def shard_tag(shard: int) -> str:
+    """The hash tag of a shard's keys: ``{fq}`` for the first, ``{fq:K}`` for others."""
+    return TAG if shard == 0 else f"{{fq:{shard}}}"
 
 
-def job_key(job: str, part: str) -> str:
-    """A key of one job's, as fetchq.lua names it (a job name has no '/')."""
-    return f"{TAG}:job/{job}/{part}"
+def shard_of(task_id: int) -> int:
+    """The shard that numbered a task (or a robots.txt fetch)."""
+    return abs(task_id) // ID_SPAN
+
+
+def shared_key(name: str, shard: int = 0) -> str:
+    """A key of a shard's shared by its jobs, as fetchq.lua names it."""
+    return f"{shard_tag(shard)}:{name}"
+
+
+def job_key(job: str, part: str, shard: int = 0) -> str:
+    """A key of one job's in a shard, as fetchq.lua names it (a job name has no '/')."""
+    return f"{shard_tag(shard)}:job/{job}/{part}"
 
 
 LIBRARY_KEY = shared_key("library")
 """Where the store keeps the digest of the fetchq functions it has loaded."""
 
 CHANNELS = (shared_key("tasks"), shared_key("results"))
-"""What the functions publish on when tasks or results move."""
+"""What the functions of every shard publish on when tasks or results move."""
+
+SHARDS_KEY = shared_key("shards")
+"""How many shards the store's fleet has: fixed once a server has started on it."""
+
+PLACES_KEY = shared_key("placement")
+"""Where each job's tasks go, on a store of several shards (see ``Placement``)."""
 
 STORE_ERRORS: tuple[type[Exception], ...] = (
     redis.ConnectionError,

@@ -27,10 +27,20 @@ local function clocks(now_arg, wall_arg)
   return now, tonumber(wall_arg)
 end
 
--- Every key starts with ``{fq}``: a hash tag, so that a Redis Cluster keeps them all in
--- one slot, as each call touches keys of several jobs and of none.  A job's keys are
--- ``{fq}:job/JOB/PART`` (a job name has no '/'; connection.py names them alike).
-local function jk(job, part) return '{fq}:job/' .. job .. '/' .. part end
+-- A shard: every key of one starts with its hash tag (``{fq}``, the first, or ``{fq:K}``),
+-- so that a Redis Cluster keeps each shard in one slot, on one node; a call works in
+-- the shard its key names, and sets these two first (see ``call`` at the end).  A
+-- job's keys are ``TAG:job/JOB/PART`` (a job name has no '/'; connection.py names
+-- them alike).  Shard K numbers its tasks from K * ID_SPAN: an id tells its shard.
+local P = '{fq}'
+local BASE = 0
+local ID_SPAN = 1099511627776 -- 2^40 (connection.py)
+
+local function jk(job, part) return P .. ':job/' .. job .. '/' .. part end
+
+-- What the functions publish on, one pair for every shard (a Cluster passes messages
+-- to all its nodes).
+local CHANNEL_TASKS, CHANNEL_RESULTS = '{fq}:tasks', '{fq}:results'
 
 local function split(text)
   local fields = {}
@@ -40,7 +50,7 @@ end
 
 -- Id ranges: one member per submitted batch, scored by its first id.
 local function range_of(id)
-  local found = redis.call('ZREVRANGEBYSCORE', '{fq}:ranges', id, '-inf', 'LIMIT', 0, 1)
+  local found = redis.call('ZREVRANGEBYSCORE', P .. ':ranges', id, '-inf', 'LIMIT', 0, 1)
   if #found == 0 then return nil end
   local f = split(found[1])
   local first, count = tonumber(f[1]), tonumber(f[2])
@@ -65,7 +75,7 @@ end
 local RATE_WINDOW = 10
 
 local function seen(worker, now, reported)
-  local raw = redis.call('HGET', '{fq}:workers', worker)
+  local raw = redis.call('HGET', P .. ':workers', worker)
   local w
   if raw then w = cjson.decode(raw) else
     w = {first = num(now), threads = 0, runs = {}, reported = 0, recent = {}}
@@ -88,7 +98,7 @@ end
 local function keep_worker(worker, w)
   if next(w.recent) == nil then w.recent = nil end
   if next(w.runs) == nil then w.runs = nil end
-  redis.call('HSET', '{fq}:workers', worker, cjson.encode(w))
+  redis.call('HSET', P .. ':workers', worker, cjson.encode(w))
 end
 
 local function note_worker(worker, now, reported)
@@ -110,7 +120,7 @@ end
 -- Jobs with tasks queued (``{fq}:active``, in the order they were made): all a lease or
 -- a cancel looks at, however many jobs the store has known.
 local function active(job)
-  redis.call('ZADD', '{fq}:active', 'NX', redis.call('ZSCORE', '{fq}:jobs', job), job)
+  redis.call('ZADD', P .. ':active', 'NX', redis.call('ZSCORE', P .. ':jobs', job), job)
 end
 
 local function queue_again(job, id, task, front)
@@ -122,14 +132,14 @@ local function queue_again(job, id, task, front)
     redis.call(front and 'LPUSH' or 'RPUSH', jk(job, 'queue'), id)
   end
   redis.call('HINCRBY', jk(job, 'meta'), 'queued', 1)
-  redis.call('INCR', '{fq}:queued')
+  redis.call('INCR', P .. ':queued')
 end
 
 local function unqueued(job, count)
   if redis.call('HINCRBY', jk(job, 'meta'), 'queued', -count) <= 0 then
-    redis.call('ZREM', '{fq}:active', job)
+    redis.call('ZREM', P .. ':active', job)
   end
-  redis.call('DECRBY', '{fq}:queued', count)
+  redis.call('DECRBY', P .. ':queued', count)
 end
 
 -- The task is done: its result (raw JSON, or '!' and what the server ended it with)
@@ -139,8 +149,8 @@ local function finish(job, id, value, ok)
   redis.call('RPUSH', jk(job, 'results'), id)
   redis.call('HSET', jk(job, 'result'), id, value)
   redis.call('HINCRBY', jk(job, 'meta'), ok and 'succeeded' or 'failed', 1)
-  redis.call('INCR', '{fq}:unconfirmed')
-  redis.call('PUBLISH', '{fq}:results', job)
+  redis.call('INCR', P .. ':unconfirmed')
+  redis.call('PUBLISH', CHANNEL_RESULTS, job)
 end
 
 -- What the server ended a task with (cancelled, out of attempts): '!' and its reason,
@@ -155,29 +165,29 @@ end
 -- A lease is over: its host (a job with host limits) has one request fewer in flight.
 local function end_lease(job, id, task)
   redis.call('HDEL', jk(job, 'holders'), id)
-  redis.call('ZREM', '{fq}:due', due_member(job, id))
+  redis.call('ZREM', P .. ':due', due_member(job, id))
   if task and task[3] then
     redis.call('HINCRBY', jk(job, 'flight'), task[3], -1)
-    redis.call('HINCRBY', '{fq}:flight', task[3], -1) -- every job's, for the server's cap
+    redis.call('HINCRBY', P .. ':flight', task[3], -1) -- every job's, for the server's cap
   end
   if task and task[4] then redis.call('HINCRBY', jk(job, 'meta'), 'req_leased', -task[4]) end
 end
 
 local function expire(now, wall)
   local lapsed = 0
-  local due = redis.call('ZRANGEBYSCORE', '{fq}:due', '-inf', num(now), 'LIMIT', 0, 10000)
+  local due = redis.call('ZRANGEBYSCORE', P .. ':due', '-inf', num(now), 'LIMIT', 0, 10000)
   for _, member in ipairs(due) do
     local job, id = string.match(member, '^(.-)\n(-?%d+)$')
     if string.sub(id, 1, 1) == '-' then -- a robots.txt fetch: asked again
       local probe = redis.call('HGET', jk(job, 'probes'), id)
-      redis.call('ZREM', '{fq}:due', member)
+      redis.call('ZREM', P .. ':due', member)
       if probe then
         probe = cjson.decode(probe)
         redis.call('HDEL', jk(job, 'probes'), id)
-        redis.call('HDEL', '{fq}:probe_jobs', id)
+        redis.call('HDEL', P .. ':probe_jobs', id)
         redis.call('HDEL', jk(job, 'robots'), probe.host)
         redis.call('HINCRBY', jk(job, 'flight'), probe.host, -1)
-        redis.call('HINCRBY', '{fq}:flight', probe.host, -1)
+        redis.call('HINCRBY', P .. ':flight', probe.host, -1)
       end
       id = nil
     end
@@ -185,7 +195,7 @@ local function expire(now, wall)
       local worker = redis.call('HGET', jk(job, 'holders'), id)
       local raw = redis.call('HGET', jk(job, 'tasks'), id)
       local task = raw and cjson.decode(raw)
-      if worker then end_lease(job, id, task) else redis.call('ZREM', '{fq}:due', member) end
+      if worker then end_lease(job, id, task) else redis.call('ZREM', P .. ':due', member) end
       if worker and raw then
         local range = range_of(tonumber(id))
         local meta = jk(job, 'meta')
@@ -202,20 +212,20 @@ local function expire(now, wall)
       end
     end
   end
-  if lapsed > 0 then redis.call('PUBLISH', '{fq}:tasks', lapsed) end
+  if lapsed > 0 then redis.call('PUBLISH', CHANNEL_TASKS, lapsed) end
   -- Deliveries not confirmed in time go back to the front, in their first order.
-  local tokens = redis.call('ZRANGEBYSCORE', '{fq}:delivery_due', '-inf', num(now))
+  local tokens = redis.call('ZRANGEBYSCORE', P .. ':delivery_due', '-inf', num(now))
   if #tokens > 0 then
     local deliveries = {}
     for _, token in ipairs(tokens) do
-      local raw = redis.call('HGET', '{fq}:deliveries', token)
+      local raw = redis.call('HGET', P .. ':deliveries', token)
       if raw then
         local delivery = cjson.decode(raw)
         delivery.token = token
         deliveries[#deliveries + 1] = delivery
       end
-      redis.call('ZREM', '{fq}:delivery_due', token)
-      redis.call('HDEL', '{fq}:deliveries', token)
+      redis.call('ZREM', P .. ':delivery_due', token)
+      redis.call('HDEL', P .. ':deliveries', token)
     end
     table.sort(deliveries, function(a, b) return a.s > b.s end) -- latest first: each goes in front
     for _, delivery in ipairs(deliveries) do
@@ -223,7 +233,7 @@ local function expire(now, wall)
         local job, ids = delivery.jobs[i][1], delivery.jobs[i][2]
         for k = #ids, 1, -1 do redis.call('LPUSH', jk(job, 'results'), ids[k]) end
         redis.call('HINCRBY', jk(job, 'meta'), 'handed_out', -#ids)
-        redis.call('PUBLISH', '{fq}:results', job)
+        redis.call('PUBLISH', CHANNEL_RESULTS, job)
       end
     end
   end
@@ -234,7 +244,7 @@ end
 local function end_cancelled(wall, room)
   local ended_count = 0
   if room <= 0 then return 0 end
-  for _, job in ipairs(redis.call('ZRANGE', '{fq}:active', 0, -1)) do
+  for _, job in ipairs(redis.call('ZRANGE', P .. ':active', 0, -1)) do
     local meta = jk(job, 'meta')
     local state, queued = unpack(redis.call('HMGET', meta, 'state', 'queued'))
     while state == 'cancelled' and tonumber(queued) > 0 and ended_count < math.min(room, CANCEL_BATCH) do
@@ -344,6 +354,29 @@ local function same_value(have, wanted)
   return have == wanted
 end
 
+-- Why a job made already takes no tasks under ``change`` (its dispatch's policy), or
+-- nil: a cancelled job, or one of another pace.
+local function refusal(meta, change)
+  if redis.call('HGET', meta, 'state') == 'cancelled' then return {'cancelled'} end
+  local have = cjson.decode(redis.call('HGET', meta, 'policy'))
+  for name, wanted in pairs(cjson.decode(change)) do
+    if not same_value(have[name], wanted) then
+      return {'policy', name, cjson.encode({have[name]})}
+    end
+  end
+  return nil
+end
+
+local function make_job(job, wall, policy, by_host, aggregate)
+  redis.call('ZADD', P .. ':jobs', redis.call('INCR', P .. ':jobseq'), job)
+  redis.call('HSET', jk(job, 'meta'), 'created', num(wall), 'submitted', 0, 'queued', 0,
+             'succeeded', 0, 'failed', 0, 'expired', 0, 'handed_out', 0, 'confirmed', 0,
+             'state', '', 'policy', policy, 'late', 0, 'worst_late', 0, 'elapsed', 0,
+             'elapsed_n', 0, 'next_slot', '-inf', 'fresh', 1, 'by_host', by_host and 1 or 0,
+             'aggregate', aggregate and 1 or 0, 'req_submitted', 0, 'req_succeeded', 0,
+             'req_failed', 0, 'req_leased', 0)
+end
+
 -- The calls -------------------------------------------------------------------
 
 -- hello(now, worker, threads, runs_json): a worker says who it is.
@@ -358,9 +391,10 @@ end
 
 -- submit(now, wall, job, batch_id, attempts, timeout, max_pending, change, policy,
 --        spec, max_specs, hosted, nspecs, [key, record]..., urls..., [hosts...],
---        sizes, server_limits): ``hosted`` is 1 when each URL's host follows the URLs,
--- as a job with host limits needs ('hosts' asks for them); with ``server_limits`` 1
--- (the servers limit every host), every new job but an aggregate one has them.
+--        sizes, server_limits, elsewhere): ``hosted`` is 1 when each URL's host follows
+-- the URLs, as a job with host limits needs ('hosts' asks for them); with
+-- ``server_limits`` 1 (the servers limit every host), every new job but an aggregate
+-- one has them; ``elsewhere``, the tasks queued in the other shards.
 -- ``sizes``: for spans (an aggregate job's tasks, whose texts stand in the URLs'
 -- place), the requests of each, comma-separated; empty for URLs.
 local function submit(keys, args)
@@ -369,28 +403,23 @@ local function submit(keys, args)
   local attempts, timeout, max_pending = args[5], args[6], tonumber(args[7])
   local change, policy, spec, max_specs = args[8], args[9], args[10], tonumber(args[11])
   local hosted, nspecs = args[12] == '1', tonumber(args[13])
-  local server_limits = args[#args] == '1'
+  local server_limits, elsewhere = args[#args - 1] == '1', tonumber(args[#args])
   local sizes = {}
-  for size in string.gmatch(args[#args - 1], '%d+') do sizes[#sizes + 1] = tonumber(size) end
-  local spans = args[#args - 1] ~= ''
+  for size in string.gmatch(args[#args - 2], '%d+') do sizes[#sizes + 1] = tonumber(size) end
+  local spans = args[#args - 2] ~= ''
   local first_url = 14 + 2 * nspecs
-  local count = #args - first_url - 1
+  local count = #args - first_url - 2
   if hosted then count = count / 2 end
   if batch_id ~= '' then
-    local reply = redis.call('GET', '{fq}:batch:' .. batch_id)
+    local reply = redis.call('GET', P .. ':batch:' .. batch_id)
     if reply then return {'seen', reply} end
   end
   local meta = jk(job, 'meta')
   local exists = redis.call('EXISTS', meta) == 1
   local by_host, aggregate
   if exists then
-    if redis.call('HGET', meta, 'state') == 'cancelled' then return {'cancelled'} end
-    local have = cjson.decode(redis.call('HGET', meta, 'policy'))
-    for name, wanted in pairs(cjson.decode(change)) do
-      if not same_value(have[name], wanted) then
-        return {'policy', name, cjson.encode({have[name]})}
-      end
-    end
+    local refused = refusal(meta, change)
+    if refused then return refused end
     by_host = redis.call('HGET', meta, 'by_host') == '1'
     aggregate = redis.call('HGET', meta, 'aggregate') == '1'
   else
@@ -411,18 +440,10 @@ local function submit(keys, args)
     if not brought then return {'nospec'} end
   end
   if redis.call('HLEN', specs) + new_specs > max_specs then return {'specs'} end
-  local queued = tonumber(redis.call('GET', '{fq}:queued') or '0')
+  local queued = tonumber(redis.call('GET', P .. ':queued') or '0') + elsewhere
   if queued > 0 and queued + count > max_pending then return {'full', tostring(queued)} end
   local reopened = exists and job_done(meta)
-  if not exists then
-    redis.call('ZADD', '{fq}:jobs', redis.call('INCR', '{fq}:jobseq'), job)
-    redis.call('HSET', meta, 'created', num(wall), 'submitted', 0, 'queued', 0, 'succeeded', 0,
-               'failed', 0, 'expired', 0, 'handed_out', 0, 'confirmed', 0, 'state', '',
-               'policy', policy, 'late', 0, 'worst_late', 0, 'elapsed', 0, 'elapsed_n', 0,
-               'next_slot', '-inf', 'fresh', 1, 'by_host', by_host and 1 or 0,
-               'aggregate', aggregate and 1 or 0, 'req_submitted', 0, 'req_succeeded', 0,
-               'req_failed', 0, 'req_leased', 0)
-  end
+  if not exists then make_job(job, wall, policy, by_host, aggregate) end
   if aggregate then
     local requests = 0
     for _, size in ipairs(sizes) do requests = requests + size end
@@ -434,9 +455,9 @@ local function submit(keys, args)
   if tonumber(redis.call('HGET', meta, 'queued')) == 0 then redis.call('HSET', meta, 'fresh', 1) end
   redis.call('HSET', meta, 'sealed', 0)
   redis.call('HINCRBY', meta, 'submitted', count)
-  local first = redis.call('INCRBY', '{fq}:ids', count) - count + 1
+  local first = redis.call('INCRBY', P .. ':ids', count) - count + 1 + BASE
   if count > 0 then
-    redis.call('ZADD', '{fq}:ranges', first, table.concat(
+    redis.call('ZADD', P .. ':ranges', first, table.concat(
       {first, count, attempts, timeout, num(wall), spec, job}, '\t'))
     local tasks, queue = jk(job, 'tasks'), jk(job, 'queue')
     local fields, ids = {}, {}
@@ -460,14 +481,14 @@ local function submit(keys, args)
       end
     end
     redis.call('HINCRBY', meta, 'queued', count)
-    redis.call('INCRBY', '{fq}:queued', count)
+    redis.call('INCRBY', P .. ':queued', count)
     active(job)
-    redis.call('PUBLISH', '{fq}:tasks', count)
+    redis.call('PUBLISH', CHANNEL_TASKS, count)
   end
   local reply = {accepted = count, first_id = first}
   if reopened then reply.reopened = true end
   local encoded = cjson.encode(reply)
-  if batch_id ~= '' then redis.call('SET', '{fq}:batch:' .. batch_id, encoded, 'EX', BATCH_MEMORY) end
+  if batch_id ~= '' then redis.call('SET', P .. ':batch:' .. batch_id, encoded, 'EX', BATCH_MEMORY) end
   return {'ok', encoded}
 end
 
@@ -476,15 +497,28 @@ local function seal(keys, args)
   local wall, job = clock(args[1]), args[2]
   local meta = jk(job, 'meta')
   if redis.call('EXISTS', meta) == 0 then
-    redis.call('ZADD', '{fq}:jobs', redis.call('INCR', '{fq}:jobseq'), job)
+    redis.call('ZADD', P .. ':jobs', redis.call('INCR', P .. ':jobseq'), job)
     redis.call('HSET', meta, 'created', num(wall), 'submitted', 0, 'queued', 0, 'succeeded', 0,
                'failed', 0, 'expired', 0, 'handed_out', 0, 'confirmed', 0, 'state', '',
                'policy', args[3], 'late', 0, 'worst_late', 0, 'elapsed', 0, 'elapsed_n', 0,
                'next_slot', '-inf', 'fresh', 1)
   end
   redis.call('HSET', meta, 'sealed', 1)
-  redis.call('PUBLISH', '{fq}:results', job)
+  redis.call('PUBLISH', CHANNEL_RESULTS, job)
   return counts(job)
+end
+
+-- create(wall, job, change, policy, server_limits): a job of several shards is made in
+-- each before its first tasks reach any, so that each checks its dispatches alike
+-- (``submit`` says what the arguments are); 'ok', or why a job made already refuses.
+local function create(keys, args)
+  local wall, job, change, policy = clock(args[1]), args[2], args[3], args[4]
+  local meta = jk(job, 'meta')
+  if redis.call('EXISTS', meta) == 1 then return refusal(meta, change) or {'ok'} end
+  local decoded = cjson.decode(policy)
+  local aggregate = decoded.aggregate == true
+  make_job(job, wall, policy, not aggregate and (args[5] == '1' or limits_hosts(decoded)), aggregate)
+  return {'ok'}
 end
 
 local MAX_HOST_VISITS = 1000 -- hosts one lease call looks at in one job
@@ -563,7 +597,7 @@ end
 local function grant(job, id, task, range, worker, start, now, offset, timeout, out)
   local deadline = (start and math.max(now, start) or now) + timeout
   redis.call('HSET', jk(job, 'holders'), id, worker)
-  redis.call('ZADD', '{fq}:due', num(deadline), due_member(job, id))
+  redis.call('ZADD', P .. ':due', num(deadline), due_member(job, id))
   record(out, job, id, task, range, start, offset)
 end
 
@@ -598,14 +632,14 @@ local function probe_host(job, host, queue, worker, now, wall, timeout, out)
     if raw then url = cjson.decode(raw)[2] break end
   end
   if not url then return false end
-  local id = tostring(redis.call('DECR', '{fq}:probe_ids'))
+  local id = tostring(redis.call('DECR', P .. ':probe_ids') - BASE)
   local attempt = redis.call('HINCRBY', jk(job, 'probes_made'), host, 1)
   redis.call('HSET', jk(job, 'probes'), id, cjson.encode({host = host, attempt = attempt}))
-  redis.call('HSET', '{fq}:probe_jobs', id, job)
+  redis.call('HSET', P .. ':probe_jobs', id, job)
   redis.call('HSET', jk(job, 'robots'), host, 'probing')
-  redis.call('ZADD', '{fq}:due', num(now + timeout), due_member(job, id))
+  redis.call('ZADD', P .. ':due', num(now + timeout), due_member(job, id))
   redis.call('HINCRBY', jk(job, 'flight'), host, 1)
-  redis.call('HINCRBY', '{fq}:flight', host, 1)
+  redis.call('HINCRBY', P .. ':flight', host, 1)
   for _, field in ipairs({id, job, url, tostring(attempt), tostring(ROBOTS_TIMEOUT), num(wall),
                           '', '', 'robots ' .. host}) do
     out[#out + 1] = field
@@ -737,7 +771,7 @@ local function take(job, allowed, worker, now, offset, timeout, server, out)
       end
     end
     chunked('HSET', jk(job, 'holders'), held)
-    chunked('ZADD', '{fq}:due', dues)
+    chunked('ZADD', P .. ':due', dues)
     if plan then
       index = index + taken
       slot = anchor + start_of(plan, index)
@@ -771,14 +805,14 @@ local function take(job, allowed, worker, now, offset, timeout, server, out)
       end
       if cap then room = math.min(room, cap - tonumber(redis.call('HGET', flight, host) or '0')) end
       if server.cap then
-        room = math.min(room, server.cap - tonumber(redis.call('HGET', '{fq}:flight', host) or '0'))
+        room = math.min(room, server.cap - tonumber(redis.call('HGET', P .. ':flight', host) or '0'))
       end
       local host_at = now
       local spaced = host_delay > 0 or server.delay > 0
       if spaced then
         room = math.min(room, 1) -- one start a visit: the next waits for its delay
         host_at = math.max(now, tonumber(redis.call('HGET', last, host) or '-inf') + host_delay,
-                           tonumber(redis.call('HGET', '{fq}:last', host) or '-inf') + server.delay)
+                           tonumber(redis.call('HGET', P .. ':last', host) or '-inf') + server.delay)
       end
       local held = tonumber(redis.call('HGET', jk(job, 'held'), host) or '-inf') -- Retry-After
       if held > now then spaced, host_at = true, math.max(host_at, held) end
@@ -805,13 +839,13 @@ local function take(job, allowed, worker, now, offset, timeout, server, out)
         end
         if start then
           redis.call('HSET', last, host, num(start))
-          redis.call('HSET', '{fq}:last', host, num(start))
+          redis.call('HSET', P .. ':last', host, num(start))
         end
       end
       taken = taken + got
       if got > 0 then
         redis.call('HINCRBY', flight, host, got)
-        redis.call('HINCRBY', '{fq}:flight', host, got)
+        redis.call('HINCRBY', P .. ':flight', host, got)
       end
       if redis.call('LLEN', queue) > 0 then
         redis.call('RPUSH', ring, host)
@@ -829,8 +863,9 @@ local function take(job, allowed, worker, now, offset, timeout, server, out)
 end
 
 -- lease(now, wall, worker, count, lease_timeout, max_results, server_cap,
--- server_delay): flat records, 9 fields each (see ``grant``); the server's per-host
--- cap ('' for none) and delay hold for every job together.  Jobs take turns: each an
+-- server_delay, spans): flat records, 9 fields each (see ``grant``); the server's
+-- per-host cap ('' for none) and delay hold for every job together; ``spans`` 0 when
+-- the call has had an aggregate job's spans from another shard.  Jobs take turns: each an
 -- equal share of what is asked, round after round.
 local function lease(keys, args)
   local now, wall = clocks(args[1], args[2])
@@ -838,12 +873,13 @@ local function lease(keys, args)
   expire(now, wall)
   local w, spans = seen(worker, now), false
   for _, kind in ipairs(w.runs) do spans = spans or kind == 'span' end
+  spans = spans and args[9] ~= '0'
   keep_worker(worker, w)
   local out = {}
-  if tonumber(redis.call('GET', '{fq}:queued') or '0') <= 0 then return out end
-  if tonumber(redis.call('GET', '{fq}:unconfirmed') or '0') >= tonumber(args[6]) then return out end
-  local jobs = redis.call('ZRANGE', '{fq}:active', 0, -1)
-  local turn = redis.call('GET', '{fq}:turn')
+  if tonumber(redis.call('GET', P .. ':queued') or '0') <= 0 then return out end
+  if tonumber(redis.call('GET', P .. ':unconfirmed') or '0') >= tonumber(args[6]) then return out end
+  local jobs = redis.call('ZRANGE', P .. ':active', 0, -1)
+  local turn = redis.call('GET', P .. ':turn')
   local after = 0
   for i, job in ipairs(jobs) do if job == turn then after = i end end
   local order = {}
@@ -861,26 +897,16 @@ local function lease(keys, args)
     end
     if not progressed then break end
   end
-  if last then redis.call('SET', '{fq}:turn', last) end
+  if last then redis.call('SET', P .. ':turn', last) end
   return out
 end
 
--- complete(now, wall, worker, lease_timeout, nresults, heads, raw..., [id, attempt]...):
--- ``heads`` has a line a result, ``id attempt RWOA late elapsed hold`` (R retryable,
--- W a 429 or 503, O ok, A an aggregate: 0 or 1 each; late, elapsed, and the wait its
--- Retry-After asks for, in seconds, or -),
--- and for an aggregate `` ok failed late worst`` (its requests that succeeded and
--- failed, started late, and the latest start's lateness); its text among the ``raw``
--- arguments in the same order.  An aggregate that does not count its span's requests
--- changes nothing, and the reply is ``miscount id counted expected``.
 local HEAD = '^(-?%d+) (-?%d+) (%d)(%d)(%d)(%d) (%S+) (%S+) (%S+)(.*)$'
-local function complete(keys, args)
-  local now, wall = clocks(args[1], args[2])
-  local worker, timeout, nresults = args[3], tonumber(args[4]), tonumber(args[5])
-  expire(now, wall)
-  local accepted, requeued, dropped, renewed = 0, 0, 0, 0
-  local batches, finished, range, obeys = {}, {}, nil, {}
-  for line in string.gmatch(args[6], '[^\n]+') do -- first: each aggregate counts its span
+
+-- The reply of a ``complete`` whose aggregates do not count their spans' requests, or nil.
+local function miscount(heads)
+  local range = nil
+  for line in string.gmatch(heads, '[^\n]+') do
     local id, _, _, _, _, a, _, _, _, rest = string.match(line, HEAD)
     if a == '1' then
       range = range_for(id, range)
@@ -892,6 +918,25 @@ local function complete(keys, args)
       end
     end
   end
+  return nil
+end
+
+-- complete(now, wall, worker, lease_timeout, nresults, heads, raw..., [id, attempt]...):
+-- ``heads`` has a line a result, ``id attempt RWOA late elapsed hold`` (R retryable,
+-- W a 429 or 503, O ok, A an aggregate: 0 or 1 each; late, elapsed, and the wait its
+-- Retry-After asks for, in seconds, or -),
+-- and for an aggregate `` ok failed late worst`` (its requests that succeeded and
+-- failed, started late, and the latest start's lateness); its text among the ``raw``
+-- arguments in the same order.  An aggregate that does not count its span's requests
+-- changes nothing, and the reply is ``miscount id counted expected``.
+local function complete(keys, args)
+  local now, wall = clocks(args[1], args[2])
+  local worker, timeout, nresults = args[3], tonumber(args[4]), tonumber(args[5])
+  expire(now, wall)
+  local wrong = miscount(args[6]) -- first: each aggregate counts its span
+  if wrong then return wrong end
+  local accepted, requeued, dropped, renewed = 0, 0, 0, 0
+  local batches, finished, range, obeys = {}, {}, nil, {}
   local i = 0
   for line in string.gmatch(args[6], '[^\n]+') do
     i = i + 1
@@ -948,7 +993,7 @@ local function complete(keys, args)
         end_lease(job, id, task)
         task[1] = task[1] + 1
         queue_again(job, id, task, true)
-        redis.call('PUBLISH', '{fq}:tasks', 1)
+        redis.call('PUBLISH', CHANNEL_TASKS, 1)
         requeued = requeued + 1
       else -- written below, a job at a time
         local batch = batches[job]
@@ -987,10 +1032,10 @@ local function complete(keys, args)
     local meta = jk(job, 'meta')
     chunked('HDEL', jk(job, 'tasks'), batch.ids)
     chunked('HDEL', jk(job, 'holders'), batch.held)
-    chunked('ZREM', '{fq}:due', batch.dues)
+    chunked('ZREM', P .. ':due', batch.dues)
     for host, count in pairs(batch.hosts) do
       redis.call('HINCRBY', jk(job, 'flight'), host, -count)
-      redis.call('HINCRBY', '{fq}:flight', host, -count)
+      redis.call('HINCRBY', P .. ':flight', host, -count)
     end
     if batch.queued > 0 then unqueued(job, batch.queued) end
     chunked('RPUSH', jk(job, 'results'), batch.ids)
@@ -1004,8 +1049,8 @@ local function complete(keys, args)
         redis.call('HINCRBY', meta, 'req_leased', -batch.requests_held)
       end
     end
-    redis.call('INCRBY', '{fq}:unconfirmed', #batch.ids)
-    redis.call('PUBLISH', '{fq}:results', job)
+    redis.call('INCRBY', P .. ':unconfirmed', #batch.ids)
+    redis.call('PUBLISH', CHANNEL_RESULTS, job)
     pace_seen(job, now, #batch.ids, batch.requests_ok + batch.requests_failed, batch.elapsed)
   end
   for p = 7 + nresults, #args - 1, 2 do
@@ -1016,7 +1061,7 @@ local function complete(keys, args)
       local raw = redis.call('HGET', jk(job, 'tasks'), id)
       if raw and redis.call('HGET', jk(job, 'holders'), id) == worker
           and cjson.decode(raw)[1] == attempt then
-        redis.call('ZADD', '{fq}:due', 'XX', 'GT', num(now + timeout), due_member(job, id))
+        redis.call('ZADD', P .. ':due', 'XX', 'GT', num(now + timeout), due_member(job, id))
         renewed = renewed + 1
       end
     end
@@ -1028,10 +1073,10 @@ end
 -- The end of a robots.txt fetch's lease: its host has one request fewer in flight.
 local function end_probe(job, id, host)
   redis.call('HDEL', jk(job, 'probes'), id)
-  redis.call('HDEL', '{fq}:probe_jobs', id)
-  redis.call('ZREM', '{fq}:due', due_member(job, id))
+  redis.call('HDEL', P .. ':probe_jobs', id)
+  redis.call('ZREM', P .. ':due', due_member(job, id))
   redis.call('HINCRBY', jk(job, 'flight'), host, -1)
-  redis.call('HINCRBY', '{fq}:flight', host, -1)
+  redis.call('HINCRBY', P .. ':flight', host, -1)
 end
 
 -- release(now, wall, worker, max_results, [id, attempt]...)
@@ -1043,7 +1088,7 @@ local function release(keys, args)
   for p = #args - 1, 5, -2 do
     local id, attempt = args[p], tonumber(args[p + 1])
     local range = not returned[id] and range_of(tonumber(id))
-    local job = string.sub(id, 1, 1) == '-' and redis.call('HGET', '{fq}:probe_jobs', id)
+    local job = string.sub(id, 1, 1) == '-' and redis.call('HGET', P .. ':probe_jobs', id)
     if job then -- a robots.txt fetch handed back: asked again
       local probe = cjson.decode(redis.call('HGET', jk(job, 'probes'), id))
       if probe.attempt == attempt then
@@ -1064,8 +1109,8 @@ local function release(keys, args)
       end
     end
   end
-  if released > 0 then redis.call('PUBLISH', '{fq}:tasks', released) end
-  end_cancelled(wall, tonumber(args[4]) - tonumber(redis.call('GET', '{fq}:unconfirmed') or '0'))
+  if released > 0 then redis.call('PUBLISH', CHANNEL_TASKS, released) end
+  end_cancelled(wall, tonumber(args[4]) - tonumber(redis.call('GET', P .. ':unconfirmed') or '0'))
   return released
 end
 
@@ -1079,7 +1124,7 @@ local function robots(keys, args)
   local worker = args[3]
   local id, attempt, verdict = args[4], tonumber(args[5]), args[6]
   note_worker(worker, now)
-  local job = redis.call('HGET', '{fq}:probe_jobs', id)
+  local job = redis.call('HGET', P .. ':probe_jobs', id)
   local raw = job and redis.call('HGET', jk(job, 'probes'), id)
   if not raw then return 0 end
   local probe = cjson.decode(raw)
@@ -1094,7 +1139,7 @@ local function robots(keys, args)
     local last = tonumber(redis.call('HGET', jk(job, 'last'), probe.host) or '-inf')
     if now > last then redis.call('HSET', jk(job, 'last'), probe.host, num(now)) end
   end
-  redis.call('PUBLISH', '{fq}:tasks', 1)
+  redis.call('PUBLISH', CHANNEL_TASKS, 1)
   return 1
 end
 
@@ -1117,7 +1162,7 @@ local function refuse(keys, args)
 end
 
 local function ack_token(token)
-  local raw = redis.call('HGET', '{fq}:deliveries', token)
+  local raw = redis.call('HGET', P .. ':deliveries', token)
   if not raw then return 0 end
   local delivery = cjson.decode(raw)
   local total = 0
@@ -1126,18 +1171,18 @@ local function ack_token(token)
     redis.call('HINCRBY', jk(job, 'meta'), 'handed_out', -#ids)
     redis.call('HINCRBY', jk(job, 'meta'), 'confirmed', #ids)
     chunked('HDEL', jk(job, 'result'), ids)
-    redis.call('PUBLISH', '{fq}:results', job)
+    redis.call('PUBLISH', CHANNEL_RESULTS, job)
     total = total + #ids
   end
-  redis.call('DECRBY', '{fq}:unconfirmed', total)
-  redis.call('HDEL', '{fq}:deliveries', token)
-  redis.call('ZREM', '{fq}:delivery_due', token)
-  redis.call('PUBLISH', '{fq}:tasks', 0) -- leasing may have waited for room
+  redis.call('DECRBY', P .. ':unconfirmed', total)
+  redis.call('HDEL', P .. ':deliveries', token)
+  redis.call('ZREM', P .. ':delivery_due', token)
+  redis.call('PUBLISH', CHANNEL_TASKS, 0) -- leasing may have waited for room
   return total
 end
 
 local function all_confirmed(job)
-  local jobs = job ~= '' and {job} or redis.call('ZRANGE', '{fq}:jobs', 0, -1)
+  local jobs = job ~= '' and {job} or redis.call('ZRANGE', P .. ':jobs', 0, -1)
   local any = false
   for _, name in ipairs(jobs) do
     local meta = jk(name, 'meta')
@@ -1154,7 +1199,7 @@ local function results(keys, args)
   local job, want, timeout = args[3], tonumber(args[4]), tonumber(args[5])
   if args[6] ~= '' then ack_token(args[6]) end
   expire(now, wall)
-  local jobs = job ~= '' and {job} or redis.call('ZRANGE', '{fq}:jobs', 0, -1)
+  local jobs = job ~= '' and {job} or redis.call('ZRANGE', P .. ':jobs', 0, -1)
   local out, parts, taken = {'results', args[7]}, {}, 0
   for _, name in ipairs(jobs) do
     if taken >= want then break end
@@ -1181,10 +1226,10 @@ local function results(keys, args)
     if all_confirmed(job) then return {'done'} end
     return {'none'}
   end
-  local sequence = redis.call('INCR', '{fq}:delivery_seq')
+  local sequence = redis.call('INCR', P .. ':delivery_seq')
   local deadline = num(now + timeout)
-  redis.call('HSET', '{fq}:deliveries', args[7], cjson.encode({s = sequence, jobs = parts}))
-  redis.call('ZADD', '{fq}:delivery_due', deadline, args[7])
+  redis.call('HSET', P .. ':deliveries', args[7], cjson.encode({s = sequence, jobs = parts}))
+  redis.call('ZADD', P .. ':delivery_due', deadline, args[7])
   return out
 end
 
@@ -1204,11 +1249,11 @@ end
 local function status(keys, args)
   local now, wall = clocks(args[1], args[2])
   expire(now, wall)
-  local out = {num(now), redis.call('GET', '{fq}:unconfirmed') or '0'}
-  local jobs = redis.call('ZRANGE', '{fq}:jobs', 0, -1)
+  local out = {num(now), redis.call('GET', P .. ':unconfirmed') or '0'}
+  local jobs = redis.call('ZRANGE', P .. ':jobs', 0, -1)
   out[#out + 1] = #jobs
   for _, job in ipairs(jobs) do out[#out + 1] = counts(job) end
-  local workers = redis.call('HGETALL', '{fq}:workers')
+  local workers = redis.call('HGETALL', P .. ':workers')
   local holding = {}
   for _, job in ipairs(jobs) do
     local held = redis.call('HVALS', jk(job, 'holders'))
@@ -1245,7 +1290,7 @@ local function limit_hosts(job, hosts)
       task[3] = host
       redis.call('HSET', jk(job, 'tasks'), id, cjson.encode(task))
       redis.call('HINCRBY', jk(job, 'flight'), host, 1)
-      redis.call('HINCRBY', '{fq}:flight', host, 1)
+      redis.call('HINCRBY', P .. ':flight', host, 1)
     end
   end
   redis.call('HSET', jk(job, 'meta'), 'by_host', 1)
@@ -1319,7 +1364,7 @@ end
 -- Jobs with tasks queued but not yet sorted by host (``sort`` sorts them).
 local function unsorted_jobs()
   local jobs = {}
-  for _, job in ipairs(redis.call('ZRANGE', '{fq}:active', 0, -1)) do
+  for _, job in ipairs(redis.call('ZRANGE', P .. ':active', 0, -1)) do
     if redis.call('HGET', jk(job, 'meta'), 'by_host') == '1'
         and redis.call('LLEN', jk(job, 'queue')) > 0 then
       jobs[#jobs + 1] = job
@@ -1372,11 +1417,31 @@ local function steer(keys, args)
     end
   end
   if action == 'cancel' then
-    end_cancelled(wall, tonumber(args[6]) - tonumber(redis.call('GET', '{fq}:unconfirmed') or '0'))
+    end_cancelled(wall, tonumber(args[6]) - tonumber(redis.call('GET', P .. ':unconfirmed') or '0'))
   end
-  redis.call('PUBLISH', '{fq}:tasks', 0)
-  redis.call('PUBLISH', '{fq}:results', job)
+  redis.call('PUBLISH', CHANNEL_TASKS, 0)
+  redis.call('PUBLISH', CHANNEL_RESULTS, job)
   return counts(job)
+end
+
+-- counted(heads): as ``complete`` would answer results of several shards whose
+-- aggregates miscount their spans ('miscount' ...), or nothing; asked of each shard
+-- before any takes them, so that such results change nothing anywhere.
+local function counted(keys, args)
+  return miscount(args[1]) or {}
+end
+
+-- add_specs(job, max_specs, [key, record]...): a batch's specs, kept in every shard of
+-- a job spread over several ('specs' if more than ``max_specs`` in all, 'ok').
+local function add_specs(keys, args)
+  local specs = jk(args[1], 'specs')
+  local new_specs = 0
+  for p = 3, #args - 1, 2 do
+    if redis.call('HEXISTS', specs, args[p]) == 0 then new_specs = new_specs + 1 end
+  end
+  if redis.call('HLEN', specs) + new_specs > tonumber(args[2]) then return 'specs' end
+  for p = 3, #args - 1, 2 do redis.call('HSETNX', specs, args[p], args[p + 1]) end
+  return 'ok'
 end
 
 -- specs(job, keys...): the records of those the job has.
@@ -1394,7 +1459,7 @@ local function store_clock(keys, args)
 end
 
 local function queued(keys, args)
-  return tonumber(redis.call('GET', '{fq}:queued') or '0')
+  return tonumber(redis.call('GET', P .. ':queued') or '0')
 end
 
 -- housekeeping(now, wall, max_results): lapsed leases and deliveries, cancelled tasks;
@@ -1402,20 +1467,29 @@ end
 local function housekeeping(keys, args)
   local now, wall = clocks(args[1], args[2])
   local lapsed = expire(now, wall)
-  end_cancelled(wall, tonumber(args[3]) - tonumber(redis.call('GET', '{fq}:unconfirmed') or '0'))
+  end_cancelled(wall, tonumber(args[3]) - tonumber(redis.call('GET', P .. ':unconfirmed') or '0'))
   return {lapsed, unpack(unsorted_jobs())}
 end
 
 
+local function in_shard(callback)
+  return function(keys, args)
+    P = keys[1]
+    BASE = (tonumber(string.match(P, '^{fq:(%d+)}$')) or 0) * ID_SPAN
+    return callback(keys, args)
+  end
+end
 local function call(name, callback)
-  redis.register_function{function_name = 'fq_' .. name, callback = callback}
+  redis.register_function{function_name = 'fq_' .. name, callback = in_shard(callback)}
 end
 local function read(name, callback)
-  redis.register_function{function_name = 'fq_' .. name, callback = callback, flags = {'no-writes'}}
+  redis.register_function{function_name = 'fq_' .. name, callback = in_shard(callback),
+                          flags = {'no-writes'}}
 end
 call('hello', hello)
 call('submit', submit)
 call('seal', seal)
+call('create', create)
 call('lease', lease)
 call('complete', complete)
 call('release', release)
@@ -1429,6 +1503,8 @@ call('refuse', refuse)
 call('housekeeping', housekeeping)
 call('sort', sort)
 read('specs', specs)
+read('counted', counted)
+call('add_specs', add_specs)
 read('unsorted', unsorted)
 read('queued', queued)
 read('clock', store_clock)
