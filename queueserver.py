@@ -27,7 +27,7 @@ from fetchq.server.broker import Broker
 from fetchq.server.journal import Journal
 from fetchq.server.serve import QueueServer, collect_rarely, run_until_stopped
 from fetchq.server.service import BrokerService
-from fetchq.server.store import open_store
+from fetchq.server.store import MAX_SHARDS, open_store
 from fetchq.signals import StopRequest
 from fetchq.wire import tls
 
@@ -95,6 +95,17 @@ def server(
             "a password from FETCHQ_STORE_PASSWORD or the URL",
         ),
     ] = None,
+    shards: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=MAX_SHARDS,
+            metavar="N",
+            help="With --store: keep the fleet's state in N shards, so that a Redis Cluster "
+            "spreads it over its nodes (a few per primary); the first server on a store sets "
+            "it [default: the store's, else 1]",
+        ),
+    ] = None,
     per_host: PerHostOption = None,
     host_delay: HostDelayOption = None,
     tls_cert: Annotated[
@@ -134,10 +145,12 @@ def server(
         "host_delay": delay,
     }
     broker: BrokerService
+    if shards is not None and store is None:
+        raise UsageError("--shards: only a store keeps its state in shards (give --store)")
     if store is not None:
         if journal is not None:
             raise UsageError("--journal and --store: a server on a store keeps no journal")
-        broker = open_store(store, **settings)
+        broker = open_store(store, shards=shards, **settings)
         kept_in = f"store {broker.shown}"
     else:
         broker = Broker(journal=Journal(journal) if journal else None, **settings)

@@ -161,6 +161,24 @@ def test_an_aggregate_that_miscounts_its_span_is_refused(broker: BrokerService) 
     assert requests_of(broker, "agg") == (100, 0, 100, 0, 0)
 
 
+def test_a_report_with_one_aggregate_that_miscounts_changes_nothing(
+    broker: BrokerService,
+) -> None:
+    """Not even the other aggregates of the report (of jobs x and y: on a store of three
+    shards, in two of them)."""
+    submit_spans(broker, "x", 100, 100)
+    submit_spans(broker, "y", 100, 100)
+    say_hello(broker, "py:1", [SPAN])
+    leased = broker.lease("py:1", 100, 0) + broker.lease("py:1", 100, 0)
+    assert sorted(task["job"] for task in leased) == ["x", "y"]  # one job's spans a lease
+    right = aggregate(leased[0])  # first in the report, where it would be taken first
+    wrong = aggregate({**leased[1], "span": {**leased[1]["span"], "count": 99}})
+    with pytest.raises(BadRequest, match="an aggregate of 99 requests for span"):
+        broker.complete("py:1", [right, wrong], [])
+    assert requests_of(broker, "x") == (100, 0, 100, 0, 0)
+    assert requests_of(broker, "y") == (100, 0, 100, 0, 0)
+
+
 def test_urls_and_spans_do_not_mix_in_one_job(broker: BrokerService) -> None:
     submit_spans(broker, "agg", 10, 5)
     broker.submit({"job": "plain", "urls": ["http://127.0.0.1:9/"]})

@@ -40,7 +40,7 @@ from worker_scenarios import CLOCK_SLACK, assert_slots_apart
 from fetchq.errors import ExitCode, StoreUnavailable
 from fetchq.server.store import broker as store_broker
 from fetchq.server.store.broker import StoreBroker
-from fetchq.server.store.connection import TAG
+from fetchq.server.store.connection import TAG, shard_of, shard_tag
 from fetchq.testing.target import Target
 from fetchq.wire.records import ROBOTS_REFUSED
 
@@ -155,26 +155,50 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreCluster]:
         running.stop()
 
 
-def test_two_servers_on_a_redis_cluster_give_every_result_exactly_once(env, cluster, target):
-    """The store a Redis Cluster of three primaries, each server given one of the two
-    nodes that do not hold fetchq's keys: both find the cluster, and send each call to
-    the node of fetchq's slot."""
+def test_two_servers_on_a_redis_cluster_in_shards_spread_a_job_over_its_nodes(env, cluster, target):
+    """The store a Redis Cluster of three primaries, its fleet in three shards, each
+    on a node of its own: each server is given one of the two nodes that do not hold
+    the first shard, finds the cluster, and sends each call to its shard's node.  A
+    job's batches spread over the shards, and so over the nodes; every result comes
+    once."""
+    nodes = {cluster.node_of(shard_tag(shard)).port for shard in range(3)}
+    assert len(nodes) == 3, "the shards' slots are on three nodes"
     servers = []
     try:
         holder = cluster.node_of(TAG)
-        for node in [node for node in cluster.nodes if node is not holder]:
-            servers.append(ServerProcess(env, "--store", node.url, "--lease-timeout", "5"))
-            servers[-1].log.wait_for(r"\(a Redis Cluster\): 0 tasks queued")
+        first, second = [node for node in cluster.nodes if node is not holder]
+        servers.append(ServerProcess(env, "--store", first.url, "--shards", "3",
+                                     "--lease-timeout", "5"))  # fmt: skip
+        servers[-1].log.wait_for(r"\(a Redis Cluster\): 0 tasks queued")
+        servers.append(ServerProcess(env, "--store", second.url, "--lease-timeout", "5"))
+        servers[-1].log.wait_for(r"\(a Redis Cluster\): 0 tasks queued")  # its 3 shards
         count = 2_000
         template = f"{target.url}/cluster?i={{i}}"
         results, _ = through_both(env, servers, "spread", "--template", template,
-                                  "--count", str(count))  # fmt: skip
+                                  "--count", str(count), "--batch-size", "50")  # fmt: skip
     finally:
         for server in servers:
             server.stop()
     urls = Counter(result["url"] for result in results)
     assert set(urls) == {template.format(i=i) for i in range(count)}
     assert max(urls.values()) == 1, urls.most_common(3)
+    # 40 batches over three shards: the chance that one got none is below 1e-6.
+    assert {shard_of(result["id"]) for result in results} == {0, 1, 2}
+
+
+def test_a_store_keeps_its_shard_count_and_says_so_in_one_line(env, cluster):
+    """A server given another shard count than the store's is refused, as is --shards
+    without a store, and server-wide host limits on a store of several shards."""
+    node = cluster.nodes[0]
+    started = ServerProcess(env, "--store", node.url, "--shards", "3")
+    started.log.wait_for(r"\(a Redis Cluster\): 0 tasks queued")
+    started.stop()
+    refused = run(env, "server", "--store", node.url, "--shards", "2", "--port", "0")
+    assert_clean_error(refused, ExitCode.USAGE, "keeps its fleet in 3 shards (give --shards 3")
+    alone = run(env, "server", "--shards", "2", "--port", "0")
+    assert_clean_error(alone, ExitCode.USAGE, "only a store keeps its state in shards")
+    capped = run(env, "server", "--store", node.url, "--per-host", "2", "--port", "0")
+    assert_clean_error(capped, ExitCode.USAGE, "only on a store of one shard")
 
 
 def test_a_redis_cluster_database_other_than_0_is_refused_in_one_line(env, cluster):

@@ -10,6 +10,9 @@ from fetchq.extras import extra_missing
 if TYPE_CHECKING:
     from fetchq.server.store.broker import StoreBroker
 
+MAX_SHARDS = 16
+"""Shards a store's fleet may be kept in (see shards.py)."""
+
 
 def open_store(url: str, needed_by: str = "--store", **settings: Any) -> StoreBroker:
     """The broker on the store at ``url``; the store extra brings its client."""

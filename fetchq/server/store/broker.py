@@ -40,9 +40,9 @@ from fetchq.server.completion import MAX_HOLD, ended_span
 from fetchq.server.jobqueue import ROBOTS_ATTEMPTS, Policy, Robots
 from fetchq.server.jobs import PaceSeen, unknown_job
 from fetchq.server.leasing import as_spans
+from fetchq.server.store import MAX_SHARDS
 from fetchq.server.store.connection import (
     CHANNELS,
-    MAX_SHARDS,
     PASSWORD_VARIABLE,
     PLACES_KEY,
     SHARDS_KEY,

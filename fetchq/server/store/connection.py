@@ -24,7 +24,6 @@ TAG = "{fq}"
 hash tag, so that a Redis Cluster keeps the shard in one slot.  Each call names its
 shard's tag as its key, by which a Cluster client sends the call to that slot's node."""
 
-MAX_SHARDS = 16
 ID_SPAN = 2**40
 """Shard K numbers its tasks from K * ID_SPAN (robots.txt fetches, down from
 -K * ID_SPAN), so that an id tells its shard; 16 shards of ids stay within the 14
