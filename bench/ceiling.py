@@ -22,8 +22,12 @@ ever holds a task back (what the scheduler's bookkeeping costs by itself).
 With a store (``--store``, or the variants named "store"): the same fleet through one
 server on a ``redis-server`` the bench starts (on the server's core, with no
 persistence: the store's bookkeeping, not its disk), then through two servers on it,
-the fleet's processes split between them.  Each server's CPU per task and the
-store's (from its ``INFO``) are printed beside the embedded broker's of the same run.
+the fleet's processes split between them; then two servers on a Redis Cluster of
+three primaries, the fleet in one shard and in three.  Each server's CPU per task
+and the store's (from its ``INFO``, summed over a Cluster's nodes, and its busiest
+node's) are printed beside the embedded broker's of the same run.  The nodes share
+the server's core here: a Cluster's ceiling on hosts of their own is its busiest
+node's, which shards spread.
 """
 
 from __future__ import annotations
@@ -90,6 +94,10 @@ class Shape:
     """Requests a span: an aggregate job, its fleet reporting an aggregate a span."""
     servers: int = 0
     """Servers on a store (0: the embedded broker)."""
+    nodes: int = 1
+    """The store's primaries: more than one, a Redis Cluster."""
+    shards: int = 1
+    """The shards the store keeps the fleet in (``fetchq server --shards``)."""
 
     @property
     def label(self) -> str:
@@ -97,6 +105,8 @@ class Shape:
         if self.servers:
             on = ", one server" if self.servers == 1 else f", {self.servers} servers"
             on += " on a store"
+            if self.nodes > 1:
+                on += f" (Cluster of {self.nodes}, {self.shards} shard{'s' * (self.shards > 1)})"
         if self.span:
             each = max(1, self.batch // self.span)
             shape = f"{self.processes}x{self.threads}"
@@ -143,33 +153,74 @@ def cpu_plan() -> tuple[str | None, str | None]:
     return "0", f"1-{count - 1}"
 
 
-def start_store(procs: Processes, cpus: str | None) -> tuple[Any, str, Any]:
-    """A ``redis-server`` on a free port of 127.0.0.1, no persistence: (its child, its
-    URL, a client for its ``INFO``)."""
-    import redis
-
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-               "--appendonly", "no", "--dir", str(procs.folder)]  # fmt: skip
-    child = procs.start("store", pinned(command, cpus))
-    client = redis.Redis(port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
+        return int(probe.getsockname()[1])
+
+
+def start_store(
+    procs: Processes, cpus: str | None, nodes: int = 1
+) -> tuple[list[Any], str, list[Any]]:
+    """A ``redis-server`` on a free port of 127.0.0.1, no persistence, or a Redis Cluster
+    of ``nodes`` such, the slots split evenly: (the children, the URL, a client of each
+    for its ``INFO``)."""
+    import redis
+
+    children, clients, ports = [], [], []
+    for n in range(nodes):
+        port = free_port()
+        ports.append(port)
+        command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                   "--appendonly", "no", "--dir", str(procs.folder)]  # fmt: skip
+        if nodes > 1:
+            command += ["--cluster-enabled", "yes", "--cluster-port", str(free_port()),
+                        "--cluster-config-file", f"nodes-{port}.conf"]  # fmt: skip
+        child = procs.start(f"store-{n}", pinned(command, cpus))
+        client = redis.Redis(port=port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise BenchError(f"redis-server did not answer:\n{child.tail()}") from None
+                time.sleep(0.05)
+        children.append(child)
+        clients.append(client)
+    if nodes > 1:
+        form_cluster(clients, ports)
+    return children, f"redis://127.0.0.1:{ports[0]}/0", clients
+
+
+def form_cluster(clients: list[Any], ports: list[int]) -> None:
+    """The nodes made one cluster, each holding an even part of the slots."""
+    slots = 16384
+    for n, client in enumerate(clients):
+        client.execute_command("CLUSTER ADDSLOTSRANGE", n * slots // len(clients),
+                               (n + 1) * slots // len(clients) - 1)  # fmt: skip
+    first = clients[0]
+    for client, port in zip(clients[1:], ports[1:], strict=True):
+        bus = int(client.config_get("cluster-port")["cluster-port"])
+        first.execute_command("CLUSTER MEET", "127.0.0.1", port, bus)
+    deadline = time.monotonic() + 30
+    for client in clients:
+        while client.cluster("info")["cluster_state"] != "ok" or len(client.cluster("nodes")) < len(
+            clients
+        ):
             if time.monotonic() > deadline:
-                raise BenchError(f"redis-server did not answer:\n{child.tail()}") from None
+                raise BenchError("the cluster did not form")
             time.sleep(0.05)
-    return child, f"redis://127.0.0.1:{port}/0", client
 
 
-def store_cpu(client: Any) -> float:
-    cpu = client.info("cpu")
-    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+def store_cpu(clients: list[Any]) -> list[float]:
+    """Each node's CPU seconds so far."""
+    used = []
+    for client in clients:
+        cpu = client.info("cpu")
+        used.append(float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]))
+    return used
 
 
 def fleet_run(procs: Processes, release: Release, shape: Shape, count: int) -> dict[str, Any]:
@@ -186,8 +237,10 @@ def fleet_run(procs: Processes, release: Release, shape: Shape, count: int) -> d
     serve = [*fetchq, "server", "--port", "0", "--max-pending", str(count + 1)]
     store = None
     if shape.servers:
-        store = start_store(procs, server_cpus)
+        store = start_store(procs, server_cpus, shape.nodes)
         serve = [*serve, "--store", store[1]]
+        if shape.shards > 1:
+            serve += ["--shards", str(shape.shards)]
     servers = [
         procs.start(f"server-{release.name}-{n}", pinned(serve, server_cpus), env=env, cwd=cwd)
         for n in range(max(1, shape.servers))
@@ -198,6 +251,8 @@ def fleet_run(procs: Processes, release: Release, shape: Shape, count: int) -> d
         address = addresses[0]
         env["FETCHQ_SERVER"] = address
         job = ("--template", TEMPLATE, "--count", str(count), "--job", "ceiling", *shape.policy)
+        if shape.shards > 1:  # batches enough to land in every shard
+            job = (*job, "--batch-size", str(max(1, count // 100)))
         if shape.span:
             job = (*job, "--aggregate", "--span", str(shape.span))
         dispatch = procs.start(
@@ -207,7 +262,7 @@ def fleet_run(procs: Processes, release: Release, shape: Shape, count: int) -> d
         dispatch.wait_ok(300)
         output_command = [*fetchq, "output", "--job", "ceiling", "--until-done", "--format", "none"]
         cpu_before = [cpu_seconds(server.pid) for server in servers]
-        store_before = store_cpu(store[2]) if store else 0.0
+        store_before = store_cpu(store[2]) if store else []
         began = time.perf_counter()
         output = procs.start("output", pinned(output_command, other_cpus), env=env, cwd=cwd)
         started.append(output)
@@ -233,7 +288,8 @@ def fleet_run(procs: Processes, release: Release, shape: Shape, count: int) -> d
             for server, before in zip(servers, cpu_before, strict=True)
         ]
         server_cpu = sum(each_server)
-        on_store = store_cpu(store[2]) - store_before if store else 0.0
+        store_after = store_cpu(store[2]) if store else []
+        on_nodes = [after - before for after, before in zip(store_after, store_before, strict=True)]
         reported = 0
         firsts = []
         for member in fleet:
@@ -246,11 +302,12 @@ def fleet_run(procs: Processes, release: Release, shape: Shape, count: int) -> d
             raise BenchError(f"the fleet reported {reported} of {count} tasks")
         working = ended - min(firsts)
     finally:
-        for child in [*started, *servers, *([store[0]] if store else [])]:
+        for child in [*started, *servers, *(store[0] if store else [])]:
             procs.stop(child)
     return {
         "each_server_us_per_task": [cpu / count * 1e6 for cpu in each_server],
-        "store_us_per_task": on_store / count * 1e6,
+        "store_us_per_task": sum(on_nodes) / count * 1e6,
+        "busiest_node_us_per_task": max(on_nodes, default=0.0) / count * 1e6,
         "count": count,
         "seconds": seconds,
         "working_seconds": working,
@@ -285,8 +342,9 @@ def variants(
                 lambda s=shape: fleet_run(procs, main, s, count),
             )
         )
-    for servers in (1, 2):
-        shape = Shape(2, 8, 100, servers=servers)
+    stores = [Shape(2, 8, 100, servers=servers) for servers in (1, 2)]
+    stores += [Shape(2, 8, 100, servers=2, nodes=3, shards=shards) for shards in (1, 3)]
+    for shape in stores:
         found.append(
             (
                 f"ceiling {shape.label}: {main.name}",
@@ -332,14 +390,18 @@ def summarise(runs: dict[str, list[dict[str, Any]]], baseline: str) -> list[str]
             each = [median([r["each_server_us_per_task"][n] for r in got])
                     for n in range(len(got[0]["each_server_us_per_task"]))]  # fmt: skip
             on_store = median([r["store_us_per_task"] for r in got])
+            busiest = median([r["busiest_node_us_per_task"] for r in got])
             embedded = label.split(", one server")[0].split(", 2 servers")[0]
             plain = medians.get(f"{embedded}: {release}")
             ratio = f"   x{rate / plain[0]:.2f} rate vs embedded" if plain else ""
             digits = 3 if unit == "request" else 1
             servers_cpu = " + ".join(f"{u:.{digits}f}" for u in each)
+            nodes = ""
+            if "Cluster" in label:
+                nodes = f" (busiest node {busiest:.{digits}f})"
             lines.append(
                 f"{name:<52} {rate:>10,.0f} {unit}s/s servers {servers_cpu} us/{unit}, "
-                f"store {on_store:.{digits}f} us/{unit}{ratio}"
+                f"store {on_store:.{digits}f} us/{unit}{nodes}{ratio}"
             )
             continue
         if unit == "request":

@@ -169,9 +169,9 @@ def test_two_servers_on_a_redis_cluster_in_shards_spread_a_job_over_its_nodes(en
         first, second = [node for node in cluster.nodes if node is not holder]
         servers.append(ServerProcess(env, "--store", first.url, "--shards", "3",
                                      "--lease-timeout", "5"))  # fmt: skip
-        servers[-1].log.wait_for(r"\(a Redis Cluster\): 0 tasks queued")
+        servers[-1].log.wait_for(r"\(a Redis Cluster\) in 3 shards: 0 tasks queued")
         servers.append(ServerProcess(env, "--store", second.url, "--lease-timeout", "5"))
-        servers[-1].log.wait_for(r"\(a Redis Cluster\): 0 tasks queued")  # its 3 shards
+        servers[-1].log.wait_for(r"\(a Redis Cluster\) in 3 shards: 0 tasks queued")
         count = 2_000
         template = f"{target.url}/cluster?i={{i}}"
         results, _ = through_both(env, servers, "spread", "--template", template,
@@ -191,7 +191,7 @@ def test_a_store_keeps_its_shard_count_and_says_so_in_one_line(env, cluster):
     without a store, and server-wide host limits on a store of several shards."""
     node = cluster.nodes[0]
     started = ServerProcess(env, "--store", node.url, "--shards", "3")
-    started.log.wait_for(r"\(a Redis Cluster\): 0 tasks queued")
+    started.log.wait_for(r"\(a Redis Cluster\) in 3 shards: 0 tasks queued")
     started.stop()
     refused = run(env, "server", "--store", node.url, "--shards", "2", "--port", "0")
     assert_clean_error(refused, ExitCode.USAGE, "keeps its fleet in 3 shards (give --shards 3")

@@ -635,10 +635,10 @@ class StoreBroker:
         self, worker: str, count: int, *, every_shard: bool
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Up to ``count`` tasks, and those to check against robots.txt.  Shards with
-        tasks queued take turns, each asked for an equal share, round after round, as
-        jobs take turns in one shard; spans of one aggregate job at most.  With none
-        queued, a call still asks every shard the first time (each expires its overdue
-        leases), then one a time while it waits."""
+        tasks queued take turns to be asked first, each for all that is left (so that
+        a call costs one shard's call when it can); spans of one aggregate job at
+        most.  With none queued, a call still asks every shard the first time (each
+        expires its overdue leases), then one a time while it waits."""
         shards, room = [0], [self.max_results]
         if self.shards > 1:
             tallies = self._tallies("queued", "unconfirmed")
@@ -651,32 +651,26 @@ class StoreBroker:
         leased: list[dict[str, Any]] = []
         checked: list[dict[str, Any]] = []
         spans = False  # (one aggregate job's a call, as in one shard)
-        while shards and len(leased) < count:  # rounds, while a shard gives all it is asked
-            gave_all = []
-            for i, shard in enumerate(shards):
-                if len(leased) >= count:
-                    break
-                share = -(-(count - len(leased)) // (len(shards) - i))
-                flat = self._call(
-                    "lease",
-                    self._now(),
-                    self._wall_now(),
-                    worker,
-                    share,
-                    repr(self.lease_timeout),
-                    room[shard],
-                    self.per_host or "",
-                    repr(self.host_delay),
-                    "0" if spans else "1",
-                    shard=shard,
-                )
-                records, to_check = _task_records(flat)
-                leased += records
-                checked += to_check
-                spans = spans or any(record.get("kind") == SPAN for record in records)
-                if len(records) >= share and self.shards > 1:
-                    gave_all.append(shard)
-            shards = gave_all
+        for shard in shards:  # each asked for what the ones before did not give
+            flat = self._call(
+                "lease",
+                self._now(),
+                self._wall_now(),
+                worker,
+                count - len(leased),
+                repr(self.lease_timeout),
+                room[shard],
+                self.per_host or "",
+                repr(self.host_delay),
+                "0" if spans else "1",
+                shard=shard,
+            )
+            records, to_check = _task_records(flat)
+            leased += records
+            checked += to_check
+            spans = spans or any(record.get("kind") == SPAN for record in records)
+            if len(leased) >= count:
+                break
         return leased, checked
 
     def _obeying_robots(

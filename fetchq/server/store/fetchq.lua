@@ -29,7 +29,7 @@ end
 
 -- A shard: every key of one starts with its hash tag (``{fq}``, the first, or ``{fq:K}``),
 -- so that a Redis Cluster keeps each shard in one slot, on one node; a call works in
--- the shard its key names, and sets these two first (see ``call`` at the end).  A
+-- the shard its key names, and sets these two first (``in_shard``, at the end).  A
 -- job's keys are ``TAG:job/JOB/PART`` (a job name has no '/'; connection.py names
 -- them alike).  Shard K numbers its tasks from K * ID_SPAN: an id tells its shard.
 local P = '{fq}'
