@@ -108,6 +108,8 @@ def demo(
     if store is not None:  # two servers, one fleet
         on_store = [open_store(store, "demo --store", lease_timeout=10.0) for _ in range(2)]
         brokers, kept = list(on_store), f" on store {on_store[0].shown}"
+        if on_store[0].shards > 1:
+            kept += f" in {on_store[0].shards} shards"
     job = "demo" if store is None else f"demo-{secrets.token_hex(4)}"  # a store outlives runs
     stop_server = StopRequest()
     with Target() as target:
@@ -121,7 +123,7 @@ def demo(
         addresses = [server.address for server in servers]
         where = ", ".join(map(str, addresses))
         servers_at = f"{plural(len(servers), 'server')} at {where}{kept}"
-        say(f"demo: HTTP target at {target.url}, {servers_at} (fresh key)")
+        say(f"demo: HTTP target at {target.url}, {servers_at}, with a fresh key")
         processes = start_workers(workers, concurrency, addresses, key)
         try:
             client = BrokerClient(addresses[0], key.encode())
