@@ -20,7 +20,7 @@ from fetchq_procs import connect_broker, poll_until, worker_name
 from netproxy import NetProxy
 from storekit import StoreCluster
 
-from fetchq.server.store.connection import TAG
+from fetchq.server.store.connection import job_key, shard_tag
 from fetchq.testing.target import Target
 
 LEASE = "3"
@@ -79,9 +79,10 @@ class OneServer:
 
 
 def through_one_server(start_server, launch, env, target, tmp_path, store_url: str, *,
-                       lease: str = LEASE, slow: float = 0.002) -> OneServer:  # fmt: skip
-    """2,000 URLs through a server on the store at ``store_url``."""
-    server = start_server("--store", store_url, "--lease-timeout", lease)
+                       lease: str = LEASE, slow: float = 0.002,
+                       shards: int = 1) -> OneServer:  # fmt: skip
+    """2,000 URLs, in 10 batches, through a server on the store at ``store_url``."""
+    server = start_server("--store", store_url, "--lease-timeout", lease, "--shards", str(shards))
     run = new_run(target, tmp_path, 2000, slow=slow)
     workers, output, dispatch = start_clients(
         launch, env, run, workers=[server.address] * 2, output=server.address,
@@ -234,27 +235,36 @@ def test_the_store_full_for_a_while(env, store, start_server, launch, target, tm
     admin.close()
 
 
-def test_a_cluster_fails_over_to_the_replica_of_fetchqs_node(
+def test_a_cluster_in_shards_fails_over_to_the_replica_of_a_shards_node(
     env, start_server, launch, target, tmp_path
 ):
-    """kill -9 the primary of fetchq's slot in a Redis Cluster, once the job's tasks
-    have reached its replica: the cluster promotes the replica, the server finds it,
-    clients wait saying why, and every URL ends as exactly one result."""
+    """kill -9 the primary of the shard with most of a job's tasks, the fleet in three
+    shards on a Redis Cluster of three, once the tasks have reached its replica: the
+    cluster promotes the replica, the server finds it, clients wait saying why, and
+    every URL ends as exactly one result."""
     cluster = StoreCluster(tmp_path / "cluster").start()
     try:
-        primary = cluster.node_of(TAG)
-        replica = cluster.add_replica(primary)
-        other = next(node for node in cluster.nodes if node is not primary)
-        job = through_one_server(start_server, launch, env, target, tmp_path, other.url,
-                                 slow=0.02)  # fmt: skip
+        replicas = {node.port: cluster.add_replica(node) for node in list(cluster.nodes)}
+        job = through_one_server(start_server, launch, env, target, tmp_path, cluster.url,
+                                 slow=0.02, shards=3)  # fmt: skip
         assert exit_code(*job.dispatch, 60) == 0, job.dispatch[1].text  # all acknowledged
+        client = cluster.client()
+        submitted = {
+            shard: int(client.hget(job_key(job.run.job, "meta", shard), "submitted") or 0)
+            for shard in range(3)
+        }
+        client.close()
+        assert sum(submitted.values()) == len(job.run.urls), submitted
+        shard = max(submitted, key=submitted.__getitem__)
+        primary = cluster.node_of(shard_tag(shard))
+        replica = replicas[primary.port]
         running(job.watch, job.run, 300)
         cluster.wait_in_sync(primary, replica)  # (a write it had not copied would be lost)
         fault_at = time.time()
         primary.kill()
-        job.server.log.wait_for(r"store .* does not answer", 20)
+        job.server.log.wait_for(rf"store .*, shard {shard}, does not answer", 20)
         job.workers[0][1].wait_for(r"waiting for server at .*store does not answer", 20)
-        job.server.log.wait_for(r"store .* answers again", 30)
+        job.server.log.wait_for(rf"store .*, shard {shard}, answers again", 30)
         job.finish(fault_at)
     finally:
         cluster.stop()

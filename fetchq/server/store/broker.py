@@ -197,12 +197,13 @@ class StoreBroker:
         """The store as messages name it: its URL without a password."""
         self._owned = isinstance(store, str)
         """Whether the client is this broker's to close (one given is the giver's)."""
-        self._failing: str | None = None
-        """Why the store did not answer, said once (None: it answers)."""
-        self._back_at = float("-inf")
-        """When the store last answered again after an outage (``time.monotonic``)."""
-        self._failed_at = float("-inf")
-        """When the outage under way was said."""
+        self._failing: dict[int | None, str] = {}
+        """Why the store did not answer, said once, by shard (None: calls of every
+        shard's); a shard that answers is not in it."""
+        self._back_at: dict[int | None, float] = {}
+        """When each last answered again after an outage (``time.monotonic``)."""
+        self._failed_at: dict[int | None, float] = {}
+        """When each outage under way was said."""
         self._saying = threading.Lock()
         self._robots: dict[tuple[str, str], Robots] = {}
         """robots.txt rules read from the store, by job and host."""
@@ -318,11 +319,11 @@ class StoreBroker:
                 load_library(self._store, again=True)
                 return self._store.fcall(f"fq_{name}", 1, tag, *args)
 
-        return self._guarded(call)
+        return self._guarded(call, shard)
 
     def _read(self, name: str, *args: Any, shard: int = 0) -> Any:
         tag = shard_tag(shard)
-        return self._guarded(lambda: self._store.fcall_ro(f"fq_{name}", 1, tag, *args))
+        return self._guarded(lambda: self._store.fcall_ro(f"fq_{name}", 1, tag, *args), shard)
 
     def _tallies(self, *names: str) -> dict[str, list[int]]:
         """Counters every shard keeps (``queued``, ``unconfirmed``), by shard: the
@@ -330,9 +331,9 @@ class StoreBroker:
         keys = [shared_key(name, shard) for name in names for shard in range(self.shards)]
         store = self._store
         if isinstance(store, redis.RedisCluster):  # (a node at a time)
-            values = self._guarded(lambda: store.mget_nonatomic(keys))
+            values = self._guarded(lambda: store.mget_nonatomic(keys), None)
         else:
-            values = self._guarded(lambda: store.mget(keys))
+            values = self._guarded(lambda: store.mget(keys), None)
         counts = [int(value or 0) for value in values]
         return {
             name: counts[i * self.shards : (i + 1) * self.shards] for i, name in enumerate(names)
@@ -343,37 +344,45 @@ class StoreBroker:
         first = next(self._turns) % self.shards
         return [(first + k) % self.shards for k in range(self.shards)]
 
-    def _guarded(self, command: Callable[[], Any]) -> Any:
-        """``command`` on the store.  A store that does not answer is said once an
-        outage, here, and is ``StoreUnavailable`` to the client, which waits and asks
-        again.  Calls run side by side, so only a call begun after the outage was said
-        can end it, and only one begun after the store came back can start another."""
+    def _guarded(self, command: Callable[[], Any], shard: int | None = 0) -> Any:
+        """``command`` on the store, in ``shard`` (None: in every shard).  A store that
+        does not answer is said once an outage, here, and is ``StoreUnavailable`` to
+        the client, which waits and asks again.  Calls run side by side, so only a call
+        begun after the outage was said can end it, and only one begun after the store
+        came back can start another.  Each shard's outage is its own (one node of a
+        Cluster may be down, or full, while the others answer)."""
         began = time.monotonic()
         try:
             reply = command()
         except STORE_ERRORS as exc:
             raise self._unavailable(
-                f"does not answer ({exc or type(exc).__name__})", began
+                f"does not answer ({exc or type(exc).__name__})", began, shard
             ) from None
         except redis.ResponseError as exc:
             trouble = _refusal(exc)
             if trouble is None:
                 raise
-            raise self._unavailable(trouble, began) from None
-        if self._failing is not None:
+            raise self._unavailable(trouble, began, shard) from None
+        if shard in self._failing:
             with self._saying:
-                if self._failing is not None and began > self._failed_at:
-                    self._failing, self._back_at = None, time.monotonic()
-                    say(f"server: store {self.shown} answers again")
+                if shard in self._failing and began > self._failed_at[shard]:
+                    del self._failing[shard]
+                    self._back_at[shard] = time.monotonic()
+                    say(f"server: {self._store_named(shard)} answers again")
         return reply
 
-    def _unavailable(self, trouble: str, began: float) -> StoreUnavailable:
+    def _unavailable(self, trouble: str, began: float, shard: int | None) -> StoreUnavailable:
         """``trouble``: what the store does, as ``does not answer (why)``."""
         with self._saying:
-            if self._failing is None and began > self._back_at:
-                self._failing, self._failed_at = trouble, time.monotonic()
-                say(f"server: store {self.shown} {trouble}; clients wait for it")
+            if shard not in self._failing and began > self._back_at.get(shard, float("-inf")):
+                self._failing[shard], self._failed_at[shard] = trouble, time.monotonic()
+                say(f"server: {self._store_named(shard)} {trouble}; clients wait for it")
         return StoreUnavailable(f"the server's store {trouble}; try again later")
+
+    def _store_named(self, shard: int | None) -> str:
+        if self.shards == 1 or shard is None:
+            return f"store {self.shown}"
+        return f"store {self.shown}, shard {shard},"
 
     # -- the wire API -----------------------------------------------------------
 
@@ -698,7 +707,9 @@ class StoreBroker:
         key = (job, host)
         rules = self._robots.get(key)
         if rules is None:
-            kept = self._guarded(lambda: self._store.hget(job_key(job, "rules", shard), host))
+            kept = self._guarded(
+                lambda: self._store.hget(job_key(job, "rules", shard), host), shard
+            )
             report = msgspec.json.decode(kept) if kept else {}
             rules = robots.rules_from(report, last_attempt=report.get("last", True))
             assert rules is not None  # the store keeps only rules that say something
