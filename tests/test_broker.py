@@ -745,6 +745,22 @@ def test_same_batch_id_is_queued_once(broker: BrokerService) -> None:
     assert other["first_id"] == first["first_id"] + 3
 
 
+def test_a_batch_of_a_job_with_host_limits_sent_again_is_queued_once(
+    broker: BrokerService,
+) -> None:
+    """Its tasks are where their hosts' are (on a store of three shards, a.test, b.test
+    and f.test are one in each): every one is queued once, and the same reply given."""
+    hosts = ["a", "b", "f", "a", "b", "f"]
+    batch = {"job": "h", "urls": [f"http://{h}.test/{n}" for n, h in enumerate(hosts)],
+             "per_host": 2, "batch_id": "run:1"}  # fmt: skip
+    first = broker.submit(batch)
+    assert first["accepted"] == 6
+    assert broker.submit(batch) == {**first, "duplicate": True}
+    assert broker.job("h")["submitted"] == 6
+    leased = broker.lease("w1", 10, 0)
+    assert sorted(t["url"] for t in leased) == sorted(batch["urls"])
+
+
 def test_full_reply_is_not_remembered_for_the_batch_id(make_broker: Factory) -> None:
     broker = make_broker(max_pending=2)
     submit(broker, "a", 2)

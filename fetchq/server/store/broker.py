@@ -489,8 +489,9 @@ class StoreBroker:
     def _parts(
         self, job: str, place: Placement, urls: list[str], batch_id: str | None
     ) -> list[tuple[int, list[int], str]]:
-        """A batch as the shards take it: the shard, the indexes of its URLs (or spans),
-        and the batch id it is known by there (a batch re-sent goes where it went)."""
+        """A batch as the shards take it: the shard and the indexes of its URLs (or
+        spans), and its id (a batch re-sent goes where it went, each part to a shard
+        of its own)."""
         every = list(range(len(urls)))
         if place.kind == HOME:
             return [(place.home, every, batch_id or "")]
@@ -500,12 +501,7 @@ class StoreBroker:
         by_shard: dict[int, list[int]] = {}
         for i, url in enumerate(urls):
             by_shard.setdefault(shard_of_key(host_key(url), self.shards), []).append(i)
-        if len(by_shard) == 1:
-            return [(shard, every, batch_id or "") for shard in by_shard]
-        return [
-            (shard, indexes, f"{batch_id}/{shard}" if batch_id else "")
-            for shard, indexes in sorted(by_shard.items())
-        ]
+        return [(shard, indexes, batch_id or "") for shard, indexes in sorted(by_shard.items())]
 
     def _placement(self, submission: _Submission) -> Placement:
         """Where the job's tasks go, as the first dispatch to it made it: the job is
