@@ -468,13 +468,16 @@ class StoreBroker:
             if batch_id and bool(reply.get("reopened")) != reopened:  # kept as the job's
                 kept = reply.copy()
                 kept.pop("reopened", None)
+                kept.pop("duplicate", None)
                 if reopened:
                     kept["reopened"] = True
-                self._keep_reply(shared_key(f"batch:{batch_id}", shard), _json(kept))
+                self._keep_reply(shard, batch_id, _json(kept))
         return merged
 
-    def _keep_reply(self, key: str, reply: bytes) -> None:
-        self._guarded(lambda: self._store.set(key, reply, keepttl=True))
+    def _keep_reply(self, shard: int, batch_id: str, reply: bytes) -> None:
+        """What a shard answers a batch sent again."""
+        key = shared_key(f"batch:{batch_id}", shard)
+        self._guarded(lambda: self._store.set(key, reply, keepttl=True), shard)
 
     def _done_elsewhere(self, job: str, shards: set[int]) -> bool:
         """Whether a job is done in every shard but ``shards``: a shard's part of it
