@@ -2,7 +2,9 @@
 
 Each call is checked here exactly as the embedded broker checks it
 (``validate``), then made by one function in the store (``fetchq.lua``), atomic
-there: several servers on one store are one broker.  What a call waits for
+there: several servers on one store are one broker.  On a store of several
+shards, a call is made in each shard it concerns, and their answers merged into
+one (see shards.py).  What a call waits for
 (tasks, room, results) it waits for here, woken by the store's messages and
 asking again at least every ``POLL`` seconds.
 
