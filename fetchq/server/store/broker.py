@@ -652,12 +652,11 @@ class StoreBroker:
         shards, room = [0], [self.max_results]
         if self.shards > 1:
             tallies = self._tallies("queued", "unconfirmed")
-            unconfirmed = sum(tallies["unconfirmed"])
             in_turn = self._in_turn()
             shards = [shard for shard in in_turn if tallies["queued"][shard] > 0]
             if not shards:
                 shards = in_turn if every_shard else in_turn[:1]
-            room = [self.max_results - unconfirmed + held for held in tallies["unconfirmed"]]
+            room = self._results_rooms(tallies["unconfirmed"])
         leased: list[dict[str, Any]] = []
         checked: list[dict[str, Any]] = []
         spans = False  # (one aggregate job's a call, as in one shard)
@@ -811,8 +810,10 @@ class StoreBroker:
         if self.shards > 1 and action == "set":
             self._refuse_spread(name, policy)
         change_json = _json({key: _plain(value) for key, value in policy.items()})
+        rooms = self._results_rooms()
         replies = [
-            self._steer_shard(name, action, change_json, shard) for shard in range(self.shards)
+            self._steer_shard(name, action, change_json, shard, rooms[shard])
+            for shard in range(self.shards)
         ]
         for reply in replies:
             if reply and reply[0] == b"aggregate":
@@ -823,7 +824,9 @@ class StoreBroker:
         now = self._clock() if self._clock is not None else self._store_time()
         return _job_view(fields, now)
 
-    def _steer_shard(self, name: str, action: str, change_json: bytes, shard: int) -> Any:
+    def _steer_shard(
+        self, name: str, action: str, change_json: bytes, shard: int, room: int
+    ) -> Any:
         hosts: list[str] | None = None
         for _ in range(SORT_TRIES):
             reply = self._call(
@@ -833,7 +836,7 @@ class StoreBroker:
                 name,
                 action,
                 change_json,
-                self._results_room(shard),
+                room,
                 *(() if hosts is None else ("hosts", *hosts)),
                 shard=shard,
             )
@@ -855,14 +858,14 @@ class StoreBroker:
         place = self._place_of(name)
         if place is None or place.kind == HOME:
             return
-        kept = _fields(self._call("job", self._now(), self._wall_now(), name))
-        if kept and kept["aggregate"] == "1":  # (what it takes at all, said first)
-            steering.refuse_on_aggregate(name, Policy(**policy, aggregate=True))
         paces = policy.get("rate") is not None or bool(policy.get("stages"))
         limits = place.kind == SPREAD and any(
             policy.get(field) for field in ("per_host", "host_delay", "retry_after", "obey_robots")
         )
         if paces or limits:
+            kept = _fields(self._call("job", self._now(), self._wall_now(), name))
+            if kept and kept["aggregate"] == "1":  # (what it takes at all, said first)
+                steering.refuse_on_aggregate(name, Policy(**policy, aggregate=True))
             given = "a rate" if paces else "host limits"
             raise BadRequest(
                 f"job {name} has its tasks in the store's {self.shards} shards, each of which "
@@ -870,12 +873,15 @@ class StoreBroker:
                 f"{given} when dispatched"
             )
 
-    def _results_room(self, shard: int) -> int:
-        """``max_results`` as one shard is to hold it: less what the others hold."""
+    def _results_rooms(self, unconfirmed: list[int] | None = None) -> list[int]:
+        """``max_results`` as each shard is to hold it: less what the others hold (their
+        ``unconfirmed`` counts, read here unless given)."""
         if self.shards == 1:
-            return self.max_results
-        unconfirmed = self._tallies("unconfirmed")["unconfirmed"]
-        return self.max_results - sum(unconfirmed) + unconfirmed[shard]
+            return [self.max_results]
+        if unconfirmed is None:
+            unconfirmed = self._tallies("unconfirmed")["unconfirmed"]
+        total = sum(unconfirmed)
+        return [self.max_results - total + held for held in unconfirmed]
 
     def _sort(self, job: str, shard: int) -> None:
         """Sort some of the job's queued tasks in a shard by host (a job given its first
@@ -893,6 +899,7 @@ class StoreBroker:
         for task_id, attempt in pairs:
             by_shard.setdefault(shard_of(task_id), []).extend((task_id, attempt))
         released = 0
+        rooms = self._results_rooms()
         for shard, flat in sorted(by_shard.items()) or [(0, [])]:
             released += int(
                 self._call(
@@ -900,7 +907,7 @@ class StoreBroker:
                     self._now(),
                     self._wall_now(),
                     worker,
-                    self._results_room(shard),
+                    rooms[shard],
                     *flat,
                     shard=shard,
                 )
@@ -960,7 +967,7 @@ class StoreBroker:
         token = validate.token(token)
         if self.shards == 1:
             return int(self._call("ack", token))
-        key, _, _ = token.rpartition(":")
+        key = token.rpartition(":")[0] or token  # (a token of one shard's: the first)
         return sum(
             int(self._call("ack", key, shard=shard))
             for shard in token_shards(token)
@@ -1055,13 +1062,10 @@ class StoreBroker:
         and deliveries, cancelled tasks, then some tasks of jobs left to sort by host.
         Returns the leases lapsed."""
         lapsed = 0
+        rooms = self._results_rooms()
         for shard in range(self.shards):
             count, *unsorted = self._call(
-                "housekeeping",
-                self._now(),
-                self._wall_now(),
-                self._results_room(shard),
-                shard=shard,
+                "housekeeping", self._now(), self._wall_now(), rooms[shard], shard=shard
             )
             lapsed += int(count)
             for job in unsorted:
