@@ -724,10 +724,14 @@ class StoreBroker:
         worker = validate.worker_name(worker)
         stored = validate.results_list(results)
         held = validate.lease_pairs(renew or [])
-        parts: dict[int, tuple[list[str], list[bytes], list[int]]] = {}
+        parts: dict[int, tuple[list[str], list[bytes], list[int]]] = {0: ([], [], [])}
+        sharded = self.shards > 1  # (else no shard to look up, result by result)
+        if sharded:
+            parts.clear()
         for result in stored:
             head = result.head
-            heads, raws, _ = parts.setdefault(shard_of(head.id), ([], [], []))
+            part = parts.setdefault(shard_of(head.id), ([], [], [])) if sharded else parts[0]
+            heads, raws, _ = part
             late = "-"
             if head.scheduled is not None:
                 lateness = late_by(head.scheduled, head.started)
