@@ -17,9 +17,7 @@ from checker import (
 )
 from faultkit import exit_code
 from fetchq_procs import connect_broker, poll_until, worker_name
-
-from fetchq.config import parse_address
-from fetchq.wire.client import BrokerClient
+from flood import Flood
 
 LEASE = "3"
 HANG = 60.0
@@ -121,54 +119,31 @@ def test_five_hundred_clients_connecting_at_once(cluster):
     worker, worker_log = fq.worker("--concurrency", "4")
     output, output_log = fq.output(job, out, "--until-done")
     dispatch, dispatch_log = fq.dispatch(job)
-    address, key = parse_address(fq.server.address), fq.env["FETCHQ_AUTHKEY"].encode()
-    count = 500
-    start = threading.Barrier(count, timeout=HANG)
-    connected = threading.Barrier(count + 1, timeout=HANG)
-    may_close = threading.Event()
-    errors: list[BaseException] = []
-    answers: list[int] = []
-    lock = threading.Lock()
-
-    def client() -> None:
-        try:
-            start.wait()
-            broker = BrokerClient(address, key)
-            try:
-                broker.connect()
-                queued = broker.call("queued")
-                with lock:
-                    answers.append(queued)
-                connected.wait()
-                may_close.wait(HANG)
-            finally:
-                broker.close()
-        except BaseException as exc:  # reported below, with the others
-            with lock:
-                errors.append(exc)
-            connected.abort()
-
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(count)]
-    for thread in threads:
-        thread.start()
+    flood = Flood(
+        fq.server.address,
+        fq.env["FETCHQ_AUTHKEY"].encode(),
+        clients=500,
+        processes=10,
+        hang=HANG,
+    )
+    flood.start()
     usage: dict[str, int] = {}
     try:
-        connected.wait()
-        usage = fq.status()["process"]
-    except threading.BrokenBarrierError:
-        pass  # a client failed or hung: reported below
+        if flood.all_connected():
+            usage = fq.status()["process"]
     finally:
-        may_close.set()
-        deadline = time.monotonic() + HANG
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-    hung = sum(thread.is_alive() for thread in threads)
+        hung = flood.close()
     assert not hung, f"{hung} clients still running after the deadline"
-    assert not errors, f"{len(errors)} clients failed, e.g. {errors[:3]!r}"
-    assert len(answers) == count and all(isinstance(queued, int) for queued in answers)
+    assert not flood.errors, (
+        f"{len(flood.errors)} clients failed, first {flood.errors[:3]}; the server "
+        f"{'runs' if fq.server.process.poll() is None else 'has exited'}, and said: "
+        f"{fq.server.log.text[-1000:]!r}"
+    )
+    assert len(flood.answers) == flood.clients
+    assert all(isinstance(queued, int) for queued in flood.answers)
     # One server thread per open connection: all 500 were connected at once.
     # (The baseline itself may include a side connection still closing.)
-    assert usage["threads"] >= fq.baseline["threads"] + count - QUIET_SLACK, usage
+    assert usage["threads"] >= fq.baseline["threads"] + flood.clients - QUIET_SLACK, usage
     assert exit_code(dispatch, dispatch_log, 60) == 0, dispatch_log.text
     assert exit_code(output, output_log, 60) == 0, output_log.text
     worker.send_signal(signal.SIGTERM)
