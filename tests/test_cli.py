@@ -241,10 +241,13 @@ def test_version(env):
 
 
 def test_demo_runs_to_its_summary(env):
+    """Both workers log in before the job is dispatched, so both share it."""
     result = run(env, "demo", "--tasks", "400")
     assert result.returncode == 0, result.stderr
     assert "Requests:     400" in result.stdout
     assert "Status codes:" in result.stdout and "[200]" in result.stdout
+    before_dispatch = result.stderr.split("demo: dispatched")[0]
+    assert len(re.findall(r"worker \S+: .*server ", before_dispatch)) == 2, result.stderr
 
 
 def test_demo_runs_through_two_servers_on_a_store(env, store):
@@ -255,7 +258,8 @@ def test_demo_runs_through_two_servers_on_a_store(env, store):
     assert "Requests:     400" in result.stdout
     servers = re.search(r"2 servers at (\S+), (\S+) on store", result.stderr)
     assert servers is not None, result.stderr
-    started = re.findall(r"worker \S+: .*server (\S+)", result.stderr)
+    before_dispatch = result.stderr.split("demo: dispatched")[0]
+    started = re.findall(r"worker \S+: .*server (\S+)", before_dispatch)
     assert sorted(started) == sorted(servers.groups()), "a worker starts on each server"
     job = re.search(r"as job (demo-\w+)", result.stderr)
     assert job is not None

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import threading
+import time
 from typing import Annotated
 
 import typer
@@ -34,6 +36,8 @@ from fetchq.testing.target import Target
 from fetchq.wire.client import BrokerClient
 
 WORKER_STOP_TIMEOUT = 15.0
+WORKER_START_TIMEOUT = 30.0
+"""Seconds the demo waits for its workers to log in before it dispatches anyway."""
 
 
 def demo_urls(base: str, count: int) -> list[str]:
@@ -69,6 +73,22 @@ def start_workers(
         env[config.ENV_SERVER] = ",".join(map(str, order))
         workers.append(subprocess.Popen(command, env=dict(env), stdin=subprocess.DEVNULL))
     return workers
+
+
+def wait_for_workers(client: BrokerClient, workers: list[subprocess.Popen[bytes]]) -> None:
+    """Dispatch once every worker has logged in: on a busy machine one worker could
+    otherwise run the whole job before the other has started, and the demo would
+    show one worker, or one server, at work."""
+    host = socket.gethostname()
+    names = {f"{host}:{process.pid}" for process in workers}  # as workers name themselves
+    deadline = time.monotonic() + WORKER_START_TIMEOUT
+    while time.monotonic() < deadline:
+        _all_exited(workers)
+        seen = {row["worker"] for row in client.call("status")["workers"]}
+        if names <= seen:
+            return
+        time.sleep(0.1)
+    say(f"demo: not every worker logged in within {WORKER_START_TIMEOUT:g} s; going on")
 
 
 def stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
@@ -128,6 +148,7 @@ def demo(
         try:
             client = BrokerClient(addresses[0], key.encode())
             client.connect()
+            wait_for_workers(client, processes)
             submitter = Submitter(client, job, timeout=10.0)
             for url in demo_urls(target.url, tasks):
                 submitter.add(url)
@@ -155,6 +176,10 @@ class _Failing:
 
     @property
     def requested(self) -> bool:
-        if all(process.poll() is not None for process in self.processes):
-            raise FetchqError("demo: every worker process exited early (see above)")
+        _all_exited(self.processes)
         return False
+
+
+def _all_exited(processes: list[subprocess.Popen[bytes]]) -> None:
+    if all(process.poll() is not None for process in processes):
+        raise FetchqError("demo: every worker process exited early (see above)")
