@@ -15,6 +15,9 @@ from fakeclock import FakeClock
 
 from fetchq.errors import BadRequest, NoSuchJob, VersionMismatch
 from fetchq.server.service import BrokerService
+from fetchq.server.store.broker import StoreBroker
+from fetchq.server.store.connection import shard_tag
+from fetchq.server.store.shards import shard_of_key
 from fetchq.wire.api import MAX_LEASE, MAX_SUBMIT, MAX_WAIT, PROTOCOL, ResultsDelivery
 from fetchq.wire.records import (
     RECORD_VERSION,
@@ -729,6 +732,26 @@ def test_released_last_attempt_is_still_run(broker: BrokerService) -> None:
     assert broker.complete("w2", [ok(again, "w2")])["accepted"] == 1
 
 
+def test_ids_this_server_never_gave_out_change_nothing_however_large(
+    broker: BrokerService,
+) -> None:
+    """A stale id from another server, say: its result is dropped, its release and
+    renewal do nothing, its robots.txt report is not taken, and the call goes on."""
+    submit(broker, "a", 1)
+    (task,) = broker.lease("w1", 1, 0)
+    stranger = {**task, "id": 2**52 + 7}
+    assert broker.release("w1", [[stranger["id"], 1]]) == 0
+    tally = broker.complete("w1", [ok(stranger)], [[stranger["id"], 1], [task["id"], 1]])
+    assert tally == {"accepted": 0, "requeued": 0, "dropped": 1, "renewed": 1}
+    report = {"id": stranger["id"], "attempt": 1, "job": "a", "host": "a.test:80",
+              "status": 404, "body": "", "error": None}  # fmt: skip
+    assert broker.robots("w1", report) == {"accepted": False}
+    assert broker.complete("w1", [ok(task)])["accepted"] == 1
+    if isinstance(broker, StoreBroker):  # and nothing was written beyond its shards
+        tags = {key.split(b"}")[0] + b"}" for key in broker._store.scan_iter(match="{fq*")}
+        assert tags <= {shard_tag(shard).encode() for shard in range(broker.shards)}
+
+
 # -- batch ids and backpressure ----------------------------------------------
 
 
@@ -1199,6 +1222,43 @@ def test_a_cancel_ends_queued_tasks_as_cancelled_results_and_a_read_changes_noth
     assert queue_state(broker, "c") == (0, 1, 5)
     assert [r["error"]["message"] for r in drain(broker, "c")] == ["job c was cancelled"]
     assert broker.results("c", 10, 0) == DONE
+
+
+def test_a_pause_or_cancel_holds_where_the_jobs_tasks_are_all_done_as_well(
+    broker: BrokerService,
+) -> None:
+    """A job paused or cancelled once some of its tasks are done holds all of it: a
+    later batch is not leased while paused, and refused once cancelled.  (On a store
+    of several shards the batches go to two of them, and one shard's part is done
+    before the pause; the later ones go there.)"""
+    first, second, *later = batches_in_two_shards()
+    broker.submit({"job": "c", "urls": ["http://a.test/1"], "batch_id": first})
+    broker.submit({"job": "c", "urls": ["http://a.test/2"], "batch_id": second})
+    broker.seal("c")
+    leased = broker.lease("w1", 2, 0)
+    (done,) = [task for task in leased if task["url"].endswith("/1")]
+    assert broker.release("w1", [[t["id"], t["attempt"]] for t in leased if t is not done]) == 1
+    assert broker.complete("w1", [ok(done)])["accepted"] == 1
+    assert [result["id"] for result in drain(broker, "c")] == [done["id"]]
+    broker.steer("c", {"action": "pause"})
+    broker.submit({"job": "c", "urls": ["http://a.test/3"], "batch_id": later[0]})
+    assert broker.lease("w1", 2, 0) == []
+    broker.steer("c", {"action": "cancel"})
+    with pytest.raises(BadRequest, match="job c was cancelled"):
+        broker.submit({"job": "c", "urls": ["http://a.test/4"], "batch_id": later[1]})
+
+
+def batches_in_two_shards(shards: int = 3) -> list[str]:
+    """Four batch ids: on a store of ``shards``, the second goes to another shard than
+    the others (to any other broker, four batch ids)."""
+    names = [f"batch-{n}" for n in range(40)]
+
+    def shard(name: str) -> int:
+        return shard_of_key(name, shards)
+
+    first = names[0]
+    second = next(name for name in names if shard(name) != shard(first))
+    return [first, second, *[name for name in names[1:] if shard(name) == shard(first)][:2]]
 
 
 def test_a_released_task_of_a_cancelled_job_ends_at_once(broker: BrokerService) -> None:

@@ -19,7 +19,7 @@ import pytest
 import redis
 import storekit
 import trustme
-from brokerkit import on_cluster, on_store
+from brokerkit import on_cluster, on_store, renew
 from fetchq_procs import (
     ServerProcess,
     connect_broker,
@@ -34,6 +34,7 @@ from fetchq_procs import (
 )
 from storekit import StoreCluster, StoreProcess, free_port
 from test_aggregate_jobs import assert_paced_spans
+from test_broker import batches_in_two_shards
 from test_cli import assert_clean_error
 from worker_scenarios import CLOCK_SLACK, assert_slots_apart
 
@@ -41,6 +42,7 @@ from fetchq.errors import ExitCode, StoreUnavailable
 from fetchq.server.store import broker as store_broker
 from fetchq.server.store.broker import StoreBroker
 from fetchq.server.store.connection import TAG, shard_of, shard_tag
+from fetchq.server.store.shards import shard_of_key
 from fetchq.testing.target import Target
 from fetchq.wire.records import ROBOTS_REFUSED
 
@@ -201,6 +203,32 @@ def test_a_store_keeps_its_shard_count_and_says_so_in_one_line(env, cluster):
     assert_clean_error(capped, ExitCode.USAGE, "only on a store of one shard")
 
 
+def test_a_lease_hands_out_what_one_shard_gave_when_another_refuses(cluster, capsys):
+    """A lease asks the shards in turn: one that refuses (its node full, say) does not
+    take from the worker what another gave, which would stay leased and lapse
+    unfetched; the refusing shard's tasks wait for it, said once."""
+    first, second, *_ = batches_in_two_shards()
+    broker = StoreBroker(cluster.client(), shards=3)
+    full = cluster.node_of(shard_tag(shard_of_key(second, 3))).client()
+    try:
+        broker.submit({"job": "part", "urls": ["http://a.test/1"], "batch_id": first})
+        broker.submit({"job": "part", "urls": ["http://a.test/2"], "batch_id": second})
+        full.config_set("maxmemory", 1)  # far below what it holds: every write refused
+        try:
+            (task,) = broker.lease("w1", 2, 0)
+            with pytest.raises(StoreUnavailable, match="is full"):
+                broker.lease("w1", 2, 0)  # only the full shard has tasks left
+        finally:
+            full.config_set("maxmemory", 0)
+        assert task["url"] == "http://a.test/1"
+        assert renew(broker, "w1", [[task["id"], 1]]) == 1, "still the worker's"
+        assert [t["url"] for t in broker.lease("w1", 2, 0)] == ["http://a.test/2"]
+    finally:
+        broker.close()
+    said = capsys.readouterr().err
+    assert (said.count("is full"), said.count("answers again")) == (1, 1), said
+
+
 def test_a_redis_cluster_database_other_than_0_is_refused_in_one_line(env, cluster):
     url = cluster.nodes[0].url.removesuffix("/0") + "/3"
     refused = run(env, "server", "--store", url, "--port", "0")
@@ -293,7 +321,7 @@ def test_a_job_leases_nothing_while_the_hosts_of_its_leases_are_asked():
         broker.submit({"job": "j", "urls": [f"http://h.test/{i}" for i in range(3)]})
         (leased,) = broker.lease("w1", 1, 0)
         change = b'{"per_host":1}'
-        asked = broker._call("steer", "", "", "j", "set", change, broker.max_results)
+        asked = broker._call("steer", "", "", "j", "set", change, broker.max_results, "-")
         assert asked == [b"by_host", str(leased["id"]).encode(), leased["url"].encode()]
         assert broker.lease("w1", 5, 0) == []
         broker.steer("j", {"action": "set", "per_host": 1})

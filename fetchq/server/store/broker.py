@@ -660,26 +660,35 @@ class StoreBroker:
         leased: list[dict[str, Any]] = []
         checked: list[dict[str, Any]] = []
         spans = False  # (one aggregate job's a call, as in one shard)
+        failed: StoreUnavailable | None = None
         for shard in shards:  # each asked for what the ones before did not give
-            flat = self._call(
-                "lease",
-                self._now(),
-                self._wall_now(),
-                worker,
-                count - len(leased),
-                repr(self.lease_timeout),
-                room[shard],
-                self.per_host or "",
-                repr(self.host_delay),
-                "0" if spans else "1",
-                shard=shard,
-            )
+            try:
+                flat = self._call(
+                    "lease",
+                    self._now(),
+                    self._wall_now(),
+                    worker,
+                    count - len(leased),
+                    repr(self.lease_timeout),
+                    room[shard],
+                    self.per_host or "",
+                    repr(self.host_delay),
+                    "0" if spans else "1",
+                    shard=shard,
+                )
+            except StoreUnavailable as exc:
+                # What the shards before gave is leased to this worker: it is handed
+                # out, not left to lapse unfetched; this shard's tasks wait for it.
+                failed = failed or exc
+                continue
             records, to_check = _task_records(flat)
             leased += records
             checked += to_check
             spans = spans or any(record.get("kind") == SPAN for record in records)
             if len(leased) >= count:
                 break
+        if failed is not None and not leased and not checked:
+            raise failed
         return leased, checked
 
     def _obeying_robots(
@@ -728,8 +737,12 @@ class StoreBroker:
         sharded = self.shards > 1  # (else no shard to look up, result by result)
         if sharded:
             parts.clear()
+        strays = 0
         for result in stored:
             head = result.head
+            if sharded and shard_of(head.id) >= self.shards:
+                strays += 1  # an id no shard of this store gave out: dropped
+                continue
             part = parts.setdefault(shard_of(head.id), ([], [], [])) if sharded else parts[0]
             heads, raws, _ = part
             late = "-"
@@ -754,13 +767,14 @@ class StoreBroker:
                 heads.append(f"{head.id} {head.attempt} {flags}0 {late} {elapsed} {hold}")
             raws.append(result.raw)
         for task_id, attempt in held:
-            parts.setdefault(shard_of(task_id), ([], [], []))[2].extend((task_id, attempt))
+            if shard_of(task_id) < self.shards:
+                parts.setdefault(shard_of(task_id), ([], [], []))[2].extend((task_id, attempt))
         if not parts:  # (a worker that only says it is there)
             parts[0] = ([], [], [])
         if len(parts) > 1 and any(isinstance(result, StoredAggregate) for result in stored):
             for shard, (heads, _, _) in parts.items():  # so that nothing changes anywhere
                 _miscounted(self._read("counted", "\n".join(heads), shard=shard))
-        tally = {"accepted": 0, "requeued": 0, "dropped": 0, "renewed": 0}
+        tally = {"accepted": 0, "requeued": 0, "dropped": strays, "renewed": 0}
         for shard, (heads, raws, renewing) in parts.items():
             reply = self._call(
                 "complete",
@@ -794,6 +808,8 @@ class StoreBroker:
         rules = robots.rules_from(report, last)
         kept = {name: report.get(name) for name in ("status", "body", "error")}
         delay = getattr(rules, "crawl_delay", None)
+        if shard_of(report["id"]) >= self.shards:
+            return {"accepted": False}  # no task this store gave out
         accepted = self._call(
             "robots",
             self._now(),
@@ -814,9 +830,12 @@ class StoreBroker:
         if self.shards > 1 and action == "set":
             self._refuse_spread(name, policy)
         change_json = _json({key: _plain(value) for key, value in policy.items()})
+        done = "-"  # (one shard: its part is the job)
+        if self.shards > 1 and action != "set":
+            done = "1" if self.job(name)["done"] else "0"
         rooms = self._results_rooms()
         replies = [
-            self._steer_shard(name, action, change_json, shard, rooms[shard])
+            self._steer_shard(name, action, change_json, done, shard, rooms[shard])
             for shard in range(self.shards)
         ]
         for reply in replies:
@@ -829,7 +848,7 @@ class StoreBroker:
         return _job_view(fields, now)
 
     def _steer_shard(
-        self, name: str, action: str, change_json: bytes, shard: int, room: int
+        self, name: str, action: str, change_json: bytes, done: str, shard: int, room: int
     ) -> Any:
         hosts: list[str] | None = None
         for _ in range(SORT_TRIES):
@@ -841,6 +860,7 @@ class StoreBroker:
                 action,
                 change_json,
                 room,
+                done,
                 *(() if hosts is None else ("hosts", *hosts)),
                 shard=shard,
             )
@@ -901,7 +921,8 @@ class StoreBroker:
         pairs = validate.lease_pairs(leases)
         by_shard: dict[int, list[int]] = {}
         for task_id, attempt in pairs:
-            by_shard.setdefault(shard_of(task_id), []).extend((task_id, attempt))
+            if shard_of(task_id) < self.shards:  # (else no task of this store's)
+                by_shard.setdefault(shard_of(task_id), []).extend((task_id, attempt))
         released = 0
         rooms = self._results_rooms()
         for shard, flat in sorted(by_shard.items()) or [(0, [])]:

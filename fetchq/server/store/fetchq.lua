@@ -1373,11 +1373,13 @@ local function unsorted_jobs()
   return jobs
 end
 
--- steer(now, wall, job, action, change, max_results, hosts, [id, host]...): the job's
--- counters after.  A change that gives a job its first host limits needs the hosts of
--- its leased tasks: without them (``hosts`` not 'hosts') the job stops leasing for a
--- while, and the reply is 'by_host' and their id, URL pairs; the same change sent
--- again with their hosts makes it.
+-- steer(now, wall, job, action, change, max_results, done, hosts, [id, host]...): the
+-- job's counters after.  ``done``: whether the whole job is done, '1' or '0' ('-': as
+-- this shard's part is), for a done job is neither paused nor cancelled, while a part
+-- done in one shard is, with the rest.  A change that gives a job its first host
+-- limits needs the hosts of its leased tasks: without them (``hosts`` not 'hosts') the
+-- job stops leasing for a while, and the reply is 'by_host' and their id, URL pairs;
+-- the same change sent again with their hosts makes it.
 local function steer(keys, args)
   local now, wall = clocks(args[1], args[2])
   local job, action = args[3], args[4]
@@ -1396,8 +1398,8 @@ local function steer(keys, args)
     end
     if limits_hosts(policy) and redis.call('HGET', meta, 'by_host') ~= '1' then
       local hosts = {}
-      for p = 8, #args - 1, 2 do hosts[args[p]] = args[p + 1] end
-      if args[7] ~= 'hosts' or not limit_hosts(job, hosts) then
+      for p = 9, #args - 1, 2 do hosts[args[p]] = args[p + 1] end
+      if args[8] ~= 'hosts' or not limit_hosts(job, hosts) then
         redis.call('HSET', meta, 'limiting', num(now + HOSTS_WAIT))
         return {'by_host', unpack(leased_urls(job))}
       end
@@ -1407,7 +1409,7 @@ local function steer(keys, args)
       redis.call('HDEL', meta, 'anchor', 'index')
       redis.call('HSET', meta, 'fresh', 1)
     end
-  elseif not job_done(meta) then
+  elseif args[7] == '0' or (args[7] == '-' and not job_done(meta)) then
     local state = redis.call('HGET', meta, 'state')
     if action == 'cancel' then
       redis.call('HSET', meta, 'state', 'cancelled')
