@@ -41,7 +41,7 @@ from worker_scenarios import CLOCK_SLACK, assert_slots_apart
 from fetchq.errors import ExitCode, StoreUnavailable
 from fetchq.server.store import broker as store_broker
 from fetchq.server.store.broker import StoreBroker
-from fetchq.server.store.connection import TAG, shard_of, shard_tag
+from fetchq.server.store.connection import IDS_KEY, TAG, shard_of, shard_tag
 from fetchq.server.store.shards import shard_of_key
 from fetchq.testing.target import Target
 from fetchq.wire.records import ROBOTS_REFUSED
@@ -227,6 +227,18 @@ def test_a_lease_hands_out_what_one_shard_gave_when_another_refuses(cluster, cap
         broker.close()
     said = capsys.readouterr().err
     assert (said.count("is full"), said.count("answers again")) == (1, 1), said
+
+
+def test_a_store_a_fetchq_before_shards_has_used_keeps_its_fleet_in_one(env, store):
+    """Its jobs are all in the first shard: more shards would leave them there unseen.
+    An empty store takes the count it is given."""
+    store.client().set(IDS_KEY, 41)  # tasks were submitted, and no count was kept
+    refused = run(env, "server", "--store", store.url, "--shards", "3", "--port", "0")
+    assert_clean_error(refused, ExitCode.USAGE, "keeps its fleet in 1 shard (give --shards 1")
+    store.client().flushall()
+    broker = StoreBroker(store.client(), shards=3)
+    assert broker.shards == 3
+    broker.close()
 
 
 def test_a_redis_cluster_database_other_than_0_is_refused_in_one_line(env, cluster):

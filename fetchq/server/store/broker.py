@@ -35,7 +35,7 @@ from fetchq.errors import (
     UsageError,
     VersionMismatch,
 )
-from fetchq.messages import say
+from fetchq.messages import plural, say
 from fetchq.server import robots, steering, validate, views
 from fetchq.server.broker import CLOCK_STEP
 from fetchq.server.completion import MAX_HOLD, ended_span
@@ -45,6 +45,7 @@ from fetchq.server.leasing import as_spans
 from fetchq.server.store import MAX_SHARDS
 from fetchq.server.store.connection import (
     CHANNELS,
+    IDS_KEY,
     PASSWORD_VARIABLE,
     PLACES_KEY,
     SHARDS_KEY,
@@ -257,15 +258,17 @@ class StoreBroker:
         if wanted is not None and not 1 <= wanted <= MAX_SHARDS:
             raise UsageError(f"--shards {wanted}: give 1 to {MAX_SHARDS}")
         try:
-            self._store.set(SHARDS_KEY, wanted or 1, nx=True)
+            # A store a fetchq before shards has used holds its fleet in one, unsaid.
+            used = self._store.exists(SHARDS_KEY) == 0 and self._store.exists(IDS_KEY) == 1
+            self._store.set(SHARDS_KEY, 1 if used else wanted or 1, nx=True)
             kept = int(self._store.get(SHARDS_KEY) or 1)  # type: ignore[arg-type]
         except STORE_ERRORS as exc:
             raise StoreUnavailable(f"cannot reach the store at {self.shown}: {exc}") from None
         if wanted is not None and wanted != kept:
             raise UsageError(
-                f"--shards {wanted}: the store at {self.shown} keeps its fleet in {kept} "
-                f"shards (give --shards {kept}, or none; a store's shards change only "
-                "when it is emptied)"
+                f"--shards {wanted}: the store at {self.shown} keeps its fleet in "
+                f"{plural(kept, 'shard')} (give --shards {kept}, or none; a store's shards "
+                "change only when it is emptied)"
             )
         return kept
 

@@ -59,6 +59,9 @@ CHANNELS = (shared_key("tasks"), shared_key("results"))
 SHARDS_KEY = shared_key("shards")
 """How many shards the store's fleet has: fixed once a server has started on it."""
 
+IDS_KEY = shared_key("ids")
+"""The first shard's id allocator: there once a task was ever submitted."""
+
 PLACES_KEY = shared_key("placement")
 """Where each job's tasks go, on a store of several shards (see ``Placement``)."""
 
