@@ -19,7 +19,7 @@ import pytest
 import redis
 import storekit
 import trustme
-from brokerkit import on_cluster, on_store, renew
+from brokerkit import batch_ids, on_cluster, on_store, renew
 from fetchq_procs import (
     ServerProcess,
     connect_broker,
@@ -39,10 +39,12 @@ from test_cli import assert_clean_error
 from worker_scenarios import CLOCK_SLACK, assert_slots_apart
 
 from fetchq.errors import ExitCode, StoreUnavailable
+from fetchq.server.jobqueue import Policy
 from fetchq.server.store import broker as store_broker
 from fetchq.server.store.broker import StoreBroker
 from fetchq.server.store.connection import IDS_KEY, TAG, shard_of, shard_tag
-from fetchq.server.store.shards import shard_of_key
+from fetchq.server.store.shards import home_of, shard_of_key
+from fetchq.server.views import policy_view
 from fetchq.testing.target import Target
 from fetchq.wire.records import ROBOTS_REFUSED
 
@@ -227,6 +229,26 @@ def test_a_lease_hands_out_what_one_shard_gave_when_another_refuses(cluster, cap
         broker.close()
     said = capsys.readouterr().err
     assert (said.count("is full"), said.count("answers again")) == (1, 1), said
+
+
+def test_two_servers_making_one_job_at_once_place_its_tasks_alike(cluster):
+    """A paced job's tasks all go to its home shard, so that its schedule is one: also
+    when another server's first batch, which names no rate, comes while the first
+    server is still making the job in the shards (it has made it in the first)."""
+    first, second = (StoreBroker(cluster.client(), shards=3) for _ in "ab")
+    try:
+        paced = json.dumps(policy_view(Policy(rate=5.0)))
+        first._call("create", first._wall_now(), "race", '{"rate":5.0}', paced, "0")
+        ids = []
+        for n in range(12):  # batches that, spread, would go to every shard
+            batch = {"job": "race", "urls": [f"http://a.test/{n}"], "batch_id": f"race:{n}"}
+            ids += batch_ids(second.submit(batch), 1)
+        ids += batch_ids(first.submit({"job": "race", "urls": ["http://a.test/x"], "rate": 5}), 1)
+        assert second.job("race")["submitted"] == 13
+    finally:
+        first.close()
+        second.close()
+    assert {shard_of(task_id) for task_id in ids} == {home_of("race", 3)}
 
 
 def test_a_store_a_fetchq_before_shards_has_used_keeps_its_fleet_in_one(env, store):

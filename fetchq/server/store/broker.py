@@ -513,32 +513,36 @@ class StoreBroker:
 
     def _placement(self, submission: _Submission) -> Placement:
         """Where the job's tasks go, as the first dispatch to it made it: the job is
-        made in every shard first, so that each checks later dispatches alike."""
+        made in the first shard, then in the others as it is there (another server's
+        first dispatch may have made it), so that each checks later dispatches alike
+        and every server places its tasks alike."""
         job = submission.request.job
         place = self._places.get(job)
         if place is not None:
             return place
         kept = self._guarded(lambda: self._store.hget(PLACES_KEY, job))
         if kept is None:
-            policy = Policy(**submission.request.policy)
-            chosen = Placement.choose(
-                job,
-                self.shards,
-                paced=policy.rate is not None or bool(policy.stages),
-                limited=submission.limited,
-            )
+            policy = _json(views.policy_view(Policy(**submission.request.policy)))
             for shard in range(self.shards):
                 reply = self._call(
                     "create",
                     self._wall_now(),
                     job,
                     _json(submission.change),
-                    _json(views.policy_view(policy)),
+                    policy,
                     "1" if submission.server_limits else "0",
                     shard=shard,
                 )
                 if reply[0] != b"ok":
                     raise _refused(job, reply, submission.change)
+                policy = reply[1]  # the job's, as the first shard has it
+            made = Policy(**msgspec.json.decode(policy))
+            chosen = Placement.choose(
+                job,
+                self.shards,
+                paced=made.rate is not None or bool(made.stages),
+                limited=not made.aggregate and (submission.server_limits or made.limits_hosts),
+            )
             self._guarded(lambda: self._store.hsetnx(PLACES_KEY, job, chosen.kind))
             kept = self._guarded(lambda: self._store.hget(PLACES_KEY, job))
         place = Placement.read(job, self.shards, kept)

@@ -510,15 +510,18 @@ end
 
 -- create(wall, job, change, policy, server_limits): a job of several shards is made in
 -- each before its first tasks reach any, so that each checks its dispatches alike
--- (``submit`` says what the arguments are); 'ok', or why a job made already refuses.
+-- (``submit`` says what the arguments are); 'ok' and the policy the job has (``policy``
+-- if it is new), or why a job made already refuses.
 local function create(keys, args)
   local wall, job, change, policy = clock(args[1]), args[2], args[3], args[4]
   local meta = jk(job, 'meta')
-  if redis.call('EXISTS', meta) == 1 then return refusal(meta, change) or {'ok'} end
+  if redis.call('EXISTS', meta) == 1 then
+    return refusal(meta, change) or {'ok', redis.call('HGET', meta, 'policy')}
+  end
   local decoded = cjson.decode(policy)
   local aggregate = decoded.aggregate == true
   make_job(job, wall, policy, not aggregate and (args[5] == '1' or limits_hosts(decoded)), aggregate)
-  return {'ok'}
+  return {'ok', policy}
 end
 
 local MAX_HOST_VISITS = 1000 -- hosts one lease call looks at in one job
