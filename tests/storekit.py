@@ -153,10 +153,15 @@ class StoreCluster:
 
     SLOTS = 16384
 
-    def __init__(self, directory: Path, size: int = 3) -> None:
+    def __init__(self, directory: Path, size: int = 3, appendfsync: str | None = None) -> None:
         self.directory = directory
         self.nodes = [
-            StoreProcess(directory / f"node-{n}", port=free_port(), cluster_port=free_port())
+            StoreProcess(
+                directory / f"node-{n}",
+                port=free_port(),
+                cluster_port=free_port(),
+                appendfsync=appendfsync,
+            )
             for n in range(size)
         ]
         """Its primaries, in the order of the slots they hold."""

@@ -8,8 +8,10 @@ real processes, and the checker reads what the output wrote.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,6 +159,34 @@ def test_the_store_killed_with_appendfsync_always_and_restarted(
     job.finish(fault_at)
     said = [line for line in job.server.log.lines if "does not answer" in line]
     assert len(said) == 1, said
+
+
+def test_a_node_of_a_cluster_in_shards_killed_with_appendfsync_always_and_restarted(
+    env, start_server, launch, target, tmp_path
+):
+    """kill -9 the node of one shard of three, its AOF fsynced before each reply, and
+    start it again: with no replica to take its place the cluster serves no shard
+    meanwhile, each shard's outage is said once, clients wait, and every acknowledged
+    task ends as exactly one result."""
+    cluster = StoreCluster(tmp_path / "cluster", appendfsync="always").start()
+    try:
+        job = through_one_server(start_server, launch, env, target, tmp_path, cluster.url,
+                                 shards=3)  # fmt: skip
+        running(job.watch, job.run, 300)
+        victim = cluster.node_of(shard_tag(1))
+        fault_at = time.time()
+        victim.kill()
+        job.server.log.wait_for(r"store .*, shard \d, does not answer", 20)
+        job.output[1].wait_for(r"waiting for server at .*store does not answer", 20)
+        victim.restart()  # from its AOF and its nodes.conf, on its port
+        job.server.log.wait_for(r"store .*, shard \d, answers again", 30)
+        job.finish(fault_at)
+    finally:
+        cluster.stop()
+    said = Counter(re.findall(r"shard (\d), does not answer", "\n".join(job.server.log.lines)))
+    assert said and max(said.values()) == 1, said
+    again = Counter(re.findall(r"shard (\d), answers again", "\n".join(job.server.log.lines)))
+    assert again == said, job.server.log.text
 
 
 def test_the_store_cut_off_for_a_while(env, store, start_server, launch, target, tmp_path):
