@@ -784,6 +784,29 @@ def test_a_batch_of_a_job_with_host_limits_sent_again_is_queued_once(
     assert sorted(t["url"] for t in leased) == sorted(batch["urls"])
 
 
+def test_a_batch_of_a_job_with_host_limits_that_does_not_fit_queues_none_of_it(
+    make_broker: Factory,
+) -> None:
+    """A full queue takes none of a batch, and a batch queued before and sent again
+    gets its reply, full queue or not.  (On a store of three shards these batches are
+    split over all three, a part each.)"""
+    broker = make_broker(max_pending=4)
+    hosts = ["a", "b", "f"]
+
+    def batch(n: int, **extra: Any) -> dict[str, Any]:
+        return {"job": "h", "urls": [f"http://{h}.test/{n}" for h in hosts], "per_host": 2,
+                **extra}  # fmt: skip
+
+    first = broker.submit(batch(1, batch_id="first"))
+    assert len(broker.lease("w1", 1, 0)) == 1  # room for two: each part would fit alone
+    assert broker.submit(batch(1, batch_id="first")) == {**first, "duplicate": True}
+    assert broker.submit(batch(2))["full"] is True
+    assert broker.job("h")["submitted"] == 3, "none of a batch that did not fit"
+    assert len(broker.lease("w1", 2, 0)) == 2
+    assert broker.submit(batch(2))["accepted"] == 3
+    assert broker.job("h")["submitted"] == 6
+
+
 def test_full_reply_is_not_remembered_for_the_batch_id(make_broker: Factory) -> None:
     broker = make_broker(max_pending=2)
     submit(broker, "a", 2)

@@ -444,6 +444,10 @@ class StoreBroker:
                 if kept != b"ok":
                     raise _too_many_specs(request.job)
         parts = self._parts(request.job, place, request.urls, request.batch_id)
+        if len(parts) > 1:
+            no_room = self._room_for(submission, parts)
+            if no_room is not None:
+                return no_room
         replies = [
             self._submit_part(submission, shard, [request.urls[i] for i in indexes], batch_id, [])
             for shard, indexes, batch_id in parts
@@ -478,6 +482,30 @@ class StoreBroker:
                     kept["reopened"] = True
                 self._keep_reply(shard, batch_id, _json(kept))
         return merged
+
+    def _room_for(
+        self, submission: _Submission, parts: list[tuple[int, list[int], str]]
+    ) -> SubmitReply | None:
+        """A batch split over shards waits for room for all its parts not queued yet,
+        so that a full queue takes none of it, where each part on its own would take
+        the first parts and refuse the rest (a client that sends no batch id would then
+        queue those twice).  The full reply, or None once there is room."""
+        new = 0
+        for shard, indexes, batch_id in parts:
+            if not batch_id or not self._sent_before(shard, batch_id):
+                new += len(indexes)
+        while True:
+            queued = sum(self._tallies("queued")["queued"])
+            if queued == 0 or new == 0 or queued + new <= self.max_pending:
+                return None
+            remaining = submission.deadline - self._elapsed_clock()
+            if remaining <= 0:
+                return {"accepted": 0, "full": True, "queued": queued}
+            self._wakeups.wait(remaining)
+
+    def _sent_before(self, shard: int, batch_id: str) -> bool:
+        key = shared_key(f"batch:{batch_id}", shard)
+        return bool(self._guarded(lambda: self._store.exists(key), shard))
 
     def _keep_reply(self, shard: int, batch_id: str, reply: bytes) -> None:
         """What a shard answers a batch sent again."""
