@@ -1250,25 +1250,32 @@ def test_a_cancel_ends_queued_tasks_as_cancelled_results_and_a_read_changes_noth
 def test_a_pause_or_cancel_holds_where_the_jobs_tasks_are_all_done_as_well(
     broker: BrokerService,
 ) -> None:
-    """A job paused or cancelled once some of its tasks are done holds all of it: a
+    """A job paused or cancelled while some of its tasks are done holds all of it: a
     later batch is not leased while paused, and refused once cancelled.  (On a store
-    of several shards the batches go to two of them, and one shard's part is done
-    before the pause; the later ones go there.)"""
+    of several shards the batches go to two of them, and the part in one of them is
+    done before the pause, and again before the cancel; the later batches go there.)"""
     first, second, *later = batches_in_two_shards()
+
+    def finish(n: int) -> None:  # the queued task of URL n run, its result confirmed
+        (task,) = [t for t in broker.lease("w1", 2, 0) if t["url"].endswith(f"/{n}")]
+        assert broker.complete("w1", [ok(task)])["accepted"] == 1
+        assert [result["id"] for result in drain(broker, "c")] == [task["id"]]
+
+    broker.submit({"job": "c", "urls": ["http://a.test/0"], "batch_id": second})
+    (undone,) = broker.lease("w1", 1, 0)  # held: the second shard's part is not done
     broker.submit({"job": "c", "urls": ["http://a.test/1"], "batch_id": first})
-    broker.submit({"job": "c", "urls": ["http://a.test/2"], "batch_id": second})
     broker.seal("c")
-    leased = broker.lease("w1", 2, 0)
-    (done,) = [task for task in leased if task["url"].endswith("/1")]
-    assert broker.release("w1", [[t["id"], t["attempt"]] for t in leased if t is not done]) == 1
-    assert broker.complete("w1", [ok(done)])["accepted"] == 1
-    assert [result["id"] for result in drain(broker, "c")] == [done["id"]]
+    finish(1)
     broker.steer("c", {"action": "pause"})
-    broker.submit({"job": "c", "urls": ["http://a.test/3"], "batch_id": later[0]})
+    broker.submit({"job": "c", "urls": ["http://a.test/2"], "batch_id": later[0]})
     assert broker.lease("w1", 2, 0) == []
+    broker.steer("c", {"action": "resume"})
+    finish(2)
+    broker.seal("c")  # the first shard's part done again
     broker.steer("c", {"action": "cancel"})
     with pytest.raises(BadRequest, match="job c was cancelled"):
-        broker.submit({"job": "c", "urls": ["http://a.test/4"], "batch_id": later[1]})
+        broker.submit({"job": "c", "urls": ["http://a.test/3"], "batch_id": later[1]})
+    assert undone["url"].endswith("/0")
 
 
 def batches_in_two_shards(shards: int = 3) -> list[str]:

@@ -159,6 +159,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreCluster]:
         running.stop()
 
 
+def emptied(cluster: StoreCluster) -> StoreCluster:
+    """``cluster`` with no keys: what the module's other tests left is gone."""
+    for node in cluster.nodes:
+        node.client().flushall()
+    return cluster
+
+
 def test_two_servers_on_a_redis_cluster_in_shards_spread_a_job_over_its_nodes(env, cluster, target):
     """The store a Redis Cluster of three primaries, its fleet in three shards, each
     on a node of its own: each server is given one of the two nodes that do not hold
@@ -210,7 +217,7 @@ def test_a_lease_hands_out_what_one_shard_gave_when_another_refuses(cluster, cap
     take from the worker what another gave, which would stay leased and lapse
     unfetched; the refusing shard's tasks wait for it, said once."""
     first, second, *_ = batches_in_two_shards()
-    broker = StoreBroker(cluster.client(), shards=3)
+    broker = StoreBroker(emptied(cluster).client(), shards=3)
     full = cluster.node_of(shard_tag(shard_of_key(second, 3))).client()
     try:
         broker.submit({"job": "part", "urls": ["http://a.test/1"], "batch_id": first})
@@ -235,6 +242,7 @@ def test_two_servers_making_one_job_at_once_place_its_tasks_alike(cluster):
     """A paced job's tasks all go to its home shard, so that its schedule is one: also
     when another server's first batch, which names no rate, comes while the first
     server is still making the job in the shards (it has made it in the first)."""
+    emptied(cluster)
     first, second = (StoreBroker(cluster.client(), shards=3) for _ in "ab")
     try:
         paced = json.dumps(policy_view(Policy(rate=5.0)))

@@ -110,13 +110,12 @@ def _clients(
     began = time.monotonic()
 
     def client() -> None:
-        report: tuple[str, Any] | None = None
         try:
             start.wait()
             broker = BrokerClient(parse_address(address), key)
             try:
                 broker.connect()
-                report = ("answer", broker.call("queued"))
+                queued = broker.call("queued")
                 connected.wait()
                 may_close.wait(hang)
             finally:
@@ -126,9 +125,10 @@ def _clients(
             cause = exc.__cause__ or exc.__context__ or exc
             where = traceback.extract_tb(cause.__traceback__)[-1]
             said = f"{exc!r}, from {cause!r} in {where.name}:{where.lineno}"
-            report = ("error", f"{said}, {time.monotonic() - began:.1f} s in")
-            connected.abort()
-        reports.put(report)
+            reports.put(("error", f"{said}, {time.monotonic() - began:.1f} s in"))
+            connected.abort()  # (after the report: the first error is the cause)
+            return
+        reports.put(("answer", queued))
 
     threads = [threading.Thread(target=client) for _ in range(count)]
     for thread in threads:

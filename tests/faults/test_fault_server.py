@@ -126,9 +126,9 @@ def test_five_hundred_clients_connecting_at_once(cluster):
         processes=10,
         hang=HANG,
     )
-    flood.start()
     usage: dict[str, int] = {}
     try:
+        flood.start()
         if flood.all_connected():
             usage = fq.status()["process"]
     finally:

@@ -563,7 +563,8 @@ class StoreBroker:
                 )
                 if reply[0] != b"ok":
                     raise _refused(job, reply, submission.change)
-                policy = reply[1]  # the job's, as the first shard has it
+                if shard == 0:
+                    policy = reply[1]  # the job's, as the first shard has it
             made = Policy(**msgspec.json.decode(policy))
             chosen = Placement.choose(
                 job,
