@@ -151,9 +151,7 @@ def server(
         if journal is not None:
             raise UsageError("--journal and --store: a server on a store keeps no journal")
         broker = open_store(store, shards=shards, **settings)
-        kept_in = f"store {broker.shown}"
-        if broker.shards > 1:
-            kept_in += f" in {broker.shards} shards"
+        kept_in = broker.described
     else:
         broker = Broker(journal=Journal(journal) if journal else None, **settings)
         kept_in = f"journal {journal}" if journal else ""

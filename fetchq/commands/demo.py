@@ -127,9 +127,7 @@ def demo(
     kept = ""
     if store is not None:  # two servers, one fleet
         on_store = [open_store(store, "demo --store", lease_timeout=10.0) for _ in range(2)]
-        brokers, kept = list(on_store), f" on store {on_store[0].shown}"
-        if on_store[0].shards > 1:
-            kept += f" in {on_store[0].shards} shards"
+        brokers, kept = list(on_store), f" on {on_store[0].described}"
     job = "demo" if store is None else f"demo-{secrets.token_hex(4)}"  # a store outlives runs
     stop_server = StopRequest()
     with Target() as target:

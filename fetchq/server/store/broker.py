@@ -253,6 +253,17 @@ class StoreBroker:
         self._warn_of_eviction()
         self._wakeups = Wakeups(self._store)
 
+    @property
+    def described(self) -> str:
+        """The store as the start line names it, with its shards when several."""
+        return f"store {self.shown}" + (f" in {self.shards} shards" if self.shards > 1 else "")
+
+    def _shard_holding(self, task_id: int) -> int | None:
+        """The shard that gave out ``task_id``; None for an id no shard of this store
+        gave out (a stale one of another server's, say), which changes nothing."""
+        shard = shard_of(task_id)
+        return shard if shard < self.shards else None
+
     def _shard_count(self, wanted: int | None) -> int:
         """The store's shard count, set by the first server (``wanted``, or 1)."""
         if wanted is not None and not 1 <= wanted <= MAX_SHARDS:
@@ -490,13 +501,16 @@ class StoreBroker:
         so that a full queue takes none of it, where each part on its own would take
         the first parts and refuse the rest (a client that sends no batch id would then
         queue those twice).  The full reply, or None once there is room."""
-        new = 0
-        for shard, indexes, batch_id in parts:
-            if not batch_id or not self._sent_before(shard, batch_id):
-                new += len(indexes)
+        new = sum(
+            len(indexes)
+            for shard, indexes, batch_id in parts
+            if not batch_id or not self._sent_before(shard, batch_id)
+        )
+        if new == 0:  # (sent before, whole: each shard answers as it did)
+            return None
         while True:
             queued = sum(self._tallies("queued")["queued"])
-            if queued == 0 or new == 0 or queued + new <= self.max_pending:
+            if queued == 0 or queued + new <= self.max_pending:
                 return None
             remaining = submission.deadline - self._elapsed_clock()
             if remaining <= 0:
@@ -769,18 +783,16 @@ class StoreBroker:
         worker = validate.worker_name(worker)
         stored = validate.results_list(results)
         held = validate.lease_pairs(renew or [])
-        parts: dict[int, tuple[list[str], list[bytes], list[int]]] = {0: ([], [], [])}
+        parts: dict[int, tuple[list[str], list[bytes], list[int]]] = {}
         sharded = self.shards > 1  # (else no shard to look up, result by result)
-        if sharded:
-            parts.clear()
         strays = 0
         for result in stored:
             head = result.head
-            if sharded and shard_of(head.id) >= self.shards:
-                strays += 1  # an id no shard of this store gave out: dropped
+            shard = self._shard_holding(head.id) if sharded else 0
+            if shard is None:
+                strays += 1  # dropped
                 continue
-            part = parts.setdefault(shard_of(head.id), ([], [], [])) if sharded else parts[0]
-            heads, raws, _ = part
+            heads, raws, _ = parts.setdefault(shard, ([], [], []))
             late = "-"
             if head.scheduled is not None:
                 lateness = late_by(head.scheduled, head.started)
@@ -803,8 +815,9 @@ class StoreBroker:
                 heads.append(f"{head.id} {head.attempt} {flags}0 {late} {elapsed} {hold}")
             raws.append(result.raw)
         for task_id, attempt in held:
-            if shard_of(task_id) < self.shards:
-                parts.setdefault(shard_of(task_id), ([], [], []))[2].extend((task_id, attempt))
+            shard = self._shard_holding(task_id)
+            if shard is not None:
+                parts.setdefault(shard, ([], [], []))[2].extend((task_id, attempt))
         if not parts:  # (a worker that only says it is there)
             parts[0] = ([], [], [])
         if len(parts) > 1 and any(isinstance(result, StoredAggregate) for result in stored):
@@ -844,8 +857,9 @@ class StoreBroker:
         rules = robots.rules_from(report, last)
         kept = {name: report.get(name) for name in ("status", "body", "error")}
         delay = getattr(rules, "crawl_delay", None)
-        if shard_of(report["id"]) >= self.shards:
-            return {"accepted": False}  # no task this store gave out
+        shard = self._shard_holding(report["id"])
+        if shard is None:
+            return {"accepted": False}
         accepted = self._call(
             "robots",
             self._now(),
@@ -856,7 +870,7 @@ class StoreBroker:
             "again" if rules is None else "learn",
             _json({**kept, "last": last}),
             "" if delay is None else repr(float(delay)),
-            shard=shard_of(report["id"]),
+            shard=shard,
         )
         return {"accepted": bool(accepted)}
 
@@ -957,8 +971,9 @@ class StoreBroker:
         pairs = validate.lease_pairs(leases)
         by_shard: dict[int, list[int]] = {}
         for task_id, attempt in pairs:
-            if shard_of(task_id) < self.shards:  # (else no task of this store's)
-                by_shard.setdefault(shard_of(task_id), []).extend((task_id, attempt))
+            shard = self._shard_holding(task_id)
+            if shard is not None:
+                by_shard.setdefault(shard, []).extend((task_id, attempt))
         released = 0
         rooms = self._results_rooms()
         for shard, flat in sorted(by_shard.items()) or [(0, [])]:
