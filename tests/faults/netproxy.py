@@ -6,7 +6,9 @@ closing anything, like a network path that silently drops packets: bytes
 already sent wait in the proxy (as unacknowledged segments would wait in the
 sender's retransmit queue), new connections are accepted but not connected
 upstream, and nobody sees a reset or an EOF.  ``hold_requests()`` cuts one
-direction only, what clients send.  ``heal()`` resumes forwarding,
+direction only, what clients send; ``answered()`` then says when every request
+that got through before it has reached the server and been answered, so the
+server's state is what those clients left it.  ``heal()`` resumes forwarding,
 delivering what waited, connecting what was accepted, and passing on any
 close that happened during the cut, as TCP would once the path is back.
 
@@ -69,6 +71,8 @@ class NetProxy:
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
+        self._awaiting: set[int] = set()
+        """Connections whose last bytes forwarded were a request, not yet a reply."""
         self._threads: list[threading.Thread] = []
         self._open = 0
         self.accepted = 0
@@ -91,7 +95,14 @@ class NetProxy:
         """Hold what clients send, while the server's replies still flow: a client
         gets the answer to a call already made, and its next call (and any
         confirmation it carries) never reaches the server."""
-        self._requests_flow.clear()
+        with self._lock:  # a request past the gate is already marked awaiting
+            self._requests_flow.clear()
+
+    def answered(self) -> bool:
+        """No request forwarded is still waiting for its reply: the server has
+        handled every call that got through (a reply is sent once handled)."""
+        with self._lock:
+            return not self._awaiting
 
     def heal(self) -> None:
         """Forward again: what waited is delivered, what was accepted is connected."""
@@ -135,6 +146,15 @@ class NetProxy:
                     return False
         return not self._closed.is_set()
 
+    def _let_through(self, gate: threading.Event | None, forwarding: Callable[[], None]) -> bool:
+        """Wait for the gate, then note the bytes going through before it can close."""
+        while self._wait_forwarding(gate):
+            with self._lock:
+                if gate is None or gate.is_set():
+                    forwarding()
+                    return True
+        return False
+
     def _accept_loop(self) -> None:
         while not self._closed.is_set():
             try:
@@ -177,12 +197,23 @@ class NetProxy:
             if self.record:
                 with self._lock:
                     self.recordings.append(recording)
+            key = id(client)
             back = threading.Thread(
-                target=self._pump, args=(upstream, client, recording.down), name="netproxy-back"
+                target=self._pump,
+                args=(upstream, client, recording.down),
+                kwargs={"forwarding": lambda: self._awaiting.discard(key)},
+                name="netproxy-back",
             )
             back.daemon = True
             back.start()
-            self._pump(client, upstream, recording.up, self._requests_flow, self.rewrite)
+            self._pump(
+                client,
+                upstream,
+                recording.up,
+                self._requests_flow,
+                self.rewrite,
+                forwarding=lambda: self._awaiting.add(key),
+            )
             back.join()
         finally:
             for sock in (client, upstream):
@@ -193,6 +224,7 @@ class NetProxy:
                         self._sockets.discard(sock)
             with self._lock:
                 self._open -= 1
+                self._awaiting.discard(id(client))
 
     def _pump(
         self,
@@ -201,9 +233,12 @@ class NetProxy:
         tape: bytearray,
         gate: threading.Event | None = None,
         rewrite: Callable[[bytes], bytes] | None = None,
+        *,
+        forwarding: Callable[[], None],
     ) -> None:
         """Copy source to sink while forwarding; hold bytes (and EOF) during a cut.
-        With ``rewrite``, whole frames only, each rewritten on its way."""
+        With ``rewrite``, whole frames only, each rewritten on its way.
+        ``forwarding`` runs under the lock, just as bytes are let through the gate."""
         frames = Frames(rewrite) if rewrite is not None else None
         while self._wait_forwarding(gate):
             try:
@@ -216,7 +251,7 @@ class NetProxy:
                 data = source.recv(65536)
             except OSError:
                 break
-            if not self._wait_forwarding(gate):  # read just before a cut: hold it until healed
+            if not self._let_through(gate, forwarding):  # read just before a cut: held
                 break
             if not data:
                 with contextlib.suppress(OSError):
