@@ -91,10 +91,13 @@ def test_watch_redraws_a_running_job_and_quits_on_ctrl_c(server, env, target, tm
             env,
         )
         first = poll_until(lambda: finished_on_screen(tmux.screen()), 30, "the job's row")
+        # 40 results at 40/s took the job a second: its rate is measured, so an ETA shows
+        # (before half a second of results there is no rate, and the ETA is "?").
+        enough = max(40, first[0] + 1)
         later = poll_until(
-            lambda: (seen := finished_on_screen(tmux.screen())) and seen[0] > first[0] and seen,
+            lambda: (seen := finished_on_screen(tmux.screen())) and seen[0] >= enough and seen,
             30,
-            "the row to be redrawn with more tasks finished",
+            f"the row to be redrawn with {enough} tasks finished",
         )
         assert later[1] == 300
         screen = tmux.screen()
