@@ -84,7 +84,8 @@ class Seen(NamedTuple):
     host: str | None = None
     """The Host header."""
     in_flight: int = 0
-    """Requests this target was answering at that moment, this one included."""
+    """Requests this target was answering at that moment, this one included (a
+    request stops counting just before the last bytes of its answer are sent)."""
     method: str = "GET"
     headers: tuple[tuple[str, str], ...] = ()
     """Every header as sent, in order."""
@@ -123,6 +124,8 @@ class _Server(http.server.ThreadingHTTPServer):
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
+    _counted = False
+    """This request is in the server's ``in_flight``."""
 
     def setup(self) -> None:
         super().setup()
@@ -171,7 +174,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             lines.append("Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         head_only = getattr(self, "command", None) == "HEAD"  # (unset before a request line)
+        if head_only or length is None or length == 0:  # the whole answer in this write
+            self._answered()
         self.wfile.write(head if head_only else head + body)
+
+    def _answered(self) -> None:
+        """Stop counting this request as in flight, just before its answer's last
+        bytes go: a client with its whole answer may send its next request before
+        this thread runs again, and a cap measured here must not count both."""
+        if self._counted:
+            self._counted = False
+            with self.server.lock:
+                self.server.in_flight -= 1
 
     def _request_body(self) -> bytes:
         """The body the request carries (by its Content-Length; at most MAX_DRIP)."""
@@ -183,6 +197,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = self._request_body()
         with self.server.lock:
             self.server.in_flight += 1
+            self._counted = True
             self.server.hits[self.path] += 1
             self.server.seen.append(
                 Seen(
@@ -200,8 +215,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         try:
             self._answer()
         finally:
-            with self.server.lock:
-                self.server.in_flight -= 1
+            self._answered()  # (an answer cut short, or none)
 
     do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_GET
 
@@ -270,8 +284,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._send(200, length=left)
         while left > 0 and self.command != "HEAD":
             k = min(left, CHUNK)
-            self.wfile.write(_ZEROS[:k])
             left -= k
+            if not left:
+                self._answered()
+            self.wfile.write(_ZEROS[:k])
 
     def _drip(self, query: dict[str, list[str]]) -> None:
         n = _number(query.get("bytes", ["10"])[0], MAX_DRIP)
@@ -282,10 +298,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         count = int(n) if self.command != "HEAD" else 0
         self._send(200, length=count)
         pause = seconds / count if count else 0.0
-        for _ in range(count):
+        for left in range(count - 1, -1, -1):
             if self.server.stopping.wait(pause):
                 self.close_connection = True
                 return
+            if not left:
+                self._answered()
             self.wfile.write(b"\0")
 
     def _reset(self) -> None:
