@@ -368,11 +368,18 @@ def test_out_of_descriptors_the_server_backs_off_and_recovers(env, tmp_path):
         for _ in range(60):
             sockets.append(socket.create_connection(address, timeout=5))
         log.wait_for("cannot accept connections: Too many open files")
-        before = _runnable_seconds(process.pid)
-        time.sleep(1.0)  # measuring the idle cost of waiting: nothing to poll for
-        after = _runnable_seconds(process.pid)
-        spent = sum(after[tid] - before[tid] for tid in before.keys() & after.keys())
-        assert spent < 0.5, f"the accept loop spun: runnable {spent:.2f}s of 1s"
+        # The logins it took may keep a busy machine's run queue full for a while; a
+        # loop that spins is runnable in every second, one that waits soon is not.
+        spent = []
+        for _ in range(10):
+            before = _runnable_seconds(process.pid)
+            time.sleep(1.0)  # measuring the idle cost of waiting: nothing to poll for
+            after = _runnable_seconds(process.pid)
+            spent.append(sum(after[tid] - before[tid] for tid in before.keys() & after.keys()))
+            if spent[-1] < 0.5:
+                break
+        else:
+            raise AssertionError(f"the accept loop spun: runnable {spent} s in each second")
         for sock in sockets:
             sock.close()
         sockets.clear()
@@ -429,10 +436,13 @@ def test_a_call_that_timed_out_leaves_no_late_reply_for_the_next_one(served):
     client = BrokerClient(link)
     client.connect()
     started = time.monotonic()
+    # The server answers [] after 3 s: the 2 s between leave room for a client that a
+    # busy machine runs late (its 1 s starts when it reads, not when it sent).
     with pytest.raises(ServerUnreachable, match="stopped answering"):
-        client.call("lease", "patient", 1, 1.5)  # the server answers [] after 1.5 s
-    assert time.monotonic() - started < 1.4
-    assert client.call("queued") == 0  # on the old session: the lease's late []
+        client.call("lease", "patient", 1, 3.0)
+    assert time.monotonic() - started < 2.9
+    # On the old session this would wait for the lease's late [] and time out as well.
+    assert client.call("queued") == 0
     client.close()
 
 
