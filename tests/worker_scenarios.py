@@ -10,6 +10,7 @@ import itertools
 import json
 import signal
 import socket
+import statistics
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -160,6 +161,35 @@ def assert_none_before_its_slot(results: list[dict], seen: list[Seen]) -> None:
     due = {r["url"].split("/", 3)[3]: r["scheduled"] for r in results}
     arrived_early = [s for s in seen if s.arrived < due[s.path.lstrip("/")] - CLOCK_SLACK]
     assert not arrived_early, f"{len(arrived_early)} reached the host before their slot"
+
+
+def assert_rate_held(
+    arrived: list[float], slots: list[float], *, within: float = 0.01, late: float = 0.25
+) -> None:
+    """Requests reached the host at the rate of their slots, to within ``within``, and
+    kept up: nineteen in twenty within ``late`` seconds of their slot.
+
+    The rate is judged by how far arrivals lag behind their slots (the k-th arrival
+    against the k-th slot): the typical lag (a median over a tenth of the requests)
+    may change by at most ``within`` of the time between the second tenth and the
+    ninth, the fleet starting and finishing left out.  Not by counting arrivals in a
+    window, whose edges a busy machine moves: one thread woken late at either edge
+    moves a request out of it."""
+    arrived, slots = sorted(arrived), sorted(slots)
+    assert len(arrived) == len(slots) >= 20, (len(arrived), len(slots))
+    lags = [at - slot for at, slot in zip(arrived, slots, strict=True)]
+    tenth = len(lags) // 10
+    start, end = (
+        statistics.median(lags[tenth : 2 * tenth]),
+        statistics.median(lags[-2 * tenth : -tenth]),
+    )
+    between = slots[-2 * tenth + tenth // 2] - slots[tenth + tenth // 2]
+    assert abs(end - start) <= within * between, (
+        f"the lag behind the slots went from {start:.3f}s to {end:.3f}s in {between:.1f}s: "
+        f"the rate was off by {abs(end - start) / between:.1%}"
+    )
+    behind = sorted(lags)[len(lags) * 19 // 20]
+    assert behind <= late, f"one in twenty reached the host {behind:.3f}s or more after its slot"
 
 
 def slot_gaps(results: list[dict]) -> list[float]:
