@@ -21,12 +21,12 @@ from fetchq_procs import (
     StderrLog,
     connect_broker,
     jsonl,
-    poll_until,
     run,
     start_output,
     start_program,
     start_worker,
     stop_all,
+    wait_until_leasing,
     worker_name,
 )
 from worker_scenarios import (
@@ -100,11 +100,7 @@ def test_a_mixed_fleet_runs_one_job_exactly_once(server, env, target, tmp_path):
     client = connect_broker(server.address, env["FETCHQ_AUTHKEY"])
     names = {worker_name(python.pid), worker_name(node.pid)}
     try:
-        poll_until(
-            lambda: names <= {w["worker"] for w in client.call("status")["workers"]},
-            30,
-            "both workers to ask for tasks",
-        )
+        wait_until_leasing(client, names)
         output = start_output(
             env, "--job", "mixed", "--until-done", "--format", "jsonl", "--out", str(out)
         )

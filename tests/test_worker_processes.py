@@ -22,6 +22,7 @@ from fetchq_procs import (
     run,
     start_worker,
     stop_all,
+    wait_until_leasing,
 )
 
 from fetchq.errors import ExitCode
@@ -30,6 +31,12 @@ from fetchq.errors import ExitCode
 def worker_pids(client) -> set[int]:
     """Pids of the worker processes the server has seen (``host:pid`` names)."""
     return {int(seen["worker"].rsplit(":", 1)[1]) for seen in client.call("status")["workers"]}
+
+
+def worker_names(client, pids: set[int] | None = None) -> set[str]:
+    """The ``host:pid`` names of these worker processes (of all it has seen: None)."""
+    seen = {row["worker"] for row in client.call("status")["workers"]}
+    return {name for name in seen if pids is None or int(name.rsplit(":", 1)[1]) in pids}
 
 
 def gone(pid: int) -> bool:
@@ -65,6 +72,7 @@ def test_processes_share_a_job_and_drain_on_sigterm(server, env, target):
         poll_until(lambda: len(worker_pids(client)) == 2, 60, "two children")
         children = worker_pids(client)
         assert parent.pid not in children
+        wait_until_leasing(client, worker_names(client))  # (else one may take the whole job)
         urls = [f"{target.url}/slow?s=0.01&procs={n}" for n in range(200)]
         assert run(env, "dispatch", *urls, "-j", "procs").returncode == 0
         output = run(env, "output", "-j", "procs", "--until-done", "--format", "jsonl")
@@ -92,6 +100,7 @@ def test_a_child_killed_with_sigkill_is_said_and_replaced(server, env, target):
         replacement = poll_until(
             lambda: worker_pids(client) - {victim, survivor}, 60, "a replacement child"
         )
+        wait_until_leasing(client, worker_names(client, replacement | {survivor}))
         # The replacement works: it fetches part of a job done by the two live children
         # alone.  A child holds at most 3 tasks (2 running, 1 ahead), so the survivor
         # cannot take all 12 half-second requests while the replacement waits for work.
