@@ -292,32 +292,6 @@ def test_a_classic_manager_client_speaks_to_the_broker(served_with_pickle):
     assert client.call("job", "classic")["submitted"] == 1
 
 
-def test_two_hundred_clients_connecting_at_once(served):
-    """The stdlib's backlog of 16 leaves a burst hung; ours takes them all."""
-    count = 200
-    barrier = threading.Barrier(count)
-    errors: list[BaseException] = []
-    done = []
-
-    def connect_and_call() -> None:
-        try:
-            client = BrokerClient(served.address, KEY)
-            barrier.wait(30)
-            client.connect()
-            client.call("status")
-            done.append(1)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=connect_and_call) for _ in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert not errors, errors[:3]
-    assert len(done) == count
-
-
 def test_connections_beyond_the_cap_are_turned_away_and_the_server_recovers():
     broker = Broker()
     server = QueueServer(broker, Address("127.0.0.1", 0), KEY, max_connections=3)
