@@ -25,7 +25,7 @@ from fetchq_procs import (
     start_worker,
     stop_all,
 )
-from worker_scenarios import closed_port, every_kind_of_failure, sigterm_drains
+from worker_scenarios import closed_port, every_kind_of_failure, release_port, sigterm_drains
 
 from fetchq.errors import ExitCode, NoSuchJob
 from fetchq.wire.client import BrokerClient
@@ -147,6 +147,7 @@ def test_worker_started_before_its_server_waits_for_it(env, target, tmp_path):
     worker, log = start_worker(env, "--concurrency", "2")
     try:
         log.wait_for(rf"waiting for server at 127\.0\.0\.1:{port} \(attempt 1\)")
+        release_port(port)
         server = ServerProcess(env, "--port", str(port))
         try:
             dispatched = run(env, "dispatch", f"{target.url}/late", "-j", "late")

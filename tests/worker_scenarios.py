@@ -30,11 +30,22 @@ from fetchq_procs import (
 
 from fetchq.testing.target import Seen, Target
 
+_HELD: dict[int, socket.socket] = {}
+
 
 def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port of 127.0.0.1 that refuses connections: bound but never listening, and
+    held so that nothing else binds it meanwhile (xdist runs four tests at once).
+    ``release_port`` lets a server the test starts there have it."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = int(sock.getsockname()[1])
+    _HELD[port] = sock
+    return port
+
+
+def release_port(port: int) -> None:
+    _HELD.pop(port).close()
 
 
 def every_kind_of_failure(
