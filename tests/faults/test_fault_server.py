@@ -215,7 +215,9 @@ def test_worker_stopped_while_the_server_is_down_drains_when_it_returns(cluster,
     # fetched since.
     job = fq.job(300, slow=0.1)
     out = fq.tmp / "results.jsonl"
-    worker, worker_log = fq.worker("--concurrency", "4", "--grace", "10")
+    # A grace of 30 s: its reporter's backoff may wait some 6 s between attempts, and a
+    # busy machine may take seconds to restart the server.
+    worker, worker_log = fq.worker("--concurrency", "4", "--grace", "30")
     fq.wait_workers(worker.pid)
     dispatch, dispatch_log = fq.dispatch(job)
     assert exit_code(dispatch, dispatch_log, 60) == 0, dispatch_log.text
@@ -225,7 +227,7 @@ def test_worker_stopped_while_the_server_is_down_drains_when_it_returns(cluster,
     worker_log.wait_for(WAITING, 20)
     worker.send_signal(signal.SIGTERM)
     fq.restart_server()
-    assert exit_code(worker, worker_log, 15) == 0, worker_log.text
+    assert exit_code(worker, worker_log, 40) == 0, worker_log.text
     assert "stopped on SIGTERM" in worker_log.text, worker_log.text
     served = fq.target.hits()
     fetched = {path for path in job.paths if served[path]}
