@@ -10,7 +10,9 @@ from faultkit import exit_code
 from fetchq_procs import worker_name
 from netproxy import NetProxy
 
-LEASE = "2"
+LEASE = "4"
+"""Seconds: B, never cut, renews every third of it, so only a starvation of more than
+2.7 s would lapse one of its own leases and rerun a task outside the fault."""
 
 
 def test_worker_cut_off_longer_than_its_lease(cluster, target):
