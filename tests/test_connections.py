@@ -174,7 +174,7 @@ def test_a_worker_process_holds_two_connections_whatever_its_threads(env, server
         "--template",
         f"{target.url}/slow?s=0.02&q={{i}}",
         "--count",
-        "2000",
+        "10000",  # 12 s of work: still running for the looks, however late they come
     )
     assert job.returncode == 0, job.stderr
     worker, log = start_worker(env, "--concurrency", "8", "--processes", "2")

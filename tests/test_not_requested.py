@@ -17,7 +17,7 @@ from fetchq_procs import connect_broker, jsonl, poll_until, run, start_worker, s
 from fetchq.units import format_duration
 
 RATE = 20
-TASKS = 200
+TASKS = 400  # 20 s at the rate: the cancel, 2 s in, has time to land on a busy box
 
 
 def figure(page: str, label: str) -> str:

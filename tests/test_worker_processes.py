@@ -145,7 +145,7 @@ def test_a_second_ctrl_c_stops_a_draining_worker_at_once(server, env, target):
         first_signal_taken(worker.pid)
         assert worker.poll() is None, "the first Ctrl-C should drain, not stop"
         worker.send_signal(signal.SIGINT)
-        assert worker.wait(5) == ExitCode.INTERRUPTED, log.text
+        assert worker.wait(10) == ExitCode.INTERRUPTED, log.text  # not the request's 20 s
     finally:
         stop_all([worker])
     assert "interrupted" in log.text and "Traceback" not in log.text, log.text
