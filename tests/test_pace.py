@@ -10,6 +10,7 @@ import bisect
 import itertools
 import json
 import re
+import statistics
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -26,6 +27,7 @@ from fetchq_procs import (
 )
 from worker_scenarios import (
     CLOCK_SLACK,
+    KEPT_UP,
     assert_none_before_its_slot,
     assert_rate_held,
     assert_slots_apart,
@@ -385,9 +387,12 @@ def test_status_shows_the_rate_a_paced_job_achieves(server, env, target):
     finally:
         client.close()
         stop_all(workers)
-    # Results a busy machine reports late move from one second into the next: within
-    # 15%, where a window of 8 s or less a second too long or short is 12% off or more.
+    lateness = statistics.median(r["started"] - r["scheduled"] for r in results)
     late = sum(1 for r in results if r["started"] - r["scheduled"] > 0.010)
+    assert lateness <= KEPT_UP, f"the median start was {lateness:.3f}s late: the fleet fell behind"
+    # Results a busy machine reports late move from one second into the next: within
+    # 15% (the window itself, which a second too many would put 12% off or more here,
+    # is checked to the second in test_pace_seen).
     for pace in readings:
         assert pace["achieved"] == pytest.approx(RATE, rel=0.15), (
             readings,
