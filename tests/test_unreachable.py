@@ -27,16 +27,20 @@ def lines_of(text: str) -> list[str]:
 
 
 def test_status_says_at_once_that_the_server_is_not_there(env):
-    """At once: within a few seconds of what the same program takes to start and
-    print its help on this box (a client that waited for the server would take the
-    FIRST_CONNECT_GIVE_UP of 10 s)."""
+    """At once: within two seconds of what the same program takes to start and
+    print its help on this box, timed before and after (a client that waited for
+    the server would take the FIRST_CONNECT_GIVE_UP of 10 s)."""
     port = closed_port()
-    started = time.monotonic()
-    assert run(env, "status", "--help").returncode == 0
-    starting = time.monotonic() - started
-    started = time.monotonic()
-    result = run(env, "status", "--server", f"127.0.0.1:{port}")
-    took = time.monotonic() - started
+
+    def timed(*args: str) -> tuple[float, subprocess.CompletedProcess[str]]:
+        started = time.monotonic()
+        result = run(env, *args)
+        return time.monotonic() - started, result
+
+    before, _ = timed("status", "--help")
+    took, result = timed("status", "--server", f"127.0.0.1:{port}")
+    after, _ = timed("status", "--help")
+    starting = max(before, after)  # (a busy box slows one start more than another)
     assert result.returncode == ExitCode.UNREACHABLE, result.stderr
     assert lines_of(result.stderr) == [
         (
@@ -44,7 +48,7 @@ def test_status_says_at_once_that_the_server_is_not_there(env):
             "(is `fetchq server` running there, on that port?)"
         )
     ]
-    assert took < starting + 5.0, f"status took {took:.1f}s, its --help {starting:.1f}s"
+    assert took < starting + 2.0, f"status {took:.1f}s, its --help {before:.1f}s, {after:.1f}s"
 
 
 @pytest.mark.parametrize(
