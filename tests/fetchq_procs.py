@@ -61,6 +61,12 @@ class StderrLog:
                     return when
         raise AssertionError(f"no stderr line matched {pattern!r}: {self.lines}")
 
+    def lines_since(self, moment: float) -> list[str]:
+        """The lines read at ``moment`` (``time.monotonic()``) or later."""
+        with self._changed:
+            timed = zip(self.lines, self.arrived, strict=True)
+            return [line for line, when in timed if when >= moment]
+
     def wait_for(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout

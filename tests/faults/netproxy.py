@@ -100,7 +100,9 @@ class NetProxy:
 
     def answered(self) -> bool:
         """No request forwarded is still waiting for its reply: the server has
-        handled every call that got through (a reply is sent once handled)."""
+        handled every call that got through (a reply is sent once handled).  A
+        connection that has only just logged in reads as waiting until its first
+        call's reply (the login's last word, the client's, gets none)."""
         with self._lock:
             return not self._awaiting
 

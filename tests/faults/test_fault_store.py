@@ -205,12 +205,7 @@ def test_the_store_cut_off_for_a_while(env, store, start_server, launch, target,
         proxy.heal()
         job.server.log.wait_for(r"store .* answers again", 20)
         job.finish(fault_at)
-        log = job.server.log
-        said = [
-            line
-            for line, at in zip(log.lines, log.arrived, strict=True)
-            if at >= cut_at and "does not answer" in line
-        ]
+        said = [line for line in job.server.log.lines_since(cut_at) if "does not answer" in line]
         assert len(said) == 1, said
 
 
