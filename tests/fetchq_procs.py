@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fetchq.wire.records import worker_identity
+
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 COMMAND_TIMEOUT = 120.0
@@ -345,9 +347,7 @@ def freeze(pid: int) -> None:
 
 def worker_name(pid: int) -> str:
     """How the server names a single-process worker: ``hostname:pid``."""
-    import socket
-
-    return f"{socket.gethostname()}:{pid}"
+    return worker_identity(pid)
 
 
 def start_workers(env: dict[str, str], *settings: tuple[str, ...]) -> list[subprocess.Popen[str]]:

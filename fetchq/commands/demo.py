@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import threading
@@ -34,6 +33,7 @@ from fetchq.server.store import open_store
 from fetchq.signals import StopRequest
 from fetchq.testing.target import Target
 from fetchq.wire.client import BrokerClient
+from fetchq.wire.records import worker_identity
 
 WORKER_STOP_TIMEOUT = 15.0
 WORKER_START_TIMEOUT = 30.0
@@ -79,8 +79,7 @@ def wait_for_workers(client: BrokerClient, workers: list[subprocess.Popen[bytes]
     """Dispatch once every worker has logged in: on a busy machine one worker could
     otherwise run the whole job before the other has started, and the demo would
     show one worker, or one server, at work."""
-    host = socket.gethostname()
-    names = {f"{host}:{process.pid}" for process in workers}  # as workers name themselves
+    names = {worker_identity(process.pid) for process in workers}
     deadline = time.monotonic() + WORKER_START_TIMEOUT
     while time.monotonic() < deadline:
         _all_exited(workers)

@@ -109,9 +109,10 @@ def make_result(
     }
 
 
-def worker_identity() -> str:
-    """``hostname:pid``: how results and status name a worker process."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+def worker_identity(pid: int | None = None) -> str:
+    """``hostname:pid``: how results and status name a worker process (this one, or
+    the one of ``pid`` on this host)."""
+    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"
 
 
 RETRYABLE_ERRORS = frozenset(
