@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import stat
 import subprocess
 import sys
 
 import pytest
-from fetchq_procs import REPO, ServerProcess, jsonl, run
-from test_pipeline import closed_port
+from fetchq_procs import REPO, ServerProcess, jsonl, run, worker_name
+from worker_scenarios import closed_port
 
 from fetchq.commands.demo import stop_workers, wait_for_workers
 from fetchq.config import parse_address
@@ -278,7 +277,7 @@ def test_the_demo_dispatches_once_its_workers_have_logged_in(env, server):
     try:
         wait_for_workers(client, [worker])
         seen = [row["worker"] for row in client.call("status")["workers"]]
-        assert seen == [f"{socket.gethostname()}:{worker.pid}"]
+        assert seen == [worker_name(worker.pid)]
     finally:
         stop_workers([worker])
     with pytest.raises(FetchqError, match="every worker process exited early"):

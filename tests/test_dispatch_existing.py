@@ -14,7 +14,7 @@ from typing import Any
 from brokerkit import crash
 from fetchq_procs import jsonl, run
 from test_cli import assert_clean_error
-from test_pipeline import closed_port
+from worker_scenarios import closed_port
 
 from fetchq.errors import ExitCode
 from fetchq.server.broker import Broker

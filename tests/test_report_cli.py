@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fetchq_procs import PYTHON, run
 from test_cli import assert_clean_error
-from test_pipeline import closed_port
+from worker_scenarios import closed_port
 
 from fetchq.errors import ExitCode
 from fetchq.report.formats import JsonlWriter

@@ -15,8 +15,8 @@ import pytest
 from browser import OpenedReport, chromium, colours, open_report
 from fetchq_procs import jsonl, run
 from playwright.sync_api import BrowserContext
-from test_pipeline import closed_port
 from test_report_cli import results_jsonl
+from worker_scenarios import closed_port
 
 from fetchq.errors import ExitCode
 from fetchq.testing.target import Target
