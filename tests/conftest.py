@@ -12,7 +12,7 @@ from brokerkit import IMPLEMENTATIONS, Factory
 from dnsguard import loopback_only_getaddrinfo
 from fakeclock import FakeClock
 from fetchq_procs import ServerProcess, clean_env
-from storekit import StoreProcess, free_port
+from storekit import StoreProcess
 
 from fetchq.testing.target import Target
 
@@ -84,7 +84,7 @@ def env(tmp_path: Path, authkey: str) -> dict[str, str]:
 def store(tmp_path: Path) -> Iterator[StoreProcess]:
     """A ``redis-server`` of the test's own on a free port of 127.0.0.1, its AOF fsynced
     before every reply (``appendfsync always``); stopped at teardown."""
-    running = StoreProcess(tmp_path / "store", port=free_port(), appendfsync="always").start()
+    running = StoreProcess(tmp_path / "store", port=0, appendfsync="always").start()
     try:
         yield running
     finally:

@@ -22,6 +22,9 @@ from pathlib import Path
 import redis
 
 START_TIMEOUT = 10.0
+PORT_TRIES = 5
+"""Starts on fresh ports before giving up: another process may bind a port between
+``free_port()`` and redis-server's own bind (it did once, with four xdist workers)."""
 
 
 def redis_server() -> str:
@@ -38,7 +41,9 @@ def free_port() -> int:
 
 
 class StoreProcess:
-    """One ``redis-server``: on a unix socket, and on ``port`` of 127.0.0.1 when given.
+    """One ``redis-server``: on a unix socket, and on ``port`` of 127.0.0.1 when given
+    (0: a free one, as for ``cluster_port``; picked again if taken at the first start,
+    then kept for restarts).
 
     ``appendfsync``: None for no persistence at all (the contract tests), else the
     AOF's fsync policy (``always``, ``everysec``)."""
@@ -63,6 +68,8 @@ class StoreProcess:
         """Its certificate, key and CA files: ``port`` then takes TLS alone."""
         self.socket = directory / "store.sock"
         self.process: subprocess.Popen[bytes] | None = None
+        self._free = [name for name in ("port", "cluster_port") if getattr(self, name) == 0]
+        """The ports to pick before the first start."""
 
     @property
     def url(self) -> str:
@@ -74,6 +81,21 @@ class StoreProcess:
 
     def start(self) -> StoreProcess:
         self.directory.mkdir(parents=True, exist_ok=True)
+        picking, self._free = self._free, []
+        tries = PORT_TRIES if picking else 1
+        while True:
+            for name in picking:
+                setattr(self, name, free_port())
+            self.process = subprocess.Popen(self._command(), stdin=subprocess.DEVNULL)
+            if self._answers():
+                return self
+            log = self.directory / "store.log"
+            said, tries = log.read_text(), tries - 1
+            if not (tries and "Address already in use" in said):
+                raise AssertionError(f"redis-server did not start: {said}")
+            log.unlink()  # (the next try's log on its own)
+
+    def _command(self) -> list[str]:
         persistence = (
             ["--appendonly", "no"]
             if self.appendfsync is None
@@ -85,7 +107,7 @@ class StoreProcess:
             ports = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert),
                      "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
                      "--tls-auth-clients", "no"]  # fmt: skip
-        command = [
+        return [
             redis_server(),
             *ports,
             "--bind", "127.0.0.1",
@@ -105,19 +127,24 @@ class StoreProcess:
             "--loglevel", "warning",
             "--logfile", str(self.directory / "store.log"),
         ]  # fmt: skip
-        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+
+    def _answers(self) -> bool:
+        """Wait until it answers; False if it exited first."""
+        assert self.process is not None
         deadline = time.monotonic() + START_TIMEOUT
         client = self.client()
-        while True:
-            try:
-                client.ping()
-                break
-            except (redis.ConnectionError, FileNotFoundError):
-                assert self.process.poll() is None, (self.directory / "store.log").read_text()
-                assert time.monotonic() < deadline, "redis-server did not answer"
-                time.sleep(0.02)
-        client.close()
-        return self
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return True
+                except (redis.ConnectionError, FileNotFoundError):
+                    if self.process.poll() is not None:
+                        return False
+                    assert time.monotonic() < deadline, "redis-server did not answer"
+                    time.sleep(0.02)
+        finally:
+            client.close()
 
     def restart(self) -> StoreProcess:
         """Start again, on the same files and port, after ``kill``: this object stays
@@ -158,8 +185,8 @@ class StoreCluster:
         self.nodes = [
             StoreProcess(
                 directory / f"node-{n}",
-                port=free_port(),
-                cluster_port=free_port(),
+                port=0,
+                cluster_port=0,
                 appendfsync=appendfsync,
             )
             for n in range(size)
@@ -204,8 +231,8 @@ class StoreCluster:
         cluster promotes in its place when it fails."""
         replica = StoreProcess(
             self.directory / f"replica-{len(self.replicas)}",
-            port=free_port(),
-            cluster_port=free_port(),
+            port=0,
+            cluster_port=0,
         ).start()
         self.replicas.append(replica)
         client, known = replica.client(), primary.client()

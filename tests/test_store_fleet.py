@@ -32,7 +32,7 @@ from fetchq_procs import (
     wait_until_leasing,
     worker_name,
 )
-from storekit import StoreCluster, StoreProcess, free_port
+from storekit import StoreCluster, StoreProcess
 from test_aggregate_jobs import assert_paced_spans
 from test_broker import batches_in_two_shards
 from test_cli import assert_clean_error
@@ -403,7 +403,7 @@ def test_a_store_password_is_asked_for_and_never_shown(env, tmp_path):
     anything listens; with it from FETCHQ_STORE_PASSWORD, the server serves, and says
     nothing of it."""
     secret = "s3cret-store-pass"
-    store = StoreProcess(tmp_path / "locked", port=free_port(), password=secret).start()
+    store = StoreProcess(tmp_path / "locked", port=0, password=secret).start()
     try:
         refused = run(env, "server", "--store", store.url, "--port", "0", timeout=30)
         assert_clean_error(
@@ -435,7 +435,7 @@ def test_a_store_over_tls_is_served_and_a_wrong_ca_refused_in_one_line(env, targ
     ca.cert_pem.write_to_path(files["ca"])
     other.cert_pem.write_to_path(files["other"])
     tls = (files["cert"], files["key"], files["ca"])
-    store = StoreProcess(tmp_path / "tls", port=free_port(), tls=tls).start()
+    store = StoreProcess(tmp_path / "tls", port=0, tls=tls).start()
     try:
         wrong = run(env, "server", "--store", f"{store.url}?ssl_ca_certs={files['other']}")
         assert_clean_error(
@@ -514,7 +514,7 @@ def test_a_store_that_evicts_keys_is_warned_of(store_of, capsys):
 def test_a_replica_given_as_the_store_is_refused_in_one_line(env, store, tmp_path):
     """A store that takes no writes (a replica: after a failover, or the wrong address)
     is said as such, exit code 4, before anything listens."""
-    replica = StoreProcess(tmp_path / "replica", port=free_port()).start()
+    replica = StoreProcess(tmp_path / "replica", port=0).start()
     try:
         replica.client().replicaof("127.0.0.1", store.port)
         refused = run(env, "server", "--store", replica.url, "--port", "0")
