@@ -339,7 +339,9 @@ class StoreBroker:
 
     def _read(self, name: str, *args: Any, shard: int = 0) -> Any:
         tag = shard_tag(shard)
-        return self._guarded(lambda: self._store.fcall_ro(f"fq_{name}", 1, tag, *args), shard)
+        return self._guarded(
+            lambda: self._store.fcall_ro(f"fq_{name}", 1, tag, *args), shard, writes=False
+        )
 
     def _tallies(self, *names: str) -> dict[str, list[int]]:
         """Counters every shard keeps (``queued``, ``unconfirmed``), by shard: the
@@ -347,9 +349,9 @@ class StoreBroker:
         keys = [shared_key(name, shard) for name in names for shard in range(self.shards)]
         store = self._store
         if isinstance(store, redis.RedisCluster):  # (a node at a time)
-            values = self._guarded(lambda: store.mget_nonatomic(keys), None)
+            values = self._guarded(lambda: store.mget_nonatomic(keys), None, writes=False)
         else:
-            values = self._guarded(lambda: store.mget(keys), None)
+            values = self._guarded(lambda: store.mget(keys), None, writes=False)
         counts = [int(value or 0) for value in values]
         return {
             name: counts[i * self.shards : (i + 1) * self.shards] for i, name in enumerate(names)
@@ -360,13 +362,17 @@ class StoreBroker:
         first = next(self._turns) % self.shards
         return [(first + k) % self.shards for k in range(self.shards)]
 
-    def _guarded(self, command: Callable[[], Any], shard: int | None = 0) -> Any:
+    def _guarded(
+        self, command: Callable[[], Any], shard: int | None = 0, *, writes: bool = True
+    ) -> Any:
         """``command`` on the store, in ``shard`` (None: in every shard).  A store that
         does not answer is said once an outage, here, and is ``StoreUnavailable`` to
         the client, which waits and asks again.  Calls run side by side, so only a call
         begun after the outage was said can end it, and only one begun after the store
-        came back can start another.  Each shard's outage is its own (one node of a
-        Cluster may be down, or full, while the others answer)."""
+        came back can start another.  A store that refuses writes (full, a replica)
+        still answers reads, so only a ``command`` that ``writes`` ends that outage.
+        Each shard's outage is its own (one node of a Cluster may be down, or full,
+        while the others answer)."""
         began = time.monotonic()
         try:
             reply = command()
@@ -379,7 +385,7 @@ class StoreBroker:
             if trouble is None:
                 raise
             raise self._unavailable(trouble, began, shard) from None
-        if shard in self._failing:
+        if shard in self._failing and (writes or self._failing[shard] not in WRITES_REFUSED):
             with self._saying:
                 if shard in self._failing and began > self._failed_at[shard]:
                     del self._failing[shard]
@@ -519,7 +525,7 @@ class StoreBroker:
 
     def _sent_before(self, shard: int, batch_id: str) -> bool:
         key = shared_key(f"batch:{batch_id}", shard)
-        return bool(self._guarded(lambda: self._store.exists(key), shard))
+        return bool(self._guarded(lambda: self._store.exists(key), shard, writes=False))
 
     def _keep_reply(self, shard: int, batch_id: str, reply: bytes) -> None:
         """What a shard answers a batch sent again."""
@@ -562,7 +568,7 @@ class StoreBroker:
         place = self._places.get(job)
         if place is not None:
             return place
-        kept = self._guarded(lambda: self._store.hget(PLACES_KEY, job))
+        kept = self._guarded(lambda: self._store.hget(PLACES_KEY, job), writes=False)
         if kept is None:
             policy = _json(views.policy_view(Policy(**submission.request.policy)))
             for shard in range(self.shards):
@@ -587,7 +593,7 @@ class StoreBroker:
                 limited=not made.aggregate and (submission.server_limits or made.limits_hosts),
             )
             self._guarded(lambda: self._store.hsetnx(PLACES_KEY, job, chosen.kind))
-            kept = self._guarded(lambda: self._store.hget(PLACES_KEY, job))
+            kept = self._guarded(lambda: self._store.hget(PLACES_KEY, job), writes=False)
         place = Placement.read(job, self.shards, kept)
         self._places[job] = place
         return place
@@ -598,7 +604,7 @@ class StoreBroker:
             return Placement(HOME, 0)
         place = self._places.get(job)
         if place is None:
-            kept = self._guarded(lambda: self._store.hget(PLACES_KEY, job))
+            kept = self._guarded(lambda: self._store.hget(PLACES_KEY, job), writes=False)
             if kept is None:
                 return None
             place = self._places[job] = Placement.read(job, self.shards, kept)
@@ -767,7 +773,7 @@ class StoreBroker:
         rules = self._robots.get(key)
         if rules is None:
             kept = self._guarded(
-                lambda: self._store.hget(job_key(job, "rules", shard), host), shard
+                lambda: self._store.hget(job_key(job, "rules", shard), host), shard, writes=False
             )
             report = msgspec.json.decode(kept) if kept else {}
             rules = robots.rules_from(report, last_attempt=report.get("last", True))
@@ -1116,14 +1122,17 @@ class StoreBroker:
         name = validate.job_name(job_name)
         wanted = validate.spec_keys(keys)
         found = self._read("specs", name, *wanted)
-        if not found and not self._guarded(lambda: self._store.exists(job_key(name, "meta"))):
+        meta = job_key(name, "meta")
+        if not found and not self._guarded(lambda: self._store.exists(meta), writes=False):
             raise self._no_such_job(name)
         return [msgspec.json.decode(record) for record in found]
 
     def _no_such_job(self, name: str) -> NoSuchJob:
         """The error for a job the store has never heard of, naming those it has (every
         job is made in the first shard)."""
-        names: list[bytes] = self._guarded(lambda: self._store.zrange(shared_key("jobs"), 0, -1))
+        names: list[bytes] = self._guarded(
+            lambda: self._store.zrange(shared_key("jobs"), 0, -1), writes=False
+        )
         known = [name.decode() for name in names]
         return NoSuchJob(unknown_job(name, known))
 
@@ -1207,13 +1216,18 @@ def _too_many_specs(job: str) -> BadRequest:
     )
 
 
+FULL = "is full: it refuses writes past its maxmemory (raise it, or make room)"
+REPLICA = "takes no writes: it is a replica (is that address its primary?)"
+WRITES_REFUSED = (FULL, REPLICA)
+
+
 def _refusal(exc: redis.ResponseError) -> str | None:
     """What a store that refuses calls for a while does (None: the call was wrong): out
     of memory, a replica that takes no writes, a long script of another's running."""
     if isinstance(exc, redis.exceptions.OutOfMemoryError):
-        return "is full: it refuses writes past its maxmemory (raise it, or make room)"
+        return FULL
     if isinstance(exc, redis.exceptions.ReadOnlyError):
-        return "takes no writes: it is a replica (is that address its primary?)"
+        return REPLICA
     if str(exc).startswith("BUSY"):
         return "is busy running a script"
     return None
