@@ -10,13 +10,14 @@ between the broker and the fetch threads is on a request's critical path.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import queue
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,6 +101,9 @@ class WorkerEngine:
         self._held: dict[int, int] = {}
         """Task id -> attempt of every task leased and not yet reported."""
         self._held_lock = threading.Lock()
+        self._sending = 0
+        """Reports on their way (under ``_held_lock``): a failed attempt's result or a
+        robots.txt report queues work when the server applies it."""
         self._robots_reports: collections.deque[dict[str, Any]] = collections.deque()
         self._returned: list[dict[str, Any]] = []
         """Tasks a fetch thread was waiting to start when a stop came: they go back."""
@@ -205,7 +209,21 @@ class WorkerEngine:
 
     def _idle(self) -> bool:
         with self._held_lock:
-            return not self._held
+            return not self._held and not self._sending
+
+    @contextlib.contextmanager
+    def _sending_report(self, ids: list[int]) -> Iterator[None]:
+        """While a report is on its way, its tasks are no longer held (nor renewed),
+        but the worker is not idle: the server has yet to queue what it brings."""
+        with self._held_lock:
+            for task_id in ids:
+                self._held.pop(task_id, None)
+            self._sending += 1
+        try:
+            yield
+        finally:
+            with self._held_lock:
+                self._sending -= 1
 
     # -- fetch threads ----------------------------------------------------
 
@@ -310,10 +328,9 @@ class WorkerEngine:
                 self._reporting_done.wait(defaults.FLUSH_INTERVAL)
 
     def _report_robots(self, report: dict[str, Any]) -> None:
-        with self._held_lock:
-            self._held.pop(report["id"], None)
         try:
-            self._report_client.call("robots", self.identity, report)
+            with self._sending_report([report["id"]]):
+                self._report_client.call("robots", self.identity, report)
         except FetchqError as exc:
             if not self._abandon.is_set():
                 say(f"worker {self.identity}: could not report a robots.txt: {exc}")
@@ -321,25 +338,24 @@ class WorkerEngine:
     def _report(self, batch: list[dict[str, Any]], *, renew: bool) -> None:
         """Report ``batch`` (with the leases still held, when ``renew``); the reporter
         retries through outages, so only a refusal or giving up lands here."""
-        with self._held_lock:
-            for result in batch:
-                self._held.pop(result["id"], None)
-            held = [[task_id, attempt] for task_id, attempt in self._held.items()] if renew else []
-        if not batch and not held:
-            return
-        try:
-            self._report_client.call("complete", self.identity, batch, held)
-        except FetchqError as exc:
-            if self._abandon.is_set():
-                return  # shutting down past the grace period; the leases will expire
-            # Refused (another key or version after a server restart, say): these
-            # tasks were not recorded; their leases lapse and they run again.
-            refused = plural(len(batch), "result")
-            say(f"worker {self.identity}: the server refused {refused}: {exc}")
-            if self.failure is None and not isinstance(exc, ServerUnavailable):
-                self.failure = exc
-                self.stop.request()
-            return
+        with self._sending_report([result["id"] for result in batch]):
+            with self._held_lock:
+                held = [[task, attempt] for task, attempt in self._held.items()] if renew else []
+            if not batch and not held:
+                return
+            try:
+                self._report_client.call("complete", self.identity, batch, held)
+            except FetchqError as exc:
+                if self._abandon.is_set():
+                    return  # shutting down past the grace period; the leases will expire
+                # Refused (another key or version after a server restart, say): these
+                # tasks were not recorded; their leases lapse and they run again.
+                refused = plural(len(batch), "result")
+                say(f"worker {self.identity}: the server refused {refused}: {exc}")
+                if self.failure is None and not isinstance(exc, ServerUnavailable):
+                    self.failure = exc
+                    self.stop.request()
+                return
         self.fetched += sum(result.get("requests", 1) for result in batch)
 
     # -- stopping ---------------------------------------------------------

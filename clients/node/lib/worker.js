@@ -168,6 +168,7 @@ export class Worker {
     this.outbox = []; // results not yet reported
     this.robotsReports = [];
     this.held = new Map(); // task id -> attempt, until reported
+    this.sending = 0; // reports on their way: a failed attempt's or a robots.txt's queues work
     this.running = new Set();
     this.reported = 0;
     this.failure = null;
@@ -250,8 +251,9 @@ export class Worker {
     }
   }
 
+  /** Nothing held, running or on its way to the server: what a burst ends on. */
   idle() {
-    return this.held.size === 0 && this.inbox.length === 0 && this.running.size === 0;
+    return this.held.size === 0 && this.inbox.length === 0 && this.running.size === 0 && this.sending === 0;
   }
 
   /** When a task is due, in Unix milliseconds on our clock, or null for at once. */
@@ -330,6 +332,7 @@ export class Worker {
     for (const result of batch) this.held.delete(result.id);
     const held = renew ? [...this.held.entries()] : [];
     if (!batch.length && !held.length) return;
+    this.sending += 1;
     try {
       await this.report.call('complete', this.identity, batch, held);
       this.reported += batch.length;
@@ -340,15 +343,20 @@ export class Worker {
         this.failure = error;
         this.stop();
       }
+    } finally {
+      this.sending -= 1;
     }
   }
 
   async sendRobots(report) {
     this.held.delete(report.id);
+    this.sending += 1;
     try {
       await this.report.call('robots', this.identity, report);
     } catch (error) {
       if (!this.abandoned) this.log(`worker ${this.identity}: could not report a robots.txt: ${error.message}`);
+    } finally {
+      this.sending -= 1;
     }
   }
 
