@@ -30,6 +30,7 @@ from fetchq_procs import (
     worker_name,
 )
 from worker_scenarios import (
+    a_burst_waits_for_the_retry_its_report_queues,
     a_followed_303_turns_a_post_into_a_get,
     assert_none_before_its_slot,
     assert_slots_apart,
@@ -149,6 +150,12 @@ def test_every_kind_of_failure_becomes_a_node_result(server, env, target):
     )
     agents = {seen.user_agent for seen in target.requests("/fine")}
     assert agents == {f"fetchq/{__version__}"}
+
+
+def test_a_burst_node_worker_waits_for_the_retry_its_last_report_queues(env):
+    a_burst_waits_for_the_retry_its_report_queues(
+        env, lambda env: run_node_worker(env, "--burst", "--concurrency", "4")
+    )
 
 
 def test_a_node_worker_renews_a_lease_it_holds_longer_than_the_lease(env, target):

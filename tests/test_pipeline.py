@@ -25,7 +25,13 @@ from fetchq_procs import (
     start_worker,
     stop_all,
 )
-from worker_scenarios import closed_port, every_kind_of_failure, release_port, sigterm_drains
+from worker_scenarios import (
+    a_burst_waits_for_the_retry_its_report_queues,
+    closed_port,
+    every_kind_of_failure,
+    release_port,
+    sigterm_drains,
+)
 
 from fetchq.errors import ExitCode, NoSuchJob
 from fetchq.wire.client import BrokerClient
@@ -104,6 +110,12 @@ def test_worker_killed_mid_job_loses_nothing(server, env, target):
 
 def test_every_kind_of_failure_becomes_a_result(server, env, target):
     every_kind_of_failure(env, target, lambda: run(env, "worker", "--burst", "--concurrency", "4"))
+
+
+def test_a_burst_worker_waits_for_the_retry_its_last_report_queues(env):
+    a_burst_waits_for_the_retry_its_report_queues(
+        env, lambda env: run(env, "worker", "--burst", "--concurrency", "4")
+    )
 
 
 def test_sigterm_drains_a_worker_and_hands_back_unstarted_tasks(server, env, target):

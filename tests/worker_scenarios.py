@@ -12,11 +12,14 @@ import signal
 import socket
 import statistics
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from faults.netproxy import NetProxy
 from fetchq_procs import (
+    ServerProcess,
     StderrLog,
     connect_broker,
     fetchq_command,
@@ -93,6 +96,50 @@ def every_kind_of_failure(
     assert results[busy]["retry_after"] == 7, "a 429's Retry-After is reported"
     assert results[f"{target.url}/fine"]["retry_after"] is None
     return results
+
+
+REPORT_DELAY = 3.0
+"""How long a proxy holds each of a worker's reports: three of its one-second lease
+waits, so that a worker that would leave too soon does so while one is held."""
+
+
+def a_burst_waits_for_the_retry_its_report_queues(
+    env: dict[str, str],
+    run_worker: Callable[[dict[str, str]], subprocess.CompletedProcess[str]],
+) -> None:
+    """A failed first attempt goes back to the queue when the server applies its
+    result.  While that report is on its way the worker holds nothing and the server
+    has nothing queued, yet a burst worker must not leave: a proxy holds each report
+    REPORT_DELAY seconds (ten times less than the lease), and the worker must still
+    fetch the second attempt."""
+    server = ServerProcess(env, "--lease-timeout", str(10 * REPORT_DELAY))
+    env = {**env, "FETCHQ_SERVER": server.address}
+    refused = f"http://127.0.0.1:{closed_port()}/"
+
+    def slow_reports(frame: bytes) -> bytes:
+        if b'"complete"' in frame:
+            time.sleep(REPORT_DELAY)
+        return frame
+
+    try:
+        dispatched = run(env, "dispatch", "-j", "retried", "--attempts", "2", refused)
+        assert dispatched.returncode == 0, dispatched.stderr
+        with NetProxy(server.address, rewrite=slow_reports) as proxy:
+            worker = run_worker({**env, "FETCHQ_SERVER": proxy.address})
+        assert worker.returncode == 0, worker.stderr
+        client = connect_broker(server.address, env["FETCHQ_AUTHKEY"])
+        try:
+            counts = client.call("job", "retried")
+        finally:
+            client.close()
+        assert (counts["queued"], counts["leased"], counts["failed"]) == (0, 0, 1), (
+            f"the burst worker left work behind: {counts}"
+        )
+        output = run(env, "output", "-j", "retried", "--until-done", "--format", "jsonl")
+    finally:
+        server.stop()
+    (result,) = jsonl(output.stdout)
+    assert (result["attempt"], result["error"]["type"]) == (2, "refused"), result
 
 
 def sigterm_drains(
