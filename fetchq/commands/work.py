@@ -323,8 +323,8 @@ class WorkerEngine:
                 if renewal_due:
                     next_renewal = time.monotonic() + renew_every
             if len(batch) < defaults.RESULT_BATCH:  # caught up: let results gather
-                if self._reporting_done.is_set() and not self._outbox:
-                    return
+                if self._reporting_done.is_set() and not self._outbox and not self._robots_reports:
+                    return  # (a fetch may have ended while the last report was on its way)
                 self._reporting_done.wait(defaults.FLUSH_INTERVAL)
 
     def _report_robots(self, report: dict[str, Any]) -> None:
