@@ -16,7 +16,8 @@ gets the headers a GET would; query strings are ignored unless named):
 - ``/reset``: sends half a status line, then resets the connection (TCP RST)
 - ``/busy?after=<seconds>``: the first request for this exact path and query gets
   429 with ``Retry-After: <seconds>``; later ones get 200
-- ``/robots.txt``: the target's ``robots`` text when it has one, else 404
+- ``/robots.txt``: the target's ``robots`` text when it has one, else 404; after
+  ``robots_after`` seconds (at most 30)
 - anything else (``/``, ``/?q=1``, ``/any/path``): 200 with ``ok``
 """
 
@@ -106,6 +107,7 @@ class _Server(http.server.ThreadingHTTPServer):
         self.seen: collections.deque[Seen] = collections.deque(maxlen=SEEN_KEPT)
         self.in_flight = 0
         self.robots: str | None = None
+        self.robots_after = 0.0
         self.lock = threading.Lock()
         super().__init__(address, _Handler)
 
@@ -236,12 +238,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._reset()
         elif path == "/busy":
             self._busy(parse_qs(parts.query))
-        elif path == "/robots.txt" and self.server.robots is not None:
-            self._send(200, self.server.robots.encode(), headers=(("Content-Type", "text/plain"),))
         elif path == "/robots.txt":
-            self._send(404, b"no robots.txt here\n")
+            self._robots()
         else:
             self._send(200, _OK_BODY)
+
+    def _robots(self) -> None:
+        if self.server.robots_after > 0:
+            self.server.stopping.wait(min(self.server.robots_after, MAX_SLOW))
+        robots = self.server.robots
+        if robots is None:
+            self._send(404, b"no robots.txt here\n")
+        else:
+            self._send(200, robots.encode(), headers=(("Content-Type", "text/plain"),))
 
     def _busy(self, query: dict[str, list[str]]) -> None:
         with self.server.lock:
@@ -322,6 +331,7 @@ class Target:
         self.host = host
         self.port = port
         self._robots: str | None = None
+        self._robots_after = 0.0
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -331,6 +341,17 @@ class Target:
             return collections.Counter()
         with self._server.lock:
             return collections.Counter(self._server.hits)
+
+    @property
+    def robots_after(self) -> float:
+        """Seconds the target waits before it answers /robots.txt."""
+        return self._robots_after
+
+    @robots_after.setter
+    def robots_after(self, seconds: float) -> None:
+        self._robots_after = seconds
+        if self._server is not None:
+            self._server.robots_after = seconds
 
     @property
     def robots(self) -> str | None:
@@ -362,7 +383,7 @@ class Target:
             return self
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         server = _Server((self.host, self.port), family)
-        server.robots = self._robots
+        server.robots, server.robots_after = self._robots, self._robots_after
         self.port = int(server.server_address[1])
         self._server = server
         self._thread = threading.Thread(

@@ -8,13 +8,17 @@ import time
 
 from checker import assert_exactly_once, assert_quiet, check_file
 from faultkit import exit_code
-from fetchq_procs import run, worker_name
+from fetchq_procs import poll_until, run, worker_name
 from netproxy import NetProxy
 
 from fetchq.errors import ExitCode
 
 LEASE = "2"
 GRACE = 10
+REPORT_HELD = 5.0
+ROBOTS_AFTER = 3.0
+"""The robots.txt answer comes while the other job's report is held, however long
+(up to ROBOTS_AFTER) the second dispatch takes to start on a busy box."""
 
 
 def test_worker_killed_mid_batch_loses_nothing(cluster):
@@ -159,3 +163,36 @@ def test_a_worker_whose_results_are_refused_stops_and_loses_nothing(cluster):
     assert worker_name(victim.pid) not in {r["worker"] for r in report.all_results}
     assert any(r["attempt"] >= 2 for r in report.all_results), "the refused tasks ran again"
     assert_quiet(fq.client, job.name, job.count, fq.baseline)
+
+
+def test_a_robots_txt_fetched_as_the_worker_stops_is_still_reported(cluster, target):
+    """SIGTERM while a robots.txt fetch runs and a report is on its way (a proxy holds
+    each report REPORT_HELD seconds): the robots.txt report, which comes in after the
+    reporter's last look, still goes out before the worker exits, rather than its lease
+    lapsing and the job's host waiting for it."""
+    fq = cluster("--lease-timeout", "30")
+    polite, plain = fq.job(1), fq.job(1)
+
+    def slow_reports(frame: bytes) -> bytes:
+        if b'"complete"' in frame:
+            time.sleep(REPORT_HELD)
+        return frame
+
+    target.robots_after = ROBOTS_AFTER
+    try:
+        with NetProxy(fq.server.address, rewrite=slow_reports) as proxy:
+            held = {**fq.env, "FETCHQ_SERVER": proxy.address}
+            worker, log = fq.worker("--concurrency", "4", env=held)
+            fq.wait_workers(worker.pid)
+            obeying = run(fq.env, "dispatch", *polite.urls, "--obey-robots", "-j", polite.name)
+            assert obeying.returncode == 0, obeying.stderr
+            poll_until(lambda: target.hits()["/robots.txt"] > 0, 30, "the robots.txt fetch")
+            fetched = run(fq.env, "dispatch", *plain.urls, "-j", plain.name)
+            assert fetched.returncode == 0, fetched.stderr
+            poll_until(lambda: target.hits()[plain.paths[0]] == 1, 30, "the other job's fetch")
+            worker.send_signal(signal.SIGTERM)  # its result's report is now on its way
+            assert exit_code(worker, log, GRACE + REPORT_HELD) == 0, log.text
+    finally:
+        target.robots_after = 0.0
+    assert fq.worker_seen(worker.pid)["leased"] == 0, "the robots.txt fetch was never reported"
+    assert fq.counts(plain)["succeeded"] == 1
