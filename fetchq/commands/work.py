@@ -412,9 +412,11 @@ class WorkerEngine:
         reporter.join(5.0)
 
     def _release(self, tasks: list[dict[str, Any]]) -> None:
+        """Hand ``tasks`` back, on the report client: at a stop, that one still waits
+        out a broken connection for the grace period, where leasing gives up at once."""
         pairs = [[task["id"], task["attempt"]] for task in tasks]
         try:
-            self._lease_client.call("release", self.identity, pairs)
+            self._report_client.call("release", self.identity, pairs)
         except FetchqError as exc:
             back = plural(len(tasks), "task")
             say(
