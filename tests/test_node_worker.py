@@ -35,6 +35,7 @@ from worker_scenarios import (
     assert_none_before_its_slot,
     assert_slots_apart,
     every_kind_of_failure,
+    hands_back_through_a_blip,
     sends_what_was_asked,
     sigterm_drains,
 )
@@ -216,6 +217,12 @@ def test_a_node_worker_keeps_the_pace_and_obeys_robots_txt(env, tmp_path):
     assert not site.requests("/private"), "a disallowed URL was requested"
     assert len(robots_fetches) == 1
     assert robots_fetches[0].user_agent == f"fetchq/{__version__}"
+
+
+def test_a_stopping_node_worker_hands_back_through_a_broken_connection(env, target):
+    hands_back_through_a_blip(
+        env, target, lambda env: start_node_worker(env, "--concurrency", "1", "--prefetch", "10")
+    )
 
 
 def test_sigterm_drains_a_node_worker_and_hands_back_unstarted_tasks(server, env, target):

@@ -29,6 +29,7 @@ from worker_scenarios import (
     a_burst_waits_for_the_retry_its_report_queues,
     closed_port,
     every_kind_of_failure,
+    hands_back_through_a_blip,
     release_port,
     sigterm_drains,
 )
@@ -115,6 +116,12 @@ def test_every_kind_of_failure_becomes_a_result(server, env, target):
 def test_a_burst_worker_waits_for_the_retry_its_last_report_queues(env):
     a_burst_waits_for_the_retry_its_report_queues(
         env, lambda env: run(env, "worker", "--burst", "--concurrency", "4")
+    )
+
+
+def test_a_stopping_worker_hands_back_through_a_broken_connection(env, target):
+    hands_back_through_a_blip(
+        env, target, lambda env: start_worker(env, "--concurrency", "1", "--prefetch", "10")
     )
 
 

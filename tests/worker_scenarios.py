@@ -12,6 +12,7 @@ import signal
 import socket
 import statistics
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -173,6 +174,47 @@ def sigterm_drains(
         client.close()
     assert len({r["id"] for r in results}) == 40
     assert all(r["attempt"] == 1 for r in results), "handed-back tasks kept their attempt"
+
+
+def hands_back_through_a_blip(
+    env: dict[str, str],
+    target: Target,
+    start_worker: Callable[[dict[str, str]], tuple[subprocess.Popen[str], StderrLog]],
+) -> None:
+    """SIGTERM: the first try to hand back the prefetched tasks meets a broken
+    connection (a proxy breaks it), and the worker tries again within its grace period
+    rather than leave them leased until their leases lapse (30 s here).  The worker is
+    started with concurrency 1 and prefetch 10."""
+    server = ServerProcess(env, "--lease-timeout", "30")
+    env = {**env, "FETCHQ_SERVER": server.address}
+    client = connect_broker(server.address, env["FETCHQ_AUTHKEY"])
+    broken = threading.Event()
+
+    def break_first_release(frame: bytes) -> bytes | None:
+        if b'"release"' in frame and not broken.is_set():
+            broken.set()
+            return None
+        return frame
+
+    try:
+        with NetProxy(server.address, rewrite=break_first_release) as proxy:
+            worker, log = start_worker({**env, "FETCHQ_SERVER": proxy.address})
+            try:
+                urls = [f"{target.url}/slow?s=1&blip={i}" for i in range(10)]
+                dispatched = run(env, "dispatch", *urls, "-j", "blip")
+                assert dispatched.returncode == 0, dispatched.stderr
+                poll_until(lambda: client.call("job", "blip")["leased"] == 10, 30, "a prefetch")
+                worker.send_signal(signal.SIGTERM)
+                assert worker.wait(30) == 0, log.text
+            finally:
+                stop_all([worker])
+        counts = client.call("job", "blip")
+    finally:
+        client.close()
+        server.stop()
+    assert broken.is_set(), "no hand-back was tried"
+    assert counts["leased"] == 0, (counts, log.text)
+    assert counts["succeeded"] + counts["queued"] == 10, counts
 
 
 def whole_job(

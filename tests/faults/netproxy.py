@@ -21,7 +21,9 @@ others talk to the server directly.
 With ``record=True`` it also keeps every byte of every connection, each
 direction apart (``recordings``): what a wire test reads frame by frame.
 With ``rewrite`` each frame a client sends passes through that function
-first: a server that answers one kind of call with an error, for real.
+first: a server that answers one kind of call with an error, for real.  A
+rewrite that returns None breaks that connection instead (a network blip
+that one kind of call meets).
 
 Bounded: at most ``max_connections`` connections at a time (more are closed
 at once), two threads per connection plus one accepting; every blocking
@@ -52,7 +54,7 @@ class NetProxy:
         *,
         max_connections: int = 64,
         record: bool = False,
-        rewrite: Callable[[bytes], bytes] | None = None,
+        rewrite: Callable[[bytes], bytes | None] | None = None,
     ) -> None:
         host, port = upstream.rsplit(":", 1)
         self.upstream = (host, int(port))
@@ -234,7 +236,7 @@ class NetProxy:
         sink: socket.socket,
         tape: bytearray,
         gate: threading.Event | None = None,
-        rewrite: Callable[[bytes], bytes] | None = None,
+        rewrite: Callable[[bytes], bytes | None] | None = None,
         *,
         forwarding: Callable[[], None],
     ) -> None:
@@ -262,7 +264,10 @@ class NetProxy:
             if self.record:
                 tape += data
             if frames is not None:
-                data = frames.feed(data)
+                rewritten = frames.feed(data)
+                if rewritten is None:  # broken on purpose
+                    break
+                data = rewritten
             try:
                 sink.sendall(data)
             except OSError:
@@ -274,13 +279,14 @@ class NetProxy:
 
 class Frames:
     """Cuts a byte stream into the manager protocol's frames (a 4-byte big-endian
-    length, or -1 and an 8-byte length) and rewrites each whole one."""
+    length, or -1 and an 8-byte length) and rewrites each whole one (None: the
+    connection is to be broken)."""
 
-    def __init__(self, rewrite: Callable[[bytes], bytes]) -> None:
+    def __init__(self, rewrite: Callable[[bytes], bytes | None]) -> None:
         self.rewrite = rewrite
         self.pending = b""
 
-    def feed(self, data: bytes) -> bytes:
+    def feed(self, data: bytes) -> bytes | None:
         self.pending += data
         out = []
         while len(self.pending) >= 4:
@@ -294,6 +300,8 @@ class Frames:
             if len(self.pending) < header + size:
                 break
             frame = self.rewrite(self.pending[header : header + size])
+            if frame is None:
+                return None
             large = header == 12
             head = struct.pack("!iQ", -1, len(frame)) if large else struct.pack("!i", len(frame))
             out.append(head + frame)
