@@ -268,6 +268,9 @@ class ResilientClient(BrokerClient):
                 result = action()
             except ServerUnavailable as exc:
                 attempt += 1
+                if self.stop.wait(0):  # stopping: no wait, so none to speak of
+                    self._notice.clear()
+                    raise
                 waited = time.monotonic() - started
                 limit = self._limit()
                 if limit is not None and waited >= limit:
