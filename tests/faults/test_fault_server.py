@@ -250,3 +250,23 @@ def test_worker_stopped_while_the_server_is_down_drains_when_it_returns(cluster,
     from_it = [r["url"][base:] for r in report.all_results if r["worker"] == name]
     assert sorted(from_it) == sorted(fetched), (len(from_it), len(fetched))
     assert_quiet(fq.client, job.name, job.count, fq.baseline)
+
+
+def test_a_worker_stopped_while_its_server_stays_down_stops_saying_it_waits(cluster):
+    """SIGINT a worker whose server is gone for good: it says it waits while it does
+    (its grace period, trying to hand back and report), then that it could not, and
+    nothing after that claims it is still waiting."""
+    fq = cluster("--lease-timeout", "30")
+    job = fq.job(10, slow=2)
+    worker, log = fq.worker("--concurrency", "1", "--prefetch", "10", "--grace", "2")
+    fq.wait_workers(worker.pid)
+    dispatch, dispatch_log = fq.dispatch(job)
+    assert exit_code(dispatch, dispatch_log, 60) == 0, dispatch_log.text
+    poll_until(lambda: fq.counts(job)["leased"] == job.count, 30, "the worker to prefetch")
+    fq.server.kill()
+    log.wait_for(WAITING, 20)
+    worker.send_signal(signal.SIGINT)
+    assert exit_code(worker, log, 30) == 0, log.text
+    said = log.text.split("could not hand back", 1)
+    assert len(said) == 2, log.text
+    assert WAITING not in said[1], log.text
