@@ -18,6 +18,7 @@ from checker import (
 from faultkit import exit_code
 from fetchq_procs import connect_broker, poll_until, worker_name
 from flood import Flood
+from worker_scenarios import prefetched
 
 LEASE = "3"
 HANG = 60.0
@@ -262,7 +263,7 @@ def test_a_worker_stopped_while_its_server_stays_down_stops_saying_it_waits(clus
     fq.wait_workers(worker.pid)
     dispatch, dispatch_log = fq.dispatch(job)
     assert exit_code(dispatch, dispatch_log, 60) == 0, dispatch_log.text
-    poll_until(lambda: fq.counts(job)["leased"] == job.count, 30, "the worker to prefetch")
+    poll_until(lambda: prefetched(fq.counts(job)), 30, "the worker to prefetch")
     fq.server.kill()
     log.wait_for(WAITING, 20)
     worker.send_signal(signal.SIGINT)
