@@ -13,12 +13,11 @@ import socket
 import statistics
 import subprocess
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from faults.netproxy import NetProxy
+from faults.netproxy import NetProxy, holding
 from fetchq_procs import (
     ServerProcess,
     StderrLog,
@@ -117,15 +116,10 @@ def a_burst_waits_for_the_retry_its_report_queues(
     env = {**env, "FETCHQ_SERVER": server.address}
     refused = f"http://127.0.0.1:{closed_port()}/"
 
-    def slow_reports(frame: bytes) -> bytes:
-        if b'"complete"' in frame:
-            time.sleep(REPORT_DELAY)
-        return frame
-
     try:
         dispatched = run(env, "dispatch", "-j", "retried", "--attempts", "2", refused)
         assert dispatched.returncode == 0, dispatched.stderr
-        with NetProxy(server.address, rewrite=slow_reports) as proxy:
+        with NetProxy(server.address, rewrite=holding("complete", REPORT_DELAY)) as proxy:
             worker = run_worker({**env, "FETCHQ_SERVER": proxy.address})
         assert worker.returncode == 0, worker.stderr
         client = connect_broker(server.address, env["FETCHQ_AUTHKEY"])

@@ -277,6 +277,19 @@ class NetProxy:
         _shut(sink)
 
 
+def holding(method: str, seconds: float) -> Callable[[bytes], bytes]:
+    """A ``rewrite`` that holds each call of ``method`` ``seconds`` before passing it
+    on: a slow path for one kind of call (a worker's reports, say), the rest as fast."""
+    name = f'"{method}"'.encode()
+
+    def hold(frame: bytes) -> bytes:
+        if name in frame:
+            time.sleep(seconds)
+        return frame
+
+    return hold
+
+
 class Frames:
     """Cuts a byte stream into the manager protocol's frames (a 4-byte big-endian
     length, or -1 and an 8-byte length) and rewrites each whole one (None: the

@@ -9,7 +9,7 @@ import time
 from checker import assert_exactly_once, assert_quiet, check_file
 from faultkit import exit_code
 from fetchq_procs import poll_until, run, worker_name
-from netproxy import NetProxy
+from netproxy import NetProxy, holding
 
 from fetchq.errors import ExitCode
 
@@ -174,14 +174,9 @@ def test_a_robots_txt_fetched_as_the_worker_stops_is_still_reported(cluster, tar
     fq = cluster("--lease-timeout", "30")
     polite, plain = fq.job(1), fq.job(1)
 
-    def slow_reports(frame: bytes) -> bytes:
-        if b'"complete"' in frame:
-            time.sleep(REPORT_HELD)
-        return frame
-
     target.robots_after = ROBOTS_AFTER
     try:
-        with NetProxy(fq.server.address, rewrite=slow_reports) as proxy:
+        with NetProxy(fq.server.address, rewrite=holding("complete", REPORT_HELD)) as proxy:
             held = {**fq.env, "FETCHQ_SERVER": proxy.address}
             worker, log = fq.worker("--concurrency", "4", env=held)
             fq.wait_workers(worker.pid)
